@@ -1,1 +1,40 @@
-//! (being written)
+//! qtune-data: the three datasets of the project, their exact prompts, truncation, batching with
+//! loss masks, resumable shuffling, and the metrics.
+//!
+//! Flow: [`DataSource::locate`] → `load_*` → split ([`split_by_article`], [`balanced_split`]) →
+//! `encode_*` (prompt + completion → [`Example`] with labels on the completion only) →
+//! [`Sampler`] picks indices → [`collate`] pads to a [`Batch`] → the model; generated text →
+//! [`squad_v2_eval`] / [`classification_eval`].
+//!
+//! A `tokenizers::Tokenizer` is passed in; building GPT-J's lives in qtune-gptj.
+
+pub mod batch;
+pub mod encode;
+pub mod error;
+pub mod hate_speech;
+pub mod metrics;
+pub mod prompt;
+pub mod sampler;
+pub mod source;
+pub mod squad;
+pub mod wikitext;
+
+pub use batch::{collate, collate_prompts, Batch, Example, Padding, IGNORE_INDEX};
+pub use encode::{
+    encode_hate_speech_train, encode_prompt_completion, encode_squad_dataset, encode_squad_prompt,
+    encode_squad_train, encode_text, token_id, DropReason, EncodeConfig, EncodeStats, Encoded,
+};
+pub use error::{DataError, Result};
+pub use hate_speech::{balanced_split, load_hate_speech, HateSpeechSplit, Tweet};
+pub use metrics::classification::{
+    classification_eval, label_from_generation, ClassificationReport,
+};
+pub use metrics::squad::{answer_from_generation, squad_v2_eval, SquadScores};
+pub use prompt::{
+    hate_speech_completion, hate_speech_prompt, squad_completion, squad_prompt, squad_text,
+    HATE_SPEECH_LABELS, SQUAD_NO_ANSWER,
+};
+pub use sampler::{Position, Sampler};
+pub use source::{DataSource, DatasetId};
+pub use squad::{load_squad, split_by_article, SquadArticle, SquadExample, SquadSplit};
+pub use wikitext::load_wikitext_raw;

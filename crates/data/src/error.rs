@@ -1,0 +1,119 @@
+//! One error type for the crate. Every variant names the file, field or column it is about, so a
+//! user sees "labeled_data.csv: missing column `tweet`" rather than "missing field".
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while finding, loading, encoding or batching data.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: cannot read")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: malformed JSON")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path}: malformed CSV (record {record})")]
+    Csv {
+        path: PathBuf,
+        record: u64,
+        source: csv::Error,
+    },
+    #[error("{path}: missing column `{column}` (header is {header:?})")]
+    MissingColumn {
+        path: PathBuf,
+        column: String,
+        header: Vec<String>,
+    },
+    #[error("{path}: missing or invalid field `{field}` at {location}")]
+    MissingField {
+        path: PathBuf,
+        field: String,
+        location: String,
+    },
+    #[error("{path}: invalid value {value:?} in `{field}` at {location}: {reason}")]
+    InvalidValue {
+        path: PathBuf,
+        field: String,
+        location: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{what}: dataset is empty")]
+    Empty { what: String },
+    #[error("{what}: need {needed} examples of class `{class}`, have {available}")]
+    NotEnough {
+        what: String,
+        class: String,
+        needed: usize,
+        available: usize,
+    },
+    #[error(
+        "{path}: sha256 is {got}, the manifest expects {expected} for `{dataset}` \
+         (a different version of the file? point at it explicitly to skip the check)"
+    )]
+    Checksum {
+        path: PathBuf,
+        dataset: String,
+        expected: String,
+        got: String,
+    },
+    #[error(
+        "dataset `{dataset}` not found: set QTUNE_DATA_DIR to a folder holding `{file}` \
+         (see datasets/manifest.json), or allow the Hugging Face Hub download{hint}"
+    )]
+    NotFound {
+        dataset: String,
+        file: String,
+        hint: String,
+    },
+    #[error(
+        "dataset `{dataset}`: the Hub copy ({hub}) is in a format qtune does not read; \
+         download `{file}` from {url} and put it at $QTUNE_DATA_DIR/{file}"
+    )]
+    HubFormatUnsupported {
+        dataset: String,
+        /// `repo` `file` (format), e.g. "rajpurkar/squad_v2 `…parquet` (parquet)".
+        hub: String,
+        file: String,
+        url: String,
+    },
+    #[error("dataset `{dataset}`: Hugging Face Hub download of {repo} `{file}` failed")]
+    Hub {
+        dataset: String,
+        repo: String,
+        file: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("datasets/manifest.json: {0}")]
+    Manifest(String),
+    #[error("tokenizer failed on {what}: {message}")]
+    Tokenizer { what: String, message: String },
+    #[error("tokenizer has no token {token:?}")]
+    UnknownToken { token: String },
+    #[error("batch: {0}")]
+    Batch(String),
+    #[error("predictions: {0}")]
+    Predictions(String),
+}
+
+/// Shorthand used throughout the crate.
+pub type Result<T, E = DataError> = std::result::Result<T, E>;
+
+impl DataError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DataError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub(crate) fn tokenizer(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        DataError::Tokenizer {
+            what: what.into(),
+            message: e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Where data files come from: `$QTUNE_DATA_DIR` (the layout of the project's shared data mirror,
+//! listed in `datasets/manifest.json`), else the Hugging Face Hub, else a clear error.
+//!
+//! Checksum policy: a file found through [`DataSource::locate`] (data dir or Hub) must have the
+//! manifest's sha256, since the split counts, sampled rows and reported metrics are only
+//! comparable on that exact file. A file a user passes by explicit path to a `load_*` function is
+//! not checked: pointing at a different file is then a deliberate choice.
+//!
+//! Hub copies: the hate-speech CSV has a byte-level copy on the Hub (same size; its sha256 is
+//! checked like a local file). SQuAD v2 and WikiText-2 exist on the Hub only as parquet, which this
+//! crate does not read (a parquet reader would pull in arrow); for them the error names the file to
+//! download and where to put it.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{DataError, Result};
+
+const MANIFEST: &str = include_str!("../../../datasets/manifest.json");
+
+/// The files qtune knows, keyed as in the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DatasetId {
+    SquadV2,
+    HateSpeech,
+    WikiText2RawTest,
+    Gpt2Encoder,
+    Gpt2Merges,
+}
+
+impl DatasetId {
+    /// The manifest key.
+    pub fn key(self) -> &'static str {
+        match self {
+            DatasetId::SquadV2 => "squad_v2",
+            DatasetId::HateSpeech => "hate_speech",
+            DatasetId::WikiText2RawTest => "wikitext2_raw_test",
+            DatasetId::Gpt2Encoder => "gpt2_encoder",
+            DatasetId::Gpt2Merges => "gpt2_merges",
+        }
+    }
+}
+
+/// A manifest entry (see `datasets/manifest.json`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ManifestEntry {
+    /// Path relative to the data directory.
+    pub file: String,
+    pub description: String,
+    pub source: String,
+    pub url: String,
+    pub license: String,
+    pub sha256: String,
+    pub hub: Option<HubFile>,
+}
+
+/// The same data on the Hugging Face Hub.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HubFile {
+    /// Dataset repository, e.g. `rajpurkar/squad_v2`.
+    pub repo: String,
+    pub file: String,
+    /// `csv` or `json` are read; anything else (parquet) is reported, not downloaded.
+    pub format: String,
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    datasets: std::collections::BTreeMap<String, ManifestEntry>,
+}
+
+/// The manifest entry for `id`.
+pub fn manifest_entry(id: DatasetId) -> Result<ManifestEntry> {
+    let m: Manifest =
+        serde_json::from_str(MANIFEST).map_err(|e| DataError::Manifest(e.to_string()))?;
+    m.datasets
+        .get(id.key())
+        .cloned()
+        .ok_or_else(|| DataError::Manifest(format!("no entry `{}`", id.key())))
+}
+
+/// Hex sha256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| DataError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Checks `path` against the manifest's sha256 for `id`.
+pub fn verify_sha256(path: &Path, id: DatasetId) -> Result<()> {
+    let entry = manifest_entry(id)?;
+    let got = sha256_file(path)?;
+    if got != entry.sha256 {
+        return Err(DataError::Checksum {
+            path: path.to_path_buf(),
+            dataset: id.key().to_string(),
+            expected: entry.sha256,
+            got,
+        });
+    }
+    Ok(())
+}
+
+/// Where to look for data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataSource {
+    /// A folder with the manifest's layout.
+    pub data_dir: Option<PathBuf>,
+    /// Download from the Hugging Face Hub (into hf-hub's cache) when the data dir lacks a file.
+    pub allow_hub: bool,
+}
+
+impl DataSource {
+    /// `QTUNE_DATA_DIR` if set and non-empty; the Hub unless `HF_HUB_OFFLINE=1`.
+    pub fn from_env() -> Self {
+        let data_dir = std::env::var_os("QTUNE_DATA_DIR")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1");
+        DataSource {
+            data_dir,
+            allow_hub: !offline,
+        }
+    }
+
+    /// A data directory only, no network.
+    pub fn local(dir: impl Into<PathBuf>) -> Self {
+        DataSource {
+            data_dir: Some(dir.into()),
+            allow_hub: false,
+        }
+    }
+
+    /// The verified local path of `id`'s file (see the module doc for the order and the checks).
+    pub fn locate(&self, id: DatasetId) -> Result<PathBuf> {
+        let entry = manifest_entry(id)?;
+        if let Some(dir) = &self.data_dir {
+            let path = dir.join(&entry.file);
+            if path.is_file() {
+                verify_sha256(&path, id)?;
+                return Ok(path);
+            }
+        }
+        let where_looked = match &self.data_dir {
+            Some(d) => format!(" ({} has no such file)", d.display()),
+            None => " (QTUNE_DATA_DIR is not set)".to_string(),
+        };
+        let Some(hub) = entry.hub.clone().filter(|_| self.allow_hub) else {
+            let hint = if entry.hub.is_some() {
+                format!("{where_looked}; the Hub is off (HF_HUB_OFFLINE=1 or a local-only source)")
+            } else {
+                format!(
+                    "{where_looked}; no Hub copy is listed, get it from {}",
+                    entry.url
+                )
+            };
+            return Err(DataError::NotFound {
+                dataset: id.key().to_string(),
+                file: entry.file,
+                hint,
+            });
+        };
+        if !matches!(hub.format.as_str(), "csv" | "json") {
+            return Err(DataError::HubFormatUnsupported {
+                dataset: id.key().to_string(),
+                hub: format!("{} `{}` ({})", hub.repo, hub.file, hub.format),
+                file: entry.file,
+                url: entry.url,
+            });
+        }
+        let hub_err = |source: Box<dyn std::error::Error + Send + Sync>| DataError::Hub {
+            dataset: id.key().to_string(),
+            repo: hub.repo.clone(),
+            file: hub.file.clone(),
+            source,
+        };
+        let api = hf_hub::api::sync::ApiBuilder::from_env()
+            .build()
+            .map_err(|e| hub_err(Box::new(e)))?;
+        tracing::info!(repo = %hub.repo, file = %hub.file, "downloading from the Hugging Face Hub");
+        let path = api
+            .dataset(hub.repo.clone())
+            .get(&hub.file)
+            .map_err(|e| hub_err(Box::new(e)))?;
+        verify_sha256(&path, id)?;
+        Ok(path)
+    }
+}
