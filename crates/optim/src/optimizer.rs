@@ -1,0 +1,374 @@
+//! The optimizer over a Burn module: AdamW (torch) or 8-bit AdamW (bitsandbytes), with its
+//! state keyed by the parameter's module path (`layers.0.lora_a`), not by `ParamId`. Paths
+//! survive rebuilding the model and reloading an adapter, so a saved state resumes exactly
+//! even though Burn draws fresh random `ParamId`s for a newly built module.
+
+use crate::blockwise::Maps;
+use crate::update::{self, Blockwise8, Hyper};
+use crate::OptimError;
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// Which update rule; serialized with HF `TrainingArguments.optim` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OptimKind {
+    /// `torch.optim.AdamW`: 32-bit moments, 8 bytes of state per parameter.
+    #[serde(rename = "adamw_torch")]
+    AdamW,
+    /// `bitsandbytes.optim.AdamW8bit`: blockwise 8-bit moments (~2.03 bytes per parameter) for
+    /// tensors with at least `min_8bit_size` values, bnb's 32-bit kernel below that.
+    #[serde(rename = "adamw_bnb_8bit")]
+    AdamW8bit,
+}
+
+/// Optimizer hyperparameters; field names follow HF `TrainingArguments`, defaults are torch's
+/// AdamW defaults (which bnb's `AdamW8bit` shares), not Burn's (pitfall 8).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OptimizerConfig {
+    pub optim: OptimKind,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    /// Decoupled weight decay (AdamW): `p *= 1 - lr * weight_decay` every step.
+    pub weight_decay: f64,
+    /// bnb's `min_8bit_size`: smaller tensors keep 32-bit state in `AdamW8bit`.
+    pub min_8bit_size: usize,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            optim: OptimKind::AdamW,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            weight_decay: 1e-2,
+            min_8bit_size: 4096,
+        }
+    }
+}
+
+impl OptimizerConfig {
+    /// Checks betas in [0, 1), eps > 0, weight decay >= 0 (all finite).
+    pub fn validate(&self) -> Result<(), OptimError> {
+        let bad = |field, value: f64, reason| {
+            Err(OptimError::Config {
+                field,
+                value: value.to_string(),
+                reason,
+            })
+        };
+        for (field, b) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            if !(0.0..1.0).contains(&b) {
+                return bad(field, b, "must be in [0, 1)");
+            }
+        }
+        if !(self.adam_epsilon.is_finite() && self.adam_epsilon > 0.0) {
+            return bad("adam_epsilon", self.adam_epsilon, "must be finite and > 0");
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight_decay", self.weight_decay, "must be finite and >= 0");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn hyper(&self) -> Hyper {
+        Hyper {
+            beta1: self.adam_beta1,
+            beta2: self.adam_beta2,
+            eps: self.adam_epsilon,
+            weight_decay: self.weight_decay,
+        }
+    }
+
+    /// Whether a tensor of `numel` values gets 8-bit state under this config.
+    pub fn uses_8bit(&self, numel: usize) -> bool {
+        self.optim == OptimKind::AdamW8bit && numel >= self.min_8bit_size
+    }
+}
+
+/// The two moments of one parameter.
+#[derive(Debug, Clone)]
+pub(crate) enum Moments<B: Backend> {
+    /// f32 `exp_avg` / `exp_avg_sq` (bnb: `state1` / `state2`).
+    Full {
+        exp_avg: Tensor<B, 1>,
+        exp_avg_sq: Tensor<B, 1>,
+    },
+    Blockwise8(Blockwise8<B>),
+}
+
+/// Per-parameter state: torch and bnb both count steps per parameter.
+#[derive(Debug, Clone)]
+pub(crate) struct ParamState<B: Backend> {
+    pub step: u64,
+    pub numel: usize,
+    pub moments: Moments<B>,
+}
+
+impl<B: Backend> ParamState<B> {
+    /// Bytes the state tensors occupy on the device (U8 codes count 1 byte each).
+    pub fn bytes(&self) -> usize {
+        let size = |shape: burn::tensor::Shape, dtype: burn::tensor::DType| {
+            shape.num_elements() * dtype.size()
+        };
+        match &self.moments {
+            Moments::Full {
+                exp_avg,
+                exp_avg_sq,
+            } => {
+                size(exp_avg.shape(), exp_avg.dtype())
+                    + size(exp_avg_sq.shape(), exp_avg_sq.dtype())
+            }
+            Moments::Blockwise8(s) => {
+                size(s.state1.shape(), s.state1.dtype())
+                    + size(s.absmax1.shape(), s.absmax1.dtype())
+                    + size(s.state2.shape(), s.state2.dtype())
+                    + size(s.absmax2.shape(), s.absmax2.dtype())
+            }
+        }
+    }
+}
+
+/// AdamW or 8-bit AdamW over the trainable float parameters of a module on backend `B`
+/// (an autodiff backend; the state lives on its inner backend, on the parameters' device).
+///
+/// Usage per optimizer step: [`crate::clip_grad_norm`] on the `GradientsParams`, then
+/// `module = optim.step(lr, module, grads)?`. Parameters without a gradient are left alone.
+#[derive(Debug, Clone)]
+pub struct Optimizer<B: AutodiffBackend> {
+    pub(crate) config: OptimizerConfig,
+    pub(crate) states: BTreeMap<String, ParamState<B::InnerBackend>>,
+    pub(crate) maps: Option<Maps<B::InnerBackend>>,
+}
+
+impl<B: AutodiffBackend> Optimizer<B> {
+    /// A fresh optimizer (no state yet: it is created at each parameter's first step).
+    pub fn new(config: OptimizerConfig) -> Result<Self, OptimError> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            states: BTreeMap::new(),
+            maps: None,
+        })
+    }
+
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    /// Total bytes of optimizer state on the device.
+    pub fn state_bytes(&self) -> usize {
+        self.states.values().map(ParamState::bytes).sum()
+    }
+
+    /// Number of parameter values that have state.
+    pub fn num_params(&self) -> usize {
+        self.states.values().map(|s| s.numel).sum()
+    }
+
+    /// Module paths with state, sorted, with their step counts.
+    pub fn steps(&self) -> Vec<(String, u64)> {
+        self.states
+            .iter()
+            .map(|(k, s)| (k.clone(), s.step))
+            .collect()
+    }
+
+    /// One optimizer step at learning rate `lr` over every parameter of `module` that has a
+    /// gradient in `grads`. Checks all parameters before touching any, so an error leaves the
+    /// optimizer state unchanged (the module is consumed either way).
+    pub fn step<M: AutodiffModule<B>>(
+        &mut self,
+        lr: f64,
+        module: M,
+        mut grads: GradientsParams,
+    ) -> Result<M, OptimError> {
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(OptimError::Config {
+                field: "lr",
+                value: lr.to_string(),
+                reason: "must be finite and >= 0",
+            });
+        }
+        let mut collector = PathCollector::<B> {
+            grads: &grads,
+            stack: Vec::new(),
+            found: Vec::new(),
+            _b: Default::default(),
+        };
+        module.visit(&mut collector);
+        let mut paths: HashMap<ParamId, String> = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for (id, path, numel) in collector.found {
+            if !seen.insert(path.clone()) {
+                return Err(OptimError::DuplicatePath { path });
+            }
+            if let Some(s) = self.states.get(&path) {
+                if s.numel != numel {
+                    return Err(OptimError::StateShape {
+                        path,
+                        expected: s.numel,
+                        got: numel,
+                    });
+                }
+            }
+            paths.insert(id, path);
+        }
+        let mut mapper = StepMapper::<B> {
+            optim: self,
+            grads: &mut grads,
+            paths: &paths,
+            lr,
+        };
+        Ok(module.map(&mut mapper))
+    }
+
+    /// Applies one update to a flattened parameter, creating its state on first use.
+    fn update(
+        &mut self,
+        path: &str,
+        p: Tensor<B::InnerBackend, 1>,
+        g: Tensor<B::InnerBackend, 1>,
+        lr: f64,
+    ) -> Tensor<B::InnerBackend, 1> {
+        let device = p.device();
+        let numel = p.dims()[0];
+        let eight_bit = self.config.uses_8bit(numel);
+        let maps = self.maps.get_or_insert_with(|| Maps::new(&device)).clone();
+        let state = self.states.remove(path).unwrap_or_else(|| ParamState {
+            step: 0,
+            numel,
+            moments: if eight_bit {
+                Moments::Blockwise8(Blockwise8::zeros(numel, &maps, &device))
+            } else {
+                Moments::Full {
+                    exp_avg: Tensor::zeros([numel], &device),
+                    exp_avg_sq: Tensor::zeros([numel], &device),
+                }
+            },
+        });
+        let step = state.step + 1;
+        let h = self.config.hyper();
+        let (p, moments) = match (self.config.optim, state.moments) {
+            (
+                OptimKind::AdamW,
+                Moments::Full {
+                    exp_avg,
+                    exp_avg_sq,
+                },
+            ) => {
+                let (p, m, v) = update::torch_adamw(p, g, exp_avg, exp_avg_sq, step, lr, h);
+                (
+                    p,
+                    Moments::Full {
+                        exp_avg: m,
+                        exp_avg_sq: v,
+                    },
+                )
+            }
+            (
+                OptimKind::AdamW8bit,
+                Moments::Full {
+                    exp_avg,
+                    exp_avg_sq,
+                },
+            ) => {
+                let (p, m, v) = update::bnb_adam32(p, g, exp_avg, exp_avg_sq, step, lr, h);
+                (
+                    p,
+                    Moments::Full {
+                        exp_avg: m,
+                        exp_avg_sq: v,
+                    },
+                )
+            }
+            (_, Moments::Blockwise8(s)) => {
+                // Only AdamW8bit creates or loads 8-bit state (`state_io` checks the kind).
+                let (p, s) = update::bnb_adam8_blockwise(p, g, s, &maps, step, lr, h);
+                (p, Moments::Blockwise8(s))
+            }
+        };
+        self.states.insert(
+            path.to_string(),
+            ParamState {
+                step,
+                numel,
+                moments,
+            },
+        );
+        p
+    }
+}
+
+/// Joins a module path stack; a bare parameter (no enclosing struct) gets its id instead.
+fn path_key(stack: &[String], id: ParamId) -> String {
+    if stack.is_empty() {
+        format!("param-{id}")
+    } else {
+        stack.join(".")
+    }
+}
+
+/// First pass: module paths and sizes of the parameters that have a gradient.
+struct PathCollector<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    stack: Vec<String>,
+    found: Vec<(ParamId, String, usize)>,
+    _b: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for PathCollector<'_, B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.stack.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+            let numel = g.shape().num_elements();
+            self.found
+                .push((param.id, path_key(&self.stack, param.id), numel));
+        }
+    }
+}
+
+/// Second pass: replaces each parameter that has a gradient by its updated value.
+struct StepMapper<'a, B: AutodiffBackend> {
+    optim: &'a mut Optimizer<B>,
+    grads: &'a mut GradientsParams,
+    paths: &'a HashMap<ParamId, String>,
+    lr: f64,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let (Some(path), Some(grad)) = (
+            self.paths.get(&id),
+            self.grads.remove::<B::InnerBackend, D>(id),
+        ) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let require_grad = tensor.is_require_grad();
+        let shape = tensor.shape();
+        let numel = shape.num_elements();
+        let p = tensor.inner().reshape([numel]);
+        let g = grad.reshape([numel]);
+        let p = self.optim.update(path, p, g, self.lr);
+        let mut tensor = Tensor::<B, D>::from_inner(p.reshape(shape));
+        if require_grad {
+            tensor = tensor.require_grad();
+        }
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}

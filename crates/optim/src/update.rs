@@ -1,0 +1,211 @@
+//! The three per-tensor update rules, as tensor ops on the (non-autodiff) backend so the state
+//! stays on the parameter's device. All tensors are flattened to 1-D.
+//!
+//! - [`torch_adamw`]: `torch.optim.AdamW` (single-tensor path): decay first, then Adam with
+//!   bias corrections computed in f64 by Python and cast to f32 per op.
+//! - [`bnb_adam32`]: bitsandbytes `kOptimizer32bit2State<ADAM>`, used by `AdamW8bit` for tensors
+//!   below `min_8bit_size`: bias corrections folded into the step size, eps scaled by
+//!   `sqrt(1 - beta2^t)`, decoupled decay applied *after* the update, all in f32.
+//! - [`bnb_adam8_blockwise`]: bitsandbytes `kOptimizerStatic8bit2StateBlockwise<ADAM, 256>`:
+//!   dequantize both moments, the same f32 math as above, new per-block absmax, requantize.
+
+use crate::blockwise::{dequantize, quantize_2d, Maps, BLOCK};
+use burn::tensor::{backend::Backend, Int, IntDType, Tensor};
+
+/// Adam hyperparameters in the precision the reference implementations hold them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hyper {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+/// `torch.optim.AdamW` for one tensor; `step` is the 1-based step count after incrementing.
+pub(crate) fn torch_adamw<B: Backend>(
+    p: Tensor<B, 1>,
+    g: Tensor<B, 1>,
+    exp_avg: Tensor<B, 1>,
+    exp_avg_sq: Tensor<B, 1>,
+    step: u64,
+    lr: f64,
+    h: Hyper,
+) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
+    // param.mul_(1 - lr * weight_decay): the factor is a Python float, cast to f32 by the op.
+    let p = if h.weight_decay != 0.0 {
+        p.mul_scalar((1.0 - lr * h.weight_decay) as f32)
+    } else {
+        p
+    };
+    // exp_avg.lerp_(grad, 1 - beta1): weight < 0.5, so torch evaluates m + w * (g - m).
+    let exp_avg = exp_avg.clone() + (g.clone() - exp_avg).mul_scalar((1.0 - h.beta1) as f32);
+    // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2) = v*b2 + ((1-b2)*g)*g.
+    let exp_avg_sq =
+        exp_avg_sq.mul_scalar(h.beta2 as f32) + g.clone().mul_scalar((1.0 - h.beta2) as f32) * g;
+    let t = step as f64;
+    let bias_correction1 = 1.0 - h.beta1.powf(t);
+    let bias_correction2_sqrt = (1.0 - h.beta2.powf(t)).sqrt();
+    let step_size = lr / bias_correction1;
+    let denom = exp_avg_sq
+        .clone()
+        .sqrt()
+        .div_scalar(bias_correction2_sqrt as f32)
+        .add_scalar(h.eps as f32);
+    // param.addcdiv_(exp_avg, denom, value=-step_size) = p + value * (m / denom).
+    let p = p + (exp_avg.clone() / denom).mul_scalar((-step_size) as f32);
+    (p, exp_avg, exp_avg_sq)
+}
+
+/// bitsandbytes' f32 scalars of one Adam step: (step_size, eps * correction2, decay factor).
+fn bnb_scalars(step: u64, lr: f64, h: Hyper) -> (f32, f32, Option<f32>) {
+    let (b1, b2, lr32) = (h.beta1 as f32, h.beta2 as f32, lr as f32);
+    let correction1 = 1.0f32 - b1.powf(step as f32);
+    let correction2 = (1.0f32 - b2.powf(step as f32)).sqrt();
+    let step_size = -lr32 * correction2 / correction1;
+    let wd = h.weight_decay as f32;
+    let decay = (wd > 0.0).then_some(1.0f32 - lr32 * wd);
+    (step_size, correction2 * h.eps as f32, decay)
+}
+
+/// bitsandbytes' 32-bit Adam kernel (the `AdamW8bit` path for small tensors).
+pub(crate) fn bnb_adam32<B: Backend>(
+    p: Tensor<B, 1>,
+    g: Tensor<B, 1>,
+    state1: Tensor<B, 1>,
+    state2: Tensor<B, 1>,
+    step: u64,
+    lr: f64,
+    h: Hyper,
+) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
+    let (step_size, eps_c2, decay) = bnb_scalars(step, lr, h);
+    let s1 = state1.mul_scalar(h.beta1 as f32) + g.clone().mul_scalar(1.0 - h.beta1 as f32);
+    let s2 = state2.mul_scalar(h.beta2 as f32) + (g.clone() * g).mul_scalar(1.0 - h.beta2 as f32);
+    let p = p + (s1.clone() / s2.clone().sqrt().add_scalar(eps_c2)).mul_scalar(step_size);
+    let p = match decay {
+        Some(f) => p.mul_scalar(f),
+        None => p,
+    };
+    (p, s1, s2)
+}
+
+/// 8-bit blockwise state of one tensor of `n` values: codes (U8, `n`) and absmax (`ceil(n/256)`).
+#[derive(Debug, Clone)]
+pub(crate) struct Blockwise8<B: Backend> {
+    pub state1: Tensor<B, 1, Int>,
+    pub absmax1: Tensor<B, 1>,
+    pub state2: Tensor<B, 1, Int>,
+    pub absmax2: Tensor<B, 1>,
+}
+
+impl<B: Backend> Blockwise8<B> {
+    /// Fresh state: all moments zero (bnb starts from zero codes and zero absmax; any code
+    /// times a zero absmax is 0, we store the zero codes so the state reads as zeros).
+    pub fn zeros(n: usize, maps: &Maps<B>, device: &B::Device) -> Self {
+        let nb = n.div_ceil(BLOCK);
+        let code = |c: u8| Tensor::<B, 1, Int>::full([n], c as i64, device).cast(IntDType::U8);
+        Self {
+            state1: code(maps.signed_zero),
+            absmax1: Tensor::zeros([nb], device),
+            state2: code(maps.unsigned_zero),
+            absmax2: Tensor::zeros([nb], device),
+        }
+    }
+}
+
+/// Pads a 1-D tensor to `len` with `value` (the last block may be short).
+fn pad_float<B: Backend>(t: Tensor<B, 1>, len: usize) -> Tensor<B, 1> {
+    let n = t.dims()[0];
+    if n == len {
+        return t;
+    }
+    let device = t.device();
+    Tensor::cat(vec![t, Tensor::zeros([len - n], &device)], 0)
+}
+
+fn pad_codes<B: Backend>(t: Tensor<B, 1, Int>, len: usize, code: u8) -> Tensor<B, 1, Int> {
+    let n = t.dims()[0];
+    if n == len {
+        return t;
+    }
+    let device = t.device();
+    let fill = Tensor::<B, 1, Int>::full([len - n], code as i64, &device).cast(t.dtype());
+    Tensor::cat(vec![t, fill], 0)
+}
+
+/// Per-block max |x| of a padded 1-D tensor: `[n_blocks]`.
+fn block_absmax<B: Backend>(x: Tensor<B, 1>, n_blocks: usize) -> Tensor<B, 1> {
+    x.abs()
+        .reshape([n_blocks, BLOCK])
+        .max_dim(1)
+        .reshape([n_blocks])
+}
+
+/// `x / absmax[block]`, with all-zero blocks mapped to 0 instead of 0/0 (bnb would feed NaN
+/// to its search there; any code decodes to 0 under a zero absmax, so only the code differs).
+fn normalize<B: Backend>(x: Tensor<B, 1>, absmax: Tensor<B, 1>, n_blocks: usize) -> Tensor<B, 1> {
+    let denom = absmax.clamp_min(f32::MIN_POSITIVE).reshape([n_blocks, 1]);
+    (x.reshape([n_blocks, BLOCK]) / denom).reshape([n_blocks * BLOCK])
+}
+
+/// One bitsandbytes 8-bit blockwise Adam step. Padding of the last block uses zero moments and
+/// zero gradients, so it never raises a block's absmax (bnb pads codes with 128/0 instead,
+/// which can add at most `map[128] = 5.5e-7` of the old absmax: immaterial).
+pub(crate) fn bnb_adam8_blockwise<B: Backend>(
+    p: Tensor<B, 1>,
+    g: Tensor<B, 1>,
+    state: Blockwise8<B>,
+    maps: &Maps<B>,
+    step: u64,
+    lr: f64,
+    h: Hyper,
+) -> (Tensor<B, 1>, Blockwise8<B>) {
+    let n = p.dims()[0];
+    let n_blocks = n.div_ceil(BLOCK);
+    let padded = n_blocks * BLOCK;
+    let (step_size, eps_c2, decay) = bnb_scalars(step, lr, h);
+    let (b1, b2) = (h.beta1 as f32, h.beta2 as f32);
+
+    let g = pad_float(g, padded);
+    let c1 = pad_codes(state.state1, padded, maps.signed_zero);
+    let c2 = pad_codes(state.state2, padded, maps.unsigned_zero);
+    let s2 = dequantize(&maps.unsigned, c2, state.absmax2, n_blocks);
+    let s2 = s2.mul_scalar(b2) + g.clone().mul_scalar(1.0 - b2) * g.clone();
+    let s1 = dequantize(&maps.signed, c1, state.absmax1, n_blocks);
+    let s1 = s1.mul_scalar(b1) + g.mul_scalar(1.0 - b1);
+    let absmax1 = block_absmax(s1.clone(), n_blocks);
+    let absmax2 = block_absmax(s2.clone(), n_blocks);
+
+    let (s1_n, s2_n) = (s1.clone().narrow(0, 0, n), s2.clone().narrow(0, 0, n));
+    let p = p + (s1_n / s2_n.sqrt().add_scalar(eps_c2)).mul_scalar(step_size);
+    let p = match decay {
+        Some(f) => p.mul_scalar(f),
+        None => p,
+    };
+
+    let c1 = quantize_2d(
+        &maps.signed,
+        true,
+        normalize(s1.clone(), absmax1.clone(), n_blocks),
+    );
+    // Keep the sign of the first moment: a small negative value must not decode as +0.
+    let decoded = maps.signed.clone().select(0, c1.clone());
+    let bump_up = decoded
+        .clone()
+        .lower_elem(0.0)
+        .bool_and(s1.clone().greater_elem(0.0));
+    let bump_down = decoded.greater_equal_elem(0.0).bool_and(s1.lower_elem(0.0));
+    let c1 = c1 + bump_up.int() - bump_down.int();
+    let c2 = quantize_2d(
+        &maps.unsigned,
+        false,
+        normalize(s2, absmax2.clone(), n_blocks),
+    );
+
+    let state = Blockwise8 {
+        state1: c1.narrow(0, 0, n).cast(IntDType::U8),
+        absmax1,
+        state2: c2.narrow(0, 0, n).cast(IntDType::U8),
+        absmax2,
+    };
+    (p, state)
+}
