@@ -1,1 +1,94 @@
-//! (being written)
+//! Quantized linear layers as a Burn backend extension.
+//!
+//! The frozen base weights of a QLoRA fine-tune stay quantized on the device (8-bit blockwise,
+//! NF4 or FP4, optionally with double-quantized absmax, all in bitsandbytes' layout from
+//! `qtune-quant`). [`q_linear`] computes `y = x·dequant(W)ᵀ`; under [`burn::backend::Autodiff`]
+//! its backward is hand-written: `dx = dy·dequant(W)`, no gradient for `W`, and neither `x` nor a
+//! dense copy of `W` is kept for the backward pass (the graph holds only the quantized tensors).
+//!
+//! Backends:
+//! - [`burn::backend::NdArray`] (always compiled): the exact reference. It dequantizes on the host
+//!   with `qtune-quant`, so it is bit-identical to bitsandbytes by construction.
+//! - `burn_cubecl::CubeBackend<CudaRuntime, ..>` (feature `cuda`): CubeCL dequant kernels writing the
+//!   activation's dtype, then cuBLAS `cublasGemmEx` (bf16/f16 in, fp32 accumulate) on Burn's own
+//!   buffers. See [`cuda`].
+//! - `Autodiff<B, C>` for any of the above.
+
+mod autodiff;
+mod error;
+mod reference;
+mod weight;
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+pub use error::KernelError;
+pub use weight::{AbsmaxPrimitive, QLayout, QWeightPrimitive, QuantWeight};
+
+use burn::tensor::{
+    backend::{AutodiffBackend, Backend},
+    ops::{FloatTensor, IntTensor},
+    DType, Tensor, TensorPrimitive,
+};
+use qtune_quant::QuantFormat;
+
+/// Backend extension for quantized weights: dequantize, quantized linear forward and its input
+/// gradient, and quantization of a dense weight on the device.
+///
+/// The weight travels as a [`QWeightPrimitive`] (its tensors are cheap refcounted handles), so the
+/// autodiff decorator can keep it as backward state without materialising a dense `W`.
+pub trait QBackend: Backend {
+    /// Dense `[out, in]` copy of `w` in `dtype` (values rounded from f32 exactly once, as bitsandbytes).
+    fn q_dequantize(w: QWeightPrimitive<Self>, dtype: DType) -> FloatTensor<Self>;
+
+    /// `y[m, out] = x[m, in] · dequant(w)ᵀ`, computed in `x`'s dtype.
+    fn q_linear(x: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self>;
+
+    /// `dx[m, in] = dy[m, out] · dequant(w)`, the only gradient a frozen base weight needs.
+    fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self>;
+
+    /// Blockwise quantization of a dense `[out, in]` weight (any float dtype) with a plain f32
+    /// absmax, bit-identical to `qtune_quant`'s CPU reference. Returns `(codes U8, absmax F32)`,
+    /// both 1-D; double quantization of the absmax is done by [`QuantWeight::quantize`].
+    ///
+    /// # Errors
+    /// [`KernelError`] if the values contain NaN/Inf or the block size is unsupported.
+    fn q_quantize(
+        name: &str,
+        w: FloatTensor<Self>,
+        format: QuantFormat,
+        blocksize: usize,
+    ) -> Result<(IntTensor<Self>, FloatTensor<Self>), KernelError>;
+}
+
+/// Bound for generic training code: a [`QBackend`] that can also differentiate.
+pub trait QAutodiffBackend: QBackend + AutodiffBackend {}
+
+impl<B, C> QAutodiffBackend for burn::backend::Autodiff<B, C>
+where
+    B: QBackend,
+    C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy,
+{
+}
+
+/// `x · dequant(W)ᵀ` over the last dimension of `x` (`in` → `out`); leading dimensions are kept.
+///
+/// # Panics
+/// If the last dimension of `x` is not `w.shape()[1]` (a model wiring bug, like a Burn matmul
+/// shape mismatch).
+pub fn q_linear<B: QBackend, const D: usize>(x: Tensor<B, D>, w: &QuantWeight<B>) -> Tensor<B, D> {
+    let dims = x.dims();
+    let [out_f, in_f] = w.shape();
+    assert_eq!(
+        dims[D - 1],
+        in_f,
+        "q_linear: input last dim {} does not match the weight's in_features {in_f} (weight shape [{out_f}, {in_f}])",
+        dims[D - 1]
+    );
+    let m = dims[..D - 1].iter().product::<usize>();
+    let x2 = x.reshape([m, in_f]).into_primitive().tensor();
+    let y = B::q_linear(x2, w.primitive());
+    let mut out = dims;
+    out[D - 1] = out_f;
+    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out)
+}

@@ -1,0 +1,73 @@
+//! [`QBackend`] for `CubeBackend<CudaRuntime, F, I, BT>` (= `burn_cuda::Cuda` built without the
+//! `fusion` feature): CubeCL dequant into a transient buffer in the activation's dtype, then a
+//! cuBLAS GEMM. The transient buffer goes back to cubecl's memory pool right after the GEMM (we
+//! synchronize before returning), so consecutive layers reuse the same pool pages: that pool is
+//! the per-device dequant scratch.
+
+use burn::tensor::{
+    backend::Backend,
+    ops::{FloatTensor, IntTensor},
+    DType, Tensor, TensorPrimitive,
+};
+use burn_cubecl::{BoolElement, CubeBackend, FloatElement, IntElement};
+use cubecl::cuda::CudaRuntime;
+use qtune_quant::QuantFormat;
+
+use super::gemm::{gemm, Product};
+use super::launch;
+use crate::{KernelError, QBackend, QWeightPrimitive};
+
+impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
+    for CubeBackend<CudaRuntime, F, I, BT>
+{
+    fn q_dequantize(w: QWeightPrimitive<Self>, dtype: DType) -> FloatTensor<Self> {
+        launch::dequantize::<CudaRuntime, Self>(w, dtype)
+    }
+
+    fn q_linear(x: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self> {
+        // Pitfall 3 of the notes: W must be in x's dtype, a mixed GEMM is garbage.
+        let wd = launch::dequantize::<CudaRuntime, Self>(w, x.dtype);
+        gemm::<Self>(x, &wd, Product::ATransB)
+    }
+
+    fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self> {
+        let wd = launch::dequantize::<CudaRuntime, Self>(w, dy.dtype);
+        gemm::<Self>(dy, &wd, Product::AB)
+    }
+
+    fn q_quantize(
+        name: &str,
+        w: FloatTensor<Self>,
+        format: QuantFormat,
+        blocksize: usize,
+    ) -> Result<(IntTensor<Self>, FloatTensor<Self>), KernelError> {
+        if !format.blocksizes().contains(&blocksize) {
+            return Err(KernelError::Blocksize {
+                name: name.to_string(),
+                format,
+                blocksize,
+            });
+        }
+        let t = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(w.clone()));
+        let bad = t.clone().is_nan().any().bool_or(t.is_inf().any());
+        let bad = bad
+            .into_data()
+            .to_vec::<bool>()
+            .map_err(|e| KernelError::Readback {
+                name: name.to_string(),
+                field: "finiteness check",
+                reason: format!("{e:?}"),
+            })?;
+        if bad.first().copied().unwrap_or(false) {
+            return Err(KernelError::NonFinite {
+                name: name.to_string(),
+            });
+        }
+        Ok(launch::quantize(w, format, blocksize))
+    }
+}
+
+/// Wait for all queued work on `device` (kernels are asynchronous; timings and host reads need it).
+pub fn sync<B: Backend>(device: &B::Device) {
+    B::sync(device).unwrap_or_else(|e| panic!("qtune-kernels: device sync: {e:?}"));
+}

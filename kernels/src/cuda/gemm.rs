@@ -1,0 +1,162 @@
+//! cuBLAS GEMMs on Burn's own CUDA buffers (cudarc 0.19.10, the version cubecl-cuda uses, so
+//! both share the device's primary context and the raw pointers are valid for cuBLAS).
+//!
+//! Ordering: cubecl queues work on its own streams and exposes no stream handle, so every call
+//! here is `Backend::sync` (inputs written) → GEMM on our stream → `stream.synchronize()` (output
+//! written) → return. About 10 µs per call on an H100 (shared/notes/gpu.md); worth it: cuBLAS
+//! reaches ~770 TFLOP/s in bf16 where Burn 0.21's own matmul reaches ~270.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use burn::tensor::DType;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::cuda::CudaRuntime;
+use cudarc::cublas::{result as blas, sys, CudaBlas};
+use cudarc::driver::{CudaContext, CudaStream};
+
+use super::launch::{empty, CubeB};
+
+/// One cuBLAS handle and stream per device, created on first use.
+struct DeviceBlas {
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+}
+
+type BlasMap = HashMap<usize, Arc<Mutex<DeviceBlas>>>;
+
+fn device_blas(index: usize) -> Arc<Mutex<DeviceBlas>> {
+    static MAP: OnceLock<Mutex<BlasMap>> = OnceLock::new();
+    let mut map = MAP
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    map.entry(index)
+        .or_insert_with(|| {
+            let ctx = CudaContext::new(index).unwrap_or_else(|e| {
+                panic!("qtune-kernels: CUDA context for device {index}: {e:?}")
+            });
+            let stream = ctx
+                .new_stream()
+                .unwrap_or_else(|e| panic!("qtune-kernels: CUDA stream on device {index}: {e:?}"));
+            let blas = CudaBlas::new(stream.clone()).unwrap_or_else(|e| {
+                panic!("qtune-kernels: cuBLAS handle on device {index}: {e:?}")
+            });
+            Arc::new(Mutex::new(DeviceBlas { stream, blas }))
+        })
+        .clone()
+}
+
+fn cuda_type(dtype: DType) -> sys::cudaDataType {
+    match dtype {
+        DType::F32 => sys::cudaDataType::CUDA_R_32F,
+        DType::F16 => sys::cudaDataType::CUDA_R_16F,
+        DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
+        other => panic!("qtune-kernels: cuBLAS GEMM supports F32, F16, BF16, not {other:?}"),
+    }
+}
+
+/// Which product: `y = a·Wᵀ` (forward) or `dx = a·W` (input gradient); `W` is row-major `[n, k]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Product {
+    /// `a[m, k] · W[n, k]ᵀ → [m, n]`.
+    ATransB,
+    /// `a[m, n] · W[n, k] → [m, k]`.
+    AB,
+}
+
+/// Row-major GEMM of a contiguous `a [m, ·]` with a contiguous weight `w [n, k]`, in `a`'s dtype
+/// (fp32 accumulation). `a` and `w` must have the same dtype.
+///
+/// # Panics
+/// On dtype mismatch, an unsupported dtype, or a CUDA/cuBLAS failure (Burn ops cannot return
+/// errors; a failure here means the device is unusable).
+pub fn gemm<B>(
+    a: CubeTensor<CudaRuntime>,
+    w: &CubeTensor<CudaRuntime>,
+    product: Product,
+) -> CubeTensor<CudaRuntime>
+where
+    B: CubeB<CudaRuntime> + burn::tensor::backend::Backend<Device = cubecl::cuda::CudaDevice>,
+{
+    assert_eq!(
+        a.dtype, w.dtype,
+        "qtune-kernels: GEMM operands must share a dtype"
+    );
+    let a = burn_cubecl::kernel::into_contiguous(a);
+    let a_shape = a.meta.shape().to_vec();
+    let w_shape = w.meta.shape().to_vec();
+    let (m, inner) = (a_shape[0], a_shape[1]);
+    let (n, k) = (w_shape[0], w_shape[1]);
+    let out_cols = match product {
+        Product::ATransB => {
+            assert_eq!(
+                inner, k,
+                "qtune-kernels: x has {inner} features, W has {k} input features"
+            );
+            n
+        }
+        Product::AB => {
+            assert_eq!(
+                inner, n,
+                "qtune-kernels: dy has {inner} features, W has {n} outputs"
+            );
+            k
+        }
+    };
+    let out = empty(&a, vec![m, out_cols], a.dtype);
+    if m == 0 || out_cols == 0 {
+        return out;
+    }
+    let ty = cuda_type(a.dtype);
+    B::sync(&a.device).unwrap_or_else(|e| panic!("qtune-kernels: device sync before GEMM: {e:?}"));
+    let ptr = |t: &CubeTensor<CudaRuntime>| {
+        t.client
+            .get_resource(t.handle.clone())
+            .unwrap_or_else(|e| panic!("qtune-kernels: device pointer for GEMM: {e:?}"))
+    };
+    let (ra, rw, ro) = (ptr(&a), ptr(w), ptr(&out));
+    let (pa, pw, po) = (ra.resource().ptr, rw.resource().ptr, ro.resource().ptr);
+    let dev = device_blas(a.device.index);
+    let dev = dev.lock().unwrap_or_else(|p| p.into_inner());
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let (m, n, k) = (m as i32, n as i32, k as i32);
+    // cuBLAS is column-major: a row-major [r, c] matrix is its transpose [c, r] with ld = c.
+    // Forward: yᵀ[n, m] = W[n,k]·aᵀ  → gemm(T, N, n, m, k, W, k, a, k, y, n).
+    // Backward: dxᵀ[k, m] = Wᵀ[k,n]·dyᵀ → gemm(N, N, k, m, n, W, k, dy, n, dx, k).
+    let (ta, rows, kk, lda, ldb, ldc) = match product {
+        Product::ATransB => (sys::cublasOperation_t::CUBLAS_OP_T, n, k, k, k, n),
+        Product::AB => (sys::cublasOperation_t::CUBLAS_OP_N, k, n, k, n, k),
+    };
+    // SAFETY: the pointers belong to live, contiguous buffers of the stated shapes (resources
+    // held in ra/rw/ro until after the stream synchronizes); all Burn writes finished at sync.
+    unsafe {
+        blas::gemm_ex(
+            *dev.blas.handle(),
+            ta,
+            sys::cublasOperation_t::CUBLAS_OP_N,
+            rows,
+            m,
+            kk,
+            &alpha as *const f32 as *const _,
+            pw as *const _,
+            ty,
+            lda,
+            pa as *const _,
+            ty,
+            ldb,
+            &beta as *const f32 as *const _,
+            po as *mut _,
+            ty,
+            ldc,
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+        .unwrap_or_else(|e| panic!("qtune-kernels: cublasGemmEx: {e:?}"));
+    }
+    dev.stream
+        .synchronize()
+        .unwrap_or_else(|e| panic!("qtune-kernels: stream sync after GEMM: {e:?}"));
+    drop((ra, rw, ro));
+    out
+}

@@ -1,0 +1,330 @@
+//! `#[cube]` kernels: blockwise dequantization (8-bit, NF4, FP4, plain or nested absmax) and
+//! quantization, each mirroring `qtune-quant`'s CPU reference operation for operation.
+//!
+//! Exactness rules (the CPU reference follows bitsandbytes' `--use_fast_math` build):
+//! - every float product is flushed to zero when subnormal ([`ftz`]), as the reference's `ftz`;
+//! - no `a*b+c` appears in one expression: NVRTC contracts those into FMAs by default, which
+//!   rounds once instead of twice. The nested absmax product is therefore written to memory by
+//!   [`nested_product_kernel`] and the offset added in the dequant kernel (bitsandbytes also
+//!   does the product in a kernel and the `+ offset` in a separate torch op);
+//! - `1.0 / absmax` is an IEEE division (NVRTC's default `-prec-div=true`).
+
+// `#[cube]` locals must be initialized before branches assign them.
+#![allow(unused_assignments)]
+
+use cubecl::prelude::*;
+
+/// Smallest normal f32: below it, a product is flushed to a signed zero.
+const MIN_NORMAL: f32 = 1.175_494_4e-38;
+
+/// Flush a subnormal to a zero of the same sign (`qtune_quant` `ftz`).
+#[cube]
+pub fn ftz(x: f32) -> f32 {
+    select(f32::abs(x) < MIN_NORMAL, x * 0.0f32, x)
+}
+
+/// `prod[i] = ftz(map[codes[i]] * nested_absmax[i / nested_blocksize])` for the double-quantized
+/// absmax; the `+ offset` happens in the dequant kernels (two roundings, like the reference).
+#[cube(launch_unchecked)]
+pub fn nested_product_kernel(
+    codes: &Array<u8>,
+    nested_absmax: &Array<f32>,
+    map: &Array<f32>,
+    prod: &mut Array<f32>,
+    count: usize,
+    #[comptime] nested_blocksize: usize,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= count {
+        terminate!();
+    }
+    let c = usize::cast_from(codes[i]);
+    prod[i] = ftz(map[c] * nested_absmax[i / nested_blocksize]);
+}
+
+/// Scale of the block holding element `i`: plain absmax, or nested product + offset.
+#[cube]
+fn block_scale(
+    absmax: &Array<f32>,
+    i: usize,
+    offset: f32,
+    #[comptime] blocksize: usize,
+    #[comptime] nested: bool,
+) -> f32 {
+    let a = absmax[i / blocksize];
+    if nested {
+        a + offset
+    } else {
+        a
+    }
+}
+
+/// 4-bit dequant, 8 values per unit: one `u32` of codes (4 bytes, little-endian; value 2j in the
+/// high nibble of byte j) → one `Vector<F, 8>` store. Needs `numel % 8 == 0`, 16 ≤ cube size.
+#[cube(launch_unchecked)]
+pub fn dequant4_vec_kernel<F: Float, N: Size>(
+    codes: &Array<u32>,
+    absmax: &Array<f32>,
+    map: &Array<f32>,
+    out: &mut Array<Vector<F, N>>,
+    num_words: usize,
+    offset: f32,
+    #[comptime] blocksize: usize,
+    #[comptime] nested: bool,
+) {
+    let mut lut = SharedMemory::<f32>::new(16usize);
+    if UNIT_POS < 16 {
+        lut[UNIT_POS as usize] = map[UNIT_POS as usize];
+    }
+    sync_cube();
+    let w = ABSOLUTE_POS;
+    if w >= num_words {
+        terminate!();
+    }
+    let word = codes[w];
+    let a = block_scale(absmax, w * 8, offset, blocksize, nested);
+    let mut v = Vector::<F, N>::empty();
+    #[unroll]
+    for b in 0..4u32 {
+        let byte = (word >> (b * 8)) & 255u32;
+        let hi = lut[(byte >> 4) as usize];
+        let lo = lut[(byte & 15u32) as usize];
+        v[(2 * b) as usize] = F::cast_from(ftz(hi * a));
+        v[(2 * b + 1) as usize] = F::cast_from(ftz(lo * a));
+    }
+    out[w] = v;
+}
+
+/// 8-bit dequant, 8 values per unit: two `u32` of codes → one `Vector<F, 8>` store. The 256-entry
+/// map is staged in shared memory (cube size must be 256). Needs `numel % 8 == 0`.
+#[cube(launch_unchecked)]
+pub fn dequant8_vec_kernel<F: Float, N: Size>(
+    codes: &Array<u32>,
+    absmax: &Array<f32>,
+    map: &Array<f32>,
+    out: &mut Array<Vector<F, N>>,
+    num_vectors: usize,
+    offset: f32,
+    #[comptime] blocksize: usize,
+    #[comptime] nested: bool,
+) {
+    let mut lut = SharedMemory::<f32>::new(256usize);
+    lut[UNIT_POS as usize] = map[UNIT_POS as usize];
+    sync_cube();
+    let t = ABSOLUTE_POS;
+    if t >= num_vectors {
+        terminate!();
+    }
+    let w0 = codes[2 * t];
+    let w1 = codes[2 * t + 1];
+    let a = block_scale(absmax, t * 8, offset, blocksize, nested);
+    let mut v = Vector::<F, N>::empty();
+    #[unroll]
+    for b in 0..4u32 {
+        let c0 = (w0 >> (b * 8)) & 255u32;
+        let c1 = (w1 >> (b * 8)) & 255u32;
+        v[b as usize] = F::cast_from(ftz(lut[c0 as usize] * a));
+        v[(b + 4) as usize] = F::cast_from(ftz(lut[c1 as usize] * a));
+    }
+    out[t] = v;
+}
+
+/// One value per unit, any length and alignment (odd shapes, tails).
+#[cube(launch_unchecked)]
+pub fn dequant_scalar_kernel<F: Float>(
+    codes: &Array<u8>,
+    absmax: &Array<f32>,
+    map: &Array<f32>,
+    out: &mut Array<F>,
+    numel: usize,
+    offset: f32,
+    #[comptime] blocksize: usize,
+    #[comptime] nested: bool,
+    #[comptime] four_bit: bool,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= numel {
+        terminate!();
+    }
+    let mut code = 0u32;
+    if four_bit {
+        let byte = u32::cast_from(codes[i / 2]);
+        code = select(i % 2 == 0, byte >> 4, byte & 15u32);
+    } else {
+        code = u32::cast_from(codes[i]);
+    }
+    let a = block_scale(absmax, i, offset, blocksize, nested);
+    out[i] = F::cast_from(ftz(map[code as usize] * a));
+}
+
+/// Per-block `max |ftz(x)|`, one unit per block (the reference's `block_absmax`).
+#[cube(launch_unchecked)]
+pub fn absmax_kernel<F: Float>(
+    x: &Array<F>,
+    absmax: &mut Array<f32>,
+    numel: usize,
+    num_blocks: usize,
+    #[comptime] blocksize: usize,
+) {
+    let b = ABSOLUTE_POS;
+    if b >= num_blocks {
+        terminate!();
+    }
+    let start = b * blocksize;
+    let end = select(start + blocksize < numel, start + blocksize, numel);
+    let mut m = 0.0f32;
+    for i in start..end {
+        let v = f32::abs(ftz(f32::cast_from(x[i])));
+        m = select(v > m, v, m);
+    }
+    absmax[b] = m;
+}
+
+/// bnb `dQuantizeNF4` on a value already scaled by `1/absmax` (same thresholds as the reference).
+#[cube]
+fn encode_nf4(x: f32) -> u32 {
+    let mut q = 0u32;
+    if x > 0.039_790_15f32 {
+        if x > 0.389_312_54f32 {
+            if x > 0.642_786_9f32 {
+                q = select(x > 0.861_478_45f32, 15u32, 14u32);
+            } else {
+                q = select(x > 0.501_663_45f32, 13u32, 12u32);
+            }
+        } else if x > 0.203_521_25f32 {
+            q = select(x > 0.292_013_76f32, 11u32, 10u32);
+        } else {
+            q = select(x > 0.120_255_25f32, 9u32, 8u32);
+        }
+    } else if x > -0.339_679_42f32 {
+        if x > -0.137_911_74f32 {
+            q = select(x > -0.045_525_018f32, 7u32, 6u32);
+        } else {
+            q = select(x > -0.234_607_4f32, 5u32, 4u32);
+        }
+    } else if x > -0.610_632_9f32 {
+        q = select(x > -0.459_995_27f32, 3u32, 2u32);
+    } else {
+        q = select(x > -0.848_096_4f32, 1u32, 0u32);
+    }
+    q
+}
+
+/// bnb `dQuantizeFP4`: sign from `x < 0`, magnitude tree over `|x|`.
+#[cube]
+fn encode_fp4(x: f32) -> u32 {
+    let sign = select(x < 0.0f32, 8u32, 0u32);
+    let a = f32::abs(x);
+    let mut m = 0u32;
+    if a > 0.291_666_66f32 {
+        if a > 0.583_333f32 {
+            m = select(a > 0.833_333_3f32, 3u32, 2u32);
+        } else {
+            m = select(a > 0.416_666_7f32, 5u32, 4u32);
+        }
+    } else if a > 0.085_937_5f32 {
+        m = select(a > 0.208_333_33f32, 7u32, 6u32);
+    } else {
+        m = select(a > 0.002_604_17f32, 1u32, 0u32);
+    }
+    m + sign
+}
+
+/// 4-bit encode, one output byte (two values) per unit; for odd `numel` the missing last value
+/// is encoded as 0.0 with the same block scale, like the reference.
+#[cube(launch_unchecked)]
+pub fn quant4_kernel<F: Float>(
+    x: &Array<F>,
+    absmax: &Array<f32>,
+    codes: &mut Array<u8>,
+    numel: usize,
+    num_bytes: usize,
+    #[comptime] blocksize: usize,
+    #[comptime] nf4: bool,
+) {
+    let j = ABSOLUTE_POS;
+    if j >= num_bytes {
+        terminate!();
+    }
+    let i0 = 2 * j;
+    let scale = ftz(1.0f32 / absmax[i0 / blocksize]);
+    let v0 = ftz(f32::cast_from(x[i0]));
+    let mut v1 = 0.0f32;
+    if i0 + 1 < numel {
+        v1 = ftz(f32::cast_from(x[i0 + 1]));
+    }
+    let s0 = ftz(v0 * scale);
+    let s1 = ftz(v1 * scale);
+    let mut q0 = 0u32;
+    let mut q1 = 0u32;
+    if nf4 {
+        q0 = encode_nf4(s0);
+        q1 = encode_nf4(s1);
+    } else {
+        q0 = encode_fp4(s0);
+        q1 = encode_fp4(s1);
+    }
+    codes[j] = u8::cast_from((q0 << 4) | q1);
+}
+
+/// 8-bit encode (bnb `dQuantize<0>`: 7-step binary search, then float-midpoint decision), one
+/// value per unit, with the 256-entry map in shared memory (cube size must be 256).
+#[cube(launch_unchecked)]
+pub fn quant8_kernel<F: Float>(
+    x: &Array<F>,
+    absmax: &Array<f32>,
+    map: &Array<f32>,
+    codes: &mut Array<u8>,
+    numel: usize,
+    #[comptime] blocksize: usize,
+) {
+    let mut lut = SharedMemory::<f32>::new(256usize);
+    lut[UNIT_POS as usize] = map[UNIT_POS as usize];
+    sync_cube();
+    let i = ABSOLUTE_POS;
+    if i >= numel {
+        terminate!();
+    }
+    let scale = ftz(1.0f32 / absmax[i / blocksize]);
+    let v = ftz(ftz(f32::cast_from(x[i])) * scale);
+
+    let mut pivot: u32 = 127u32;
+    let mut upper_pivot: u32 = 255u32;
+    let mut lower_pivot: u32 = 0u32;
+    let mut lower: f32 = f32::new(-1.0);
+    let mut upper: f32 = f32::new(1.0);
+    let mut val: f32 = lut[127usize];
+    #[unroll]
+    for s in 0..7u32 {
+        let step = 64u32 >> s;
+        if v > val {
+            lower_pivot = pivot;
+            lower = val;
+            pivot += step;
+        } else {
+            upper_pivot = pivot;
+            upper = val;
+            pivot -= step;
+        }
+        val = lut[pivot as usize];
+    }
+    if upper_pivot == 255u32 {
+        upper = lut[255usize];
+    }
+    if lower_pivot == 0u32 {
+        lower = lut[0usize];
+    }
+    let mut code: u32 = pivot;
+    if v > val {
+        let midpoint = (upper + val) * 0.5f32;
+        if v > midpoint {
+            code = upper_pivot;
+        }
+    } else {
+        let midpoint = (lower + val) * 0.5f32;
+        if v < midpoint {
+            code = lower_pivot;
+        }
+    }
+    codes[i] = u8::cast_from(code);
+}

@@ -1,0 +1,15 @@
+//! CUDA implementation (feature `cuda`): CubeCL dequant/quantize kernels and cuBLAS GEMMs on
+//! Burn's buffers, plus the GPU self-test and the dequant/linear benchmark that run on the
+//! device machine (`qtune-kernels-gpu` binary, `cargo xtask bench dequant`).
+
+mod backend;
+pub mod bench;
+pub mod gemm;
+mod kernels;
+pub mod launch;
+pub mod selftest;
+
+pub use backend::sync;
+
+/// The CUDA backend our ops are implemented for (burn-cuda without `fusion`).
+pub type Cuda<F = f32> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;

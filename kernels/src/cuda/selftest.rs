@@ -1,0 +1,1 @@
+//! GPU self-test (being written).

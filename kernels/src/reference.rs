@@ -1,0 +1,168 @@
+//! The CPU reference: [`QBackend`] for [`NdArray`] by dequantizing on the host with `qtune-quant`
+//! (bit-identical to bitsandbytes by that crate's tests), then Burn's matmul. Also the helpers
+//! the GPU self-test uses to compare a device result with the host reference.
+
+use burn::backend::NdArray;
+use burn::tensor::{
+    backend::Backend,
+    ops::{FloatTensor, IntTensor},
+    DType, Int, Tensor, TensorData, TensorPrimitive,
+};
+use qtune_quant::{Absmax, FloatDType, NestedAbsmax, QuantFormat, QuantSpec, QuantizedTensor};
+
+use crate::{AbsmaxPrimitive, KernelError, QBackend, QWeightPrimitive};
+
+fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+fn host_u8<B: Backend>(field: &'static str, t: &IntTensor<B>) -> Result<Vec<u8>, KernelError> {
+    let err = |reason: String| KernelError::Readback {
+        name: "<weight>".into(),
+        field,
+        reason,
+    };
+    let data = Tensor::<B, 1, Int>::from_primitive(t.clone())
+        .try_into_data()
+        .map_err(|e| err(format!("{e:?}")))?;
+    data.convert::<u8>()
+        .into_vec::<u8>()
+        .map_err(|e| err(format!("{e:?}")))
+}
+
+fn host_f32<B: Backend>(field: &'static str, t: &FloatTensor<B>) -> Result<Vec<f32>, KernelError> {
+    let err = |reason: String| KernelError::Readback {
+        name: "<weight>".into(),
+        field,
+        reason,
+    };
+    let data = float::<B, 1>(t.clone())
+        .try_into_data()
+        .map_err(|e| err(format!("{e:?}")))?;
+    data.convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| err(format!("{e:?}")))
+}
+
+/// Read a weight primitive back into a host [`QuantizedTensor`] (any backend).
+///
+/// # Errors
+/// [`KernelError::Readback`] if a device read fails.
+pub fn host_quantized<B: Backend>(w: &QWeightPrimitive<B>) -> Result<QuantizedTensor, KernelError> {
+    let l = w.layout;
+    let absmax = match &w.absmax {
+        AbsmaxPrimitive::Plain(a) => Absmax::Plain(host_f32::<B>("absmax", a)?),
+        AbsmaxPrimitive::Nested {
+            codes,
+            absmax,
+            offset,
+            blocksize,
+            ..
+        } => Absmax::Nested(NestedAbsmax {
+            codes: host_u8::<B>("nested_codes", codes)?,
+            absmax: host_f32::<B>("nested_absmax", absmax)?,
+            offset: *offset,
+            blocksize: *blocksize,
+        }),
+    };
+    Ok(QuantizedTensor {
+        format: l.format,
+        shape: vec![l.out_features, l.in_features],
+        blocksize: l.blocksize,
+        codes: host_u8::<B>("codes", &w.codes)?,
+        absmax,
+        dtype: FloatDType::F32,
+    })
+}
+
+/// Dense weight through the host reference, uploaded as F32 then cast to `dtype`.
+fn dequantize_on_host<B: Backend>(w: &QWeightPrimitive<B>, dtype: DType) -> Tensor<B, 2> {
+    let device = B::int_device(&w.codes);
+    let q = host_quantized(w).unwrap_or_else(|e| panic!("{e}"));
+    let values = q.dequantize();
+    let dense = Tensor::<B, 2>::from_data(
+        TensorData::new(values, [w.layout.out_features, w.layout.in_features]),
+        (&device, DType::F32),
+    );
+    if dtype == DType::F32 {
+        dense
+    } else {
+        dense.cast(dtype)
+    }
+}
+
+/// Host quantization with `qtune-quant`, uploaded as (U8 codes, F32 absmax).
+fn quantize_on_host<B: Backend>(
+    name: &str,
+    w: FloatTensor<B>,
+    format: QuantFormat,
+    blocksize: usize,
+) -> Result<(IntTensor<B>, FloatTensor<B>), KernelError> {
+    let w = float::<B, 2>(w);
+    let device = w.device();
+    let shape = w.dims();
+    let values = w
+        .try_into_data()
+        .map_err(|e| KernelError::Readback {
+            name: name.to_string(),
+            field: "weight",
+            reason: format!("{e:?}"),
+        })?
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| KernelError::Readback {
+            name: name.to_string(),
+            field: "weight",
+            reason: format!("{e:?}"),
+        })?;
+    let spec = QuantSpec {
+        format,
+        blocksize,
+        double_quant: false,
+    };
+    let q = QuantizedTensor::quantize(name, &values, &shape, spec, FloatDType::F32).map_err(
+        |source| KernelError::Quant {
+            name: name.to_string(),
+            source,
+        },
+    )?;
+    let Absmax::Plain(absmax) = q.absmax else {
+        unreachable!("double_quant was false")
+    };
+    let codes = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(q.codes.clone(), [q.codes.len()]),
+        (&device, DType::U8),
+    );
+    let absmax = Tensor::<B, 1>::from_data(
+        TensorData::new(absmax.clone(), [absmax.len()]),
+        (&device, DType::F32),
+    );
+    Ok((codes.into_primitive(), absmax.into_primitive().tensor()))
+}
+
+impl QBackend for NdArray {
+    fn q_dequantize(w: QWeightPrimitive<Self>, dtype: DType) -> FloatTensor<Self> {
+        dequantize_on_host(&w, dtype).into_primitive().tensor()
+    }
+
+    fn q_linear(x: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self> {
+        let x = float::<Self, 2>(x);
+        let wd = dequantize_on_host(&w, x.dtype());
+        x.matmul(wd.transpose()).into_primitive().tensor()
+    }
+
+    fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self> {
+        let dy = float::<Self, 2>(dy);
+        let wd = dequantize_on_host(&w, dy.dtype());
+        dy.matmul(wd).into_primitive().tensor()
+    }
+
+    fn q_quantize(
+        name: &str,
+        w: FloatTensor<Self>,
+        format: QuantFormat,
+        blocksize: usize,
+    ) -> Result<(IntTensor<Self>, FloatTensor<Self>), KernelError> {
+        quantize_on_host::<Self>(name, w, format, blocksize)
+    }
+}
