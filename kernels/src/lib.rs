@@ -61,8 +61,10 @@ pub trait QBackend: Backend {
     ) -> Result<(IntTensor<Self>, FloatTensor<Self>), KernelError>;
 }
 
-/// Bound for generic training code: a [`QBackend`] that can also differentiate.
-pub trait QAutodiffBackend: QBackend + AutodiffBackend {}
+/// Bound for generic training code: a [`QBackend`] that can also differentiate, whose inner
+/// backend (used by `.valid()` modules, e.g. the no-graph forward of gradient checkpointing) is
+/// a [`QBackend`] too.
+pub trait QAutodiffBackend: QBackend + AutodiffBackend<InnerBackend: QBackend> {}
 
 impl<B, C> QAutodiffBackend for burn::backend::Autodiff<B, C>
 where

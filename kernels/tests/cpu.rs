@@ -1,0 +1,334 @@
+//! CPU (NdArray) tests of the quantized linear: forward = dequantize-then-matmul exactly, the
+//! hand-written backward = autodiff through the dense reference = finite differences, LoRA
+//! parameters on top still get gradients, and the weight round-trips through the host format.
+
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+use burn::backend::{Autodiff, NdArray};
+use burn::module::{AutodiffModule, Module, Param};
+use burn::tensor::{backend::Backend, DType, Distribution, Tensor, TensorData};
+use qtune_kernels::{q_linear, KernelError, QuantWeight};
+use qtune_quant::{Absmax, FloatDType, QuantFormat, QuantSpec, QuantizedTensor};
+
+type Nd = NdArray;
+type Ad = Autodiff<NdArray>;
+
+/// Deterministic pseudo-random values (an LCG, so the tests need no RNG crate).
+fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn specs() -> Vec<QuantSpec> {
+    vec![
+        QuantSpec {
+            format: QuantFormat::Nf4,
+            blocksize: 64,
+            double_quant: true,
+        },
+        QuantSpec {
+            format: QuantFormat::Nf4,
+            blocksize: 32,
+            double_quant: false,
+        },
+        QuantSpec {
+            format: QuantFormat::Fp4,
+            blocksize: 64,
+            double_quant: true,
+        },
+        QuantSpec {
+            format: QuantFormat::Fp4,
+            blocksize: 128,
+            double_quant: false,
+        },
+        QuantSpec {
+            format: QuantFormat::Blockwise8,
+            blocksize: 256,
+            double_quant: false,
+        },
+        QuantSpec {
+            format: QuantFormat::Blockwise8,
+            blocksize: 64,
+            double_quant: true,
+        },
+    ]
+}
+
+fn quantized(out_f: usize, in_f: usize, spec: QuantSpec, seed: u64) -> QuantizedTensor {
+    let w = values(out_f * in_f, seed, 0.05);
+    QuantizedTensor::quantize("w", &w, &[out_f, in_f], spec, FloatDType::F32).expect("quantize")
+}
+
+fn dense<B: Backend>(q: &QuantizedTensor, dev: &B::Device) -> Tensor<B, 2> {
+    Tensor::from_data(
+        TensorData::new(q.dequantize(), [q.shape[0], q.shape[1]]),
+        dev,
+    )
+}
+
+fn bits<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<u32> {
+    t.into_data()
+        .to_vec::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn dequantize_and_forward_equal_the_host_reference_bit_for_bit() {
+    let dev = Default::default();
+    // 24x64 (aligned) and 7x9 (odd element count: padded last nibble, short last block).
+    for (out_f, in_f) in [(24, 64), (7, 9)] {
+        for (k, spec) in specs().into_iter().enumerate() {
+            let q = quantized(out_f, in_f, spec, 11 + k as u64);
+            let w = QuantWeight::<Nd>::from_quantized(&q, &dev);
+            assert_eq!(w.shape(), [out_f, in_f]);
+            let reference = dense::<Nd>(&q, &dev);
+            assert_eq!(
+                bits(w.dequantize(DType::F32)),
+                bits(reference.clone()),
+                "{spec:?} {out_f}x{in_f}"
+            );
+
+            let x = Tensor::<Nd, 3>::from_data(
+                TensorData::new(values(2 * 5 * in_f, 3, 1.0), [2, 5, in_f]),
+                &dev,
+            );
+            let y = q_linear(x.clone(), &w);
+            assert_eq!(y.dims(), [2, 5, out_f]);
+            let y_ref = x
+                .reshape([10, in_f])
+                .matmul(reference.transpose())
+                .reshape([2, 5, out_f]);
+            assert_eq!(bits(y), bits(y_ref), "{spec:?} {out_f}x{in_f}");
+        }
+    }
+}
+
+#[test]
+fn weight_round_trips_through_the_host_format() {
+    let dev = Default::default();
+    for (k, spec) in specs().into_iter().enumerate() {
+        let q = quantized(16, 96, spec, 40 + k as u64);
+        let w = QuantWeight::<Nd>::from_quantized(&q, &dev);
+        assert_eq!(w.to_quantized(), q, "{spec:?}");
+        assert_eq!(w.num_params(), 0, "a frozen base weight has no parameters");
+        let expected = q.resident_bytes();
+        // Ours counts codes + absmax (+ nested codes, nested absmax); qtune-quant adds the 4-byte offset.
+        let diff = expected.abs_diff(w.resident_bytes());
+        assert!(diff <= 4, "{spec:?}: {} vs {expected}", w.resident_bytes());
+    }
+}
+
+#[test]
+fn quantize_on_the_backend_equals_the_cpu_quantizer() {
+    let dev = Default::default();
+    for (k, spec) in specs().into_iter().enumerate() {
+        let v = values(12 * 80, 70 + k as u64, 0.2);
+        let expected =
+            QuantizedTensor::quantize("w", &v, &[12, 80], spec, FloatDType::F32).unwrap();
+        let t = Tensor::<Nd, 2>::from_data(TensorData::new(v, [12, 80]), &dev);
+        let w = QuantWeight::quantize(
+            "w",
+            t,
+            spec.format,
+            spec.blocksize,
+            spec.double_quant,
+            FloatDType::F32,
+        )
+        .expect("quantize on NdArray");
+        let got = w.to_quantized();
+        assert_eq!(got.codes, expected.codes, "{spec:?}");
+        match (&got.absmax, &expected.absmax) {
+            (Absmax::Plain(a), Absmax::Plain(b)) => assert_eq!(a, b),
+            (Absmax::Nested(a), Absmax::Nested(b)) => assert_eq!(a, b),
+            _ => panic!("{spec:?}: absmax kinds differ"),
+        }
+    }
+}
+
+#[test]
+fn quantize_rejects_non_finite_and_bad_blocksize() {
+    let dev = Default::default();
+    let mut v = values(64, 1, 1.0);
+    v[5] = f32::NAN;
+    let t = Tensor::<Nd, 2>::from_data(TensorData::new(v, [4, 16]), &dev);
+    let err = QuantWeight::quantize("layer.0.w", t, QuantFormat::Nf4, 64, false, FloatDType::F32)
+        .unwrap_err();
+    assert!(err.to_string().contains("layer.0.w"), "{err}");
+    let t = Tensor::<Nd, 2>::from_data(TensorData::new(values(64, 2, 1.0), [4, 16]), &dev);
+    let err = QuantWeight::quantize("layer.1.w", t, QuantFormat::Nf4, 48, false, FloatDType::F32)
+        .unwrap_err();
+    assert!(err.to_string().contains("layer.1.w"), "{err}");
+}
+
+#[test]
+fn malformed_quantized_tensors_are_typed_errors() {
+    let dev = Default::default();
+    let mut q = quantized(4, 64, specs()[0], 5);
+    q.shape = vec![2, 2, 64];
+    let err =
+        QuantWeight::<Nd>::try_from_quantized("h.0.attn.q_proj.weight", &q, &dev).unwrap_err();
+    assert!(matches!(err, KernelError::NotMatrix { .. }), "{err}");
+    assert!(err.to_string().contains("h.0.attn.q_proj.weight"));
+    let mut q = quantized(4, 64, specs()[1], 5);
+    q.codes.pop();
+    let err = QuantWeight::<Nd>::try_from_quantized("w", &q, &dev).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KernelError::Length {
+                field: "codes",
+                expected: 128,
+                got: 127,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// dx of `sum(q_linear(x, W) * g)` three ways: hand-written backward, autodiff through the dense
+/// reference, finite differences.
+fn check_backward<B: qtune_kernels::QAutodiffBackend>(dev: &B::Device) {
+    for (k, spec) in specs().into_iter().enumerate() {
+        let (m, in_f, out_f) = (6, 64, 20);
+        let q = quantized(out_f, in_f, spec, 100 + k as u64);
+        let w = QuantWeight::<B>::from_quantized(&q, dev);
+        let xv = values(m * in_f, 7, 1.0);
+        let g =
+            Tensor::<B, 2>::from_data(TensorData::new(values(m * out_f, 8, 1.0), [m, out_f]), dev);
+
+        let x =
+            Tensor::<B, 2>::from_data(TensorData::new(xv.clone(), [m, in_f]), dev).require_grad();
+        let loss = (q_linear(x.clone(), &w) * g.clone()).sum();
+        let dx = x
+            .grad(&loss.backward())
+            .expect("x has a grad")
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+
+        let wd = dense::<B>(&q, dev);
+        let xr =
+            Tensor::<B, 2>::from_data(TensorData::new(xv.clone(), [m, in_f]), dev).require_grad();
+        let loss_r = (xr.clone().matmul(wd.transpose()) * g.clone()).sum();
+        let dx_r = xr
+            .grad(&loss_r.backward())
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let err = max_rel(&dx, &dx_r);
+        assert!(err < 1e-6, "{spec:?}: dx vs dense autodiff rel err {err}");
+
+        // Central differences on a few coordinates (the loss is linear in x: only rounding).
+        let inner = w.clone().valid();
+        let ginner = g.clone().inner();
+        let loss_at = |v: &[f32]| -> f32 {
+            let xi = Tensor::<B::InnerBackend, 2>::from_data(
+                TensorData::new(v.to_vec(), [m, in_f]),
+                dev,
+            );
+            (q_linear(xi, &inner) * ginner.clone())
+                .sum()
+                .into_scalar()
+                .to_f32_lossy()
+        };
+        let h = 1e-2f32;
+        for idx in [0, 17, 130, m * in_f - 1] {
+            let (mut p, mut n) = (xv.clone(), xv.clone());
+            p[idx] += h;
+            n[idx] -= h;
+            let fd = (loss_at(&p) - loss_at(&n)) / (2.0 * h);
+            assert!(
+                (fd - dx[idx]).abs() <= 2e-2 * dx[idx].abs().max(0.1),
+                "{spec:?} [{idx}]: fd {fd} vs dx {}",
+                dx[idx]
+            );
+        }
+    }
+}
+
+trait ToF32 {
+    fn to_f32_lossy(self) -> f32;
+}
+impl<E: burn::tensor::ElementConversion> ToF32 for E {
+    fn to_f32_lossy(self) -> f32 {
+        self.elem()
+    }
+}
+
+#[test]
+fn backward_matches_dense_autodiff_and_finite_differences() {
+    check_backward::<Ad>(&Default::default());
+}
+
+#[test]
+fn backward_works_under_balanced_checkpointing() {
+    check_backward::<Autodiff<NdArray, BalancedCheckpointing>>(&Default::default());
+}
+
+#[test]
+fn lora_parameters_on_top_get_the_dense_reference_grads() {
+    let dev = Default::default();
+    let (m, in_f, out_f, r) = (5, 64, 32, 4);
+    let q = quantized(out_f, in_f, specs()[0], 9);
+    let w = QuantWeight::<Ad>::from_quantized(&q, &dev);
+    let a = Param::from_tensor(Tensor::<Ad, 2>::random(
+        [r, in_f],
+        Distribution::Normal(0.0, 0.1),
+        &dev,
+    ));
+    let b = Param::from_tensor(Tensor::<Ad, 2>::random(
+        [out_f, r],
+        Distribution::Normal(0.0, 0.1),
+        &dev,
+    ));
+    let x = Tensor::<Ad, 2>::random([m, in_f], Distribution::Normal(0.0, 1.0), &dev);
+    let target = Tensor::<Ad, 2>::random([m, out_f], Distribution::Normal(0.0, 1.0), &dev);
+    let lora = |base: Tensor<Ad, 2>| {
+        base + x
+            .clone()
+            .matmul(a.val().transpose())
+            .matmul(b.val().transpose())
+            .mul_scalar(2.0)
+    };
+
+    let y = lora(q_linear(x.clone(), &w));
+    let grads = (y - target.clone()).powi_scalar(2).sum().backward();
+    let (ga, gb) = (
+        a.val().grad(&grads).expect("A grad"),
+        b.val().grad(&grads).expect("B grad"),
+    );
+
+    let y_ref = lora(x.clone().matmul(dense::<Ad>(&q, &dev).transpose()));
+    let grads_ref = (y_ref - target).powi_scalar(2).sum().backward();
+    let (ga_r, gb_r) = (
+        a.val().grad(&grads_ref).unwrap(),
+        b.val().grad(&grads_ref).unwrap(),
+    );
+    let ea = max_rel(
+        &ga.into_data().to_vec::<f32>().unwrap(),
+        &ga_r.into_data().to_vec::<f32>().unwrap(),
+    );
+    let eb = max_rel(
+        &gb.into_data().to_vec::<f32>().unwrap(),
+        &gb_r.into_data().to_vec::<f32>().unwrap(),
+    );
+    assert!(ea < 1e-5 && eb < 1e-5, "LoRA grads differ: A {ea}, B {eb}");
+}
