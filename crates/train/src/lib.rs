@@ -1,1 +1,71 @@
-//! (being written)
+//! qtune-train: run config, the training loop with per-block gradient checkpointing,
+//! token-normalized accumulation, evaluation, best adapter, atomic checkpoints, exact resume.
+//!
+//! Flow: [`RunConfig`] → [`task::prepare`] (tokenized examples) → [`model`] (GPT-J + LoRA) →
+//! [`trainer::train`] (loop; [`step`] does one micro-batch) → [`evaluate`] (EM/F1, accuracy).
+pub mod backend;
+pub mod build;
+pub mod checkpoint;
+pub mod config;
+
+pub mod metrics;
+pub mod model;
+pub mod step;
+pub mod task;
+pub mod trainer;
+
+use std::path::PathBuf;
+
+pub use config::{RunConfig, Task};
+pub use trainer::{train, AdapterIo, TrainOptions, TrainSummary};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
+    #[error(transparent)]
+    Data(#[from] qtune_data::DataError),
+    #[error(transparent)]
+    Optim(#[from] qtune_optim::OptimError),
+    #[error(transparent)]
+    Peft(#[from] qtune_lora::peft::PeftError),
+    #[error(transparent)]
+    Merge(#[from] qtune_lora::merge::MergeError),
+    #[error(transparent)]
+    Model(#[from] qtune_gptj::GptjError),
+    #[error("empty dataset: {what}")]
+    EmptyDataset { what: String },
+    #[error(
+        "{dir} already holds a run (checkpoints/latest exists): resume it, or overwrite it, \
+         or choose another output_dir"
+    )]
+    ExistingRun { dir: PathBuf },
+    #[error(
+        "non-finite {what} ({value}) at step {step}: training stopped; the last good checkpoint \
+         is {}", last_checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none (no checkpoint was written yet)".into())
+    )]
+    NonFinite {
+        step: usize,
+        what: &'static str,
+        value: f64,
+        last_checkpoint: Option<PathBuf>,
+    },
+    #[error("{path}: invalid data position in trainer state: {source}")]
+    State {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("adapter does not fit the model: {msg}")]
+    AdapterMismatch { msg: String },
+    #[error("tokenizer: {msg}")]
+    Tokenizer { msg: String },
+}

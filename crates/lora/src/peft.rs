@@ -1,0 +1,489 @@
+//! PEFT LoRA adapter folders, as `PeftModel.save_pretrained` writes them (PEFT 0.21):
+//! - `adapter_config.json`: PEFT's `LoraConfig` (`peft_type` "LORA", `r`, `lora_alpha`,
+//!   `lora_dropout`, `target_modules`, `use_rslora`, `base_model_name_or_path`, …).
+//! - `adapter_model.safetensors`: for each adapted module `M` (HF path, e.g.
+//!   `transformer.h.0.attn.q_proj`) two tensors
+//!   `base_model.model.{M}.lora_A.weight` `[r, in]` and `base_model.model.{M}.lora_B.weight`
+//!   `[out, r]`, F32/F16/BF16. The adapter name (`default`) is not part of saved keys.
+//!
+//! The effective update is `W + scaling · B·A` with `scaling = lora_alpha / r`
+//! (`lora_alpha / sqrt(r)` with `use_rslora`). Features we cannot reproduce (DoRA, per-module
+//! rank/alpha patterns, LoRA biases) are refused on load rather than silently ignored.
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+/// File names inside an adapter folder (PEFT's `CONFIG_NAME`, `SAFETENSORS_WEIGHTS_NAME`).
+pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// PEFT prefixes every key with the wrapper path of `PeftModelForCausalLM`.
+pub const PEFT_KEY_PREFIX: &str = "base_model.model.";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeftError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid adapter_config.json: {source}")]
+    Config {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path}: {what} is not supported by qtune (only plain LoRA adapters are)")]
+    Unsupported { path: PathBuf, what: String },
+    #[error("{path}: invalid safetensors file: {source}")]
+    Safetensors {
+        path: PathBuf,
+        source: safetensors::SafeTensorError,
+    },
+    #[error("{path}: tensor `{name}`: {msg}")]
+    Tensor {
+        path: PathBuf,
+        name: String,
+        msg: String,
+    },
+    #[error("{path}: module `{module}` has {has} but not {missing}")]
+    Unpaired {
+        path: PathBuf,
+        module: String,
+        has: &'static str,
+        missing: &'static str,
+    },
+    #[error("{path}: no LoRA tensors (keys `base_model.model.*.lora_A.weight`) found")]
+    Empty { path: PathBuf },
+}
+
+/// `target_modules` as PEFT stores it: a list of module-name suffixes, or one string
+/// (`"all-linear"` or a regex matched against the full module path).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PeftTargets {
+    List(Vec<String>),
+    One(String),
+}
+
+/// The fields of PEFT's `LoraConfig` that change what an adapter computes, plus the
+/// bookkeeping ones PEFT writes. Unknown fields are ignored on load (PEFT adds some in every
+/// release); the ones that would change the math are checked by [`PeftAdapterConfig::check`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeftAdapterConfig {
+    #[serde(default = "lora_type")]
+    pub peft_type: String,
+    #[serde(default)]
+    pub task_type: Option<String>,
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    pub r: usize,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub lora_dropout: f64,
+    pub target_modules: PeftTargets,
+    #[serde(default = "bias_none")]
+    pub bias: String,
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    #[serde(default)]
+    pub use_rslora: bool,
+    #[serde(default)]
+    pub use_dora: bool,
+    #[serde(default)]
+    pub inference_mode: bool,
+    #[serde(default)]
+    pub modules_to_save: Option<Vec<String>>,
+    #[serde(default)]
+    pub rank_pattern: HashMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub alpha_pattern: HashMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub init_lora_weights: serde_json::Value,
+    #[serde(default)]
+    pub peft_version: Option<String>,
+}
+
+fn lora_type() -> String {
+    "LORA".into()
+}
+fn bias_none() -> String {
+    "none".into()
+}
+
+impl PeftAdapterConfig {
+    /// A config for a plain LoRA adapter, as `get_peft_model(.., LoraConfig(..))` would save it.
+    pub fn new(r: usize, lora_alpha: f64, lora_dropout: f64, target_modules: PeftTargets) -> Self {
+        Self {
+            peft_type: lora_type(),
+            task_type: Some("CAUSAL_LM".into()),
+            base_model_name_or_path: None,
+            r,
+            lora_alpha,
+            lora_dropout,
+            target_modules,
+            bias: bias_none(),
+            fan_in_fan_out: false,
+            use_rslora: false,
+            use_dora: false,
+            inference_mode: true,
+            modules_to_save: None,
+            rank_pattern: HashMap::new(),
+            alpha_pattern: HashMap::new(),
+            init_lora_weights: serde_json::Value::Bool(true),
+            peft_version: Some("0.21.0".into()),
+        }
+    }
+
+    /// PEFT's `scaling`: `lora_alpha / r`, or `lora_alpha / sqrt(r)` with rsLoRA.
+    pub fn scaling(&self) -> f64 {
+        if self.use_rslora {
+            self.lora_alpha / (self.r as f64).sqrt()
+        } else {
+            self.lora_alpha / self.r as f64
+        }
+    }
+
+    /// Refuses what we would otherwise compute wrongly.
+    pub fn check(&self, path: &Path) -> Result<(), PeftError> {
+        let bad = |what: String| {
+            Err(PeftError::Unsupported {
+                path: path.to_path_buf(),
+                what,
+            })
+        };
+        if self.peft_type != "LORA" {
+            return bad(format!("peft_type `{}`", self.peft_type));
+        }
+        if self.r == 0 {
+            return bad("r = 0".into());
+        }
+        if self.use_dora {
+            return bad("use_dora = true".into());
+        }
+        if self.fan_in_fan_out {
+            return bad("fan_in_fan_out = true (GPT-2 Conv1D layout)".into());
+        }
+        if self.bias != "none" {
+            return bad(format!("bias = `{}`", self.bias));
+        }
+        if !self.rank_pattern.is_empty() || !self.alpha_pattern.is_empty() {
+            return bad("per-module rank_pattern/alpha_pattern".into());
+        }
+        if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
+            return bad("modules_to_save".into());
+        }
+        Ok(())
+    }
+}
+
+/// One adapted module's factors, row-major f32: `a` is `[r, in]`, `b` is `[out, r]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraTensors {
+    pub a: Vec<f32>,
+    pub a_shape: [usize; 2],
+    pub b: Vec<f32>,
+    pub b_shape: [usize; 2],
+}
+
+impl LoraTensors {
+    /// `[out, in]` of the base weight this pair adapts.
+    pub fn weight_shape(&self) -> [usize; 2] {
+        [self.b_shape[0], self.a_shape[1]]
+    }
+}
+
+/// An adapter folder in memory: config + factors keyed by HF module path
+/// (`transformer.h.{i}.attn.q_proj`), sorted so saved files are deterministic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeftAdapter {
+    pub config: PeftAdapterConfig,
+    pub modules: BTreeMap<String, LoraTensors>,
+}
+
+/// dtype for the saved factors (PEFT saves the training dtype; F32 is always exact).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterDType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl PeftAdapter {
+    /// Reads `dir/adapter_config.json` and `dir/adapter_model.safetensors`.
+    pub fn load(dir: &Path) -> Result<Self, PeftError> {
+        let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
+        let text = std::fs::read_to_string(&cfg_path).map_err(|source| PeftError::Io {
+            path: cfg_path.clone(),
+            source,
+        })?;
+        let config: PeftAdapterConfig =
+            serde_json::from_str(&text).map_err(|source| PeftError::Config {
+                path: cfg_path.clone(),
+                source,
+            })?;
+        config.check(&cfg_path)?;
+        let path = dir.join(ADAPTER_WEIGHTS_FILE);
+        let bytes = std::fs::read(&path).map_err(|source| PeftError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let modules = read_factors(&path, &bytes, config.r)?;
+        Ok(Self { config, modules })
+    }
+
+    /// Writes the two files into `dir` (created if needed). Callers wanting atomicity write
+    /// into a temporary folder and rename it (the training loop does).
+    pub fn save(&self, dir: &Path, dtype: AdapterDType) -> Result<(), PeftError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| PeftError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
+        let json =
+            serde_json::to_string_pretty(&self.config).map_err(|source| PeftError::Config {
+                path: cfg_path.clone(),
+                source,
+            })?;
+        std::fs::write(&cfg_path, json + "\n").map_err(io(&cfg_path))?;
+
+        let path = dir.join(ADAPTER_WEIGHTS_FILE);
+        let mut blobs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (module, t) in &self.modules {
+            for (kind, data, shape) in [("lora_A", &t.a, t.a_shape), ("lora_B", &t.b, t.b_shape)] {
+                let name = format!("{PEFT_KEY_PREFIX}{module}.{kind}.weight");
+                if data.len() != shape[0] * shape[1] {
+                    return Err(PeftError::Tensor {
+                        path,
+                        name,
+                        msg: format!("{} values for shape {:?}", data.len(), shape),
+                    });
+                }
+                blobs.push((name, shape.to_vec(), encode(data, dtype)));
+            }
+        }
+        let st_dtype = match dtype {
+            AdapterDType::F32 => Dtype::F32,
+            AdapterDType::F16 => Dtype::F16,
+            AdapterDType::BF16 => Dtype::BF16,
+        };
+        let views = blobs
+            .iter()
+            .map(|(name, shape, bytes)| {
+                safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| PeftError::Safetensors {
+                path: path.clone(),
+                source,
+            })?;
+        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::serialize_to_file(views, Some(meta), &path).map_err(|source| {
+            PeftError::Safetensors {
+                path: path.clone(),
+                source,
+            }
+        })
+    }
+}
+
+fn encode(data: &[f32], dtype: AdapterDType) -> Vec<u8> {
+    match dtype {
+        AdapterDType::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        AdapterDType::F16 => data
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        AdapterDType::BF16 => data
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+    }
+}
+
+/// Decodes a safetensors float tensor to f32 (F32/F16/BF16); names the tensor on error.
+pub fn decode_f32(
+    path: &Path,
+    name: &str,
+    view: &safetensors::tensor::TensorView<'_>,
+) -> Result<Vec<f32>, PeftError> {
+    let data = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(PeftError::Tensor {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                msg: format!("dtype {other:?}, expected F32, F16 or BF16"),
+            })
+        }
+    })
+}
+
+fn read_factors(
+    path: &Path,
+    bytes: &[u8],
+    r: usize,
+) -> Result<BTreeMap<String, LoraTensors>, PeftError> {
+    let st = SafeTensors::deserialize(bytes).map_err(|source| PeftError::Safetensors {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    type Half = Option<(Vec<f32>, [usize; 2])>;
+    let mut pairs: BTreeMap<String, (Half, Half)> = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let bad = |msg: String| PeftError::Tensor {
+            path: path.to_path_buf(),
+            name: name.clone(),
+            msg,
+        };
+        let Some(rest) = name.strip_prefix(PEFT_KEY_PREFIX) else {
+            return Err(bad(format!("key does not start with `{PEFT_KEY_PREFIX}`")));
+        };
+        let (module, is_a) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
+            (m, true)
+        } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
+            (m, false)
+        } else {
+            return Err(bad("not a `lora_A.weight`/`lora_B.weight` tensor".into()));
+        };
+        let shape: [usize; 2] = view
+            .shape()
+            .try_into()
+            .map_err(|_| bad(format!("shape {:?} is not 2-D", view.shape())))?;
+        let rank_dim = if is_a { shape[0] } else { shape[1] };
+        if rank_dim != r {
+            return Err(bad(format!(
+                "shape {shape:?} does not have rank r = {r} from adapter_config.json"
+            )));
+        }
+        let values = decode_f32(path, &name, &view)?;
+        let entry = pairs.entry(module.to_string()).or_default();
+        if is_a {
+            entry.0 = Some((values, shape));
+        } else {
+            entry.1 = Some((values, shape));
+        }
+    }
+    if pairs.is_empty() {
+        return Err(PeftError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut modules = BTreeMap::new();
+    for (module, pair) in pairs {
+        let unpaired = |has, missing| PeftError::Unpaired {
+            path: path.to_path_buf(),
+            module: module.clone(),
+            has,
+            missing,
+        };
+        match pair {
+            (Some((a, a_shape)), Some((b, b_shape))) => {
+                modules.insert(
+                    module,
+                    LoraTensors {
+                        a,
+                        a_shape,
+                        b,
+                        b_shape,
+                    },
+                );
+            }
+            (Some(_), None) => return Err(unpaired("lora_A", "lora_B")),
+            _ => return Err(unpaired("lora_B", "lora_A")),
+        }
+    }
+    Ok(modules)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gptj_tiny/peft_adapter")
+    }
+
+    #[test]
+    fn loads_peft_fixture() {
+        let a = PeftAdapter::load(&fixture()).expect("fixture loads");
+        assert_eq!(a.config.r, 4);
+        assert_eq!(a.config.scaling(), 2.0);
+        assert_eq!(a.modules.len(), 6); // 3 layers × {q_proj, v_proj}
+        let q0 = &a.modules["transformer.h.0.attn.q_proj"];
+        assert_eq!(q0.a_shape, [4, 64]);
+        assert_eq!(q0.b_shape, [64, 4]);
+        assert!(q0.b.iter().any(|v| *v != 0.0), "fixture has non-zero B");
+    }
+
+    #[test]
+    fn save_load_roundtrip_is_exact() {
+        let a = PeftAdapter::load(&fixture()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        a.save(dir.path(), AdapterDType::F32).unwrap();
+        let b = PeftAdapter::load(dir.path()).unwrap();
+        assert_eq!(a.modules, b.modules);
+        assert_eq!(a.config.r, b.config.r);
+        assert_eq!(a.config.target_modules, b.config.target_modules);
+        // bf16: every value within bf16 rounding (rel 2^-8).
+        a.save(dir.path(), AdapterDType::BF16).unwrap();
+        let c = PeftAdapter::load(dir.path()).unwrap();
+        for (m, t) in &a.modules {
+            for (x, y) in t.a.iter().zip(&c.modules[m].a) {
+                assert!((x - y).abs() <= x.abs() / 256.0, "{m}: {x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn errors_name_file_and_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = PeftAdapter::load(&fixture()).unwrap();
+        a.modules
+            .get_mut("transformer.h.1.attn.v_proj")
+            .unwrap()
+            .a_shape = [2, 128];
+        a.config.r = 4;
+        a.save(dir.path(), AdapterDType::F32).unwrap();
+        let err = PeftAdapter::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("adapter_model.safetensors")
+                && err.contains("transformer.h.1.attn.v_proj.lora_A.weight"),
+            "{err}"
+        );
+
+        let mut cfg = a.config.clone();
+        cfg.use_dora = true;
+        std::fs::write(
+            dir.path().join(ADAPTER_CONFIG_FILE),
+            serde_json::to_string(&cfg).unwrap(),
+        )
+        .unwrap();
+        let err = PeftAdapter::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("use_dora"), "{err}");
+
+        std::fs::remove_file(dir.path().join(ADAPTER_WEIGHTS_FILE)).unwrap();
+        cfg.use_dora = false;
+        std::fs::write(
+            dir.path().join(ADAPTER_CONFIG_FILE),
+            serde_json::to_string(&cfg).unwrap(),
+        )
+        .unwrap();
+        let err = PeftAdapter::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(ADAPTER_WEIGHTS_FILE), "{err}");
+    }
+}

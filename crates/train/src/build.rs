@@ -1,0 +1,145 @@
+//! From `[model]` + `[lora]` to a GPT-J with adapters, and the tokenizer.
+use std::path::{Path, PathBuf};
+
+use burn::tensor::DType;
+use qtune_gptj::{Gptj, GptjConfig, LoadOptions, QuantSpec};
+use qtune_kernels::QBackend;
+use qtune_lora::{LoraConfig, TargetModules};
+use qtune_quant::QuantFormat;
+
+use crate::config::{ModelConfig, QuantizationConfig, RandomModel, RunConfig, TargetList};
+use crate::TrainError;
+
+/// PEFT `LoraConfig` of the run.
+pub fn lora_config(cfg: &RunConfig) -> Result<LoraConfig, TrainError> {
+    let target_modules = match &cfg.lora.target_modules {
+        TargetList::Names(v) => TargetModules::Names(v.clone()),
+        TargetList::One(s) if s == "all-linear" => TargetModules::AllLinear,
+        TargetList::One(s) => {
+            return Err(TrainError::Config(crate::config::ConfigError::Invalid {
+                origin: cfg.name.clone(),
+                field: "lora.target_modules",
+                msg: format!("{s:?}: use \"all-linear\" or a list of module names"),
+            }))
+        }
+    };
+    Ok(LoraConfig {
+        r: cfg.lora.r,
+        lora_alpha: cfg.lora.lora_alpha,
+        lora_dropout: cfg.lora.lora_dropout,
+        target_modules,
+    })
+}
+
+/// bitsandbytes' defaults: NF4/FP4 block 64, 8-bit block 4096 (`Linear8bitLt` weights are
+/// row-wise int8 in bnb; we use its blockwise dynamic 8-bit format instead, documented in
+/// qtune-quant).
+pub fn quant_spec(q: &QuantizationConfig) -> QuantSpec {
+    if q.load_in_8bit {
+        QuantSpec {
+            format: QuantFormat::Blockwise8,
+            blocksize: q.blocksize.unwrap_or(4096),
+            double_quant: false,
+        }
+    } else {
+        QuantSpec {
+            format: if q.bnb_4bit_quant_type == "fp4" {
+                QuantFormat::Fp4
+            } else {
+                QuantFormat::Nf4
+            },
+            blocksize: q.blocksize.unwrap_or(64),
+            double_quant: q.bnb_4bit_use_double_quant,
+        }
+    }
+}
+
+pub fn dtype(m: &ModelConfig) -> DType {
+    match m.torch_dtype.as_str() {
+        "bfloat16" => DType::BF16,
+        "float16" => DType::F16,
+        _ => DType::F32,
+    }
+}
+
+/// HF `GPTJConfig` of a random model (GPT-J's fixed fields as in EleutherAI/gpt-j-6b).
+pub fn random_config(r: &RandomModel) -> Result<GptjConfig, TrainError> {
+    let v = serde_json::json!({
+        "vocab_size": r.vocab_size, "n_positions": r.n_positions, "n_embd": r.n_embd,
+        "n_layer": r.n_layer, "n_head": r.n_head, "rotary_dim": r.rotary_dim,
+        "n_inner": r.n_inner, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+        "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": false,
+    });
+    serde_json::from_value(v).map_err(|e| {
+        TrainError::Config(crate::config::ConfigError::Invalid {
+            origin: "[model.random]".into(),
+            field: "model.random",
+            msg: e.to_string(),
+        })
+    })
+}
+
+/// The local folder of `name_or_path` (downloaded from the Hub when it is a Hub id).
+pub fn model_dir(m: &ModelConfig) -> Result<Option<PathBuf>, TrainError> {
+    match &m.name_or_path {
+        Some(p) => Ok(Some(qtune_gptj::hub::resolve(p, m.revision.as_deref())?)),
+        None => Ok(None),
+    }
+}
+
+/// The base model (no adapters) as configured.
+pub fn base_model<B: QBackend>(m: &ModelConfig, device: &B::Device) -> Result<Gptj<B>, TrainError> {
+    let quant = m.quantization.as_ref().map(quant_spec);
+    let dtype = dtype(m);
+    if let Some(r) = &m.random {
+        let cfg = random_config(r)?;
+        return Ok(Gptj::random(&cfg, r.seed, quant, dtype, device)?);
+    }
+    let dir = model_dir(m)?.ok_or_else(|| {
+        TrainError::Config(crate::config::ConfigError::Invalid {
+            origin: "[model]".into(),
+            field: "model.name_or_path",
+            msg: "missing".into(),
+        })
+    })?;
+    Ok(Gptj::load(&dir, &LoadOptions { dtype, quant }, device)?)
+}
+
+/// Base model + fresh adapters (PEFT init, A from `training.seed`).
+pub fn model_with_lora<B: QBackend>(
+    cfg: &RunConfig,
+    device: &B::Device,
+) -> Result<Gptj<B>, TrainError> {
+    let model = base_model::<B>(&cfg.model, device)?;
+    Ok(model.with_lora(&lora_config(cfg)?, cfg.training.seed)?)
+}
+
+/// The tokenizer: `[model].tokenizer`, else the model folder, else
+/// `$QTUNE_DATA_DIR/gpt2-tokenizer` (GPT-2 BPE + GPT-J's 143 extra tokens). A Hub model id
+/// brings its tokenizer files with it (see `qtune_gptj::hub::resolve`).
+pub fn tokenizer(m: &ModelConfig) -> Result<tokenizers::Tokenizer, TrainError> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(t) = &m.tokenizer {
+        candidates.push(PathBuf::from(t));
+    } else {
+        if let Some(dir) = model_dir(m)? {
+            candidates.push(dir);
+        }
+        if let Some(d) = std::env::var_os("QTUNE_DATA_DIR").filter(|v| !v.is_empty()) {
+            candidates.push(Path::new(&d).join("gpt2-tokenizer"));
+        }
+    }
+    for dir in &candidates {
+        if dir.is_dir() {
+            return Err(TrainError::Tokenizer {
+                msg: format!("{}: tokenizer loading not wired yet", dir.display()),
+            });
+        }
+    }
+    Err(TrainError::Tokenizer {
+        msg: format!(
+            "no tokenizer folder among {candidates:?}: set QTUNE_DATA_DIR (with gpt2-tokenizer/) \
+             or [model].tokenizer to a folder with tokenizer.json or vocab.json + merges.txt"
+        ),
+    })
+}

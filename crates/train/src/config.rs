@@ -1,0 +1,438 @@
+//! Run configuration (TOML). Field names follow Hugging Face so a config reads like the
+//! Python recipe it replaces: `[model]` ≈ `from_pretrained` + `BitsAndBytesConfig`,
+//! `[lora]` = PEFT `LoraConfig`, `[training]` = `TrainingArguments`, `[data]` is ours.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The tiny CPU default, embedded so `qtune train` / `cargo xtask train` work without files.
+pub const TINY_TOML: &str = include_str!("../../../configs/tiny.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: invalid run config: {source}")]
+    Parse {
+        origin: String,
+        source: toml::de::Error,
+    },
+    #[error("{origin}: `{field}` {msg}")]
+    Invalid {
+        origin: String,
+        field: &'static str,
+        msg: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Run name: outputs go to `{output_dir}` (default `runs/{name}`).
+    pub name: String,
+    pub model: ModelConfig,
+    pub lora: LoraSection,
+    pub data: DataConfig,
+    pub training: TrainingArgs,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Hub id (`EleutherAI/gpt-j-6b`) or local folder; absent with `random` set.
+    #[serde(default)]
+    pub name_or_path: Option<String>,
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// A randomly initialised GPT-J of this shape (HF `GPTJConfig` field names), seeded.
+    #[serde(default)]
+    pub random: Option<RandomModel>,
+    /// `float32` | `bfloat16` | `float16` (HF `torch_dtype`); CPU runs use float32.
+    #[serde(default = "default_dtype")]
+    pub torch_dtype: String,
+    /// bitsandbytes `BitsAndBytesConfig` names; absent = dense base.
+    #[serde(default)]
+    pub quantization: Option<QuantizationConfig>,
+    /// Folder with tokenizer.json, or vocab.json+merges.txt (GPT-2 layout); default: the
+    /// model folder, else `$QTUNE_DATA_DIR/gpt2-tokenizer`.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
+}
+
+fn default_dtype() -> String {
+    "float32".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RandomModel {
+    pub seed: u64,
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub rotary_dim: usize,
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    /// Std of the normal init (HF `initializer_range`).
+    #[serde(default = "default_init_range")]
+    pub initializer_range: f64,
+}
+
+fn default_init_range() -> f64 {
+    0.02
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizationConfig {
+    #[serde(default)]
+    pub load_in_4bit: bool,
+    #[serde(default)]
+    pub load_in_8bit: bool,
+    /// `nf4` | `fp4`.
+    #[serde(default = "default_4bit_type")]
+    pub bnb_4bit_quant_type: String,
+    #[serde(default)]
+    pub bnb_4bit_use_double_quant: bool,
+    /// bitsandbytes' defaults: 64 for 4-bit, 4096 for 8-bit weights.
+    #[serde(default)]
+    pub blocksize: Option<usize>,
+}
+
+fn default_4bit_type() -> String {
+    "nf4".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    pub r: usize,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub lora_dropout: f64,
+    /// `["q_proj", "v_proj"]` or `"all-linear"`, as PEFT.
+    pub target_modules: TargetList,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TargetList {
+    Names(Vec<String>),
+    One(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// SQuAD v2 extractive QA as generation (EM/F1).
+    SquadV2,
+    /// Davidson et al. 2017 three-class tweets (accuracy).
+    HateSpeech,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub dataset: Task,
+    /// Prompts longer than this (tokens) are truncated (SQuAD: around the answer).
+    pub max_length: usize,
+    /// Use at most this many training examples (a slice for quick runs); absent = all.
+    #[serde(default)]
+    pub max_train_samples: Option<usize>,
+    /// Validation examples used for the eval loss.
+    #[serde(default)]
+    pub max_eval_samples: Option<usize>,
+    /// Seed of the train/validation split and the shuffling.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerType {
+    Linear,
+    Cosine,
+    Constant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimName {
+    /// torch.optim.AdamW.
+    AdamwTorch,
+    /// bitsandbytes AdamW8bit (HF `adamw_bnb_8bit`).
+    AdamwBnb8bit,
+}
+
+/// `transformers.TrainingArguments` names; only what the loop uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingArgs {
+    #[serde(default)]
+    pub output_dir: Option<String>,
+    pub learning_rate: f64,
+    pub per_device_train_batch_size: usize,
+    #[serde(default = "default_eval_bs")]
+    pub per_device_eval_batch_size: usize,
+    #[serde(default = "one")]
+    pub gradient_accumulation_steps: usize,
+    pub max_steps: usize,
+    #[serde(default)]
+    pub warmup_steps: usize,
+    #[serde(default = "default_sched")]
+    pub lr_scheduler_type: SchedulerType,
+    /// Floor of the decay as a fraction of `learning_rate`.
+    #[serde(default)]
+    pub min_lr_ratio: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "default_beta1")]
+    pub adam_beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub adam_beta2: f64,
+    #[serde(default = "default_eps")]
+    pub adam_epsilon: f64,
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    #[serde(default = "default_optim")]
+    pub optim: OptimName,
+    #[serde(default = "default_log")]
+    pub logging_steps: usize,
+    pub eval_steps: usize,
+    pub save_steps: usize,
+    /// Step folders kept (oldest removed first; the best adapter is kept separately).
+    #[serde(default = "default_limit")]
+    pub save_total_limit: usize,
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_eval_bs() -> usize {
+    8
+}
+fn default_sched() -> SchedulerType {
+    SchedulerType::Linear
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_optim() -> OptimName {
+    OptimName::AdamwTorch
+}
+fn default_log() -> usize {
+    10
+}
+fn default_limit() -> usize {
+    2
+}
+
+/// The end-of-run evaluation: SQuAD EM/F1 or classification accuracy by greedy decoding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Held-back examples decoded greedily at the end (0 = skip).
+    #[serde(default = "default_gen_samples")]
+    pub generation_samples: usize,
+    #[serde(default = "default_new_tokens")]
+    pub max_new_tokens: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            generation_samples: default_gen_samples(),
+            max_new_tokens: default_new_tokens(),
+        }
+    }
+}
+
+fn default_gen_samples() -> usize {
+    50
+}
+fn default_new_tokens() -> usize {
+    16
+}
+
+impl RunConfig {
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            origin: origin.to_string(),
+            source,
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// The embedded tiny default (configs/tiny.toml).
+    pub fn tiny() -> Self {
+        // The embedded file is tested (`tiny_config_parses`), so this cannot fail at run time.
+        Self::from_toml_str(TINY_TOML, "configs/tiny.toml (embedded)")
+            .expect("embedded configs/tiny.toml is valid")
+    }
+
+    pub fn output_dir(&self) -> PathBuf {
+        match &self.training.output_dir {
+            Some(d) => PathBuf::from(d),
+            None => PathBuf::from("runs").join(&self.name),
+        }
+    }
+
+    /// Optimizer steps a micro-batch count maps to is `gradient_accumulation_steps`.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |field, msg: &str| {
+            Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                field,
+                msg: msg.to_string(),
+            })
+        };
+        let m = &self.model;
+        if m.name_or_path.is_some() == m.random.is_some() {
+            return bad(
+                "model",
+                "needs exactly one of `name_or_path` and `[model.random]`",
+            );
+        }
+        if let Some(q) = &m.quantization {
+            if q.load_in_4bit == q.load_in_8bit {
+                return bad(
+                    "model.quantization",
+                    "set exactly one of load_in_4bit / load_in_8bit",
+                );
+            }
+            if !matches!(q.bnb_4bit_quant_type.as_str(), "nf4" | "fp4") {
+                return bad(
+                    "model.quantization.bnb_4bit_quant_type",
+                    "must be nf4 or fp4",
+                );
+            }
+        }
+        if !matches!(m.torch_dtype.as_str(), "float32" | "bfloat16" | "float16") {
+            return bad("model.torch_dtype", "must be float32, bfloat16 or float16");
+        }
+        if self.lora.r == 0 {
+            return bad("lora.r", "must be ≥ 1");
+        }
+        if !(0.0..1.0).contains(&self.lora.lora_dropout) {
+            return bad("lora.lora_dropout", "must be in [0, 1)");
+        }
+        let t = &self.training;
+        for (field, v) in [
+            (
+                "training.per_device_train_batch_size",
+                t.per_device_train_batch_size,
+            ),
+            (
+                "training.per_device_eval_batch_size",
+                t.per_device_eval_batch_size,
+            ),
+            (
+                "training.gradient_accumulation_steps",
+                t.gradient_accumulation_steps,
+            ),
+            ("training.max_steps", t.max_steps),
+            ("training.eval_steps", t.eval_steps),
+            ("training.save_steps", t.save_steps),
+            ("training.logging_steps", t.logging_steps),
+            ("training.save_total_limit", t.save_total_limit),
+            ("data.max_length", self.data.max_length),
+        ] {
+            if v == 0 {
+                return bad(field, "must be ≥ 1");
+            }
+        }
+        if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
+            return bad("training.learning_rate", "must be a positive number");
+        }
+        if !(t.max_grad_norm > 0.0) {
+            return bad("training.max_grad_norm", "must be > 0");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+    }
+
+    #[test]
+    fn tiny_config_parses() {
+        let c = RunConfig::tiny();
+        assert!(c.model.random.is_some());
+        assert_eq!(c.model.random.as_ref().unwrap().vocab_size, 50400);
+    }
+
+    #[test]
+    fn shipped_configs_parse_with_the_issue_hyperparameters() {
+        for (file, task) in [
+            ("squad.toml", Task::SquadV2),
+            ("hate_speech.toml", Task::HateSpeech),
+        ] {
+            let c = RunConfig::from_file(&configs_dir().join(file)).unwrap();
+            assert_eq!(c.model.name_or_path.as_deref(), Some("EleutherAI/gpt-j-6b"));
+            assert!(c.model.quantization.is_some());
+            assert_eq!(
+                (c.lora.r, c.lora.lora_alpha, c.lora.lora_dropout),
+                (16, 32.0, 0.05)
+            );
+            assert_eq!(
+                c.lora.target_modules,
+                TargetList::Names(vec!["q_proj".into(), "v_proj".into()])
+            );
+            assert_eq!(c.training.per_device_train_batch_size, 8);
+            assert_eq!(c.training.learning_rate, 2e-4);
+            assert_eq!(c.data.dataset, task);
+        }
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let base = TINY_TOML.to_string();
+        let err = RunConfig::from_toml_str(&base.replace("r = ", "rank = "), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("x.toml") && err.contains("rank"), "{err}");
+        let err =
+            RunConfig::from_toml_str(&base.replace("max_steps = ", "max_steps = 0 # "), "y.toml")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("training.max_steps"), "{err}");
+    }
+}

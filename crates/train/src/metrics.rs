@@ -1,0 +1,269 @@
+//! Metrics as JSON lines (one object per event, appended and flushed as they happen, so a
+//! crashed run keeps its history) and the loss-curve PNG drawn from them at the end.
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const LOSS_PLOT_FILE: &str = "loss.png";
+
+/// DejaVu Sans (Bitstream Vera license, assets/fonts/DejaVuSans-LICENSE.txt): plotters'
+/// ab_glyph backend has no system font lookup, so the text face ships with the binary.
+static FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: line {line}: {source}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        source: serde_json::Error,
+    },
+    #[error("{path}: drawing the loss curve failed: {msg}")]
+    Plot { path: PathBuf, msg: String },
+}
+
+/// One line of metrics.jsonl.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Train {
+        step: usize,
+        loss: f64,
+        learning_rate: f64,
+        grad_norm: f64,
+        tokens: u64,
+        tokens_per_s: f64,
+    },
+    Eval {
+        step: usize,
+        eval_loss: f64,
+        eval_tokens: u64,
+        best: bool,
+    },
+    /// End-of-run task metrics (EM/F1 or accuracy) with free-form fields.
+    Final {
+        step: usize,
+        metrics: serde_json::Value,
+    },
+}
+
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsLog {
+    /// Appends to `dir/metrics.jsonl` (a resumed run continues the same file).
+    pub fn open(dir: &Path) -> Result<Self, MetricsError> {
+        let path = dir.join(METRICS_FILE);
+        std::fs::create_dir_all(dir).map_err(|source| MetricsError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| MetricsError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self { path, file })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn write(&mut self, event: &Event) -> Result<(), MetricsError> {
+        let mut line = serde_json::to_string(event).map_err(|source| MetricsError::Parse {
+            path: self.path.clone(),
+            line: 0,
+            source,
+        })?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.flush())
+            .map_err(|source| MetricsError::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+pub fn read_events(path: &Path) -> Result<Vec<Event>, MetricsError> {
+    let f = File::open(path).map_err(|source| MetricsError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(|source| MetricsError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(
+            serde_json::from_str(&line).map_err(|source| MetricsError::Parse {
+                path: path.to_path_buf(),
+                line: i + 1,
+                source,
+            })?,
+        );
+    }
+    Ok(out)
+}
+
+/// Train loss (per logged step) and eval loss against the step, log-free linear axes.
+/// A resumed run may have logged a step twice; the later value wins.
+pub fn plot_loss(events: &[Event], out: &Path) -> Result<(), MetricsError> {
+    let err = |msg: String| MetricsError::Plot {
+        path: out.to_path_buf(),
+        msg,
+    };
+    let mut train: std::collections::BTreeMap<usize, f64> = Default::default();
+    let mut eval: std::collections::BTreeMap<usize, f64> = Default::default();
+    for e in events {
+        match e {
+            Event::Train { step, loss, .. } => {
+                train.insert(*step, *loss);
+            }
+            Event::Eval {
+                step, eval_loss, ..
+            } => {
+                eval.insert(*step, *eval_loss);
+            }
+            Event::Final { .. } => {}
+        }
+    }
+    let all: Vec<f64> = train
+        .values()
+        .chain(eval.values())
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
+    if all.is_empty() {
+        return Err(err("no finite losses to plot".into()));
+    }
+    let (lo, hi) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
+    let pad = ((hi - lo) * 0.05).max(1e-3);
+    let max_step = train
+        .keys()
+        .chain(eval.keys())
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .max(1);
+
+    // Registering twice is harmless (same bytes replace the entry).
+    let has_font = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok();
+    let root = BitMapBackend::new(out, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(60);
+    if has_font {
+        builder.caption("loss", ("sans-serif", 24));
+    }
+    let mut chart = builder
+        .build_cartesian_2d(0f64..max_step as f64, (lo - pad)..(hi + pad))
+        .map_err(|e| err(e.to_string()))?;
+    let mut mesh = chart.configure_mesh();
+    if has_font {
+        mesh.x_desc("step").y_desc("loss (nats/token)");
+    } else {
+        mesh.disable_x_mesh().x_labels(0).y_labels(0);
+    }
+    mesh.draw().map_err(|e| err(e.to_string()))?;
+    let train_pts: Vec<(f64, f64)> = train.iter().map(|(s, l)| (*s as f64, *l)).collect();
+    let eval_pts: Vec<(f64, f64)> = eval.iter().map(|(s, l)| (*s as f64, *l)).collect();
+    let s = chart
+        .draw_series(LineSeries::new(train_pts, BLUE.stroke_width(2)))
+        .map_err(|e| err(e.to_string()))?;
+    if has_font {
+        s.label("train")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+    }
+    let s = chart
+        .draw_series(LineSeries::new(eval_pts.clone(), RED.stroke_width(2)))
+        .map_err(|e| err(e.to_string()))?;
+    if has_font {
+        s.label("eval")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+    }
+    chart
+        .draw_series(eval_pts.iter().map(|p| Circle::new(*p, 4, RED.filled())))
+        .map_err(|e| err(e.to_string()))?;
+    if has_font {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+    }
+    root.present().map_err(|e| err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonl_roundtrip_and_png() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = MetricsLog::open(dir.path()).unwrap();
+        let mut events = Vec::new();
+        for step in 1..=20 {
+            events.push(Event::Train {
+                step,
+                // Dyadic values: exact through JSON (serde_json's default float parsing is not
+                // round-trip exact for every f64).
+                loss: 10.0 - 0.25 * step as f64,
+                learning_rate: 1e-3,
+                grad_norm: 0.5,
+                tokens: 100 * step as u64,
+                tokens_per_s: 1000.0,
+            });
+            if step % 5 == 0 {
+                events.push(Event::Eval {
+                    step,
+                    eval_loss: 10.5 - 0.25 * step as f64,
+                    eval_tokens: 64,
+                    best: true,
+                });
+            }
+        }
+        events.push(Event::Final {
+            step: 20,
+            metrics: serde_json::json!({"exact": 12.5, "f1": 20.0}),
+        });
+        for e in &events {
+            log.write(e).unwrap();
+        }
+        drop(log);
+        let back = read_events(&dir.path().join(METRICS_FILE)).unwrap();
+        assert_eq!(back, events);
+        let png = dir.path().join(LOSS_PLOT_FILE);
+        plot_loss(&back, &png).unwrap();
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        assert!(bytes.len() > 5000, "a drawn chart, not an empty image");
+    }
+}

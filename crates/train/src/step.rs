@@ -1,0 +1,171 @@
+//! One micro-batch forward + backward, with or without per-block gradient checkpointing.
+//!
+//! Checkpointing is the segment-wise scheme of shared/notes/burn-0.21.md §5 (a nested
+//! `.backward()` inside a backward node deadlocks in burn-autodiff 0.21):
+//! 1. forward through all blocks on the **inner** backend (no graph), keeping only the block
+//!    inputs `h_0 … h_{L-1}` and the last output `h_L`;
+//! 2. `h_L` becomes a leaf; the head + loss run with autodiff and `backward()` gives `dL/dh_L`;
+//! 3. for `i = L-1 … 0`: recompute block `i` with autodiff from the leaf `h_i`, and backpropagate
+//!    `sum(block_i(h_i) ⊙ g)` with `g = dL/dh_{i+1}`; that yields block `i`'s LoRA grads and
+//!    `dL/dh_i`. Every backward is top-level.
+//!
+//! Between forward and backward only `L + 1` hidden states `[B, T, D]` are alive instead of every
+//! block's activations. LoRA dropout masks are derived from one seed per micro-batch, the block
+//! index and the projection, so the recomputed block applies the very masks of the first forward.
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+
+use crate::TrainError;
+
+/// What the training loop needs from a causal LM, cut at block boundaries. Implemented for
+/// `qtune_gptj::Gptj` in `model.rs`; generic so the same code runs on every backend.
+pub trait SegmentedLm<B: Backend> {
+    /// Per-batch inputs shared by all blocks (attention mask, rotary angles, dropout seed).
+    type Ctx;
+    /// The context of a batch; `dropout_seed` drives LoRA dropout (`None`: no dropout, as in
+    /// evaluation). Each block derives its masks from it and its index, so a recomputed block
+    /// draws the masks of its first run.
+    fn context(&self, batch: &qtune_data::Batch, dropout_seed: Option<u64>) -> Self::Ctx;
+    /// Token embeddings `h_0 [B, T, D]` of a batch.
+    fn embed(&self, batch: &qtune_data::Batch) -> Tensor<B, 3>;
+    fn num_blocks(&self) -> usize;
+    fn block(&self, i: usize, h: Tensor<B, 3>, ctx: &Self::Ctx) -> Tensor<B, 3>;
+    /// Summed token cross-entropy of `ln_f + lm_head` on `h_L` against the batch labels (HF's
+    /// shift, -100 ignored), as a one-element tensor.
+    fn loss_sum(
+        &self,
+        h: Tensor<B, 3>,
+        batch: &qtune_data::Batch,
+    ) -> Result<Tensor<B, 1>, TrainError>;
+}
+
+/// Result of one micro-batch: the summed (not averaged) loss and the gradients of
+/// `loss_sum / norm`.
+pub struct MicroStep {
+    pub loss_sum: f64,
+    pub grads: GradientsParams,
+}
+
+/// Plain autodiff over the whole model: every block's activations stay alive until backward.
+pub fn micro_step_plain<B, M>(
+    model: &M,
+    batch: &qtune_data::Batch,
+    norm: f32,
+    dropout_seed: Option<u64>,
+) -> Result<MicroStep, TrainError>
+where
+    B: AutodiffBackend,
+    M: SegmentedLm<B> + AutodiffModule<B>,
+{
+    let ctx = model.context(batch, dropout_seed);
+    let mut h = model.embed(batch);
+    for i in 0..model.num_blocks() {
+        h = model.block(i, h, &ctx);
+    }
+    let loss = model.loss_sum(h, batch)?;
+    let loss_sum = loss.clone().into_scalar().elem::<f64>();
+    let grads = loss.div_scalar(norm).backward();
+    Ok(MicroStep {
+        loss_sum,
+        grads: GradientsParams::from_grads(grads, model),
+    })
+}
+
+/// The forward half of checkpointing: hidden states `[h_0, …, h_L]` on the inner backend.
+pub fn forward_keep_block_inputs<B, M>(
+    model: &M,
+    batch: &qtune_data::Batch,
+    dropout_seed: Option<u64>,
+) -> Vec<Tensor<B::InnerBackend, 3>>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    M::InnerModule: SegmentedLm<B::InnerBackend>,
+{
+    let inner = model.valid(); // refcount clones of the parameters, no graph
+    let ctx = inner.context(batch, dropout_seed);
+    let h0 = inner.embed(batch);
+    let mut hs = Vec::with_capacity(inner.num_blocks() + 1);
+    hs.push(h0);
+    for i in 0..inner.num_blocks() {
+        let h = inner.block(i, hs[i].clone(), &ctx);
+        hs.push(h);
+    }
+    hs
+}
+
+/// The backward half of checkpointing (see the module docs).
+pub fn backward_recompute<B, M>(
+    model: &M,
+    batch: &qtune_data::Batch,
+    mut hs: Vec<Tensor<B::InnerBackend, 3>>,
+    norm: f32,
+    dropout_seed: Option<u64>,
+) -> Result<MicroStep, TrainError>
+where
+    B: AutodiffBackend,
+    M: SegmentedLm<B> + AutodiffModule<B>,
+{
+    let n = model.num_blocks();
+    assert_eq!(
+        hs.len(),
+        n + 1,
+        "forward_keep_block_inputs returns L + 1 states"
+    );
+    let h_last = hs.pop().map(Tensor::<B, 3>::from_inner);
+    let h_last = h_last.expect("L + 1 ≥ 1 states").require_grad();
+    let loss = model.loss_sum(h_last.clone(), batch)?;
+    let loss_sum = loss.clone().into_scalar().elem::<f64>();
+    let mut grads = loss.div_scalar(norm).backward();
+    let mut g = h_last.grad_remove(&mut grads);
+    let mut acc = GradientsAccumulator::<M>::new();
+    // Head params (LoRA on lm_head, if targeted) got their grads in this first backward.
+    acc.accumulate::<B>(model, GradientsParams::from_grads(grads, model));
+    // The context (mask, positions) is rebuilt once on the autodiff backend: constants.
+    let ctx = model.context(batch, dropout_seed);
+    for (i, h) in hs.into_iter().enumerate().rev() {
+        let Some(dy) = g.take() else {
+            break; // nothing upstream depends on h_{i+1}: earlier blocks get no gradient
+        };
+        let x = Tensor::<B, 3>::from_inner(h).require_grad();
+        let y = model.block(i, x.clone(), &ctx);
+        let mut gb = (y * Tensor::<B, 3>::from_inner(dy)).sum().backward();
+        g = x.grad_remove(&mut gb);
+        acc.accumulate::<B>(model, GradientsParams::from_grads(gb, model));
+    }
+    Ok(MicroStep {
+        loss_sum,
+        grads: acc.grads(),
+    })
+}
+
+/// One micro-batch with per-block checkpointing.
+pub fn micro_step_checkpointed<B, M>(
+    model: &M,
+    batch: &qtune_data::Batch,
+    norm: f32,
+    dropout_seed: Option<u64>,
+) -> Result<MicroStep, TrainError>
+where
+    B: AutodiffBackend,
+    M: SegmentedLm<B> + AutodiffModule<B>,
+    M::InnerModule: SegmentedLm<B::InnerBackend>,
+{
+    let hs = forward_keep_block_inputs::<B, M>(model, batch, dropout_seed);
+    backward_recompute::<B, M>(model, batch, hs, norm, dropout_seed)
+}
+
+/// Summed loss of a batch without gradients or dropout (evaluation).
+pub fn eval_loss_sum<B: Backend, M: SegmentedLm<B>>(
+    model: &M,
+    batch: &qtune_data::Batch,
+) -> Result<f64, TrainError> {
+    let ctx = model.context(batch, None);
+    let mut h = model.embed(batch);
+    for i in 0..model.num_blocks() {
+        h = model.block(i, h, &ctx);
+    }
+    Ok(model.loss_sum(h, batch)?.into_scalar().elem::<f64>())
+}

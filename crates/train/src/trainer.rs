@@ -1,0 +1,408 @@
+//! The training loop (STYLE.md §5): micro-batches → token-normalized accumulation → global-norm
+//! clipping → AdamW / 8-bit AdamW at the scheduled rate; eval loss every `eval_steps` (best
+//! adapter kept), atomic checkpoints every `save_steps`, exact resume, metrics + progress.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{RngCore, SeedableRng};
+
+use qtune_data::{collate, Batch, Example, Padding, Position, Sampler};
+use qtune_lora::peft::{PeftAdapter, PeftAdapterConfig, PeftTargets};
+use qtune_optim::{
+    clip_grad_norm, LrSchedule, OptimKind, Optimizer, OptimizerConfig, ScheduleKind,
+    TokenAccumulator,
+};
+
+use crate::checkpoint::{self, TrainerState};
+use crate::config::{OptimName, RunConfig, SchedulerType, TargetList};
+use crate::metrics::{self, Event, MetricsLog};
+use crate::step::{self, SegmentedLm};
+use crate::TrainError;
+
+/// LoRA adapters of a model as PEFT files and back (implemented for GPT-J in `model.rs`).
+pub trait AdapterIo: Sized {
+    /// The adapter factors, keyed by HF module path.
+    fn export_adapter(&self, config: PeftAdapterConfig) -> PeftAdapter;
+    /// Replaces the adapters' factors with `adapter`'s (same modules and shapes required).
+    fn import_adapter(self, adapter: &PeftAdapter) -> Result<Self, TrainError>;
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Continue from `{output_dir}/checkpoints/latest` if there is one.
+    pub resume: bool,
+    /// Start afresh even if the output folder holds a previous run (deletes its checkpoints,
+    /// metrics and adapter). Without it and without `resume`, an existing run is an error.
+    pub overwrite: bool,
+    /// Draw the progress bar (off in tests).
+    pub progress: bool,
+    /// Stop (as if interrupted) once this many optimizer steps are done; used to test resume.
+    pub stop_at_step: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub output_dir: PathBuf,
+    pub steps_done: usize,
+    /// `(step, mean token loss)` of every optimizer step run in this call.
+    pub losses: Vec<(usize, f64)>,
+    pub eval_losses: Vec<(usize, f64)>,
+    pub best_eval_loss: Option<f64>,
+    pub best_step: Option<usize>,
+    pub tokens_seen: u64,
+    pub seconds: f64,
+    pub optimizer_state_bytes: usize,
+    /// Whether the run reached `max_steps` (false when stopped by `stop_at_step`).
+    pub finished: bool,
+}
+
+/// The adapter config written next to the factors (PEFT names).
+pub fn peft_config(cfg: &RunConfig) -> PeftAdapterConfig {
+    let targets = match &cfg.lora.target_modules {
+        TargetList::Names(v) => PeftTargets::List(v.clone()),
+        TargetList::One(s) => PeftTargets::One(s.clone()),
+    };
+    let mut c = PeftAdapterConfig::new(
+        cfg.lora.r,
+        cfg.lora.lora_alpha,
+        cfg.lora.lora_dropout,
+        targets,
+    );
+    c.base_model_name_or_path = cfg.model.name_or_path.clone();
+    c
+}
+
+pub fn optimizer_config(cfg: &RunConfig) -> OptimizerConfig {
+    let t = &cfg.training;
+    OptimizerConfig {
+        optim: match t.optim {
+            OptimName::AdamwTorch => OptimKind::AdamW,
+            OptimName::AdamwBnb8bit => OptimKind::AdamW8bit,
+        },
+        adam_beta1: t.adam_beta1,
+        adam_beta2: t.adam_beta2,
+        adam_epsilon: t.adam_epsilon,
+        weight_decay: t.weight_decay,
+        ..OptimizerConfig::default()
+    }
+}
+
+pub fn schedule(cfg: &RunConfig) -> LrSchedule {
+    let t = &cfg.training;
+    LrSchedule {
+        learning_rate: t.learning_rate,
+        warmup_steps: t.warmup_steps.min(t.max_steps),
+        total_steps: t.max_steps,
+        kind: match t.lr_scheduler_type {
+            SchedulerType::Linear => ScheduleKind::Linear,
+            SchedulerType::Cosine => ScheduleKind::Cosine,
+            SchedulerType::Constant => ScheduleKind::Constant,
+        },
+        min_lr_ratio: t.min_lr_ratio,
+    }
+}
+
+/// Mean token loss of `examples` (teacher forcing, no dropout), and the token count.
+pub fn eval_loss<B: Backend, M: SegmentedLm<B>>(
+    model: &M,
+    examples: &[Example],
+    batch_size: usize,
+    pad_id: u32,
+) -> Result<(f64, u64), TrainError> {
+    let (mut sum, mut tokens) = (0.0, 0u64);
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let batch = collate(&refs, pad_id, Padding::Right)?;
+        tokens += batch.n_target_tokens() as u64;
+        sum += step::eval_loss_sum(model, &batch)?;
+    }
+    if tokens == 0 {
+        return Err(TrainError::EmptyDataset {
+            what: "validation examples have no target tokens".into(),
+        });
+    }
+    Ok((sum / tokens as f64, tokens))
+}
+
+fn clear_previous_run(out: &std::path::Path) -> Result<(), TrainError> {
+    for name in [
+        "checkpoints",
+        "adapter",
+        metrics::METRICS_FILE,
+        metrics::LOSS_PLOT_FILE,
+    ] {
+        let p = out.join(name);
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else if p.exists() {
+            std::fs::remove_file(&p)
+        } else {
+            Ok(())
+        };
+        r.map_err(|source| TrainError::Io { path: p, source })?;
+    }
+    Ok(())
+}
+
+/// Runs (or resumes) training. Returns the trained model and a summary; the best adapter is in
+/// `{output_dir}/adapter`, metrics in `metrics.jsonl`, the curve in `loss.png`.
+pub fn train<B, M>(
+    cfg: &RunConfig,
+    mut model: M,
+    train_set: &[Example],
+    val_set: &[Example],
+    pad_id: u32,
+    device: &B::Device,
+    opts: &TrainOptions,
+) -> Result<(M, TrainSummary), TrainError>
+where
+    B: AutodiffBackend,
+    M: SegmentedLm<B> + AutodiffModule<B> + AdapterIo,
+    M::InnerModule: SegmentedLm<B::InnerBackend>,
+{
+    let t = &cfg.training;
+    let out = cfg.output_dir();
+    let ckpt_root = out.join("checkpoints");
+    if train_set.is_empty() {
+        return Err(TrainError::EmptyDataset {
+            what: "no training examples".into(),
+        });
+    }
+    if val_set.is_empty() {
+        return Err(TrainError::EmptyDataset {
+            what: "no validation examples".into(),
+        });
+    }
+    let schedule = schedule(cfg);
+    schedule.validate()?;
+    let inner_device = device_inner::<B>(device);
+
+    let resumed = if opts.resume {
+        checkpoint::load_latest(&ckpt_root)?
+    } else {
+        if ckpt_root.join(checkpoint::LATEST_FILE).exists() && !opts.overwrite {
+            return Err(TrainError::ExistingRun { dir: out.clone() });
+        }
+        clear_previous_run(&out)?;
+        None
+    };
+    let (mut optim, mut state, mut sampler) =
+        match resumed {
+            Some(ck) => {
+                checkpoint::check_compatible(&ck.dir, &ck.state.config, cfg)?;
+                model = model.import_adapter(&ck.adapter)?;
+                let optim = Optimizer::<B>::state_from_bytes(&ck.optimizer, &inner_device)?;
+                let pos: Position = serde_json::from_value(ck.state.data_position.clone())
+                    .map_err(|source| TrainError::State {
+                        path: ck.dir.clone(),
+                        source,
+                    })?;
+                let sampler = Sampler::resume(
+                    train_set.len(),
+                    t.per_device_train_batch_size.min(train_set.len()),
+                    cfg.data.seed,
+                    true,
+                    pos,
+                )?;
+                tracing::info!(step = ck.state.step, dir = %ck.dir.display(), "resuming");
+                (optim, ck.state, sampler)
+            }
+            None => {
+                let optim = Optimizer::<B>::new(optimizer_config(cfg))?;
+                let sampler = Sampler::new(
+                    train_set.len(),
+                    t.per_device_train_batch_size.min(train_set.len()),
+                    cfg.data.seed,
+                    true,
+                )?;
+                let state = TrainerState {
+                    step: 0,
+                    tokens_seen: 0,
+                    rng: rand_chacha::ChaCha8Rng::seed_from_u64(t.seed),
+                    data_position: serde_json::to_value(sampler.position()).unwrap_or_default(),
+                    best_eval_loss: None,
+                    best_step: None,
+                    config: cfg.clone(),
+                };
+                (optim, state, sampler)
+            }
+        };
+
+    let mut log = MetricsLog::open(&out)?;
+    let bar = if opts.progress {
+        let b = ProgressBar::new(t.max_steps as u64);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b.set_position(state.step as u64);
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let started = Instant::now();
+    let mut summary = TrainSummary {
+        output_dir: out.clone(),
+        steps_done: state.step,
+        losses: Vec::new(),
+        eval_losses: Vec::new(),
+        best_eval_loss: state.best_eval_loss,
+        best_step: state.best_step,
+        tokens_seen: state.tokens_seen,
+        seconds: 0.0,
+        optimizer_state_bytes: 0,
+        finished: false,
+    };
+    let mut window = (0.0f64, 0u64, Instant::now()); // loss sum, tokens, since
+    let dropout = cfg.lora.lora_dropout > 0.0;
+    while state.step < t.max_steps {
+        if opts.stop_at_step.is_some_and(|s| state.step >= s) {
+            break;
+        }
+        let lr = schedule.lr_at(state.step);
+        let batches: Vec<Batch> = (0..t.gradient_accumulation_steps)
+            .map(|_| {
+                let idx = sampler.next_batch();
+                let refs: Vec<&Example> = idx.iter().map(|&i| &train_set[i]).collect();
+                collate(&refs, pad_id, Padding::Right)
+            })
+            .collect::<Result<_, _>>()?;
+        let mut acc = TokenAccumulator::<M>::new();
+        let mut loss_sum = 0.0;
+        for batch in &batches {
+            let seed = dropout.then(|| state.rng.next_u64());
+            let n = batch.n_target_tokens();
+            let ms = if t.gradient_checkpointing {
+                step::micro_step_checkpointed::<B, M>(&model, batch, 1.0, seed)?
+            } else {
+                step::micro_step_plain::<B, M>(&model, batch, 1.0, seed)?
+            };
+            loss_sum += ms.loss_sum;
+            acc.accumulate::<B>(&model, ms.grads, n);
+        }
+        let tokens = acc.tokens();
+        let loss = loss_sum / tokens.max(1) as f64;
+        if !loss.is_finite() {
+            return Err(non_finite(&ckpt_root, state.step + 1, "loss", loss));
+        }
+        let mut grads = acc.finish::<B>(&model)?;
+        let norm = clip_grad_norm::<B, M>(&model, &mut grads, t.max_grad_norm);
+        if !norm.total_norm.is_finite() {
+            return Err(non_finite(
+                &ckpt_root,
+                state.step + 1,
+                "gradient norm",
+                norm.total_norm,
+            ));
+        }
+        model = optim.step(lr, model, grads)?;
+        state.step += 1;
+        state.tokens_seen += tokens;
+        state.data_position = serde_json::to_value(sampler.position()).unwrap_or_default();
+        summary.losses.push((state.step, loss));
+        window.0 += loss * tokens as f64;
+        window.1 += tokens;
+        bar.set_position(state.step as u64);
+
+        if state.step % t.logging_steps == 0 || state.step == t.max_steps {
+            let secs = window.2.elapsed().as_secs_f64().max(1e-9);
+            let mean = window.0 / window.1.max(1) as f64;
+            let tps = window.1 as f64 / secs;
+            log.write(&Event::Train {
+                step: state.step,
+                loss: mean,
+                learning_rate: lr,
+                grad_norm: norm.total_norm,
+                tokens: state.tokens_seen,
+                tokens_per_s: tps,
+            })?;
+            bar.set_message(format!("loss {mean:.4}  {tps:.0} tok/s"));
+            tracing::info!(
+                step = state.step,
+                loss = mean,
+                lr,
+                grad_norm = norm.total_norm,
+                tokens_per_s = tps,
+                "train"
+            );
+            window = (0.0, 0, Instant::now());
+        }
+        if state.step % t.eval_steps == 0 || state.step == t.max_steps {
+            let (val, val_tokens) = eval_loss(
+                &model.valid(),
+                val_set,
+                t.per_device_eval_batch_size,
+                pad_id,
+            )?;
+            let best = state.best_eval_loss.is_none_or(|b| val < b);
+            if best {
+                state.best_eval_loss = Some(val);
+                state.best_step = Some(state.step);
+                checkpoint::save_adapter_atomic(
+                    &model.export_adapter(peft_config(cfg)),
+                    &out.join("adapter"),
+                )?;
+            }
+            summary.eval_losses.push((state.step, val));
+            log.write(&Event::Eval {
+                step: state.step,
+                eval_loss: val,
+                eval_tokens: val_tokens,
+                best,
+            })?;
+            tracing::info!(step = state.step, eval_loss = val, best, "eval");
+        }
+        if state.step % t.save_steps == 0 || state.step == t.max_steps {
+            let bytes = optim.state_to_bytes()?;
+            checkpoint::save(
+                &ckpt_root,
+                &model.export_adapter(peft_config(cfg)),
+                &bytes,
+                &state,
+                t.save_total_limit,
+            )?;
+        }
+    }
+    bar.finish_and_clear();
+    let events = metrics::read_events(log.path())?;
+    if let Err(e) = metrics::plot_loss(&events, &out.join(metrics::LOSS_PLOT_FILE)) {
+        tracing::warn!("loss curve not drawn: {e}");
+    }
+    summary.steps_done = state.step;
+    summary.best_eval_loss = state.best_eval_loss;
+    summary.best_step = state.best_step;
+    summary.tokens_seen = state.tokens_seen;
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.optimizer_state_bytes = optim.state_bytes();
+    summary.finished = state.step >= t.max_steps;
+    Ok((model, summary))
+}
+
+fn non_finite(root: &std::path::Path, step: usize, what: &'static str, value: f64) -> TrainError {
+    let last = std::fs::read_to_string(root.join(checkpoint::LATEST_FILE))
+        .ok()
+        .map(|s| root.join(s.trim()));
+    tracing::error!(step, what, value, "non-finite value, stopping");
+    TrainError::NonFinite {
+        step,
+        what,
+        value,
+        last_checkpoint: last,
+    }
+}
+
+/// The inner backend's device for `B`'s device (they are the same type for Autodiff).
+fn device_inner<B: AutodiffBackend>(
+    d: &B::Device,
+) -> <B::InnerBackend as burn::tensor::backend::BackendTypes>::Device {
+    // Autodiff<B> uses B's device type; converting through a zero-element tensor keeps this
+    // generic without assuming that equality at the type level.
+    let t = burn::tensor::Tensor::<B, 1>::zeros([1], d);
+    t.inner().device()
+}
