@@ -106,6 +106,28 @@ pub fn answer_from_generation(generated: &str) -> String {
     }
 }
 
+/// One question's `(exact, f1)`, each in [0, 1]: the max over the gold answers that normalize to
+/// something non-empty, or against "" when there are none (the official `get_raw_scores`).
+pub fn question_scores(answers: &[String], pred: &str) -> (f64, f64) {
+    let mut golds: Vec<&str> = answers
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !normalize_answer(a).is_empty())
+        .collect();
+    if golds.is_empty() {
+        golds.push("");
+    }
+    let exact = golds
+        .iter()
+        .map(|g| compute_exact(g, pred))
+        .fold(0.0, f64::max);
+    let f1 = golds
+        .iter()
+        .map(|g| compute_f1(g, pred))
+        .fold(0.0, f64::max);
+    (exact, f1)
+}
+
 /// The official script's output dict: overall and per HasAns/NoAns, in percent. The HasAns/NoAns
 /// fields are absent (as in the script) when the subset is empty.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -144,22 +166,7 @@ pub fn squad_v2_eval(
         let pred = predictions
             .get(id)
             .ok_or_else(|| DataError::Predictions(format!("no prediction for question {id}")))?;
-        let mut golds: Vec<&str> = answers
-            .iter()
-            .map(String::as_str)
-            .filter(|a| !normalize_answer(a).is_empty())
-            .collect();
-        if golds.is_empty() {
-            golds.push("");
-        }
-        let exact = golds
-            .iter()
-            .map(|g| compute_exact(g, pred))
-            .fold(0.0, f64::max);
-        let f1 = golds
-            .iter()
-            .map(|g| compute_f1(g, pred))
-            .fold(0.0, f64::max);
+        let (exact, f1) = question_scores(answers, pred);
         let s = &mut sums[usize::from(answers.is_empty())];
         s.0 += exact;
         s.1 += f1;

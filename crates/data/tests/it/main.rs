@@ -1,0 +1,13 @@
+//! qtune-data integration tests (one binary, see STYLE.md §6). Tests that need the real data read
+//! `QTUNE_DATA_DIR` and print why they skip without it.
+
+mod batch;
+mod common;
+mod encode;
+mod hate_speech;
+mod metrics;
+mod sampler;
+mod source;
+mod squad;
+mod truncation;
+mod wikitext;

@@ -1,0 +1,92 @@
+use qtune_data::source::{manifest_entry, sha256_file};
+use qtune_data::{DataError, DataSource, DatasetId};
+
+use crate::common::data_dir;
+
+const ALL: [DatasetId; 5] = [
+    DatasetId::SquadV2,
+    DatasetId::HateSpeech,
+    DatasetId::WikiText2RawTest,
+    DatasetId::Gpt2Encoder,
+    DatasetId::Gpt2Merges,
+];
+
+#[test]
+fn manifest_has_every_dataset() {
+    for id in ALL {
+        let e = manifest_entry(id).unwrap();
+        assert_eq!(e.sha256.len(), 64, "{}", id.key());
+        assert!(!e.license.is_empty() && !e.source.is_empty());
+    }
+}
+
+#[test]
+fn local_files_are_found_and_verified() {
+    let Some(data) = data_dir("local_files_are_found_and_verified") else {
+        return;
+    };
+    for id in ALL {
+        let path = DataSource::local(&data).locate(id).unwrap();
+        assert!(path.ends_with(manifest_entry(id).unwrap().file));
+    }
+}
+
+#[test]
+fn wrong_file_fails_the_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wikitext-2/wiki.test.raw");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, "not wikitext\n").unwrap();
+    let err = DataSource::local(dir.path())
+        .locate(DatasetId::WikiText2RawTest)
+        .unwrap_err();
+    let DataError::Checksum { got, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(*got, sha256_file(&file).unwrap());
+    assert!(err.to_string().contains("wiki.test.raw"), "{err}");
+}
+
+#[test]
+fn missing_data_without_hub_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = DataSource::local(dir.path())
+        .locate(DatasetId::SquadV2)
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, DataError::NotFound { .. }));
+    assert!(
+        msg.contains("QTUNE_DATA_DIR") && msg.contains("squad-v2/dev-v2.0.json"),
+        "{msg}"
+    );
+    let none = DataSource {
+        data_dir: None,
+        allow_hub: false,
+    };
+    assert!(none
+        .locate(DatasetId::HateSpeech)
+        .unwrap_err()
+        .to_string()
+        .contains("not set"));
+}
+
+/// Parquet-only Hub copies are reported before any download (so this needs no network).
+#[test]
+fn parquet_hub_copies_name_what_to_download() {
+    let hub = DataSource {
+        data_dir: None,
+        allow_hub: true,
+    };
+    for id in [DatasetId::SquadV2, DatasetId::WikiText2RawTest] {
+        let err = hub.locate(id).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, DataError::HubFormatUnsupported { .. }),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("parquet") && msg.contains("$QTUNE_DATA_DIR/"),
+            "{msg}"
+        );
+    }
+}
