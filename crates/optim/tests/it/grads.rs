@@ -1,0 +1,197 @@
+//! Global-norm clipping and token-normalized accumulation on real autodiff gradients.
+
+use crate::common::*;
+use burn::module::{Module, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use qtune_optim::{clip_grad_norm, OptimError, TokenAccumulator, CLIP_EPS};
+
+/// A LoRA-shaped module: two trainable matrices and one frozen one.
+#[derive(Module, Debug)]
+pub struct Lora<B: Backend> {
+    pub a: Param<Tensor<B, 2>>,
+    pub b: Param<Tensor<B, 2>>,
+    pub frozen: Param<Tensor<B, 2>>,
+}
+
+fn det(n: usize, seed: u32) -> Vec<f32> {
+    // A small deterministic generator (xorshift) so the tests need no RNG crate.
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn mat(rows: usize, cols: usize, seed: u32) -> Tensor<B, 2> {
+    Tensor::from_data(
+        TensorData::new(det(rows * cols, seed), [rows, cols]),
+        &Default::default(),
+    )
+}
+
+fn lora() -> Lora<B> {
+    Lora {
+        a: Param::from_tensor(mat(4, 6, 1)),
+        b: Param::from_tensor(mat(6, 3, 2)),
+        frozen: Param::from_tensor(mat(4, 3, 3)).set_require_grad(false),
+    }
+}
+
+/// Summed squared-error loss over the tokens `x` [n, 4] with targets `t` [n, 3].
+fn loss_sum(m: &Lora<B>, x: Tensor<B, 2>, t: Tensor<B, 2>) -> Tensor<B, 1> {
+    let y = x.clone().matmul(m.a.val()).matmul(m.b.val()) + x.matmul(m.frozen.val());
+    (y - t).powi_scalar(2).sum()
+}
+
+fn grad_values(m: &Lora<B>, g: &GradientsParams) -> (Vec<f32>, Vec<f32>) {
+    let get = |id| values(g.get::<Inner, 2>(id).expect("grad"));
+    (get(m.a.id), get(m.b.id))
+}
+
+#[test]
+fn clipping_uses_the_global_norm_over_all_parameters() {
+    let m = lora();
+    let x = mat(7, 4, 10);
+    let t = mat(7, 3, 11).mul_scalar(5.0);
+    let mut grads = GradientsParams::from_grads(loss_sum(&m, x, t).backward(), &m);
+    assert!(
+        grads.get::<Inner, 2>(m.frozen.id).is_none(),
+        "frozen param has no grad"
+    );
+    let (ga, gb) = grad_values(&m, &grads);
+    let norm = ga
+        .iter()
+        .chain(&gb)
+        .map(|v| (*v as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let max_norm = norm / 3.0;
+
+    let out = clip_grad_norm(&m, &mut grads, max_norm);
+    assert!(
+        (out.total_norm - norm).abs() <= 1e-6 * norm,
+        "norm {} vs {norm}",
+        out.total_norm
+    );
+    let coef = (max_norm / (out.total_norm + CLIP_EPS)) as f32;
+    assert_eq!(out.scale, coef as f64);
+    let (ca, cb) = grad_values(&m, &grads);
+    // Every tensor is scaled by the same factor, bit for bit as g * coef in f32.
+    for (clipped, orig) in [(&ca, &ga), (&cb, &gb)] {
+        for (c, o) in clipped.iter().zip(orig.iter()) {
+            assert_eq!(c.to_bits(), (o * coef).to_bits());
+        }
+    }
+    let new_norm = ca
+        .iter()
+        .chain(&cb)
+        .map(|v| (*v as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!(
+        (new_norm - max_norm).abs() <= 1e-5 * max_norm,
+        "clipped norm {new_norm} vs {max_norm}"
+    );
+    // Per-tensor clipping (Burn's GradientClipping::Norm) would give each tensor norm max_norm.
+    let na = ga.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+    let nca = ca.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+    assert!(
+        (nca - na * coef as f64).abs() <= 1e-5 * na,
+        "A keeps its share of the norm"
+    );
+}
+
+#[test]
+fn no_clipping_below_the_threshold_or_for_non_finite_norms() {
+    let m = lora();
+    let mut grads =
+        GradientsParams::from_grads(loss_sum(&m, mat(5, 4, 20), mat(5, 3, 21)).backward(), &m);
+    let before = grad_values(&m, &grads);
+    let out = clip_grad_norm(&m, &mut grads, 1e9);
+    assert_eq!(out.scale, 1.0);
+    assert_eq!(grad_values(&m, &grads), before, "untouched below max_norm");
+    let out = clip_grad_norm(&m, &mut grads, 0.0);
+    assert_eq!(
+        (out.scale, grad_values(&m, &grads)),
+        (1.0, before.clone()),
+        "max_norm 0 disables"
+    );
+
+    let mut nan = GradientsParams::new();
+    nan.register::<Inner, 2>(
+        m.a.id,
+        Tensor::from_data(
+            TensorData::new(vec![f32::NAN; 24], [4, 6]),
+            &Default::default(),
+        ),
+    );
+    let out = clip_grad_norm(&m, &mut nan, 1.0);
+    assert!(out.total_norm.is_nan() && out.scale == 1.0, "{out:?}");
+}
+
+#[test]
+fn accumulation_divides_summed_gradients_by_total_tokens() {
+    let m = lora();
+    let (x, t) = (mat(7, 4, 30), mat(7, 3, 31));
+    // Reference: one backward of the mean over all 7 target tokens.
+    let full = GradientsParams::from_grads(
+        loss_sum(&m, x.clone(), t.clone())
+            .div_scalar(7.0)
+            .backward(),
+        &m,
+    );
+    let (fa, fb) = grad_values(&m, &full);
+
+    // Micro-batches of 2 and 5 tokens.
+    let mut acc = TokenAccumulator::new();
+    let mut mean_of_means: Vec<Vec<f32>> = Vec::new();
+    for range in [0..2, 2..7] {
+        let n = range.len();
+        let (xm, tm) = (
+            x.clone().slice([range.clone(), 0..4]),
+            t.clone().slice([range, 0..3]),
+        );
+        let g = GradientsParams::from_grads(loss_sum(&m, xm, tm).backward(), &m);
+        let (ga, _) = grad_values(&m, &g);
+        mean_of_means.push(ga.iter().map(|v| v / n as f32 / 2.0).collect());
+        acc.accumulate(&m, g, n);
+    }
+    assert_eq!((acc.tokens(), acc.micro_batches()), (7, 2));
+    let grads = acc.finish(&m).expect("tokens seen");
+    let (aa, ab) = grad_values(&m, &grads);
+    assert!(
+        norm_rel(&aa, &fa) <= 1e-6 && norm_rel(&ab, &fb) <= 1e-6,
+        "{} {}",
+        norm_rel(&aa, &fa),
+        norm_rel(&ab, &fb)
+    );
+    // The mean of per-micro-batch means weights the 2-token batch's tokens 2.5x more: far off.
+    let mom: Vec<f32> = mean_of_means[0]
+        .iter()
+        .zip(&mean_of_means[1])
+        .map(|(a, b)| a + b)
+        .collect();
+    assert!(
+        norm_rel(&mom, &fa) > 1e-2,
+        "mean of means should differ: {}",
+        norm_rel(&mom, &fa)
+    );
+    assert_eq!(acc.tokens(), 0, "finish resets");
+}
+
+#[test]
+fn accumulation_without_tokens_is_an_error() {
+    let m = lora();
+    let mut acc = TokenAccumulator::new();
+    let g = GradientsParams::from_grads(loss_sum(&m, mat(2, 4, 40), mat(2, 3, 41)).backward(), &m);
+    acc.accumulate(&m, g, 0);
+    match acc.finish(&m) {
+        Err(OptimError::NoTokens { micro_batches: 1 }) => {}
+        other => panic!("expected NoTokens, got {:?}", other.map(|g| g.len())),
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests of qtune-optim (one test binary, see STYLE.md §6).
+
+mod common;
+mod grads;
+mod resume;
+mod schedule;
+mod traces;
