@@ -158,6 +158,13 @@ pub fn encode_squad_dataset(
             }
         }
     }
+    tracing::info!(
+        total = stats.total,
+        truncated = stats.truncated,
+        dropped = stats.dropped,
+        max_length = cfg.max_length,
+        "encoded SQuAD examples"
+    );
     if out.is_empty() {
         return Err(DataError::Empty {
             what: format!("SQuAD after encoding to max_length {}", cfg.max_length),

@@ -47,14 +47,18 @@ pub fn normalize_answer(s: &str) -> String {
         }
     }
     flush(&mut word, &mut no_articles);
-    no_articles.split_whitespace().collect::<Vec<_>>().join(" ")
+    py_split(&no_articles).collect::<Vec<_>>().join(" ")
+}
+
+/// Python's `str.split()`: Unicode whitespace plus the separators U+001C..U+001F, which
+/// `str.isspace` counts and `char::is_whitespace` does not.
+fn py_split(s: &str) -> impl Iterator<Item = &str> {
+    s.split(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+        .filter(|t| !t.is_empty())
 }
 
 fn tokens(s: &str) -> Vec<String> {
-    normalize_answer(s)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+    py_split(&normalize_answer(s)).map(str::to_string).collect()
 }
 
 /// The official `compute_exact`.
@@ -108,7 +112,14 @@ pub fn answer_from_generation(generated: &str) -> String {
 
 /// One question's `(exact, f1)`, each in [0, 1]: the max over the gold answers that normalize to
 /// something non-empty, or against "" when there are none (the official `get_raw_scores`).
+/// One deliberate addition: a prediction that normalizes to "answers not in context" is scored as
+/// the empty (no-answer) prediction, so raw generations can be passed in directly.
 pub fn question_scores(answers: &[String], pred: &str) -> (f64, f64) {
+    let pred = if normalize_answer(pred) == normalize_answer(SQUAD_NO_ANSWER) {
+        ""
+    } else {
+        pred
+    };
     let mut golds: Vec<&str> = answers
         .iter()
         .map(String::as_str)
@@ -149,7 +160,7 @@ pub struct SquadScores {
     pub no_ans_total: Option<usize>,
 }
 
-/// Scores `predictions` (question id → answer text, "" = no answer) against `gold` (question id,
+/// Scores `predictions` (question id → answer text; "" or "answers not in context" = no answer) against `gold` (question id,
 /// gold answer texts; empty = impossible). Every gold id needs a prediction (the official script
 /// would fail on a missing HasAns/NoAns id); predictions for other ids are ignored, as there.
 pub fn squad_v2_eval(

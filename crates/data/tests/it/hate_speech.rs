@@ -114,7 +114,39 @@ fn real_file_counts_and_balanced_sample() {
         .iter()
         .all(|t| !t.text.contains("&#8220;") && !t.text.contains("&lt;")));
     let s = balanced_split(&tweets, 1000, 200, 0).unwrap();
+    let by_class = |v: &[Tweet]| {
+        (0..3)
+            .map(|c| v.iter().filter(|t| t.class == c).count())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(by_class(&s.train), [334, 333, 333]);
+    assert_eq!(by_class(&s.validation), [67, 67, 66]);
     let rows: HashSet<_> = s.train.iter().map(|t| t.row).collect();
     assert_eq!(rows.len(), 1000);
     assert!(s.validation.iter().all(|t| !rows.contains(&t.row)));
+}
+
+/// Our decoding equals Python's `html.unescape` on every tweet. The digest was computed with
+/// `python3 -c "import csv,html,hashlib; rows=list(csv.DictReader(open('labeled_data.csv',
+/// encoding='utf-8', newline=''))); print(hashlib.sha256('\n'.join(html.unescape(r['tweet'])
+/// for r in rows).encode()).hexdigest())"` (Python 3.11.7) on the manifest's file.
+#[test]
+fn real_file_decoding_equals_python_html_unescape() {
+    let Some(data) = data_dir("real_file_decoding_equals_python_html_unescape") else {
+        return;
+    };
+    let tweets = load_hate_speech(&data.join("hate-speech-davidson2017/labeled_data.csv")).unwrap();
+    let joined = tweets
+        .iter()
+        .map(|t| t.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("decoded.txt");
+    std::fs::write(&file, &joined).unwrap();
+    assert_eq!(joined.len(), 2_064_120, "UTF-8 bytes");
+    assert_eq!(
+        qtune_data::source::sha256_file(&file).unwrap(),
+        "34fab8b678caec7ada86fdc7b301a6367b618d8259de7161f322d78959c94b5c"
+    );
 }

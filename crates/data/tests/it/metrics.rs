@@ -94,6 +94,27 @@ fn squad_metrics_match_official_script_on_dev_subset() {
 }
 
 #[test]
+fn no_answer_phrase_scores_as_the_empty_prediction() {
+    let impossible: Vec<String> = vec![];
+    let answerable = vec!["Paris".to_string()];
+    assert_eq!(
+        question_scores(&impossible, "answers not in context"),
+        (1.0, 1.0)
+    );
+    assert_eq!(
+        question_scores(&impossible, " Answers not in context."),
+        (1.0, 1.0)
+    );
+    assert_eq!(question_scores(&impossible, ""), (1.0, 1.0));
+    assert_eq!(
+        question_scores(&answerable, "answers not in context"),
+        (0.0, 0.0)
+    );
+    // Python's str.split also splits on U+001C..U+001F.
+    assert_eq!(normalize_answer("a\u{1f}b"), "b");
+}
+
+#[test]
 fn missing_prediction_is_an_error() {
     let gold = vec![("q1".to_string(), vec!["x".to_string()])];
     let err = squad_v2_eval(&gold, &HashMap::new()).unwrap_err();

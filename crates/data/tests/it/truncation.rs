@@ -181,3 +181,30 @@ fn real_squad_truncation_keeps_answers() {
     eprintln!("max_length 128: {fits} fit, {truncated} truncated, {dropped} dropped");
     assert!(truncated > 0 && fits > 0);
 }
+
+/// Counts for the whole dev set at the lengths the configs use (slow: run with `--ignored`).
+#[test]
+#[ignore = "encodes all 11,873 questions three times; run with --ignored to get the counts"]
+fn real_squad_truncation_counts_full() {
+    let Some(data) = data_dir("real_squad_truncation_counts_full") else {
+        return;
+    };
+    let tok = gptj_tokenizer(&data);
+    let articles = load_squad(&data.join("squad-v2/dev-v2.0.json")).unwrap();
+    for max_length in [256, 512, 2048] {
+        let cfg = EncodeConfig {
+            max_length,
+            eos_token_id: EOS,
+        };
+        let (mut fits, mut truncated, mut dropped) = (0, 0, 0);
+        for ex in articles.iter().flat_map(|a| &a.examples) {
+            match check(&tok, ex, cfg, EOS) {
+                Some(false) => fits += 1,
+                Some(true) => truncated += 1,
+                None => dropped += 1,
+            }
+        }
+        eprintln!("max_length {max_length}: {fits} fit, {truncated} truncated, {dropped} dropped");
+        assert_eq!(fits + truncated + dropped, 11_873);
+    }
+}
