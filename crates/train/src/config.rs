@@ -49,7 +49,8 @@ pub struct ModelConfig {
     pub name_or_path: Option<String>,
     #[serde(default)]
     pub revision: Option<String>,
-    /// A randomly initialised GPT-J of this shape (HF `GPTJConfig` field names), seeded.
+    /// A randomly initialised GPT-J of this shape (HF `GPTJConfig` field names), seeded; HF's
+    /// init (normal, std 0.02; LayerNorms at 1/0).
     #[serde(default)]
     pub random: Option<RandomModel>,
     /// `float32` | `bfloat16` | `float16` (HF `torch_dtype`); CPU runs use float32.
@@ -80,13 +81,6 @@ pub struct RandomModel {
     pub rotary_dim: usize,
     #[serde(default)]
     pub n_inner: Option<usize>,
-    /// Std of the normal init (HF `initializer_range`).
-    #[serde(default = "default_init_range")]
-    pub initializer_range: f64,
-}
-
-fn default_init_range() -> f64 {
-    0.02
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

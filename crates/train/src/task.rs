@@ -78,6 +78,19 @@ pub fn prepare(
     tokenizer: &Tokenizer,
     source: &DataSource,
 ) -> Result<TaskData, DataError> {
+    let id = match cfg.data.dataset {
+        Task::SquadV2 => DatasetId::SquadV2,
+        Task::HateSpeech => DatasetId::HateSpeech,
+    };
+    prepare_from_file(cfg, tokenizer, &source.locate(id)?)
+}
+
+/// [`prepare`] from an explicit file (SQuAD JSON or the Davidson CSV).
+pub fn prepare_from_file(
+    cfg: &RunConfig,
+    tokenizer: &Tokenizer,
+    path: &std::path::Path,
+) -> Result<TaskData, DataError> {
     let d = &cfg.data;
     let enc = EncodeConfig {
         max_length: d.max_length,
@@ -87,7 +100,7 @@ pub fn prepare(
     let max_prompt = d.max_length.saturating_sub(cfg.eval.max_new_tokens).max(1);
     let (train, validation, eval_items, train_stats) = match d.dataset {
         Task::SquadV2 => {
-            let articles = load_squad(&source.locate(DatasetId::SquadV2)?)?;
+            let articles = load_squad(path)?;
             let split = split_by_article(&articles, SQUAD_VALIDATION_ARTICLES, d.seed)?;
             let train_q = take_shuffled(&split.train, d.max_train_samples, d.seed);
             let (train, _, stats) = encode_squad_dataset(tokenizer, &train_q, enc)?;
@@ -110,7 +123,7 @@ pub fn prepare(
             (train, validation, items, stats)
         }
         Task::HateSpeech => {
-            let tweets = load_hate_speech(&source.locate(DatasetId::HateSpeech)?)?;
+            let tweets = load_hate_speech(path)?;
             let split = balanced_split(&tweets, HATE_SPEECH_TRAIN, HATE_SPEECH_VALIDATION, d.seed)?;
             let train_t = take_shuffled(&split.train, d.max_train_samples, d.seed);
             let mut stats = EncodeStats {

@@ -1,0 +1,75 @@
+//! Shared helpers: a tiny config, synthetic examples, and a lock around the backend RNG.
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use burn::backend::{Autodiff, NdArray};
+use qtune_data::Example;
+use qtune_train::config::{LoraSection, RandomModel, RunConfig, TargetList};
+use rand::{Rng, SeedableRng};
+
+pub type B = Autodiff<NdArray>;
+
+/// NdArray's RNG is process-global (`B::seed`): model init and LoRA dropout draw from it, so
+/// tests that must be reproducible hold this lock while they touch it.
+static RNG_LOCK: Mutex<()> = Mutex::new(());
+
+pub fn rng_lock() -> MutexGuard<'static, ()> {
+    RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub const VOCAB: usize = 96;
+pub const EOS: u32 = 1;
+
+/// A 3-block GPT-J with 32-dim embeddings and LoRA on every block linear, writing to `out`.
+pub fn tiny_config(out: &Path) -> RunConfig {
+    let mut c = RunConfig::tiny();
+    c.name = "it".into();
+    c.model.random = Some(RandomModel {
+        seed: 7,
+        vocab_size: VOCAB,
+        n_positions: 64,
+        n_embd: 32,
+        n_layer: 3,
+        n_head: 4,
+        rotary_dim: 4,
+        n_inner: None,
+    });
+    c.lora = LoraSection {
+        r: 4,
+        lora_alpha: 8.0,
+        lora_dropout: 0.1,
+        target_modules: TargetList::One("all-linear".into()),
+    };
+    let t = &mut c.training;
+    t.output_dir = Some(out.display().to_string());
+    t.learning_rate = 1e-2;
+    t.per_device_train_batch_size = 4;
+    t.per_device_eval_batch_size = 4;
+    t.gradient_accumulation_steps = 2;
+    t.max_steps = 6;
+    t.warmup_steps = 1;
+    t.logging_steps = 1;
+    t.eval_steps = 2;
+    t.save_steps = 2;
+    t.save_total_limit = 2;
+    t.gradient_checkpointing = true;
+    c.validate("tiny_config").unwrap();
+    c
+}
+
+/// `n` prompt/completion pairs: the completion repeats the prompt's first three tokens, so a
+/// model can learn it; lengths vary so batches have padding.
+pub fn synthetic(n: usize, seed: u64) -> Vec<Example> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let len = rng.random_range(4..10);
+            let prompt: Vec<u32> = (0..len)
+                .map(|_| rng.random_range(3..VOCAB as u32))
+                .collect();
+            let mut completion = prompt[..3].to_vec();
+            completion.push(EOS);
+            Example::from_prompt_completion(&prompt, &completion)
+        })
+        .collect()
+}

@@ -1,0 +1,193 @@
+//! The loop refuses bad inputs with clear errors and stops on a non-finite loss.
+use qtune_train::{build, checkpoint, train, TrainError, TrainOptions};
+
+use crate::common::*;
+
+#[test]
+fn non_finite_loss_stops_and_keeps_last_good_checkpoint() {
+    let _g = rng_lock();
+    let dev = Default::default();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config(dir.path());
+    // An absurd rate: step 1 moves the LoRA weights to ~1e30, step 2's forward overflows.
+    cfg.training.learning_rate = 1e30;
+    cfg.training.warmup_steps = 0;
+    cfg.training.save_steps = 1;
+    cfg.training.eval_steps = 100;
+    cfg.training.max_steps = 5;
+    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
+    let err = train(
+        &cfg,
+        model,
+        &synthetic(16, 1),
+        &synthetic(4, 2),
+        0,
+        &dev,
+        &TrainOptions::default(),
+    )
+    .err()
+    .expect("a non-finite loss must stop the run");
+    let msg = err.to_string();
+    match err {
+        TrainError::NonFinite {
+            step,
+            last_checkpoint,
+            ..
+        } => {
+            let last = last_checkpoint.expect("checkpoint of the last good step");
+            assert!(last.ends_with(checkpoint::step_dir_name(step - 1)), "{msg}");
+            assert!(
+                msg.contains("non-finite") && msg.contains(&last.display().to_string()),
+                "{msg}"
+            );
+            let ck = checkpoint::load_latest(&dir.path().join("checkpoints"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(ck.state.step, step - 1);
+        }
+        other => panic!("expected NonFinite, got {other}"),
+    }
+}
+
+#[test]
+fn empty_dataset_and_existing_run_are_errors() {
+    let _g = rng_lock();
+    let dev = Default::default();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config(dir.path());
+    cfg.training.max_steps = 2;
+    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
+    let err = train(
+        &cfg,
+        model.clone(),
+        &[],
+        &synthetic(4, 2),
+        0,
+        &dev,
+        &TrainOptions::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, TrainError::EmptyDataset { .. }), "{err}");
+    assert!(err.to_string().contains("no training examples"));
+
+    train(
+        &cfg,
+        model.clone(),
+        &synthetic(8, 1),
+        &synthetic(4, 2),
+        0,
+        &dev,
+        &TrainOptions::default(),
+    )
+    .unwrap();
+    let err = train(
+        &cfg,
+        model.clone(),
+        &synthetic(8, 1),
+        &synthetic(4, 2),
+        0,
+        &dev,
+        &TrainOptions::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, TrainError::ExistingRun { .. }), "{err}");
+    let overwrite = TrainOptions {
+        overwrite: true,
+        ..Default::default()
+    };
+    train(
+        &cfg,
+        model,
+        &synthetic(8, 1),
+        &synthetic(4, 2),
+        0,
+        &dev,
+        &overwrite,
+    )
+    .unwrap();
+}
+
+#[test]
+fn resuming_with_an_incompatible_config_is_an_error() {
+    let _g = rng_lock();
+    let dev = Default::default();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config(dir.path());
+    cfg.training.max_steps = 2;
+    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
+    train(
+        &cfg,
+        model,
+        &synthetic(8, 1),
+        &synthetic(4, 2),
+        0,
+        &dev,
+        &TrainOptions::default(),
+    )
+    .unwrap();
+
+    let resume = TrainOptions {
+        resume: true,
+        ..Default::default()
+    };
+    let mut changed = cfg.clone();
+    changed.lora.r = 8;
+    let model = build::model_with_lora::<B>(&changed, &dev).unwrap();
+    let err = train(
+        &changed,
+        model,
+        &synthetic(8, 1),
+        &synthetic(4, 2),
+        0,
+        &dev,
+        &resume,
+    )
+    .err()
+    .unwrap();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("cannot resume") && msg.contains("lora.r"),
+        "{msg}"
+    );
+
+    let mut changed = cfg.clone();
+    changed.training.learning_rate *= 2.0;
+    let model = build::model_with_lora::<B>(&changed, &dev).unwrap();
+    let msg = train(
+        &changed,
+        model,
+        &synthetic(8, 1),
+        &synthetic(4, 2),
+        0,
+        &dev,
+        &resume,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(msg.contains("training.learning_rate"), "{msg}");
+}
+
+#[test]
+fn missing_column_is_a_data_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("labeled_data.csv");
+    std::fs::write(
+        &csv,
+        ",count,hate_speech,offensive_language,neither,tweet\n0,3,0,0,3,hello\n",
+    )
+    .unwrap();
+    let mut cfg = tiny_config(dir.path());
+    cfg.data.dataset = qtune_train::Task::HateSpeech;
+    let tok = tokenizers::Tokenizer::new(tokenizers::models::bpe::BPE::default());
+    let err = qtune_train::task::prepare_from_file(&cfg, &tok, &csv)
+        .err()
+        .unwrap();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("class") && msg.contains("labeled_data.csv"),
+        "{msg}"
+    );
+}

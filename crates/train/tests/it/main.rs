@@ -1,0 +1,6 @@
+//! qtune-train integration tests on a tiny random GPT-J (CPU, f32, NdArray). No data needed:
+//! examples are synthetic token sequences.
+mod common;
+mod grad_checkpoint;
+mod loop_errors;
+mod resume;
