@@ -6,6 +6,10 @@
 //! the prompt stays byte-exact to the template and the answer (every word it touches) is kept
 //! whole. The window is centered on the answer's words (impossible questions keep the first words)
 //! and is the largest one, found by bisection on the word count, whose encoded text fits.
+//!
+//! On the whole dev set with GPT-J's tokenizer (`real_squad_truncation_counts_full`, ignored by
+//! default): max_length 192 → 5,364 of 11,873 truncated; 256 → 1,882; 512 → 97; 2048 → 0; none
+//! dropped at any of these lengths.
 
 use tokenizers::Tokenizer;
 

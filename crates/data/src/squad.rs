@@ -193,9 +193,11 @@ pub struct SquadSplit {
 }
 
 /// Shuffles the articles with `seed` (ChaCha8) and puts the first `n_validation_articles` in
-/// validation, the rest in train; examples keep file order inside each side. With the shared dev
-/// file (35 articles, 11,873 questions) and the defaults in qtune's configs, see
-/// `tests/it/squad.rs` for the resulting counts.
+/// validation, the rest in train; examples keep file order inside each side. On the shared dev
+/// file (35 articles, 11,873 questions) with 5 validation articles and seed 42 (qtune's configs):
+/// train 30 articles, 9,820 questions (4,997 impossible); validation Oxygen, Ctenophora,
+/// Immune_system, Rhine, Scottish_Parliament, 2,053 questions (948 impossible)
+/// (`split_by_article_is_disjoint_and_reproducible` prints them).
 pub fn split_by_article(
     articles: &[SquadArticle],
     n_validation_articles: usize,

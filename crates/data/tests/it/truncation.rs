@@ -191,7 +191,7 @@ fn real_squad_truncation_counts_full() {
     };
     let tok = gptj_tokenizer(&data);
     let articles = load_squad(&data.join("squad-v2/dev-v2.0.json")).unwrap();
-    for max_length in [256, 512, 2048] {
+    for max_length in [192, 256, 512, 2048] {
         let cfg = EncodeConfig {
             max_length,
             eos_token_id: EOS,
