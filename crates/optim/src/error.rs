@@ -20,6 +20,13 @@ pub enum OptimError {
         expected: usize,
         got: usize,
     },
+    /// A gradient's size differs from its parameter's.
+    #[error("gradient of `{path}` has {got} elements but the parameter has {expected}")]
+    GradShape {
+        path: String,
+        expected: usize,
+        got: usize,
+    },
     /// The serialized optimizer state cannot be parsed.
     #[error("optimizer state: {what}")]
     Format { what: String },

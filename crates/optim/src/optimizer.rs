@@ -208,7 +208,14 @@ impl<B: AutodiffBackend> Optimizer<B> {
         module.visit(&mut collector);
         let mut paths: HashMap<ParamId, String> = HashMap::new();
         let mut seen = std::collections::HashSet::new();
-        for (id, path, numel) in collector.found {
+        for (id, path, numel, grad_numel) in collector.found {
+            if grad_numel != numel {
+                return Err(OptimError::GradShape {
+                    path,
+                    expected: numel,
+                    got: grad_numel,
+                });
+            }
             if !seen.insert(path.clone()) {
                 return Err(OptimError::DuplicatePath { path });
             }
@@ -322,7 +329,8 @@ fn path_key(stack: &[String], id: ParamId) -> String {
 struct PathCollector<'a, B: AutodiffBackend> {
     grads: &'a GradientsParams,
     stack: Vec<String>,
-    found: Vec<(ParamId, String, usize)>,
+    /// (id, path, parameter numel, gradient numel)
+    found: Vec<(ParamId, String, usize, usize)>,
     _b: std::marker::PhantomData<B>,
 }
 
@@ -335,9 +343,10 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for PathCollector<'_, B> {
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            let numel = g.shape().num_elements();
-            self.found
-                .push((param.id, path_key(&self.stack, param.id), numel));
+            let numel = param.shape().num_elements();
+            let grad_numel = g.shape().num_elements();
+            let path = path_key(&self.stack, param.id);
+            self.found.push((param.id, path, numel, grad_numel));
         }
     }
 }

@@ -140,7 +140,7 @@ impl<B: AutodiffBackend> Optimizer<B> {
             })?;
         let mut optim = Optimizer::<B>::new(config)?;
         for (path, step) in steps {
-            let eight_bit = st.names().iter().any(|n| **n == format!("{path}.state1"));
+            let eight_bit = st.tensor(&format!("{path}.state1")).is_ok();
             if eight_bit && config.optim != OptimKind::AdamW8bit {
                 return Err(OptimError::Tensor {
                     name: format!("{path}.state1"),
