@@ -71,3 +71,26 @@ fn resume_rejects_a_position_past_the_epoch() {
     };
     assert!(Sampler::resume(10, 2, 0, false, pos).is_err());
 }
+
+proptest::proptest! {
+    /// Stopping anywhere and resuming from the saved position reproduces the uninterrupted run.
+    #[test]
+    fn resume_anywhere_reproduces_the_run(
+        len in 1usize..60,
+        bs in 1usize..16,
+        drop_last in proptest::bool::ANY,
+        seed in proptest::num::u64::ANY,
+        stop in 0usize..40,
+    ) {
+        proptest::prop_assume!(!drop_last || bs <= len);
+        let mut whole = Sampler::new(len, bs, seed, drop_last).unwrap();
+        let all: Vec<Vec<usize>> = (0..50).map(|_| whole.next_batch()).collect();
+        let mut first = Sampler::new(len, bs, seed, drop_last).unwrap();
+        for _ in 0..stop {
+            first.next_batch();
+        }
+        let mut resumed = Sampler::resume(len, bs, seed, drop_last, first.position()).unwrap();
+        let rest: Vec<Vec<usize>> = (stop..50).map(|_| resumed.next_batch()).collect();
+        proptest::prop_assert_eq!(&rest[..], &all[stop..]);
+    }
+}
