@@ -7,9 +7,11 @@ pub mod backend;
 pub mod build;
 pub mod checkpoint;
 pub mod config;
-
+pub mod evaluate;
+pub mod export;
 pub mod metrics;
 pub mod model;
+pub mod peft_check;
 pub mod step;
 pub mod task;
 pub mod trainer;

@@ -3,4 +3,5 @@
 mod common;
 mod grad_checkpoint;
 mod loop_errors;
+mod peft_fixture;
 mod resume;

@@ -1,0 +1,105 @@
+//! End-of-run task metrics from greedy generations: SQuAD v2 EM/F1 (official normalization,
+//! HasAns/NoAns) or hate-speech accuracy / per-class F1 / confusion matrix.
+use std::collections::HashMap;
+
+use qtune_data::{
+    answer_from_generation, classification_eval, label_from_generation, squad_v2_eval,
+    HATE_SPEECH_LABELS,
+};
+use qtune_gptj::{GenerationConfig, Gptj};
+use qtune_kernels::QBackend;
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+use crate::task::{EvalItem, Gold};
+use crate::TrainError;
+
+/// One decoded example, kept for the report (a few are printed).
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub id: String,
+    pub generated: String,
+    pub prediction: String,
+    pub gold: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskMetrics {
+    /// `squad_v2_eval`'s dict or the classification report, as JSON.
+    pub metrics: serde_json::Value,
+    pub predictions: Vec<Prediction>,
+}
+
+/// Greedy-decodes every item (batched, left-padded) and scores the answers.
+pub fn evaluate_generation<B: QBackend>(
+    model: &Gptj<B>,
+    tokenizer: &Tokenizer,
+    items: &[EvalItem],
+    batch_size: usize,
+    max_new_tokens: usize,
+    eos: u32,
+) -> Result<TaskMetrics, TrainError> {
+    if items.is_empty() {
+        return Err(TrainError::EmptyDataset {
+            what: "no held-back prompts for the generation metric".into(),
+        });
+    }
+    let gen = GenerationConfig {
+        max_new_tokens,
+        eos_token_id: Some(eos),
+        pad_token_id: Some(eos),
+        ..GenerationConfig::default()
+    };
+    let mut texts = Vec::with_capacity(items.len());
+    for chunk in items.chunks(batch_size.max(1)) {
+        let prompts: Vec<Vec<u32>> = chunk.iter().map(|it| it.prompt_ids.clone()).collect();
+        for out in model.generate(&prompts, &gen)? {
+            let ids: Vec<u32> = out.into_iter().filter(|&t| t != eos).collect();
+            let text = tokenizer
+                .decode(&ids, true)
+                .map_err(|e| TrainError::Tokenizer { msg: e.to_string() })?;
+            texts.push(text);
+        }
+    }
+    let mut predictions = Vec::with_capacity(items.len());
+    let metrics = match items[0].gold {
+        Gold::Answers(_) => {
+            let mut gold = Vec::new();
+            let mut preds = HashMap::new();
+            for (it, text) in items.iter().zip(&texts) {
+                let Gold::Answers(a) = &it.gold else { continue };
+                let answer = answer_from_generation(text);
+                predictions.push(Prediction {
+                    id: it.id.clone(),
+                    generated: text.clone(),
+                    prediction: answer.clone(),
+                    gold: a.first().cloned().unwrap_or_default(),
+                });
+                gold.push((it.id.clone(), a.clone()));
+                preds.insert(it.id.clone(), answer);
+            }
+            serde_json::to_value(squad_v2_eval(&gold, &preds)?).unwrap_or_default()
+        }
+        Gold::Class(_) => {
+            let (mut gold, mut pred) = (Vec::new(), Vec::new());
+            for (it, text) in items.iter().zip(&texts) {
+                let Gold::Class(c) = it.gold else { continue };
+                let p = label_from_generation(text, &HATE_SPEECH_LABELS);
+                predictions.push(Prediction {
+                    id: it.id.clone(),
+                    generated: text.clone(),
+                    prediction: p.map_or("?", |i| HATE_SPEECH_LABELS[i]).to_string(),
+                    gold: HATE_SPEECH_LABELS[c].to_string(),
+                });
+                gold.push(c);
+                pred.push(p);
+            }
+            serde_json::to_value(classification_eval(&gold, &pred, &HATE_SPEECH_LABELS)?)
+                .unwrap_or_default()
+        }
+    };
+    Ok(TaskMetrics {
+        metrics,
+        predictions,
+    })
+}
