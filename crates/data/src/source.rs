@@ -54,7 +54,22 @@ pub struct ManifestEntry {
     pub url: String,
     pub license: String,
     pub sha256: String,
+    /// Other accepted digests (SQuAD: the official dev-v2.0.json as well as the mirror's rebuild).
+    #[serde(default)]
+    pub also_sha256: Vec<String>,
+    /// How to obtain the file when `url` is not a plain download.
+    pub get: Option<String>,
     pub hub: Option<HubFile>,
+}
+
+impl ManifestEntry {
+    /// Where the file comes from, for error messages: the `get` instructions, else `url`.
+    pub fn how_to_get(&self) -> String {
+        match &self.get {
+            Some(get) => format!("{} ({get})", self.url),
+            None => self.url.clone(),
+        }
+    }
 }
 
 /// The same data on the Hugging Face Hub.
@@ -101,11 +116,11 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         .collect())
 }
 
-/// Checks `path` against the manifest's sha256 for `id`.
+/// Checks `path` against the manifest's sha256 (or one of its `also_sha256`) for `id`.
 pub fn verify_sha256(path: &Path, id: DatasetId) -> Result<()> {
     let entry = manifest_entry(id)?;
     let got = sha256_file(path)?;
-    if got != entry.sha256 {
+    if got != entry.sha256 && !entry.also_sha256.contains(&got) {
         return Err(DataError::Checksum {
             path: path.to_path_buf(),
             dataset: id.key().to_string(),
@@ -161,14 +176,15 @@ impl DataSource {
             None => " (QTUNE_DATA_DIR is not set)".to_string(),
         };
         let Some(hub) = entry.hub.clone().filter(|_| self.allow_hub) else {
-            let hint = if entry.hub.is_some() {
-                format!("{where_looked}; the Hub is off (HF_HUB_OFFLINE=1 or a local-only source)")
+            let hub_state = if entry.hub.is_some() {
+                "the Hub is off (HF_HUB_OFFLINE=1 or a local-only source)"
             } else {
-                format!(
-                    "{where_looked}; no Hub copy is listed, get it from {}",
-                    entry.url
-                )
+                "no Hub copy is listed"
             };
+            let hint = format!(
+                "{where_looked}; {hub_state}; get it from {}",
+                entry.how_to_get()
+            );
             return Err(DataError::NotFound {
                 dataset: id.key().to_string(),
                 file: entry.file,
@@ -179,8 +195,8 @@ impl DataSource {
             return Err(DataError::HubFormatUnsupported {
                 dataset: id.key().to_string(),
                 hub: format!("{} `{}` ({})", hub.repo, hub.file, hub.format),
+                url: entry.how_to_get(),
                 file: entry.file,
-                url: entry.url,
             });
         }
         let hub_err = |source: Box<dyn std::error::Error + Send + Sync>| DataError::Hub {
