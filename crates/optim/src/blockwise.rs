@@ -137,4 +137,52 @@ mod tests {
             assert_eq!(*v, host[i % 256] * scale, "i={i}");
         }
     }
+
+    /// Largest decode error of a value in the map's range: half the widest gap, or the
+    /// distance from -1 to the smallest code (the signed map has no -1.0: code 0 is -0.99297).
+    fn max_error(map: &[f32; MAP_LEN]) -> f32 {
+        let half_gap = 0.5 * map.windows(2).map(|w| w[1] - w[0]).fold(0.0, f32::max);
+        if map[0] < 0.0 {
+            half_gap.max(1.0 + map[0])
+        } else {
+            half_gap
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Quantize-then-dequantize of random blocks (as the optimizer does with a fresh block
+        /// absmax) stays within the map's largest decode error times the absmax, and the signed search
+        /// agrees with the host reference on every element.
+        #[test]
+        fn blockwise_roundtrip(xs in proptest::collection::vec(-1e3f32..1e3, 1..(3 * BLOCK)), signed: bool) {
+            let device = Default::default();
+            let maps = Maps::<B>::new(&device);
+            let xs: Vec<f32> = if signed { xs } else { xs.iter().map(|x| x.abs()).collect() };
+            let n_blocks = xs.len().div_ceil(BLOCK);
+            let mut padded = xs.clone();
+            padded.resize(n_blocks * BLOCK, 0.0);
+            let absmax: Vec<f32> = padded.chunks(BLOCK).map(|c| c.iter().fold(0.0f32, |a, x| a.max(x.abs()))).collect();
+            let (map, host) = if signed {
+                (&maps.signed, dynamic_map::create_dynamic_map(true))
+            } else {
+                (&maps.unsigned, dynamic_map::create_dynamic_map(false))
+            };
+            let t = Tensor::<B, 1>::from_data(TensorData::new(padded.clone(), [padded.len()]), &device);
+            let am = Tensor::<B, 1>::from_data(TensorData::new(absmax.clone(), [n_blocks]), &device);
+            let normalized = (t.reshape([n_blocks, BLOCK]) / am.clone().clamp_min(f32::MIN_POSITIVE).reshape([n_blocks, 1]))
+                .reshape([n_blocks * BLOCK]);
+            let x_host = normalized.clone().into_data().to_vec::<f32>().expect("f32");
+            let codes = quantize_2d(map, signed, normalized);
+            let back = dequantize(map, codes.clone(), am, n_blocks).into_data().to_vec::<f32>().expect("f32");
+            let codes = codes.cast(IntDType::U8).into_data().to_vec::<u8>().expect("u8");
+            let err = max_error(&host);
+            for (i, x) in xs.iter().enumerate() {
+                // Plus one f32 rounding of the decoded product map[c] * absmax.
+                let bound = (err + f32::EPSILON) * absmax[i / BLOCK];
+                proptest::prop_assert!((x - back[i]).abs() <= bound, "i={} x={} back={}", i, x, back[i]);
+                proptest::prop_assert_eq!(codes[i], dynamic_map::quantize_2d(&host, signed, x_host[i]));
+            }
+        }
+    }
 }

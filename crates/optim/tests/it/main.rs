@@ -2,6 +2,7 @@
 
 mod common;
 mod grads;
+mod maps;
 mod resume;
 mod schedule;
 mod traces;
