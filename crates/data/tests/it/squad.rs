@@ -100,3 +100,50 @@ fn split_by_article_is_disjoint_and_reproducible() {
     assert!(split_by_article(&articles, 35, 0).is_err());
     assert!(split_by_article(&articles, 0, 0).is_err());
 }
+
+/// On a file with original offsets (cs224n's half of the dev set), every first answer is placed at
+/// its `answer_start` character offset, not found by the text-search fallback.
+#[test]
+fn answer_spans_follow_original_character_offsets() {
+    let Some(data) = data_dir("answer_spans_follow_original_character_offsets") else {
+        return;
+    };
+    let path = data.join("squad-v2/cs224n-dev-v2.0.json");
+    let raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut starts = std::collections::HashMap::new();
+    for a in raw["data"].as_array().unwrap() {
+        for p in a["paragraphs"].as_array().unwrap() {
+            for q in p["qas"].as_array().unwrap() {
+                if let Some(first) = q["answers"].as_array().unwrap().first() {
+                    starts.insert(
+                        q["id"].as_str().unwrap().to_string(),
+                        first["answer_start"].as_u64().unwrap(),
+                    );
+                }
+            }
+        }
+    }
+    let articles = load_squad(&path).unwrap();
+    let mut non_ascii = 0;
+    for e in articles
+        .iter()
+        .flat_map(|a| &a.examples)
+        .filter(|e| !e.is_impossible)
+    {
+        let (s, _) = e.answer_span.unwrap();
+        assert_eq!(
+            e.context[..s].chars().count() as u64,
+            starts[&e.id],
+            "question {}",
+            e.id
+        );
+        non_ascii += usize::from(!e.context[..s].is_ascii());
+    }
+    assert_eq!(starts.len(), 6_078 - 3_168);
+    eprintln!(
+        "{} answers placed by offset, {non_ascii} after non-ASCII text",
+        starts.len()
+    );
+    assert!(non_ascii > 0);
+}
