@@ -48,17 +48,15 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
                 blocksize,
             });
         }
+        // x·0 is NaN exactly when x is NaN or ±Inf, so one scalar read checks every value.
         let t = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(w.clone()));
-        let bad = t.clone().is_nan().any().bool_or(t.is_inf().any());
-        let bad = bad
-            .into_data()
-            .to_vec::<bool>()
-            .map_err(|e| KernelError::Readback {
-                name: name.to_string(),
-                field: "finiteness check",
-                reason: format!("{e:?}"),
-            })?;
-        if bad.first().copied().unwrap_or(false) {
+        let probe = t.mul_scalar(0.0).sum().into_data().convert::<f32>();
+        let probe = probe.to_vec::<f32>().map_err(|e| KernelError::Readback {
+            name: name.to_string(),
+            field: "finiteness check",
+            reason: format!("{e:?}"),
+        })?;
+        if probe.iter().any(|v| !v.is_finite()) {
             return Err(KernelError::NonFinite {
                 name: name.to_string(),
             });

@@ -1,1 +1,285 @@
-//! Benchmark (being written).
+//! Dequant bandwidth and quantized-linear timing on the GPU (`cargo xtask bench dequant`, or
+//! `qtune-kernels-gpu bench`). Bytes are counted as bitsandbytes' peer benchmark does
+//! (shared/bench/peer_hf.py): 4-bit `n/2 + 2n`, 8-bit `3n` (bf16 output), copy `4n`. Every timing
+//! is `sync → iters × op → sync` after warm-up iterations (JIT compile, autotune, pool growth).
+
+use std::time::Instant;
+
+use burn::tensor::{DType, Distribution, Tensor};
+use cubecl::cuda::CudaRuntime;
+use cubecl::prelude::*;
+use qtune_quant::{FloatDType, QuantFormat, QuantSpec};
+
+use super::gemm::{gemm, Product};
+use super::{sync, Cuda};
+use crate::{QBackend, QuantWeight};
+
+type C = Cuda<f32>;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Dequant weight shape (bitsandbytes' peer uses 16384×4096).
+    pub dequant_shape: [usize; 2],
+    /// Timed iterations for dequant/copy.
+    pub iters: usize,
+    /// Warm-up iterations before each timing.
+    pub warmup: usize,
+    /// Tokens (rows of x) for the linear timings.
+    pub tokens: usize,
+    /// `(in, out)` shapes of the linear timings.
+    pub linears: Vec<(usize, usize)>,
+    /// Timed iterations for the linear timings.
+    pub linear_iters: usize,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            dequant_shape: [16384, 4096],
+            iters: 50,
+            warmup: 3,
+            tokens: 4096,
+            linears: vec![(4096, 4096), (4096, 16384), (16384, 4096)],
+            linear_iters: 20,
+        }
+    }
+}
+
+/// One result line.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// `dequant`, `copy`, `quantize` or `linear`.
+    pub kind: &'static str,
+    /// Format / variant name.
+    pub name: String,
+    /// Milliseconds per iteration.
+    pub ms: f64,
+    /// GB/s (bandwidth records) or TFLOP/s (linear records).
+    pub rate: f64,
+    /// Extra JSON fields (already formatted, leading comma).
+    pub extra: String,
+}
+
+impl Record {
+    /// One JSON line.
+    pub fn json(&self) -> String {
+        let unit = if self.kind == "linear" {
+            "tflops"
+        } else {
+            "GBps"
+        };
+        format!(
+            "{{\"bench\":\"{}\",\"name\":\"{}\",\"ms\":{:.4},\"{unit}\":{:.1}{}}}",
+            self.kind, self.name, self.ms, self.rate, self.extra
+        )
+    }
+}
+
+fn time_ms(
+    dev: &cubecl::cuda::CudaDevice,
+    warmup: usize,
+    iters: usize,
+    mut f: impl FnMut(),
+) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    sync::<C>(dev);
+    let t = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    sync::<C>(dev);
+    t.elapsed().as_secs_f64() * 1e3 / iters as f64
+}
+
+/// Plain vectorized copy, the bandwidth reference for the dequant kernels (same launch shape).
+#[cube(launch_unchecked)]
+fn copy_kernel<F: Float, N: Size>(
+    input: &Array<Vector<F, N>>,
+    output: &mut Array<Vector<F, N>>,
+    count: usize,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= count {
+        terminate!();
+    }
+    output[i] = input[i];
+}
+
+fn copy_bf16(src: &Tensor<C, 2>) -> Tensor<C, 2> {
+    let p = src.clone().into_primitive().tensor();
+    let numel = p.meta.num_elements();
+    let out = super::launch::empty(&p, p.meta.shape().to_vec(), DType::BF16);
+    let vectors = numel / 8;
+    // SAFETY: both buffers hold `numel` bf16 values; numel % 8 == 0 for the bench shape.
+    unsafe {
+        copy_kernel::launch_unchecked::<burn::tensor::bf16, CudaRuntime>(
+            &p.client,
+            CubeCount::Static(vectors.div_ceil(256) as u32, 1, 1),
+            CubeDim::new_1d(256),
+            8,
+            ArrayArg::from_raw_parts(p.handle.clone(), numel),
+            ArrayArg::from_raw_parts(out.handle.clone(), numel),
+            vectors,
+        );
+    }
+    Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(out))
+}
+
+/// Dequant of each format, the copy reference, and the GPU quantizer's speed.
+pub fn dequant(cfg: &BenchConfig) -> Vec<Record> {
+    let dev = Default::default();
+    let [rows, cols] = cfg.dequant_shape;
+    let n = (rows * cols) as f64;
+    let w = Tensor::<C, 2>::random([rows, cols], Distribution::Normal(0.0, 1.0), &dev)
+        .cast(DType::BF16);
+    let mut out = Vec::new();
+
+    let ms = time_ms(&dev, cfg.warmup, cfg.iters, || drop(copy_bf16(&w)));
+    out.push(Record {
+        kind: "copy",
+        name: "bf16_cube_copy".into(),
+        ms,
+        rate: 4.0 * n / ms / 1e6,
+        extra: String::new(),
+    });
+    let copy_gbps = 4.0 * n / ms / 1e6;
+
+    let specs = [
+        ("nf4", QuantSpec::nf4(), 2.5),
+        ("fp4", QuantSpec::fp4(), 2.5),
+        ("blockwise8", QuantSpec::blockwise8(), 3.0),
+    ];
+    for (name, spec, bytes_per) in specs {
+        let qms = time_ms(&dev, 1, 3, || {
+            QuantWeight::<C>::quantize(
+                name,
+                w.clone(),
+                spec.format,
+                spec.blocksize,
+                spec.double_quant,
+                FloatDType::BF16,
+            )
+            .map(drop)
+            .unwrap_or_else(|e| panic!("{e}"))
+        });
+        let gptj_s = qms * 6.05e9 / n / 1e3;
+        out.push(Record {
+            kind: "quantize",
+            name: name.into(),
+            ms: qms,
+            rate: 2.0 * n / qms / 1e6,
+            extra: format!(
+                ",\"gptj6b_estimate_s\":{gptj_s:.2},\"double_quant\":{}",
+                spec.double_quant
+            ),
+        });
+        let q = QuantWeight::<C>::quantize(
+            name,
+            w.clone(),
+            spec.format,
+            spec.blocksize,
+            spec.double_quant,
+            FloatDType::BF16,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let ms = time_ms(&dev, cfg.warmup, cfg.iters, || {
+            drop(q.dequantize(DType::BF16))
+        });
+        let gbps = bytes_per * n / ms / 1e6;
+        out.push(Record {
+            kind: "dequant",
+            name: name.into(),
+            ms,
+            rate: gbps,
+            extra: format!(
+                ",\"vs_copy\":{:.3},\"blocksize\":{},\"double_quant\":{}",
+                gbps / copy_gbps,
+                spec.blocksize,
+                spec.double_quant
+            ),
+        });
+    }
+    out
+}
+
+/// Quantized linear forward + input-gradient time vs the same with a dense bf16 weight through
+/// the same cuBLAS path (both pay the same host syncs), at `cfg.tokens` tokens.
+pub fn linear(cfg: &BenchConfig) -> Vec<Record> {
+    let dev = Default::default();
+    let mut out = Vec::new();
+    for &(in_f, out_f) in &cfg.linears {
+        let m = cfg.tokens;
+        let wd = Tensor::<C, 2>::random([out_f, in_f], Distribution::Normal(0.0, 0.02), &dev)
+            .cast(DType::BF16);
+        let x = Tensor::<C, 2>::random([m, in_f], Distribution::Normal(0.0, 1.0), &dev)
+            .cast(DType::BF16);
+        let dy = Tensor::<C, 2>::random([m, out_f], Distribution::Normal(0.0, 1.0), &dev)
+            .cast(DType::BF16);
+        let flops = 2.0 * 2.0 * (m * in_f * out_f) as f64;
+        let q = QuantWeight::<C>::quantize(
+            "w",
+            wd.clone(),
+            QuantFormat::Nf4,
+            64,
+            true,
+            FloatDType::BF16,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (xp, dyp, wp) = (
+            x.into_primitive().tensor(),
+            dy.into_primitive().tensor(),
+            wd.into_primitive().tensor(),
+        );
+        let qms = time_ms(&dev, cfg.warmup, cfg.linear_iters, || {
+            drop(C::q_linear(xp.clone(), q.primitive()));
+            drop(C::q_linear_dx(dyp.clone(), q.primitive()));
+        });
+        let dms = time_ms(&dev, cfg.warmup, cfg.linear_iters, || {
+            drop(gemm::<C>(xp.clone(), &wp, Product::ATransB));
+            drop(gemm::<C>(dyp.clone(), &wp, Product::AB));
+        });
+        let shape = format!("{in_f}->{out_f}");
+        out.push(Record {
+            kind: "linear",
+            name: format!("nf4_dq {shape}"),
+            ms: qms,
+            rate: flops / qms / 1e9,
+            extra: format!(",\"tokens\":{m},\"vs_dense\":{:.3}", qms / dms),
+        });
+        out.push(Record {
+            kind: "linear",
+            name: format!("dense_bf16_cublas {shape}"),
+            ms: dms,
+            rate: flops / dms / 1e9,
+            extra: format!(",\"tokens\":{m}"),
+        });
+    }
+    out
+}
+
+/// Everything, as JSON lines then a table.
+pub fn run(cfg: &BenchConfig) -> Vec<Record> {
+    let mut all = dequant(cfg);
+    all.extend(linear(cfg));
+    for r in &all {
+        println!("{}", r.json());
+    }
+    println!(
+        "\n{:<10} {:<28} {:>10} {:>12}  extra",
+        "kind", "name", "ms", "GB/s|TFLOP/s"
+    );
+    for r in &all {
+        println!(
+            "{:<10} {:<28} {:>10.3} {:>12.1}  {}",
+            r.kind,
+            r.name,
+            r.ms,
+            r.rate,
+            r.extra.trim_start_matches(',')
+        );
+    }
+    all
+}
