@@ -1,1 +1,302 @@
-fn main() {}
+//! `qtune`: fine-tune GPT-J with a quantized frozen base + LoRA, evaluate, generate, measure
+//! perplexity, merge. CPU (NdArray) by default; `--features cuda` trains on an NVIDIA GPU.
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use qtune_gptj::{EarlyStopping, GenerationConfig, Gptj};
+use qtune_lora::merge::ExportDType;
+use qtune_lora::peft::PeftAdapter;
+use qtune_train::backend::{Train, TRAIN_BACKEND};
+use qtune_train::config::{ModelConfig, QuantizationConfig, RunConfig};
+use qtune_train::trainer::AdapterIo;
+use qtune_train::{build, run, TrainOptions};
+
+type Infer = <Train as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+
+#[derive(Parser)]
+#[command(
+    name = "qtune",
+    version,
+    about = "Fine-tune GPT-J with quantized base weights + LoRA"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a LoRA adapter (default config: the embedded tiny CPU run).
+    Train(TrainArgs),
+    /// Evaluate an adapter (or the base model) on the config's validation data.
+    Eval(EvalArgs),
+    /// Generate text from a prompt.
+    Generate(GenerateArgs),
+    /// Sliding-window perplexity on wikitext-2 raw test.
+    Perplexity(PerplexityArgs),
+    /// Merge an adapter into the base weights and write an HF model folder.
+    Merge(MergeArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Run config (TOML); default: configs/tiny.toml as embedded in the binary.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue from the run's latest checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Replace a previous run in the same output folder.
+    #[arg(long)]
+    overwrite: bool,
+    /// Override `training.max_steps`.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Override `training.output_dir`.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// PEFT adapter folder; without it the base model is evaluated.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+}
+
+/// Which model to load: a local HF folder or a Hub id, or `tiny` (the embedded random model).
+#[derive(Args, Clone)]
+struct ModelArgs {
+    #[arg(long)]
+    model: String,
+    #[arg(long)]
+    revision: Option<String>,
+    /// float32 | bfloat16 | float16 (CPU builds compute in float32).
+    #[arg(long, default_value = "float32")]
+    dtype: String,
+    #[arg(long)]
+    load_in_4bit: bool,
+    #[arg(long)]
+    load_in_8bit: bool,
+    /// nf4 | fp4 (with --load-in-4bit).
+    #[arg(long, default_value = "nf4")]
+    quant_type: String,
+    #[arg(long)]
+    double_quant: bool,
+    /// Tokenizer folder (default: the model folder, else $QTUNE_DATA_DIR/gpt2-tokenizer).
+    #[arg(long)]
+    tokenizer: Option<String>,
+    /// PEFT adapter folder to apply.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    prompt: Vec<String>,
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
+    #[arg(long)]
+    do_sample: bool,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    #[arg(long, default_value_t = 50)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 1)]
+    num_beams: usize,
+    #[arg(long, default_value_t = 1.0)]
+    length_penalty: f64,
+    #[arg(long)]
+    early_stopping: bool,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct PerplexityArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value_t = 1024)]
+    max_length: usize,
+    #[arg(long, default_value_t = 512)]
+    stride: usize,
+    /// Score only the first N tokens of the text (default: all).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    out: PathBuf,
+    /// dtype of the written weights (default: --dtype).
+    #[arg(long)]
+    save_dtype: Option<String>,
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<RunConfig> {
+    Ok(match path {
+        Some(p) => RunConfig::from_file(p)?,
+        None => RunConfig::tiny(),
+    })
+}
+
+fn model_config(a: &ModelArgs) -> anyhow::Result<ModelConfig> {
+    if a.load_in_4bit && a.load_in_8bit {
+        bail!("--load-in-4bit and --load-in-8bit are exclusive");
+    }
+    let quantization = (a.load_in_4bit || a.load_in_8bit).then(|| QuantizationConfig {
+        load_in_4bit: a.load_in_4bit,
+        load_in_8bit: a.load_in_8bit,
+        bnb_4bit_quant_type: a.quant_type.clone(),
+        bnb_4bit_use_double_quant: a.double_quant,
+        blocksize: None,
+    });
+    if a.model == "tiny" {
+        let mut m = RunConfig::tiny().model;
+        m.quantization = quantization;
+        m.tokenizer = a.tokenizer.clone();
+        return Ok(m);
+    }
+    Ok(ModelConfig {
+        name_or_path: Some(a.model.clone()),
+        revision: a.revision.clone(),
+        random: None,
+        torch_dtype: a.dtype.clone(),
+        quantization,
+        tokenizer: a.tokenizer.clone(),
+    })
+}
+
+fn load_model(a: &ModelArgs) -> anyhow::Result<(Gptj<Infer>, tokenizers::Tokenizer)> {
+    let m = model_config(a)?;
+    let device = Default::default();
+    let mut model = build::base_model::<Infer>(&m, &device)
+        .with_context(|| format!("loading model `{}`", a.model))?;
+    if let Some(dir) = &a.adapter {
+        let adapter = PeftAdapter::load(dir)?;
+        model = model
+            .import_adapter(&adapter)
+            .with_context(|| format!("applying adapter {}", dir.display()))?;
+    }
+    let tok = build::tokenizer(&m).context("loading the tokenizer")?;
+    Ok((model, tok))
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Train(a) => {
+            let mut cfg = load_config(a.config.as_ref())?;
+            if let Some(n) = a.max_steps {
+                cfg.training.max_steps = n;
+            }
+            if let Some(d) = &a.output_dir {
+                cfg.training.output_dir = Some(d.display().to_string());
+            }
+            cfg.validate("command line")?;
+            tracing::info!(backend = TRAIN_BACKEND, run = %cfg.name, "training");
+            let opts = TrainOptions {
+                resume: a.resume,
+                overwrite: a.overwrite,
+                progress: true,
+                stop_at_step: None,
+            };
+            let report = run::train_job::<Train>(&cfg, &opts, &Default::default())
+                .with_context(|| format!("training run `{}`", cfg.name))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Cmd::Eval(a) => {
+            let cfg = load_config(a.config.as_ref())?;
+            let report = run::eval_job::<Infer>(&cfg, a.adapter.as_deref(), &Default::default())
+                .context("evaluation")?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Cmd::Generate(a) => {
+            if a.prompt.is_empty() {
+                bail!("give at least one --prompt");
+            }
+            let (model, tok) = load_model(&a.model)?;
+            let eos = model.config.eos_token_id.unwrap_or(50256);
+            let gen = GenerationConfig {
+                max_new_tokens: a.max_new_tokens,
+                do_sample: a.do_sample,
+                temperature: a.temperature,
+                top_k: Some(a.top_k),
+                top_p: a.top_p,
+                num_beams: a.num_beams,
+                length_penalty: a.length_penalty,
+                early_stopping: if a.early_stopping {
+                    EarlyStopping::True
+                } else {
+                    EarlyStopping::False
+                },
+                repetition_penalty: a.repetition_penalty,
+                eos_token_id: Some(eos),
+                pad_token_id: Some(eos),
+                seed: a.seed,
+            };
+            let prompts = a
+                .prompt
+                .iter()
+                .map(|p| qtune_gptj::tokenizer::encode(&tok, p))
+                .collect::<Result<Vec<_>, _>>()?;
+            for (p, out) in a.prompt.iter().zip(model.generate(&prompts, &gen)?) {
+                let text = tok
+                    .decode(&out, true)
+                    .map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
+                println!("{p}{text}");
+            }
+        }
+        Cmd::Perplexity(a) => {
+            let (model, tok) = load_model(&a.model)?;
+            let r = run::perplexity_job(&model, &tok, a.max_length, a.stride, a.max_tokens)
+                .context("perplexity")?;
+            println!(
+                "tokens evaluated: {} (of {} in the text) | ppl: {:.4} | max_length {} stride {}",
+                r.tokens_evaluated, r.text_tokens, r.ppl, r.max_length, r.stride
+            );
+        }
+        Cmd::Merge(a) => {
+            if a.model.adapter.is_none() {
+                bail!("merge needs --adapter");
+            }
+            let (model, _) = load_model(&a.model)?;
+            let dtype = match a.save_dtype.as_deref().unwrap_or(&a.model.dtype) {
+                "float32" => ExportDType::F32,
+                "bfloat16" => ExportDType::BF16,
+                "float16" => ExportDType::F16,
+                other => bail!("--save-dtype {other}: use float32, bfloat16 or float16"),
+            };
+            let r = qtune_train::export::export_merged(&model, &a.out, dtype)?;
+            if !r.dequantized_weights.is_empty() {
+                eprintln!(
+                    "note: {} weights were quantized and are exported dense (merged in f32, \
+                     saved as {}); see {}/qtune_merge.json",
+                    r.dequantized_weights.len(),
+                    r.torch_dtype,
+                    a.out.display()
+                );
+            }
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+    }
+    Ok(())
+}

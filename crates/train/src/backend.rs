@@ -1,5 +1,5 @@
-//! The backends the binaries train on. Everything else is generic over
-//! `B: QAutodiffBackend` (with a `QBackend` inner backend), so CUDA is a type switch.
+//! The backends the binaries train on. Everything else is generic over the backend (a
+//! `QBackend` under `Autodiff`), so the CUDA build is a type switch: [`Train`].
 
 /// CPU: NdArray (f32) under Autodiff. The default everywhere.
 pub type Cpu = burn::backend::Autodiff<burn::backend::NdArray>;
@@ -7,5 +7,17 @@ pub type Cpu = burn::backend::Autodiff<burn::backend::NdArray>;
 /// NVIDIA GPU: burn-cuda's `CubeBackend` without fusion (our backend extension is implemented
 /// for `CubeBackend`, see shared notes pitfall 1) under Autodiff.
 #[cfg(feature = "cuda")]
-pub type Cuda =
-    burn::backend::Autodiff<burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>>;
+pub type Cuda = burn::backend::Autodiff<qtune_kernels::cuda::Cuda>;
+
+/// What the binaries train on: CUDA in a `--features cuda` build, else the CPU.
+#[cfg(feature = "cuda")]
+pub type Train = Cuda;
+#[cfg(not(feature = "cuda"))]
+pub type Train = Cpu;
+
+/// Human-readable name of [`Train`] for logs.
+pub const TRAIN_BACKEND: &str = if cfg!(feature = "cuda") {
+    "cuda (CubeBackend, autodiff)"
+} else {
+    "cpu (ndarray f32, autodiff)"
+};

@@ -90,7 +90,12 @@ pub fn model_dir(m: &ModelConfig) -> Result<Option<PathBuf>, TrainError> {
 /// The base model (no adapters) as configured.
 pub fn base_model<B: QBackend>(m: &ModelConfig, device: &B::Device) -> Result<Gptj<B>, TrainError> {
     let quant = m.quantization.as_ref().map(quant_spec);
-    let dtype = dtype(m);
+    let mut dtype = dtype(m);
+    // NdArray has no bf16/f16 (it would panic on the first tensor): compute in f32 there.
+    if !B::supports_dtype(device, dtype) {
+        tracing::warn!(requested = ?dtype, "backend lacks this dtype; using float32");
+        dtype = DType::F32;
+    }
     if let Some(r) = &m.random {
         let cfg = random_config(r)?;
         return Ok(Gptj::random(&cfg, r.seed, quant, dtype, device)?);

@@ -1,0 +1,240 @@
+//! Whole jobs as the binaries run them: train (data → model → loop → final eval), evaluate an
+//! adapter, perplexity. Results go to `{output_dir}` and come back as JSON-able reports.
+use std::path::{Path, PathBuf};
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use qtune_data::{DataSource, DatasetId};
+use qtune_gptj::Gptj;
+use qtune_kernels::QBackend;
+use qtune_lora::peft::PeftAdapter;
+use serde::Serialize;
+
+use crate::config::RunConfig;
+use crate::evaluate::{evaluate_generation, TaskMetrics};
+use crate::metrics::{Event, MetricsLog};
+use crate::trainer::{eval_loss, AdapterIo, TrainOptions, TrainSummary};
+use crate::{build, task, TrainError};
+
+pub const EVAL_RESULTS_FILE: &str = "eval_results.json";
+
+#[derive(Debug, Serialize)]
+pub struct TrainReport {
+    pub output_dir: PathBuf,
+    pub train_examples: usize,
+    pub validation_examples: usize,
+    pub truncated: usize,
+    pub dropped: usize,
+    pub trainable_params: u64,
+    pub all_params: u64,
+    pub steps: usize,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    pub best_eval_loss: Option<f64>,
+    pub best_step: Option<usize>,
+    pub tokens: u64,
+    pub train_seconds: f64,
+    pub tokens_per_second: f64,
+    pub optimizer_state_bytes: usize,
+    pub final_eval: Option<TaskMetrics>,
+}
+
+/// PEFT's `print_trainable_parameters` line.
+pub fn param_line(trainable: u64, all: u64) -> String {
+    fn commas(n: u64) -> String {
+        let s = n.to_string();
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    }
+    format!(
+        "trainable params: {} || all params: {} || trainable%: {:.4}",
+        commas(trainable),
+        commas(all),
+        100.0 * trainable as f64 / all.max(1) as f64
+    )
+}
+
+/// Trains as configured, then decodes the held-back prompts with the best adapter.
+pub fn train_job<B>(
+    cfg: &RunConfig,
+    opts: &TrainOptions,
+    device: &B::Device,
+) -> Result<TrainReport, TrainError>
+where
+    B: AutodiffBackend + QBackend,
+    B::InnerBackend: QBackend,
+{
+    let tokenizer = build::tokenizer(&cfg.model)?;
+    let data = task::prepare(cfg, &tokenizer, &DataSource::from_env())?;
+    tracing::info!(
+        train = data.train.len(),
+        validation = data.validation.len(),
+        eval_prompts = data.eval_items.len(),
+        truncated = data.train_stats.truncated,
+        dropped = data.train_stats.dropped,
+        "data ready"
+    );
+    let model = build::model_with_lora::<B>(cfg, device)?;
+    let counts = model.param_counts();
+    tracing::info!("{}", param_line(counts.trainable, counts.all));
+    let (model, summary) = crate::trainer::train(
+        cfg,
+        model,
+        &data.train,
+        &data.validation,
+        data.pad_id,
+        device,
+        opts,
+    )?;
+    let final_eval =
+        if summary.finished && cfg.eval.generation_samples > 0 && !data.eval_items.is_empty() {
+            let best = PeftAdapter::load(&summary.output_dir.join("adapter"))?;
+            let model = model.import_adapter(&best)?.valid();
+            let m = evaluate_generation(
+                &model,
+                &tokenizer,
+                &data.eval_items,
+                cfg.training.per_device_eval_batch_size,
+                cfg.eval.max_new_tokens,
+                data.eos_id,
+            )?;
+            let mut log = MetricsLog::open(&summary.output_dir)?;
+            log.write(&Event::Final {
+                step: summary.steps_done,
+                metrics: m.metrics.clone(),
+            })?;
+            write_json(&summary.output_dir.join(EVAL_RESULTS_FILE), &m)?;
+            Some(m)
+        } else {
+            None
+        };
+    Ok(report(
+        &data,
+        counts.trainable,
+        counts.all,
+        summary,
+        final_eval,
+    ))
+}
+
+fn report(
+    data: &task::TaskData,
+    trainable: u64,
+    all: u64,
+    s: TrainSummary,
+    final_eval: Option<TaskMetrics>,
+) -> TrainReport {
+    TrainReport {
+        output_dir: s.output_dir,
+        train_examples: data.train.len(),
+        validation_examples: data.validation.len(),
+        truncated: data.train_stats.truncated,
+        dropped: data.train_stats.dropped,
+        trainable_params: trainable,
+        all_params: all,
+        steps: s.steps_done,
+        first_loss: s.losses.first().map(|l| l.1),
+        last_loss: s.losses.last().map(|l| l.1),
+        best_eval_loss: s.best_eval_loss,
+        best_step: s.best_step,
+        tokens: s.tokens_seen,
+        train_seconds: s.seconds,
+        tokens_per_second: s.tokens_seen as f64 / s.seconds.max(1e-9),
+        optimizer_state_bytes: s.optimizer_state_bytes,
+        final_eval,
+    }
+}
+
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
+    let text = serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
+    std::fs::write(path, text).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct EvalReport {
+    pub eval_loss: f64,
+    pub eval_tokens: u64,
+    pub generation: Option<TaskMetrics>,
+}
+
+/// Evaluates `adapter` (or the base model) on the run's validation data.
+pub fn eval_job<B: QBackend>(
+    cfg: &RunConfig,
+    adapter: Option<&Path>,
+    device: &B::Device,
+) -> Result<EvalReport, TrainError> {
+    let tokenizer = build::tokenizer(&cfg.model)?;
+    let data = task::prepare(cfg, &tokenizer, &DataSource::from_env())?;
+    let mut model = build::base_model::<B>(&cfg.model, device)?;
+    if let Some(dir) = adapter {
+        model = model.import_adapter(&PeftAdapter::load(dir)?)?;
+    }
+    let (eval_loss, eval_tokens) = eval_loss(
+        &model,
+        &data.validation,
+        cfg.training.per_device_eval_batch_size,
+        data.pad_id,
+    )?;
+    let generation = if data.eval_items.is_empty() || cfg.eval.generation_samples == 0 {
+        None
+    } else {
+        Some(evaluate_generation(
+            &model,
+            &tokenizer,
+            &data.eval_items,
+            cfg.training.per_device_eval_batch_size,
+            cfg.eval.max_new_tokens,
+            data.eos_id,
+        )?)
+    };
+    Ok(EvalReport {
+        eval_loss,
+        eval_tokens,
+        generation,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct PerplexityReport {
+    pub text_tokens: usize,
+    pub tokens_evaluated: usize,
+    pub ppl: f64,
+    pub max_length: usize,
+    pub stride: usize,
+}
+
+/// HF's sliding-window perplexity of `model` on wikitext-2 raw test (joined as HF's recipe:
+/// rows joined by "\n\n", see qtune-data), on the first `max_tokens` tokens if given.
+pub fn perplexity_job<B: Backend + QBackend>(
+    model: &Gptj<B>,
+    tokenizer: &tokenizers::Tokenizer,
+    max_length: usize,
+    stride: usize,
+    max_tokens: Option<usize>,
+) -> Result<PerplexityReport, TrainError> {
+    let path = DataSource::from_env().locate(DatasetId::WikiText2RawTest)?;
+    let text = qtune_data::load_wikitext_raw(&path)?;
+    let mut ids = qtune_data::encode_text(tokenizer, &text)?;
+    let text_tokens = ids.len();
+    if let Some(n) = max_tokens {
+        ids.truncate(n);
+    }
+    let max_length = max_length.min(model.config.n_positions);
+    let p = model.perplexity(&ids, max_length, stride.min(max_length))?;
+    Ok(PerplexityReport {
+        text_tokens,
+        tokens_evaluated: p.tokens,
+        ppl: p.ppl,
+        max_length,
+        stride: stride.min(max_length),
+    })
+}
