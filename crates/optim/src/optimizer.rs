@@ -186,6 +186,10 @@ impl<B: AutodiffBackend> Optimizer<B> {
     /// One optimizer step at learning rate `lr` over every parameter of `module` that has a
     /// gradient in `grads`. Checks all parameters before touching any, so an error leaves the
     /// optimizer state unchanged (the module is consumed either way).
+    ///
+    /// Gradients must be finite: unlike bitsandbytes' kernels (which skip non-finite elements)
+    /// this writes NaN into weights and state, as torch does. [`crate::clip_grad_norm`] returns
+    /// the global norm; skip the step when it is not finite.
     pub fn step<M: AutodiffModule<B>>(
         &mut self,
         lr: f64,
@@ -344,6 +348,9 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for PathCollector<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
             let numel = param.shape().num_elements();
+            if numel == 0 {
+                return; // nothing to update, and no block to quantize
+            }
             let grad_numel = g.shape().num_elements();
             let path = path_key(&self.stack, param.id);
             self.found.push((param.id, path, numel, grad_numel));
