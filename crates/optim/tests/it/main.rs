@@ -3,6 +3,7 @@
 mod common;
 mod grads;
 mod maps;
+mod reference;
 mod resume;
 mod schedule;
 mod traces;

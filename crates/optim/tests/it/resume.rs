@@ -19,7 +19,7 @@ pub struct LoraPair<B: Backend> {
 }
 
 const R: usize = 8;
-const D: usize = 640; // 5120 values per matrix: above bnb's 4096, not a multiple of 256
+const D: usize = 600; // 4800 values per matrix: above bnb's 4096, 18.75 blocks of 256
 
 fn noise(n: usize, seed: u64) -> Vec<f32> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
