@@ -472,15 +472,22 @@ impl<B: QBackend> QuantWeight<B> {
             },
         };
         if double_quant {
-            let a = read_f32(name, "absmax", absmax)?;
-            let nested = NestedAbsmax::quantize(name, &a).map_err(|source| KernelError::Quant {
-                name: name.to_string(),
-                source,
-            })?;
-            q.nested_codes = Some(u8_tensor(&nested.codes, &device));
-            q.nested_absmax = Some(f32_tensor(&nested.absmax, &device));
+            // bnb `compress_statistics`: offset = mean (ours: f64 sum, one f32 rounding, as
+            // qtune-quant), then blockwise 8-bit of `absmax - offset` with block 256, on the
+            // device. Only the mean needs the absmax on the host.
+            let a = read_f32(name, "absmax", absmax.clone())?;
+            let offset = qtune_quant::nested::mean_f32(&a);
+            let shifted = absmax.sub_scalar(offset).reshape([1, a.len()]);
+            let (ncodes, nabs) = B::q_quantize(
+                name,
+                shifted.into_primitive().tensor(),
+                QuantFormat::Blockwise8,
+                qtune_quant::nested::NESTED_BLOCKSIZE,
+            )?;
+            q.nested_codes = Some(Tensor::from_primitive(ncodes));
+            q.nested_absmax = Some(Tensor::from_primitive(TensorPrimitive::Float(nabs)));
             q.nested_map = Some(f32_tensor(&DYNAMIC_MAP, &device));
-            q.meta.nested = Some((nested.offset, nested.blocksize));
+            q.meta.nested = Some((offset, qtune_quant::nested::NESTED_BLOCKSIZE));
         } else {
             q.absmax = Some(absmax);
         }

@@ -18,7 +18,7 @@ fn assert_all(checks: Vec<selftest::Check>) {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn dequant_kernels_equal_the_cpu_reference_bit_for_bit() {
-    assert_all(selftest::dequant_checks(&Default::default()));
+    assert_all(selftest::dequant_checks_all_variants(&Default::default()));
 }
 
 #[test]

@@ -149,9 +149,18 @@ pub fn dequant(cfg: &BenchConfig) -> Vec<Record> {
 
     let specs = [
         ("nf4", QuantSpec::nf4(), 2.5),
+        (
+            "nf4_plain_absmax",
+            QuantSpec {
+                double_quant: false,
+                ..QuantSpec::nf4()
+            },
+            2.5,
+        ),
         ("fp4", QuantSpec::fp4(), 2.5),
         ("blockwise8", QuantSpec::blockwise8(), 3.0),
     ];
+    let default = super::launch::dequant_variant();
     for (name, spec, bytes_per) in specs {
         let qms = time_ms(&dev, 1, 3, || {
             QuantWeight::<C>::quantize(
@@ -185,22 +194,35 @@ pub fn dequant(cfg: &BenchConfig) -> Vec<Record> {
             FloatDType::BF16,
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let ms = time_ms(&dev, cfg.warmup, cfg.iters, || {
-            drop(q.dequantize(DType::BF16))
-        });
-        let gbps = bytes_per * n / ms / 1e6;
-        out.push(Record {
-            kind: "dequant",
-            name: name.into(),
-            ms,
-            rate: gbps,
-            extra: format!(
-                ",\"vs_copy\":{:.3},\"blocksize\":{},\"double_quant\":{}",
-                gbps / copy_gbps,
-                spec.blocksize,
-                spec.double_quant
-            ),
-        });
+        // 4-bit: every kernel variant (they are bit-identical; the default is the fastest).
+        let variants: &[(usize, bool)] = if spec.format == QuantFormat::Blockwise8 {
+            &[(1, false)]
+        } else if spec.double_quant {
+            &[(1, false), (2, false), (1, true), (2, true)]
+        } else {
+            &[(1, false), (2, false)]
+        };
+        for &(wpu, fused) in variants {
+            super::launch::set_dequant_variant(wpu, fused);
+            let ms = time_ms(&dev, cfg.warmup, cfg.iters, || {
+                drop(q.dequantize(DType::BF16))
+            });
+            let gbps = bytes_per * n / ms / 1e6;
+            out.push(Record {
+                kind: "dequant",
+                name: format!("{name} wpu{wpu}{}", if fused { " fused" } else { "" }),
+                ms,
+                rate: gbps,
+                extra: format!(
+                    ",\"vs_copy\":{:.3},\"blocksize\":{},\"double_quant\":{},\"default_variant\":{}",
+                    gbps / copy_gbps,
+                    spec.blocksize,
+                    spec.double_quant,
+                    (wpu, fused) == default
+                ),
+            });
+        }
+        super::launch::set_dequant_variant(default.0, default.1);
     }
     out
 }

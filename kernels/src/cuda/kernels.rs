@@ -59,40 +59,66 @@ fn block_scale(
     }
 }
 
-/// 4-bit dequant, 8 values per unit: one `u32` of codes (4 bytes, little-endian; value 2j in the
-/// high nibble of byte j) → one `Vector<F, 8>` store. Needs `numel % 8 == 0`, 16 ≤ cube size.
+/// 4-bit dequant: each unit handles `words_per_unit` `u32` words of codes (8 values each: 4
+/// bytes little-endian, value 2j in the high nibble of byte j), word `t + k·num_units` for
+/// coalescing, each written as one `Vector<F, 8>` store. Needs `numel % 8 == 0`, cube size ≥ 16.
+///
+/// `fused` (double quant only) computes the block scale in-kernel from the nested codes instead
+/// of reading [`nested_product_kernel`]'s output: `select`-based [`ftz`] sits between the
+/// product and the `+ offset`, which keeps them two roundings (checked bit for bit on the GPU).
 #[cube(launch_unchecked)]
 pub fn dequant4_vec_kernel<F: Float, N: Size>(
     codes: &Array<u32>,
     absmax: &Array<f32>,
+    nested_codes: &Array<u8>,
+    nested_absmax: &Array<f32>,
+    nested_map: &Array<f32>,
     map: &Array<f32>,
     out: &mut Array<Vector<F, N>>,
     num_words: usize,
+    num_units: usize,
     offset: f32,
     #[comptime] blocksize: usize,
     #[comptime] nested: bool,
+    #[comptime] fused: bool,
+    #[comptime] nested_blocksize: usize,
+    #[comptime] words_per_unit: usize,
 ) {
     let mut lut = SharedMemory::<f32>::new(16usize);
     if UNIT_POS < 16 {
         lut[UNIT_POS as usize] = map[UNIT_POS as usize];
     }
     sync_cube();
-    let w = ABSOLUTE_POS;
-    if w >= num_words {
+    let t = ABSOLUTE_POS;
+    if t >= num_units {
         terminate!();
     }
-    let word = codes[w];
-    let a = block_scale(absmax, w * 8, offset, blocksize, nested);
-    let mut v = Vector::<F, N>::empty();
     #[unroll]
-    for b in 0..4u32 {
-        let byte = (word >> (b * 8)) & 255u32;
-        let hi = lut[(byte >> 4) as usize];
-        let lo = lut[(byte & 15u32) as usize];
-        v[(2 * b) as usize] = F::cast_from(ftz(hi * a));
-        v[(2 * b + 1) as usize] = F::cast_from(ftz(lo * a));
+    for k in 0..words_per_unit {
+        let w = t + k * num_units;
+        if w < num_words {
+            let word = codes[w];
+            let mut a = 0.0f32;
+            if fused {
+                let blk = (w * 8) / blocksize;
+                let c = usize::cast_from(nested_codes[blk]);
+                let p = ftz(nested_map[c] * nested_absmax[blk / nested_blocksize]);
+                a = p + offset;
+            } else {
+                a = block_scale(absmax, w * 8, offset, blocksize, nested);
+            }
+            let mut v = Vector::<F, N>::empty();
+            #[unroll]
+            for b in 0..4u32 {
+                let byte = (word >> (b * 8)) & 255u32;
+                let hi = lut[(byte >> 4) as usize];
+                let lo = lut[(byte & 15u32) as usize];
+                v[(2 * b) as usize] = F::cast_from(ftz(hi * a));
+                v[(2 * b + 1) as usize] = F::cast_from(ftz(lo * a));
+            }
+            out[w] = v;
+        }
     }
-    out[w] = v;
 }
 
 /// 8-bit dequant, 8 values per unit: two `u32` of codes → one `Vector<F, 8>` store. The 256-entry

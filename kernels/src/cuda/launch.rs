@@ -19,6 +19,26 @@ impl<R: CubeRuntime, B> CubeB<R> for B where
 {
 }
 
+/// Tuning of the 4-bit vectorized dequant: words (8 values each) per unit, and whether a nested
+/// absmax is resolved in-kernel (`fused`) or by a separate product pass. Both variants are
+/// bit-identical (GPU self-test); the default is the faster one measured on an H100.
+static VARIANT: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(DEFAULT_VARIANT);
+const DEFAULT_VARIANT: usize = 1;
+
+/// Select the 4-bit dequant variant (`words_per_unit` 1 or 2, `fused_nested`); for the bench and
+/// self-test, which compare them.
+pub fn set_dequant_variant(words_per_unit: usize, fused_nested: bool) {
+    let v = words_per_unit.clamp(1, 2) | (usize::from(fused_nested) << 2);
+    VARIANT.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The current `(words_per_unit, fused_nested)`.
+pub fn dequant_variant() -> (usize, bool) {
+    let v = VARIANT.load(std::sync::atomic::Ordering::Relaxed);
+    (v & 3, v & 4 != 0)
+}
+
 /// Units per cube for every kernel here (the 8-bit kernels stage a 256-entry map per cube).
 const CUBE: u32 = 256;
 /// Values per unit in the vectorized dequant kernels (one 16-byte store for bf16/f16).
@@ -138,7 +158,6 @@ fn dequantize_as<R: CubeRuntime, B: CubeB<R>, F: Float + CubeElement>(
     let numel = l.numel();
     let codes = as_u8(w.codes);
     let map = as_f32(w.code_map);
-    let (scales, offset, nested) = block_scales(w.absmax, l.num_blocks());
     let out = empty(&codes, vec![l.out_features, l.in_features], dtype);
     if numel == 0 {
         return out;
@@ -146,25 +165,71 @@ fn dequantize_as<R: CubeRuntime, B: CubeB<R>, F: Float + CubeElement>(
     let client = codes.client.clone();
     let four_bit = l.format != QuantFormat::Blockwise8;
     let vectorized = numel.is_multiple_of(PER_UNIT) && l.blocksize.is_multiple_of(PER_UNIT);
-    // SAFETY: every array length below follows from the validated layout.
-    unsafe {
-        if vectorized && four_bit {
-            let words = numel / PER_UNIT;
+    let (words_per_unit, fused) = dequant_variant();
+    if vectorized && four_bit {
+        let words = numel / PER_UNIT;
+        let units = words.div_ceil(words_per_unit);
+        // Fused: the nested state goes straight to the kernel; otherwise a product pass first.
+        let (scales, ncodes, nabs, nmap, offset, nested, nbs, fused) = match w.absmax {
+            AbsmaxPrimitive::Nested {
+                codes: nc,
+                absmax: na,
+                map: nm,
+                offset,
+                blocksize,
+            } if fused => {
+                let (nc, na, nm) = (as_u8(nc), as_f32(na), as_f32(nm));
+                (na.clone(), nc, na, nm, offset, true, blocksize, true)
+            }
+            absmax => {
+                let (scales, offset, nested) = block_scales(absmax, l.num_blocks());
+                (
+                    scales.clone(),
+                    codes.clone(),
+                    scales.clone(),
+                    scales,
+                    offset,
+                    nested,
+                    256,
+                    false,
+                )
+            }
+        };
+        let (nc_len, na_len, nm_len) = if fused {
+            (l.num_blocks(), l.num_blocks().div_ceil(nbs), 256)
+        } else {
+            (1, 1, 1)
+        };
+        // SAFETY: every array length follows from the validated layout.
+        unsafe {
             kernels::dequant4_vec_kernel::launch_unchecked::<F, R>(
                 &client,
-                cube_count(words),
+                cube_count(units),
                 cube_dim(),
                 PER_UNIT,
                 array(&codes, words),
-                array(&scales, l.num_blocks()),
+                array(&scales, if fused { 1 } else { l.num_blocks() }),
+                array(&ncodes, nc_len),
+                array(&nabs, na_len),
+                array(&nmap, nm_len),
                 array(&map, 16),
                 array(&out, numel),
                 words,
+                units,
                 offset,
                 l.blocksize,
                 nested,
+                fused,
+                nbs,
+                words_per_unit,
             );
-        } else if vectorized {
+        }
+        return out;
+    }
+    let (scales, offset, nested) = block_scales(w.absmax, l.num_blocks());
+    // SAFETY: every array length below follows from the validated layout.
+    unsafe {
+        if vectorized {
             let vectors = numel / PER_UNIT;
             kernels::dequant8_vec_kernel::launch_unchecked::<F, R>(
                 &client,

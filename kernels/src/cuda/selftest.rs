@@ -185,6 +185,18 @@ fn dequant_specs() -> Vec<QuantSpec> {
     ]
 }
 
+/// [`dequant_checks`] under every 4-bit kernel variant, then back to the default variant.
+pub fn dequant_checks_all_variants(dev: &cubecl::cuda::CudaDevice) -> Vec<Check> {
+    let default = super::launch::dequant_variant();
+    let mut out = Vec::new();
+    for (wpu, fused) in [(1, false), (2, false), (1, true), (2, true)] {
+        super::launch::set_dequant_variant(wpu, fused);
+        out.extend(dequant_checks(dev));
+    }
+    super::launch::set_dequant_variant(default.0, default.1);
+    out
+}
+
 /// Dequant kernels (vectorized and scalar paths) × formats × nested × output dtypes, bit for bit.
 pub fn dequant_checks(dev: &cubecl::cuda::CudaDevice) -> Vec<Check> {
     let mut out = Vec::new();
@@ -275,6 +287,47 @@ pub fn quantize_checks(dev: &cubecl::cuda::CudaDevice) -> Vec<Check> {
                 }));
             }
         }
+    }
+    // Double quant: nested codes, nested absmax and offset, all bit for bit.
+    for (k, spec) in [
+        QuantSpec::nf4(),
+        QuantSpec::fp4(),
+        QuantSpec {
+            double_quant: true,
+            ..QuantSpec::blockwise8()
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        out.push(run_check(
+            format!("quantize {} [512, 768] from BF16", spec_name(spec)),
+            || {
+                let v = round_to(&values(512 * 768, 90 + k as u64, 1.0), DType::BF16);
+                let cpu =
+                    QuantizedTensor::quantize("selftest", &v, &[512, 768], spec, FloatDType::BF16)
+                        .unwrap_or_else(|e| panic!("cpu quantize: {e}"));
+                let t = upload::<C, 2>(&v, [512, 768], DType::BF16, dev);
+                let gpu = QuantWeight::<C>::quantize(
+                    "selftest",
+                    t,
+                    spec.format,
+                    spec.blocksize,
+                    true,
+                    FloatDType::BF16,
+                )
+                .unwrap_or_else(|e| panic!("gpu quantize: {e}"))
+                .to_quantized();
+                (
+                    gpu == cpu,
+                    format!(
+                        "equal: {} (codes equal: {})",
+                        gpu == cpu,
+                        gpu.codes == cpu.codes
+                    ),
+                )
+            },
+        ));
     }
     out.push(run_check("quantize rejects NaN and Inf".into(), || {
         let mut v = values(4 * 64, 3, 1.0);
