@@ -53,9 +53,16 @@ pub(crate) fn torch_adamw<B: Backend>(
     } else {
         p
     };
-    // exp_avg.lerp_(grad, 1 - beta1): weight < 0.5, so fma(g - m, w, m).
-    let w = Tensor::<B, 1>::full(exp_avg.shape(), (1.0 - h.beta1) as f32, &exp_avg.device());
-    let exp_avg = fma_f32(g.clone() - exp_avg.clone(), w, exp_avg);
+    // exp_avg.lerp_(grad, w = 1 - beta1): torch's vectorized lerp is fma(w, g - m, m) for
+    // w < 0.5 (every usual beta1) and fma(w - 1, g - m, g) otherwise.
+    let w = (1.0 - h.beta1) as f32;
+    let (coeff, base) = if w < 0.5 {
+        (w, exp_avg.clone())
+    } else {
+        (w - 1.0, g.clone())
+    };
+    let coeff = Tensor::<B, 1>::full(exp_avg.shape(), coeff, &exp_avg.device());
+    let exp_avg = fma_f32(g.clone() - exp_avg, coeff, base);
     // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2) = fma((1-b2)*g, g, v*b2).
     let scaled_g = g.clone().mul_scalar((1.0 - h.beta2) as f32);
     let exp_avg_sq = fma_f32(scaled_g, g, exp_avg_sq.mul_scalar(h.beta2 as f32));
