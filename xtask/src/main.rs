@@ -1,1 +1,257 @@
-fn main() {}
+//! xtask: project automation in Rust. `.cargo/config.toml`: `[alias] xtask = "run --package xtask --"`.
+//!
+//! - `cargo xtask train squad|hate-speech`: the tiny CPU runs (embedded configs/tiny.toml; the
+//!   hate-speech run swaps the dataset and shortens prompts), writing `runs/<name>/`.
+//! - `cargo xtask perplexity`: wikitext-2 raw test, HF's sliding window (tiny model by default).
+//! - `cargo xtask bench dequant …` (kernels helper's bench, CUDA builds), `bench train` (not yet),
+//!   `bench activation-memory` (bytes kept between forward and backward, with/without checkpointing).
+//! - `cargo xtask peft-check [--out DIR]`: our adapter + logits on the fixture prompts, for
+//!   `python3 tests/fixtures/gptj_tiny/make.py check-adapter DIR/adapter DIR/logits.safetensors`.
+mod bench_dequant;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use qtune_train::backend::{Train, TRAIN_BACKEND};
+use qtune_train::config::{RunConfig, Task};
+use qtune_train::{build, run, TrainOptions};
+
+/// Counts live heap bytes for `bench activation-memory` (NdArray tensors live on the heap).
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; only adds bookkeeping.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size(), Ordering::Relaxed);
+        // SAFETY: same layout contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        // SAFETY: `p` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Dataset {
+    Squad,
+    HateSpeech,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Tiny GPT-J LoRA fine-tune on CPU (defaults: embedded configs/tiny.toml).
+    Train {
+        dataset: Dataset,
+        /// A config file instead of the embedded tiny one.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        max_steps: Option<usize>,
+        /// Continue runs/<name> from its latest checkpoint instead of starting afresh.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Sliding-window perplexity on wikitext-2 raw test.
+    Perplexity {
+        /// `tiny` (the embedded random model) or an HF model folder / Hub id.
+        #[arg(long, default_value = "tiny")]
+        model: String,
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        #[arg(long, default_value_t = 256)]
+        max_length: usize,
+        #[arg(long, default_value_t = 128)]
+        stride: usize,
+        /// Score only the first N tokens (0 = the whole text; the tiny CPU default is 16384).
+        #[arg(long, default_value_t = 16384)]
+        max_tokens: usize,
+    },
+    /// Benchmarks: `dequant` (CUDA), `train` (not implemented yet), `activation-memory`.
+    Bench {
+        what: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Write our adapter + logits on the fixture prompts for PEFT's check-adapter mode.
+    PeftCheck {
+        #[arg(long, default_value = "runs/peft-check")]
+        out: PathBuf,
+    },
+}
+
+/// The tiny config for a dataset: SQuAD as embedded; hate speech with short prompts.
+fn tiny_config(dataset: Dataset) -> RunConfig {
+    let mut cfg = RunConfig::tiny();
+    if let Dataset::HateSpeech = dataset {
+        cfg.name = "tiny-hate-speech".into();
+        cfg.data.dataset = Task::HateSpeech;
+        // Tweets are short: prompt + label fit in 128 tokens; labels are ≤ 3 tokens + eos.
+        cfg.data.max_length = 128;
+        cfg.data.max_train_samples = None; // the balanced 1,000
+        cfg.eval.max_new_tokens = 6;
+        cfg.eval.generation_samples = 60;
+    }
+    cfg
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Train {
+            dataset,
+            config,
+            max_steps,
+            resume,
+        } => {
+            let mut cfg = match &config {
+                Some(p) => RunConfig::from_file(p)?,
+                None => tiny_config(dataset),
+            };
+            if let Some(n) = max_steps {
+                cfg.training.max_steps = n;
+            }
+            cfg.validate("xtask")?;
+            tracing::info!(backend = TRAIN_BACKEND, run = %cfg.name, out = %cfg.output_dir().display(), "training");
+            let opts = TrainOptions {
+                resume,
+                overwrite: !resume,
+                progress: true,
+                stop_at_step: None,
+            };
+            let r = run::train_job::<Train>(&cfg, &opts, &Default::default())
+                .with_context(|| format!("training run `{}`", cfg.name))?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            println!(
+                "wrote {0}/metrics.jsonl, {0}/loss.png, {0}/adapter/ ({1})",
+                r.output_dir.display(),
+                run::param_line(r.trainable_params, r.all_params)
+            );
+        }
+        Cmd::Perplexity {
+            model,
+            adapter,
+            max_length,
+            stride,
+            max_tokens,
+        } => {
+            type Infer = <Train as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+            let mut m = RunConfig::tiny().model;
+            if model != "tiny" {
+                m.random = None;
+                m.name_or_path = Some(model.clone());
+            }
+            let dev = Default::default();
+            let mut gptj = build::base_model::<Infer>(&m, &dev)?;
+            if let Some(dir) = &adapter {
+                use qtune_train::trainer::AdapterIo;
+                gptj = gptj.import_adapter(&qtune_lora::peft::PeftAdapter::load(dir)?)?;
+            }
+            let tok = build::tokenizer(&m)?;
+            let limit = (max_tokens > 0).then_some(max_tokens);
+            let r = run::perplexity_job(&gptj, &tok, max_length, stride, limit)?;
+            println!("{}", serde_json::to_string(&r)?);
+            println!(
+                "model {model}: tokens evaluated {} (of {} in wikitext-2 raw test) | ppl {:.4}",
+                r.tokens_evaluated, r.text_tokens, r.ppl
+            );
+        }
+        Cmd::Bench { what, args } => match what.as_str() {
+            "dequant" => bench_dequant::run(&args)?,
+            "train" => bail!(
+                "`bench train` (GPU training throughput and memory for GPT-J-6B) is not implemented \
+                 yet; nothing was measured"
+            ),
+            "activation-memory" => activation_memory()?,
+            other => bail!("unknown bench `{other}`: dequant | train | activation-memory"),
+        },
+        Cmd::PeftCheck { out } => {
+            let fixture = PathBuf::from("tests/fixtures/gptj_tiny");
+            let (adapter, logits) = qtune_train::peft_check::write_check_folder::<
+                burn::backend::NdArray,
+            >(&fixture, &out, &Default::default())?;
+            println!(
+                "python3 tests/fixtures/gptj_tiny/make.py check-adapter {} {}",
+                adapter.display(),
+                logits.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Bytes kept between forward and backward, plain vs per-block checkpointing, for 1–8 blocks
+/// of a 256-wide GPT-J on a [8, 128] batch.
+fn activation_memory() -> anyhow::Result<()> {
+    use qtune_data::{collate, Example, Padding};
+    use qtune_train::config::{LoraSection, RandomModel, TargetList};
+    let (batch_size, seq, d) = (8usize, 128usize, 256usize);
+    let examples: Vec<Example> = (0..batch_size)
+        .map(|i| {
+            let ids: Vec<u32> = (0..seq as u32)
+                .map(|t| (t * 7 + i as u32) % 900 + 3)
+                .collect();
+            Example::from_prompt_completion(&ids[..seq / 2], &ids[seq / 2..])
+        })
+        .collect();
+    let refs: Vec<&Example> = examples.iter().collect();
+    let batch = collate(&refs, 0, Padding::Right)?;
+    println!("| blocks | block input | kept, plain | kept, checkpointed | ratio |");
+    println!("|---|---|---|---|---|");
+    for n_layer in [1usize, 2, 4, 8] {
+        let mut cfg = RunConfig::tiny();
+        cfg.model.random = Some(RandomModel {
+            seed: 1,
+            vocab_size: 1024,
+            n_positions: 256,
+            n_embd: d,
+            n_layer,
+            n_head: 8,
+            rotary_dim: 16,
+            n_inner: None,
+        });
+        cfg.lora = LoraSection {
+            r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.0,
+            target_modules: TargetList::Names(vec!["q_proj".into(), "v_proj".into()]),
+        };
+        let model = build::model_with_lora::<qtune_train::backend::Cpu>(&cfg, &Default::default())?;
+        let m = qtune_train::memory::measure::<qtune_train::backend::Cpu, _>(
+            &model,
+            &batch,
+            d,
+            &|| LIVE.load(Ordering::Relaxed),
+        )?;
+        println!(
+            "| {} | {} B | {} B | {} B ({:.2} block inputs) | {:.1}× |",
+            m.n_blocks,
+            m.block_input_bytes,
+            m.plain_bytes,
+            m.checkpointed_bytes,
+            m.checkpointed_bytes as f64 / m.block_input_bytes as f64,
+            m.plain_bytes as f64 / m.checkpointed_bytes.max(1) as f64
+        );
+    }
+    Ok(())
+}

@@ -135,10 +135,14 @@ pub fn tokenizer(m: &ModelConfig) -> Result<tokenizers::Tokenizer, TrainError> {
         }
     }
     for dir in &candidates {
-        if dir.is_dir() {
-            return Err(TrainError::Tokenizer {
-                msg: format!("{}: tokenizer loading not wired yet", dir.display()),
-            });
+        // The data mirror keeps GPT-2's original file names (encoder.json = HF vocab.json,
+        // vocab.bpe = HF merges.txt).
+        let (enc, bpe) = (dir.join("encoder.json"), dir.join("vocab.bpe"));
+        if enc.is_file() && bpe.is_file() {
+            return Ok(qtune_gptj::tokenizer::from_gpt2_files(&enc, &bpe)?);
+        }
+        if dir.join("tokenizer.json").is_file() || dir.join("vocab.json").is_file() {
+            return Ok(qtune_gptj::tokenizer::from_model_dir(dir)?);
         }
     }
     Err(TrainError::Tokenizer {

@@ -40,7 +40,9 @@ pub enum Event {
         loss: f64,
         learning_rate: f64,
         grad_norm: f64,
+        /// Target (loss) tokens trained on so far.
         tokens: u64,
+        /// Input tokens (non-pad, forward + backward) per second since the last line.
         tokens_per_s: f64,
     },
     Eval {

@@ -32,8 +32,10 @@ pub struct TrainReport {
     pub last_loss: Option<f64>,
     pub best_eval_loss: Option<f64>,
     pub best_step: Option<usize>,
+    /// Target (loss) tokens trained on.
     pub tokens: u64,
     pub train_seconds: f64,
+    /// Non-pad input tokens per second over the training steps of this call.
     pub tokens_per_second: f64,
     pub optimizer_state_bytes: usize,
     pub final_eval: Option<TaskMetrics>,
@@ -145,7 +147,7 @@ fn report(
         best_step: s.best_step,
         tokens: s.tokens_seen,
         train_seconds: s.seconds,
-        tokens_per_second: s.tokens_seen as f64 / s.seconds.max(1e-9),
+        tokens_per_second: s.input_tokens as f64 / s.seconds.max(1e-9),
         optimizer_state_bytes: s.optimizer_state_bytes,
         final_eval,
     }

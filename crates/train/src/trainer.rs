@@ -53,6 +53,8 @@ pub struct TrainSummary {
     pub best_eval_loss: Option<f64>,
     pub best_step: Option<usize>,
     pub tokens_seen: u64,
+    /// Non-pad input tokens processed in this call (forward + backward).
+    pub input_tokens: u64,
     pub seconds: f64,
     pub optimizer_state_bytes: usize,
     /// Whether the run reached `max_steps` (false when stopped by `stop_at_step`).
@@ -255,11 +257,13 @@ where
         best_eval_loss: state.best_eval_loss,
         best_step: state.best_step,
         tokens_seen: state.tokens_seen,
+        input_tokens: 0,
         seconds: 0.0,
         optimizer_state_bytes: 0,
         finished: false,
     };
-    let mut window = (0.0f64, 0u64, Instant::now()); // loss sum, tokens, since
+    // (loss sum, target tokens, since, input tokens) since the last log line.
+    let mut window = (0.0f64, 0u64, Instant::now(), 0u64);
     let dropout = cfg.lora.lora_dropout > 0.0;
     while state.step < t.max_steps {
         if opts.stop_at_step.is_some_and(|s| state.step >= s) {
@@ -275,6 +279,10 @@ where
             .collect::<Result<_, _>>()?;
         let mut acc = TokenAccumulator::<M>::new();
         let mut loss_sum = 0.0;
+        let input_tokens: usize = batches
+            .iter()
+            .map(|b| b.lengths.iter().sum::<usize>())
+            .sum();
         for batch in &batches {
             let seed = dropout.then(|| state.rng.next_u64());
             let n = batch.n_target_tokens();
@@ -308,12 +316,14 @@ where
         summary.losses.push((state.step, loss));
         window.0 += loss * tokens as f64;
         window.1 += tokens;
+        window.3 += input_tokens as u64;
+        summary.input_tokens += input_tokens as u64;
         bar.set_position(state.step as u64);
 
         if state.step % t.logging_steps == 0 || state.step == t.max_steps {
             let secs = window.2.elapsed().as_secs_f64().max(1e-9);
             let mean = window.0 / window.1.max(1) as f64;
-            let tps = window.1 as f64 / secs;
+            let tps = window.3 as f64 / secs;
             log.write(&Event::Train {
                 step: state.step,
                 loss: mean,
@@ -331,7 +341,7 @@ where
                 tokens_per_s = tps,
                 "train"
             );
-            window = (0.0, 0, Instant::now());
+            window = (0.0, 0, Instant::now(), 0);
         }
         if state.step % t.eval_steps == 0 || state.step == t.max_steps {
             let (val, val_tokens) = eval_loss(
