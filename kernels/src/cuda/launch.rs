@@ -164,7 +164,7 @@ fn dequantize_as<R: CubeRuntime, B: CubeB<R>, F: Float + CubeElement>(
     }
     let client = codes.client.clone();
     let four_bit = l.format != QuantFormat::Blockwise8;
-    let vectorized = numel.is_multiple_of(PER_UNIT) && l.blocksize.is_multiple_of(PER_UNIT);
+    let vectorized = numel % PER_UNIT == 0 && l.blocksize % PER_UNIT == 0;
     let (words_per_unit, fused) = dequant_variant();
     if vectorized && four_bit {
         let words = numel / PER_UNIT;
