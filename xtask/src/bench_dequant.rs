@@ -36,7 +36,9 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
             "--check" => check = true,
             "--iters" => cfg.iters = value("--iters")?.max(1),
             "--tokens" => cfg.tokens = value("--tokens")?.max(1),
-            other => anyhow::bail!("bench dequant: unknown argument `{other}` (use --check, --iters N, --tokens N)"),
+            other => anyhow::bail!(
+                "bench dequant: unknown argument `{other}` (use --check, --iters N, --tokens N)"
+            ),
         }
     }
     if check {
