@@ -430,7 +430,9 @@ impl<B: QBackend> QuantWeight<B> {
     }
 
     /// Quantize a dense `[out, in]` weight on its device (the GPU kernel on CUDA), then
-    /// double-quantize the (small) absmax on the host with `qtune-quant` when `double_quant`.
+    /// with `double_quant` compress the absmax as bitsandbytes does (offset = mean computed on the
+    /// host from the read-back absmax, then blockwise 8-bit, block 256, on the device). The result
+    /// equals `QuantizedTensor::quantize` bit for bit (CPU test; GPU self-test on an H100).
     ///
     /// # Errors
     /// NaN/Inf values, unsupported block size, or a failed absmax read-back.
