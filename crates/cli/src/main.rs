@@ -256,8 +256,12 @@ fn main() -> anyhow::Result<()> {
             let prompts = a
                 .prompt
                 .iter()
-                .map(|p| qtune_gptj::tokenizer::encode(&tok, p))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|p| {
+                    tok.encode(p.as_str(), false)
+                        .map(|e| e.get_ids().to_vec())
+                        .map_err(|e| anyhow::anyhow!("tokenizing {p:?}: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             for (p, out) in a.prompt.iter().zip(model.generate(&prompts, &gen)?) {
                 let text = tok
                     .decode(&out, true)

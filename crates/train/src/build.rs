@@ -16,7 +16,7 @@ pub fn lora_config(cfg: &RunConfig) -> Result<LoraConfig, TrainError> {
         TargetList::Names(v) => TargetModules::Names(v.clone()),
         TargetList::One(s) if s == "all-linear" => TargetModules::AllLinear,
         TargetList::One(s) => {
-            return Err(TrainError::Config(crate::config::ConfigError::Invalid {
+            return Err(TrainError::from(crate::config::ConfigError::Invalid {
                 origin: cfg.name.clone(),
                 field: "lora.target_modules",
                 msg: format!("{s:?}: use \"all-linear\" or a list of module names"),
@@ -71,7 +71,7 @@ pub fn random_config(r: &RandomModel) -> Result<GptjConfig, TrainError> {
         "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": false,
     });
     serde_json::from_value(v).map_err(|e| {
-        TrainError::Config(crate::config::ConfigError::Invalid {
+        TrainError::from(crate::config::ConfigError::Invalid {
             origin: "[model.random]".into(),
             field: "model.random",
             msg: e.to_string(),
@@ -101,7 +101,7 @@ pub fn base_model<B: QBackend>(m: &ModelConfig, device: &B::Device) -> Result<Gp
         return Ok(Gptj::random(&cfg, r.seed, quant, dtype, device)?);
     }
     let dir = model_dir(m)?.ok_or_else(|| {
-        TrainError::Config(crate::config::ConfigError::Invalid {
+        TrainError::from(crate::config::ConfigError::Invalid {
             origin: "[model]".into(),
             field: "model.name_or_path",
             msg: "missing".into(),

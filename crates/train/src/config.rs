@@ -371,7 +371,7 @@ impl RunConfig {
         if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
             return bad("training.learning_rate", "must be a positive number");
         }
-        if !(t.max_grad_norm > 0.0) {
+        if t.max_grad_norm.is_nan() || t.max_grad_norm <= 0.0 {
             return bad("training.max_grad_norm", "must be > 0");
         }
         Ok(())

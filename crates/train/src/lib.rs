@@ -31,21 +31,21 @@ pub enum TrainError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Config(#[from] config::ConfigError),
+    Config(Box<config::ConfigError>),
     #[error(transparent)]
-    Checkpoint(#[from] checkpoint::CheckpointError),
+    Checkpoint(Box<checkpoint::CheckpointError>),
     #[error(transparent)]
-    Metrics(#[from] metrics::MetricsError),
+    Metrics(Box<metrics::MetricsError>),
     #[error(transparent)]
-    Data(#[from] qtune_data::DataError),
+    Data(Box<qtune_data::DataError>),
     #[error(transparent)]
-    Optim(#[from] qtune_optim::OptimError),
+    Optim(Box<qtune_optim::OptimError>),
     #[error(transparent)]
-    Peft(#[from] qtune_lora::peft::PeftError),
+    Peft(Box<qtune_lora::peft::PeftError>),
     #[error(transparent)]
-    Merge(#[from] qtune_lora::merge::MergeError),
+    Merge(Box<qtune_lora::merge::MergeError>),
     #[error(transparent)]
-    Model(#[from] qtune_gptj::GptjError),
+    Model(Box<qtune_gptj::GptjError>),
     #[error("empty dataset: {what}")]
     EmptyDataset { what: String },
     #[error(
@@ -73,3 +73,26 @@ pub enum TrainError {
     #[error("tokenizer: {msg}")]
     Tokenizer { msg: String },
 }
+
+/// The wrapped errors are boxed: some are large (paths + sources), and every fallible
+/// function of the crate returns `TrainError`.
+macro_rules! boxed_from {
+    ($($variant:ident: $ty:ty),* $(,)?) => {$(
+        impl From<$ty> for TrainError {
+            fn from(e: $ty) -> Self {
+                TrainError::$variant(Box::new(e))
+            }
+        }
+    )*};
+}
+
+boxed_from!(
+    Config: config::ConfigError,
+    Checkpoint: checkpoint::CheckpointError,
+    Metrics: metrics::MetricsError,
+    Data: qtune_data::DataError,
+    Optim: qtune_optim::OptimError,
+    Peft: qtune_lora::peft::PeftError,
+    Merge: qtune_lora::merge::MergeError,
+    Model: qtune_gptj::GptjError,
+);

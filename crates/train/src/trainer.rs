@@ -183,7 +183,12 @@ where
     let inner_device = device_inner::<B>(device);
 
     let resumed = if opts.resume {
-        checkpoint::load_latest(&ckpt_root)?
+        let ck = checkpoint::load_latest(&ckpt_root)?;
+        if ck.is_none() {
+            tracing::info!(dir = %ckpt_root.display(), "no checkpoint to resume from; starting afresh");
+            clear_previous_run(&out)?;
+        }
+        ck
     } else {
         if ckpt_root.join(checkpoint::LATEST_FILE).exists() && !opts.overwrite {
             return Err(TrainError::ExistingRun { dir: out.clone() });
@@ -333,14 +338,17 @@ where
                 tokens_per_s: tps,
             })?;
             bar.set_message(format!("loss {mean:.4}  {tps:.0} tok/s"));
-            tracing::info!(
-                step = state.step,
-                loss = mean,
-                lr,
-                grad_norm = norm.total_norm,
-                tokens_per_s = tps,
-                "train"
-            );
+            // suspend(): the bar and the log lines share stderr.
+            bar.suspend(|| {
+                tracing::info!(
+                    step = state.step,
+                    loss = mean,
+                    lr,
+                    grad_norm = norm.total_norm,
+                    tokens_per_s = tps,
+                    "train"
+                )
+            });
             window = (0.0, 0, Instant::now(), 0);
         }
         if state.step % t.eval_steps == 0 || state.step == t.max_steps {
@@ -366,7 +374,7 @@ where
                 eval_tokens: val_tokens,
                 best,
             })?;
-            tracing::info!(step = state.step, eval_loss = val, best, "eval");
+            bar.suspend(|| tracing::info!(step = state.step, eval_loss = val, best, "eval"));
         }
         if state.step % t.save_steps == 0 || state.step == t.max_steps {
             let bytes = optim.state_to_bytes()?;

@@ -25,8 +25,7 @@ fn non_finite_loss_stops_and_keeps_last_good_checkpoint() {
         &dev,
         &TrainOptions::default(),
     )
-    .err()
-    .expect("a non-finite loss must stop the run");
+    .expect_err("a non-finite loss must stop the run");
     let msg = err.to_string();
     match err {
         TrainError::NonFinite {
