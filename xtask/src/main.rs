@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+use qtune_data::DataSource;
 use qtune_train::backend::{Train, TRAIN_BACKEND};
 use qtune_train::config::{RunConfig, Task};
 use qtune_train::{build, run, TrainOptions};
@@ -139,7 +140,7 @@ fn main() -> anyhow::Result<()> {
                 progress: true,
                 stop_at_step: None,
             };
-            let r = run::train_job::<Train>(&cfg, &opts, &Default::default())
+            let r = run::train_job::<Train>(&cfg, &opts, &DataSource::from_env(), &Default::default())
                 .with_context(|| format!("training run `{}`", cfg.name))?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             println!(
@@ -167,9 +168,10 @@ fn main() -> anyhow::Result<()> {
                 use qtune_train::trainer::AdapterIo;
                 gptj = gptj.import_adapter(&qtune_lora::peft::PeftAdapter::load(dir)?)?;
             }
-            let tok = build::tokenizer(&m)?;
+            let source = DataSource::from_env();
+            let tok = build::tokenizer(&m, source.data_dir.as_deref())?;
             let limit = (max_tokens > 0).then_some(max_tokens);
-            let r = run::perplexity_job(&gptj, &tok, max_length, stride, limit)?;
+            let r = run::perplexity_job(&gptj, &tok, &source, max_length, stride, limit)?;
             println!("{}", serde_json::to_string(&r)?);
             println!(
                 "model {model}: tokens evaluated {} (of {} in wikitext-2 raw test) | ppl {:.4}",

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use qtune_data::DataSource;
 use qtune_gptj::{EarlyStopping, GenerationConfig, Gptj};
 use qtune_lora::merge::ExportDType;
 use qtune_lora::peft::PeftAdapter;
@@ -191,7 +192,8 @@ fn load_model(a: &ModelArgs) -> anyhow::Result<(Gptj<Infer>, tokenizers::Tokeniz
             .import_adapter(&adapter)
             .with_context(|| format!("applying adapter {}", dir.display()))?;
     }
-    let tok = build::tokenizer(&m).context("loading the tokenizer")?;
+    let data_dir = DataSource::from_env().data_dir;
+    let tok = build::tokenizer(&m, data_dir.as_deref()).context("loading the tokenizer")?;
     Ok((model, tok))
 }
 
@@ -219,14 +221,20 @@ fn main() -> anyhow::Result<()> {
                 progress: true,
                 stop_at_step: None,
             };
-            let report = run::train_job::<Train>(&cfg, &opts, &Default::default())
-                .with_context(|| format!("training run `{}`", cfg.name))?;
+            let report =
+                run::train_job::<Train>(&cfg, &opts, &DataSource::from_env(), &Default::default())
+                    .with_context(|| format!("training run `{}`", cfg.name))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Cmd::Eval(a) => {
             let cfg = load_config(a.config.as_ref())?;
-            let report = run::eval_job::<Infer>(&cfg, a.adapter.as_deref(), &Default::default())
-                .context("evaluation")?;
+            let report = run::eval_job::<Infer>(
+                &cfg,
+                a.adapter.as_deref(),
+                &DataSource::from_env(),
+                &Default::default(),
+            )
+            .context("evaluation")?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Cmd::Generate(a) => {
@@ -271,8 +279,15 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Perplexity(a) => {
             let (model, tok) = load_model(&a.model)?;
-            let r = run::perplexity_job(&model, &tok, a.max_length, a.stride, a.max_tokens)
-                .context("perplexity")?;
+            let r = run::perplexity_job(
+                &model,
+                &tok,
+                &DataSource::from_env(),
+                a.max_length,
+                a.stride,
+                a.max_tokens,
+            )
+            .context("perplexity")?;
             println!(
                 "tokens evaluated: {} (of {} in the text) | ppl: {:.4} | max_length {} stride {}",
                 r.tokens_evaluated, r.text_tokens, r.ppl, r.max_length, r.stride

@@ -120,9 +120,12 @@ pub fn model_with_lora<B: QBackend>(
 }
 
 /// The tokenizer: `[model].tokenizer`, else the model folder, else
-/// `$QTUNE_DATA_DIR/gpt2-tokenizer` (GPT-2 BPE + GPT-J's 143 extra tokens). A Hub model id
+/// `{data_dir}/gpt2-tokenizer` (`$QTUNE_DATA_DIR` in the binaries; GPT-2 BPE + GPT-J's 143 extra tokens). A Hub model id
 /// brings its tokenizer files with it (see `qtune_gptj::hub::resolve`).
-pub fn tokenizer(m: &ModelConfig) -> Result<tokenizers::Tokenizer, TrainError> {
+pub fn tokenizer(
+    m: &ModelConfig,
+    data_dir: Option<&Path>,
+) -> Result<tokenizers::Tokenizer, TrainError> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(t) = &m.tokenizer {
         candidates.push(PathBuf::from(t));
@@ -130,8 +133,8 @@ pub fn tokenizer(m: &ModelConfig) -> Result<tokenizers::Tokenizer, TrainError> {
         if let Some(dir) = model_dir(m)? {
             candidates.push(dir);
         }
-        if let Some(d) = std::env::var_os("QTUNE_DATA_DIR").filter(|v| !v.is_empty()) {
-            candidates.push(Path::new(&d).join("gpt2-tokenizer"));
+        if let Some(d) = data_dir {
+            candidates.push(d.join("gpt2-tokenizer"));
         }
     }
     for dir in &candidates {

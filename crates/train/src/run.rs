@@ -66,14 +66,15 @@ pub fn param_line(trainable: u64, all: u64) -> String {
 pub fn train_job<B>(
     cfg: &RunConfig,
     opts: &TrainOptions,
+    source: &DataSource,
     device: &B::Device,
 ) -> Result<TrainReport, TrainError>
 where
     B: AutodiffBackend + QBackend,
     B::InnerBackend: QBackend,
 {
-    let tokenizer = build::tokenizer(&cfg.model)?;
-    let data = task::prepare(cfg, &tokenizer, &DataSource::from_env())?;
+    let tokenizer = build::tokenizer(&cfg.model, source.data_dir.as_deref())?;
+    let data = task::prepare(cfg, &tokenizer, source)?;
     tracing::info!(
         train = data.train.len(),
         validation = data.validation.len(),
@@ -172,10 +173,11 @@ pub struct EvalReport {
 pub fn eval_job<B: QBackend>(
     cfg: &RunConfig,
     adapter: Option<&Path>,
+    source: &DataSource,
     device: &B::Device,
 ) -> Result<EvalReport, TrainError> {
-    let tokenizer = build::tokenizer(&cfg.model)?;
-    let data = task::prepare(cfg, &tokenizer, &DataSource::from_env())?;
+    let tokenizer = build::tokenizer(&cfg.model, source.data_dir.as_deref())?;
+    let data = task::prepare(cfg, &tokenizer, source)?;
     let mut model = build::base_model::<B>(&cfg.model, device)?;
     if let Some(dir) = adapter {
         model = model.import_adapter(&PeftAdapter::load(dir)?)?;
@@ -219,11 +221,12 @@ pub struct PerplexityReport {
 pub fn perplexity_job<B: Backend + QBackend>(
     model: &Gptj<B>,
     tokenizer: &tokenizers::Tokenizer,
+    source: &DataSource,
     max_length: usize,
     stride: usize,
     max_tokens: Option<usize>,
 ) -> Result<PerplexityReport, TrainError> {
-    let path = DataSource::from_env().locate(DatasetId::WikiText2RawTest)?;
+    let path = source.locate(DatasetId::WikiText2RawTest)?;
     let text = qtune_data::load_wikitext_raw(&path)?;
     let mut ids = qtune_data::encode_text(tokenizer, &text)?;
     let text_tokens = ids.len();

@@ -1,6 +1,7 @@
 //! qtune-train integration tests on a tiny random GPT-J (CPU, f32, NdArray). No data needed:
 //! examples are synthetic token sequences.
 mod common;
+mod data_job;
 mod grad_checkpoint;
 mod loop_errors;
 mod peft_fixture;
