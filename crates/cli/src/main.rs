@@ -181,7 +181,13 @@ fn model_config(a: &ModelArgs) -> anyhow::Result<ModelConfig> {
     })
 }
 
-fn load_model(a: &ModelArgs) -> anyhow::Result<(Gptj<Infer>, tokenizers::Tokenizer)> {
+fn load_tokenizer(a: &ModelArgs) -> anyhow::Result<tokenizers::Tokenizer> {
+    let m = model_config(a)?;
+    let data_dir = DataSource::from_env().data_dir;
+    build::tokenizer(&m, data_dir.as_deref()).context("loading the tokenizer")
+}
+
+fn load_model(a: &ModelArgs) -> anyhow::Result<Gptj<Infer>> {
     let m = model_config(a)?;
     let device = Default::default();
     let mut model = build::base_model::<Infer>(&m, &device)
@@ -192,9 +198,7 @@ fn load_model(a: &ModelArgs) -> anyhow::Result<(Gptj<Infer>, tokenizers::Tokeniz
             .import_adapter(&adapter)
             .with_context(|| format!("applying adapter {}", dir.display()))?;
     }
-    let data_dir = DataSource::from_env().data_dir;
-    let tok = build::tokenizer(&m, data_dir.as_deref()).context("loading the tokenizer")?;
-    Ok((model, tok))
+    Ok(model)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -241,7 +245,8 @@ fn main() -> anyhow::Result<()> {
             if a.prompt.is_empty() {
                 bail!("give at least one --prompt");
             }
-            let (model, tok) = load_model(&a.model)?;
+            let model = load_model(&a.model)?;
+            let tok = load_tokenizer(&a.model)?;
             let eos = model.config.eos_token_id.unwrap_or(50256);
             let gen = GenerationConfig {
                 max_new_tokens: a.max_new_tokens,
@@ -270,6 +275,10 @@ fn main() -> anyhow::Result<()> {
                         .map_err(|e| anyhow::anyhow!("tokenizing {p:?}: {e}"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            let vocab = model.config.vocab_size as u32;
+            if let Some(bad) = prompts.iter().flatten().find(|&&t| t >= vocab) {
+                bail!("the tokenizer produced id {bad}, outside the model's vocab_size {vocab}: wrong --tokenizer?");
+            }
             for (p, out) in a.prompt.iter().zip(model.generate(&prompts, &gen)?) {
                 let text = tok
                     .decode(&out, true)
@@ -278,7 +287,8 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Perplexity(a) => {
-            let (model, tok) = load_model(&a.model)?;
+            let model = load_model(&a.model)?;
+            let tok = load_tokenizer(&a.model)?;
             let r = run::perplexity_job(
                 &model,
                 &tok,
@@ -297,7 +307,7 @@ fn main() -> anyhow::Result<()> {
             if a.model.adapter.is_none() {
                 bail!("merge needs --adapter");
             }
-            let (model, _) = load_model(&a.model)?;
+            let model = load_model(&a.model)?;
             let dtype = match a.save_dtype.as_deref().unwrap_or(&a.model.dtype) {
                 "float32" => ExportDType::F32,
                 "bfloat16" => ExportDType::BF16,
