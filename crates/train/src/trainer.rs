@@ -267,13 +267,15 @@ where
         optimizer_state_bytes: 0,
         finished: false,
     };
-    // (loss sum, target tokens, since, input tokens) since the last log line.
-    let mut window = (0.0f64, 0u64, Instant::now(), 0u64);
+    // (loss sum, target tokens, step seconds, input tokens) since the last log line; the
+    // seconds count training steps only (not eval or checkpoint writes).
+    let mut window = (0.0f64, 0u64, 0.0f64, 0u64);
     let dropout = cfg.lora.lora_dropout > 0.0;
     while state.step < t.max_steps {
         if opts.stop_at_step.is_some_and(|s| state.step >= s) {
             break;
         }
+        let step_started = Instant::now();
         let lr = schedule.lr_at(state.step);
         let batches: Vec<Batch> = (0..t.gradient_accumulation_steps)
             .map(|_| {
@@ -321,12 +323,13 @@ where
         summary.losses.push((state.step, loss));
         window.0 += loss * tokens as f64;
         window.1 += tokens;
+        window.2 += step_started.elapsed().as_secs_f64();
         window.3 += input_tokens as u64;
         summary.input_tokens += input_tokens as u64;
         bar.set_position(state.step as u64);
 
         if state.step % t.logging_steps == 0 || state.step == t.max_steps {
-            let secs = window.2.elapsed().as_secs_f64().max(1e-9);
+            let secs = window.2.max(1e-9);
             let mean = window.0 / window.1.max(1) as f64;
             let tps = window.3 as f64 / secs;
             log.write(&Event::Train {
@@ -349,7 +352,7 @@ where
                     "train"
                 )
             });
-            window = (0.0, 0, Instant::now(), 0);
+            window = (0.0, 0, 0.0, 0);
         }
         if state.step % t.eval_steps == 0 || state.step == t.max_steps {
             let (val, val_tokens) = eval_loss(
