@@ -1,5 +1,6 @@
 //! qtune-train integration tests on a tiny random GPT-J (CPU, f32, NdArray). No data needed:
 //! examples are synthetic token sequences.
+mod accumulation;
 mod common;
 mod data_job;
 mod grad_checkpoint;
