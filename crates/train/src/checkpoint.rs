@@ -10,6 +10,8 @@
 //! A step folder is written as `.tmp-checkpoint-000040/`, every file fsynced, then renamed
 //! into place, and the parent fsynced; `latest` is replaced (temp file + fsync + rename)
 //! only after that. A crash at any point leaves the previous `latest` valid.
+//! The LR scheduler has no state of its own: its rate is a pure function of the config and the
+//! step, both stored in `trainer_state.json`.
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
