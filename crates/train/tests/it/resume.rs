@@ -109,3 +109,54 @@ fn loss_falls_on_a_learnable_task() {
     println!("eval loss before {first}, during {:?}", s.eval_losses);
     assert!(last < first - 0.25, "eval loss {first} -> {last}");
 }
+
+#[test]
+fn qlora_on_an_nf4_base_trains_and_resumes_exactly() {
+    let _g = rng_lock();
+    let dev = Default::default();
+    let (train_set, val_set) = (synthetic(24, 1), synthetic(8, 2));
+    let quantized = |dir: &std::path::Path| {
+        let mut c = tiny_config(dir);
+        c.model.quantization = Some(qtune_train::config::QuantizationConfig {
+            load_in_4bit: true,
+            load_in_8bit: false,
+            bnb_4bit_quant_type: "nf4".into(),
+            bnb_4bit_use_double_quant: true,
+            blocksize: None,
+        });
+        c.training.max_steps = 4;
+        c
+    };
+    let dir_a = tempfile::tempdir().unwrap();
+    let cfg = quantized(dir_a.path());
+    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
+    assert!(model.blocks[0].attn.q_proj.is_quantized());
+    let (_, full) = train(
+        &cfg,
+        model,
+        &train_set,
+        &val_set,
+        0,
+        &dev,
+        &TrainOptions::default(),
+    )
+    .unwrap();
+    assert!(full.losses.iter().all(|(_, l)| l.is_finite()));
+
+    let dir_b = tempfile::tempdir().unwrap();
+    let cfg = quantized(dir_b.path());
+    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
+    let stop = TrainOptions {
+        stop_at_step: Some(2),
+        ..Default::default()
+    };
+    train(&cfg, model, &train_set, &val_set, 0, &dev, &stop).unwrap();
+    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
+    let resume = TrainOptions {
+        resume: true,
+        ..Default::default()
+    };
+    let (_, rest) = train(&cfg, model, &train_set, &val_set, 0, &dev, &resume).unwrap();
+    let bits = |v: &[(usize, f64)]| v.iter().map(|(s, l)| (*s, l.to_bits())).collect::<Vec<_>>();
+    assert_eq!(bits(&rest.losses), bits(&full.losses[2..]));
+}
