@@ -111,7 +111,7 @@ fn loss_falls_on_a_learnable_task() {
 }
 
 #[test]
-fn qlora_on_an_nf4_base_trains_and_resumes_exactly() {
+fn qlora_nf4_base_8bit_adamw_trains_and_resumes_exactly() {
     let _g = rng_lock();
     let dev = Default::default();
     let (train_set, val_set) = (synthetic(24, 1), synthetic(8, 2));
@@ -125,12 +125,18 @@ fn qlora_on_an_nf4_base_trains_and_resumes_exactly() {
             blocksize: None,
         });
         c.training.max_steps = 4;
+        // 8-bit AdamW; r 64 makes fc_out's lora_A [64, 128] big enough (≥ 4096 values) for
+        // blockwise 8-bit state, the smaller tensors keep 32-bit state (as bitsandbytes).
+        c.training.optim = qtune_train::config::OptimName::AdamwBnb8bit;
+        c.lora.r = 64;
+        c.lora.lora_alpha = 128.0;
         c
     };
     let dir_a = tempfile::tempdir().unwrap();
     let cfg = quantized(dir_a.path());
     let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
     assert!(model.blocks[0].attn.q_proj.is_quantized());
+    let trainable = model.param_counts().trainable as usize;
     let (_, full) = train(
         &cfg,
         model,
@@ -142,6 +148,10 @@ fn qlora_on_an_nf4_base_trains_and_resumes_exactly() {
     )
     .unwrap();
     assert!(full.losses.iter().all(|(_, l)| l.is_finite()));
+    // 32-bit AdamW state would be exactly 8 bytes per parameter.
+    let per_param = full.optimizer_state_bytes as f64 / trainable as f64;
+    println!("optimizer state: {per_param:.3} bytes/param over {trainable} params");
+    assert!(per_param < 8.0, "{per_param}");
 
     let dir_b = tempfile::tempdir().unwrap();
     let cfg = quantized(dir_b.path());
