@@ -135,6 +135,7 @@ fn clear_previous_run(out: &std::path::Path) -> Result<(), TrainError> {
         "adapter",
         metrics::METRICS_FILE,
         metrics::LOSS_PLOT_FILE,
+        crate::run::EVAL_RESULTS_FILE,
     ] {
         let p = out.join(name);
         let r = if p.is_dir() {
