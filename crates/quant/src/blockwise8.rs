@@ -5,6 +5,10 @@
 //! - `absmax: [f32; ceil(n/B)]`: max |x| of each block (the last block may be short);
 //! - decode: `DYNAMIC_MAP[codes[i]] * absmax[i / B]` in f32, then cast to the weight dtype;
 //! - encode: `x * (1/absmax)` in f32, then bnb's binary search with float midpoints.
+//!
+//! With double quant an 8-bit weight nests its absmax in blocks of 256 like the 4-bit formats
+//! (our choice for a self-describing state; bnb's `quantize_blockwise(nested=True)` would reuse
+//! the outer block size, but bnb has no 8-bit blockwise *weight* format to match).
 
 use crate::maps::{block_absmax, encode_dynamic, ftz, inv_absmax};
 use crate::source::Source;

@@ -115,7 +115,7 @@ pub const fn max_gap(sorted: &[f32]) -> f32 {
     gap
 }
 
-/// Largest gap of [`DYNAMIC_MAP`]: 0.0140625 (between its top entries 0.9789063 and 0.99296874).
+/// Largest gap of [`DYNAMIC_MAP`]: ≈0.0140625 (= 0.9/64, the spacing of its top decade).
 pub const DYNAMIC_MAX_GAP: f32 = max_gap(&DYNAMIC_MAP);
 /// Largest gap of [`NF4_MAP`]: 0.3038072 (between -1 and -0.6961928).
 pub const NF4_MAX_GAP: f32 = max_gap(&NF4_MAP);

@@ -1,5 +1,9 @@
 //! qtune-quant's one integration-test binary (one binary per crate keeps link time down).
 
+mod errors;
 mod fixtures;
 mod golden;
 mod gptj_nf4;
+mod props;
+mod resident;
+mod roundtrip_io;
