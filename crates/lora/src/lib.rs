@@ -1,1 +1,11 @@
-//! (being written)
+//! LoRA over dense or quantized linears, with PEFT's names and initialization.
+mod config;
+mod linear;
+pub mod merge;
+pub mod peft;
+
+pub use config::{LoraConfig, LoraConfigError, TargetModules};
+pub use linear::{Linear, LinearBase, LoraAdapter};
+
+#[cfg(test)]
+mod linear_tests;

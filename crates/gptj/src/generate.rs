@@ -1,0 +1,286 @@
+//! Text generation with a KV cache, following HF `GenerationMixin.generate` semantics: left
+//! padding with `position_ids = cumsum(mask) - 1`, greedy, sampling (temperature → top-k →
+//! top-p, seeded ChaCha8 RNG), beam search, repetition penalty, `max_new_tokens`, stop on EOS.
+//! Logit processing happens on the host in f32 (one `[rows, vocab]` read-back per step).
+
+use burn::tensor::{Int, Tensor, TensorData};
+use qtune_kernels::QBackend;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::GptjError;
+use crate::model::{Gptj, KvCache};
+
+/// HF `GenerationConfig`'s fields that qtune supports, with HF's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationConfig {
+    pub max_new_tokens: usize,
+    pub do_sample: bool,
+    pub temperature: f64,
+    /// HF default 50; `None` or 0 disables.
+    pub top_k: Option<usize>,
+    pub top_p: f64,
+    pub num_beams: usize,
+    pub length_penalty: f64,
+    pub early_stopping: EarlyStopping,
+    pub repetition_penalty: f64,
+    pub eos_token_id: Option<u32>,
+    /// Used for left padding and after EOS; defaults to the EOS id, then 0.
+    pub pad_token_id: Option<u32>,
+    pub seed: u64,
+}
+
+/// HF's `early_stopping`: `true`, `false` (heuristic) or `"never"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EarlyStopping {
+    True,
+    False,
+    Never,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 20,
+            do_sample: false,
+            temperature: 1.0,
+            top_k: Some(50),
+            top_p: 1.0,
+            num_beams: 1,
+            length_penalty: 1.0,
+            early_stopping: EarlyStopping::False,
+            repetition_penalty: 1.0,
+            eos_token_id: None,
+            pad_token_id: None,
+            seed: 0,
+        }
+    }
+}
+
+impl GenerationConfig {
+    fn validate(&self) -> Result<(), GptjError> {
+        let bad = |m: &str| Err(GptjError::Input(format!("generation config: {m}")));
+        if self.num_beams == 0 {
+            return bad("num_beams must be at least 1");
+        }
+        if self.do_sample && self.num_beams > 1 {
+            return bad("beam sampling (do_sample with num_beams > 1) is not supported");
+        }
+        if !(self.temperature > 0.0) {
+            return bad("temperature must be > 0");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p must be in (0, 1]");
+        }
+        if !(self.repetition_penalty > 0.0) {
+            return bad("repetition_penalty must be > 0");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn pad(&self) -> u32 {
+        self.pad_token_id.or(self.eos_token_id).unwrap_or(0)
+    }
+}
+
+/// HF `RepetitionPenaltyLogitsProcessor`: for every token id present in `seq` (prompt and
+/// padding included, as HF), a negative score is multiplied by `penalty`, a positive one divided.
+pub(crate) fn repetition_penalty(scores: &mut [f32], seq: &[u32], penalty: f64) {
+    if penalty == 1.0 {
+        return;
+    }
+    let mut seen = vec![false; scores.len()];
+    for &t in seq {
+        let t = t as usize;
+        if t < scores.len() && !seen[t] {
+            seen[t] = true;
+            let s = scores[t];
+            scores[t] = if s < 0.0 { s * penalty as f32 } else { s / penalty as f32 };
+        }
+    }
+}
+
+/// The incremental decoder shared by greedy, sampling and beam search: keeps the KV cache,
+/// the full attention mask and each row's count of real tokens (for HF's position ids).
+pub(crate) struct Decoder<'a, B: QBackend> {
+    model: &'a Gptj<B>,
+    pub cache: KvCache<B>,
+    /// `[rows][past]`, 1 = token.
+    pub mask: Vec<Vec<i64>>,
+    /// Whether the next call is the prefill.
+    started: bool,
+}
+
+impl<'a, B: QBackend> Decoder<'a, B> {
+    pub fn new(model: &'a Gptj<B>) -> Self {
+        Self { model, cache: KvCache::new(model.blocks.len()), mask: Vec::new(), started: false }
+    }
+
+    /// Runs `tokens` (`[rows][t]`, same t, with their 0/1 `mask`) and returns each row's f32
+    /// logits for the last position, `[rows * vocab]`.
+    pub fn step(&mut self, tokens: &[Vec<u32>], mask: &[Vec<i64>]) -> Result<Vec<f32>, GptjError> {
+        let rows = tokens.len();
+        let t = tokens.first().map_or(0, Vec::len);
+        if !self.started {
+            self.mask = vec![Vec::new(); rows];
+            self.started = true;
+        }
+        let vocab = self.model.config.vocab_size;
+        let mut ids = Vec::with_capacity(rows * t);
+        let mut pos = Vec::with_capacity(rows * t);
+        for (r, (row, m)) in tokens.iter().zip(mask).enumerate() {
+            // HF: position_ids = cumsum(mask) - 1 over the whole row, masked_fill(mask == 0, 1).
+            let mut real = self.mask[r].iter().sum::<i64>();
+            for (&tok, &mv) in row.iter().zip(m) {
+                if tok as usize >= vocab {
+                    return Err(GptjError::Input(format!("token id {tok} is outside the vocabulary ({vocab})")));
+                }
+                ids.push(tok as i64);
+                real += mv;
+                pos.push(if mv == 0 { 1 } else { real - 1 });
+            }
+            self.mask[r].extend_from_slice(m);
+        }
+        let full: Vec<i64> = self.mask.iter().flatten().copied().collect();
+        let past = self.cache.past_len();
+        let device = self.model.wte.device();
+        let ctx = crate::layers::BlockContext::new(
+            self.model.config.rotary_dim(),
+            rows,
+            t,
+            past,
+            Some(&full),
+            Some(&pos),
+            None,
+            &device,
+        );
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, t]), &device);
+        let h = self.model.hidden(ids, &ctx, Some(&mut self.cache));
+        let last = h.narrow(1, t - 1, 1);
+        let logits = self.model.head(last);
+        logits
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| GptjError::Input(format!("reading logits back: {e:?}")))
+    }
+}
+
+/// Left-pads prompts to one length: `(tokens, mask)`.
+pub(crate) fn left_pad(prompts: &[Vec<u32>], pad: u32) -> (Vec<Vec<u32>>, Vec<Vec<i64>>) {
+    let t = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut toks = Vec::with_capacity(prompts.len());
+    let mut mask = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        let n = t - p.len();
+        toks.push(std::iter::repeat_n(pad, n).chain(p.iter().copied()).collect());
+        mask.push(std::iter::repeat_n(0, n).chain(std::iter::repeat_n(1, p.len())).collect());
+    }
+    (toks, mask)
+}
+
+/// Temperature, top-k and top-p (HF warper order), then a draw from the softmax.
+fn sample(scores: &mut [f32], cfg: &GenerationConfig, rng: &mut ChaCha8Rng) -> u32 {
+    let t = cfg.temperature as f32;
+    scores.iter_mut().for_each(|s| *s /= t);
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let mut keep = scores.len();
+    if let Some(k) = cfg.top_k.filter(|&k| k > 0) {
+        keep = keep.min(k);
+    }
+    let max = scores[order[0]];
+    let probs: Vec<f64> = order[..keep].iter().map(|&i| ((scores[i] - max) as f64).exp()).collect();
+    let z: f64 = probs.iter().sum();
+    if cfg.top_p < 1.0 {
+        // HF keeps the smallest prefix whose mass reaches top_p (at least one token).
+        let mut acc = 0.0;
+        let mut n = 0;
+        for p in &probs {
+            acc += p / z;
+            n += 1;
+            if acc >= cfg.top_p {
+                break;
+            }
+        }
+        keep = keep.min(n.max(1));
+    }
+    let z: f64 = probs[..keep].iter().sum();
+    let mut u = rng.random::<f64>() * z;
+    for (i, p) in probs[..keep].iter().enumerate() {
+        if u < *p {
+            return order[i] as u32;
+        }
+        u -= p;
+    }
+    order[keep - 1] as u32
+}
+
+fn argmax(xs: &[f32]) -> u32 {
+    // First maximum, as torch.argmax.
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+impl<B: QBackend> Gptj<B> {
+    /// Generates continuations of `prompts` (batched, left-padded). Returns the new tokens of
+    /// each prompt, up to and including EOS when one is produced.
+    pub fn generate(&self, prompts: &[Vec<u32>], cfg: &GenerationConfig) -> Result<Vec<Vec<u32>>, GptjError> {
+        cfg.validate()?;
+        if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+            return Err(GptjError::Input("every prompt needs at least one token".into()));
+        }
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        if longest + cfg.max_new_tokens > self.config.n_positions {
+            tracing::warn!(
+                "prompt ({longest}) + max_new_tokens ({}) exceeds n_positions ({}): quality degrades past the trained length",
+                cfg.max_new_tokens,
+                self.config.n_positions
+            );
+        }
+        if cfg.num_beams > 1 {
+            return crate::beam::beam_search(self, prompts, cfg);
+        }
+        let pad = cfg.pad();
+        let vocab = self.config.vocab_size;
+        let (mut seqs, mask) = left_pad(prompts, pad);
+        let mut out = vec![Vec::new(); prompts.len()];
+        let mut done = vec![false; prompts.len()];
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let mut dec = Decoder::new(self);
+        let mut step_tokens = seqs.clone();
+        let mut step_mask = mask;
+        for _ in 0..cfg.max_new_tokens {
+            let logits = dec.step(&step_tokens, &step_mask)?;
+            let mut next = Vec::with_capacity(seqs.len());
+            for (r, seq) in seqs.iter_mut().enumerate() {
+                let scores = &mut logits[r * vocab..(r + 1) * vocab].to_vec();
+                repetition_penalty(scores, seq, cfg.repetition_penalty);
+                let tok = if done[r] {
+                    pad
+                } else if cfg.do_sample {
+                    sample(scores, cfg, &mut rng)
+                } else {
+                    argmax(scores)
+                };
+                if !done[r] {
+                    out[r].push(tok);
+                    done[r] = cfg.eos_token_id == Some(tok);
+                }
+                seq.push(tok);
+                next.push(vec![tok]);
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+            step_mask = vec![vec![1]; seqs.len()];
+            step_tokens = next;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,263 @@
+//! GPT-J's layers as HF `modeling_gptj.py`. Read top-down: LayerNorm → rotary → Attention →
+//! Mlp → Block. Every linear is a `qtune_lora::Linear` (dense or quantized, optional LoRA).
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, DType, Tensor, TensorData};
+use qtune_kernels::QBackend;
+use qtune_lora::Linear;
+
+use crate::config::Activation;
+
+/// Frozen LayerNorm with HF's `weight`/`bias` names; computed in f32 whatever the model dtype.
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub bias: Param<Tensor<B, 1>>,
+    pub eps: f64,
+}
+
+pub(crate) fn frozen<B: Backend, const D: usize>(t: Tensor<B, D>) -> Param<Tensor<B, D>> {
+    Param::from_tensor(t).set_require_grad(false)
+}
+
+pub(crate) fn to_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if t.dtype() == dtype {
+        t
+    } else {
+        t.cast(dtype)
+    }
+}
+
+impl<B: Backend> LayerNorm<B> {
+    pub fn new(weight: Tensor<B, 1>, bias: Tensor<B, 1>, eps: f64) -> Self {
+        Self { weight: frozen(weight), bias: frozen(bias), eps }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = x.dtype();
+        let x = to_dtype(x, DType::F32);
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        let y = (x - mean).div(var.add_scalar(self.eps).sqrt());
+        let w = to_dtype(self.weight.val(), DType::F32).unsqueeze::<D>();
+        let b = to_dtype(self.bias.val(), DType::F32).unsqueeze::<D>();
+        to_dtype(y * w + b, dtype)
+    }
+}
+
+/// What every block needs besides the hidden states: the attention mask, the rotary angles of
+/// each position, and the LoRA dropout seed. Built once per forward ([`BlockContext::new`]) and
+/// shared by all blocks, so per-block gradient checkpointing can re-run a block alone.
+#[derive(Debug, Clone)]
+pub struct BlockContext<B: Backend> {
+    /// `[B, 1, T, past+T]`, true = masked (causal and padding); `None` when nothing is masked.
+    pub mask: Option<Tensor<B, 4, Bool>>,
+    /// Rotary `cos`/`sin` of each query position, `[B, T, 1, rotary_dim/2, 1]`, f32.
+    pub cos: Tensor<B, 5>,
+    pub sin: Tensor<B, 5>,
+    /// LoRA dropout is on iff this is `Some` (training). Each linear derives its own mask seed
+    /// from it, the block index and the projection, so a re-run block draws the same masks.
+    pub dropout_seed: Option<u64>,
+}
+
+/// SplitMix64 finalizer: decorrelates the per-linear dropout seeds.
+pub(crate) fn mix_seed(seed: u64, salt: u64) -> u64 {
+    let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl<B: Backend> BlockContext<B> {
+    /// Host-side inputs → device context.
+    /// - `attention_mask`: `[batch, past_len + seq_len]` row-major, 1 = token, 0 = padding
+    ///   (HF semantics: it covers the cached positions too); `None` = no padding.
+    /// - `position_ids`: `[batch, seq_len]`; `None` = `past_len..past_len+seq_len` as HF's
+    ///   forward (generation passes `cumsum(mask) - 1` itself).
+    ///
+    /// Panics only on length mismatches between these slices and the given sizes (caller bug).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        rotary_dim: usize,
+        batch: usize,
+        seq_len: usize,
+        past_len: usize,
+        attention_mask: Option<&[i64]>,
+        position_ids: Option<&[i64]>,
+        dropout_seed: Option<u64>,
+        device: &B::Device,
+    ) -> Self {
+        let total = past_len + seq_len;
+        if let Some(m) = attention_mask {
+            assert_eq!(m.len(), batch * total, "attention_mask must be [batch, past_len + seq_len]");
+        }
+        if let Some(p) = position_ids {
+            assert_eq!(p.len(), batch * seq_len, "position_ids must be [batch, seq_len]");
+        }
+        let padded = attention_mask.is_some_and(|m| m.contains(&0));
+        let mask = (seq_len > 1 || padded).then(|| {
+            let mut bits = Vec::with_capacity(batch * seq_len * total);
+            for b in 0..batch {
+                for i in 0..seq_len {
+                    for j in 0..total {
+                        let pad = attention_mask.is_some_and(|m| m[b * total + j] == 0);
+                        bits.push(j > past_len + i || pad);
+                    }
+                }
+            }
+            Tensor::<B, 4, Bool>::from_data(TensorData::new(bits, [batch, 1, seq_len, total]), device)
+        });
+        let half = rotary_dim / 2;
+        // HF: inv_freq = 1 / 10000^(arange(0, dim, 2) / dim) in f32; angle = pos * inv_freq in f32.
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / rotary_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(batch * seq_len * half);
+        let mut sin = Vec::with_capacity(batch * seq_len * half);
+        for b in 0..batch {
+            for t in 0..seq_len {
+                let pos = position_ids.map_or((past_len + t) as i64, |p| p[b * seq_len + t]);
+                for f in &inv_freq {
+                    let a = pos as f32 * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        let shape = [batch, seq_len, 1, half, 1];
+        Self {
+            mask,
+            cos: Tensor::from_data(TensorData::new(cos, shape), (device, DType::F32)),
+            sin: Tensor::from_data(TensorData::new(sin, shape), (device, DType::F32)),
+            dropout_seed,
+        }
+    }
+
+    fn seed(&self, salt: u64) -> Option<u64> {
+        self.dropout_seed.map(|s| mix_seed(s, salt))
+    }
+}
+
+/// GPT-J rotates interleaved pairs (x0,x1),(x2,x3)… ("rotate_every_two"), not halves like
+/// NeoX/Llama, and only the first `rotary_dim` dims of each head. Rotating halves would still
+/// load the checkpoint fine and then produce wrong logits. Computed in f32 (HF's sin/cos are f32
+/// and promote q/k), returned in `x`'s dtype. `x`: `[B, T, H, head_dim]`.
+pub(crate) fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 5>, sin: &Tensor<B, 5>) -> Tensor<B, 4> {
+    let [b, t, h, hd] = x.dims();
+    let half = cos.dims()[3];
+    let rot = 2 * half;
+    let dtype = x.dtype();
+    let x = to_dtype(x, DType::F32);
+    let x_rot = x.clone().narrow(3, 0, rot).reshape([b, t, h, half, 2]);
+    let x1 = x_rot.clone().narrow(4, 0, 1);
+    let x2 = x_rot.narrow(4, 1, 1);
+    let o1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
+    let o2 = x2 * cos.clone() + x1 * sin.clone();
+    let rotated = Tensor::cat(vec![o1, o2], 4).reshape([b, t, h, rot]);
+    let out = if rot < hd { Tensor::cat(vec![rotated, x.narrow(3, rot, hd - rot)], 3) } else { rotated };
+    to_dtype(out, dtype)
+}
+
+/// Keys and values of one layer for all cached positions, `[B, H, T_past, head_dim]` each.
+pub type LayerKv<B> = Option<(Tensor<B, 4>, Tensor<B, 4>)>;
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub out_proj: Linear<B>,
+    pub n_head: usize,
+}
+
+impl<B: QBackend> Attention<B> {
+    /// `x [B, T, D]` (after ln_1) → `[B, T, D]`. With `cache`, attends over the cached keys and
+    /// values too and appends this step's to it.
+    pub fn forward(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>, salt: u64, cache: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
+        let [b, t, d] = x.dims();
+        let (h, hd) = (self.n_head, d / self.n_head);
+        let q = self.q_proj.forward_with(x.clone(), ctx.seed(salt)).reshape([b, t, h, hd]);
+        let k = self.k_proj.forward_with(x.clone(), ctx.seed(salt + 1)).reshape([b, t, h, hd]);
+        let v = self.v_proj.forward_with(x, ctx.seed(salt + 2)).reshape([b, t, h, hd]);
+        let q = apply_rotary(q, &ctx.cos, &ctx.sin).swap_dims(1, 2); // (B, H, T, hd)
+        let mut k = apply_rotary(k, &ctx.cos, &ctx.sin).swap_dims(1, 2);
+        let mut v = v.swap_dims(1, 2);
+        if let Some(cache) = cache {
+            if let Some((pk, pv)) = cache.take() {
+                k = Tensor::cat(vec![pk, k], 2);
+                v = Tensor::cat(vec![pv, v], 2);
+            }
+            *cache = Some((k.clone(), v.clone()));
+        }
+        // Scores and softmax in f32 even under bf16: HF's GPTJAttention._attn upcasts q, k.
+        let scores = to_dtype(q, DType::F32)
+            .matmul(to_dtype(k, DType::F32).swap_dims(2, 3))
+            .div_scalar((hd as f32).sqrt()); // (B, H, T, T_total)
+        let scores = match &ctx.mask {
+            // f32::MIN rather than -inf: a fully masked (padding) row stays finite (uniform).
+            Some(m) => {
+                let dims = scores.dims();
+                scores.mask_fill(m.clone().expand(dims), f32::MIN)
+            }
+            None => scores,
+        };
+        let probs = to_dtype(softmax(scores, 3), v.dtype());
+        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
+        self.out_proj.forward_with(out, ctx.seed(salt + 3))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub fc_in: Linear<B>,
+    pub fc_out: Linear<B>,
+    #[module(skip)]
+    pub act: Activation,
+}
+
+/// HF `NewGELUActivation`: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+pub(crate) fn gelu_new<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let c = (2.0f64 / std::f64::consts::PI).sqrt();
+    let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(c);
+    x.clone().mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
+}
+
+impl<B: QBackend> Mlp<B> {
+    pub fn forward(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>, salt: u64) -> Tensor<B, 3> {
+        let hdn = self.fc_in.forward_with(x, ctx.seed(salt));
+        let hdn = match self.act {
+            Activation::GeluNew => gelu_new(hdn),
+            Activation::Gelu => burn::tensor::activation::gelu(hdn),
+            Activation::Relu => burn::tensor::activation::relu(hdn),
+        };
+        self.fc_out.forward_with(hdn, ctx.seed(salt + 1))
+    }
+}
+
+/// One GPT-J block (`transformer.h.{index}`): attention and MLP in parallel on one LayerNorm,
+/// both added to the residual.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub ln_1: LayerNorm<B>,
+    pub attn: Attention<B>,
+    pub mlp: Mlp<B>,
+    /// Position in the stack; salts the LoRA dropout seeds.
+    pub index: usize,
+}
+
+impl<B: QBackend> Block<B> {
+    /// `h [B, T, D] → h'` without a KV cache (training, scoring).
+    pub fn forward(&self, h: Tensor<B, 3>, ctx: &BlockContext<B>) -> Tensor<B, 3> {
+        self.forward_cached(h, ctx, None)
+    }
+
+    /// As [`Block::forward`], reading and extending this layer's KV cache.
+    pub fn forward_cached(&self, h: Tensor<B, 3>, ctx: &BlockContext<B>, cache: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
+        let x = self.ln_1.forward(h.clone());
+        let salt = (self.index as u64) << 8;
+        let attn = self.attn.forward(x.clone(), ctx, salt, cache);
+        let ff = self.mlp.forward(x, ctx, salt + 4);
+        attn + ff + h
+    }
+}

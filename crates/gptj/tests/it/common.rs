@@ -1,0 +1,78 @@
+//! Fixture access shared by the tests.
+
+use std::path::PathBuf;
+
+use burn::backend::NdArray;
+use burn::tensor::{Int, Tensor, TensorData};
+use qtune_gptj::{Gptj, LoadOptions};
+use safetensors::SafeTensors;
+
+pub type Nd = NdArray<f32>;
+
+pub fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gptj_tiny")
+}
+
+pub fn reference_json() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture_dir().join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A `[B, T, V]` f32 tensor of reference.safetensors, flattened, with its shape.
+pub fn reference_tensor(name: &str) -> (Vec<f32>, Vec<usize>) {
+    let bytes = std::fs::read(fixture_dir().join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let v = st.tensor(name).unwrap();
+    let data = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    (data, v.shape().to_vec())
+}
+
+pub fn json_2d(v: &serde_json::Value) -> Vec<Vec<i64>> {
+    v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()).collect()
+}
+
+pub fn int_tensor(rows: &[Vec<i64>]) -> Tensor<Nd, 2, Int> {
+    let (b, t) = (rows.len(), rows[0].len());
+    Tensor::from_data(TensorData::new(rows.concat(), [b, t]), &Default::default())
+}
+
+pub fn load(sub: &str) -> Gptj<Nd> {
+    Gptj::load(&fixture_dir().join(sub), &LoadOptions::default(), &Default::default()).unwrap()
+}
+
+/// Logits of the fixture's padded batch.
+pub fn fixture_logits(model: &Gptj<Nd>) -> Vec<f32> {
+    let r = reference_json();
+    let ids = int_tensor(&json_2d(&r["input_ids"]));
+    let mask = int_tensor(&json_2d(&r["attention_mask"]));
+    let pos = int_tensor(&json_2d(&r["position_ids"]));
+    model.forward(ids, Some(mask), Some(pos), None).into_data().into_vec::<f32>().unwrap()
+}
+
+/// max |a − ref| / max |ref| over the non-pad positions (the check_adapter metric of make.py).
+pub fn max_rel_err_non_pad(got: &[f32], reference: &[f32], vocab: usize) -> f32 {
+    let mask: Vec<i64> = json_2d(&reference_json()["attention_mask"]).concat();
+    let (mut num, mut den) = (0f32, 0f32);
+    for (p, &m) in mask.iter().enumerate() {
+        if m == 0 {
+            continue;
+        }
+        for v in 0..vocab {
+            let i = p * vocab + v;
+            num = num.max((got[i] - reference[i]).abs());
+            den = den.max(reference[i].abs());
+        }
+    }
+    num / den
+}
+
+/// Prompts of the fixture without their left padding.
+pub fn fixture_prompts() -> Vec<Vec<u32>> {
+    let r = reference_json();
+    let ids = json_2d(&r["input_ids"]);
+    let mask = json_2d(&r["attention_mask"]);
+    ids.iter()
+        .zip(&mask)
+        .map(|(row, m)| row.iter().zip(m).filter(|(_, &m)| m == 1).map(|(&t, _)| t as u32).collect())
+        .collect()
+}

@@ -1,0 +1,108 @@
+//! Generated ids equal HF `generate` on the fixture (greedy, repetition penalty, beam search).
+
+use qtune_gptj::{EarlyStopping, GenerationConfig};
+
+use crate::common::*;
+
+fn hf_config(args: &serde_json::Value) -> GenerationConfig {
+    let f = |k: &str, d: f64| args.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
+    GenerationConfig {
+        max_new_tokens: args["max_new_tokens"].as_u64().unwrap() as usize,
+        num_beams: args.get("num_beams").and_then(|v| v.as_u64()).unwrap_or(1) as usize,
+        repetition_penalty: f("repetition_penalty", 1.0),
+        length_penalty: f("length_penalty", 1.0),
+        early_stopping: match args.get("early_stopping").and_then(|v| v.as_bool()) {
+            Some(true) => EarlyStopping::True,
+            _ => EarlyStopping::False,
+        },
+        eos_token_id: Some(2),
+        pad_token_id: Some(0),
+        ..GenerationConfig::default()
+    }
+}
+
+fn check(name: &str) {
+    let model = load("fp32");
+    let r = reference_json();
+    let case = &r["generate"][name];
+    let want: Vec<Vec<u32>> = json_2d(&case["output_ids"]).iter().map(|row| row.iter().map(|&t| t as u32).collect()).collect();
+    let got = model.generate(&fixture_prompts(), &hf_config(&case["args"])).unwrap();
+    // HF pads rows that stopped on EOS; ours stop at EOS. Compare up to and including EOS.
+    for (g, w) in got.iter().zip(&want) {
+        let cut = w.iter().position(|&t| t == 2).map_or(w.len(), |i| i + 1);
+        assert_eq!(g, &w[..cut].to_vec(), "{name}");
+    }
+}
+
+#[test]
+fn greedy_matches_hf() {
+    check("greedy");
+}
+
+#[test]
+fn greedy_with_repetition_penalty_matches_hf() {
+    check("greedy_rep");
+}
+
+#[test]
+fn beam4_matches_hf() {
+    check("beam4");
+}
+
+#[test]
+fn beam4_length_penalty_2_no_early_stop_matches_hf() {
+    check("beam4_lp2_noearly");
+}
+
+#[test]
+fn batched_greedy_equals_each_prompt_alone() {
+    let model = load("fp32");
+    let prompts = fixture_prompts();
+    let cfg = GenerationConfig { max_new_tokens: 6, eos_token_id: Some(2), pad_token_id: Some(0), ..Default::default() };
+    let batched = model.generate(&prompts, &cfg).unwrap();
+    for (p, b) in prompts.iter().zip(&batched) {
+        assert_eq!(&model.generate(std::slice::from_ref(p), &cfg).unwrap()[0], b);
+    }
+}
+
+#[test]
+fn sampling_is_seeded_and_top_k_1_is_greedy() {
+    let model = load("fp32");
+    let prompts = fixture_prompts();
+    let base = GenerationConfig { max_new_tokens: 8, do_sample: true, temperature: 0.9, top_p: 0.95, seed: 7, ..Default::default() };
+    let a = model.generate(&prompts, &base).unwrap();
+    assert_eq!(a, model.generate(&prompts, &base).unwrap(), "same seed, same samples");
+    let others: Vec<_> = (8..12).map(|s| model.generate(&prompts, &GenerationConfig { seed: s, ..base.clone() }).unwrap()).collect();
+    assert!(others.iter().any(|o| o != &a), "different seeds never changed a sample");
+    let k1 = GenerationConfig { top_k: Some(1), ..base.clone() };
+    let greedy = GenerationConfig { do_sample: false, ..base };
+    assert_eq!(model.generate(&prompts, &k1).unwrap(), model.generate(&prompts, &greedy).unwrap());
+}
+
+#[test]
+fn eos_stops_a_row() {
+    let model = load("fp32");
+    let prompts = fixture_prompts();
+    let greedy = model.generate(&prompts, &GenerationConfig { max_new_tokens: 5, ..Default::default() }).unwrap();
+    // Declare row 0's third generated token the EOS: row 0 stops there, others continue.
+    let eos = greedy[0][2];
+    let got = model
+        .generate(&prompts, &GenerationConfig { max_new_tokens: 5, eos_token_id: Some(eos), pad_token_id: Some(0), ..Default::default() })
+        .unwrap();
+    assert_eq!(got[0], greedy[0][..3].to_vec());
+}
+
+#[test]
+fn invalid_generation_configs_are_errors() {
+    let model = load("fp32");
+    let bad = [
+        GenerationConfig { num_beams: 0, ..Default::default() },
+        GenerationConfig { temperature: 0.0, ..Default::default() },
+        GenerationConfig { top_p: 0.0, ..Default::default() },
+    ];
+    for cfg in bad {
+        assert!(model.generate(&[vec![3, 4]], &cfg).is_err(), "{cfg:?}");
+    }
+    assert!(model.generate(&[vec![]], &GenerationConfig::default()).is_err());
+    assert!(model.generate(&[vec![100_000]], &GenerationConfig::default()).is_err());
+}

@@ -1,0 +1,246 @@
+//! One linear layer for every case qtune needs: a frozen base weight (dense, or quantized and
+//! dequantized just in time by `qtune-kernels`), an optional frozen bias, and an optional
+//! trainable LoRA adapter, computed as PEFT's `lora.Linear`:
+//! `y = x·Wᵀ + b + scaling · (dropout(x)·Aᵀ)·Bᵀ`.
+//!
+//! Only `lora_a` and `lora_b` require grads; the base and bias are `Param`s with
+//! `require_grad = false`, so optimizers skip them and autodiff never computes a dW.
+
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Distribution, Tensor, TensorData};
+use qtune_kernels::{q_linear, QBackend, QuantWeight};
+use rand::Rng;
+
+use crate::config::LoraConfig;
+
+/// The frozen base weight of a [`Linear`], `[out, in]` as in PyTorch/HF files.
+#[derive(Module, Debug)]
+pub enum LinearBase<B: Backend> {
+    /// Dense weight `[out, in]`, frozen.
+    Dense(Param<Tensor<B, 2>>),
+    /// Quantized weight (8-bit blockwise, NF4 or FP4), frozen module constants.
+    Quant(QuantWeight<B>),
+}
+
+/// A trainable low-rank update `scaling · B·A` (PEFT's `lora_A`/`lora_B`).
+#[derive(Module, Debug)]
+pub struct LoraAdapter<B: Backend> {
+    /// PEFT `lora_A.weight`, `[r, in]`.
+    pub lora_a: Param<Tensor<B, 2>>,
+    /// PEFT `lora_B.weight`, `[out, r]`.
+    pub lora_b: Param<Tensor<B, 2>>,
+    /// `lora_alpha / r`.
+    pub scaling: f64,
+    /// Dropout probability on the adapter's input, applied only when a dropout seed is given.
+    pub dropout: f64,
+}
+
+/// `y = x·Wᵀ + b (+ LoRA)`; see the module docs.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    pub base: LinearBase<B>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    pub lora: Option<LoraAdapter<B>>,
+}
+
+fn frozen<B: Backend, const D: usize>(t: Tensor<B, D>) -> Param<Tensor<B, D>> {
+    Param::from_tensor(t).set_require_grad(false)
+}
+
+impl<B: Backend> LoraAdapter<B> {
+    /// PEFT's default init: `lora_A` kaiming-uniform with a = √5, which for a `[r, in]` matrix
+    /// is U(−1/√in, 1/√in); `lora_B` zeros, so a fresh adapter leaves the model unchanged.
+    /// Values are drawn on the host from `rng` (row-major over `[r, in]`), so a seeded RNG
+    /// gives the same adapter on every backend.
+    pub fn init<R: Rng + ?Sized>(
+        in_features: usize,
+        out_features: usize,
+        cfg: &LoraConfig,
+        rng: &mut R,
+        device: &B::Device,
+    ) -> Self {
+        let bound = 1.0 / (in_features as f64).sqrt();
+        let a: Vec<f32> = (0..cfg.r * in_features)
+            .map(|_| rng.random_range(-bound..bound) as f32)
+            .collect();
+        let lora_a = Tensor::from_data(TensorData::new(a, [cfg.r, in_features]), device);
+        let lora_b = Tensor::zeros([out_features, cfg.r], device);
+        Self::from_tensors(lora_a, lora_b, cfg.scaling(), cfg.lora_dropout)
+    }
+
+    /// An adapter from given `A [r, in]` and `B [out, r]` (e.g. read from a PEFT file); both
+    /// become trainable parameters.
+    pub fn from_tensors(lora_a: Tensor<B, 2>, lora_b: Tensor<B, 2>, scaling: f64, dropout: f64) -> Self {
+        Self {
+            lora_a: Param::from_tensor(lora_a),
+            lora_b: Param::from_tensor(lora_b),
+            scaling,
+            dropout,
+        }
+    }
+
+    /// Rank `r`.
+    pub fn rank(&self) -> usize {
+        self.lora_a.shape().dims::<2>()[0]
+    }
+
+    /// `scaling · B·A`, `[out, in]`: the dense update that merging adds to the base weight.
+    pub fn delta_weight(&self) -> Tensor<B, 2> {
+        self.lora_b.val().matmul(self.lora_a.val()).mul_scalar(self.scaling)
+    }
+
+    /// `scaling · (dropout(x)·Aᵀ)·Bᵀ`, in `x`'s dtype.
+    ///
+    /// Dropout is applied only when `dropout_seed` is `Some` and `dropout > 0`. The keep-mask
+    /// is drawn from the backend RNG right after `B::seed(device, seed)`, so the same seed
+    /// gives the same mask: a recomputed block (gradient checkpointing) sees the mask of its
+    /// first forward, and a resumed run replays the masks of an uninterrupted one, provided the
+    /// caller derives the seeds from its own checkpointed RNG (one training thread, same backend).
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>, dropout_seed: Option<u64>) -> Tensor<B, D> {
+        let a = self.lora_a.val();
+        let b = self.lora_b.val();
+        let out_dtype = x.dtype();
+        // Adapters may be kept in f32 while activations are bf16; mixed-dtype matmuls are
+        // not promoted by Burn (garbage on CUDA), so compute in the adapter's dtype.
+        let x = if out_dtype != a.dtype() { x.cast(a.dtype()) } else { x };
+        let x = match dropout_seed {
+            Some(seed) if self.dropout > 0.0 => {
+                let keep = 1.0 - self.dropout;
+                B::seed(&x.device(), seed);
+                let mask = x.random_like(Distribution::Bernoulli(keep));
+                x.mul(mask).div_scalar(keep)
+            }
+            _ => x,
+        };
+        let y = matmul_t(matmul_t(x, a), b).mul_scalar(self.scaling);
+        if y.dtype() != out_dtype {
+            y.cast(out_dtype)
+        } else {
+            y
+        }
+    }
+}
+
+/// `x · wᵀ` for `x [..., in]` and `w [out, in]`.
+fn matmul_t<B: Backend, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -> Tensor<B, D> {
+    let wt = w.transpose().unsqueeze::<D>();
+    x.matmul(wt)
+}
+
+impl<B: Backend> Linear<B> {
+    /// A frozen dense linear from HF-layout `weight [out, in]` and optional `bias [out]`.
+    pub fn dense(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
+        Self {
+            base: LinearBase::Dense(frozen(weight)),
+            bias: bias.map(frozen),
+            lora: None,
+        }
+    }
+
+    /// `[out, in]`.
+    pub fn shape(&self) -> [usize; 2] {
+        match &self.base {
+            LinearBase::Dense(w) => w.shape().dims(),
+            LinearBase::Quant(q) => q.shape(),
+        }
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.shape()[1]
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.shape()[0]
+    }
+
+    /// A frozen quantized linear; the weight is dequantized just in time by `qtune-kernels`.
+    pub fn quantized(weight: QuantWeight<B>, bias: Option<Tensor<B, 1>>) -> Self {
+        Self {
+            base: LinearBase::Quant(weight),
+            bias: bias.map(frozen),
+            lora: None,
+        }
+    }
+
+    /// Whether the base weight is stored quantized.
+    pub fn is_quantized(&self) -> bool {
+        !matches!(self.base, LinearBase::Dense(_))
+    }
+
+    /// The frozen bias `[out]`, if any.
+    pub fn bias(&self) -> Option<Tensor<B, 1>> {
+        self.bias.as_ref().map(|b| b.val())
+    }
+
+    /// Adds a freshly initialized adapter (replacing any existing one); see [`LoraAdapter::init`].
+    pub fn attach_lora<R: Rng + ?Sized>(self, cfg: &LoraConfig, rng: &mut R) -> Self {
+        let [out, inp] = self.shape();
+        let device = self.device();
+        let lora = LoraAdapter::init(inp, out, cfg, rng, &device);
+        self.with_adapter(lora)
+    }
+
+    /// Sets the adapter (replacing any existing one).
+    pub fn with_adapter(mut self, lora: LoraAdapter<B>) -> Self {
+        self.lora = Some(lora);
+        self
+    }
+
+    /// Removes and returns the adapter.
+    pub fn take_adapter(&mut self) -> Option<LoraAdapter<B>> {
+        self.lora.take()
+    }
+
+    /// The device the base weight lives on.
+    pub fn device(&self) -> B::Device {
+        match &self.base {
+            LinearBase::Dense(w) => w.device(),
+            LinearBase::Quant(q) => q.codes.device(),
+        }
+    }
+
+}
+
+impl<B: QBackend> Linear<B> {
+    /// The base weight as a dense `[out, in]` tensor in `dtype` (dequantized if needed).
+    pub fn base_weight(&self, dtype: DType) -> Tensor<B, 2> {
+        match &self.base {
+            LinearBase::Dense(w) => {
+                let w = w.val();
+                if w.dtype() == dtype {
+                    w
+                } else {
+                    w.cast(dtype)
+                }
+            }
+            LinearBase::Quant(q) => q.dequantize(dtype),
+        }
+    }
+
+    /// Evaluation forward (no dropout): `x [..., in] → [..., out]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.forward_with(x, None)
+    }
+
+    /// Forward with LoRA dropout driven by `dropout_seed` (see [`LoraAdapter::forward`]).
+    pub fn forward_with<const D: usize>(&self, x: Tensor<B, D>, dropout_seed: Option<u64>) -> Tensor<B, D> {
+        let mut y = match &self.base {
+            LinearBase::Dense(w) => {
+                let w = w.val();
+                let w = if w.dtype() != x.dtype() { w.cast(x.dtype()) } else { w };
+                matmul_t(x.clone(), w)
+            }
+            LinearBase::Quant(q) => q_linear(x.clone(), q),
+        };
+        if let Some(b) = &self.bias {
+            let b = b.val();
+            let b = if b.dtype() != y.dtype() { b.cast(y.dtype()) } else { b };
+            y = y + b.unsqueeze::<D>();
+        }
+        if let Some(lora) = &self.lora {
+            y = y + lora.forward(x, dropout_seed);
+        }
+        y
+    }
+}
