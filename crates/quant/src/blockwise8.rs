@@ -31,6 +31,60 @@ pub fn dequantize(codes: &[u8], absmax: &[f32], blocksize: usize) -> Result<Vec<
     Ok(out)
 }
 
+/// Blockwise 8-bit over any sorted 256-entry map (bnb `quantize_blockwise(code=...)`, e.g. the
+/// unsigned dynamic map of 8-bit optimizer states): the same search and midpoint rule.
+/// Any block size ≥ 1 is accepted (optimizer states use 256; no bnb kernel constraint applies).
+pub fn quantize_with_map(
+    x: &[f32],
+    blocksize: usize,
+    map: &[f32; 256],
+) -> Result<(Vec<u8>, Vec<f32>), QuantError> {
+    if blocksize == 0 {
+        return Err(QuantError::UnsupportedBlocksize {
+            name: "input".to_string(),
+            format: QuantFormat::Blockwise8,
+            blocksize,
+            supported: BLOCKSIZES,
+        });
+    }
+    let mut codes = Vec::with_capacity(x.len());
+    let mut absmax = Vec::with_capacity(x.len().div_ceil(blocksize));
+    Source::F32(x).for_each_block("input", blocksize, FloatDType::F32, |_, values| {
+        let amax = block_absmax(values);
+        let scale = inv_absmax(amax);
+        absmax.push(amax);
+        codes.extend(
+            values
+                .iter()
+                .map(|&v| encode_dynamic(map, ftz(ftz(v) * scale))),
+        );
+    })?;
+    Ok((codes, absmax))
+}
+
+/// Inverse of [`quantize_with_map`]: `map[codes[i]] * absmax[i / blocksize]`.
+pub fn dequantize_with_map(
+    codes: &[u8],
+    absmax: &[f32],
+    blocksize: usize,
+    map: &[f32; 256],
+) -> Result<Vec<f32>, QuantError> {
+    if blocksize == 0 {
+        return Err(QuantError::UnsupportedBlocksize {
+            name: "input".to_string(),
+            format: QuantFormat::Blockwise8,
+            blocksize,
+            supported: BLOCKSIZES,
+        });
+    }
+    check_lengths("input", codes.len(), absmax.len(), blocksize)?;
+    let mut out = Vec::with_capacity(codes.len());
+    for (codes, &amax) in codes.chunks(blocksize).zip(absmax) {
+        out.extend(codes.iter().map(|&c| ftz(map[c as usize] * amax)));
+    }
+    Ok(out)
+}
+
 pub(crate) fn check_blocksize(name: &str, blocksize: usize) -> Result<(), QuantError> {
     if BLOCKSIZES.contains(&blocksize) {
         Ok(())

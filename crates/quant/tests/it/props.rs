@@ -78,6 +78,16 @@ proptest! {
         prop_assert_eq!(blockwise8::quantize(&xs, b).unwrap(), (codes, absmax));
     }
 
+    /// With the default map, the map-generic entry points equal the bnb-exact ones.
+    #[test]
+    fn with_map_equals_default(xs in vec(-1e4f32..1e4, 1..3000), b in select(blockwise8::BLOCKSIZES.to_vec())) {
+        let (codes, absmax) = blockwise8::quantize(&xs, b).unwrap();
+        prop_assert_eq!(blockwise8::quantize_with_map(&xs, b, &qtune_quant::DYNAMIC_MAP).unwrap(), (codes.clone(), absmax.clone()));
+        let a = blockwise8::dequantize(&codes, &absmax, b).unwrap();
+        let m = blockwise8::dequantize_with_map(&codes, &absmax, b, &qtune_quant::DYNAMIC_MAP).unwrap();
+        prop_assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), m.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+    }
+
     #[test]
     fn fourbit_roundtrip(xs in vec(-1e4f32..1e4, 1..3000), b in select(fourbit::BLOCKSIZES.to_vec()), nf4 in any::<bool>()) {
         let (kind, gap) = if nf4 { (FourBit::Nf4, NF4_MAX_GAP) } else { (FourBit::Fp4, FP4_MAX_GAP) };
