@@ -179,7 +179,12 @@ impl QuantizedTensor {
                 state.nested_offset = Some(f64::from(nested.offset));
             }
         }
-        out.push((format!("{w}.quant_map"), OwnedTensor::f32(self.code_map())));
+        let mut map = self.code_map().to_vec();
+        if self.format == QuantFormat::Fp4 {
+            // bnb's Python FP4 map (what bnb files hold) has +0.0 where the kernel decodes -0.0.
+            map[8] = 0.0;
+        }
+        out.push((format!("{w}.quant_map"), OwnedTensor::f32(&map)));
         let json = state.to_python_json();
         out.push((
             format!("{w}.{}", state_suffix(self.format)),
@@ -310,6 +315,9 @@ pub fn quantized_prefixes(st: &SafeTensors<'_>) -> Vec<String> {
 
 /// Writes `tensors` (module path, weight) to one safetensors file.
 pub fn save_file(tensors: &[(&str, &QuantizedTensor)], path: &Path) -> Result<(), QuantError> {
+    for (p, q) in tensors {
+        q.validate(p)?;
+    }
     let owned: Vec<(String, OwnedTensor)> = tensors
         .iter()
         .flat_map(|(p, q)| q.to_safetensors(p))

@@ -110,6 +110,12 @@ fn inconsistent_tensor_fails_validate_and_does_not_panic() {
     ));
     assert!(q.try_dequantize().is_err());
     assert!(q.dequantize().iter().all(|v| v.is_nan()));
+    let dir = tempfile::tempdir().unwrap();
+    let err = io::save_file(&[("w", &q)], &dir.path().join("bad.safetensors")).unwrap_err();
+    assert!(
+        matches!(err, QuantError::Length { what: "codes", .. }),
+        "{err}"
+    );
     q.codes.push(0);
     if let Absmax::Nested(n) = &mut q.absmax {
         n.absmax.clear();

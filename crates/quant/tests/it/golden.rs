@@ -61,6 +61,15 @@ fn code_maps_match_bnb() {
     let mut expected = bits(&st, "fp4_map");
     expected[8] = (-0.0f32).to_bits();
     assert_eq!(f32_bits(&FP4_MAP), expected);
+    // Files get bnb's Python map, bit for bit, so FP4 checkpoints match bnb's bytes.
+    let q = QuantizedTensor::quantize("w", &[0.5; 64], &[64], QuantSpec::fp4(), FloatDType::F32)
+        .unwrap();
+    let (_, map) = q
+        .to_safetensors("p")
+        .into_iter()
+        .find(|(n, _)| n == "p.weight.quant_map")
+        .unwrap();
+    assert_eq!(map.data, st.tensor("fp4_map").unwrap().data());
 }
 
 #[test]
