@@ -1,7 +1,7 @@
 //! Blockwise dynamic 8-bit, bit-identical to bitsandbytes 0.50.2 `quantize_blockwise` /
 //! `dequantize_blockwise` with the default signed dynamic map (`kQuantizeBlockwise<General8bit>`).
 //! For n values and block size B (64..=4096, a power of two; 4096 is bnb's default):
-//! - `codes: [u8; n]`: `codes[i]` indexes [`DYNAMIC_MAP`](crate::DYNAMIC_MAP);
+//! - `codes: [u8; n]`: `codes[i]` indexes [`DYNAMIC_MAP`];
 //! - `absmax: [f32; ceil(n/B)]`: max |x| of each block (the last block may be short);
 //! - decode: `DYNAMIC_MAP[codes[i]] * absmax[i / B]` in f32, then cast to the weight dtype;
 //! - encode: `x * (1/absmax)` in f32, then bnb's binary search with float midpoints.
