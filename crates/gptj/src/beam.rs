@@ -48,9 +48,15 @@ impl Hyps {
         }
         match self.early_stopping {
             EarlyStopping::True => true,
-            EarlyStopping::False => best_running / (generated_len as f64).powf(self.length_penalty) <= self.worst(),
+            EarlyStopping::False => {
+                best_running / (generated_len as f64).powf(self.length_penalty) <= self.worst()
+            }
             EarlyStopping::Never => {
-                let len = if self.length_penalty > 0.0 { max_new } else { generated_len };
+                let len = if self.length_penalty > 0.0 {
+                    max_new
+                } else {
+                    generated_len
+                };
                 best_running / (len as f64).powf(self.length_penalty) <= self.worst()
             }
         }
@@ -59,26 +65,49 @@ impl Hyps {
 
 fn log_softmax(xs: &[f32]) -> Vec<f32> {
     let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = xs.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
+    let lse = xs
+        .iter()
+        .map(|&x| ((x - max) as f64).exp())
+        .sum::<f64>()
+        .ln() as f32
+        + max;
     xs.iter().map(|&x| x - lse).collect()
 }
 
-pub(crate) fn beam_search<B: QBackend>(model: &Gptj<B>, prompts: &[Vec<u32>], cfg: &GenerationConfig) -> Result<Vec<Vec<u32>>, GptjError> {
+pub(crate) fn beam_search<B: QBackend>(
+    model: &Gptj<B>,
+    prompts: &[Vec<u32>],
+    cfg: &GenerationConfig,
+) -> Result<Vec<Vec<u32>>, GptjError> {
     let nb = cfg.num_beams;
     let vocab = model.config.vocab_size;
     let pad = cfg.pad();
     let (padded, mask) = left_pad(prompts, pad);
     // Rows are prompt-major: row = prompt * nb + beam.
-    let mut seqs: Vec<Vec<u32>> = padded.iter().flat_map(|p| std::iter::repeat_n(p.clone(), nb)).collect();
+    let mut seqs: Vec<Vec<u32>> = padded
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(p.clone(), nb))
+        .collect();
     let mut gen: Vec<Vec<u32>> = vec![Vec::new(); seqs.len()];
     // HF starts with beam 0 at 0 and the others at -1e9 so the first step expands one beam.
-    let mut scores: Vec<f64> = (0..seqs.len()).map(|r| if r % nb == 0 { 0.0 } else { -1e9 }).collect();
+    let mut scores: Vec<f64> = (0..seqs.len())
+        .map(|r| if r % nb == 0 { 0.0 } else { -1e9 })
+        .collect();
     let mut hyps: Vec<Hyps> = (0..prompts.len())
-        .map(|_| Hyps { items: Vec::new(), num_beams: nb, length_penalty: cfg.length_penalty, early_stopping: cfg.early_stopping, done: false })
+        .map(|_| Hyps {
+            items: Vec::new(),
+            num_beams: nb,
+            length_penalty: cfg.length_penalty,
+            early_stopping: cfg.early_stopping,
+            done: false,
+        })
         .collect();
     let mut dec = Decoder::new(model);
     let mut step_tokens = seqs.clone();
-    let mut step_mask: Vec<Vec<i64>> = mask.iter().flat_map(|m| std::iter::repeat_n(m.clone(), nb)).collect();
+    let mut step_mask: Vec<Vec<i64>> = mask
+        .iter()
+        .flat_map(|m| std::iter::repeat_n(m.clone(), nb))
+        .collect();
     for step in 0..cfg.max_new_tokens {
         let logits = dec.step(&step_tokens, &step_mask)?;
         let generated_len = step + 1;
@@ -100,7 +129,11 @@ pub(crate) fn beam_search<B: QBackend>(model: &Gptj<B>, prompts: &[Vec<u32>], cf
                 let r = p * nb + beam;
                 let mut lp = log_softmax(&logits[r * vocab..(r + 1) * vocab]);
                 repetition_penalty(&mut lp, &seqs[r], cfg.repetition_penalty);
-                cand.extend(lp.iter().enumerate().map(|(t, &s)| (s as f64 + scores[r], r, t as u32)));
+                cand.extend(
+                    lp.iter()
+                        .enumerate()
+                        .map(|(t, &s)| (s as f64 + scores[r], r, t as u32)),
+                );
             }
             // Top 2·nb, best first (stable on ties, like a sorted topk over beam-major order).
             let k = 2 * nb;
@@ -125,16 +158,24 @@ pub(crate) fn beam_search<B: QBackend>(model: &Gptj<B>, prompts: &[Vec<u32>], cf
             let best_running = next_scores[next_scores.len() - nb];
             hyp.done = hyp.is_done(best_running, generated_len, cfg.max_new_tokens);
         }
-        let new_seqs: Vec<Vec<u32>> = next_rows.iter().zip(&next_tok).map(|(&r, &t)| {
-            let mut s = seqs[r].clone();
-            s.push(t);
-            s
-        }).collect();
-        gen = next_rows.iter().zip(&next_tok).map(|(&r, &t)| {
-            let mut g = gen[r].clone();
-            g.push(t);
-            g
-        }).collect();
+        let new_seqs: Vec<Vec<u32>> = next_rows
+            .iter()
+            .zip(&next_tok)
+            .map(|(&r, &t)| {
+                let mut s = seqs[r].clone();
+                s.push(t);
+                s
+            })
+            .collect();
+        gen = next_rows
+            .iter()
+            .zip(&next_tok)
+            .map(|(&r, &t)| {
+                let mut g = gen[r].clone();
+                g.push(t);
+                g
+            })
+            .collect();
         seqs = new_seqs;
         scores = next_scores;
         dec.cache.select_rows(&next_rows);
@@ -153,7 +194,12 @@ pub(crate) fn beam_search<B: QBackend>(model: &Gptj<B>, prompts: &[Vec<u32>], cf
                 hyp.add(gen[r].clone(), scores[r], gen[r].len());
             }
         }
-        let best = hyp.items.iter().max_by(|a, b| a.0.total_cmp(&b.0)).map(|h| h.1.clone()).unwrap_or_default();
+        let best = hyp
+            .items
+            .iter()
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|h| h.1.clone())
+            .unwrap_or_default();
         out.push(best);
     }
     Ok(out)

@@ -40,14 +40,32 @@ pub(crate) fn build<B: QBackend, S: TensorSource<B>>(
     let act = cfg.activation().map_err(GptjError::Input)?;
     let (d, v, f) = (cfg.n_embd, cfg.vocab_size, cfg.inner_dim());
     let wte = src.tensor2("transformer.wte.weight", [v, d])?;
-    let linear = |src: &mut S, name: String, shape: [usize; 2], bias: bool| -> Result<Linear<B>, GptjError> {
+    let linear = |src: &mut S,
+                  name: String,
+                  shape: [usize; 2],
+                  bias: bool|
+     -> Result<Linear<B>, GptjError> {
         let w = src.tensor2(&format!("{name}.weight"), shape)?;
-        let b = if bias { Some(src.tensor1(&format!("{name}.bias"), [shape[0]])?) } else { None };
+        let b = if bias {
+            Some(src.tensor1(&format!("{name}.bias"), [shape[0]])?)
+        } else {
+            None
+        };
         Ok(match quant {
             None => Linear::dense(w, b),
             Some(spec) => {
-                let q = QuantWeight::quantize(&name, w, spec.format, spec.blocksize, spec.double_quant, float_dtype(dtype))
-                    .map_err(|source| GptjError::Quantize { name: name.clone(), source })?;
+                let q = QuantWeight::quantize(
+                    &name,
+                    w,
+                    spec.format,
+                    spec.blocksize,
+                    spec.double_quant,
+                    float_dtype(dtype),
+                )
+                .map_err(|source| GptjError::Quantize {
+                    name: name.clone(),
+                    source: Box::new(source),
+                })?;
                 Linear::quantized(q, b)
             }
         })
@@ -71,9 +89,18 @@ pub(crate) fn build<B: QBackend, S: TensorSource<B>>(
             fc_out: linear(src, block_name(i, "mlp.fc_out"), [d, f], true)?,
             act,
         };
-        blocks.push(Block { ln_1, attn, mlp, index: i });
+        blocks.push(Block {
+            ln_1,
+            attn,
+            mlp,
+            index: i,
+        });
     }
-    let ln_f = LayerNorm::new(src.tensor1("transformer.ln_f.weight", [d])?, src.tensor1("transformer.ln_f.bias", [d])?, cfg.layer_norm_epsilon);
+    let ln_f = LayerNorm::new(
+        src.tensor1("transformer.ln_f.weight", [d])?,
+        src.tensor1("transformer.ln_f.bias", [d])?,
+        cfg.layer_norm_epsilon,
+    );
     let head_w = if cfg.tie_word_embeddings && !src.contains("lm_head.weight") {
         wte.clone()
     } else {
@@ -85,7 +112,13 @@ pub(crate) fn build<B: QBackend, S: TensorSource<B>>(
         Tensor::zeros([v], device)
     };
     let _ = device;
-    Ok(Gptj { wte: frozen(wte), blocks, ln_f, lm_head: Linear::dense(head_w, Some(head_b)), config: cfg.clone() })
+    Ok(Gptj {
+        wte: frozen(wte),
+        blocks,
+        ln_f,
+        lm_head: Linear::dense(head_w, Some(head_b)),
+        config: cfg.clone(),
+    })
 }
 
 /// HF's `_init_weights` for GPT-J: linear and embedding weights N(0, 0.02), biases 0,
@@ -118,8 +151,20 @@ impl<B: QBackend> TensorSource<B> for RandomSource<'_, B> {
 impl<B: QBackend> Gptj<B> {
     /// A randomly initialized model of `cfg` (HF's init, seeded), optionally with quantized
     /// block linears: the tiny default model and benchmarks.
-    pub fn random(cfg: &GptjConfig, seed: u64, quant: Option<QuantSpec>, dtype: DType, device: &B::Device) -> Result<Self, GptjError> {
+    pub fn random(
+        cfg: &GptjConfig,
+        seed: u64,
+        quant: Option<QuantSpec>,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Result<Self, GptjError> {
         B::seed(device, seed);
-        build(cfg, &mut RandomSource::<B> { device, dtype }, quant, dtype, device)
+        build(
+            cfg,
+            &mut RandomSource::<B> { device, dtype },
+            quant,
+            dtype,
+            device,
+        )
     }
 }

@@ -78,9 +78,18 @@ impl GptjConfig {
 
     /// Reads and validates a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, GptjError> {
-        let text = std::fs::read_to_string(path).map_err(|source| GptjError::Io { path: path.to_path_buf(), source })?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|source| GptjError::Config { path: path.to_path_buf(), source })?;
-        cfg.validate().map_err(|reason| GptjError::InvalidConfig { path: path.to_path_buf(), reason })?;
+        let text = std::fs::read_to_string(path).map_err(|source| GptjError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: Self = serde_json::from_str(&text).map_err(|source| GptjError::Config {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        cfg.validate().map_err(|reason| GptjError::InvalidConfig {
+            path: path.to_path_buf(),
+            reason,
+        })?;
         Ok(cfg)
     }
 
@@ -98,11 +107,17 @@ impl GptjConfig {
             }
         }
         if self.n_embd % self.n_head != 0 {
-            return Err(format!("`n_embd` ({}) must be divisible by `n_head` ({})", self.n_embd, self.n_head));
+            return Err(format!(
+                "`n_embd` ({}) must be divisible by `n_head` ({})",
+                self.n_embd, self.n_head
+            ));
         }
         let rot = self.rotary_dim();
         if rot > self.head_dim() || rot % 2 != 0 {
-            return Err(format!("`rotary_dim` ({rot}) must be even and at most the head dim ({})", self.head_dim()));
+            return Err(format!(
+                "`rotary_dim` ({rot}) must be even and at most the head dim ({})",
+                self.head_dim()
+            ));
         }
         if self.n_inner == Some(0) {
             return Err("`n_inner` must be positive or null".to_string());
@@ -129,7 +144,9 @@ impl GptjConfig {
             "gelu_new" => Ok(Activation::GeluNew),
             "gelu" => Ok(Activation::Gelu),
             "relu" => Ok(Activation::Relu),
-            other => Err(format!("`activation_function` {other:?} is not supported (gelu_new, gelu, relu)")),
+            other => Err(format!(
+                "`activation_function` {other:?} is not supported (gelu_new, gelu, relu)"
+            )),
         }
     }
 
@@ -137,9 +154,17 @@ impl GptjConfig {
     /// wte, per block ln_1 + q/k/v/out (no bias) + fc_in/fc_out (with bias), ln_f, lm_head (+bias;
     /// shared with wte when tied, counted once).
     pub fn num_params(&self) -> u64 {
-        let (d, v, f) = (self.n_embd as u64, self.vocab_size as u64, self.inner_dim() as u64);
+        let (d, v, f) = (
+            self.n_embd as u64,
+            self.vocab_size as u64,
+            self.inner_dim() as u64,
+        );
         let block = 2 * d + 4 * d * d + (d * f + f) + (f * d + d);
-        let head = if self.tie_word_embeddings { v } else { v * d + v };
+        let head = if self.tie_word_embeddings {
+            v
+        } else {
+            v * d + v
+        };
         v * d + self.n_layer as u64 * block + 2 * d + head
     }
 }

@@ -5,21 +5,39 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum GptjError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: invalid config.json")]
-    Config { path: PathBuf, source: serde_json::Error },
+    Config {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path}: invalid config: {reason}")]
     InvalidConfig { path: PathBuf, reason: String },
     #[error("{path}: invalid safetensors index")]
-    Index { path: PathBuf, source: serde_json::Error },
+    Index {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path}: not a valid safetensors file (truncated or corrupt): {reason}")]
     Safetensors { path: PathBuf, reason: String },
     #[error("{path}: tensor `{name}` not found")]
     MissingTensor { path: PathBuf, name: String },
     #[error("{path}: tensor `{name}` has shape {got:?}, expected {expected:?}")]
-    Shape { path: PathBuf, name: String, expected: Vec<usize>, got: Vec<usize> },
+    Shape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
     #[error("{path}: tensor `{name}` has dtype {got}, expected F32, F16 or BF16")]
-    DType { path: PathBuf, name: String, got: String },
+    DType {
+        path: PathBuf,
+        name: String,
+        got: String,
+    },
     #[error(
         "{path}: PyTorch pickle checkpoints are refused (loading them executes code); convert to safetensors, e.g. `model.save_pretrained(dir, safe_serialization=True)`"
     )]
@@ -27,9 +45,16 @@ pub enum GptjError {
     #[error("{path}: no model.safetensors or model.safetensors.index.json found")]
     NoWeights { path: PathBuf },
     #[error("tensor `{name}`: quantization failed")]
-    Quantize { name: String, source: qtune_kernels::KernelError },
+    Quantize {
+        name: String,
+        source: Box<qtune_kernels::KernelError>,
+    },
     #[error("Hugging Face Hub, {repo} file {file}: {reason}")]
-    Hub { repo: String, file: String, reason: String },
+    Hub {
+        repo: String,
+        file: String,
+        reason: String,
+    },
     #[error("tokenizer {path}: {reason}")]
     Tokenizer { path: PathBuf, reason: String },
     #[error("LoRA: {0}")]

@@ -66,13 +66,13 @@ impl GenerationConfig {
         if self.do_sample && self.num_beams > 1 {
             return bad("beam sampling (do_sample with num_beams > 1) is not supported");
         }
-        if !(self.temperature > 0.0) {
+        if self.temperature.is_nan() || self.temperature <= 0.0 {
             return bad("temperature must be > 0");
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad("top_p must be in (0, 1]");
         }
-        if !(self.repetition_penalty > 0.0) {
+        if self.repetition_penalty.is_nan() || self.repetition_penalty <= 0.0 {
             return bad("repetition_penalty must be > 0");
         }
         Ok(())
@@ -95,7 +95,11 @@ pub(crate) fn repetition_penalty(scores: &mut [f32], seq: &[u32], penalty: f64) 
         if t < scores.len() && !seen[t] {
             seen[t] = true;
             let s = scores[t];
-            scores[t] = if s < 0.0 { s * penalty as f32 } else { s / penalty as f32 };
+            scores[t] = if s < 0.0 {
+                s * penalty as f32
+            } else {
+                s / penalty as f32
+            };
         }
     }
 }
@@ -113,7 +117,12 @@ pub(crate) struct Decoder<'a, B: QBackend> {
 
 impl<'a, B: QBackend> Decoder<'a, B> {
     pub fn new(model: &'a Gptj<B>) -> Self {
-        Self { model, cache: KvCache::new(model.blocks.len()), mask: Vec::new(), started: false }
+        Self {
+            model,
+            cache: KvCache::new(model.blocks.len()),
+            mask: Vec::new(),
+            started: false,
+        }
     }
 
     /// Runs `tokens` (`[rows][t]`, same t, with their 0/1 `mask`) and returns each row's f32
@@ -133,7 +142,9 @@ impl<'a, B: QBackend> Decoder<'a, B> {
             let mut real = self.mask[r].iter().sum::<i64>();
             for (&tok, &mv) in row.iter().zip(m) {
                 if tok as usize >= vocab {
-                    return Err(GptjError::Input(format!("token id {tok} is outside the vocabulary ({vocab})")));
+                    return Err(GptjError::Input(format!(
+                        "token id {tok} is outside the vocabulary ({vocab})"
+                    )));
                 }
                 ids.push(tok as i64);
                 real += mv;
@@ -173,8 +184,16 @@ pub(crate) fn left_pad(prompts: &[Vec<u32>], pad: u32) -> (Vec<Vec<u32>>, Vec<Ve
     let mut mask = Vec::with_capacity(prompts.len());
     for p in prompts {
         let n = t - p.len();
-        toks.push(std::iter::repeat_n(pad, n).chain(p.iter().copied()).collect());
-        mask.push(std::iter::repeat_n(0, n).chain(std::iter::repeat_n(1, p.len())).collect());
+        toks.push(
+            std::iter::repeat_n(pad, n)
+                .chain(p.iter().copied())
+                .collect(),
+        );
+        mask.push(
+            std::iter::repeat_n(0, n)
+                .chain(std::iter::repeat_n(1, p.len()))
+                .collect(),
+        );
     }
     (toks, mask)
 }
@@ -190,7 +209,10 @@ fn sample(scores: &mut [f32], cfg: &GenerationConfig, rng: &mut ChaCha8Rng) -> u
         keep = keep.min(k);
     }
     let max = scores[order[0]];
-    let probs: Vec<f64> = order[..keep].iter().map(|&i| ((scores[i] - max) as f64).exp()).collect();
+    let probs: Vec<f64> = order[..keep]
+        .iter()
+        .map(|&i| ((scores[i] - max) as f64).exp())
+        .collect();
     let z: f64 = probs.iter().sum();
     if cfg.top_p < 1.0 {
         // HF keeps the smallest prefix whose mass reaches top_p (at least one token).
@@ -230,10 +252,16 @@ fn argmax(xs: &[f32]) -> u32 {
 impl<B: QBackend> Gptj<B> {
     /// Generates continuations of `prompts` (batched, left-padded). Returns the new tokens of
     /// each prompt, up to and including EOS when one is produced.
-    pub fn generate(&self, prompts: &[Vec<u32>], cfg: &GenerationConfig) -> Result<Vec<Vec<u32>>, GptjError> {
+    pub fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<Vec<u32>>, GptjError> {
         cfg.validate()?;
         if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
-            return Err(GptjError::Input("every prompt needs at least one token".into()));
+            return Err(GptjError::Input(
+                "every prompt needs at least one token".into(),
+            ));
         }
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         if longest + cfg.max_new_tokens > self.config.n_positions {

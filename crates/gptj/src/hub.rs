@@ -7,6 +7,9 @@ use hf_hub::{api::sync::ApiBuilder, Cache, Repo, RepoType};
 
 use crate::error::GptjError;
 
+/// Fetches one file of the repo into the cache, returning its local path.
+type Fetch<'a> = dyn Fn(&str) -> Result<PathBuf, GptjError> + 'a;
+
 fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0")
 }
@@ -23,23 +26,45 @@ pub fn resolve(source: &str, revision: Option<&str>) -> Result<PathBuf, GptjErro
         Some(r) => Repo::with_revision(source.to_string(), RepoType::Model, r.to_string()),
         None => Repo::new(source.to_string(), RepoType::Model),
     };
-    let hub = |file: &str, reason: String| GptjError::Hub { repo: source.to_string(), file: file.to_string(), reason };
-    let get: Box<dyn Fn(&str) -> Result<PathBuf, GptjError>> = if offline() {
+    let hub = |file: &str, reason: String| GptjError::Hub {
+        repo: source.to_string(),
+        file: file.to_string(),
+        reason,
+    };
+    let get: Box<Fetch<'_>> = if offline() {
         let cache = Cache::from_env().repo(repo);
-        Box::new(move |f: &str| cache.get(f).ok_or_else(|| hub(f, "not in the local cache and HF_HUB_OFFLINE is set".into())))
+        Box::new(move |f: &str| {
+            cache
+                .get(f)
+                .ok_or_else(|| hub(f, "not in the local cache and HF_HUB_OFFLINE is set".into()))
+        })
     } else {
-        let api = ApiBuilder::from_env().build().map_err(|e| hub("-", e.to_string()))?.repo(repo);
+        let api = ApiBuilder::from_env()
+            .build()
+            .map_err(|e| hub("-", e.to_string()))?
+            .repo(repo);
         Box::new(move |f: &str| api.get(f).map_err(|e| hub(f, e.to_string())))
     };
     let config = get("config.json")?;
     let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
     match get("model.safetensors.index.json") {
         Ok(index) => {
-            let text = std::fs::read_to_string(&index).map_err(|source| GptjError::Io { path: index.clone(), source })?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| GptjError::Index { path: index.clone(), source })?;
+            let text = std::fs::read_to_string(&index).map_err(|source| GptjError::Io {
+                path: index.clone(),
+                source,
+            })?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|source| GptjError::Index {
+                    path: index.clone(),
+                    source,
+                })?;
             let mut shards: Vec<String> = v["weight_map"]
                 .as_object()
-                .map(|m| m.values().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                .map(|m| {
+                    m.values()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             shards.sort();
             shards.dedup();
@@ -51,7 +76,13 @@ pub fn resolve(source: &str, revision: Option<&str>) -> Result<PathBuf, GptjErro
             get("model.safetensors")?;
         }
     }
-    for optional in ["tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json"] {
+    for optional in [
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+        "added_tokens.json",
+        "generation_config.json",
+    ] {
         let _ = get(optional);
     }
     Ok(dir)

@@ -32,7 +32,11 @@ pub(crate) fn to_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType
 
 impl<B: Backend> LayerNorm<B> {
     pub fn new(weight: Tensor<B, 1>, bias: Tensor<B, 1>, eps: f64) -> Self {
-        Self { weight: frozen(weight), bias: frozen(bias), eps }
+        Self {
+            weight: frozen(weight),
+            bias: frozen(bias),
+            eps,
+        }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
@@ -90,10 +94,18 @@ impl<B: Backend> BlockContext<B> {
     ) -> Self {
         let total = past_len + seq_len;
         if let Some(m) = attention_mask {
-            assert_eq!(m.len(), batch * total, "attention_mask must be [batch, past_len + seq_len]");
+            assert_eq!(
+                m.len(),
+                batch * total,
+                "attention_mask must be [batch, past_len + seq_len]"
+            );
         }
         if let Some(p) = position_ids {
-            assert_eq!(p.len(), batch * seq_len, "position_ids must be [batch, seq_len]");
+            assert_eq!(
+                p.len(),
+                batch * seq_len,
+                "position_ids must be [batch, seq_len]"
+            );
         }
         let padded = attention_mask.is_some_and(|m| m.contains(&0));
         let mask = (seq_len > 1 || padded).then(|| {
@@ -106,7 +118,10 @@ impl<B: Backend> BlockContext<B> {
                     }
                 }
             }
-            Tensor::<B, 4, Bool>::from_data(TensorData::new(bits, [batch, 1, seq_len, total]), device)
+            Tensor::<B, 4, Bool>::from_data(
+                TensorData::new(bits, [batch, 1, seq_len, total]),
+                device,
+            )
         });
         let half = rotary_dim / 2;
         // HF: inv_freq = 1 / 10000^(arange(0, dim, 2) / dim) in f32; angle = pos * inv_freq in f32.
@@ -143,7 +158,11 @@ impl<B: Backend> BlockContext<B> {
 /// NeoX/Llama, and only the first `rotary_dim` dims of each head. Rotating halves would still
 /// load the checkpoint fine and then produce wrong logits. Computed in f32 (HF's sin/cos are f32
 /// and promote q/k), returned in `x`'s dtype. `x`: `[B, T, H, head_dim]`.
-pub(crate) fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 5>, sin: &Tensor<B, 5>) -> Tensor<B, 4> {
+pub(crate) fn apply_rotary<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 5>,
+    sin: &Tensor<B, 5>,
+) -> Tensor<B, 4> {
     let [b, t, h, hd] = x.dims();
     let half = cos.dims()[3];
     let rot = 2 * half;
@@ -155,7 +174,11 @@ pub(crate) fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 5>, sin:
     let o1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
     let o2 = x2 * cos.clone() + x1 * sin.clone();
     let rotated = Tensor::cat(vec![o1, o2], 4).reshape([b, t, h, rot]);
-    let out = if rot < hd { Tensor::cat(vec![rotated, x.narrow(3, rot, hd - rot)], 3) } else { rotated };
+    let out = if rot < hd {
+        Tensor::cat(vec![rotated, x.narrow(3, rot, hd - rot)], 3)
+    } else {
+        rotated
+    };
     to_dtype(out, dtype)
 }
 
@@ -174,12 +197,27 @@ pub struct Attention<B: Backend> {
 impl<B: QBackend> Attention<B> {
     /// `x [B, T, D]` (after ln_1) → `[B, T, D]`. With `cache`, attends over the cached keys and
     /// values too and appends this step's to it.
-    pub fn forward(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>, salt: u64, cache: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &BlockContext<B>,
+        salt: u64,
+        cache: Option<&mut LayerKv<B>>,
+    ) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let (h, hd) = (self.n_head, d / self.n_head);
-        let q = self.q_proj.forward_with(x.clone(), ctx.seed(salt)).reshape([b, t, h, hd]);
-        let k = self.k_proj.forward_with(x.clone(), ctx.seed(salt + 1)).reshape([b, t, h, hd]);
-        let v = self.v_proj.forward_with(x, ctx.seed(salt + 2)).reshape([b, t, h, hd]);
+        let q = self
+            .q_proj
+            .forward_with(x.clone(), ctx.seed(salt))
+            .reshape([b, t, h, hd]);
+        let k = self
+            .k_proj
+            .forward_with(x.clone(), ctx.seed(salt + 1))
+            .reshape([b, t, h, hd]);
+        let v = self
+            .v_proj
+            .forward_with(x, ctx.seed(salt + 2))
+            .reshape([b, t, h, hd]);
         let q = apply_rotary(q, &ctx.cos, &ctx.sin).swap_dims(1, 2); // (B, H, T, hd)
         let mut k = apply_rotary(k, &ctx.cos, &ctx.sin).swap_dims(1, 2);
         let mut v = v.swap_dims(1, 2);
@@ -253,7 +291,12 @@ impl<B: QBackend> Block<B> {
     }
 
     /// As [`Block::forward`], reading and extending this layer's KV cache.
-    pub fn forward_cached(&self, h: Tensor<B, 3>, ctx: &BlockContext<B>, cache: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
+    pub fn forward_cached(
+        &self,
+        h: Tensor<B, 3>,
+        ctx: &BlockContext<B>,
+        cache: Option<&mut LayerKv<B>>,
+    ) -> Tensor<B, 3> {
         let x = self.ln_1.forward(h.clone());
         let salt = (self.index as u64) << 8;
         let attn = self.attn.forward(x.clone(), ctx, salt, cache);

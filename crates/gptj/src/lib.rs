@@ -16,8 +16,8 @@ pub mod tokenizer;
 
 pub use config::{Activation, GptjConfig};
 pub use error::GptjError;
-pub use layers::{Attention, Block, BlockContext, LayerKv, LayerNorm, Mlp};
 pub use generate::{EarlyStopping, GenerationConfig};
+pub use layers::{Attention, Block, BlockContext, LayerKv, LayerNorm, Mlp};
 pub use load::{LoadOptions, WeightFiles};
 pub use lora::{LoraParam, ParamCounts};
 pub use model::{Gptj, KvCache, IGNORE_INDEX, LOSS_CHUNK_ELEMS};

@@ -31,7 +31,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: DType::F32, quant: None }
+        Self {
+            dtype: DType::F32,
+            quant: None,
+        }
     }
 }
 
@@ -48,11 +51,17 @@ pub struct WeightFiles {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GptjError + '_ {
-    move |source| GptjError::Io { path: path.to_path_buf(), source }
+    move |source| GptjError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn st_err(path: &Path, e: impl std::fmt::Display) -> GptjError {
-    GptjError::Safetensors { path: path.to_path_buf(), reason: e.to_string() }
+    GptjError::Safetensors {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 impl WeightFiles {
@@ -62,17 +71,26 @@ impl WeightFiles {
         let index = dir.join("model.safetensors.index.json");
         let paths: Vec<PathBuf> = if index.is_file() {
             let text = std::fs::read_to_string(&index).map_err(io(&index))?;
-            let idx: Index = serde_json::from_str(&text).map_err(|source| GptjError::Index { path: index.clone(), source })?;
+            let idx: Index = serde_json::from_str(&text).map_err(|source| GptjError::Index {
+                path: index.clone(),
+                source,
+            })?;
             let mut shards: Vec<String> = idx.weight_map.into_values().collect();
             shards.sort();
             shards.dedup();
             shards.into_iter().map(|s| dir.join(s)).collect()
         } else if single.is_file() {
             vec![single]
-        } else if dir.join("pytorch_model.bin").is_file() || dir.join("pytorch_model.bin.index.json").is_file() {
-            return Err(GptjError::PickleRefused { path: dir.join("pytorch_model.bin") });
+        } else if dir.join("pytorch_model.bin").is_file()
+            || dir.join("pytorch_model.bin.index.json").is_file()
+        {
+            return Err(GptjError::PickleRefused {
+                path: dir.join("pytorch_model.bin"),
+            });
         } else {
-            return Err(GptjError::NoWeights { path: dir.to_path_buf() });
+            return Err(GptjError::NoWeights {
+                path: dir.to_path_buf(),
+            });
         };
         let mut files = Vec::with_capacity(paths.len());
         let mut by_name = HashMap::new();
@@ -104,21 +122,51 @@ impl WeightFiles {
     /// The tensor `name` as host f32 values, checked against `expected` shape.
     pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, GptjError> {
         let Some(&i) = self.by_name.get(name) else {
-            let path = if self.files.len() == 1 { self.files[0].0.clone() } else { self.path_of(name).parent().unwrap_or(Path::new(".")).to_path_buf() };
-            return Err(GptjError::MissingTensor { path, name: name.to_string() });
+            let path = if self.files.len() == 1 {
+                self.files[0].0.clone()
+            } else {
+                self.path_of(name)
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .to_path_buf()
+            };
+            return Err(GptjError::MissingTensor {
+                path,
+                name: name.to_string(),
+            });
         };
         let (path, mmap) = &self.files[i];
         let st = SafeTensors::deserialize(mmap).map_err(|e| st_err(path, e))?;
         let view = st.tensor(name).map_err(|e| st_err(path, e))?;
         if view.shape() != expected {
-            return Err(GptjError::Shape { path: path.clone(), name: name.to_string(), expected: expected.to_vec(), got: view.shape().to_vec() });
+            return Err(GptjError::Shape {
+                path: path.clone(),
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                got: view.shape().to_vec(),
+            });
         }
         let bytes = view.data();
         let values = match view.dtype() {
-            Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            other => return Err(GptjError::DType { path: path.clone(), name: name.to_string(), got: format!("{other:?}") }),
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(GptjError::DType {
+                    path: path.clone(),
+                    name: name.to_string(),
+                    got: format!("{other:?}"),
+                })
+            }
         };
         Ok(values)
     }
@@ -133,17 +181,27 @@ struct FileSource<'a, B: QBackend> {
 impl<B: QBackend> FileSource<'_, B> {
     fn data(&self, name: &str, shape: &[usize]) -> Result<TensorData, GptjError> {
         let data = TensorData::new(self.files.read_f32(name, shape)?, shape.to_vec());
-        Ok(if self.dtype == DType::F32 { data } else { data.convert_dtype(self.dtype) })
+        Ok(if self.dtype == DType::F32 {
+            data
+        } else {
+            data.convert_dtype(self.dtype)
+        })
     }
 }
 
 impl<B: QBackend> TensorSource<B> for FileSource<'_, B> {
     fn tensor1(&mut self, name: &str, shape: [usize; 1]) -> Result<Tensor<B, 1>, GptjError> {
-        Ok(Tensor::from_data(self.data(name, &shape)?, (self.device, self.dtype)))
+        Ok(Tensor::from_data(
+            self.data(name, &shape)?,
+            (self.device, self.dtype),
+        ))
     }
 
     fn tensor2(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>, GptjError> {
-        Ok(Tensor::from_data(self.data(name, &shape)?, (self.device, self.dtype)))
+        Ok(Tensor::from_data(
+            self.data(name, &shape)?,
+            (self.device, self.dtype),
+        ))
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -157,7 +215,11 @@ impl<B: QBackend> Gptj<B> {
     pub fn load(dir: &Path, opts: &LoadOptions, device: &B::Device) -> Result<Self, GptjError> {
         let cfg = GptjConfig::from_file(&dir.join("config.json"))?;
         let files = WeightFiles::open(dir)?;
-        let mut src = FileSource::<B> { files: &files, dtype: opts.dtype, device };
+        let mut src = FileSource::<B> {
+            files: &files,
+            dtype: opts.dtype,
+            device,
+        };
         let model = build(&cfg, &mut src, opts.quant, opts.dtype, device)?;
         tracing::info!(dir = %dir.display(), quant = ?opts.quant, dtype = ?opts.dtype, "loaded GPT-J");
         Ok(model)

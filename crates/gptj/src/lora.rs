@@ -35,7 +35,12 @@ impl std::fmt::Display for ParamCounts {
     /// Exactly PEFT's line: `trainable params: 7,340,032 || all params: … || trainable%: 0.1212`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let pct = 100.0 * self.trainable as f64 / self.all as f64;
-        write!(f, "trainable params: {} || all params: {} || trainable%: {pct:.4}", thousands(self.trainable), thousands(self.all))
+        write!(
+            f,
+            "trainable params: {} || all params: {} || trainable%: {pct:.4}",
+            thousands(self.trainable),
+            thousands(self.all)
+        )
     }
 }
 
@@ -68,7 +73,10 @@ impl GptjConfig {
             .filter(|(name, _, _, head)| lora.target_modules.matches(name, *head))
             .map(|(_, i, o, _)| (lora.r * (i + o)) as u64)
             .sum();
-        ParamCounts { trainable, all: self.num_params() + trainable }
+        ParamCounts {
+            trainable,
+            all: self.num_params() + trainable,
+        }
     }
 }
 
@@ -109,8 +117,14 @@ impl<B: Backend> Gptj<B> {
         let mut out = Vec::new();
         for (name, lin) in self.linears() {
             if let Some(l) = &lin.lora {
-                out.push(LoraParam { key: peft_key(&name, false), param: &l.lora_a });
-                out.push(LoraParam { key: peft_key(&name, true), param: &l.lora_b });
+                out.push(LoraParam {
+                    key: peft_key(&name, false),
+                    param: &l.lora_a,
+                });
+                out.push(LoraParam {
+                    key: peft_key(&name, true),
+                    param: &l.lora_b,
+                });
             }
         }
         out
@@ -118,8 +132,15 @@ impl<B: Backend> Gptj<B> {
 
     /// PEFT's counts for this model instance (trainable = LoRA tensors).
     pub fn param_counts(&self) -> ParamCounts {
-        let trainable: u64 = self.lora_params().iter().map(|p| p.param.shape().num_elements() as u64).sum();
-        ParamCounts { trainable, all: self.config.num_params() + trainable }
+        let trainable: u64 = self
+            .lora_params()
+            .iter()
+            .map(|p| p.param.shape().num_elements() as u64)
+            .sum();
+        ParamCounts {
+            trainable,
+            all: self.config.num_params() + trainable,
+        }
     }
 }
 

@@ -41,7 +41,9 @@ pub struct KvCache<B: Backend> {
 
 impl<B: Backend> KvCache<B> {
     pub fn new(n_layer: usize) -> Self {
-        Self { layers: vec![None; n_layer] }
+        Self {
+            layers: vec![None; n_layer],
+        }
     }
 
     /// Number of cached positions.
@@ -68,7 +70,10 @@ impl<B: Backend> KvCache<B> {
 
 /// Host copy of an int tensor as i64 (labels, masks, positions are small).
 pub(crate) fn host_i64<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Vec<i64> {
-    t.into_data().convert::<i64>().into_vec::<i64>().unwrap_or_default()
+    t.into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .unwrap_or_default()
 }
 
 impl<B: QBackend> Gptj<B> {
@@ -105,7 +110,12 @@ impl<B: QBackend> Gptj<B> {
     }
 
     /// Runs the embedding and all blocks: `ids [B,T]` → last hidden state before `ln_f`.
-    pub fn hidden(&self, ids: Tensor<B, 2, Int>, ctx: &BlockContext<B>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+    pub fn hidden(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        ctx: &BlockContext<B>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
         let mut h = self.embed(ids);
         for (i, block) in self.blocks.iter().enumerate() {
             let layer = cache.as_deref_mut().map(|c| &mut c.layers[i]);
@@ -146,7 +156,11 @@ impl<B: QBackend> Gptj<B> {
     /// `sum / n`. Only rows with a target go through `ln_f`/`lm_head`, in chunks of
     /// [`LOSS_CHUNK_ELEMS`] logits, so full f32 logits of all tokens never exist at once.
     /// `h_last`: `[B, T, D]` from the blocks (before `ln_f`); `labels`: `[B, T]`.
-    pub fn loss_sum(&self, h_last: Tensor<B, 3>, labels: Tensor<B, 2, Int>) -> Result<(Tensor<B, 1>, usize), GptjError> {
+    pub fn loss_sum(
+        &self,
+        h_last: Tensor<B, 3>,
+        labels: Tensor<B, 2, Int>,
+    ) -> Result<(Tensor<B, 1>, usize), GptjError> {
         let rows = (LOSS_CHUNK_ELEMS / self.config.vocab_size).max(1);
         self.loss_sum_chunked(h_last, labels, rows)
     }
@@ -160,7 +174,10 @@ impl<B: QBackend> Gptj<B> {
     ) -> Result<(Tensor<B, 1>, usize), GptjError> {
         let [b, t, d] = h_last.dims();
         if labels.dims() != [b, t] {
-            return Err(GptjError::Input(format!("labels have shape {:?}, hidden states [{b}, {t}, _]", labels.dims())));
+            return Err(GptjError::Input(format!(
+                "labels have shape {:?}, hidden states [{b}, {t}, _]",
+                labels.dims()
+            )));
         }
         let labels = host_i64(labels);
         let vocab = self.config.vocab_size as i64;
@@ -172,7 +189,10 @@ impl<B: QBackend> Gptj<B> {
                     continue;
                 }
                 if !(0..vocab).contains(&y) {
-                    return Err(GptjError::Input(format!("label {y} at [{bi}, {}] outside [0, {vocab}) and not -100", ti + 1)));
+                    return Err(GptjError::Input(format!(
+                        "label {y} at [{bi}, {}] outside [0, {vocab}) and not -100",
+                        ti + 1
+                    )));
                 }
                 rows.push((bi * t + ti) as i64);
                 targets.push(y);
@@ -189,8 +209,14 @@ impl<B: QBackend> Gptj<B> {
         for start in (0..n).step_by(rows_per_chunk.max(1)) {
             let end = (start + rows_per_chunk.max(1)).min(n);
             let len = end - start;
-            let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows[start..end].to_vec(), [len]), &device);
-            let tgt = Tensor::<B, 2, Int>::from_data(TensorData::new(targets[start..end].to_vec(), [len, 1]), &device);
+            let idx = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(rows[start..end].to_vec(), [len]),
+                &device,
+            );
+            let tgt = Tensor::<B, 2, Int>::from_data(
+                TensorData::new(targets[start..end].to_vec(), [len, 1]),
+                &device,
+            );
             let logits = self.head(flat.clone().select(0, idx)); // (len, V) f32
             let nll = log_softmax(logits, 1).gather(1, tgt).sum().neg();
             total = Some(match total {

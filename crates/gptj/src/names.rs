@@ -6,7 +6,14 @@ use qtune_lora::Linear;
 use crate::model::Gptj;
 
 /// The projections of a block, in HF's module order, with their path inside `transformer.h.{i}`.
-pub const BLOCK_LINEARS: [&str; 6] = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "mlp.fc_in", "mlp.fc_out"];
+pub const BLOCK_LINEARS: [&str; 6] = [
+    "attn.q_proj",
+    "attn.k_proj",
+    "attn.v_proj",
+    "attn.out_proj",
+    "mlp.fc_in",
+    "mlp.fc_out",
+];
 
 /// `transformer.h.{i}.{suffix}`.
 pub fn block_name(i: usize, suffix: &str) -> String {
@@ -15,7 +22,10 @@ pub fn block_name(i: usize, suffix: &str) -> String {
 
 /// PEFT's saved key of a LoRA tensor: `base_model.model.{module}.lora_A.weight` / `lora_B`.
 pub fn peft_key(module: &str, is_b: bool) -> String {
-    format!("base_model.model.{module}.{}.weight", if is_b { "lora_B" } else { "lora_A" })
+    format!(
+        "base_model.model.{module}.{}.weight",
+        if is_b { "lora_B" } else { "lora_A" }
+    )
 }
 
 impl<B: Backend> Gptj<B> {
@@ -23,7 +33,14 @@ impl<B: Backend> Gptj<B> {
     pub fn linears(&self) -> Vec<(String, &Linear<B>)> {
         let mut out = Vec::with_capacity(self.blocks.len() * 6 + 1);
         for (i, b) in self.blocks.iter().enumerate() {
-            let ls = [&b.attn.q_proj, &b.attn.k_proj, &b.attn.v_proj, &b.attn.out_proj, &b.mlp.fc_in, &b.mlp.fc_out];
+            let ls = [
+                &b.attn.q_proj,
+                &b.attn.k_proj,
+                &b.attn.v_proj,
+                &b.attn.out_proj,
+                &b.mlp.fc_in,
+                &b.mlp.fc_out,
+            ];
             for (suffix, l) in BLOCK_LINEARS.iter().zip(ls) {
                 out.push((block_name(i, suffix), l));
             }

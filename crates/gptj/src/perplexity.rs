@@ -24,15 +24,25 @@ impl<B: QBackend> Gptj<B> {
     /// `(non-ignored labels) − 1`, although after the shift it averages over all its
     /// `trg_len` scored tokens (for every window but the first the two differ by one). This is
     /// what HF users compare against; the fixture's 94 tokens over 100 ids come from it.
-    pub fn perplexity(&self, ids: &[u32], max_length: usize, stride: usize) -> Result<Perplexity, GptjError> {
+    pub fn perplexity(
+        &self,
+        ids: &[u32],
+        max_length: usize,
+        stride: usize,
+    ) -> Result<Perplexity, GptjError> {
         if max_length < 2 || stride == 0 || stride > max_length {
             return Err(GptjError::Input(format!("perplexity: need max_length ≥ 2 and 0 < stride ≤ max_length, got {max_length}, {stride}")));
         }
         if ids.len() < 2 {
-            return Err(GptjError::Input("perplexity: need at least 2 tokens".into()));
+            return Err(GptjError::Input(
+                "perplexity: need at least 2 tokens".into(),
+            ));
         }
         if max_length > self.config.n_positions {
-            return Err(GptjError::Input(format!("perplexity: max_length {max_length} exceeds n_positions {}", self.config.n_positions)));
+            return Err(GptjError::Input(format!(
+                "perplexity: max_length {max_length} exceeds n_positions {}",
+                self.config.n_positions
+            )));
         }
         let device = self.wte.device();
         let (mut nll_sum, mut tokens, mut prev_end) = (0.0f64, 0usize, 0usize);
@@ -42,15 +52,27 @@ impl<B: QBackend> Gptj<B> {
             let trg_len = end - prev_end;
             let window: Vec<i64> = ids[begin..end].iter().map(|&t| t as i64).collect();
             let t = window.len();
-            let labels: Vec<i64> = window.iter().enumerate().map(|(i, &y)| if i < t - trg_len { IGNORE_INDEX } else { y }).collect();
-            let n_valid = labels.iter().filter(|&&y| y != IGNORE_INDEX).count().saturating_sub(1);
+            let labels: Vec<i64> = window
+                .iter()
+                .enumerate()
+                .map(|(i, &y)| if i < t - trg_len { IGNORE_INDEX } else { y })
+                .collect();
+            let n_valid = labels
+                .iter()
+                .filter(|&&y| y != IGNORE_INDEX)
+                .count()
+                .saturating_sub(1);
             let ids_t = Tensor::<B, 2, Int>::from_data(TensorData::new(window, [1, t]), &device);
             let labels_t = Tensor::<B, 2, Int>::from_data(TensorData::new(labels, [1, t]), &device);
             let ctx = self.context(1, t, None, None, None);
             let h = self.hidden(ids_t, &ctx, None);
             let (sum, n) = self.loss_sum(h, labels_t)?;
             if n > 0 {
-                let sum: f64 = sum.into_data().convert::<f64>().into_vec::<f64>().map_err(|e| GptjError::Input(format!("{e:?}")))?[0];
+                let sum: f64 = sum
+                    .into_data()
+                    .convert::<f64>()
+                    .into_vec::<f64>()
+                    .map_err(|e| GptjError::Input(format!("{e:?}")))?[0];
                 nll_sum += sum / n as f64 * n_valid as f64;
                 tokens += n_valid;
             }
@@ -60,6 +82,10 @@ impl<B: QBackend> Gptj<B> {
             }
             begin += stride;
         }
-        Ok(Perplexity { ppl: (nll_sum / tokens as f64).exp(), tokens, nll_sum })
+        Ok(Perplexity {
+            ppl: (nll_sum / tokens as f64).exp(),
+            tokens,
+            nll_sum,
+        })
     }
 }

@@ -19,7 +19,10 @@ pub const ENDOFTEXT: &str = "<|endoftext|>";
 pub const N_EXTRA_TOKENS: usize = 143;
 
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> GptjError {
-    GptjError::Tokenizer { path: path.to_path_buf(), reason: e.to_string() }
+    GptjError::Tokenizer {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 /// `tokenizer.json` as saved by HF.
@@ -30,17 +33,24 @@ pub fn from_tokenizer_json(path: &Path) -> Result<Tokenizer, GptjError> {
 /// GPT-2 BPE files (`vocab.json`/`encoder.json`, `merges.txt`/`vocab.bpe`) + GPT-J's added tokens.
 pub fn from_gpt2_files(vocab: &Path, merges: &Path) -> Result<Tokenizer, GptjError> {
     let (v, m) = (vocab.to_string_lossy(), merges.to_string_lossy());
-    let bpe = BPE::from_file(&v, &m).build().map_err(|e| tok_err(vocab, e))?;
+    let bpe = BPE::from_file(&v, &m)
+        .build()
+        .map_err(|e| tok_err(vocab, e))?;
     let mut tok = Tokenizer::new(bpe);
     tok.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
     tok.with_decoder(Some(ByteLevelDecoder::default()));
     tok.with_post_processor(Some(ByteLevelProcessor::default().trim_offsets(false)));
     tok.add_special_tokens(&[AddedToken::from(ENDOFTEXT, true)]);
-    let extra: Vec<AddedToken> = (1..=N_EXTRA_TOKENS).map(|i| AddedToken::from(format!("<|extratoken_{i}|>"), false)).collect();
+    let extra: Vec<AddedToken> = (1..=N_EXTRA_TOKENS)
+        .map(|i| AddedToken::from(format!("<|extratoken_{i}|>"), false))
+        .collect();
     tok.add_tokens(&extra);
     let n = tok.get_vocab_size(true);
     if n != 50400 {
-        return Err(tok_err(vocab, format!("expected 50400 tokens with GPT-J's added tokens, got {n}")));
+        return Err(tok_err(
+            vocab,
+            format!("expected 50400 tokens with GPT-J's added tokens, got {n}"),
+        ));
     }
     Ok(tok)
 }
@@ -58,5 +68,8 @@ pub fn from_model_dir(dir: &Path) -> Result<Tokenizer, GptjError> {
 pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, GptjError> {
     tok.encode(text, false)
         .map(|e| e.get_ids().to_vec())
-        .map_err(|e| GptjError::Tokenizer { path: Default::default(), reason: e.to_string() })
+        .map_err(|e| GptjError::Tokenizer {
+            path: Default::default(),
+            reason: e.to_string(),
+        })
 }

@@ -117,8 +117,12 @@ mod tests {
         let cfg: LoraConfig = serde_json::from_str(json).unwrap();
         assert_eq!(cfg.r, 16);
         assert_eq!(cfg.scaling(), 2.0);
-        assert!(cfg.target_modules.matches("transformer.h.3.attn.q_proj", false));
-        assert!(!cfg.target_modules.matches("transformer.h.3.attn.k_proj", false));
+        assert!(cfg
+            .target_modules
+            .matches("transformer.h.3.attn.q_proj", false));
+        assert!(!cfg
+            .target_modules
+            .matches("transformer.h.3.attn.k_proj", false));
         let back: LoraConfig = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
         assert_eq!(back, cfg);
         assert_eq!(cfg.validate(), Ok(()));
@@ -141,11 +145,20 @@ mod tests {
             lora_dropout: 0.0,
             target_modules: TargetModules::AllLinear,
         };
-        let zero = LoraConfig { r: 0, ..base.clone() };
+        let zero = LoraConfig {
+            r: 0,
+            ..base.clone()
+        };
         assert_eq!(zero.validate(), Err(LoraConfigError::ZeroRank));
-        let drop = LoraConfig { lora_dropout: 1.0, ..base.clone() };
+        let drop = LoraConfig {
+            lora_dropout: 1.0,
+            ..base.clone()
+        };
         assert_eq!(drop.validate(), Err(LoraConfigError::Dropout(1.0)));
-        let empty = LoraConfig { target_modules: TargetModules::Names(vec![]), ..base };
+        let empty = LoraConfig {
+            target_modules: TargetModules::Names(vec![]),
+            ..base
+        };
         assert_eq!(empty.validate(), Err(LoraConfigError::NoTargets));
     }
 }

@@ -71,7 +71,12 @@ impl<B: Backend> LoraAdapter<B> {
 
     /// An adapter from given `A [r, in]` and `B [out, r]` (e.g. read from a PEFT file); both
     /// become trainable parameters.
-    pub fn from_tensors(lora_a: Tensor<B, 2>, lora_b: Tensor<B, 2>, scaling: f64, dropout: f64) -> Self {
+    pub fn from_tensors(
+        lora_a: Tensor<B, 2>,
+        lora_b: Tensor<B, 2>,
+        scaling: f64,
+        dropout: f64,
+    ) -> Self {
         Self {
             lora_a: Param::from_tensor(lora_a),
             lora_b: Param::from_tensor(lora_b),
@@ -87,7 +92,10 @@ impl<B: Backend> LoraAdapter<B> {
 
     /// `scaling · B·A`, `[out, in]`: the dense update that merging adds to the base weight.
     pub fn delta_weight(&self) -> Tensor<B, 2> {
-        self.lora_b.val().matmul(self.lora_a.val()).mul_scalar(self.scaling)
+        self.lora_b
+            .val()
+            .matmul(self.lora_a.val())
+            .mul_scalar(self.scaling)
     }
 
     /// `scaling · (dropout(x)·Aᵀ)·Bᵀ`, in `x`'s dtype.
@@ -97,13 +105,21 @@ impl<B: Backend> LoraAdapter<B> {
     /// gives the same mask: a recomputed block (gradient checkpointing) sees the mask of its
     /// first forward, and a resumed run replays the masks of an uninterrupted one, provided the
     /// caller derives the seeds from its own checkpointed RNG (one training thread, same backend).
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>, dropout_seed: Option<u64>) -> Tensor<B, D> {
+    pub fn forward<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        dropout_seed: Option<u64>,
+    ) -> Tensor<B, D> {
         let a = self.lora_a.val();
         let b = self.lora_b.val();
         let out_dtype = x.dtype();
         // Adapters may be kept in f32 while activations are bf16; mixed-dtype matmuls are
         // not promoted by Burn (garbage on CUDA), so compute in the adapter's dtype.
-        let x = if out_dtype != a.dtype() { x.cast(a.dtype()) } else { x };
+        let x = if out_dtype != a.dtype() {
+            x.cast(a.dtype())
+        } else {
+            x
+        };
         let x = match dropout_seed {
             Some(seed) if self.dropout > 0.0 => {
                 let keep = 1.0 - self.dropout;
@@ -199,7 +215,6 @@ impl<B: Backend> Linear<B> {
             LinearBase::Quant(q) => q.codes.device(),
         }
     }
-
 }
 
 impl<B: QBackend> Linear<B> {
@@ -224,18 +239,30 @@ impl<B: QBackend> Linear<B> {
     }
 
     /// Forward with LoRA dropout driven by `dropout_seed` (see [`LoraAdapter::forward`]).
-    pub fn forward_with<const D: usize>(&self, x: Tensor<B, D>, dropout_seed: Option<u64>) -> Tensor<B, D> {
+    pub fn forward_with<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        dropout_seed: Option<u64>,
+    ) -> Tensor<B, D> {
         let mut y = match &self.base {
             LinearBase::Dense(w) => {
                 let w = w.val();
-                let w = if w.dtype() != x.dtype() { w.cast(x.dtype()) } else { w };
+                let w = if w.dtype() != x.dtype() {
+                    w.cast(x.dtype())
+                } else {
+                    w
+                };
                 matmul_t(x.clone(), w)
             }
             LinearBase::Quant(q) => q_linear(x.clone(), q),
         };
         if let Some(b) = &self.bias {
             let b = b.val();
-            let b = if b.dtype() != y.dtype() { b.cast(y.dtype()) } else { b };
+            let b = if b.dtype() != y.dtype() {
+                b.cast(y.dtype())
+            } else {
+                b
+            };
             y = y + b.unsqueeze::<D>();
         }
         if let Some(lora) = &self.lora {

@@ -8,14 +8,19 @@ use qtune_quant::{FloatDType, QuantFormat, QuantSpec, QuantizedTensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::{LoraConfig, TargetModules};
 use crate::Linear;
+use crate::{LoraConfig, TargetModules};
 
 type Nd = NdArray<f32>;
 type Ad = Autodiff<Nd>;
 
 fn cfg(r: usize, dropout: f64) -> LoraConfig {
-    LoraConfig { r, lora_alpha: 2.0 * r as f64, lora_dropout: dropout, target_modules: TargetModules::AllLinear }
+    LoraConfig {
+        r,
+        lora_alpha: 2.0 * r as f64,
+        lora_dropout: dropout,
+        target_modules: TargetModules::AllLinear,
+    }
 }
 
 fn vec2(t: Tensor<Nd, 2>) -> Vec<f32> {
@@ -23,13 +28,19 @@ fn vec2(t: Tensor<Nd, 2>) -> Vec<f32> {
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
 fn dense_forward_is_x_wt_plus_b() {
     let dev = Default::default();
-    let w = Tensor::<Nd, 2>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], [3, 2]), &dev);
+    let w = Tensor::<Nd, 2>::from_data(
+        TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], [3, 2]),
+        &dev,
+    );
     let b = Tensor::<Nd, 1>::from_data(TensorData::new(vec![0.5f32, -1.0, 2.0], [3]), &dev);
     let lin = Linear::dense(w, Some(b));
     assert_eq!(lin.shape(), [3, 2]);
@@ -44,7 +55,11 @@ fn fresh_adapter_is_identity_and_a_is_kaiming_bounded() {
     let w = Tensor::<Nd, 2>::random([8, 32], Distribution::Normal(0.0, 1.0), &dev);
     let lin = Linear::dense(w, None);
     let x = Tensor::<Nd, 3>::random([2, 3, 32], Distribution::Normal(0.0, 1.0), &dev);
-    let before = lin.forward(x.clone()).into_data().into_vec::<f32>().unwrap();
+    let before = lin
+        .forward(x.clone())
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap();
     let lin = lin.attach_lora(&cfg(4, 0.0), &mut ChaCha8Rng::seed_from_u64(7));
     let after = lin.forward(x).into_data().into_vec::<f32>().unwrap();
     assert_eq!(before, after, "B = 0 must leave the output unchanged");
@@ -53,7 +68,10 @@ fn fresh_adapter_is_identity_and_a_is_kaiming_bounded() {
     let a = vec2(lora.lora_a.val());
     let bound = 1.0 / (32f32).sqrt();
     assert_eq!(a.len(), 4 * 32);
-    assert!(a.iter().all(|v| v.abs() <= bound), "A outside U(-1/sqrt(in), 1/sqrt(in))");
+    assert!(
+        a.iter().all(|v| v.abs() <= bound),
+        "A outside U(-1/sqrt(in), 1/sqrt(in))"
+    );
     // Spread over the interval, not a constant.
     assert!(a.iter().cloned().fold(f32::MIN, f32::max) > 0.8 * bound);
     assert!(vec2(lora.lora_b.val()).iter().all(|v| *v == 0.0));
@@ -64,7 +82,8 @@ fn lora_update_matches_manual_and_only_a_b_get_grads() {
     let dev = Default::default();
     let w = Tensor::<Ad, 2>::random([6, 5], Distribution::Normal(0.0, 1.0), &dev);
     let bias = Tensor::<Ad, 1>::random([6], Distribution::Normal(0.0, 1.0), &dev);
-    let mut lin = Linear::dense(w.clone(), Some(bias.clone())).attach_lora(&cfg(2, 0.0), &mut ChaCha8Rng::seed_from_u64(1));
+    let mut lin = Linear::dense(w.clone(), Some(bias.clone()))
+        .attach_lora(&cfg(2, 0.0), &mut ChaCha8Rng::seed_from_u64(1));
     let b_val = Tensor::<Ad, 2>::random([6, 2], Distribution::Normal(0.0, 1.0), &dev);
     let mut lora = lin.take_adapter().unwrap();
     lora.lora_b = burn::module::Param::from_tensor(b_val.clone());
@@ -72,18 +91,31 @@ fn lora_update_matches_manual_and_only_a_b_get_grads() {
     let x = Tensor::<Ad, 2>::random([4, 5], Distribution::Normal(0.0, 1.0), &dev);
     let y = lin.forward(x.clone());
     let a_val = lin.lora.as_ref().unwrap().lora_a.val();
-    let manual = x.clone().matmul(w.transpose()) + bias.unsqueeze::<2>()
-        + x.matmul(a_val.transpose()).matmul(b_val.transpose()).mul_scalar(2.0);
-    let d = max_abs_diff(&y.clone().inner().into_data().into_vec::<f32>().unwrap(),
-                         &manual.inner().into_data().into_vec::<f32>().unwrap());
+    let manual = x.clone().matmul(w.transpose())
+        + bias.unsqueeze::<2>()
+        + x.matmul(a_val.transpose())
+            .matmul(b_val.transpose())
+            .mul_scalar(2.0);
+    let d = max_abs_diff(
+        &y.clone().inner().into_data().into_vec::<f32>().unwrap(),
+        &manual.inner().into_data().into_vec::<f32>().unwrap(),
+    );
     assert!(d < 1e-5, "max abs diff {d}");
     let grads = y.sum().backward();
     let lora = lin.lora.as_ref().unwrap();
     assert!(lora.lora_a.val().grad(&grads).is_some());
     assert!(lora.lora_b.val().grad(&grads).is_some());
-    let crate::LinearBase::Dense(wp) = &lin.base else { unreachable!() };
-    assert!(wp.val().grad(&grads).is_none(), "base weight must be frozen");
-    assert!(lin.bias.as_ref().unwrap().val().grad(&grads).is_none(), "bias must be frozen");
+    let crate::LinearBase::Dense(wp) = &lin.base else {
+        unreachable!()
+    };
+    assert!(
+        wp.val().grad(&grads).is_none(),
+        "base weight must be frozen"
+    );
+    assert!(
+        lin.bias.as_ref().unwrap().val().grad(&grads).is_none(),
+        "bias must be frozen"
+    );
     // Two trainable tensors in the whole module.
     assert_eq!(lin.num_params(), 6 * 5 + 6 + 2 * 5 + 6 * 2);
     let _inner: Linear<Nd> = lin.valid();
@@ -93,7 +125,8 @@ fn lora_update_matches_manual_and_only_a_b_get_grads() {
 fn dropout_mask_is_reproducible_from_its_seed() {
     let dev = Default::default();
     let w = Tensor::<Nd, 2>::zeros([4, 64], &dev);
-    let mut lin = Linear::dense(w, None).attach_lora(&cfg(4, 0.5), &mut ChaCha8Rng::seed_from_u64(3));
+    let mut lin =
+        Linear::dense(w, None).attach_lora(&cfg(4, 0.5), &mut ChaCha8Rng::seed_from_u64(3));
     let mut lora = lin.take_adapter().unwrap();
     lora.lora_b = burn::module::Param::from_tensor(Tensor::ones([4, 4], &dev));
     let lin = lin.with_adapter(lora);
@@ -111,16 +144,30 @@ fn dropout_mask_is_reproducible_from_its_seed() {
 fn quantized_forward_equals_dequantize_then_matmul() {
     let dev = Default::default();
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let values: Vec<f32> = (0..16 * 128).map(|_| rand::Rng::random_range(&mut rng, -1.0f32..1.0)).collect();
-    let spec = QuantSpec { format: QuantFormat::Nf4, blocksize: 64, double_quant: true };
+    let values: Vec<f32> = (0..16 * 128)
+        .map(|_| rand::Rng::random_range(&mut rng, -1.0f32..1.0))
+        .collect();
+    let spec = QuantSpec {
+        format: QuantFormat::Nf4,
+        blocksize: 64,
+        double_quant: true,
+    };
     let q = QuantizedTensor::quantize("w", &values, &[16, 128], spec, FloatDType::F32).unwrap();
     let dense_w = Tensor::<Nd, 2>::from_data(TensorData::new(q.dequantize(), [16, 128]), &dev);
     let qlin = Linear::quantized(QuantWeight::from_quantized(&q, &dev), None);
     assert!(qlin.is_quantized());
     assert_eq!(qlin.shape(), [16, 128]);
     let x = Tensor::<Nd, 3>::random([2, 3, 128], Distribution::Normal(0.0, 1.0), &dev);
-    let y = qlin.forward(x.clone()).into_data().into_vec::<f32>().unwrap();
-    let r = Linear::dense(dense_w.clone(), None).forward(x).into_data().into_vec::<f32>().unwrap();
+    let y = qlin
+        .forward(x.clone())
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap();
+    let r = Linear::dense(dense_w.clone(), None)
+        .forward(x)
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap();
     let d = max_abs_diff(&y, &r);
     assert!(d < 1e-5, "max abs diff {d}");
     assert_eq!(vec2(qlin.base_weight(DType::F32)), vec2(dense_w));

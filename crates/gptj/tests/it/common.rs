@@ -23,12 +23,26 @@ pub fn reference_tensor(name: &str) -> (Vec<f32>, Vec<usize>) {
     let bytes = std::fs::read(fixture_dir().join("reference.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let v = st.tensor(name).unwrap();
-    let data = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let data = v
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     (data, v.shape().to_vec())
 }
 
 pub fn json_2d(v: &serde_json::Value) -> Vec<Vec<i64>> {
-    v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_i64().unwrap())
+                .collect()
+        })
+        .collect()
 }
 
 pub fn int_tensor(rows: &[Vec<i64>]) -> Tensor<Nd, 2, Int> {
@@ -37,7 +51,12 @@ pub fn int_tensor(rows: &[Vec<i64>]) -> Tensor<Nd, 2, Int> {
 }
 
 pub fn load(sub: &str) -> Gptj<Nd> {
-    Gptj::load(&fixture_dir().join(sub), &LoadOptions::default(), &Default::default()).unwrap()
+    Gptj::load(
+        &fixture_dir().join(sub),
+        &LoadOptions::default(),
+        &Default::default(),
+    )
+    .unwrap()
 }
 
 /// Logits of the fixture's padded batch.
@@ -46,7 +65,11 @@ pub fn fixture_logits(model: &Gptj<Nd>) -> Vec<f32> {
     let ids = int_tensor(&json_2d(&r["input_ids"]));
     let mask = int_tensor(&json_2d(&r["attention_mask"]));
     let pos = int_tensor(&json_2d(&r["position_ids"]));
-    model.forward(ids, Some(mask), Some(pos), None).into_data().into_vec::<f32>().unwrap()
+    model
+        .forward(ids, Some(mask), Some(pos), None)
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap()
 }
 
 /// max |a − ref| / max |ref| over the non-pad positions (the check_adapter metric of make.py).
@@ -73,6 +96,12 @@ pub fn fixture_prompts() -> Vec<Vec<u32>> {
     let mask = json_2d(&r["attention_mask"]);
     ids.iter()
         .zip(&mask)
-        .map(|(row, m)| row.iter().zip(m).filter(|(_, &m)| m == 1).map(|(&t, _)| t as u32).collect())
+        .map(|(row, m)| {
+            row.iter()
+                .zip(m)
+                .filter(|(_, &m)| m == 1)
+                .map(|(&t, _)| t as u32)
+                .collect()
+        })
         .collect()
 }

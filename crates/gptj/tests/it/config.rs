@@ -8,7 +8,16 @@ use crate::common::fixture_dir;
 #[test]
 fn fixture_config_parses_with_unknown_fields() {
     let cfg = GptjConfig::from_file(&fixture_dir().join("fp32/config.json")).unwrap();
-    assert_eq!((cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.rotary_dim(), cfg.inner_dim()), (64, 3, 4, 8, 256));
+    assert_eq!(
+        (
+            cfg.n_embd,
+            cfg.n_layer,
+            cfg.n_head,
+            cfg.rotary_dim(),
+            cfg.inner_dim()
+        ),
+        (64, 3, 4, 8, 256)
+    );
     assert_eq!(cfg.eos_token_id, Some(2));
 }
 
@@ -16,11 +25,22 @@ fn fixture_config_parses_with_unknown_fields() {
 fn missing_required_field_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.json");
-    std::fs::write(&path, r#"{"vocab_size": 10, "n_positions": 8, "n_layer": 1, "n_head": 1}"#).unwrap();
+    std::fs::write(
+        &path,
+        r#"{"vocab_size": 10, "n_positions": 8, "n_layer": 1, "n_head": 1}"#,
+    )
+    .unwrap();
     let err = GptjConfig::from_file(&path).unwrap_err();
     let msg = format!("{err}: {}", std::error::Error::source(&err).unwrap());
-    assert!(msg.contains("n_embd") && msg.contains("config.json"), "{msg}");
-    std::fs::write(&path, r#"{"vocab_size": 10, "n_positions": 8, "n_embd": 6, "n_layer": 1, "n_head": 4}"#).unwrap();
+    assert!(
+        msg.contains("n_embd") && msg.contains("config.json"),
+        "{msg}"
+    );
+    std::fs::write(
+        &path,
+        r#"{"vocab_size": 10, "n_positions": 8, "n_embd": 6, "n_layer": 1, "n_head": 4}"#,
+    )
+    .unwrap();
     let msg = GptjConfig::from_file(&path).unwrap_err().to_string();
     assert!(msg.contains("n_head"), "{msg}");
 }
@@ -36,5 +56,8 @@ fn gptj_6b_counts_as_peft_prints_them() {
         target_modules: TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]),
     };
     let counts = cfg.lora_param_counts(&lora);
-    assert_eq!(counts.to_string(), "trainable params: 7,340,032 || all params: 6,058,222,816 || trainable%: 0.1212");
+    assert_eq!(
+        counts.to_string(),
+        "trainable params: 7,340,032 || all params: 6,058,222,816 || trainable%: 0.1212"
+    );
 }

@@ -10,7 +10,9 @@ use crate::common::*;
 
 /// Copies the fp32 fixture into a temp dir, letting `edit` change the tensor map
 /// (name → (dtype, shape, bytes)) before writing model.safetensors.
-fn variant(edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>)) -> tempfile::TempDir {
+fn variant(
+    edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>),
+) -> tempfile::TempDir {
     let src = fixture_dir().join("fp32");
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
@@ -24,7 +26,12 @@ fn variant(edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>)
     edit(&mut map);
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = map
         .iter()
-        .map(|(n, (d, s, b))| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(n, (d, s, b))| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
     dir
@@ -42,7 +49,10 @@ fn missing_tensor_is_named() {
         m.remove(T);
     });
     let msg = load_err(dir.path()).to_string();
-    assert!(msg.contains(T) && msg.contains("not found") && msg.contains("model.safetensors"), "{msg}");
+    assert!(
+        msg.contains(T) && msg.contains("not found") && msg.contains("model.safetensors"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -52,7 +62,10 @@ fn wrong_shape_is_named() {
         e.1 = vec![32, 128];
     });
     let msg = load_err(dir.path()).to_string();
-    assert!(msg.contains(T) && msg.contains("[32, 128]") && msg.contains("[64, 64]"), "{msg}");
+    assert!(
+        msg.contains(T) && msg.contains("[32, 128]") && msg.contains("[64, 64]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -73,13 +86,20 @@ fn truncated_file_is_named() {
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(len - 100).unwrap();
     let msg = load_err(dir.path()).to_string();
-    assert!(msg.contains("model.safetensors") && msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("truncated"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn pickle_checkpoints_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture_dir().join("fp32/config.json"), dir.path().join("config.json")).unwrap();
+    std::fs::copy(
+        fixture_dir().join("fp32/config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("pytorch_model.bin"), b"not read").unwrap();
     let err = load_err(dir.path());
     assert!(matches!(err, GptjError::PickleRefused { .. }), "{err}");
@@ -90,7 +110,12 @@ fn pickle_checkpoints_are_refused() {
 fn missing_shard_of_an_index_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture_dir().join("sharded");
-    for f in ["config.json", "model.safetensors.index.json", "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors"] {
+    for f in [
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00003.safetensors",
+        "model-00002-of-00003.safetensors",
+    ] {
         std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
     }
     let msg = load_err(dir.path()).to_string();
@@ -100,5 +125,8 @@ fn missing_shard_of_an_index_is_named() {
 #[test]
 fn local_folder_resolves_without_network() {
     let dir = fixture_dir().join("fp32");
-    assert_eq!(qtune_gptj::hub::resolve(dir.to_str().unwrap(), None).unwrap(), dir);
+    assert_eq!(
+        qtune_gptj::hub::resolve(dir.to_str().unwrap(), None).unwrap(),
+        dir
+    );
 }

@@ -25,8 +25,13 @@ fn check(name: &str) {
     let model = load("fp32");
     let r = reference_json();
     let case = &r["generate"][name];
-    let want: Vec<Vec<u32>> = json_2d(&case["output_ids"]).iter().map(|row| row.iter().map(|&t| t as u32).collect()).collect();
-    let got = model.generate(&fixture_prompts(), &hf_config(&case["args"])).unwrap();
+    let want: Vec<Vec<u32>> = json_2d(&case["output_ids"])
+        .iter()
+        .map(|row| row.iter().map(|&t| t as u32).collect())
+        .collect();
+    let got = model
+        .generate(&fixture_prompts(), &hf_config(&case["args"]))
+        .unwrap();
     // HF pads rows that stopped on EOS; ours stop at EOS. Compare up to and including EOS.
     for (g, w) in got.iter().zip(&want) {
         let cut = w.iter().position(|&t| t == 2).map_or(w.len(), |i| i + 1);
@@ -58,10 +63,18 @@ fn beam4_length_penalty_2_no_early_stop_matches_hf() {
 fn batched_greedy_equals_each_prompt_alone() {
     let model = load("fp32");
     let prompts = fixture_prompts();
-    let cfg = GenerationConfig { max_new_tokens: 6, eos_token_id: Some(2), pad_token_id: Some(0), ..Default::default() };
+    let cfg = GenerationConfig {
+        max_new_tokens: 6,
+        eos_token_id: Some(2),
+        pad_token_id: Some(0),
+        ..Default::default()
+    };
     let batched = model.generate(&prompts, &cfg).unwrap();
     for (p, b) in prompts.iter().zip(&batched) {
-        assert_eq!(&model.generate(std::slice::from_ref(p), &cfg).unwrap()[0], b);
+        assert_eq!(
+            &model.generate(std::slice::from_ref(p), &cfg).unwrap()[0],
+            b
+        );
     }
 }
 
@@ -69,25 +82,76 @@ fn batched_greedy_equals_each_prompt_alone() {
 fn sampling_is_seeded_and_top_k_1_is_greedy() {
     let model = load("fp32");
     let prompts = fixture_prompts();
-    let base = GenerationConfig { max_new_tokens: 8, do_sample: true, temperature: 0.9, top_p: 0.95, seed: 7, ..Default::default() };
+    let base = GenerationConfig {
+        max_new_tokens: 8,
+        do_sample: true,
+        temperature: 0.9,
+        top_p: 0.95,
+        seed: 7,
+        ..Default::default()
+    };
     let a = model.generate(&prompts, &base).unwrap();
-    assert_eq!(a, model.generate(&prompts, &base).unwrap(), "same seed, same samples");
-    let others: Vec<_> = (8..12).map(|s| model.generate(&prompts, &GenerationConfig { seed: s, ..base.clone() }).unwrap()).collect();
-    assert!(others.iter().any(|o| o != &a), "different seeds never changed a sample");
-    let k1 = GenerationConfig { top_k: Some(1), ..base.clone() };
-    let greedy = GenerationConfig { do_sample: false, ..base };
-    assert_eq!(model.generate(&prompts, &k1).unwrap(), model.generate(&prompts, &greedy).unwrap());
+    assert_eq!(
+        a,
+        model.generate(&prompts, &base).unwrap(),
+        "same seed, same samples"
+    );
+    let others: Vec<_> = (8..12)
+        .map(|s| {
+            model
+                .generate(
+                    &prompts,
+                    &GenerationConfig {
+                        seed: s,
+                        ..base.clone()
+                    },
+                )
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        others.iter().any(|o| o != &a),
+        "different seeds never changed a sample"
+    );
+    let k1 = GenerationConfig {
+        top_k: Some(1),
+        ..base.clone()
+    };
+    let greedy = GenerationConfig {
+        do_sample: false,
+        ..base
+    };
+    assert_eq!(
+        model.generate(&prompts, &k1).unwrap(),
+        model.generate(&prompts, &greedy).unwrap()
+    );
 }
 
 #[test]
 fn eos_stops_a_row() {
     let model = load("fp32");
     let prompts = fixture_prompts();
-    let greedy = model.generate(&prompts, &GenerationConfig { max_new_tokens: 5, ..Default::default() }).unwrap();
+    let greedy = model
+        .generate(
+            &prompts,
+            &GenerationConfig {
+                max_new_tokens: 5,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     // Declare row 0's third generated token the EOS: row 0 stops there, others continue.
     let eos = greedy[0][2];
     let got = model
-        .generate(&prompts, &GenerationConfig { max_new_tokens: 5, eos_token_id: Some(eos), pad_token_id: Some(0), ..Default::default() })
+        .generate(
+            &prompts,
+            &GenerationConfig {
+                max_new_tokens: 5,
+                eos_token_id: Some(eos),
+                pad_token_id: Some(0),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(got[0], greedy[0][..3].to_vec());
 }
@@ -96,13 +160,26 @@ fn eos_stops_a_row() {
 fn invalid_generation_configs_are_errors() {
     let model = load("fp32");
     let bad = [
-        GenerationConfig { num_beams: 0, ..Default::default() },
-        GenerationConfig { temperature: 0.0, ..Default::default() },
-        GenerationConfig { top_p: 0.0, ..Default::default() },
+        GenerationConfig {
+            num_beams: 0,
+            ..Default::default()
+        },
+        GenerationConfig {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        GenerationConfig {
+            top_p: 0.0,
+            ..Default::default()
+        },
     ];
     for cfg in bad {
         assert!(model.generate(&[vec![3, 4]], &cfg).is_err(), "{cfg:?}");
     }
-    assert!(model.generate(&[vec![]], &GenerationConfig::default()).is_err());
-    assert!(model.generate(&[vec![100_000]], &GenerationConfig::default()).is_err());
+    assert!(model
+        .generate(&[vec![]], &GenerationConfig::default())
+        .is_err());
+    assert!(model
+        .generate(&[vec![100_000]], &GenerationConfig::default())
+        .is_err());
 }

@@ -8,7 +8,12 @@ use qtune_lora::{LoraConfig, TargetModules};
 use crate::common::*;
 
 fn qv(r: usize) -> LoraConfig {
-    LoraConfig { r, lora_alpha: 2.0 * r as f64, lora_dropout: 0.0, target_modules: TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]) }
+    LoraConfig {
+        r,
+        lora_alpha: 2.0 * r as f64,
+        lora_dropout: 0.0,
+        target_modules: TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]),
+    }
 }
 
 #[test]
@@ -16,10 +21,17 @@ fn lora_keys_and_counts_follow_peft() {
     let model = load("fp32").with_lora(&qv(4), 0).unwrap();
     let keys: Vec<String> = model.lora_params().iter().map(|p| p.key.clone()).collect();
     assert_eq!(keys.len(), 3 * 2 * 2);
-    assert_eq!(keys[0], "base_model.model.transformer.h.0.attn.q_proj.lora_A.weight");
-    assert_eq!(keys[3], "base_model.model.transformer.h.0.attn.v_proj.lora_B.weight");
+    assert_eq!(
+        keys[0],
+        "base_model.model.transformer.h.0.attn.q_proj.lora_A.weight"
+    );
+    assert_eq!(
+        keys[3],
+        "base_model.model.transformer.h.0.attn.v_proj.lora_B.weight"
+    );
     // The fixture adapter (made by PEFT) has exactly these keys.
-    let bytes = std::fs::read(fixture_dir().join("peft_adapter/adapter_model.safetensors")).unwrap();
+    let bytes =
+        std::fs::read(fixture_dir().join("peft_adapter/adapter_model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut peft_keys: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     peft_keys.sort();
@@ -27,7 +39,12 @@ fn lora_keys_and_counts_follow_peft() {
     ours.sort();
     assert_eq!(ours, peft_keys);
     for p in model.lora_params() {
-        assert_eq!(st.tensor(&p.key).unwrap().shape(), p.param.shape().dims::<2>().as_slice(), "{}", p.key);
+        assert_eq!(
+            st.tensor(&p.key).unwrap().shape(),
+            p.param.shape().dims::<2>().as_slice(),
+            "{}",
+            p.key
+        );
     }
     // Instance counts equal the config-only counts.
     assert_eq!(model.param_counts(), model.config.lora_param_counts(&qv(4)));
@@ -37,12 +54,18 @@ fn lora_keys_and_counts_follow_peft() {
 #[test]
 fn fresh_lora_leaves_logits_unchanged_and_all_linear_skips_lm_head() {
     let base = fixture_logits(&load("fp32"));
-    let cfg = LoraConfig { target_modules: TargetModules::AllLinear, ..qv(2) };
+    let cfg = LoraConfig {
+        target_modules: TargetModules::AllLinear,
+        ..qv(2)
+    };
     let model = load("fp32").with_lora(&cfg, 1).unwrap();
     assert_eq!(fixture_logits(&model), base);
     assert!(model.lm_head.lora.is_none());
     assert_eq!(model.lora_params().len(), 3 * 6 * 2);
-    let none = LoraConfig { target_modules: TargetModules::Names(vec!["nope".into()]), ..qv(2) };
+    let none = LoraConfig {
+        target_modules: TargetModules::Names(vec!["nope".into()]),
+        ..qv(2)
+    };
     assert!(load("fp32").with_lora(&none, 1).is_err());
 }
 
@@ -55,7 +78,10 @@ fn only_lora_tensors_get_gradients() {
         .with_lora(&qv(2), 3)
         .unwrap();
     // Make B non-zero so A gets a gradient too.
-    let ids = Tensor::<Ad, 2, Int>::from_data(TensorData::new(vec![3i64, 9, 27, 81, 243, 5], [1, 6]), &dev);
+    let ids = Tensor::<Ad, 2, Int>::from_data(
+        TensorData::new(vec![3i64, 9, 27, 81, 243, 5], [1, 6]),
+        &dev,
+    );
     let ctx = model.context(1, 6, None, None, Some(11));
     let h = model.hidden(ids.clone(), &ctx, None);
     let (loss, n) = model.loss_sum(h, ids).unwrap();
@@ -81,7 +107,10 @@ fn only_lora_tensors_get_gradients() {
 /// exact resume rely on) and another seed changes it.
 #[test]
 fn lora_dropout_is_reproducible_from_the_context_seed() {
-    let cfg = LoraConfig { lora_dropout: 0.5, ..qv(2) };
+    let cfg = LoraConfig {
+        lora_dropout: 0.5,
+        ..qv(2)
+    };
     let mut model = load("fp32").with_lora(&cfg, 5).unwrap();
     for (_, lin) in model.linears_mut() {
         if let Some(l) = lin.lora.as_mut() {

@@ -28,7 +28,7 @@ fn sharded_logits_match_hf() {
 
 /// bf16/fp16 files hold the fp32 weights rounded (bf16: 8 bits of mantissa, fp16: 11), and we
 /// compute in f32, while the reference is the fp32 model: the error is the weight rounding.
-/// Tolerances: about 4× the error measured here (bf16 4.6e-3, fp16 6.0e-4), far below what a
+/// Tolerances: about 3-4× the error measured here (bf16 6.5e-3, fp16 7.8e-4), far below what a
 /// layout or conversion bug gives (≥ 1e-1).
 #[test]
 fn half_precision_files_match_hf_within_rounding() {
@@ -68,18 +68,33 @@ fn loss_sum_matches_cross_entropy_of_hf_logits_and_chunking_is_exact() {
             }
             let row = &reference[(b * t + i) * v..(b * t + i + 1) * v];
             let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
-            let lse = row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+            let lse = row
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln()
+                + max;
             want += lse - row[y as usize] as f64;
             n_want += 1;
         }
     }
-    let ctx = model.context(bsz, t, Some(&mask.concat()), Some(&json_2d(&r["position_ids"]).concat()), None);
+    let ctx = model.context(
+        bsz,
+        t,
+        Some(&mask.concat()),
+        Some(&json_2d(&r["position_ids"]).concat()),
+        None,
+    );
     let h = model.hidden(int_tensor(&ids), &ctx, None);
     let (sum, n) = model.loss_sum(h.clone(), int_tensor(&labels)).unwrap();
     let sum = sum.into_scalar() as f64;
     assert_eq!(n, n_want);
     let rel = ((sum - want) / want).abs();
-    println!("loss {} vs HF-logits CE {} (n = {n}), rel {rel:e}", sum / n as f64, want / n_want as f64);
+    println!(
+        "loss {} vs HF-logits CE {} (n = {n}), rel {rel:e}",
+        sum / n as f64,
+        want / n_want as f64
+    );
     assert!(rel <= 1e-5, "loss rel err {rel:e}");
     // Chunks of 3 rows give the same sum up to f32 summation order.
     let (chunked, n3) = model.loss_sum_chunked(h, int_tensor(&labels), 3).unwrap();
@@ -94,7 +109,9 @@ fn loss_rejects_out_of_vocab_labels() {
     let ids = vec![vec![5i64, 6, 7]];
     let ctx = model.context(1, 3, None, None, None);
     let h = model.hidden(int_tensor(&ids), &ctx, None);
-    let err = model.loss_sum(h, int_tensor(&[vec![5, 6, 9999]])).unwrap_err();
+    let err = model
+        .loss_sum(h, int_tensor(&[vec![5, 6, 9999]]))
+        .unwrap_err();
     assert!(err.to_string().contains("9999"), "{err}");
 }
 
@@ -105,27 +122,45 @@ fn kv_cache_decoding_equals_full_recompute() {
     let dev = Default::default();
     let ids: Vec<i64> = vec![11, 200, 37, 5, 480, 99, 301, 7, 64];
     let full = model
-        .forward(Tensor::<Nd, 2, Int>::from_data(TensorData::new(ids.clone(), [1, ids.len()]), &dev), None, None, None)
+        .forward(
+            Tensor::<Nd, 2, Int>::from_data(TensorData::new(ids.clone(), [1, ids.len()]), &dev),
+            None,
+            None,
+            None,
+        )
         .into_data()
         .into_vec::<f32>()
         .unwrap();
     let v = model.config.vocab_size;
     let mut cache = KvCache::new(model.blocks.len());
-    let pre = model.forward(Tensor::from_data(TensorData::new(ids[..5].to_vec(), [1, 5]), &dev), None, None, Some(&mut cache));
+    let pre = model.forward(
+        Tensor::from_data(TensorData::new(ids[..5].to_vec(), [1, 5]), &dev),
+        None,
+        None,
+        Some(&mut cache),
+    );
     let pre = pre.into_data().into_vec::<f32>().unwrap();
     let mut worst = 0f32;
     for (i, (a, b)) in pre.iter().zip(&full[..5 * v]).enumerate() {
         assert!((a - b).abs() <= 1e-5, "prefill logit {i}: {a} vs {b}");
     }
     for step in 5..ids.len() {
-        let out = model.forward(Tensor::from_data(TensorData::new(vec![ids[step]], [1, 1]), &dev), None, None, Some(&mut cache));
+        let out = model.forward(
+            Tensor::from_data(TensorData::new(vec![ids[step]], [1, 1]), &dev),
+            None,
+            None,
+            Some(&mut cache),
+        );
         let out = out.into_data().into_vec::<f32>().unwrap();
         for (a, b) in out.iter().zip(&full[step * v..(step + 1) * v]) {
             worst = worst.max((a - b).abs());
         }
     }
     println!("kv cache vs recompute max abs diff {worst:e}");
-    assert!(worst <= 1e-5, "kv cache vs recompute max abs diff {worst:e}");
+    assert!(
+        worst <= 1e-5,
+        "kv cache vs recompute max abs diff {worst:e}"
+    );
     assert_eq!(cache.past_len(), ids.len());
 }
 
@@ -134,8 +169,18 @@ fn kv_cache_decoding_equals_full_recompute() {
 fn blockwise_path_equals_forward() {
     let model = load("fp32");
     let r = reference_json();
-    let (ids, mask, pos) = (json_2d(&r["input_ids"]), json_2d(&r["attention_mask"]), json_2d(&r["position_ids"]));
-    let ctx = model.context(ids.len(), ids[0].len(), Some(&mask.concat()), Some(&pos.concat()), None);
+    let (ids, mask, pos) = (
+        json_2d(&r["input_ids"]),
+        json_2d(&r["attention_mask"]),
+        json_2d(&r["position_ids"]),
+    );
+    let ctx = model.context(
+        ids.len(),
+        ids[0].len(),
+        Some(&mask.concat()),
+        Some(&pos.concat()),
+        None,
+    );
     let mut h = model.embed(int_tensor(&ids));
     for b in &model.blocks {
         h = b.forward(h, &ctx);
@@ -149,13 +194,25 @@ fn perplexity_matches_hf_sliding_window() {
     let model = load("fp32");
     let r = reference_json();
     let p = &r["perplexity"];
-    let ids: Vec<u32> = p["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let ids: Vec<u32> = p["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
     let got = model
-        .perplexity(&ids, p["max_length"].as_u64().unwrap() as usize, p["stride"].as_u64().unwrap() as usize)
+        .perplexity(
+            &ids,
+            p["max_length"].as_u64().unwrap() as usize,
+            p["stride"].as_u64().unwrap() as usize,
+        )
         .unwrap();
     let want = p["ppl"].as_f64().unwrap();
     let rel = ((got.ppl - want) / want).abs();
-    println!("ppl {} vs HF {want}, tokens {} vs {}, rel {rel:e}", got.ppl, got.tokens, p["tokens"]);
+    println!(
+        "ppl {} vs HF {want}, tokens {} vs {}, rel {rel:e}",
+        got.ppl, got.tokens, p["tokens"]
+    );
     assert_eq!(got.tokens as u64, p["tokens"].as_u64().unwrap());
     assert!(rel <= 1e-4, "ppl rel err {rel:e}");
 }

@@ -10,9 +10,15 @@ use crate::common::*;
 /// bit-identical to bnb's (qtune-quant's tests), so the remaining difference is f32 GEMM order.
 #[test]
 fn nf4_load_matches_bitsandbytes_logits() {
-    let opts = LoadOptions { dtype: DType::F32, quant: Some(QuantSpec::nf4()) };
+    let opts = LoadOptions {
+        dtype: DType::F32,
+        quant: Some(QuantSpec::nf4()),
+    };
     let model = Gptj::<Nd>::load(&fixture_dir().join("fp32"), &opts, &Default::default()).unwrap();
-    assert!(model.blocks.iter().all(|b| b.attn.q_proj.is_quantized() && b.mlp.fc_out.is_quantized()));
+    assert!(model
+        .blocks
+        .iter()
+        .all(|b| b.attn.q_proj.is_quantized() && b.mlp.fc_out.is_quantized()));
     assert!(!model.lm_head.is_quantized());
     let (reference, shape) = reference_tensor("nf4_logits");
     let err = max_rel_err_non_pad(&fixture_logits(&model), &reference, shape[2]);

@@ -6,8 +6,16 @@ use qtune_gptj::tokenizer;
 
 fn data_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(std::env::var("QTUNE_DATA_DIR").ok()?);
-    let dir = if dir.is_relative() { PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(dir) } else { dir };
-    dir.join("gpt2-tokenizer/encoder.json").is_file().then_some(dir)
+    let dir = if dir.is_relative() {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(dir)
+    } else {
+        dir
+    };
+    dir.join("gpt2-tokenizer/encoder.json")
+        .is_file()
+        .then_some(dir)
 }
 
 #[test]
@@ -16,10 +24,19 @@ fn ids_match_hf_gptj_tokenizer() {
         println!("skipped: QTUNE_DATA_DIR unset or without gpt2-tokenizer/encoder.json");
         return;
     };
-    let tok = tokenizer::from_gpt2_files(&data.join("gpt2-tokenizer/encoder.json"), &data.join("gpt2-tokenizer/vocab.bpe")).unwrap();
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizer/ids.json");
-    let ids: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
-    let squad: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("squad-v2/dev-v2.0.json")).unwrap()).unwrap();
+    let tok = tokenizer::from_gpt2_files(
+        &data.join("gpt2-tokenizer/encoder.json"),
+        &data.join("gpt2-tokenizer/vocab.bpe"),
+    )
+    .unwrap();
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizer/ids.json");
+    let ids: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let squad: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join("squad-v2/dev-v2.0.json")).unwrap(),
+    )
+    .unwrap();
     let raw = std::fs::read(data.join("wikitext-2/wiki.test.raw")).unwrap();
     let raw = String::from_utf8(raw).unwrap();
     // The texts in make.py's order: 3 articles × 2 paragraphs × (context, first question),
@@ -39,8 +56,17 @@ fn ids_match_hf_gptj_tokenizer() {
             "literal" => case["text"].as_str().unwrap().to_string(),
             _ => texts[k].clone(),
         };
-        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-        assert_eq!(tokenizer::encode(&tok, &text).unwrap(), want, "case {case:?}");
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            tokenizer::encode(&tok, &text).unwrap(),
+            want,
+            "case {case:?}"
+        );
         checked += 1;
         total_ids += want.len();
     }
