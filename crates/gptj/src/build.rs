@@ -19,6 +19,13 @@ pub(crate) trait TensorSource<B: QBackend> {
     fn tensor2(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>, GptjError>;
     /// Whether the source has this tensor (for tied `lm_head`).
     fn contains(&self, name: &str) -> bool;
+    /// The weight of linear `module` if the source stores it already quantized (bnb/HF format).
+    fn quantized(
+        &mut self,
+        _module: &str,
+    ) -> Result<Option<qtune_quant::QuantizedTensor>, GptjError> {
+        Ok(None)
+    }
 }
 
 pub(crate) fn float_dtype(dtype: DType) -> FloatDType {
@@ -45,12 +52,28 @@ pub(crate) fn build<B: QBackend, S: TensorSource<B>>(
                   shape: [usize; 2],
                   bias: bool|
      -> Result<Linear<B>, GptjError> {
-        let w = src.tensor2(&format!("{name}.weight"), shape)?;
         let b = if bias {
             Some(src.tensor1(&format!("{name}.bias"), [shape[0]])?)
         } else {
             None
         };
+        if let Some(q) = src.quantized(&name)? {
+            // A pre-quantized checkpoint (e.g. saved by HF + bitsandbytes) is used as stored.
+            if q.shape != shape {
+                return Err(GptjError::Input(format!(
+                    "{name}.weight: quantized shape {:?}, expected {shape:?}",
+                    q.shape
+                )));
+            }
+            let w = QuantWeight::try_from_quantized(&name, &q, device).map_err(|source| {
+                GptjError::Quantize {
+                    name: name.clone(),
+                    source: Box::new(source),
+                }
+            })?;
+            return Ok(Linear::quantized(w, b));
+        }
+        let w = src.tensor2(&format!("{name}.weight"), shape)?;
         Ok(match quant {
             None => Linear::dense(w, b),
             Some(spec) => {
@@ -111,7 +134,6 @@ pub(crate) fn build<B: QBackend, S: TensorSource<B>>(
     } else {
         Tensor::zeros([v], device)
     };
-    let _ = device;
     Ok(Gptj {
         wte: frozen(wte),
         blocks,

@@ -207,6 +207,26 @@ impl<B: QBackend> TensorSource<B> for FileSource<'_, B> {
     fn contains(&self, name: &str) -> bool {
         self.files.by_name.contains_key(name)
     }
+
+    fn quantized(
+        &mut self,
+        module: &str,
+    ) -> Result<Option<qtune_quant::QuantizedTensor>, GptjError> {
+        let Some(&i) = self.files.by_name.get(&format!("{module}.weight")) else {
+            return Ok(None);
+        };
+        let (path, mmap) = &self.files.files[i];
+        let st = SafeTensors::deserialize(mmap).map_err(|e| st_err(path, e))?;
+        if qtune_quant::io::quant_format_of(&st, module).is_none() {
+            return Ok(None);
+        }
+        qtune_quant::QuantizedTensor::from_safetensors(&st, module, path)
+            .map(Some)
+            .map_err(|e| GptjError::Safetensors {
+                path: path.clone(),
+                reason: e.to_string(),
+            })
+    }
 }
 
 impl<B: QBackend> Gptj<B> {

@@ -128,3 +128,32 @@ fn lora_dropout_is_reproducible_from_the_context_seed() {
     assert_ne!(loss(Some(1)), loss(Some(2)));
     assert_ne!(loss(Some(1)), loss(None));
 }
+
+/// The PEFT fixture adapter (PEFT 0.21), read with qtune-lora's PEFT reader and set on the
+/// model's linears by HF module path, gives PEFT's logits (`peft_logits`).
+#[test]
+fn peft_fixture_adapter_gives_peft_logits() {
+    let adapter = qtune_lora::peft::PeftAdapter::load(&fixture_dir().join("peft_adapter")).unwrap();
+    let scaling = adapter.config.scaling();
+    let dev = Default::default();
+    let mut model = load("fp32");
+    let mut set = 0;
+    for (name, lin) in model.linears_mut() {
+        if let Some(t) = adapter.modules.get(&name) {
+            let a = Tensor::from_data(TensorData::new(t.a.clone(), t.a_shape), &dev);
+            let b = Tensor::from_data(TensorData::new(t.b.clone(), t.b_shape), &dev);
+            let taken = std::mem::replace(
+                lin,
+                qtune_lora::Linear::dense(Tensor::zeros([1, 1], &dev), None),
+            );
+            *lin = taken.with_adapter(qtune_lora::LoraAdapter::from_tensors(a, b, scaling, 0.0));
+            set += 1;
+        }
+    }
+    assert_eq!(set, adapter.modules.len());
+    assert_eq!(set, 6);
+    let (reference, shape) = reference_tensor("peft_logits");
+    let err = max_rel_err_non_pad(&fixture_logits(&model), &reference, shape[2]);
+    println!("peft adapter max rel err {err:e}");
+    assert!(err <= 1e-4, "peft adapter max rel err {err:e}");
+}

@@ -43,3 +43,23 @@ fn random_init_is_seeded_and_quantizable() {
         assert!(l.iter().all(|x| x.is_finite()));
     }
 }
+
+/// The HF + bitsandbytes NF4 serialization (`nf4/`) loads as stored (no re-quantization) and
+/// gives bnb's logits.
+#[test]
+fn prequantized_bnb_checkpoint_matches_bitsandbytes_logits() {
+    let model = Gptj::<Nd>::load(
+        &fixture_dir().join("nf4"),
+        &LoadOptions::default(),
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(model
+        .blocks
+        .iter()
+        .all(|b| b.attn.v_proj.is_quantized() && b.mlp.fc_in.is_quantized()));
+    let (reference, shape) = reference_tensor("nf4_logits");
+    let err = max_rel_err_non_pad(&fixture_logits(&model), &reference, shape[2]);
+    println!("nf4 file max rel err {err:e}");
+    assert!(err <= 1e-4, "nf4 file max rel err {err:e}");
+}
