@@ -73,7 +73,12 @@ pub fn resolve(source: &str, revision: Option<&str>) -> Result<PathBuf, GptjErro
             }
         }
         Err(_) => {
-            get("model.safetensors")?;
+            get("model.safetensors").map_err(|e| {
+                hub(
+                    "model.safetensors",
+                    format!("{e} (qtune reads safetensors only; a repo or revision with just pytorch_model.bin is refused because unpickling executes code)"),
+                )
+            })?;
         }
     }
     for optional in [
