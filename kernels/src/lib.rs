@@ -11,7 +11,10 @@
 //!   with `qtune-quant`, so it is bit-identical to bitsandbytes by construction.
 //! - `burn_cubecl::CubeBackend<CudaRuntime, ..>` (feature `cuda`): CubeCL dequant kernels writing the
 //!   activation's dtype, then cuBLAS `cublasGemmEx` (bf16/f16 in, fp32 accumulate) on Burn's own
-//!   buffers. See [`cuda`].
+//!   buffers. See [`cuda`]. Dequantization is bit-exact with bitsandbytes; quantizing on the
+//!   GPU ([`QuantWeight::quantize`]) uses an IEEE `1.0 / absmax`, i.e. equals `qtune-quant`'s
+//!   `Reciprocal::Ieee` mode, while the CPU default (`Reciprocal::BnbCuda`) is bit-exact with bnb's
+//!   fast-math CUDA build: the two may differ at rare exact decision midpoints.
 //! - `Autodiff<B, C>` for any of the above.
 
 mod autodiff;

@@ -4,13 +4,15 @@
 //! - `codes: [u8; n]`: `codes[i]` indexes [`DYNAMIC_MAP`];
 //! - `absmax: [f32; ceil(n/B)]`: max |x| of each block (the last block may be short);
 //! - decode: `DYNAMIC_MAP[codes[i]] * absmax[i / B]` in f32, then cast to the weight dtype;
-//! - encode: `x * (1/absmax)` in f32, then bnb's binary search with float midpoints.
+//! - encode: `x * (1/absmax)` in f32 with bnb's fast-math reciprocal ([`crate::rcp`]), then
+//!   bnb's binary search with float midpoints.
 //!
 //! With double quant an 8-bit weight nests its absmax in blocks of 256 like the 4-bit formats
 //! (our choice for a self-describing state; bnb's `quantize_blockwise(nested=True)` would reuse
 //! the outer block size, but bnb has no 8-bit blockwise *weight* format to match).
 
 use crate::maps::{block_absmax, encode_dynamic, ftz, inv_absmax};
+use crate::rcp::Reciprocal;
 use crate::source::Source;
 use crate::{FloatDType, QuantError, QuantFormat, DYNAMIC_MAP};
 
@@ -21,7 +23,13 @@ pub const DEFAULT_BLOCKSIZE: usize = 4096;
 
 /// Quantizes `x` in blocks of `blocksize`; returns `(codes, absmax)`.
 pub fn quantize(x: &[f32], blocksize: usize) -> Result<(Vec<u8>, Vec<f32>), QuantError> {
-    quantize_source("input", Source::F32(x), FloatDType::F32, blocksize)
+    quantize_source(
+        "input",
+        Source::F32(x),
+        FloatDType::F32,
+        blocksize,
+        Reciprocal::BnbCuda,
+    )
 }
 
 /// Inverse of [`quantize`]: `codes.len()` values in f32.
@@ -103,6 +111,7 @@ pub(crate) fn quantize_source(
     src: Source<'_>,
     cast: FloatDType,
     blocksize: usize,
+    rcp: Reciprocal,
 ) -> Result<(Vec<u8>, Vec<f32>), QuantError> {
     check_blocksize(name, blocksize)?;
     let n = src.len(name)?;
@@ -115,7 +124,7 @@ pub(crate) fn quantize_source(
     let mut absmax = Vec::with_capacity(n.div_ceil(blocksize));
     src.for_each_block(name, blocksize, cast, |_, values| {
         let amax = block_absmax(values);
-        let scale = inv_absmax(amax);
+        let scale = rcp.inv_absmax(amax);
         absmax.push(amax);
         codes.extend(
             values

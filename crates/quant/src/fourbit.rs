@@ -6,11 +6,13 @@
 //!   2j+1 in bits 3..0 ([`ODD_SHIFT`]); for odd n the last low nibble encodes a padding 0.0
 //!   exactly as the kernel does (NF4: 7 = 0.0, or 0 for an all-zero block; FP4: 0);
 //! - decode: `MAP[nibble] * absmax[i / B]` in f32 ([`NF4_MAP`], [`FP4_MAP`]), then cast;
-//! - encode: `x * (1/absmax)` in f32, then bnb's decision tree (`dQuantizeNF4`/`dQuantizeFP4`).
+//! - encode: `x * (1/absmax)` in f32 with bnb's fast-math reciprocal ([`crate::rcp`]), then
+//!   bnb's decision tree (`dQuantizeNF4`/`dQuantizeFP4`).
 
 use serde::{Deserialize, Serialize};
 
-use crate::maps::{block_absmax, encode_fp4, encode_nf4, ftz, inv_absmax};
+use crate::maps::{block_absmax, encode_fp4, encode_nf4, ftz};
+use crate::rcp::Reciprocal;
 use crate::source::Source;
 use crate::{FloatDType, QuantError, QuantFormat, FP4_MAP, NF4_MAP};
 
@@ -89,7 +91,14 @@ pub fn quantize(
     blocksize: usize,
     kind: FourBit,
 ) -> Result<(Vec<u8>, Vec<f32>), QuantError> {
-    quantize_source("input", Source::F32(x), FloatDType::F32, blocksize, kind)
+    quantize_source(
+        "input",
+        Source::F32(x),
+        FloatDType::F32,
+        blocksize,
+        kind,
+        Reciprocal::BnbCuda,
+    )
 }
 
 /// Inverse of [`quantize`] for `n` values.
@@ -128,6 +137,7 @@ pub(crate) fn quantize_source(
     cast: FloatDType,
     blocksize: usize,
     kind: FourBit,
+    rcp: Reciprocal,
 ) -> Result<(Vec<u8>, Vec<f32>), QuantError> {
     check_blocksize(name, blocksize, kind)?;
     let n = src.len(name)?;
@@ -141,7 +151,7 @@ pub(crate) fn quantize_source(
     // Blocks hold an even number of values, so only the very last block can end mid-byte.
     src.for_each_block(name, blocksize, cast, |_, values| {
         let amax = block_absmax(values);
-        let scale = inv_absmax(amax);
+        let scale = rcp.inv_absmax(amax);
         absmax.push(amax);
         let q = |v: f32| kind.encode(ftz(ftz(v) * scale));
         let mut pairs = values.chunks_exact(2);

@@ -8,8 +8,12 @@
 //!   NF4 code book, written as f32 literals.
 //! - FP4: `dQuantizeFP4`: sign bit from `x < 0`, then a tree over `|x|`.
 //!
+//! The scale `1/absmax` is bnb's fast-math reciprocal ([`inv_absmax`], [`crate::rcp`]).
+//!
 //! A NaN input (an all-zero block gives `0 * (1/0)`) falls through every comparison exactly as
 //! on the GPU: 8-bit code 0, NF4 code 0, FP4 code 0; all of them decode to ±0 with absmax 0.
+
+use crate::rcp::Reciprocal;
 
 /// bitsandbytes `create_dynamic_map(signed=True)`: the signed dynamic-tree 8-bit code book,
 /// sorted ascending. Entry 0 is -0.99296874 (not -1), 127 is 0 and 255 is 1. Also the map of the
@@ -266,18 +270,21 @@ pub fn ftz(x: f32) -> f32 {
     }
 }
 
-/// The scale the kernel multiplies by: `1.0f / absmax` (then `x * scale`, not `x / absmax`).
-/// An all-zero block gives +inf, and `0 * inf` = NaN, which the encoders map like bnb does.
-///
-/// Known gap: bnb is built with `--use_fast_math`, so its `1.0f / absmax` is the GPU's
-/// approximate reciprocal (`rcp.approx.ftz.f32`, MUFU.RCP, ≤ 1 ulp off, hardware table not
-/// public); we use the correctly rounded one. The two differ for some absmax mantissas (e.g.
-/// 96.5: ours 0x3c29c84a, the GPU's one ulp above), which changes a code only when
-/// `x * scale` then lands within one rounding of a decision threshold: 5 of the 933,504 golden
-/// codes, all bf16 8-bit (tests/it/golden.rs checks each is explained by exactly that).
+/// The scale the kernel multiplies by: `1.0f / absmax` (then `x * scale`, not `x / absmax`),
+/// as bnb's CUDA build computes it: the GPU's approximate reciprocal, reproduced bit for bit
+/// from a table measured on an H100 (see [`crate::rcp`]). An all-zero block gives +inf, and
+/// `0 * inf` = NaN, which the encoders map like bnb does.
 #[inline]
 pub fn inv_absmax(absmax: f32) -> f32 {
-    ftz(1.0 / absmax)
+    Reciprocal::BnbCuda.inv_absmax(absmax)
+}
+
+/// The correctly rounded `1.0 / absmax` (then FTZ): what an IEEE division gives, e.g. the GPU
+/// quantizer of qtune-kernels (no fast-math). Differs from [`inv_absmax`] by one ulp for about
+/// 13% of mantissas, which changes a code only at exact decision midpoints.
+#[inline]
+pub fn inv_absmax_ieee(absmax: f32) -> f32 {
+    Reciprocal::Ieee.inv_absmax(absmax)
 }
 
 /// Block absmax as the kernel's `fmaxf(.., fabsf(x))` reduction computes it (under FTZ).

@@ -5,9 +5,13 @@
 //! `dequantize_blockwise(codes) + offset`: the product in the kernel, the add in a separate torch
 //! op (two f32 roundings, never fused). With block 64 this stores 1 byte + 4/256 per block
 //! instead of 4 bytes.
+//!
+//! The nested 8-bit quantizer multiplies by bnb's fast-math reciprocal like the outer one
+//! ([`crate::rcp`]); [`NestedAbsmax::quantize_with_offset_rcp`] can choose the IEEE one.
 
 use serde::{Deserialize, Serialize};
 
+use crate::rcp::Reciprocal;
 use crate::source::Source;
 use crate::{blockwise8, FloatDType, QuantError, DYNAMIC_MAP};
 
@@ -41,6 +45,17 @@ impl NestedAbsmax {
         absmax: &[f32],
         offset: f32,
     ) -> Result<Self, QuantError> {
+        Self::quantize_with_offset_rcp(name, absmax, offset, Reciprocal::BnbCuda)
+    }
+
+    /// [`NestedAbsmax::quantize_with_offset`] with a chosen reciprocal for the nested 8-bit
+    /// quantizer ([`Reciprocal::Ieee`] reproduces qtune-kernels' device-side double quant).
+    pub fn quantize_with_offset_rcp(
+        name: &str,
+        absmax: &[f32],
+        offset: f32,
+        rcp: Reciprocal,
+    ) -> Result<Self, QuantError> {
         if !offset.is_finite() {
             return Err(QuantError::NonFinite {
                 name: format!("{name} (nested offset)"),
@@ -55,6 +70,7 @@ impl NestedAbsmax {
             Source::F32(&shifted),
             FloatDType::F32,
             NESTED_BLOCKSIZE,
+            rcp,
         )?;
         Ok(Self {
             codes,

@@ -5,6 +5,7 @@ use half::{bf16, f16};
 use serde::{Deserialize, Serialize};
 
 use crate::nested::NestedAbsmax;
+use crate::rcp::Reciprocal;
 use crate::source::Source;
 use crate::{blockwise8, fourbit, FloatDType, QuantError, QuantFormat, QuantSpec, DYNAMIC_MAP};
 
@@ -117,6 +118,20 @@ impl QuantizedTensor {
         Self::quantize_source(name, Source::F32(values), shape, spec, dtype)
     }
 
+    /// [`QuantizedTensor::quantize`] with a chosen reciprocal `1/absmax`: the default
+    /// ([`Reciprocal::BnbCuda`]) is bit-exact with bnb's CUDA build; [`Reciprocal::Ieee`] is what
+    /// qtune-kernels' GPU quantizer computes (its reference in the GPU self-test).
+    pub fn quantize_with(
+        name: &str,
+        values: &[f32],
+        shape: &[usize],
+        spec: QuantSpec,
+        dtype: FloatDType,
+        rcp: Reciprocal,
+    ) -> Result<Self, QuantError> {
+        Self::quantize_source_with(name, Source::F32(values), shape, spec, dtype, rcp)
+    }
+
     /// Quantizes little-endian `src_dtype` bytes (a safetensors tensor's data) block by block,
     /// never holding more than one block in f32. The result dequantizes to `src_dtype`.
     pub fn quantize_bytes(
@@ -142,6 +157,19 @@ impl QuantizedTensor {
         spec: QuantSpec,
         dtype: FloatDType,
     ) -> Result<Self, QuantError> {
+        Self::quantize_source_with(name, src, shape, spec, dtype, Reciprocal::BnbCuda)
+    }
+
+    /// [`QuantizedTensor::quantize_source`] with a chosen reciprocal (see
+    /// [`QuantizedTensor::quantize_with`]); it applies to the nested absmax too.
+    pub fn quantize_source_with(
+        name: &str,
+        src: Source<'_>,
+        shape: &[usize],
+        spec: QuantSpec,
+        dtype: FloatDType,
+        rcp: Reciprocal,
+    ) -> Result<Self, QuantError> {
         let numel = shape.iter().product::<usize>();
         let n = src.len(name)?;
         if n != numel {
@@ -153,11 +181,14 @@ impl QuantizedTensor {
             });
         }
         let (codes, absmax) = match spec.format.four_bit() {
-            None => blockwise8::quantize_source(name, src, dtype, spec.blocksize)?,
-            Some(kind) => fourbit::quantize_source(name, src, dtype, spec.blocksize, kind)?,
+            None => blockwise8::quantize_source(name, src, dtype, spec.blocksize, rcp)?,
+            Some(kind) => fourbit::quantize_source(name, src, dtype, spec.blocksize, kind, rcp)?,
         };
         let absmax = if spec.double_quant {
-            Absmax::Nested(NestedAbsmax::quantize(name, &absmax)?)
+            let offset = crate::nested::mean_f32(&absmax);
+            Absmax::Nested(NestedAbsmax::quantize_with_offset_rcp(
+                name, &absmax, offset, rcp,
+            )?)
         } else {
             Absmax::Plain(absmax)
         };

@@ -7,7 +7,11 @@
 //!   rounds once instead of twice. The nested absmax product is therefore written to memory by
 //!   [`nested_product_kernel`] and the offset added in the dequant kernel (bitsandbytes also
 //!   does the product in a kernel and the `+ offset` in a separate torch op);
-//! - `1.0 / absmax` is an IEEE division (NVRTC's default `-prec-div=true`).
+//! - `1.0 / absmax` is an IEEE division (NVRTC's default `-prec-div=true`), i.e. the reference's
+//!   `Reciprocal::Ieee` mode. bnb's own build uses the approximate `rcp.approx.ftz.f32` (the
+//!   reference's default, from a table measured on an H100), so the GPU quantizer may differ from
+//!   bnb's codes at rare exact decision midpoints (5 of the 933,504 golden codes); the dequant
+//!   kernels have no division and are bit-exact with bnb.
 
 // `#[cube]` locals must be initialized before branches assign them.
 #![allow(unused_assignments)]

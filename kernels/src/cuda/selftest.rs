@@ -1,13 +1,14 @@
 //! GPU self-test, run on the device machine (`qtune-kernels-gpu selftest`, or the `#[ignore]`d
 //! tests in `tests/gpu.rs`): every dequant kernel equals the CPU reference bit for bit, the GPU
-//! quantizer equals the CPU quantizer bit for bit, and the quantized linear (forward and the
+//! quantizer equals the CPU quantizer in its IEEE-reciprocal mode (`Reciprocal::Ieee`: the
+//! kernel divides `1.0 / absmax` exactly, bnb's fast-math build does not) bit for bit, and the quantized linear (forward and the
 //! autodiff backward) matches a host reference within the stated tolerance.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use burn::backend::Autodiff;
 use burn::tensor::{bf16, f16, DType, Tensor, TensorData};
-use qtune_quant::{Absmax, FloatDType, QuantFormat, QuantSpec, QuantizedTensor};
+use qtune_quant::{Absmax, FloatDType, QuantFormat, QuantSpec, QuantizedTensor, Reciprocal};
 
 use super::Cuda;
 use crate::{q_linear, QuantWeight};
@@ -243,7 +244,8 @@ pub fn dequant_checks(dev: &cubecl::cuda::CudaDevice) -> Vec<Check> {
     out
 }
 
-/// GPU quantizer vs CPU quantizer, codes and absmax bit for bit, from f32 and bf16 inputs.
+/// GPU quantizer vs the CPU quantizer with the IEEE reciprocal (what the kernel computes), codes
+/// and absmax bit for bit, from f32 and bf16 inputs.
 pub fn quantize_checks(dev: &cubecl::cuda::CudaDevice) -> Vec<Check> {
     let mut out = Vec::new();
     let s = |format, blocksize| QuantSpec {
@@ -266,7 +268,7 @@ pub fn quantize_checks(dev: &cubecl::cuda::CudaDevice) -> Vec<Check> {
                     let mut v = values(shape[0] * shape[1], 50 + k as u64, 2.0);
                     v.iter_mut().take(64).for_each(|x| *x = 0.0);
                     let v = round_to(&v, dtype);
-                    let cpu = QuantizedTensor::quantize("selftest", &v, &shape, spec, FloatDType::F32)
+                    let cpu = QuantizedTensor::quantize_with("selftest", &v, &shape, spec, FloatDType::F32, Reciprocal::Ieee)
                         .unwrap_or_else(|e| panic!("cpu quantize: {e}"));
                     let t = upload::<C, 2>(&v, shape, dtype, dev);
                     let gpu = QuantWeight::<C>::quantize("selftest", t, spec.format, spec.blocksize, false, FloatDType::F32)
@@ -304,9 +306,15 @@ pub fn quantize_checks(dev: &cubecl::cuda::CudaDevice) -> Vec<Check> {
             format!("quantize {} [512, 768] from BF16", spec_name(spec)),
             || {
                 let v = round_to(&values(512 * 768, 90 + k as u64, 1.0), DType::BF16);
-                let cpu =
-                    QuantizedTensor::quantize("selftest", &v, &[512, 768], spec, FloatDType::BF16)
-                        .unwrap_or_else(|e| panic!("cpu quantize: {e}"));
+                let cpu = QuantizedTensor::quantize_with(
+                    "selftest",
+                    &v,
+                    &[512, 768],
+                    spec,
+                    FloatDType::BF16,
+                    Reciprocal::Ieee,
+                )
+                .unwrap_or_else(|e| panic!("cpu quantize: {e}"));
                 let t = upload::<C, 2>(&v, [512, 768], DType::BF16, dev);
                 let gpu = QuantWeight::<C>::quantize(
                     "selftest",

@@ -4,6 +4,7 @@ mod errors;
 mod fixtures;
 mod golden;
 mod gptj_nf4;
+mod gpu_rcp;
 mod props;
 mod resident;
 mod roundtrip_io;
