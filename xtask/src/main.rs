@@ -3,11 +3,13 @@
 //! - `cargo xtask train squad|hate-speech`: the tiny CPU runs (embedded configs/tiny.toml; the
 //!   hate-speech run swaps the dataset and shortens prompts), writing `runs/<name>/`.
 //! - `cargo xtask perplexity`: wikitext-2 raw test, HF's sliding window (tiny model by default).
-//! - `cargo xtask bench dequant …` (kernels helper's bench, CUDA builds), `bench train` (not yet),
+//! - `cargo xtask bench dequant …` (kernels helper's bench, CUDA builds), `bench train` (GPT-J-6B on the GPU),
 //!   `bench activation-memory` (bytes kept between forward and backward, with/without checkpointing).
 //! - `cargo xtask peft-check [--out DIR]`: our adapter + logits on the fixture prompts, for
 //!   `python3 tests/fixtures/gptj_tiny/make.py check-adapter DIR/adapter DIR/logits.safetensors`.
 mod bench_dequant;
+mod bench_train;
+mod gpu_check;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
@@ -83,7 +85,7 @@ enum Cmd {
         #[arg(long, default_value_t = 16384)]
         max_tokens: usize,
     },
-    /// Benchmarks: `dequant` (CUDA), `train` (not implemented yet), `activation-memory`.
+    /// Benchmarks: `dequant` (CUDA), `train` (CUDA), `activation-memory`.
     Bench {
         what: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -140,8 +142,9 @@ fn main() -> anyhow::Result<()> {
                 progress: true,
                 stop_at_step: None,
             };
-            let r = run::train_job::<Train>(&cfg, &opts, &DataSource::from_env(), &Default::default())
-                .with_context(|| format!("training run `{}`", cfg.name))?;
+            let r =
+                run::train_job::<Train>(&cfg, &opts, &DataSource::from_env(), &Default::default())
+                    .with_context(|| format!("training run `{}`", cfg.name))?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             println!(
                 "wrote {0}/metrics.jsonl, {0}/loss.png, {0}/adapter/ ({1})",
@@ -180,12 +183,12 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Bench { what, args } => match what.as_str() {
             "dequant" => bench_dequant::run(&args)?,
-            "train" => bail!(
-                "`bench train` (GPU training throughput and memory for GPT-J-6B) is not implemented \
-                 yet; nothing was measured"
-            ),
+            "train" => bench_train::run(&args)?,
+            "gpu-check" => gpu_check::run(&args)?,
             "activation-memory" => activation_memory()?,
-            other => bail!("unknown bench `{other}`: dequant | train | activation-memory"),
+            other => {
+                bail!("unknown bench `{other}`: dequant | train | gpu-check | activation-memory")
+            }
         },
         Cmd::PeftCheck { out } => {
             let fixture = PathBuf::from("tests/fixtures/gptj_tiny");
