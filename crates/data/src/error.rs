@@ -81,6 +81,8 @@ pub enum DataError {
         file: String,
         url: String,
     },
+    #[error("{path}: cannot read parquet: {message}")]
+    Parquet { path: PathBuf, message: String },
     #[error("dataset `{dataset}`: Hugging Face Hub download of {repo} `{file}` failed")]
     Hub {
         dataset: String,

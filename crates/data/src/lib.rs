@@ -13,6 +13,7 @@ pub mod encode;
 pub mod error;
 pub mod hate_speech;
 pub mod metrics;
+pub mod parquet_hub;
 pub mod prompt;
 pub mod sampler;
 pub mod source;

@@ -44,8 +44,12 @@ pub struct SquadArticle {
     pub examples: Vec<SquadExample>,
 }
 
-/// Reads an official SQuAD v2 JSON file.
+/// Reads an official SQuAD v2 JSON file, or HF's parquet copy when `path` ends in `.parquet`
+/// (see [`crate::parquet_hub`]).
 pub fn load_squad(path: &Path) -> Result<Vec<SquadArticle>> {
+    if is_parquet(path) {
+        return crate::parquet_hub::load_squad_parquet(path);
+    }
     let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
     parse_squad(&text, path)
 }
@@ -234,4 +238,9 @@ pub fn split_by_article(
         train_titles,
         validation_titles,
     })
+}
+
+/// Whether `path` names a parquet file (HF Hub copies), by extension.
+pub(crate) fn is_parquet(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "parquet")
 }

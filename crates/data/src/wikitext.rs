@@ -11,8 +11,13 @@ use std::path::Path;
 
 use crate::error::{DataError, Result};
 
-/// The joined test text (see the module doc for exactly how).
+/// The joined test text (see the module doc for exactly how). A `.parquet` path is HF's Hub copy,
+/// read with its empty rows kept: `"\n\n".join(rows)`, HF's string exactly
+/// ([`crate::parquet_hub::load_wikitext_parquet`]).
 pub fn load_wikitext_raw(path: &Path) -> Result<String> {
+    if crate::squad::is_parquet(path) {
+        return crate::parquet_hub::load_wikitext_parquet(path);
+    }
     let raw = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
     let text = join_rows(&raw);
     if text.is_empty() {

@@ -5,6 +5,7 @@ mod batch;
 mod common;
 mod encode;
 mod hate_speech;
+mod hub_parquet;
 mod metrics;
 mod sampler;
 mod source;

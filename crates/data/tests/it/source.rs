@@ -71,25 +71,35 @@ fn missing_data_without_hub_is_a_clear_error() {
         .contains("not set"));
 }
 
-/// Parquet-only Hub copies are reported before any download (so this needs no network).
+/// SQuAD v2 and WikiText-2 come from HF's parquet conversion on the Hub (downloaded, not
+/// reported as unsupported); the paths are those of HF's dataset repos.
 #[test]
-fn parquet_hub_copies_name_what_to_download() {
-    let hub = DataSource {
-        data_dir: None,
-        allow_hub: true,
-    };
-    for id in [DatasetId::SquadV2, DatasetId::WikiText2RawTest] {
-        let err = hub.locate(id).unwrap_err();
-        let msg = err.to_string();
-        assert!(
-            matches!(err, DataError::HubFormatUnsupported { .. }),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("parquet") && msg.contains("$QTUNE_DATA_DIR/"),
-            "{msg}"
-        );
-    }
+fn parquet_hub_copies_are_listed() {
+    let squad = manifest_entry(DatasetId::SquadV2).unwrap().hub.unwrap();
+    assert_eq!(
+        (
+            squad.repo.as_str(),
+            squad.file.as_str(),
+            squad.format.as_str()
+        ),
+        (
+            "rajpurkar/squad_v2",
+            "squad_v2/validation-00000-of-00001.parquet",
+            "parquet"
+        )
+    );
+    let wiki = manifest_entry(DatasetId::WikiText2RawTest)
+        .unwrap()
+        .hub
+        .unwrap();
+    assert_eq!(
+        (wiki.repo.as_str(), wiki.file.as_str(), wiki.format.as_str()),
+        (
+            "Salesforce/wikitext",
+            "wikitext-2-raw-v1/test-00000-of-00001.parquet",
+            "parquet"
+        )
+    );
 }
 
 /// The official dev-v2.0.json (another sha256 than the mirror's rebuild) is accepted too: a file
