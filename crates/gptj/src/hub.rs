@@ -14,24 +14,17 @@ fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
-/// A local folder as is; otherwise a Hub model id (`EleutherAI/gpt-j-6b`) whose `config.json`,
-/// tokenizer files and safetensors weights (single or sharded) are fetched into the HF cache.
-/// Returns the folder holding them (the cache snapshot).
-pub fn resolve(source: &str, revision: Option<&str>) -> Result<PathBuf, GptjError> {
-    let local = Path::new(source);
-    if local.is_dir() {
-        return Ok(local.to_path_buf());
-    }
+fn fetcher<'a>(source: &'a str, revision: Option<&str>) -> Result<Box<Fetch<'a>>, GptjError> {
     let repo = match revision {
         Some(r) => Repo::with_revision(source.to_string(), RepoType::Model, r.to_string()),
         None => Repo::new(source.to_string(), RepoType::Model),
     };
-    let hub = |file: &str, reason: String| GptjError::Hub {
+    let hub = move |file: &str, reason: String| GptjError::Hub {
         repo: source.to_string(),
         file: file.to_string(),
         reason,
     };
-    let get: Box<Fetch<'_>> = if offline() {
+    Ok(if offline() {
         let cache = Cache::from_env().repo(repo);
         Box::new(move |f: &str| {
             cache
@@ -44,6 +37,32 @@ pub fn resolve(source: &str, revision: Option<&str>) -> Result<PathBuf, GptjErro
             .map_err(|e| hub("-", e.to_string()))?
             .repo(repo);
         Box::new(move |f: &str| api.get(f).map_err(|e| hub(f, e.to_string())))
+    })
+}
+
+/// The tokenizer files (`vocab.json` + `merges.txt`, GPT-2's BPE) of a Hub model repo, fetched
+/// into the HF cache without its weights; returns the folder for `tokenizer::from_model_dir`.
+/// Used when no local tokenizer folder is configured (for example `EleutherAI/gpt-j-6b`).
+pub fn resolve_tokenizer(source: &str, revision: Option<&str>) -> Result<PathBuf, GptjError> {
+    let get = fetcher(source, revision)?;
+    get("merges.txt")?;
+    let vocab = get("vocab.json")?;
+    Ok(vocab.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+/// A local folder as is; otherwise a Hub model id (`EleutherAI/gpt-j-6b`) whose `config.json`,
+/// tokenizer files and safetensors weights (single or sharded) are fetched into the HF cache.
+/// Returns the folder holding them (the cache snapshot).
+pub fn resolve(source: &str, revision: Option<&str>) -> Result<PathBuf, GptjError> {
+    let local = Path::new(source);
+    if local.is_dir() {
+        return Ok(local.to_path_buf());
+    }
+    let get = fetcher(source, revision)?;
+    let hub = |file: &str, reason: String| GptjError::Hub {
+        repo: source.to_string(),
+        file: file.to_string(),
+        reason,
     };
     let config = get("config.json")?;
     let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();

@@ -119,9 +119,13 @@ pub fn model_with_lora<B: QBackend>(
     Ok(model.with_lora(&lora_config(cfg)?, cfg.training.seed)?)
 }
 
+/// Hub repo whose tokenizer files are fetched when no local tokenizer folder exists.
+pub const HUB_TOKENIZER: &str = "EleutherAI/gpt-j-6b";
+
 /// The tokenizer: `[model].tokenizer`, else the model folder, else
-/// `{data_dir}/gpt2-tokenizer` (`$QTUNE_DATA_DIR` in the binaries; GPT-2 BPE + GPT-J's 143 extra tokens). A Hub model id
-/// brings its tokenizer files with it (see `qtune_gptj::hub::resolve`).
+/// `{data_dir}/gpt2-tokenizer` (`$QTUNE_DATA_DIR` in the binaries; GPT-2 BPE + GPT-J's 143 extra
+/// tokens), else the tokenizer files of [`HUB_TOKENIZER`] from the Hub. A Hub model id brings its
+/// tokenizer files with it (see `qtune_gptj::hub::resolve`).
 pub fn tokenizer(
     m: &ModelConfig,
     data_dir: Option<&Path>,
@@ -148,10 +152,13 @@ pub fn tokenizer(
             return Ok(qtune_gptj::tokenizer::from_model_dir(dir)?);
         }
     }
-    Err(TrainError::Tokenizer {
+    // Last resort: GPT-J's own tokenizer files from the Hub (GPT-2 BPE + the 143 extra tokens).
+    let dir = qtune_gptj::hub::resolve_tokenizer(HUB_TOKENIZER, None).map_err(|e| TrainError::Tokenizer {
         msg: format!(
-            "no tokenizer folder among {candidates:?}: set QTUNE_DATA_DIR (with gpt2-tokenizer/) \
-             or [model].tokenizer to a folder with tokenizer.json or vocab.json + merges.txt"
+            "no tokenizer folder among {candidates:?} and {HUB_TOKENIZER} from the Hub failed ({e}): \
+             set QTUNE_DATA_DIR (with gpt2-tokenizer/) or [model].tokenizer to a folder with \
+             tokenizer.json or vocab.json + merges.txt"
         ),
-    })
+    })?;
+    Ok(qtune_gptj::tokenizer::from_model_dir(&dir)?)
 }
