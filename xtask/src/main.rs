@@ -11,9 +11,7 @@ mod bench_dequant;
 mod bench_train;
 mod gpu_check;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -23,25 +21,8 @@ use qtune_train::config::{RunConfig, Task};
 use qtune_train::{build, run, TrainOptions};
 
 /// Counts live heap bytes for `bench activation-memory` (NdArray tensors live on the heap).
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator; only adds bookkeeping.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size(), Ordering::Relaxed);
-        // SAFETY: same layout contract as the caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        // SAFETY: `p` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(p, l) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: qtune_train::memory::CountingAlloc = qtune_train::memory::CountingAlloc;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -246,7 +227,7 @@ fn activation_memory() -> anyhow::Result<()> {
             &model,
             &batch,
             d,
-            &|| LIVE.load(Ordering::Relaxed),
+            &qtune_train::memory::live_bytes,
         )?;
         println!(
             "| {} | {} B | {} B | {} B ({:.2} block inputs) | {:.1}× |",

@@ -1,14 +1,43 @@
 //! Activation memory with and without per-block checkpointing, measured by the caller's byte
-//! counter (xtask and a test install a counting global allocator; NdArray tensors live on the
+//! counter (xtask and a test install [`CountingAlloc`] as their global allocator; NdArray tensors live on the
 //! heap). "Kept" = bytes alive after the forward and before the backward, minus the bytes alive
 //! before the forward: the autodiff graph's saved tensors in plain mode, the block inputs
 //! `h_0 … h_L` in checkpointed mode.
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 
 use crate::step::{self, SegmentedLm};
 use crate::TrainError;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// The system allocator plus a count of live heap bytes. A binary that measures installs it with
+/// `#[global_allocator] static A: CountingAlloc = CountingAlloc;` and passes [`live_bytes`] to
+/// [`measure`]; without that the count stays 0.
+pub struct CountingAlloc;
+
+// SAFETY: forwards to the system allocator; only adds bookkeeping.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size(), Ordering::Relaxed);
+        // SAFETY: same layout contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        // SAFETY: `p` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+/// Heap bytes alive now, as counted by [`CountingAlloc`].
+pub fn live_bytes() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ActivationBytes {

@@ -1,29 +1,13 @@
 //! Activation memory grows with blocks × block input under checkpointing, and much faster
 //! without. Its own test binary: the counting allocator sees every allocation of the process,
 //! so nothing may run beside the single test.
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::backend::{Autodiff, NdArray};
 use qtune_data::{collate, Example, Padding};
 use qtune_train::config::{LoraSection, RandomModel, RunConfig, TargetList};
 
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size(), Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        unsafe { System.dealloc(p, l) }
-    }
-}
-
 #[global_allocator]
-static A: Counting = Counting;
+static A: qtune_train::memory::CountingAlloc = qtune_train::memory::CountingAlloc;
 
 type B = Autodiff<NdArray>;
 
@@ -61,9 +45,12 @@ fn checkpointing_keeps_only_block_inputs() {
             target_modules: TargetList::One("all-linear".into()),
         };
         let model = qtune_train::build::model_with_lora::<B>(&cfg, &dev).unwrap();
-        let m = qtune_train::memory::measure::<B, _>(&model, &batch, d, &|| {
-            LIVE.load(Ordering::Relaxed)
-        })
+        let m = qtune_train::memory::measure::<B, _>(
+            &model,
+            &batch,
+            d,
+            &qtune_train::memory::live_bytes,
+        )
         .unwrap();
         println!("{}", serde_json::to_string(&m).unwrap());
         rows.push(m);
