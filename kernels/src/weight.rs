@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::tensor::{
     backend::Backend,
     ops::{FloatTensor, IntTensor},
-    DType, Int, Tensor, TensorData, TensorPrimitive,
+    DType, Element, Int, Tensor, TensorData, TensorPrimitive,
 };
 use qtune_quant::{Absmax, FloatDType, NestedAbsmax, QuantFormat, QuantizedTensor, DYNAMIC_MAP};
 
@@ -197,21 +197,30 @@ fn expect_len(
     }
 }
 
-fn read_u8<B: Backend>(
+/// A device tensor's values on the host as `E`. Records may bring U8 codes back as I32/I64
+/// (burn pitfall 9): the conversion restores them, values are 0..=255.
+fn read_vec<E: Element, T: std::fmt::Debug>(
     name: &str,
     field: &'static str,
-    t: Tensor<B, 1, Int>,
-) -> Result<Vec<u8>, KernelError> {
+    data: Result<TensorData, T>,
+) -> Result<Vec<E>, KernelError> {
     let err = |reason: String| KernelError::Readback {
         name: name.to_string(),
         field,
         reason,
     };
-    let data = t.try_into_data().map_err(|e| err(format!("{e:?}")))?;
-    // Records may bring codes back as I32/I64 (burn pitfall 9): convert, values are 0..=255.
-    data.convert::<u8>()
-        .into_vec::<u8>()
+    let data = data.map_err(|e| err(format!("{e:?}")))?;
+    data.convert::<E>()
+        .into_vec::<E>()
         .map_err(|e| err(format!("{e:?}")))
+}
+
+fn read_u8<B: Backend>(
+    name: &str,
+    field: &'static str,
+    t: Tensor<B, 1, Int>,
+) -> Result<Vec<u8>, KernelError> {
+    read_vec(name, field, t.try_into_data())
 }
 
 fn read_f32<B: Backend>(
@@ -219,15 +228,7 @@ fn read_f32<B: Backend>(
     field: &'static str,
     t: Tensor<B, 1>,
 ) -> Result<Vec<f32>, KernelError> {
-    let err = |reason: String| KernelError::Readback {
-        name: name.to_string(),
-        field,
-        reason,
-    };
-    let data = t.try_into_data().map_err(|e| err(format!("{e:?}")))?;
-    data.convert::<f32>()
-        .into_vec::<f32>()
-        .map_err(|e| err(format!("{e:?}")))
+    read_vec(name, field, t.try_into_data())
 }
 
 impl<B: Backend> QuantWeight<B> {
