@@ -13,7 +13,7 @@ use burn::backend::autodiff::{
 use burn::tensor::{
     backend::{AutodiffBackend, Backend},
     ops::{FloatTensor, IntTensor},
-    DType,
+    DType, TensorMetadata,
 };
 use qtune_quant::QuantFormat;
 
@@ -63,6 +63,68 @@ impl<B: QBackend> Backward<B, 1> for QLinearBackward {
     }
 }
 
+/// What the matmul backward needs: `a` only if `b` wants a gradient and vice versa, so a frozen
+/// dense weight's input (the activation) is not kept alive for nothing.
+#[derive(Debug, Clone)]
+struct MatmulState<B: Backend> {
+    a: Option<FloatTensor<B>>,
+    b: Option<FloatTensor<B>>,
+    ta: bool,
+    tb: bool,
+    dtype: DType,
+}
+
+/// Backward of `c = op(a)·op(b)` (`op` = transpose when flagged), by the same op:
+/// `da = dc·op(b)ᵀ` (stored transposed when `ta`), `db = op(a)ᵀ·dc` (likewise for `tb`).
+/// `dc` is first cast to the inputs' dtype (an F32 output of bf16 inputs, e.g. attention scores).
+#[derive(Debug)]
+struct MatmulBackward;
+
+impl<B: QBackend> Backward<B, 2> for MatmulBackward {
+    type State = MatmulState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_a, node_b] = ops.parents;
+        let s = ops.state;
+        let mut dc = grads.consume::<B>(&ops.node);
+        if dc.dtype() != s.dtype {
+            dc = B::float_cast(dc, s.dtype.into());
+        }
+        if let (Some(node), Some(b)) = (node_a, s.b) {
+            let da = if s.ta {
+                B::q_gemm(b, dc.clone(), s.tb, true, s.dtype)
+            } else {
+                B::q_gemm(dc.clone(), b, false, !s.tb, s.dtype)
+            };
+            grads.register::<B>(node.id, da);
+        }
+        if let (Some(node), Some(a)) = (node_b, s.a) {
+            let db = if s.tb {
+                B::q_gemm(dc, a, true, s.ta, s.dtype)
+            } else {
+                B::q_gemm(a, dc, !s.ta, false, s.dtype)
+            };
+            grads.register::<B>(node.id, db);
+        }
+    }
+}
+
+/// Backward of the fused `gelu_new`: state is its input only.
+#[derive(Debug)]
+struct GeluNewBackward;
+
+impl<B: QBackend> Backward<B, 1> for GeluNewBackward {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::q_gelu_new_backward(ops.state, dy));
+        }
+    }
+}
+
 impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
     fn q_dequantize(w: QWeightPrimitive<Self>, dtype: DType) -> FloatTensor<Self> {
         <Self as AutodiffBackend>::from_inner(B::q_dequantize(inner(w), dtype))
@@ -87,6 +149,57 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
     fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self> {
         // No second-order gradient: computed on the inner backend and returned as a leaf.
         <Self as AutodiffBackend>::from_inner(B::q_linear_dx(dy.primitive, inner(w)))
+    }
+
+    fn q_gemm(
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        ta: bool,
+        tb: bool,
+        out: DType,
+    ) -> FloatTensor<Self> {
+        let (need_a, need_b) = (
+            !a.node.requirement.is_none(),
+            !b.node.requirement.is_none(),
+        );
+        match MatmulBackward
+            .prepare::<C>([a.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = MatmulState {
+                    a: need_b.then(|| a.primitive.clone()),
+                    b: need_a.then(|| b.primitive.clone()),
+                    ta,
+                    tb,
+                    dtype: a.primitive.dtype(),
+                };
+                prep.finish(state, B::q_gemm(a.primitive, b.primitive, ta, tb, out))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::q_gemm(a.primitive, b.primitive, ta, tb, out))
+            }
+        }
+    }
+
+    fn q_gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        // compute_bound: qtune checkpoints per block itself (no Burn retro-forward needed).
+        match GeluNewBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::q_gelu_new(x.primitive.clone());
+                prep.finish(x.primitive, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q_gelu_new(x.primitive)),
+        }
+    }
+
+    fn q_gelu_new_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::q_gelu_new_backward(x.primitive, dy.primitive))
     }
 
     fn q_quantize(

@@ -140,6 +140,9 @@ fn quantize_on_host<B: Backend>(
     Ok((codes.into_primitive(), absmax.into_primitive().tensor()))
 }
 
+/// √(2/π), HF `NewGELUActivation`'s constant.
+const GELU_C: f64 = 0.797_884_560_802_865_4;
+
 impl QBackend for NdArray {
     fn q_dequantize(w: QWeightPrimitive<Self>, dtype: DType) -> FloatTensor<Self> {
         dequantize_on_host(&w, dtype).into_primitive().tensor()
@@ -155,6 +158,46 @@ impl QBackend for NdArray {
         let dy = float::<Self, 2>(dy);
         let wd = dequantize_on_host(&w, dy.dtype());
         dy.matmul(wd).into_primitive().tensor()
+    }
+
+    fn q_gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let x = float::<Self, 1>(x);
+        let dtype = x.dtype();
+        let x = x.cast(DType::F32);
+        let t = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715))
+            .mul_scalar(GELU_C)
+            .tanh();
+        let y = x.mul_scalar(0.5) * t.add_scalar(1.0);
+        y.cast(dtype).into_primitive().tensor()
+    }
+
+    fn q_gelu_new_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (x, dy) = (float::<Self, 1>(x), float::<Self, 1>(dy));
+        let dtype = x.dtype();
+        let (x, dy) = (x.cast(DType::F32), dy.cast(DType::F32));
+        let x2 = x.clone().powi_scalar(2);
+        let t = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715))
+            .mul_scalar(GELU_C)
+            .tanh();
+        let inner = x2.mul_scalar(0.134145).add_scalar(1.0).mul_scalar(GELU_C);
+        let one_minus_t2 = t.clone().powi_scalar(2).neg().add_scalar(1.0);
+        let d = t.add_scalar(1.0).mul_scalar(0.5) + x.mul_scalar(0.5) * one_minus_t2 * inner;
+        (dy * d).cast(dtype).into_primitive().tensor()
+    }
+
+    fn q_gemm(
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        ta: bool,
+        tb: bool,
+        out: DType,
+    ) -> FloatTensor<Self> {
+        let (a, b) = (float::<Self, 3>(a), float::<Self, 3>(b));
+        let a = if ta { a.swap_dims(1, 2) } else { a };
+        let b = if tb { b.swap_dims(1, 2) } else { b };
+        let c = a.matmul(b);
+        let c = if c.dtype() == out { c } else { c.cast(out) };
+        c.into_primitive().tensor()
     }
 
     fn q_quantize(

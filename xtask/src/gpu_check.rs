@@ -42,6 +42,10 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
     burn::tensor::set_default_dtypes::<Inner>(&dev, DType::BF16, DType::I32)
         .map_err(|e| anyhow::anyhow!("set_default_dtypes(BF16): {e:?}"))?;
 
+    // 0. The cuBLAS batched GEMM behind every dense matmul (attention, LoRA, dense bases):
+    // forward and both gradients vs the CPU, on bf16-representable inputs.
+    gemm_check(&dev)?;
+
     // 1. Fixture parity.
     let fixture = Path::new("tests/fixtures/gptj_tiny");
     let prompts = fixture_prompts(fixture)?;
@@ -91,6 +95,77 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
                "cpu_first_last": [cpu_losses.first(), cpu_losses.last()],
                "gpu_first_last": [gpu_losses.first(), gpu_losses.last()]})
     );
+    Ok(())
+}
+
+/// `qtune_kernels::matmul` on the GPU (bf16 in; bf16 and f32 out) vs the CPU (f32) for all
+/// transpose flags: forward and the gradients of both inputs, max |Δ| / max |ref| each.
+#[cfg(feature = "cuda")]
+fn gemm_check(dev: &burn::tensor::Device<qtune_train::backend::Train>) -> anyhow::Result<()> {
+    use burn::tensor::{DType, Tensor, TensorData};
+    use qtune_train::backend::{Cpu, Train};
+    use serde_json::json;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let v = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+                half::bf16::from_f32(v).to_f32()
+            })
+            .collect()
+    }
+    fn rel(a: Vec<f32>, b: Vec<f32>) -> f64 {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+        let d = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        (d / scale) as f64
+    }
+    fn host<B: burn::tensor::backend::Backend>(t: Tensor<B, 3>) -> anyhow::Result<Vec<f32>> {
+        t.cast(DType::F32)
+            .into_data()
+            .into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
+    }
+    let (batch, m, k, n) = (6usize, 200usize, 136usize, 72usize);
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        for out in [DType::BF16, DType::F32] {
+            let sa = if ta { [batch, k, m] } else { [batch, m, k] };
+            let sb = if tb { [batch, n, k] } else { [batch, k, n] };
+            let (va, vb, vw) = (values(batch * m * k, 1), values(batch * k * n, 2), values(batch * m * n, 3));
+            let run_cpu = || {
+                let d = Default::default();
+                let a = Tensor::<Cpu, 3>::from_data(TensorData::new(va.clone(), sa), &d).require_grad();
+                let b = Tensor::<Cpu, 3>::from_data(TensorData::new(vb.clone(), sb), &d).require_grad();
+                let w = Tensor::<Cpu, 3>::from_data(TensorData::new(vw.clone(), [batch, m, n]), &d);
+                let c = qtune_kernels::matmul(a.clone(), b.clone(), ta, tb, DType::F32);
+                let g = (c.clone() * w).sum().backward();
+                anyhow::Ok((host(c.inner())?, host(a.grad(&g).unwrap())?, host(b.grad(&g).unwrap())?))
+            };
+            let run_gpu = || {
+                let to = |v: &Vec<f32>, s: [usize; 3]| {
+                    Tensor::<Train, 3>::from_data(TensorData::new(v.clone(), s), (dev, DType::BF16))
+                };
+                let a = to(&va, sa).require_grad();
+                let b = to(&vb, sb).require_grad();
+                let w = to(&vw, [batch, m, n]).cast(out);
+                let c = qtune_kernels::matmul(a.clone(), b.clone(), ta, tb, out);
+                let g = (c.clone() * w).sum().backward();
+                let ga = a.grad(&g).ok_or_else(|| anyhow::anyhow!("no grad for a"))?;
+                let gb = b.grad(&g).ok_or_else(|| anyhow::anyhow!("no grad for b"))?;
+                anyhow::Ok((host(c.inner())?, host(ga)?, host(gb)?))
+            };
+            let (c0, a0, b0) = run_cpu()?;
+            let (c1, a1, b1) = run_gpu()?;
+            println!(
+                "{}",
+                json!({"check": "gemm", "ta": ta, "tb": tb, "out": format!("{out:?}"),
+                       "fwd_rel_err": rel(c1, c0), "da_rel_err": rel(a1, a0), "db_rel_err": rel(b1, b0)})
+            );
+        }
+    }
     Ok(())
 }
 

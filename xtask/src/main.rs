@@ -101,6 +101,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    qtune_train::backend::init();
     match Cli::parse().cmd {
         Cmd::Train {
             dataset,

@@ -5,7 +5,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Tensor, TensorData};
-use qtune_kernels::QBackend;
+use qtune_kernels::{matmul as qmatmul, QBackend};
 use qtune_lora::Linear;
 
 use crate::config::Activation;
@@ -228,10 +228,10 @@ impl<B: QBackend> Attention<B> {
             }
             *cache = Some((k.clone(), v.clone()));
         }
-        // Scores and softmax in f32 even under bf16: HF's GPTJAttention._attn upcasts q, k.
-        let scores = to_dtype(q, DType::F32)
-            .matmul(to_dtype(k, DType::F32).swap_dims(2, 3))
-            .div_scalar((hd as f32).sqrt()); // (B, H, T, T_total)
+        // Scores accumulate and are written in f32 and softmax runs in f32, as HF's
+        // GPTJAttention._attn (which upcasts q, k); under bf16, q and k enter the GEMM in bf16
+        // (as flash attention), one cuBLAS call for all heads (qtune_kernels::matmul).
+        let scores = qmatmul(q, k, false, true, DType::F32).div_scalar((hd as f32).sqrt()); // (B, H, T, T_total)
         let scores = match &ctx.mask {
             // f32::MIN rather than -inf: a fully masked (padding) row stays finite (uniform).
             Some(m) => {
@@ -240,8 +240,11 @@ impl<B: QBackend> Attention<B> {
             }
             None => scores,
         };
-        let probs = to_dtype(softmax(scores, 3), v.dtype());
-        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
+        let dtype = v.dtype();
+        let probs = to_dtype(softmax(scores, 3), dtype);
+        let out = qmatmul(probs, v, false, false, dtype)
+            .swap_dims(1, 2)
+            .reshape([b, t, d]);
         self.out_proj.forward_with(out, ctx.seed(salt + 3))
     }
 }
@@ -254,18 +257,12 @@ pub struct Mlp<B: Backend> {
     pub act: Activation,
 }
 
-/// HF `NewGELUActivation`: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
-pub(crate) fn gelu_new<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let c = (2.0f64 / std::f64::consts::PI).sqrt();
-    let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(c);
-    x.clone().mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
-}
-
 impl<B: QBackend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>, salt: u64) -> Tensor<B, 3> {
         let hdn = self.fc_in.forward_with(x, ctx.seed(salt));
         let hdn = match self.act {
-            Activation::GeluNew => gelu_new(hdn),
+            // HF `NewGELUActivation`, one fused kernel on CUDA.
+            Activation::GeluNew => qtune_kernels::gelu_new(hdn),
             Activation::Gelu => burn::tensor::activation::gelu(hdn),
             Activation::Relu => burn::tensor::activation::relu(hdn),
         };

@@ -109,7 +109,10 @@ impl<B: Backend> LoraAdapter<B> {
         &self,
         x: Tensor<B, D>,
         dropout_seed: Option<u64>,
-    ) -> Tensor<B, D> {
+    ) -> Tensor<B, D>
+    where
+        B: QBackend,
+    {
         let a = self.lora_a.val();
         let b = self.lora_b.val();
         let out_dtype = x.dtype();
@@ -138,10 +141,9 @@ impl<B: Backend> LoraAdapter<B> {
     }
 }
 
-/// `x · wᵀ` for `x [..., in]` and `w [out, in]`.
-fn matmul_t<B: Backend, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -> Tensor<B, D> {
-    let wt = w.transpose().unsqueeze::<D>();
-    x.matmul(wt)
+/// `x · wᵀ` for `x [..., in]` and a dense `[out, in]` weight: one cuBLAS GEMM on CUDA (`qtune_kernels::linear_t`).
+fn matmul_t<B: QBackend, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -> Tensor<B, D> {
+    qtune_kernels::linear_t(x, w)
 }
 
 impl<B: Backend> Linear<B> {

@@ -21,3 +21,17 @@ pub const TRAIN_BACKEND: &str = if cfg!(feature = "cuda") {
 } else {
     "cpu (ndarray f32, autodiff)"
 };
+
+/// Process-wide setup before the first GPU tensor exists: CubeCL's PTX and autotune caches go to
+/// a directory that outlives the process (`$QTUNE_KERNEL_CACHE`, default `~/.cache/qtune/kernels`),
+/// so each kernel is JIT-compiled once per machine instead of once per run. No-op on the CPU.
+pub fn init() {
+    #[cfg(feature = "cuda")]
+    if let Some(dir) = qtune_kernels::cuda::init_kernel_cache() {
+        tracing::info!(
+            "GPU kernel cache: {} (the first run on a machine compiles kernels; set {} to move it)",
+            dir.display(),
+            qtune_kernels::cuda::CACHE_ENV
+        );
+    }
+}

@@ -13,7 +13,7 @@ use burn_cubecl::{BoolElement, CubeBackend, FloatElement, IntElement};
 use cubecl::cuda::CudaRuntime;
 use qtune_quant::QuantFormat;
 
-use super::gemm::{gemm, Product};
+use super::gemm::{bmm, gemm, Product};
 use super::launch;
 use crate::{KernelError, QBackend, QWeightPrimitive};
 
@@ -33,6 +33,24 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
     fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self> {
         let wd = launch::dequantize::<CudaRuntime, Self>(w, dy.dtype);
         gemm::<Self>(dy, &wd, Product::AB)
+    }
+
+    fn q_gemm(
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        ta: bool,
+        tb: bool,
+        out: DType,
+    ) -> FloatTensor<Self> {
+        bmm::<Self>(a, b, ta, tb, out)
+    }
+
+    fn q_gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        super::fused::gelu_new(x, None)
+    }
+
+    fn q_gelu_new_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        super::fused::gelu_new(x, Some(dy))
     }
 
     fn q_quantize(

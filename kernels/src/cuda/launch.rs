@@ -46,7 +46,7 @@ const PER_UNIT: usize = 8;
 /// Largest `CubeCount` x dimension; larger launches spread over y.
 const MAX_X: usize = 65_535;
 
-fn cube_count(units: usize) -> CubeCount {
+pub(crate) fn cube_count(units: usize) -> CubeCount {
     let cubes = units.div_ceil(CUBE as usize).max(1);
     if cubes <= MAX_X {
         CubeCount::Static(cubes as u32, 1, 1)
@@ -55,7 +55,7 @@ fn cube_count(units: usize) -> CubeCount {
     }
 }
 
-fn cube_dim() -> CubeDim {
+pub(crate) fn cube_dim() -> CubeDim {
     CubeDim::new_1d(CUBE)
 }
 
@@ -93,7 +93,7 @@ fn as_f32<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     })
 }
 
-fn array<R: CubeRuntime>(t: &CubeTensor<R>, len: usize) -> ArrayArg<R> {
+pub(crate) fn array<R: CubeRuntime>(t: &CubeTensor<R>, len: usize) -> ArrayArg<R> {
     // SAFETY: `len` never exceeds the handle's size in elements of the kernel's type (checked
     // by the callers' layout arithmetic: codes/absmax lengths were validated at upload).
     unsafe { ArrayArg::from_raw_parts(t.handle.clone(), len) }

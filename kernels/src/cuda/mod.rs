@@ -4,12 +4,15 @@
 
 mod backend;
 pub mod bench;
+mod fused;
 pub mod gemm;
+mod jit_cache;
 mod kernels;
 pub mod launch;
 pub mod selftest;
 
 pub use backend::sync;
+pub use jit_cache::{cache_dir, init_kernel_cache, CACHE_ENV};
 
 /// The CUDA backend our ops are implemented for (burn-cuda without `fusion`).
 pub type Cuda<F = f32> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
