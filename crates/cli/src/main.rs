@@ -10,10 +10,12 @@ use qtune_lora::merge::ExportDType;
 use qtune_lora::peft::PeftAdapter;
 use qtune_train::backend::{Train, TRAIN_BACKEND};
 use qtune_train::config::{ModelConfig, QuantizationConfig, RunConfig};
+use qtune_train::parallel::devices_from_indices;
 use qtune_train::trainer::AdapterIo;
 use qtune_train::{build, run, TrainOptions};
 
 type Infer = <Train as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+type TrainDevice = <Train as burn::tensor::backend::BackendTypes>::Device;
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +59,12 @@ struct TrainArgs {
     /// Override `training.output_dir`.
     #[arg(long)]
     output_dir: Option<PathBuf>,
+    /// Data-parallel training over these devices, e.g. `--devices 0,1`: CUDA device indices in
+    /// a `--features cuda` build; in a CPU build each index is one more CPU rank (a test/debug
+    /// mode: same results as one rank with the combined batch, not faster). Each device trains
+    /// on `per_device_train_batch_size` examples of every global batch. Default: one device.
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<usize>,
 }
 
 #[derive(Args)]
@@ -225,9 +233,13 @@ fn main() -> anyhow::Result<()> {
                 progress: true,
                 stop_at_step: None,
             };
-            let report =
-                run::train_job::<Train>(&cfg, &opts, &DataSource::from_env(), &Default::default())
-                    .with_context(|| format!("training run `{}`", cfg.name))?;
+            let devices: Vec<TrainDevice> = if a.devices.is_empty() {
+                vec![Default::default()]
+            } else {
+                devices_from_indices(&a.devices)?
+            };
+            let report = run::train_job_on::<Train>(&cfg, &opts, &DataSource::from_env(), &devices)
+                .with_context(|| format!("training run `{}`", cfg.name))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Cmd::Eval(a) => {

@@ -50,6 +50,16 @@ pub enum CheckpointError {
         checkpoint: String,
         config: String,
     },
+    #[error(
+        "{path}: cannot resume: the checkpoint was written by a run over {checkpoint} rank(s) but \
+         this run has {now}; the batch sharding depends on the world size, so resume with \
+         {checkpoint} rank(s) (e.g. `--devices` with {checkpoint} entries) or start a new run"
+    )]
+    WorldSize {
+        path: PathBuf,
+        checkpoint: usize,
+        now: usize,
+    },
     #[error("{path}: `latest` points to missing folder `{target}`")]
     DanglingLatest { path: PathBuf, target: String },
 }
@@ -76,6 +86,14 @@ pub struct TrainerState {
     pub best_step: Option<usize>,
     /// The config the run started with; resuming checks it (see [`check_compatible`]).
     pub config: RunConfig,
+    /// Ranks of the data-parallel run (1: one device). Part of the data position: rank `r`
+    /// trains on its slice of each global batch, so a resume must use the same world size.
+    #[serde(default = "one_rank")]
+    pub world_size: usize,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 pub struct Checkpoint {
@@ -244,6 +262,10 @@ const MAY_DIFFER: &[&str] = &[
     "training.save_total_limit",
     "training.per_device_eval_batch_size",
     "eval.",
+    // Host addresses may change between runs; the world size is checked on its own
+    // (`TrainerState::world_size`).
+    "distributed",
+    "distributed.",
 ];
 
 /// Errors naming the first field (dotted path) whose change would make the resumed run differ
@@ -340,6 +362,7 @@ mod tests {
             best_eval_loss: Some(1.5),
             best_step: Some(step),
             config: RunConfig::tiny(),
+            world_size: 1,
         }
     }
 

@@ -39,6 +39,30 @@ pub struct RunConfig {
     pub training: TrainingArgs,
     #[serde(default)]
     pub eval: EvalConfig,
+    /// Several hosts (burn-collective's global level); absent = one host. The devices of each
+    /// host are given on the command line (`qtune train --devices 0,1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<DistributedConfig>,
+}
+
+/// One host's part in a multi-host run. Every host runs `qtune train` with the same config
+/// except `node_rank` and `node_address`, and the same number of `--devices`; global rank =
+/// `node_rank × devices per host + local index`. An orchestrator must be running at
+/// `orchestrator` (see README "Several GPUs").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistributedConfig {
+    /// Hosts taking part.
+    pub num_nodes: u32,
+    /// This host's index, `0..num_nodes`; node 0 holds rank 0 (metrics, checkpoints).
+    pub node_rank: u32,
+    /// The orchestrator's WebSocket address, e.g. `ws://10.0.0.1:3000`.
+    pub orchestrator: String,
+    /// This host's address as the other hosts reach it, with `data_service_port`, e.g.
+    /// `ws://10.0.0.2:3001`.
+    pub node_address: String,
+    /// Port this host opens for the peer-to-peer tensor transfers of the all-reduce.
+    pub data_service_port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -373,6 +397,22 @@ impl RunConfig {
         }
         if t.max_grad_norm.is_nan() || t.max_grad_norm <= 0.0 {
             return bad("training.max_grad_norm", "must be > 0");
+        }
+        if let Some(d) = &self.distributed {
+            if d.num_nodes == 0 || d.node_rank >= d.num_nodes {
+                return bad(
+                    "distributed.node_rank",
+                    "must be in 0..num_nodes (and num_nodes ≥ 1)",
+                );
+            }
+            for (field, addr) in [
+                ("distributed.orchestrator", &d.orchestrator),
+                ("distributed.node_address", &d.node_address),
+            ] {
+                if !addr.starts_with("ws://") {
+                    return bad(field, "must be a WebSocket address `ws://host:port`");
+                }
+            }
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ pub mod export;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod parallel;
 pub mod peft_check;
 pub mod run;
 pub mod step;
@@ -21,6 +22,7 @@ pub mod trainer;
 use std::path::PathBuf;
 
 pub use config::{RunConfig, Task};
+pub use parallel::train_parallel;
 pub use trainer::{train, AdapterIo, TrainOptions, TrainSummary};
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,14 @@ pub enum TrainError {
     AdapterMismatch { msg: String },
     #[error("tokenizer: {msg}")]
     Tokenizer { msg: String },
+    #[error("--devices: {msg}")]
+    Devices { msg: String },
+    #[error("burn-collective ({what}): {msg}")]
+    Collective { what: &'static str, msg: String },
+    #[error("rank {rank}: another rank failed during {phase} (its error is reported separately)")]
+    PeerFailed { rank: usize, phase: &'static str },
+    #[error("rank {rank} panicked: {msg}")]
+    RankPanicked { rank: usize, msg: String },
 }
 
 /// The wrapped errors are boxed: some are large (paths + sources), and every fallible

@@ -73,6 +73,21 @@ where
     B: AutodiffBackend + QBackend,
     B::InnerBackend: QBackend,
 {
+    train_job_on::<B>(cfg, opts, source, std::slice::from_ref(device))
+}
+
+/// [`train_job`] over several devices (data-parallel, [`crate::parallel`]); one device is the
+/// same as `train_job`. The final evaluation runs on the first device (rank 0).
+pub fn train_job_on<B>(
+    cfg: &RunConfig,
+    opts: &TrainOptions,
+    source: &DataSource,
+    devices: &[B::Device],
+) -> Result<TrainReport, TrainError>
+where
+    B: AutodiffBackend + QBackend,
+    B::InnerBackend: QBackend,
+{
     let tokenizer = build::tokenizer(&cfg.model, source.data_dir.as_deref())?;
     let data = task::prepare(cfg, &tokenizer, source)?;
     tracing::info!(
@@ -81,20 +96,20 @@ where
         eval_prompts = data.eval_items.len(),
         truncated = data.train_stats.truncated,
         dropped = data.train_stats.dropped,
+        devices = devices.len(),
         "data ready"
     );
-    let model = build::model_with_lora::<B>(cfg, device)?;
-    let counts = model.param_counts();
-    tracing::info!("{}", param_line(counts.trainable, counts.all));
-    let (model, summary) = crate::trainer::train(
+    let (model, summary) = crate::parallel::train_parallel(
         cfg,
-        model,
+        devices,
+        |d| build::model_with_lora::<B>(cfg, d),
         &data.train,
         &data.validation,
         data.pad_id,
-        device,
         opts,
     )?;
+    let counts = model.param_counts();
+    tracing::info!("{}", param_line(counts.trainable, counts.all));
     let final_eval =
         if summary.finished && cfg.eval.generation_samples > 0 && !data.eval_items.is_empty() {
             let best = PeftAdapter::load(&summary.output_dir.join("adapter"))?;

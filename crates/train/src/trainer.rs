@@ -1,24 +1,27 @@
 //! The training loop (STYLE.md §5): micro-batches → token-normalized accumulation → global-norm
 //! clipping → AdamW / 8-bit AdamW at the scheduled rate; eval loss every `eval_steps` (best
 //! adapter kept), atomic checkpoints every `save_steps`, exact resume, metrics + progress.
+//! One loop for one device and for each rank of a data-parallel run (`crate::parallel`).
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{RngCore, SeedableRng};
 
-use qtune_data::{collate, Batch, Example, Padding, Position, Sampler};
+use qtune_data::{collate, Example, Padding, Position, Sampler};
 use qtune_lora::peft::{PeftAdapter, PeftAdapterConfig, PeftTargets};
 use qtune_optim::{
     clip_grad_norm, LrSchedule, OptimKind, Optimizer, OptimizerConfig, ScheduleKind,
-    TokenAccumulator,
 };
 
 use crate::checkpoint::{self, TrainerState};
 use crate::config::{OptimName, RunConfig, SchedulerType, TargetList};
 use crate::metrics::{self, Event, MetricsLog};
+use crate::parallel::{compute_lock, rank_seed, shard_range, GradSync};
 use crate::step::{self, SegmentedLm};
 use crate::TrainError;
 
@@ -150,11 +153,12 @@ fn clear_previous_run(out: &std::path::Path) -> Result<(), TrainError> {
     Ok(())
 }
 
-/// Runs (or resumes) training. Returns the trained model and a summary; the best adapter is in
-/// `{output_dir}/adapter`, metrics in `metrics.jsonl`, the curve in `loss.png`.
+/// Runs (or resumes) training on one device. Returns the trained model and a summary; the best
+/// adapter is in `{output_dir}/adapter`, metrics in `metrics.jsonl`, the curve in `loss.png`.
+/// Several devices: [`crate::parallel::train_parallel`] (same loop, N ranks).
 pub fn train<B, M>(
     cfg: &RunConfig,
-    mut model: M,
+    model: M,
     train_set: &[Example],
     val_set: &[Example],
     pad_id: u32,
@@ -166,81 +170,71 @@ where
     M: SegmentedLm<B> + AutodiffModule<B> + AdapterIo,
     M::InnerModule: SegmentedLm<B::InnerBackend>,
 {
+    let mut sync = GradSync::single();
+    let mut model = Some(model);
+    train_rank(
+        cfg, &mut model, train_set, val_set, pad_id, device, opts, &mut sync,
+    )
+}
+
+/// The training loop of one rank (`sync.rank()` of `sync.world()`); see [`crate::parallel`] for
+/// the data-parallel contract. `model` is taken and handed back in the result; on error it is
+/// left in place (the caller may need it to send its peers an abort).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_rank<B, M>(
+    cfg: &RunConfig,
+    model_slot: &mut Option<M>,
+    train_set: &[Example],
+    val_set: &[Example],
+    pad_id: u32,
+    device: &B::Device,
+    opts: &TrainOptions,
+    sync: &mut GradSync,
+) -> Result<(M, TrainSummary), TrainError>
+where
+    B: AutodiffBackend,
+    M: SegmentedLm<B> + AutodiffModule<B> + AdapterIo,
+    M::InnerModule: SegmentedLm<B::InnerBackend>,
+{
     let t = &cfg.training;
+    let (rank, world) = (sync.rank(), sync.world());
+    let lead = rank == 0;
     let out = cfg.output_dir();
     let ckpt_root = out.join("checkpoints");
-    if train_set.is_empty() {
-        return Err(TrainError::EmptyDataset {
-            what: "no training examples".into(),
-        });
-    }
-    if val_set.is_empty() {
-        return Err(TrainError::EmptyDataset {
-            what: "no validation examples".into(),
-        });
-    }
-    let schedule = schedule(cfg);
-    schedule.validate()?;
     let inner_device = device_inner::<B>(device);
+    let setup = setup::<B, M>(
+        cfg, model_slot, device, train_set, val_set, world, lead, opts,
+    );
+    let end = t.max_steps.min(opts.stop_at_step.unwrap_or(usize::MAX));
+    let start = setup.as_ref().map(|s| s.state.step).unwrap_or(0);
+    let len = model_slot
+        .as_ref()
+        .map_or(0, |m| crate::parallel::buffer_len::<B, M>(m));
+    sync.barrier::<B::InnerBackend>(
+        &inner_device,
+        setup.is_ok(),
+        start,
+        end.saturating_sub(start),
+        len,
+    )?;
+    let Setup {
+        mut optim,
+        mut state,
+        mut sampler,
+        schedule,
+    } = setup?;
+    let Some(mut model) = model_slot.take() else {
+        return Err(TrainError::EmptyDataset {
+            what: "no model given to the training loop".into(),
+        });
+    };
 
-    let resumed = if opts.resume {
-        let ck = checkpoint::load_latest(&ckpt_root)?;
-        if ck.is_none() {
-            tracing::info!(dir = %ckpt_root.display(), "no checkpoint to resume from; starting afresh");
-            clear_previous_run(&out)?;
-        }
-        ck
+    let mut log = if lead {
+        Some(MetricsLog::open(&out)?)
     } else {
-        if ckpt_root.join(checkpoint::LATEST_FILE).exists() && !opts.overwrite {
-            return Err(TrainError::ExistingRun { dir: out.clone() });
-        }
-        clear_previous_run(&out)?;
         None
     };
-    let (mut optim, mut state, mut sampler) =
-        match resumed {
-            Some(ck) => {
-                checkpoint::check_compatible(&ck.dir, &ck.state.config, cfg)?;
-                model = model.import_adapter(&ck.adapter)?;
-                let optim = Optimizer::<B>::state_from_bytes(&ck.optimizer, &inner_device)?;
-                let pos: Position = serde_json::from_value(ck.state.data_position.clone())
-                    .map_err(|source| TrainError::State {
-                        path: ck.dir.clone(),
-                        source,
-                    })?;
-                let sampler = Sampler::resume(
-                    train_set.len(),
-                    t.per_device_train_batch_size.min(train_set.len()),
-                    cfg.data.seed,
-                    true,
-                    pos,
-                )?;
-                tracing::info!(step = ck.state.step, dir = %ck.dir.display(), "resuming");
-                (optim, ck.state, sampler)
-            }
-            None => {
-                let optim = Optimizer::<B>::new(optimizer_config(cfg))?;
-                let sampler = Sampler::new(
-                    train_set.len(),
-                    t.per_device_train_batch_size.min(train_set.len()),
-                    cfg.data.seed,
-                    true,
-                )?;
-                let state = TrainerState {
-                    step: 0,
-                    tokens_seen: 0,
-                    rng: rand_chacha::ChaCha8Rng::seed_from_u64(t.seed),
-                    data_position: serde_json::to_value(sampler.position()).unwrap_or_default(),
-                    best_eval_loss: None,
-                    best_step: None,
-                    config: cfg.clone(),
-                };
-                (optim, state, sampler)
-            }
-        };
-
-    let mut log = MetricsLog::open(&out)?;
-    let bar = if opts.progress {
+    let bar = if opts.progress && lead {
         let b = ProgressBar::new(t.max_steps as u64);
         b.set_style(
             ProgressStyle::with_template(
@@ -272,42 +266,71 @@ where
     // seconds count training steps only (not eval or checkpoint writes).
     let mut window = (0.0f64, 0u64, 0.0f64, 0u64);
     let dropout = cfg.lora.lora_dropout > 0.0;
-    while state.step < t.max_steps {
-        if opts.stop_at_step.is_some_and(|s| state.step >= s) {
-            break;
-        }
+    while state.step < end {
         let step_started = Instant::now();
         let lr = schedule.lr_at(state.step);
-        let batches: Vec<Batch> = (0..t.gradient_accumulation_steps)
-            .map(|_| {
-                let idx = sampler.next_batch();
-                let refs: Vec<&Example> = idx.iter().map(|&i| &train_set[i]).collect();
-                collate(&refs, pad_id, Padding::Right)
-            })
-            .collect::<Result<_, _>>()?;
-        let mut acc = TokenAccumulator::<M>::new();
-        let mut loss_sum = 0.0;
+        // The same global batches on every rank; this rank keeps its slice of each.
+        let mut batches = Vec::with_capacity(t.gradient_accumulation_steps);
+        for _ in 0..t.gradient_accumulation_steps {
+            let idx = sampler.next_batch();
+            let mine = &idx[shard_range(idx.len(), world, rank)];
+            // The seed is drawn even for an empty slice: the RNG stays in step on all ranks.
+            let seed = dropout.then(|| rank_seed(state.rng.next_u64(), rank));
+            if !mine.is_empty() {
+                let refs: Vec<&Example> = mine.iter().map(|&i| &train_set[i]).collect();
+                batches.push((collate(&refs, pad_id, Padding::Right)?, seed));
+            }
+        }
+        let mut acc = GradientsAccumulator::<M>::new();
+        let (mut loss_sum, mut tokens) = (0.0, 0u64);
         let input_tokens: usize = batches
             .iter()
-            .map(|b| b.lengths.iter().sum::<usize>())
+            .map(|(b, _)| b.lengths.iter().sum::<usize>())
             .sum();
-        for batch in &batches {
-            let seed = dropout.then(|| state.rng.next_u64());
-            let n = batch.n_target_tokens();
-            let ms = if t.gradient_checkpointing {
-                step::micro_step_checkpointed::<B, M>(&model, batch, 1.0, seed)?
-            } else {
-                step::micro_step_plain::<B, M>(&model, batch, 1.0, seed)?
+        for (batch, seed) in &batches {
+            let ms = {
+                let _compute = compute_lock();
+                if t.gradient_checkpointing {
+                    step::micro_step_checkpointed::<B, M>(&model, batch, 1.0, *seed)?
+                } else {
+                    step::micro_step_plain::<B, M>(&model, batch, 1.0, *seed)?
+                }
             };
             loss_sum += ms.loss_sum;
-            acc.accumulate::<B>(&model, ms.grads, n);
+            tokens += batch.n_target_tokens() as u64;
+            acc.accumulate::<B>(&model, ms.grads);
         }
-        let tokens = acc.tokens();
-        let loss = loss_sum / tokens.max(1) as f64;
+        let local = if batches.is_empty() {
+            GradientsParams::new()
+        } else {
+            acc.grads()
+        };
+        let red = sync.reduce::<B, M>(
+            &model,
+            local,
+            tokens,
+            loss_sum,
+            input_tokens as u64,
+            &inner_device,
+        )?;
+        let tokens = red.target_tokens;
+        if tokens == 0 {
+            return Err(qtune_optim::OptimError::NoTokens {
+                micro_batches: t.gradient_accumulation_steps,
+            }
+            .into());
+        }
+        let loss = red.loss_sum / tokens as f64;
         if !loss.is_finite() {
             return Err(non_finite(&ckpt_root, state.step + 1, "loss", loss));
         }
-        let mut grads = acc.finish::<B>(&model)?;
+        // Token-normalized accumulation (qtune-optim's TokenAccumulator arithmetic) over the
+        // global batch: the summed gradients divided once by all ranks' target tokens.
+        let mut grads = red.grads;
+        model.visit(&mut DivGrads {
+            grads: &mut grads,
+            by: tokens as f32,
+        });
         let norm = clip_grad_norm::<B, M>(&model, &mut grads, t.max_grad_norm);
         if !norm.total_norm.is_finite() {
             return Err(non_finite(
@@ -317,7 +340,11 @@ where
                 norm.total_norm,
             ));
         }
-        model = optim.step(lr, model, grads)?;
+        model = {
+            let _compute = compute_lock();
+            optim.step(lr, model, grads)?
+        };
+        let input_tokens = red.input_tokens;
         state.step += 1;
         state.tokens_seen += tokens;
         state.data_position = serde_json::to_value(sampler.position()).unwrap_or_default();
@@ -325,9 +352,12 @@ where
         window.0 += loss * tokens as f64;
         window.1 += tokens;
         window.2 += step_started.elapsed().as_secs_f64();
-        window.3 += input_tokens as u64;
-        summary.input_tokens += input_tokens as u64;
+        window.3 += input_tokens;
+        summary.input_tokens += input_tokens;
         bar.set_position(state.step as u64);
+        let Some(log) = log.as_mut() else {
+            continue; // ranks > 0 write nothing
+        };
 
         if state.step % t.logging_steps == 0 || state.step == t.max_steps {
             let secs = window.2.max(1e-9);
@@ -392,9 +422,11 @@ where
         }
     }
     bar.finish_and_clear();
-    let events = metrics::read_events(log.path())?;
-    if let Err(e) = metrics::plot_loss(&events, &out.join(metrics::LOSS_PLOT_FILE)) {
-        tracing::warn!("loss curve not drawn: {e}");
+    if let Some(log) = &log {
+        let events = metrics::read_events(log.path())?;
+        if let Err(e) = metrics::plot_loss(&events, &out.join(metrics::LOSS_PLOT_FILE)) {
+            tracing::warn!("loss curve not drawn: {e}");
+        }
     }
     summary.steps_done = state.step;
     summary.best_eval_loss = state.best_eval_loss;
@@ -404,6 +436,133 @@ where
     summary.optimizer_state_bytes = optim.state_bytes();
     summary.finished = state.step >= t.max_steps;
     Ok((model, summary))
+}
+
+struct Setup<B: AutodiffBackend> {
+    optim: Optimizer<B>,
+    state: TrainerState,
+    sampler: Sampler,
+    schedule: LrSchedule,
+}
+
+/// Checks, fresh start or resume (adapter into `model`, optimizer state, data position). Only the
+/// lead rank deletes a previous run's files.
+#[allow(clippy::too_many_arguments)]
+fn setup<B, M>(
+    cfg: &RunConfig,
+    model: &mut Option<M>,
+    device: &B::Device,
+    train_set: &[Example],
+    val_set: &[Example],
+    world: usize,
+    lead: bool,
+    opts: &TrainOptions,
+) -> Result<Setup<B>, TrainError>
+where
+    B: AutodiffBackend,
+    M: AdapterIo,
+{
+    let t = &cfg.training;
+    let out = cfg.output_dir();
+    let ckpt_root = out.join("checkpoints");
+    if train_set.is_empty() {
+        return Err(TrainError::EmptyDataset {
+            what: "no training examples".into(),
+        });
+    }
+    if val_set.is_empty() {
+        return Err(TrainError::EmptyDataset {
+            what: "no validation examples".into(),
+        });
+    }
+    let schedule = schedule(cfg);
+    schedule.validate()?;
+    // The global batch: each of the `world` ranks trains on its slice of it.
+    let global_batch = t
+        .per_device_train_batch_size
+        .saturating_mul(world)
+        .min(train_set.len());
+    let resumed = if opts.resume {
+        let ck = checkpoint::load_latest(&ckpt_root)?;
+        if ck.is_none() {
+            tracing::info!(dir = %ckpt_root.display(), "no checkpoint to resume from; starting afresh");
+            if lead {
+                clear_previous_run(&out)?;
+            }
+        }
+        ck
+    } else {
+        if ckpt_root.join(checkpoint::LATEST_FILE).exists() && !opts.overwrite {
+            return Err(TrainError::ExistingRun { dir: out.clone() });
+        }
+        if lead {
+            clear_previous_run(&out)?;
+        }
+        None
+    };
+    let (optim, state, sampler) = match resumed {
+        Some(ck) => {
+            checkpoint::check_compatible(&ck.dir, &ck.state.config, cfg)?;
+            if ck.state.world_size != world {
+                return Err(checkpoint::CheckpointError::WorldSize {
+                    path: ck.dir.clone(),
+                    checkpoint: ck.state.world_size,
+                    now: world,
+                }
+                .into());
+            }
+            let m = model.take().map(|m| m.import_adapter(&ck.adapter));
+            *model = m.transpose()?;
+            let optim =
+                Optimizer::<B>::state_from_bytes(&ck.optimizer, &device_inner::<B>(device))?;
+            let pos: Position =
+                serde_json::from_value(ck.state.data_position.clone()).map_err(|source| {
+                    TrainError::State {
+                        path: ck.dir.clone(),
+                        source,
+                    }
+                })?;
+            let sampler = Sampler::resume(train_set.len(), global_batch, cfg.data.seed, true, pos)?;
+            tracing::info!(step = ck.state.step, dir = %ck.dir.display(), "resuming");
+            (optim, ck.state, sampler)
+        }
+        None => {
+            let optim = Optimizer::<B>::new(optimizer_config(cfg))?;
+            let sampler = Sampler::new(train_set.len(), global_batch, cfg.data.seed, true)?;
+            let state = TrainerState {
+                step: 0,
+                tokens_seen: 0,
+                rng: rand_chacha::ChaCha8Rng::seed_from_u64(t.seed),
+                data_position: serde_json::to_value(sampler.position()).unwrap_or_default(),
+                best_eval_loss: None,
+                best_step: None,
+                config: cfg.clone(),
+                world_size: world,
+            };
+            (optim, state, sampler)
+        }
+    };
+    Ok(Setup {
+        optim,
+        state,
+        sampler,
+        schedule,
+    })
+}
+
+/// Divides every gradient by the global target-token count (f32, as `TokenAccumulator`).
+struct DivGrads<'a> {
+    grads: &'a mut GradientsParams,
+    by: f32,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for DivGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            self.grads
+                .register::<B::InnerBackend, D>(param.id, g.div_scalar(self.by));
+        }
+    }
 }
 
 fn non_finite(root: &std::path::Path, step: usize, what: &'static str, value: f64) -> TrainError {
@@ -420,7 +579,7 @@ fn non_finite(root: &std::path::Path, step: usize, what: &'static str, value: f6
 }
 
 /// The inner backend's device for `B`'s device (they are the same type for Autodiff).
-fn device_inner<B: AutodiffBackend>(
+pub(crate) fn device_inner<B: AutodiffBackend>(
     d: &B::Device,
 ) -> <B::InnerBackend as burn::tensor::backend::BackendTypes>::Device {
     // Autodiff<B> uses B's device type; converting through a zero-element tensor keeps this

@@ -5,5 +5,6 @@ mod common;
 mod data_job;
 mod grad_checkpoint;
 mod loop_errors;
+mod parallel;
 mod peft_fixture;
 mod resume;

@@ -1,0 +1,486 @@
+//! Data-parallel training: the training loop of [`crate::trainer`] on N ranks (one thread per
+//! device; several hosts through burn-collective's orchestrator), LoRA gradients all-reduced
+//! with burn-collective 0.21.
+//!
+//! Per optimizer step every rank:
+//! 1. draws the same global batches from the [`Sampler`](qtune_data::Sampler) (seed, global
+//!    batch size `per_device_train_batch_size × world`) and keeps its slice [`shard_range`]:
+//!    rank `r` of `W` takes positions `r·G/W .. (r+1)·G/W` of a global batch of `G` indices
+//!    (contiguous, in order; sizes differ by at most one);
+//! 2. runs its micro-batches with the existing step code and sums the gradients of the summed
+//!    token losses (no division yet);
+//! 3. all-reduces (sum), in ONE flat tensor: every trainable parameter's gradient (zeros where the
+//!    rank has none), one "has a gradient" flag per parameter, the target-token count, the loss
+//!    sum, the input-token count and an abort flag;
+//! 4. divides by the global target-token count, clips by the global norm and takes the optimizer
+//!    step: every rank holds the same reduced tensor, so all replicas stay identical.
+//!
+//! Rank 0 alone writes metrics, checkpoints and the best adapter. World size 1 skips the
+//! collective entirely ([`GradSync::single`]): the single-device run is the N = 1 case of the
+//! same loop.
+//!
+//! Failures: every rank does exactly one all-reduce per step, so a rank that fails (error or
+//! panic) mid-run sends one all-reduce with the abort flag set in place of its next one; its
+//! peers see the flag in that step's result and stop with [`TrainError::PeerFailed`] instead of
+//! waiting forever. A barrier after set-up (resume, optimizer state) does the same for set-up
+//! errors and checks that all ranks start at the same step.
+//!
+//! Threads of one process share burn-autodiff 0.21's process-global graph cleaner (a concurrent
+//! `backward()` can drop another thread's gradient, tracel-ai/burn#5573, fixed after 0.21) and
+//! the backend's process-global RNG (LoRA dropout seeds it): each rank therefore holds
+//! [`compute_lock`] while it builds its model, runs a micro-batch or steps the optimizer.
+use std::ops::Range;
+use std::sync::{Mutex, MutexGuard};
+
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend, Device, DeviceId};
+use burn::tensor::{Tensor, TensorPrimitive};
+use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
+
+use crate::config::DistributedConfig;
+
+mod launch;
+use crate::TrainError;
+pub use launch::train_parallel;
+
+/// Rank `rank`'s slice of a global batch of `len` indices over `world` ranks: positions
+/// `rank·len/world .. (rank+1)·len/world`. The slices of all ranks partition `0..len` in order.
+pub fn shard_range(len: usize, world: usize, rank: usize) -> Range<usize> {
+    let world = world.max(1);
+    (rank * len / world)..((rank + 1) * len / world)
+}
+
+/// The LoRA dropout seed of `rank` for a micro-batch whose run-wide seed is `seed` (drawn from
+/// the checkpointed RNG, identical on all ranks). Rank 0 uses `seed` itself, so a one-rank run
+/// draws the masks it always did; other ranks get a splitmix64-scrambled seed, so ranks do not
+/// share mask patterns.
+pub fn rank_seed(seed: u64, rank: usize) -> u64 {
+    if rank == 0 {
+        return seed;
+    }
+    let mut z = seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+static COMPUTE: Mutex<()> = Mutex::new(());
+
+/// Serializes autodiff work and RNG-seeded draws between the ranks of one process (see the
+/// module docs). Never held across an all-reduce.
+pub fn compute_lock() -> MutexGuard<'static, ()> {
+    COMPUTE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Devices for `indices` (`--devices 0,1`): CUDA device `i` on the CUDA backend; on the CPU
+/// backend (one device) each index is one more CPU rank, a test/debug mode.
+pub fn devices_from_indices<D: Device>(indices: &[usize]) -> Result<Vec<D>, TrainError> {
+    let bad = |msg: String| Err(TrainError::Devices { msg });
+    if indices.is_empty() {
+        return bad("no device given".into());
+    }
+    let mut seen = indices.to_vec();
+    seen.sort_unstable();
+    seen.dedup();
+    if seen.len() != indices.len() {
+        return bad(format!("device indices repeat: {indices:?}"));
+    }
+    let type_id = D::default().to_id().type_id;
+    indices
+        .iter()
+        .map(|&i| match u16::try_from(i) {
+            Ok(index_id) => Ok(D::from_id(DeviceId { type_id, index_id })),
+            Err(_) => Err(TrainError::Devices {
+                msg: format!("device index {i} is out of range"),
+            }),
+        })
+        .collect()
+}
+
+/// burn-collective's config for `local` devices on this host (+ the global level when several
+/// hosts take part).
+pub fn collective_config(
+    local: usize,
+    distributed: Option<&DistributedConfig>,
+) -> Result<CollectiveConfig, TrainError> {
+    let mut c = CollectiveConfig::default().with_num_devices(local);
+    if let Some(d) = distributed {
+        let addr = |field: &'static str, s: &str| {
+            s.parse().map_err(|e: String| TrainError::Collective {
+                what: field,
+                msg: e,
+            })
+        };
+        c = c
+            .with_num_nodes(d.num_nodes)
+            .with_global_address(addr("distributed.orchestrator", &d.orchestrator)?)
+            .with_node_address(addr("distributed.node_address", &d.node_address)?)
+            .with_data_service_port(d.data_service_port);
+    }
+    Ok(c)
+}
+
+/// Gradients, tokens and loss of one optimizer step, summed over all ranks.
+pub struct Reduced {
+    /// Summed (not yet token-normalized) gradients.
+    pub grads: GradientsParams,
+    pub target_tokens: u64,
+    pub loss_sum: f64,
+    pub input_tokens: u64,
+}
+
+/// Tail of the flat all-reduce buffer after the per-parameter flags.
+const TAIL: usize = 7; // tokens lo/hi, loss hi/lo, input tokens lo/hi, abort
+
+/// How a rank exchanges its gradients: not at all (one rank), or through burn-collective.
+pub struct GradSync {
+    rank: usize,
+    world: usize,
+    peer: Option<PeerId>,
+    /// All-reduces of the training loop this rank has done / will do (set by the barrier).
+    done: usize,
+    planned: usize,
+    /// Length of the flat all-reduce buffer (set by the barrier).
+    len: usize,
+    /// A peer's abort flag was seen: it expects no further all-reduce.
+    aborted: bool,
+}
+
+impl GradSync {
+    /// One rank: every collective operation is the identity.
+    pub fn single() -> Self {
+        Self {
+            rank: 0,
+            world: 1,
+            peer: None,
+            done: 0,
+            planned: 0,
+            len: 0,
+            aborted: false,
+        }
+    }
+
+    /// Global rank `rank` of `world`, registered with burn-collective as `PeerId(rank)`.
+    pub(crate) fn collective(rank: usize, world: usize) -> Self {
+        Self {
+            rank,
+            world,
+            peer: Some(PeerId::from(rank)),
+            ..Self::single()
+        }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn world(&self) -> usize {
+        self.world
+    }
+
+    /// After set-up: every rank reports whether its set-up succeeded and the step it starts at;
+    /// errors if any rank failed or the ranks disagree. `steps` is how many optimizer steps this
+    /// call will run (one all-reduce each), `len` the length of [`Self::reduce`]'s buffer.
+    pub(crate) fn barrier<B: Backend>(
+        &mut self,
+        device: &B::Device,
+        ok: bool,
+        start_step: usize,
+        steps: usize,
+        len: usize,
+    ) -> Result<(), TrainError> {
+        self.len = len;
+        let Some(peer) = self.peer else {
+            self.planned = steps;
+            return Ok(());
+        };
+        let v = [if ok { 0.0 } else { 1.0 }, start_step as f32, 1.0];
+        let t = Tensor::<B, 1>::from_floats(v, device);
+        let out = all_reduce_host::<B>(peer, t, "set-up barrier")?;
+        if out[0] > 0.0 {
+            return Err(TrainError::PeerFailed {
+                rank: self.rank,
+                phase: "set-up",
+            });
+        }
+        if out[1] != start_step as f32 * out[2] {
+            return Err(TrainError::Collective {
+                what: "set-up barrier",
+                msg: format!(
+                    "ranks start at different steps (rank {} at {start_step}; sum {})",
+                    self.rank, out[1]
+                ),
+            });
+        }
+        self.planned = steps;
+        Ok(())
+    }
+
+    /// Sums gradients, tokens and losses over all ranks (identity for one rank).
+    pub(crate) fn reduce<B, M>(
+        &mut self,
+        model: &M,
+        grads: GradientsParams,
+        target_tokens: u64,
+        loss_sum: f64,
+        input_tokens: u64,
+        device: &<B::InnerBackend as burn::tensor::backend::BackendTypes>::Device,
+    ) -> Result<Reduced, TrainError>
+    where
+        B: AutodiffBackend,
+        M: AutodiffModule<B>,
+    {
+        let Some(peer) = self.peer else {
+            return Ok(Reduced {
+                grads,
+                target_tokens,
+                loss_sum,
+                input_tokens,
+            });
+        };
+        let mut flat = Flatten::<B> {
+            grads: &grads,
+            device: device.clone(),
+            parts: Vec::new(),
+            present: Vec::new(),
+        };
+        model.visit(&mut flat);
+        let n_params = flat.present.len();
+        let mut tail = flat.present;
+        tail.extend(split_u64(target_tokens));
+        let hi = loss_sum as f32;
+        tail.extend([hi, (loss_sum - hi as f64) as f32]);
+        tail.extend(split_u64(input_tokens));
+        tail.push(0.0); // abort
+        let mut parts = flat.parts;
+        parts.push(Tensor::from_floats(tail.as_slice(), device));
+        let buffer = Tensor::cat(parts, 0);
+        let total = buffer.dims()[0];
+        let out = all_reduce(peer, buffer, "all-reduce of the LoRA gradients")?;
+        self.done += 1;
+        let tail = host_f32(
+            out.clone()
+                .narrow(0, total - n_params - TAIL, n_params + TAIL),
+        );
+        let t = &tail[n_params..];
+        if t[6] > 0.0 {
+            self.aborted = true;
+            return Err(TrainError::PeerFailed {
+                rank: self.rank,
+                phase: "training",
+            });
+        }
+        let mut un = Unflatten::<B> {
+            flat: out,
+            offset: 0,
+            index: 0,
+            present: &tail[..n_params],
+            grads: GradientsParams::new(),
+        };
+        model.visit(&mut un);
+        Ok(Reduced {
+            grads: un.grads,
+            target_tokens: join_u64(t[0], t[1]),
+            loss_sum: t[2] as f64 + t[3] as f64,
+            input_tokens: join_u64(t[4], t[5]),
+        })
+    }
+
+    /// Called once when this rank stops with an error: if its peers still expect an all-reduce
+    /// from it, sends one with the abort flag (buffer laid out as [`Self::reduce`]'s).
+    pub(crate) fn on_error<B: Backend>(&mut self, device: &B::Device) {
+        let Some(peer) = self.peer else {
+            return;
+        };
+        if self.aborted || self.done >= self.planned {
+            return;
+        }
+        let mut v = vec![0.0f32; self.len];
+        if let Some(last) = v.last_mut() {
+            *last = 1.0;
+        }
+        let t = Tensor::<B, 1>::from_floats(v.as_slice(), device);
+        self.done = self.planned;
+        if let Err(e) = all_reduce(peer, t, "abort") {
+            tracing::error!(
+                rank = self.rank,
+                "could not tell the other ranks to stop: {e}"
+            );
+        }
+    }
+}
+
+/// Length of [`GradSync::reduce`]'s flat buffer for `model`.
+pub(crate) fn buffer_len<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> usize {
+    let mut sizes = ParamSizes(0, 0);
+    model.visit(&mut sizes);
+    sizes.0 + sizes.1 + TAIL
+}
+
+/// `u64` as two f32 (low 16 bits, the rest): their sums over ranks stay exact in f32 while each
+/// rank counts < 2^32 per step and there are < 256 ranks.
+fn split_u64(v: u64) -> [f32; 2] {
+    [(v & 0xFFFF) as f32, (v >> 16) as f32]
+}
+
+fn join_u64(lo: f32, hi: f32) -> u64 {
+    lo as u64 + ((hi as u64) << 16)
+}
+
+fn all_reduce<B: Backend>(
+    peer: PeerId,
+    t: Tensor<B, 1>,
+    what: &'static str,
+) -> Result<Tensor<B, 1>, TrainError> {
+    let prim = t.into_primitive().tensor();
+    let out = burn_collective::all_reduce::<B>(peer, prim, ReduceOperation::Sum).map_err(|e| {
+        TrainError::Collective {
+            what,
+            msg: format!("{e:?}"),
+        }
+    })?;
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+}
+
+fn all_reduce_host<B: Backend>(
+    peer: PeerId,
+    t: Tensor<B, 1>,
+    what: &'static str,
+) -> Result<Vec<f32>, TrainError> {
+    Ok(host_f32(all_reduce(peer, t, what)?))
+}
+
+fn host_f32<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
+    // convert::<f32>() fixes the dtype, so to_vec cannot fail on it.
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default()
+}
+
+/// Trainable parameters, in visit order (the same on every rank: same model code).
+fn trainable<B: AutodiffBackend, const D: usize>(
+    param: &Param<Tensor<B, D>>,
+) -> Option<[usize; D]> {
+    let v = param.val();
+    v.is_require_grad().then(|| v.dims())
+}
+
+struct ParamSizes(usize, usize);
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for ParamSizes {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(dims) = trainable(param) {
+            self.0 += dims.iter().product::<usize>();
+            self.1 += 1;
+        }
+    }
+}
+
+struct Flatten<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    device: <B::InnerBackend as burn::tensor::backend::BackendTypes>::Device,
+    parts: Vec<Tensor<B::InnerBackend, 1>>,
+    present: Vec<f32>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(dims) = trainable(param) else {
+            return;
+        };
+        let n = dims.iter().product::<usize>();
+        let g = self.grads.get::<B::InnerBackend, D>(param.id);
+        self.present.push(if g.is_some() { 1.0 } else { 0.0 });
+        self.parts.push(match g {
+            Some(g) => g.reshape([n]),
+            None => Tensor::zeros([n], &self.device),
+        });
+    }
+}
+
+struct Unflatten<'a, B: AutodiffBackend> {
+    flat: Tensor<B::InnerBackend, 1>,
+    offset: usize,
+    index: usize,
+    present: &'a [f32],
+    grads: GradientsParams,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Unflatten<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(dims) = trainable(param) else {
+            return;
+        };
+        let n = dims.iter().product::<usize>();
+        let (start, present) = (self.offset, self.present[self.index] > 0.0);
+        self.offset += n;
+        self.index += 1;
+        // A parameter no rank computed a gradient for stays without one, as in a one-rank run.
+        if present {
+            let g = self.flat.clone().narrow(0, start, n).reshape(dims);
+            self.grads.register::<B::InnerBackend, D>(param.id, g);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_partition_every_global_batch_in_order() {
+        for len in 0..40 {
+            for world in 1..9 {
+                let mut next = 0;
+                for rank in 0..world {
+                    let r = shard_range(len, world, rank);
+                    assert_eq!(r.start, next, "len {len} world {world} rank {rank}");
+                    assert!(r.end >= r.start);
+                    // Balanced: sizes differ by at most one.
+                    assert!(r.len() == len / world || r.len() == len / world + 1);
+                    next = r.end;
+                }
+                assert_eq!(next, len, "len {len} world {world}: slices cover the batch");
+            }
+        }
+        // 2 ranks × batch 4 = the two halves of a global batch of 8.
+        assert_eq!(shard_range(8, 2, 0), 0..4);
+        assert_eq!(shard_range(8, 2, 1), 4..8);
+    }
+
+    #[test]
+    fn rank_seeds_keep_rank_zero_and_differ_between_ranks() {
+        assert_eq!(rank_seed(12345, 0), 12345);
+        let s: Vec<u64> = (0..8).map(|r| rank_seed(12345, r)).collect();
+        let mut d = s.clone();
+        d.sort_unstable();
+        d.dedup();
+        assert_eq!(d.len(), s.len(), "{s:?}");
+    }
+
+    #[test]
+    fn counts_survive_the_f32_split() {
+        for v in [0u64, 1, 65535, 65536, 1 << 30, (1 << 39) + 12345] {
+            let [lo, hi] = split_u64(v);
+            assert_eq!(join_u64(lo, hi), v);
+            // The sum of 100 ranks' halves is exact too.
+            assert_eq!(join_u64(lo * 100.0, hi * 100.0), v * 100);
+        }
+    }
+
+    #[test]
+    fn device_lists() {
+        type D = <burn::backend::NdArray as burn::tensor::backend::BackendTypes>::Device;
+        assert_eq!(devices_from_indices::<D>(&[0, 1]).unwrap().len(), 2);
+        assert!(devices_from_indices::<D>(&[])
+            .unwrap_err()
+            .to_string()
+            .contains("no device"));
+        assert!(devices_from_indices::<D>(&[1, 1])
+            .unwrap_err()
+            .to_string()
+            .contains("repeat"));
+    }
+}
