@@ -457,6 +457,38 @@ mod tests {
     }
 
     #[test]
+    fn distributed_section_parses_and_is_checked() {
+        let section = "\n[distributed]\nnum_nodes = 2\nnode_rank = 1\n\
+                       orchestrator = \"ws://10.0.0.1:3000\"\n\
+                       node_address = \"ws://10.0.0.2:3001\"\ndata_service_port = 3001\n";
+        let c = RunConfig::from_toml_str(&format!("{TINY_TOML}{section}"), "d.toml").unwrap();
+        let d = c.distributed.as_ref().unwrap();
+        assert_eq!(
+            (d.num_nodes, d.node_rank, d.data_service_port),
+            (2, 1, 3001)
+        );
+        // A config without the section serializes without it (old checkpoints compare equal).
+        let json = serde_json::to_value(RunConfig::tiny()).unwrap();
+        assert!(json.get("distributed").is_none());
+        let bad = format!(
+            "{TINY_TOML}{}",
+            section.replace("node_rank = 1", "node_rank = 2")
+        );
+        let err = RunConfig::from_toml_str(&bad, "d.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("distributed.node_rank"), "{err}");
+        let bad = format!(
+            "{TINY_TOML}{}",
+            section.replace("ws://10.0.0.1", "10.0.0.1")
+        );
+        let err = RunConfig::from_toml_str(&bad, "d.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("distributed.orchestrator"), "{err}");
+    }
+
+    #[test]
     fn bad_configs_name_the_field() {
         let base = TINY_TOML.to_string();
         let err = RunConfig::from_toml_str(&base.replace("r = ", "rank = "), "x.toml")

@@ -110,28 +110,33 @@ where
     )?;
     let counts = model.param_counts();
     tracing::info!("{}", param_line(counts.trainable, counts.all));
-    let final_eval =
-        if summary.finished && cfg.eval.generation_samples > 0 && !data.eval_items.is_empty() {
-            let best = PeftAdapter::load(&summary.output_dir.join("adapter"))?;
-            let model = model.import_adapter(&best)?.valid();
-            let m = evaluate_generation(
-                &model,
-                &tokenizer,
-                &data.eval_items,
-                cfg.training.per_device_eval_batch_size,
-                cfg.eval.max_new_tokens,
-                data.eos_id,
-            )?;
-            let mut log = MetricsLog::open(&summary.output_dir)?;
-            log.write(&Event::Final {
-                step: summary.steps_done,
-                metrics: m.metrics.clone(),
-            })?;
-            write_json(&summary.output_dir.join(EVAL_RESULTS_FILE), &m)?;
-            Some(m)
-        } else {
-            None
-        };
+    // Only the host of rank 0 has the best adapter (and writes the results).
+    let holds_rank0 = cfg.distributed.as_ref().is_none_or(|d| d.node_rank == 0);
+    let final_eval = if holds_rank0
+        && summary.finished
+        && cfg.eval.generation_samples > 0
+        && !data.eval_items.is_empty()
+    {
+        let best = PeftAdapter::load(&summary.output_dir.join("adapter"))?;
+        let model = model.import_adapter(&best)?.valid();
+        let m = evaluate_generation(
+            &model,
+            &tokenizer,
+            &data.eval_items,
+            cfg.training.per_device_eval_batch_size,
+            cfg.eval.max_new_tokens,
+            data.eos_id,
+        )?;
+        let mut log = MetricsLog::open(&summary.output_dir)?;
+        log.write(&Event::Final {
+            step: summary.steps_done,
+            metrics: m.metrics.clone(),
+        })?;
+        write_json(&summary.output_dir.join(EVAL_RESULTS_FILE), &m)?;
+        Some(m)
+    } else {
+        None
+    };
     Ok(report(
         &data,
         counts.trainable,

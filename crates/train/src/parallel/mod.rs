@@ -471,6 +471,20 @@ mod tests {
     }
 
     #[test]
+    fn collective_configs_are_complete() {
+        assert!(collective_config(2, None).unwrap().is_valid());
+        let d = DistributedConfig {
+            num_nodes: 2,
+            node_rank: 0,
+            orchestrator: "ws://10.0.0.1:3000".into(),
+            node_address: "ws://10.0.0.1:3001".into(),
+            data_service_port: 3001,
+        };
+        // All four global fields set: burn-collective accepts it (a partial set is invalid).
+        assert!(collective_config(2, Some(&d)).unwrap().is_valid());
+    }
+
+    #[test]
     fn device_lists() {
         type D = <burn::backend::NdArray as burn::tensor::backend::BackendTypes>::Device;
         assert_eq!(devices_from_indices::<D>(&[0, 1]).unwrap().len(), 2);
