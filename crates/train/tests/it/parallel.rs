@@ -206,10 +206,27 @@ fn a_failing_rank_stops_the_others() {
     .to_string();
     assert!(err.contains("injected build failure"), "{err}");
 
-    // Right after the failed session, a world of 3 (global batch 6) trains: the collective
+    // Rank 0 fails mid-run (its best-adapter write at the step-2 eval hits a file where its
+    // temp folder goes); rank 1 is then waiting in step 3's all-reduce and must stop too.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 2);
+    std::fs::write(dir.path().join(".tmp-adapter"), b"in the way").unwrap();
+    let err = two_ranks(&cfg, &TrainOptions::default())
+        .expect_err("rank 0 cannot write its adapter")
+        .to_string();
+    assert!(err.contains(".tmp-adapter"), "{err}");
+    let events = qtune_train::metrics::read_events(&dir.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        events.len(),
+        2,
+        "steps 1 and 2 logged, then stopped: {events:?}"
+    );
+
+    // Right after the failed sessions, a world of 3 (global batch 6) trains: the collective
     // session was closed cleanly.
     let devices: Vec<Dev> = vec![Default::default(); 3];
-    let mut cfg3 = cfg.clone();
+    let dir3 = tempfile::tempdir().unwrap();
+    let mut cfg3 = config(dir3.path(), 2);
     cfg3.training.max_steps = 2;
     let (_, s) = train_parallel(
         &cfg3,
@@ -218,10 +235,7 @@ fn a_failing_rank_stops_the_others() {
         &train_set,
         &val_set,
         0,
-        &TrainOptions {
-            overwrite: true,
-            ..Default::default()
-        },
+        &TrainOptions::default(),
     )
     .unwrap();
     assert!(s.finished);
