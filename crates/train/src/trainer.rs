@@ -171,19 +171,17 @@ where
     M::InnerModule: SegmentedLm<B::InnerBackend>,
 {
     let mut sync = GradSync::single();
-    let mut model = Some(model);
     train_rank(
-        cfg, &mut model, train_set, val_set, pad_id, device, opts, &mut sync,
+        cfg, model, train_set, val_set, pad_id, device, opts, &mut sync,
     )
 }
 
 /// The training loop of one rank (`sync.rank()` of `sync.world()`); see [`crate::parallel`] for
-/// the data-parallel contract. `model` is taken and handed back in the result; on error it is
-/// left in place (the caller may need it to send its peers an abort).
+/// the data-parallel contract.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn train_rank<B, M>(
     cfg: &RunConfig,
-    model_slot: &mut Option<M>,
+    model: M,
     train_set: &[Example],
     val_set: &[Example],
     pad_id: u32,
@@ -202,14 +200,10 @@ where
     let out = cfg.output_dir();
     let ckpt_root = out.join("checkpoints");
     let inner_device = device_inner::<B>(device);
-    let setup = setup::<B, M>(
-        cfg, model_slot, device, train_set, val_set, world, lead, opts,
-    );
+    let len = crate::parallel::buffer_len::<B, M>(&model);
+    let setup = setup::<B, M>(cfg, model, device, train_set, val_set, world, lead, opts);
     let end = t.max_steps.min(opts.stop_at_step.unwrap_or(usize::MAX));
     let start = setup.as_ref().map(|s| s.state.step).unwrap_or(0);
-    let len = model_slot
-        .as_ref()
-        .map_or(0, |m| crate::parallel::buffer_len::<B, M>(m));
     sync.barrier::<B::InnerBackend>(
         &inner_device,
         setup.is_ok(),
@@ -218,16 +212,12 @@ where
         len,
     )?;
     let Setup {
+        mut model,
         mut optim,
         mut state,
         mut sampler,
         schedule,
     } = setup?;
-    let Some(mut model) = model_slot.take() else {
-        return Err(TrainError::EmptyDataset {
-            what: "no model given to the training loop".into(),
-        });
-    };
 
     let mut log = if lead {
         Some(MetricsLog::open(&out)?)
@@ -438,7 +428,8 @@ where
     Ok((model, summary))
 }
 
-struct Setup<B: AutodiffBackend> {
+struct Setup<B: AutodiffBackend, M> {
+    model: M,
     optim: Optimizer<B>,
     state: TrainerState,
     sampler: Sampler,
@@ -450,14 +441,14 @@ struct Setup<B: AutodiffBackend> {
 #[allow(clippy::too_many_arguments)]
 fn setup<B, M>(
     cfg: &RunConfig,
-    model: &mut Option<M>,
+    model: M,
     device: &B::Device,
     train_set: &[Example],
     val_set: &[Example],
     world: usize,
     lead: bool,
     opts: &TrainOptions,
-) -> Result<Setup<B>, TrainError>
+) -> Result<Setup<B, M>, TrainError>
 where
     B: AutodiffBackend,
     M: AdapterIo,
@@ -500,7 +491,7 @@ where
         }
         None
     };
-    let (optim, state, sampler) = match resumed {
+    let (model, optim, state, sampler) = match resumed {
         Some(ck) => {
             checkpoint::check_compatible(&ck.dir, &ck.state.config, cfg)?;
             if ck.state.world_size != world {
@@ -511,8 +502,7 @@ where
                 }
                 .into());
             }
-            let m = model.take().map(|m| m.import_adapter(&ck.adapter));
-            *model = m.transpose()?;
+            let model = model.import_adapter(&ck.adapter)?;
             let optim =
                 Optimizer::<B>::state_from_bytes(&ck.optimizer, &device_inner::<B>(device))?;
             let pos: Position =
@@ -524,7 +514,7 @@ where
                 })?;
             let sampler = Sampler::resume(train_set.len(), global_batch, cfg.data.seed, true, pos)?;
             tracing::info!(step = ck.state.step, dir = %ck.dir.display(), "resuming");
-            (optim, ck.state, sampler)
+            (model, optim, ck.state, sampler)
         }
         None => {
             let optim = Optimizer::<B>::new(optimizer_config(cfg))?;
@@ -539,10 +529,11 @@ where
                 config: cfg.clone(),
                 world_size: world,
             };
-            (optim, state, sampler)
+            (model, optim, state, sampler)
         }
     };
     Ok(Setup {
+        model,
         optim,
         state,
         sampler,

@@ -148,23 +148,18 @@ where
         }
     })?;
     let mut sync = GradSync::collective(rank, world);
-    let mut slot: Option<M> = None;
     let result = catch_unwind(AssertUnwindSafe(|| {
         let built = {
             let _compute = compute_lock();
             build(device)
         };
         match built {
-            Ok(m) => slot = Some(m),
-            Err(e) => {
-                // The peers wait in the set-up barrier: tell them.
-                let _ = sync.barrier::<B::InnerBackend>(&inner, false, 0, 0, 0);
-                return Err(e);
-            }
+            Ok(model) => train_rank(
+                cfg, model, train_set, val_set, pad_id, device, opts, &mut sync,
+            ),
+            // The peers wait in the set-up barrier: `on_error` below tells them.
+            Err(e) => Err(e),
         }
-        train_rank(
-            cfg, &mut slot, train_set, val_set, pad_id, device, opts, &mut sync,
-        )
     }))
     .unwrap_or_else(|p| {
         Err(TrainError::RankPanicked {

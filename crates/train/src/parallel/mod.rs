@@ -143,6 +143,8 @@ pub struct GradSync {
     planned: usize,
     /// Length of the flat all-reduce buffer (set by the barrier).
     len: usize,
+    /// This rank has taken part in the set-up barrier.
+    barrier_sent: bool,
     /// A peer's abort flag was seen: it expects no further all-reduce.
     aborted: bool,
 }
@@ -157,6 +159,7 @@ impl GradSync {
             done: 0,
             planned: 0,
             len: 0,
+            barrier_sent: false,
             aborted: false,
         }
     }
@@ -195,6 +198,7 @@ impl GradSync {
             self.planned = steps;
             return Ok(());
         };
+        self.barrier_sent = true;
         let v = [if ok { 0.0 } else { 1.0 }, start_step as f32, 1.0];
         let t = Tensor::<B, 1>::from_floats(v, device);
         let out = all_reduce_host::<B>(peer, t, "set-up barrier")?;
@@ -287,12 +291,17 @@ impl GradSync {
         })
     }
 
-    /// Called once when this rank stops with an error: if its peers still expect an all-reduce
-    /// from it, sends one with the abort flag (buffer laid out as [`Self::reduce`]'s).
+    /// Called once when this rank stops with an error or panic: if its peers still expect an
+    /// all-reduce from it, sends a failed set-up barrier (before the loop) or one buffer laid out
+    /// as [`Self::reduce`]'s with the abort flag set (in the loop).
     pub(crate) fn on_error<B: Backend>(&mut self, device: &B::Device) {
         let Some(peer) = self.peer else {
             return;
         };
+        if !self.barrier_sent {
+            let _ = self.barrier::<B>(device, false, 0, 0, 0);
+            return;
+        }
         if self.aborted || self.done >= self.planned {
             return;
         }

@@ -206,6 +206,26 @@ fn a_failing_rank_stops_the_others() {
     .to_string();
     assert!(err.contains("injected build failure"), "{err}");
 
+    // A panicking rank (here while building its replica) is reported, its peer released.
+    let calls = AtomicUsize::new(0);
+    let err = train_parallel(
+        &cfg,
+        &devices,
+        |d| {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("injected build panic");
+            }
+            build::model_with_lora::<B>(&cfg, d)
+        },
+        &train_set,
+        &val_set,
+        0,
+        &TrainOptions::default(),
+    )
+    .expect_err("one rank panicked")
+    .to_string();
+    assert!(err.contains("panicked: injected build panic"), "{err}");
+
     // Rank 0 fails mid-run (its best-adapter write at the step-2 eval hits a file where its
     // temp folder goes); rank 1 is then waiting in step 3's all-reduce and must stop too.
     let dir = tempfile::tempdir().unwrap();
