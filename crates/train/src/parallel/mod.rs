@@ -208,6 +208,16 @@ impl GradSync {
                 phase: "set-up",
             });
         }
+        if out[2] != self.world as f32 {
+            return Err(TrainError::Collective {
+                what: "set-up barrier",
+                msg: format!(
+                    "{} ranks took part but this rank expected {} (every host must pass the same \
+                     number of --devices and the same distributed.num_nodes)",
+                    out[2], self.world
+                ),
+            });
+        }
         if out[1] != start_step as f32 * out[2] {
             return Err(TrainError::Collective {
                 what: "set-up barrier",
