@@ -29,6 +29,11 @@
 //! `backward()` can drop another thread's gradient, tracel-ai/burn#5573, fixed after 0.21) and
 //! the backend's process-global RNG (LoRA dropout seeds it): each rank therefore holds
 //! [`compute_lock`] while it builds its model, runs a micro-batch or steps the optimizer.
+//!
+//! Transport: burn-collective 0.21 has no NCCL path. Within a host it moves tensors between
+//! devices with the backend's `float_to_device` and adds them (tree all-reduce, arity 2); between
+//! hosts it exchanges them over WebSocket (ring). Only the LoRA gradients travel (a few million
+//! values per step for GPT-J-6B with r = 16 on q/v).
 use std::ops::Range;
 use std::sync::{Mutex, MutexGuard};
 
@@ -39,9 +44,9 @@ use burn::tensor::{Tensor, TensorPrimitive};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 
 use crate::config::DistributedConfig;
+use crate::TrainError;
 
 mod launch;
-use crate::TrainError;
 pub use launch::train_parallel;
 
 /// Rank `rank`'s slice of a global batch of `len` indices over `world` ranks: positions
