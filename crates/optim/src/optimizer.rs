@@ -3,7 +3,7 @@
 //! survive rebuilding the model and reloading an adapter, so a saved state resumes exactly
 //! even though Burn draws fresh random `ParamId`s for a newly built module.
 
-use crate::blockwise::Maps;
+use crate::blockwise::{Maps, BLOCK};
 use crate::update::{self, Blockwise8, Hyper};
 use crate::OptimError;
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
@@ -234,93 +234,185 @@ impl<B: AutodiffBackend> Optimizer<B> {
             }
             paths.insert(id, path);
         }
-        let mut mapper = StepMapper::<B> {
-            optim: self,
+        // Pass 1: every (path, flat param, flat grad). Pass 2: one fused update per group of
+        // tensors that share an update rule and step count (a handful of large kernels instead
+        // of ~200 small ones per tensor: on a GPU the per-tensor version spent 0.5 s per step
+        // launching kernels). Pass 3: put the new values back by ParamId.
+        let mut gather = Gather::<B> {
             grads: &mut grads,
             paths: &paths,
-            lr,
+            items: Vec::new(),
+        };
+        module.visit(&mut gather);
+        let items = gather.items;
+        let mut groups: BTreeMap<(bool, u64), Vec<usize>> = BTreeMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let step = self.states.get(&item.path).map_or(0, |s| s.step);
+            let eight_bit = match self.states.get(&item.path) {
+                Some(s) => matches!(s.moments, Moments::Blockwise8(_)),
+                None => self.config.uses_8bit(item.p.dims()[0]),
+            };
+            groups.entry((eight_bit, step)).or_default().push(i);
+        }
+        let mut slots: Vec<Option<Item<B::InnerBackend>>> = items.into_iter().map(Some).collect();
+        let mut updated: HashMap<ParamId, Tensor<B::InnerBackend, 1>> = HashMap::new();
+        for ((eight_bit, step), members) in groups {
+            let group: Vec<Item<B::InnerBackend>> =
+                members.iter().filter_map(|&i| slots[i].take()).collect();
+            let ids: Vec<ParamId> = group.iter().map(|it| it.id).collect();
+            let new = if eight_bit {
+                self.update_8bit(group, step, lr)
+            } else {
+                self.update_full(group, step, lr)
+            };
+            updated.extend(ids.into_iter().zip(new));
+        }
+        let mut mapper = StepMapper::<B> {
+            updated: &mut updated,
         };
         Ok(module.map(&mut mapper))
     }
 
-    /// Applies one update to a flattened parameter, creating its state on first use.
-    fn update(
+    fn maps(&mut self, device: &burn::tensor::Device<B::InnerBackend>) -> Maps<B::InnerBackend> {
+        self.maps.get_or_insert_with(|| Maps::new(device)).clone()
+    }
+
+    /// AdamW (torch) or bnb's 32-bit Adam on the concatenation of the group's tensors
+    /// (elementwise rules, so the result equals per-tensor updates bit for bit).
+    fn update_full(
         &mut self,
-        path: &str,
-        p: Tensor<B::InnerBackend, 1>,
-        g: Tensor<B::InnerBackend, 1>,
+        group: Vec<Item<B::InnerBackend>>,
+        prev_step: u64,
         lr: f64,
-    ) -> Tensor<B::InnerBackend, 1> {
-        let device = p.device();
-        let numel = p.dims()[0];
-        let eight_bit = self.config.uses_8bit(numel);
-        let maps = self.maps.get_or_insert_with(|| Maps::new(&device)).clone();
-        let state = self.states.remove(path).unwrap_or_else(|| ParamState {
-            step: 0,
-            numel,
-            moments: if eight_bit {
-                Moments::Blockwise8(Blockwise8::zeros(numel, &maps, &device))
-            } else {
-                Moments::Full {
-                    exp_avg: Tensor::zeros([numel], &device),
-                    exp_avg_sq: Tensor::zeros([numel], &device),
-                }
-            },
-        });
-        let step = state.step + 1;
-        let h = self.config.hyper();
-        let (p, moments) = match (self.config.optim, state.moments) {
-            (
-                OptimKind::AdamW,
-                Moments::Full {
-                    exp_avg,
-                    exp_avg_sq,
-                },
-            ) => {
-                let (p, m, v) = update::torch_adamw(p, g, exp_avg, exp_avg_sq, step, lr, h);
-                (
-                    p,
-                    Moments::Full {
-                        exp_avg: m,
-                        exp_avg_sq: v,
-                    },
-                )
-            }
-            (
-                OptimKind::AdamW8bit,
-                Moments::Full {
-                    exp_avg,
-                    exp_avg_sq,
-                },
-            ) => {
-                let (p, m, v) = update::bnb_adam32(p, g, exp_avg, exp_avg_sq, step, lr, h);
-                (
-                    p,
-                    Moments::Full {
-                        exp_avg: m,
-                        exp_avg_sq: v,
-                    },
-                )
-            }
-            (_, Moments::Blockwise8(s)) => {
-                // Only AdamW8bit creates or loads 8-bit state (`state_io` checks the kind).
-                let (p, s) = update::bnb_adam8_blockwise(p, g, s, &maps, step, lr, h);
-                (p, Moments::Blockwise8(s))
-            }
+    ) -> Vec<Tensor<B::InnerBackend, 1>> {
+        let Some(device) = group.first().map(|it| it.p.device()) else {
+            return Vec::new();
         };
-        self.states.insert(
-            path.to_string(),
-            ParamState {
-                step,
-                numel,
-                moments,
-            },
-        );
-        p
+        let lens: Vec<usize> = group.iter().map(|it| it.p.dims()[0]).collect();
+        let (mut ps, mut gs, mut ms, mut vs, mut order) = (vec![], vec![], vec![], vec![], vec![]);
+        for (it, &n) in group.into_iter().zip(&lens) {
+            let (m, v) = match self.states.remove(&it.path).map(|s| s.moments) {
+                Some(Moments::Full {
+                    exp_avg,
+                    exp_avg_sq,
+                }) => (exp_avg, exp_avg_sq),
+                _ => (Tensor::zeros([n], &device), Tensor::zeros([n], &device)),
+            };
+            ps.push(it.p);
+            gs.push(it.g);
+            ms.push(m);
+            vs.push(v);
+            order.push(it.path);
+        }
+        let step = prev_step + 1;
+        let h = self.config.hyper();
+        let (p, m, v) = (cat(ps), cat(gs), cat(ms));
+        let (p, m, v) = match self.config.optim {
+            OptimKind::AdamW => update::torch_adamw(p, m, v, cat(vs), step, lr, h),
+            OptimKind::AdamW8bit => update::bnb_adam32(p, m, v, cat(vs), step, lr, h),
+        };
+        let mut out = Vec::with_capacity(lens.len());
+        let mut off = 0;
+        for (path, n) in order.into_iter().zip(lens) {
+            out.push(p.clone().narrow(0, off, n));
+            let moments = Moments::Full {
+                exp_avg: m.clone().narrow(0, off, n),
+                exp_avg_sq: v.clone().narrow(0, off, n),
+            };
+            self.states.insert(
+                path,
+                ParamState {
+                    step,
+                    numel: n,
+                    moments,
+                },
+            );
+            off += n;
+        }
+        out
+    }
+
+    /// bnb's 8-bit blockwise Adam on the concatenation of the group's tensors, each padded to
+    /// whole 256-value blocks (zero values, zero codes: exactly the padding of a lone tensor's
+    /// last block), so every block, and thus the result, equals the per-tensor update.
+    fn update_8bit(
+        &mut self,
+        group: Vec<Item<B::InnerBackend>>,
+        prev_step: u64,
+        lr: f64,
+    ) -> Vec<Tensor<B::InnerBackend, 1>> {
+        let Some(device) = group.first().map(|it| it.p.device()) else {
+            return Vec::new();
+        };
+        let maps = self.maps(&device);
+        let lens: Vec<usize> = group.iter().map(|it| it.p.dims()[0]).collect();
+        let (mut ps, mut gs, mut c1, mut a1, mut c2, mut a2, mut order) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (it, &n) in group.into_iter().zip(&lens) {
+            let padded = n.div_ceil(BLOCK) * BLOCK;
+            let s = match self.states.remove(&it.path).map(|s| s.moments) {
+                Some(Moments::Blockwise8(s)) => s,
+                _ => Blockwise8::zeros(n, &maps, &device),
+            };
+            ps.push(update::pad_float(it.p, padded));
+            gs.push(update::pad_float(it.g, padded));
+            c1.push(update::pad_codes(s.state1, padded, maps.signed_zero));
+            c2.push(update::pad_codes(s.state2, padded, maps.unsigned_zero));
+            a1.push(s.absmax1);
+            a2.push(s.absmax2);
+            order.push(it.path);
+        }
+        let step = prev_step + 1;
+        let state = Blockwise8 {
+            state1: Tensor::cat(c1, 0),
+            absmax1: cat(a1),
+            state2: Tensor::cat(c2, 0),
+            absmax2: cat(a2),
+        };
+        let h = self.config.hyper();
+        let (p, s) = update::bnb_adam8_blockwise(cat(ps), cat(gs), state, &maps, step, lr, h);
+        let mut out = Vec::with_capacity(lens.len());
+        let mut off = 0;
+        for (path, n) in order.into_iter().zip(lens) {
+            let (b0, nb) = (off / BLOCK, n.div_ceil(BLOCK));
+            out.push(p.clone().narrow(0, off, n));
+            let moments = Moments::Blockwise8(Blockwise8 {
+                state1: s.state1.clone().narrow(0, off, n),
+                absmax1: s.absmax1.clone().narrow(0, b0, nb),
+                state2: s.state2.clone().narrow(0, off, n),
+                absmax2: s.absmax2.clone().narrow(0, b0, nb),
+            });
+            self.states.insert(
+                path,
+                ParamState {
+                    step,
+                    numel: n,
+                    moments,
+                },
+            );
+            off += nb * BLOCK;
+        }
+        out
     }
 }
 
-/// Joins a module path stack; a bare parameter (no enclosing struct) gets its id instead.
+/// `Tensor::cat` along dim 0 without a copy for a single tensor.
+fn cat<B: Backend>(mut ts: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
+    if ts.len() == 1 {
+        ts.pop().expect("one tensor")
+    } else {
+        Tensor::cat(ts, 0)
+    }
+}
+
+/// One trainable tensor of a step: its state key, flat value and flat gradient.
+struct Item<B: Backend> {
+    id: ParamId,
+    path: String,
+    p: Tensor<B, 1>,
+    g: Tensor<B, 1>,
+}
+
 fn path_key(stack: &[String], id: ParamId) -> String {
     if stack.is_empty() {
         format!("param-{id}")
@@ -359,29 +451,44 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for PathCollector<'_, B> {
 }
 
 /// Second pass: replaces each parameter that has a gradient by its updated value.
-struct StepMapper<'a, B: AutodiffBackend> {
-    optim: &'a mut Optimizer<B>,
+/// Pass 1 of a step: takes each tracked parameter's gradient, flattens both.
+struct Gather<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
     paths: &'a HashMap<ParamId, String>,
-    lr: f64,
+    items: Vec<Item<B::InnerBackend>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Gather<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(path) = self.paths.get(&param.id) else {
+            return;
+        };
+        let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) else {
+            return;
+        };
+        let numel = param.shape().num_elements();
+        self.items.push(Item {
+            id: param.id,
+            path: path.clone(),
+            p: param.val().inner().reshape([numel]),
+            g: grad.reshape([numel]),
+        });
+    }
+}
+
+/// Pass 3 of a step: swaps in the updated values (same shape, same `require_grad`).
+struct StepMapper<'a, B: AutodiffBackend> {
+    updated: &'a mut HashMap<ParamId, Tensor<B::InnerBackend, 1>>,
 }
 
 impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
-        let (Some(path), Some(grad)) = (
-            self.paths.get(&id),
-            self.grads.remove::<B::InnerBackend, D>(id),
-        ) else {
+        let Some(p) = self.updated.remove(&id) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let require_grad = tensor.is_require_grad();
-        let shape = tensor.shape();
-        let numel = shape.num_elements();
-        let p = tensor.inner().reshape([numel]);
-        let g = grad.reshape([numel]);
-        let p = self.optim.update(path, p, g, self.lr);
-        let mut tensor = Tensor::<B, D>::from_inner(p.reshape(shape));
+        let mut tensor = Tensor::<B, D>::from_inner(p.reshape(tensor.shape()));
         if require_grad {
             tensor = tensor.require_grad();
         }

@@ -138,7 +138,7 @@ impl<B: Backend> Blockwise8<B> {
 }
 
 /// Pads a 1-D tensor to `len` with `value` (the last block may be short).
-fn pad_float<B: Backend>(t: Tensor<B, 1>, len: usize) -> Tensor<B, 1> {
+pub(crate) fn pad_float<B: Backend>(t: Tensor<B, 1>, len: usize) -> Tensor<B, 1> {
     let n = t.dims()[0];
     if n == len {
         return t;
@@ -147,7 +147,11 @@ fn pad_float<B: Backend>(t: Tensor<B, 1>, len: usize) -> Tensor<B, 1> {
     Tensor::cat(vec![t, Tensor::zeros([len - n], &device)], 0)
 }
 
-fn pad_codes<B: Backend>(t: Tensor<B, 1, Int>, len: usize, code: u8) -> Tensor<B, 1, Int> {
+pub(crate) fn pad_codes<B: Backend>(
+    t: Tensor<B, 1, Int>,
+    len: usize,
+    code: u8,
+) -> Tensor<B, 1, Int> {
     let n = t.dims()[0];
     if n == len {
         return t;

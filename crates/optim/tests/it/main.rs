@@ -2,6 +2,7 @@
 
 mod common;
 mod grads;
+mod grouped;
 mod maps;
 mod reference;
 mod resume;
