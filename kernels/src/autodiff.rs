@@ -12,7 +12,7 @@ use burn::backend::autodiff::{
 };
 use burn::tensor::{
     backend::{AutodiffBackend, Backend},
-    ops::{FloatTensor, IntTensor},
+    ops::{BoolTensor, FloatTensor, IntTensor},
     DType, TensorMetadata,
 };
 use qtune_quant::QuantFormat;
@@ -125,6 +125,29 @@ impl<B: QBackend> Backward<B, 1> for GeluNewBackward {
     }
 }
 
+/// Backward of the fused attention softmax: state is its output (the probabilities, which the
+/// following `probs·v` GEMM keeps anyway) and the divisor.
+#[derive(Debug)]
+struct AttnSoftmaxBackward;
+
+impl<B: QBackend> Backward<B, 1> for AttnSoftmaxBackward {
+    type State = (FloatTensor<B>, Option<BoolTensor<B>>, f32);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_s] = ops.parents;
+        let dp = grads.consume::<B>(&ops.node);
+        let (p, mask, div) = ops.state;
+        if let Some(node) = node_s {
+            let dp = if dp.dtype() == p.dtype() {
+                dp
+            } else {
+                B::float_cast(dp, p.dtype().into())
+            };
+            grads.register::<B>(node.id, B::q_attn_softmax_backward(p, dp, mask, div));
+        }
+    }
+}
+
 impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
     fn q_dequantize(w: QWeightPrimitive<Self>, dtype: DType) -> FloatTensor<Self> {
         <Self as AutodiffBackend>::from_inner(B::q_dequantize(inner(w), dtype))
@@ -158,10 +181,7 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         tb: bool,
         out: DType,
     ) -> FloatTensor<Self> {
-        let (need_a, need_b) = (
-            !a.node.requirement.is_none(),
-            !b.node.requirement.is_none(),
-        );
+        let (need_a, need_b) = (!a.node.requirement.is_none(), !b.node.requirement.is_none());
         match MatmulBackward
             .prepare::<C>([a.node.clone(), b.node.clone()])
             .compute_bound()
@@ -200,6 +220,39 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
 
     fn q_gelu_new_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
         <Self as AutodiffBackend>::from_inner(B::q_gelu_new_backward(x.primitive, dy.primitive))
+    }
+
+    fn q_attn_softmax(
+        s: FloatTensor<Self>,
+        mask: Option<BoolTensor<Self>>,
+        div: f32,
+        out: DType,
+    ) -> FloatTensor<Self> {
+        match AttnSoftmaxBackward
+            .prepare::<C>([s.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let p = B::q_attn_softmax(s.primitive, mask.clone(), div, out);
+                prep.finish((p.clone(), mask, div), p)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q_attn_softmax(s.primitive, mask, div, out)),
+        }
+    }
+
+    fn q_attn_softmax_backward(
+        p: FloatTensor<Self>,
+        dp: FloatTensor<Self>,
+        mask: Option<BoolTensor<Self>>,
+        div: f32,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::q_attn_softmax_backward(
+            p.primitive,
+            dp.primitive,
+            mask,
+            div,
+        ))
     }
 
     fn q_quantize(

@@ -30,8 +30,8 @@ pub use weight::{AbsmaxPrimitive, QLayout, QWeightPrimitive, QuantWeight};
 
 use burn::tensor::{
     backend::{AutodiffBackend, Backend},
-    ops::{FloatTensor, IntTensor},
-    DType, Tensor, TensorPrimitive,
+    ops::{BoolTensor, FloatTensor, IntTensor},
+    Bool, DType, Tensor, TensorPrimitive,
 };
 use qtune_quant::QuantFormat;
 
@@ -70,6 +70,26 @@ pub trait QBackend: Backend {
 
     /// `dx = dy · gelu_new'(x)` (f32 math, `x`'s dtype).
     fn q_gelu_new_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// Attention probabilities: `softmax` over the last dim of `s / div` with masked positions
+    /// set to `f32::MIN` first (a fully masked row comes out uniform), for F32 scores
+    /// `s [B, H, T, L]` and a `mask [B, 1, T, L]` (true = masked), written in `out`. One fused
+    /// kernel on CUDA (one warp per row); under autodiff only the output (and mask) is kept.
+    fn q_attn_softmax(
+        s: FloatTensor<Self>,
+        mask: Option<BoolTensor<Self>>,
+        div: f32,
+        out: DType,
+    ) -> FloatTensor<Self>;
+
+    /// Its backward: `ds = p ⊙ (dp − Σ_row p ⊙ dp) / div`, in F32 (`dp` in `p`'s dtype), and 0
+    /// where masked (masked scores never reach the output, even in a fully masked row).
+    fn q_attn_softmax_backward(
+        p: FloatTensor<Self>,
+        dp: FloatTensor<Self>,
+        mask: Option<BoolTensor<Self>>,
+        div: f32,
+    ) -> FloatTensor<Self>;
 
     /// Blockwise quantization of a dense `[out, in]` weight (any float dtype) with a plain f32
     /// absmax, bit-identical to `qtune_quant`'s CPU reference. Returns `(codes U8, absmax F32)`,
@@ -141,8 +161,14 @@ pub fn matmul<B: QBackend, const D: usize>(
     let batch = da[..D - 2].iter().product::<usize>();
     let m = if ta { da[D - 1] } else { da[D - 2] };
     let n = if tb { db[D - 2] } else { db[D - 1] };
-    let a3 = a.reshape([batch, da[D - 2], da[D - 1]]).into_primitive().tensor();
-    let b3 = b.reshape([batch, db[D - 2], db[D - 1]]).into_primitive().tensor();
+    let a3 = a
+        .reshape([batch, da[D - 2], da[D - 1]])
+        .into_primitive()
+        .tensor();
+    let b3 = b
+        .reshape([batch, db[D - 2], db[D - 1]])
+        .into_primitive()
+        .tensor();
     let c = B::q_gemm(a3, b3, ta, tb, out);
     let mut shape = da;
     shape[D - 2] = m;
@@ -182,4 +208,18 @@ pub fn linear_t<B: QBackend, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -
 pub fn gelu_new<B: QBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let y = B::q_gelu_new(x.into_primitive().tensor());
     Tensor::from_primitive(TensorPrimitive::Float(y))
+}
+
+/// Attention probabilities `softmax(mask(scores / div))` over the last dim through
+/// [`QBackend::q_attn_softmax`] (fused on CUDA). `scores [B, H, T, L]` must be F32; `mask`
+/// `[B, 1, T, L]`, true = masked.
+pub fn attention_softmax<B: QBackend>(
+    scores: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    div: f32,
+    out: DType,
+) -> Tensor<B, 4> {
+    let s = scores.into_primitive().tensor();
+    let p = B::q_attn_softmax(s, mask.map(Tensor::into_primitive), div, out);
+    Tensor::from_primitive(TensorPrimitive::Float(p))
 }

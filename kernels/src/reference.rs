@@ -5,8 +5,8 @@
 use burn::backend::NdArray;
 use burn::tensor::{
     backend::Backend,
-    ops::{FloatTensor, IntTensor},
-    DType, Int, Tensor, TensorData, TensorPrimitive,
+    ops::{BoolTensor, FloatTensor, IntTensor},
+    Bool, DType, Int, Tensor, TensorData, TensorPrimitive,
 };
 use qtune_quant::{Absmax, FloatDType, NestedAbsmax, QuantFormat, QuantSpec, QuantizedTensor};
 
@@ -183,6 +183,50 @@ impl QBackend for NdArray {
         let one_minus_t2 = t.clone().powi_scalar(2).neg().add_scalar(1.0);
         let d = t.add_scalar(1.0).mul_scalar(0.5) + x.mul_scalar(0.5) * one_minus_t2 * inner;
         (dy * d).cast(dtype).into_primitive().tensor()
+    }
+
+    fn q_attn_softmax(
+        s: FloatTensor<Self>,
+        mask: Option<BoolTensor<Self>>,
+        div: f32,
+        out: DType,
+    ) -> FloatTensor<Self> {
+        let s = float::<Self, 4>(s).div_scalar(div);
+        let s = match mask {
+            Some(m) => {
+                let dims = s.dims();
+                s.mask_fill(
+                    Tensor::<Self, 4, Bool>::from_primitive(m).expand(dims),
+                    f32::MIN,
+                )
+            }
+            None => s,
+        };
+        let p = burn::tensor::activation::softmax(s, 3);
+        let p = if p.dtype() == out { p } else { p.cast(out) };
+        p.into_primitive().tensor()
+    }
+
+    fn q_attn_softmax_backward(
+        p: FloatTensor<Self>,
+        dp: FloatTensor<Self>,
+        mask: Option<BoolTensor<Self>>,
+        div: f32,
+    ) -> FloatTensor<Self> {
+        let (p, dp) = (
+            float::<Self, 4>(p).cast(DType::F32),
+            float::<Self, 4>(dp).cast(DType::F32),
+        );
+        let dot = (p.clone() * dp.clone()).sum_dim(3);
+        let ds = (p * (dp - dot)).div_scalar(div);
+        let ds = match mask {
+            Some(m) => {
+                let dims = ds.dims();
+                ds.mask_fill(Tensor::<Self, 4, Bool>::from_primitive(m).expand(dims), 0.0)
+            }
+            None => ds,
+        };
+        ds.into_primitive().tensor()
     }
 
     fn q_gemm(

@@ -30,7 +30,10 @@ fn max_diff(a: Tensor<NdArray, 4>, b: Tensor<NdArray, 4>) -> f32 {
     assert_eq!(a.dims(), b.dims());
     let a = a.into_data().into_vec::<f32>().unwrap();
     let b = b.into_data().into_vec::<f32>().unwrap();
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -94,4 +97,36 @@ fn gelu_new_forward_and_backward_match_the_formula_under_autodiff() {
     let g2 = (reference * w).sum().backward();
     let d = max_diff(x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
     assert!(d < 1e-5, "gelu_new grad differs by {d}");
+}
+
+#[test]
+fn attention_softmax_matches_mask_fill_softmax_under_autodiff() {
+    use burn::tensor::Bool;
+    let (b, h, t, l) = (2, 3, 4, 6);
+    let s = tensor([b, h, t, l], 10).mul_scalar(3.0).require_grad();
+    let w = tensor([b, h, t, l], 11);
+    // Causal plus one fully masked row (batch 1, query 0), as left padding makes.
+    let mut bits = Vec::new();
+    for bi in 0..b {
+        for i in 0..t {
+            for j in 0..l {
+                bits.push(j > i + (l - t) || (bi == 1 && i == 0));
+            }
+        }
+    }
+    let mask =
+        Tensor::<Ad, 4, Bool>::from_data(TensorData::new(bits, [b, 1, t, l]), &Default::default());
+    let div = 1.7f32;
+    let ours = qtune_kernels::attention_softmax(s.clone(), Some(mask.clone()), div, DType::F32);
+    let reference = burn::tensor::activation::softmax(
+        s.clone()
+            .div_scalar(div)
+            .mask_fill(mask.expand([b, h, t, l]), f32::MIN),
+        3,
+    );
+    assert!(max_diff(ours.clone().inner(), reference.clone().inner()) < 1e-6);
+    let g1 = (ours * w.clone()).sum().backward();
+    let g2 = (reference * w).sum().backward();
+    let d = max_diff(s.grad(&g1).unwrap(), s.grad(&g2).unwrap());
+    assert!(d < 1e-6, "softmax grad differs by {d}");
 }

@@ -201,6 +201,26 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
         },
         ..OptimizerConfig::default()
     })?;
+    // Peak of cubecl's bytes in use, polled every millisecond from a second thread (cubecl has
+    // no peak counter; the host runs ahead of the GPU, so this is the allocator's view).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peak_poll = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let poller = {
+        let (stop, peak, client) = (
+            stop.clone(),
+            peak_poll.clone(),
+            cubecl::cuda::CudaRuntime::client(&device),
+        );
+        std::thread::spawn(move || {
+            use std::sync::atomic::Ordering::Relaxed;
+            while !stop.load(Relaxed) {
+                if let Ok(u) = client.memory_usage() {
+                    peak.fetch_max(u.bytes_in_use, Relaxed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
     let mut times = Vec::new();
     let (mut peak_use, mut peak_res) = (0u64, 0u64);
     for i in 0..a.warmup + a.steps {
@@ -232,18 +252,27 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
                    "in_use_gib": u as f64 / GIB, "reserved_gib": r as f64 / GIB})
         );
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    poller
+        .join()
+        .map_err(|_| anyhow::anyhow!("memory poller panicked"))?;
     times.sort_by(f64::total_cmp);
     let med = times[times.len() / 2];
     println!(
         "{}",
         json!({"mode": mode, "batch": b, "seq": t, "step_s_median": med,
                "tokens_per_s": (b * t) as f64 / med, "load_quantize_s": load_s,
-               "peak_in_use_gib_sampled": peak_use as f64 / GIB,
+               "peak_in_use_gib_polled": peak_poll.load(std::sync::atomic::Ordering::Relaxed) as f64 / GIB,
+               "in_use_gib_after_step_max": peak_use as f64 / GIB,
                "peak_reserved_gib": peak_res as f64 / GIB})
     );
 
     // Inference on the inner backend (no graph): prefill 1×512, greedy decode 128 tokens.
+    // `--decode 0` skips inference altogether (e.g. to profile the training step alone).
     drop(optim);
+    if a.decode == 0 {
+        return Ok(());
+    }
     let infer = model.valid();
     let pre_ids: Vec<i64> = ids[..t.min(512)].to_vec();
     let n = pre_ids.len();
@@ -280,11 +309,7 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
         Ok((s.elapsed().as_secs_f64(), out.first().map_or(0, Vec::len)))
     };
     gen(8)?;
-    let (dec_s, produced) = if a.decode > 0 {
-        gen(a.decode)?
-    } else {
-        (0.0, 0)
-    };
+    let (dec_s, produced) = gen(a.decode)?;
     println!(
         "{}",
         json!({"mode": mode, "prefill_tokens": n, "prefill_s": pre, "prefill_tok_s": n as f64 / pre,

@@ -120,7 +120,10 @@ fn gemm_check(dev: &burn::tensor::Device<qtune_train::backend::Train>) -> anyhow
     }
     fn rel(a: Vec<f32>, b: Vec<f32>) -> f64 {
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-        let d = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        let d = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         (d / scale) as f64
     }
     fn host<B: burn::tensor::backend::Backend>(t: Tensor<B, 3>) -> anyhow::Result<Vec<f32>> {
@@ -129,20 +132,86 @@ fn gemm_check(dev: &burn::tensor::Device<qtune_train::backend::Train>) -> anyhow
             .into_vec::<f32>()
             .map_err(|e| anyhow::anyhow!("{e:?}"))
     }
+    // Fused attention softmax (causal + a fully masked row) and gelu_new: forward and input
+    // gradient, GPU (bf16 probabilities / activations) vs CPU (f32).
+    {
+        use burn::tensor::Bool;
+        let (b, h, t, l) = (2usize, 4usize, 40usize, 72usize);
+        let n = b * h * t * l;
+        let (vs, vw) = (values(n, 11), values(n, 12));
+        let mut bits = Vec::with_capacity(b * t * l);
+        for bi in 0..b {
+            for i in 0..t {
+                for j in 0..l {
+                    bits.push(j > i + (l - t) || (bi == 1 && i < 3));
+                }
+            }
+        }
+        fn run<B: qtune_kernels::QBackend + burn::tensor::backend::AutodiffBackend>(
+            dev: &B::Device,
+            vs: &[f32],
+            vw: &[f32],
+            bits: &[bool],
+            dims: [usize; 4],
+            act: DType,
+        ) -> anyhow::Result<[Vec<f32>; 4]> {
+            let [b, h, t, l] = dims;
+            let host4 = |x: Tensor<B::InnerBackend, 4>| host(x.reshape([b * h, t, l]));
+            let s =
+                Tensor::<B, 4>::from_data(TensorData::new(vs.to_vec(), dims), (dev, DType::F32))
+                    .require_grad();
+            let w =
+                Tensor::<B, 4>::from_data(TensorData::new(vw.to_vec(), dims), (dev, DType::F32));
+            let m =
+                Tensor::<B, 4, Bool>::from_data(TensorData::new(bits.to_vec(), [b, 1, t, l]), dev);
+            let p = qtune_kernels::attention_softmax(s.clone(), Some(m), 1.3, act);
+            let g = (p.clone().cast(DType::F32) * w.clone()).sum().backward();
+            let ds = s
+                .grad(&g)
+                .ok_or_else(|| anyhow::anyhow!("no softmax grad"))?;
+            let x = Tensor::<B, 4>::from_data(TensorData::new(vs.to_vec(), dims), (dev, act))
+                .mul_scalar(4.0)
+                .require_grad();
+            let y = qtune_kernels::gelu_new(x.clone());
+            let g = (y.clone().cast(DType::F32) * w).sum().backward();
+            let dx = x.grad(&g).ok_or_else(|| anyhow::anyhow!("no gelu grad"))?;
+            Ok([host4(p.inner())?, host4(ds)?, host4(y.inner())?, host4(dx)?])
+        }
+        let dims = [b, h, t, l];
+        let cpu = run::<Cpu>(&Default::default(), &vs, &vw, &bits, dims, DType::F32)?;
+        let gpu = run::<Train>(dev, &vs, &vw, &bits, dims, DType::BF16)?;
+        let [c0, c1, c2, c3] = cpu;
+        let [g0, g1, g2, g3] = gpu;
+        println!(
+            "{}",
+            json!({"check": "fused_ops", "softmax_fwd_rel_err": rel(g0, c0), "softmax_grad_rel_err": rel(g1, c1),
+                   "gelu_fwd_rel_err": rel(g2, c2), "gelu_grad_rel_err": rel(g3, c3)})
+        );
+    }
     let (batch, m, k, n) = (6usize, 200usize, 136usize, 72usize);
     for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
         for out in [DType::BF16, DType::F32] {
             let sa = if ta { [batch, k, m] } else { [batch, m, k] };
             let sb = if tb { [batch, n, k] } else { [batch, k, n] };
-            let (va, vb, vw) = (values(batch * m * k, 1), values(batch * k * n, 2), values(batch * m * n, 3));
+            let (va, vb, vw) = (
+                values(batch * m * k, 1),
+                values(batch * k * n, 2),
+                values(batch * m * n, 3),
+            );
             let run_cpu = || {
                 let d = Default::default();
-                let a = Tensor::<Cpu, 3>::from_data(TensorData::new(va.clone(), sa), &d).require_grad();
-                let b = Tensor::<Cpu, 3>::from_data(TensorData::new(vb.clone(), sb), &d).require_grad();
+                let a =
+                    Tensor::<Cpu, 3>::from_data(TensorData::new(va.clone(), sa), &d).require_grad();
+                let b =
+                    Tensor::<Cpu, 3>::from_data(TensorData::new(vb.clone(), sb), &d).require_grad();
                 let w = Tensor::<Cpu, 3>::from_data(TensorData::new(vw.clone(), [batch, m, n]), &d);
                 let c = qtune_kernels::matmul(a.clone(), b.clone(), ta, tb, DType::F32);
                 let g = (c.clone() * w).sum().backward();
-                anyhow::Ok((host(c.inner())?, host(a.grad(&g).unwrap())?, host(b.grad(&g).unwrap())?))
+                anyhow::Ok((
+                    host(c.inner())?,
+                    host(a.grad(&g).unwrap())?,
+                    host(b.grad(&g).unwrap())?,
+                ))
             };
             let run_gpu = || {
                 let to = |v: &Vec<f32>, s: [usize; 3]| {

@@ -2,10 +2,9 @@
 //! Mlp → Block. Every linear is a `qtune_lora::Linear` (dense or quantized, optional LoRA).
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Tensor, TensorData};
-use qtune_kernels::{matmul as qmatmul, QBackend};
+use qtune_kernels::{attention_softmax, matmul as qmatmul, QBackend};
 use qtune_lora::Linear;
 
 use crate::config::Activation;
@@ -230,18 +229,12 @@ impl<B: QBackend> Attention<B> {
         }
         // Scores accumulate and are written in f32 and softmax runs in f32, as HF's
         // GPTJAttention._attn (which upcasts q, k); under bf16, q and k enter the GEMM in bf16
-        // (as flash attention), one cuBLAS call for all heads (qtune_kernels::matmul).
-        let scores = qmatmul(q, k, false, true, DType::F32).div_scalar((hd as f32).sqrt()); // (B, H, T, T_total)
-        let scores = match &ctx.mask {
-            // f32::MIN rather than -inf: a fully masked (padding) row stays finite (uniform).
-            Some(m) => {
-                let dims = scores.dims();
-                scores.mask_fill(m.clone().expand(dims), f32::MIN)
-            }
-            None => scores,
-        };
+        // (as flash attention). One cuBLAS call for all heads, then one fused
+        // scale + mask + softmax (masked scores = f32::MIN, so a fully masked padding row stays
+        // finite), probabilities in v's dtype.
+        let scores = qmatmul(q, k, false, true, DType::F32); // (B, H, T, T_total)
         let dtype = v.dtype();
-        let probs = to_dtype(softmax(scores, 3), dtype);
+        let probs = attention_softmax(scores, ctx.mask.clone(), (hd as f32).sqrt(), dtype);
         let out = qmatmul(probs, v, false, false, dtype)
             .swap_dims(1, 2)
             .reshape([b, t, d]);

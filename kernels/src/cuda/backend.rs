@@ -6,7 +6,7 @@
 
 use burn::tensor::{
     backend::Backend,
-    ops::{FloatTensor, IntTensor},
+    ops::{BoolTensor, FloatTensor, IntTensor},
     DType, Tensor, TensorPrimitive,
 };
 use burn_cubecl::{BoolElement, CubeBackend, FloatElement, IntElement};
@@ -51,6 +51,24 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
 
     fn q_gelu_new_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
         super::fused::gelu_new(x, Some(dy))
+    }
+
+    fn q_attn_softmax(
+        s: FloatTensor<Self>,
+        mask: Option<BoolTensor<Self>>,
+        div: f32,
+        out: DType,
+    ) -> FloatTensor<Self> {
+        super::fused::attn_softmax(s, mask, div, out)
+    }
+
+    fn q_attn_softmax_backward(
+        p: FloatTensor<Self>,
+        dp: FloatTensor<Self>,
+        mask: Option<BoolTensor<Self>>,
+        div: f32,
+    ) -> FloatTensor<Self> {
+        super::fused::attn_softmax_backward(p, dp, mask, div)
     }
 
     fn q_quantize(

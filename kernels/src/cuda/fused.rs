@@ -95,3 +95,269 @@ pub fn gelu_new<R: CubeRuntime>(x: CubeTensor<R>, dy: Option<CubeTensor<R>>) -> 
     }
     out
 }
+
+/// Lanes per row in the attention-softmax kernels: one plane (warp) per row, reduced with
+/// plane intrinsics.
+const LANES: u32 = 32;
+
+/// `p[r, j] = softmax_j(masked(s[r, j] / div))` for rows `r` of `[B, H, T, L]` scores; `mask`
+/// is `[B, T, L]` (1 = masked, broadcast over heads), masked scores become `f32::MIN` (a fully
+/// masked row comes out uniform, as Burn's `mask_fill` + softmax). f32 math, `p` in `F`.
+#[cube(launch_unchecked)]
+fn attn_softmax_kernel<F: Float>(
+    s: &Array<f32>,
+    mask: &Array<u8>,
+    p: &mut Array<F>,
+    rows: usize,
+    len: usize,
+    heads_t: usize,
+    t: usize,
+    div: f32,
+    #[comptime] masked: bool,
+) {
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let lane = usize::cast_from(UNIT_POS);
+    let base = row * len;
+    let mbase = ((row / heads_t) * t + row % t) * len;
+    let iters = len.div_ceil(32usize);
+    let mut mx = 0.0f32;
+    mx -= 3.402_823_5e38f32;
+    for k in 0..iters {
+        let j = lane + k * 32usize;
+        if j < len {
+            let mut v = s[base + j] / div;
+            if masked {
+                if mask[mbase + j] != 0u8 {
+                    v = 0.0f32 - 3.402_823_5e38f32;
+                }
+            }
+            if v > mx {
+                mx = v;
+            }
+        }
+    }
+    mx = plane_max(mx);
+    let mut sum = 0.0f32;
+    for k in 0..iters {
+        let j = lane + k * 32usize;
+        if j < len {
+            let mut v = s[base + j] / div;
+            if masked {
+                if mask[mbase + j] != 0u8 {
+                    v = 0.0f32 - 3.402_823_5e38f32;
+                }
+            }
+            sum += f32::exp(v - mx);
+        }
+    }
+    sum = plane_sum(sum);
+    for k in 0..iters {
+        let j = lane + k * 32usize;
+        if j < len {
+            let mut v = s[base + j] / div;
+            if masked {
+                if mask[mbase + j] != 0u8 {
+                    v = 0.0f32 - 3.402_823_5e38f32;
+                }
+            }
+            p[base + j] = F::cast_from(f32::exp(v - mx) / sum);
+        }
+    }
+}
+
+/// `ds[r, j] = p[r, j] · (dp[r, j] − Σ_k p[r, k]·dp[r, k]) / div` (f32 out), and 0 where masked
+/// (a masked score does not reach the output; for a fully masked row `p` is uniform, not 0).
+#[cube(launch_unchecked)]
+fn attn_softmax_backward_kernel<F: Float>(
+    p: &Array<F>,
+    dp: &Array<F>,
+    mask: &Array<u8>,
+    ds: &mut Array<f32>,
+    rows: usize,
+    len: usize,
+    heads_t: usize,
+    t: usize,
+    div: f32,
+    #[comptime] masked: bool,
+) {
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let lane = usize::cast_from(UNIT_POS);
+    let base = row * len;
+    let mbase = ((row / heads_t) * t + row % t) * len;
+    let iters = len.div_ceil(32usize);
+    let mut dot = 0.0f32;
+    for k in 0..iters {
+        let j = lane + k * 32usize;
+        if j < len {
+            dot += f32::cast_from(p[base + j]) * f32::cast_from(dp[base + j]);
+        }
+    }
+    dot = plane_sum(dot);
+    for k in 0..iters {
+        let j = lane + k * 32usize;
+        if j < len {
+            let pj = f32::cast_from(p[base + j]);
+            let mut g = pj * (f32::cast_from(dp[base + j]) - dot) / div;
+            if masked {
+                if mask[mbase + j] != 0u8 {
+                    g = 0.0f32;
+                }
+            }
+            ds[base + j] = g;
+        }
+    }
+}
+
+fn rows_count(rows: usize) -> CubeCount {
+    const MAX_X: usize = 65_535;
+    if rows <= MAX_X {
+        CubeCount::Static(rows as u32, 1, 1)
+    } else {
+        CubeCount::Static(MAX_X as u32, rows.div_ceil(MAX_X) as u32, 1)
+    }
+}
+
+/// Fused scale + mask + softmax of attention scores `s [B, H, T, L]` (F32) → probabilities in
+/// `out` (F32/F16/BF16). `mask`: `[B, 1, T, L]` bool (u8 storage), true = masked.
+///
+/// # Panics
+/// On a non-F32 `s`, a mask of another shape, or an unsupported `out` (wiring bugs).
+pub fn attn_softmax<R: CubeRuntime>(
+    s: CubeTensor<R>,
+    mask: Option<CubeTensor<R>>,
+    div: f32,
+    out: DType,
+) -> CubeTensor<R> {
+    assert_eq!(
+        s.dtype,
+        DType::F32,
+        "qtune-kernels: attention scores must be F32"
+    );
+    let s = into_contiguous(s);
+    let shape = s.meta.shape().to_vec();
+    assert_eq!(shape.len(), 4, "qtune-kernels: scores must be [B, H, T, L]");
+    let (b, h, t, len) = (shape[0], shape[1], shape[2], shape[3]);
+    let rows = b * h * t;
+    let p = empty(&s, shape.clone(), out);
+    if rows == 0 || len == 0 {
+        return p;
+    }
+    let (mask_t, mask_len, masked) = mask_arg(&s, mask, b, t, len);
+    macro_rules! go {
+        ($f:ty) => {
+            // SAFETY: contiguous buffers of the stated lengths; one plane per row.
+            unsafe {
+                attn_softmax_kernel::launch_unchecked::<$f, R>(
+                    &s.client,
+                    rows_count(rows),
+                    CubeDim::new_1d(LANES),
+                    array(&s, rows * len),
+                    array(&mask_t, mask_len),
+                    array(&p, rows * len),
+                    rows,
+                    len,
+                    h * t,
+                    t,
+                    div,
+                    masked,
+                )
+            }
+        };
+    }
+    match out {
+        DType::F32 => go!(f32),
+        DType::F16 => go!(f16),
+        DType::BF16 => go!(bf16),
+        other => panic!("qtune-kernels: attention softmax writes F32, F16, BF16, not {other:?}"),
+    }
+    p
+}
+
+/// Backward of [`attn_softmax`]: `dp` (the probabilities' gradient, `p`'s dtype) → `ds` (F32),
+/// zero where `mask` is set.
+///
+/// # Panics
+/// On mismatched shapes/dtypes (wiring bugs).
+pub fn attn_softmax_backward<R: CubeRuntime>(
+    p: CubeTensor<R>,
+    dp: CubeTensor<R>,
+    mask: Option<CubeTensor<R>>,
+    div: f32,
+) -> CubeTensor<R> {
+    let (p, dp) = (into_contiguous(p), into_contiguous(dp));
+    assert!(
+        p.meta.shape() == dp.meta.shape() && p.dtype == dp.dtype,
+        "qtune-kernels: softmax backward: dp must match p"
+    );
+    let shape = p.meta.shape().to_vec();
+    assert_eq!(
+        shape.len(),
+        4,
+        "qtune-kernels: probabilities must be [B, H, T, L]"
+    );
+    let (b, h, t, len) = (shape[0], shape[1], shape[2], shape[3]);
+    let rows = b * h * t;
+    let ds = empty(&p, shape, DType::F32);
+    if rows == 0 || len == 0 {
+        return ds;
+    }
+    let (mask_t, mask_len, masked) = mask_arg(&p, mask, b, t, len);
+    macro_rules! go {
+        ($f:ty) => {
+            // SAFETY: contiguous buffers of rows × len values; one plane per row.
+            unsafe {
+                attn_softmax_backward_kernel::launch_unchecked::<$f, R>(
+                    &p.client,
+                    rows_count(rows),
+                    CubeDim::new_1d(LANES),
+                    array(&p, rows * len),
+                    array(&dp, rows * len),
+                    array(&mask_t, mask_len),
+                    array(&ds, rows * len),
+                    rows,
+                    len,
+                    h * t,
+                    t,
+                    div,
+                    masked,
+                )
+            }
+        };
+    }
+    match p.dtype {
+        DType::F32 => go!(f32),
+        DType::F16 => go!(f16),
+        DType::BF16 => go!(bf16),
+        other => panic!("qtune-kernels: attention softmax backward: {other:?}"),
+    }
+    ds
+}
+
+/// The mask as a kernel argument: `(buffer, length, masked)`; a 1-byte dummy when unmasked
+/// (never read: `masked` is comptime false).
+fn mask_arg<R: CubeRuntime>(
+    like: &CubeTensor<R>,
+    mask: Option<CubeTensor<R>>,
+    b: usize,
+    t: usize,
+    len: usize,
+) -> (CubeTensor<R>, usize, bool) {
+    match mask.map(into_contiguous) {
+        Some(m) => {
+            assert!(
+                m.meta.shape().to_vec() == vec![b, 1, t, len] && m.dtype.size() == 1,
+                "qtune-kernels: attention mask must be [B, 1, T, L] u8-backed bools, got {:?} {:?}",
+                m.meta.shape(),
+                m.dtype
+            );
+            (m, b * t * len, true)
+        }
+        None => (empty(like, vec![1], DType::U8), 1, false),
+    }
+}

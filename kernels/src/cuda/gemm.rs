@@ -193,7 +193,8 @@ where
     let (m, k) = if ta { (sa[2], sa[1]) } else { (sa[1], sa[2]) };
     let (kb, n) = if tb { (sb[2], sb[1]) } else { (sb[1], sb[2]) };
     assert_eq!(
-        k, kb,
+        k,
+        kb,
         "qtune-kernels: matmul inner dims differ: {sa:?}{} · {sb:?}{}",
         if ta { "ᵀ" } else { "" },
         if tb { "ᵀ" } else { "" }

@@ -12,7 +12,7 @@ pub mod launch;
 pub mod selftest;
 
 pub use backend::sync;
-pub use jit_cache::{cache_dir, init_kernel_cache, CACHE_ENV};
+pub use jit_cache::{cache_dir, init_kernel_cache, CACHE_ENV, PROFILE_ENV};
 
 /// The CUDA backend our ops are implemented for (burn-cuda without `fusion`).
 pub type Cuda<F = f32> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
