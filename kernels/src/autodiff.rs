@@ -148,6 +148,57 @@ impl<B: QBackend> Backward<B, 1> for AttnSoftmaxBackward {
     }
 }
 
+/// Backward of the gradient seed: hands the stored `dy` to `y` (the scalar's own gradient is 1).
+#[derive(Debug)]
+struct GradSeedBackward;
+
+impl<B: QBackend> Backward<B, 1> for GradSeedBackward {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_y] = ops.parents;
+        let _ = grads.consume::<B>(&ops.node);
+        if let Some(node) = node_y {
+            grads.register::<B>(node.id, ops.state);
+        }
+    }
+}
+
+/// Backward of the fused LayerNorm (frozen weight and bias): state is the input, the weight
+/// and eps.
+#[derive(Debug)]
+struct LayerNormBackward;
+
+impl<B: QBackend> Backward<B, 1> for LayerNormBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>, f32);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (x, w, eps) = ops.state;
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::q_layer_norm_backward(x, w, dy, eps));
+        }
+    }
+}
+
+/// Backward of the rotary embedding: the inverse rotation of the output gradient.
+#[derive(Debug)]
+struct RotaryBackward;
+
+impl<B: QBackend> Backward<B, 1> for RotaryBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (cos, sin) = ops.state;
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::q_rotary(dy, cos, sin, true));
+        }
+    }
+}
+
 impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
     fn q_dequantize(w: QWeightPrimitive<Self>, dtype: DType) -> FloatTensor<Self> {
         <Self as AutodiffBackend>::from_inner(B::q_dequantize(inner(w), dtype))
@@ -253,6 +304,80 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
             mask,
             div,
         ))
+    }
+
+    fn q_grad_seed(y: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        match GradSeedBackward
+            .prepare::<C>([y.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let zero = B::q_grad_seed(y.primitive, dy.primitive.clone());
+                prep.finish(dy.primitive, zero)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q_grad_seed(y.primitive, dy.primitive)),
+        }
+    }
+
+    fn q_layer_norm(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        let (w, b) = (w.primitive, b.primitive);
+        match LayerNormBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::q_layer_norm(x.primitive.clone(), w.clone(), b, eps);
+                prep.finish((x.primitive, w, eps), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q_layer_norm(x.primitive, w, b, eps)),
+        }
+    }
+
+    fn q_layer_norm_backward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::q_layer_norm_backward(
+            x.primitive,
+            w.primitive,
+            dy.primitive,
+            eps,
+        ))
+    }
+
+    fn q_rotary(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        inverse: bool,
+    ) -> FloatTensor<Self> {
+        let (cos, sin) = (cos.primitive, sin.primitive);
+        match RotaryBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::q_rotary(x.primitive, cos.clone(), sin.clone(), inverse);
+                // The backward turns the other way: swap the sign by storing -sin when inverse.
+                let state = if inverse {
+                    (cos, B::float_neg(sin))
+                } else {
+                    (cos, sin)
+                };
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q_rotary(x.primitive, cos, sin, inverse)),
+        }
     }
 
     fn q_quantize(

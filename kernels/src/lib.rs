@@ -91,6 +91,41 @@ pub trait QBackend: Backend {
         div: f32,
     ) -> FloatTensor<Self>;
 
+    /// LayerNorm over the last dim of `x` with frozen `w`, `b` (`[D]`): `(x − mean)/√(var + eps)·w + b`
+    /// in f32 (biased variance, as torch), returned in `x`'s dtype. One fused kernel on CUDA.
+    /// Under autodiff only `x` gets a gradient: `w` and `b` are frozen base weights in qtune.
+    fn q_layer_norm(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self>;
+
+    /// Input gradient of [`QBackend::q_layer_norm`] for `dy` (in `x`'s dtype).
+    fn q_layer_norm_backward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self>;
+
+    /// GPT-J's rotary embedding ("rotate every two") of `x [B, T, H, head_dim]`: pair
+    /// `(2i, 2i+1)`, `i < half`, turns by the angle with f32 `cos`/`sin [B, T, 1, half, 1]`; the
+    /// dims from `2·half` on pass through. f32 math, `x`'s dtype out. `inverse` turns back,
+    /// which is also the rotation's input gradient.
+    fn q_rotary(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        inverse: bool,
+    ) -> FloatTensor<Self>;
+
+    /// A scalar (one zero) whose backward gives `y` the gradient `dy` (same shape and dtype):
+    /// `seed(y, dy).backward()` equals `(y ⊙ dy).sum().backward()` without computing the
+    /// product and its full reduction (the checkpointed backward does this once per block).
+    /// Without autodiff it is just the zero.
+    fn q_grad_seed(y: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
+
     /// Blockwise quantization of a dense `[out, in]` weight (any float dtype) with a plain f32
     /// absmax, bit-identical to `qtune_quant`'s CPU reference. Returns `(codes U8, absmax F32)`,
     /// both 1-D; double quantization of the absmax is done by [`QuantWeight::quantize`].
@@ -222,4 +257,43 @@ pub fn attention_softmax<B: QBackend>(
     let s = scores.into_primitive().tensor();
     let p = B::q_attn_softmax(s, mask.map(Tensor::into_primitive), div, out);
     Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// `(y ⊙ dy).sum()` for backpropagation only: its value is 0, its gradient w.r.t. `y` is `dy`
+/// ([`QBackend::q_grad_seed`]).
+pub fn grad_seed<B: QBackend, const D: usize>(y: Tensor<B, D>, dy: Tensor<B, D>) -> Tensor<B, 1> {
+    let dy = if dy.dtype() == y.dtype() {
+        dy
+    } else {
+        dy.cast(y.dtype())
+    };
+    let s = B::q_grad_seed(y.into_primitive().tensor(), dy.into_primitive().tensor());
+    Tensor::from_primitive(TensorPrimitive::Float(s))
+}
+
+/// LayerNorm with frozen weight and bias through [`QBackend::q_layer_norm`] (fused on CUDA).
+pub fn layer_norm<B: QBackend, const D: usize>(
+    x: Tensor<B, D>,
+    w: Tensor<B, 1>,
+    b: Tensor<B, 1>,
+    eps: f32,
+) -> Tensor<B, D> {
+    let y = B::q_layer_norm(
+        x.into_primitive().tensor(),
+        w.into_primitive().tensor(),
+        b.into_primitive().tensor(),
+        eps,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(y))
+}
+
+/// GPT-J's rotary embedding through [`QBackend::q_rotary`] (fused on CUDA).
+pub fn rotary<B: QBackend>(x: Tensor<B, 4>, cos: Tensor<B, 5>, sin: Tensor<B, 5>) -> Tensor<B, 4> {
+    let y = B::q_rotary(
+        x.into_primitive().tensor(),
+        cos.into_primitive().tensor(),
+        sin.into_primitive().tensor(),
+        false,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(y))
 }

@@ -3,10 +3,11 @@
 //! the GPU self-test uses to compare a device result with the host reference.
 
 use burn::backend::NdArray;
+use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{
     backend::Backend,
     ops::{BoolTensor, FloatTensor, IntTensor},
-    Bool, DType, Int, Tensor, TensorData, TensorPrimitive,
+    Bool, DType, Int, Tensor, TensorData, TensorMetadata, TensorPrimitive,
 };
 use qtune_quant::{Absmax, FloatDType, NestedAbsmax, QuantFormat, QuantSpec, QuantizedTensor};
 
@@ -140,6 +141,19 @@ fn quantize_on_host<B: Backend>(
     Ok((codes.into_primitive(), absmax.into_primitive().tensor()))
 }
 
+/// Any-rank float primitive → `[rows, last dim]` f32 tensor, and its original dtype.
+fn rows_f32(x: FloatTensor<NdArray>) -> (Tensor<NdArray, 2>, DType) {
+    let shape = x.shape();
+    let d = shape.as_slice().last().copied().unwrap_or(1);
+    let rows = shape.num_elements() / d.max(1);
+    let x = float::<NdArray, 1>(<NdArray as FloatTensorOps<NdArray>>::float_reshape(
+        x,
+        burn::tensor::Shape::new([shape.num_elements()]),
+    ));
+    let dtype = x.dtype();
+    (x.reshape([rows, d]).cast(DType::F32), dtype)
+}
+
 /// √(2/π), HF `NewGELUActivation`'s constant.
 const GELU_C: f64 = 0.797_884_560_802_865_4;
 
@@ -229,6 +243,72 @@ impl QBackend for NdArray {
         ds.into_primitive().tensor()
     }
 
+    fn q_layer_norm(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let (x, dtype) = rows_f32(x);
+        let (var, mean) = x.clone().var_mean_bias(1);
+        let y = (x - mean).div(var.add_scalar(eps).sqrt());
+        let w = float::<Self, 1>(w).cast(DType::F32).unsqueeze::<2>();
+        let b = float::<Self, 1>(b).cast(DType::F32).unsqueeze::<2>();
+        let y = (y * w + b).cast(dtype).into_primitive().tensor();
+        <Self as FloatTensorOps<Self>>::float_reshape(y, shape)
+    }
+
+    fn q_layer_norm_backward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let (x, dtype) = rows_f32(x);
+        let (dy, _) = rows_f32(dy);
+        let (var, mean) = x.clone().var_mean_bias(1);
+        let rstd = var.add_scalar(eps).sqrt().recip();
+        let xh = (x - mean) * rstd.clone();
+        let g = dy * float::<Self, 1>(w).cast(DType::F32).unsqueeze::<2>();
+        let mg = g.clone().mean_dim(1);
+        let mgx = (g.clone() * xh.clone()).mean_dim(1);
+        let dx = ((g - mg - xh * mgx) * rstd)
+            .cast(dtype)
+            .into_primitive()
+            .tensor();
+        <Self as FloatTensorOps<Self>>::float_reshape(dx, shape)
+    }
+
+    fn q_rotary(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        inverse: bool,
+    ) -> FloatTensor<Self> {
+        let x = float::<Self, 4>(x);
+        let (cos, sin) = (float::<Self, 5>(cos), float::<Self, 5>(sin));
+        let sin = if inverse { sin.neg() } else { sin };
+        let [b, t, h, hd] = x.dims();
+        let half = cos.dims()[3];
+        let rot = 2 * half;
+        let dtype = x.dtype();
+        let x = x.cast(DType::F32);
+        let x_rot = x.clone().narrow(3, 0, rot).reshape([b, t, h, half, 2]);
+        let x1 = x_rot.clone().narrow(4, 0, 1);
+        let x2 = x_rot.narrow(4, 1, 1);
+        let o1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
+        let o2 = x2 * cos + x1 * sin;
+        let rotated = Tensor::cat(vec![o1, o2], 4).reshape([b, t, h, rot]);
+        let out = if rot < hd {
+            Tensor::cat(vec![rotated, x.narrow(3, rot, hd - rot)], 3)
+        } else {
+            rotated
+        };
+        out.cast(dtype).into_primitive().tensor()
+    }
+
     fn q_gemm(
         a: FloatTensor<Self>,
         b: FloatTensor<Self>,
@@ -242,6 +322,13 @@ impl QBackend for NdArray {
         let c = a.matmul(b);
         let c = if c.dtype() == out { c } else { c.cast(out) };
         c.into_primitive().tensor()
+    }
+
+    fn q_grad_seed(y: FloatTensor<Self>, _dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        let y = Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(y));
+        Tensor::<Self, 1>::zeros([1], (&y.device(), y.dtype()))
+            .into_primitive()
+            .tensor()
     }
 
     fn q_quantize(

@@ -3,8 +3,8 @@
 //!   forward equals Burn's matmul for all four transpose combinations, and its hand-written
 //!   backward gives the same gradients as autodiff through Burn's matmul — for both inputs, and
 //!   only for the inputs that require them.
-//! - `qtune_kernels::gelu_new`: forward and hand-written backward equal autodiff through the
-//!   formula written with Burn ops.
+//! - `gelu_new`, `attention_softmax`, `layer_norm`, `rotary`: forward and hand-written backward
+//!   equal autodiff through the same formula written with Burn ops.
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{DType, Tensor, TensorData};
@@ -129,4 +129,53 @@ fn attention_softmax_matches_mask_fill_softmax_under_autodiff() {
     let g2 = (reference * w).sum().backward();
     let d = max_diff(s.grad(&g1).unwrap(), s.grad(&g2).unwrap());
     assert!(d < 1e-6, "softmax grad differs by {d}");
+}
+
+#[test]
+fn layer_norm_backward_matches_autodiff_through_the_formula() {
+    let x = tensor([2, 3, 4, 16], 12)
+        .mul_scalar(2.0)
+        .add_scalar(0.3)
+        .require_grad();
+    let w: Tensor<Ad, 1> = tensor([1, 1, 1, 16], 13).reshape([16]).add_scalar(1.0);
+    let b: Tensor<Ad, 1> = tensor([1, 1, 1, 16], 14).reshape([16]);
+    let dy = tensor([2, 3, 4, 16], 15);
+    let eps = 1e-5;
+    let ours = qtune_kernels::layer_norm(x.clone(), w.clone(), b.clone(), eps);
+    let (var, mean) = x.clone().var_mean_bias(3);
+    let reference = (x.clone() - mean).div(var.add_scalar(eps).sqrt()) * w.unsqueeze::<4>()
+        + b.unsqueeze::<4>();
+    assert!(max_diff(ours.clone().inner(), reference.clone().inner()) < 1e-5);
+    let g1 = (ours * dy.clone()).sum().backward();
+    let g2 = (reference * dy).sum().backward();
+    let d = max_diff(x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
+    assert!(d < 1e-5, "layer norm grad differs by {d}");
+}
+
+#[test]
+fn rotary_backward_is_the_inverse_rotation_and_matches_autodiff() {
+    // GPT-J's layout: [B, T, H, head_dim] with rotary on the first 2·half dims only.
+    let (b, t, h, hd, half) = (2, 3, 2, 8, 3);
+    let x = tensor([b, t, h, hd], 16).require_grad();
+    let dy = tensor([b, t, h, hd], 17);
+    let angles: Tensor<Ad, 5> = tensor([b, t, 1, half], 18)
+        .mul_scalar(3.0)
+        .reshape([b, t, 1, half, 1]);
+    let (cos, sin) = (angles.clone().cos(), angles.sin());
+    let ours = qtune_kernels::rotary(x.clone(), cos.clone(), sin.clone());
+    // Reference through Burn ops (autodiff differentiates it).
+    let x_rot = x.clone().narrow(3, 0, 2 * half).reshape([b, t, h, half, 2]);
+    let (x1, x2) = (x_rot.clone().narrow(4, 0, 1), x_rot.narrow(4, 1, 1));
+    let o1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
+    let o2 = x2 * cos + x1 * sin;
+    let rotated = Tensor::cat(vec![o1, o2], 4).reshape([b, t, h, 2 * half]);
+    let reference = Tensor::cat(
+        vec![rotated, x.clone().narrow(3, 2 * half, hd - 2 * half)],
+        3,
+    );
+    assert!(max_diff(ours.clone().inner(), reference.clone().inner()) < 1e-6);
+    let g1 = (ours * dy.clone()).sum().backward();
+    let g2 = (reference * dy).sum().backward();
+    let d = max_diff(x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
+    assert!(d < 1e-6, "rotary grad differs by {d}");
 }

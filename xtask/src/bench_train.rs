@@ -201,26 +201,21 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
         },
         ..OptimizerConfig::default()
     })?;
-    // Peak of cubecl's bytes in use, polled every millisecond from a second thread (cubecl has
-    // no peak counter; the host runs ahead of the GPU, so this is the allocator's view).
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let peak_poll = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let poller = {
-        let (stop, peak, client) = (
-            stop.clone(),
-            peak_poll.clone(),
+    // Peak of cubecl's bytes in use, sampled by the step's memory probe at its high-water
+    // points (all block inputs alive, each recomputed block's graph alive, after its backward):
+    // cubecl has no peak counter, so this is a lower bound of the true peak.
+    let peak_probe = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    {
+        let (peak, client) = (
+            peak_probe.clone(),
             cubecl::cuda::CudaRuntime::client(&device),
         );
-        std::thread::spawn(move || {
-            use std::sync::atomic::Ordering::Relaxed;
-            while !stop.load(Relaxed) {
-                if let Ok(u) = client.memory_usage() {
-                    peak.fetch_max(u.bytes_in_use, Relaxed);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(1));
+        qtune_train::step::set_memory_probe(Some(Box::new(move || {
+            if let Ok(u) = client.memory_usage() {
+                peak.fetch_max(u.bytes_in_use, std::sync::atomic::Ordering::Relaxed);
             }
-        })
-    };
+        })));
+    }
     let mut times = Vec::new();
     let (mut peak_use, mut peak_res) = (0u64, 0u64);
     for i in 0..a.warmup + a.steps {
@@ -252,17 +247,14 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
                    "in_use_gib": u as f64 / GIB, "reserved_gib": r as f64 / GIB})
         );
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    poller
-        .join()
-        .map_err(|_| anyhow::anyhow!("memory poller panicked"))?;
+    qtune_train::step::set_memory_probe(None);
     times.sort_by(f64::total_cmp);
     let med = times[times.len() / 2];
     println!(
         "{}",
         json!({"mode": mode, "batch": b, "seq": t, "step_s_median": med,
                "tokens_per_s": (b * t) as f64 / med, "load_quantize_s": load_s,
-               "peak_in_use_gib_polled": peak_poll.load(std::sync::atomic::Ordering::Relaxed) as f64 / GIB,
+               "peak_in_use_gib_probed": peak_probe.load(std::sync::atomic::Ordering::Relaxed) as f64 / GIB,
                "in_use_gib_after_step_max": peak_use as f64 / GIB,
                "peak_reserved_gib": peak_res as f64 / GIB})
     );

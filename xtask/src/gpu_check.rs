@@ -177,6 +177,56 @@ fn gemm_check(dev: &burn::tensor::Device<qtune_train::backend::Train>) -> anyhow
             let dx = x.grad(&g).ok_or_else(|| anyhow::anyhow!("no gelu grad"))?;
             Ok([host4(p.inner())?, host4(ds)?, host4(y.inner())?, host4(dx)?])
         }
+        // LayerNorm (frozen w, b) and rotary on [B, T, H, hd] = dims: forward and input grads.
+        fn run2<B: qtune_kernels::QBackend + burn::tensor::backend::AutodiffBackend>(
+            dev: &B::Device,
+            vs: &[f32],
+            vw: &[f32],
+            dims: [usize; 4],
+            act: DType,
+        ) -> anyhow::Result<[Vec<f32>; 4]> {
+            let [b, t, h, l] = dims;
+            let host4 = |x: Tensor<B::InnerBackend, 4>| host(x.reshape([b * t, h, l]));
+            let x = Tensor::<B, 4>::from_data(TensorData::new(vs.to_vec(), dims), (dev, act))
+                .require_grad();
+            let w =
+                Tensor::<B, 4>::from_data(TensorData::new(vw.to_vec(), dims), (dev, DType::F32));
+            let lw = Tensor::<B, 1>::from_data(TensorData::new(vw[..l].to_vec(), [l]), (dev, act))
+                .add_scalar(1.0);
+            let lb = Tensor::<B, 1>::from_data(TensorData::new(vs[..l].to_vec(), [l]), (dev, act));
+            let y = qtune_kernels::layer_norm(x.clone(), lw, lb, 1e-5);
+            let g = (y.clone().cast(DType::F32) * w.clone()).sum().backward();
+            let dx = x
+                .grad(&g)
+                .ok_or_else(|| anyhow::anyhow!("no layer norm grad"))?;
+            let half = 20.min(l / 2);
+            let ang = Tensor::<B, 5>::from_data(
+                TensorData::new(
+                    vs[..b * t * half]
+                        .iter()
+                        .map(|v| v * 9.0)
+                        .collect::<Vec<f32>>(),
+                    [b, t, 1, half, 1],
+                ),
+                (dev, DType::F32),
+            );
+            let x2 = Tensor::<B, 4>::from_data(TensorData::new(vw.to_vec(), dims), (dev, act))
+                .require_grad();
+            let r = qtune_kernels::rotary(x2.clone(), ang.clone().cos(), ang.sin());
+            let g = (r.clone().cast(DType::F32) * w).sum().backward();
+            let dr = x2
+                .grad(&g)
+                .ok_or_else(|| anyhow::anyhow!("no rotary grad"))?;
+            Ok([host4(y.inner())?, host4(dx)?, host4(r.inner())?, host4(dr)?])
+        }
+        let [c0, c1, c2, c3] =
+            run2::<Cpu>(&Default::default(), &vs, &vw, [b, h, t, l], DType::F32)?;
+        let [g0, g1, g2, g3] = run2::<Train>(dev, &vs, &vw, [b, h, t, l], DType::BF16)?;
+        println!(
+            "{}",
+            json!({"check": "fused_ops", "layer_norm_fwd_rel_err": rel(g0, c0), "layer_norm_grad_rel_err": rel(g1, c1),
+                   "rotary_fwd_rel_err": rel(g2, c2), "rotary_grad_rel_err": rel(g3, c3)})
+        );
         let dims = [b, h, t, l];
         let cpu = run::<Cpu>(&Default::default(), &vs, &vw, &bits, dims, DType::F32)?;
         let gpu = run::<Train>(dev, &vs, &vw, &bits, dims, DType::BF16)?;

@@ -38,14 +38,12 @@ impl<B: Backend> LayerNorm<B> {
         }
     }
 
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dtype = x.dtype();
-        let x = to_dtype(x, DType::F32);
-        let (var, mean) = x.clone().var_mean_bias(D - 1);
-        let y = (x - mean).div(var.add_scalar(self.eps).sqrt());
-        let w = to_dtype(self.weight.val(), DType::F32).unsqueeze::<D>();
-        let b = to_dtype(self.bias.val(), DType::F32).unsqueeze::<D>();
-        to_dtype(y * w + b, dtype)
+    /// Frozen weight and bias (no gradients for them); one fused kernel on CUDA.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D>
+    where
+        B: QBackend,
+    {
+        qtune_kernels::layer_norm(x, self.weight.val(), self.bias.val(), self.eps as f32)
     }
 }
 
@@ -157,28 +155,12 @@ impl<B: Backend> BlockContext<B> {
 /// NeoX/Llama, and only the first `rotary_dim` dims of each head. Rotating halves would still
 /// load the checkpoint fine and then produce wrong logits. Computed in f32 (HF's sin/cos are f32
 /// and promote q/k), returned in `x`'s dtype. `x`: `[B, T, H, head_dim]`.
-pub(crate) fn apply_rotary<B: Backend>(
+pub(crate) fn apply_rotary<B: QBackend>(
     x: Tensor<B, 4>,
     cos: &Tensor<B, 5>,
     sin: &Tensor<B, 5>,
 ) -> Tensor<B, 4> {
-    let [b, t, h, hd] = x.dims();
-    let half = cos.dims()[3];
-    let rot = 2 * half;
-    let dtype = x.dtype();
-    let x = to_dtype(x, DType::F32);
-    let x_rot = x.clone().narrow(3, 0, rot).reshape([b, t, h, half, 2]);
-    let x1 = x_rot.clone().narrow(4, 0, 1);
-    let x2 = x_rot.narrow(4, 1, 1);
-    let o1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
-    let o2 = x2 * cos.clone() + x1 * sin.clone();
-    let rotated = Tensor::cat(vec![o1, o2], 4).reshape([b, t, h, rot]);
-    let out = if rot < hd {
-        Tensor::cat(vec![rotated, x.narrow(3, rot, hd - rot)], 3)
-    } else {
-        rotated
-    };
-    to_dtype(out, dtype)
+    qtune_kernels::rotary(x, cos.clone(), sin.clone())
 }
 
 /// Keys and values of one layer for all cached positions, `[B, H, T_past, head_dim]` each.

@@ -49,6 +49,10 @@ impl<B: QBackend> SegmentedLm<B> for Gptj<B> {
         self.blocks[i].forward(h, ctx)
     }
 
+    fn grad_seed(&self, y: Tensor<B, 3>, dy: Tensor<B, 3>) -> Tensor<B, 1> {
+        qtune_kernels::grad_seed(y, dy)
+    }
+
     fn loss_sum(
         &self,
         h: Tensor<B, 3>,

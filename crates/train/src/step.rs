@@ -21,6 +21,28 @@ use crate::TrainError;
 
 /// What the training loop needs from a causal LM, cut at block boundaries. Implemented for
 /// `qtune_gptj::Gptj` in `model.rs`; generic so the same code runs on every backend.
+/// A hook called at the memory high-water points of a checkpointed step (all block inputs
+/// alive; each recomputed block's graph alive; after its backward). Benchmarks install one to
+/// sample the device allocator, which has no peak counter. `None` (the default) costs nothing.
+pub type MemoryProbe = Box<dyn Fn() + Send + Sync>;
+
+static MEMORY_PROBE: std::sync::RwLock<Option<MemoryProbe>> = std::sync::RwLock::new(None);
+
+/// Installs (or removes, with `None`) the process-wide [`MemoryProbe`].
+pub fn set_memory_probe(probe: Option<MemoryProbe>) {
+    *MEMORY_PROBE.write().unwrap_or_else(|p| p.into_inner()) = probe;
+}
+
+fn probe_memory() {
+    if let Some(p) = MEMORY_PROBE
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+    {
+        p();
+    }
+}
+
 pub trait SegmentedLm<B: Backend> {
     /// Per-batch inputs shared by all blocks (attention mask, rotary angles, dropout seed).
     type Ctx;
@@ -39,6 +61,12 @@ pub trait SegmentedLm<B: Backend> {
         h: Tensor<B, 3>,
         batch: &qtune_data::Batch,
     ) -> Result<Tensor<B, 1>, TrainError>;
+    /// A scalar whose backward gives `y` the gradient `dy`: how the checkpointed backward
+    /// starts each block. The default, `(y ⊙ dy).sum()`, computes a product and a full
+    /// reduction nobody reads; models on a [`qtune_kernels::QBackend`] use its free seed op.
+    fn grad_seed(&self, y: Tensor<B, 3>, dy: Tensor<B, 3>) -> Tensor<B, 1> {
+        (y * dy).sum()
+    }
 }
 
 /// Result of one micro-batch: the summed (not averaged) loss and the gradients of
@@ -93,6 +121,7 @@ where
         let h = inner.block(i, hs[i].clone(), &ctx);
         hs.push(h);
     }
+    probe_memory();
     hs
 }
 
@@ -119,6 +148,7 @@ where
     let loss = model.loss_sum(h_last.clone(), batch)?;
     let loss_sum = loss.clone().into_scalar().elem::<f64>();
     let mut grads = loss.div_scalar(norm).backward();
+    probe_memory();
     let mut g = h_last.grad_remove(&mut grads);
     let mut acc = GradientsAccumulator::<M>::new();
     // Head params (LoRA on lm_head, if targeted) got their grads in this first backward.
@@ -131,7 +161,10 @@ where
         };
         let x = Tensor::<B, 3>::from_inner(h).require_grad();
         let y = model.block(i, x.clone(), &ctx);
-        let mut gb = (y * Tensor::<B, 3>::from_inner(dy)).sum().backward();
+        probe_memory();
+        // `(y ⊙ dy).sum().backward()` without the product and the full reduction.
+        let mut gb = model.grad_seed(y, Tensor::<B, 3>::from_inner(dy)).backward();
+        probe_memory();
         g = x.grad_remove(&mut gb);
         acc.accumulate::<B>(model, GradientsParams::from_grads(gb, model));
     }

@@ -71,6 +71,41 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         super::fused::attn_softmax_backward(p, dp, mask, div)
     }
 
+    fn q_grad_seed(y: FloatTensor<Self>, _dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        let y = Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(y));
+        Tensor::<Self, 1>::zeros([1], (&y.device(), y.dtype()))
+            .into_primitive()
+            .tensor()
+    }
+
+    fn q_layer_norm(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        super::fused::layer_norm(x, w, b, None, eps)
+    }
+
+    fn q_layer_norm_backward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        let b = w.clone(); // unused by the backward
+        super::fused::layer_norm(x, w, b, Some(dy), eps)
+    }
+
+    fn q_rotary(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        inverse: bool,
+    ) -> FloatTensor<Self> {
+        super::fused::rotary(x, cos, sin, inverse)
+    }
+
     fn q_quantize(
         name: &str,
         w: FloatTensor<Self>,

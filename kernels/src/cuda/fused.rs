@@ -361,3 +361,248 @@ fn mask_arg<R: CubeRuntime>(
         None => (empty(like, vec![1], DType::U8), 1, false),
     }
 }
+
+/// LayerNorm of rows of `len` values, one plane per row, f32 math (as HF under bf16 autocast:
+/// GPT-J's `ln_1` runs in f32 and casts back): `y = (x − mean)/√(var + eps)·w + b`.
+/// `w`/`b` are f32. With `backward`, writes instead `dx` for `dy` (frozen `w`, `b`):
+/// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))`, `g = dy·w`, `x̂ = (x − mean)·rstd`.
+#[cube(launch_unchecked)]
+fn layer_norm_kernel<F: Float>(
+    x: &Array<F>,
+    w: &Array<f32>,
+    b: &Array<f32>,
+    dy: &Array<F>,
+    out: &mut Array<F>,
+    rows: usize,
+    len: usize,
+    eps: f32,
+    #[comptime] backward: bool,
+) {
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let lane = usize::cast_from(UNIT_POS);
+    let base = row * len;
+    let iters = len.div_ceil(32usize);
+    let n = f32::cast_from(len);
+    let mut sum = 0.0f32;
+    for k in 0..iters {
+        let j = lane + k * 32usize;
+        if j < len {
+            sum += f32::cast_from(x[base + j]);
+        }
+    }
+    let mean = plane_sum(sum) / n;
+    let mut sq = 0.0f32;
+    for k in 0..iters {
+        let j = lane + k * 32usize;
+        if j < len {
+            let d = f32::cast_from(x[base + j]) - mean;
+            sq += d * d;
+        }
+    }
+    let rstd = 1.0f32 / f32::sqrt(plane_sum(sq) / n + eps);
+    if backward {
+        let mut sg = 0.0f32;
+        let mut sgx = 0.0f32;
+        for k in 0..iters {
+            let j = lane + k * 32usize;
+            if j < len {
+                let g = f32::cast_from(dy[base + j]) * w[j];
+                let xh = (f32::cast_from(x[base + j]) - mean) * rstd;
+                sg += g;
+                sgx += g * xh;
+            }
+        }
+        let mg = plane_sum(sg) / n;
+        let mgx = plane_sum(sgx) / n;
+        for k in 0..iters {
+            let j = lane + k * 32usize;
+            if j < len {
+                let g = f32::cast_from(dy[base + j]) * w[j];
+                let xh = (f32::cast_from(x[base + j]) - mean) * rstd;
+                out[base + j] = F::cast_from(rstd * (g - mg - xh * mgx));
+            }
+        }
+    } else {
+        for k in 0..iters {
+            let j = lane + k * 32usize;
+            if j < len {
+                let xh = (f32::cast_from(x[base + j]) - mean) * rstd;
+                out[base + j] = F::cast_from(xh * w[j] + b[j]);
+            }
+        }
+    }
+}
+
+fn as_f32_contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    into_contiguous(if t.dtype == DType::F32 {
+        t
+    } else {
+        burn_cubecl::kernel::cast(t, DType::F32)
+    })
+}
+
+/// LayerNorm over the last dim of `x` (any rank) with frozen `w`, `b` (`[len]`, any float
+/// dtype), in `x`'s dtype; with `dy`, its input gradient instead.
+///
+/// # Panics
+/// On mismatched shapes or an unsupported dtype (wiring bugs).
+pub fn layer_norm<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    w: CubeTensor<R>,
+    b: CubeTensor<R>,
+    dy: Option<CubeTensor<R>>,
+    eps: f32,
+) -> CubeTensor<R> {
+    let x = into_contiguous(x);
+    let shape = x.meta.shape().to_vec();
+    let len = *shape.last().unwrap_or(&0);
+    let rows: usize = shape[..shape.len().saturating_sub(1)].iter().product();
+    let (w, b) = (as_f32_contiguous(w), as_f32_contiguous(b));
+    assert!(
+        w.meta.num_elements() == len && b.meta.num_elements() == len,
+        "qtune-kernels: layer norm weight/bias must have {len} values"
+    );
+    let dy = dy.map(into_contiguous);
+    if let Some(d) = &dy {
+        assert!(
+            d.meta.shape() == x.meta.shape() && d.dtype == x.dtype,
+            "qtune-kernels: layer norm backward: dy must match x"
+        );
+    }
+    let out = empty(&x, shape, x.dtype);
+    if rows == 0 || len == 0 {
+        return out;
+    }
+    let backward = dy.is_some();
+    let dy_t = dy.unwrap_or_else(|| x.clone());
+    macro_rules! go {
+        ($f:ty) => {
+            // SAFETY: contiguous buffers: x, dy, out rows × len; w, b len; one plane per row.
+            unsafe {
+                layer_norm_kernel::launch_unchecked::<$f, R>(
+                    &x.client,
+                    rows_count(rows),
+                    CubeDim::new_1d(LANES),
+                    array(&x, rows * len),
+                    array(&w, len),
+                    array(&b, len),
+                    array(&dy_t, rows * len),
+                    array(&out, rows * len),
+                    rows,
+                    len,
+                    eps,
+                    backward,
+                )
+            }
+        };
+    }
+    match x.dtype {
+        DType::F32 => go!(f32),
+        DType::F16 => go!(f16),
+        DType::BF16 => go!(bf16),
+        other => panic!("qtune-kernels: layer norm supports F32, F16, BF16, not {other:?}"),
+    }
+    out
+}
+
+/// GPT-J rotary ("rotate every two") on `x [B, T, H, hd]`: pairs `(2i, 2i+1)`, `i < half`, turn
+/// by the angle whose `cos`/`sin` are at `[b, t, i]` (f32 `[B, T, 1, half, 1]`); dims from
+/// `2·half` on pass through. `sign = −1` turns backwards: the input gradient of the rotation.
+#[cube(launch_unchecked)]
+fn rotary_kernel<F: Float>(
+    x: &Array<F>,
+    cos: &Array<f32>,
+    sin: &Array<f32>,
+    out: &mut Array<F>,
+    n: usize,
+    hd: usize,
+    row: usize,
+    half: usize,
+    sign: f32,
+) {
+    let e = ABSOLUTE_POS;
+    if e >= n {
+        terminate!();
+    }
+    let j = e % hd;
+    let v = f32::cast_from(x[e]);
+    if j < 2usize * half {
+        let i = j / 2usize;
+        let a = (e / row) * half + i;
+        let c = cos[a];
+        let s = sin[a] * sign;
+        if j % 2usize == 0usize {
+            out[e] = F::cast_from(v * c - f32::cast_from(x[e + 1usize]) * s);
+        } else {
+            out[e] = F::cast_from(v * c + f32::cast_from(x[e - 1usize]) * s);
+        }
+    } else {
+        out[e] = x[e];
+    }
+}
+
+/// Rotary embedding of `x [B, T, H, hd]` (see [`rotary_kernel`]); `inverse` rotates back.
+///
+/// # Panics
+/// On shapes that do not fit (wiring bugs) or an unsupported dtype.
+pub fn rotary<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    cos: CubeTensor<R>,
+    sin: CubeTensor<R>,
+    inverse: bool,
+) -> CubeTensor<R> {
+    let x = into_contiguous(x);
+    let shape = x.meta.shape().to_vec();
+    assert_eq!(
+        shape.len(),
+        4,
+        "qtune-kernels: rotary input must be [B, T, H, hd]"
+    );
+    let (bt, h, hd) = (shape[0] * shape[1], shape[2], shape[3]);
+    let (cos, sin) = (as_f32_contiguous(cos), as_f32_contiguous(sin));
+    let half = cos.meta.num_elements() / bt.max(1);
+    assert!(
+        cos.meta.num_elements() == bt * half
+            && sin.meta.num_elements() == bt * half
+            && 2 * half <= hd
+            && hd % 2 == 0,
+        "qtune-kernels: rotary cos/sin must be [B, T, 1, half, 1] with 2·half ≤ head_dim"
+    );
+    let n = x.meta.num_elements();
+    let out = empty(&x, shape, x.dtype);
+    if n == 0 {
+        return out;
+    }
+    let sign = if inverse { -1.0f32 } else { 1.0 };
+    macro_rules! go {
+        ($f:ty) => {
+            // SAFETY: x/out hold n values; cos/sin bt × half; partners stay in the same pair.
+            unsafe {
+                rotary_kernel::launch_unchecked::<$f, R>(
+                    &x.client,
+                    cube_count(n),
+                    cube_dim(),
+                    array(&x, n),
+                    array(&cos, bt * half),
+                    array(&sin, bt * half),
+                    array(&out, n),
+                    n,
+                    hd,
+                    h * hd,
+                    half,
+                    sign,
+                )
+            }
+        };
+    }
+    match x.dtype {
+        DType::F32 => go!(f32),
+        DType::F16 => go!(f16),
+        DType::BF16 => go!(bf16),
+        other => panic!("qtune-kernels: rotary supports F32, F16, BF16, not {other:?}"),
+    }
+    out
+}
