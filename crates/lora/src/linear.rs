@@ -64,8 +64,13 @@ impl<B: Backend> LoraAdapter<B> {
         let a: Vec<f32> = (0..cfg.r * in_features)
             .map(|_| rng.random_range(-bound..bound) as f32)
             .collect();
-        let lora_a = Tensor::from_data(TensorData::new(a, [cfg.r, in_features]), device);
-        let lora_b = Tensor::zeros([out_features, cfg.r], device);
+        // f32 whatever the model's dtype (PEFT's `autocast_adapter_dtype`): Adam's small
+        // updates would round away in bf16 weights. The forward casts them to x's dtype.
+        let lora_a = Tensor::from_data(
+            TensorData::new(a, [cfg.r, in_features]),
+            (device, DType::F32),
+        );
+        let lora_b = Tensor::zeros([out_features, cfg.r], (device, DType::F32));
         Self::from_tensors(lora_a, lora_b, cfg.scaling(), cfg.lora_dropout)
     }
 
@@ -113,16 +118,12 @@ impl<B: Backend> LoraAdapter<B> {
     where
         B: QBackend,
     {
-        let a = self.lora_a.val();
-        let b = self.lora_b.val();
-        let out_dtype = x.dtype();
-        // Adapters may be kept in f32 while activations are bf16; mixed-dtype matmuls are
-        // not promoted by Burn (garbage on CUDA), so compute in the adapter's dtype.
-        let x = if out_dtype != a.dtype() {
-            x.cast(a.dtype())
-        } else {
-            x
-        };
+        // Adapters are kept in f32 while activations may be bf16. As torch autocast does, the
+        // (tiny) factors are cast to x's dtype, not the (large) activation to theirs; their
+        // gradients come back through the cast in f32.
+        let dtype = x.dtype();
+        let cast = |t: Tensor<B, 2>| if t.dtype() == dtype { t } else { t.cast(dtype) };
+        let (a, b) = (cast(self.lora_a.val()), cast(self.lora_b.val()));
         let x = match dropout_seed {
             Some(seed) if self.dropout > 0.0 => {
                 let keep = 1.0 - self.dropout;
@@ -132,12 +133,7 @@ impl<B: Backend> LoraAdapter<B> {
             }
             _ => x,
         };
-        let y = matmul_t(matmul_t(x, a), b).mul_scalar(self.scaling);
-        if y.dtype() != out_dtype {
-            y.cast(out_dtype)
-        } else {
-            y
-        }
+        matmul_t(matmul_t(x, a), b).mul_scalar(self.scaling)
     }
 }
 
