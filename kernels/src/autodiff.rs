@@ -199,6 +199,23 @@ impl<B: QBackend> Backward<B, 1> for RotaryBackward {
     }
 }
 
+/// Backward of the fused cross-entropy: state is the logits and the targets.
+#[derive(Debug)]
+struct CrossEntropyBackward;
+
+impl<B: QBackend> Backward<B, 1> for CrossEntropyBackward {
+    type State = (FloatTensor<B>, IntTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let g = grads.consume::<B>(&ops.node);
+        let (x, t) = ops.state;
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::q_cross_entropy_backward(x, t, g));
+        }
+    }
+}
+
 impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
     fn q_dequantize(w: QWeightPrimitive<Self>, dtype: DType) -> FloatTensor<Self> {
         <Self as AutodiffBackend>::from_inner(B::q_dequantize(inner(w), dtype))
@@ -378,6 +395,32 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(B::q_rotary(x.primitive, cos, sin, inverse)),
         }
+    }
+
+    fn q_cross_entropy(x: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        match CrossEntropyBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let nll = B::q_cross_entropy(x.primitive.clone(), targets.clone());
+                prep.finish((x.primitive, targets), nll)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q_cross_entropy(x.primitive, targets)),
+        }
+    }
+
+    fn q_cross_entropy_backward(
+        x: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        g: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::q_cross_entropy_backward(
+            x.primitive,
+            targets,
+            g.primitive,
+        ))
     }
 
     fn q_quantize(

@@ -31,7 +31,7 @@ pub use weight::{AbsmaxPrimitive, QLayout, QWeightPrimitive, QuantWeight};
 use burn::tensor::{
     backend::{AutodiffBackend, Backend},
     ops::{BoolTensor, FloatTensor, IntTensor},
-    Bool, DType, Tensor, TensorPrimitive,
+    Bool, DType, Int, Tensor, TensorPrimitive,
 };
 use qtune_quant::QuantFormat;
 
@@ -118,6 +118,20 @@ pub trait QBackend: Backend {
         cos: FloatTensor<Self>,
         sin: FloatTensor<Self>,
         inverse: bool,
+    ) -> FloatTensor<Self>;
+
+    /// Cross-entropy per row: `nll[r] = logsumexp(x[r]) − x[r, t[r]]` (F32 `[rows]`) for logits
+    /// `x [rows, vocab]` (any float dtype, f32 math: HF casts logits to f32 first) and targets
+    /// `t [rows]` inside the vocabulary (callers drop ignored positions and check the range).
+    /// One fused kernel on CUDA; under autodiff the logits are kept (in their dtype) and the
+    /// backward is one more kernel, never a full f32 softmax in memory.
+    fn q_cross_entropy(x: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self>;
+
+    /// Its backward: `dx = (softmax(x) − onehot(t)) · g[r]` in `x`'s dtype, for `g [rows]`.
+    fn q_cross_entropy_backward(
+        x: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        g: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 
     /// A scalar (one zero) whose backward gives `y` the gradient `dy` (same shape and dtype):
@@ -296,4 +310,14 @@ pub fn rotary<B: QBackend>(x: Tensor<B, 4>, cos: Tensor<B, 5>, sin: Tensor<B, 5>
         false,
     );
     Tensor::from_primitive(TensorPrimitive::Float(y))
+}
+
+/// Per-row cross-entropy through [`QBackend::q_cross_entropy`] (fused on CUDA): logits
+/// `[rows, vocab]`, targets `[rows]` (each in `[0, vocab)`) → `[rows]` f32 negative log-likelihoods.
+pub fn cross_entropy<B: QBackend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+) -> Tensor<B, 1> {
+    let nll = B::q_cross_entropy(logits.into_primitive().tensor(), targets.into_primitive());
+    Tensor::from_primitive(TensorPrimitive::Float(nll))
 }

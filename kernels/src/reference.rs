@@ -309,6 +309,35 @@ impl QBackend for NdArray {
         out.cast(dtype).into_primitive().tensor()
     }
 
+    fn q_cross_entropy(x: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        let x = float::<Self, 2>(x).cast(DType::F32);
+        let [rows, _] = x.dims();
+        let t = Tensor::<Self, 1, Int>::from_primitive(targets).reshape([rows, 1]);
+        let mx = x.clone().max_dim(1);
+        let lse = (x.clone() - mx.clone()).exp().sum_dim(1).log() + mx;
+        (lse - x.gather(1, t))
+            .reshape([rows])
+            .into_primitive()
+            .tensor()
+    }
+
+    fn q_cross_entropy_backward(
+        x: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        g: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let x = float::<Self, 2>(x);
+        let dtype = x.dtype();
+        let [rows, _] = x.dims();
+        let g = float::<Self, 1>(g).cast(DType::F32).reshape([rows, 1]);
+        let t = Tensor::<Self, 1, Int>::from_primitive(targets).reshape([rows, 1]);
+        let p = burn::tensor::activation::softmax(x.cast(DType::F32), 1) * g.clone();
+        p.scatter(1, t, g.neg(), burn::tensor::IndexingUpdateOp::Add)
+            .cast(dtype)
+            .into_primitive()
+            .tensor()
+    }
+
     fn q_gemm(
         a: FloatTensor<Self>,
         b: FloatTensor<Self>,

@@ -179,3 +179,40 @@ fn rotary_backward_is_the_inverse_rotation_and_matches_autodiff() {
     let d = max_diff(x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
     assert!(d < 1e-6, "rotary grad differs by {d}");
 }
+
+#[test]
+fn cross_entropy_matches_log_softmax_gather_under_autodiff() {
+    use burn::tensor::Int;
+    let (rows, vocab) = (5, 11);
+    let x: Tensor<Ad, 2> = tensor([1, 1, rows, vocab], 19)
+        .mul_scalar(6.0)
+        .reshape([rows, vocab])
+        .require_grad();
+    let t: Vec<i64> = vec![0, 10, 3, 3, 7];
+    let targets =
+        Tensor::<Ad, 1, Int>::from_data(TensorData::new(t.clone(), [rows]), &Default::default());
+    let w: Tensor<Ad, 1> = tensor([1, 1, 1, rows], 20).reshape([rows]);
+    let ours = qtune_kernels::cross_entropy(x.clone(), targets.clone());
+    let reference = burn::tensor::activation::log_softmax(x.clone(), 1)
+        .gather(1, targets.reshape([rows, 1]))
+        .reshape([rows])
+        .neg();
+    let d = ours.clone().inner().into_data().into_vec::<f32>().unwrap();
+    let r = reference
+        .clone()
+        .inner()
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap();
+    let fwd = d
+        .iter()
+        .zip(&r)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(fwd < 1e-5, "nll differs by {fwd}");
+    let g1 = (ours * w.clone()).sum().backward();
+    let g2 = (reference * w).sum().backward();
+    let (a, b) = (x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
+    let diff = a.sub(b).abs().max().into_scalar();
+    assert!(diff < 1e-6, "cross-entropy grad differs by {diff}");
+}

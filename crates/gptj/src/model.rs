@@ -4,7 +4,6 @@
 //! `ln_f` = `transformer.ln_f`, `lm_head` = `lm_head` (see [`crate::names`]).
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use qtune_kernels::QBackend;
@@ -213,12 +212,16 @@ impl<B: QBackend> Gptj<B> {
                 TensorData::new(rows[start..end].to_vec(), [len]),
                 &device,
             );
-            let tgt = Tensor::<B, 2, Int>::from_data(
-                TensorData::new(targets[start..end].to_vec(), [len, 1]),
+            let tgt = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(targets[start..end].to_vec(), [len]),
                 &device,
             );
-            let logits = self.head(flat.clone().select(0, idx)); // (len, V) f32
-            let nll = log_softmax(logits, 1).gather(1, tgt).sum().neg();
+            // Logits in the model's dtype; the fused cross-entropy reads them in f32 (HF casts
+            // logits to float32 before its loss) and keeps only them for the backward.
+            let logits = self
+                .lm_head
+                .forward(self.ln_f.forward(flat.clone().select(0, idx)));
+            let nll = qtune_kernels::cross_entropy(logits, tgt).sum();
             total = Some(match total {
                 Some(acc) => acc + nll,
                 None => nll,

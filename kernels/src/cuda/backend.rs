@@ -106,6 +106,18 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         super::fused::rotary(x, cos, sin, inverse)
     }
 
+    fn q_cross_entropy(x: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        super::fused::cross_entropy(x, targets, None)
+    }
+
+    fn q_cross_entropy_backward(
+        x: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        g: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        super::fused::cross_entropy(x, targets, Some(g))
+    }
+
     fn q_quantize(
         name: &str,
         w: FloatTensor<Self>,

@@ -606,3 +606,137 @@ pub fn rotary<R: CubeRuntime>(
     }
     out
 }
+
+/// Cross-entropy of rows of logits (`x [rows, len]`, any float dtype, f32 math) against one
+/// target class per row: forward writes `nll[r] = logsumexp(x[r]) − x[r, t[r]]` (f32);
+/// `backward` writes instead `dx[r, j] = (softmax(x[r])_j − [j = t[r]]) · g[r]` in `x`'s dtype.
+#[cube(launch_unchecked)]
+fn cross_entropy_kernel<F: Float>(
+    x: &Array<F>,
+    targets: &Array<i32>,
+    g: &Array<f32>,
+    nll: &mut Array<f32>,
+    dx: &mut Array<F>,
+    rows: usize,
+    len: usize,
+    #[comptime] backward: bool,
+) {
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let lane = usize::cast_from(UNIT_POS);
+    let base = row * len;
+    let iters = len.div_ceil(32usize);
+    let mut mx = 0.0f32;
+    mx -= 3.402_823_5e38f32;
+    for k in 0..iters {
+        let j = lane + k * 32usize;
+        if j < len {
+            let v = f32::cast_from(x[base + j]);
+            if v > mx {
+                mx = v;
+            }
+        }
+    }
+    mx = plane_max(mx);
+    let mut sum = 0.0f32;
+    for k in 0..iters {
+        let j = lane + k * 32usize;
+        if j < len {
+            sum += f32::exp(f32::cast_from(x[base + j]) - mx);
+        }
+    }
+    sum = plane_sum(sum);
+    let t = usize::cast_from(targets[row]);
+    if backward {
+        let gr = g[row];
+        for k in 0..iters {
+            let j = lane + k * 32usize;
+            if j < len {
+                let mut d = f32::exp(f32::cast_from(x[base + j]) - mx) / sum;
+                if j == t {
+                    d -= 1.0f32;
+                }
+                dx[base + j] = F::cast_from(d * gr);
+            }
+        }
+    } else if lane == 0usize {
+        nll[row] = mx + f32::ln(sum) - f32::cast_from(x[base + t]);
+    }
+}
+
+/// Per-row negative log-likelihood of `targets` (I32, `[rows]`, each in `[0, len)`) under the
+/// logits `x [rows, len]` (F32): `nll` (no `g`), or with `g [rows]` the logits' gradient.
+///
+/// # Panics
+/// On mismatched shapes or an unsupported dtype (wiring bugs; targets are checked by callers).
+pub fn cross_entropy<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    targets: CubeTensor<R>,
+    g: Option<CubeTensor<R>>,
+) -> CubeTensor<R> {
+    let x = into_contiguous(x);
+    let shape = x.meta.shape().to_vec();
+    assert_eq!(
+        shape.len(),
+        2,
+        "qtune-kernels: cross-entropy logits must be [rows, vocab]"
+    );
+    let (rows, len) = (shape[0], shape[1]);
+    let targets = into_contiguous(if targets.dtype == DType::I32 {
+        targets
+    } else {
+        burn_cubecl::kernel::cast(targets, DType::I32)
+    });
+    assert_eq!(
+        targets.meta.num_elements(),
+        rows,
+        "qtune-kernels: one target per row"
+    );
+    let backward = g.is_some();
+    let g = g.map(as_f32_contiguous);
+    let nll = empty(&x, vec![rows], DType::F32);
+    let dx = if backward {
+        empty(&x, shape, x.dtype)
+    } else {
+        empty(&x, vec![1], x.dtype)
+    };
+    if rows == 0 || len == 0 {
+        return if backward { dx } else { nll };
+    }
+    let g_t = g.unwrap_or_else(|| nll.clone());
+    let dx_len = if backward { rows * len } else { 1 };
+    macro_rules! go {
+        ($f:ty) => {
+            // SAFETY: x rows × len, targets/g/nll rows, dx rows × len (or an unused 1); one
+            // plane per row; targets index inside the row (checked on the host by callers).
+            unsafe {
+                cross_entropy_kernel::launch_unchecked::<$f, R>(
+                    &x.client,
+                    rows_count(rows),
+                    CubeDim::new_1d(LANES),
+                    array(&x, rows * len),
+                    array(&targets, rows),
+                    array(&g_t, rows),
+                    array(&nll, rows),
+                    array(&dx, dx_len),
+                    rows,
+                    len,
+                    backward,
+                )
+            }
+        };
+    }
+    match x.dtype {
+        DType::F32 => go!(f32),
+        DType::F16 => go!(f16),
+        DType::BF16 => go!(bf16),
+        other => panic!("qtune-kernels: cross-entropy supports F32, F16, BF16, not {other:?}"),
+    }
+    if backward {
+        dx
+    } else {
+        nll
+    }
+}
