@@ -163,7 +163,9 @@ where
         let y = model.block(i, x.clone(), &ctx);
         probe_memory();
         // `(y ⊙ dy).sum().backward()` without the product and the full reduction.
-        let mut gb = model.grad_seed(y, Tensor::<B, 3>::from_inner(dy)).backward();
+        let mut gb = model
+            .grad_seed(y, Tensor::<B, 3>::from_inner(dy))
+            .backward();
         probe_memory();
         g = x.grad_remove(&mut gb);
         acc.accumulate::<B>(model, GradientsParams::from_grads(gb, model));
