@@ -3,7 +3,7 @@
 //! `codes[i]` (u8) indexes a 256-entry map, value = `map[codes[i]] * absmax[i / 256]`.
 
 use crate::dynamic_map::{self, MAP_LEN, SIGNED_ZERO_CODE, UNSIGNED_ZERO_CODE};
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 
 /// Block size of bitsandbytes' blockwise optimizers (fixed at 256 in its kernels).
 pub const BLOCK: usize = 256;
@@ -20,7 +20,7 @@ pub(crate) struct Maps<B: Backend> {
 impl<B: Backend> Maps<B> {
     pub fn new(device: &B::Device) -> Self {
         let upload = |m: [f32; MAP_LEN]| {
-            Tensor::<B, 1>::from_data(TensorData::new(m.to_vec(), [MAP_LEN]), device)
+            Tensor::<B, 1>::from_data(TensorData::new(m.to_vec(), [MAP_LEN]), (device, DType::F32))
         };
         Self {
             signed: upload(dynamic_map::create_dynamic_map(true)),
@@ -57,8 +57,9 @@ pub(crate) fn quantize_2d<B: Backend>(
     let mut pivot = Tensor::<B, 1, Int>::full([n], 127, &device);
     let mut lower_pivot = Tensor::<B, 1, Int>::zeros([n], &device);
     let mut upper_pivot = Tensor::<B, 1, Int>::full([n], 255, &device);
-    let mut lower = Tensor::<B, 1>::full([n], if signed { -1.0 } else { 0.0 }, &device);
-    let mut upper = Tensor::<B, 1>::ones([n], &device);
+    let lo = if signed { -1.0 } else { 0.0 };
+    let mut lower = Tensor::<B, 1>::full([n], lo, (&device, DType::F32));
+    let mut upper = Tensor::<B, 1>::ones([n], (&device, DType::F32));
     let mut val = map.clone().select(0, pivot.clone());
     let mut step = 64i64;
     while step > 0 {

@@ -9,7 +9,7 @@ use crate::OptimError;
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -296,7 +296,10 @@ impl<B: AutodiffBackend> Optimizer<B> {
                     exp_avg,
                     exp_avg_sq,
                 }) => (exp_avg, exp_avg_sq),
-                _ => (Tensor::zeros([n], &device), Tensor::zeros([n], &device)),
+                _ => (
+                    Tensor::zeros([n], (&device, DType::F32)),
+                    Tensor::zeros([n], (&device, DType::F32)),
+                ),
             };
             ps.push(it.p);
             gs.push(it.g);
@@ -467,11 +470,20 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Gather<'_, B> {
             return;
         };
         let numel = param.shape().num_elements();
+        // All optimizer math and state is f32, whatever the parameter's (or the device
+        // default) dtype: mixed-dtype element-wise ops are not promoted by Burn on CUDA.
+        let f32 = |t: Tensor<B::InnerBackend, 1>| {
+            if t.dtype() == DType::F32 {
+                t
+            } else {
+                t.cast(DType::F32)
+            }
+        };
         self.items.push(Item {
             id: param.id,
             path: path.clone(),
-            p: param.val().inner().reshape([numel]),
-            g: grad.reshape([numel]),
+            p: f32(param.val().inner().reshape([numel])),
+            g: f32(grad.reshape([numel])),
         });
     }
 }
@@ -488,6 +500,11 @@ impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let require_grad = tensor.is_require_grad();
+        let p = if p.dtype() == tensor.dtype() {
+            p
+        } else {
+            p.cast(tensor.dtype())
+        };
         let mut tensor = Tensor::<B, D>::from_inner(p.reshape(tensor.shape()));
         if require_grad {
             tensor = tensor.require_grad();

@@ -239,7 +239,7 @@ fn load_f32<B: Backend>(
     let v = view(st, name, Dtype::F32, len)?;
     let n = v.shape()[0];
     let data = TensorData::from_bytes_vec(v.data().to_vec(), [n], DType::F32);
-    Ok((Tensor::from_data(data, device), n))
+    Ok((Tensor::from_data(data, (device, DType::F32)), n))
 }
 
 fn load_u8<B: Backend>(

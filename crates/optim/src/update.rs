@@ -61,7 +61,7 @@ pub(crate) fn torch_adamw<B: Backend>(
     } else {
         (w - 1.0, g.clone())
     };
-    let coeff = Tensor::<B, 1>::full(exp_avg.shape(), coeff, &exp_avg.device());
+    let coeff = Tensor::<B, 1>::full(exp_avg.shape(), coeff, (&exp_avg.device(), DType::F32));
     let exp_avg = fma_f32(g.clone() - exp_avg, coeff, base);
     // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2) = fma((1-b2)*g, g, v*b2).
     let scaled_g = g.clone().mul_scalar((1.0 - h.beta2) as f32);
@@ -130,9 +130,9 @@ impl<B: Backend> Blockwise8<B> {
         let code = |c: u8| Tensor::<B, 1, Int>::full([n], c as i64, device).cast(IntDType::U8);
         Self {
             state1: code(maps.signed_zero),
-            absmax1: Tensor::zeros([nb], device),
+            absmax1: Tensor::zeros([nb], (device, DType::F32)),
             state2: code(maps.unsigned_zero),
-            absmax2: Tensor::zeros([nb], device),
+            absmax2: Tensor::zeros([nb], (device, DType::F32)),
         }
     }
 }
@@ -144,7 +144,7 @@ pub(crate) fn pad_float<B: Backend>(t: Tensor<B, 1>, len: usize) -> Tensor<B, 1>
         return t;
     }
     let device = t.device();
-    Tensor::cat(vec![t, Tensor::zeros([len - n], &device)], 0)
+    Tensor::cat(vec![t, Tensor::zeros([len - n], (&device, DType::F32))], 0)
 }
 
 pub(crate) fn pad_codes<B: Backend>(
