@@ -219,6 +219,44 @@ fn gemm_check(dev: &burn::tensor::Device<qtune_train::backend::Train>) -> anyhow
                 .ok_or_else(|| anyhow::anyhow!("no rotary grad"))?;
             Ok([host4(y.inner())?, host4(dx)?, host4(r.inner())?, host4(dr)?])
         }
+        // Fused cross-entropy: per-row nll and the logits' gradient (bf16 logits on the GPU).
+        fn run3<B: qtune_kernels::QBackend + burn::tensor::backend::AutodiffBackend>(
+            dev: &B::Device,
+            vs: &[f32],
+            rows: usize,
+            vocab: usize,
+            act: DType,
+        ) -> anyhow::Result<[Vec<f32>; 2]> {
+            let x = Tensor::<B, 2>::from_data(
+                TensorData::new(
+                    vs[..rows * vocab]
+                        .iter()
+                        .map(|v| v * 8.0)
+                        .collect::<Vec<f32>>(),
+                    [rows, vocab],
+                ),
+                (dev, act),
+            )
+            .require_grad();
+            let t: Vec<i64> = (0..rows).map(|r| ((r * 7919) % vocab) as i64).collect();
+            let t = Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(t, [rows]), dev);
+            let nll = qtune_kernels::cross_entropy(x.clone(), t);
+            let g = nll.clone().sum().backward();
+            let dx = x
+                .grad(&g)
+                .ok_or_else(|| anyhow::anyhow!("no cross-entropy grad"))?;
+            Ok([
+                host(nll.inner().reshape([1, 1, rows]))?,
+                host(dx.reshape([1, rows, vocab]))?,
+            ])
+        }
+        let (rows, vocab) = (b * h * t / 8, l * 4);
+        let [c0, c1] = run3::<Cpu>(&Default::default(), &vs, rows, vocab, DType::F32)?;
+        let [g0, g1] = run3::<Train>(dev, &vs, rows, vocab, DType::BF16)?;
+        println!(
+            "{}",
+            json!({"check": "fused_ops", "cross_entropy_fwd_rel_err": rel(g0, c0), "cross_entropy_grad_rel_err": rel(g1, c1)})
+        );
         let [c0, c1, c2, c3] =
             run2::<Cpu>(&Default::default(), &vs, &vw, [b, h, t, l], DType::F32)?;
         let [g0, g1, g2, g3] = run2::<Train>(dev, &vs, &vw, [b, h, t, l], DType::BF16)?;

@@ -216,6 +216,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    qtune_train::backend::init();
     match Cli::parse().cmd {
         Cmd::Train(a) => {
             let mut cfg = load_config(a.config.as_ref())?;

@@ -2,6 +2,10 @@
 //! one write per value instead of a chain of Burn ops (each a kernel launch and a full pass over
 //! the activation) plus the autodiff copies of every intermediate.
 
+// In `#[cube]` code a comptime flag (`masked`, `backward`) must guard a runtime condition in its
+// own `if`: `comptime && runtime` or `else if runtime` under a comptime `if` do not expand as one.
+#![allow(clippy::collapsible_if, clippy::collapsible_else_if)]
+
 use burn::tensor::{bf16, f16, DType};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
@@ -661,8 +665,10 @@ fn cross_entropy_kernel<F: Float>(
                 dx[base + j] = F::cast_from(d * gr);
             }
         }
-    } else if lane == 0usize {
-        nll[row] = mx + f32::ln(sum) - f32::cast_from(x[base + t]);
+    } else {
+        if lane == 0usize {
+            nll[row] = mx + f32::ln(sum) - f32::cast_from(x[base + t]);
+        }
     }
 }
 
