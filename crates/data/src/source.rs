@@ -141,13 +141,47 @@ pub struct DataSource {
     pub allow_hub: bool,
 }
 
+/// The data directory for a test or example that needs the real data: `$QTUNE_DATA_DIR` when it
+/// is a directory (absolute, or relative to `root`, the repository root, as CI sets it). Without
+/// one it prints `skipped <what>: <why>` to stderr and returns `None`, so the caller returns
+/// early and the skip is visible, never a silent pass.
+pub fn data_dir_or_skip(what: &str, root: &Path) -> Option<PathBuf> {
+    match std::env::var_os("QTUNE_DATA_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+    {
+        Some(d) if d.is_dir() => Some(d),
+        Some(d) if d.is_relative() && root.join(&d).is_dir() => Some(root.join(d)),
+        Some(d) => {
+            eprintln!(
+                "skipped {what}: QTUNE_DATA_DIR={} is not a directory",
+                d.display()
+            );
+            None
+        }
+        None => {
+            eprintln!("skipped {what}: QTUNE_DATA_DIR is not set (the shared data mirror)");
+            None
+        }
+    }
+}
+
+/// huggingface_hub's `constants._is_true`: 1/ON/YES/TRUE in any case.
+fn is_true(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_uppercase().as_str(),
+        "1" | "ON" | "YES" | "TRUE"
+    )
+}
+
 impl DataSource {
-    /// `QTUNE_DATA_DIR` if set and non-empty; the Hub unless `HF_HUB_OFFLINE=1`.
+    /// `QTUNE_DATA_DIR` if set and non-empty; the Hub unless `HF_HUB_OFFLINE` is true as
+    /// huggingface_hub reads it (1/ON/YES/TRUE, any case; qtune-gptj reads it the same way).
     pub fn from_env() -> Self {
         let data_dir = std::env::var_os("QTUNE_DATA_DIR")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
-        let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1");
+        let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| is_true(&v));
         DataSource {
             data_dir,
             allow_hub: !offline,
@@ -218,5 +252,18 @@ impl DataSource {
             verify_sha256(&path, id)?;
         }
         Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    #[test]
+    fn offline_values_follow_huggingface_hub() {
+        for v in ["1", "ON", "yes", "True", " true "] {
+            assert!(super::is_true(v), "{v}");
+        }
+        for v in ["", "0", "off", "no", "false", "2"] {
+            assert!(!super::is_true(v), "{v}");
+        }
     }
 }

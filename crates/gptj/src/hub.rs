@@ -10,8 +10,30 @@ use crate::error::GptjError;
 /// Fetches one file of the repo into the cache, returning its local path.
 type Fetch<'a> = dyn Fn(&str) -> Result<PathBuf, GptjError> + 'a;
 
+/// `HF_HUB_OFFLINE` as huggingface_hub reads it (`constants._is_true`): one of 1/ON/YES/TRUE,
+/// any case. qtune-data reads it the same way.
 fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0")
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| is_true(&v))
+}
+
+fn is_true(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_uppercase().as_str(),
+        "1" | "ON" | "YES" | "TRUE"
+    )
+}
+
+#[cfg(test)]
+mod env_tests {
+    #[test]
+    fn offline_values_follow_huggingface_hub() {
+        for v in ["1", "ON", "yes", "True", " true "] {
+            assert!(super::is_true(v), "{v}");
+        }
+        for v in ["", "0", "off", "no", "false", "2"] {
+            assert!(!super::is_true(v), "{v}");
+        }
+    }
 }
 
 fn fetcher<'a>(source: &'a str, revision: Option<&str>) -> Result<Box<Fetch<'a>>, GptjError> {

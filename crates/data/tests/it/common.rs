@@ -8,25 +8,12 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
-/// `$QTUNE_DATA_DIR` when set and present; otherwise prints why `test` is skipped. Cargo runs
-/// tests in the crate folder, so a relative path is also tried from the repository root.
+/// `$QTUNE_DATA_DIR` when set and present; otherwise prints why `test` is skipped.
 pub fn data_dir(test: &str) -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    match std::env::var_os("QTUNE_DATA_DIR").map(PathBuf::from) {
-        Some(d) if d.is_dir() => Some(d),
-        Some(d) if d.is_relative() && root.join(&d).is_dir() => Some(root.join(d)),
-        Some(d) => {
-            eprintln!(
-                "skipped {test}: QTUNE_DATA_DIR={} is not a directory",
-                d.display()
-            );
-            None
-        }
-        None => {
-            eprintln!("skipped {test}: QTUNE_DATA_DIR is not set (the shared data mirror)");
-            None
-        }
-    }
+    qtune_data::data_dir_or_skip(
+        test,
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."),
+    )
 }
 
 /// The repository's tests/fixtures folder.

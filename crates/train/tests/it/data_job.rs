@@ -11,22 +11,10 @@ use crate::common::*;
 
 /// `$QTUNE_DATA_DIR` (absolute, or relative to the repository root as CI sets it).
 fn data_dir(test: &str) -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    match std::env::var_os("QTUNE_DATA_DIR").map(PathBuf::from) {
-        Some(d) if d.is_dir() => Some(d),
-        Some(d) if d.is_relative() && root.join(&d).is_dir() => Some(root.join(d)),
-        Some(d) => {
-            eprintln!(
-                "skipped {test}: QTUNE_DATA_DIR={} is not a directory",
-                d.display()
-            );
-            None
-        }
-        None => {
-            eprintln!("skipped {test}: QTUNE_DATA_DIR is not set (the shared data mirror)");
-            None
-        }
-    }
+    qtune_data::data_dir_or_skip(
+        test,
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."),
+    )
 }
 
 fn small(task: Task, out: &std::path::Path) -> RunConfig {
