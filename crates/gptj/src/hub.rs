@@ -23,19 +23,6 @@ fn is_true(v: &str) -> bool {
     )
 }
 
-#[cfg(test)]
-mod env_tests {
-    #[test]
-    fn offline_values_follow_huggingface_hub() {
-        for v in ["1", "ON", "yes", "True", " true "] {
-            assert!(super::is_true(v), "{v}");
-        }
-        for v in ["", "0", "off", "no", "false", "2"] {
-            assert!(!super::is_true(v), "{v}");
-        }
-    }
-}
-
 fn fetcher<'a>(source: &'a str, revision: Option<&str>) -> Result<Box<Fetch<'a>>, GptjError> {
     let repo = match revision {
         Some(r) => Repo::with_revision(source.to_string(), RepoType::Model, r.to_string()),
@@ -132,4 +119,17 @@ pub fn resolve(source: &str, revision: Option<&str>) -> Result<PathBuf, GptjErro
         let _ = get(optional);
     }
     Ok(dir)
+}
+
+#[cfg(test)]
+mod env_tests {
+    #[test]
+    fn offline_values_follow_huggingface_hub() {
+        for v in ["1", "ON", "yes", "True", " true "] {
+            assert!(super::is_true(v), "{v}");
+        }
+        for v in ["", "0", "off", "no", "false", "2"] {
+            assert!(!super::is_true(v), "{v}");
+        }
+    }
 }

@@ -14,6 +14,22 @@ use cubecl::prelude::*;
 
 use super::launch::{array, cube_count, cube_dim, empty};
 
+/// Expands the launcher macro `$go` with the Rust float type of a tensor's `$dtype` (F32, F16,
+/// BF16); any other dtype is a wiring bug and panics naming the op.
+macro_rules! dispatch_float {
+    ($dtype:expr, $what:expr, $go:ident) => {
+        match $dtype {
+            DType::F32 => $go!(f32),
+            DType::F16 => $go!(f16),
+            DType::BF16 => $go!(bf16),
+            other => panic!(
+                "qtune-kernels: {} supports F32, F16, BF16, not {other:?}",
+                $what
+            ),
+        }
+    };
+}
+
 /// √(2/π), HF `NewGELUActivation`'s constant.
 const GELU_C: f32 = 0.797_884_6;
 
@@ -91,12 +107,12 @@ pub fn gelu_new<R: CubeRuntime>(x: CubeTensor<R>, dy: Option<CubeTensor<R>>) -> 
     if n == 0 {
         return out;
     }
-    match x.dtype {
-        DType::F32 => launch_gelu::<R, f32>(&x, dy.as_ref(), &out, n),
-        DType::F16 => launch_gelu::<R, f16>(&x, dy.as_ref(), &out, n),
-        DType::BF16 => launch_gelu::<R, bf16>(&x, dy.as_ref(), &out, n),
-        other => panic!("qtune-kernels: gelu_new supports F32, F16, BF16, not {other:?}"),
+    macro_rules! go {
+        ($f:ty) => {
+            launch_gelu::<R, $f>(&x, dy.as_ref(), &out, n)
+        };
     }
+    dispatch_float!(x.dtype, "gelu_new", go);
     out
 }
 
@@ -274,12 +290,7 @@ pub fn attn_softmax<R: CubeRuntime>(
             }
         };
     }
-    match out {
-        DType::F32 => go!(f32),
-        DType::F16 => go!(f16),
-        DType::BF16 => go!(bf16),
-        other => panic!("qtune-kernels: attention softmax writes F32, F16, BF16, not {other:?}"),
-    }
+    dispatch_float!(out, "attention softmax", go);
     p
 }
 
@@ -334,12 +345,7 @@ pub fn attn_softmax_backward<R: CubeRuntime>(
             }
         };
     }
-    match p.dtype {
-        DType::F32 => go!(f32),
-        DType::F16 => go!(f16),
-        DType::BF16 => go!(bf16),
-        other => panic!("qtune-kernels: attention softmax backward: {other:?}"),
-    }
+    dispatch_float!(p.dtype, "attention softmax backward", go);
     ds
 }
 
@@ -503,12 +509,7 @@ pub fn layer_norm<R: CubeRuntime>(
             }
         };
     }
-    match x.dtype {
-        DType::F32 => go!(f32),
-        DType::F16 => go!(f16),
-        DType::BF16 => go!(bf16),
-        other => panic!("qtune-kernels: layer norm supports F32, F16, BF16, not {other:?}"),
-    }
+    dispatch_float!(x.dtype, "layer norm", go);
     out
 }
 
@@ -602,12 +603,7 @@ pub fn rotary<R: CubeRuntime>(
             }
         };
     }
-    match x.dtype {
-        DType::F32 => go!(f32),
-        DType::F16 => go!(f16),
-        DType::BF16 => go!(bf16),
-        other => panic!("qtune-kernels: rotary supports F32, F16, BF16, not {other:?}"),
-    }
+    dispatch_float!(x.dtype, "rotary", go);
     out
 }
 
@@ -734,12 +730,7 @@ pub fn cross_entropy<R: CubeRuntime>(
             }
         };
     }
-    match x.dtype {
-        DType::F32 => go!(f32),
-        DType::F16 => go!(f16),
-        DType::BF16 => go!(bf16),
-        other => panic!("qtune-kernels: cross-entropy supports F32, F16, BF16, not {other:?}"),
-    }
+    dispatch_float!(x.dtype, "cross-entropy", go);
     if backward {
         dx
     } else {
