@@ -309,28 +309,47 @@ impl<B: AutodiffBackend> Optimizer<B> {
         }
         let step = prev_step + 1;
         let h = self.config.hyper();
-        let (p, m, v) = (cat(ps), cat(gs), cat(ms));
+        let (p, g, m, v) = (cat(ps), cat(gs), cat(ms), cat(vs));
         let (p, m, v) = match self.config.optim {
-            OptimKind::AdamW => update::torch_adamw(p, m, v, cat(vs), step, lr, h),
-            OptimKind::AdamW8bit => update::bnb_adam32(p, m, v, cat(vs), step, lr, h),
+            OptimKind::AdamW => update::torch_adamw(p, g, m, v, step, lr, h),
+            OptimKind::AdamW8bit => update::bnb_adam32(p, g, m, v, step, lr, h),
         };
+        self.split_back(
+            p,
+            order,
+            lens,
+            step,
+            |n| n,
+            |off, n| Moments::Full {
+                exp_avg: m.clone().narrow(0, off, n),
+                exp_avg_sq: v.clone().narrow(0, off, n),
+            },
+        )
+    }
+
+    /// Hands each tensor of a group its slice of the concatenated result: the updated values
+    /// `p[off..off + n]` and its new state `moments(off, n)`, where `off` advances by
+    /// `stride(n)` (the tensor's length, or its padded length for 8-bit blocks).
+    fn split_back(
+        &mut self,
+        p: Tensor<B::InnerBackend, 1>,
+        order: Vec<String>,
+        lens: Vec<usize>,
+        step: u64,
+        stride: impl Fn(usize) -> usize,
+        moments: impl Fn(usize, usize) -> Moments<B::InnerBackend>,
+    ) -> Vec<Tensor<B::InnerBackend, 1>> {
         let mut out = Vec::with_capacity(lens.len());
         let mut off = 0;
         for (path, n) in order.into_iter().zip(lens) {
             out.push(p.clone().narrow(0, off, n));
-            let moments = Moments::Full {
-                exp_avg: m.clone().narrow(0, off, n),
-                exp_avg_sq: v.clone().narrow(0, off, n),
+            let state = ParamState {
+                step,
+                numel: n,
+                moments: moments(off, n),
             };
-            self.states.insert(
-                path,
-                ParamState {
-                    step,
-                    numel: n,
-                    moments,
-                },
-            );
-            off += n;
+            self.states.insert(path, state);
+            off += stride(n);
         }
         out
     }
@@ -374,28 +393,16 @@ impl<B: AutodiffBackend> Optimizer<B> {
         };
         let h = self.config.hyper();
         let (p, s) = update::bnb_adam8_blockwise(cat(ps), cat(gs), state, &maps, step, lr, h);
-        let mut out = Vec::with_capacity(lens.len());
-        let mut off = 0;
-        for (path, n) in order.into_iter().zip(lens) {
+        let padded = |n: usize| n.div_ceil(BLOCK) * BLOCK;
+        self.split_back(p, order, lens, step, padded, |off, n| {
             let (b0, nb) = (off / BLOCK, n.div_ceil(BLOCK));
-            out.push(p.clone().narrow(0, off, n));
-            let moments = Moments::Blockwise8(Blockwise8 {
+            Moments::Blockwise8(Blockwise8 {
                 state1: s.state1.clone().narrow(0, off, n),
                 absmax1: s.absmax1.clone().narrow(0, b0, nb),
                 state2: s.state2.clone().narrow(0, off, n),
                 absmax2: s.absmax2.clone().narrow(0, b0, nb),
-            });
-            self.states.insert(
-                path,
-                ParamState {
-                    step,
-                    numel: n,
-                    moments,
-                },
-            );
-            off += nb * BLOCK;
-        }
-        out
+            })
+        })
     }
 }
 
