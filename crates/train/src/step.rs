@@ -19,8 +19,6 @@ use burn::tensor::{ElementConversion, Tensor};
 
 use crate::TrainError;
 
-/// What the training loop needs from a causal LM, cut at block boundaries. Implemented for
-/// `qtune_gptj::Gptj` in `model.rs`; generic so the same code runs on every backend.
 /// A hook called at the memory high-water points of a checkpointed step (all block inputs
 /// alive; each recomputed block's graph alive; after its backward). Benchmarks install one to
 /// sample the device allocator, which has no peak counter. `None` (the default) costs nothing.
@@ -43,6 +41,8 @@ fn probe_memory() {
     }
 }
 
+/// What the training loop needs from a causal LM, cut at block boundaries. Implemented for
+/// `qtune_gptj::Gptj` in `model.rs`; generic so the same code runs on every backend.
 pub trait SegmentedLm<B: Backend> {
     /// Per-batch inputs shared by all blocks (attention mask, rotary angles, dropout seed).
     type Ctx;
