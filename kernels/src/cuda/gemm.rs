@@ -65,12 +65,12 @@ pub enum Product {
     AB,
 }
 
-/// Row-major GEMM of a contiguous `a [m, ·]` with a contiguous weight `w [n, k]`, in `a`'s dtype
-/// (fp32 accumulation). `a` and `w` must have the same dtype.
+/// Row-major GEMM of `a [m, ·]` with a weight `w [n, k]`, in `a`'s dtype (fp32 accumulation):
+/// [`bmm`] with a batch of one. `a` and `w` must have the same dtype.
 ///
 /// # Panics
-/// On dtype mismatch, an unsupported dtype, or a CUDA/cuBLAS failure (Burn ops cannot return
-/// errors; a failure here means the device is unusable).
+/// On dtype or shape mismatch, an unsupported dtype, or a CUDA/cuBLAS failure (Burn ops cannot
+/// return errors; a failure here means the device is unusable).
 pub fn gemm<B>(
     a: CubeTensor<CudaRuntime>,
     w: &CubeTensor<CudaRuntime>,
@@ -79,13 +79,8 @@ pub fn gemm<B>(
 where
     B: CubeB<CudaRuntime> + burn::tensor::backend::Backend<Device = cubecl::cuda::CudaDevice>,
 {
-    assert_eq!(
-        a.dtype, w.dtype,
-        "qtune-kernels: GEMM operands must share a dtype"
-    );
-    let a = burn_cubecl::kernel::into_contiguous(a);
-    let a_shape = a.meta.shape().to_vec();
-    let w_shape = w.meta.shape().to_vec();
+    use burn::tensor::Shape;
+    let (a_shape, w_shape) = (a.meta.shape().to_vec(), w.meta.shape().to_vec());
     let (m, inner) = (a_shape[0], a_shape[1]);
     let (n, k) = (w_shape[0], w_shape[1]);
     let out_cols = match product {
@@ -104,61 +99,11 @@ where
             k
         }
     };
-    let out = empty(&a, vec![m, out_cols], a.dtype);
-    if m == 0 || out_cols == 0 {
-        return out;
-    }
-    let ty = cuda_type(a.dtype);
-    B::sync(&a.device).unwrap_or_else(|e| panic!("qtune-kernels: device sync before GEMM: {e:?}"));
-    let ptr = |t: &CubeTensor<CudaRuntime>| {
-        t.client
-            .get_resource(t.handle.clone())
-            .unwrap_or_else(|e| panic!("qtune-kernels: device pointer for GEMM: {e:?}"))
-    };
-    let (ra, rw, ro) = (ptr(&a), ptr(w), ptr(&out));
-    let (pa, pw, po) = (ra.resource().ptr, rw.resource().ptr, ro.resource().ptr);
-    let dev = device_blas(a.device.index);
-    let dev = dev.lock().unwrap_or_else(|p| p.into_inner());
-    let (alpha, beta) = (1.0f32, 0.0f32);
-    let (m, n, k) = (m as i32, n as i32, k as i32);
-    // cuBLAS is column-major: a row-major [r, c] matrix is its transpose [c, r] with ld = c.
-    // Forward: yᵀ[n, m] = W[n,k]·aᵀ  → gemm(T, N, n, m, k, W, k, a, k, y, n).
-    // Backward: dxᵀ[k, m] = Wᵀ[k,n]·dyᵀ → gemm(N, N, k, m, n, W, k, dy, n, dx, k).
-    let (ta, rows, kk, lda, ldb, ldc) = match product {
-        Product::ATransB => (sys::cublasOperation_t::CUBLAS_OP_T, n, k, k, k, n),
-        Product::AB => (sys::cublasOperation_t::CUBLAS_OP_N, k, n, k, n, k),
-    };
-    // SAFETY: the pointers belong to live, contiguous buffers of the stated shapes (resources
-    // held in ra/rw/ro until after the stream synchronizes); all Burn writes finished at sync.
-    unsafe {
-        blas::gemm_ex(
-            *dev.blas.handle(),
-            ta,
-            sys::cublasOperation_t::CUBLAS_OP_N,
-            rows,
-            m,
-            kk,
-            &alpha as *const f32 as *const _,
-            pw as *const _,
-            ty,
-            lda,
-            pa as *const _,
-            ty,
-            ldb,
-            &beta as *const f32 as *const _,
-            po as *mut _,
-            ty,
-            ldc,
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-        .unwrap_or_else(|e| panic!("qtune-kernels: cublasGemmEx: {e:?}"));
-    }
-    dev.stream
-        .synchronize()
-        .unwrap_or_else(|e| panic!("qtune-kernels: stream sync after GEMM: {e:?}"));
-    drop((ra, rw, ro));
-    out
+    let dtype = a.dtype;
+    let a3 = B::float_reshape(a, Shape::new([1, m, inner]));
+    let w3 = B::float_reshape(w.clone(), Shape::new([1, n, k]));
+    let y = bmm::<B>(a3, w3, false, product == Product::ATransB, dtype);
+    B::float_reshape(y, Shape::new([m, out_cols]))
 }
 
 /// Batched row-major matmul `c[i] = op(a[i])·op(b[i])` (one `cublasGemmStridedBatchedEx`):
