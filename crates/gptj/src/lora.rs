@@ -34,7 +34,7 @@ fn thousands(n: u64) -> String {
 impl std::fmt::Display for ParamCounts {
     /// Exactly PEFT's line: `trainable params: 7,340,032 || all params: … || trainable%: 0.1212`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let pct = 100.0 * self.trainable as f64 / self.all as f64;
+        let pct = 100.0 * self.trainable as f64 / self.all.max(1) as f64;
         write!(
             f,
             "trainable params: {} || all params: {} || trainable%: {pct:.4}",

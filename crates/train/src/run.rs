@@ -43,23 +43,7 @@ pub struct TrainReport {
 
 /// PEFT's `print_trainable_parameters` line.
 pub fn param_line(trainable: u64, all: u64) -> String {
-    fn commas(n: u64) -> String {
-        let s = n.to_string();
-        let mut out = String::new();
-        for (i, c) in s.chars().enumerate() {
-            if i > 0 && (s.len() - i) % 3 == 0 {
-                out.push(',');
-            }
-            out.push(c);
-        }
-        out
-    }
-    format!(
-        "trainable params: {} || all params: {} || trainable%: {:.4}",
-        commas(trainable),
-        commas(all),
-        100.0 * trainable as f64 / all.max(1) as f64
-    )
+    qtune_gptj::ParamCounts { trainable, all }.to_string()
 }
 
 /// Trains as configured, then decodes the held-back prompts with the best adapter.
