@@ -1,8 +1,8 @@
 //! [`QBackend`] for `CubeBackend<CudaRuntime, F, I, BT>` (= `burn_cuda::Cuda` built without the
 //! `fusion` feature): CubeCL dequant into a transient buffer in the activation's dtype, then a
-//! cuBLAS GEMM. The transient buffer goes back to cubecl's memory pool right after the GEMM (we
-//! synchronize before returning), so consecutive layers reuse the same pool pages: that pool is
-//! the per-device dequant scratch.
+//! cuBLAS GEMM on the same stream. The transient buffer goes back to cubecl's memory pool as soon
+//! as the GEMM is enqueued (reuse is stream-ordered), so consecutive layers reuse the same pool
+//! pages: that pool is the per-device dequant scratch.
 
 use burn::tensor::{
     backend::Backend,
@@ -68,7 +68,29 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         mask: Option<BoolTensor<Self>>,
         div: f32,
     ) -> FloatTensor<Self> {
-        super::fused::attn_softmax_backward(p, dp, mask, div)
+        super::fused::attn_softmax_backward(p, dp, mask, div, DType::F32)
+    }
+
+    fn q_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: Option<BoolTensor<Self>>,
+        div: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        super::attention::attention(q, k, v, mask, div)
+    }
+
+    fn q_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        p: FloatTensor<Self>,
+        d_o: FloatTensor<Self>,
+        mask: Option<BoolTensor<Self>>,
+        div: f32,
+    ) -> [FloatTensor<Self>; 3] {
+        super::attention::attention_backward(q, k, v, p, d_o, mask, div)
     }
 
     fn q_grad_seed(y: FloatTensor<Self>, _dy: FloatTensor<Self>) -> FloatTensor<Self> {

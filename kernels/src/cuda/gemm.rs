@@ -1,10 +1,9 @@
 //! cuBLAS GEMMs on Burn's own CUDA buffers (cudarc 0.19.10, the version cubecl-cuda uses, so
 //! both share the device's primary context and the raw pointers are valid for cuBLAS).
 //!
-//! Ordering: cubecl queues work on its own streams and exposes no stream handle, so every call
-//! here is `Backend::sync` (inputs written) → GEMM on our stream → `stream.synchronize()` (output
-//! written) → return. About 10 µs per call on an H100 (shared/notes/gpu.md); worth it: cuBLAS
-//! reaches ~770 TFLOP/s in bf16 where Burn 0.21's own matmul reaches ~270.
+//! Ordering: every GEMM is enqueued on cubecl's own stream for the calling thread (our patched
+//! cubecl-cuda reports it with each resource, third_party/README.md), so it runs after the
+//! kernels that wrote its inputs and before those that read its output, with no host sync.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,32 +16,38 @@ use cudarc::driver::{CudaContext, CudaStream};
 
 use super::launch::{empty, CubeB};
 
-/// One cuBLAS handle and stream per device, created on first use.
-struct DeviceBlas {
-    stream: Arc<CudaStream>,
+/// One cuBLAS handle per (device, cubecl stream), created on first use and bound to that stream:
+/// a handle's workspace must not be shared by GEMMs that may overlap on different streams.
+/// (`_stream` owns the stream cudarc creates the handle with; it is never used.)
+struct StreamBlas {
+    _stream: Arc<CudaStream>,
     blas: CudaBlas,
 }
 
-type BlasMap = HashMap<usize, Arc<Mutex<DeviceBlas>>>;
+type BlasMap = HashMap<(usize, usize), Arc<Mutex<StreamBlas>>>;
 
-fn device_blas(index: usize) -> Arc<Mutex<DeviceBlas>> {
+fn stream_blas(index: usize, stream: sys::cudaStream_t) -> Arc<Mutex<StreamBlas>> {
     static MAP: OnceLock<Mutex<BlasMap>> = OnceLock::new();
     let mut map = MAP
         .get_or_init(|| Mutex::new(HashMap::new()))
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    map.entry(index)
+    map.entry((index, stream as usize))
         .or_insert_with(|| {
             let ctx = CudaContext::new(index).unwrap_or_else(|e| {
                 panic!("qtune-kernels: CUDA context for device {index}: {e:?}")
             });
-            let stream = ctx
+            let own = ctx
                 .new_stream()
                 .unwrap_or_else(|e| panic!("qtune-kernels: CUDA stream on device {index}: {e:?}"));
-            let blas = CudaBlas::new(stream.clone()).unwrap_or_else(|e| {
+            let blas = CudaBlas::new(own.clone()).unwrap_or_else(|e| {
                 panic!("qtune-kernels: cuBLAS handle on device {index}: {e:?}")
             });
-            Arc::new(Mutex::new(DeviceBlas { stream, blas }))
+            // SAFETY: a valid handle and a stream of the same context that outlives it (cubecl
+            // keeps its streams for the life of the process).
+            unsafe { blas::set_stream(*blas.handle(), stream) }
+                .unwrap_or_else(|e| panic!("qtune-kernels: cublasSetStream: {e:?}"));
+            Arc::new(Mutex::new(StreamBlas { _stream: own, blas }))
         })
         .clone()
 }
@@ -122,10 +127,6 @@ pub fn bmm<B>(
 where
     B: CubeB<CudaRuntime> + burn::tensor::backend::Backend<Device = cubecl::cuda::CudaDevice>,
 {
-    assert_eq!(
-        a.dtype, b.dtype,
-        "qtune-kernels: matmul operands must share a dtype"
-    );
     let a = burn_cubecl::kernel::into_contiguous(a);
     let b = burn_cubecl::kernel::into_contiguous(b);
     let (sa, sb) = (a.meta.shape().to_vec(), b.meta.shape().to_vec());
@@ -157,18 +158,84 @@ where
             ),
         );
     }
-    let (ty, out_ty) = (cuda_type(a.dtype), cuda_type(out_dtype));
-    B::sync(&a.device).unwrap_or_else(|e| panic!("qtune-kernels: device sync before GEMM: {e:?}"));
+    let spec = Gemm {
+        m,
+        n,
+        k,
+        batch,
+        ta,
+        tb,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    let mat = |rows: usize, cols: usize| Mat {
+        offset: 0,
+        ld: cols,
+        stride: rows * cols,
+    };
+    strided_gemm(
+        (&a, mat(sa[1], sa[2])),
+        (&b, mat(sb[1], sb[2])),
+        (&out, mat(m, n)),
+        spec,
+    );
+    out
+}
+
+/// Where one operand's matrices lie in its (contiguous) buffer: the first at `offset`
+/// elements, rows `ld` elements apart, successive matrices of the batch `stride` apart.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mat {
+    pub offset: usize,
+    pub ld: usize,
+    pub stride: usize,
+}
+
+/// A row-major strided-batched product `c[i] = α·op(a[i])·op(b[i]) + β·c[i]`, `op(a)` `[m, k]`,
+/// `op(b)` `[k, n]`, `c` `[m, n]`, for `i < batch`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub batch: usize,
+    pub ta: bool,
+    pub tb: bool,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+/// One `cublasGemmStridedBatchedEx` on cubecl's stream; `a`, `b` of one dtype (F32/F16/BF16),
+/// `c` in that dtype or F32, fp32 accumulation. The caller guarantees that the described
+/// matrices lie inside the (contiguous) buffers.
+///
+/// # Panics
+/// On an unsupported dtype or a CUDA/cuBLAS failure.
+pub(crate) fn strided_gemm(
+    (a, am): (&CubeTensor<CudaRuntime>, Mat),
+    (b, bm): (&CubeTensor<CudaRuntime>, Mat),
+    (c, cm): (&CubeTensor<CudaRuntime>, Mat),
+    g: Gemm,
+) {
+    assert_eq!(
+        a.dtype, b.dtype,
+        "qtune-kernels: matmul operands must share a dtype"
+    );
+    if g.batch == 0 || g.m == 0 || g.n == 0 {
+        return;
+    }
+    let (ty, out_ty) = (cuda_type(a.dtype), cuda_type(c.dtype));
     let ptr = |t: &CubeTensor<CudaRuntime>| {
         t.client
             .get_resource(t.handle.clone())
             .unwrap_or_else(|e| panic!("qtune-kernels: device pointer for GEMM: {e:?}"))
     };
-    let (ra, rb, ro) = (ptr(&a), ptr(&b), ptr(&out));
-    let (pa, pb, po) = (ra.resource().ptr, rb.resource().ptr, ro.resource().ptr);
-    let dev = device_blas(a.device.index);
+    let (ra, rb, rc) = (ptr(a), ptr(b), ptr(c));
+    let pa = ra.resource().ptr + (am.offset * a.dtype.size()) as u64;
+    let pb = rb.resource().ptr + (bm.offset * b.dtype.size()) as u64;
+    let pc = rc.resource().ptr + (cm.offset * c.dtype.size()) as u64;
+    let dev = stream_blas(a.device.index, rc.resource().stream as sys::cudaStream_t);
     let dev = dev.lock().unwrap_or_else(|p| p.into_inner());
-    let (alpha, beta) = (1.0f32, 0.0f32);
     let op = |t: bool| {
         if t {
             sys::cublasOperation_t::CUBLAS_OP_T
@@ -177,41 +244,38 @@ where
         }
     };
     // Column-major view: cᵀ[n, m] = op(b)ᵀ · op(a)ᵀ, each row-major buffer read as its
-    // transpose with ld = its stored row length.
+    // transpose with ld = its row stride.
     let i = |v: usize| i32::try_from(v).expect("qtune-kernels: GEMM dimension exceeds i32");
-    // SAFETY: live contiguous buffers of the stated shapes (resources held until the stream
-    // synchronizes); all Burn writes finished at the sync above.
+    // SAFETY: live buffers holding the described matrices (caller), on the stream cubecl orders
+    // their other uses on (its allocator reuses freed memory in that stream's order, so dropping
+    // the resources after enqueueing is safe); the handle is bound to that stream.
     unsafe {
         blas::gemm_strided_batched_ex(
             *dev.blas.handle(),
-            op(tb),
-            op(ta),
-            i(n),
-            i(m),
-            i(k),
-            &alpha as *const f32 as *const _,
+            op(g.tb),
+            op(g.ta),
+            i(g.n),
+            i(g.m),
+            i(g.k),
+            &g.alpha as *const f32 as *const _,
             pb as *const _,
             ty,
-            i(sb[2]),
-            (sb[1] * sb[2]) as i64,
+            i(bm.ld),
+            bm.stride as i64,
             pa as *const _,
             ty,
-            i(sa[2]),
-            (sa[1] * sa[2]) as i64,
-            &beta as *const f32 as *const _,
-            po as *mut _,
+            i(am.ld),
+            am.stride as i64,
+            &g.beta as *const f32 as *const _,
+            pc as *mut _,
             out_ty,
-            i(n),
-            (m * n) as i64,
-            i(batch),
+            i(cm.ld),
+            cm.stride as i64,
+            i(g.batch),
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
         .unwrap_or_else(|e| panic!("qtune-kernels: cublasGemmStridedBatchedEx: {e:?}"));
     }
-    dev.stream
-        .synchronize()
-        .unwrap_or_else(|e| panic!("qtune-kernels: stream sync after GEMM: {e:?}"));
-    drop((ra, rb, ro));
-    out
+    drop((ra, rb, rc));
 }
