@@ -148,6 +148,36 @@ impl<B: QBackend> Backward<B, 1> for AttnSoftmaxBackward {
     }
 }
 
+/// What the attention backward needs: the inputs, the probabilities, the mask and divisor.
+type AttentionState<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    Option<BoolTensor<B>>,
+    f32,
+);
+
+/// Backward of the attention core: one call for all three input gradients.
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl<B: QBackend> Backward<B, 3> for AttentionBackward {
+    type State = AttentionState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let d_o = grads.consume::<B>(&ops.node);
+        let (q, k, v, p, mask, div) = ops.state;
+        let [dq, dk, dv] = B::q_attention_backward(q, k, v, p, d_o, mask, div);
+        for (node, g) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
 /// Backward of the gradient seed: hands the stored `dy` to `y` (the scalar's own gradient is 1).
 #[derive(Debug)]
 struct GradSeedBackward;
@@ -321,6 +351,53 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
             mask,
             div,
         ))
+    }
+
+    fn q_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: Option<BoolTensor<Self>>,
+        div: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
+        let (qp, kp, vp) = (q.primitive, k.primitive, v.primitive);
+        match AttentionBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (o, p) = B::q_attention(qp.clone(), kp.clone(), vp.clone(), mask.clone(), div);
+                let p_out = <Self as AutodiffBackend>::from_inner(p.clone());
+                (prep.finish((qp, kp, vp, p, mask, div), o), p_out)
+            }
+            OpsKind::UnTracked(prep) => {
+                let (o, p) = B::q_attention(qp, kp, vp, mask, div);
+                (prep.finish(o), <Self as AutodiffBackend>::from_inner(p))
+            }
+        }
+    }
+
+    fn q_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        p: FloatTensor<Self>,
+        d_o: FloatTensor<Self>,
+        mask: Option<BoolTensor<Self>>,
+        div: f32,
+    ) -> [FloatTensor<Self>; 3] {
+        B::q_attention_backward(
+            q.primitive,
+            k.primitive,
+            v.primitive,
+            p.primitive,
+            d_o.primitive,
+            mask,
+            div,
+        )
+        .map(<Self as AutodiffBackend>::from_inner)
     }
 
     fn q_grad_seed(y: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -17,6 +17,7 @@
 //!   fast-math CUDA build: the two may differ at rare exact decision midpoints.
 //! - `Autodiff<B, C>` for any of the above.
 
+mod attention;
 mod autodiff;
 mod error;
 mod reference;
@@ -90,6 +91,38 @@ pub trait QBackend: Backend {
         mask: Option<BoolTensor<Self>>,
         div: f32,
     ) -> FloatTensor<Self>;
+
+    /// The attention core in token-major layout: `q [B, T, H, hd]`, `k, v [B, L, H, hd]` →
+    /// `o [B, T, H, hd]` with `o[b, :, h] = softmax(mask(q[b, :, h]·k[b, :, h]ᵀ / div))·v[b, :, h]`
+    /// (scores accumulated and soft-maxed in f32, as [`QBackend::q_attn_softmax`]; `mask`
+    /// `[B, 1, T, L]`, true = masked), and the probabilities `p [B, H, T, L]` in v's dtype, which
+    /// the backward needs. q, k, v share a dtype. The default composes [`QBackend::q_gemm`] and
+    /// the fused softmax (the reference); CUDA reads and writes the token-major buffers in place
+    /// with strided cuBLAS GEMMs, so no head transposes are copied. Under autodiff q, k, v and
+    /// `p` are kept for the backward.
+    fn q_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: Option<BoolTensor<Self>>,
+        div: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        attention::forward::<Self>(q, k, v, mask, div)
+    }
+
+    /// Gradients `[dq, dk, dv]` of [`QBackend::q_attention`] for `d_o` (token-major, inputs' dtype).
+    #[allow(clippy::too_many_arguments)]
+    fn q_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        p: FloatTensor<Self>,
+        d_o: FloatTensor<Self>,
+        mask: Option<BoolTensor<Self>>,
+        div: f32,
+    ) -> [FloatTensor<Self>; 3] {
+        attention::backward::<Self>(q, k, v, p, d_o, mask, div)
+    }
 
     /// LayerNorm over the last dim of `x` with frozen `w`, `b` (`[D]`): `(x − mean)/√(var + eps)·w + b`
     /// in f32 (biased variance, as torch), returned in `x`'s dtype. One fused kernel on CUDA.
@@ -271,6 +304,26 @@ pub fn attention_softmax<B: QBackend>(
     let s = scores.into_primitive().tensor();
     let p = B::q_attn_softmax(s, mask.map(Tensor::into_primitive), div, out);
     Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// Multi-head attention `softmax(mask(q·kᵀ / div))·v` through [`QBackend::q_attention`], in the
+/// token-major layout: `q [B, T, H, hd]`, `k`, `v [B, L, H, hd]` (e.g. a `[B, T, D]` projection
+/// reshaped) → `[B, T, H, hd]`; `mask [B, 1, T, L]`, true = masked.
+pub fn attention<B: QBackend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    div: f32,
+) -> Tensor<B, 4> {
+    let (o, _p) = B::q_attention(
+        q.into_primitive().tensor(),
+        k.into_primitive().tensor(),
+        v.into_primitive().tensor(),
+        mask.map(Tensor::into_primitive),
+        div,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(o))
 }
 
 /// `(y ⊙ dy).sum()` for backpropagation only: its value is 0, its gradient w.r.t. `y` is `dy`

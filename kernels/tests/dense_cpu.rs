@@ -3,8 +3,8 @@
 //!   forward equals Burn's matmul for all four transpose combinations, and its hand-written
 //!   backward gives the same gradients as autodiff through Burn's matmul — for both inputs, and
 //!   only for the inputs that require them.
-//! - `gelu_new`, `attention_softmax`, `layer_norm`, `rotary`: forward and hand-written backward
-//!   equal autodiff through the same formula written with Burn ops.
+//! - `gelu_new`, `attention_softmax`, `attention`, `layer_norm`, `rotary`: forward and
+//!   hand-written backward equal autodiff through the same formula written with Burn ops.
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{DType, Tensor, TensorData};
@@ -101,21 +101,10 @@ fn gelu_new_forward_and_backward_match_the_formula_under_autodiff() {
 
 #[test]
 fn attention_softmax_matches_mask_fill_softmax_under_autodiff() {
-    use burn::tensor::Bool;
     let (b, h, t, l) = (2, 3, 4, 6);
     let s = tensor([b, h, t, l], 10).mul_scalar(3.0).require_grad();
     let w = tensor([b, h, t, l], 11);
-    // Causal plus one fully masked row (batch 1, query 0), as left padding makes.
-    let mut bits = Vec::new();
-    for bi in 0..b {
-        for i in 0..t {
-            for j in 0..l {
-                bits.push(j > i + (l - t) || (bi == 1 && i == 0));
-            }
-        }
-    }
-    let mask =
-        Tensor::<Ad, 4, Bool>::from_data(TensorData::new(bits, [b, 1, t, l]), &Default::default());
+    let mask = causal_mask(b, t, l);
     let div = 1.7f32;
     let ours = qtune_kernels::attention_softmax(s.clone(), Some(mask.clone()), div, DType::F32);
     let reference = burn::tensor::activation::softmax(
@@ -129,6 +118,54 @@ fn attention_softmax_matches_mask_fill_softmax_under_autodiff() {
     let g2 = (reference * w).sum().backward();
     let d = max_diff(s.grad(&g1).unwrap(), s.grad(&g2).unwrap());
     assert!(d < 1e-6, "softmax grad differs by {d}");
+}
+
+/// Causal mask `[b, 1, t, l]` (queries are the last `t` of `l` positions) plus one fully masked
+/// row (batch 1, query 0), as left padding makes.
+fn causal_mask(b: usize, t: usize, l: usize) -> Tensor<Ad, 4, burn::tensor::Bool> {
+    let mut bits = Vec::new();
+    for bi in 0..b {
+        for i in 0..t {
+            for j in 0..l {
+                bits.push(j > i + (l - t) || (bi == 1 && i == 0));
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(bits, [b, 1, t, l]), &Default::default())
+}
+
+#[test]
+fn attention_matches_burn_ops_in_token_major_layout_under_autodiff() {
+    // Queries shorter than keys (a KV-cache step) and more than one head and batch row.
+    let (b, t, l, h, hd) = (2, 3, 5, 4, 6);
+    let q = tensor([b, t, h, hd], 20).mul_scalar(2.0).require_grad();
+    let k = tensor([b, l, h, hd], 21).mul_scalar(2.0).require_grad();
+    let v = tensor([b, l, h, hd], 22).require_grad();
+    let w = tensor([b, t, h, hd], 23);
+    let mask = causal_mask(b, t, l);
+    let div = (hd as f32).sqrt();
+
+    let ours = qtune_kernels::attention(q.clone(), k.clone(), v.clone(), Some(mask.clone()), div);
+    // The textbook formula in head-major layout with Burn's own ops.
+    let heads = |x: Tensor<Ad, 4>| x.swap_dims(1, 2);
+    let scores = heads(q.clone()).matmul(heads(k.clone()).swap_dims(2, 3));
+    let p = burn::tensor::activation::softmax(
+        scores
+            .div_scalar(div)
+            .mask_fill(mask.expand([b, h, t, l]), f32::MIN),
+        3,
+    );
+    let reference = p.matmul(heads(v.clone())).swap_dims(1, 2);
+    assert_eq!(ours.dims(), [b, t, h, hd]);
+    let fwd = max_diff(ours.clone().inner(), reference.clone().inner());
+    assert!(fwd < 1e-5, "attention forward differs by {fwd}");
+
+    let g1 = (ours * w.clone()).sum().backward();
+    let g2 = (reference * w).sum().backward();
+    for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
+        let d = max_diff(x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
+        assert!(d < 1e-5, "attention d{name} differs by {d}");
+    }
 }
 
 #[test]

@@ -250,6 +250,66 @@ fn gemm_check(dev: &burn::tensor::Device<qtune_train::backend::Train>) -> anyhow
                 host(dx.reshape([1, rows, vocab]))?,
             ])
         }
+        // The attention core (token-major q [b, t, h, hd], k, v [b, l, h, hd], same mask):
+        // output and the three input gradients.
+        #[allow(clippy::too_many_arguments)]
+        fn run4<B: qtune_kernels::QBackend + burn::tensor::backend::AutodiffBackend>(
+            dev: &B::Device,
+            vs: &[f32],
+            vw: &[f32],
+            bits: &[bool],
+            [b, t, l, h]: [usize; 4],
+            hd: usize,
+            act: DType,
+        ) -> anyhow::Result<[Vec<f32>; 4]> {
+            let mk = |off: usize, rows: usize, scale: f32| {
+                let v: Vec<f32> = vs[off..off + b * rows * h * hd]
+                    .iter()
+                    .map(|x| x * scale)
+                    .collect();
+                Tensor::<B, 4>::from_data(TensorData::new(v, [b, rows, h, hd]), (dev, act))
+                    .require_grad()
+            };
+            let (q, k, v) = (mk(0, t, 3.0), mk(1000, l, 3.0), mk(2000, l, 1.0));
+            let w = Tensor::<B, 4>::from_data(
+                TensorData::new(vw[..b * t * h * hd].to_vec(), [b, t, h, hd]),
+                (dev, DType::F32),
+            );
+            let m =
+                Tensor::<B, 4, Bool>::from_data(TensorData::new(bits.to_vec(), [b, 1, t, l]), dev);
+            let o = qtune_kernels::attention(q.clone(), k.clone(), v.clone(), Some(m), 5.0);
+            let g = (o.clone().cast(DType::F32) * w).sum().backward();
+            let grad = |x: &Tensor<B, 4>| {
+                x.grad(&g)
+                    .ok_or_else(|| anyhow::anyhow!("no attention grad"))
+                    .and_then(|d| {
+                        let [db, dr, dh, dd] = d.dims();
+                        host(d.reshape([db, dr, dh * dd]))
+                    })
+            };
+            Ok([
+                host(o.inner().reshape([b, t, h * hd]))?,
+                grad(&q)?,
+                grad(&k)?,
+                grad(&v)?,
+            ])
+        }
+        let hd = 32;
+        let [c0, c1, c2, c3] = run4::<Cpu>(
+            &Default::default(),
+            &vs,
+            &vw,
+            &bits,
+            [b, t, l, h],
+            hd,
+            DType::F32,
+        )?;
+        let [g0, g1, g2, g3] = run4::<Train>(dev, &vs, &vw, &bits, [b, t, l, h], hd, DType::BF16)?;
+        println!(
+            "{}",
+            json!({"check": "fused_ops", "attention_fwd_rel_err": rel(g0, c0), "attention_dq_rel_err": rel(g1, c1),
+                   "attention_dk_rel_err": rel(g2, c2), "attention_dv_rel_err": rel(g3, c3)})
+        );
         let (rows, vocab) = (b * h * t / 8, l * 4);
         let [c0, c1] = run3::<Cpu>(&Default::default(), &vs, rows, vocab, DType::F32)?;
         let [g0, g1] = run3::<Train>(dev, &vs, rows, vocab, DType::BF16)?;

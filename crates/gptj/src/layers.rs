@@ -4,7 +4,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Tensor, TensorData};
-use qtune_kernels::{attention_softmax, matmul as qmatmul, QBackend};
+use qtune_kernels::{attention, QBackend};
 use qtune_lora::Linear;
 
 use crate::config::Activation;
@@ -163,7 +163,7 @@ pub(crate) fn apply_rotary<B: QBackend>(
     qtune_kernels::rotary(x, cos.clone(), sin.clone())
 }
 
-/// Keys and values of one layer for all cached positions, `[B, H, T_past, head_dim]` each.
+/// Keys and values of one layer for all cached positions, `[B, T_past, H, head_dim]` each.
 pub type LayerKv<B> = Option<(Tensor<B, 4>, Tensor<B, 4>)>;
 
 #[derive(Module, Debug)]
@@ -199,27 +199,22 @@ impl<B: QBackend> Attention<B> {
             .v_proj
             .forward_with(x, ctx.seed(salt + 2))
             .reshape([b, t, h, hd]);
-        let q = apply_rotary(q, &ctx.cos, &ctx.sin).swap_dims(1, 2); // (B, H, T, hd)
-        let mut k = apply_rotary(k, &ctx.cos, &ctx.sin).swap_dims(1, 2);
-        let mut v = v.swap_dims(1, 2);
+        // Token-major [B, T, H, hd] throughout: the attention op reads each head in place.
+        let q = apply_rotary(q, &ctx.cos, &ctx.sin);
+        let mut k = apply_rotary(k, &ctx.cos, &ctx.sin);
+        let mut v = v;
         if let Some(cache) = cache {
             if let Some((pk, pv)) = cache.take() {
-                k = Tensor::cat(vec![pk, k], 2);
-                v = Tensor::cat(vec![pv, v], 2);
+                k = Tensor::cat(vec![pk, k], 1);
+                v = Tensor::cat(vec![pv, v], 1);
             }
             *cache = Some((k.clone(), v.clone()));
         }
-        // Scores accumulate and are written in f32 and softmax runs in f32, as HF's
-        // GPTJAttention._attn (which upcasts q, k); under bf16, q and k enter the GEMM in bf16
-        // (as flash attention). One cuBLAS call for all heads, then one fused
-        // scale + mask + softmax (masked scores = f32::MIN, so a fully masked padding row stays
-        // finite), probabilities in v's dtype.
-        let scores = qmatmul(q, k, false, true, DType::F32); // (B, H, T, T_total)
-        let dtype = v.dtype();
-        let probs = attention_softmax(scores, ctx.mask.clone(), (hd as f32).sqrt(), dtype);
-        let out = qmatmul(probs, v, false, false, dtype)
-            .swap_dims(1, 2)
-            .reshape([b, t, d]);
+        // As HF's GPTJAttention._attn: scores accumulated and soft-maxed in f32 (HF upcasts q, k;
+        // under bf16 they enter the GEMM in bf16, as flash attention), divided by √hd, masked
+        // scores = f32::MIN (a fully masked padding row stays finite), probabilities in v's
+        // dtype. One op (cuBLAS GEMMs + a fused softmax on CUDA).
+        let out = attention(q, k, v, ctx.mask.clone(), (hd as f32).sqrt()).reshape([b, t, d]);
         self.out_proj.forward_with(out, ctx.seed(salt + 3))
     }
 }

@@ -50,7 +50,7 @@ impl<B: Backend> KvCache<B> {
         self.layers
             .first()
             .and_then(|l| l.as_ref())
-            .map_or(0, |(k, _)| k.dims()[2])
+            .map_or(0, |(k, _)| k.dims()[1])
     }
 
     /// Keeps batch rows `rows` (in that order, repeats allowed): beam search's reordering.

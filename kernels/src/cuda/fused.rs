@@ -188,14 +188,15 @@ fn attn_softmax_kernel<F: Float>(
     }
 }
 
-/// `ds[r, j] = p[r, j] · (dp[r, j] − Σ_k p[r, k]·dp[r, k]) / div` (f32 out), and 0 where masked
-/// (a masked score does not reach the output; for a fully masked row `p` is uniform, not 0).
+/// `ds[r, j] = p[r, j] · (dp[r, j] − Σ_k p[r, k]·dp[r, k]) / div` (f32 math, `G` out), and 0
+/// where masked (a masked score does not reach the output; for a fully masked row `p` is
+/// uniform, not 0).
 #[cube(launch_unchecked)]
-fn attn_softmax_backward_kernel<F: Float>(
+fn attn_softmax_backward_kernel<F: Float, G: Float>(
     p: &Array<F>,
     dp: &Array<F>,
     mask: &Array<u8>,
-    ds: &mut Array<f32>,
+    ds: &mut Array<G>,
     rows: usize,
     len: usize,
     heads_t: usize,
@@ -229,7 +230,7 @@ fn attn_softmax_backward_kernel<F: Float>(
                     g = 0.0f32;
                 }
             }
-            ds[base + j] = g;
+            ds[base + j] = G::cast_from(g);
         }
     }
 }
@@ -294,16 +295,17 @@ pub fn attn_softmax<R: CubeRuntime>(
     p
 }
 
-/// Backward of [`attn_softmax`]: `dp` (the probabilities' gradient, `p`'s dtype) → `ds` (F32),
-/// zero where `mask` is set.
+/// Backward of [`attn_softmax`]: `dp` (the probabilities' gradient, `p`'s dtype) → `ds` in
+/// `out` (F32, or `p`'s dtype to feed the next GEMM directly), zero where `mask` is set.
 ///
 /// # Panics
-/// On mismatched shapes/dtypes (wiring bugs).
+/// On mismatched shapes/dtypes or another `out` (wiring bugs).
 pub fn attn_softmax_backward<R: CubeRuntime>(
     p: CubeTensor<R>,
     dp: CubeTensor<R>,
     mask: Option<CubeTensor<R>>,
     div: f32,
+    out: DType,
 ) -> CubeTensor<R> {
     let (p, dp) = (into_contiguous(p), into_contiguous(dp));
     assert!(
@@ -318,16 +320,20 @@ pub fn attn_softmax_backward<R: CubeRuntime>(
     );
     let (b, h, t, len) = (shape[0], shape[1], shape[2], shape[3]);
     let rows = b * h * t;
-    let ds = empty(&p, shape, DType::F32);
+    assert!(
+        out == DType::F32 || out == p.dtype,
+        "qtune-kernels: softmax backward writes F32 or p's dtype, not {out:?}"
+    );
+    let ds = empty(&p, shape, out);
     if rows == 0 || len == 0 {
         return ds;
     }
     let (mask_t, mask_len, masked) = mask_arg(&p, mask, b, t, len);
-    macro_rules! go {
-        ($f:ty) => {
+    macro_rules! launch {
+        ($f:ty, $g:ty) => {
             // SAFETY: contiguous buffers of rows × len values; one plane per row.
             unsafe {
-                attn_softmax_backward_kernel::launch_unchecked::<$f, R>(
+                attn_softmax_backward_kernel::launch_unchecked::<$f, $g, R>(
                     &p.client,
                     rows_count(rows),
                     CubeDim::new_1d(LANES),
@@ -342,6 +348,15 @@ pub fn attn_softmax_backward<R: CubeRuntime>(
                     div,
                     masked,
                 )
+            }
+        };
+    }
+    macro_rules! go {
+        ($f:ty) => {
+            if out == DType::F32 {
+                launch!($f, f32)
+            } else {
+                launch!($f, $f)
             }
         };
     }

@@ -2,6 +2,7 @@
 //! Burn's buffers, plus the GPU self-test and the dequant/linear benchmark that run on the
 //! device machine (`qtune-kernels-gpu` binary, `cargo xtask bench dequant`).
 
+mod attention;
 mod backend;
 pub mod bench;
 mod fused;

@@ -1,0 +1,103 @@
+//! The attention core of a decoder block, `o = softmax(mask(q·kᵀ / div))·v` per batch row and
+//! head, in the token-major layout the projections produce (`[B, T, H, head_dim]`, i.e. the
+//! `[B, T, D]` projection output reshaped): no transposing copies of q, k, v or o.
+//!
+//! The composite below (Burn ops + [`QBackend::q_gemm`] + the fused softmax) is the default of
+//! [`QBackend::q_attention`] and its backward, the reference every backend is tested against;
+//! CUDA overrides both with cuBLAS GEMMs that read and write the token-major layout in place.
+
+use burn::tensor::{
+    ops::{BoolTensor, FloatTensor},
+    DType, Shape, TensorMetadata,
+};
+
+use crate::QBackend;
+
+/// `[B, T, H, hd]` → `[B·H, T, hd]` (a copy).
+fn heads_major<B: QBackend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let s = x.shape().dims::<4>();
+    let x = B::float_swap_dims(x, 1, 2);
+    B::float_reshape(x, Shape::new([s[0] * s[2], s[1], s[3]]))
+}
+
+/// `[B·H, T, hd]` → `[B, T, H, hd]` for `b` batch rows.
+fn token_major<B: QBackend>(x: FloatTensor<B>, b: usize) -> FloatTensor<B> {
+    let s = x.shape().dims::<3>();
+    let x = B::float_reshape(x, Shape::new([b, s[0] / b, s[1], s[2]]));
+    B::float_swap_dims(x, 1, 2)
+}
+
+fn check<B: QBackend>(q: &FloatTensor<B>, k: &FloatTensor<B>, v: &FloatTensor<B>) -> [usize; 5] {
+    let (sq, sk, sv) = (
+        q.shape().dims::<4>(),
+        k.shape().dims::<4>(),
+        v.shape().dims::<4>(),
+    );
+    assert!(
+        sk == sv && sq[0] == sk[0] && sq[2] == sk[2] && sq[3] == sk[3],
+        "qtune-kernels: attention needs q [B, T, H, hd] and k, v [B, L, H, hd], got {sq:?}, {sk:?}, {sv:?}"
+    );
+    assert!(
+        q.dtype() == k.dtype() && k.dtype() == v.dtype(),
+        "qtune-kernels: attention q, k, v must share a dtype"
+    );
+    [sq[0], sq[1], sk[1], sq[2], sq[3]]
+}
+
+/// Reference forward: `(o [B, T, H, hd], p [B, H, T, L])`, `p` in v's dtype.
+pub(crate) fn forward<B: QBackend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    mask: Option<BoolTensor<B>>,
+    div: f32,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let [b, t, l, h, _] = check::<B>(&q, &k, &v);
+    let dtype = v.dtype();
+    let s = B::q_gemm(
+        heads_major::<B>(q),
+        heads_major::<B>(k),
+        false,
+        true,
+        DType::F32,
+    );
+    let s = B::float_reshape(s, Shape::new([b, h, t, l]));
+    let p = B::q_attn_softmax(s, mask, div, dtype);
+    let p3 = B::float_reshape(p.clone(), Shape::new([b * h, t, l]));
+    let o = B::q_gemm(p3, heads_major::<B>(v), false, false, dtype);
+    (token_major::<B>(o, b), p)
+}
+
+/// Reference backward: `[dq, dk, dv]` (token-major, the inputs' dtype) for `d_o [B, T, H, hd]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward<B: QBackend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    p: FloatTensor<B>,
+    d_o: FloatTensor<B>,
+    mask: Option<BoolTensor<B>>,
+    div: f32,
+) -> [FloatTensor<B>; 3] {
+    let [b, t, l, h, _] = check::<B>(&q, &k, &v);
+    let dtype = v.dtype();
+    let (qh, kh, vh) = (
+        heads_major::<B>(q),
+        heads_major::<B>(k),
+        heads_major::<B>(v),
+    );
+    let doh = heads_major::<B>(d_o);
+    let dp = B::q_gemm(doh.clone(), vh, false, true, dtype);
+    let dp = B::float_reshape(dp, Shape::new([b, h, t, l]));
+    let ds = B::q_attn_softmax_backward(p.clone(), dp, mask, div);
+    let ds = B::float_reshape(B::float_cast(ds, dtype.into()), Shape::new([b * h, t, l]));
+    let p3 = B::float_reshape(p, Shape::new([b * h, t, l]));
+    let dq = B::q_gemm(ds.clone(), kh, false, false, dtype);
+    let dk = B::q_gemm(ds, qh, true, false, dtype);
+    let dv = B::q_gemm(p3, doh, true, false, dtype);
+    [
+        token_major::<B>(dq, b),
+        token_major::<B>(dk, b),
+        token_major::<B>(dv, b),
+    ]
+}
