@@ -85,26 +85,81 @@ impl<B: QBackend> Backward<B, 2> for MatmulBackward {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_a, node_b] = ops.parents;
-        let s = ops.state;
-        let mut dc = grads.consume::<B>(&ops.node);
-        if dc.dtype() != s.dtype {
-            dc = B::float_cast(dc, s.dtype.into());
+        let dc = grads.consume::<B>(&ops.node);
+        let ids = [node_a.map(|n| n.id), node_b.map(|n| n.id)];
+        matmul_grads::<B>(ops.state, dc, ids, 1.0, grads);
+    }
+}
+
+/// Registers `alpha·da` and `alpha·db` of `c = op(a)·op(b)` for the parents that need them.
+fn matmul_grads<B: QBackend>(
+    s: MatmulState<B>,
+    mut dc: FloatTensor<B>,
+    [node_a, node_b]: [Option<burn::backend::autodiff::NodeId>; 2],
+    alpha: f32,
+    grads: &mut Gradients,
+) {
+    if dc.dtype() != s.dtype {
+        dc = B::float_cast(dc, s.dtype.into());
+    }
+    let scaled = |g: FloatTensor<B>| {
+        if alpha == 1.0 {
+            g
+        } else {
+            B::float_mul_scalar(g, alpha.into())
         }
-        if let (Some(node), Some(b)) = (node_a, s.b) {
-            let da = if s.ta {
-                B::q_gemm(b, dc.clone(), s.tb, true, s.dtype)
-            } else {
-                B::q_gemm(dc.clone(), b, false, !s.tb, s.dtype)
-            };
-            grads.register::<B>(node.id, da);
+    };
+    if let (Some(node), Some(b)) = (node_a, s.b) {
+        let da = if s.ta {
+            B::q_gemm(b, dc.clone(), s.tb, true, s.dtype)
+        } else {
+            B::q_gemm(dc.clone(), b, false, !s.tb, s.dtype)
+        };
+        grads.register::<B>(node, scaled(da));
+    }
+    if let (Some(node), Some(a)) = (node_b, s.a) {
+        let db = if s.tb {
+            B::q_gemm(dc, a, true, s.ta, s.dtype)
+        } else {
+            B::q_gemm(a, dc, !s.ta, false, s.dtype)
+        };
+        grads.register::<B>(node, scaled(db));
+    }
+}
+
+/// Backward of `y = c + alpha·op(a)·op(b)`: `dc = dy`, and the matmul gradients scaled by alpha
+/// (for LoRA the small `[m, r]` and `[out, r]` ones).
+#[derive(Debug)]
+struct GemmAccBackward;
+
+impl<B: QBackend> Backward<B, 3> for GemmAccBackward {
+    type State = (MatmulState<B>, f32);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_c, node_a, node_b] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (state, alpha) = ops.state;
+        let ids = [node_a.map(|n| n.id), node_b.map(|n| n.id)];
+        matmul_grads::<B>(state, dy.clone(), ids, alpha, grads);
+        if let Some(node) = node_c {
+            grads.register::<B>(node.id, dy);
         }
-        if let (Some(node), Some(a)) = (node_b, s.a) {
-            let db = if s.tb {
-                B::q_gemm(dc, a, true, s.ta, s.dtype)
-            } else {
-                B::q_gemm(a, dc, !s.ta, false, s.dtype)
-            };
-            grads.register::<B>(node.id, db);
+    }
+}
+
+/// Backward of the counter-based dropout: the same mask and scale applied to `dy`.
+#[derive(Debug)]
+struct DropoutBackward;
+
+impl<B: QBackend> Backward<B, 1> for DropoutBackward {
+    type State = (f32, u64);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (p, seed) = ops.state;
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::q_dropout(dy, p, seed));
         }
     }
 }
@@ -298,6 +353,53 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => {
                 prep.finish(B::q_gemm(a.primitive, b.primitive, ta, tb, out))
             }
+        }
+    }
+
+    fn q_gemm_acc(
+        c: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        ta: bool,
+        tb: bool,
+        alpha: f32,
+    ) -> FloatTensor<Self> {
+        let (need_a, need_b) = (!a.node.requirement.is_none(), !b.node.requirement.is_none());
+        match GemmAccBackward
+            .prepare::<C>([c.node.clone(), a.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = MatmulState {
+                    a: need_b.then(|| a.primitive.clone()),
+                    b: need_a.then(|| b.primitive.clone()),
+                    ta,
+                    tb,
+                    dtype: a.primitive.dtype(),
+                };
+                let y = B::q_gemm_acc(c.primitive, a.primitive, b.primitive, ta, tb, alpha);
+                prep.finish((state, alpha), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q_gemm_acc(
+                c.primitive,
+                a.primitive,
+                b.primitive,
+                ta,
+                tb,
+                alpha,
+            )),
+        }
+    }
+
+    fn q_dropout(x: FloatTensor<Self>, p: f32, seed: u64) -> FloatTensor<Self> {
+        match DropoutBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((p, seed), B::q_dropout(x.primitive, p, seed)),
+            OpsKind::UnTracked(prep) => prep.finish(B::q_dropout(x.primitive, p, seed)),
         }
     }
 

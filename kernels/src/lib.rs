@@ -19,6 +19,7 @@
 
 mod attention;
 mod autodiff;
+mod dropout;
 mod error;
 mod reference;
 mod weight;
@@ -32,7 +33,7 @@ pub use weight::{AbsmaxPrimitive, QLayout, QWeightPrimitive, QuantWeight};
 use burn::tensor::{
     backend::{AutodiffBackend, Backend},
     ops::{BoolTensor, FloatTensor, IntTensor},
-    Bool, DType, Int, Tensor, TensorPrimitive,
+    Bool, DType, Int, Tensor, TensorMetadata, TensorPrimitive,
 };
 use qtune_quant::QuantFormat;
 
@@ -63,6 +64,29 @@ pub trait QBackend: Backend {
         tb: bool,
         out: DType,
     ) -> FloatTensor<Self>;
+
+    /// `c + alpha·op(a)·op(b)` for 3-D `c [batch, m, n]` and `a`, `b` as in [`QBackend::q_gemm`],
+    /// all of one dtype (fp32 accumulation): LoRA's `y + scaling·(x·Aᵀ)·Bᵀ` in one cuBLAS call,
+    /// written into `c`'s buffer when nothing else holds it (no add or scale pass over `y`).
+    /// Under autodiff `c` gets `dy` and `a`, `b` the scaled matmul gradients.
+    fn q_gemm_acc(
+        c: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        ta: bool,
+        tb: bool,
+        alpha: f32,
+    ) -> FloatTensor<Self> {
+        let dtype = c.dtype();
+        let ab = Self::q_gemm(a, b, ta, tb, dtype);
+        Self::float_add(c, Self::float_mul_scalar(ab, alpha.into()))
+    }
+
+    /// Dropout of `x` with drop probability `p ∈ [0, 1)` and a counter-based mask: element `i`
+    /// is kept iff a 32-bit hash of `(seed, i)` clears `p` (see `dropout.rs`), kept values are
+    /// scaled by `1/(1−p)` in f32; `x`'s dtype out. The mask is never stored: the backward is
+    /// the same op on `dy` with the same seed. One kernel on CUDA, bit-identical to the CPU.
+    fn q_dropout(x: FloatTensor<Self>, p: f32, seed: u64) -> FloatTensor<Self>;
 
     /// HF's `NewGELUActivation` (GPT-J's `gelu_new`), `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`,
     /// computed in f32 and returned in `x`'s dtype: one fused kernel on CUDA. Under autodiff only
@@ -284,6 +308,53 @@ pub fn linear_t<B: QBackend, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -
     let mut out = dims;
     out[D - 1] = out_f;
     y.reshape(out)
+}
+
+/// `y + alpha·x·wᵀ` over the last dim of `x` (`in` → `out`) for a dense `w [out, in]` in `x`'s
+/// dtype, accumulated into `y [.., out]` by [`QBackend::q_gemm_acc`] (LoRA's scaled `B`
+/// product added onto the base output in one GEMM).
+///
+/// # Panics
+/// On mismatched shapes (a model wiring bug).
+pub fn linear_t_acc<B: QBackend, const D: usize>(
+    y: Tensor<B, D>,
+    x: Tensor<B, D>,
+    w: Tensor<B, 2>,
+    alpha: f32,
+) -> Tensor<B, D> {
+    let (dims, ydims) = (x.dims(), y.dims());
+    let [out_f, in_f] = w.dims();
+    assert!(
+        dims[D - 1] == in_f && ydims[D - 1] == out_f && dims[..D - 1] == ydims[..D - 1],
+        "linear_acc: x {dims:?}, w [{out_f}, {in_f}] and y {ydims:?} do not fit"
+    );
+    let m = dims[..D - 1].iter().product::<usize>();
+    let c = B::q_gemm_acc(
+        y.reshape([1, m, out_f]).into_primitive().tensor(),
+        x.reshape([1, m, in_f]).into_primitive().tensor(),
+        w.reshape([1, out_f, in_f]).into_primitive().tensor(),
+        false,
+        true,
+        alpha,
+    );
+    Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(c)).reshape(ydims)
+}
+
+/// Dropout through [`QBackend::q_dropout`]: counter-based mask from `seed`, drop probability
+/// `p` (`0 ≤ p < 1`; `p = 0` returns `x`).
+///
+/// # Panics
+/// If `p` is outside `[0, 1)` (configs are validated before a model is built).
+pub fn dropout<B: QBackend, const D: usize>(x: Tensor<B, D>, p: f64, seed: u64) -> Tensor<B, D> {
+    assert!(
+        (0.0..1.0).contains(&p),
+        "dropout probability {p} outside [0, 1)"
+    );
+    if p == 0.0 {
+        return x;
+    }
+    let y = B::q_dropout(x.into_primitive().tensor(), p as f32, seed);
+    Tensor::from_primitive(TensorPrimitive::Float(y))
 }
 
 /// GPT-J's `gelu_new` activation through [`QBackend::q_gelu_new`] (fused on CUDA).

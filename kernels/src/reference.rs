@@ -174,6 +174,42 @@ impl QBackend for NdArray {
         dy.matmul(wd).into_primitive().tensor()
     }
 
+    fn q_dropout(x: FloatTensor<Self>, p: f32, seed: u64) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let x = float::<Self, 1>(<Self as FloatTensorOps<Self>>::float_reshape(
+            x,
+            burn::tensor::Shape::new([shape.num_elements()]),
+        ));
+        let (dtype, device) = (x.dtype(), x.device());
+        // NdArray holds the values on the host already; indices are u32 as on the GPU.
+        let v = x
+            .cast(DType::F32)
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap_or_default();
+        assert!(
+            u32::try_from(v.len()).is_ok(),
+            "qtune-kernels: dropout of more than 2³² values"
+        );
+        let (threshold, scale) = crate::dropout::params(p);
+        let y: Vec<f32> = v
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                if crate::dropout::keep(seed, i as u32, threshold) {
+                    x * scale
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let y = Tensor::<Self, 1>::from_data(TensorData::new(y, [v.len()]), (&device, DType::F32));
+        <Self as FloatTensorOps<Self>>::float_reshape(
+            y.cast(dtype).into_primitive().tensor(),
+            shape,
+        )
+    }
+
     fn q_gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let x = float::<Self, 1>(x);
         let dtype = x.dtype();

@@ -253,3 +253,77 @@ fn cross_entropy_matches_log_softmax_gather_under_autodiff() {
     let diff = a.sub(b).abs().max().into_scalar();
     assert!(diff < 1e-6, "cross-entropy grad differs by {diff}");
 }
+
+#[test]
+fn linear_t_acc_adds_the_scaled_product_and_its_gradients() {
+    let y = tensor([1, 2, 3, 5], 30).require_grad();
+    let x = tensor([1, 2, 3, 4], 31).require_grad();
+    let w = tensor([1, 1, 5, 4], 32).require_grad();
+    let g = tensor([1, 2, 3, 5], 33);
+    let w2 = || w.clone().reshape([5, 4]);
+    let ours = qtune_kernels::linear_t_acc(y.clone(), x.clone(), w2(), 0.75);
+    let reference = y.clone()
+        + x.clone()
+            .matmul(w2().transpose().unsqueeze())
+            .mul_scalar(0.75);
+    assert!(max_diff(ours.clone().inner(), reference.clone().inner()) < 1e-5);
+    let g1 = (ours * g.clone()).sum().backward();
+    let g2 = (reference * g).sum().backward();
+    for (name, t) in [("y", &y), ("x", &x), ("w", &w)] {
+        let d = max_diff(t.grad(&g1).unwrap(), t.grad(&g2).unwrap());
+        assert!(d < 1e-5, "linear_t_acc d{name} differs by {d}");
+    }
+}
+
+#[test]
+fn dropout_mask_is_a_function_of_the_seed_with_the_right_rate_and_scale() {
+    let n = 1 << 16;
+    let x = tensor([1, 1, 1, n], 40).add_scalar(2.0).require_grad(); // all values ≥ 1: no zeros
+    let p = 0.25;
+    let y = qtune_kernels::dropout(x.clone(), p, 7);
+    let again = qtune_kernels::dropout(x.clone(), p, 7);
+    let other = qtune_kernels::dropout(x.clone(), p, 8);
+    let (xv, yv) = (
+        x.clone().inner().into_data().into_vec::<f32>().unwrap(),
+        y.clone().inner().into_data().into_vec::<f32>().unwrap(),
+    );
+    assert_eq!(
+        yv,
+        again.inner().into_data().into_vec::<f32>().unwrap(),
+        "same seed, same mask"
+    );
+    let ov = other.inner().into_data().into_vec::<f32>().unwrap();
+    let dropped = yv.iter().filter(|v| **v == 0.0).count();
+    let rate = dropped as f64 / n as f64;
+    assert!((rate - p).abs() < 0.01, "dropped fraction {rate}, want {p}");
+    let same = yv
+        .iter()
+        .zip(&ov)
+        .filter(|(a, b)| (**a == 0.0) == (**b == 0.0))
+        .count();
+    // Independent masks agree on p² + (1−p)² = 62.5 % of the positions.
+    let agree = same as f64 / n as f64;
+    assert!(
+        (agree - 0.625).abs() < 0.02,
+        "seeds 7 and 8 agree on {agree}"
+    );
+    for (xi, yi) in xv.iter().zip(&yv) {
+        assert!(
+            *yi == 0.0 || (*yi - xi / 0.75).abs() <= 1e-6 * xi.abs(),
+            "{xi} → {yi}"
+        );
+    }
+    // Backward: the same mask and scale applied to the output gradient.
+    let w = tensor([1, 1, 1, n], 41);
+    let g = (y.clone() * w.clone()).sum().backward();
+    let dx = x.grad(&g).unwrap().into_data().into_vec::<f32>().unwrap();
+    let wv = w.inner().into_data().into_vec::<f32>().unwrap();
+    for i in 0..n {
+        let want = if yv[i] == 0.0 { 0.0 } else { wv[i] / 0.75 };
+        assert!(
+            (dx[i] - want).abs() <= 1e-6,
+            "dx[{i}] = {}, want {want}",
+            dx[i]
+        );
+    }
+}

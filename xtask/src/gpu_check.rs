@@ -310,6 +310,57 @@ fn gemm_check(dev: &burn::tensor::Device<qtune_train::backend::Train>) -> anyhow
             json!({"check": "fused_ops", "attention_fwd_rel_err": rel(g0, c0), "attention_dq_rel_err": rel(g1, c1),
                    "attention_dk_rel_err": rel(g2, c2), "attention_dv_rel_err": rel(g3, c3)})
         );
+        // Counter-based dropout (the masks must agree bit for bit) and the LoRA-style
+        // accumulate-GEMM y + 0.5·x·wᵀ with its three gradients.
+        fn run5<B: qtune_kernels::QBackend + burn::tensor::backend::AutodiffBackend>(
+            dev: &B::Device,
+            vs: &[f32],
+            vw: &[f32],
+            act: DType,
+        ) -> anyhow::Result<[Vec<f32>; 5]> {
+            let n = vs.len();
+            let x = Tensor::<B, 1>::from_data(TensorData::new(vs.to_vec(), [n]), (dev, act));
+            let d = qtune_kernels::dropout(x, 0.3, 0xDEAD_BEEF_1234_5678);
+            let (m, k, o) = (96usize, 64usize, 80usize);
+            let mk = |v: &[f32], shape: [usize; 2]| {
+                Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), shape), (dev, act))
+                    .require_grad()
+            };
+            let y = mk(&vs[..m * o], [m, o]);
+            let x = mk(&vw[..m * k], [m, k]);
+            let w = mk(&vs[m * o..m * o + o * k], [o, k]);
+            let g = Tensor::<B, 2>::from_data(
+                TensorData::new(vw[m * k..m * k + m * o].to_vec(), [m, o]),
+                (dev, DType::F32),
+            );
+            let z = qtune_kernels::linear_t_acc(y.clone(), x.clone(), w.clone(), 0.5);
+            let grads = (z.clone().cast(DType::F32) * g).sum().backward();
+            let grad = |t: &Tensor<B, 2>| {
+                t.grad(&grads)
+                    .ok_or_else(|| anyhow::anyhow!("no accumulate-GEMM grad"))
+                    .and_then(|d| host(d.unsqueeze::<3>()))
+            };
+            Ok([
+                host(d.reshape([1, 1, n]))?,
+                host(z.inner().unsqueeze::<3>())?,
+                grad(&y)?,
+                grad(&x)?,
+                grad(&w)?,
+            ])
+        }
+        let [c0, c1, c2, c3, c4] = run5::<Cpu>(&Default::default(), &vs, &vw, DType::F32)?;
+        let [g0, g1, g2, g3, g4] = run5::<Train>(dev, &vs, &vw, DType::BF16)?;
+        let mask_mismatch = c0
+            .iter()
+            .zip(&g0)
+            .filter(|(a, b)| (**a == 0.0) != (**b == 0.0))
+            .count();
+        println!(
+            "{}",
+            json!({"check": "fused_ops", "dropout_mask_mismatches": mask_mismatch, "dropout_values": c0.len(),
+                   "dropout_rel_err": rel(g0, c0), "gemm_acc_fwd_rel_err": rel(g1, c1),
+                   "gemm_acc_dy_rel_err": rel(g2, c2), "gemm_acc_dx_rel_err": rel(g3, c3), "gemm_acc_dw_rel_err": rel(g4, c4)})
+        );
         let (rows, vocab) = (b * h * t / 8, l * 4);
         let [c0, c1] = run3::<Cpu>(&Default::default(), &vs, rows, vocab, DType::F32)?;
         let [g0, g1] = run3::<Train>(dev, &vs, rows, vocab, DType::BF16)?;

@@ -8,7 +8,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Distribution, Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use qtune_kernels::{q_linear, QBackend, QuantWeight};
 use rand::Rng;
 
@@ -103,15 +103,17 @@ impl<B: Backend> LoraAdapter<B> {
             .mul_scalar(self.scaling)
     }
 
-    /// `scaling · (dropout(x)·Aᵀ)·Bᵀ`, in `x`'s dtype.
+    /// `y + scaling · (dropout(x)·Aᵀ)·Bᵀ`, in `x`'s dtype (`y` the base output).
     ///
-    /// Dropout is applied only when `dropout_seed` is `Some` and `dropout > 0`. The keep-mask
-    /// is drawn from the backend RNG right after `B::seed(device, seed)`, so the same seed
-    /// gives the same mask: a recomputed block (gradient checkpointing) sees the mask of its
-    /// first forward, and a resumed run replays the masks of an uninterrupted one, provided the
-    /// caller derives the seeds from its own checkpointed RNG (one training thread, same backend).
-    pub fn forward<const D: usize>(
+    /// Dropout is applied only when `dropout_seed` is `Some` and `dropout > 0`; its mask is a
+    /// pure function of the seed and the element index (`qtune_kernels::dropout`), so a
+    /// recomputed block (gradient checkpointing) sees the mask of its first forward and a resumed
+    /// run replays the masks of an uninterrupted one, provided the caller derives the seeds from
+    /// its own checkpointed RNG. The `B` product is accumulated onto `y` scaled in the same GEMM
+    /// (`qtune_kernels::linear_t_acc`): no separate scale and add passes over the output.
+    pub fn forward_onto<const D: usize>(
         &self,
+        y: Tensor<B, D>,
         x: Tensor<B, D>,
         dropout_seed: Option<u64>,
     ) -> Tensor<B, D>
@@ -125,15 +127,27 @@ impl<B: Backend> LoraAdapter<B> {
         let cast = |t: Tensor<B, 2>| if t.dtype() == dtype { t } else { t.cast(dtype) };
         let (a, b) = (cast(self.lora_a.val()), cast(self.lora_b.val()));
         let x = match dropout_seed {
-            Some(seed) if self.dropout > 0.0 => {
-                let keep = 1.0 - self.dropout;
-                B::seed(&x.device(), seed);
-                let mask = x.random_like(Distribution::Bernoulli(keep));
-                x.mul(mask).div_scalar(keep)
-            }
+            Some(seed) if self.dropout > 0.0 => qtune_kernels::dropout(x, self.dropout, seed),
             _ => x,
         };
-        matmul_t(matmul_t(x, a), b).mul_scalar(self.scaling)
+        let y = if y.dtype() == dtype { y } else { y.cast(dtype) };
+        qtune_kernels::linear_t_acc(y, qtune_kernels::linear_t(x, a), b, self.scaling as f32)
+    }
+
+    /// The adapter's own contribution `scaling · (dropout(x)·Aᵀ)·Bᵀ` (see
+    /// [`LoraAdapter::forward_onto`], here onto zeros).
+    pub fn forward<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        dropout_seed: Option<u64>,
+    ) -> Tensor<B, D>
+    where
+        B: QBackend,
+    {
+        let mut dims = x.dims();
+        dims[D - 1] = self.lora_b.shape().dims::<2>()[0];
+        let zeros = Tensor::zeros(dims, (&x.device(), x.dtype()));
+        self.forward_onto(zeros, x, dropout_seed)
     }
 }
 
@@ -264,7 +278,7 @@ impl<B: QBackend> Linear<B> {
             y = y + b.unsqueeze::<D>();
         }
         if let Some(lora) = &self.lora {
-            y = y + lora.forward(x, dropout_seed);
+            y = lora.forward_onto(y, x, dropout_seed);
         }
         y
     }

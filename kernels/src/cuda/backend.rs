@@ -13,7 +13,7 @@ use burn_cubecl::{BoolElement, CubeBackend, FloatElement, IntElement};
 use cubecl::cuda::CudaRuntime;
 use qtune_quant::QuantFormat;
 
-use super::gemm::{bmm, gemm, Product};
+use super::gemm::{bmm, gemm, gemm_acc, Product};
 use super::launch;
 use crate::{KernelError, QBackend, QWeightPrimitive};
 
@@ -43,6 +43,21 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         out: DType,
     ) -> FloatTensor<Self> {
         bmm::<Self>(a, b, ta, tb, out)
+    }
+
+    fn q_gemm_acc(
+        c: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        ta: bool,
+        tb: bool,
+        alpha: f32,
+    ) -> FloatTensor<Self> {
+        gemm_acc::<Self>(c, a, b, ta, tb, alpha)
+    }
+
+    fn q_dropout(x: FloatTensor<Self>, p: f32, seed: u64) -> FloatTensor<Self> {
+        super::fused::dropout(x, p, seed)
     }
 
     fn q_gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self> {

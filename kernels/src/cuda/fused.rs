@@ -116,6 +116,81 @@ pub fn gelu_new<R: CubeRuntime>(x: CubeTensor<R>, dy: Option<CubeTensor<R>>) -> 
     out
 }
 
+/// murmur3's 32-bit finalizer, as `crate::dropout::mix32` (u32 arithmetic wraps on the GPU).
+#[cube]
+fn mix32(x: u32) -> u32 {
+    let mut h = x;
+    h ^= h >> 16u32;
+    h *= 0x85eb_ca6bu32;
+    h ^= h >> 13u32;
+    h *= 0xc2b2_ae35u32;
+    h ^= h >> 16u32;
+    h
+}
+
+/// Counter-based dropout (see `crate::dropout`): keep `x[i]·scale` iff
+/// `mix32(mix32(i ^ seed_lo) ^ seed_hi) ≥ threshold`, else 0; f32 math.
+#[cube(launch_unchecked)]
+fn dropout_kernel<F: Float>(
+    x: &Array<F>,
+    y: &mut Array<F>,
+    n: usize,
+    seed_lo: u32,
+    seed_hi: u32,
+    threshold: u32,
+    scale: f32,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= n {
+        terminate!();
+    }
+    let h = mix32(mix32(u32::cast_from(i) ^ seed_lo) ^ seed_hi);
+    let mut v = 0.0f32;
+    if h >= threshold {
+        v = f32::cast_from(x[i]) * scale;
+    }
+    y[i] = F::cast_from(v);
+}
+
+/// Dropout of `x` (any shape; `x`'s dtype) with the counter-based mask of `seed`.
+///
+/// # Panics
+/// On a dtype other than F32/F16/BF16 or more than 2³² values.
+pub fn dropout<R: CubeRuntime>(x: CubeTensor<R>, p: f32, seed: u64) -> CubeTensor<R> {
+    let x = into_contiguous(x);
+    let n = x.meta.num_elements();
+    assert!(
+        u32::try_from(n).is_ok(),
+        "qtune-kernels: dropout of more than 2³² values"
+    );
+    let out = empty(&x, x.meta.shape().to_vec(), x.dtype);
+    if n == 0 {
+        return out;
+    }
+    let (threshold, scale) = crate::dropout::params(p);
+    macro_rules! go {
+        ($f:ty) => {
+            // SAFETY: contiguous buffers of n values of the dispatched type.
+            unsafe {
+                dropout_kernel::launch_unchecked::<$f, R>(
+                    &x.client,
+                    cube_count(n),
+                    cube_dim(),
+                    array(&x, n),
+                    array(&out, n),
+                    n,
+                    seed as u32,
+                    (seed >> 32) as u32,
+                    threshold,
+                    scale,
+                )
+            }
+        };
+    }
+    dispatch_float!(x.dtype, "dropout", go);
+    out
+}
+
 /// Lanes per row in the attention-softmax kernels: one plane (warp) per row, reduced with
 /// plane intrinsics.
 const LANES: u32 = 32;

@@ -182,6 +182,75 @@ where
     out
 }
 
+/// `c + alpha·op(a)·op(b)` (3-D operands as [`bmm`], `c` `[batch, m, n]` in the inputs' dtype):
+/// one GEMM with β = 1 into `c`'s own buffer when nothing else holds it, else into a copy.
+///
+/// # Panics
+/// On a shape or dtype mismatch (a model wiring bug) or a CUDA/cuBLAS failure.
+pub fn gemm_acc<B>(
+    c: CubeTensor<CudaRuntime>,
+    a: CubeTensor<CudaRuntime>,
+    b: CubeTensor<CudaRuntime>,
+    ta: bool,
+    tb: bool,
+    alpha: f32,
+) -> CubeTensor<CudaRuntime>
+where
+    B: CubeB<CudaRuntime> + burn::tensor::backend::Backend<Device = cubecl::cuda::CudaDevice>,
+{
+    let a = burn_cubecl::kernel::into_contiguous(a);
+    let b = burn_cubecl::kernel::into_contiguous(b);
+    let c = if c.can_mut() && c.is_contiguous() && c.is_contiguous_buffer() {
+        c
+    } else {
+        burn_cubecl::kernel::into_contiguous(c).copy()
+    };
+    let (sa, sb, sc) = (
+        a.meta.shape().to_vec(),
+        b.meta.shape().to_vec(),
+        c.meta.shape().to_vec(),
+    );
+    assert!(
+        sa.len() == 3 && sb.len() == 3,
+        "qtune-kernels: matmul-accumulate needs 3-D operands, got {sa:?} and {sb:?}"
+    );
+    let (m, k) = if ta { (sa[2], sa[1]) } else { (sa[1], sa[2]) };
+    let (kb, n) = if tb { (sb[2], sb[1]) } else { (sb[1], sb[2]) };
+    assert!(
+        sa[0] == sb[0] && k == kb && sc == vec![sa[0], m, n],
+        "qtune-kernels: matmul-accumulate shapes do not fit: c {sc:?}, a {sa:?}, b {sb:?}"
+    );
+    assert_eq!(
+        c.dtype, a.dtype,
+        "qtune-kernels: matmul-accumulate needs c in the inputs' dtype"
+    );
+    if k == 0 {
+        return c;
+    }
+    let mat = |rows: usize, cols: usize| Mat {
+        offset: 0,
+        ld: cols,
+        stride: rows * cols,
+    };
+    let g = Gemm {
+        m,
+        n,
+        k,
+        batch: sa[0],
+        ta,
+        tb,
+        alpha,
+        beta: 1.0,
+    };
+    strided_gemm(
+        (&a, mat(sa[1], sa[2])),
+        (&b, mat(sb[1], sb[2])),
+        (&c, mat(m, n)),
+        g,
+    );
+    c
+}
+
 /// Where one operand's matrices lie in its (contiguous) buffer: the first at `offset`
 /// elements, rows `ld` elements apart, successive matrices of the batch `stride` apart.
 #[derive(Clone, Copy, Debug)]
