@@ -2,7 +2,9 @@
 //!
 //! The backward state is the [`QWeightPrimitive`] only (refcounted handles to the quantized
 //! tensors): `x` is not saved and no dense `W` outlives the forward, so a quantized layer costs
-//! its quantized bytes between forward and backward, as in bitsandbytes' `MatMul4Bit`.
+//! its quantized bytes between forward and backward, as in bitsandbytes' `MatMul4Bit` — except
+//! inside [`crate::with_dense_backward`] (a checkpointed block's recompute), where the dense
+//! weight made for the forward is kept for the backward instead of dequantizing twice.
 
 use burn::backend::autodiff::{
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -51,14 +53,38 @@ fn inner<B: Backend, C: CheckpointStrategy>(
 #[derive(Debug)]
 struct QLinearBackward;
 
+/// The weight a quantized linear's backward multiplies by: the quantized one (dequantized
+/// again), or the dense copy the forward made (inside [`crate::with_dense_backward`]).
+#[derive(Debug, Clone)]
+enum QLinearState<B: QBackend> {
+    Quant(QWeightPrimitive<B>),
+    Dense(FloatTensor<B>),
+}
+
+/// `x [m, in] · w [out, in]ᵀ` (or `· w` with `transposed_w`) for a dense `w`, via `q_gemm`.
+fn dense_linear<B: QBackend>(x: FloatTensor<B>, w: FloatTensor<B>, dx: bool) -> FloatTensor<B> {
+    use burn::tensor::Shape;
+    let [m, k] = x.shape().dims::<2>();
+    let [o, i] = w.shape().dims::<2>();
+    let dtype = x.dtype();
+    let x3 = B::float_reshape(x, Shape::new([1, m, k]));
+    let w3 = B::float_reshape(w, Shape::new([1, o, i]));
+    let y = B::q_gemm(x3, w3, false, !dx, dtype);
+    B::float_reshape(y, Shape::new([m, if dx { i } else { o }]))
+}
+
 impl<B: QBackend> Backward<B, 1> for QLinearBackward {
-    type State = QWeightPrimitive<B>;
+    type State = QLinearState<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x] = ops.parents;
         let dy = grads.consume::<B>(&ops.node);
         if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::q_linear_dx(dy, ops.state));
+            let dx = match ops.state {
+                QLinearState::Quant(w) => B::q_linear_dx(dy, w),
+                QLinearState::Dense(w) => dense_linear::<B>(dy, w, true),
+            };
+            grads.register::<B>(node.id, dx);
         }
     }
 }
@@ -164,18 +190,19 @@ impl<B: QBackend> Backward<B, 1> for DropoutBackward {
     }
 }
 
-/// Backward of the fused `gelu_new`: state is its input only.
+/// Backward of the fused `gelu_new`: state is its input and the (frozen) bias.
 #[derive(Debug)]
 struct GeluNewBackward;
 
 impl<B: QBackend> Backward<B, 1> for GeluNewBackward {
-    type State = FloatTensor<B>;
+    type State = (FloatTensor<B>, Option<FloatTensor<B>>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x] = ops.parents;
         let dy = grads.consume::<B>(&ops.node);
+        let (x, bias) = ops.state;
         if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::q_gelu_new_backward(ops.state, dy));
+            grads.register::<B>(node.id, B::q_gelu_new_backward(x, bias, dy));
         }
     }
 }
@@ -314,9 +341,15 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
             .compute_bound()
             .stateful()
         {
+            OpsKind::Tracked(prep) if crate::keep_dense() => {
+                // The same dequant + GEMM as `q_linear`, keeping the dense weight.
+                let wd = B::q_dequantize(w, x.primitive.dtype());
+                let y = dense_linear::<B>(x.primitive, wd.clone(), false);
+                prep.finish(QLinearState::Dense(wd), y)
+            }
             OpsKind::Tracked(prep) => {
                 let y = B::q_linear(x.primitive, w.clone());
-                prep.finish(w, y)
+                prep.finish(QLinearState::Quant(w), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::q_linear(x.primitive, w)),
         }
@@ -403,7 +436,9 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         }
     }
 
-    fn q_gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn q_gelu_new(x: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
+        // The bias is a frozen base weight: no gradient, only its value for the backward.
+        let bias = bias.map(|b| b.primitive);
         // compute_bound: qtune checkpoints per block itself (no Burn retro-forward needed).
         match GeluNewBackward
             .prepare::<C>([x.node.clone()])
@@ -411,15 +446,23 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let y = B::q_gelu_new(x.primitive.clone());
-                prep.finish(x.primitive, y)
+                let y = B::q_gelu_new(x.primitive.clone(), bias.clone());
+                prep.finish((x.primitive, bias), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::q_gelu_new(x.primitive)),
+            OpsKind::UnTracked(prep) => prep.finish(B::q_gelu_new(x.primitive, bias)),
         }
     }
 
-    fn q_gelu_new_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
-        <Self as AutodiffBackend>::from_inner(B::q_gelu_new_backward(x.primitive, dy.primitive))
+    fn q_gelu_new_backward(
+        x: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::q_gelu_new_backward(
+            x.primitive,
+            bias.map(|b| b.primitive),
+            dy.primitive,
+        ))
     }
 
     fn q_attn_softmax(

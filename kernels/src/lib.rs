@@ -88,13 +88,19 @@ pub trait QBackend: Backend {
     /// the same op on `dy` with the same seed. One kernel on CUDA, bit-identical to the CPU.
     fn q_dropout(x: FloatTensor<Self>, p: f32, seed: u64) -> FloatTensor<Self>;
 
-    /// HF's `NewGELUActivation` (GPT-J's `gelu_new`), `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`,
-    /// computed in f32 and returned in `x`'s dtype: one fused kernel on CUDA. Under autodiff only
-    /// `x` is kept for the backward ([`QBackend::q_gelu_new_backward`]).
-    fn q_gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// HF's `NewGELUActivation` (GPT-J's `gelu_new`), `0.5·v·(1 + tanh(√(2/π)·(v + 0.044715·v³)))`
+    /// of `v = x + bias` (`bias [D]` broadcast over the last dim of `x`, frozen: the `fc_in`
+    /// bias folded into the activation), computed in f32 and returned in `x`'s dtype: one fused
+    /// kernel on CUDA. Under autodiff only `x` (and the bias) is kept for the backward
+    /// ([`QBackend::q_gelu_new_backward`]).
+    fn q_gelu_new(x: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self>;
 
-    /// `dx = dy · gelu_new'(x)` (f32 math, `x`'s dtype).
-    fn q_gelu_new_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `dx = dy · gelu_new'(x + bias)` (f32 math, `x`'s dtype).
+    fn q_gelu_new_backward(
+        x: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 
     /// Attention probabilities: `softmax` over the last dim of `s / div` with masked positions
     /// set to `f32::MIN` first (a fully masked row comes out uniform), for F32 scores
@@ -209,6 +215,32 @@ pub trait QBackend: Backend {
         format: QuantFormat,
         blocksize: usize,
     ) -> Result<(IntTensor<Self>, FloatTensor<Self>), KernelError>;
+}
+
+thread_local! {
+    /// Set by [`with_dense_backward`]: quantized linears keep their dequantized weight.
+    static KEEP_DENSE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every tracked quantized linear keeping its dequantized weight (in the
+/// activation dtype) as backward state, so the backward multiplies by it instead of
+/// dequantizing again. For gradient checkpointing: the recomputed forward of one block runs
+/// in here, and its weights live only until the block's backward (one block's dense weights,
+/// ~0.4 GB for GPT-J-6B in bf16). Outside it (e.g. a whole model without checkpointing) the
+/// backward state stays the quantized weight, as in bitsandbytes. Applies to this thread.
+pub fn with_dense_backward<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            KEEP_DENSE.with(|k| k.set(self.0));
+        }
+    }
+    let _restore = Restore(KEEP_DENSE.with(|k| k.replace(true)));
+    f()
+}
+
+pub(crate) fn keep_dense() -> bool {
+    KEEP_DENSE.with(|k| k.get())
 }
 
 /// Bound for generic training code: a [`QBackend`] that can also differentiate, whose inner
@@ -359,7 +391,33 @@ pub fn dropout<B: QBackend, const D: usize>(x: Tensor<B, D>, p: f64, seed: u64) 
 
 /// GPT-J's `gelu_new` activation through [`QBackend::q_gelu_new`] (fused on CUDA).
 pub fn gelu_new<B: QBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let y = B::q_gelu_new(x.into_primitive().tensor());
+    let y = B::q_gelu_new(x.into_primitive().tensor(), None);
+    Tensor::from_primitive(TensorPrimitive::Float(y))
+}
+
+/// `gelu_new(x + bias)` for a frozen `bias [D]` over the last dim of `x`, in one fused kernel on
+/// CUDA (no separate bias pass over the activation).
+///
+/// # Panics
+/// If `bias` does not have `x`'s last dim (a model wiring bug).
+pub fn bias_gelu_new<B: QBackend, const D: usize>(
+    x: Tensor<B, D>,
+    bias: Tensor<B, 1>,
+) -> Tensor<B, D> {
+    assert_eq!(
+        x.dims()[D - 1],
+        bias.dims()[0],
+        "bias_gelu_new: bias length differs from the last dim"
+    );
+    let bias = if bias.dtype() == x.dtype() {
+        bias
+    } else {
+        bias.cast(x.dtype())
+    };
+    let y = B::q_gelu_new(
+        x.into_primitive().tensor(),
+        Some(bias.into_primitive().tensor()),
+    );
     Tensor::from_primitive(TensorPrimitive::Float(y))
 }
 

@@ -154,6 +154,21 @@ fn rows_f32(x: FloatTensor<NdArray>) -> (Tensor<NdArray, 2>, DType) {
     (x.reshape([rows, d]).cast(DType::F32), dtype)
 }
 
+/// `x` as `[rows, D]` plus `bias [D]` on every row (when given).
+fn with_bias(x: FloatTensor<NdArray>, bias: Option<FloatTensor<NdArray>>) -> Tensor<NdArray, 2> {
+    let shape = x.shape();
+    let d = shape.as_slice().last().copied().unwrap_or(1).max(1);
+    let x = float::<NdArray, 1>(<NdArray as FloatTensorOps<NdArray>>::float_reshape(
+        x,
+        burn::tensor::Shape::new([shape.num_elements()]),
+    ))
+    .reshape([shape.num_elements() / d, d]);
+    match bias {
+        Some(b) => x + float::<NdArray, 1>(b).unsqueeze::<2>(),
+        None => x,
+    }
+}
+
 /// √(2/π), HF `NewGELUActivation`'s constant.
 const GELU_C: f64 = 0.797_884_560_802_865_4;
 
@@ -210,19 +225,28 @@ impl QBackend for NdArray {
         )
     }
 
-    fn q_gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let x = float::<Self, 1>(x);
+    fn q_gelu_new(x: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let x = with_bias(x, bias);
         let dtype = x.dtype();
         let x = x.cast(DType::F32);
         let t = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715))
             .mul_scalar(GELU_C)
             .tanh();
         let y = x.mul_scalar(0.5) * t.add_scalar(1.0);
-        y.cast(dtype).into_primitive().tensor()
+        <Self as FloatTensorOps<Self>>::float_reshape(
+            y.cast(dtype).into_primitive().tensor(),
+            shape,
+        )
     }
 
-    fn q_gelu_new_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (x, dy) = (float::<Self, 1>(x), float::<Self, 1>(dy));
+    fn q_gelu_new_backward(
+        x: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let (x, dy) = (with_bias(x, bias), with_bias(dy, None));
         let dtype = x.dtype();
         let (x, dy) = (x.cast(DType::F32), dy.cast(DType::F32));
         let x2 = x.clone().powi_scalar(2);
@@ -232,7 +256,10 @@ impl QBackend for NdArray {
         let inner = x2.mul_scalar(0.134145).add_scalar(1.0).mul_scalar(GELU_C);
         let one_minus_t2 = t.clone().powi_scalar(2).neg().add_scalar(1.0);
         let d = t.add_scalar(1.0).mul_scalar(0.5) + x.mul_scalar(0.5) * one_minus_t2 * inner;
-        (dy * d).cast(dtype).into_primitive().tensor()
+        <Self as FloatTensorOps<Self>>::float_reshape(
+            (dy * d).cast(dtype).into_primitive().tensor(),
+            shape,
+        )
     }
 
     fn q_attn_softmax(

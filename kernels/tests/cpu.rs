@@ -236,6 +236,23 @@ fn check_backward<B: qtune_kernels::QAutodiffBackend>(dev: &B::Device) {
         let err = max_rel(&dx, &dx_r);
         assert!(err < 1e-6, "{spec:?}: dx vs dense autodiff rel err {err}");
 
+        // Keeping the dequantized weight for the backward (checkpoint recompute) changes
+        // nothing but where W comes from.
+        let xk =
+            Tensor::<B, 2>::from_data(TensorData::new(xv.clone(), [m, in_f]), dev).require_grad();
+        let yk = qtune_kernels::with_dense_backward(|| q_linear(xk.clone(), &w));
+        let dx_k = xk
+            .grad(&(yk * g.clone()).sum().backward())
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let err = max_rel(&dx_k, &dx);
+        assert!(
+            err < 1e-6,
+            "{spec:?}: dense-kept dx vs quantized dx rel err {err}"
+        );
+
         // Central differences on a few coordinates (the loss is linear in x: only rounding).
         let inner = w.clone().valid();
         let ginner = g.clone().inner();

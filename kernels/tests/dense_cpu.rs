@@ -88,15 +88,26 @@ fn linear_t_is_x_times_w_transposed() {
 fn gelu_new_forward_and_backward_match_the_formula_under_autodiff() {
     let x = tensor([2, 3, 4, 5], 8).mul_scalar(4.0).require_grad();
     let w = tensor([2, 3, 4, 5], 9);
-    let ours = gelu_new(x.clone());
-    let c = (2.0f64 / std::f64::consts::PI).sqrt();
-    let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(c);
-    let reference = x.clone().mul_scalar(0.5) * inner.tanh().add_scalar(1.0);
-    assert!(max_diff(ours.clone().inner(), reference.clone().inner()) < 1e-5);
-    let g1 = (ours * w.clone()).sum().backward();
-    let g2 = (reference * w).sum().backward();
-    let d = max_diff(x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
-    assert!(d < 1e-5, "gelu_new grad differs by {d}");
+    // Without and with a (frozen) bias over the last dim, folded into the kernel.
+    let bias = tensor([1, 1, 1, 5], 10).reshape([5]).inner();
+    for with_bias in [false, true] {
+        let (ours, v) = if with_bias {
+            let b = Tensor::<Ad, 1>::from_inner(bias.clone());
+            let v = x.clone() + b.clone().reshape([1, 1, 1, 5]);
+            (qtune_kernels::bias_gelu_new(x.clone(), b), v)
+        } else {
+            (gelu_new(x.clone()), x.clone())
+        };
+        let c = (2.0f64 / std::f64::consts::PI).sqrt();
+        let inner = (v.clone() + v.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(c);
+        let reference = v.mul_scalar(0.5) * inner.tanh().add_scalar(1.0);
+        let fwd = max_diff(ours.clone().inner(), reference.clone().inner());
+        assert!(fwd < 1e-5, "gelu_new (bias {with_bias}) differs by {fwd}");
+        let g1 = (ours * w.clone()).sum().backward();
+        let g2 = (reference * w.clone()).sum().backward();
+        let d = max_diff(x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
+        assert!(d < 1e-5, "gelu_new (bias {with_bias}) grad differs by {d}");
+    }
 }
 
 #[test]

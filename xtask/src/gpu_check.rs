@@ -317,7 +317,7 @@ fn gemm_check(dev: &burn::tensor::Device<qtune_train::backend::Train>) -> anyhow
             vs: &[f32],
             vw: &[f32],
             act: DType,
-        ) -> anyhow::Result<[Vec<f32>; 5]> {
+        ) -> anyhow::Result<[Vec<f32>; 7]> {
             let n = vs.len();
             let x = Tensor::<B, 1>::from_data(TensorData::new(vs.to_vec(), [n]), (dev, act));
             let d = qtune_kernels::dropout(x, 0.3, 0xDEAD_BEEF_1234_5678);
@@ -334,22 +334,48 @@ fn gemm_check(dev: &burn::tensor::Device<qtune_train::backend::Train>) -> anyhow
                 (dev, DType::F32),
             );
             let z = qtune_kernels::linear_t_acc(y.clone(), x.clone(), w.clone(), 0.5);
-            let grads = (z.clone().cast(DType::F32) * g).sum().backward();
-            let grad = |t: &Tensor<B, 2>| {
-                t.grad(&grads)
-                    .ok_or_else(|| anyhow::anyhow!("no accumulate-GEMM grad"))
-                    .and_then(|d| host(d.unsqueeze::<3>()))
-            };
+            // The same on an exclusively owned y (the in-place path training takes) and with
+            // separate ops; both must equal z.
+            let yi = y.clone().mul_scalar(1.0);
+            let z_own = qtune_kernels::linear_t_acc(yi, x.clone(), w.clone(), 0.5);
+            let z_ops = y.clone() + qtune_kernels::linear_t(x.clone(), w.clone()).mul_scalar(0.5);
+            let (hz, ho, hs) = (
+                host(z.clone().inner().unsqueeze::<3>())?,
+                host(z_own.inner().unsqueeze::<3>())?,
+                host(z_ops.inner().unsqueeze::<3>())?,
+            );
+            println!(
+                "{}",
+                serde_json::json!({"check": "gemm_acc_paths", "backend": format!("{act:?}"),
+                    "copy_vs_ops": rel(hz.clone(), hs.clone()), "in_place_vs_ops": rel(ho, hs.clone()),
+                    "y_max": hs.iter().fold(0f32, |m, v| m.max(v.abs())), "z_max": hz.iter().fold(0f32, |m, v| m.max(v.abs()))})
+            );
+            let grads = (z.clone().cast(DType::F32) * g.clone()).sum().backward();
+            let grad =
+                |t: &Tensor<B, 2>,
+                 grads: &<B as burn::tensor::backend::AutodiffBackend>::Gradients| {
+                    t.grad(grads)
+                        .ok_or_else(|| anyhow::anyhow!("no accumulate-GEMM / bias-gelu grad"))
+                        .and_then(|d| host(d.unsqueeze::<3>()))
+                };
+            // gelu_new with fc_in's bias folded in.
+            let bias =
+                Tensor::<B, 1>::from_data(TensorData::new(vw[..o].to_vec(), [o]), (dev, act));
+            let gx = mk(&vs[..m * o], [m, o]);
+            let gy = qtune_kernels::bias_gelu_new(gx.clone().mul_scalar(3.0), bias);
+            let ggrads = (gy.clone().cast(DType::F32) * g).sum().backward();
             Ok([
                 host(d.reshape([1, 1, n]))?,
                 host(z.inner().unsqueeze::<3>())?,
-                grad(&y)?,
-                grad(&x)?,
-                grad(&w)?,
+                grad(&y, &grads)?,
+                grad(&x, &grads)?,
+                grad(&w, &grads)?,
+                host(gy.inner().unsqueeze::<3>())?,
+                grad(&gx, &ggrads)?,
             ])
         }
-        let [c0, c1, c2, c3, c4] = run5::<Cpu>(&Default::default(), &vs, &vw, DType::F32)?;
-        let [g0, g1, g2, g3, g4] = run5::<Train>(dev, &vs, &vw, DType::BF16)?;
+        let [c0, c1, c2, c3, c4, c5, c6] = run5::<Cpu>(&Default::default(), &vs, &vw, DType::F32)?;
+        let [g0, g1, g2, g3, g4, g5, g6] = run5::<Train>(dev, &vs, &vw, DType::BF16)?;
         let mask_mismatch = c0
             .iter()
             .zip(&g0)
@@ -359,7 +385,8 @@ fn gemm_check(dev: &burn::tensor::Device<qtune_train::backend::Train>) -> anyhow
             "{}",
             json!({"check": "fused_ops", "dropout_mask_mismatches": mask_mismatch, "dropout_values": c0.len(),
                    "dropout_rel_err": rel(g0, c0), "gemm_acc_fwd_rel_err": rel(g1, c1),
-                   "gemm_acc_dy_rel_err": rel(g2, c2), "gemm_acc_dx_rel_err": rel(g3, c3), "gemm_acc_dw_rel_err": rel(g4, c4)})
+                   "gemm_acc_dy_rel_err": rel(g2, c2), "gemm_acc_dx_rel_err": rel(g3, c3), "gemm_acc_dw_rel_err": rel(g4, c4),
+                   "bias_gelu_fwd_rel_err": rel(g5, c5), "bias_gelu_grad_rel_err": rel(g6, c6)})
         );
         let (rows, vocab) = (b * h * t / 8, l * 4);
         let [c0, c1] = run3::<Cpu>(&Default::default(), &vs, rows, vocab, DType::F32)?;

@@ -9,7 +9,8 @@ use qtune_lora::Linear;
 
 use crate::config::Activation;
 
-/// Frozen LayerNorm with HF's `weight`/`bias` names; computed in f32 whatever the model dtype.
+/// Frozen LayerNorm with HF's `weight`/`bias` names (stored in f32); computed in f32 whatever
+/// the model dtype.
 #[derive(Module, Debug)]
 pub struct LayerNorm<B: Backend> {
     pub weight: Param<Tensor<B, 1>>,
@@ -30,10 +31,12 @@ pub(crate) fn to_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType
 }
 
 impl<B: Backend> LayerNorm<B> {
+    /// Weight and bias are kept in f32 (exactly their values in the model's dtype): the fused
+    /// kernel computes in f32 and would otherwise cast them on every call.
     pub fn new(weight: Tensor<B, 1>, bias: Tensor<B, 1>, eps: f64) -> Self {
         Self {
-            weight: frozen(weight),
-            bias: frozen(bias),
+            weight: frozen(to_dtype(weight, DType::F32)),
+            bias: frozen(to_dtype(bias, DType::F32)),
             eps,
         }
     }
@@ -229,12 +232,19 @@ pub struct Mlp<B: Backend> {
 
 impl<B: QBackend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>, salt: u64) -> Tensor<B, 3> {
-        let hdn = self.fc_in.forward_with(x, ctx.seed(salt));
-        let hdn = match self.act {
-            // HF `NewGELUActivation`, one fused kernel on CUDA.
-            Activation::GeluNew => qtune_kernels::gelu_new(hdn),
-            Activation::Gelu => burn::tensor::activation::gelu(hdn),
-            Activation::Relu => burn::tensor::activation::relu(hdn),
+        let hdn = match (self.act, self.fc_in.bias()) {
+            // HF `NewGELUActivation` with fc_in's bias folded in: one fused kernel on CUDA.
+            (Activation::GeluNew, Some(b)) => {
+                qtune_kernels::bias_gelu_new(self.fc_in.forward_unbiased(x, ctx.seed(salt)), b)
+            }
+            (act, _) => {
+                let hdn = self.fc_in.forward_with(x, ctx.seed(salt));
+                match act {
+                    Activation::GeluNew => qtune_kernels::gelu_new(hdn),
+                    Activation::Gelu => burn::tensor::activation::gelu(hdn),
+                    Activation::Relu => burn::tensor::activation::relu(hdn),
+                }
+            }
         };
         self.fc_out.forward_with(hdn, ctx.seed(salt + 1))
     }

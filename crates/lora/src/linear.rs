@@ -250,13 +250,35 @@ impl<B: QBackend> Linear<B> {
         self.forward_with(x, None)
     }
 
-    /// Forward with LoRA dropout driven by `dropout_seed` (see [`LoraAdapter::forward`]).
+    /// Forward with LoRA dropout driven by `dropout_seed` (see [`LoraAdapter::forward_onto`]).
     pub fn forward_with<const D: usize>(
         &self,
         x: Tensor<B, D>,
         dropout_seed: Option<u64>,
     ) -> Tensor<B, D> {
-        let mut y = match &self.base {
+        let y = self.forward_unbiased(x, dropout_seed);
+        match &self.bias {
+            Some(b) => {
+                let b = b.val();
+                let b = if b.dtype() != y.dtype() {
+                    b.cast(y.dtype())
+                } else {
+                    b
+                };
+                y + b.unsqueeze::<D>()
+            }
+            None => y,
+        }
+    }
+
+    /// [`Linear::forward_with`] without the bias, for callers that fold [`Linear::bias`] into
+    /// the next fused op (GPT-J's `fc_in` bias goes into the `gelu_new` kernel).
+    pub fn forward_unbiased<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        dropout_seed: Option<u64>,
+    ) -> Tensor<B, D> {
+        let y = match &self.base {
             LinearBase::Dense(w) => {
                 let w = w.val();
                 let w = if w.dtype() != x.dtype() {
@@ -268,18 +290,9 @@ impl<B: QBackend> Linear<B> {
             }
             LinearBase::Quant(q) => q_linear(x.clone(), q),
         };
-        if let Some(b) = &self.bias {
-            let b = b.val();
-            let b = if b.dtype() != y.dtype() {
-                b.cast(y.dtype())
-            } else {
-                b
-            };
-            y = y + b.unsqueeze::<D>();
+        match &self.lora {
+            Some(lora) => lora.forward_onto(y, x, dropout_seed),
+            None => y,
         }
-        if let Some(lora) = &self.lora {
-            y = lora.forward_onto(y, x, dropout_seed);
-        }
-        y
     }
 }

@@ -160,7 +160,9 @@ where
             break; // nothing upstream depends on h_{i+1}: earlier blocks get no gradient
         };
         let x = Tensor::<B, 3>::from_inner(h).require_grad();
-        let y = model.block(i, x.clone(), &ctx);
+        // The recompute keeps each quantized weight's dequantized copy for the backward that
+        // follows at once (one block's weights at a time): one dequantization per linear saved.
+        let y = qtune_kernels::with_dense_backward(|| model.block(i, x.clone(), &ctx));
         probe_memory();
         // `(y ⊙ dy).sum().backward()` without the product and the full reduction.
         let mut gb = model

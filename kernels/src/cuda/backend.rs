@@ -60,12 +60,16 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         super::fused::dropout(x, p, seed)
     }
 
-    fn q_gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        super::fused::gelu_new(x, None)
+    fn q_gelu_new(x: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
+        super::fused::gelu_new(x, bias, None)
     }
 
-    fn q_gelu_new_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
-        super::fused::gelu_new(x, Some(dy))
+    fn q_gelu_new_backward(
+        x: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        super::fused::gelu_new(x, bias, Some(dy))
     }
 
     fn q_attn_softmax(

@@ -33,67 +33,82 @@ macro_rules! dispatch_float {
 /// √(2/π), HF `NewGELUActivation`'s constant.
 const GELU_C: f32 = 0.797_884_6;
 
-/// `y = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, computed in f32.
-#[cube(launch_unchecked)]
-fn gelu_new_kernel<F: Float>(x: &Array<F>, y: &mut Array<F>, n: usize) {
-    let i = ABSOLUTE_POS;
-    if i >= n {
-        terminate!();
+/// Values per unit of the element-wise kernels when the length allows: one 16-byte load/store
+/// per bf16 operand instead of eight 2-byte ones.
+const LANES_EW: usize = 8;
+
+/// Vector width for `n` values: [`LANES_EW`] when it divides `n`, else 1.
+fn ew_lanes(n: usize) -> usize {
+    if n % LANES_EW == 0 {
+        LANES_EW
+    } else {
+        1
     }
-    let v = f32::cast_from(x[i]);
-    let t = f32::tanh(GELU_C * (v + 0.044715f32 * v * v * v));
-    y[i] = F::cast_from(0.5f32 * v * (1.0f32 + t));
 }
 
-/// `dx = dy · gelu_new'(x)`, computed in f32.
+/// `gelu_new` (`y = 0.5·v·(1 + tanh(√(2/π)·(v + 0.044715·v³)))`, `v = x + bias`) or, with
+/// `backward`, its input gradient `dy·gelu_new'(v)`; f32 math, `lanes` values per unit; the
+/// bias (when `has_bias`) has `bias_units` units, one row of `x`.
 #[cube(launch_unchecked)]
-fn gelu_new_backward_kernel<F: Float>(x: &Array<F>, dy: &Array<F>, dx: &mut Array<F>, n: usize) {
-    let i = ABSOLUTE_POS;
-    if i >= n {
-        terminate!();
-    }
-    let v = f32::cast_from(x[i]);
-    let t = f32::tanh(GELU_C * (v + 0.044715f32 * v * v * v));
-    let inner = GELU_C * (1.0f32 + 0.134145f32 * v * v);
-    let d = 0.5f32 * (1.0f32 + t) + 0.5f32 * v * (1.0f32 - t * t) * inner;
-    dx[i] = F::cast_from(f32::cast_from(dy[i]) * d);
-}
-
-fn launch_gelu<R: CubeRuntime, F: Float + CubeElement>(
-    x: &CubeTensor<R>,
-    dy: Option<&CubeTensor<R>>,
-    out: &CubeTensor<R>,
-    n: usize,
+#[allow(clippy::too_many_arguments)]
+fn gelu_new_kernel<F: Float, N: Size>(
+    x: &Array<Vector<F, N>>,
+    bias: &Array<Vector<F, N>>,
+    dy: &Array<Vector<F, N>>,
+    out: &mut Array<Vector<F, N>>,
+    units: usize,
+    bias_units: u32,
+    #[comptime] lanes: usize,
+    #[comptime] has_bias: bool,
+    #[comptime] backward: bool,
 ) {
-    // SAFETY: all buffers are contiguous with n elements of F (checked by the caller).
-    unsafe {
-        match dy {
-            None => gelu_new_kernel::launch_unchecked::<F, R>(
-                &x.client,
-                cube_count(n),
-                cube_dim(),
-                array(x, n),
-                array(out, n),
-                n,
-            ),
-            Some(dy) => gelu_new_backward_kernel::launch_unchecked::<F, R>(
-                &x.client,
-                cube_count(n),
-                cube_dim(),
-                array(x, n),
-                array(dy, n),
-                array(out, n),
-                n,
-            ),
+    let i = ABSOLUTE_POS;
+    if i >= units {
+        terminate!();
+    }
+    let xv = x[i];
+    let mut bv = Vector::<F, N>::empty();
+    if has_bias {
+        bv = bias[(u32::cast_from(i) % bias_units) as usize];
+    }
+    let mut o = Vector::<F, N>::empty();
+    if backward {
+        let dv = dy[i];
+        #[unroll]
+        for k in 0..lanes {
+            let mut v = f32::cast_from(xv[k]);
+            if has_bias {
+                v += f32::cast_from(bv[k]);
+            }
+            let t = f32::tanh(GELU_C * (v + 0.044715f32 * v * v * v));
+            let inner = GELU_C * (1.0f32 + 0.134145f32 * v * v);
+            let d = 0.5f32 * (1.0f32 + t) + 0.5f32 * v * (1.0f32 - t * t) * inner;
+            o[k] = F::cast_from(f32::cast_from(dv[k]) * d);
+        }
+    } else {
+        #[unroll]
+        for k in 0..lanes {
+            let mut v = f32::cast_from(xv[k]);
+            if has_bias {
+                v += f32::cast_from(bv[k]);
+            }
+            let t = f32::tanh(GELU_C * (v + 0.044715f32 * v * v * v));
+            o[k] = F::cast_from(0.5f32 * v * (1.0f32 + t));
         }
     }
+    out[i] = o;
 }
 
-/// `gelu_new(x)` (no `dy`) or its input gradient `dy·gelu_new'(x)`, in `x`'s dtype.
+/// `gelu_new(x + bias)` (no `dy`) or its input gradient `dy·gelu_new'(x + bias)`, in `x`'s
+/// dtype; `bias` (optional) has `x`'s last dim.
 ///
 /// # Panics
-/// On a dtype other than F32/F16/BF16, or `dy` of another shape/dtype (a wiring bug).
-pub fn gelu_new<R: CubeRuntime>(x: CubeTensor<R>, dy: Option<CubeTensor<R>>) -> CubeTensor<R> {
+/// On a dtype other than F32/F16/BF16, or `dy`/`bias` not matching `x` (a wiring bug).
+pub fn gelu_new<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    bias: Option<CubeTensor<R>>,
+    dy: Option<CubeTensor<R>>,
+) -> CubeTensor<R> {
     let x = into_contiguous(x);
     let dy = dy.map(into_contiguous);
     if let Some(d) = &dy {
@@ -103,13 +118,51 @@ pub fn gelu_new<R: CubeRuntime>(x: CubeTensor<R>, dy: Option<CubeTensor<R>>) -> 
         );
     }
     let n = x.meta.num_elements();
+    let d = x.meta.shape().to_vec().last().copied().unwrap_or(1).max(1);
+    let bias = bias.map(into_contiguous);
+    if let Some(b) = &bias {
+        assert!(
+            b.meta.num_elements() == d && b.dtype == x.dtype,
+            "qtune-kernels: gelu_new bias must have x's last dim and dtype"
+        );
+    }
+    assert!(
+        u32::try_from(n).is_ok(),
+        "qtune-kernels: gelu_new of more than 2³² values"
+    );
     let out = empty(&x, x.meta.shape().to_vec(), x.dtype);
     if n == 0 {
         return out;
     }
+    // The bias is indexed by unit within a row: a unit must not straddle two rows.
+    let lanes = if d % LANES_EW == 0 { ew_lanes(n) } else { 1 };
+    let units = n / lanes;
+    let backward = dy.is_some();
+    let has_bias = bias.is_some();
+    let dy = dy.unwrap_or_else(|| x.clone()); // not read in the forward
+    let bias = bias.unwrap_or_else(|| x.clone()); // not read without a bias
+    let bias_len = if has_bias { d } else { n };
     macro_rules! go {
         ($f:ty) => {
-            launch_gelu::<R, $f>(&x, dy.as_ref(), &out, n)
+            // SAFETY: contiguous buffers of n (bias: d) values of the dispatched type, both
+            // multiples of lanes.
+            unsafe {
+                gelu_new_kernel::launch_unchecked::<$f, R>(
+                    &x.client,
+                    cube_count(units),
+                    cube_dim(),
+                    lanes,
+                    array(&x, n),
+                    array(&bias, bias_len),
+                    array(&dy, n),
+                    array(&out, n),
+                    units,
+                    (d / lanes) as u32,
+                    lanes,
+                    has_bias,
+                    backward,
+                )
+            }
         };
     }
     dispatch_float!(x.dtype, "gelu_new", go);
@@ -128,28 +181,37 @@ fn mix32(x: u32) -> u32 {
     h
 }
 
-/// Counter-based dropout (see `crate::dropout`): keep `x[i]·scale` iff
-/// `mix32(mix32(i ^ seed_lo) ^ seed_hi) ≥ threshold`, else 0; f32 math.
+/// Counter-based dropout (see `crate::dropout`): keep `x[e]·scale` iff
+/// `mix32(mix32(e ^ seed_lo) ^ seed_hi) ≥ threshold`, else 0, for the `lanes` elements `e` of
+/// unit `i`; f32 math.
 #[cube(launch_unchecked)]
-fn dropout_kernel<F: Float>(
-    x: &Array<F>,
-    y: &mut Array<F>,
-    n: usize,
+fn dropout_kernel<F: Float, N: Size>(
+    x: &Array<Vector<F, N>>,
+    y: &mut Array<Vector<F, N>>,
+    units: usize,
     seed_lo: u32,
     seed_hi: u32,
     threshold: u32,
     scale: f32,
+    #[comptime] lanes: usize,
 ) {
     let i = ABSOLUTE_POS;
-    if i >= n {
+    if i >= units {
         terminate!();
     }
-    let h = mix32(mix32(u32::cast_from(i) ^ seed_lo) ^ seed_hi);
-    let mut v = 0.0f32;
-    if h >= threshold {
-        v = f32::cast_from(x[i]) * scale;
+    let xv = x[i];
+    let mut o = Vector::<F, N>::empty();
+    let first = u32::cast_from(i) * (lanes as u32);
+    #[unroll]
+    for k in 0..lanes {
+        let h = mix32(mix32((first + k as u32) ^ seed_lo) ^ seed_hi);
+        let mut v = 0.0f32;
+        if h >= threshold {
+            v = f32::cast_from(xv[k]) * scale;
+        }
+        o[k] = F::cast_from(v);
     }
-    y[i] = F::cast_from(v);
+    y[i] = o;
 }
 
 /// Dropout of `x` (any shape; `x`'s dtype) with the counter-based mask of `seed`.
@@ -168,21 +230,25 @@ pub fn dropout<R: CubeRuntime>(x: CubeTensor<R>, p: f32, seed: u64) -> CubeTenso
         return out;
     }
     let (threshold, scale) = crate::dropout::params(p);
+    let lanes = ew_lanes(n);
+    let units = n / lanes;
     macro_rules! go {
         ($f:ty) => {
-            // SAFETY: contiguous buffers of n values of the dispatched type.
+            // SAFETY: contiguous buffers of n values of the dispatched type, n % lanes == 0.
             unsafe {
                 dropout_kernel::launch_unchecked::<$f, R>(
                     &x.client,
-                    cube_count(n),
+                    cube_count(units),
                     cube_dim(),
+                    lanes,
                     array(&x, n),
                     array(&out, n),
-                    n,
+                    units,
                     seed as u32,
                     (seed >> 32) as u32,
                     threshold,
                     scale,
+                    lanes,
                 )
             }
         };
@@ -191,30 +257,39 @@ pub fn dropout<R: CubeRuntime>(x: CubeTensor<R>, p: f32, seed: u64) -> CubeTenso
     out
 }
 
-/// Lanes per row in the attention-softmax kernels: one plane (warp) per row, reduced with
-/// plane intrinsics.
+/// Lanes per row in the row kernels (softmax, LayerNorm): one plane (warp) per row, reduced
+/// with plane intrinsics; each lane reads `vec` consecutive values at a time.
 const LANES: u32 = 32;
+/// Rows (planes) per cube in the row kernels: 256 threads per cube keep the SMs occupied.
+const ROWS_PER_CUBE: u32 = 8;
+
+/// The widest of 8, 4, 2, 1 values per load that divides a row of `len`.
+fn row_vec(len: usize) -> usize {
+    [8, 4, 2].into_iter().find(|v| len % v == 0).unwrap_or(1)
+}
 
 /// `p[r, j] = softmax_j(masked(s[r, j] / div))` for rows `r` of `[B, H, T, L]` scores; `mask`
 /// is `[B, T, L]` (1 = masked, broadcast over heads), masked scores become `f32::MIN` (a fully
-/// masked row comes out uniform, as Burn's `mask_fill` + softmax). f32 math, `p` in `F`.
+/// masked row comes out uniform, as Burn's `mask_fill` + softmax). f32 math, `p` in `F`; rows
+/// are `len` vectors of `vec` values.
 #[cube(launch_unchecked)]
-fn attn_softmax_kernel<F: Float>(
-    s: &Array<f32>,
-    mask: &Array<u8>,
-    p: &mut Array<F>,
+fn attn_softmax_kernel<F: Float, N: Size>(
+    s: &Array<Vector<f32, N>>,
+    mask: &Array<Vector<u8, N>>,
+    p: &mut Array<Vector<F, N>>,
     rows: usize,
     len: usize,
     heads_t: usize,
     t: usize,
     div: f32,
     #[comptime] masked: bool,
+    #[comptime] vec: usize,
 ) {
-    let row = CUBE_POS;
+    let row = CUBE_POS * (ROWS_PER_CUBE as usize) + usize::cast_from(UNIT_POS_Y);
     if row >= rows {
         terminate!();
     }
-    let lane = usize::cast_from(UNIT_POS);
+    let lane = usize::cast_from(UNIT_POS_X);
     let base = row * len;
     let mbase = ((row / heads_t) * t + row % t) * len;
     let iters = len.div_ceil(32usize);
@@ -223,14 +298,18 @@ fn attn_softmax_kernel<F: Float>(
     for k in 0..iters {
         let j = lane + k * 32usize;
         if j < len {
-            let mut v = s[base + j] / div;
-            if masked {
-                if mask[mbase + j] != 0u8 {
-                    v = 0.0f32 - 3.402_823_5e38f32;
+            let sv = s[base + j];
+            #[unroll]
+            for q in 0..vec {
+                let mut v = sv[q] / div;
+                if masked {
+                    if mask[mbase + j][q] != 0u8 {
+                        v = 0.0f32 - 3.402_823_5e38f32;
+                    }
                 }
-            }
-            if v > mx {
-                mx = v;
+                if v > mx {
+                    mx = v;
+                }
             }
         }
     }
@@ -239,51 +318,62 @@ fn attn_softmax_kernel<F: Float>(
     for k in 0..iters {
         let j = lane + k * 32usize;
         if j < len {
-            let mut v = s[base + j] / div;
-            if masked {
-                if mask[mbase + j] != 0u8 {
-                    v = 0.0f32 - 3.402_823_5e38f32;
+            let sv = s[base + j];
+            #[unroll]
+            for q in 0..vec {
+                let mut v = sv[q] / div;
+                if masked {
+                    if mask[mbase + j][q] != 0u8 {
+                        v = 0.0f32 - 3.402_823_5e38f32;
+                    }
                 }
+                sum += f32::exp(v - mx);
             }
-            sum += f32::exp(v - mx);
         }
     }
     sum = plane_sum(sum);
     for k in 0..iters {
         let j = lane + k * 32usize;
         if j < len {
-            let mut v = s[base + j] / div;
-            if masked {
-                if mask[mbase + j] != 0u8 {
-                    v = 0.0f32 - 3.402_823_5e38f32;
+            let sv = s[base + j];
+            let mut o = Vector::<F, N>::empty();
+            #[unroll]
+            for q in 0..vec {
+                let mut v = sv[q] / div;
+                if masked {
+                    if mask[mbase + j][q] != 0u8 {
+                        v = 0.0f32 - 3.402_823_5e38f32;
+                    }
                 }
+                o[q] = F::cast_from(f32::exp(v - mx) / sum);
             }
-            p[base + j] = F::cast_from(f32::exp(v - mx) / sum);
+            p[base + j] = o;
         }
     }
 }
 
 /// `ds[r, j] = p[r, j] · (dp[r, j] − Σ_k p[r, k]·dp[r, k]) / div` (f32 math, `G` out), and 0
 /// where masked (a masked score does not reach the output; for a fully masked row `p` is
-/// uniform, not 0).
+/// uniform, not 0). Rows are `len` vectors of `vec` values.
 #[cube(launch_unchecked)]
-fn attn_softmax_backward_kernel<F: Float, G: Float>(
-    p: &Array<F>,
-    dp: &Array<F>,
-    mask: &Array<u8>,
-    ds: &mut Array<G>,
+fn attn_softmax_backward_kernel<F: Float, G: Float, N: Size>(
+    p: &Array<Vector<F, N>>,
+    dp: &Array<Vector<F, N>>,
+    mask: &Array<Vector<u8, N>>,
+    ds: &mut Array<Vector<G, N>>,
     rows: usize,
     len: usize,
     heads_t: usize,
     t: usize,
     div: f32,
     #[comptime] masked: bool,
+    #[comptime] vec: usize,
 ) {
-    let row = CUBE_POS;
+    let row = CUBE_POS * (ROWS_PER_CUBE as usize) + usize::cast_from(UNIT_POS_Y);
     if row >= rows {
         terminate!();
     }
-    let lane = usize::cast_from(UNIT_POS);
+    let lane = usize::cast_from(UNIT_POS_X);
     let base = row * len;
     let mbase = ((row / heads_t) * t + row % t) * len;
     let iters = len.div_ceil(32usize);
@@ -291,32 +381,44 @@ fn attn_softmax_backward_kernel<F: Float, G: Float>(
     for k in 0..iters {
         let j = lane + k * 32usize;
         if j < len {
-            dot += f32::cast_from(p[base + j]) * f32::cast_from(dp[base + j]);
+            let (pv, dv) = (p[base + j], dp[base + j]);
+            #[unroll]
+            for q in 0..vec {
+                dot += f32::cast_from(pv[q]) * f32::cast_from(dv[q]);
+            }
         }
     }
     dot = plane_sum(dot);
     for k in 0..iters {
         let j = lane + k * 32usize;
         if j < len {
-            let pj = f32::cast_from(p[base + j]);
-            let mut g = pj * (f32::cast_from(dp[base + j]) - dot) / div;
-            if masked {
-                if mask[mbase + j] != 0u8 {
-                    g = 0.0f32;
+            let (pv, dv) = (p[base + j], dp[base + j]);
+            let mut o = Vector::<G, N>::empty();
+            #[unroll]
+            for q in 0..vec {
+                let mut g = f32::cast_from(pv[q]) * (f32::cast_from(dv[q]) - dot) / div;
+                if masked {
+                    if mask[mbase + j][q] != 0u8 {
+                        g = 0.0f32;
+                    }
                 }
+                o[q] = G::cast_from(g);
             }
-            ds[base + j] = G::cast_from(g);
+            ds[base + j] = o;
         }
     }
 }
 
-fn rows_count(rows: usize) -> CubeCount {
+/// Cubes for `rows` rows at [`ROWS_PER_CUBE`] per cube, and their shape.
+fn rows_launch(rows: usize) -> (CubeCount, CubeDim) {
     const MAX_X: usize = 65_535;
-    if rows <= MAX_X {
-        CubeCount::Static(rows as u32, 1, 1)
+    let cubes = rows.div_ceil(ROWS_PER_CUBE as usize);
+    let count = if cubes <= MAX_X {
+        CubeCount::Static(cubes as u32, 1, 1)
     } else {
-        CubeCount::Static(MAX_X as u32, rows.div_ceil(MAX_X) as u32, 1)
-    }
+        CubeCount::Static(MAX_X as u32, cubes.div_ceil(MAX_X) as u32, 1)
+    };
+    (count, CubeDim::new_2d(LANES, ROWS_PER_CUBE))
 }
 
 /// Fused scale + mask + softmax of attention scores `s [B, H, T, L]` (F32) → probabilities in
@@ -345,23 +447,27 @@ pub fn attn_softmax<R: CubeRuntime>(
         return p;
     }
     let (mask_t, mask_len, masked) = mask_arg(&s, mask, b, t, len);
+    let vec = row_vec(len);
+    let (count, dim) = rows_launch(rows);
     macro_rules! go {
         ($f:ty) => {
-            // SAFETY: contiguous buffers of the stated lengths; one plane per row.
+            // SAFETY: contiguous buffers of the stated lengths (len % vec == 0); a plane per row.
             unsafe {
                 attn_softmax_kernel::launch_unchecked::<$f, R>(
                     &s.client,
-                    rows_count(rows),
-                    CubeDim::new_1d(LANES),
+                    count,
+                    dim,
+                    vec,
                     array(&s, rows * len),
                     array(&mask_t, mask_len),
                     array(&p, rows * len),
                     rows,
-                    len,
+                    len / vec,
                     h * t,
                     t,
                     div,
                     masked,
+                    vec,
                 )
             }
         };
@@ -404,24 +510,28 @@ pub fn attn_softmax_backward<R: CubeRuntime>(
         return ds;
     }
     let (mask_t, mask_len, masked) = mask_arg(&p, mask, b, t, len);
+    let vec = row_vec(len);
+    let (count, dim) = rows_launch(rows);
     macro_rules! launch {
         ($f:ty, $g:ty) => {
-            // SAFETY: contiguous buffers of rows × len values; one plane per row.
+            // SAFETY: contiguous buffers of rows × len values (len % vec == 0); a plane per row.
             unsafe {
                 attn_softmax_backward_kernel::launch_unchecked::<$f, $g, R>(
                     &p.client,
-                    rows_count(rows),
-                    CubeDim::new_1d(LANES),
+                    count,
+                    dim,
+                    vec,
                     array(&p, rows * len),
                     array(&dp, rows * len),
                     array(&mask_t, mask_len),
                     array(&ds, rows * len),
                     rows,
-                    len,
+                    len / vec,
                     h * t,
                     t,
                     div,
                     masked,
+                    vec,
                 )
             }
         };
@@ -467,70 +577,95 @@ fn mask_arg<R: CubeRuntime>(
 /// `w`/`b` are f32. With `backward`, writes instead `dx` for `dy` (frozen `w`, `b`):
 /// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))`, `g = dy·w`, `x̂ = (x − mean)·rstd`.
 #[cube(launch_unchecked)]
-fn layer_norm_kernel<F: Float>(
-    x: &Array<F>,
-    w: &Array<f32>,
-    b: &Array<f32>,
-    dy: &Array<F>,
-    out: &mut Array<F>,
+fn layer_norm_kernel<F: Float, N: Size>(
+    x: &Array<Vector<F, N>>,
+    w: &Array<Vector<f32, N>>,
+    b: &Array<Vector<f32, N>>,
+    dy: &Array<Vector<F, N>>,
+    out: &mut Array<Vector<F, N>>,
     rows: usize,
     len: usize,
+    len_f: f32,
     eps: f32,
     #[comptime] backward: bool,
+    #[comptime] vec: usize,
 ) {
-    let row = CUBE_POS;
+    let row = CUBE_POS * (ROWS_PER_CUBE as usize) + usize::cast_from(UNIT_POS_Y);
     if row >= rows {
         terminate!();
     }
-    let lane = usize::cast_from(UNIT_POS);
+    let lane = usize::cast_from(UNIT_POS_X);
     let base = row * len;
     let iters = len.div_ceil(32usize);
-    let n = f32::cast_from(len);
     let mut sum = 0.0f32;
     for k in 0..iters {
         let j = lane + k * 32usize;
         if j < len {
-            sum += f32::cast_from(x[base + j]);
+            let xv = x[base + j];
+            #[unroll]
+            for q in 0..vec {
+                sum += f32::cast_from(xv[q]);
+            }
         }
     }
-    let mean = plane_sum(sum) / n;
+    let mean = plane_sum(sum) / len_f;
     let mut sq = 0.0f32;
     for k in 0..iters {
         let j = lane + k * 32usize;
         if j < len {
-            let d = f32::cast_from(x[base + j]) - mean;
-            sq += d * d;
+            let xv = x[base + j];
+            #[unroll]
+            for q in 0..vec {
+                let d = f32::cast_from(xv[q]) - mean;
+                sq += d * d;
+            }
         }
     }
-    let rstd = 1.0f32 / f32::sqrt(plane_sum(sq) / n + eps);
+    let rstd = 1.0f32 / f32::sqrt(plane_sum(sq) / len_f + eps);
     if backward {
         let mut sg = 0.0f32;
         let mut sgx = 0.0f32;
         for k in 0..iters {
             let j = lane + k * 32usize;
             if j < len {
-                let g = f32::cast_from(dy[base + j]) * w[j];
-                let xh = (f32::cast_from(x[base + j]) - mean) * rstd;
-                sg += g;
-                sgx += g * xh;
+                let (xv, dv, wv) = (x[base + j], dy[base + j], w[j]);
+                #[unroll]
+                for q in 0..vec {
+                    let g = f32::cast_from(dv[q]) * wv[q];
+                    let xh = (f32::cast_from(xv[q]) - mean) * rstd;
+                    sg += g;
+                    sgx += g * xh;
+                }
             }
         }
-        let mg = plane_sum(sg) / n;
-        let mgx = plane_sum(sgx) / n;
+        let mg = plane_sum(sg) / len_f;
+        let mgx = plane_sum(sgx) / len_f;
         for k in 0..iters {
             let j = lane + k * 32usize;
             if j < len {
-                let g = f32::cast_from(dy[base + j]) * w[j];
-                let xh = (f32::cast_from(x[base + j]) - mean) * rstd;
-                out[base + j] = F::cast_from(rstd * (g - mg - xh * mgx));
+                let (xv, dv, wv) = (x[base + j], dy[base + j], w[j]);
+                let mut o = Vector::<F, N>::empty();
+                #[unroll]
+                for q in 0..vec {
+                    let g = f32::cast_from(dv[q]) * wv[q];
+                    let xh = (f32::cast_from(xv[q]) - mean) * rstd;
+                    o[q] = F::cast_from(rstd * (g - mg - xh * mgx));
+                }
+                out[base + j] = o;
             }
         }
     } else {
         for k in 0..iters {
             let j = lane + k * 32usize;
             if j < len {
-                let xh = (f32::cast_from(x[base + j]) - mean) * rstd;
-                out[base + j] = F::cast_from(xh * w[j] + b[j]);
+                let (xv, wv, bv) = (x[base + j], w[j], b[j]);
+                let mut o = Vector::<F, N>::empty();
+                #[unroll]
+                for q in 0..vec {
+                    let xh = (f32::cast_from(xv[q]) - mean) * rstd;
+                    o[q] = F::cast_from(xh * wv[q] + bv[q]);
+                }
+                out[base + j] = o;
             }
         }
     }
@@ -578,23 +713,29 @@ pub fn layer_norm<R: CubeRuntime>(
     }
     let backward = dy.is_some();
     let dy_t = dy.unwrap_or_else(|| x.clone());
+    let vec = row_vec(len);
+    let (count, dim) = rows_launch(rows);
     macro_rules! go {
         ($f:ty) => {
-            // SAFETY: contiguous buffers: x, dy, out rows × len; w, b len; one plane per row.
+            // SAFETY: contiguous buffers: x, dy, out rows × len; w, b len (len % vec == 0); a
+            // plane per row.
             unsafe {
                 layer_norm_kernel::launch_unchecked::<$f, R>(
                     &x.client,
-                    rows_count(rows),
-                    CubeDim::new_1d(LANES),
+                    count,
+                    dim,
+                    vec,
                     array(&x, rows * len),
                     array(&w, len),
                     array(&b, len),
                     array(&dy_t, rows * len),
                     array(&out, rows * len),
                     rows,
-                    len,
+                    len / vec,
+                    len as f32,
                     eps,
                     backward,
+                    vec,
                 )
             }
         };
@@ -607,35 +748,42 @@ pub fn layer_norm<R: CubeRuntime>(
 /// by the angle whose `cos`/`sin` are at `[b, t, i]` (f32 `[B, T, 1, half, 1]`); dims from
 /// `2·half` on pass through. `sign = −1` turns backwards: the input gradient of the rotation.
 #[cube(launch_unchecked)]
-fn rotary_kernel<F: Float>(
-    x: &Array<F>,
+fn rotary_kernel<F: Float, N: Size>(
+    x: &Array<Vector<F, N>>,
     cos: &Array<f32>,
     sin: &Array<f32>,
-    out: &mut Array<F>,
-    n: usize,
-    hd: usize,
-    row: usize,
-    half: usize,
+    out: &mut Array<Vector<F, N>>,
+    units: usize,
+    hd: u32,
+    row: u32,
+    half: u32,
     sign: f32,
+    #[comptime] lanes: usize,
 ) {
-    let e = ABSOLUTE_POS;
-    if e >= n {
+    // 32-bit index math (64-bit division is emulated on the GPU); unit i holds `lanes`
+    // consecutive values of one head, so whole pairs, all inside or all outside the rotary dims.
+    let i = ABSOLUTE_POS;
+    if i >= units {
         terminate!();
     }
-    let j = e % hd;
-    let v = f32::cast_from(x[e]);
-    if j < 2usize * half {
-        let i = j / 2usize;
-        let a = (e / row) * half + i;
-        let c = cos[a];
-        let s = sin[a] * sign;
-        if j % 2usize == 0usize {
-            out[e] = F::cast_from(v * c - f32::cast_from(x[e + 1usize]) * s);
-        } else {
-            out[e] = F::cast_from(v * c + f32::cast_from(x[e - 1usize]) * s);
+    let e0 = u32::cast_from(i) * (lanes as u32);
+    let j0 = e0 % hd;
+    let xv = x[i];
+    if j0 < 2u32 * half {
+        let a0 = (e0 / row) * half + j0 / 2u32;
+        let mut o = Vector::<F, N>::empty();
+        #[unroll]
+        for p in 0..lanes / 2 {
+            let c = cos[(a0 + p as u32) as usize];
+            let s = sin[(a0 + p as u32) as usize] * sign;
+            let u = f32::cast_from(xv[2 * p]);
+            let v = f32::cast_from(xv[2 * p + 1]);
+            o[2 * p] = F::cast_from(u * c - v * s);
+            o[2 * p + 1] = F::cast_from(v * c + u * s);
         }
+        out[i] = o;
     } else {
-        out[e] = x[e];
+        out[i] = xv;
     }
 }
 
@@ -671,24 +819,37 @@ pub fn rotary<R: CubeRuntime>(
     if n == 0 {
         return out;
     }
+    assert!(
+        u32::try_from(n).is_ok(),
+        "qtune-kernels: rotary of more than 2³² values"
+    );
     let sign = if inverse { -1.0f32 } else { 1.0 };
+    // A unit must hold whole pairs of one head, all rotated or all passed through.
+    let lanes = if hd % 8 == 0 && (2 * half) % 8 == 0 {
+        8
+    } else {
+        2
+    };
+    let units = n / lanes;
     macro_rules! go {
         ($f:ty) => {
-            // SAFETY: x/out hold n values; cos/sin bt × half; partners stay in the same pair.
+            // SAFETY: x/out hold n values (n % lanes == 0 as hd % lanes == 0); cos/sin bt × half.
             unsafe {
                 rotary_kernel::launch_unchecked::<$f, R>(
                     &x.client,
-                    cube_count(n),
+                    cube_count(units),
                     cube_dim(),
+                    lanes,
                     array(&x, n),
                     array(&cos, bt * half),
                     array(&sin, bt * half),
                     array(&out, n),
-                    n,
-                    hd,
-                    h * hd,
-                    half,
+                    units,
+                    hd as u32,
+                    (h * hd) as u32,
+                    half as u32,
                     sign,
+                    lanes,
                 )
             }
         };
@@ -701,59 +862,74 @@ pub fn rotary<R: CubeRuntime>(
 /// target class per row: forward writes `nll[r] = logsumexp(x[r]) − x[r, t[r]]` (f32);
 /// `backward` writes instead `dx[r, j] = (softmax(x[r])_j − [j = t[r]]) · g[r]` in `x`'s dtype.
 #[cube(launch_unchecked)]
-fn cross_entropy_kernel<F: Float>(
-    x: &Array<F>,
+fn cross_entropy_kernel<F: Float, N: Size>(
+    x: &Array<Vector<F, N>>,
+    x_scalar: &Array<F>,
     targets: &Array<i32>,
     g: &Array<f32>,
     nll: &mut Array<f32>,
-    dx: &mut Array<F>,
+    dx: &mut Array<Vector<F, N>>,
     rows: usize,
     len: usize,
     #[comptime] backward: bool,
+    #[comptime] vec: usize,
 ) {
-    let row = CUBE_POS;
+    let row = CUBE_POS * (ROWS_PER_CUBE as usize) + usize::cast_from(UNIT_POS_Y);
     if row >= rows {
         terminate!();
     }
-    let lane = usize::cast_from(UNIT_POS);
+    let lane = usize::cast_from(UNIT_POS_X);
     let base = row * len;
     let iters = len.div_ceil(32usize);
-    let mut mx = 0.0f32;
-    mx -= 3.402_823_5e38f32;
+    // One pass: running max and the sum of exp(v − max), rescaled when the max grows.
+    let mut m = 0.0f32;
+    m -= 3.402_823_5e38f32;
+    let mut acc = 0.0f32;
     for k in 0..iters {
         let j = lane + k * 32usize;
         if j < len {
-            let v = f32::cast_from(x[base + j]);
-            if v > mx {
-                mx = v;
+            let xv = x[base + j];
+            #[unroll]
+            for q in 0..vec {
+                let v = f32::cast_from(xv[q]);
+                if v > m {
+                    acc = acc * f32::exp(m - v) + 1.0f32;
+                    m = v;
+                } else {
+                    acc += f32::exp(v - m);
+                }
             }
         }
     }
-    mx = plane_max(mx);
-    let mut sum = 0.0f32;
-    for k in 0..iters {
-        let j = lane + k * 32usize;
-        if j < len {
-            sum += f32::exp(f32::cast_from(x[base + j]) - mx);
-        }
+    let mx = plane_max(m);
+    let mut part = 0.0f32;
+    if acc > 0.0f32 {
+        part = acc * f32::exp(m - mx);
     }
-    sum = plane_sum(sum);
+    let sum = plane_sum(part);
     let t = usize::cast_from(targets[row]);
     if backward {
         let gr = g[row];
         for k in 0..iters {
             let j = lane + k * 32usize;
             if j < len {
-                let mut d = f32::exp(f32::cast_from(x[base + j]) - mx) / sum;
-                if j == t {
-                    d -= 1.0f32;
+                let xv = x[base + j];
+                let mut o = Vector::<F, N>::empty();
+                #[unroll]
+                for q in 0..vec {
+                    let mut d = f32::exp(f32::cast_from(xv[q]) - mx) / sum;
+                    if j * vec + q == t {
+                        d -= 1.0f32;
+                    }
+                    o[q] = F::cast_from(d * gr);
                 }
-                dx[base + j] = F::cast_from(d * gr);
+                dx[base + j] = o;
             }
         }
     } else {
         if lane == 0usize {
-            nll[row] = mx + f32::ln(sum) - f32::cast_from(x[base + t]);
+            let xt = f32::cast_from(x_scalar[base * vec + t]);
+            nll[row] = mx + f32::ln(sum) - xt;
         }
     }
 }
@@ -799,23 +975,28 @@ pub fn cross_entropy<R: CubeRuntime>(
     }
     let g_t = g.unwrap_or_else(|| nll.clone());
     let dx_len = if backward { rows * len } else { 1 };
+    let vec = row_vec(len);
+    let (count, dim) = rows_launch(rows);
     macro_rules! go {
         ($f:ty) => {
-            // SAFETY: x rows × len, targets/g/nll rows, dx rows × len (or an unused 1); one
-            // plane per row; targets index inside the row (checked on the host by callers).
+            // SAFETY: x rows × len (len % vec == 0), targets/g/nll rows, dx rows × len (or an
+            // unused 1); a plane per row; targets index inside the row (checked by callers).
             unsafe {
                 cross_entropy_kernel::launch_unchecked::<$f, R>(
                     &x.client,
-                    rows_count(rows),
-                    CubeDim::new_1d(LANES),
+                    count,
+                    dim,
+                    vec,
+                    array(&x, rows * len),
                     array(&x, rows * len),
                     array(&targets, rows),
                     array(&g_t, rows),
                     array(&nll, rows),
                     array(&dx, dx_len),
                     rows,
-                    len,
+                    len / vec,
                     backward,
+                    vec,
                 )
             }
         };
