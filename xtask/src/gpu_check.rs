@@ -334,8 +334,9 @@ fn gemm_check(dev: &burn::tensor::Device<qtune_train::backend::Train>) -> anyhow
                 (dev, DType::F32),
             );
             let z = qtune_kernels::linear_t_acc(y.clone(), x.clone(), w.clone(), 0.5);
-            // The same on an exclusively owned y (the in-place path training takes) and with
-            // separate ops; both must equal z.
+            // The same on an exclusively owned y (in place; here a Burn kernel's output, whose
+            // 80-wide bf16 rows are pitched, so it is first made dense) and with separate ops;
+            // both must equal z (z itself takes the shared-y fallback).
             let yi = y.clone().mul_scalar(1.0);
             let z_own = qtune_kernels::linear_t_acc(yi, x.clone(), w.clone(), 0.5);
             let z_ops = y.clone() + qtune_kernels::linear_t(x.clone(), w.clone()).mul_scalar(0.5);

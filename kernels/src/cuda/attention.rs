@@ -11,7 +11,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::cuda::CudaRuntime;
 
 use super::fused::{attn_softmax, attn_softmax_backward};
-use super::gemm::{strided_gemm, Gemm, Mat};
+use super::gemm::{on_device, strided_gemm, Gemm, Mat};
 use super::launch::empty;
 
 type T = CubeTensor<CudaRuntime>;
@@ -62,27 +62,30 @@ fn head_major(bi: usize, h: usize, rows: usize, cols: usize) -> Mat {
 #[allow(clippy::too_many_arguments)]
 fn per_row(
     b: usize,
-    (x, xm): (&T, &dyn Fn(usize) -> Mat),
-    (y, ym): (&T, &dyn Fn(usize) -> Mat),
-    (out, om): (&T, &dyn Fn(usize) -> Mat),
+    (x, xm): (&T, &(dyn Fn(usize) -> Mat + Sync)),
+    (y, ym): (&T, &(dyn Fn(usize) -> Mat + Sync)),
+    (out, om): (&T, &(dyn Fn(usize) -> Mat + Sync)),
     [m, n, k]: [usize; 3],
     h: usize,
     ta: bool,
     tb: bool,
 ) {
-    for bi in 0..b {
-        let g = Gemm {
-            m,
-            n,
-            k,
-            batch: h,
-            ta,
-            tb,
-            alpha: 1.0,
-            beta: 0.0,
-        };
-        strided_gemm((x, xm(bi)), (y, ym(bi)), (out, om(bi)), g);
-    }
+    let g = Gemm {
+        m,
+        n,
+        k,
+        batch: h,
+        ta,
+        tb,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    // All batch rows in one hand-off to cubecl's device thread.
+    on_device(x, || {
+        for bi in 0..b {
+            strided_gemm((x, xm(bi)), (y, ym(bi)), (out, om(bi)), g);
+        }
+    });
 }
 
 /// `(o [B, T, H, hd], p [B, H, T, L])`; see `QBackend::q_attention`.

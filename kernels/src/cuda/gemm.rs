@@ -183,7 +183,8 @@ where
 }
 
 /// `c + alpha·op(a)·op(b)` (3-D operands as [`bmm`], `c` `[batch, m, n]` in the inputs' dtype):
-/// one GEMM with β = 1 into `c`'s own buffer when nothing else holds it, else into a copy.
+/// one GEMM with β = 1 into `c`'s own buffer when nothing else holds it (the LoRA case: `c` is
+/// the fresh base output), else a GEMM, a scale and an add.
 ///
 /// # Panics
 /// On a shape or dtype mismatch (a model wiring bug) or a CUDA/cuBLAS failure.
@@ -200,11 +201,17 @@ where
 {
     let a = burn_cubecl::kernel::into_contiguous(a);
     let b = burn_cubecl::kernel::into_contiguous(b);
-    let c = if c.can_mut() && c.is_contiguous() && c.is_contiguous_buffer() {
-        c
-    } else {
-        burn_cubecl::kernel::into_contiguous(c).copy()
-    };
+    // Dense row-major (a pitched tensor, e.g. a Burn kernel's output with unaligned rows, is
+    // copied densely here), then written in place only if nothing else holds the buffer.
+    // Otherwise the unfused sum: `CubeTensor::copy` would allocate a *pitched* buffer, which
+    // the GEMM (ld = n) would misread.
+    let c = burn_cubecl::kernel::into_contiguous(c);
+    if !(c.can_mut() && c.is_contiguous_buffer()) {
+        let dtype = c.dtype;
+        let ab = bmm::<B>(a, b, ta, tb, dtype);
+        let ab = <B as burn::tensor::ops::FloatTensorOps<B>>::float_mul_scalar(ab, alpha.into());
+        return <B as burn::tensor::ops::FloatTensorOps<B>>::float_add(c, ab);
+    }
     let (sa, sb, sc) = (
         a.meta.shape().to_vec(),
         b.meta.shape().to_vec(),
@@ -293,58 +300,76 @@ pub(crate) fn strided_gemm(
     if g.batch == 0 || g.m == 0 || g.n == 0 {
         return;
     }
-    let (ty, out_ty) = (cuda_type(a.dtype), cuda_type(c.dtype));
-    let ptr = |t: &CubeTensor<CudaRuntime>| {
-        t.client
-            .get_resource(t.handle.clone())
-            .unwrap_or_else(|e| panic!("qtune-kernels: device pointer for GEMM: {e:?}"))
-    };
-    let (ra, rb, rc) = (ptr(a), ptr(b), ptr(c));
-    let pa = ra.resource().ptr + (am.offset * a.dtype.size()) as u64;
-    let pb = rb.resource().ptr + (bm.offset * b.dtype.size()) as u64;
-    let pc = rc.resource().ptr + (cm.offset * c.dtype.size()) as u64;
-    let dev = stream_blas(a.device.index, rc.resource().stream as sys::cudaStream_t);
-    let dev = dev.lock().unwrap_or_else(|p| p.into_inner());
-    let op = |t: bool| {
-        if t {
-            sys::cublasOperation_t::CUBLAS_OP_T
-        } else {
-            sys::cublasOperation_t::CUBLAS_OP_N
-        }
-    };
-    // Column-major view: cᵀ[n, m] = op(b)ᵀ · op(a)ᵀ, each row-major buffer read as its
-    // transpose with ld = its row stride.
-    let i = |v: usize| i32::try_from(v).expect("qtune-kernels: GEMM dimension exceeds i32");
-    // SAFETY: live buffers holding the described matrices (caller), on the stream cubecl orders
-    // their other uses on (its allocator reuses freed memory in that stream's order, so dropping
-    // the resources after enqueueing is safe); the handle is bound to that stream.
-    unsafe {
-        blas::gemm_strided_batched_ex(
-            *dev.blas.handle(),
-            op(g.tb),
-            op(g.ta),
-            i(g.n),
-            i(g.m),
-            i(g.k),
-            &g.alpha as *const f32 as *const _,
-            pb as *const _,
-            ty,
-            i(bm.ld),
-            bm.stride as i64,
-            pa as *const _,
-            ty,
-            i(am.ld),
-            am.stride as i64,
-            &g.beta as *const f32 as *const _,
-            pc as *mut _,
-            out_ty,
-            i(cm.ld),
-            cm.stride as i64,
-            i(g.batch),
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-        .unwrap_or_else(|e| panic!("qtune-kernels: cublasGemmStridedBatchedEx: {e:?}"));
-    }
-    drop((ra, rb, rc));
+    // On cubecl's device thread: the three pointer look-ups and the enqueue are one round trip
+    // from the caller (a nested call, e.g. from `on_device`, runs inline).
+    let client = a.client.clone();
+    client
+        .exclusive(move || {
+            let (ty, out_ty) = (cuda_type(a.dtype), cuda_type(c.dtype));
+            let ptr = |t: &CubeTensor<CudaRuntime>| {
+                t.client
+                    .get_resource(t.handle.clone())
+                    .unwrap_or_else(|e| panic!("qtune-kernels: device pointer for GEMM: {e:?}"))
+            };
+            let (ra, rb, rc) = (ptr(a), ptr(b), ptr(c));
+            let pa = ra.resource().ptr + (am.offset * a.dtype.size()) as u64;
+            let pb = rb.resource().ptr + (bm.offset * b.dtype.size()) as u64;
+            let pc = rc.resource().ptr + (cm.offset * c.dtype.size()) as u64;
+            let dev = stream_blas(a.device.index, rc.resource().stream as sys::cudaStream_t);
+            let dev = dev.lock().unwrap_or_else(|p| p.into_inner());
+            let op = |t: bool| {
+                if t {
+                    sys::cublasOperation_t::CUBLAS_OP_T
+                } else {
+                    sys::cublasOperation_t::CUBLAS_OP_N
+                }
+            };
+            // Column-major view: cᵀ[n, m] = op(b)ᵀ · op(a)ᵀ, each row-major buffer read as its
+            // transpose with ld = its row stride.
+            let i = |v: usize| i32::try_from(v).expect("qtune-kernels: GEMM dimension exceeds i32");
+            // SAFETY: live buffers holding the described matrices (caller), on the stream cubecl orders
+            // their other uses on (its allocator reuses freed memory in that stream's order, so dropping
+            // the resources after enqueueing is safe); the handle is bound to that stream.
+            unsafe {
+                blas::gemm_strided_batched_ex(
+                    *dev.blas.handle(),
+                    op(g.tb),
+                    op(g.ta),
+                    i(g.n),
+                    i(g.m),
+                    i(g.k),
+                    &g.alpha as *const f32 as *const _,
+                    pb as *const _,
+                    ty,
+                    i(bm.ld),
+                    bm.stride as i64,
+                    pa as *const _,
+                    ty,
+                    i(am.ld),
+                    am.stride as i64,
+                    &g.beta as *const f32 as *const _,
+                    pc as *mut _,
+                    out_ty,
+                    i(cm.ld),
+                    cm.stride as i64,
+                    i(g.batch),
+                    sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+                .unwrap_or_else(|e| panic!("qtune-kernels: cublasGemmStridedBatchedEx: {e:?}"));
+            }
+            drop((ra, rb, rc));
+        })
+        .unwrap_or_else(|e| panic!("qtune-kernels: cubecl device thread: {e:?}"));
+}
+
+/// Runs `f` on cubecl's device thread for `t`'s device (one round trip from the caller), so
+/// that several [`strided_gemm`] calls inside it cost one host-thread hand-off instead of one each.
+pub(crate) fn on_device<R: Send + 'static>(
+    t: &CubeTensor<CudaRuntime>,
+    f: impl FnOnce() -> R + Send,
+) -> R {
+    t.client
+        .exclusive(f)
+        .unwrap_or_else(|e| panic!("qtune-kernels: cubecl device thread: {e:?}"))
 }
