@@ -415,6 +415,39 @@ fn gemm_check(dev: &burn::tensor::Device<qtune_train::backend::Train>) -> anyhow
                    "gelu_fwd_rel_err": rel(g2, c2), "gelu_grad_rel_err": rel(g3, c3)})
         );
     }
+    // Batch-1 quantized linear (the decode GEMV straight from the codes) vs dequantize + GEMM
+    // on the GPU, for NF4 + double quant, FP4 and blockwise 8-bit.
+    {
+        use qtune_kernels::QuantWeight;
+        use qtune_quant::{FloatDType, QuantFormat};
+        let (o, k) = (384usize, 1024usize);
+        let mut res = serde_json::Map::new();
+        for (name, format, bs, dq) in [
+            ("nf4_dq", QuantFormat::Nf4, 64, true),
+            ("fp4", QuantFormat::Fp4, 64, false),
+            ("int8", QuantFormat::Blockwise8, 256, false),
+        ] {
+            type I = <Train as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+            let wt = Tensor::<I, 2>::from_data(
+                TensorData::new(values(o * k, 31), [o, k]),
+                (dev, DType::BF16),
+            );
+            let w = QuantWeight::quantize(name, wt, format, bs, dq, FloatDType::BF16)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let x = Tensor::<I, 2>::from_data(
+                TensorData::new(values(k, 32), [1, k]),
+                (dev, DType::BF16),
+            );
+            let y = qtune_kernels::q_linear(x.clone(), &w);
+            let y_ref = qtune_kernels::linear_t(x, w.dequantize(DType::BF16));
+            res.insert(
+                format!("gemv_{name}_rel_err"),
+                rel(host(y.unsqueeze::<3>())?, host(y_ref.unsqueeze::<3>())?).into(),
+            );
+        }
+        res.insert("check".into(), "quantized_gemv".into());
+        println!("{}", serde_json::Value::Object(res));
+    }
     let (batch, m, k, n) = (6usize, 200usize, 136usize, 72usize);
     for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
         for out in [DType::BF16, DType::F32] {

@@ -25,6 +25,10 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
     }
 
     fn q_linear(x: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self> {
+        // One row (batch-1 decode): a GEMV straight from the codes, no dense weight.
+        if let Some(y) = launch::gemv::<CudaRuntime, Self>(&x, &w) {
+            return y;
+        }
         // Pitfall 3 of the notes: W must be in x's dtype, a mixed GEMM is garbage.
         let wd = launch::dequantize::<CudaRuntime, Self>(w, x.dtype);
         gemm::<Self>(x, &wd, Product::ATransB)

@@ -358,3 +358,78 @@ pub fn quant8_kernel<F: Float>(
     }
     codes[i] = u8::cast_from(code);
 }
+
+/// Rows (planes) per cube of [`gemv_kernel`].
+pub const GEMV_ROWS: u32 = 8;
+
+/// Batch-1 quantized GEMV `y[o] = Σ_k x[k]·W[o, k]` straight from the codes (4-bit NF4/FP4 with
+/// `four_bit`, else blockwise 8-bit): one plane per output row, 8 values per step (one 4-bit
+/// word, or two 8-bit words, against one `Vector<F, 8>` of `x`). Each weight is rounded to `F`
+/// exactly as [`dequant4_vec_kernel`] / [`dequant8_vec_kernel`] write it, then accumulated in
+/// f32, so the result is the dequantize-then-GEMM product up to summation order, without
+/// writing or reading a dense weight (decode reads 4× fewer bytes).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_kernel<F: Float, N: Size>(
+    codes: &Array<u32>,
+    absmax: &Array<f32>,
+    map: &Array<f32>,
+    x: &Array<Vector<F, N>>,
+    y: &mut Array<F>,
+    rows: usize,
+    units_per_row: usize,
+    offset: f32,
+    #[comptime] blocksize: usize,
+    #[comptime] nested: bool,
+    #[comptime] four_bit: bool,
+) {
+    let entries = if four_bit { 16u32 } else { 256u32 };
+    let mut lut = SharedMemory::<f32>::new(if four_bit { 16usize } else { 256usize });
+    let tid = UNIT_POS_Y * 32u32 + UNIT_POS_X;
+    if tid < entries {
+        lut[tid as usize] = map[tid as usize];
+    }
+    sync_cube();
+    let row = CUBE_POS * (GEMV_ROWS as usize) + usize::cast_from(UNIT_POS_Y);
+    if row >= rows {
+        terminate!();
+    }
+    let lane = usize::cast_from(UNIT_POS_X);
+    let iters = units_per_row.div_ceil(32usize);
+    let mut acc = 0.0f32;
+    for k in 0..iters {
+        let j = lane + k * 32usize;
+        if j < units_per_row {
+            let t = row * units_per_row + j; // unit index = first value / 8
+            let a = block_scale(absmax, t * 8, offset, blocksize, nested);
+            let xv = x[j];
+            if four_bit {
+                let word = codes[t];
+                #[unroll]
+                for b in 0..4u32 {
+                    let byte = (word >> (b * 8)) & 255u32;
+                    let hi = F::cast_from(ftz(lut[(byte >> 4) as usize] * a));
+                    let lo = F::cast_from(ftz(lut[(byte & 15u32) as usize] * a));
+                    acc += f32::cast_from(hi) * f32::cast_from(xv[(2 * b) as usize]);
+                    acc += f32::cast_from(lo) * f32::cast_from(xv[(2 * b + 1) as usize]);
+                }
+            } else {
+                let w0 = codes[2 * t];
+                let w1 = codes[2 * t + 1];
+                #[unroll]
+                for b in 0..4u32 {
+                    let c0 = (w0 >> (b * 8)) & 255u32;
+                    let c1 = (w1 >> (b * 8)) & 255u32;
+                    let v0 = F::cast_from(ftz(lut[c0 as usize] * a));
+                    let v1 = F::cast_from(ftz(lut[c1 as usize] * a));
+                    acc += f32::cast_from(v0) * f32::cast_from(xv[b as usize]);
+                    acc += f32::cast_from(v1) * f32::cast_from(xv[(b + 4) as usize]);
+                }
+            }
+        }
+    }
+    acc = plane_sum(acc);
+    if lane == 0usize {
+        y[row] = F::cast_from(acc);
+    }
+}

@@ -134,6 +134,76 @@ fn block_scales<R: CubeRuntime, B: CubeB<R>>(
     }
 }
 
+/// `x [1, in] · dequant(w)ᵀ → [1, out]` in `x`'s dtype by [`kernels::gemv_kernel`], straight from
+/// the codes (batch-1 decode), or `None` when it does not apply: `x` not a single row, or
+/// `in_features`/`blocksize` not multiples of 8 (then dequantize + GEMM).
+pub fn gemv<R: CubeRuntime, B: CubeB<R>>(
+    x: &CubeTensor<R>,
+    w: &QWeightPrimitive<B>,
+) -> Option<CubeTensor<R>> {
+    let l = w.layout;
+    let shape = x.meta.shape().to_vec();
+    if shape.len() != 2
+        || shape[0] != 1
+        || shape[1] != l.in_features
+        || l.in_features % PER_UNIT != 0
+        || l.blocksize % PER_UNIT != 0
+        || l.out_features == 0
+    {
+        return None;
+    }
+    let x = into_contiguous(x.clone());
+    let w = w.clone();
+    let four_bit = l.format != QuantFormat::Blockwise8;
+    let codes = as_u8(w.codes);
+    let map = as_f32(w.code_map);
+    let (scales, offset, nested) = block_scales(w.absmax, l.num_blocks());
+    let y = empty(&x, vec![1, l.out_features], x.dtype);
+    let units_per_row = l.in_features / PER_UNIT;
+    let rows = l.out_features;
+    let cubes = rows.div_ceil(kernels::GEMV_ROWS as usize);
+    let count = if cubes <= MAX_X {
+        CubeCount::Static(cubes as u32, 1, 1)
+    } else {
+        CubeCount::Static(MAX_X as u32, cubes.div_ceil(MAX_X) as u32, 1)
+    };
+    let dim = CubeDim::new_2d(32, kernels::GEMV_ROWS);
+    let words = l.numel() / 4; // u32 words of bytes (8-bit) or of nibble pairs (4-bit: numel/8)
+    let words = if four_bit { words / 2 } else { words };
+    macro_rules! go {
+        ($f:ty) => {
+            // SAFETY: codes hold `words` u32 words (validated layout), absmax one scale per
+            // block, map 16/256 entries, x `in` values (a multiple of 8), y `out` values.
+            unsafe {
+                kernels::gemv_kernel::launch_unchecked::<$f, R>(
+                    &x.client,
+                    count,
+                    dim,
+                    PER_UNIT,
+                    array(&codes, words),
+                    array(&scales, l.num_blocks()),
+                    array(&map, if four_bit { 16 } else { 256 }),
+                    array(&x, l.in_features),
+                    array(&y, rows),
+                    rows,
+                    units_per_row,
+                    offset,
+                    l.blocksize,
+                    nested,
+                    four_bit,
+                )
+            }
+        };
+    }
+    match x.dtype {
+        DType::F32 => go!(f32),
+        DType::F16 => go!(f16),
+        DType::BF16 => go!(bf16),
+        _ => return None,
+    }
+    Some(y)
+}
+
 /// Dense `[out, in]` weight in `dtype` (F32, F16 or BF16).
 ///
 /// # Panics
