@@ -367,12 +367,16 @@ pub const GEMV_ROWS: u32 = 8;
 /// word, or two 8-bit words, against one `Vector<F, 8>` of `x`). Each weight is rounded to `F`
 /// exactly as [`dequant4_vec_kernel`] / [`dequant8_vec_kernel`] write it, then accumulated in
 /// f32, so the result is the dequantize-then-GEMM product up to summation order, without
-/// writing or reading a dense weight (decode reads 4× fewer bytes).
+/// writing or reading a dense weight (decode reads 4× fewer bytes). With `fused` a double-quantized
+/// absmax is resolved in the kernel (one launch per linear).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn gemv_kernel<F: Float, N: Size>(
     codes: &Array<u32>,
     absmax: &Array<f32>,
+    nested_codes: &Array<u8>,
+    nested_absmax: &Array<f32>,
+    nested_map: &Array<f32>,
     map: &Array<f32>,
     x: &Array<Vector<F, N>>,
     y: &mut Array<F>,
@@ -381,6 +385,8 @@ pub fn gemv_kernel<F: Float, N: Size>(
     offset: f32,
     #[comptime] blocksize: usize,
     #[comptime] nested: bool,
+    #[comptime] fused: bool,
+    #[comptime] nested_blocksize: usize,
     #[comptime] four_bit: bool,
 ) {
     let entries = if four_bit { 16u32 } else { 256u32 };
@@ -401,7 +407,17 @@ pub fn gemv_kernel<F: Float, N: Size>(
         let j = lane + k * 32usize;
         if j < units_per_row {
             let t = row * units_per_row + j; // unit index = first value / 8
-            let a = block_scale(absmax, t * 8, offset, blocksize, nested);
+            let mut a = 0.0f32;
+            if fused {
+                // Double-quantized absmax resolved here (as the fused dequant variant): the
+                // product is flushed (a select, so no FMA with the offset), then offset added.
+                let blk = (t * 8) / blocksize;
+                let c = usize::cast_from(nested_codes[blk]);
+                let p = ftz(nested_map[c] * nested_absmax[blk / nested_blocksize]);
+                a = p + offset;
+            } else {
+                a = block_scale(absmax, t * 8, offset, blocksize, nested);
+            }
             let xv = x[j];
             if four_bit {
                 let word = codes[t];

@@ -157,7 +157,37 @@ pub fn gemv<R: CubeRuntime, B: CubeB<R>>(
     let four_bit = l.format != QuantFormat::Blockwise8;
     let codes = as_u8(w.codes);
     let map = as_f32(w.code_map);
-    let (scales, offset, nested) = block_scales(w.absmax, l.num_blocks());
+    // A double-quantized absmax goes to the kernel as is (no product pass: one launch).
+    let (scales, ncodes, nabs, nmap, offset, nested, nbs, fused) = match w.absmax {
+        AbsmaxPrimitive::Nested {
+            codes: nc,
+            absmax: na,
+            map: nm,
+            offset,
+            blocksize,
+        } => {
+            let (nc, na, nm) = (as_u8(nc), as_f32(na), as_f32(nm));
+            (na.clone(), nc, na, nm, offset, true, blocksize, true)
+        }
+        AbsmaxPrimitive::Plain(a) => {
+            let a = as_f32(a);
+            (
+                a.clone(),
+                codes.clone(),
+                a.clone(),
+                a,
+                0.0,
+                false,
+                256,
+                false,
+            )
+        }
+    };
+    let (sc_len, nc_len, na_len, nm_len) = if fused {
+        (1, l.num_blocks(), l.num_blocks().div_ceil(nbs), 256)
+    } else {
+        (l.num_blocks(), 1, 1, 1)
+    };
     let y = empty(&x, vec![1, l.out_features], x.dtype);
     let units_per_row = l.in_features / PER_UNIT;
     let rows = l.out_features;
@@ -172,8 +202,9 @@ pub fn gemv<R: CubeRuntime, B: CubeB<R>>(
     let words = if four_bit { words / 2 } else { words };
     macro_rules! go {
         ($f:ty) => {
-            // SAFETY: codes hold `words` u32 words (validated layout), absmax one scale per
-            // block, map 16/256 entries, x `in` values (a multiple of 8), y `out` values.
+            // SAFETY: codes hold `words` u32 words (validated layout); absmax one scale per
+            // block, or (fused) nested codes per block, nested absmax per nested block and a
+            // 256-entry map; map 16/256 entries; x `in` values (a multiple of 8); y `out` values.
             unsafe {
                 kernels::gemv_kernel::launch_unchecked::<$f, R>(
                     &x.client,
@@ -181,7 +212,10 @@ pub fn gemv<R: CubeRuntime, B: CubeB<R>>(
                     dim,
                     PER_UNIT,
                     array(&codes, words),
-                    array(&scales, l.num_blocks()),
+                    array(&scales, sc_len),
+                    array(&ncodes, nc_len),
+                    array(&nabs, na_len),
+                    array(&nmap, nm_len),
                     array(&map, if four_bit { 16 } else { 256 }),
                     array(&x, l.in_features),
                     array(&y, rows),
@@ -190,6 +224,8 @@ pub fn gemv<R: CubeRuntime, B: CubeB<R>>(
                     offset,
                     l.blocksize,
                     nested,
+                    fused,
+                    nbs,
                     four_bit,
                 )
             }
