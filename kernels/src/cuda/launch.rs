@@ -134,6 +134,67 @@ fn block_scales<R: CubeRuntime, B: CubeB<R>>(
     }
 }
 
+/// The absmax arguments of the 4-bit dequant and the GEMV kernels: per-block scales (plain, or
+/// the double-quant product from [`block_scales`]), or with `fused` the double-quant state itself
+/// (nested codes, nested absmax, nested map), resolved in the kernel. Unused arrays are dummies
+/// the kernel never reads (`len` 1).
+struct ScaleArgs<R: CubeRuntime> {
+    scales: CubeTensor<R>,
+    ncodes: CubeTensor<R>,
+    nabs: CubeTensor<R>,
+    nmap: CubeTensor<R>,
+    offset: f32,
+    nested: bool,
+    nested_blocksize: usize,
+    fused: bool,
+    /// Lengths of `scales`, `ncodes`, `nabs`, `nmap`.
+    lens: [usize; 4],
+}
+
+fn scale_args<R: CubeRuntime, B: CubeB<R>>(
+    absmax: AbsmaxPrimitive<B>,
+    num_blocks: usize,
+    fuse: bool,
+    dummy: &CubeTensor<R>,
+) -> ScaleArgs<R> {
+    match absmax {
+        AbsmaxPrimitive::Nested {
+            codes,
+            absmax,
+            map,
+            offset,
+            blocksize,
+        } if fuse => {
+            let (nc, na, nm) = (as_u8(codes), as_f32(absmax), as_f32(map));
+            ScaleArgs {
+                scales: na.clone(),
+                ncodes: nc,
+                nabs: na,
+                nmap: nm,
+                offset,
+                nested: true,
+                nested_blocksize: blocksize,
+                fused: true,
+                lens: [1, num_blocks, num_blocks.div_ceil(blocksize), 256],
+            }
+        }
+        absmax => {
+            let (scales, offset, nested) = block_scales(absmax, num_blocks);
+            ScaleArgs {
+                scales: scales.clone(),
+                ncodes: dummy.clone(),
+                nabs: scales.clone(),
+                nmap: scales,
+                offset,
+                nested,
+                nested_blocksize: 256,
+                fused: false,
+                lens: [num_blocks, 1, 1, 1],
+            }
+        }
+    }
+}
+
 /// `x [1, in] · dequant(w)ᵀ → [1, out]` in `x`'s dtype by [`kernels::gemv_kernel`], straight from
 /// the codes (batch-1 decode), or `None` when it does not apply: `x` not a single row, or
 /// `in_features`/`blocksize` not multiples of 8 (then dequantize + GEMM).
@@ -158,36 +219,7 @@ pub fn gemv<R: CubeRuntime, B: CubeB<R>>(
     let codes = as_u8(w.codes);
     let map = as_f32(w.code_map);
     // A double-quantized absmax goes to the kernel as is (no product pass: one launch).
-    let (scales, ncodes, nabs, nmap, offset, nested, nbs, fused) = match w.absmax {
-        AbsmaxPrimitive::Nested {
-            codes: nc,
-            absmax: na,
-            map: nm,
-            offset,
-            blocksize,
-        } => {
-            let (nc, na, nm) = (as_u8(nc), as_f32(na), as_f32(nm));
-            (na.clone(), nc, na, nm, offset, true, blocksize, true)
-        }
-        AbsmaxPrimitive::Plain(a) => {
-            let a = as_f32(a);
-            (
-                a.clone(),
-                codes.clone(),
-                a.clone(),
-                a,
-                0.0,
-                false,
-                256,
-                false,
-            )
-        }
-    };
-    let (sc_len, nc_len, na_len, nm_len) = if fused {
-        (1, l.num_blocks(), l.num_blocks().div_ceil(nbs), 256)
-    } else {
-        (l.num_blocks(), 1, 1, 1)
-    };
+    let sa = scale_args(w.absmax, l.num_blocks(), true, &codes);
     let y = empty(&x, vec![1, l.out_features], x.dtype);
     let units_per_row = l.in_features / PER_UNIT;
     let rows = l.out_features;
@@ -212,20 +244,20 @@ pub fn gemv<R: CubeRuntime, B: CubeB<R>>(
                     dim,
                     PER_UNIT,
                     array(&codes, words),
-                    array(&scales, sc_len),
-                    array(&ncodes, nc_len),
-                    array(&nabs, na_len),
-                    array(&nmap, nm_len),
+                    array(&sa.scales, sa.lens[0]),
+                    array(&sa.ncodes, sa.lens[1]),
+                    array(&sa.nabs, sa.lens[2]),
+                    array(&sa.nmap, sa.lens[3]),
                     array(&map, if four_bit { 16 } else { 256 }),
                     array(&x, l.in_features),
                     array(&y, rows),
                     rows,
                     units_per_row,
-                    offset,
+                    sa.offset,
                     l.blocksize,
-                    nested,
-                    fused,
-                    nbs,
+                    sa.nested,
+                    sa.fused,
+                    sa.nested_blocksize,
                     four_bit,
                 )
             }
@@ -276,36 +308,7 @@ fn dequantize_as<R: CubeRuntime, B: CubeB<R>, F: Float + CubeElement>(
         let words = numel / PER_UNIT;
         let units = words.div_ceil(words_per_unit);
         // Fused: the nested state goes straight to the kernel; otherwise a product pass first.
-        let (scales, ncodes, nabs, nmap, offset, nested, nbs, fused) = match w.absmax {
-            AbsmaxPrimitive::Nested {
-                codes: nc,
-                absmax: na,
-                map: nm,
-                offset,
-                blocksize,
-            } if fused => {
-                let (nc, na, nm) = (as_u8(nc), as_f32(na), as_f32(nm));
-                (na.clone(), nc, na, nm, offset, true, blocksize, true)
-            }
-            absmax => {
-                let (scales, offset, nested) = block_scales(absmax, l.num_blocks());
-                (
-                    scales.clone(),
-                    codes.clone(),
-                    scales.clone(),
-                    scales,
-                    offset,
-                    nested,
-                    256,
-                    false,
-                )
-            }
-        };
-        let (nc_len, na_len, nm_len) = if fused {
-            (l.num_blocks(), l.num_blocks().div_ceil(nbs), 256)
-        } else {
-            (1, 1, 1)
-        };
+        let sa = scale_args(w.absmax, l.num_blocks(), fused, &codes);
         // SAFETY: every array length follows from the validated layout.
         unsafe {
             kernels::dequant4_vec_kernel::launch_unchecked::<F, R>(
@@ -314,19 +317,19 @@ fn dequantize_as<R: CubeRuntime, B: CubeB<R>, F: Float + CubeElement>(
                 cube_dim(),
                 PER_UNIT,
                 array(&codes, words),
-                array(&scales, if fused { 1 } else { l.num_blocks() }),
-                array(&ncodes, nc_len),
-                array(&nabs, na_len),
-                array(&nmap, nm_len),
+                array(&sa.scales, sa.lens[0]),
+                array(&sa.ncodes, sa.lens[1]),
+                array(&sa.nabs, sa.lens[2]),
+                array(&sa.nmap, sa.lens[3]),
                 array(&map, 16),
                 array(&out, numel),
                 words,
                 units,
-                offset,
+                sa.offset,
                 l.blocksize,
-                nested,
-                fused,
-                nbs,
+                sa.nested,
+                sa.fused,
+                sa.nested_blocksize,
                 words_per_unit,
             );
         }
