@@ -3,7 +3,9 @@
 //!
 //! Ordering: every GEMM is enqueued on cubecl's own stream for the calling thread (our patched
 //! cubecl-cuda reports it with each resource, third_party/README.md), so it runs after the
-//! kernels that wrote its inputs and before those that read its output, with no host sync.
+//! kernels that wrote its inputs and before those that read its output, with no host sync. The
+//! pointer look-ups and the enqueue run on cubecl's device thread in one hand-off per GEMM
+//! (`ComputeClient::exclusive`), or one per batch of GEMMs ([`on_device`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
