@@ -154,18 +154,19 @@ fn rows_f32(x: FloatTensor<NdArray>) -> (Tensor<NdArray, 2>, DType) {
     (x.reshape([rows, d]).cast(DType::F32), dtype)
 }
 
-/// `x` as `[rows, D]` plus `bias [D]` on every row (when given).
-fn with_bias(x: FloatTensor<NdArray>, bias: Option<FloatTensor<NdArray>>) -> Tensor<NdArray, 2> {
-    let shape = x.shape();
-    let d = shape.as_slice().last().copied().unwrap_or(1).max(1);
-    let x = float::<NdArray, 1>(<NdArray as FloatTensorOps<NdArray>>::float_reshape(
-        x,
-        burn::tensor::Shape::new([shape.num_elements()]),
-    ))
-    .reshape([shape.num_elements() / d, d]);
+/// [`rows_f32`] of `x` plus `bias [D]` on every row (when given; added in f32, as the CUDA
+/// kernel does), and `x`'s dtype.
+fn with_bias(
+    x: FloatTensor<NdArray>,
+    bias: Option<FloatTensor<NdArray>>,
+) -> (Tensor<NdArray, 2>, DType) {
+    let (x, dtype) = rows_f32(x);
     match bias {
-        Some(b) => x + float::<NdArray, 1>(b).unsqueeze::<2>(),
-        None => x,
+        Some(b) => (
+            x + float::<NdArray, 1>(b).cast(DType::F32).unsqueeze::<2>(),
+            dtype,
+        ),
+        None => (x, dtype),
     }
 }
 
@@ -191,17 +192,10 @@ impl QBackend for NdArray {
 
     fn q_dropout(x: FloatTensor<Self>, p: f32, seed: u64) -> FloatTensor<Self> {
         let shape = x.shape();
-        let x = float::<Self, 1>(<Self as FloatTensorOps<Self>>::float_reshape(
-            x,
-            burn::tensor::Shape::new([shape.num_elements()]),
-        ));
-        let (dtype, device) = (x.dtype(), x.device());
+        let (x, dtype) = rows_f32(x);
+        let device = x.device();
         // NdArray holds the values on the host already; indices are u32 as on the GPU.
-        let v = x
-            .cast(DType::F32)
-            .into_data()
-            .into_vec::<f32>()
-            .unwrap_or_default();
+        let v = x.into_data().into_vec::<f32>().unwrap_or_default();
         assert!(
             u32::try_from(v.len()).is_ok(),
             "qtune-kernels: dropout of more than 2³² values"
@@ -227,9 +221,7 @@ impl QBackend for NdArray {
 
     fn q_gelu_new(x: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
         let shape = x.shape();
-        let x = with_bias(x, bias);
-        let dtype = x.dtype();
-        let x = x.cast(DType::F32);
+        let (x, dtype) = with_bias(x, bias);
         let t = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715))
             .mul_scalar(GELU_C)
             .tanh();
@@ -246,9 +238,7 @@ impl QBackend for NdArray {
         dy: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         let shape = x.shape();
-        let (x, dy) = (with_bias(x, bias), with_bias(dy, None));
-        let dtype = x.dtype();
-        let (x, dy) = (x.cast(DType::F32), dy.cast(DType::F32));
+        let ((x, dtype), (dy, _)) = (with_bias(x, bias), rows_f32(dy));
         let x2 = x.clone().powi_scalar(2);
         let t = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715))
             .mul_scalar(GELU_C)

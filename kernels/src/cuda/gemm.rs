@@ -131,56 +131,21 @@ where
 {
     let a = burn_cubecl::kernel::into_contiguous(a);
     let b = burn_cubecl::kernel::into_contiguous(b);
-    let (sa, sb) = (a.meta.shape().to_vec(), b.meta.shape().to_vec());
-    assert!(
-        sa.len() == 3 && sb.len() == 3 && sa[0] == sb[0],
-        "qtune-kernels: matmul needs [batch, r, c] operands of one batch, got {sa:?} and {sb:?}"
-    );
-    let batch = sa[0];
-    // Row-major stored shapes; op() applied.
-    let (m, k) = if ta { (sa[2], sa[1]) } else { (sa[1], sa[2]) };
-    let (kb, n) = if tb { (sb[2], sb[1]) } else { (sb[1], sb[2]) };
-    assert_eq!(
-        k,
-        kb,
-        "qtune-kernels: matmul inner dims differ: {sa:?}{} · {sb:?}{}",
-        if ta { "ᵀ" } else { "" },
-        if tb { "ᵀ" } else { "" }
-    );
-    let out = empty(&a, vec![batch, m, n], out_dtype);
-    if batch == 0 || m == 0 || n == 0 {
+    let g = Gemm::batched(&a, &b, ta, tb);
+    let out = empty(&a, vec![g.batch, g.m, g.n], out_dtype);
+    if g.batch == 0 || g.m == 0 || g.n == 0 {
         return out;
     }
-    if k == 0 {
+    if g.k == 0 {
         return burn_cubecl::kernel::into_contiguous(
             <B as burn::tensor::ops::FloatTensorOps<B>>::float_zeros(
-                vec![batch, m, n].into(),
+                vec![g.batch, g.m, g.n].into(),
                 &a.device,
                 out_dtype.into(),
             ),
         );
     }
-    let spec = Gemm {
-        m,
-        n,
-        k,
-        batch,
-        ta,
-        tb,
-        alpha: 1.0,
-        beta: 0.0,
-    };
-    let mat = |rows: usize, cols: usize| Mat {
-        offset: 0,
-        ld: cols,
-        stride: rows * cols,
-    };
-    strided_gemm(
-        (&a, mat(sa[1], sa[2])),
-        (&b, mat(sb[1], sb[2])),
-        (&out, mat(m, n)),
-        spec,
-    );
+    dense_gemm(&a, &b, &out, g);
     out
 }
 
@@ -214,50 +179,47 @@ where
         let ab = <B as burn::tensor::ops::FloatTensorOps<B>>::float_mul_scalar(ab, alpha.into());
         return <B as burn::tensor::ops::FloatTensorOps<B>>::float_add(c, ab);
     }
-    let (sa, sb, sc) = (
-        a.meta.shape().to_vec(),
-        b.meta.shape().to_vec(),
-        c.meta.shape().to_vec(),
-    );
+    let g = Gemm {
+        alpha,
+        beta: 1.0,
+        ..Gemm::batched(&a, &b, ta, tb)
+    };
+    let sc = c.meta.shape().to_vec();
     assert!(
-        sa.len() == 3 && sb.len() == 3,
-        "qtune-kernels: matmul-accumulate needs 3-D operands, got {sa:?} and {sb:?}"
-    );
-    let (m, k) = if ta { (sa[2], sa[1]) } else { (sa[1], sa[2]) };
-    let (kb, n) = if tb { (sb[2], sb[1]) } else { (sb[1], sb[2]) };
-    assert!(
-        sa[0] == sb[0] && k == kb && sc == vec![sa[0], m, n],
-        "qtune-kernels: matmul-accumulate shapes do not fit: c {sc:?}, a {sa:?}, b {sb:?}"
+        sc == vec![g.batch, g.m, g.n],
+        "qtune-kernels: matmul-accumulate: c is {sc:?}, the product [{}, {}, {}]",
+        g.batch,
+        g.m,
+        g.n
     );
     assert_eq!(
         c.dtype, a.dtype,
         "qtune-kernels: matmul-accumulate needs c in the inputs' dtype"
     );
-    if k == 0 {
+    if g.k == 0 {
         return c;
     }
-    let mat = |rows: usize, cols: usize| Mat {
-        offset: 0,
-        ld: cols,
-        stride: rows * cols,
-    };
-    let g = Gemm {
-        m,
-        n,
-        k,
-        batch: sa[0],
-        ta,
-        tb,
-        alpha,
-        beta: 1.0,
-    };
-    strided_gemm(
-        (&a, mat(sa[1], sa[2])),
-        (&b, mat(sb[1], sb[2])),
-        (&c, mat(m, n)),
-        g,
-    );
+    dense_gemm(&a, &b, &c, g);
     c
+}
+
+/// [`strided_gemm`] of dense row-major 3-D `a`, `b`, `c` (each `[batch, rows, cols]`, stored
+/// as their shapes say).
+fn dense_gemm(
+    a: &CubeTensor<CudaRuntime>,
+    b: &CubeTensor<CudaRuntime>,
+    c: &CubeTensor<CudaRuntime>,
+    g: Gemm,
+) {
+    let mat = |t: &CubeTensor<CudaRuntime>| {
+        let s = t.meta.shape();
+        Mat {
+            offset: 0,
+            ld: s[2],
+            stride: s[1] * s[2],
+        }
+    };
+    strided_gemm((a, mat(a)), (b, mat(b)), (c, mat(c)), g);
 }
 
 /// Where one operand's matrices lie in its (contiguous) buffer: the first at `offset`
@@ -281,6 +243,46 @@ pub(crate) struct Gemm {
     pub tb: bool,
     pub alpha: f32,
     pub beta: f32,
+}
+
+impl Gemm {
+    /// `op(a)·op(b)` for 3-D `a`, `b` (`[batch, ·, ·]`, `op` transposes the last two dims when
+    /// `ta`/`tb`), α = 1, β = 0.
+    ///
+    /// # Panics
+    /// On operands that are not 3-D, of different batch, or whose inner dims differ (wiring bugs).
+    fn batched(
+        a: &CubeTensor<CudaRuntime>,
+        b: &CubeTensor<CudaRuntime>,
+        ta: bool,
+        tb: bool,
+    ) -> Self {
+        let (sa, sb) = (a.meta.shape().to_vec(), b.meta.shape().to_vec());
+        assert!(
+            sa.len() == 3 && sb.len() == 3 && sa[0] == sb[0],
+            "qtune-kernels: matmul needs [batch, r, c] operands of one batch, got {sa:?} and {sb:?}"
+        );
+        // Row-major stored shapes; op() applied.
+        let (m, k) = if ta { (sa[2], sa[1]) } else { (sa[1], sa[2]) };
+        let (kb, n) = if tb { (sb[2], sb[1]) } else { (sb[1], sb[2]) };
+        assert_eq!(
+            k,
+            kb,
+            "qtune-kernels: matmul inner dims differ: {sa:?}{} · {sb:?}{}",
+            if ta { "ᵀ" } else { "" },
+            if tb { "ᵀ" } else { "" }
+        );
+        Self {
+            m,
+            n,
+            k,
+            batch: sa[0],
+            ta,
+            tb,
+            alpha: 1.0,
+            beta: 0.0,
+        }
+    }
 }
 
 /// One `cublasGemmStridedBatchedEx` on cubecl's stream; `a`, `b` of one dtype (F32/F16/BF16),
