@@ -6,6 +6,8 @@ mod compute;
 mod device;
 mod runtime;
 
+/// qtune patch 3: CUDA-graph capture (see `compute::capture`).
+pub use compute::capture;
 pub use device::*;
 pub use runtime::*;
 

@@ -384,7 +384,10 @@ impl<'a> Command<'a> {
             )
         }?;
 
-        current.drop_queue.push(data);
+        // qtune patch 3: a captured copy re-reads this host data on every replay.
+        if let Some(data) = super::capture::keep(data) {
+            current.drop_queue.push(data);
+        }
 
         Ok(())
     }
@@ -478,7 +481,7 @@ impl<'a> Command<'a> {
             const_info,
         );
 
-        if stream.drop_queue.should_flush() {
+        if stream.drop_queue.should_flush() && !super::capture::active() {
             stream.drop_queue.flush(|| Fence::new(stream.sys));
         }
 

@@ -172,6 +172,10 @@ impl ComputeServer for CudaServer {
             },
         )?;
 
+        // qtune patch 3: no fences and no frees while a CUDA graph is being captured.
+        if super::capture::active() {
+            return Ok(());
+        }
         let current = command.streams.current();
         current.drop_queue.flush(|| Fence::new(current.sys));
         current.memory_management_gpu.storage().flush();
@@ -677,20 +681,29 @@ impl CudaServer {
             }
         };
 
+        let mut captured_info: Option<(u64, *mut c_void)> = None;
         let (info_const, info_binding) = if grid_constants {
             let info = &bindings.info;
 
             let mut handle = Option::None;
             if info.dynamic_metadata_offset < info.data.len() {
                 let dyn_meta = &bytemuck::cast_slice(&info.data[info.dynamic_metadata_offset..]);
-                handle = Some(command.create_with_data(dyn_meta)?);
+                // qtune patch 3: while capturing a CUDA graph the metadata lives in its arena.
+                match super::capture::metadata(dyn_meta) {
+                    Some(placed) => captured_info = Some(placed.map_err(launch_error)?),
+                    None => handle = Some(command.create_with_data(dyn_meta)?),
+                }
             }
 
             (Some(info.data.as_ptr() as *mut c_void), handle)
         } else {
             let mut handle = Option::None;
             if !bindings.info.data.is_empty() {
-                handle = Some(command.create_with_data(bytemuck::cast_slice(&bindings.info.data))?);
+                let data = bytemuck::cast_slice(&bindings.info.data);
+                match super::capture::metadata(data) {
+                    Some(placed) => captured_info = Some(placed.map_err(launch_error)?),
+                    None => handle = Some(command.create_with_data(data)?),
+                }
             }
             (None, handle)
         };
@@ -868,6 +881,10 @@ impl CudaServer {
                 .into_iter()
                 .map(|s| command.resource(s.binding()).expect("Resource to exist")),
         );
+        if let Some((ptr, binding)) = captured_info {
+            let stream = command.streams.current().sys;
+            resources.push(GpuResource::new(ptr, binding, 0, stream));
+        }
 
         command.kernel(
             kernel_id,
@@ -1148,4 +1165,13 @@ fn check_tma_im2col(
     )?;
 
     Ok(())
+}
+
+/// qtune patch 3: a capture failure as a launch error.
+fn launch_error(reason: String) -> ServerError {
+    LaunchError::Unknown {
+        reason,
+        backtrace: BackTrace::capture(),
+    }
+    .into()
 }

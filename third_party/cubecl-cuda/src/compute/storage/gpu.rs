@@ -75,6 +75,10 @@ impl GpuStorage {
     ///
     /// This method processes all pending deallocations by freeing the associated GPU memory.
     fn perform_deallocations(&mut self) {
+        // qtune patch 3: a CUDA graph may use freed pool pages; free them once no graph exists.
+        if crate::compute::capture::defer_frees() {
+            return;
+        }
         self.deallocations
             .drain(..)
             .filter_map(|id| self.memory.remove(&id))
@@ -186,7 +190,12 @@ impl ComputeStorage for GpuStorage {
         // SAFETY: Calling CUDA driver FFI to allocate device memory. First tries async
         // allocation on the stream; falls back to synchronous allocation if that fails.
         // The returned pointer is stored in `self.memory` and freed on deallocation.
-        let ptr = unsafe { cudarc::driver::result::malloc_async(self.stream, size as usize) };
+        // qtune patch 3: while capturing a CUDA graph, allocate outside the graph.
+        let ptr = if crate::compute::capture::active() {
+            Err(DriverError(cudarc::driver::sys::CUresult::CUDA_ERROR_NOT_PERMITTED))
+        } else {
+            unsafe { cudarc::driver::result::malloc_async(self.stream, size as usize) }
+        };
         let (ptr, kind) = match ptr {
             Ok(ptr) => (ptr, AllocationKind::Async),
             Err(_) => unsafe {
