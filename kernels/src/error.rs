@@ -40,4 +40,7 @@ pub enum KernelError {
     /// NaN or Inf in a weight that is being quantized.
     #[error("tensor `{name}`: contains NaN or Inf, cannot quantize")]
     NonFinite { name: String },
+    /// Recording or replaying a device graph (CUDA graph) failed.
+    #[error("device graph: {reason}")]
+    Graph { reason: String },
 }

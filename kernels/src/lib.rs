@@ -19,6 +19,7 @@
 
 mod attention;
 mod autodiff;
+mod decode;
 mod dropout;
 mod error;
 mod reference;
@@ -27,6 +28,7 @@ mod weight;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
+pub use decode::{first_argmax, graph_capture, greedy_advance, write_row, DeviceGraph};
 pub use error::KernelError;
 pub use weight::{AbsmaxPrimitive, QLayout, QWeightPrimitive, QuantWeight};
 
@@ -215,6 +217,45 @@ pub trait QBackend: Backend {
         format: QuantFormat,
         blocksize: usize,
     ) -> Result<(IntTensor<Self>, FloatTensor<Self>), KernelError>;
+
+    /// Writes `src` (`C` values, any shape; cast to `dst`'s dtype) into row `row[0]` of
+    /// `dst [R, C]` and returns `dst`; a row outside `0..R` writes nothing. The row index stays on
+    /// the device. CUDA writes in place when `dst` is not shared (the static KV cache of
+    /// [`QBackend::q_graph_capture`]d decoding relies on it: the result is the same buffer);
+    /// the default reads the row index back and uses `slice_assign`.
+    fn q_write_row(
+        dst: FloatTensor<Self>,
+        src: FloatTensor<Self>,
+        row: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        decode::host_write_row::<Self>(dst, src, row)
+    }
+
+    /// One greedy decoding step's bookkeeping, on the device: `state` is the int vector
+    /// `[token, pos, count, out_0 … out_{cap-1}]`; with `tok = argmax(logits[0, ..])` (the first
+    /// maximum, as `torch.argmax`) it sets `token = tok`, `out_count = tok` (if `count < cap`),
+    /// `count += 1`, `pos += 1`. `logits`: `[1, V]`, any float dtype. In place on CUDA when
+    /// `state` is not shared; the default reads both back.
+    fn q_greedy_advance(state: IntTensor<Self>, logits: FloatTensor<Self>) -> IntTensor<Self> {
+        decode::host_greedy_advance::<Self>(state, logits)
+    }
+
+    /// Records the device work `record` enqueues (run once, on this thread) as a graph that
+    /// [`DeviceGraph::replay`] re-runs with one call: CUDA graphs on CUDA, `None` elsewhere (the
+    /// default; `record` is then *not* called and the caller runs its step eagerly). The
+    /// recorded work must have static shapes, keep its inputs/outputs in buffers allocated before
+    /// the recording and updated in place ([`QBackend::q_write_row`],
+    /// [`QBackend::q_greedy_advance`]), and must not read anything back to the host.
+    ///
+    /// # Errors
+    /// [`KernelError::Graph`] if the driver rejects the capture.
+    fn q_graph_capture(
+        device: &Self::Device,
+        record: &mut dyn FnMut(),
+    ) -> Result<Option<Box<dyn DeviceGraph>>, KernelError> {
+        let _ = (device, record);
+        Ok(None)
+    }
 }
 
 thread_local! {

@@ -60,6 +60,25 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         gemm_acc::<Self>(c, a, b, ta, tb, alpha)
     }
 
+    fn q_write_row(
+        dst: FloatTensor<Self>,
+        src: FloatTensor<Self>,
+        row: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        super::decode::write_row::<Self>(dst, src, row)
+    }
+
+    fn q_greedy_advance(state: IntTensor<Self>, logits: FloatTensor<Self>) -> IntTensor<Self> {
+        super::decode::greedy_advance::<Self>(state, logits)
+    }
+
+    fn q_graph_capture(
+        device: &Self::Device,
+        record: &mut dyn FnMut(),
+    ) -> Result<Option<Box<dyn crate::DeviceGraph>>, KernelError> {
+        super::decode::capture(device, record)
+    }
+
     fn q_dropout(x: FloatTensor<Self>, p: f32, seed: u64) -> FloatTensor<Self> {
         super::fused::dropout(x, p, seed)
     }

@@ -5,6 +5,7 @@
 mod attention;
 mod backend;
 pub mod bench;
+mod decode;
 mod fused;
 pub mod gemm;
 mod jit_cache;
@@ -13,6 +14,7 @@ pub mod launch;
 pub mod selftest;
 
 pub use backend::sync;
+pub use decode::{graphs_enabled, set_graphs_enabled, GRAPHS_ENV};
 pub use jit_cache::{cache_dir, init_kernel_cache, CACHE_ENV, PROFILE_ENV};
 
 /// The CUDA backend our ops are implemented for (burn-cuda without `fusion`).

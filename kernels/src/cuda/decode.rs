@@ -1,0 +1,313 @@
+//! Static-shape greedy decoding on CUDA: the in-place KV-cache row write, the on-device argmax
+//! bookkeeping, and CUDA-graph capture/replay of a decode step on cubecl's own stream (the
+//! vendored cubecl-cuda's `capture` module, third_party/README.md). With the step recorded once,
+//! a token costs one `cuGraphLaunch` instead of ~30 host-side launches per layer.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use burn::tensor::DType;
+use burn_cubecl::kernel::{cast, into_contiguous};
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::cuda::{CudaDevice, CudaRuntime};
+use cubecl::prelude::*;
+use cubecl::{CubeCount, CubeDim};
+
+use super::launch::{array, cube_count, cube_dim, CubeB};
+use crate::{DeviceGraph, KernelError};
+
+/// Expands `$go!(float type, int type)` for a (float dtype, int dtype) pair.
+macro_rules! dispatch_float_int {
+    ($fd:expr, $id:expr, $what:expr, $go:ident) => {
+        match ($fd, $id) {
+            (DType::F32, DType::I32) => $go!(f32, i32),
+            (DType::F32, DType::I64) => $go!(f32, i64),
+            (DType::F16, DType::I32) => $go!(burn::tensor::f16, i32),
+            (DType::F16, DType::I64) => $go!(burn::tensor::f16, i64),
+            (DType::BF16, DType::I32) => $go!(burn::tensor::bf16, i32),
+            (DType::BF16, DType::I64) => $go!(burn::tensor::bf16, i64),
+            (f, i) => panic!(
+                "qtune-kernels: {} supports F32/F16/BF16 with I32/I64, not {f:?}/{i:?}",
+                $what
+            ),
+        }
+    };
+}
+
+/// Environment switch: `QTUNE_CUDA_GRAPHS=0` decodes without CUDA graphs (same kernels, each
+/// launched from the host every step).
+pub const GRAPHS_ENV: &str = "QTUNE_CUDA_GRAPHS";
+
+fn graphs_flag() -> &'static AtomicBool {
+    static FLAG: OnceLock<AtomicBool> = OnceLock::new();
+    FLAG.get_or_init(|| AtomicBool::new(std::env::var(GRAPHS_ENV).map_or(true, |v| v != "0")))
+}
+
+/// Turns CUDA-graph decoding on or off for this process (the GPU check compares both).
+pub fn set_graphs_enabled(on: bool) {
+    graphs_flag().store(on, Ordering::Relaxed);
+}
+
+/// Whether decode steps are captured as CUDA graphs.
+pub fn graphs_enabled() -> bool {
+    graphs_flag().load(Ordering::Relaxed)
+}
+
+#[cube(launch_unchecked)]
+fn write_row_kernel<F: Float, I: Int>(
+    dst: &mut Array<F>,
+    src: &Array<F>,
+    row: &Array<I>,
+    rows: u32,
+    cols: usize,
+) {
+    let i = ABSOLUTE_POS;
+    // A negative index wraps to a large u32 and writes nothing, like one past the end.
+    let r = u32::cast_from(row[0]);
+    if i >= cols || r >= rows {
+        terminate!();
+    }
+    dst[usize::cast_from(r) * cols + i] = src[i];
+}
+
+/// `dst [R, C]` with `src` written into row `row[0]`, in place when `dst` is exclusively owned
+/// and dense (else into a copy).
+pub(crate) fn write_row<B: CubeB<CudaRuntime>>(
+    dst: CubeTensor<CudaRuntime>,
+    src: CubeTensor<CudaRuntime>,
+    row: CubeTensor<CudaRuntime>,
+) -> CubeTensor<CudaRuntime> {
+    let shape = dst.meta.shape().to_vec();
+    assert_eq!(
+        shape.len(),
+        2,
+        "qtune-kernels: write_row needs a 2-D destination"
+    );
+    let (rows, cols) = (shape[0], shape[1]);
+    assert_eq!(
+        src.meta.num_elements(),
+        cols,
+        "qtune-kernels: write_row source has {} values for rows of {cols}",
+        src.meta.num_elements()
+    );
+    let src = into_contiguous(if src.dtype == dst.dtype {
+        src
+    } else {
+        cast(src, dst.dtype)
+    });
+    let dst = if dst.can_mut() && dst.is_contiguous_buffer() {
+        dst
+    } else {
+        // Shared (or strided): write into a fresh dense copy, Burn's value semantics.
+        B::float_mul_scalar(dst, 1.0f32.into())
+    };
+    let row = into_contiguous(row);
+    macro_rules! go {
+        ($f:ty, $i:ty) => {
+            // SAFETY: dst holds rows·cols values, src cols, row ≥ 1 (checked by the kernel
+            // bounds and the shapes above).
+            unsafe {
+                write_row_kernel::launch_unchecked::<$f, $i, CudaRuntime>(
+                    &dst.client,
+                    cube_count(cols),
+                    cube_dim(),
+                    array(&dst, rows * cols),
+                    array(&src, cols),
+                    array(&row, 1),
+                    rows as u32,
+                    cols,
+                )
+            }
+        };
+    }
+    dispatch_float_int!(dst.dtype, row.dtype, "write_row", go);
+    dst
+}
+
+/// Threads of the argmax cube.
+const ARGMAX_THREADS: u32 = 1024;
+/// Empty slot of the argmax reduction.
+const NONE: u32 = u32::MAX;
+
+/// Whether `(v, i)` beats the current best `(bv, bi)` under `torch.argmax`'s order: NaN is the
+/// maximum, ties go to the lower index, `bi == NONE` is empty.
+#[cube]
+fn beats(v: f32, i: u32, bv: f32, bi: u32) -> bool {
+    let mut out = false;
+    if bi == NONE {
+        out = true;
+    } else if f32::is_nan(v) {
+        out = !f32::is_nan(bv) || i < bi;
+    } else if !f32::is_nan(bv) {
+        out = v > bv || (v == bv && i < bi);
+    }
+    out
+}
+
+#[cube(launch_unchecked)]
+fn greedy_advance_kernel<F: Float, I: Int>(
+    state: &mut Array<I>,
+    logits: &Array<F>,
+    len: usize,
+    cap: u32,
+) {
+    let t = UNIT_POS as usize;
+    let threads = 1024usize;
+    let mut bv = 0.0f32;
+    let mut bi = 4_294_967_295u32; // NONE
+    for k in 0..len.div_ceil(threads) {
+        let j = t + k * threads;
+        if j < len {
+            let v = f32::cast_from(logits[j]);
+            if beats(v, u32::cast_from(j), bv, bi) {
+                bv = v;
+                bi = u32::cast_from(j);
+            }
+        }
+    }
+    let mut sv = SharedMemory::<f32>::new(1024usize);
+    let mut si = SharedMemory::<u32>::new(1024usize);
+    sv[t] = bv;
+    si[t] = bi;
+    sync_cube();
+    // A literal (not `threads / 2`, a compile-time value cubecl will not let us update).
+    let mut stride = 512usize;
+    for _ in 0..10u32 {
+        if t < stride {
+            let oi = si[t + stride];
+            if oi != NONE && beats(sv[t + stride], oi, sv[t], si[t]) {
+                sv[t] = sv[t + stride];
+                si[t] = oi;
+            }
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    if t == 0 {
+        let mut tok = si[0];
+        if tok == NONE {
+            tok = 0u32;
+        }
+        let count = u32::cast_from(state[2]);
+        state[0] = I::cast_from(tok);
+        if count < cap {
+            state[3 + usize::cast_from(count)] = I::cast_from(tok);
+        }
+        state[1] = state[1] + I::cast_from(1u32);
+        state[2] = state[2] + I::cast_from(1u32);
+    }
+}
+
+/// [`crate::QBackend::q_greedy_advance`] in one cube: argmax of `logits` then the state update,
+/// in place when `state` is exclusively owned and dense.
+pub(crate) fn greedy_advance<B: CubeB<CudaRuntime>>(
+    state: CubeTensor<CudaRuntime>,
+    logits: CubeTensor<CudaRuntime>,
+) -> CubeTensor<CudaRuntime> {
+    let n = state.meta.num_elements();
+    assert!(
+        n >= 3,
+        "qtune-kernels: greedy state needs [token, pos, count, ..]"
+    );
+    let state = if state.can_mut() && state.is_contiguous_buffer() {
+        state
+    } else {
+        B::int_add_scalar(state, 0.into())
+    };
+    let logits = into_contiguous(logits);
+    let len = logits.meta.num_elements();
+    macro_rules! go {
+        ($f:ty, $i:ty) => {
+            // SAFETY: state has n ≥ 3 values, logits len; one cube of ARGMAX_THREADS.
+            unsafe {
+                greedy_advance_kernel::launch_unchecked::<$f, $i, CudaRuntime>(
+                    &state.client,
+                    CubeCount::Static(1, 1, 1),
+                    CubeDim::new_1d(ARGMAX_THREADS),
+                    array(&state, n),
+                    array(&logits, len),
+                    len,
+                    (n - 3) as u32,
+                )
+            }
+        };
+    }
+    dispatch_float_int!(logits.dtype, state.dtype, "greedy_advance", go);
+    state
+}
+
+/// A recorded decode step: the instantiated CUDA graph and the stream it replays on.
+struct CudaDeviceGraph {
+    graph: cubecl::cuda::capture::CudaGraph,
+    client: ComputeClient<CudaRuntime>,
+    probe: cubecl::server::Handle,
+}
+
+/// cubecl's stream for this thread's work, read on its device thread (as every GEMM does).
+fn stream_of(client: &ComputeClient<CudaRuntime>, probe: &cubecl::server::Handle) -> usize {
+    client
+        .get_resource(probe.clone())
+        .unwrap_or_else(|e| panic!("qtune-kernels: device pointer for a graph: {e:?}"))
+        .resource()
+        .stream as usize
+}
+
+fn graph_error(reason: impl std::fmt::Debug) -> KernelError {
+    KernelError::Graph {
+        reason: format!("{reason:?}"),
+    }
+}
+
+impl DeviceGraph for CudaDeviceGraph {
+    fn replay(&self) -> Result<(), KernelError> {
+        let (graph, client, probe) = (&self.graph, &self.client, &self.probe);
+        client
+            .exclusive(|| {
+                let stream = stream_of(client, probe);
+                // SAFETY: the stream the graph was captured on; its buffers are owned by the
+                // caller (inputs/outputs) or kept by the capture (metadata, deferred frees).
+                unsafe { graph.launch(stream as cubecl::cuda::capture::Stream) }
+            })
+            .map_err(graph_error)?
+            .map_err(graph_error)
+    }
+}
+
+/// [`crate::QBackend::q_graph_capture`] on CUDA: `Ok(None)` when graphs are off
+/// ([`GRAPHS_ENV`]).
+pub(crate) fn capture(
+    device: &CudaDevice,
+    record: &mut dyn FnMut(),
+) -> Result<Option<Box<dyn DeviceGraph>>, KernelError> {
+    if !graphs_enabled() {
+        return Ok(None);
+    }
+    let client = CudaRuntime::client(device);
+    let probe = client.empty(16);
+    client
+        .exclusive(|| {
+            let stream = stream_of(&client, &probe);
+            // SAFETY: cubecl's live stream for this thread, on its device thread.
+            unsafe { cubecl::cuda::capture::begin(stream as cubecl::cuda::capture::Stream) }
+        })
+        .map_err(graph_error)?
+        .map_err(graph_error)?;
+    // A panic inside `record` must still end the capture, or the stream stays unusable.
+    let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(record));
+    let graph = client
+        .exclusive(|| {
+            let stream = stream_of(&client, &probe);
+            // SAFETY: the stream `begin` captured.
+            unsafe { cubecl::cuda::capture::end(stream as cubecl::cuda::capture::Stream) }
+        })
+        .map_err(graph_error)?;
+    if let Err(panic) = recorded {
+        std::panic::resume_unwind(panic);
+    }
+    let graph = graph.map_err(graph_error)?;
+    Ok(Some(Box::new(CudaDeviceGraph {
+        graph,
+        client,
+        probe,
+    })))
+}

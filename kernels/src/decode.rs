@@ -1,0 +1,164 @@
+//! Device-side pieces of static-shape greedy decoding (see `qtune-gptj`'s `greedy_fixed`): a row
+//! write into a preallocated KV cache, the argmax bookkeeping that feeds the next step, and
+//! replayable device graphs. The host versions here are the reference and the trait defaults.
+
+use burn::tensor::{
+    ops::{FloatTensor, IntTensor},
+    DType, Int, Shape, Tensor, TensorData, TensorPrimitive,
+};
+
+use crate::{KernelError, QBackend};
+
+/// Device work recorded once by [`QBackend::q_graph_capture`] and replayed with one call.
+pub trait DeviceGraph {
+    /// Enqueues the recorded work again (asynchronously, after earlier work on the device).
+    ///
+    /// # Errors
+    /// [`KernelError::Graph`] if the driver refuses the launch.
+    fn replay(&self) -> Result<(), KernelError>;
+}
+
+fn host_i64<B: QBackend>(t: IntTensor<B>) -> Vec<i64> {
+    Tensor::<B, 1, Int>::from_primitive(t)
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .unwrap_or_default()
+}
+
+/// The greedy token of one row of logits: the first maximum (as `torch.argmax`; NaN counts as
+/// the maximum, as there).
+pub fn first_argmax(xs: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        let b = xs[best];
+        if !b.is_nan() && (x > b || x.is_nan()) {
+            best = i;
+        }
+    }
+    best
+}
+
+/// [`QBackend::q_write_row`]'s default: reads the row index back, then `slice_assign`.
+pub(crate) fn host_write_row<B: QBackend>(
+    dst: FloatTensor<B>,
+    src: FloatTensor<B>,
+    row: IntTensor<B>,
+) -> FloatTensor<B> {
+    let dst = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(dst));
+    let [rows, cols] = dst.dims();
+    let src = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(B::float_reshape(
+        src,
+        Shape::new([1, cols]),
+    )))
+    .cast(dst.dtype());
+    let r = host_i64::<B>(row).first().copied().unwrap_or(-1);
+    let out = if (0..rows as i64).contains(&r) {
+        let r = r as usize;
+        dst.slice_assign([r..r + 1, 0..cols], src)
+    } else {
+        dst
+    };
+    out.into_primitive().tensor()
+}
+
+/// The state update of [`QBackend::q_greedy_advance`] on host values.
+pub(crate) fn advance_state(state: &mut [i64], logits: &[f32]) {
+    let tok = first_argmax(logits) as i64;
+    let cap = state.len().saturating_sub(3);
+    state[0] = tok;
+    let count = state[2];
+    if (0..cap as i64).contains(&count) {
+        state[3 + count as usize] = tok;
+    }
+    state[1] += 1;
+    state[2] += 1;
+}
+
+/// [`QBackend::q_greedy_advance`]'s default: reads state and logits back, updates on the host.
+pub(crate) fn host_greedy_advance<B: QBackend>(
+    state: IntTensor<B>,
+    logits: FloatTensor<B>,
+) -> IntTensor<B> {
+    let state = Tensor::<B, 1, Int>::from_primitive(state);
+    let (device, dtype) = (state.device(), state.dtype());
+    let mut s = host_i64::<B>(state.into_primitive());
+    assert!(
+        s.len() >= 3,
+        "qtune-kernels: greedy state needs [token, pos, count, ..]"
+    );
+    let logits = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(
+        logits.clone(),
+        Shape::new([burn::tensor::TensorMetadata::shape(&logits).num_elements()]),
+    )))
+    .cast(DType::F32)
+    .into_data()
+    .into_vec::<f32>()
+    .unwrap_or_default();
+    advance_state(&mut s, &logits);
+    let n = s.len();
+    Tensor::<B, 1, Int>::from_data(TensorData::new(s, [n]), (&device, dtype)).into_primitive()
+}
+
+/// `dst [R, C]` with `src` (`C` values) written into row `row[0]` through
+/// [`QBackend::q_write_row`] (in place on CUDA when `dst` is not shared).
+pub fn write_row<B: QBackend, const D: usize>(
+    dst: Tensor<B, 2>,
+    src: Tensor<B, D>,
+    row: Tensor<B, 1, Int>,
+) -> Tensor<B, 2> {
+    let out = B::q_write_row(
+        dst.into_primitive().tensor(),
+        src.into_primitive().tensor(),
+        row.into_primitive(),
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// Greedy bookkeeping through [`QBackend::q_greedy_advance`]: `state` =
+/// `[token, pos, count, out…]`, `logits [1, V]`.
+pub fn greedy_advance<B: QBackend>(
+    state: Tensor<B, 1, Int>,
+    logits: Tensor<B, 2>,
+) -> Tensor<B, 1, Int> {
+    Tensor::from_primitive(B::q_greedy_advance(
+        state.into_primitive(),
+        logits.into_primitive().tensor(),
+    ))
+}
+
+/// Records `record`'s device work as a replayable graph ([`QBackend::q_graph_capture`]);
+/// `Ok(None)` on backends without graphs (then `record` did not run).
+///
+/// # Errors
+/// [`KernelError::Graph`] if the driver rejects the capture.
+pub fn graph_capture<B: QBackend>(
+    device: &B::Device,
+    mut record: impl FnMut(),
+) -> Result<Option<Box<dyn DeviceGraph>>, KernelError> {
+    B::q_graph_capture(device, &mut record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_takes_the_first_maximum_and_nan() {
+        assert_eq!(first_argmax(&[1.0, 3.0, 3.0, -1.0]), 1);
+        assert_eq!(first_argmax(&[1.0, f32::NAN, 5.0]), 1);
+        assert_eq!(first_argmax(&[-2.0]), 0);
+    }
+
+    #[test]
+    fn advance_appends_until_full() {
+        let mut s = vec![0, 4, 0, -1, -1];
+        advance_state(&mut s, &[0.0, 2.0, 1.0]);
+        assert_eq!(s, vec![1, 5, 1, 1, -1]);
+        advance_state(&mut s, &[3.0, 2.0, 1.0]);
+        assert_eq!(s, vec![0, 6, 2, 1, 0]);
+        // Full: the token and counters still advance, the outputs stay.
+        advance_state(&mut s, &[0.0, 0.0, 9.0]);
+        assert_eq!(s, vec![2, 7, 3, 1, 0]);
+    }
+}
