@@ -363,16 +363,21 @@ pub fn quant8_kernel<F: Float>(
 pub const GEMV_ROWS: u32 = 8;
 
 /// Batch-1 quantized GEMV `y[o] = Σ_k x[k]·W[o, k]` straight from the codes (4-bit NF4/FP4 with
-/// `four_bit`, else blockwise 8-bit): one plane per output row, 8 values per step (one 4-bit
-/// word, or two 8-bit words, against one `Vector<F, 8>` of `x`). Each weight is rounded to `F`
-/// exactly as [`dequant4_vec_kernel`] / [`dequant8_vec_kernel`] write it, then accumulated in
-/// f32, so the result is the dequantize-then-GEMM product up to summation order, without
-/// writing or reading a dense weight (decode reads 4× fewer bytes). With `fused` a double-quantized
-/// absmax is resolved in the kernel (one launch per linear).
+/// `four_bit`, else blockwise 8-bit): one plane per output row. Codes are read as
+/// `Vector<u32, W>` (`words` = W words: 16 bytes per lane with W = 4), two vectors per lane per
+/// iteration, 32 vectors apart, both loads issued before either is used (decode is
+/// memory-latency bound: one 4-byte word per lane in flight reached ~10 % of the bandwidth;
+/// adjacent pairs, 32 bytes per lane, measured slower). A vector holds `units_per_vec` units of 8
+/// values (one 4-bit word, or two 8-bit words, per unit), each against one `Vector<F, 8>` of
+/// `x`. Each weight is rounded to `F` exactly as [`dequant4_vec_kernel`] /
+/// [`dequant8_vec_kernel`] write it, then accumulated in f32, so the result is the
+/// dequantize-then-GEMM product up to summation order, without writing or reading a dense
+/// weight. With `fused` a double-quantized absmax is resolved in the kernel (one launch per
+/// linear); with `scale_per_vec` a vector never straddles a block, so its scale is read once.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-pub fn gemv_kernel<F: Float, N: Size>(
-    codes: &Array<u32>,
+pub fn gemv_kernel<F: Float, N: Size, W: Size>(
+    codes: &Array<Vector<u32, W>>,
     absmax: &Array<f32>,
     nested_codes: &Array<u8>,
     nested_absmax: &Array<f32>,
@@ -381,13 +386,15 @@ pub fn gemv_kernel<F: Float, N: Size>(
     x: &Array<Vector<F, N>>,
     y: &mut Array<F>,
     rows: usize,
-    units_per_row: usize,
+    vecs_per_row: usize,
     offset: f32,
     #[comptime] blocksize: usize,
     #[comptime] nested: bool,
     #[comptime] fused: bool,
     #[comptime] nested_blocksize: usize,
     #[comptime] four_bit: bool,
+    #[comptime] units_per_vec: usize,
+    #[comptime] scale_per_vec: bool,
 ) {
     let entries = if four_bit { 16u32 } else { 256u32 };
     let mut lut = SharedMemory::<f32>::new(if four_bit { 16usize } else { 256usize });
@@ -401,51 +408,189 @@ pub fn gemv_kernel<F: Float, N: Size>(
         terminate!();
     }
     let lane = usize::cast_from(UNIT_POS_X);
-    let iters = units_per_row.div_ceil(32usize);
+    let last = vecs_per_row - 1usize;
+    let iters = vecs_per_row.div_ceil(64usize);
+    let base = row * vecs_per_row;
     let mut acc = 0.0f32;
     for k in 0..iters {
-        let j = lane + k * 32usize;
-        if j < units_per_row {
-            let t = row * units_per_row + j; // unit index = first value / 8
-            let mut a = 0.0f32;
-            if fused {
-                // Double-quantized absmax resolved here (as the fused dequant variant): the
-                // product is flushed (a select, so no FMA with the offset), then offset added.
-                let blk = (t * 8) / blocksize;
-                let c = usize::cast_from(nested_codes[blk]);
-                let p = ftz(nested_map[c] * nested_absmax[blk / nested_blocksize]);
-                a = p + offset;
-            } else {
-                a = block_scale(absmax, t * 8, offset, blocksize, nested);
-            }
-            let xv = x[j];
-            if four_bit {
-                let word = codes[t];
-                #[unroll]
-                for b in 0..4u32 {
-                    let byte = (word >> (b * 8)) & 255u32;
-                    let hi = F::cast_from(ftz(lut[(byte >> 4) as usize] * a));
-                    let lo = F::cast_from(ftz(lut[(byte & 15u32) as usize] * a));
-                    acc += f32::cast_from(hi) * f32::cast_from(xv[(2 * b) as usize]);
-                    acc += f32::cast_from(lo) * f32::cast_from(xv[(2 * b + 1) as usize]);
-                }
-            } else {
-                let w0 = codes[2 * t];
-                let w1 = codes[2 * t + 1];
-                #[unroll]
-                for b in 0..4u32 {
-                    let c0 = (w0 >> (b * 8)) & 255u32;
-                    let c1 = (w1 >> (b * 8)) & 255u32;
-                    let v0 = F::cast_from(ftz(lut[c0 as usize] * a));
-                    let v1 = F::cast_from(ftz(lut[c1 as usize] * a));
-                    acc += f32::cast_from(v0) * f32::cast_from(xv[b as usize]);
-                    acc += f32::cast_from(v1) * f32::cast_from(xv[(b + 4) as usize]);
-                }
-            }
+        let j0 = lane + k * 64usize;
+        let j1 = j0 + 32usize;
+        // Both loads first (clamped in range; a clamped vector's terms are skipped below).
+        let c0 = codes[base + select(j0 < vecs_per_row, j0, last)];
+        let c1 = codes[base + select(j1 < vecs_per_row, j1, last)];
+        if j0 < vecs_per_row {
+            acc += gemv_vector::<F, N, W>(
+                c0,
+                j0,
+                row,
+                x,
+                &lut,
+                absmax,
+                nested_codes,
+                nested_absmax,
+                nested_map,
+                vecs_per_row,
+                offset,
+                blocksize,
+                nested,
+                fused,
+                nested_blocksize,
+                four_bit,
+                units_per_vec,
+                scale_per_vec,
+            );
+        }
+        if j1 < vecs_per_row {
+            acc += gemv_vector::<F, N, W>(
+                c1,
+                j1,
+                row,
+                x,
+                &lut,
+                absmax,
+                nested_codes,
+                nested_absmax,
+                nested_map,
+                vecs_per_row,
+                offset,
+                blocksize,
+                nested,
+                fused,
+                nested_blocksize,
+                four_bit,
+                units_per_vec,
+                scale_per_vec,
+            );
         }
     }
     acc = plane_sum(acc);
     if lane == 0usize {
         y[row] = F::cast_from(acc);
     }
+}
+
+/// `Σ x·w` over code vector `j` of `row` for [`gemv_kernel`] (its `units_per_vec` units), the
+/// block scale read once for the vector (`scale_per_vec`) or per unit.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn gemv_vector<F: Float, N: Size, W: Size>(
+    cv: Vector<u32, W>,
+    j: usize,
+    row: usize,
+    x: &Array<Vector<F, N>>,
+    lut: &SharedMemory<f32>,
+    absmax: &Array<f32>,
+    nested_codes: &Array<u8>,
+    nested_absmax: &Array<f32>,
+    nested_map: &Array<f32>,
+    vecs_per_row: usize,
+    offset: f32,
+    #[comptime] blocksize: usize,
+    #[comptime] nested: bool,
+    #[comptime] fused: bool,
+    #[comptime] nested_blocksize: usize,
+    #[comptime] four_bit: bool,
+    #[comptime] units_per_vec: usize,
+    #[comptime] scale_per_vec: bool,
+) -> f32 {
+    let first = (row * vecs_per_row + j) * units_per_vec; // global unit index
+    let mut acc = 0.0f32;
+    let mut a = 0.0f32;
+    if scale_per_vec {
+        a = gemv_scale(
+            absmax,
+            nested_codes,
+            nested_absmax,
+            nested_map,
+            first,
+            offset,
+            blocksize,
+            nested,
+            fused,
+            nested_blocksize,
+        );
+    }
+    #[unroll]
+    for q in 0..units_per_vec {
+        if !scale_per_vec {
+            a = gemv_scale(
+                absmax,
+                nested_codes,
+                nested_absmax,
+                nested_map,
+                first + q,
+                offset,
+                blocksize,
+                nested,
+                fused,
+                nested_blocksize,
+            );
+        }
+        acc += gemv_unit::<F, N, W>(cv, q, x[j * units_per_vec + q], a, lut, four_bit);
+    }
+    acc
+}
+
+/// `Σ x·w` over unit `q` (8 values) of code vector `cv` with scale `a`.
+#[cube]
+fn gemv_unit<F: Float, N: Size, W: Size>(
+    cv: Vector<u32, W>,
+    q: usize,
+    xv: Vector<F, N>,
+    a: f32,
+    lut: &SharedMemory<f32>,
+    #[comptime] four_bit: bool,
+) -> f32 {
+    let mut acc = 0.0f32;
+    if four_bit {
+        let word = cv[q];
+        #[unroll]
+        for b in 0..4u32 {
+            let byte = (word >> (b * 8)) & 255u32;
+            let hi = ftz(lut[(byte >> 4) as usize] * a);
+            let lo = ftz(lut[(byte & 15u32) as usize] * a);
+            acc += f32::cast_from(F::cast_from(hi)) * f32::cast_from(xv[(2 * b) as usize]);
+            acc += f32::cast_from(F::cast_from(lo)) * f32::cast_from(xv[(2 * b + 1) as usize]);
+        }
+    } else {
+        let w0 = cv[2 * q];
+        let w1 = cv[2 * q + 1];
+        #[unroll]
+        for b in 0..4u32 {
+            let v0 = ftz(lut[((w0 >> (b * 8)) & 255u32) as usize] * a);
+            let v1 = ftz(lut[((w1 >> (b * 8)) & 255u32) as usize] * a);
+            acc += f32::cast_from(F::cast_from(v0)) * f32::cast_from(xv[b as usize]);
+            acc += f32::cast_from(F::cast_from(v1)) * f32::cast_from(xv[(b + 4) as usize]);
+        }
+    }
+    acc
+}
+
+/// The scale of global unit `t` (8 values) for [`gemv_kernel`]: the block's absmax, with
+/// `fused` the double-quantized one resolved here as the fused dequant variant does (product
+/// flushed, a select so no FMA with the offset, then the offset added).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn gemv_scale(
+    absmax: &Array<f32>,
+    nested_codes: &Array<u8>,
+    nested_absmax: &Array<f32>,
+    nested_map: &Array<f32>,
+    t: usize,
+    offset: f32,
+    #[comptime] blocksize: usize,
+    #[comptime] nested: bool,
+    #[comptime] fused: bool,
+    #[comptime] nested_blocksize: usize,
+) -> f32 {
+    let mut a = 0.0f32;
+    if fused {
+        let blk = (t * 8) / blocksize;
+        let c = usize::cast_from(nested_codes[blk]);
+        let p = ftz(nested_map[c] * nested_absmax[blk / nested_blocksize]);
+        a = p + offset;
+    } else {
+        a = block_scale(absmax, t * 8, offset, blocksize, nested);
+    }
+    a
 }

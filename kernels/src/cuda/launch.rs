@@ -221,7 +221,23 @@ pub fn gemv<R: CubeRuntime, B: CubeB<R>>(
     // A double-quantized absmax goes to the kernel as is (no product pass: one launch).
     let sa = scale_args(w.absmax, l.num_blocks(), true, &codes);
     let y = empty(&x, vec![1, l.out_features], x.dtype);
-    let units_per_row = l.in_features / PER_UNIT;
+    // Codes per row in u32 words (8 4-bit values or 4 8-bit values each), read 4 words (16
+    // bytes) per load where rows allow, else one unit's worth (1 word, or 2 for 8-bit).
+    let words_per_row = if four_bit {
+        l.in_features / 8
+    } else {
+        l.in_features / 4
+    };
+    let vec_words = if words_per_row % 4 == 0 {
+        4
+    } else if four_bit {
+        1
+    } else {
+        2
+    };
+    let units_per_vec = if four_bit { vec_words } else { vec_words / 2 };
+    let vecs_per_row = words_per_row / vec_words;
+    let scale_per_vec = l.blocksize % (units_per_vec * PER_UNIT) == 0;
     let rows = l.out_features;
     let cubes = rows.div_ceil(kernels::GEMV_ROWS as usize);
     let count = if cubes <= MAX_X {
@@ -243,6 +259,7 @@ pub fn gemv<R: CubeRuntime, B: CubeB<R>>(
                     count,
                     dim,
                     PER_UNIT,
+                    vec_words,
                     array(&codes, words),
                     array(&sa.scales, sa.lens[0]),
                     array(&sa.ncodes, sa.lens[1]),
@@ -252,13 +269,15 @@ pub fn gemv<R: CubeRuntime, B: CubeB<R>>(
                     array(&x, l.in_features),
                     array(&y, rows),
                     rows,
-                    units_per_row,
+                    vecs_per_row,
                     sa.offset,
                     l.blocksize,
                     sa.nested,
                     sa.fused,
                     sa.nested_blocksize,
                     four_bit,
+                    units_per_vec,
+                    scale_per_vec,
                 )
             }
         };
