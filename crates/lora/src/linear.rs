@@ -103,6 +103,22 @@ impl<B: Backend> LoraAdapter<B> {
             .mul_scalar(self.scaling)
     }
 
+    /// A copy with both factors in `dtype`, for inference in that dtype: the forward then skips
+    /// its per-call casts (the same values: the forward casts to `x`'s dtype anyway). Not for
+    /// training: the copies are new, untracked parameters.
+    pub fn with_factor_dtype(&self, dtype: DType) -> Self {
+        let cast = |p: &Param<Tensor<B, 2>>| {
+            let t = p.val();
+            frozen(if t.dtype() == dtype { t } else { t.cast(dtype) })
+        };
+        Self {
+            lora_a: cast(&self.lora_a),
+            lora_b: cast(&self.lora_b),
+            scaling: self.scaling,
+            dropout: self.dropout,
+        }
+    }
+
     /// `y + scaling · (dropout(x)·Aᵀ)·Bᵀ`, in `x`'s dtype (`y` the base output).
     ///
     /// Dropout is applied only when `dropout_seed` is `Some` and `dropout > 0`; its mask is a
@@ -242,6 +258,16 @@ impl<B: QBackend> Linear<B> {
                 }
             }
             LinearBase::Quant(q) => q.dequantize(dtype),
+        }
+    }
+
+    /// A copy whose adapter factors are in `dtype` (see [`LoraAdapter::with_factor_dtype`]);
+    /// the base and bias are shared, not copied.
+    pub fn with_adapter_dtype(&self, dtype: DType) -> Self {
+        Self {
+            base: self.base.clone(),
+            bias: self.bias.clone(),
+            lora: self.lora.as_ref().map(|l| l.with_factor_dtype(dtype)),
         }
     }
 
