@@ -63,4 +63,7 @@ pub enum GptjError {
     NoLoraTarget(String),
     #[error("invalid input: {0}")]
     Input(String),
+    /// The device refused work (a CUDA graph capture or replay, a read-back).
+    #[error("device: {0}")]
+    Device(String),
 }

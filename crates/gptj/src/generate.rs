@@ -239,14 +239,8 @@ fn sample(scores: &mut [f32], cfg: &GenerationConfig, rng: &mut ChaCha8Rng) -> u
 }
 
 fn argmax(xs: &[f32]) -> u32 {
-    // First maximum, as torch.argmax.
-    let mut best = 0;
-    for (i, &x) in xs.iter().enumerate() {
-        if x > xs[best] {
-            best = i;
-        }
-    }
-    best as u32
+    // First maximum, NaN as the maximum: torch.argmax, and the device's greedy_advance.
+    qtune_kernels::first_argmax(xs) as u32
 }
 
 impl<B: QBackend> Gptj<B> {
@@ -273,6 +267,31 @@ impl<B: QBackend> Gptj<B> {
         }
         if cfg.num_beams > 1 {
             return crate::beam::beam_search(self, prompts, cfg);
+        }
+        if let [prompt] = prompts {
+            if !cfg.do_sample && cfg.repetition_penalty == 1.0 {
+                return Ok(vec![self.greedy_fixed(prompt, cfg)?]);
+            }
+        }
+        self.generate_stepwise(prompts, cfg)
+    }
+
+    /// [`Gptj::generate`] without the batch-1 greedy fast path ([`Gptj::greedy_fixed`]): each
+    /// step reads every row's logits back and picks tokens on the host (sampling, repetition
+    /// penalty, batches). Beam search is [`Gptj::generate`]'s. Same results as the fast path.
+    ///
+    /// # Errors
+    /// As [`Gptj::generate`].
+    pub fn generate_stepwise(
+        &self,
+        prompts: &[Vec<u32>],
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<Vec<u32>>, GptjError> {
+        cfg.validate()?;
+        if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+            return Err(GptjError::Input(
+                "every prompt needs at least one token".into(),
+            ));
         }
         let pad = cfg.pad();
         let vocab = self.config.vocab_size;

@@ -3,8 +3,8 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, Tensor, TensorData};
-use qtune_kernels::{attention, QBackend};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
+use qtune_kernels::{attention, write_row, QBackend};
 use qtune_lora::Linear;
 
 use crate::config::Activation;
@@ -63,6 +63,27 @@ pub struct BlockContext<B: Backend> {
     /// LoRA dropout is on iff this is `Some` (training). Each linear derives its own mask seed
     /// from it, the block index and the projection, so a re-run block draws the same masks.
     pub dropout_seed: Option<u64>,
+}
+
+/// Rotary `cos`/`sin` of each position, `rotary_dim / 2` values per position, in f32 as HF:
+/// `inv_freq = 1 / 10000^(arange(0, dim, 2) / dim)`, `angle = pos * inv_freq`.
+pub(crate) fn rotary_tables(
+    rotary_dim: usize,
+    positions: impl Iterator<Item = i64>,
+) -> (Vec<f32>, Vec<f32>) {
+    let half = rotary_dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / rotary_dim as f32))
+        .collect();
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for pos in positions {
+        for f in &inv_freq {
+            let a = pos as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    (cos, sin)
 }
 
 /// SplitMix64 finalizer: decorrelates the per-linear dropout seeds.
@@ -124,22 +145,11 @@ impl<B: Backend> BlockContext<B> {
             )
         });
         let half = rotary_dim / 2;
-        // HF: inv_freq = 1 / 10000^(arange(0, dim, 2) / dim) in f32; angle = pos * inv_freq in f32.
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / rotary_dim as f32))
-            .collect();
-        let mut cos = Vec::with_capacity(batch * seq_len * half);
-        let mut sin = Vec::with_capacity(batch * seq_len * half);
-        for b in 0..batch {
-            for t in 0..seq_len {
-                let pos = position_ids.map_or((past_len + t) as i64, |p| p[b * seq_len + t]);
-                for f in &inv_freq {
-                    let a = pos as f32 * f;
-                    cos.push(a.cos());
-                    sin.push(a.sin());
-                }
-            }
-        }
+        let positions = (0..batch).flat_map(|b| {
+            (0..seq_len)
+                .map(move |t| position_ids.map_or((past_len + t) as i64, |p| p[b * seq_len + t]))
+        });
+        let (cos, sin) = rotary_tables(rotary_dim, positions);
         let shape = [batch, seq_len, 1, half, 1];
         Self {
             mask,
@@ -169,6 +179,27 @@ pub(crate) fn apply_rotary<B: QBackend>(
 /// Keys and values of one layer for all cached positions, `[B, T_past, H, head_dim]` each.
 pub type LayerKv<B> = Option<(Tensor<B, 4>, Tensor<B, 4>)>;
 
+/// One layer's static-shape cache for batch-1 decoding: keys and values `[L, H·head_dim]`,
+/// preallocated for every position of the generation and written one row per step in place
+/// (so a recorded device graph of the step stays valid). `None` only while a step holds them.
+#[derive(Debug)]
+pub struct FixedKv<B: Backend> {
+    pub k: Option<Tensor<B, 2>>,
+    pub v: Option<Tensor<B, 2>>,
+}
+
+/// How attention keeps keys and values across decoding steps.
+pub enum KvSlot<'a, B: Backend> {
+    /// Concatenate this step's onto the layer's cache (shapes grow by the step's length).
+    Append(&'a mut LayerKv<B>),
+    /// Write this step's single token at row `pos` (on the device) of a [`FixedKv`] and attend
+    /// over all its rows; the context's mask hides the rows after `pos`.
+    Fixed {
+        kv: &'a mut FixedKv<B>,
+        pos: &'a Tensor<B, 1, Int>,
+    },
+}
+
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     pub q_proj: Linear<B>,
@@ -186,7 +217,7 @@ impl<B: QBackend> Attention<B> {
         x: Tensor<B, 3>,
         ctx: &BlockContext<B>,
         salt: u64,
-        cache: Option<&mut LayerKv<B>>,
+        cache: Option<KvSlot<'_, B>>,
     ) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let (h, hd) = (self.n_head, d / self.n_head);
@@ -206,12 +237,32 @@ impl<B: QBackend> Attention<B> {
         let q = apply_rotary(q, &ctx.cos, &ctx.sin);
         let mut k = apply_rotary(k, &ctx.cos, &ctx.sin);
         let mut v = v;
-        if let Some(cache) = cache {
-            if let Some((pk, pv)) = cache.take() {
-                k = Tensor::cat(vec![pk, k], 1);
-                v = Tensor::cat(vec![pv, v], 1);
+        match cache {
+            None => {}
+            Some(KvSlot::Append(cache)) => {
+                if let Some((pk, pv)) = cache.take() {
+                    k = Tensor::cat(vec![pk, k], 1);
+                    v = Tensor::cat(vec![pv, v], 1);
+                }
+                *cache = Some((k.clone(), v.clone()));
             }
-            *cache = Some((k.clone(), v.clone()));
+            Some(KvSlot::Fixed { kv, pos }) => {
+                assert_eq!(
+                    (b, t),
+                    (1, 1),
+                    "a fixed KV cache decodes one token of one row"
+                );
+                let (Some(kc), Some(vc)) = (kv.k.take(), kv.v.take()) else {
+                    panic!("fixed KV cache used while taken");
+                };
+                // In place (the caches are not shared): the same buffers every step.
+                let kc = write_row(kc, k, pos.clone());
+                let vc = write_row(vc, v, pos.clone());
+                let l = kc.dims()[0];
+                k = kc.clone().reshape([1, l, h, hd]);
+                v = vc.clone().reshape([1, l, h, hd]);
+                (kv.k, kv.v) = (Some(kc), Some(vc));
+            }
         }
         // As HF's GPTJAttention._attn: scores accumulated and soft-maxed in f32 (HF upcasts q, k;
         // under bf16 they enter the GEMM in bf16, as flash attention), divided by √hd, masked
@@ -267,12 +318,34 @@ impl<B: QBackend> Block<B> {
         self.forward_cached(h, ctx, None)
     }
 
+    /// A copy whose LoRA factors are in `dtype` (the activations' dtype), so an inference
+    /// forward does not cast them on every call; weights are shared, not copied.
+    pub fn with_adapter_dtype(&self, dtype: DType) -> Self {
+        let a = &self.attn;
+        Self {
+            ln_1: self.ln_1.clone(),
+            attn: Attention {
+                q_proj: a.q_proj.with_adapter_dtype(dtype),
+                k_proj: a.k_proj.with_adapter_dtype(dtype),
+                v_proj: a.v_proj.with_adapter_dtype(dtype),
+                out_proj: a.out_proj.with_adapter_dtype(dtype),
+                n_head: a.n_head,
+            },
+            mlp: Mlp {
+                fc_in: self.mlp.fc_in.with_adapter_dtype(dtype),
+                fc_out: self.mlp.fc_out.with_adapter_dtype(dtype),
+                act: self.mlp.act,
+            },
+            index: self.index,
+        }
+    }
+
     /// As [`Block::forward`], reading and extending this layer's KV cache.
     pub fn forward_cached(
         &self,
         h: Tensor<B, 3>,
         ctx: &BlockContext<B>,
-        cache: Option<&mut LayerKv<B>>,
+        cache: Option<KvSlot<'_, B>>,
     ) -> Tensor<B, 3> {
         let x = self.ln_1.forward(h.clone());
         let salt = (self.index as u64) << 8;

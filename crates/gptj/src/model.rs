@@ -11,7 +11,7 @@ use qtune_lora::Linear;
 
 use crate::config::GptjConfig;
 use crate::error::GptjError;
-use crate::layers::{to_dtype, Block, BlockContext, LayerKv, LayerNorm};
+use crate::layers::{to_dtype, Block, BlockContext, KvSlot, LayerKv, LayerNorm};
 
 /// HF's label value for "no loss at this position".
 pub const IGNORE_INDEX: i64 = -100;
@@ -117,7 +117,9 @@ impl<B: QBackend> Gptj<B> {
     ) -> Tensor<B, 3> {
         let mut h = self.embed(ids);
         for (i, block) in self.blocks.iter().enumerate() {
-            let layer = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let layer = cache
+                .as_deref_mut()
+                .map(|c| KvSlot::Append(&mut c.layers[i]));
             h = block.forward_cached(h, ctx, layer);
         }
         h

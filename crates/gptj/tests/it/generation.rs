@@ -183,3 +183,67 @@ fn invalid_generation_configs_are_errors() {
         .generate(&[vec![100_000]], &GenerationConfig::default())
         .is_err());
 }
+
+#[test]
+fn fixed_shape_greedy_equals_stepwise() {
+    // The batch-1 greedy fast path (static KV cache, on-device argmax; a CUDA graph on the GPU)
+    // against the general loop that reads the logits back every step.
+    let model = load("fp32");
+    for prompt in fixture_prompts() {
+        for max_new_tokens in [1, 2, 3, 12] {
+            let cfg = GenerationConfig {
+                max_new_tokens,
+                ..Default::default()
+            };
+            let one = std::slice::from_ref(&prompt);
+            let stepwise = model.generate_stepwise(one, &cfg).unwrap();
+            let fixed = model.greedy_fixed(&prompt, &cfg).unwrap();
+            assert_eq!(
+                fixed, stepwise[0],
+                "prompt {prompt:?}, {max_new_tokens} new"
+            );
+            assert_eq!(fixed.len(), max_new_tokens);
+        }
+        // EOS inside the first check window and past it (the state is read every 16 tokens).
+        let long = GenerationConfig {
+            max_new_tokens: 20,
+            ..Default::default()
+        };
+        let all = model.greedy_fixed(&prompt, &long).unwrap();
+        for at in [0, 5, 17] {
+            let cfg = GenerationConfig {
+                eos_token_id: Some(all[at]),
+                ..long.clone()
+            };
+            let first = all.iter().position(|&t| t == all[at]).unwrap_or(at);
+            assert_eq!(
+                model.greedy_fixed(&prompt, &cfg).unwrap(),
+                all[..=first].to_vec(),
+                "EOS at {at}"
+            );
+        }
+    }
+    assert!(model
+        .greedy_fixed(&[], &GenerationConfig::default())
+        .is_err());
+    assert!(model
+        .greedy_fixed(&[100_000], &GenerationConfig::default())
+        .is_err());
+}
+
+#[test]
+fn decode_step_breakdown_times_every_piece() {
+    // The benchmark's per-piece timing (eager on the CPU): every piece runs and gets a time,
+    // the whole step last.
+    let model = load("fp32");
+    let prompt = fixture_prompts().remove(0);
+    let pieces = model.decode_step_breakdown(&prompt, 12, 2).unwrap();
+    assert_eq!(pieces.len(), 14);
+    assert!(
+        pieces.iter().all(|(_, s)| s.is_finite() && *s > 0.0),
+        "{pieces:?}"
+    );
+    assert!(pieces.last().unwrap().0.starts_with("step"));
+    assert!(model.decode_step_breakdown(&[], 12, 2).is_err());
+    assert!(model.decode_step_breakdown(&prompt, 9, 2).is_err());
+}

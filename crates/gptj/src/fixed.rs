@@ -1,0 +1,393 @@
+//! Greedy decoding of one prompt with static shapes and every piece of state on the device, so
+//! that a decode step can be recorded once as a device graph (a CUDA graph) and replayed per
+//! token: no host work per layer, no logits read back per token.
+//!
+//! State: a KV cache `[L, D]` per layer and k/v for all `L = prompt + max_new_tokens - 1`
+//! positions (written one row per step in place), and the int vector
+//! `[token, pos, count, out_0 …]` that the on-device argmax advances
+//! ([`qtune_kernels::greedy_advance`]). A step embeds `token`, takes the rotary angles of `pos`
+//! from a table, masks the cache rows after `pos`, runs the blocks and writes the next token.
+//! Same ops and order as [`Gptj::generate_stepwise`]; the attention runs over `L` rows, of which
+//! the ones after `pos` are masked (zero weight, so the same values up to summation order).
+
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use qtune_kernels::{attention, graph_capture, greedy_advance, write_row, QBackend};
+
+use crate::error::GptjError;
+use crate::generate::GenerationConfig;
+use crate::layers::{apply_rotary, rotary_tables, Block, BlockContext, FixedKv, KvSlot};
+use crate::model::{Gptj, KvCache};
+
+/// Steps between EOS checks (each a host read of the state) when an EOS id is set.
+const EOS_CHECK_EVERY: usize = 16;
+
+struct FixedDecoder<'a, B: QBackend> {
+    model: &'a Gptj<B>,
+    /// The model's blocks with LoRA factors in the activation dtype (no per-step casts).
+    blocks: Vec<Block<B>>,
+    layers: Vec<FixedKv<B>>,
+    /// `[token, pos, count, out…]`; `None` only inside a step.
+    state: Option<Tensor<B, 1, Int>>,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    rows: Tensor<B, 1, Int>,
+}
+
+impl<B: QBackend> FixedDecoder<'_, B> {
+    /// The step's inputs from `state` (see [`step_context`]).
+    fn context(
+        &self,
+        state: &Tensor<B, 1, Int>,
+    ) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>, BlockContext<B>) {
+        step_context(&self.rows, &self.cos, &self.sin, state)
+    }
+
+    /// One token: static shapes, no host reads; the caches and the state are updated in place.
+    fn step(&mut self) {
+        let Some(state) = self.state.take() else {
+            panic!("decode state taken");
+        };
+        let (tok, pos, ctx) = self.context(&state);
+        let mut h = self.model.embed(tok);
+        for (block, kv) in self.blocks.iter().zip(self.layers.iter_mut()) {
+            h = block.forward_cached(h, &ctx, Some(KvSlot::Fixed { kv, pos: &pos }));
+        }
+        drop((pos, ctx));
+        let vocab = self.model.config.vocab_size;
+        let logits = self.model.head(h).reshape([1, vocab]);
+        // The views of `state` are gone: the advance writes in place.
+        self.state = Some(greedy_advance(state, logits));
+    }
+
+    /// The tokens produced so far (host read: a device sync).
+    fn produced(&self) -> Result<Vec<u32>, GptjError> {
+        let Some(state) = &self.state else {
+            return Err(GptjError::Device(
+                "decode state taken (a step panicked)".into(),
+            ));
+        };
+        let s = state
+            .clone()
+            .into_data()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .map_err(|e| GptjError::Device(format!("reading the decode state back: {e:?}")))?;
+        let count = (s[2].max(0) as usize).min(s.len() - 3);
+        Ok(s[3..3 + count].iter().map(|&t| t as u32).collect())
+    }
+}
+
+/// A fixed-shape step's inputs from `state`: the token `[1, 1]`, its position `[1]` and the
+/// block context (rotary angles of `pos` from the `[L, rotary_dim/2]` tables, the cache rows
+/// after `pos` masked).
+fn step_context<B: QBackend>(
+    rows: &Tensor<B, 1, Int>,
+    cos: &Tensor<B, 2>,
+    sin: &Tensor<B, 2>,
+    state: &Tensor<B, 1, Int>,
+) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>, BlockContext<B>) {
+    let len = rows.dims()[0];
+    let half = cos.dims()[1];
+    let tok = state.clone().narrow(0, 0, 1).reshape([1, 1]);
+    let pos = state.clone().narrow(0, 1, 1);
+    let angles = |t: &Tensor<B, 2>| t.clone().select(0, pos.clone()).reshape([1, 1, 1, half, 1]);
+    let mask = rows
+        .clone()
+        .greater(pos.clone().expand([len]))
+        .reshape([1, 1, 1, len]);
+    let ctx = BlockContext {
+        mask: Some(mask),
+        cos: angles(cos),
+        sin: angles(sin),
+        dropout_seed: None,
+    };
+    (tok, pos, ctx)
+}
+
+/// `tokens` up to and including the first `eos`, and whether it was found.
+fn cut_at_eos(mut tokens: Vec<u32>, eos: Option<u32>) -> (Vec<u32>, bool) {
+    match eos.and_then(|e| tokens.iter().position(|&t| t == e)) {
+        Some(i) => {
+            tokens.truncate(i + 1);
+            (tokens, true)
+        }
+        None => (tokens, false),
+    }
+}
+
+impl<B: QBackend> Gptj<B> {
+    /// Greedy decoding of one prompt (HF `generate` with `do_sample=False`, one beam, no
+    /// repetition penalty): the new tokens, up to and including EOS. The first step after the
+    /// prefill runs eagerly (it compiles kernels and settles the memory pool), the next one is
+    /// recorded as a device graph ([`qtune_kernels::graph_capture`]) and replayed for every
+    /// further token; backends without graphs (CPU) run each step eagerly. With an EOS id the
+    /// state is read back every 16 tokens; up to 15 tokens past EOS may be computed and dropped.
+    ///
+    /// # Errors
+    /// [`GptjError::Input`] for an empty prompt or a token outside the vocabulary; a device
+    /// graph failure.
+    pub fn greedy_fixed(
+        &self,
+        prompt: &[u32],
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<u32>, GptjError> {
+        let n_new = cfg.max_new_tokens;
+        if n_new == 0 {
+            return Ok(Vec::new());
+        }
+        let device = self.wte.device();
+        let mut dec = self.fixed_decoder(prompt, n_new)?;
+
+        let eos = cfg.eos_token_id;
+        let mut steps = 0; // tokens produced after the prefill's
+        let remaining = n_new - 1;
+        if remaining > 0 && !(eos.is_some() && cut_at_eos(dec.produced()?, eos).1) {
+            dec.step();
+            steps = 1;
+        }
+        let graph = if remaining >= steps + 2 {
+            graph_capture::<B>(&device, || dec.step())
+                .map_err(|e| GptjError::Device(format!("recording the decode step: {e}")))?
+        } else {
+            None
+        };
+        while steps < remaining {
+            if eos.is_some() && steps % EOS_CHECK_EVERY == 0 && cut_at_eos(dec.produced()?, eos).1 {
+                break;
+            }
+            match &graph {
+                Some(g) => g
+                    .replay()
+                    .map_err(|e| GptjError::Device(format!("replaying the decode step: {e}")))?,
+                None => dec.step(),
+            }
+            steps += 1;
+        }
+        let out = dec.produced()?;
+        drop(graph);
+        let (out, found) = cut_at_eos(out, eos);
+        // Every step advances the on-device count; a shortfall means a step did not run (a
+        // kernel that failed to compile or launch), never a shorter answer.
+        if !found && out.len() != steps + 1 {
+            return Err(GptjError::Device(format!(
+                "the decode ran {} steps but the device state holds {} tokens",
+                steps + 1,
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+    /// The fixed-shape decoder after the prefill of `prompt`, with room for `n_new ≥ 1` tokens;
+    /// its state already holds the first new token.
+    fn fixed_decoder(
+        &self,
+        prompt: &[u32],
+        n_new: usize,
+    ) -> Result<FixedDecoder<'_, B>, GptjError> {
+        let vocab = self.config.vocab_size;
+        if prompt.is_empty() {
+            return Err(GptjError::Input(
+                "every prompt needs at least one token".into(),
+            ));
+        }
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(GptjError::Input(format!(
+                "token id {bad} is outside the vocabulary ({vocab})"
+            )));
+        }
+        let (t, device) = (prompt.len(), self.wte.device());
+        let len = t + n_new - 1;
+        let rotary_dim = self.config.rotary_dim();
+
+        // Prefill with the growing cache, then move it into the fixed one.
+        let mut cache = KvCache::new(self.blocks.len());
+        let ctx = BlockContext::new(rotary_dim, 1, t, 0, None, None, None, &device);
+        let ids: Vec<i64> = prompt.iter().map(|&x| i64::from(x)).collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, t]), &device);
+        let h = self.hidden(ids, &ctx, Some(&mut cache));
+        let logits = self
+            .head(h.narrow(1, t - 1, 1))
+            .reshape([1, self.config.vocab_size]);
+        let layers = cache
+            .layers
+            .into_iter()
+            .map(|layer| {
+                let (k, v) = layer
+                    .ok_or_else(|| GptjError::Input("prefill left a layer's cache empty".into()))?;
+                let fixed = |x: Tensor<B, 4>| {
+                    let d = x.dims()[2] * x.dims()[3];
+                    Tensor::<B, 2>::zeros([len, d], (&device, x.dtype()))
+                        .slice_assign([0..t, 0..d], x.reshape([t, d]))
+                };
+                Ok(FixedKv {
+                    k: Some(fixed(k)),
+                    v: Some(fixed(v)),
+                })
+            })
+            .collect::<Result<Vec<_>, GptjError>>()?;
+        let mut init = vec![0i64; 3 + n_new];
+        init[1] = t as i64 - 1;
+        let state = Tensor::<B, 1, Int>::from_data(TensorData::new(init, [3 + n_new]), &device);
+        let (cos, sin) = rotary_tables(rotary_dim, 0..len as i64);
+        let half = rotary_dim / 2;
+        let table = |v: Vec<f32>| {
+            Tensor::<B, 2>::from_data(TensorData::new(v, [len, half]), (&device, DType::F32))
+        };
+        let dtype = self.wte.val().dtype();
+        Ok(FixedDecoder {
+            model: self,
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| b.with_adapter_dtype(dtype))
+                .collect(),
+            layers,
+            state: Some(greedy_advance(state, logits)),
+            cos: table(cos),
+            sin: table(sin),
+            rows: Tensor::arange(0..len as i64, &device),
+        })
+    }
+    /// Device time per call of each piece of one fixed-shape decode step (for benchmarks: where
+    /// a token's time goes). Each piece is recorded `reps` times in one device graph, replayed
+    /// three times and timed around a device sync, so a piece costs what it costs inside the
+    /// decode graph, launch gaps included; without graphs (CPU) the pieces run eagerly. Pieces
+    /// use block 0 and the state after the prefill of `prompt`; the cache has room for `n_new`
+    /// tokens (at least `4·reps + 2`: the whole-step piece advances the position each run).
+    ///
+    /// # Errors
+    /// As [`Gptj::greedy_fixed`]; a failed device sync or graph.
+    pub fn decode_step_breakdown(
+        &self,
+        prompt: &[u32],
+        n_new: usize,
+        reps: usize,
+    ) -> Result<Vec<(String, f64)>, GptjError> {
+        use std::time::Instant;
+        let device = self.wte.device();
+        // Every timed piece of the step runs 1 + 4·reps times, each advancing the position.
+        if n_new < 4 * reps + 2 {
+            return Err(GptjError::Input(format!(
+                "a decode breakdown with {reps} repetitions needs room for {} tokens, not {n_new}",
+                4 * reps + 2
+            )));
+        }
+        let mut dec = self.fixed_decoder(prompt, n_new)?;
+        let dev = |e: String| GptjError::Device(e);
+        let mut out = Vec::new();
+        let mut time = |name: &str, f: &mut dyn FnMut()| -> Result<(), GptjError> {
+            f(); // compiles the kernels, warms the pool
+            let graph = graph_capture::<B>(&device, || {
+                for _ in 0..reps {
+                    f();
+                }
+            })
+            .map_err(|e| dev(format!("recording {name}: {e}")))?;
+            let sync = || B::sync(&device).map_err(|e| dev(format!("device sync: {e:?}")));
+            sync()?;
+            let t0 = Instant::now();
+            for _ in 0..3 {
+                match &graph {
+                    Some(g) => g
+                        .replay()
+                        .map_err(|e| dev(format!("replaying {name}: {e}")))?,
+                    None => (0..reps).for_each(|_| f()),
+                }
+            }
+            sync()?;
+            out.push((
+                name.to_string(),
+                t0.elapsed().as_secs_f64() / (3 * reps) as f64,
+            ));
+            Ok(())
+        };
+        let state = dec
+            .state
+            .clone()
+            .ok_or_else(|| dev("decode state taken".into()))?;
+        let (tok, pos, ctx) = dec.context(&state);
+        let h = self.embed(tok.clone());
+        let block = &dec.blocks[0];
+        let x = block.ln_1.forward(h.clone());
+        let [_, _, d] = x.dims();
+        let hd = d / block.attn.n_head;
+        let q = block
+            .attn
+            .q_proj
+            .forward(x.clone())
+            .reshape([1, 1, block.attn.n_head, hd]);
+        let (kc, vc) = match &dec.layers[0] {
+            FixedKv {
+                k: Some(k),
+                v: Some(v),
+            } => (k.clone(), v.clone()),
+            _ => return Err(dev("fixed KV cache taken".into())),
+        };
+        let l = kc.dims()[0];
+        let kv4 = |t: Tensor<B, 2>| t.reshape([1, l, block.attn.n_head, hd]);
+        let logits = self.head(h.clone()).reshape([1, self.config.vocab_size]);
+        time("context (token, angles, mask)", &mut || {
+            drop(dec.context(&state))
+        })?;
+        time("embed", &mut || drop(self.embed(tok.clone())))?;
+        time("ln_1", &mut || drop(block.ln_1.forward(h.clone())))?;
+        time("q_proj (GEMV + LoRA)", &mut || {
+            drop(block.attn.q_proj.forward(x.clone()))
+        })?;
+        time("k_proj (GEMV)", &mut || {
+            drop(block.attn.k_proj.forward(x.clone()))
+        })?;
+        time("rotary (q)", &mut || {
+            drop(apply_rotary(q.clone(), &ctx.cos, &ctx.sin))
+        })?;
+        time("write_row (k, copy)", &mut || {
+            drop(write_row(
+                kc.clone(),
+                x.clone().reshape([1, d]),
+                pos.clone(),
+            ))
+        })?;
+        time("attention (L rows)", &mut || {
+            let o = attention(
+                q.clone(),
+                kv4(kc.clone()),
+                kv4(vc.clone()),
+                ctx.mask.clone(),
+                (hd as f32).sqrt(),
+            );
+            drop(o)
+        })?;
+        time(
+            "mlp (fc_in GEMV, bias+gelu, fc_out GEMV, bias)",
+            &mut || drop(block.mlp.forward(x.clone(), &ctx, 0)),
+        )?;
+        time("residual adds (2)", &mut || {
+            drop(x.clone() + h.clone() + x.clone())
+        })?;
+        time("head (ln_f + lm_head)", &mut || drop(self.head(h.clone())))?;
+        time("greedy_advance", &mut || {
+            drop(greedy_advance(state.clone(), logits.clone()))
+        })?;
+        drop((tok, ctx));
+        let (blk, kv) = (&dec.blocks[0], &mut dec.layers[0]);
+        let (_, pos, ctx) = step_context(&dec.rows, &dec.cos, &dec.sin, &state);
+        time("block 0 (whole)", &mut || {
+            drop(blk.forward_cached(h.clone(), &ctx, Some(KvSlot::Fixed { kv, pos: &pos })))
+        })?;
+        drop((pos, ctx));
+        time("step (all blocks, head, argmax)", &mut || dec.step())?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut_at_eos;
+
+    #[test]
+    fn eos_cut_keeps_the_eos() {
+        assert_eq!(cut_at_eos(vec![3, 4, 5, 4], Some(4)), (vec![3, 4], true));
+        assert_eq!(cut_at_eos(vec![3, 5], Some(4)), (vec![3, 5], false));
+        assert_eq!(cut_at_eos(vec![3, 5], None), (vec![3, 5], false));
+    }
+}
