@@ -12,7 +12,8 @@
 # Then one device call, carry [".device/bin/xtask", ".device/bench_call.sh", ".device/kcache.tgz",
 # ".device/site", ".device/peer_hf.py"], command e.g.
 #   MODES='nf4:qv nf4:all int8-blockwise:qv bf16:qv' PEERS='nf4 nf4-all int8 bf16' bash .device/bench_call.sh
-# Options: NOCHECK=1 skips gpu-check, PROFILE=1 adds a 4-layer per-kernel profile, DECODE=N.
+# Options: NOCHECK=1 skips gpu-check, PROFILE=1 adds a 4-layer per-kernel profile, DECODE=N,
+# DECODE_PROFILE=1 adds the device time of each piece of an NF4 decode step (CUDA graphs).
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$LD_LIBRARY_PATH
 export QTUNE_KERNEL_CACHE=/tmp/kcache
 mkdir -p $QTUNE_KERNEL_CACHE
@@ -38,6 +39,11 @@ if [ -n "$PROFILE" ]; then
   echo "=== profile $(date -u +%T)"
   QTUNE_KERNEL_PROFILE=$OUT/profile.txt timeout 100 $X bench train --quant nf4 --targets qv --layers 4 --warmup 1 --steps 2 --decode 0 > $OUT/profile_run.txt 2>&1
   tail -1 $OUT/profile_run.txt | cut -c1-300
+fi
+if [ -n "$DECODE_PROFILE" ]; then
+  echo "=== decode step pieces $(date -u +%T)"
+  timeout 100 $X bench train --quant nf4 --targets qv --warmup 0 --steps 0 --decode 128 --decode-profile > $OUT/decode_profile.txt 2>&1
+  grep decode_piece $OUT/decode_profile.txt | sed 's/"mode":"nf4-qv",//' | cut -c1-200
 fi
 if [ -n "$PEERS" ] && [ "$PEERS" != none ]; then
   echo "=== peer prepare $(date -u +%T)"

@@ -1,5 +1,6 @@
 //! `cargo xtask bench train [--quant nf4|fp4|int8-blockwise|bf16] [--targets qv|all]
-//! [--batch 8] [--seq 512] [--warmup 3] [--steps 8] [--layers N] [--decode 128]` (CUDA builds):
+//! [--batch 8] [--seq 512] [--warmup 3] [--steps 8] [--layers N] [--decode 128] [--decode-profile]`
+//! (CUDA builds):
 //! GPT-J-6B of the real shape with random weights built directly on the GPU (timing does not
 //! depend on weight values), quantized, LoRA r16 α32 dropout 0.05, per-block checkpointed
 //! micro-steps + 8-bit AdamW (AdamW for bf16), the same batch every step so the printed losses
@@ -38,6 +39,8 @@ struct Args {
     steps: usize,
     layers: Option<usize>,
     decode: usize,
+    /// Only the per-piece timing of one decode step (no prefill, no full decode).
+    decode_profile: bool,
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -52,6 +55,7 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
         steps: 8,
         layers: None,
         decode: 128,
+        decode_profile: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -76,12 +80,13 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
             "--batch" => a.batch = num("--batch", value("--batch")?)?.max(1),
             "--seq" => a.seq = num("--seq", value("--seq")?)?.max(2),
             "--warmup" => a.warmup = num("--warmup", value("--warmup")?)?,
-            "--steps" => a.steps = num("--steps", value("--steps")?)?.max(1),
+            "--steps" => a.steps = num("--steps", value("--steps")?)?,
             "--layers" => a.layers = Some(num("--layers", value("--layers")?)?.max(1)),
             "--decode" => a.decode = num("--decode", value("--decode")?)?,
+            "--decode-profile" => a.decode_profile = true,
             o => anyhow::bail!(
                 "bench train: unknown argument `{o}` (--quant --targets --batch --seq --warmup \
-                 --steps --layers --decode)"
+                 --steps --layers --decode --decode-profile)"
             ),
         }
     }
@@ -249,15 +254,17 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
     }
     qtune_train::step::set_memory_probe(None);
     times.sort_by(f64::total_cmp);
-    let med = times[times.len() / 2];
-    println!(
-        "{}",
-        json!({"mode": mode, "batch": b, "seq": t, "step_s_median": med,
+    // `--warmup 0 --steps 0` skips training (e.g. to profile inference alone).
+    if let Some(&med) = times.get(times.len() / 2) {
+        println!(
+            "{}",
+            json!({"mode": mode, "batch": b, "seq": t, "step_s_median": med,
                "tokens_per_s": (b * t) as f64 / med, "load_quantize_s": load_s,
                "peak_in_use_gib_probed": peak_probe.load(std::sync::atomic::Ordering::Relaxed) as f64 / GIB,
                "in_use_gib_after_step_max": peak_use as f64 / GIB,
                "peak_reserved_gib": peak_res as f64 / GIB})
-    );
+        );
+    }
 
     // Inference on the inner backend (no graph): prefill 1×512, greedy decode 128 tokens.
     // `--decode 0` skips inference altogether (e.g. to profile the training step alone).
@@ -279,34 +286,83 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
         drop(logits);
         Ok(s.elapsed().as_secs_f64())
     };
-    for _ in 0..2 {
-        prefill()?;
-    }
     let mut pre = 0.0;
-    for _ in 0..5 {
-        pre += prefill()?;
+    if !a.decode_profile {
+        for _ in 0..2 {
+            prefill()?;
+        }
+        for _ in 0..5 {
+            pre += prefill()?;
+        }
+        pre /= 5.0;
     }
-    pre /= 5.0;
     let prompt: Vec<u32> = pre_ids[..32.min(n)].iter().map(|&v| v as u32).collect();
-    let gen = |k: usize| -> anyhow::Result<(f64, usize)> {
+    // Greedy decode three ways in the same process: the default path (static-shape KV cache
+    // replayed as one CUDA graph per token), the same path run eagerly (graphs off), and the
+    // step-by-step path with a growing cache. All three must produce the same tokens.
+    #[derive(Clone, Copy)]
+    enum Path {
+        Graph,
+        Eager,
+        Stepwise,
+    }
+    let gen = |k: usize, path: Path| -> anyhow::Result<(f64, Vec<u32>)> {
         let g = GenerationConfig {
             max_new_tokens: k,
             eos_token_id: None,
             ..GenerationConfig::default()
         };
+        let graphs = qtune_kernels::cuda::graphs_enabled();
+        qtune_kernels::cuda::set_graphs_enabled(graphs && !matches!(path, Path::Eager));
         sync()?;
         let s = Instant::now();
-        let out = infer.generate(std::slice::from_ref(&prompt), &g)?;
+        let out = match path {
+            Path::Stepwise => infer.generate_stepwise(std::slice::from_ref(&prompt), &g),
+            Path::Graph | Path::Eager => infer.generate(std::slice::from_ref(&prompt), &g),
+        };
         sync()?;
-        Ok((s.elapsed().as_secs_f64(), out.first().map_or(0, Vec::len)))
+        let took = s.elapsed().as_secs_f64();
+        qtune_kernels::cuda::set_graphs_enabled(graphs);
+        Ok((took, out?.into_iter().next().unwrap_or_default()))
     };
-    gen(8)?;
-    let (dec_s, produced) = gen(a.decode)?;
+    // Each path: a short run (compiles, warms the pool), then the timed one. The short run's
+    // time also gives the per-token cost without the fixed part (prefill, graph recording):
+    // (t_long − t_short) / (long − short).
+    if a.decode_profile {
+        // Where a decode step's time goes: each piece recorded 20× in one CUDA graph.
+        for (piece, s) in infer.decode_step_breakdown(&prompt, a.decode, 20)? {
+            println!(
+                "{}",
+                json!({"mode": mode, "decode_piece": piece, "us": s * 1e6})
+            );
+        }
+        return Ok(());
+    }
+    let (mut timed, mut short) = (Vec::new(), Vec::new());
+    for path in [Path::Graph, Path::Eager, Path::Stepwise] {
+        gen(8, path)?;
+        short.push(gen(8, path)?);
+        timed.push(gen(a.decode, path)?);
+    }
+    let rate = |(s, toks): &(f64, Vec<u32>)| toks.len() as f64 / s.max(1e-9);
+    let per_token_ms = |i: usize| {
+        let extra = timed[i].1.len().saturating_sub(short[i].1.len()).max(1);
+        1e3 * (timed[i].0 - short[i].0) / extra as f64
+    };
+    // Agreement, as the common prefix: on a random 6B model the logits are nearly flat, so a
+    // summation-order difference (L masked rows vs the grown cache) can flip a near-tie.
+    let prefix = |a: &[u32], b: &[u32]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let (dec_s, tokens) = &timed[0];
     println!(
         "{}",
         json!({"mode": mode, "prefill_tokens": n, "prefill_s": pre, "prefill_tok_s": n as f64 / pre,
-               "decode_new_tokens": produced, "decode_s": dec_s,
-               "decode_tok_s_b1": produced as f64 / dec_s.max(1e-9)})
+               "decode_new_tokens": tokens.len(), "decode_s": dec_s,
+               "decode_tok_s_b1": rate(&timed[0]),
+               "decode_tok_s_b1_no_graph": rate(&timed[1]),
+               "decode_tok_s_b1_stepwise": rate(&timed[2]),
+               "decode_ms_per_token_steady": [per_token_ms(0), per_token_ms(1), per_token_ms(2)],
+               "decode_prefix_agreeing_no_graph_stepwise":
+                   [prefix(tokens, &timed[1].1), prefix(tokens, &timed[2].1)]})
     );
     Ok(())
 }

@@ -5,6 +5,8 @@
 //! 2. The tiny random model (configs/tiny.toml's shape, LoRA q,v) trained for `--steps` steps on
 //!    one fixed batch, on the GPU (bf16) and on the CPU (f32), same init, same AdamW: both loss
 //!    curves are printed side by side with their largest difference.
+//!
+//! Also: the cuBLAS GEMMs and fused ops vs the CPU, and greedy decoding (`decode_check`).
 
 /// Entry point of `bench gpu-check`.
 ///
@@ -72,6 +74,9 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
                    "gpu_vs_cpu_max_rel_err": max_rel_err(&ours, &cpu_logits, &prompts.attention_mask, vocab)})
         );
     }
+
+    // 1b. Greedy decoding: in-place row write, on-device argmax, CUDA graph vs eager.
+    decode_check(&dev, fixture)?;
 
     // 2. Tiny loss curve, GPU bf16 vs CPU f32.
     let mut cfg = qtune_train::RunConfig::tiny();
@@ -548,4 +553,127 @@ where
         model = optim.step(1e-3, model, ms.grads)?;
     }
     Ok(losses)
+}
+
+/// Greedy decoding on the GPU: `write_row` (shared and exclusive destination, a row out of
+/// range) and `greedy_advance` (ties, NaN) against their host definitions; then the tiny
+/// fixture's batch-1 greedy continuation with the decode step as a CUDA graph, without graphs
+/// (the same kernels launched from the host: must agree token for token) and by the stepwise
+/// loop (host argmax over read-back logits).
+#[cfg(feature = "cuda")]
+fn decode_check(
+    dev: &burn::tensor::Device<qtune_train::backend::Train>,
+    fixture: &std::path::Path,
+) -> anyhow::Result<()> {
+    use burn::tensor::backend::AutodiffBackend;
+    use burn::tensor::{DType, Int, Tensor, TensorData};
+    use qtune_gptj::{GenerationConfig, Gptj, LoadOptions};
+    use qtune_kernels::cuda::set_graphs_enabled;
+    use serde_json::json;
+    type I = <qtune_train::backend::Train as AutodiffBackend>::InnerBackend;
+
+    let host_f = |t: Tensor<I, 2>| -> anyhow::Result<Vec<f32>> {
+        t.cast(DType::F32)
+            .into_data()
+            .into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
+    };
+    let host_i = |t: Tensor<I, 1, Int>| -> anyhow::Result<Vec<i64>> {
+        t.into_data()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
+    };
+    let (rows, cols) = (7usize, 4096usize);
+    let vals = |n: usize, k: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                half::bf16::from_f32((((i * 7919 + k * 104_729) % 2001) as f32 - 1000.0) / 256.0)
+                    .to_f32()
+            })
+            .collect()
+    };
+    let (d, x) = (vals(rows * cols, 1), vals(cols, 2));
+    let dst =
+        || Tensor::<I, 2>::from_data(TensorData::new(d.clone(), [rows, cols]), (dev, DType::BF16));
+    let src = Tensor::<I, 2>::from_data(TensorData::new(x.clone(), [1, cols]), (dev, DType::BF16));
+    let row = |r: i64| Tensor::<I, 1, Int>::from_data(TensorData::new(vec![r], [1]), dev);
+    let mut expect = d.clone();
+    expect[3 * cols..4 * cols].copy_from_slice(&x);
+    let shared = dst();
+    let written_shared = host_f(qtune_kernels::write_row(
+        shared.clone(),
+        src.clone(),
+        row(3),
+    ))?;
+    let shared_intact = host_f(shared)? == d;
+    let written = host_f(qtune_kernels::write_row(dst(), src.clone(), row(3)))?;
+    let outside = host_f(qtune_kernels::write_row(dst(), src.clone(), row(7)))?;
+    let negative = host_f(qtune_kernels::write_row(dst(), src, row(-1)))?;
+    let vocab = 50_400usize;
+    let mut argmax_ok = Vec::new();
+    for case in 0..3 {
+        let mut l: Vec<f32> = vals(vocab, 3 + case).iter().map(|v| v * 0.5).collect();
+        match case {
+            1 => {
+                l[40_000] = 100.0;
+                l[123] = 100.0; // tie: the first wins
+            }
+            2 => {
+                l[77] = 100.0;
+                l[30_000] = f32::NAN; // NaN wins, as torch.argmax
+            }
+            _ => {}
+        }
+        let init = vec![9i64, 10, 1, 5, -1, -1];
+        let state = Tensor::<I, 1, Int>::from_data(TensorData::new(init.clone(), [6]), dev);
+        let logits =
+            Tensor::<I, 2>::from_data(TensorData::new(l.clone(), [1, vocab]), (dev, DType::F32));
+        let got = host_i(qtune_kernels::greedy_advance(state, logits))?;
+        let tok = qtune_kernels::first_argmax(&l) as i64;
+        argmax_ok.push(got == vec![tok, 11, 2, 5, tok, -1]);
+    }
+    println!(
+        "{}",
+        json!({"check": "decode_ops",
+               "write_row_exclusive_ok": written == expect,
+               "write_row_shared_ok": written_shared == expect && shared_intact,
+               "write_row_out_of_range_untouched": outside == d && negative == d,
+               "greedy_advance_ok_plain_tie_nan": argmax_ok})
+    );
+
+    let model = Gptj::<I>::load(
+        &fixture.join("fp32"),
+        &LoadOptions {
+            dtype: DType::BF16,
+            ..LoadOptions::default()
+        },
+        dev,
+    )?;
+    for prompt in [vec![3u32, 14, 15, 92, 65], vec![7u32], (1..40).collect()] {
+        let cfg = GenerationConfig {
+            max_new_tokens: 40,
+            ..GenerationConfig::default()
+        };
+        set_graphs_enabled(true);
+        let graph = model.greedy_fixed(&prompt, &cfg)?;
+        set_graphs_enabled(false);
+        let eager = model.greedy_fixed(&prompt, &cfg)?;
+        set_graphs_enabled(true);
+        let stepwise = model
+            .generate_stepwise(std::slice::from_ref(&prompt), &cfg)?
+            .remove(0);
+        let common = stepwise
+            .iter()
+            .zip(&graph)
+            .take_while(|(a, b)| a == b)
+            .count();
+        println!(
+            "{}",
+            json!({"check": "greedy_decode", "prompt_len": prompt.len(), "new": graph.len(),
+                   "graph_equals_eager": graph == eager,
+                   "same_prefix_as_stepwise": common, "graph_head": &graph[..8.min(graph.len())]})
+        );
+    }
+    Ok(())
 }
