@@ -243,6 +243,17 @@ fn argmax(xs: &[f32]) -> u32 {
     qtune_kernels::first_argmax(xs) as u32
 }
 
+/// A generation request is valid: a valid config and at least one prompt, none empty.
+fn check_request(prompts: &[Vec<u32>], cfg: &GenerationConfig) -> Result<(), GptjError> {
+    cfg.validate()?;
+    if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+        return Err(GptjError::Input(
+            "every prompt needs at least one token".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl<B: QBackend> Gptj<B> {
     /// Generates continuations of `prompts` (batched, left-padded). Returns the new tokens of
     /// each prompt, up to and including EOS when one is produced.
@@ -251,12 +262,7 @@ impl<B: QBackend> Gptj<B> {
         prompts: &[Vec<u32>],
         cfg: &GenerationConfig,
     ) -> Result<Vec<Vec<u32>>, GptjError> {
-        cfg.validate()?;
-        if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
-            return Err(GptjError::Input(
-                "every prompt needs at least one token".into(),
-            ));
-        }
+        check_request(prompts, cfg)?;
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         if longest + cfg.max_new_tokens > self.config.n_positions {
             tracing::warn!(
@@ -287,12 +293,7 @@ impl<B: QBackend> Gptj<B> {
         prompts: &[Vec<u32>],
         cfg: &GenerationConfig,
     ) -> Result<Vec<Vec<u32>>, GptjError> {
-        cfg.validate()?;
-        if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
-            return Err(GptjError::Input(
-                "every prompt needs at least one token".into(),
-            ));
-        }
+        check_request(prompts, cfg)?;
         let pad = cfg.pad();
         let vocab = self.config.vocab_size;
         let (mut seqs, mask) = left_pad(prompts, pad);
