@@ -131,6 +131,7 @@ impl<B: QBackend> Gptj<B> {
         prompt: &[u32],
         cfg: &GenerationConfig,
     ) -> Result<Vec<u32>, GptjError> {
+        self.check_prompt(prompt)?;
         let n_new = cfg.max_new_tokens;
         if n_new == 0 {
             return Ok(Vec::new());
@@ -177,13 +178,9 @@ impl<B: QBackend> Gptj<B> {
         }
         Ok(out)
     }
-    /// The fixed-shape decoder after the prefill of `prompt`, with room for `n_new ≥ 1` tokens;
-    /// its state already holds the first new token.
-    fn fixed_decoder(
-        &self,
-        prompt: &[u32],
-        n_new: usize,
-    ) -> Result<FixedDecoder<'_, B>, GptjError> {
+
+    /// A prompt is non-empty and every id is in the vocabulary.
+    fn check_prompt(&self, prompt: &[u32]) -> Result<(), GptjError> {
         let vocab = self.config.vocab_size;
         if prompt.is_empty() {
             return Err(GptjError::Input(
@@ -195,6 +192,17 @@ impl<B: QBackend> Gptj<B> {
                 "token id {bad} is outside the vocabulary ({vocab})"
             )));
         }
+        Ok(())
+    }
+
+    /// The fixed-shape decoder after the prefill of `prompt`, with room for `n_new ≥ 1` tokens;
+    /// its state already holds the first new token.
+    fn fixed_decoder(
+        &self,
+        prompt: &[u32],
+        n_new: usize,
+    ) -> Result<FixedDecoder<'_, B>, GptjError> {
+        self.check_prompt(prompt)?;
         let (t, device) = (prompt.len(), self.wte.device());
         let len = t + n_new - 1;
         let rotary_dim = self.config.rotary_dim();
