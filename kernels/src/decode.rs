@@ -87,9 +87,10 @@ pub(crate) fn host_greedy_advance<B: QBackend>(
         s.len() >= 3,
         "qtune-kernels: greedy state needs [token, pos, count, ..]"
     );
+    let n = burn::tensor::TensorMetadata::shape(&logits).num_elements();
     let logits = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(
-        logits.clone(),
-        Shape::new([burn::tensor::TensorMetadata::shape(&logits).num_elements()]),
+        logits,
+        Shape::new([n]),
     )))
     .cast(DType::F32)
     .into_data()

@@ -266,7 +266,7 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
         );
     }
 
-    // Inference on the inner backend (no graph): prefill 1×512, greedy decode 128 tokens.
+    // Inference on the inner backend (no autodiff): prefill 1×512, greedy decode 128 tokens.
     // `--decode 0` skips inference altogether (e.g. to profile the training step alone).
     drop(optim);
     if a.decode == 0 {
@@ -297,9 +297,19 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
         pre /= 5.0;
     }
     let prompt: Vec<u32> = pre_ids[..32.min(n)].iter().map(|&v| v as u32).collect();
+    if a.decode_profile {
+        // Where a decode step's time goes: each piece recorded 20× in one CUDA graph.
+        for (piece, s) in infer.decode_step_breakdown(&prompt, a.decode, 20)? {
+            println!(
+                "{}",
+                json!({"mode": mode, "decode_piece": piece, "us": s * 1e6})
+            );
+        }
+        return Ok(());
+    }
     // Greedy decode three ways in the same process: the default path (static-shape KV cache
     // replayed as one CUDA graph per token), the same path run eagerly (graphs off), and the
-    // step-by-step path with a growing cache. All three must produce the same tokens.
+    // step-by-step path with a growing cache; their tokens are compared below.
     #[derive(Clone, Copy)]
     enum Path {
         Graph,
@@ -314,30 +324,26 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
         };
         let graphs = qtune_kernels::cuda::graphs_enabled();
         qtune_kernels::cuda::set_graphs_enabled(graphs && !matches!(path, Path::Eager));
-        sync()?;
-        let s = Instant::now();
-        let out = match path {
-            Path::Stepwise => infer.generate_stepwise(std::slice::from_ref(&prompt), &g),
-            Path::Graph | Path::Eager => infer.generate(std::slice::from_ref(&prompt), &g),
+        let run = || -> anyhow::Result<(f64, Vec<u32>)> {
+            sync()?;
+            let s = Instant::now();
+            let out = match path {
+                Path::Stepwise => infer.generate_stepwise(std::slice::from_ref(&prompt), &g)?,
+                Path::Graph | Path::Eager => infer.generate(std::slice::from_ref(&prompt), &g)?,
+            };
+            sync()?;
+            Ok((
+                s.elapsed().as_secs_f64(),
+                out.into_iter().next().unwrap_or_default(),
+            ))
         };
-        sync()?;
-        let took = s.elapsed().as_secs_f64();
-        qtune_kernels::cuda::set_graphs_enabled(graphs);
-        Ok((took, out?.into_iter().next().unwrap_or_default()))
+        let out = run();
+        qtune_kernels::cuda::set_graphs_enabled(graphs); // also after an error
+        out
     };
     // Each path: a short run (compiles, warms the pool), then the timed one. The short run's
     // time also gives the per-token cost without the fixed part (prefill, graph recording):
     // (t_long − t_short) / (long − short).
-    if a.decode_profile {
-        // Where a decode step's time goes: each piece recorded 20× in one CUDA graph.
-        for (piece, s) in infer.decode_step_breakdown(&prompt, a.decode, 20)? {
-            println!(
-                "{}",
-                json!({"mode": mode, "decode_piece": piece, "us": s * 1e6})
-            );
-        }
-        return Ok(());
-    }
     let (mut timed, mut short) = (Vec::new(), Vec::new());
     for path in [Path::Graph, Path::Eager, Path::Stepwise] {
         gen(8, path)?;

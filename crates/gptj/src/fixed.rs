@@ -14,7 +14,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use qtune_kernels::{attention, graph_capture, greedy_advance, write_row, QBackend};
 
 use crate::error::GptjError;
-use crate::generate::GenerationConfig;
+use crate::generate::{check_prompt, GenerationConfig};
 use crate::layers::{apply_rotary, rotary_tables, Block, BlockContext, FixedKv, KvSlot};
 use crate::model::{Gptj, KvCache};
 
@@ -34,12 +34,31 @@ struct FixedDecoder<'a, B: QBackend> {
 }
 
 impl<B: QBackend> FixedDecoder<'_, B> {
-    /// The step's inputs from `state` (see [`step_context`]).
+    /// The step's inputs from `state`: the token `[1, 1]`, its position `[1]` and the block
+    /// context (rotary angles of `pos` from the `[L, rotary_dim/2]` tables, the cache rows after
+    /// `pos` masked).
     fn context(
         &self,
         state: &Tensor<B, 1, Int>,
     ) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>, BlockContext<B>) {
-        step_context(&self.rows, &self.cos, &self.sin, state)
+        let len = self.rows.dims()[0];
+        let half = self.cos.dims()[1];
+        let tok = state.clone().narrow(0, 0, 1).reshape([1, 1]);
+        let pos = state.clone().narrow(0, 1, 1);
+        let angles =
+            |t: &Tensor<B, 2>| t.clone().select(0, pos.clone()).reshape([1, 1, 1, half, 1]);
+        let mask = self
+            .rows
+            .clone()
+            .greater(pos.clone().expand([len]))
+            .reshape([1, 1, 1, len]);
+        let ctx = BlockContext {
+            mask: Some(mask),
+            cos: angles(&self.cos),
+            sin: angles(&self.sin),
+            dropout_seed: None,
+        };
+        (tok, pos, ctx)
     }
 
     /// One token: static shapes, no host reads; the caches and the state are updated in place.
@@ -77,33 +96,6 @@ impl<B: QBackend> FixedDecoder<'_, B> {
     }
 }
 
-/// A fixed-shape step's inputs from `state`: the token `[1, 1]`, its position `[1]` and the
-/// block context (rotary angles of `pos` from the `[L, rotary_dim/2]` tables, the cache rows
-/// after `pos` masked).
-fn step_context<B: QBackend>(
-    rows: &Tensor<B, 1, Int>,
-    cos: &Tensor<B, 2>,
-    sin: &Tensor<B, 2>,
-    state: &Tensor<B, 1, Int>,
-) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>, BlockContext<B>) {
-    let len = rows.dims()[0];
-    let half = cos.dims()[1];
-    let tok = state.clone().narrow(0, 0, 1).reshape([1, 1]);
-    let pos = state.clone().narrow(0, 1, 1);
-    let angles = |t: &Tensor<B, 2>| t.clone().select(0, pos.clone()).reshape([1, 1, 1, half, 1]);
-    let mask = rows
-        .clone()
-        .greater(pos.clone().expand([len]))
-        .reshape([1, 1, 1, len]);
-    let ctx = BlockContext {
-        mask: Some(mask),
-        cos: angles(cos),
-        sin: angles(sin),
-        dropout_seed: None,
-    };
-    (tok, pos, ctx)
-}
-
 /// `tokens` up to and including the first `eos`, and whether it was found.
 fn cut_at_eos(mut tokens: Vec<u32>, eos: Option<u32>) -> (Vec<u32>, bool) {
     match eos.and_then(|e| tokens.iter().position(|&t| t == e)) {
@@ -131,10 +123,9 @@ impl<B: QBackend> Gptj<B> {
         prompt: &[u32],
         cfg: &GenerationConfig,
     ) -> Result<Vec<u32>, GptjError> {
-        self.check_prompt(prompt)?;
         let n_new = cfg.max_new_tokens;
         if n_new == 0 {
-            return Ok(Vec::new());
+            return check_prompt(prompt, self.config.vocab_size).map(|()| Vec::new());
         }
         let device = self.wte.device();
         let mut dec = self.fixed_decoder(prompt, n_new)?;
@@ -179,22 +170,6 @@ impl<B: QBackend> Gptj<B> {
         Ok(out)
     }
 
-    /// A prompt is non-empty and every id is in the vocabulary.
-    fn check_prompt(&self, prompt: &[u32]) -> Result<(), GptjError> {
-        let vocab = self.config.vocab_size;
-        if prompt.is_empty() {
-            return Err(GptjError::Input(
-                "every prompt needs at least one token".into(),
-            ));
-        }
-        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
-            return Err(GptjError::Input(format!(
-                "token id {bad} is outside the vocabulary ({vocab})"
-            )));
-        }
-        Ok(())
-    }
-
     /// The fixed-shape decoder after the prefill of `prompt`, with room for `n_new ≥ 1` tokens;
     /// its state already holds the first new token.
     fn fixed_decoder(
@@ -202,7 +177,7 @@ impl<B: QBackend> Gptj<B> {
         prompt: &[u32],
         n_new: usize,
     ) -> Result<FixedDecoder<'_, B>, GptjError> {
-        self.check_prompt(prompt)?;
+        check_prompt(prompt, self.config.vocab_size)?;
         let (t, device) = (prompt.len(), self.wte.device());
         let len = t + n_new - 1;
         let rotary_dim = self.config.rotary_dim();
@@ -256,6 +231,7 @@ impl<B: QBackend> Gptj<B> {
             rows: Tensor::arange(0..len as i64, &device),
         })
     }
+
     /// Device time per call of each piece of one fixed-shape decode step (for benchmarks: where
     /// a token's time goes). Each piece is recorded `reps` times in one device graph, replayed
     /// three times and timed around a device sync, so a piece costs what it costs inside the
@@ -376,13 +352,11 @@ impl<B: QBackend> Gptj<B> {
         time("greedy_advance", &mut || {
             drop(greedy_advance(state.clone(), logits.clone()))
         })?;
-        drop((tok, ctx));
-        let (blk, kv) = (&dec.blocks[0], &mut dec.layers[0]);
-        let (_, pos, ctx) = step_context(&dec.rows, &dec.cos, &dec.sin, &state);
+        let kv = &mut dec.layers[0];
         time("block 0 (whole)", &mut || {
-            drop(blk.forward_cached(h.clone(), &ctx, Some(KvSlot::Fixed { kv, pos: &pos })))
+            drop(block.forward_cached(h.clone(), &ctx, Some(KvSlot::Fixed { kv, pos: &pos })))
         })?;
-        drop((pos, ctx));
+        drop((tok, pos, ctx));
         time("step (all blocks, head, argmax)", &mut || dec.step())?;
         Ok(out)
     }

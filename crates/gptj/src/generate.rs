@@ -141,11 +141,7 @@ impl<'a, B: QBackend> Decoder<'a, B> {
             // HF: position_ids = cumsum(mask) - 1 over the whole row, masked_fill(mask == 0, 1).
             let mut real = self.mask[r].iter().sum::<i64>();
             for (&tok, &mv) in row.iter().zip(m) {
-                if tok as usize >= vocab {
-                    return Err(GptjError::Input(format!(
-                        "token id {tok} is outside the vocabulary ({vocab})"
-                    )));
-                }
+                check_token(tok, vocab)?;
                 ids.push(tok as i64);
                 real += mv;
                 pos.push(if mv == 0 { 1 } else { real - 1 });
@@ -243,13 +239,34 @@ fn argmax(xs: &[f32]) -> u32 {
     qtune_kernels::first_argmax(xs) as u32
 }
 
+/// An empty prompt cannot start a generation.
+fn empty_prompt() -> GptjError {
+    GptjError::Input("every prompt needs at least one token".into())
+}
+
+/// A token id is in the vocabulary.
+pub(crate) fn check_token(tok: u32, vocab: usize) -> Result<(), GptjError> {
+    if tok as usize >= vocab {
+        return Err(GptjError::Input(format!(
+            "token id {tok} is outside the vocabulary ({vocab})"
+        )));
+    }
+    Ok(())
+}
+
+/// A prompt has at least one token, each in the vocabulary.
+pub(crate) fn check_prompt(prompt: &[u32], vocab: usize) -> Result<(), GptjError> {
+    if prompt.is_empty() {
+        return Err(empty_prompt());
+    }
+    prompt.iter().try_for_each(|&t| check_token(t, vocab))
+}
+
 /// A generation request is valid: a valid config and at least one prompt, none empty.
 fn check_request(prompts: &[Vec<u32>], cfg: &GenerationConfig) -> Result<(), GptjError> {
     cfg.validate()?;
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
-        return Err(GptjError::Input(
-            "every prompt needs at least one token".into(),
-        ));
+        return Err(empty_prompt());
     }
     Ok(())
 }
