@@ -2,6 +2,12 @@
 //! every process: minutes before the first training step on a GPT-J block (BENCHMARKS.md). This
 //! points CubeCL's PTX cache and its autotune cache at one directory that outlives the process,
 //! so a machine compiles each kernel once.
+//!
+//! CubeCL keys a cached PTX by the kernel's type and launch-time (comptime) arguments, not by its
+//! source: after a kernel's body changes, a process would load the old PTX and run the old code.
+//! The PTX cache therefore lives in a subdirectory named by a hash of the kernel sources
+//! ([`kernel_fingerprint`]); a changed kernel source starts a fresh one (autotune results, which
+//! depend on shapes and the device only, stay shared).
 
 use std::path::PathBuf;
 
@@ -29,7 +35,33 @@ pub fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".qtune-kernels"))
 }
 
-/// Installs CubeCL's global configuration with both caches in [`cache_dir`] (other settings from
+/// Every source file holding `#[cube]` code, compiled in: [`kernel_fingerprint`] hashes them.
+const KERNEL_SOURCES: [&str; 4] = [
+    include_str!("kernels.rs"),
+    include_str!("fused.rs"),
+    include_str!("decode.rs"),
+    include_str!("bench.rs"),
+];
+
+/// 64-bit FNV-1a of the kernel sources and this crate's version, as 16 hex digits.
+pub fn kernel_fingerprint() -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for src in KERNEL_SOURCES
+        .iter()
+        .chain(std::iter::once(&env!("CARGO_PKG_VERSION")))
+    {
+        for &b in src.as_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff; // separator: moving text between files changes the hash
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Installs CubeCL's global configuration with both caches in [`cache_dir`], the PTX one in a
+/// subdirectory per kernel-source fingerprint (module docs; other settings from
 /// a `cubecl.toml` if one is found from the working directory up, and the `CUBECL_*` environment
 /// variables). Call once, before the first CUDA tensor exists; later calls, or a call after
 /// CubeCL already read its configuration, leave it as it is and return `None`.
@@ -43,7 +75,8 @@ pub fn init_kernel_cache() -> Option<PathBuf> {
         }
         let dir = cache_dir();
         let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
-        config.compilation.cache = Some(CacheConfig::File(dir.clone()));
+        let ptx = dir.join(format!("ptx-{}", kernel_fingerprint()));
+        config.compilation.cache = Some(CacheConfig::File(ptx));
         config.autotune.cache = CacheConfig::File(dir.clone());
         // Per-kernel GPU times (each launch timed by CubeCL, so slower): one line per kernel
         // `| duration | name` in the named file; `cargo xtask bench train` docs show how to sum.
