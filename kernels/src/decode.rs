@@ -16,6 +16,11 @@ pub trait DeviceGraph {
     /// # Errors
     /// [`KernelError::Graph`] if the driver refuses the launch.
     fn replay(&self) -> Result<(), KernelError>;
+
+    /// What the graph holds, for diagnostics (e.g. node counts by type); empty if unknown.
+    fn describe(&self) -> String {
+        String::new()
+    }
 }
 
 fn host_i64<B: QBackend>(t: IntTensor<B>) -> Vec<i64> {

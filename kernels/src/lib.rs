@@ -51,6 +51,19 @@ pub trait QBackend: Backend {
     /// `y[m, out] = x[m, in] · dequant(w)ᵀ`, computed in `x`'s dtype.
     fn q_linear(x: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self>;
 
+    /// `q_linear(x, w) + adds[0] + adds[1] + …` for `adds` of the output's shape and dtype (a
+    /// bias row and residuals). The default adds them one by one in order (tracked under
+    /// autodiff); CUDA folds up to three into the batch-1 GEMV's epilogue (one f32 sum, rounded
+    /// once), so a decode step saves their launches.
+    fn q_linear_add(
+        x: FloatTensor<Self>,
+        w: QWeightPrimitive<Self>,
+        adds: Vec<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        adds.into_iter()
+            .fold(Self::q_linear(x, w), |y, a| Self::float_add(y, a))
+    }
+
     /// `dx[m, in] = dy[m, out] · dequant(w)`, the only gradient a frozen base weight needs.
     fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self>;
 
@@ -316,6 +329,35 @@ pub fn q_linear<B: QBackend, const D: usize>(x: Tensor<B, D>, w: &QuantWeight<B>
     let mut out = dims;
     out[D - 1] = out_f;
     Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out)
+}
+
+/// [`q_linear`] plus `adds` (each of the output's shape, or broadcastable to it, in its dtype),
+/// added in order after the product: through [`QBackend::q_linear_add`] (one kernel on CUDA
+/// for a single row and up to three same-shape addends), else as tensor adds.
+///
+/// # Panics
+/// As [`q_linear`]; on addends that do not broadcast to the output.
+pub fn q_linear_add<B: QBackend, const D: usize>(
+    x: Tensor<B, D>,
+    w: &QuantWeight<B>,
+    adds: Vec<Tensor<B, D>>,
+) -> Tensor<B, D> {
+    let dims = x.dims();
+    let [out_f, in_f] = w.shape();
+    let m = dims[..D - 1].iter().product::<usize>();
+    let mut out = dims;
+    out[D - 1] = out_f;
+    let fits = |a: &Tensor<B, D>| a.dims() == out && a.dtype() == x.dtype();
+    if dims[D - 1] == in_f && m == 1 && adds.iter().all(fits) {
+        let x2 = x.reshape([1, in_f]).into_primitive().tensor();
+        let adds = adds
+            .into_iter()
+            .map(|a| a.reshape([1, out_f]).into_primitive().tensor())
+            .collect();
+        let y = B::q_linear_add(x2, w.primitive(), adds);
+        return Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out);
+    }
+    adds.into_iter().fold(q_linear(x, w), |y, a| y + a)
 }
 
 /// `op(a)·op(b)` over the last two dims through [`QBackend::q_gemm`]; the leading dims

@@ -13,7 +13,8 @@
 # ".device/site", ".device/peer_hf.py"], command e.g.
 #   MODES='nf4:qv nf4:all int8-blockwise:qv bf16:qv' PEERS='nf4 nf4-all int8 bf16' bash .device/bench_call.sh
 # Options: NOCHECK=1 skips gpu-check, PROFILE=1 adds a 4-layer per-kernel profile, DECODE=N,
-# DECODE_PROFILE=1 adds the device time of each piece of an NF4 decode step (CUDA graphs).
+# DECODE_PROFILE=1 adds the device time of each piece of an NF4 decode step (CUDA graphs),
+# GEMV=1 times the batch-1 products alone (quantized GEMV, LoRA factors, head: GEMV vs cuBLAS).
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$LD_LIBRARY_PATH
 export QTUNE_KERNEL_CACHE=/tmp/kcache
 mkdir -p $QTUNE_KERNEL_CACHE
@@ -24,13 +25,18 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 SMI=$!
 if [ -z "$NOCHECK" ]; then
   echo "=== gpu-check $(date -u +%T)"
-  timeout 150 $X bench gpu-check --steps 30 > $OUT/gpucheck.txt 2>&1
+  timeout 300 $X bench gpu-check --steps 30 > $OUT/gpucheck.txt 2>&1
   grep -v INFO $OUT/gpucheck.txt | grep -v '"check":"gemm"' | grep -v '"step":' | grep -v '^\s*[0-9]*: ' | cut -c1-600 | tail -12
+fi
+if [ -n "$GEMV" ]; then
+  echo "=== batch-1 products $(date -u +%T)"
+  timeout 120 $X bench dequant --decode --iters 20 > $OUT/gemv.txt 2>&1
+  grep '"bench":"gemv"' $OUT/gemv.txt | cut -c1-200
 fi
 for m in ${MODES:-nf4:qv}; do
   set -- ${m%%:*} ${m##*:}
   echo "=== ours $1 $2 $(date -u +%T)"
-  timeout 120 $X bench train --quant $1 --targets $2 --warmup 3 --steps 8 --decode ${DECODE:-128} > /tmp/ours_$1_$2.txt 2>&1
+  timeout 200 $X bench train --quant $1 --targets $2 --warmup 3 --steps 8 --decode ${DECODE:-128} > /tmp/ours_$1_$2.txt 2>&1
   cat /tmp/ours_$1_$2.txt >> $OUT/ours.txt
   grep -E 'tokens_per_s|decode_tok|Error|panicked' /tmp/ours_$1_$2.txt | cut -c1-700
   grep '"step":' /tmp/ours_$1_$2.txt | grep -v '"warmup":true' | sed 's/.*"step_s":\([0-9.]*\).*/\1/' | tr '\n' ' '; echo

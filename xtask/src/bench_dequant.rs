@@ -1,7 +1,8 @@
-//! `cargo xtask bench dequant [--check] [--iters N] [--tokens N]` (CUDA builds only):
+//! `cargo xtask bench dequant [--check] [--decode] [--iters N] [--tokens N]` (CUDA builds only):
 //! dequant bandwidth per format for a 16384×4096 weight (bytes as bitsandbytes' peer counts
 //! them), the bf16 copy bandwidth of the same GPU, the GPU quantizer's speed, and quantized
-//! linear forward+backward time vs a dense bf16 cuBLAS GEMM at 4096 tokens. `--check` first runs
+//! linear forward+backward time vs a dense bf16 cuBLAS GEMM at 4096 tokens, and the batch-1
+//! (decode) products inside a CUDA graph (`--decode`: only those). `--check` first runs
 //! the GPU self-test (kernels vs CPU reference, bit for bit). Prints JSON lines, then a table.
 
 /// Entry point called by xtask's `bench dequant` subcommand with the remaining arguments.
@@ -34,10 +35,11 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
         };
         match arg.as_str() {
             "--check" => check = true,
+            "--decode" => cfg.decode_only = true,
             "--iters" => cfg.iters = value("--iters")?.max(1),
             "--tokens" => cfg.tokens = value("--tokens")?.max(1),
             other => anyhow::bail!(
-                "bench dequant: unknown argument `{other}` (use --check, --iters N, --tokens N)"
+                "bench dequant: unknown argument `{other}` (use --check, --decode, --iters N, --tokens N)"
             ),
         }
     }

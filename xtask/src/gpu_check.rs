@@ -450,6 +450,35 @@ fn gemm_check(dev: &burn::tensor::Device<qtune_train::backend::Train>) -> anyhow
                 rel(host(y.unsqueeze::<3>())?, host(y_ref.unsqueeze::<3>())?).into(),
             );
         }
+        // Batch-1 dense products (LoRA factors, LM head at decode): GEMV kernel vs cuBLAS.
+        for (n, k) in [(16usize, 1024usize), (1000, 16), (2000, 1024)] {
+            type I = <Train as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+            let t = |len: usize, seed: u64, shape: [usize; 2]| {
+                Tensor::<I, 2>::from_data(
+                    TensorData::new(values(len, seed), shape),
+                    (dev, DType::BF16),
+                )
+            };
+            let (x, w, y0) = (t(k, 33, [1, k]), t(n * k, 34, [n, k]), t(n, 35, [1, n]));
+            let run = |gemv: bool| -> anyhow::Result<[Vec<f32>; 2]> {
+                qtune_kernels::cuda::set_dense_gemv(gemv);
+                let y = qtune_kernels::linear_t(x.clone(), w.clone());
+                let acc = qtune_kernels::linear_t_acc(
+                    y0.clone().add_scalar(0.0),
+                    x.clone(),
+                    w.clone(),
+                    0.5,
+                );
+                Ok([host(y.unsqueeze::<3>())?, host(acc.unsqueeze::<3>())?])
+            };
+            let ([g, ga], [c, ca]) = (run(true)?, run(false)?);
+            qtune_kernels::cuda::set_dense_gemv(true);
+            res.insert(format!("dense_gemv_{n}x{k}_rel_err"), rel(g, c).into());
+            res.insert(
+                format!("dense_gemv_acc_{n}x{k}_rel_err"),
+                rel(ga, ca).into(),
+            );
+        }
         res.insert("check".into(), "quantized_gemv".into());
         println!("{}", serde_json::Value::Object(res));
     }

@@ -34,6 +34,19 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         gemm::<Self>(x, &wd, Product::ATransB)
     }
 
+    fn q_linear_add(
+        x: FloatTensor<Self>,
+        w: QWeightPrimitive<Self>,
+        adds: Vec<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        if let Some(y) = launch::gemv_add::<CudaRuntime, Self>(&x, &w, &adds) {
+            return y;
+        }
+        adds.into_iter().fold(Self::q_linear(x, w), |y, a| {
+            <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_add(y, a)
+        })
+    }
+
     fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self> {
         let wd = launch::dequantize::<CudaRuntime, Self>(w, dy.dtype);
         gemm::<Self>(dy, &wd, Product::AB)

@@ -31,6 +31,8 @@ pub struct BenchConfig {
     pub linears: Vec<(usize, usize)>,
     /// Timed iterations for the linear timings.
     pub linear_iters: usize,
+    /// Only the batch-1 (decode) products.
+    pub decode_only: bool,
 }
 
 impl Default for BenchConfig {
@@ -42,6 +44,7 @@ impl Default for BenchConfig {
             tokens: 4096,
             linears: vec![(4096, 4096), (4096, 16384), (16384, 4096)],
             linear_iters: 20,
+            decode_only: false,
         }
     }
 }
@@ -282,10 +285,116 @@ pub fn linear(cfg: &BenchConfig) -> Vec<Record> {
     out
 }
 
+/// Device time of one call of `f`: `reps` calls recorded in one device graph, replayed `iters`
+/// times (so launch gaps are those of the decode graph, not of the host).
+fn graph_us(dev: &cubecl::cuda::CudaDevice, reps: usize, iters: usize, f: &mut dyn FnMut()) -> f64 {
+    f(); // compile, warm the pool
+    let graph = C::q_graph_capture(dev, &mut || (0..reps).for_each(|_| f()))
+        .unwrap_or_else(|e| panic!("recording a graph: {e}"))
+        .unwrap_or_else(|| panic!("the CUDA backend records graphs"));
+    graph.replay().unwrap_or_else(|e| panic!("{e}"));
+    sync::<C>(dev);
+    let t = Instant::now();
+    for _ in 0..iters {
+        graph.replay().unwrap_or_else(|e| panic!("{e}"));
+    }
+    sync::<C>(dev);
+    t.elapsed().as_secs_f64() * 1e6 / (iters * reps) as f64
+}
+
+/// Batch-1 (decode) products on GPT-J-6B shapes, device time per call inside a CUDA graph:
+/// the quantized GEMV for NF4 + double quant and blockwise 8-bit, and the dense bf16 products
+/// of decode (LoRA `A` and `B` at r = 16, the LM head) through the GEMV kernel and through
+/// cuBLAS. Rates count the bytes read: codes + scales, or the dense weight.
+pub fn decode_gemv(cfg: &BenchConfig) -> Vec<Record> {
+    let dev = Default::default();
+    let (reps, iters) = (20, cfg.iters.max(3));
+    let mut out = Vec::new();
+    let x_of = |k: usize| {
+        Tensor::<C, 2>::random([1, k], Distribution::Normal(0.0, 1.0), &dev).cast(DType::BF16)
+    };
+    for (name, format, bs, dq, shapes) in [
+        (
+            "nf4_dq",
+            QuantFormat::Nf4,
+            64,
+            true,
+            vec![(4096, 4096), (4096, 16384), (16384, 4096)],
+        ),
+        (
+            "int8",
+            QuantFormat::Blockwise8,
+            256,
+            false,
+            vec![(4096, 4096)],
+        ),
+    ] {
+        for (in_f, out_f) in shapes {
+            let wd = Tensor::<C, 2>::random([out_f, in_f], Distribution::Normal(0.0, 0.02), &dev)
+                .cast(DType::BF16);
+            let q = QuantWeight::<C>::quantize(name, wd, format, bs, dq, FloatDType::BF16)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let xp = x_of(in_f).into_primitive().tensor();
+            let us = graph_us(&dev, reps, iters, &mut || {
+                drop(C::q_linear(xp.clone(), q.primitive()))
+            });
+            let bytes = q.resident_bytes() as f64;
+            out.push(Record {
+                kind: "gemv",
+                name: format!("{name} {in_f}->{out_f}"),
+                ms: us / 1e3,
+                rate: bytes / us / 1e3,
+                extra: format!(",\"us\":{us:.2}"),
+            });
+        }
+    }
+    let was = super::dense_gemv_enabled();
+    for (name, in_f, out_f, acc) in [
+        ("lora_a", 4096, 16, false),
+        ("lora_b_acc", 16, 4096, true),
+        ("head", 4096, 50400, false),
+    ] {
+        let w = Tensor::<C, 2>::random([out_f, in_f], Distribution::Normal(0.0, 0.02), &dev)
+            .cast(DType::BF16);
+        let x = x_of(in_f);
+        let y0 = x_of(out_f);
+        for gemv in [true, false] {
+            super::set_dense_gemv(gemv);
+            let us = graph_us(&dev, reps, iters, &mut || {
+                let y = if acc {
+                    // A fresh base output per call, as LoRA's `forward_onto` gets.
+                    crate::linear_t_acc(y0.clone().add_scalar(0.0), x.clone(), w.clone(), 2.0)
+                } else {
+                    crate::linear_t(x.clone(), w.clone())
+                };
+                drop(y);
+            });
+            out.push(Record {
+                kind: "gemv",
+                name: format!(
+                    "{name} {in_f}->{out_f} {}",
+                    if gemv { "gemv" } else { "cublas" }
+                ),
+                ms: us / 1e3,
+                rate: (2 * in_f * out_f) as f64 / us / 1e3, // bf16 weight bytes
+                extra: format!(",\"us\":{us:.2}"),
+            });
+        }
+    }
+    super::set_dense_gemv(was);
+    out
+}
+
 /// Everything, as JSON lines then a table.
 pub fn run(cfg: &BenchConfig) -> Vec<Record> {
-    let mut all = dequant(cfg);
-    all.extend(linear(cfg));
+    let mut all = if cfg.decode_only {
+        Vec::new()
+    } else {
+        let mut all = dequant(cfg);
+        all.extend(linear(cfg));
+        all
+    };
+    all.extend(decode_gemv(cfg));
     for r in &all {
         println!("{}", r.json());
     }

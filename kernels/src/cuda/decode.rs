@@ -271,6 +271,12 @@ impl DeviceGraph for CudaDeviceGraph {
             .map_err(graph_error)?
             .map_err(graph_error)
     }
+
+    fn describe(&self) -> String {
+        self.graph
+            .node_summary()
+            .unwrap_or_else(|e| format!("({e})"))
+    }
 }
 
 /// [`crate::QBackend::q_graph_capture`] on CUDA: `Ok(None)` when graphs are off

@@ -16,7 +16,7 @@ use cubecl::cuda::CudaRuntime;
 use cudarc::cublas::{result as blas, sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaStream};
 
-use super::launch::{empty, CubeB};
+use super::launch::{dense_gemv, empty, CubeB};
 
 /// One cuBLAS handle per (device, cubecl stream), created on first use and bound to that stream:
 /// a handle's workspace must not be shared by GEMMs that may overlap on different streams.
@@ -145,7 +145,11 @@ where
             ),
         );
     }
-    dense_gemm(&a, &b, &out, g);
+    if !(g.batch == 1 && g.m == 1 && !g.ta && g.tb && out_dtype == a.dtype)
+        || dense_gemv(&a, &b, &out, None).is_none()
+    {
+        dense_gemm(&a, &b, &out, g);
+    }
     out
 }
 
@@ -199,7 +203,10 @@ where
     if g.k == 0 {
         return c;
     }
-    dense_gemm(&a, &b, &c, g);
+    if !(g.batch == 1 && g.m == 1 && !g.ta && g.tb) || dense_gemv(&a, &b, &c, Some(alpha)).is_none()
+    {
+        dense_gemm(&a, &b, &c, g);
+    }
     c
 }
 

@@ -202,6 +202,16 @@ pub fn gemv<R: CubeRuntime, B: CubeB<R>>(
     x: &CubeTensor<R>,
     w: &QWeightPrimitive<B>,
 ) -> Option<CubeTensor<R>> {
+    gemv_add(x, w, &[])
+}
+
+/// [`gemv`] with up to three addends (`[1, out]` or `[out]`, `x`'s dtype) summed into the
+/// result in f32 before its one rounding; `None` as [`gemv`] or for other addends.
+pub fn gemv_add<R: CubeRuntime, B: CubeB<R>>(
+    x: &CubeTensor<R>,
+    w: &QWeightPrimitive<B>,
+    adds: &[CubeTensor<R>],
+) -> Option<CubeTensor<R>> {
     let l = w.layout;
     let shape = x.meta.shape().to_vec();
     if shape.len() != 2
@@ -210,9 +220,14 @@ pub fn gemv<R: CubeRuntime, B: CubeB<R>>(
         || l.in_features % PER_UNIT != 0
         || l.blocksize % PER_UNIT != 0
         || l.out_features == 0
+        || adds.len() > 3
+        || adds
+            .iter()
+            .any(|a| a.dtype != x.dtype || a.meta.num_elements() != l.out_features)
     {
         return None;
     }
+    let adds: Vec<CubeTensor<R>> = adds.iter().map(|a| into_contiguous(a.clone())).collect();
     let x = into_contiguous(x.clone());
     let w = w.clone();
     let four_bit = l.format != QuantFormat::Blockwise8;
@@ -267,6 +282,9 @@ pub fn gemv<R: CubeRuntime, B: CubeB<R>>(
                     array(&sa.nmap, sa.lens[3]),
                     array(&map, if four_bit { 16 } else { 256 }),
                     array(&x, l.in_features),
+                    array(adds.first().unwrap_or(&y), rows),
+                    array(adds.get(1).unwrap_or(&y), rows),
+                    array(adds.get(2).unwrap_or(&y), rows),
                     array(&y, rows),
                     rows,
                     vecs_per_row,
@@ -278,6 +296,7 @@ pub fn gemv<R: CubeRuntime, B: CubeB<R>>(
                     four_bit,
                     units_per_vec,
                     scale_per_vec,
+                    adds.len() as u32,
                 )
             }
         };
@@ -289,6 +308,91 @@ pub fn gemv<R: CubeRuntime, B: CubeB<R>>(
         _ => return None,
     }
     Some(y)
+}
+
+/// Whether batch-1 dense products `x [1, k] · W[n, k]ᵀ` go to [`kernels::dense_gemv_kernel`]
+/// instead of cuBLAS (on by default; the bench turns it off to compare).
+static DENSE_GEMV: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Route batch-1 dense products to the GEMV kernel (`true`, the default) or to cuBLAS.
+pub fn set_dense_gemv(on: bool) {
+    DENSE_GEMV.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether batch-1 dense products go to the GEMV kernel.
+pub fn dense_gemv_enabled() -> bool {
+    DENSE_GEMV.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `x [1, k] · w[n, k]ᵀ` (contiguous, one float dtype) by [`kernels::dense_gemv_kernel`] into
+/// `y [.., n]` in that dtype: written, or with `alpha` accumulated (`y += alpha·x·wᵀ`, `y`
+/// then already holding values and not shared). `None` (nothing launched) when the kernel does
+/// not apply: routing off, `k` not a multiple of 8, a dtype other than F32/F16/BF16.
+pub(crate) fn dense_gemv<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    w: &CubeTensor<R>,
+    y: &CubeTensor<R>,
+    alpha: Option<f32>,
+) -> Option<()> {
+    let (sx, sw) = (x.meta.shape().to_vec(), w.meta.shape().to_vec());
+    let (n, k) = (sw[sw.len() - 2], sw[sw.len() - 1]);
+    let numel = |s: &[usize]| s.iter().product::<usize>();
+    if !dense_gemv_enabled()
+        || k % PER_UNIT != 0
+        || k == 0
+        || n == 0
+        || numel(&sx) != k
+        || numel(&sw) != n * k
+        || numel(y.meta.shape()) != n
+        || x.dtype != w.dtype
+        || x.dtype != y.dtype
+    {
+        return None;
+    }
+    let vecs = k / PER_UNIT;
+    // A cube per row when rows are few and long (LoRA A: 16 × 4096), else a plane per row.
+    let split = n < 256 && vecs >= 256;
+    let cubes = if split {
+        n
+    } else {
+        n.div_ceil(kernels::GEMV_ROWS as usize)
+    };
+    let count = if cubes <= MAX_X {
+        CubeCount::Static(cubes as u32, 1, 1)
+    } else {
+        CubeCount::Static(MAX_X as u32, cubes.div_ceil(MAX_X) as u32, 1)
+    };
+    let dim = CubeDim::new_2d(32, kernels::GEMV_ROWS);
+    macro_rules! go {
+        ($f:ty) => {
+            // SAFETY: x holds k values, w n·k, y n (checked above), all contiguous; k is a
+            // multiple of the vector width.
+            unsafe {
+                kernels::dense_gemv_kernel::launch_unchecked::<$f, R>(
+                    &x.client,
+                    count,
+                    dim,
+                    PER_UNIT,
+                    array(x, k),
+                    array(w, n * k),
+                    array(y, n),
+                    n,
+                    vecs,
+                    alpha.unwrap_or(1.0),
+                    PER_UNIT,
+                    alpha.is_some(),
+                    split,
+                )
+            }
+        };
+    }
+    match x.dtype {
+        DType::F32 => go!(f32),
+        DType::F16 => go!(f16),
+        DType::BF16 => go!(bf16),
+        _ => return None,
+    }
+    Some(())
 }
 
 /// Dense `[out, in]` weight in `dtype` (F32, F16 or BF16).

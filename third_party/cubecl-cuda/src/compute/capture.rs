@@ -197,6 +197,39 @@ impl CudaGraph {
     }
 }
 
+impl CudaGraph {
+    /// The recorded nodes counted by type, e.g. `CU_GRAPH_NODE_TYPE_KERNEL×620` (diagnostics:
+    /// a copy or host node in a decode step costs a driver round trip per replay).
+    pub fn node_summary(&self) -> Result<String, String> {
+        let mut n = 0usize;
+        // SAFETY: a valid graph; a null array asks for the count.
+        check("cuGraphGetNodes", unsafe {
+            sys::cuGraphGetNodes(self.graph, std::ptr::null_mut(), &mut n)
+        })?;
+        let mut nodes: Vec<sys::CUgraphNode> = vec![std::ptr::null_mut(); n];
+        // SAFETY: `nodes` has room for `n` handles.
+        check("cuGraphGetNodes", unsafe {
+            sys::cuGraphGetNodes(self.graph, nodes.as_mut_ptr(), &mut n)
+        })?;
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for &node in nodes.iter().take(n) {
+            let mut t = sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_EMPTY;
+            // SAFETY: a node of this graph.
+            check("cuGraphNodeGetType", unsafe { sys::cuGraphNodeGetType(node, &mut t) })?;
+            let name = format!("{t:?}");
+            match counts.iter_mut().find(|(k, _)| *k == name) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((name, 1)),
+            }
+        }
+        Ok(counts
+            .iter()
+            .map(|(k, c)| format!("{k}×{c}"))
+            .collect::<Vec<_>>()
+            .join(" "))
+    }
+}
+
 impl Drop for CudaGraph {
     fn drop(&mut self) {
         // SAFETY: handles created by `end`, destroyed once. The owner synchronizes the stream
