@@ -249,7 +249,7 @@ impl<B: QBackend> Gptj<B> {
     ) -> Result<Vec<(String, f64)>, GptjError> {
         use std::time::Instant;
         let device = self.wte.device();
-        // Every timed piece of the step runs 1 + 4·reps times, each advancing the position.
+        // The whole-step pieces run 1 + 4·reps steps, each advancing the position.
         if n_new < 4 * reps + 2 {
             return Err(GptjError::Input(format!(
                 "a decode breakdown with {reps} repetitions needs room for {} tokens, not {n_new}",
@@ -342,12 +342,15 @@ impl<B: QBackend> Gptj<B> {
             drop(o)
         })?;
         time(
-            "mlp (fc_in GEMV, bias+gelu, fc_out GEMV, bias)",
-            &mut || drop(block.mlp.forward(x.clone(), &ctx, 0)),
+            "mlp + residuals (fc_in GEMV, bias+gelu, fc_out GEMV + bias + 2 residuals)",
+            &mut || {
+                drop(
+                    block
+                        .mlp
+                        .forward_plus(x.clone(), &ctx, 0, vec![x.clone(), h.clone()]),
+                )
+            },
         )?;
-        time("residual adds (2)", &mut || {
-            drop(x.clone() + h.clone() + x.clone())
-        })?;
         time("head (ln_f + lm_head)", &mut || drop(self.head(h.clone())))?;
         time("greedy_advance", &mut || {
             drop(greedy_advance(state.clone(), logits.clone()))
@@ -358,6 +361,27 @@ impl<B: QBackend> Gptj<B> {
         })?;
         drop((tok, pos, ctx));
         time("step (all blocks, head, argmax)", &mut || dec.step())?;
+        // The decode loop replays a one-step graph per token: its cost per replay, the host
+        // time of issuing one, and the graph's nodes.
+        if let Some(g) = graph_capture::<B>(&device, || dec.step())
+            .map_err(|e| dev(format!("recording a step: {e}")))?
+        {
+            B::sync(&device).map_err(|e| dev(format!("device sync: {e:?}")))?;
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                g.replay()
+                    .map_err(|e| dev(format!("replaying a step: {e}")))?;
+            }
+            let issued = t0.elapsed().as_secs_f64();
+            B::sync(&device).map_err(|e| dev(format!("device sync: {e:?}")))?;
+            let total = t0.elapsed().as_secs_f64();
+            out.push((
+                "step (one graph per step, replayed)".into(),
+                total / reps as f64,
+            ));
+            out.push(("replay call (host)".into(), issued / reps as f64));
+            out.push((format!("step graph nodes: {}", g.describe()), 0.0));
+        }
         Ok(out)
     }
 }

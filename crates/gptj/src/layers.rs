@@ -283,6 +283,18 @@ pub struct Mlp<B: Backend> {
 
 impl<B: QBackend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>, salt: u64) -> Tensor<B, 3> {
+        self.forward_plus(x, ctx, salt, Vec::new())
+    }
+
+    /// [`Mlp::forward`] plus `adds` (the block's other branches), summed by `fc_out`
+    /// ([`Linear::forward_plus`]: in its kernel for one decoded token).
+    pub fn forward_plus(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &BlockContext<B>,
+        salt: u64,
+        adds: Vec<Tensor<B, 3>>,
+    ) -> Tensor<B, 3> {
         let hdn = match (self.act, self.fc_in.bias()) {
             // HF `NewGELUActivation` with fc_in's bias folded in: one fused kernel on CUDA.
             (Activation::GeluNew, Some(b)) => {
@@ -297,7 +309,7 @@ impl<B: QBackend> Mlp<B> {
                 }
             }
         };
-        self.fc_out.forward_with(hdn, ctx.seed(salt + 1))
+        self.fc_out.forward_plus(hdn, ctx.seed(salt + 1), adds)
     }
 }
 
@@ -350,7 +362,8 @@ impl<B: QBackend> Block<B> {
         let x = self.ln_1.forward(h.clone());
         let salt = (self.index as u64) << 8;
         let attn = self.attn.forward(x.clone(), ctx, salt, cache);
-        let ff = self.mlp.forward(x, ctx, salt + 4);
-        attn + ff + h
+        // ff + attn + h: the same sums as `attn + ff + h` (addition commutes), or for one
+        // decoded token one f32 sum in fc_out's kernel.
+        self.mlp.forward_plus(x, ctx, salt + 4, vec![attn, h])
     }
 }

@@ -297,6 +297,46 @@ impl<B: QBackend> Linear<B> {
         }
     }
 
+    /// `forward_with(x, dropout_seed) + adds[0] + adds[1] + …` (each of the output's shape, in
+    /// its dtype: residual branches joining after this layer). For a single row of a quantized
+    /// layer the bias and up to two addends go into the product's kernel
+    /// ([`qtune_kernels::q_linear_add`]: one launch instead of one per add, e.g. GPT-J's fc_out
+    /// at decode), the adapter then accumulated onto that sum; otherwise the sums are the same
+    /// tensor adds, in order, as adding to [`Linear::forward_with`].
+    pub fn forward_plus<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        dropout_seed: Option<u64>,
+        adds: Vec<Tensor<B, D>>,
+    ) -> Tensor<B, D> {
+        let rows = x.dims()[..D - 1].iter().product::<usize>();
+        match &self.base {
+            LinearBase::Quant(q) if rows == 1 && adds.len() <= 2 => {
+                let mut all = Vec::with_capacity(adds.len() + 1);
+                if let Some(b) = &self.bias {
+                    let b = b.val();
+                    let b = if b.dtype() != x.dtype() {
+                        b.cast(x.dtype())
+                    } else {
+                        b
+                    };
+                    let mut dims = x.dims();
+                    dims[D - 1] = b.dims()[0];
+                    all.push(b.reshape(dims));
+                }
+                all.extend(adds);
+                let y = qtune_kernels::q_linear_add(x.clone(), q, all);
+                match &self.lora {
+                    Some(lora) => lora.forward_onto(y, x, dropout_seed),
+                    None => y,
+                }
+            }
+            _ => adds
+                .into_iter()
+                .fold(self.forward_with(x, dropout_seed), |y, a| y + a),
+        }
+    }
+
     /// [`Linear::forward_with`] without the bias, for callers that fold [`Linear::bias`] into
     /// the next fused op (GPT-J's `fc_in` bias goes into the `gelu_new` kernel).
     pub fn forward_unbiased<const D: usize>(
