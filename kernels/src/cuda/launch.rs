@@ -47,7 +47,11 @@ const PER_UNIT: usize = 8;
 const MAX_X: usize = 65_535;
 
 pub(crate) fn cube_count(units: usize) -> CubeCount {
-    let cubes = units.div_ceil(CUBE as usize).max(1);
+    grid(units.div_ceil(CUBE as usize).max(1))
+}
+
+/// `cubes` cubes, spread over y past the x limit (kernels index them by `CUBE_POS`).
+fn grid(cubes: usize) -> CubeCount {
     if cubes <= MAX_X {
         CubeCount::Static(cubes as u32, 1, 1)
     } else {
@@ -254,12 +258,7 @@ pub fn gemv_add<R: CubeRuntime, B: CubeB<R>>(
     let vecs_per_row = words_per_row / vec_words;
     let scale_per_vec = l.blocksize % (units_per_vec * PER_UNIT) == 0;
     let rows = l.out_features;
-    let cubes = rows.div_ceil(kernels::GEMV_ROWS as usize);
-    let count = if cubes <= MAX_X {
-        CubeCount::Static(cubes as u32, 1, 1)
-    } else {
-        CubeCount::Static(MAX_X as u32, cubes.div_ceil(MAX_X) as u32, 1)
-    };
+    let count = grid(rows.div_ceil(kernels::GEMV_ROWS as usize));
     let dim = CubeDim::new_2d(32, kernels::GEMV_ROWS);
     let words = l.numel() / 4; // u32 words of bytes (8-bit) or of nibble pairs (4-bit: numel/8)
     let words = if four_bit { words / 2 } else { words };
@@ -357,11 +356,7 @@ pub(crate) fn dense_gemv<R: CubeRuntime>(
     } else {
         n.div_ceil(kernels::GEMV_ROWS as usize)
     };
-    let count = if cubes <= MAX_X {
-        CubeCount::Static(cubes as u32, 1, 1)
-    } else {
-        CubeCount::Static(MAX_X as u32, cubes.div_ceil(MAX_X) as u32, 1)
-    };
+    let count = grid(cubes);
     let dim = CubeDim::new_2d(32, kernels::GEMV_ROWS);
     macro_rules! go {
         ($f:ty) => {
