@@ -14,6 +14,7 @@
 #   MODES='nf4:qv nf4:all int8-blockwise:qv bf16:qv' PEERS='nf4 nf4-all int8 bf16' bash .device/bench_call.sh
 # Options: NOCHECK=1 skips gpu-check, PROFILE=1 adds a 4-layer per-kernel profile, DECODE=N,
 # DECODE_PROFILE=1 adds the device time of each piece of an NF4 decode step (CUDA graphs),
+# DECODE_ONLY=1 times decode in a process that trained nothing first,
 # GEMV=1 times the batch-1 products alone (quantized GEMV, LoRA factors, head: GEMV vs cuBLAS).
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$LD_LIBRARY_PATH
 export QTUNE_KERNEL_CACHE=/tmp/kcache
@@ -45,6 +46,11 @@ if [ -n "$PROFILE" ]; then
   echo "=== profile $(date -u +%T)"
   QTUNE_KERNEL_PROFILE=$OUT/profile.txt timeout 100 $X bench train --quant nf4 --targets qv --layers 4 --warmup 1 --steps 2 --decode 0 > $OUT/profile_run.txt 2>&1
   tail -1 $OUT/profile_run.txt | cut -c1-300
+fi
+if [ -n "$DECODE_ONLY" ]; then
+  echo "=== decode without training first $(date -u +%T)"
+  timeout 100 $X bench train --quant nf4 --targets qv --warmup 0 --steps 0 --decode 128 > $OUT/decode_only.txt 2>&1
+  grep -E 'decode_tok|Error|panicked' $OUT/decode_only.txt | cut -c1-700
 fi
 if [ -n "$DECODE_PROFILE" ]; then
   echo "=== decode step pieces $(date -u +%T)"

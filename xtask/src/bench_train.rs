@@ -312,7 +312,7 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
     // step-by-step path with a growing cache; their tokens are compared below.
     #[derive(Clone, Copy)]
     enum Path {
-        Graph,
+        Graph(usize), // decode steps per graph
         Eager,
         Stepwise,
     }
@@ -322,14 +322,22 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
             eos_token_id: None,
             ..GenerationConfig::default()
         };
-        let graphs = qtune_kernels::cuda::graphs_enabled();
+        let (graphs, steps) = (
+            qtune_kernels::cuda::graphs_enabled(),
+            qtune_gptj::graph_steps(),
+        );
         qtune_kernels::cuda::set_graphs_enabled(graphs && !matches!(path, Path::Eager));
+        if let Path::Graph(k) = path {
+            qtune_gptj::set_graph_steps(k);
+        }
         let run = || -> anyhow::Result<(f64, Vec<u32>)> {
             sync()?;
             let s = Instant::now();
             let out = match path {
                 Path::Stepwise => infer.generate_stepwise(std::slice::from_ref(&prompt), &g)?,
-                Path::Graph | Path::Eager => infer.generate(std::slice::from_ref(&prompt), &g)?,
+                Path::Graph(_) | Path::Eager => {
+                    infer.generate(std::slice::from_ref(&prompt), &g)?
+                }
             };
             sync()?;
             Ok((
@@ -339,13 +347,18 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
         };
         let out = run();
         qtune_kernels::cuda::set_graphs_enabled(graphs); // also after an error
+        qtune_gptj::set_graph_steps(steps);
         out
     };
     // Each path: a short run (compiles, warms the pool), then the timed one. The short run's
     // time also gives the per-token cost without the fixed part (prefill, graph recording):
     // (t_long − t_short) / (long − short).
     let (mut timed, mut short) = (Vec::new(), Vec::new());
-    for path in [Path::Graph, Path::Eager, Path::Stepwise] {
+    let default_k = qtune_gptj::graph_steps();
+    let more_k: Vec<usize> = [1, 4, 8].into_iter().filter(|&k| k != default_k).collect();
+    let mut paths = vec![Path::Graph(default_k), Path::Eager, Path::Stepwise];
+    paths.extend(more_k.iter().map(|&k| Path::Graph(k)));
+    for path in paths {
         gen(8, path)?;
         short.push(gen(8, path)?);
         timed.push(gen(a.decode, path)?);
@@ -367,6 +380,10 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
                "decode_tok_s_b1_no_graph": rate(&timed[1]),
                "decode_tok_s_b1_stepwise": rate(&timed[2]),
                "decode_ms_per_token_steady": [per_token_ms(0), per_token_ms(1), per_token_ms(2)],
+               "decode_graph_steps": default_k,
+               "decode_other_graph_steps": more_k.iter().enumerate().map(|(i, &k)| json!({
+                   "steps_per_graph": k, "tok_s": rate(&timed[3 + i]), "ms_per_token_steady": per_token_ms(3 + i),
+                   "same_tokens": timed[3 + i].1 == *tokens})).collect::<Vec<_>>(),
                "decode_prefix_agreeing_no_graph_stepwise":
                    [prefix(tokens, &timed[1].1), prefix(tokens, &timed[2].1)]})
     );

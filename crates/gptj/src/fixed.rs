@@ -21,6 +21,26 @@ use crate::model::{Gptj, KvCache};
 /// Steps between EOS checks (each a host read of the state) when an EOS id is set.
 const EOS_CHECK_EVERY: usize = 16;
 
+/// Decode steps recorded per device graph (see [`set_graph_steps`]).
+static GRAPH_STEPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(4);
+
+/// How many decode steps [`Gptj::greedy_fixed`] records in one device graph: 1, 2, 4 (the
+/// default), 8 or 16 (other values are rounded down to one of these). More steps per replay
+/// spread the per-replay cost over more tokens; recording takes that many eager steps' host
+/// time. On an H200 (GPT-J-6B NF4, 128 new tokens, BENCHMARKS.md) the first decode of a
+/// process ran at 211 tok/s with 4 steps and 179–187 with 1; later in the same process 1 step
+/// reached 230 and 4 steps ~205, 8 steps 182–199.
+pub fn set_graph_steps(k: usize) {
+    let k = k.clamp(1, EOS_CHECK_EVERY);
+    let k = 1usize << k.ilog2(); // a power of two divides the EOS check period
+    GRAPH_STEPS.store(k, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The current [`set_graph_steps`] value.
+pub fn graph_steps() -> usize {
+    GRAPH_STEPS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 struct FixedDecoder<'a, B: QBackend> {
     model: &'a Gptj<B>,
     /// The model's blocks with LoRA factors in the activation dtype (no per-step casts).
@@ -110,10 +130,11 @@ fn cut_at_eos(mut tokens: Vec<u32>, eos: Option<u32>) -> (Vec<u32>, bool) {
 impl<B: QBackend> Gptj<B> {
     /// Greedy decoding of one prompt (HF `generate` with `do_sample=False`, one beam, no
     /// repetition penalty): the new tokens, up to and including EOS. The first step after the
-    /// prefill runs eagerly (it compiles kernels and settles the memory pool), the next one is
-    /// recorded as a device graph ([`qtune_kernels::graph_capture`]) and replayed for every
-    /// further token; backends without graphs (CPU) run each step eagerly. With an EOS id the
-    /// state is read back every 16 tokens; up to 15 tokens past EOS may be computed and dropped.
+    /// prefill runs eagerly (it compiles kernels and settles the memory pool), the next
+    /// [`graph_steps`] are recorded as a device graph ([`qtune_kernels::graph_capture`]) and
+    /// replayed for the further tokens (a shorter tail eagerly); backends without graphs (CPU) run
+    /// each step eagerly. With an EOS id the state is read back about every 16 tokens; up to
+    /// 16 + [`graph_steps`] tokens past EOS may be computed and dropped.
     ///
     /// # Errors
     /// [`GptjError::Input`] for an empty prompt or a token outside the vocabulary; a device
@@ -137,23 +158,37 @@ impl<B: QBackend> Gptj<B> {
             dec.step();
             steps = 1;
         }
+        // `k` steps per graph (a divisor of the EOS check period), fewer when few remain.
+        let mut k = graph_steps();
+        while k > 1 && remaining < steps + 2 * k {
+            k /= 2;
+        }
         let graph = if remaining >= steps + 2 {
-            graph_capture::<B>(&device, || dec.step())
+            graph_capture::<B>(&device, || (0..k).for_each(|_| dec.step()))
                 .map_err(|e| GptjError::Device(format!("recording the decode step: {e}")))?
         } else {
             None
         };
+        let mut next_check = steps.next_multiple_of(EOS_CHECK_EVERY);
         while steps < remaining {
-            if eos.is_some() && steps % EOS_CHECK_EVERY == 0 && cut_at_eos(dec.produced()?, eos).1 {
-                break;
+            if eos.is_some() && steps >= next_check {
+                next_check += EOS_CHECK_EVERY;
+                if cut_at_eos(dec.produced()?, eos).1 {
+                    break;
+                }
             }
             match &graph {
-                Some(g) => g
-                    .replay()
-                    .map_err(|e| GptjError::Device(format!("replaying the decode step: {e}")))?,
-                None => dec.step(),
+                Some(g) if steps + k <= remaining => {
+                    g.replay().map_err(|e| {
+                        GptjError::Device(format!("replaying the decode step: {e}"))
+                    })?;
+                    steps += k;
+                }
+                _ => {
+                    dec.step();
+                    steps += 1;
+                }
             }
-            steps += 1;
         }
         let out = dec.produced()?;
         drop(graph);

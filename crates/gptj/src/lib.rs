@@ -17,6 +17,7 @@ pub mod tokenizer;
 
 pub use config::{Activation, GptjConfig};
 pub use error::GptjError;
+pub use fixed::{graph_steps, set_graph_steps};
 pub use generate::{EarlyStopping, GenerationConfig};
 pub use layers::{Attention, Block, BlockContext, FixedKv, KvSlot, LayerKv, LayerNorm, Mlp};
 pub use load::{LoadOptions, WeightFiles};

@@ -172,3 +172,54 @@ fn quantized_forward_equals_dequantize_then_matmul() {
     assert!(d < 1e-5, "max abs diff {d}");
     assert_eq!(vec2(qlin.base_weight(DType::F32)), vec2(dense_w));
 }
+
+#[test]
+fn forward_plus_adds_the_branches_for_one_row_and_many() {
+    // `forward_plus(x, adds)` = `forward(x) + adds…`: bit for bit for several rows (the same tensor
+    // adds), and for one row of a quantized layer (bias and addends summed with the product
+    // first, then the adapter) up to rounding.
+    let dev = Default::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let values: Vec<f32> = (0..24 * 64)
+        .map(|_| rand::Rng::random_range(&mut rng, -1.0f32..1.0))
+        .collect();
+    let spec = QuantSpec {
+        format: QuantFormat::Nf4,
+        blocksize: 64,
+        double_quant: false,
+    };
+    let q = QuantizedTensor::quantize("w", &values, &[24, 64], spec, FloatDType::F32).unwrap();
+    let bias = Tensor::<Nd, 1>::random([24], Distribution::Normal(0.0, 1.0), &dev);
+    let lin = Linear::quantized(QuantWeight::from_quantized(&q, &dev), Some(bias))
+        .attach_lora(&cfg(4, 0.0), &mut rng);
+    // A non-zero B, so the adapter contributes.
+    let mut lin = lin;
+    let ad = lin.take_adapter().unwrap();
+    let b = Tensor::<Nd, 2>::random([24, 4], Distribution::Normal(0.0, 0.5), &dev);
+    let lin = lin.with_adapter(crate::LoraAdapter::from_tensors(
+        ad.lora_a.val(),
+        b,
+        2.0,
+        0.0,
+    ));
+    for rows in [1usize, 3] {
+        let x = Tensor::<Nd, 3>::random([1, rows, 64], Distribution::Normal(0.0, 1.0), &dev);
+        let a1 = Tensor::<Nd, 3>::random([1, rows, 24], Distribution::Normal(0.0, 1.0), &dev);
+        let a2 = Tensor::<Nd, 3>::random([1, rows, 24], Distribution::Normal(0.0, 1.0), &dev);
+        let want = (lin.forward(x.clone()) + a1.clone() + a2.clone())
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
+        let got = lin
+            .forward_plus(x, None, vec![a1, a2])
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
+        let d = max_abs_diff(&got, &want);
+        if rows == 1 {
+            assert!(d < 1e-5, "one row: max abs diff {d}");
+        } else {
+            assert_eq!(got, want, "{rows} rows");
+        }
+    }
+}
