@@ -293,6 +293,7 @@ impl<B: QBackend> Gptj<B> {
         }
         let mut dec = self.fixed_decoder(prompt, n_new)?;
         let dev = |e: String| GptjError::Device(e);
+        let sync = || B::sync(&device).map_err(|e| dev(format!("device sync: {e:?}")));
         let mut out = Vec::new();
         let mut time = |name: &str, f: &mut dyn FnMut()| -> Result<(), GptjError> {
             f(); // compiles the kernels, warms the pool
@@ -302,7 +303,6 @@ impl<B: QBackend> Gptj<B> {
                 }
             })
             .map_err(|e| dev(format!("recording {name}: {e}")))?;
-            let sync = || B::sync(&device).map_err(|e| dev(format!("device sync: {e:?}")));
             sync()?;
             let t0 = Instant::now();
             for _ in 0..3 {
@@ -396,19 +396,19 @@ impl<B: QBackend> Gptj<B> {
         })?;
         drop((tok, pos, ctx));
         time("step (all blocks, head, argmax)", &mut || dec.step())?;
-        // The decode loop replays a one-step graph per token: its cost per replay, the host
-        // time of issuing one, and the graph's nodes.
+        // A one-step graph replayed back to back (the decode loop with `set_graph_steps(1)`):
+        // its cost per replay, the host time of issuing one, and the graph's nodes.
         if let Some(g) = graph_capture::<B>(&device, || dec.step())
             .map_err(|e| dev(format!("recording a step: {e}")))?
         {
-            B::sync(&device).map_err(|e| dev(format!("device sync: {e:?}")))?;
+            sync()?;
             let t0 = Instant::now();
             for _ in 0..reps {
                 g.replay()
                     .map_err(|e| dev(format!("replaying a step: {e}")))?;
             }
             let issued = t0.elapsed().as_secs_f64();
-            B::sync(&device).map_err(|e| dev(format!("device sync: {e:?}")))?;
+            sync()?;
             let total = t0.elapsed().as_secs_f64();
             out.push((
                 "step (one graph per step, replayed)".into(),

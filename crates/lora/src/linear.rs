@@ -44,6 +44,15 @@ pub struct Linear<B: Backend> {
     pub lora: Option<LoraAdapter<B>>,
 }
 
+/// `t` in `dtype`: itself when already there, else a cast.
+fn in_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if t.dtype() == dtype {
+        t
+    } else {
+        t.cast(dtype)
+    }
+}
+
 fn frozen<B: Backend, const D: usize>(t: Tensor<B, D>) -> Param<Tensor<B, D>> {
     Param::from_tensor(t).set_require_grad(false)
 }
@@ -107,10 +116,7 @@ impl<B: Backend> LoraAdapter<B> {
     /// its per-call casts (the same values: the forward casts to `x`'s dtype anyway). Not for
     /// training: the copies are new, untracked parameters.
     pub fn with_factor_dtype(&self, dtype: DType) -> Self {
-        let cast = |p: &Param<Tensor<B, 2>>| {
-            let t = p.val();
-            frozen(if t.dtype() == dtype { t } else { t.cast(dtype) })
-        };
+        let cast = |p: &Param<Tensor<B, 2>>| frozen(in_dtype(p.val(), dtype));
         Self {
             lora_a: cast(&self.lora_a),
             lora_b: cast(&self.lora_b),
@@ -140,13 +146,15 @@ impl<B: Backend> LoraAdapter<B> {
         // (tiny) factors are cast to x's dtype, not the (large) activation to theirs; their
         // gradients come back through the cast in f32.
         let dtype = x.dtype();
-        let cast = |t: Tensor<B, 2>| if t.dtype() == dtype { t } else { t.cast(dtype) };
-        let (a, b) = (cast(self.lora_a.val()), cast(self.lora_b.val()));
+        let (a, b) = (
+            in_dtype(self.lora_a.val(), dtype),
+            in_dtype(self.lora_b.val(), dtype),
+        );
         let x = match dropout_seed {
             Some(seed) if self.dropout > 0.0 => qtune_kernels::dropout(x, self.dropout, seed),
             _ => x,
         };
-        let y = if y.dtype() == dtype { y } else { y.cast(dtype) };
+        let y = in_dtype(y, dtype);
         qtune_kernels::linear_t_acc(y, qtune_kernels::linear_t(x, a), b, self.scaling as f32)
     }
 
@@ -249,14 +257,7 @@ impl<B: QBackend> Linear<B> {
     /// The base weight as a dense `[out, in]` tensor in `dtype` (dequantized if needed).
     pub fn base_weight(&self, dtype: DType) -> Tensor<B, 2> {
         match &self.base {
-            LinearBase::Dense(w) => {
-                let w = w.val();
-                if w.dtype() == dtype {
-                    w
-                } else {
-                    w.cast(dtype)
-                }
-            }
+            LinearBase::Dense(w) => in_dtype(w.val(), dtype),
             LinearBase::Quant(q) => q.dequantize(dtype),
         }
     }
@@ -285,12 +286,7 @@ impl<B: QBackend> Linear<B> {
         let y = self.forward_unbiased(x, dropout_seed);
         match &self.bias {
             Some(b) => {
-                let b = b.val();
-                let b = if b.dtype() != y.dtype() {
-                    b.cast(y.dtype())
-                } else {
-                    b
-                };
+                let b = in_dtype(b.val(), y.dtype());
                 y + b.unsqueeze::<D>()
             }
             None => y,
@@ -314,12 +310,7 @@ impl<B: QBackend> Linear<B> {
             LinearBase::Quant(q) if rows == 1 && adds.len() <= 2 => {
                 let mut all = Vec::with_capacity(adds.len() + 1);
                 if let Some(b) = &self.bias {
-                    let b = b.val();
-                    let b = if b.dtype() != x.dtype() {
-                        b.cast(x.dtype())
-                    } else {
-                        b
-                    };
+                    let b = in_dtype(b.val(), x.dtype());
                     let mut dims = x.dims();
                     dims[D - 1] = b.dims()[0];
                     all.push(b.reshape(dims));
@@ -345,15 +336,7 @@ impl<B: QBackend> Linear<B> {
         dropout_seed: Option<u64>,
     ) -> Tensor<B, D> {
         let y = match &self.base {
-            LinearBase::Dense(w) => {
-                let w = w.val();
-                let w = if w.dtype() != x.dtype() {
-                    w.cast(x.dtype())
-                } else {
-                    w
-                };
-                matmul_t(x.clone(), w)
-            }
+            LinearBase::Dense(w) => matmul_t(x.clone(), in_dtype(w.val(), x.dtype())),
             LinearBase::Quant(q) => q_linear(x.clone(), q),
         };
         match &self.lora {

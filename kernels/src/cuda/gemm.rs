@@ -145,9 +145,7 @@ where
             ),
         );
     }
-    if !(g.batch == 1 && g.m == 1 && !g.ta && g.tb && out_dtype == a.dtype)
-        || dense_gemv(&a, &b, &out, None).is_none()
-    {
+    if !single_row_gemv(&a, &b, &out, &g, None) {
         dense_gemm(&a, &b, &out, g);
     }
     out
@@ -203,11 +201,23 @@ where
     if g.k == 0 {
         return c;
     }
-    if !(g.batch == 1 && g.m == 1 && !g.ta && g.tb) || dense_gemv(&a, &b, &c, Some(alpha)).is_none()
-    {
+    if !single_row_gemv(&a, &b, &c, &g, Some(alpha)) {
         dense_gemm(&a, &b, &c, g);
     }
     c
+}
+
+/// `c = a·bᵀ` (or `c += alpha·a·bᵀ`) for one row `a [1, 1, k]` and `b [1, n, k]` by the GEMV
+/// kernel ([`dense_gemv`], which also checks the batch of one and the dtypes); `false` when it
+/// does not apply and nothing was launched.
+fn single_row_gemv(
+    a: &CubeTensor<CudaRuntime>,
+    b: &CubeTensor<CudaRuntime>,
+    c: &CubeTensor<CudaRuntime>,
+    g: &Gemm,
+    alpha: Option<f32>,
+) -> bool {
+    g.m == 1 && !g.ta && g.tb && dense_gemv(a, b, c, alpha).is_some()
 }
 
 /// [`strided_gemm`] of dense row-major 3-D `a`, `b`, `c` (each `[batch, rows, cols]`, stored
