@@ -150,7 +150,7 @@ fn main() -> anyhow::Result<()> {
             let dev = Default::default();
             let mut gptj = build::base_model::<Infer>(&m, &dev)?;
             if let Some(dir) = &adapter {
-                use qtune_train::trainer::AdapterIo;
+                use qtune_gptj::CausalLm;
                 gptj = gptj.import_adapter(&qtune_lora::peft::PeftAdapter::load(dir)?)?;
             }
             let source = DataSource::from_env();

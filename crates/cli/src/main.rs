@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use qtune_data::DataSource;
+use qtune_gptj::CausalLm;
 use qtune_gptj::{EarlyStopping, GenerationConfig, Gptj};
 use qtune_lora::merge::ExportDType;
 use qtune_lora::peft::PeftAdapter;
 use qtune_train::backend::{Train, TRAIN_BACKEND};
 use qtune_train::config::{ModelConfig, QuantizationConfig, RunConfig};
 use qtune_train::parallel::devices_from_indices;
-use qtune_train::trainer::AdapterIo;
 use qtune_train::{build, run, TrainOptions};
 
 type Infer = <Train as burn::tensor::backend::AutodiffBackend>::InnerBackend;

@@ -2,39 +2,17 @@
 //! each block linear as soon as its dense tensor exists, so two full copies of the weights never
 //! coexist: at most one dense block tensor beyond the model being built.
 
-use burn::tensor::{DType, Distribution, Tensor};
-use qtune_kernels::{QBackend, QuantWeight};
+use burn::tensor::{DType, Tensor};
+use qtune_kernels::QBackend;
+use qtune_lm::source::{build_linear, RandomSource, TensorSource};
+use qtune_lm::{frozen, LmError as GptjError};
 use qtune_lora::Linear;
-use qtune_quant::{FloatDType, QuantSpec};
+use qtune_quant::QuantSpec;
 
 use crate::config::GptjConfig;
-use crate::error::GptjError;
-use crate::layers::{frozen, Attention, Block, LayerNorm, Mlp};
+use crate::layers::{Attention, Block, LayerNorm, Mlp};
 use crate::model::Gptj;
 use crate::names::block_name;
-
-/// Where dense tensors come from, by HF name and expected shape.
-pub(crate) trait TensorSource<B: QBackend> {
-    fn tensor1(&mut self, name: &str, shape: [usize; 1]) -> Result<Tensor<B, 1>, GptjError>;
-    fn tensor2(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>, GptjError>;
-    /// Whether the source has this tensor (for tied `lm_head`).
-    fn contains(&self, name: &str) -> bool;
-    /// The weight of linear `module` if the source stores it already quantized (bnb/HF format).
-    fn quantized(
-        &mut self,
-        _module: &str,
-    ) -> Result<Option<qtune_quant::QuantizedTensor>, GptjError> {
-        Ok(None)
-    }
-}
-
-pub(crate) fn float_dtype(dtype: DType) -> FloatDType {
-    match dtype {
-        DType::BF16 => FloatDType::BF16,
-        DType::F16 => FloatDType::F16,
-        _ => FloatDType::F32,
-    }
-}
 
 pub(crate) fn build<B: QBackend, S: TensorSource<B>>(
     cfg: &GptjConfig,
@@ -47,51 +25,8 @@ pub(crate) fn build<B: QBackend, S: TensorSource<B>>(
     let act = cfg.activation().map_err(GptjError::Input)?;
     let (d, v, f) = (cfg.n_embd, cfg.vocab_size, cfg.inner_dim());
     let wte = src.tensor2("transformer.wte.weight", [v, d])?;
-    let linear = |src: &mut S,
-                  name: String,
-                  shape: [usize; 2],
-                  bias: bool|
-     -> Result<Linear<B>, GptjError> {
-        let b = if bias {
-            Some(src.tensor1(&format!("{name}.bias"), [shape[0]])?)
-        } else {
-            None
-        };
-        if let Some(q) = src.quantized(&name)? {
-            // A pre-quantized checkpoint (e.g. saved by HF + bitsandbytes) is used as stored.
-            if q.shape != shape {
-                return Err(GptjError::Input(format!(
-                    "{name}.weight: quantized shape {:?}, expected {shape:?}",
-                    q.shape
-                )));
-            }
-            let w = QuantWeight::try_from_quantized(&name, &q, device).map_err(|source| {
-                GptjError::Quantize {
-                    name: name.clone(),
-                    source: Box::new(source),
-                }
-            })?;
-            return Ok(Linear::quantized(w, b));
-        }
-        let w = src.tensor2(&format!("{name}.weight"), shape)?;
-        Ok(match quant {
-            None => Linear::dense(w, b),
-            Some(spec) => {
-                let q = QuantWeight::quantize(
-                    &name,
-                    w,
-                    spec.format,
-                    spec.blocksize,
-                    spec.double_quant,
-                    float_dtype(dtype),
-                )
-                .map_err(|source| GptjError::Quantize {
-                    name: name.clone(),
-                    source: Box::new(source),
-                })?;
-                Linear::quantized(q, b)
-            }
-        })
+    let linear = |src: &mut S, name: String, shape: [usize; 2], bias: bool| {
+        build_linear(src, &name, shape, bias, quant, dtype, device)
     };
     let mut blocks = Vec::with_capacity(cfg.n_layer);
     for i in 0..cfg.n_layer {
@@ -143,33 +78,6 @@ pub(crate) fn build<B: QBackend, S: TensorSource<B>>(
     })
 }
 
-/// HF's `_init_weights` for GPT-J: linear and embedding weights N(0, 0.02), biases 0,
-/// LayerNorm weight 1 and bias 0. Drawn on the device after `B::seed(device, seed)`.
-pub(crate) struct RandomSource<'a, B: QBackend> {
-    pub device: &'a B::Device,
-    pub dtype: DType,
-}
-
-impl<B: QBackend> TensorSource<B> for RandomSource<'_, B> {
-    fn tensor1(&mut self, name: &str, shape: [usize; 1]) -> Result<Tensor<B, 1>, GptjError> {
-        let t = if name.ends_with("ln_1.weight") || name.ends_with("ln_f.weight") {
-            Tensor::ones(shape, self.device)
-        } else {
-            Tensor::zeros(shape, self.device)
-        };
-        Ok(crate::layers::to_dtype(t, self.dtype))
-    }
-
-    fn tensor2(&mut self, _name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>, GptjError> {
-        let t = Tensor::random(shape, Distribution::Normal(0.0, 0.02), self.device);
-        Ok(crate::layers::to_dtype(t, self.dtype))
-    }
-
-    fn contains(&self, _name: &str) -> bool {
-        true
-    }
-}
-
 impl<B: QBackend> Gptj<B> {
     /// A randomly initialized model of `cfg` (HF's init, seeded), optionally with quantized
     /// block linears: the tiny default model and benchmarks.
@@ -181,12 +89,11 @@ impl<B: QBackend> Gptj<B> {
         device: &B::Device,
     ) -> Result<Self, GptjError> {
         B::seed(device, seed);
-        build(
-            cfg,
-            &mut RandomSource::<B> { device, dtype },
-            quant,
-            dtype,
+        let mut src = RandomSource::<B> {
             device,
-        )
+            dtype,
+            is_norm_weight: |n| n.ends_with("ln_1.weight") || n.ends_with("ln_f.weight"),
+        };
+        build(cfg, &mut src, quant, dtype, device)
     }
 }

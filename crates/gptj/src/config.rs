@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::GptjError;
+use qtune_lm::LmError as GptjError;
 
 /// HF `config.json` verbatim: the same field names, so `grep n_embd` works in both codebases.
 /// Unknown fields (HF keeps adding some) are ignored. Fields HF's `GPTJConfig` gives a default

@@ -20,14 +20,6 @@ pub fn block_name(i: usize, suffix: &str) -> String {
     format!("transformer.h.{i}.{suffix}")
 }
 
-/// PEFT's saved key of a LoRA tensor: `base_model.model.{module}.lora_A.weight` / `lora_B`.
-pub fn peft_key(module: &str, is_b: bool) -> String {
-    format!(
-        "base_model.model.{module}.{}.weight",
-        if is_b { "lora_B" } else { "lora_A" }
-    )
-}
-
 impl<B: Backend> Gptj<B> {
     /// Every linear with its HF module path (`transformer.h.0.attn.q_proj`, …, `lm_head`).
     pub fn linears(&self) -> Vec<(String, &Linear<B>)> {

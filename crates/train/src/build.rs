@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::DType;
 use qtune_gptj::{Gptj, GptjConfig, LoadOptions, QuantSpec};
 use qtune_kernels::QBackend;
+use qtune_lm::CausalLm;
 use qtune_lora::{LoraConfig, TargetModules};
 use qtune_quant::QuantFormat;
 

@@ -8,6 +8,7 @@ use qtune_data::{
 };
 use qtune_gptj::{GenerationConfig, Gptj};
 use qtune_kernels::QBackend;
+use qtune_lm::CausalLm;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 

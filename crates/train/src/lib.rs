@@ -23,7 +23,7 @@ use std::path::PathBuf;
 
 pub use config::{RunConfig, Task};
 pub use parallel::train_parallel;
-pub use trainer::{train, AdapterIo, TrainOptions, TrainSummary};
+pub use trainer::{train, TrainOptions, TrainSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

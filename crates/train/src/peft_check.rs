@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Int, Tensor, TensorData};
 use qtune_gptj::{Gptj, LoadOptions};
 use qtune_kernels::QBackend;
+use qtune_lm::CausalLm;
 use qtune_lora::peft::{AdapterDType, PeftAdapterConfig, PeftTargets};
 use qtune_lora::{LoraConfig, TargetModules};
 use rand::{Rng, SeedableRng};
 
-use crate::trainer::AdapterIo;
 use crate::TrainError;
 
 /// `input_ids`, `attention_mask`, `position_ids` of reference.json (`[3, 12]`).
@@ -117,7 +117,7 @@ pub fn write_check_folder<B: QBackend>(
         0.0,
         PeftTargets::List(vec!["q_proj".into(), "v_proj".into()]),
     );
-    let mut adapter = model.export_adapter(config);
+    let mut adapter = model.export_adapter(config)?;
     // A fresh B is zero (the adapter would be a no-op); give it seeded values.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
     for t in adapter.modules.values_mut() {

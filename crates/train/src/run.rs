@@ -7,13 +7,14 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use qtune_data::{DataSource, DatasetId};
 use qtune_gptj::Gptj;
 use qtune_kernels::QBackend;
+use qtune_lm::CausalLm;
 use qtune_lora::peft::PeftAdapter;
 use serde::Serialize;
 
 use crate::config::RunConfig;
 use crate::evaluate::{evaluate_generation, TaskMetrics};
 use crate::metrics::{Event, MetricsLog};
-use crate::trainer::{eval_loss, AdapterIo, TrainOptions, TrainSummary};
+use crate::trainer::{eval_loss, TrainOptions, TrainSummary};
 use crate::{build, task, TrainError};
 
 pub const EVAL_RESULTS_FILE: &str = "eval_results.json";

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::{RngCore, SeedableRng};
 
 use qtune_data::{collate, Example, Padding, Position, Sampler};
-use qtune_lora::peft::{PeftAdapter, PeftAdapterConfig, PeftTargets};
+use qtune_lora::peft::{PeftAdapterConfig, PeftTargets};
 use qtune_optim::{
     clip_grad_norm, LrSchedule, OptimKind, Optimizer, OptimizerConfig, ScheduleKind,
 };
@@ -22,16 +22,11 @@ use crate::checkpoint::{self, TrainerState};
 use crate::config::{OptimName, RunConfig, SchedulerType, TargetList};
 use crate::metrics::{self, Event, MetricsLog};
 use crate::parallel::{compute_lock, rank_seed, shard_range, GradSync};
+use qtune_kernels::QBackend;
+use qtune_lm::CausalLm;
+
 use crate::step::{self, SegmentedLm};
 use crate::TrainError;
-
-/// LoRA adapters of a model as PEFT files and back (implemented for GPT-J in `model.rs`).
-pub trait AdapterIo: Sized {
-    /// The adapter factors, keyed by HF module path.
-    fn export_adapter(&self, config: PeftAdapterConfig) -> PeftAdapter;
-    /// Replaces the adapters' factors with `adapter`'s (same modules and shapes required).
-    fn import_adapter(self, adapter: &PeftAdapter) -> Result<Self, TrainError>;
-}
 
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
@@ -166,9 +161,10 @@ pub fn train<B, M>(
     opts: &TrainOptions,
 ) -> Result<(M, TrainSummary), TrainError>
 where
-    B: AutodiffBackend,
-    M: SegmentedLm<B> + AutodiffModule<B> + AdapterIo,
-    M::InnerModule: SegmentedLm<B::InnerBackend>,
+    B: AutodiffBackend + QBackend,
+    B::InnerBackend: QBackend,
+    M: CausalLm<B> + AutodiffModule<B>,
+    M::InnerModule: CausalLm<B::InnerBackend>,
 {
     let mut sync = GradSync::single();
     train_rank(
@@ -190,9 +186,10 @@ pub(crate) fn train_rank<B, M>(
     sync: &mut GradSync,
 ) -> Result<(M, TrainSummary), TrainError>
 where
-    B: AutodiffBackend,
-    M: SegmentedLm<B> + AutodiffModule<B> + AdapterIo,
-    M::InnerModule: SegmentedLm<B::InnerBackend>,
+    B: AutodiffBackend + QBackend,
+    B::InnerBackend: QBackend,
+    M: CausalLm<B> + AutodiffModule<B>,
+    M::InnerModule: CausalLm<B::InnerBackend>,
 {
     let t = &cfg.training;
     let (rank, world) = (sync.rank(), sync.world());
@@ -387,7 +384,7 @@ where
                 state.best_eval_loss = Some(val);
                 state.best_step = Some(state.step);
                 checkpoint::save_adapter_atomic(
-                    &model.export_adapter(peft_config(cfg)),
+                    &model.export_adapter(peft_config(cfg))?,
                     &out.join("adapter"),
                 )?;
             }
@@ -404,7 +401,7 @@ where
             let bytes = optim.state_to_bytes()?;
             checkpoint::save(
                 &ckpt_root,
-                &model.export_adapter(peft_config(cfg)),
+                &model.export_adapter(peft_config(cfg))?,
                 &bytes,
                 &state,
                 t.save_total_limit,
@@ -450,8 +447,8 @@ fn setup<B, M>(
     opts: &TrainOptions,
 ) -> Result<Setup<B, M>, TrainError>
 where
-    B: AutodiffBackend,
-    M: AdapterIo,
+    B: AutodiffBackend + QBackend,
+    M: CausalLm<B>,
 {
     let t = &cfg.training;
     let out = cfg.output_dir();

@@ -1,5 +1,6 @@
 //! Fixture access shared by the tests.
 
+use qtune_gptj::CausalLm;
 use std::path::PathBuf;
 
 use burn::backend::NdArray;

@@ -1,5 +1,6 @@
 //! Generated ids equal HF `generate` on the fixture (greedy, repetition penalty, beam search).
 
+use qtune_gptj::CausalLm;
 use qtune_gptj::{EarlyStopping, GenerationConfig};
 
 use crate::common::*;

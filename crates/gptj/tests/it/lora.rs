@@ -2,6 +2,7 @@
 
 use burn::backend::Autodiff;
 use burn::tensor::{Int, Tensor, TensorData};
+use qtune_gptj::CausalLm;
 use qtune_gptj::{Gptj, LoadOptions};
 use qtune_lora::{LoraConfig, TargetModules};
 

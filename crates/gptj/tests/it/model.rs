@@ -1,6 +1,7 @@
 //! Logits, loss, KV cache and perplexity against HF transformers on the tiny fixture.
 
 use burn::tensor::{Int, Tensor, TensorData};
+use qtune_gptj::CausalLm;
 use qtune_gptj::{KvCache, IGNORE_INDEX};
 
 use crate::common::*;

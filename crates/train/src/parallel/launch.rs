@@ -10,9 +10,10 @@ use qtune_data::Example;
 
 use super::{collective_config, compute_lock, GradSync};
 use crate::config::RunConfig;
-use crate::step::SegmentedLm;
-use crate::trainer::{device_inner, train_rank, AdapterIo, TrainOptions, TrainSummary};
+use crate::trainer::{device_inner, train_rank, TrainOptions, TrainSummary};
 use crate::TrainError;
+use qtune_kernels::QBackend;
+use qtune_lm::CausalLm;
 
 /// burn-collective keeps one local server per backend type per process: one data-parallel run
 /// at a time in a process.
@@ -35,9 +36,10 @@ pub fn train_parallel<B, M, F>(
     opts: &TrainOptions,
 ) -> Result<(M, TrainSummary), TrainError>
 where
-    B: AutodiffBackend,
-    M: SegmentedLm<B> + AutodiffModule<B> + AdapterIo + Send,
-    M::InnerModule: SegmentedLm<B::InnerBackend>,
+    B: AutodiffBackend + QBackend,
+    B::InnerBackend: QBackend,
+    M: CausalLm<B> + AutodiffModule<B> + Send,
+    M::InnerModule: CausalLm<B::InnerBackend>,
     F: Fn(&B::Device) -> Result<M, TrainError> + Sync,
 {
     let local = devices.len();
@@ -133,9 +135,10 @@ fn run_rank<B, M, F>(
     opts: &TrainOptions,
 ) -> Result<(M, TrainSummary), TrainError>
 where
-    B: AutodiffBackend,
-    M: SegmentedLm<B> + AutodiffModule<B> + AdapterIo,
-    M::InnerModule: SegmentedLm<B::InnerBackend>,
+    B: AutodiffBackend + QBackend,
+    B::InnerBackend: QBackend,
+    M: CausalLm<B> + AutodiffModule<B>,
+    M::InnerModule: CausalLm<B::InnerBackend>,
     F: Fn(&B::Device) -> Result<M, TrainError>,
 {
     let inner = device_inner::<B>(device);

@@ -2,6 +2,7 @@
 //! and micro-batches of 3 + 5 (different token counts and padding) give the same update.
 use burn::tensor::backend::AutodiffBackend;
 use qtune_data::{collate, Example, Padding};
+use qtune_gptj::CausalLm;
 use qtune_optim::TokenAccumulator;
 use qtune_train::step::micro_step_plain;
 

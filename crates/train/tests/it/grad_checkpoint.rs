@@ -2,9 +2,10 @@
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use qtune_data::{collate, Example, Padding};
+use qtune_gptj::CausalLm;
 use qtune_gptj::Gptj;
 use qtune_train::step::{micro_step_checkpointed, micro_step_plain};
-use qtune_train::trainer::{peft_config, AdapterIo};
+use qtune_train::trainer::peft_config;
 
 use crate::common::*;
 
@@ -12,7 +13,7 @@ use crate::common::*;
 fn model_with_live_adapter(cfg: &qtune_train::RunConfig) -> Gptj<B> {
     let dev = Default::default();
     let m = qtune_train::build::model_with_lora::<B>(cfg, &dev).unwrap();
-    let mut adapter = m.export_adapter(peft_config(cfg));
+    let mut adapter = m.export_adapter(peft_config(cfg)).unwrap();
     for (i, t) in adapter.modules.values_mut().enumerate() {
         for (j, v) in t.b.iter_mut().enumerate() {
             *v = (((i * 31 + j * 17) % 13) as f32 - 6.0) * 0.01;

@@ -3,8 +3,9 @@
 //! only rank 0 writes; resume refuses another world size; a failing rank stops the others.
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use qtune_gptj::CausalLm;
 use qtune_lora::peft::PeftAdapter;
-use qtune_train::trainer::{peft_config, AdapterIo};
+use qtune_train::trainer::peft_config;
 use qtune_train::{build, train, train_parallel, RunConfig, TrainError, TrainOptions};
 
 use crate::common::*;
@@ -70,7 +71,7 @@ fn two_ranks_train_the_weights_of_one_rank_with_the_combined_batch() {
     let dir_one = tempfile::tempdir().unwrap();
     let cfg_one = config(dir_one.path(), 4);
     let model = build::model_with_lora::<B>(&cfg_one, &dev).unwrap();
-    let init = model.export_adapter(peft_config(&cfg_one));
+    let init = model.export_adapter(peft_config(&cfg_one)).unwrap();
     let (one, s_one) = train(
         &cfg_one,
         model,
@@ -92,8 +93,8 @@ fn two_ranks_train_the_weights_of_one_rank_with_the_combined_batch() {
     assert_eq!(s_one.input_tokens, s_two.input_tokens);
 
     let (a_one, a_two) = (
-        one.export_adapter(peft_config(&cfg_one)),
-        two.export_adapter(peft_config(&cfg_two)),
+        one.export_adapter(peft_config(&cfg_one)).unwrap(),
+        two.export_adapter(peft_config(&cfg_two)).unwrap(),
     );
     let (abs, rel) = diff(&a_two, &a_one);
     let (moved, _) = diff(&a_one, &init);

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::NdArray;
+use qtune_gptj::CausalLm;
 use qtune_gptj::{Gptj, LoadOptions, QuantSpec};
 use qtune_lora::merge::ExportDType;
 use qtune_lora::peft::PeftAdapter;
@@ -11,7 +12,6 @@ use qtune_train::export::export_merged;
 use qtune_train::peft_check::{
     fixture_logits, fixture_prompts, max_rel_err, reference_tensor, write_check_folder,
 };
-use qtune_train::trainer::AdapterIo;
 
 type N = NdArray;
 

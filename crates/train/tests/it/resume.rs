@@ -1,5 +1,6 @@
 //! Exact resume: stop, resume from the last checkpoint, and the remaining losses equal an
 //! uninterrupted run's bit for bit (dropout on, accumulation 2, checkpointing on).
+use qtune_gptj::CausalLm;
 use qtune_train::{build, train, TrainOptions};
 
 use crate::common::*;

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use hf_hub::{api::sync::ApiBuilder, Cache, Repo, RepoType};
 
-use crate::error::GptjError;
+use crate::error::LmError;
 
 /// Fetches one file of the repo into the cache, returning its local path.
-type Fetch<'a> = dyn Fn(&str) -> Result<PathBuf, GptjError> + 'a;
+type Fetch<'a> = dyn Fn(&str) -> Result<PathBuf, LmError> + 'a;
 
 /// `HF_HUB_OFFLINE` as huggingface_hub reads it (`constants._is_true`): one of 1/ON/YES/TRUE,
 /// any case. qtune-data reads it the same way.
@@ -23,12 +23,12 @@ fn is_true(v: &str) -> bool {
     )
 }
 
-fn fetcher<'a>(source: &'a str, revision: Option<&str>) -> Result<Box<Fetch<'a>>, GptjError> {
+fn fetcher<'a>(source: &'a str, revision: Option<&str>) -> Result<Box<Fetch<'a>>, LmError> {
     let repo = match revision {
         Some(r) => Repo::with_revision(source.to_string(), RepoType::Model, r.to_string()),
         None => Repo::new(source.to_string(), RepoType::Model),
     };
-    let hub = move |file: &str, reason: String| GptjError::Hub {
+    let hub = move |file: &str, reason: String| LmError::Hub {
         repo: source.to_string(),
         file: file.to_string(),
         reason,
@@ -52,7 +52,7 @@ fn fetcher<'a>(source: &'a str, revision: Option<&str>) -> Result<Box<Fetch<'a>>
 /// The tokenizer files (`vocab.json` + `merges.txt`, GPT-2's BPE) of a Hub model repo, fetched
 /// into the HF cache without its weights; returns the folder for `tokenizer::from_model_dir`.
 /// Used when no local tokenizer folder is configured (for example `EleutherAI/gpt-j-6b`).
-pub fn resolve_tokenizer(source: &str, revision: Option<&str>) -> Result<PathBuf, GptjError> {
+pub fn resolve_tokenizer(source: &str, revision: Option<&str>) -> Result<PathBuf, LmError> {
     let get = fetcher(source, revision)?;
     get("merges.txt")?;
     let vocab = get("vocab.json")?;
@@ -62,13 +62,13 @@ pub fn resolve_tokenizer(source: &str, revision: Option<&str>) -> Result<PathBuf
 /// A local folder as is; otherwise a Hub model id (`EleutherAI/gpt-j-6b`) whose `config.json`,
 /// tokenizer files and safetensors weights (single or sharded) are fetched into the HF cache.
 /// Returns the folder holding them (the cache snapshot).
-pub fn resolve(source: &str, revision: Option<&str>) -> Result<PathBuf, GptjError> {
+pub fn resolve(source: &str, revision: Option<&str>) -> Result<PathBuf, LmError> {
     let local = Path::new(source);
     if local.is_dir() {
         return Ok(local.to_path_buf());
     }
     let get = fetcher(source, revision)?;
-    let hub = |file: &str, reason: String| GptjError::Hub {
+    let hub = |file: &str, reason: String| LmError::Hub {
         repo: source.to_string(),
         file: file.to_string(),
         reason,
@@ -77,12 +77,12 @@ pub fn resolve(source: &str, revision: Option<&str>) -> Result<PathBuf, GptjErro
     let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
     match get("model.safetensors.index.json") {
         Ok(index) => {
-            let text = std::fs::read_to_string(&index).map_err(|source| GptjError::Io {
+            let text = std::fs::read_to_string(&index).map_err(|source| LmError::Io {
                 path: index.clone(),
                 source,
             })?;
             let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|source| GptjError::Index {
+                serde_json::from_str(&text).map_err(|source| LmError::Index {
                     path: index.clone(),
                     source,
                 })?;

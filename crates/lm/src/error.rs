@@ -3,7 +3,11 @@
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
-pub enum GptjError {
+pub enum LmError {
+    #[error("adapter does not fit the model: {0}")]
+    AdapterMismatch(String),
+    #[error("{path}: {reason}")]
+    Gguf { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

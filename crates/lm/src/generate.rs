@@ -8,8 +8,9 @@ use qtune_kernels::QBackend;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::error::GptjError;
-use crate::model::{Gptj, KvCache};
+use crate::context::{BlockContext, KvCache};
+use crate::error::LmError;
+use crate::lm::CausalLm;
 
 /// HF `GenerationConfig`'s fields that qtune supports, with HF's defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,8 +59,8 @@ impl Default for GenerationConfig {
 }
 
 impl GenerationConfig {
-    fn validate(&self) -> Result<(), GptjError> {
-        let bad = |m: &str| Err(GptjError::Input(format!("generation config: {m}")));
+    fn validate(&self) -> Result<(), LmError> {
+        let bad = |m: &str| Err(LmError::Input(format!("generation config: {m}")));
         if self.num_beams == 0 {
             return bad("num_beams must be at least 1");
         }
@@ -106,8 +107,8 @@ pub(crate) fn repetition_penalty(scores: &mut [f32], seq: &[u32], penalty: f64) 
 
 /// The incremental decoder shared by greedy, sampling and beam search: keeps the KV cache,
 /// the full attention mask and each row's count of real tokens (for HF's position ids).
-pub(crate) struct Decoder<'a, B: QBackend> {
-    model: &'a Gptj<B>,
+pub(crate) struct Decoder<'a, B: QBackend, M: CausalLm<B>> {
+    model: &'a M,
     pub cache: KvCache<B>,
     /// `[rows][past]`, 1 = token.
     pub mask: Vec<Vec<i64>>,
@@ -115,11 +116,11 @@ pub(crate) struct Decoder<'a, B: QBackend> {
     started: bool,
 }
 
-impl<'a, B: QBackend> Decoder<'a, B> {
-    pub fn new(model: &'a Gptj<B>) -> Self {
+impl<'a, B: QBackend, M: CausalLm<B>> Decoder<'a, B, M> {
+    pub fn new(model: &'a M) -> Self {
         Self {
             model,
-            cache: KvCache::new(model.blocks.len()),
+            cache: KvCache::new(model.num_layers()),
             mask: Vec::new(),
             started: false,
         }
@@ -127,14 +128,14 @@ impl<'a, B: QBackend> Decoder<'a, B> {
 
     /// Runs `tokens` (`[rows][t]`, same t, with their 0/1 `mask`) and returns each row's f32
     /// logits for the last position, `[rows * vocab]`.
-    pub fn step(&mut self, tokens: &[Vec<u32>], mask: &[Vec<i64>]) -> Result<Vec<f32>, GptjError> {
+    pub fn step(&mut self, tokens: &[Vec<u32>], mask: &[Vec<i64>]) -> Result<Vec<f32>, LmError> {
         let rows = tokens.len();
         let t = tokens.first().map_or(0, Vec::len);
         if !self.started {
             self.mask = vec![Vec::new(); rows];
             self.started = true;
         }
-        let vocab = self.model.config.vocab_size;
+        let vocab = self.model.vocab_size();
         let mut ids = Vec::with_capacity(rows * t);
         let mut pos = Vec::with_capacity(rows * t);
         for (r, (row, m)) in tokens.iter().zip(mask).enumerate() {
@@ -150,9 +151,9 @@ impl<'a, B: QBackend> Decoder<'a, B> {
         }
         let full: Vec<i64> = self.mask.iter().flatten().copied().collect();
         let past = self.cache.past_len();
-        let device = self.model.wte.device();
-        let ctx = crate::layers::BlockContext::new(
-            self.model.config.rotary_dim(),
+        let device = self.model.device();
+        let ctx = BlockContext::new(
+            &self.model.positions(),
             rows,
             t,
             past,
@@ -169,7 +170,7 @@ impl<'a, B: QBackend> Decoder<'a, B> {
             .into_data()
             .convert::<f32>()
             .into_vec::<f32>()
-            .map_err(|e| GptjError::Input(format!("reading logits back: {e:?}")))
+            .map_err(|e| LmError::Input(format!("reading logits back: {e:?}")))
     }
 }
 
@@ -240,14 +241,14 @@ fn argmax(xs: &[f32]) -> u32 {
 }
 
 /// An empty prompt cannot start a generation.
-fn empty_prompt() -> GptjError {
-    GptjError::Input("every prompt needs at least one token".into())
+fn empty_prompt() -> LmError {
+    LmError::Input("every prompt needs at least one token".into())
 }
 
 /// A token id is in the vocabulary.
-pub(crate) fn check_token(tok: u32, vocab: usize) -> Result<(), GptjError> {
+pub(crate) fn check_token(tok: u32, vocab: usize) -> Result<(), LmError> {
     if tok as usize >= vocab {
-        return Err(GptjError::Input(format!(
+        return Err(LmError::Input(format!(
             "token id {tok} is outside the vocabulary ({vocab})"
         )));
     }
@@ -255,7 +256,7 @@ pub(crate) fn check_token(tok: u32, vocab: usize) -> Result<(), GptjError> {
 }
 
 /// A prompt has at least one token, each in the vocabulary.
-pub(crate) fn check_prompt(prompt: &[u32], vocab: usize) -> Result<(), GptjError> {
+pub(crate) fn check_prompt(prompt: &[u32], vocab: usize) -> Result<(), LmError> {
     if prompt.is_empty() {
         return Err(empty_prompt());
     }
@@ -263,7 +264,7 @@ pub(crate) fn check_prompt(prompt: &[u32], vocab: usize) -> Result<(), GptjError
 }
 
 /// A generation request is valid: a valid config and at least one prompt, none empty.
-fn check_request(prompts: &[Vec<u32>], cfg: &GenerationConfig) -> Result<(), GptjError> {
+fn check_request(prompts: &[Vec<u32>], cfg: &GenerationConfig) -> Result<(), LmError> {
     cfg.validate()?;
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(empty_prompt());
@@ -271,81 +272,79 @@ fn check_request(prompts: &[Vec<u32>], cfg: &GenerationConfig) -> Result<(), Gpt
     Ok(())
 }
 
-impl<B: QBackend> Gptj<B> {
-    /// Generates continuations of `prompts` (batched, left-padded). Returns the new tokens of
-    /// each prompt, up to and including EOS when one is produced.
-    pub fn generate(
-        &self,
-        prompts: &[Vec<u32>],
-        cfg: &GenerationConfig,
-    ) -> Result<Vec<Vec<u32>>, GptjError> {
-        check_request(prompts, cfg)?;
-        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        if longest + cfg.max_new_tokens > self.config.n_positions {
-            tracing::warn!(
-                "prompt ({longest}) + max_new_tokens ({}) exceeds n_positions ({}): quality degrades past the trained length",
-                cfg.max_new_tokens,
-                self.config.n_positions
-            );
-        }
-        if cfg.num_beams > 1 {
-            return crate::beam::beam_search(self, prompts, cfg);
-        }
-        if let [prompt] = prompts {
-            if !cfg.do_sample && cfg.repetition_penalty == 1.0 {
-                return Ok(vec![self.greedy_fixed(prompt, cfg)?]);
-            }
-        }
-        self.generate_stepwise(prompts, cfg)
+/// Generates continuations of `prompts` (batched, left-padded). Returns the new tokens of
+/// each prompt, up to and including EOS when one is produced.
+pub fn generate<B: QBackend, M: CausalLm<B>>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    cfg: &GenerationConfig,
+) -> Result<Vec<Vec<u32>>, LmError> {
+    check_request(prompts, cfg)?;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if longest + cfg.max_new_tokens > model.max_positions() {
+        tracing::warn!(
+            "prompt ({longest}) + max_new_tokens ({}) exceeds n_positions ({}): quality degrades past the trained length",
+            cfg.max_new_tokens,
+            model.max_positions()
+        );
     }
+    if cfg.num_beams > 1 {
+        return crate::beam::beam_search(model, prompts, cfg);
+    }
+    if let [prompt] = prompts {
+        if !cfg.do_sample && cfg.repetition_penalty == 1.0 {
+            return Ok(vec![crate::fixed::greedy_fixed(model, prompt, cfg)?]);
+        }
+    }
+    generate_stepwise(model, prompts, cfg)
+}
 
-    /// [`Gptj::generate`] without the batch-1 greedy fast path ([`Gptj::greedy_fixed`]): each
-    /// step reads every row's logits back and picks tokens on the host (sampling, repetition
-    /// penalty, batches). Beam search is [`Gptj::generate`]'s. Same results as the fast path.
-    ///
-    /// # Errors
-    /// As [`Gptj::generate`].
-    pub fn generate_stepwise(
-        &self,
-        prompts: &[Vec<u32>],
-        cfg: &GenerationConfig,
-    ) -> Result<Vec<Vec<u32>>, GptjError> {
-        check_request(prompts, cfg)?;
-        let pad = cfg.pad();
-        let vocab = self.config.vocab_size;
-        let (mut seqs, mask) = left_pad(prompts, pad);
-        let mut out = vec![Vec::new(); prompts.len()];
-        let mut done = vec![false; prompts.len()];
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        let mut dec = Decoder::new(self);
-        let mut step_tokens = seqs.clone();
-        let mut step_mask = mask;
-        for _ in 0..cfg.max_new_tokens {
-            let logits = dec.step(&step_tokens, &step_mask)?;
-            let mut next = Vec::with_capacity(seqs.len());
-            for (r, seq) in seqs.iter_mut().enumerate() {
-                let scores = &mut logits[r * vocab..(r + 1) * vocab].to_vec();
-                repetition_penalty(scores, seq, cfg.repetition_penalty);
-                let tok = if done[r] {
-                    pad
-                } else if cfg.do_sample {
-                    sample(scores, cfg, &mut rng)
-                } else {
-                    argmax(scores)
-                };
-                if !done[r] {
-                    out[r].push(tok);
-                    done[r] = cfg.eos_token_id == Some(tok);
-                }
-                seq.push(tok);
-                next.push(vec![tok]);
+/// [`generate`] without the batch-1 greedy fast path ([`crate::fixed::greedy_fixed`]): each
+/// step reads every row's logits back and picks tokens on the host (sampling, repetition
+/// penalty, batches). Beam search is [`generate`]'s. Same results as the fast path.
+///
+/// # Errors
+/// As [`generate`].
+pub fn generate_stepwise<B: QBackend, M: CausalLm<B>>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    cfg: &GenerationConfig,
+) -> Result<Vec<Vec<u32>>, LmError> {
+    check_request(prompts, cfg)?;
+    let pad = cfg.pad();
+    let vocab = model.vocab_size();
+    let (mut seqs, mask) = left_pad(prompts, pad);
+    let mut out = vec![Vec::new(); prompts.len()];
+    let mut done = vec![false; prompts.len()];
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut dec = Decoder::new(model);
+    let mut step_tokens = seqs.clone();
+    let mut step_mask = mask;
+    for _ in 0..cfg.max_new_tokens {
+        let logits = dec.step(&step_tokens, &step_mask)?;
+        let mut next = Vec::with_capacity(seqs.len());
+        for (r, seq) in seqs.iter_mut().enumerate() {
+            let scores = &mut logits[r * vocab..(r + 1) * vocab].to_vec();
+            repetition_penalty(scores, seq, cfg.repetition_penalty);
+            let tok = if done[r] {
+                pad
+            } else if cfg.do_sample {
+                sample(scores, cfg, &mut rng)
+            } else {
+                argmax(scores)
+            };
+            if !done[r] {
+                out[r].push(tok);
+                done[r] = cfg.eos_token_id == Some(tok);
             }
-            if done.iter().all(|&d| d) {
-                break;
-            }
-            step_mask = vec![vec![1]; seqs.len()];
-            step_tokens = next;
+            seq.push(tok);
+            next.push(vec![tok]);
         }
-        Ok(out)
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        step_mask = vec![vec![1]; seqs.len()];
+        step_tokens = next;
     }
+    Ok(out)
 }

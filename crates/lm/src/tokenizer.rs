@@ -11,27 +11,27 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::byte_level::ByteLevel as ByteLevelProcessor;
 use tokenizers::{AddedToken, Tokenizer};
 
-use crate::error::GptjError;
+use crate::error::LmError;
 
 /// GPT-J's end-of-text token.
 pub const ENDOFTEXT: &str = "<|endoftext|>";
 /// Number of GPT-J's `<|extratoken_N|>` padding tokens.
 pub const N_EXTRA_TOKENS: usize = 143;
 
-fn tok_err(path: &Path, e: impl std::fmt::Display) -> GptjError {
-    GptjError::Tokenizer {
+fn tok_err(path: &Path, e: impl std::fmt::Display) -> LmError {
+    LmError::Tokenizer {
         path: path.to_path_buf(),
         reason: e.to_string(),
     }
 }
 
 /// `tokenizer.json` as saved by HF.
-pub fn from_tokenizer_json(path: &Path) -> Result<Tokenizer, GptjError> {
+pub fn from_tokenizer_json(path: &Path) -> Result<Tokenizer, LmError> {
     Tokenizer::from_file(path).map_err(|e| tok_err(path, e))
 }
 
 /// GPT-2 BPE files (`vocab.json`/`encoder.json`, `merges.txt`/`vocab.bpe`) + GPT-J's added tokens.
-pub fn from_gpt2_files(vocab: &Path, merges: &Path) -> Result<Tokenizer, GptjError> {
+pub fn from_gpt2_files(vocab: &Path, merges: &Path) -> Result<Tokenizer, LmError> {
     let (v, m) = (vocab.to_string_lossy(), merges.to_string_lossy());
     let bpe = BPE::from_file(&v, &m)
         .build()
@@ -56,7 +56,7 @@ pub fn from_gpt2_files(vocab: &Path, merges: &Path) -> Result<Tokenizer, GptjErr
 }
 
 /// The tokenizer of a model folder: `tokenizer.json` if present, else `vocab.json` + `merges.txt`.
-pub fn from_model_dir(dir: &Path) -> Result<Tokenizer, GptjError> {
+pub fn from_model_dir(dir: &Path) -> Result<Tokenizer, LmError> {
     let json = dir.join("tokenizer.json");
     if json.is_file() {
         return from_tokenizer_json(&json);
@@ -65,10 +65,10 @@ pub fn from_model_dir(dir: &Path) -> Result<Tokenizer, GptjError> {
 }
 
 /// `text` → ids (no special tokens added: GPT-J adds none).
-pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, GptjError> {
+pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, LmError> {
     tok.encode(text, false)
         .map(|e| e.get_ids().to_vec())
-        .map_err(|e| GptjError::Tokenizer {
+        .map_err(|e| LmError::Tokenizer {
             path: Default::default(),
             reason: e.to_string(),
         })

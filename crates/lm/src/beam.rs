@@ -7,9 +7,9 @@
 
 use qtune_kernels::QBackend;
 
-use crate::error::GptjError;
+use crate::error::LmError;
 use crate::generate::{left_pad, repetition_penalty, Decoder, EarlyStopping, GenerationConfig};
-use crate::model::Gptj;
+use crate::lm::CausalLm;
 
 /// Finished hypotheses of one prompt (HF `BeamHypotheses`).
 struct Hyps {
@@ -74,13 +74,13 @@ fn log_softmax(xs: &[f32]) -> Vec<f32> {
     xs.iter().map(|&x| x - lse).collect()
 }
 
-pub(crate) fn beam_search<B: QBackend>(
-    model: &Gptj<B>,
+pub(crate) fn beam_search<B: QBackend, M: CausalLm<B>>(
+    model: &M,
     prompts: &[Vec<u32>],
     cfg: &GenerationConfig,
-) -> Result<Vec<Vec<u32>>, GptjError> {
+) -> Result<Vec<Vec<u32>>, LmError> {
     let nb = cfg.num_beams;
-    let vocab = model.config.vocab_size;
+    let vocab = model.vocab_size();
     let pad = cfg.pad();
     let (padded, mask) = left_pad(prompts, pad);
     // Rows are prompt-major: row = prompt * nb + beam.

@@ -1,0 +1,268 @@
+//! What every block of a decoder needs besides the hidden states, shared by the model families:
+//! the attention mask (causal, padding, optional sliding window), the rotary angles of each
+//! position, the LoRA dropout seed; and the KV caches of incremental decoding.
+
+use burn::module::Param;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
+use qtune_kernels::{write_row, QBackend};
+
+/// Rotary position embedding and attention window of a model, the same for every block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Positions {
+    /// Rotated dims per head (GPT-J: `rotary_dim`; Llama: the whole head).
+    pub rotary_dim: usize,
+    /// `rotary_dim / 2` inverse frequencies (after any `rope_scaling`), f32 as HF computes them.
+    pub inv_freq: Vec<f32>,
+    /// HF's `attention_scaling` of the rotary angles (1 for every scaling qtune supports).
+    pub attention_scaling: f32,
+    /// A query at position i sees keys j with `i - j < window` only (Mistral's
+    /// `sliding_window`); `None`: every earlier key.
+    pub sliding_window: Option<usize>,
+}
+
+impl Positions {
+    /// HF's default RoPE: `inv_freq = 1 / base^(arange(0, dim, 2) / dim)`, in f32.
+    pub fn rope(rotary_dim: usize, base: f64) -> Self {
+        let inv_freq = (0..rotary_dim / 2)
+            .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / rotary_dim as f32))
+            .collect();
+        Self {
+            rotary_dim,
+            inv_freq,
+            attention_scaling: 1.0,
+            sliding_window: None,
+        }
+    }
+
+    /// `cos`/`sin` of `pos · inv_freq` for each position, `rotary_dim / 2` values each, f32.
+    pub fn tables(&self, positions: impl Iterator<Item = i64>) -> (Vec<f32>, Vec<f32>) {
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for pos in positions {
+            for f in &self.inv_freq {
+                let a = pos as f32 * f;
+                cos.push(a.cos() * self.attention_scaling);
+                sin.push(a.sin() * self.attention_scaling);
+            }
+        }
+        (cos, sin)
+    }
+}
+
+/// The per-forward inputs every block shares. Built once per forward ([`BlockContext::new`]),
+/// so per-block gradient checkpointing can re-run a block alone.
+#[derive(Debug, Clone)]
+pub struct BlockContext<B: Backend> {
+    /// `[B, 1, T, past+T]`, true = masked (causal, padding, window); `None` when nothing is.
+    pub mask: Option<Tensor<B, 4, Bool>>,
+    /// Rotary `cos`/`sin` of each query position, `[B, T, 1, rotary_dim/2, 1]`, f32.
+    pub cos: Tensor<B, 5>,
+    pub sin: Tensor<B, 5>,
+    /// LoRA dropout is on iff this is `Some` (training). Each linear derives its own mask seed
+    /// from it, the block index and the projection, so a re-run block draws the same masks.
+    pub dropout_seed: Option<u64>,
+}
+
+/// SplitMix64 finalizer: decorrelates the per-linear dropout seeds.
+pub fn mix_seed(seed: u64, salt: u64) -> u64 {
+    let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl<B: Backend> BlockContext<B> {
+    /// Host-side inputs → device context.
+    /// - `attention_mask`: `[batch, past_len + seq_len]` row-major, 1 = token, 0 = padding
+    ///   (HF semantics: it covers the cached positions too); `None` = no padding.
+    /// - `position_ids`: `[batch, seq_len]`; `None` = `past_len..past_len+seq_len` as HF's
+    ///   forward (generation passes `cumsum(mask) - 1` itself).
+    ///
+    /// Panics only on length mismatches between these slices and the given sizes (caller bug).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        positions: &Positions,
+        batch: usize,
+        seq_len: usize,
+        past_len: usize,
+        attention_mask: Option<&[i64]>,
+        position_ids: Option<&[i64]>,
+        dropout_seed: Option<u64>,
+        device: &B::Device,
+    ) -> Self {
+        let total = past_len + seq_len;
+        if let Some(m) = attention_mask {
+            assert_eq!(
+                m.len(),
+                batch * total,
+                "attention_mask must be [batch, past_len + seq_len]"
+            );
+        }
+        if let Some(p) = position_ids {
+            assert_eq!(
+                p.len(),
+                batch * seq_len,
+                "position_ids must be [batch, seq_len]"
+            );
+        }
+        let padded = attention_mask.is_some_and(|m| m.contains(&0));
+        let window = positions.sliding_window.filter(|&w| w < total);
+        let mask = (seq_len > 1 || padded || window.is_some()).then(|| {
+            let mut bits = Vec::with_capacity(batch * seq_len * total);
+            for b in 0..batch {
+                for i in 0..seq_len {
+                    let q = past_len + i;
+                    for j in 0..total {
+                        let pad = attention_mask.is_some_and(|m| m[b * total + j] == 0);
+                        let outside = window.is_some_and(|w| q >= j + w);
+                        bits.push(j > q || pad || outside);
+                    }
+                }
+            }
+            Tensor::<B, 4, Bool>::from_data(
+                TensorData::new(bits, [batch, 1, seq_len, total]),
+                device,
+            )
+        });
+        let half = positions.rotary_dim / 2;
+        let pos = (0..batch).flat_map(|b| {
+            (0..seq_len)
+                .map(move |t| position_ids.map_or((past_len + t) as i64, |p| p[b * seq_len + t]))
+        });
+        let (cos, sin) = positions.tables(pos);
+        let shape = [batch, seq_len, 1, half, 1];
+        Self {
+            mask,
+            cos: Tensor::from_data(TensorData::new(cos, shape), (device, DType::F32)),
+            sin: Tensor::from_data(TensorData::new(sin, shape), (device, DType::F32)),
+            dropout_seed,
+        }
+    }
+
+    /// The LoRA dropout seed of one linear (`None` without dropout).
+    pub fn seed(&self, salt: u64) -> Option<u64> {
+        self.dropout_seed.map(|s| mix_seed(s, salt))
+    }
+}
+
+/// A frozen (no-gradient) parameter.
+pub fn frozen<B: Backend, const D: usize>(t: Tensor<B, D>) -> Param<Tensor<B, D>> {
+    Param::from_tensor(t).set_require_grad(false)
+}
+
+/// `t` in `dtype` (no cast when it already is).
+pub fn to_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if t.dtype() == dtype {
+        t
+    } else {
+        t.cast(dtype)
+    }
+}
+
+/// Host copy of an int tensor as i64 (labels, masks, positions are small).
+pub fn host_i64<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Vec<i64> {
+    t.into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .unwrap_or_default()
+}
+
+/// Keys and values of one layer for all cached positions, `[B, T_past, H_kv, head_dim]` each.
+pub type LayerKv<B> = Option<(Tensor<B, 4>, Tensor<B, 4>)>;
+
+/// One layer's static-shape cache for batch-1 decoding: keys and values `[L, H_kv·head_dim]`,
+/// preallocated for every position of the generation and written one row per step in place
+/// (so a recorded device graph of the step stays valid). `None` only while a step holds them.
+#[derive(Debug)]
+pub struct FixedKv<B: Backend> {
+    pub k: Option<Tensor<B, 2>>,
+    pub v: Option<Tensor<B, 2>>,
+}
+
+/// How attention keeps keys and values across decoding steps.
+pub enum KvSlot<'a, B: Backend> {
+    /// Concatenate this step's onto the layer's cache (shapes grow by the step's length).
+    Append(&'a mut LayerKv<B>),
+    /// Write this step's single token at row `pos` (on the device) of a [`FixedKv`] and attend
+    /// over all its rows; the context's mask hides the rows after `pos`.
+    Fixed {
+        kv: &'a mut FixedKv<B>,
+        pos: &'a Tensor<B, 1, Int>,
+    },
+}
+
+/// This step's keys and values `[B, T, H_kv, hd]` (after rotary) → the keys and values to attend
+/// over, with the layer's cache read and extended as `cache` says.
+pub fn cache_kv<B: QBackend>(
+    cache: Option<KvSlot<'_, B>>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    match cache {
+        None => (k, v),
+        Some(KvSlot::Append(cache)) => {
+            let (k, v) = match cache.take() {
+                Some((pk, pv)) => (Tensor::cat(vec![pk, k], 1), Tensor::cat(vec![pv, v], 1)),
+                None => (k, v),
+            };
+            *cache = Some((k.clone(), v.clone()));
+            (k, v)
+        }
+        Some(KvSlot::Fixed { kv, pos }) => {
+            let [b, t, h, hd] = k.dims();
+            assert_eq!(
+                (b, t),
+                (1, 1),
+                "a fixed KV cache decodes one token of one row"
+            );
+            let (Some(kc), Some(vc)) = (kv.k.take(), kv.v.take()) else {
+                panic!("fixed KV cache used while taken");
+            };
+            // In place (the caches are not shared): the same buffers every step.
+            let kc = write_row(kc, k, pos.clone());
+            let vc = write_row(vc, v, pos.clone());
+            let l = kc.dims()[0];
+            let out = (
+                kc.clone().reshape([1, l, h, hd]),
+                vc.clone().reshape([1, l, h, hd]),
+            );
+            (kv.k, kv.v) = (Some(kc), Some(vc));
+            out
+        }
+    }
+}
+
+/// Past keys/values of every layer, for incremental decoding.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    pub layers: Vec<LayerKv<B>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(n_layer: usize) -> Self {
+        Self {
+            layers: vec![None; n_layer],
+        }
+    }
+
+    /// Number of cached positions.
+    pub fn past_len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |(k, _)| k.dims()[1])
+    }
+
+    /// Keeps batch rows `rows` (in that order, repeats allowed): beam search's reordering.
+    pub fn select_rows(&mut self, rows: &[usize]) {
+        let Some(device) = self.layers.iter().flatten().next().map(|(k, _)| k.device()) else {
+            return;
+        };
+        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &device);
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.clone().select(0, idx.clone());
+            *v = v.clone().select(0, idx.clone());
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! The model-agnostic layer between the LoRA linears and the model families: the
+//! [`CausalLm`] seam, block context (mask, rotary angles, dropout seed) and KV caches, the
+//! chunked loss, generation (greedy, sampling, beam, penalties; batch-1 greedy as a replayed
+//! device graph), sliding-window perplexity, LoRA attachment and PEFT adapter I/O, checkpoint
+//! tensor sources, tokenizers and Hub folders. GPT-J (`qtune-gptj`) and the Llama family
+//! (`qtune-llama`) implement [`CausalLm`]; training, the CLI and xtask work through it.
+mod beam;
+mod context;
+mod error;
+pub mod fixed;
+mod generate;
+pub mod hub;
+mod lm;
+mod lora;
+mod perplexity;
+pub mod source;
+pub mod tokenizer;
+
+pub use context::{
+    cache_kv, frozen, host_i64, mix_seed, to_dtype, BlockContext, FixedKv, KvCache, KvSlot,
+    LayerKv, Positions,
+};
+pub use error::LmError;
+pub use fixed::{graph_steps, set_graph_steps};
+pub use generate::{EarlyStopping, GenerationConfig};
+pub use lm::{CausalLm, IGNORE_INDEX, LOSS_CHUNK_ELEMS};
+pub use lora::{peft_key, LoraParam, ParamCounts};
+pub use perplexity::Perplexity;
+pub use qtune_quant::QuantSpec;
+pub use source::{LoadOptions, WeightFiles};

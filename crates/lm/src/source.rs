@@ -1,0 +1,332 @@
+//! Where a model's dense tensors come from ([`TensorSource`]): HF checkpoints (`model.safetensors`
+//! or a sharded `model.safetensors.index.json`, memory-mapped, F32/F16/BF16; [`FileSource`]) or
+//! a seeded random init ([`RandomSource`]); and [`build_linear`], which quantizes each block
+//! linear as soon as its dense tensor exists, so two full copies of the weights never coexist.
+//! Tensors are converted one at a time (host f32 → device dtype). `pytorch_model.bin` is
+//! refused: unpickling executes code.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, Distribution, Tensor, TensorData};
+use memmap2::Mmap;
+use qtune_kernels::{QBackend, QuantWeight};
+use qtune_lora::Linear;
+use qtune_quant::{FloatDType, QuantSpec};
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use crate::context::to_dtype;
+use crate::error::LmError;
+
+/// Where dense tensors come from, by HF name and expected shape.
+pub trait TensorSource<B: QBackend> {
+    fn tensor1(&mut self, name: &str, shape: [usize; 1]) -> Result<Tensor<B, 1>, LmError>;
+    fn tensor2(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>, LmError>;
+    /// Whether the source has this tensor (tied `lm_head`, optional biases).
+    fn contains(&self, name: &str) -> bool;
+    /// The weight of linear `module` if the source stores it already quantized (bnb/HF format).
+    fn quantized(
+        &mut self,
+        _module: &str,
+    ) -> Result<Option<qtune_quant::QuantizedTensor>, LmError> {
+        Ok(None)
+    }
+}
+
+/// qtune-quant's name of a device dtype.
+pub fn float_dtype(dtype: DType) -> FloatDType {
+    match dtype {
+        DType::BF16 => FloatDType::BF16,
+        DType::F16 => FloatDType::F16,
+        _ => FloatDType::F32,
+    }
+}
+
+/// The linear `name` (`{name}.weight` `[out, in]`, `{name}.bias` if `bias`): as stored when the
+/// source holds it pre-quantized, else quantized to `quant` right away, else dense.
+#[allow(clippy::too_many_arguments)]
+pub fn build_linear<B: QBackend, S: TensorSource<B> + ?Sized>(
+    src: &mut S,
+    name: &str,
+    shape: [usize; 2],
+    bias: bool,
+    quant: Option<QuantSpec>,
+    dtype: DType,
+    device: &B::Device,
+) -> Result<Linear<B>, LmError> {
+    let b = if bias {
+        Some(src.tensor1(&format!("{name}.bias"), [shape[0]])?)
+    } else {
+        None
+    };
+    let quant_err = |source| LmError::Quantize {
+        name: name.to_string(),
+        source: Box::new(source),
+    };
+    if let Some(q) = src.quantized(name)? {
+        // A pre-quantized checkpoint (e.g. saved by HF + bitsandbytes) is used as stored.
+        if q.shape != shape {
+            return Err(LmError::Input(format!(
+                "{name}.weight: quantized shape {:?}, expected {shape:?}",
+                q.shape
+            )));
+        }
+        let w = QuantWeight::try_from_quantized(name, &q, device).map_err(quant_err)?;
+        return Ok(Linear::quantized(w, b));
+    }
+    let w = src.tensor2(&format!("{name}.weight"), shape)?;
+    Ok(match quant {
+        None => Linear::dense(w, b),
+        Some(spec) => {
+            let q = QuantWeight::quantize(
+                name,
+                w,
+                spec.format,
+                spec.blocksize,
+                spec.double_quant,
+                float_dtype(dtype),
+            )
+            .map_err(quant_err)?;
+            Linear::quantized(q, b)
+        }
+    })
+}
+
+/// HF's `_init_weights`: linear and embedding weights N(0, 0.02), biases 0, norm weights 1.
+/// Drawn on the device after `B::seed(device, seed)` by the caller.
+pub struct RandomSource<'a, B: QBackend> {
+    pub device: &'a B::Device,
+    pub dtype: DType,
+    /// Which 1-D tensors are norm weights (initialized to 1).
+    pub is_norm_weight: fn(&str) -> bool,
+}
+
+impl<B: QBackend> TensorSource<B> for RandomSource<'_, B> {
+    fn tensor1(&mut self, name: &str, shape: [usize; 1]) -> Result<Tensor<B, 1>, LmError> {
+        let t = if (self.is_norm_weight)(name) {
+            Tensor::ones(shape, self.device)
+        } else {
+            Tensor::zeros(shape, self.device)
+        };
+        Ok(to_dtype(t, self.dtype))
+    }
+
+    fn tensor2(&mut self, _name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>, LmError> {
+        let t = Tensor::random(shape, Distribution::Normal(0.0, 0.02), self.device);
+        Ok(to_dtype(t, self.dtype))
+    }
+
+    fn contains(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+/// How to materialize the weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadOptions {
+    /// Device dtype of dense weights and activations (F32 on NdArray; BF16/F16/F32 on CUDA).
+    pub dtype: DType,
+    /// Quantize the block linears (q/k/v/out_proj, fc_in, fc_out) as they stream in;
+    /// embeddings, LayerNorms and `lm_head` stay dense.
+    pub quant: Option<QuantSpec>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            quant: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Index {
+    weight_map: BTreeMap<String, String>,
+}
+
+/// The memory-mapped safetensors files of a checkpoint folder.
+pub struct WeightFiles {
+    files: Vec<(PathBuf, Mmap)>,
+    /// Tensor name → index into `files`.
+    by_name: HashMap<String, usize>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LmError + '_ {
+    move |source| LmError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn st_err(path: &Path, e: impl std::fmt::Display) -> LmError {
+    LmError::Safetensors {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+impl WeightFiles {
+    /// Opens `dir/model.safetensors` or every shard named by `dir/model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self, LmError> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let paths: Vec<PathBuf> = if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(io(&index))?;
+            let idx: Index = serde_json::from_str(&text).map_err(|source| LmError::Index {
+                path: index.clone(),
+                source,
+            })?;
+            let mut shards: Vec<String> = idx.weight_map.into_values().collect();
+            shards.sort();
+            shards.dedup();
+            shards.into_iter().map(|s| dir.join(s)).collect()
+        } else if single.is_file() {
+            vec![single]
+        } else if dir.join("pytorch_model.bin").is_file()
+            || dir.join("pytorch_model.bin.index.json").is_file()
+        {
+            return Err(LmError::PickleRefused {
+                path: dir.join("pytorch_model.bin"),
+            });
+        } else {
+            return Err(LmError::NoWeights {
+                path: dir.to_path_buf(),
+            });
+        };
+        let mut files = Vec::with_capacity(paths.len());
+        let mut by_name = HashMap::new();
+        for path in paths {
+            let file = File::open(&path).map_err(io(&path))?;
+            // SAFETY: the file is opened read-only and the map is only read; like every mmap
+            // reader (safetensors, candle) we assume no one truncates it while we load.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(io(&path))?;
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| st_err(&path, e))?;
+            for name in st.names() {
+                by_name.insert(name.to_string(), files.len());
+            }
+            files.push((path, mmap));
+        }
+        Ok(Self { files, by_name })
+    }
+
+    /// Names of all tensors in the checkpoint.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
+    /// Path of the file holding `name` (or of the first file, for error messages).
+    fn path_of(&self, name: &str) -> &Path {
+        let i = self.by_name.get(name).copied().unwrap_or(0);
+        &self.files[i].0
+    }
+
+    /// The tensor `name` as host f32 values, checked against `expected` shape.
+    pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, LmError> {
+        let Some(&i) = self.by_name.get(name) else {
+            let path = if self.files.len() == 1 {
+                self.files[0].0.clone()
+            } else {
+                self.path_of(name)
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .to_path_buf()
+            };
+            return Err(LmError::MissingTensor {
+                path,
+                name: name.to_string(),
+            });
+        };
+        let (path, mmap) = &self.files[i];
+        let st = SafeTensors::deserialize(mmap).map_err(|e| st_err(path, e))?;
+        let view = st.tensor(name).map_err(|e| st_err(path, e))?;
+        if view.shape() != expected {
+            return Err(LmError::Shape {
+                path: path.clone(),
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                got: view.shape().to_vec(),
+            });
+        }
+        let bytes = view.data();
+        let values = match view.dtype() {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(LmError::DType {
+                    path: path.clone(),
+                    name: name.to_string(),
+                    got: format!("{other:?}"),
+                })
+            }
+        };
+        Ok(values)
+    }
+}
+
+/// Tensors of a checkpoint folder, uploaded in `dtype`.
+pub struct FileSource<'a, B: QBackend> {
+    pub files: &'a WeightFiles,
+    pub dtype: DType,
+    pub device: &'a B::Device,
+}
+
+impl<B: QBackend> FileSource<'_, B> {
+    fn data(&self, name: &str, shape: &[usize]) -> Result<TensorData, LmError> {
+        let data = TensorData::new(self.files.read_f32(name, shape)?, shape.to_vec());
+        Ok(if self.dtype == DType::F32 {
+            data
+        } else {
+            data.convert_dtype(self.dtype)
+        })
+    }
+}
+
+impl<B: QBackend> TensorSource<B> for FileSource<'_, B> {
+    fn tensor1(&mut self, name: &str, shape: [usize; 1]) -> Result<Tensor<B, 1>, LmError> {
+        Ok(Tensor::from_data(
+            self.data(name, &shape)?,
+            (self.device, self.dtype),
+        ))
+    }
+
+    fn tensor2(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>, LmError> {
+        Ok(Tensor::from_data(
+            self.data(name, &shape)?,
+            (self.device, self.dtype),
+        ))
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.files.by_name.contains_key(name)
+    }
+
+    fn quantized(&mut self, module: &str) -> Result<Option<qtune_quant::QuantizedTensor>, LmError> {
+        let Some(&i) = self.files.by_name.get(&format!("{module}.weight")) else {
+            return Ok(None);
+        };
+        let (path, mmap) = &self.files.files[i];
+        let st = SafeTensors::deserialize(mmap).map_err(|e| st_err(path, e))?;
+        if qtune_quant::io::quant_format_of(&st, module).is_none() {
+            return Ok(None);
+        }
+        qtune_quant::QuantizedTensor::from_safetensors(&st, module, path)
+            .map(Some)
+            .map_err(|e| LmError::Safetensors {
+                path: path.clone(),
+                reason: e.to_string(),
+            })
+    }
+}
