@@ -34,7 +34,7 @@ pub enum GgufError {
         type_id: u32,
     },
     #[error(
-        "{path}: tensor `{tensor}` has type {ggml_type:?}, which this reader cannot dequantize"
+        "{path}: tensor `{tensor}` has type {ggml_type}, which this reader cannot dequantize"
     )]
     UnsupportedType {
         path: PathBuf,
