@@ -120,6 +120,16 @@ impl GgmlType {
     }
 }
 
+impl std::fmt::Display for GgmlType {
+    /// ggml's name, e.g. `Q4_K`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.entry() {
+            Some(t) => f.write_str(t.1),
+            None => write!(f, "ggml type id {}", self.id()),
+        }
+    }
+}
+
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }

@@ -33,9 +33,7 @@ pub enum GgufError {
         tensor: String,
         type_id: u32,
     },
-    #[error(
-        "{path}: tensor `{tensor}` has type {ggml_type:?}, which this reader cannot dequantize"
-    )]
+    #[error("{path}: tensor `{tensor}` has type {ggml_type}, which this reader cannot dequantize")]
     UnsupportedType {
         path: PathBuf,
         tensor: String,
