@@ -128,7 +128,8 @@ pub(crate) fn beam_search<B: QBackend, M: CausalLm<B>>(
             for beam in 0..nb {
                 let r = p * nb + beam;
                 let mut lp = log_softmax(&logits[r * vocab..(r + 1) * vocab]);
-                repetition_penalty(&mut lp, &seqs[r], cfg.repetition_penalty);
+                let pad_len = padded[p].len() - prompts[p].len();
+                repetition_penalty(&mut lp, &seqs[r][pad_len..], cfg.repetition_penalty);
                 cand.extend(
                     lp.iter()
                         .enumerate()

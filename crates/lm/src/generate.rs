@@ -84,8 +84,10 @@ impl GenerationConfig {
     }
 }
 
-/// HF `RepetitionPenaltyLogitsProcessor`: for every token id present in `seq` (prompt and
-/// padding included, as HF), a negative score is multiplied by `penalty`, a positive one divided.
+/// HF `RepetitionPenaltyLogitsProcessor`: for every token id present in `seq`, a negative score
+/// is multiplied by `penalty`, a positive one divided. Callers pass a row without its left
+/// padding: transformers ≥ 5.2 ignores the padding (`prompt_ignore_length` = each row's padding
+/// length), earlier versions penalized the pad id too.
 pub(crate) fn repetition_penalty(scores: &mut [f32], seq: &[u32], penalty: f64) {
     if penalty == 1.0 {
         return;
@@ -314,6 +316,7 @@ pub fn generate_stepwise<B: QBackend, M: CausalLm<B>>(
     let pad = cfg.pad();
     let vocab = model.vocab_size();
     let (mut seqs, mask) = left_pad(prompts, pad);
+    let longest = seqs.first().map_or(0, Vec::len);
     let mut out = vec![Vec::new(); prompts.len()];
     let mut done = vec![false; prompts.len()];
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -325,7 +328,8 @@ pub fn generate_stepwise<B: QBackend, M: CausalLm<B>>(
         let mut next = Vec::with_capacity(seqs.len());
         for (r, seq) in seqs.iter_mut().enumerate() {
             let scores = &mut logits[r * vocab..(r + 1) * vocab].to_vec();
-            repetition_penalty(scores, seq, cfg.repetition_penalty);
+            let pad_len = longest - prompts[r].len();
+            repetition_penalty(scores, &seq[pad_len..], cfg.repetition_penalty);
             let tok = if done[r] {
                 pad
             } else if cfg.do_sample {

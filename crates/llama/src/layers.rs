@@ -1,0 +1,184 @@
+//! The Llama family's layers as HF `modeling_llama.py` (Mistral and Qwen2 are the same code with
+//! other config). Read top-down: RmsNorm → rotate-half RoPE → grouped-query Attention → SwiGLU
+//! Mlp → Block. Every linear is a `qtune_lora::Linear` (dense or quantized, optional LoRA).
+
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
+use qtune_kernels::{attention, QBackend};
+use qtune_lm::{cache_kv, frozen, to_dtype, BlockContext, KvSlot};
+use qtune_lora::Linear;
+
+/// HF `LlamaRMSNorm`: `weight * (x / sqrt(mean(x²) + eps))`, the normalization in f32, the
+/// product in the input's dtype (HF casts back before multiplying by the weight).
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub fn new(weight: Tensor<B, 1>, eps: f64) -> Self {
+        Self {
+            weight: frozen(weight),
+            eps,
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = x.dtype();
+        let x = to_dtype(x, DType::F32);
+        let var = x.clone().powi_scalar(2).mean_dim(D - 1);
+        let normed = x * var.add_scalar(self.eps).sqrt().recip();
+        let w = to_dtype(self.weight.val(), dtype);
+        let shape =
+            std::array::from_fn::<usize, D, _>(|i| if i + 1 == D { w.dims()[0] } else { 1 });
+        to_dtype(normed, dtype) * w.reshape(shape)
+    }
+}
+
+/// HF `apply_rotary_pos_emb` with `rotate_half`: the head's two halves `(x1, x2)` become
+/// `(x1·cos − x2·sin, x2·cos + x1·sin)`, every dim of the head rotated (GPT-J instead rotates
+/// interleaved pairs of the first `rotary_dim`). HF casts cos/sin to the activations' dtype
+/// first; so do we. `x`: `[B, T, H, head_dim]`; cos/sin: the context's `[B, T, 1, hd/2, 1]`.
+pub fn rotate_half<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 5>,
+    sin: &Tensor<B, 5>,
+) -> Tensor<B, 4> {
+    let [b, t, _, hd] = x.dims();
+    let half = hd / 2;
+    let dtype = x.dtype();
+    let cos = to_dtype(cos.clone(), dtype).reshape([b, t, 1, half]);
+    let sin = to_dtype(sin.clone(), dtype).reshape([b, t, 1, half]);
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    let lo = x1.clone() * cos.clone() - x2.clone() * sin.clone();
+    let hi = x2 * cos + x1 * sin;
+    Tensor::cat(vec![lo, hi], 3)
+}
+
+/// HF `repeat_kv` in the token-major layout: `[B, S, H_kv, hd]` → `[B, S, H_kv·n_rep, hd]`, query
+/// head `i` reading kv head `i / n_rep`.
+pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, s, kv, hd] = x.dims();
+    x.reshape([b, s, kv, 1, hd])
+        .repeat_dim(3, n_rep)
+        .reshape([b, s, kv * n_rep, hd])
+}
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+}
+
+impl<B: QBackend> Attention<B> {
+    /// `x [B, T, D]` (after `input_layernorm`) → `[B, T, D]`.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &BlockContext<B>,
+        salt: u64,
+        cache: Option<KvSlot<'_, B>>,
+    ) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let (h, kv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
+        let q = self.q_proj.forward_with(x.clone(), ctx.seed(salt));
+        let k = self.k_proj.forward_with(x.clone(), ctx.seed(salt + 1));
+        let v = self.v_proj.forward_with(x, ctx.seed(salt + 2));
+        let q = rotate_half(q.reshape([b, t, h, hd]), &ctx.cos, &ctx.sin);
+        let k = rotate_half(k.reshape([b, t, kv, hd]), &ctx.cos, &ctx.sin);
+        let (k, v) = cache_kv(cache, k, v.reshape([b, t, kv, hd]));
+        // Eager attention as HF's: scores over √hd, masked, soft-maxed in f32, probabilities
+        // in v's dtype; the cache keeps H_kv heads, repeated for the product only.
+        let (k, v) = (repeat_kv(k, h / kv), repeat_kv(v, h / kv));
+        let out = attention(q, k, v, ctx.mask.clone(), (hd as f32).sqrt()).reshape([b, t, h * hd]);
+        self.o_proj.forward_with(out, ctx.seed(salt + 3))
+    }
+
+    fn with_adapter_dtype(&self, dtype: DType) -> Self {
+        Self {
+            q_proj: self.q_proj.with_adapter_dtype(dtype),
+            k_proj: self.k_proj.with_adapter_dtype(dtype),
+            v_proj: self.v_proj.with_adapter_dtype(dtype),
+            o_proj: self.o_proj.with_adapter_dtype(dtype),
+            n_head: self.n_head,
+            n_kv_head: self.n_kv_head,
+            head_dim: self.head_dim,
+        }
+    }
+}
+
+/// HF `LlamaMLP`: `down_proj(silu(gate_proj(x)) * up_proj(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+impl<B: QBackend> Mlp<B> {
+    pub fn forward(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>, salt: u64) -> Tensor<B, 3> {
+        let gate = self.gate_proj.forward_with(x.clone(), ctx.seed(salt));
+        let up = self.up_proj.forward_with(x, ctx.seed(salt + 1));
+        let h = burn::tensor::activation::silu(gate) * up;
+        self.down_proj.forward_with(h, ctx.seed(salt + 2))
+    }
+}
+
+/// One decoder layer (`model.layers.{index}`): pre-norm attention, then pre-norm MLP, each
+/// added to the residual.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub input_layernorm: RmsNorm<B>,
+    pub self_attn: Attention<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+    pub mlp: Mlp<B>,
+    /// Position in the stack; salts the LoRA dropout seeds.
+    pub index: usize,
+}
+
+impl<B: QBackend> Block<B> {
+    pub fn forward_cached(
+        &self,
+        h: Tensor<B, 3>,
+        ctx: &BlockContext<B>,
+        cache: Option<KvSlot<'_, B>>,
+    ) -> Tensor<B, 3> {
+        let salt = (self.index as u64) << 8;
+        let a = self
+            .self_attn
+            .forward(self.input_layernorm.forward(h.clone()), ctx, salt, cache);
+        let h = h + a;
+        let m = self.mlp.forward(
+            self.post_attention_layernorm.forward(h.clone()),
+            ctx,
+            salt + 4,
+        );
+        h + m
+    }
+
+    /// A copy whose LoRA factors are in `dtype`; weights are shared, not copied.
+    pub fn with_adapter_dtype(&self, dtype: DType) -> Self {
+        Self {
+            input_layernorm: self.input_layernorm.clone(),
+            self_attn: self.self_attn.with_adapter_dtype(dtype),
+            post_attention_layernorm: self.post_attention_layernorm.clone(),
+            mlp: Mlp {
+                gate_proj: self.mlp.gate_proj.with_adapter_dtype(dtype),
+                up_proj: self.mlp.up_proj.with_adapter_dtype(dtype),
+                down_proj: self.mlp.down_proj.with_adapter_dtype(dtype),
+            },
+            index: self.index,
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! `Llama`: HF `LlamaForCausalLM` (`model.embed_tokens` → `model.layers` → `model.norm` →
+//! `lm_head`, tied to the embedding when `tie_word_embeddings`), and its [`CausalLm`]
+//! implementation: forward, loss, generation, perplexity and adapter I/O come from qtune-lm.
+
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Tensor};
+use qtune_kernels::QBackend;
+use qtune_lm::{BlockContext, CausalLm, KvSlot, Positions};
+use qtune_lora::Linear;
+
+use crate::config::LlamaConfig;
+use crate::layers::{Block, RmsNorm};
+
+/// A block's projections in HF's module order, with their path inside `model.layers.{i}`.
+pub const BLOCK_LINEARS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+/// `model.layers.{i}.{suffix}`.
+pub fn layer_name(i: usize, suffix: &str) -> String {
+    format!("model.layers.{i}.{suffix}")
+}
+
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    /// `model.embed_tokens` `[vocab_size, hidden_size]`, frozen.
+    pub embed_tokens: Param<Tensor<B, 2>>,
+    pub layers: Vec<Block<B>>,
+    pub norm: RmsNorm<B>,
+    /// `[vocab_size, hidden_size]`, no bias, kept dense (the embedding's values when tied).
+    pub lm_head: Linear<B>,
+    #[module(skip)]
+    pub config: LlamaConfig,
+    #[module(skip)]
+    pub positions: Positions,
+}
+
+impl<B: Backend> Llama<B> {
+    fn block_linears(b: &Block<B>) -> [&Linear<B>; 7] {
+        let (a, m) = (&b.self_attn, &b.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+    }
+}
+
+impl<B: QBackend> CausalLm<B> for Llama<B> {
+    fn model_type(&self) -> &str {
+        &self.config.model_type
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn max_positions(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn positions(&self) -> Positions {
+        self.positions.clone()
+    }
+
+    fn device(&self) -> B::Device {
+        self.embed_tokens.device()
+    }
+
+    fn dtype(&self) -> DType {
+        self.embed_tokens.val().dtype()
+    }
+
+    fn base_params(&self) -> u64 {
+        self.config.num_params()
+    }
+
+    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        burn::tensor::module::embedding(self.embed_tokens.val(), ids)
+    }
+
+    fn block(
+        &self,
+        i: usize,
+        h: Tensor<B, 3>,
+        ctx: &BlockContext<B>,
+        cache: Option<KvSlot<'_, B>>,
+    ) -> Tensor<B, 3> {
+        self.layers[i].forward_cached(h, ctx, cache)
+    }
+
+    /// `model.norm` then `lm_head`.
+    fn logits<const D: usize>(&self, h_last: Tensor<B, D>) -> Tensor<B, D> {
+        self.lm_head.forward(self.norm.forward(h_last))
+    }
+
+    fn linears(&self) -> Vec<(String, &Linear<B>)> {
+        let mut out = Vec::with_capacity(self.layers.len() * 7 + 1);
+        for (i, b) in self.layers.iter().enumerate() {
+            for (suffix, l) in BLOCK_LINEARS.iter().zip(Self::block_linears(b)) {
+                out.push((layer_name(i, suffix), l));
+            }
+        }
+        out.push(("lm_head".to_string(), &self.lm_head));
+        out
+    }
+
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear<B>)> {
+        let mut out = Vec::with_capacity(self.layers.len() * 7 + 1);
+        for (i, b) in self.layers.iter_mut().enumerate() {
+            let (a, m) = (&mut b.self_attn, &mut b.mlp);
+            let ls = [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ];
+            for (suffix, l) in BLOCK_LINEARS.iter().zip(ls) {
+                out.push((layer_name(i, suffix), l));
+            }
+        }
+        out.push(("lm_head".to_string(), &mut self.lm_head));
+        out
+    }
+
+    fn with_adapter_dtype(&self, dtype: DType) -> Self {
+        Self {
+            embed_tokens: self.embed_tokens.clone(),
+            layers: self
+                .layers
+                .iter()
+                .map(|b| b.with_adapter_dtype(dtype))
+                .collect(),
+            norm: self.norm.clone(),
+            lm_head: self.lm_head.with_adapter_dtype(dtype),
+            config: self.config.clone(),
+            positions: self.positions.clone(),
+        }
+    }
+}
