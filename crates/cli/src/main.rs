@@ -1,14 +1,13 @@
-//! `qtune`: fine-tune GPT-J with a quantized frozen base + LoRA, evaluate, generate, measure
-//! perplexity, merge. CPU (NdArray) by default; `--features cuda` trains on an NVIDIA GPU.
+//! `qtune`: fine-tune a causal LM (GPT-J, the Llama family: HF folders or GGUF files) with a
+//! quantized frozen base + LoRA, evaluate, generate, measure perplexity, merge. CPU (NdArray) by default; `--features cuda` trains on an NVIDIA GPU.
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use qtune_data::DataSource;
-use qtune_gptj::CausalLm;
-use qtune_gptj::{EarlyStopping, GenerationConfig, Gptj};
-use qtune_lora::merge::ExportDType;
+use qtune_lm::{CausalLm, EarlyStopping, ExportDType, GenerationConfig};
 use qtune_lora::peft::PeftAdapter;
+use qtune_models::AnyLm;
 use qtune_train::backend::{Train, TRAIN_BACKEND};
 use qtune_train::config::{ModelConfig, QuantizationConfig, RunConfig};
 use qtune_train::parallel::devices_from_indices;
@@ -21,7 +20,7 @@ type TrainDevice = <Train as burn::tensor::backend::BackendTypes>::Device;
 #[command(
     name = "qtune",
     version,
-    about = "Fine-tune GPT-J with quantized base weights + LoRA"
+    about = "Fine-tune LLMs (GPT-J, Llama family; HF folders or GGUF) with quantized base weights + LoRA"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -76,26 +75,60 @@ struct EvalArgs {
     adapter: Option<PathBuf>,
 }
 
-/// Which model to load: a local HF folder or a Hub id, or `tiny` (the embedded random model).
+/// HF `torch_dtype` names.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[value(rename_all = "lower")]
+enum DTypeArg {
+    Float32,
+    Bfloat16,
+    Float16,
+}
+
+impl DTypeArg {
+    fn hf_name(self) -> &'static str {
+        match self {
+            Self::Float32 => "float32",
+            Self::Bfloat16 => "bfloat16",
+            Self::Float16 => "float16",
+        }
+    }
+}
+
+/// bitsandbytes' 4-bit data types.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[value(rename_all = "lower")]
+enum QuantTypeArg {
+    Nf4,
+    Fp4,
+}
+
+/// Which model to load.
 #[derive(Args, Clone)]
 struct ModelArgs {
+    /// A local HF model folder (GPT-J, Llama, Mistral, Qwen2), a `.gguf` file (or a folder with
+    /// one), a Hugging Face Hub id, or `tiny` (the embedded random GPT-J of the default run).
     #[arg(long)]
     model: String,
+    /// Hub revision (branch, tag or commit) of a Hub id.
     #[arg(long)]
     revision: Option<String>,
-    /// float32 | bfloat16 | float16 (CPU builds compute in float32).
-    #[arg(long, default_value = "float32")]
-    dtype: String,
+    /// Dtype of dense weights and activations (CPU builds compute in float32).
+    #[arg(long, value_enum, default_value = "float32")]
+    dtype: DTypeArg,
+    /// Quantize the block linears to 4 bits (bitsandbytes format) as they load.
     #[arg(long)]
     load_in_4bit: bool,
+    /// Quantize the block linears to blockwise 8-bit as they load.
     #[arg(long)]
     load_in_8bit: bool,
-    /// nf4 | fp4 (with --load-in-4bit).
-    #[arg(long, default_value = "nf4")]
-    quant_type: String,
+    /// 4-bit data type (with --load-in-4bit).
+    #[arg(long, value_enum, default_value = "nf4")]
+    quant_type: QuantTypeArg,
+    /// Quantize the 4-bit block scales too (bitsandbytes' double quantization).
     #[arg(long)]
     double_quant: bool,
-    /// Tokenizer folder (default: the model folder, else $QTUNE_DATA_DIR/gpt2-tokenizer).
+    /// Tokenizer folder (default: the model's own — folder or GGUF metadata — else
+    /// $QTUNE_DATA_DIR/gpt2-tokenizer).
     #[arg(long)]
     tokenizer: Option<String>,
     /// PEFT adapter folder to apply.
@@ -151,8 +184,8 @@ struct MergeArgs {
     #[arg(long)]
     out: PathBuf,
     /// dtype of the written weights (default: --dtype).
-    #[arg(long)]
-    save_dtype: Option<String>,
+    #[arg(long, value_enum)]
+    save_dtype: Option<DTypeArg>,
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<RunConfig> {
@@ -169,7 +202,10 @@ fn model_config(a: &ModelArgs) -> anyhow::Result<ModelConfig> {
     let quantization = (a.load_in_4bit || a.load_in_8bit).then(|| QuantizationConfig {
         load_in_4bit: a.load_in_4bit,
         load_in_8bit: a.load_in_8bit,
-        bnb_4bit_quant_type: a.quant_type.clone(),
+        bnb_4bit_quant_type: match a.quant_type {
+            QuantTypeArg::Nf4 => "nf4".into(),
+            QuantTypeArg::Fp4 => "fp4".into(),
+        },
         bnb_4bit_use_double_quant: a.double_quant,
         blocksize: None,
     });
@@ -183,7 +219,7 @@ fn model_config(a: &ModelArgs) -> anyhow::Result<ModelConfig> {
         name_or_path: Some(a.model.clone()),
         revision: a.revision.clone(),
         random: None,
-        torch_dtype: a.dtype.clone(),
+        torch_dtype: a.dtype.hf_name().into(),
         quantization,
         tokenizer: a.tokenizer.clone(),
     })
@@ -195,7 +231,7 @@ fn load_tokenizer(a: &ModelArgs) -> anyhow::Result<tokenizers::Tokenizer> {
     build::tokenizer(&m, data_dir.as_deref()).context("loading the tokenizer")
 }
 
-fn load_model(a: &ModelArgs) -> anyhow::Result<Gptj<Infer>> {
+fn load_model(a: &ModelArgs) -> anyhow::Result<AnyLm<Infer>> {
     let m = model_config(a)?;
     let device = Default::default();
     let mut model = build::base_model::<Infer>(&m, &device)
@@ -260,7 +296,7 @@ fn main() -> anyhow::Result<()> {
             }
             let model = load_model(&a.model)?;
             let tok = load_tokenizer(&a.model)?;
-            let eos = model.config.eos_token_id.unwrap_or(50256);
+            let eos = model.eos_token_id();
             let gen = GenerationConfig {
                 max_new_tokens: a.max_new_tokens,
                 do_sample: a.do_sample,
@@ -275,8 +311,8 @@ fn main() -> anyhow::Result<()> {
                     EarlyStopping::False
                 },
                 repetition_penalty: a.repetition_penalty,
-                eos_token_id: Some(eos),
-                pad_token_id: Some(eos),
+                eos_token_id: eos,
+                pad_token_id: eos,
                 seed: a.seed,
             };
             let prompts = a
@@ -288,7 +324,7 @@ fn main() -> anyhow::Result<()> {
                         .map_err(|e| anyhow::anyhow!("tokenizing {p:?}: {e}"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let vocab = model.config.vocab_size as u32;
+            let vocab = model.vocab_size() as u32;
             if let Some(bad) = prompts.iter().flatten().find(|&&t| t >= vocab) {
                 bail!("the tokenizer produced id {bad}, outside the model's vocab_size {vocab}: wrong --tokenizer?");
             }
@@ -321,13 +357,12 @@ fn main() -> anyhow::Result<()> {
                 bail!("merge needs --adapter");
             }
             let model = load_model(&a.model)?;
-            let dtype = match a.save_dtype.as_deref().unwrap_or(&a.model.dtype) {
-                "float32" => ExportDType::F32,
-                "bfloat16" => ExportDType::BF16,
-                "float16" => ExportDType::F16,
-                other => bail!("--save-dtype {other}: use float32, bfloat16 or float16"),
+            let dtype = match a.save_dtype.unwrap_or(a.model.dtype) {
+                DTypeArg::Float32 => ExportDType::F32,
+                DTypeArg::Bfloat16 => ExportDType::BF16,
+                DTypeArg::Float16 => ExportDType::F16,
             };
-            let r = qtune_train::export::export_merged(&model, &a.out, dtype)?;
+            let r = model.export_merged(&a.out, dtype)?;
             if !r.dequantized_weights.is_empty() {
                 eprintln!(
                     "note: {} weights were quantized and are exported dense (merged in f32, \

@@ -102,4 +102,43 @@ impl<B: QBackend> CausalLm<B> for Gptj<B> {
             config: self.config.clone(),
         }
     }
+
+    fn other_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<B, 1>)> {
+        let flat = |name: String, t: Tensor<B, 2>| {
+            let shape = t.dims().to_vec();
+            (name, shape, t.flatten(0, 1))
+        };
+        let ln = |name: &str, l: &LayerNorm<B>| {
+            [
+                (
+                    format!("{name}.weight"),
+                    l.weight.dims().to_vec(),
+                    l.weight.val(),
+                ),
+                (format!("{name}.bias"), l.bias.dims().to_vec(), l.bias.val()),
+            ]
+        };
+        let mut out = vec![flat("transformer.wte.weight".into(), self.wte.val())];
+        for (i, b) in self.blocks.iter().enumerate() {
+            out.extend(ln(&format!("transformer.h.{i}.ln_1"), &b.ln_1));
+        }
+        out.extend(ln("transformer.ln_f", &self.ln_f));
+        out
+    }
+
+    fn eos_token_id(&self) -> Option<u32> {
+        self.config.eos_token_id
+    }
+
+    fn hf_config(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.config).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert(
+                "architectures".into(),
+                serde_json::json!(["GPTJForCausalLM"]),
+            );
+            obj.insert("model_type".into(), "gptj".into());
+        }
+        v
+    }
 }

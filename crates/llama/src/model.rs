@@ -155,4 +155,47 @@ impl<B: QBackend> CausalLm<B> for Llama<B> {
             positions: self.positions.clone(),
         }
     }
+
+    fn other_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<B, 1>)> {
+        let e = self.embed_tokens.val();
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            e.dims().to_vec(),
+            e.flatten(0, 1),
+        )];
+        let norm = |name: String, n: &RmsNorm<B>| (name, n.weight.dims().to_vec(), n.weight.val());
+        for (i, b) in self.layers.iter().enumerate() {
+            out.push(norm(
+                layer_name(i, "input_layernorm.weight"),
+                &b.input_layernorm,
+            ));
+            out.push(norm(
+                layer_name(i, "post_attention_layernorm.weight"),
+                &b.post_attention_layernorm,
+            ));
+        }
+        out.push(norm("model.norm.weight".into(), &self.norm));
+        out
+    }
+
+    fn eos_token_id(&self) -> Option<u32> {
+        self.config.eos_id()
+    }
+
+    fn hf_config(&self) -> serde_json::Value {
+        let arch = match self.config.model_type.as_str() {
+            "mistral" => "MistralForCausalLM",
+            "qwen2" => "Qwen2ForCausalLM",
+            _ => "LlamaForCausalLM",
+        };
+        let mut v = serde_json::to_value(&self.config).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("architectures".into(), serde_json::json!([arch]));
+        }
+        v
+    }
+
+    fn tied_head(&self) -> bool {
+        self.config.tie_word_embeddings
+    }
 }

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LmError {
+    #[error(transparent)]
+    Merge(#[from] qtune_lora::merge::MergeError),
     #[error("adapter does not fit the model: {0}")]
     AdapterMismatch(String),
     #[error("{path}: {reason}")]

@@ -59,12 +59,12 @@ pub fn resolve_tokenizer(source: &str, revision: Option<&str>) -> Result<PathBuf
     Ok(vocab.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
-/// A local folder as is; otherwise a Hub model id (`EleutherAI/gpt-j-6b`) whose `config.json`,
+/// A local folder (or `.gguf` file) as is; otherwise a Hub model id (`EleutherAI/gpt-j-6b`) whose `config.json`,
 /// tokenizer files and safetensors weights (single or sharded) are fetched into the HF cache.
 /// Returns the folder holding them (the cache snapshot).
 pub fn resolve(source: &str, revision: Option<&str>) -> Result<PathBuf, LmError> {
     let local = Path::new(source);
-    if local.is_dir() {
+    if local.is_dir() || (local.is_file() && local.extension().is_some_and(|e| e == "gguf")) {
         return Ok(local.to_path_buf());
     }
     let get = fetcher(source, revision)?;

@@ -3,9 +3,12 @@
 //! name; the forward, the chunked loss, generation, perplexity, LoRA attachment and PEFT
 //! adapter I/O are written once here, on top of those.
 
+use std::path::Path;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use qtune_kernels::QBackend;
+use qtune_lora::merge::ExportDType;
 use qtune_lora::peft::{PeftAdapter, PeftAdapterConfig};
 use qtune_lora::{Linear, LoraConfig};
 
@@ -13,6 +16,7 @@ use crate::context::{host_i64, to_dtype, BlockContext, KvCache, KvSlot, Position
 use crate::error::LmError;
 use crate::generate::GenerationConfig;
 use crate::lora::{LoraParam, ParamCounts};
+use crate::merge::MergeReport;
 use crate::perplexity::Perplexity;
 
 /// HF's label value for "no loss at this position".
@@ -59,6 +63,17 @@ pub trait CausalLm<B: QBackend>: Sized {
     /// A copy whose LoRA factors are in `dtype` (the activations'), so an inference forward
     /// does not cast them per call; weights are shared, not copied.
     fn with_adapter_dtype(&self, dtype: DType) -> Self;
+    /// Every parameter that is not in a linear (embeddings, norms) by HF name, with its shape,
+    /// flattened: what a merged export writes besides the linears.
+    fn other_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<B, 1>)>;
+    /// HF `config.json` of this model (`model_type` and `architectures` included).
+    fn hf_config(&self) -> serde_json::Value;
+    /// The end-of-sequence id of the config (the first, where HF lists several).
+    fn eos_token_id(&self) -> Option<u32>;
+    /// `lm_head` is the embedding (HF saves it once, under the embedding's name).
+    fn tied_head(&self) -> bool {
+        false
+    }
 
     /// The context of a forward without cache over `[batch, seq_len]` tokens; see
     /// [`BlockContext::new`] for the mask/position conventions.
@@ -244,6 +259,11 @@ pub trait CausalLm<B: QBackend>: Sized {
     /// Replaces the adapters' factors with `adapter`'s (same modules and shapes required).
     fn import_adapter(self, adapter: &PeftAdapter) -> Result<Self, LmError> {
         crate::lora::import_adapter(self, adapter)
+    }
+
+    /// Writes the model with its adapters merged as an HF folder ([`crate::merge`]).
+    fn export_merged(&self, out: &Path, dtype: ExportDType) -> Result<MergeReport, LmError> {
+        crate::merge::export_merged(self, out, dtype)
     }
 }
 

@@ -6,6 +6,7 @@ use qtune_gptj::{Gptj, GptjConfig, LoadOptions, QuantSpec};
 use qtune_kernels::QBackend;
 use qtune_lm::CausalLm;
 use qtune_lora::{LoraConfig, TargetModules};
+use qtune_models::AnyLm;
 use qtune_quant::QuantFormat;
 
 use crate::config::{ModelConfig, QuantizationConfig, RandomModel, RunConfig, TargetList};
@@ -89,7 +90,10 @@ pub fn model_dir(m: &ModelConfig) -> Result<Option<PathBuf>, TrainError> {
 }
 
 /// The base model (no adapters) as configured.
-pub fn base_model<B: QBackend>(m: &ModelConfig, device: &B::Device) -> Result<Gptj<B>, TrainError> {
+pub fn base_model<B: QBackend>(
+    m: &ModelConfig,
+    device: &B::Device,
+) -> Result<AnyLm<B>, TrainError> {
     let quant = m.quantization.as_ref().map(quant_spec);
     let mut dtype = dtype(m);
     // NdArray has no bf16/f16 (it would panic on the first tensor): compute in f32 there.
@@ -99,7 +103,9 @@ pub fn base_model<B: QBackend>(m: &ModelConfig, device: &B::Device) -> Result<Gp
     }
     if let Some(r) = &m.random {
         let cfg = random_config(r)?;
-        return Ok(Gptj::random(&cfg, r.seed, quant, dtype, device)?);
+        return Ok(AnyLm::Gptj(Gptj::random(
+            &cfg, r.seed, quant, dtype, device,
+        )?));
     }
     let dir = model_dir(m)?.ok_or_else(|| {
         TrainError::from(crate::config::ConfigError::Invalid {
@@ -108,14 +114,18 @@ pub fn base_model<B: QBackend>(m: &ModelConfig, device: &B::Device) -> Result<Gp
             msg: "missing".into(),
         })
     })?;
-    Ok(Gptj::load(&dir, &LoadOptions { dtype, quant }, device)?)
+    Ok(qtune_models::load(
+        &dir,
+        &LoadOptions { dtype, quant },
+        device,
+    )?)
 }
 
 /// Base model + fresh adapters (PEFT init, A from `training.seed`).
 pub fn model_with_lora<B: QBackend>(
     cfg: &RunConfig,
     device: &B::Device,
-) -> Result<Gptj<B>, TrainError> {
+) -> Result<AnyLm<B>, TrainError> {
     let model = base_model::<B>(&cfg.model, device)?;
     Ok(model.with_lora(&lora_config(cfg)?, cfg.training.seed)?)
 }
@@ -136,6 +146,10 @@ pub fn tokenizer(
         candidates.push(PathBuf::from(t));
     } else {
         if let Some(dir) = model_dir(m)? {
+            // A GGUF file (or a folder holding one) carries its tokenizer in its metadata.
+            if qtune_llama_gguf(&dir)? {
+                return Ok(qtune_models::tokenizer(&dir)?);
+            }
             candidates.push(dir);
         }
         if let Some(d) = data_dir {
@@ -162,4 +176,24 @@ pub fn tokenizer(
         ),
     })?;
     Ok(qtune_gptj::tokenizer::from_model_dir(&dir)?)
+}
+
+/// Whether `path` is (or holds) a GGUF file.
+fn qtune_llama_gguf(path: &Path) -> Result<bool, TrainError> {
+    Ok(qtune_llama::gguf_path(path)?.is_some())
+}
+
+/// The end-of-sequence id appended to every target and that ends generation: the model's own
+/// (`config.json` / GGUF metadata), GPT-J's `<|endoftext|>` for the random tiny model.
+pub fn eos_id(m: &ModelConfig) -> Result<u32, TrainError> {
+    let Some(dir) = model_dir(m)? else {
+        return Ok(crate::task::GPTJ_EOS);
+    };
+    qtune_models::eos_token_id(&dir)?.ok_or_else(|| {
+        TrainError::from(crate::config::ConfigError::Invalid {
+            origin: dir.display().to_string(),
+            field: "eos_token_id",
+            msg: "the model names no end-of-sequence token (config.json eos_token_id / GGUF tokenizer.ggml.eos_token_id)".into(),
+        })
+    })
 }

@@ -6,7 +6,7 @@ use qtune_data::{
     answer_from_generation, classification_eval, label_from_generation, squad_v2_eval,
     HATE_SPEECH_LABELS,
 };
-use qtune_gptj::{GenerationConfig, Gptj};
+use qtune_gptj::GenerationConfig;
 use qtune_kernels::QBackend;
 use qtune_lm::CausalLm;
 use serde::Serialize;
@@ -32,8 +32,8 @@ pub struct TaskMetrics {
 }
 
 /// Greedy-decodes every item (batched, left-padded) and scores the answers.
-pub fn evaluate_generation<B: QBackend>(
-    model: &Gptj<B>,
+pub fn evaluate_generation<B: QBackend, M: CausalLm<B>>(
+    model: &M,
     tokenizer: &Tokenizer,
     items: &[EvalItem],
     batch_size: usize,

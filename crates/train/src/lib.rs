@@ -8,7 +8,6 @@ pub mod build;
 pub mod checkpoint;
 pub mod config;
 pub mod evaluate;
-pub mod export;
 pub mod memory;
 pub mod metrics;
 pub mod model;

@@ -63,8 +63,8 @@ pub fn fixture_prompts(fixture: &Path) -> Result<FixturePrompts, TrainError> {
 }
 
 /// Logits `[B, T, V]` of `model` on the fixture prompts, flattened.
-pub fn fixture_logits<B: QBackend>(model: &Gptj<B>, p: &FixturePrompts) -> Vec<f32> {
-    let dev = model.wte.device();
+pub fn fixture_logits<B: QBackend, M: CausalLm<B>>(model: &M, p: &FixturePrompts) -> Vec<f32> {
+    let dev = model.device();
     let t = |v: &[i64]| Tensor::<B, 2, Int>::from_data(TensorData::new(v.to_vec(), p.shape), &dev);
     let logits = model.forward(
         t(&p.input_ids),

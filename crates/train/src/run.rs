@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use qtune_data::{DataSource, DatasetId};
-use qtune_gptj::Gptj;
 use qtune_kernels::QBackend;
 use qtune_lm::CausalLm;
 use qtune_lora::peft::PeftAdapter;
@@ -74,7 +73,7 @@ where
     B::InnerBackend: QBackend,
 {
     let tokenizer = build::tokenizer(&cfg.model, source.data_dir.as_deref())?;
-    let data = task::prepare(cfg, &tokenizer, source)?;
+    let data = task::prepare(cfg, &tokenizer, build::eos_id(&cfg.model)?, source)?;
     tracing::info!(
         train = data.train.len(),
         validation = data.validation.len(),
@@ -182,7 +181,7 @@ pub fn eval_job<B: QBackend>(
     device: &B::Device,
 ) -> Result<EvalReport, TrainError> {
     let tokenizer = build::tokenizer(&cfg.model, source.data_dir.as_deref())?;
-    let data = task::prepare(cfg, &tokenizer, source)?;
+    let data = task::prepare(cfg, &tokenizer, build::eos_id(&cfg.model)?, source)?;
     let mut model = build::base_model::<B>(&cfg.model, device)?;
     if let Some(dir) = adapter {
         model = model.import_adapter(&PeftAdapter::load(dir)?)?;
@@ -223,8 +222,8 @@ pub struct PerplexityReport {
 
 /// HF's sliding-window perplexity of `model` on wikitext-2 raw test (joined as HF's recipe:
 /// rows joined by "\n\n", see qtune-data), on the first `max_tokens` tokens if given.
-pub fn perplexity_job<B: Backend + QBackend>(
-    model: &Gptj<B>,
+pub fn perplexity_job<B: Backend + QBackend, M: CausalLm<B>>(
+    model: &M,
     tokenizer: &tokenizers::Tokenizer,
     source: &DataSource,
     max_length: usize,
@@ -238,7 +237,7 @@ pub fn perplexity_job<B: Backend + QBackend>(
     if let Some(n) = max_tokens {
         ids.truncate(n);
     }
-    let max_length = max_length.min(model.config.n_positions);
+    let max_length = max_length.min(model.max_positions());
     let p = model.perplexity(&ids, max_length, stride.min(max_length))?;
     Ok(PerplexityReport {
         text_tokens,

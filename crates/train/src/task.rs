@@ -23,7 +23,8 @@ pub const SQUAD_VALIDATION_ARTICLES: usize = 5;
 /// Balanced hate-speech sample sizes (issue: 1,000 train, 200 validation).
 pub const HATE_SPEECH_TRAIN: usize = 1000;
 pub const HATE_SPEECH_VALIDATION: usize = 200;
-/// GPT-J's `<|endoftext|>`: eos, and the pad id (pads are masked, their value never matters).
+/// GPT-J's `<|endoftext|>`: eos and pad of the random tiny model (pads are masked, their value
+/// never matters; a checkpoint brings its own eos).
 pub const GPTJ_EOS: u32 = 50256;
 
 /// One held-back prompt for the end-of-run generation metric.
@@ -76,25 +77,27 @@ fn encoded(e: Encoded) -> Option<Example> {
 pub fn prepare(
     cfg: &RunConfig,
     tokenizer: &Tokenizer,
+    eos_id: u32,
     source: &DataSource,
 ) -> Result<TaskData, DataError> {
     let id = match cfg.data.dataset {
         Task::SquadV2 => DatasetId::SquadV2,
         Task::HateSpeech => DatasetId::HateSpeech,
     };
-    prepare_from_file(cfg, tokenizer, &source.locate(id)?)
+    prepare_from_file(cfg, tokenizer, eos_id, &source.locate(id)?)
 }
 
 /// [`prepare`] from an explicit file (SQuAD JSON or the Davidson CSV).
 pub fn prepare_from_file(
     cfg: &RunConfig,
     tokenizer: &Tokenizer,
+    eos_id: u32,
     path: &std::path::Path,
 ) -> Result<TaskData, DataError> {
     let d = &cfg.data;
     let enc = EncodeConfig {
         max_length: d.max_length,
-        eos_token_id: GPTJ_EOS,
+        eos_token_id: eos_id,
     };
     // Generation prompts leave room for the answer.
     let max_prompt = d.max_length.saturating_sub(cfg.eval.max_new_tokens).max(1);
@@ -180,7 +183,7 @@ pub fn prepare_from_file(
         validation,
         eval_items,
         train_stats,
-        eos_id: GPTJ_EOS,
-        pad_id: GPTJ_EOS,
+        eos_id,
+        pad_id: eos_id,
     })
 }

@@ -3,14 +3,14 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use qtune_data::{collate, Example, Padding};
 use qtune_gptj::CausalLm;
-use qtune_gptj::Gptj;
+use qtune_models::AnyLm;
 use qtune_train::step::{micro_step_checkpointed, micro_step_plain};
 use qtune_train::trainer::peft_config;
 
 use crate::common::*;
 
 /// Tiny model with LoRA everywhere and a non-zero B (a fresh B = 0 would make A's grads zero).
-fn model_with_live_adapter(cfg: &qtune_train::RunConfig) -> Gptj<B> {
+fn model_with_live_adapter(cfg: &qtune_train::RunConfig) -> AnyLm<B> {
     let dev = Default::default();
     let m = qtune_train::build::model_with_lora::<B>(cfg, &dev).unwrap();
     let mut adapter = m.export_adapter(peft_config(cfg)).unwrap();
@@ -22,7 +22,7 @@ fn model_with_live_adapter(cfg: &qtune_train::RunConfig) -> Gptj<B> {
     m.import_adapter(&adapter).unwrap()
 }
 
-fn lora_grads(m: &Gptj<B>, grads: &burn::optim::GradientsParams) -> Vec<(String, Vec<f32>)> {
+fn lora_grads(m: &AnyLm<B>, grads: &burn::optim::GradientsParams) -> Vec<(String, Vec<f32>)> {
     m.lora_params()
         .into_iter()
         .map(|p| {

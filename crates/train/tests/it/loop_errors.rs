@@ -181,7 +181,7 @@ fn missing_column_is_a_data_error_naming_it() {
     let mut cfg = tiny_config(dir.path());
     cfg.data.dataset = qtune_train::Task::HateSpeech;
     let tok = tokenizers::Tokenizer::new(tokenizers::models::bpe::BPE::default());
-    let err = qtune_train::task::prepare_from_file(&cfg, &tok, &csv)
+    let err = qtune_train::task::prepare_from_file(&cfg, &tok, qtune_train::task::GPTJ_EOS, &csv)
         .err()
         .unwrap();
     let msg = err.to_string();

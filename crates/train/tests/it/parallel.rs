@@ -30,7 +30,7 @@ fn config(out: &std::path::Path, per_device: usize) -> RunConfig {
 fn two_ranks(
     cfg: &RunConfig,
     opts: &TrainOptions,
-) -> Result<(qtune_gptj::Gptj<B>, qtune_train::TrainSummary), TrainError> {
+) -> Result<(qtune_models::AnyLm<B>, qtune_train::TrainSummary), TrainError> {
     let (train_set, val_set) = (synthetic(24, 1), synthetic(8, 2));
     let devices: Vec<Dev> = vec![Default::default(), Default::default()];
     train_parallel(

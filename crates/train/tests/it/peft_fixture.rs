@@ -8,7 +8,6 @@ use qtune_gptj::CausalLm;
 use qtune_gptj::{Gptj, LoadOptions, QuantSpec};
 use qtune_lora::merge::ExportDType;
 use qtune_lora::peft::PeftAdapter;
-use qtune_train::export::export_merged;
 use qtune_train::peft_check::{
     fixture_logits, fixture_prompts, max_rel_err, reference_tensor, write_check_folder,
 };
@@ -38,7 +37,7 @@ fn fixture_adapter_and_merge_match_peft() {
     assert!(max_rel_err(&plain, &want, &prompts.attention_mask, vocab) > 1e-3);
 
     let dir = tempfile::tempdir().unwrap();
-    let report = export_merged(&model, dir.path(), ExportDType::F32).unwrap();
+    let report = model.export_merged(dir.path(), ExportDType::F32).unwrap();
     assert_eq!(report.merged_modules.len(), 6);
     assert!(report.dequantized_weights.is_empty());
     let merged = Gptj::<N>::load(dir.path(), &LoadOptions::default(), &dev).unwrap();
@@ -105,7 +104,7 @@ fn quantized_base_merges_dense_and_reports_it() {
     let prompts = fixture_prompts(&fx).unwrap();
     let adapter_logits = fixture_logits(&model, &prompts);
     let dir = tempfile::tempdir().unwrap();
-    let report = export_merged(&model, dir.path(), ExportDType::F32).unwrap();
+    let report = model.export_merged(dir.path(), ExportDType::F32).unwrap();
     assert_eq!(
         report.dequantized_weights.len(),
         3 * 6,

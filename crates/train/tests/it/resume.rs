@@ -136,7 +136,7 @@ fn qlora_nf4_base_8bit_adamw_trains_and_resumes_exactly() {
     let dir_a = tempfile::tempdir().unwrap();
     let cfg = quantized(dir_a.path());
     let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
-    assert!(model.blocks[0].attn.q_proj.is_quantized());
+    assert!(model.linears()[0].1.is_quantized());
     let trainable = model.param_counts().trainable as usize;
     let (_, full) = train(
         &cfg,
