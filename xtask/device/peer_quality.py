@@ -305,6 +305,42 @@ def load_model(folder, quant, dtype, device):
     return m
 
 
+def gguf_name(path):
+    """The GGUF's `general.name` metadata, or None."""
+    try:
+        import gguf
+        f = gguf.GGUFReader(path).fields.get("general.name")
+        return bytes(f.parts[f.data[0]]).decode() if f else None
+    except Exception:
+        return None
+
+
+def load_gguf_plain(gdir, gname, dtype):
+    """The GGUF dequantized to an ordinary `dtype` model that save_pretrained accepts.
+
+    Older transformers dequantize GGUF on load and return a plain model. Newer ones (a GgufHfQuantizer,
+    seen in 5.25) may keep the blocks packed and mark the model quantized, which save_pretrained
+    refuses: ask for dequantization and, once every weight is a plain tensor, drop the marker."""
+    from transformers import AutoModelForCausalLM
+    kw = dict(gguf_file=gname, dtype=dtype)
+    try:
+        import inspect
+        from transformers import GgufConfig
+        if "dequantize" in inspect.signature(GgufConfig.__init__).parameters:
+            kw["quantization_config"] = GgufConfig(gguf_file=gname, dequantize=True)
+    except ImportError:
+        pass
+    m = AutoModelForCausalLM.from_pretrained(gdir, **kw)
+    bad = [n for n, p in m.named_parameters() if p.dtype != dtype]
+    if bad:
+        raise SystemExit(f"GGUF not fully dequantized to {dtype}: {bad[:5]}")
+    if getattr(m, "hf_quantizer", None) is not None:
+        m.hf_quantizer = None
+        if hasattr(m.config, "quantization_config"):
+            delattr(m.config, "quantization_config")
+    return m
+
+
 def pad_right(seqs, pad, device):
     n = max(len(s) for s in seqs)
     return torch.tensor([s + [pad] * (n - len(s)) for s in seqs], dtype=torch.long, device=device)
@@ -417,9 +453,9 @@ def main():
     # 1. dequantize the GGUF once, save it as an ordinary HF folder
     t0 = time.time()
     gdir, gname = os.path.dirname(os.path.abspath(args.gguf)), os.path.basename(args.gguf)
-    base = AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gname, dtype=dtype)
+    base = load_gguf_plain(gdir, gname, dtype)
     base.save_pretrained(args.model_dir)
-    model_name = getattr(base.config, "_name_or_path", None) or gname
+    model_name = gguf_name(args.gguf) or gname
     n_params = sum(p.numel() for p in base.parameters())
     arch = base.config.architectures
     del base
