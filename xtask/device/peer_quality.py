@@ -508,16 +508,17 @@ def main():
         real_tokens = sum(int(b[1].sum()) for b in batches)
         target_tokens = sum(int((b[2][:, 1:] != -100).sum()) for b in batches)
 
-        torch.manual_seed(seed)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         m = load_model(args.model_dir, quant, dtype, device)
+        n_quant = sum(1 for x in m.modules() if type(x).__name__ in ("Linear4bit", "Linear8bitLt"))
         if quant:
             m = prepare_model_for_kbit_training(m, use_gradient_checkpointing=True)
         else:
             m.gradient_checkpointing_enable()
             m.enable_input_require_grads()
         lc = meta["lora"]
+        torch.manual_seed(seed)  # LoRA A init and dropout masks depend on the seed alone
         m = get_peft_model(m, LoraConfig(r=int(lc["r"]), lora_alpha=lc["lora_alpha"], lora_dropout=float(lc.get("lora_dropout", 0.0)),
                                          target_modules=lc["target_modules"], bias="none", task_type="CAUSAL_LM"))
         params = [p for p in m.parameters() if p.requires_grad]
@@ -555,7 +556,7 @@ def main():
         losses = [float(x) for x in losses]
         norms = [float(x) for x in norms]
         first_tokens = int(batches[0][1].sum())
-        run = {"seed": seed, "steps": steps, "trainable_params": trainable, "losses": losses, "grad_norms": norms,
+        run = {"seed": seed, "steps": steps, "trainable_params": trainable, "quantized_linears": n_quant, "losses": losses, "grad_norms": norms,
                "train_seconds": round(secs, 3), "real_tokens": real_tokens, "target_tokens": target_tokens,
                "tokens_per_s": round(real_tokens / secs, 1),
                "tokens_per_s_after_first": round((real_tokens - first_tokens) / (t_start + secs - t_first), 1) if steps > 1 else None,
