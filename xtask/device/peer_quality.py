@@ -122,9 +122,13 @@ def merge_eval(main_eval, new_eval, prefix):
 
 
 def squad_prediction(text, no_answer_text):
-    """A generated text as a SQuAD prediction: the no-answer target string means the empty answer."""
-    t = text.strip()
-    return "" if t == no_answer_text.strip() else t
+    """A generated text as a SQuAD prediction, as qtune's `answer_from_generation`: up to the first
+    newline or <|endoftext|>, stripped; the no-answer target string (after normalize_answer) means
+    the empty answer."""
+    ends = [i for i in (text.find("\n"), text.find("<|endoftext|>")) if i >= 0]
+    t = text[:min(ends)] if ends else text
+    t = t.strip()
+    return "" if normalize_answer(t) == normalize_answer(no_answer_text) else t
 
 
 def squad_metrics(examples, preds):
@@ -142,10 +146,12 @@ def squad_metrics(examples, preds):
 
 
 def hate_class(text, class_names):
-    """Index of the first class name the stripped lowercase prediction starts with, else -1 (invalid)."""
-    t = text.strip().lower()
+    """As qtune's `label_from_generation`: the first class name the lowercased, whitespace-collapsed
+    prediction starts with, followed by the end or a non-alphanumeric character; else -1 (invalid)."""
+    t = " ".join(text.lower().split())
     for i, name in enumerate(class_names):
-        if t.startswith(name.strip().lower()):
+        name = name.lower()
+        if t.startswith(name) and not (len(t) > len(name) and t[len(name)].isalnum()):
             return i
     return -1
 

@@ -207,7 +207,7 @@ pub fn export_data(cfg: &RunConfig, seeds: &[u64], out: &Path) -> anyhow::Result
             "adam_beta1": t.adam_beta1, "adam_beta2": t.adam_beta2, "adam_epsilon": t.adam_epsilon,
             "logging_steps": t.logging_steps,
         },
-        "schedule_formula": "lr(step) = lr·step/warmup for step < warmup; then with p = min(1, (step − warmup)/max(1, max_steps − warmup)) and floor = min_lr_ratio: linear: lr·(floor + (1 − floor)(1 − p)); cosine: lr·(floor + (1 − floor)·0.5·(1 + cos(π p))); step counts from 0 for the first optimizer step",
+        "schedule_formula": schedule_formula(cfg),
         "seeds": seeds,
         "train_examples": data.train.len(),
         "eval_prompts": n_eval,
@@ -221,4 +221,20 @@ pub fn export_data(cfg: &RunConfig, seeds: &[u64], out: &Path) -> anyhow::Result
         n_eval
     );
     Ok(())
+}
+
+/// qtune's learning rate of 0-based optimizer step `step` (`LrSchedule::lr_at`, warmup clamped to
+/// `max_steps`) as a Python expression in `step, lr, warmup_steps, max_steps, min_lr_ratio, math`.
+fn schedule_formula(cfg: &RunConfig) -> String {
+    use qtune_train::config::SchedulerType;
+    let w = "min(warmup_steps, max_steps)";
+    let p = format!("min(1.0, (step - {w}) / max(1, max_steps - {w}))");
+    let decay = match cfg.training.lr_scheduler_type {
+        SchedulerType::Constant => "1.0".to_string(),
+        SchedulerType::Linear => format!("(min_lr_ratio + (1 - min_lr_ratio) * (1 - {p}))"),
+        SchedulerType::Cosine => {
+            format!("(min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * {p})))")
+        }
+    };
+    format!("lr * step / {w} if step < {w} else lr * {decay}")
 }
