@@ -12,6 +12,9 @@
 //! sampled after each synchronized step (reserved never shrinks during the run, so its maximum
 //! bounds the true peak from above); run `nvidia-smi` alongside for a cross-check.
 
+#[cfg(feature = "cuda")]
+use qtune_lm::CausalLm;
+
 /// Entry point of `bench train` with the remaining arguments.
 ///
 /// # Errors

@@ -8,6 +8,9 @@
 //!
 //! Also: the cuBLAS GEMMs and fused ops vs the CPU, and greedy decoding (`decode_check`).
 
+#[cfg(feature = "cuda")]
+use qtune_lm::CausalLm;
+
 /// Entry point of `bench gpu-check`.
 ///
 /// # Errors
@@ -547,7 +550,7 @@ where
     use qtune_optim::{Optimizer, OptimizerConfig};
     use qtune_train::step::micro_step_checkpointed;
     let mut model = qtune_train::build::model_with_lora::<B>(cfg, dev)?;
-    let vocab = model.config.vocab_size as u64;
+    let vocab = model.vocab_size() as u64;
     let (b, t) = (8usize, 64usize);
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let ids: Vec<i64> = (0..b * t)
