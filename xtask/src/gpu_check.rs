@@ -81,6 +81,65 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
     // 1b. Greedy decoding: in-place row write, on-device argmax, CUDA graph vs eager.
     decode_check(&dev, fixture)?;
 
+    // 1c. The Llama family (GQA, rotate-half RoPE, RMSNorm, SwiGLU, Qwen2 bias, Mistral window)
+    // on the GPU: logits in f32 and bf16 against HF's, batch-1 greedy (CUDA-graph path) ids.
+    for name in ["llama_tiny", "llama_tied", "qwen2_tiny", "mistral_tiny"] {
+        let fx = Path::new("tests/fixtures").join(name);
+        let prompts = fixture_prompts(&fx)?;
+        let reference = reference_tensor(&fx, "logits")?;
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fx.join("reference.json"))?)?;
+        let mut errs = Vec::new();
+        let mut greedy_equal = 0;
+        for dtype in [DType::F32, DType::BF16] {
+            let opts = LoadOptions {
+                dtype,
+                ..LoadOptions::default()
+            };
+            let m = qtune_models::load::<Inner>(&fx.join("fp32"), &opts, &dev)?;
+            let vocab = m.vocab_size();
+            errs.push(max_rel_err(
+                &fixture_logits(&m, &prompts),
+                &reference,
+                &prompts.attention_mask,
+                vocab,
+            ));
+            if dtype == DType::F32 {
+                let case = &r["generate"]["greedy_alone"];
+                let n = case["args"]["max_new_tokens"].as_u64().unwrap_or(16) as usize;
+                let cfg = qtune_lm::GenerationConfig {
+                    max_new_tokens: n,
+                    ..Default::default()
+                };
+                let (t, mask) = (prompts.shape[1], &prompts.attention_mask);
+                for (row, want) in case["output_ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let prompt: Vec<u32> = (0..t)
+                        .filter(|&j| mask[row * t + j] == 1)
+                        .map(|j| prompts.input_ids[row * t + j] as u32)
+                        .collect();
+                    let want: Vec<u32> = want
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_u64())
+                        .map(|v| v as u32)
+                        .collect();
+                    greedy_equal += usize::from(m.greedy_fixed(&prompt, &cfg)? == want);
+                }
+            }
+        }
+        println!(
+            "{}",
+            json!({"check": "llama_family_parity", "fixture": name, "gpu_f32_max_rel_err": errs[0],
+                   "gpu_bf16_max_rel_err": errs[1], "greedy_fixed_rows_equal_hf": greedy_equal})
+        );
+    }
+
     // 2. Tiny loss curve, GPU bf16 vs CPU f32.
     let mut cfg = qtune_train::RunConfig::tiny();
     cfg.lora.lora_dropout = 0.0;
