@@ -128,8 +128,8 @@ pub enum DataError {
         path: PathBuf,
         field: String,
         location: String,
-        expected: String,
-        found: String,
+        expected: &'static str,
+        found: &'static str,
     },
     #[error("{path}: unsupported file type (expected .jsonl, .json, .csv or .parquet)")]
     UnsupportedFile { path: PathBuf },

@@ -151,8 +151,8 @@ pub fn read_records(path: &Path) -> Result<Vec<RawRecord>> {
                     path: path.to_path_buf(),
                     field: "(file)".into(),
                     location: "the top level".into(),
-                    expected: "an array of records".into(),
-                    found: found.into(),
+                    expected: "an array of records",
+                    found,
                 });
             };
             Ok(items
@@ -232,13 +232,13 @@ struct At<'a> {
 }
 
 impl At<'_> {
-    fn wrong(&self, field: &str, expected: &str, found: &Value) -> DataError {
+    fn wrong(&self, field: &str, expected: &'static str, found: &Value) -> DataError {
         DataError::WrongType {
             path: self.path.to_path_buf(),
             field: field.to_string(),
             location: self.location.to_string(),
-            expected: expected.to_string(),
-            found: json_type(found).to_string(),
+            expected,
+            found: json_type(found),
         }
     }
 
