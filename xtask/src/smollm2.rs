@@ -113,6 +113,7 @@ pub fn preset(dataset: Task, seed: u64) -> anyhow::Result<RunConfig> {
             include_str!("../../configs/smollm2-hate-speech.toml"),
             "configs/smollm2-hate-speech.toml",
         ),
+        Task::Custom => bail!("no SmolLM2 preset for custom data: see configs/custom-chat.toml"),
     };
     let mut cfg = RunConfig::from_toml_str(text, origin)?;
     let path = gguf_path()?;
@@ -171,6 +172,9 @@ pub fn export_data(cfg: &RunConfig, seeds: &[u64], out: &Path) -> anyhow::Result
             Gold::Class(c) => {
                 serde_json::json!({"id": it.id, "prompt_ids": it.prompt_ids, "class": c})
             }
+            Gold::Text(t) => {
+                serde_json::json!({"id": it.id, "prompt_ids": it.prompt_ids, "text": t})
+            }
         }),
     )?;
     let t = &cfg.training;
@@ -189,7 +193,7 @@ pub fn export_data(cfg: &RunConfig, seeds: &[u64], out: &Path) -> anyhow::Result
         TargetList::One(s) => serde_json::json!(s),
     };
     let meta = serde_json::json!({
-        "task": match cfg.data.dataset { Task::SquadV2 => "squad_v2", Task::HateSpeech => "hate_speech" },
+        "task": match cfg.data.dataset { Task::SquadV2 => "squad_v2", Task::HateSpeech => "hate_speech", Task::Custom => "custom" },
         "eos_id": eos,
         "pad_id": data.pad_id,
         "max_new_tokens": cfg.eval.max_new_tokens,

@@ -34,8 +34,10 @@ pub enum DropReason {
     TooLongWithoutContext,
     /// The context must be cut but the gold answer could not be located in it.
     AnswerNotLocated,
-    /// A text with nothing to truncate (a tweet) is longer than `max_length`.
+    /// A text with nothing to truncate (a tweet, a conversation) is longer than `max_length`.
     TooLong,
+    /// The completion (+ eos) alone leaves no room for a prompt token.
+    TargetTooLong,
 }
 
 /// The result of encoding one example.

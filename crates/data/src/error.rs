@@ -16,6 +16,12 @@ pub enum DataError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("{path} {location}: malformed JSON")]
+    JsonRecord {
+        path: PathBuf,
+        location: String,
+        source: serde_json::Error,
+    },
     #[error("{path}: malformed CSV (record {record})")]
     Csv {
         path: PathBuf,
@@ -96,6 +102,39 @@ pub enum DataError {
     Tokenizer { what: String, message: String },
     #[error("tokenizer has no token {token:?}")]
     UnknownToken { token: String },
+    #[error("chat template `{template}`: {message}")]
+    ChatTemplate { template: String, message: String },
+    #[error("chat template `{template}` raised an exception: {message}")]
+    TemplateRaised { template: String, message: String },
+    #[error(
+        "chat template `{template}` is not prefix-stable on {path} {location}: {detail} \
+         (qtune finds each assistant turn by rendering the conversation up to it; pass \
+         `train_on_all_turns = true` or another `chat_template`)"
+    )]
+    NotPrefixStable {
+        path: PathBuf,
+        location: String,
+        template: String,
+        detail: String,
+    },
+    #[error("{path} {location}: {source}")]
+    InRecord {
+        path: PathBuf,
+        location: String,
+        source: Box<DataError>,
+    },
+    #[error("{path}: field `{field}` at {location} must be {expected}, found {found}")]
+    WrongType {
+        path: PathBuf,
+        field: String,
+        location: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("{path}: unsupported file type (expected .jsonl, .json, .csv or .parquet)")]
+    UnsupportedFile { path: PathBuf },
+    #[error("{0}")]
+    NoChatTemplate(String),
     #[error("batch: {0}")]
     Batch(String),
     #[error("predictions: {0}")]

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use crate::error::{DataError, Result};
 use crate::squad::{parse_squad, SquadArticle};
 
-fn read_rows(path: &Path) -> Result<Vec<Row>> {
+pub(crate) fn read_rows(path: &Path) -> Result<Vec<Row>> {
     let err = |e: parquet::errors::ParquetError| DataError::Parquet {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -45,7 +45,7 @@ fn to_json(field: &Field) -> Value {
     }
 }
 
-fn row_to_json(row: &Row) -> Value {
+pub(crate) fn row_to_json(row: &Row) -> Value {
     let mut m = Map::new();
     for (name, field) in row.get_column_iter() {
         m.insert(name.clone(), to_json(field));

@@ -81,10 +81,17 @@ pub fn random_config(r: &RandomModel) -> Result<GptjConfig, TrainError> {
     })
 }
 
-/// The local folder of `name_or_path` (downloaded from the Hub when it is a Hub id).
+/// The local folder of `name_or_path` (downloaded from the Hub when it is a Hub id). A leading
+/// `~/` is the home folder (`$HOME`), as in configs/custom-chat.toml.
 pub fn model_dir(m: &ModelConfig) -> Result<Option<PathBuf>, TrainError> {
     match &m.name_or_path {
-        Some(p) => Ok(Some(qtune_gptj::hub::resolve(p, m.revision.as_deref())?)),
+        Some(p) => {
+            let p = match (p.strip_prefix("~/"), std::env::var_os("HOME")) {
+                (Some(rest), Some(home)) => PathBuf::from(home).join(rest).display().to_string(),
+                _ => p.clone(),
+            };
+            Ok(Some(qtune_gptj::hub::resolve(&p, m.revision.as_deref())?))
+        }
         None => Ok(None),
     }
 }

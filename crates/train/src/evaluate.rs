@@ -1,10 +1,11 @@
 //! End-of-run task metrics from greedy generations: SQuAD v2 EM/F1 (official normalization,
-//! HasAns/NoAns) or hate-speech accuracy / per-class F1 / confusion matrix.
+//! HasAns/NoAns), hate-speech accuracy / per-class F1 / confusion matrix, or (custom data) exact
+//! match of the generated completion.
 use std::collections::HashMap;
 
 use qtune_data::{
-    answer_from_generation, classification_eval, label_from_generation, squad_v2_eval,
-    HATE_SPEECH_LABELS,
+    answer_from_generation, classification_eval, exact_match_eval, label_from_generation,
+    squad_v2_eval, HATE_SPEECH_LABELS,
 };
 use qtune_gptj::GenerationConfig;
 use qtune_kernels::QBackend;
@@ -97,6 +98,21 @@ pub fn evaluate_generation<B: QBackend, M: CausalLm<B>>(
             }
             serde_json::to_value(classification_eval(&gold, &pred, &HATE_SPEECH_LABELS)?)
                 .unwrap_or_default()
+        }
+        Gold::Text(_) => {
+            let (mut gold, mut pred) = (Vec::new(), Vec::new());
+            for (it, text) in items.iter().zip(&texts) {
+                let Gold::Text(g) = &it.gold else { continue };
+                predictions.push(Prediction {
+                    id: it.id.clone(),
+                    generated: text.clone(),
+                    prediction: text.trim().to_string(),
+                    gold: g.clone(),
+                });
+                gold.push(g.clone());
+                pred.push(text.clone());
+            }
+            serde_json::to_value(exact_match_eval(&gold, &pred)?).unwrap_or_default()
         }
     };
     Ok(TaskMetrics {

@@ -2,8 +2,10 @@
 //! `QTUNE_DATA_DIR` and print why they skip without it.
 
 mod batch;
+mod chat;
 mod common;
 mod encode;
+mod formats;
 mod hate_speech;
 mod hub_parquet;
 mod metrics;

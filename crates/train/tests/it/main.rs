@@ -2,6 +2,7 @@
 //! examples are synthetic token sequences.
 mod accumulation;
 mod common;
+mod custom_data;
 mod data_job;
 mod grad_checkpoint;
 mod loop_errors;
