@@ -12,7 +12,8 @@
 #   .device/data: squad-v2/dev-v2.0.json.gz, hate-speech-davidson2017/labeled_data.csv.gz
 #   the GGUF split into .dev1/p0 .dev2/p1 .dev3/p2 (one part per call, calls back to back)
 # Then: TASKS='squad hate-speech' SEEDS=0,1,2 bash xtask/device/quality_call.sh
-# Options: STEPS=N overrides max_steps (both systems); PEER=0 skips the peer; OURS=0 skips ours.
+# Options: STEPS=N overrides max_steps (both systems); PEER=0 skips the peer; OURS=0 skips ours;
+# T_ZS, T_RUN, T_PEER: time limits (s) of our zero-shot, each of our runs, the whole peer.
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export QTUNE_KERNEL_CACHE=/tmp/kcache PYTHONPATH=$PWD/.device/site PYTHONUNBUFFERED=1
@@ -30,10 +31,10 @@ for t in ${TASKS:-squad hate-speech}; do
   $X train $t --model smollm2-135m --export-data $D --seeds $SEEDS ${STEPS:+--max-steps $STEPS} 2>/dev/null | tail -1
   if [ "${OURS:-1}" = 1 ]; then
     echo "=== ours $t zero-shot $(date -u +%T)"
-    $X train $t --model smollm2-135m --zero-shot 2>>$OUT/ours.log | tail -1 | tee -a $OUT/ours_$t.jsonl | cut -c1-400
+    timeout ${T_ZS:-120} $X train $t --model smollm2-135m --zero-shot 2>>$OUT/ours.log | tail -1 | tee -a $OUT/ours_$t.jsonl | cut -c1-400
     for s in ${SEEDS//,/ }; do
       echo "=== ours $t seed $s $(date -u +%T)"
-      $X train $t --model smollm2-135m --seed $s ${STEPS:+--max-steps $STEPS} 2>>$OUT/ours.log > /tmp/ours_${t}_$s.txt
+      timeout ${T_RUN:-150} $X train $t --model smollm2-135m --seed $s ${STEPS:+--max-steps $STEPS} 2>>$OUT/ours.log > /tmp/ours_${t}_$s.txt
       python3 - /tmp/ours_${t}_$s.txt $s <<'PY' | tee -a $OUT/ours_$t.jsonl | cut -c1-600
 import json, sys
 text = open(sys.argv[1]).read()
@@ -48,7 +49,7 @@ PY
   fi
   if [ "${PEER:-1}" = 1 ]; then
     echo "=== peer $t $(date -u +%T)"
-    python3 xtask/device/peer_quality.py --data $D --gguf $G --out $OUT/peer_$t.json --seeds $SEEDS \
+    timeout ${T_PEER:-400} python3 xtask/device/peer_quality.py --data $D --gguf $G --out $OUT/peer_$t.json --seeds $SEEDS \
       ${STEPS:+--steps $STEPS} > $OUT/peer_$t.log 2>&1
     tail -3 $OUT/peer_$t.log | cut -c1-800
   fi
