@@ -282,6 +282,8 @@ fn llama3_inv_freq(inv: &[f32], factor: f32, low: f32, high: f32, old: f32) -> V
             let scaled = if wavelen > low_wavelen { f / factor } else { f };
             let smooth = (old / wavelen - low) / (high - low);
             let smoothed = (1.0 - smooth) * scaled / factor + smooth * scaled;
+            // HF's `~(wavelen < high) * ~(wavelen > low)`, NaN included: kept negated.
+            #[allow(clippy::neg_cmp_op_on_partial_ord)]
             let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
             if medium {
                 smoothed

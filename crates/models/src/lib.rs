@@ -19,6 +19,8 @@ pub use qtune_gptj::GptjConfig;
 pub use qtune_llama::LlamaConfig;
 
 /// A causal LM of any supported family.
+// One model per process, moved rarely: boxing a variant would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum AnyLm<B: Backend> {
     Gptj(Gptj<B>),
