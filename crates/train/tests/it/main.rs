@@ -4,6 +4,7 @@ mod accumulation;
 mod common;
 mod data_job;
 mod grad_checkpoint;
+mod hygiene;
 mod loop_errors;
 mod parallel;
 mod peft_fixture;
