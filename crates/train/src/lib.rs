@@ -51,7 +51,7 @@ pub enum TrainError {
     #[error("empty dataset: {what}")]
     EmptyDataset { what: String },
     #[error(
-        "{dir} already holds a run ({found} exists): pass --resume to continue it, \
+        "{dir} already holds a run (`{found}` exists): pass --resume to continue it, \
          --overwrite to replace it, or choose another output_dir"
     )]
     ExistingRun { dir: PathBuf, found: String },

@@ -73,6 +73,27 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// `secs` after the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC` (civil-from-days, proleptic
+/// Gregorian calendar).
+pub fn utc_time(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io {
         path: path.to_path_buf(),
@@ -177,8 +198,10 @@ impl RunLock {
                     return Err(TrainError::Locked {
                         dir: dir.to_path_buf(),
                         holder: format!(
-                            "pid {} on host {} (since {} s after the Unix epoch)",
-                            other.pid, other.host, other.started_unix_s
+                            "pid {} on host {} (since {})",
+                            other.pid,
+                            other.host,
+                            utc_time(other.started_unix_s)
                         ),
                         hint,
                     });
@@ -264,6 +287,13 @@ mod tests {
         assert!(out.join(LOCK_FILE).is_file());
         drop(lock);
         assert!(!out.join(LOCK_FILE).exists());
+    }
+
+    #[test]
+    fn utc_time_is_civil_time() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_time(1_700_000_000), "2023-11-14 22:13:20 UTC");
     }
 
     #[test]
