@@ -34,11 +34,12 @@ for t in ${TASKS:-squad hate-speech}; do
     timeout ${T_ZS:-120} $X train $t --model smollm2-135m --zero-shot 2>>$OUT/ours.log | tail -1 | tee -a $OUT/ours_$t.jsonl | cut -c1-400
     for s in ${SEEDS//,/ }; do
       echo "=== ours $t seed $s $(date -u +%T)"
-      timeout ${T_RUN:-150} $X train $t --model smollm2-135m --seed $s ${STEPS:+--max-steps $STEPS} 2>>$OUT/ours.log > /tmp/ours_${t}_$s.txt
+      timeout ${T_RUN:-150} $X train $t --model smollm2-135m --seed $s --overwrite ${STEPS:+--max-steps $STEPS} 2>>$OUT/ours.log > /tmp/ours_${t}_$s.txt
       python3 - /tmp/ours_${t}_$s.txt $s <<'PY' | tee -a $OUT/ours_$t.jsonl | cut -c1-600
 import json, sys
-text = open(sys.argv[1]).read()
-r = json.loads(text[:text.rindex('}') + 1])
+# xtask prints a summary; its last line names the run's report.json (the full report).
+last = [l for l in open(sys.argv[1]).read().splitlines() if l.startswith("report: ")][-1]
+r = json.load(open(last[len("report: "):]))
 fe = r.get("final_eval") or {}
 print(json.dumps({"seed": int(sys.argv[2]), "metrics": fe.get("metrics"), "first_loss": r["first_loss"],
                   "last_loss": r["last_loss"], "train_seconds": r["train_seconds"],

@@ -74,6 +74,10 @@ enum Cmd {
         /// Continue runs/<name> from its latest checkpoint instead of starting afresh.
         #[arg(long)]
         resume: bool,
+        /// Replace a previous run in runs/<name> (without it, or --resume, an existing run is
+        /// an error, as for `qtune train`).
+        #[arg(long)]
+        overwrite: bool,
         /// Evaluate the base model zero-shot (no adapter) instead of training.
         #[arg(long)]
         zero_shot: bool,
@@ -129,15 +133,28 @@ fn tiny_config(dataset: Dataset) -> RunConfig {
     cfg
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     qtune_train::backend::init();
-    match Cli::parse().cmd {
+    match run_cli(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", qtune_train::error_report(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
         Cmd::Fetch {
             what: Fetchable::Smollm2,
         } => {
@@ -150,6 +167,7 @@ fn main() -> anyhow::Result<()> {
             seed,
             max_steps,
             resume,
+            overwrite,
             zero_shot,
             export_data,
             seeds,
@@ -196,19 +214,16 @@ fn main() -> anyhow::Result<()> {
             tracing::info!(backend = TRAIN_BACKEND, run = %cfg.name, out = %cfg.output_dir().display(), "training");
             let opts = TrainOptions {
                 resume,
-                overwrite: !resume,
+                overwrite,
                 progress: true,
                 stop_at_step: None,
             };
             let r =
                 run::train_job::<Train>(&cfg, &opts, &DataSource::from_env(), &Default::default())
                     .with_context(|| format!("training run `{}`", cfg.name))?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
-            println!(
-                "wrote {0}/metrics.jsonl, {0}/loss.png, {0}/adapter/ ({1})",
-                r.output_dir.display(),
-                run::param_line(r.trainable_params, r.all_params)
-            );
+            // The full report (with every prediction) is in the run folder.
+            println!("{}", r.summary());
+            println!("report: {}", r.output_dir.join(run::REPORT_FILE).display());
         }
         Cmd::Perplexity {
             model,

@@ -68,11 +68,16 @@ struct TrainArgs {
 
 #[derive(Args)]
 struct EvalArgs {
+    /// Run config (TOML) naming the model and data; default: configs/tiny.toml as embedded.
     #[arg(long)]
     config: Option<PathBuf>,
     /// PEFT adapter folder; without it the base model is evaluated.
     #[arg(long)]
     adapter: Option<PathBuf>,
+    /// Write the full report (metrics and every prediction) to this JSON file; stdout gets the
+    /// summary only.
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 /// HF `torch_dtype` names.
@@ -140,26 +145,37 @@ struct ModelArgs {
 struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// A prompt to continue (repeat the flag for several; they are decoded as one batch).
     #[arg(long)]
     prompt: Vec<String>,
+    /// Tokens to generate after each prompt (fewer if the model emits its EOS token).
     #[arg(long, default_value_t = 32)]
     max_new_tokens: usize,
+    /// Sample (temperature / top-k / top-p) instead of greedy decoding.
     #[arg(long)]
     do_sample: bool,
+    /// Sampling temperature (with --do-sample).
     #[arg(long, default_value_t = 1.0)]
     temperature: f64,
+    /// Keep the k most likely tokens when sampling (with --do-sample).
     #[arg(long, default_value_t = 50)]
     top_k: usize,
+    /// Nucleus sampling: keep the smallest set of tokens with this total probability.
     #[arg(long, default_value_t = 1.0)]
     top_p: f64,
+    /// Beam search with this many beams (1 = no beam search).
     #[arg(long, default_value_t = 1)]
     num_beams: usize,
+    /// Beam search: exponent of the length normalization of a beam's score.
     #[arg(long, default_value_t = 1.0)]
     length_penalty: f64,
+    /// Beam search: stop as soon as `num_beams` finished candidates exist.
     #[arg(long)]
     early_stopping: bool,
+    /// HF's repetition penalty (> 1 discourages tokens already in the text).
     #[arg(long, default_value_t = 1.0)]
     repetition_penalty: f64,
+    /// Seed of the sampling RNG.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -168,8 +184,10 @@ struct GenerateArgs {
 struct PerplexityArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// Window length in tokens (clipped to the model's context window).
     #[arg(long, default_value_t = 1024)]
     max_length: usize,
+    /// Tokens the window advances by; the overlap is context only, not scored again.
     #[arg(long, default_value_t = 512)]
     stride: usize,
     /// Score only the first N tokens of the text (default: all).
@@ -181,6 +199,7 @@ struct PerplexityArgs {
 struct MergeArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// Folder to write the merged HF model into (config.json, model.safetensors, tokenizer).
     #[arg(long)]
     out: PathBuf,
     /// dtype of the written weights (default: --dtype).
@@ -245,15 +264,30 @@ fn load_model(a: &ModelArgs) -> anyhow::Result<AnyLm<Infer>> {
     Ok(model)
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     qtune_train::backend::init();
-    match Cli::parse().cmd {
+    let cli = Cli::parse();
+    match run_cli(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Each cause once (messages that embed their source are not repeated).
+            eprintln!("{}", qtune_train::error_report(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
         Cmd::Train(a) => {
             let mut cfg = load_config(a.config.as_ref())?;
             if let Some(n) = a.max_steps {
@@ -277,7 +311,8 @@ fn main() -> anyhow::Result<()> {
             };
             let report = run::train_job_on::<Train>(&cfg, &opts, &DataSource::from_env(), &devices)
                 .with_context(|| format!("training run `{}`", cfg.name))?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            // The full report (every prediction) is in the run folder; a summary here.
+            println!("{}", report.summary());
         }
         Cmd::Eval(a) => {
             let cfg = load_config(a.config.as_ref())?;
@@ -288,7 +323,13 @@ fn main() -> anyhow::Result<()> {
                 &Default::default(),
             )
             .context("evaluation")?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            if let Some(path) = &a.report {
+                run::write_json(path, &report)?;
+            }
+            println!("{}", report.summary());
+            if let Some(path) = &a.report {
+                println!("full report: {}", path.display());
+            }
         }
         Cmd::Generate(a) => {
             if a.prompt.is_empty() {
@@ -376,4 +417,54 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_has_a_help_text() {
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        for sub in cli.get_subcommands() {
+            assert!(sub.get_about().is_some(), "{} has no about", sub.get_name());
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{} --{id}", sub.get_name()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_accepted_list() {
+        let err = Cli::try_parse_from([
+            "qtune",
+            "generate",
+            "--model",
+            "tiny",
+            "--quant-type",
+            "int3",
+        ])
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("int3") && err.contains("nf4") && err.contains("fp4"),
+            "{err}"
+        );
+        let err =
+            Cli::try_parse_from(["qtune", "generate", "--model", "tiny", "--dtype", "float64"])
+                .err()
+                .unwrap()
+                .to_string();
+        assert!(err.contains("float64") && err.contains("bfloat16"), "{err}");
+    }
 }

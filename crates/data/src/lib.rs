@@ -45,6 +45,8 @@ pub use prompt::{
     HATE_SPEECH_LABELS, SQUAD_NO_ANSWER,
 };
 pub use sampler::{Position, Sampler};
-pub use source::{data_dir_or_skip, DataSource, DatasetId};
+pub use source::{
+    data_dir_or_skip, data_file_or_skip, mirror_present, report_skip, DataSource, DatasetId,
+};
 pub use squad::{load_squad, split_by_article, SquadArticle, SquadExample, SquadSplit};
 pub use wikitext::load_wikitext_raw;

@@ -143,8 +143,8 @@ pub struct DataSource {
 
 /// The data directory for a test or example that needs the real data: `$QTUNE_DATA_DIR` when it
 /// is a directory (absolute, or relative to `root`, the repository root, as CI sets it). Without
-/// one it prints `skipped <what>: <why>` to stderr and returns `None`, so the caller returns
-/// early and the skip is visible, never a silent pass.
+/// one it reports the skip ([`report_skip`]) and returns `None`, so the caller returns early and
+/// the skip is visible, never a silent pass.
 pub fn data_dir_or_skip(what: &str, root: &Path) -> Option<PathBuf> {
     match std::env::var_os("QTUNE_DATA_DIR")
         .filter(|v| !v.is_empty())
@@ -153,17 +153,68 @@ pub fn data_dir_or_skip(what: &str, root: &Path) -> Option<PathBuf> {
         Some(d) if d.is_dir() => Some(d),
         Some(d) if d.is_relative() && root.join(&d).is_dir() => Some(root.join(d)),
         Some(d) => {
-            eprintln!(
-                "skipped {what}: QTUNE_DATA_DIR={} is not a directory",
-                d.display()
+            report_skip(
+                what,
+                &format!("QTUNE_DATA_DIR={} is not a directory", d.display()),
             );
             None
         }
         None => {
-            eprintln!("skipped {what}: QTUNE_DATA_DIR is not set (the shared data mirror)");
+            report_skip(what, "QTUNE_DATA_DIR is not set (the shared data mirror)");
             None
         }
     }
+}
+
+/// [`data_dir_or_skip`], then `rel` inside it: `None` (skip reported) when the file is missing.
+pub fn data_file_or_skip(what: &str, root: &Path, rel: &str) -> Option<PathBuf> {
+    let dir = data_dir_or_skip(what, root)?;
+    let path = dir.join(rel);
+    if path.exists() {
+        Some(path)
+    } else {
+        report_skip(
+            what,
+            &format!("{} is missing from the data mirror", path.display()),
+        );
+        None
+    }
+}
+
+/// Whether the data mirror is present: `$QTUNE_DATA_DIR` names a directory (absolute, or
+/// relative to `root`).
+pub fn mirror_present(root: &Path) -> bool {
+    std::env::var_os("QTUNE_DATA_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .is_some_and(|d| d.is_dir() || (d.is_relative() && root.join(d).is_dir()))
+}
+
+/// Reports that test `what` is skipped: `SKIPPED <what>: <why>` written straight to the
+/// process's stderr, so `cargo test` shows it even for a passing test (its output capture only
+/// takes `print!`/`eprint!`). Under `CI=true` (1/on/yes/true) with the data mirror present
+/// (`QTUNE_DATA_DIR` a directory) no data test may skip: this panics, failing the test.
+pub fn report_skip(what: &str, why: &str) {
+    use std::io::Write;
+    // A relative QTUNE_DATA_DIR is relative to the repository root; tests run in a crate
+    // folder below it.
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let mirror = cwd.ancestors().any(mirror_present);
+    if let Err(msg) = skip_allowed(what, why, std::env::var("CI").ok().as_deref(), mirror) {
+        panic!("{msg}");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIPPED {what}: {why}");
+}
+
+/// The rule of [`report_skip`]: a skip is an error under `CI` true with the mirror present.
+fn skip_allowed(what: &str, why: &str, ci: Option<&str>, mirror: bool) -> Result<(), String> {
+    if ci.is_some_and(is_true) && mirror {
+        return Err(format!(
+            "{what} would be skipped ({why}), but CI=true and the data mirror QTUNE_DATA_DIR is \
+             present: under CI no data test may skip"
+        ));
+    }
+    Ok(())
 }
 
 /// huggingface_hub's `constants._is_true`: 1/ON/YES/TRUE in any case.
@@ -265,5 +316,18 @@ mod env_tests {
         for v in ["", "0", "off", "no", "false", "2"] {
             assert!(!super::is_true(v), "{v}");
         }
+    }
+
+    #[test]
+    fn under_ci_with_the_mirror_no_test_may_skip() {
+        use super::skip_allowed;
+        assert!(skip_allowed("t", "why", None, true).is_ok());
+        assert!(skip_allowed("t", "why", Some("false"), true).is_ok());
+        assert!(skip_allowed("t", "why", Some("true"), false).is_ok());
+        let err = skip_allowed("my_test", "file missing", Some("true"), true).unwrap_err();
+        assert!(
+            err.contains("my_test") && err.contains("file missing"),
+            "{err}"
+        );
     }
 }

@@ -211,6 +211,7 @@ impl<B: QBackend> GgufSource<'_, B> {
             });
         }
         let mut v = self.file.read_f32(&g).map_err(|e| gguf_err(self.path, e))?;
+        qtune_lm::source::check_finite(self.path, &g, &v)?;
         // llama.cpp's converter permutes q/k rows of `llama` models for its RoPE layout.
         if self.cfg.model_type == "llama" {
             let heads = if name.ends_with("self_attn.q_proj.weight")

@@ -48,6 +48,25 @@ pub enum LmError {
         "{path}: PyTorch pickle checkpoints are refused (loading them executes code); convert to safetensors, e.g. `model.save_pretrained(dir, safe_serialization=True)`"
     )]
     PickleRefused { path: PathBuf },
+    #[error(
+        "{path}: tensor `{name}` holds a non-finite value ({value} at flat index {index}); \
+         the weights are corrupt (NaN/inf), refusing to load them"
+    )]
+    NonFinite {
+        path: PathBuf,
+        name: String,
+        index: usize,
+        value: f32,
+    },
+    #[error(
+        "adapter tensor `{key}` holds a non-finite value ({value} at flat index {index}); \
+         refusing to apply it"
+    )]
+    NonFiniteAdapter {
+        key: String,
+        index: usize,
+        value: f32,
+    },
     #[error("{path}: no model.safetensors or model.safetensors.index.json found")]
     NoWeights { path: PathBuf },
     #[error("tensor `{name}`: quantization failed")]

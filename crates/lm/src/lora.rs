@@ -187,6 +187,15 @@ pub fn import_adapter<B: QBackend, M: CausalLm<B>>(
                 lin.shape()
             )));
         }
+        for (is_b, values) in [(false, &t.a), (true, &t.b)] {
+            if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+                return Err(LmError::NonFiniteAdapter {
+                    key: peft_key(&name, is_b),
+                    index,
+                    value: values[index],
+                });
+            }
+        }
         let device = lin.device();
         let a = Tensor::<B, 2>::from_data(TensorData::new(t.a.clone(), t.a_shape), &device);
         let b = Tensor::<B, 2>::from_data(TensorData::new(t.b.clone(), t.b_shape), &device);

@@ -251,7 +251,7 @@ impl WeightFiles {
             });
         }
         let bytes = view.data();
-        let values = match view.dtype() {
+        let values: Vec<f32> = match view.dtype() {
             Dtype::F32 => bytes
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -272,7 +272,21 @@ impl WeightFiles {
                 })
             }
         };
+        check_finite(path, name, &values)?;
         Ok(values)
+    }
+}
+
+/// Errors naming `name` (in `path`) at its first NaN or ±inf value.
+pub fn check_finite(path: &Path, name: &str, values: &[f32]) -> Result<(), LmError> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(index) => Err(LmError::NonFinite {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            index,
+            value: values[index],
+        }),
     }
 }
 

@@ -55,6 +55,12 @@ pub enum PeftError {
     },
     #[error("{path}: no LoRA tensors (keys `base_model.model.*.lora_A.weight`) found")]
     Empty { path: PathBuf },
+    #[error("{path}: adapter_config.json's target_modules {targets} do not match the tensors of {ADAPTER_WEIGHTS_FILE}: {msg}")]
+    TargetMismatch {
+        path: PathBuf,
+        targets: String,
+        msg: String,
+    },
 }
 
 /// `target_modules` as PEFT stores it: a list of module-name suffixes, or one string
@@ -229,6 +235,7 @@ impl PeftAdapter {
             source,
         })?;
         let modules = read_factors(&path, &bytes, config.r)?;
+        check_targets(&cfg_path, &config.target_modules, &modules)?;
         Ok(Self { config, modules })
     }
 
@@ -333,6 +340,81 @@ pub fn decode_f32(
     })
 }
 
+/// PEFT's list matching: the module path is the name or ends with `.{name}`.
+fn list_matches(module: &str, name: &str) -> bool {
+    module == name || module.ends_with(&format!(".{name}"))
+}
+
+/// Refuses an adapter whose `target_modules` do not describe its tensors: a tensor of a module
+/// the targets do not select, a listed target without any tensor, `lm_head` under
+/// `"all-linear"` (PEFT excludes the output layer). A single string other than `"all-linear"`
+/// is a regular expression in PEFT (`re.fullmatch`); without regex metacharacters it is checked
+/// as an exact module path, otherwise it is not checked.
+fn check_targets(
+    path: &Path,
+    targets: &PeftTargets,
+    modules: &BTreeMap<String, LoraTensors>,
+) -> Result<(), PeftError> {
+    let mismatch = |msg: String| PeftError::TargetMismatch {
+        path: path.to_path_buf(),
+        targets: serde_json::to_string(targets).unwrap_or_default(),
+        msg,
+    };
+    match targets {
+        PeftTargets::List(names) => {
+            let outside: Vec<&str> = modules
+                .keys()
+                .filter(|m| !names.iter().any(|n| list_matches(m, n)))
+                .map(String::as_str)
+                .collect();
+            if !outside.is_empty() {
+                return Err(mismatch(format!(
+                    "tensors for modules no target selects: {outside:?}"
+                )));
+            }
+            let unused: Vec<&str> = names
+                .iter()
+                .filter(|n| !modules.keys().any(|m| list_matches(m, n)))
+                .map(String::as_str)
+                .collect();
+            if !unused.is_empty() {
+                return Err(mismatch(format!(
+                    "targets without any tensor: {unused:?} (a truncated or foreign weights file?)"
+                )));
+            }
+        }
+        PeftTargets::One(s) if s == "all-linear" => {
+            let heads: Vec<&str> = modules
+                .keys()
+                .filter(|m| list_matches(m, "lm_head"))
+                .map(String::as_str)
+                .collect();
+            if !heads.is_empty() {
+                return Err(mismatch(format!(
+                    "\"all-linear\" excludes the output layer, but the file adapts {heads:?}"
+                )));
+            }
+        }
+        PeftTargets::One(s) => {
+            let is_regex =
+                s.chars().any(|c| "\\.^$*+?()[]{}|".contains(c) && c != '.') || s.contains(".*");
+            if !is_regex {
+                let outside: Vec<&str> = modules
+                    .keys()
+                    .filter(|m| m.as_str() != s)
+                    .map(String::as_str)
+                    .collect();
+                if !outside.is_empty() {
+                    return Err(mismatch(format!(
+                        "tensors for modules other than `{s}`: {outside:?}"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn read_factors(
     path: &Path,
     bytes: &[u8],
@@ -371,6 +453,12 @@ fn read_factors(
             )));
         }
         let values = decode_f32(path, &name, &view)?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(bad(format!(
+                "non-finite value {} at flat index {i}: the adapter is corrupt (NaN/inf)",
+                values[i]
+            )));
+        }
         let entry = pairs.entry(module.to_string()).or_default();
         if is_a {
             entry.0 = Some((values, shape));
@@ -447,6 +535,48 @@ mod tests {
                 assert!((x - y).abs() <= x.abs() / 256.0, "{m}: {x} vs {y}");
             }
         }
+    }
+
+    #[test]
+    fn target_modules_must_match_the_tensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = PeftAdapter::load(&fixture()).unwrap();
+        for (targets, needle) in [
+            (vec!["q_proj"], "transformer.h.0.attn.v_proj"),
+            (vec!["q_proj", "v_proj", "k_proj"], "k_proj"),
+        ] {
+            let mut b = a.clone();
+            b.config.target_modules =
+                PeftTargets::List(targets.iter().map(|s| s.to_string()).collect());
+            b.save(dir.path(), AdapterDType::F32).unwrap();
+            let err = PeftAdapter::load(dir.path()).unwrap_err().to_string();
+            assert!(
+                err.contains("target_modules") && err.contains(needle),
+                "{targets:?}: {err}"
+            );
+        }
+        let mut b = a.clone();
+        b.config.target_modules = PeftTargets::One("all-linear".into());
+        b.save(dir.path(), AdapterDType::F32).unwrap();
+        PeftAdapter::load(dir.path()).unwrap();
+        let head = b.modules["transformer.h.0.attn.q_proj"].clone();
+        b.modules.insert("lm_head".into(), head);
+        b.save(dir.path(), AdapterDType::F32).unwrap();
+        let err = PeftAdapter::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("lm_head"), "{err}");
+    }
+
+    #[test]
+    fn non_finite_factors_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = PeftAdapter::load(&fixture()).unwrap();
+        a.modules.get_mut("transformer.h.2.attn.q_proj").unwrap().b[3] = f32::NAN;
+        a.save(dir.path(), AdapterDType::F32).unwrap();
+        let err = PeftAdapter::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("transformer.h.2.attn.q_proj.lora_B.weight") && err.contains("NaN"),
+            "{err}"
+        );
     }
 
     #[test]

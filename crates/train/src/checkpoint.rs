@@ -62,6 +62,11 @@ pub enum CheckpointError {
     },
     #[error("{path}: `latest` points to missing folder `{target}`")]
     DanglingLatest { path: PathBuf, target: String },
+    #[error(
+        "cannot resume: the latest checkpoint is unreadable ({reason}) and no earlier \
+         checkpoint in {root} is valid; start afresh with --overwrite (or repair the file)"
+    )]
+    NoValid { root: PathBuf, reason: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -231,6 +236,86 @@ pub fn load_latest(root: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
         });
     }
     load_dir(&dir).map(Some)
+}
+
+/// The step folders under `root` (`checkpoint-*`), newest first.
+fn step_dirs_newest_first(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(root)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("checkpoint-") && root.join(n).is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names.reverse();
+    names
+}
+
+/// Like [`load_latest`], but a checkpoint that does not read back (a missing or corrupt file,
+/// or one `check` refuses, e.g. optimizer bytes that do not parse) is skipped with a warning
+/// naming the corrupt file, for the newest earlier valid one. Errors when none is valid, naming
+/// why the latest is unreadable. `None` when the run has no `latest` yet.
+pub fn load_latest_valid(
+    root: &Path,
+    mut check: impl FnMut(&Checkpoint) -> Result<(), String>,
+) -> Result<Option<Checkpoint>, CheckpointError> {
+    let latest = root.join(LATEST_FILE);
+    let target = match fs::read_to_string(&latest) {
+        Ok(t) => t.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(CheckpointError::Io {
+                path: latest,
+                source,
+            })
+        }
+    };
+    let mut first_error: Option<String> = None;
+    let mut candidates = vec![target.clone()];
+    candidates.extend(
+        step_dirs_newest_first(root)
+            .into_iter()
+            // Only older ones: a folder newer than `latest` was never pointed to.
+            .filter(|n| n.as_str() < target.as_str()),
+    );
+    for name in candidates {
+        let dir = root.join(&name);
+        let loaded = if dir.is_dir() {
+            load_dir(&dir)
+                .map_err(|e| e.to_string())
+                .and_then(|ck| check(&ck).map(|_| ck))
+        } else {
+            Err(CheckpointError::DanglingLatest {
+                path: latest.clone(),
+                target: name.clone(),
+            }
+            .to_string())
+        };
+        match loaded {
+            Ok(ck) => {
+                if let Some(reason) = &first_error {
+                    tracing::warn!(
+                        "the latest checkpoint is unreadable ({reason}); resuming from the \
+                         previous valid checkpoint {}",
+                        dir.display()
+                    );
+                }
+                return Ok(Some(ck));
+            }
+            Err(reason) => {
+                if first_error.is_some() {
+                    tracing::warn!("checkpoint {} is unreadable too: {reason}", dir.display());
+                }
+                first_error.get_or_insert(reason);
+            }
+        }
+    }
+    Err(CheckpointError::NoValid {
+        root: root.to_path_buf(),
+        reason: first_error.unwrap_or_default(),
+    })
 }
 
 pub fn load_dir(dir: &Path) -> Result<Checkpoint, CheckpointError> {
@@ -409,6 +494,51 @@ mod tests {
         // The next save of that step replaces the leftovers.
         save(root, &adapter(2.0), b"opt2", &state(20), 3).unwrap();
         assert_eq!(load_latest(root).unwrap().unwrap().optimizer, b"opt2");
+    }
+
+    #[test]
+    fn corrupt_latest_falls_back_to_the_previous_valid_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        save(root, &adapter(1.0), b"opt", &state(10), 3).unwrap();
+        save(root, &adapter(2.0), b"opt", &state(20), 3).unwrap();
+        let corrupt = root.join("checkpoint-000020").join(STATE_FILE);
+        fs::write(&corrupt, b"{ truncated").unwrap();
+        let ck = load_latest_valid(root, |_| Ok(())).unwrap().unwrap();
+        assert_eq!(ck.state.step, 10);
+        // A check (e.g. the optimizer bytes) can refuse a checkpoint too.
+        save(root, &adapter(2.0), b"opt", &state(20), 3).unwrap();
+        let ck = load_latest_valid(root, |ck| {
+            if ck.state.step == 20 {
+                Err(format!("{}: bad optimizer state", ck.dir.display()))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(ck.state.step, 10);
+        // None valid: the error names the corrupt file of the latest.
+        fs::write(&corrupt, b"{ truncated").unwrap();
+        fs::write(root.join("checkpoint-000010").join(OPTIMIZER_FILE), b"x").unwrap();
+        let err = load_latest_valid(root, |ck| {
+            if ck.optimizer == b"x" {
+                Err("bad".into())
+            } else {
+                Ok(())
+            }
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains(&corrupt.display().to_string()) && err.contains("no earlier"),
+            "{err}"
+        );
+        // No checkpoint yet.
+        assert!(load_latest_valid(&root.join("none"), |_| Ok(()))
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -239,13 +239,56 @@ pub enum SchedulerType {
     Constant,
 }
 
+/// `TrainingArguments.optim`. Accepted spellings (HF's, plus qtune's older `adamw_bnb8bit`):
+/// see [`OptimName::ACCEPTED`]; written back as HF's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String")]
 pub enum OptimName {
     /// torch.optim.AdamW.
+    #[serde(rename = "adamw_torch")]
     AdamwTorch,
     /// bitsandbytes AdamW8bit (HF `adamw_bnb_8bit`).
+    #[serde(rename = "adamw_bnb_8bit")]
     AdamwBnb8bit,
+    /// HF `paged_adamw_8bit`: the same 8-bit AdamW; qtune does not page optimizer state to
+    /// host memory (LoRA state is small), so it runs as `adamw_bnb_8bit`, with a note.
+    #[serde(rename = "paged_adamw_8bit")]
+    PagedAdamw8bit,
+}
+
+impl OptimName {
+    /// Every spelling `optim` accepts, and what it means.
+    pub const ACCEPTED: &'static [(&'static str, OptimName)] = &[
+        ("adamw_torch", OptimName::AdamwTorch),
+        ("adamw_hf", OptimName::AdamwTorch),
+        ("adamw_bnb_8bit", OptimName::AdamwBnb8bit),
+        ("adamw_8bit", OptimName::AdamwBnb8bit),
+        ("adamw_bnb8bit", OptimName::AdamwBnb8bit),
+        ("paged_adamw_8bit", OptimName::PagedAdamw8bit),
+    ];
+
+    /// Whether this runs bitsandbytes' 8-bit AdamW.
+    pub fn is_8bit(self) -> bool {
+        !matches!(self, OptimName::AdamwTorch)
+    }
+}
+
+impl TryFrom<String> for OptimName {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::ACCEPTED
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, o)| *o)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ACCEPTED.iter().map(|(n, _)| *n).collect();
+                format!(
+                    "unknown optimizer `{s}` in `training.optim`; accepted: {}",
+                    names.join(", ")
+                )
+            })
+    }
 }
 
 /// `transformers.TrainingArguments` names; only what the loop uses.
@@ -445,6 +488,29 @@ impl RunConfig {
         ] {
             if v == 0 {
                 return bad(field, "must be ≥ 1");
+            }
+        }
+        for (field, v) in [
+            ("data.max_train_samples", self.data.max_train_samples),
+            ("data.max_eval_samples", self.data.max_eval_samples),
+        ] {
+            if v == Some(0) {
+                return bad(
+                    field,
+                    "= 0 leaves no examples: remove it (all examples) or set it ≥ 1",
+                );
+            }
+        }
+        if let Some(r) = &self.model.random {
+            if self.data.max_length > r.n_positions {
+                return bad(
+                    "data.max_length",
+                    &format!(
+                        "= {} exceeds the model's context window (model.random.n_positions = \
+                         {}): lower max_length",
+                        self.data.max_length, r.n_positions
+                    ),
+                );
             }
         }
         if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
@@ -748,6 +814,50 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("data.path"), "{err}");
+    }
+
+    #[test]
+    fn optim_accepts_hf_spellings_and_lists_them_on_error() {
+        for (name, want) in [
+            ("adamw_torch", OptimName::AdamwTorch),
+            ("adamw_bnb_8bit", OptimName::AdamwBnb8bit),
+            ("adamw_bnb8bit", OptimName::AdamwBnb8bit),
+            ("paged_adamw_8bit", OptimName::PagedAdamw8bit),
+        ] {
+            let text = TINY_TOML.replace("optim = \"adamw_torch\"", &format!("optim = \"{name}\""));
+            assert!(text.contains(name));
+            let c = RunConfig::from_toml_str(&text, "o.toml").unwrap();
+            assert_eq!(c.training.optim, want, "{name}");
+            // Written back as HF's name, read back the same.
+            let back: RunConfig =
+                serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+            assert_eq!(back.training.optim, want);
+        }
+        let text = TINY_TOML.replace("optim = \"adamw_torch\"", "optim = \"sgd\"");
+        let err = RunConfig::from_toml_str(&text, "o.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sgd")
+                && err.contains("adamw_bnb_8bit")
+                && err.contains("paged_adamw_8bit"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn zero_samples_name_the_setting() {
+        for (field, line) in [
+            ("max_train_samples", "max_train_samples = 2000"),
+            ("max_eval_samples", "max_eval_samples = 32"),
+        ] {
+            let text = TINY_TOML.replace(line, &format!("{field} = 0"));
+            assert_ne!(text, TINY_TOML);
+            let err = RunConfig::from_toml_str(&text, "z.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("data.{field}")), "{err}");
+        }
     }
 
     #[test]

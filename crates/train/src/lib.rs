@@ -8,6 +8,7 @@ pub mod build;
 pub mod checkpoint;
 pub mod config;
 pub mod evaluate;
+pub mod lock;
 pub mod memory;
 pub mod metrics;
 pub mod model;
@@ -50,10 +51,16 @@ pub enum TrainError {
     #[error("empty dataset: {what}")]
     EmptyDataset { what: String },
     #[error(
-        "{dir} already holds a run (checkpoints/latest exists): resume it, or overwrite it, \
-         or choose another output_dir"
+        "{dir} already holds a run (`{found}` exists): pass --resume to continue it, \
+         --overwrite to replace it, or choose another output_dir"
     )]
-    ExistingRun { dir: PathBuf },
+    ExistingRun { dir: PathBuf, found: String },
+    #[error("{dir} is in use by another training run: {holder}; {hint}")]
+    Locked {
+        dir: PathBuf,
+        holder: String,
+        hint: String,
+    },
     #[error(
         "non-finite {what} ({value}) at step {step}: training stopped; the last good checkpoint \
          is {}", last_checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none (no checkpoint was written yet)".into())
@@ -105,3 +112,56 @@ boxed_from!(
     Merge: qtune_lora::merge::MergeError,
     Model: qtune_gptj::GptjError,
 );
+
+/// The messages of `err` and its causes, each once: a cause whose text its parent's message
+/// already embeds (thiserror's `"{path}: {source}"` with `source` also exposed as the cause) is
+/// skipped. The binaries print these as `error: …` / `  caused by: …`.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let msg = e.to_string();
+        let msg = msg.trim();
+        let embedded = out.last().is_some_and(|prev| prev.contains(msg));
+        if !msg.is_empty() && !embedded {
+            out.push(msg.to_string());
+        }
+        cur = e.source();
+    }
+    out
+}
+
+/// [`error_chain`] as the text a binary prints (first line `error: …`).
+pub fn error_report(err: &(dyn std::error::Error + 'static)) -> String {
+    let chain = error_chain(err);
+    let mut s = String::new();
+    for (i, m) in chain.iter().enumerate() {
+        if i == 0 {
+            s += &format!("error: {m}");
+        } else {
+            s += &format!("\n  caused by: {m}");
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let cfg = config::ConfigError::Io {
+            path: "x.toml".into(),
+            source: io,
+        };
+        let err = TrainError::from(cfg);
+        let chain = error_chain(&err);
+        assert_eq!(chain, ["x.toml: No such file"], "{chain:?}");
+        let toml_err = RunConfig::from_toml_str("name = 3", "y.toml").unwrap_err();
+        let chain = error_chain(&toml_err);
+        assert_eq!(chain.len(), 1, "{chain:?}");
+        assert!(error_report(&toml_err).starts_with("error: y.toml: invalid run config"));
+    }
+}

@@ -58,6 +58,70 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The optimizer step the event belongs to.
+    pub fn step(&self) -> usize {
+        match self {
+            Event::Train { step, .. } | Event::Eval { step, .. } | Event::Final { step, .. } => {
+                *step
+            }
+        }
+    }
+}
+
+/// Drops the events of `dir/metrics.jsonl` after `step` (a resumed run redoes those steps), and
+/// a torn last line (a crash mid-write). The file is rewritten atomically only if something is
+/// dropped; a missing file is fine. Returns how many lines were dropped.
+pub fn truncate_after(dir: &Path, step: usize) -> Result<usize, MetricsError> {
+    let path = dir.join(METRICS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => return Err(MetricsError::Io { path, source }),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut kept = String::with_capacity(text.len());
+    let mut dropped = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Event>(line) {
+            Ok(e) if e.step() <= step => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+            Ok(_) => dropped += 1,
+            // Only the last line can be torn by a crash; anything else is a real error.
+            Err(_) if i + 1 == lines.len() => {
+                tracing::warn!(path = %path.display(), line = i + 1, "dropping a torn last line");
+                dropped += 1;
+            }
+            Err(source) => {
+                return Err(MetricsError::Parse {
+                    path,
+                    line: i + 1,
+                    source,
+                })
+            }
+        }
+    }
+    if dropped == 0 {
+        return Ok(0);
+    }
+    let tmp = dir.join(format!(".tmp-{METRICS_FILE}"));
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| MetricsError::Io { path: p, source }
+    };
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(kept.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    Ok(dropped)
+}
+
 pub struct MetricsLog {
     path: PathBuf,
     file: File,
@@ -226,6 +290,36 @@ pub fn plot_loss(events: &[Event], out: &Path) -> Result<(), MetricsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncate_after_drops_later_steps_and_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = MetricsLog::open(dir.path()).unwrap();
+        let train = |step| Event::Train {
+            step,
+            loss: 1.0,
+            learning_rate: 1e-3,
+            grad_norm: 0.5,
+            tokens: 10,
+            tokens_per_s: 1.0,
+        };
+        for step in 1..=5 {
+            log.write(&train(step)).unwrap();
+        }
+        drop(log);
+        let path = dir.path().join(METRICS_FILE);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"event\":\"train\",\"st").unwrap();
+        drop(f);
+        assert_eq!(truncate_after(dir.path(), 3).unwrap(), 3);
+        assert_eq!(
+            read_events(&path).unwrap(),
+            (1..=3).map(train).collect::<Vec<_>>()
+        );
+        // Nothing to drop: the file is left as is; no file: fine.
+        assert_eq!(truncate_after(dir.path(), 3).unwrap(), 0);
+        assert_eq!(truncate_after(&dir.path().join("none"), 3).unwrap(), 0);
+    }
 
     #[test]
     fn jsonl_roundtrip_and_png() {

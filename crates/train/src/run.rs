@@ -11,12 +11,16 @@ use qtune_lora::peft::PeftAdapter;
 use serde::Serialize;
 
 use crate::config::RunConfig;
-use crate::evaluate::{evaluate_generation, TaskMetrics};
+use crate::evaluate::{evaluate_generation, Prediction, TaskMetrics};
 use crate::metrics::{Event, MetricsLog};
 use crate::trainer::{eval_loss, TrainOptions, TrainSummary};
 use crate::{build, task, TrainError};
 
 pub const EVAL_RESULTS_FILE: &str = "eval_results.json";
+/// The whole [`TrainReport`] (JSON), written at the end of `train_job`.
+pub const REPORT_FILE: &str = "report.json";
+/// One final-evaluation prediction per line (id, generated text, parsed prediction, gold).
+pub const PREDICTIONS_FILE: &str = "predictions.jsonl";
 
 #[derive(Debug, Serialize)]
 pub struct TrainReport {
@@ -72,6 +76,14 @@ where
     B: AutodiffBackend + QBackend,
     B::InnerBackend: QBackend,
 {
+    // Only the host of rank 0 writes into the run folder (and locks it), from before the first
+    // write until the report is written.
+    let holds_rank0 = cfg.distributed.as_ref().is_none_or(|d| d.node_rank == 0);
+    let _lock = if holds_rank0 {
+        Some(crate::lock::RunLock::acquire(&cfg.output_dir())?)
+    } else {
+        None
+    };
     let tokenizer = build::tokenizer(&cfg.model, source.data_dir.as_deref())?;
     let data = task::prepare(cfg, &tokenizer, build::eos_id(&cfg.model)?, source)?;
     tracing::info!(
@@ -95,7 +107,6 @@ where
     let counts = model.param_counts();
     tracing::info!("{}", param_line(counts.trainable, counts.all));
     // Only the host of rank 0 has the best adapter (and writes the results).
-    let holds_rank0 = cfg.distributed.as_ref().is_none_or(|d| d.node_rank == 0);
     let final_eval = if holds_rank0
         && summary.finished
         && cfg.eval.generation_samples > 0
@@ -117,17 +128,85 @@ where
             metrics: m.metrics.clone(),
         })?;
         write_json(&summary.output_dir.join(EVAL_RESULTS_FILE), &m)?;
+        write_predictions(&summary.output_dir.join(PREDICTIONS_FILE), &m.predictions)?;
         Some(m)
     } else {
         None
     };
-    Ok(report(
-        &data,
-        counts.trainable,
-        counts.all,
-        summary,
-        final_eval,
-    ))
+    let r = report(&data, counts.trainable, counts.all, summary, final_eval);
+    if holds_rank0 {
+        write_json(&r.output_dir.join(REPORT_FILE), &r)?;
+    }
+    Ok(r)
+}
+
+/// One JSON object per line.
+pub fn write_predictions(path: &Path, predictions: &[Prediction]) -> Result<(), TrainError> {
+    let mut text = String::new();
+    for p in predictions {
+        text.push_str(&serde_json::to_string(p).unwrap_or_default());
+        text.push('\n');
+    }
+    std::fs::write(path, text).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The numeric top-level fields of a metrics object, `name value` joined by commas.
+pub fn metric_line(metrics: &serde_json::Value) -> String {
+    let Some(obj) = metrics.as_object() else {
+        return metrics.to_string();
+    };
+    obj.iter()
+        .filter_map(|(k, v)| v.as_f64().map(|x| (k, x)))
+        .map(|(k, x)| {
+            if x.fract() == 0.0 && x.abs() < 1e15 {
+                format!("{k} {x:.0}")
+            } else {
+                format!("{k} {x:.4}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl TrainReport {
+    /// A few lines for a person: steps and losses, the final metrics, and where the files are.
+    pub fn summary(&self) -> String {
+        let dir = self.output_dir.display();
+        let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
+        let mut s = format!(
+            "trained {} steps in {:.1} s ({:.0} tok/s) on {} examples ({} truncated, {} dropped); \
+             {}\nloss {} -> {}; best eval loss {} at step {}\n",
+            self.steps,
+            self.train_seconds,
+            self.tokens_per_second,
+            self.train_examples,
+            self.truncated,
+            self.dropped,
+            param_line(self.trainable_params, self.all_params),
+            f(self.first_loss),
+            f(self.last_loss),
+            f(self.best_eval_loss),
+            self.best_step.map_or("-".to_string(), |s| s.to_string()),
+        );
+        if let Some(m) = &self.final_eval {
+            s += &format!(
+                "final eval ({} prompts): {}\n",
+                m.predictions.len(),
+                metric_line(&m.metrics)
+            );
+        }
+        s += &format!(
+            "files: {dir}/adapter/ (best adapter), {dir}/metrics.jsonl, {dir}/loss.png, \
+             {dir}/checkpoints/, {dir}/{REPORT_FILE}"
+        );
+        if self.final_eval.is_some() {
+            s += &format!(", {dir}/{PREDICTIONS_FILE}, {dir}/{EVAL_RESULTS_FILE}");
+        }
+        s
+    }
 }
 
 fn report(
@@ -173,6 +252,24 @@ pub struct EvalReport {
     pub generation: Option<TaskMetrics>,
 }
 
+impl EvalReport {
+    /// The eval loss and the generation metrics (without the per-example predictions).
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "eval loss {:.4} over {} target tokens",
+            self.eval_loss, self.eval_tokens
+        );
+        if let Some(g) = &self.generation {
+            s += &format!(
+                "\ngeneration ({} prompts): {}",
+                g.predictions.len(),
+                metric_line(&g.metrics)
+            );
+        }
+        s
+    }
+}
+
 /// Evaluates `adapter` (or the base model) on the run's validation data.
 pub fn eval_job<B: QBackend>(
     cfg: &RunConfig,
@@ -183,6 +280,7 @@ pub fn eval_job<B: QBackend>(
     let tokenizer = build::tokenizer(&cfg.model, source.data_dir.as_deref())?;
     let data = task::prepare(cfg, &tokenizer, build::eos_id(&cfg.model)?, source)?;
     let mut model = build::base_model::<B>(&cfg.model, device)?;
+    crate::trainer::check_context_window(cfg, model.max_positions())?;
     if let Some(dir) = adapter {
         model = model.import_adapter(&PeftAdapter::load(dir)?)?;
     }

@@ -120,6 +120,33 @@ pub fn prepare_from_file(
     path: &std::path::Path,
 ) -> Result<TaskData, DataError> {
     let d = &cfg.data;
+    // Which setting leaves a split empty, named before the encoder would blame max_length.
+    let empty = |split: &str, cause: String| DataError::Empty {
+        what: format!("{:?} {split} examples ({cause})", d.dataset),
+    };
+    let no_train = |n: usize| {
+        if d.max_train_samples == Some(0) {
+            empty("training", "data.max_train_samples = 0 selects none".into())
+        } else {
+            empty("training", format!("the training split has {n} examples"))
+        }
+    };
+    let no_val = |n: usize| {
+        if d.max_eval_samples == Some(0) {
+            empty(
+                "validation",
+                "data.max_eval_samples = 0 selects none".into(),
+            )
+        } else {
+            empty(
+                "validation",
+                format!(
+                    "the validation split has {n} examples; half are kept for the eval loss, \
+                     the rest for eval.generation_samples"
+                ),
+            )
+        }
+    };
     let enc = EncodeConfig {
         max_length: d.max_length,
         eos_token_id: eos_id,
@@ -132,9 +159,15 @@ pub fn prepare_from_file(
             let articles = load_squad(path)?;
             let split = split_by_article(&articles, SQUAD_VALIDATION_ARTICLES, d.seed)?;
             let train_q = take_shuffled(&split.train, d.max_train_samples, d.seed);
+            if train_q.is_empty() {
+                return Err(no_train(split.train.len()));
+            }
             let (train, _, stats) = encode_squad_dataset(tokenizer, &train_q, enc)?;
             let val_q = take_shuffled(&split.validation, None, d.seed ^ 1);
             let n_val = d.max_eval_samples.unwrap_or(200).min(val_q.len() / 2);
+            if n_val == 0 {
+                return Err(no_val(val_q.len()));
+            }
             let (validation, _, _) = encode_squad_dataset(tokenizer, &val_q[..n_val], enc)?;
             let mut items = Vec::new();
             for ex in &val_q[n_val..] {
@@ -155,6 +188,9 @@ pub fn prepare_from_file(
             let tweets = load_hate_speech(path)?;
             let split = balanced_split(&tweets, HATE_SPEECH_TRAIN, HATE_SPEECH_VALIDATION, d.seed)?;
             let train_t = take_shuffled(&split.train, d.max_train_samples, d.seed);
+            if train_t.is_empty() {
+                return Err(no_train(split.train.len()));
+            }
             let mut stats = EncodeStats {
                 total: train_t.len(),
                 ..Default::default()
@@ -170,6 +206,9 @@ pub fn prepare_from_file(
                 .max_eval_samples
                 .unwrap_or(100)
                 .min(split.validation.len() / 2);
+            if n_val == 0 {
+                return Err(no_val(split.validation.len()));
+            }
             let mut validation = Vec::new();
             for t in &split.validation[..n_val] {
                 validation.extend(encoded(encode_hate_speech_train(
@@ -193,15 +232,20 @@ pub fn prepare_from_file(
             (train, validation, items, stats)
         }
     };
+    let too_long = |split| {
+        empty(
+            split,
+            format!(
+                "every example is longer than data.max_length = {}",
+                d.max_length
+            ),
+        )
+    };
     if train.is_empty() {
-        return Err(DataError::Empty {
-            what: format!("{:?} training examples", d.dataset),
-        });
+        return Err(too_long("training"));
     }
     if validation.is_empty() {
-        return Err(DataError::Empty {
-            what: format!("{:?} validation examples", d.dataset),
-        });
+        return Err(too_long("validation"));
     }
     Ok(TaskData {
         task: d.dataset,

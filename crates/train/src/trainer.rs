@@ -80,7 +80,7 @@ pub fn optimizer_config(cfg: &RunConfig) -> OptimizerConfig {
     OptimizerConfig {
         optim: match t.optim {
             OptimName::AdamwTorch => OptimKind::AdamW,
-            OptimName::AdamwBnb8bit => OptimKind::AdamW8bit,
+            OptimName::AdamwBnb8bit | OptimName::PagedAdamw8bit => OptimKind::AdamW8bit,
         },
         adam_beta1: t.adam_beta1,
         adam_beta2: t.adam_beta2,
@@ -127,14 +127,57 @@ pub fn eval_loss<B: Backend, M: SegmentedLm<B>>(
     Ok((sum / tokens as f64, tokens))
 }
 
+/// What a run writes into its output folder (a previous run is recognised by any of them).
+const RUN_OUTPUTS: &[&str] = &[
+    "checkpoints",
+    "adapter",
+    metrics::METRICS_FILE,
+    metrics::LOSS_PLOT_FILE,
+    crate::run::EVAL_RESULTS_FILE,
+    crate::run::REPORT_FILE,
+    crate::run::PREDICTIONS_FILE,
+];
+
+/// The first output of a previous run found in `out`, if any.
+fn previous_run_output(out: &std::path::Path) -> Option<String> {
+    RUN_OUTPUTS
+        .iter()
+        .find(|n| out.join(n).exists())
+        .map(|n| n.to_string())
+}
+
+/// Removes temporary folders a crashed save left behind (`.tmp-*`, `.old-*` in the run folder
+/// and in `checkpoints/`), logging each; returns what was removed.
+pub fn clean_stale_temps(out: &std::path::Path) -> Result<Vec<PathBuf>, TrainError> {
+    let mut removed = Vec::new();
+    for dir in [out.to_path_buf(), out.join("checkpoints")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with(".tmp-") || name.starts_with(".old-")) {
+                continue;
+            }
+            let p = entry.path();
+            let r = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            r.map_err(|source| TrainError::Io {
+                path: p.clone(),
+                source,
+            })?;
+            tracing::info!(path = %p.display(), "removed a stale temporary left by an interrupted save");
+            removed.push(p);
+        }
+    }
+    Ok(removed)
+}
+
 fn clear_previous_run(out: &std::path::Path) -> Result<(), TrainError> {
-    for name in [
-        "checkpoints",
-        "adapter",
-        metrics::METRICS_FILE,
-        metrics::LOSS_PLOT_FILE,
-        crate::run::EVAL_RESULTS_FILE,
-    ] {
+    for &name in RUN_OUTPUTS {
         let p = out.join(name);
         let r = if p.is_dir() {
             std::fs::remove_dir_all(&p)
@@ -166,6 +209,8 @@ where
     M: CausalLm<B> + AutodiffModule<B>,
     M::InnerModule: CausalLm<B::InnerBackend>,
 {
+    // Held until the loop returns (also on errors and panics): no second run writes here.
+    let _lock = crate::lock::RunLock::acquire(&cfg.output_dir())?;
     let mut sync = GradSync::single();
     train_rank(
         cfg, model, train_set, val_set, pad_id, device, opts, &mut sync,
@@ -463,6 +508,7 @@ where
             what: "no validation examples".into(),
         });
     }
+    check_context_window(cfg, model.max_positions())?;
     let schedule = schedule(cfg);
     schedule.validate()?;
     // The global batch: each of the `world` ranks trains on its slice of it.
@@ -471,17 +517,55 @@ where
         .saturating_mul(world)
         .min(train_set.len());
     let resumed = if opts.resume {
-        let ck = checkpoint::load_latest(&ckpt_root)?;
-        if ck.is_none() {
-            tracing::info!(dir = %ckpt_root.display(), "no checkpoint to resume from; starting afresh");
-            if lead {
-                clear_previous_run(&out)?;
+        // The newest checkpoint that reads back completely (a corrupt `latest` falls back to
+        // the previous one, with a warning naming the corrupt file).
+        let inner = device_inner::<B>(device);
+        let ck = checkpoint::load_latest_valid(&ckpt_root, |ck| {
+            Optimizer::<B>::state_from_bytes(&ck.optimizer, &inner)
+                .map(|_| ())
+                .map_err(|e| {
+                    format!("{}: {e}", ck.dir.join(checkpoint::OPTIMIZER_FILE).display())
+                })?;
+            serde_json::from_value::<Position>(ck.state.data_position.clone())
+                .map(|_| ())
+                .map_err(|e| {
+                    format!(
+                        "{}: invalid data position: {e}",
+                        ck.dir.join(checkpoint::STATE_FILE).display()
+                    )
+                })
+        })?;
+        match &ck {
+            None => {
+                tracing::info!(dir = %ckpt_root.display(), "no checkpoint to resume from; starting afresh");
+                if lead {
+                    clear_previous_run(&out)?;
+                }
             }
+            Some(ck) if lead => {
+                clean_stale_temps(&out)?;
+                // Events after the checkpoint's step are redone by this run: drop them so every
+                // step appears once.
+                let dropped = metrics::truncate_after(&out, ck.state.step)?;
+                if dropped > 0 {
+                    tracing::info!(
+                        dropped,
+                        step = ck.state.step,
+                        "metrics.jsonl: removed the events after the resumed checkpoint"
+                    );
+                }
+            }
+            Some(_) => {}
         }
         ck
     } else {
-        if ckpt_root.join(checkpoint::LATEST_FILE).exists() && !opts.overwrite {
-            return Err(TrainError::ExistingRun { dir: out.clone() });
+        if !opts.overwrite {
+            if let Some(found) = previous_run_output(&out) {
+                return Err(TrainError::ExistingRun {
+                    dir: out.clone(),
+                    found,
+                });
+            }
         }
         if lead {
             clear_previous_run(&out)?;
@@ -514,6 +598,13 @@ where
             (model, optim, ck.state, sampler)
         }
         None => {
+            if t.optim == OptimName::PagedAdamw8bit && lead {
+                tracing::warn!(
+                    "optim = \"paged_adamw_8bit\": qtune does not page optimizer state to host \
+                     memory (the LoRA state is small); running bitsandbytes' 8-bit AdamW \
+                     (adamw_bnb_8bit), same arithmetic"
+                );
+            }
             let optim = Optimizer::<B>::new(optimizer_config(cfg))?;
             let sampler = Sampler::new(train_set.len(), global_batch, cfg.data.seed, true)?;
             let state = TrainerState {
@@ -536,6 +627,25 @@ where
         sampler,
         schedule,
     })
+}
+
+/// Refuses `[data] max_length` beyond the model's context window (positions past it have no
+/// meaning: RoPE/attention were never trained there, GPT-J's tables end).
+pub fn check_context_window(cfg: &RunConfig, max_positions: usize) -> Result<(), TrainError> {
+    if cfg.data.max_length > max_positions {
+        return Err(crate::config::ConfigError::Invalid {
+            origin: "run config".into(),
+            field: "data.max_length",
+            msg: format!(
+                "= {} exceeds the model's context window of {max_positions} positions \
+                 (n_positions / max_position_embeddings): lower max_length to at most \
+                 {max_positions}",
+                cfg.data.max_length
+            ),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Divides every gradient by the global target-token count (f32, as `TokenAccumulator`).

@@ -130,3 +130,26 @@ fn local_folder_resolves_without_network() {
         dir
     );
 }
+
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor() {
+    for (name, bad) in [
+        (T, f32::NAN),
+        ("transformer.ln_f.bias", f32::INFINITY),
+        ("transformer.wte.weight", f32::NEG_INFINITY),
+    ] {
+        let dir = variant(|m| {
+            let e = m.get_mut(name).unwrap();
+            assert_eq!(e.0, Dtype::F32);
+            e.2[20..24].copy_from_slice(&bad.to_le_bytes());
+        });
+        let msg = load_err(dir.path()).to_string();
+        assert!(
+            msg.contains(name)
+                && msg.contains("model.safetensors")
+                && msg.contains("non-finite")
+                && msg.contains("index 5"),
+            "{msg}"
+        );
+    }
+}

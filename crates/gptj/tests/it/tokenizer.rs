@@ -4,8 +4,33 @@ use std::path::PathBuf;
 
 use qtune_gptj::tokenizer;
 
-fn data_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(std::env::var("QTUNE_DATA_DIR").ok()?);
+/// `$QTUNE_DATA_DIR` (absolute or relative to the repository root) with the files the test reads; else
+/// the skip is reported as qtune-data's `report_skip` does (this crate does not depend on it):
+/// `SKIPPED …` on the real stderr, and under `CI=true` with the mirror present, a failure.
+fn data_dir(test: &str) -> Option<PathBuf> {
+    let skip = |why: String, mirror: bool| {
+        use std::io::Write;
+        let ci = std::env::var("CI").is_ok_and(|v| {
+            matches!(
+                v.trim().to_ascii_uppercase().as_str(),
+                "1" | "ON" | "YES" | "TRUE"
+            )
+        });
+        assert!(
+            !(ci && mirror),
+            "{test} would be skipped ({why}), but CI=true and the data mirror is present: \
+             under CI no data test may skip"
+        );
+        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+        None
+    };
+    let Some(dir) = std::env::var_os("QTUNE_DATA_DIR").filter(|v| !v.is_empty()) else {
+        return skip(
+            "QTUNE_DATA_DIR is not set (the shared data mirror)".into(),
+            false,
+        );
+    };
+    let dir = PathBuf::from(dir);
     let dir = if dir.is_relative() {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../..")
@@ -13,15 +38,32 @@ fn data_dir() -> Option<PathBuf> {
     } else {
         dir
     };
-    dir.join("gpt2-tokenizer/encoder.json")
-        .is_file()
-        .then_some(dir)
+    if !dir.is_dir() {
+        return skip(
+            format!("QTUNE_DATA_DIR={} is not a directory", dir.display()),
+            false,
+        );
+    }
+    for rel in [
+        "gpt2-tokenizer/encoder.json",
+        "gpt2-tokenizer/vocab.bpe",
+        "squad-v2/dev-v2.0.json",
+        "wikitext-2/wiki.test.raw",
+    ] {
+        let file = dir.join(rel);
+        if !file.is_file() {
+            return skip(
+                format!("{} is missing from the data mirror", file.display()),
+                true,
+            );
+        }
+    }
+    Some(dir)
 }
 
 #[test]
 fn ids_match_hf_gptj_tokenizer() {
-    let Some(data) = data_dir() else {
-        println!("skipped: QTUNE_DATA_DIR unset or without gpt2-tokenizer/encoder.json");
+    let Some(data) = data_dir("ids_match_hf_gptj_tokenizer") else {
         return;
     };
     let tok = tokenizer::from_gpt2_files(

@@ -58,6 +58,12 @@ where
         };
         return crate::trainer::train(cfg, model, train_set, val_set, pad_id, &devices[0], opts);
     }
+    // Rank 0's host writes the run folder: lock it for the whole run.
+    let _lock = if node_rank == 0 {
+        Some(crate::lock::RunLock::acquire(&cfg.output_dir())?)
+    } else {
+        None
+    };
     let collective = collective_config(local, dist)?;
     let _session = SESSION.lock().unwrap_or_else(|e| e.into_inner());
     tracing::info!(world, local, nodes, node_rank, "data-parallel run");

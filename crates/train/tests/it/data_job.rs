@@ -10,11 +10,16 @@ use qtune_train::{run, TrainOptions};
 use crate::common::*;
 
 /// `$QTUNE_DATA_DIR` (absolute, or relative to the repository root as CI sets it).
+/// Both task files must be in it, else the skip is reported (a failure under `CI=true`).
 fn data_dir(test: &str) -> Option<PathBuf> {
-    qtune_data::data_dir_or_skip(
-        test,
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."),
-    )
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for file in [
+        "squad-v2/dev-v2.0.json",
+        "hate-speech-davidson2017/labeled_data.csv",
+    ] {
+        qtune_data::data_file_or_skip(test, &root, file)?;
+    }
+    qtune_data::data_dir_or_skip(test, &root)
 }
 
 fn small(task: Task, out: &std::path::Path) -> RunConfig {
@@ -73,10 +78,15 @@ fn squad_and_hate_speech_runs_write_their_outputs() {
             "metrics.jsonl",
             "loss.png",
             "eval_results.json",
+            "report.json",
+            "predictions.jsonl",
             "adapter/adapter_model.safetensors",
         ] {
             assert!(out.path().join(f).is_file(), "{task:?}: {f} missing");
         }
+        assert!(!out.path().join(".qtune.lock").exists(), "lock released");
+        let preds = std::fs::read_to_string(out.path().join("predictions.jsonl")).unwrap();
+        assert_eq!(preds.lines().count(), eval.predictions.len());
         let last = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
         assert!(last.lines().last().unwrap().contains("\"final\""));
     }

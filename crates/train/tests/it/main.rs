@@ -5,6 +5,7 @@ mod common;
 mod custom_data;
 mod data_job;
 mod grad_checkpoint;
+mod hygiene;
 mod loop_errors;
 mod parallel;
 mod peft_fixture;
