@@ -6,6 +6,7 @@ mod custom_data;
 mod data_job;
 mod grad_checkpoint;
 mod loop_errors;
+mod packing;
 mod parallel;
 mod peft_fixture;
 mod resume;
