@@ -199,6 +199,7 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
         position_ids: (0..b).flat_map(|_| 0..t as i64).collect(),
         labels: ids.clone(),
         lengths: vec![t; b],
+        segment_ids: None,
     };
     let norm = batch.n_target_tokens() as f32;
     let mut optim = Optimizer::<Train>::new(OptimizerConfig {

@@ -634,6 +634,7 @@ where
         position_ids: (0..b).flat_map(|_| 0..t as i64).collect(),
         labels: ids,
         lengths: vec![t; b],
+        segment_ids: None,
     };
     let norm = batch.n_target_tokens() as f32;
     let mut optim = Optimizer::<B>::new(OptimizerConfig::default())?;

@@ -11,6 +11,9 @@
 //! - `position_ids` follow HF's generation recipe for both: `cumsum(attention_mask) - 1`, and 1 on
 //!   pad positions (`position_ids.masked_fill_(attention_mask == 0, 1)`), so a left-padded row gets
 //!   the same positions as the row alone.
+//! - Packed rows ([`crate::pack::collate_packed`]) hold several examples each, with
+//!   `segment_ids`, positions restarting at 0 for each example and −100 on each example's first
+//!   label (no loss across a boundary).
 //! - Everything is flat row-major `[B, T]` `i64` (Burn's NdArray int element), ready for
 //!   `TensorData::new(batch.input_ids, [b, t])`; no Burn dependency here.
 
@@ -79,6 +82,10 @@ pub struct Batch {
     pub labels: Vec<i64>,
     /// Real (unpadded) length of each row.
     pub lengths: Vec<usize>,
+    /// Packed rows ([`crate::pack`]): which example each token belongs to, `1, 2, …` in row
+    /// order, 0 on pads; attention never crosses from one to another. `None`: one example per
+    /// row (every batch but a packed training batch).
+    pub segment_ids: Option<Vec<i64>>,
 }
 
 impl Batch {
@@ -173,6 +180,7 @@ fn pad_rows(rows: &[(&[u32], &[i64])], pad_id: u32, padding: Padding) -> Batch {
         position_ids,
         labels,
         lengths,
+        segment_ids: None,
     }
 }
 

@@ -4,8 +4,9 @@
 //!
 //! Flow: [`DataSource::locate`] → `load_*` → split ([`split_by_article`], [`balanced_split`]) →
 //! `encode_*` (prompt + completion → [`Example`] with labels on the completion only) →
-//! [`Sampler`] picks indices → [`collate`] pads to a [`Batch`] → the model; generated text →
-//! [`squad_v2_eval`] / [`classification_eval`].
+//! [`Sampler`] picks indices → [`collate`] pads to a [`Batch`] (with packing, [`Packing`] groups
+//! the examples into rows once and [`collate_packed`] lays out the sampled rows) → the model;
+//! generated text → [`squad_v2_eval`] / [`classification_eval`].
 //!
 //! A `tokenizers::Tokenizer` is passed in; building GPT-J's lives in qtune-gptj.
 
@@ -16,6 +17,7 @@ pub mod error;
 pub mod formats;
 pub mod hate_speech;
 pub mod metrics;
+pub mod pack;
 pub mod parquet_hub;
 pub mod prompt;
 pub mod sampler;
@@ -40,6 +42,7 @@ pub use metrics::classification::{
 };
 pub use metrics::exact::{exact_match_eval, ExactMatchReport};
 pub use metrics::squad::{answer_from_generation, squad_v2_eval, SquadScores};
+pub use pack::{collate_packed, Packing};
 pub use prompt::{
     hate_speech_completion, hate_speech_prompt, squad_completion, squad_prompt, squad_text,
     HATE_SPEECH_LABELS, SQUAD_NO_ANSWER,

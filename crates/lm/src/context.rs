@@ -71,6 +71,19 @@ pub fn mix_seed(seed: u64, salt: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The optional host-side token inputs of a forward, each row-major; see [`BlockContext::new`]
+/// and [`BlockContext::from_inputs`] for their conventions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenInputs<'a> {
+    /// `[batch, past_len + seq_len]`, 1 = token, 0 = padding.
+    pub attention_mask: Option<&'a [i64]>,
+    /// `[batch, seq_len]`.
+    pub position_ids: Option<&'a [i64]>,
+    /// `[batch, seq_len]`, packed rows: which example each token belongs to (0 = padding).
+    /// Only without a KV cache (`past_len = 0`).
+    pub segment_ids: Option<&'a [i64]>,
+}
+
 impl<B: Backend> BlockContext<B> {
     /// Host-side inputs → device context.
     /// - `attention_mask`: `[batch, past_len + seq_len]` row-major, 1 = token, 0 = padding
@@ -90,6 +103,46 @@ impl<B: Backend> BlockContext<B> {
         dropout_seed: Option<u64>,
         device: &B::Device,
     ) -> Self {
+        let inputs = TokenInputs {
+            attention_mask,
+            position_ids,
+            segment_ids: None,
+        };
+        Self::from_inputs(
+            positions,
+            batch,
+            seq_len,
+            past_len,
+            inputs,
+            dropout_seed,
+            device,
+        )
+    }
+
+    /// [`BlockContext::new`] with every optional input, segment ids included (padding-free
+    /// packing: several examples in one row). Key `j` is visible from query `i` iff `j ≤ i`
+    /// (causal), `attention_mask[j] ≠ 0`, `segment_ids[j] = segment_ids[i]` (attention never
+    /// crosses an example boundary: the mask is block-diagonal causal) and, with a sliding
+    /// window `w`, `i − j < w`. The window counts columns, which within one example are its
+    /// positions. Segment 0 marks padding: pads see earlier pads of their row only, unless the
+    /// attention mask hides those too (then the row is fully masked; its output is never read).
+    /// Position ids are the caller's (packed rows restart them at 0 for each example).
+    ///
+    /// Panics on length mismatches (caller bug) and on segment ids with `past_len > 0`.
+    pub fn from_inputs(
+        positions: &Positions,
+        batch: usize,
+        seq_len: usize,
+        past_len: usize,
+        inputs: TokenInputs<'_>,
+        dropout_seed: Option<u64>,
+        device: &B::Device,
+    ) -> Self {
+        let TokenInputs {
+            attention_mask,
+            position_ids,
+            segment_ids,
+        } = inputs;
         let total = past_len + seq_len;
         if let Some(m) = attention_mask {
             assert_eq!(
@@ -105,9 +158,22 @@ impl<B: Backend> BlockContext<B> {
                 "position_ids must be [batch, seq_len]"
             );
         }
+        if let Some(s) = segment_ids {
+            assert_eq!(
+                s.len(),
+                batch * seq_len,
+                "segment_ids must be [batch, seq_len]"
+            );
+            assert_eq!(past_len, 0, "segment_ids are for forwards without a cache");
+        }
         let padded = attention_mask.is_some_and(|m| m.contains(&0));
+        // One segment per row everywhere hides nothing beyond the causal rule.
+        let segmented = segment_ids.is_some_and(|s| {
+            s.chunks(seq_len.max(1))
+                .any(|row| row.iter().any(|&x| x != row[0]))
+        });
         let window = positions.sliding_window.filter(|&w| w < total);
-        let mask = (seq_len > 1 || padded || window.is_some()).then(|| {
+        let mask = (seq_len > 1 || padded || segmented || window.is_some()).then(|| {
             let mut bits = Vec::with_capacity(batch * seq_len * total);
             for b in 0..batch {
                 for i in 0..seq_len {
@@ -115,7 +181,10 @@ impl<B: Backend> BlockContext<B> {
                     for j in 0..total {
                         let pad = attention_mask.is_some_and(|m| m[b * total + j] == 0);
                         let outside = window.is_some_and(|w| q >= j + w);
-                        bits.push(j > q || pad || outside);
+                        // past_len = 0 with segments: key column j is token j of the row.
+                        let row = b * seq_len;
+                        let other = segment_ids.is_some_and(|s| s[row + j] != s[row + i]);
+                        bits.push(j > q || pad || outside || other);
                     }
                 }
             }
@@ -266,3 +335,7 @@ impl<B: Backend> KvCache<B> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "context_tests.rs"]
+mod tests;

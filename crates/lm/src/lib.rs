@@ -19,7 +19,7 @@ pub mod tokenizer;
 
 pub use context::{
     cache_kv, frozen, host_i64, mix_seed, to_dtype, BlockContext, FixedKv, KvCache, KvSlot,
-    LayerKv, Positions,
+    LayerKv, Positions, TokenInputs,
 };
 pub use error::LmError;
 pub use fixed::{graph_steps, set_graph_steps};

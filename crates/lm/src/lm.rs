@@ -12,7 +12,7 @@ use qtune_lora::merge::ExportDType;
 use qtune_lora::peft::{PeftAdapter, PeftAdapterConfig};
 use qtune_lora::{Linear, LoraConfig};
 
-use crate::context::{host_i64, to_dtype, BlockContext, KvCache, KvSlot, Positions};
+use crate::context::{host_i64, to_dtype, BlockContext, KvCache, KvSlot, Positions, TokenInputs};
 use crate::error::LmError;
 use crate::generate::GenerationConfig;
 use crate::lora::{LoraParam, ParamCounts};
@@ -85,13 +85,29 @@ pub trait CausalLm<B: QBackend>: Sized {
         position_ids: Option<&[i64]>,
         dropout_seed: Option<u64>,
     ) -> BlockContext<B> {
-        BlockContext::new(
+        let inputs = TokenInputs {
+            attention_mask,
+            position_ids,
+            segment_ids: None,
+        };
+        self.context_with(batch, seq_len, inputs, dropout_seed)
+    }
+
+    /// [`CausalLm::context`] with every optional input, the segment ids of packed rows
+    /// included (block-diagonal causal mask); see [`BlockContext::from_inputs`].
+    fn context_with(
+        &self,
+        batch: usize,
+        seq_len: usize,
+        inputs: TokenInputs<'_>,
+        dropout_seed: Option<u64>,
+    ) -> BlockContext<B> {
+        BlockContext::from_inputs(
             &self.positions(),
             batch,
             seq_len,
             0,
-            attention_mask,
-            position_ids,
+            inputs,
             dropout_seed,
             &self.device(),
         )

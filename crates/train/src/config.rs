@@ -225,6 +225,13 @@ pub struct DataConfig {
     /// Seed of the train/validation split and the shuffling.
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// Padding-free packing of the training examples: several share one row of `max_length`
+    /// tokens (first fit over the seed-shuffled examples, once before training; each keeps its
+    /// own positions, attention never crosses examples, no loss across a boundary). The sampler
+    /// then draws rows. Validation and evaluation stay unpacked. Left out of the serialized
+    /// config when off, so earlier checkpoints compare equal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub packing: bool,
 }
 
 fn default_seed() -> u64 {
@@ -722,6 +729,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("distributed.orchestrator"), "{err}");
+    }
+
+    #[test]
+    fn packing_defaults_off_and_serializes_only_when_on() {
+        assert!(!RunConfig::tiny().data.packing);
+        let text = TINY_TOML.replace(
+            "seed = 42\n\n[training]",
+            "seed = 42\npacking = true\n\n[training]",
+        );
+        let c = RunConfig::from_toml_str(&text, "p.toml").unwrap();
+        assert!(c.data.packing);
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["data"]["packing"], serde_json::Value::Bool(true));
+        let json = serde_json::to_value(RunConfig::tiny()).unwrap();
+        assert!(json["data"].get("packing").is_none());
     }
 
     #[test]

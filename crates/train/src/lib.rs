@@ -76,6 +76,8 @@ pub enum TrainError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("[data] packing = true: {msg}")]
+    Packing { msg: String },
     #[error("adapter does not fit the model: {msg}")]
     AdapterMismatch { msg: String },
     #[error("tokenizer: {msg}")]

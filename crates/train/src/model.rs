@@ -1,9 +1,10 @@
 //! The loop's [`SegmentedLm`] for every [`CausalLm`] (GPT-J, the Llama family): a batch's
-//! context, embeddings and loss from its host-side fields.
+//! context (packed rows: block-diagonal causal mask from the segment ids), embeddings and loss
+//! from its host-side fields.
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use qtune_kernels::QBackend;
-use qtune_lm::{BlockContext, CausalLm};
+use qtune_lm::{BlockContext, CausalLm, TokenInputs};
 
 use crate::step::SegmentedLm;
 use crate::TrainError;
@@ -22,14 +23,15 @@ impl<B: QBackend, M: CausalLm<B>> SegmentedLm<B> for M {
 
     fn context(&self, batch: &qtune_data::Batch, dropout_seed: Option<u64>) -> BlockContext<B> {
         let [b, t] = batch.shape();
-        CausalLm::context(
-            self,
-            b,
-            t,
-            Some(&batch.attention_mask),
-            Some(&batch.position_ids),
-            dropout_seed,
-        )
+        // Packed rows: the segment ids carry the padding too (segment 0), so a pad query sees
+        // earlier pads and no row of the mask is fully masked.
+        let segment_ids = batch.segment_ids.as_deref();
+        let inputs = TokenInputs {
+            attention_mask: segment_ids.is_none().then_some(&batch.attention_mask[..]),
+            position_ids: Some(&batch.position_ids),
+            segment_ids,
+        };
+        CausalLm::context_with(self, b, t, inputs, dropout_seed)
     }
 
     fn embed(&self, batch: &qtune_data::Batch) -> Tensor<B, 3> {

@@ -12,7 +12,7 @@ use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{RngCore, SeedableRng};
 
-use qtune_data::{collate, Example, Padding, Position, Sampler};
+use qtune_data::{collate, collate_packed, Example, Packing, Padding, Position, Sampler};
 use qtune_lora::peft::{PeftAdapterConfig, PeftTargets};
 use qtune_optim::{
     clip_grad_norm, LrSchedule, OptimKind, Optimizer, OptimizerConfig, ScheduleKind,
@@ -259,6 +259,7 @@ where
         mut state,
         mut sampler,
         schedule,
+        packing,
     } = setup?;
 
     let mut log = if lead {
@@ -309,8 +310,19 @@ where
             // The seed is drawn even for an empty slice: the RNG stays in step on all ranks.
             let seed = dropout.then(|| rank_seed(state.rng.next_u64(), rank));
             if !mine.is_empty() {
-                let refs: Vec<&Example> = mine.iter().map(|&i| &train_set[i]).collect();
-                batches.push((collate(&refs, pad_id, Padding::Right)?, seed));
+                let batch = match &packing {
+                    // With packing the sampler's indices are rows of examples.
+                    Some(p) => {
+                        let rows: Vec<Vec<&Example>> =
+                            mine.iter().map(|&r| p.row(r, train_set)).collect();
+                        collate_packed(&rows, pad_id)?
+                    }
+                    None => {
+                        let refs: Vec<&Example> = mine.iter().map(|&i| &train_set[i]).collect();
+                        collate(&refs, pad_id, Padding::Right)?
+                    }
+                };
+                batches.push((batch, seed));
             }
         }
         let mut acc = GradientsAccumulator::<M>::new();
@@ -476,6 +488,9 @@ struct Setup<B: AutodiffBackend, M> {
     state: TrainerState,
     sampler: Sampler,
     schedule: LrSchedule,
+    /// `[data] packing`: the rows the sampler draws (indices into them), else `None` (it draws
+    /// examples).
+    packing: Option<Packing>,
 }
 
 /// Checks, fresh start or resume (adapter into `model`, optimizer state, data position). Only the
@@ -511,11 +526,18 @@ where
     check_context_window(cfg, model.max_positions())?;
     let schedule = schedule(cfg);
     schedule.validate()?;
+    let packing = if cfg.data.packing {
+        Some(pack(cfg, train_set, world, lead)?)
+    } else {
+        None
+    };
+    // What the sampler draws: examples, or packed rows of them.
+    let items = packing.as_ref().map_or(train_set.len(), Packing::n_rows);
     // The global batch: each of the `world` ranks trains on its slice of it.
     let global_batch = t
         .per_device_train_batch_size
         .saturating_mul(world)
-        .min(train_set.len());
+        .min(items);
     let resumed = if opts.resume {
         // The newest checkpoint that reads back completely (a corrupt `latest` falls back to
         // the previous one, with a warning naming the corrupt file).
@@ -572,60 +594,60 @@ where
         }
         None
     };
-    let (model, optim, state, sampler) = match resumed {
-        Some(ck) => {
-            checkpoint::check_compatible(&ck.dir, &ck.state.config, cfg)?;
-            if ck.state.world_size != world {
-                return Err(checkpoint::CheckpointError::WorldSize {
-                    path: ck.dir.clone(),
-                    checkpoint: ck.state.world_size,
-                    now: world,
+    let (model, optim, state, sampler) =
+        match resumed {
+            Some(ck) => {
+                checkpoint::check_compatible(&ck.dir, &ck.state.config, cfg)?;
+                if ck.state.world_size != world {
+                    return Err(checkpoint::CheckpointError::WorldSize {
+                        path: ck.dir.clone(),
+                        checkpoint: ck.state.world_size,
+                        now: world,
+                    }
+                    .into());
                 }
-                .into());
-            }
-            let model = model.import_adapter(&ck.adapter)?;
-            let optim =
-                Optimizer::<B>::state_from_bytes(&ck.optimizer, &device_inner::<B>(device))?;
-            let pos: Position =
-                serde_json::from_value(ck.state.data_position.clone()).map_err(|source| {
-                    TrainError::State {
+                let model = model.import_adapter(&ck.adapter)?;
+                let optim =
+                    Optimizer::<B>::state_from_bytes(&ck.optimizer, &device_inner::<B>(device))?;
+                let pos: Position = serde_json::from_value(ck.state.data_position.clone())
+                    .map_err(|source| TrainError::State {
                         path: ck.dir.clone(),
                         source,
-                    }
-                })?;
-            let sampler = Sampler::resume(train_set.len(), global_batch, cfg.data.seed, true, pos)?;
-            tracing::info!(step = ck.state.step, dir = %ck.dir.display(), "resuming");
-            (model, optim, ck.state, sampler)
-        }
-        None => {
-            if t.optim == OptimName::PagedAdamw8bit && lead {
-                tracing::warn!(
+                    })?;
+                let sampler = Sampler::resume(items, global_batch, cfg.data.seed, true, pos)?;
+                tracing::info!(step = ck.state.step, dir = %ck.dir.display(), "resuming");
+                (model, optim, ck.state, sampler)
+            }
+            None => {
+                if t.optim == OptimName::PagedAdamw8bit && lead {
+                    tracing::warn!(
                     "optim = \"paged_adamw_8bit\": qtune does not page optimizer state to host \
                      memory (the LoRA state is small); running bitsandbytes' 8-bit AdamW \
                      (adamw_bnb_8bit), same arithmetic"
                 );
+                }
+                let optim = Optimizer::<B>::new(optimizer_config(cfg))?;
+                let sampler = Sampler::new(items, global_batch, cfg.data.seed, true)?;
+                let state = TrainerState {
+                    step: 0,
+                    tokens_seen: 0,
+                    rng: rand_chacha::ChaCha8Rng::seed_from_u64(t.seed),
+                    data_position: serde_json::to_value(sampler.position()).unwrap_or_default(),
+                    best_eval_loss: None,
+                    best_step: None,
+                    config: cfg.clone(),
+                    world_size: world,
+                };
+                (model, optim, state, sampler)
             }
-            let optim = Optimizer::<B>::new(optimizer_config(cfg))?;
-            let sampler = Sampler::new(train_set.len(), global_batch, cfg.data.seed, true)?;
-            let state = TrainerState {
-                step: 0,
-                tokens_seen: 0,
-                rng: rand_chacha::ChaCha8Rng::seed_from_u64(t.seed),
-                data_position: serde_json::to_value(sampler.position()).unwrap_or_default(),
-                best_eval_loss: None,
-                best_step: None,
-                config: cfg.clone(),
-                world_size: world,
-            };
-            (model, optim, state, sampler)
-        }
-    };
+        };
     Ok(Setup {
         model,
         optim,
         state,
         sampler,
         schedule,
+        packing,
     })
 }
 
@@ -646,6 +668,46 @@ pub fn check_context_window(cfg: &RunConfig, max_positions: usize) -> Result<(),
         .into());
     }
     Ok(())
+}
+
+/// `[data] packing`: the training examples in rows of `max_length` (qtune_data::pack), logged;
+/// refused when an example is longer than `max_length` or the rows do not make one global
+/// batch (`per_device_train_batch_size` rows per device).
+fn pack(
+    cfg: &RunConfig,
+    train_set: &[Example],
+    world: usize,
+    lead: bool,
+) -> Result<Packing, TrainError> {
+    let max_length = cfg.data.max_length;
+    let packing = Packing::of_examples(train_set, max_length, cfg.data.seed)
+        .map_err(|e| TrainError::Packing { msg: e.to_string() })?;
+    let global_batch = cfg
+        .training
+        .per_device_train_batch_size
+        .saturating_mul(world);
+    if packing.n_rows() < global_batch {
+        return Err(TrainError::Packing {
+            msg: format!(
+                "{} training examples pack into {} rows of max_length {max_length}, fewer than \
+                 one global batch of {global_batch} rows (per_device_train_batch_size × \
+                 {world} device(s)): lower per_device_train_batch_size, or turn packing off",
+                train_set.len(),
+                packing.n_rows()
+            ),
+        });
+    }
+    if lead {
+        tracing::info!(
+            rows = packing.n_rows(),
+            examples = packing.n_examples(),
+            tokens = packing.n_tokens(),
+            max_length,
+            fill_ratio = format!("{:.3}", packing.fill_ratio()),
+            "packed training examples (first fit)"
+        );
+    }
+    Ok(packing)
 }
 
 /// Divides every gradient by the global target-token count (f32, as `TokenAccumulator`).

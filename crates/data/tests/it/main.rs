@@ -9,6 +9,7 @@ mod formats;
 mod hate_speech;
 mod hub_parquet;
 mod metrics;
+mod pack;
 mod sampler;
 mod source;
 mod squad;

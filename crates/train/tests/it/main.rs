@@ -7,6 +7,7 @@ mod data_job;
 mod grad_checkpoint;
 mod hygiene;
 mod loop_errors;
+mod packing;
 mod parallel;
 mod peft_fixture;
 mod resume;

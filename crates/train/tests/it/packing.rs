@@ -1,0 +1,306 @@
+//! `[data] packing = true`: a packed batch gives the summed loss and LoRA gradients of the same
+//! examples unpacked (GPT-J, Llama, Mistral's sliding window), and a packed run resumes exactly.
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use qtune_data::{collate, collate_packed, Batch, Example, Padding};
+use qtune_lm::{CausalLm, LoadOptions};
+use qtune_lora::peft::{PeftAdapterConfig, PeftTargets};
+use qtune_lora::{LoraConfig, TargetModules};
+use qtune_train::step::{micro_step_checkpointed, micro_step_plain, SegmentedLm};
+use qtune_train::trainer::peft_config;
+use qtune_train::{build, train, TrainError, TrainOptions};
+
+use crate::common::*;
+
+/// A non-zero B everywhere (a fresh B = 0 would make A's grads zero).
+fn live<M: CausalLm<B>>(m: M, cfg: PeftAdapterConfig) -> M {
+    let mut adapter = m.export_adapter(cfg).unwrap();
+    for (i, t) in adapter.modules.values_mut().enumerate() {
+        for (j, v) in t.b.iter_mut().enumerate() {
+            *v = (((i * 31 + j * 17) % 13) as f32 - 6.0) * 0.01;
+        }
+    }
+    m.import_adapter(&adapter).unwrap()
+}
+
+fn lora_grads<M: CausalLm<B>>(
+    m: &M,
+    grads: &burn::optim::GradientsParams,
+) -> Vec<(String, Vec<f32>)> {
+    m.lora_params()
+        .into_iter()
+        .map(|p| {
+            let g = grads
+                .get::<<B as AutodiffBackend>::InnerBackend, 2>(p.param.id)
+                .unwrap_or_else(|| panic!("no grad for {}", p.key));
+            (p.key, g.into_data().to_vec::<f32>().unwrap())
+        })
+        .collect()
+}
+
+/// Worst relative (L2) difference between two sets of gradients, none of them zero.
+fn worst_rel(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0f32;
+    for ((key, x), (key_b, y)) in a.iter().zip(b) {
+        assert_eq!(key, key_b);
+        let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!(norm > 0.0, "{key}: zero gradient, test would be vacuous");
+        let diff = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q) * (p - q))
+            .sum::<f32>()
+            .sqrt();
+        worst = worst.max(diff / norm);
+    }
+    worst
+}
+
+/// The same 7 examples as one right-padded batch (each example alone in its row) and packed
+/// three rows deep; summed loss, target tokens and LoRA grads must agree, in both step modes.
+fn packed_equals_unpacked<M>(model: &M, what: &str)
+where
+    M: CausalLm<B> + AutodiffModule<B>,
+    M::InnerModule: CausalLm<<B as AutodiffBackend>::InnerBackend>,
+{
+    let examples = synthetic(7, 11);
+    let refs: Vec<&Example> = examples.iter().collect();
+    let unpacked = collate(&refs, 0, Padding::Right).unwrap();
+    let e = |i: usize| &examples[i];
+    let rows = vec![vec![e(0), e(1), e(2)], vec![e(3), e(4)], vec![e(5), e(6)]];
+    let packed = collate_packed(&rows, 0).unwrap();
+    assert!(
+        packed.seq_len > unpacked.seq_len,
+        "rows really hold several"
+    );
+    assert_eq!(packed.n_target_tokens(), unpacked.n_target_tokens());
+    assert_eq!(
+        packed.lengths.iter().sum::<usize>(),
+        unpacked.lengths.iter().sum::<usize>()
+    );
+    let step = |checkpointed: bool, b: &Batch| {
+        if checkpointed {
+            micro_step_checkpointed::<B, M>(model, b, 1.0, None).unwrap()
+        } else {
+            micro_step_plain::<B, M>(model, b, 1.0, None).unwrap()
+        }
+    };
+    for (mode, checkpointed) in [("plain", false), ("checkpointed", true)] {
+        let (u, p) = (step(checkpointed, &unpacked), step(checkpointed, &packed));
+        let rel = (u.loss_sum - p.loss_sum).abs() / u.loss_sum.abs();
+        assert!(
+            rel <= 1e-5,
+            "{what} {mode}: loss sums {} unpacked vs {} packed",
+            u.loss_sum,
+            p.loss_sum
+        );
+        let worst = worst_rel(&lora_grads(model, &u.grads), &lora_grads(model, &p.grads));
+        assert!(
+            worst <= 1e-5,
+            "{what} {mode}: worst relative LoRA grad difference {worst:e}"
+        );
+        println!("{what} {mode}: loss rel diff {rel:e}, worst LoRA grad rel diff {worst:e}");
+    }
+    // The segments are what keeps the examples apart: without them (one causal mask over the
+    // whole row) the loss is another.
+    let mut leaky = packed.clone();
+    leaky.segment_ids = Some(
+        packed
+            .segment_ids
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|&s| i64::from(s != 0))
+            .collect(),
+    );
+    let l = micro_step_plain::<B, M>(model, &leaky, 1.0, None).unwrap();
+    let u = micro_step_plain::<B, M>(model, &unpacked, 1.0, None).unwrap();
+    assert!(
+        (l.loss_sum - u.loss_sum).abs() > 1e-4 * u.loss_sum.abs(),
+        "{what}: cross-example attention must change the loss"
+    );
+}
+
+#[test]
+fn packed_loss_and_grads_equal_unpacked_gptj() {
+    let _g = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config(dir.path());
+    cfg.lora.lora_dropout = 0.0;
+    let m = build::model_with_lora::<B>(&cfg, &Default::default()).unwrap();
+    let m = live(m, peft_config(&cfg));
+    packed_equals_unpacked(&m, "gptj");
+}
+
+fn llama_family(fixture: &str) -> qtune_llama::Llama<B> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(fixture)
+        .join("fp32");
+    let m =
+        qtune_llama::Llama::<B>::load(&dir, &LoadOptions::default(), &Default::default()).unwrap();
+    let lora = LoraConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        lora_dropout: 0.0,
+        target_modules: TargetModules::AllLinear,
+    };
+    let m = m.with_lora(&lora, 5).unwrap();
+    let peft = PeftAdapterConfig::new(4, 8.0, 0.0, PeftTargets::One("all-linear".into()));
+    live(m, peft)
+}
+
+#[test]
+fn packed_loss_and_grads_equal_unpacked_llama() {
+    let m = llama_family("llama_tiny");
+    assert_eq!(m.positions().sliding_window, None);
+    packed_equals_unpacked(&m, "llama");
+}
+
+#[test]
+fn packed_loss_and_grads_equal_unpacked_mistral_sliding_window() {
+    // Window 4, examples of 8..=13 tokens: the window cuts inside every example.
+    let m = llama_family("mistral_tiny");
+    assert_eq!(m.positions().sliding_window, Some(4));
+    packed_equals_unpacked(&m, "mistral");
+}
+
+fn packed_config(dir: &std::path::Path) -> qtune_train::RunConfig {
+    let mut c = tiny_config(dir);
+    c.data.packing = true;
+    c.data.max_length = 32;
+    c.validate("packed_config").unwrap();
+    c
+}
+
+#[test]
+fn packed_run_resumes_bit_for_bit() {
+    let _g = rng_lock();
+    let dev = Default::default();
+    let (train_set, val_set) = (synthetic(48, 1), synthetic(8, 2));
+
+    let dir_a = tempfile::tempdir().unwrap();
+    let cfg_a = packed_config(dir_a.path());
+    let model = build::model_with_lora::<B>(&cfg_a, &dev).unwrap();
+    let opts = TrainOptions::default();
+    let (_, full) = train(&cfg_a, model, &train_set, &val_set, 0, &dev, &opts).unwrap();
+    assert!(full.finished);
+    assert_eq!(full.losses.len(), 6);
+
+    // The same run unpacked sees other batches: packing is really on.
+    let dir_u = tempfile::tempdir().unwrap();
+    let cfg_u = tiny_config(dir_u.path());
+    let model = build::model_with_lora::<B>(&cfg_u, &dev).unwrap();
+    let (_, unpacked) = train(&cfg_u, model, &train_set, &val_set, 0, &dev, &opts).unwrap();
+    assert_ne!(unpacked.losses, full.losses);
+    // Rows of ~3 examples: a packed step sees about 3× the target tokens of an unpacked one.
+    assert!(
+        full.tokens_seen > 2 * unpacked.tokens_seen,
+        "{} vs {}",
+        full.tokens_seen,
+        unpacked.tokens_seen
+    );
+
+    // Stop after step 3 (last checkpoint: step 2), resume: steps 3..=6 as uninterrupted.
+    let dir_b = tempfile::tempdir().unwrap();
+    let cfg_b = packed_config(dir_b.path());
+    let model = build::model_with_lora::<B>(&cfg_b, &dev).unwrap();
+    let stop = TrainOptions {
+        stop_at_step: Some(3),
+        ..Default::default()
+    };
+    let (_, first) = train(&cfg_b, model, &train_set, &val_set, 0, &dev, &stop).unwrap();
+    assert_eq!(first.losses, full.losses[..3]);
+
+    let resume = TrainOptions {
+        resume: true,
+        ..Default::default()
+    };
+    // A checkpoint of a packed run does not resume unpacked (the position indexes rows).
+    let mut cfg_off = cfg_b.clone();
+    cfg_off.data.packing = false;
+    let model = build::model_with_lora::<B>(&cfg_off, &dev).unwrap();
+    let err = train(&cfg_off, model, &train_set, &val_set, 0, &dev, &resume)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("data.packing"), "{err}");
+
+    let model = build::model_with_lora::<B>(&cfg_b, &dev).unwrap();
+    let (_, rest) = train(&cfg_b, model, &train_set, &val_set, 0, &dev, &resume).unwrap();
+    assert!(rest.finished);
+    let bits = |v: &[(usize, f64)]| v.iter().map(|(s, l)| (*s, l.to_bits())).collect::<Vec<_>>();
+    assert_eq!(bits(&rest.losses), bits(&full.losses[2..]), "steps 3..=6");
+    assert_eq!(
+        rest.best_eval_loss.map(f64::to_bits),
+        full.best_eval_loss.map(f64::to_bits)
+    );
+}
+
+#[test]
+fn packing_refuses_too_few_rows_and_too_long_examples() {
+    let _g = rng_lock();
+    let dev = Default::default();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = packed_config(dir.path());
+    // 6 examples of ≤ 13 tokens fill ≤ 3 rows of 32: fewer than a batch of 4 rows.
+    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
+    let opts = TrainOptions::default();
+    let err = train(
+        &cfg,
+        model,
+        &synthetic(6, 1),
+        &synthetic(4, 2),
+        0,
+        &dev,
+        &opts,
+    )
+    .map(|_| ())
+    .unwrap_err();
+    assert!(matches!(err, TrainError::Packing { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("packing") && msg.contains("per_device_train_batch_size"),
+        "{msg}"
+    );
+    // An example longer than max_length cannot be packed.
+    let mut cfg = cfg;
+    cfg.data.max_length = 10;
+    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
+    let opts = TrainOptions {
+        overwrite: true,
+        ..Default::default()
+    };
+    let err = train(
+        &cfg,
+        model,
+        &synthetic(48, 1),
+        &synthetic(4, 2),
+        0,
+        &dev,
+        &opts,
+    )
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("packing") && err.contains("max_length"),
+        "{err}"
+    );
+}
+
+/// The loop's context honours the segment ids (model.rs), also on the inner backend.
+#[test]
+fn segmented_context_masks_across_examples() {
+    let _g = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path());
+    let m = build::model_with_lora::<B>(&cfg, &Default::default()).unwrap();
+    let a = Example::from_prompt_completion(&[5, 6], &[7]);
+    let packed = collate_packed(&[vec![&a, &a]], 0).unwrap();
+    let ctx = SegmentedLm::context(&m.valid(), &packed, None);
+    let bits = ctx.mask.unwrap().into_data().to_vec::<bool>().unwrap();
+    // Query 3 (first token of the second example) sees only key 3.
+    assert_eq!(&bits[3 * 6..4 * 6], &[true, true, true, false, true, true]);
+}
