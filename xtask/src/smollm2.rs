@@ -101,8 +101,9 @@ pub fn fetch() -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-/// The SmolLM2 run config of a task, on the fetched GGUF; `seed` sets the data order, the LoRA
-/// init and dropout (and names the run `{name}-seed{seed}`).
+/// The SmolLM2 run config of a task, on the fetched GGUF; `seed` sets the batch order
+/// (`data_seed`), the LoRA init and dropout (and names the run `{name}-seed{seed}`); the split
+/// and the held-back prompts are the config's (`[data] seed`), the same for every seed.
 pub fn preset(dataset: Task, seed: u64) -> anyhow::Result<RunConfig> {
     let (text, origin) = match dataset {
         Task::SquadV2 => (
@@ -126,7 +127,7 @@ pub fn preset(dataset: Task, seed: u64) -> anyhow::Result<RunConfig> {
     cfg.model.name_or_path = Some(path.display().to_string());
     cfg.name = format!("{}-seed{seed}", cfg.name);
     cfg.training.seed = seed;
-    cfg.data.seed = seed;
+    cfg.training.data_seed = Some(seed);
     if !cfg!(feature = "cuda") {
         // CPU: compute in f32 (NdArray has no bf16).
         cfg.model.torch_dtype = "float32".into();
@@ -180,7 +181,7 @@ pub fn export_data(cfg: &RunConfig, seeds: &[u64], out: &Path) -> anyhow::Result
     let t = &cfg.training;
     let batch = t.per_device_train_batch_size * t.gradient_accumulation_steps;
     for &s in seeds {
-        let mut sampler = Sampler::new(data.train.len(), batch, s, true)?;
+        let mut sampler = Sampler::new(data.train.len(), batch, s, true)?; // data_seed = s
         let steps: Vec<Vec<usize>> = (0..t.max_steps).map(|_| sampler.next_batch()).collect();
         let p = out.join(format!("order_seed{s}.json"));
         std::fs::write(

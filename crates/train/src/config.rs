@@ -341,6 +341,18 @@ pub struct TrainingArgs {
     pub gradient_checkpointing: bool,
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// HF's `data_seed`: seed of the batch order (the sampler, and packing's row order); unset:
+    /// `[data] seed`. The split and the held-back prompts stay `[data] seed`'s, so runs that
+    /// differ only in `seed`/`data_seed` train and evaluate on the same data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_seed: Option<u64>,
+}
+
+impl TrainingArgs {
+    /// The seed of the batch order: `data_seed`, else `[data] seed`.
+    pub fn sampler_seed(&self, data: &DataConfig) -> u64 {
+        self.data_seed.unwrap_or(data.seed)
+    }
 }
 
 fn one() -> usize {

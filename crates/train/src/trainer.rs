@@ -614,7 +614,8 @@ where
                         path: ck.dir.clone(),
                         source,
                     })?;
-                let sampler = Sampler::resume(items, global_batch, cfg.data.seed, true, pos)?;
+                let sampler =
+                    Sampler::resume(items, global_batch, t.sampler_seed(&cfg.data), true, pos)?;
                 tracing::info!(step = ck.state.step, dir = %ck.dir.display(), "resuming");
                 (model, optim, ck.state, sampler)
             }
@@ -627,7 +628,7 @@ where
                 );
                 }
                 let optim = Optimizer::<B>::new(optimizer_config(cfg))?;
-                let sampler = Sampler::new(items, global_batch, cfg.data.seed, true)?;
+                let sampler = Sampler::new(items, global_batch, t.sampler_seed(&cfg.data), true)?;
                 let state = TrainerState {
                     step: 0,
                     tokens_seen: 0,
@@ -680,7 +681,7 @@ fn pack(
     lead: bool,
 ) -> Result<Packing, TrainError> {
     let max_length = cfg.data.max_length;
-    let packing = Packing::of_examples(train_set, max_length, cfg.data.seed)
+    let packing = Packing::of_examples(train_set, max_length, cfg.training.sampler_seed(&cfg.data))
         .map_err(|e| TrainError::Packing { msg: e.to_string() })?;
     let global_batch = cfg
         .training
