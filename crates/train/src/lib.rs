@@ -15,6 +15,7 @@ pub mod model;
 pub mod parallel;
 pub mod peft_check;
 pub mod run;
+pub mod setup;
 pub mod step;
 pub mod task;
 pub mod trainer;

@@ -280,7 +280,7 @@ pub fn eval_job<B: QBackend>(
     let tokenizer = build::tokenizer(&cfg.model, source.data_dir.as_deref())?;
     let data = task::prepare(cfg, &tokenizer, build::eos_id(&cfg.model)?, source)?;
     let mut model = build::base_model::<B>(&cfg.model, device)?;
-    crate::trainer::check_context_window(cfg, model.max_positions())?;
+    crate::setup::check_context_window(cfg, model.max_positions())?;
     if let Some(dir) = adapter {
         model = model.import_adapter(&PeftAdapter::load(dir)?)?;
     }
