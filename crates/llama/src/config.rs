@@ -43,8 +43,9 @@ pub struct LlamaConfig {
     pub attention_bias: bool,
     #[serde(default)]
     pub mlp_bias: bool,
-    /// Mistral (and Qwen2 with `use_sliding_window`).
-    #[serde(default)]
+    /// Mistral (and Qwen2 with `use_sliding_window`). Missing means HF's default, 4096 (as
+    /// `MistralConfig`/`Qwen2Config`); `null` means no window.
+    #[serde(default = "default_window")]
     pub sliding_window: Option<usize>,
     #[serde(default)]
     pub use_sliding_window: Option<bool>,
@@ -83,6 +84,9 @@ fn default_max_pos() -> usize {
 }
 fn default_eps() -> f64 {
     1e-6
+}
+fn default_window() -> Option<usize> {
+    Some(4096)
 }
 fn default_act() -> String {
     "silu".into()

@@ -80,3 +80,22 @@ fn unknown_rope_type_and_bad_shapes_are_refused() {
     let cfg: LlamaConfig = serde_json::from_value(v).unwrap();
     assert!(cfg.validate().unwrap_err().contains("hidden_act"));
 }
+
+/// A Mistral config without `sliding_window` gets HF's default window (4096); `null` has none;
+/// Llama never has one.
+#[test]
+fn missing_sliding_window_is_hfs_default() {
+    let base =
+        std::fs::read_to_string(fixture_dir("mistral_tiny").join("fp32/config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&base).unwrap();
+    v.as_object_mut().unwrap().remove("sliding_window");
+    let cfg: LlamaConfig = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(cfg.window(), Some(4096));
+    v["sliding_window"] = serde_json::Value::Null;
+    let cfg: LlamaConfig = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(cfg.window(), None);
+    v["model_type"] = "llama".into();
+    v.as_object_mut().unwrap().remove("sliding_window");
+    let cfg: LlamaConfig = serde_json::from_value(v).unwrap();
+    assert_eq!(cfg.window(), None);
+}
