@@ -247,7 +247,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             let source = DataSource::from_env();
             let tok = build::tokenizer(&m, source.data_dir.as_deref())?;
             let limit = (max_tokens > 0).then_some(max_tokens);
-            let r = run::perplexity_job(&lm, &tok, &source, max_length, stride, limit)?;
+            let r = run::perplexity_job(&lm, &tok, &source, Some(max_length), Some(stride), limit)?;
             println!("{}", serde_json::to_string(&r)?);
             println!(
                 "model {model}: tokens evaluated {} (of {} in wikitext-2 raw test) | ppl {:.4}",

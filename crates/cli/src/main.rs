@@ -184,12 +184,13 @@ struct GenerateArgs {
 struct PerplexityArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Window length in tokens (clipped to the model's context window).
-    #[arg(long, default_value_t = 1024)]
-    max_length: usize,
-    /// Tokens the window advances by; the overlap is context only, not scored again.
-    #[arg(long, default_value_t = 512)]
-    stride: usize,
+    /// Window length in tokens (default: the model's context window; longer is refused).
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Tokens the window advances by (default: half the window); the overlap is context
+    /// only, not scored again.
+    #[arg(long)]
+    stride: Option<usize>,
     /// Score only the first N tokens of the text (default: all).
     #[arg(long)]
     max_tokens: Option<usize>,
@@ -389,8 +390,8 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             )
             .context("perplexity")?;
             println!(
-                "tokens evaluated: {} (of {} in the text) | ppl: {:.4} | max_length {} stride {}",
-                r.tokens_evaluated, r.text_tokens, r.ppl, r.max_length, r.stride
+                "ppl {:.4} (HF's recipe, {} tokens) | {:.4} over the {} labels scored | {} tokens in the text | max_length {} stride {}",
+                r.ppl, r.tokens_evaluated, r.ppl_scored, r.scored_tokens, r.text_tokens, r.max_length, r.stride
             );
         }
         Cmd::Merge(a) => {

@@ -6,14 +6,20 @@ use qtune_kernels::QBackend;
 use crate::error::LmError;
 use crate::lm::{CausalLm, IGNORE_INDEX};
 
-/// Result of [`Gptj::perplexity`].
+/// Result of [`perplexity`]: HF's recipe and the plain count side by side.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Perplexity {
-    /// `exp(nll_sum / tokens)`.
+    /// `exp(nll_sum / tokens)`: HF's recipe ("Perplexity of fixed-length models").
     pub ppl: f64,
-    /// Tokens counted, as HF's recipe counts them.
+    /// Tokens counted as HF's recipe counts them (non-ignored labels − 1 per window).
     pub tokens: usize,
     pub nll_sum: f64,
+    /// Labels actually scored (after the shift), summed over the windows; every scored token
+    /// of the text once.
+    pub scored_tokens: usize,
+    /// `exp(Σ window nll sums / scored_tokens)`: the per-token perplexity of exactly the labels
+    /// scored.
+    pub ppl_scored: f64,
 }
 
 /// Windows of `max_length` tokens starting every `stride`; each window scores only the
@@ -43,6 +49,7 @@ pub fn perplexity<B: QBackend, M: CausalLm<B>>(
     }
     let device = model.device();
     let (mut nll_sum, mut tokens, mut prev_end) = (0.0f64, 0usize, 0usize);
+    let (mut scored_sum, mut scored_tokens) = (0.0f64, 0usize);
     let mut begin = 0;
     while begin < ids.len() {
         let end = (begin + max_length).min(ids.len());
@@ -72,6 +79,8 @@ pub fn perplexity<B: QBackend, M: CausalLm<B>>(
                 .map_err(|e| LmError::Input(format!("{e:?}")))?[0];
             nll_sum += sum / n as f64 * n_valid as f64;
             tokens += n_valid;
+            scored_sum += sum;
+            scored_tokens += n;
         }
         prev_end = end;
         if end == ids.len() {
@@ -83,5 +92,7 @@ pub fn perplexity<B: QBackend, M: CausalLm<B>>(
         ppl: (nll_sum / tokens as f64).exp(),
         tokens,
         nll_sum,
+        scored_tokens,
+        ppl_scored: (scored_sum / scored_tokens.max(1) as f64).exp(),
     })
 }

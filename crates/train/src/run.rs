@@ -312,8 +312,13 @@ pub fn eval_job<B: QBackend>(
 #[derive(Debug, Serialize)]
 pub struct PerplexityReport {
     pub text_tokens: usize,
+    /// HF's recipe: per window, non-ignored labels − 1 (its `ppl` weights window means by it).
     pub tokens_evaluated: usize,
     pub ppl: f64,
+    /// Labels actually scored (each token of the evaluated text after the first, once).
+    pub scored_tokens: usize,
+    /// Perplexity over exactly `scored_tokens`.
+    pub ppl_scored: f64,
     pub max_length: usize,
     pub stride: usize,
 }
@@ -324,10 +329,11 @@ pub fn perplexity_job<B: Backend + QBackend, M: CausalLm<B>>(
     model: &M,
     tokenizer: &tokenizers::Tokenizer,
     source: &DataSource,
-    max_length: usize,
-    stride: usize,
+    max_length: Option<usize>,
+    stride: Option<usize>,
     max_tokens: Option<usize>,
 ) -> Result<PerplexityReport, TrainError> {
+    let (max_length, stride) = perplexity_window(model.max_positions(), max_length, stride)?;
     let path = source.locate(DatasetId::WikiText2RawTest)?;
     let text = qtune_data::load_wikitext_raw(&path)?;
     let mut ids = qtune_data::encode_text(tokenizer, &text)?;
@@ -335,13 +341,69 @@ pub fn perplexity_job<B: Backend + QBackend, M: CausalLm<B>>(
     if let Some(n) = max_tokens {
         ids.truncate(n);
     }
-    let max_length = max_length.min(model.max_positions());
-    let p = model.perplexity(&ids, max_length, stride.min(max_length))?;
+    let p = model.perplexity(&ids, max_length, stride)?;
     Ok(PerplexityReport {
         text_tokens,
         tokens_evaluated: p.tokens,
         ppl: p.ppl,
+        scored_tokens: p.scored_tokens,
+        ppl_scored: p.ppl_scored,
         max_length,
-        stride: stride.min(max_length),
+        stride,
     })
+}
+
+/// The perplexity window: `max_length` defaults to the model's context window and may not
+/// exceed it, `stride` to half the window (HF's example) and may not exceed `max_length`;
+/// out-of-range values are refused, never clipped (a clip would silently drop the overlap).
+pub fn perplexity_window(
+    context: usize,
+    max_length: Option<usize>,
+    stride: Option<usize>,
+) -> Result<(usize, usize), TrainError> {
+    let bad = |field: &'static str, msg: String| {
+        TrainError::from(crate::config::ConfigError::Invalid {
+            origin: "perplexity".into(),
+            field,
+            msg,
+        })
+    };
+    let max_length = max_length.unwrap_or(context);
+    if max_length < 2 || max_length > context {
+        return Err(bad(
+            "max_length",
+            format!("{max_length}: must be in 2..={context} (the model's context window)"),
+        ));
+    }
+    let stride = stride.unwrap_or((max_length / 2).max(1));
+    if stride == 0 || stride > max_length {
+        return Err(bad(
+            "stride",
+            format!("{stride}: must be in 1..={max_length} (max_length)"),
+        ));
+    }
+    Ok((max_length, stride))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::perplexity_window;
+
+    #[test]
+    fn perplexity_window_defaults_to_the_context_and_refuses_instead_of_clipping() {
+        assert_eq!(perplexity_window(512, None, None).unwrap(), (512, 256));
+        assert_eq!(
+            perplexity_window(512, Some(256), Some(128)).unwrap(),
+            (256, 128)
+        );
+        let e = perplexity_window(512, Some(1024), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_length") && e.contains("512"), "{e}");
+        let e = perplexity_window(512, Some(256), Some(300))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stride") && e.contains("256"), "{e}");
+        assert!(perplexity_window(512, Some(256), Some(0)).is_err());
+    }
 }

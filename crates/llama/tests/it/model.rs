@@ -97,6 +97,17 @@ fn sliding_window_perplexity_matches_hf() {
             .unwrap();
         let want = p["ppl"].as_f64().unwrap();
         assert_eq!(got.tokens as u64, p["tokens"].as_u64().unwrap(), "{name}");
+        // Every token after the first is scored exactly once, whatever HF's count says.
+        assert_eq!(got.scored_tokens, ids.len() - 1, "{name}");
+        let one = model.perplexity(&ids, ids.len(), ids.len()).unwrap();
+        assert_eq!(
+            (one.tokens, one.scored_tokens),
+            (ids.len() - 1, ids.len() - 1)
+        );
+        assert!(
+            (one.ppl - one.ppl_scored).abs() < 1e-9 * one.ppl,
+            "{name}: one window, one count"
+        );
         assert!(
             (got.ppl - want).abs() / want < 1e-4,
             "{name}: ppl {} vs HF {want}",
