@@ -8,6 +8,7 @@ mod beam;
 mod context;
 mod error;
 pub mod fixed;
+pub mod fixtures;
 mod generate;
 pub mod hub;
 mod lm;

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Int, Tensor, TensorData};
 use qtune_gptj::{Gptj, LoadOptions};
 use qtune_kernels::QBackend;
 use qtune_lm::CausalLm;
@@ -14,84 +13,14 @@ use rand::{Rng, SeedableRng};
 
 use crate::TrainError;
 
-/// `input_ids`, `attention_mask`, `position_ids` of reference.json (`[3, 12]`).
-pub struct FixturePrompts {
-    pub shape: [usize; 2],
-    pub input_ids: Vec<i64>,
-    pub attention_mask: Vec<i64>,
-    pub position_ids: Vec<i64>,
-}
+pub use qtune_lm::fixtures::{
+    fixture_logits, fixture_prompts, max_rel_err, reference_tensor, FixturePrompts,
+};
 
 fn bad(path: &Path, msg: impl Into<String>) -> TrainError {
     TrainError::AdapterMismatch {
         msg: format!("{}: {}", path.display(), msg.into()),
     }
-}
-
-pub fn fixture_prompts(fixture: &Path) -> Result<FixturePrompts, TrainError> {
-    let path = fixture.join("reference.json");
-    let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| bad(&path, e.to_string()))?;
-    let grid = |key: &str| -> Result<(Vec<i64>, [usize; 2]), TrainError> {
-        let rows = v[key]
-            .as_array()
-            .ok_or_else(|| bad(&path, format!("`{key}` missing")))?;
-        let cols = rows.first().and_then(|r| r.as_array()).map_or(0, Vec::len);
-        let flat: Vec<i64> = rows
-            .iter()
-            .flat_map(|r| r.as_array().cloned().unwrap_or_default())
-            .filter_map(|x| x.as_i64())
-            .collect();
-        if flat.len() != rows.len() * cols {
-            return Err(bad(&path, format!("`{key}` is not a rectangular int grid")));
-        }
-        Ok((flat, [rows.len(), cols]))
-    };
-    let (input_ids, shape) = grid("input_ids")?;
-    let (attention_mask, _) = grid("attention_mask")?;
-    let (position_ids, _) = grid("position_ids")?;
-    Ok(FixturePrompts {
-        shape,
-        input_ids,
-        attention_mask,
-        position_ids,
-    })
-}
-
-/// Logits `[B, T, V]` of `model` on the fixture prompts, flattened.
-pub fn fixture_logits<B: QBackend, M: CausalLm<B>>(model: &M, p: &FixturePrompts) -> Vec<f32> {
-    let dev = model.device();
-    let t = |v: &[i64]| Tensor::<B, 2, Int>::from_data(TensorData::new(v.to_vec(), p.shape), &dev);
-    let logits = model.forward(
-        t(&p.input_ids),
-        Some(t(&p.attention_mask)),
-        Some(t(&p.position_ids)),
-        None,
-    );
-    logits
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .unwrap_or_default()
-}
-
-/// `make.py`'s metric: max |ours − ref| over non-pad positions / max |ref| there.
-pub fn max_rel_err(ours: &[f32], reference: &[f32], mask: &[i64], vocab: usize) -> f64 {
-    let (mut err, mut scale) = (0f64, 0f64);
-    for (pos, m) in mask.iter().enumerate() {
-        if *m == 0 {
-            continue;
-        }
-        for v in pos * vocab..(pos + 1) * vocab {
-            err = err.max((ours[v] - reference[v]).abs() as f64);
-            scale = scale.max(reference[v].abs() as f64);
-        }
-    }
-    err / scale.max(f64::MIN_POSITIVE)
 }
 
 /// Writes `out/adapter/` (a fresh PEFT-initialised LoRA on q_proj/v_proj, r 4, alpha 8, with a
@@ -142,19 +71,4 @@ pub fn write_check_folder<B: QBackend>(
     )
     .map_err(|e| bad(&file, e.to_string()))?;
     Ok((dir, file))
-}
-
-/// Reads a float tensor of reference.safetensors as f32.
-pub fn reference_tensor(fixture: &Path, key: &str) -> Result<Vec<f32>, TrainError> {
-    let path = fixture.join("reference.safetensors");
-    let bytes = std::fs::read(&path).map_err(|source| TrainError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let st =
-        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(&path, e.to_string()))?;
-    let view = st
-        .tensor(key)
-        .map_err(|e| bad(&path, format!("`{key}`: {e}")))?;
-    Ok(qtune_lora::peft::decode_f32(&path, key, &view)?)
 }

@@ -1,6 +1,5 @@
 //! Fixture access shared by the tests.
 
-use qtune_gptj::CausalLm;
 use std::path::PathBuf;
 
 use burn::backend::NdArray;
@@ -62,32 +61,14 @@ pub fn load(sub: &str) -> Gptj<Nd> {
 
 /// Logits of the fixture's padded batch.
 pub fn fixture_logits(model: &Gptj<Nd>) -> Vec<f32> {
-    let r = reference_json();
-    let ids = int_tensor(&json_2d(&r["input_ids"]));
-    let mask = int_tensor(&json_2d(&r["attention_mask"]));
-    let pos = int_tensor(&json_2d(&r["position_ids"]));
-    model
-        .forward(ids, Some(mask), Some(pos), None)
-        .into_data()
-        .into_vec::<f32>()
-        .unwrap()
+    let p = qtune_lm::fixtures::fixture_prompts(&fixture_dir()).unwrap();
+    qtune_lm::fixtures::fixture_logits(model, &p)
 }
 
 /// max |a − ref| / max |ref| over the non-pad positions (the check_adapter metric of make.py).
 pub fn max_rel_err_non_pad(got: &[f32], reference: &[f32], vocab: usize) -> f32 {
-    let mask: Vec<i64> = json_2d(&reference_json()["attention_mask"]).concat();
-    let (mut num, mut den) = (0f32, 0f32);
-    for (p, &m) in mask.iter().enumerate() {
-        if m == 0 {
-            continue;
-        }
-        for v in 0..vocab {
-            let i = p * vocab + v;
-            num = num.max((got[i] - reference[i]).abs());
-            den = den.max(reference[i].abs());
-        }
-    }
-    num / den
+    let p = qtune_lm::fixtures::fixture_prompts(&fixture_dir()).unwrap();
+    qtune_lm::fixtures::max_rel_err(got, reference, &p.attention_mask, vocab) as f32
 }
 
 /// Prompts of the fixture without their left padding.

@@ -3,9 +3,8 @@
 use std::path::PathBuf;
 
 use burn::backend::NdArray;
-use burn::tensor::{Int, Tensor, TensorData};
 use qtune_llama::Llama;
-use qtune_lm::{CausalLm, EarlyStopping, GenerationConfig, LoadOptions};
+use qtune_lm::{EarlyStopping, GenerationConfig, LoadOptions};
 use safetensors::SafeTensors;
 
 pub type Nd = NdArray<f32>;
@@ -52,11 +51,6 @@ pub fn json_2d(v: &serde_json::Value) -> Vec<Vec<i64>> {
         .collect()
 }
 
-pub fn int_tensor(rows: &[Vec<i64>]) -> Tensor<Nd, 2, Int> {
-    let (b, t) = (rows.len(), rows[0].len());
-    Tensor::from_data(TensorData::new(rows.concat(), [b, t]), &Default::default())
-}
-
 pub fn load(name: &str) -> Llama<Nd> {
     Llama::load(
         &fixture_dir(name).join("fp32"),
@@ -68,32 +62,15 @@ pub fn load(name: &str) -> Llama<Nd> {
 
 /// Logits of the fixture's left-padded batch.
 pub fn fixture_logits(name: &str, model: &Llama<Nd>) -> Vec<f32> {
-    let r = reference_json(name);
-    let ids = int_tensor(&json_2d(&r["input_ids"]));
-    let mask = int_tensor(&json_2d(&r["attention_mask"]));
-    let pos = int_tensor(&json_2d(&r["position_ids"]));
-    model
-        .forward(ids, Some(mask), Some(pos), None)
-        .into_data()
-        .into_vec::<f32>()
-        .unwrap()
+    let p = qtune_lm::fixtures::fixture_prompts(&fixture_dir(name)).unwrap();
+    qtune_lm::fixtures::fixture_logits(model, &p)
 }
 
 /// max |a − ref| / max |ref| over the non-pad positions (pad query rows attend to nothing in
 /// HF; their logits are not compared).
 pub fn max_rel_err_non_pad(name: &str, got: &[f32], reference: &[f32], vocab: usize) -> f32 {
-    let mask: Vec<i64> = json_2d(&reference_json(name)["attention_mask"]).concat();
-    let (mut num, mut den) = (0f32, 0f32);
-    for (p, &m) in mask.iter().enumerate() {
-        if m == 0 {
-            continue;
-        }
-        for i in p * vocab..(p + 1) * vocab {
-            num = num.max((got[i] - reference[i]).abs());
-            den = den.max(reference[i].abs());
-        }
-    }
-    num / den
+    let p = qtune_lm::fixtures::fixture_prompts(&fixture_dir(name)).unwrap();
+    qtune_lm::fixtures::max_rel_err(got, reference, &p.attention_mask, vocab) as f32
 }
 
 /// The fixture's prompts without their left padding.
