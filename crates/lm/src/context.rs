@@ -236,6 +236,15 @@ pub fn host_i64<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Vec<i64> {
         .unwrap_or_default()
 }
 
+/// Host copy of a float tensor as f32 (any dtype), for files written from the device.
+pub(crate) fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>, String> {
+    to_dtype(t, DType::F32)
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| format!("reading it back: {e:?}"))
+}
+
 /// Keys and values of one layer for all cached positions, `[B, T_past, H_kv, head_dim]` each.
 pub type LayerKv<B> = Option<(Tensor<B, 4>, Tensor<B, 4>)>;
 

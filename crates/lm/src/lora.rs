@@ -130,12 +130,8 @@ fn placeholder<B: Backend>(lin: &qtune_lora::Linear<B>) -> qtune_lora::Linear<B>
 
 fn host_2d<B: Backend>(t: Tensor<B, 2>) -> Result<(Vec<f32>, [usize; 2]), LmError> {
     let shape = t.dims();
-    let v = t
-        .cast(DType::F32)
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .map_err(|e| LmError::Device(format!("reading LoRA factors back: {e:?}")))?;
+    let v =
+        crate::context::host_f32(t).map_err(|e| LmError::Device(format!("LoRA factors: {e}")))?;
     Ok((v, shape))
 }
 

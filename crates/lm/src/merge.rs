@@ -5,12 +5,13 @@
 //! update away, so the export is dense; the safetensors metadata lists them too).
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{backend::Backend, DType, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 use qtune_kernels::QBackend;
 use qtune_lora::merge::{write_safetensors, ExportDType, ExportEntry, MergeError};
 use qtune_lora::Linear;
 use serde::Serialize;
 
+use crate::context::host_f32 as host;
 use crate::error::LmError;
 use crate::lm::CausalLm;
 
@@ -28,14 +29,6 @@ enum Source<'a, B: Backend> {
     Other(Tensor<B, 1>),
     Weight(&'a Linear<B>),
     Bias(&'a Linear<B>),
-}
-
-fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>, String> {
-    t.cast(DType::F32)
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .map_err(|e| format!("reading it back: {e:?}"))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LmError + '_ {

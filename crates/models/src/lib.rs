@@ -53,14 +53,7 @@ pub fn detect(path: &Path) -> Result<Family, LmError> {
         return Ok(Family::Llama);
     }
     let cfg = path.join("config.json");
-    let text = std::fs::read_to_string(&cfg).map_err(|source| LmError::Io {
-        path: cfg.clone(),
-        source,
-    })?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| LmError::Config {
-        path: cfg.clone(),
-        source,
-    })?;
+    let v = read_json(&cfg)?;
     let t = v.get("model_type").and_then(|t| t.as_str()).unwrap_or("");
     Family::of_model_type(t).ok_or_else(|| LmError::InvalidConfig {
         path: cfg,
@@ -104,14 +97,7 @@ pub fn chat_template(path: &Path) -> Result<Option<String>, LmError> {
     if !p.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&p).map_err(|source| LmError::Io {
-        path: p.clone(),
-        source,
-    })?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| LmError::Config {
-        path: p.clone(),
-        source,
-    })?;
+    let v = read_json(&p)?;
     Ok(match v.get("chat_template") {
         Some(serde_json::Value::String(s)) => Some(s.clone()),
         Some(serde_json::Value::Array(list)) => list
@@ -131,17 +117,23 @@ pub fn eos_token_id(path: &Path) -> Result<Option<u32>, LmError> {
             .get_u32_opt("tokenizer.ggml.eos_token_id")
             .map_err(|e| gguf_err(&g, e));
     }
-    let cfg = path.join("config.json");
-    let text = std::fs::read_to_string(&cfg).map_err(|source| LmError::Io {
-        path: cfg.clone(),
-        source,
-    })?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|source| LmError::Config { path: cfg, source })?;
+    let v = read_json(&path.join("config.json"))?;
     Ok(match v.get("eos_token_id") {
         Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| x as u32),
         Some(serde_json::Value::Array(a)) => a.first().and_then(|x| x.as_u64()).map(|x| x as u32),
         _ => None,
+    })
+}
+
+/// A JSON file (`config.json`, `tokenizer_config.json`), errors naming it.
+fn read_json(path: &Path) -> Result<serde_json::Value, LmError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LmError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| LmError::Config {
+        path: path.to_path_buf(),
+        source,
     })
 }
 
