@@ -1,8 +1,10 @@
-//! `cargo xtask bench train [--quant nf4|fp4|int8-blockwise|bf16] [--targets qv|all]
-//! [--batch 8] [--seq 512] [--warmup 3] [--steps 8] [--layers N] [--decode 128] [--decode-profile]`
-//! (CUDA builds):
-//! GPT-J-6B of the real shape with random weights built directly on the GPU (timing does not
-//! depend on weight values), quantized, LoRA r16 α32 dropout 0.05, per-block checkpointed
+//! `cargo xtask bench train [--model gptj-6b|llama-7b|llama3-8b] [--quant nf4|fp4|int8-blockwise|bf16]
+//! [--targets qv|all] [--batch 8] [--seq 512] [--warmup 3] [--steps 8] [--layers N] [--decode 128]
+//! [--decode-profile]` (CUDA builds):
+//! a model of the real shape (GPT-J-6B; Llama-2-7B; Llama-3-8B with GQA and its 128k vocabulary)
+//! with random weights built directly on the GPU (timing does not depend on weight values),
+//! quantized, LoRA r16 α32 dropout 0.05 (`qv`: q_proj + v_proj; `all`: every block linear, as
+//! PEFT's "all-linear"), per-block checkpointed
 //! micro-steps + 8-bit AdamW (AdamW for bf16), the same batch every step so the printed losses
 //! also show that the model learns. Prints JSON lines: load+quantize time, every step's time
 //! and loss, the median train tokens/s, cubecl pool memory after each step, then prefill
@@ -34,6 +36,7 @@ fn run_impl(_args: &[String]) -> anyhow::Result<()> {
 /// Parsed command line.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct Args {
+    model: String,
     quant: String,
     all_linear: bool,
     batch: usize,
@@ -46,10 +49,34 @@ struct Args {
     decode_profile: bool,
 }
 
+/// The shapes `--model` knows.
+const MODELS: [&str; 3] = ["gptj-6b", "llama-7b", "llama3-8b"];
+
+/// HF `config.json` of a Llama shape: Llama-2-7B (MHA, 32k vocabulary) or Llama-3-8B (GQA
+/// 32 × 8 heads, 14336-wide MLP, 128k vocabulary, θ 500000), as their published configs.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn llama_config(model: &str) -> anyhow::Result<qtune_llama::LlamaConfig> {
+    let v = match model {
+        "llama-7b" => serde_json::json!({
+            "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096,
+            "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0, "bos_token_id": 1, "eos_token_id": 2}),
+        "llama3-8b" => serde_json::json!({
+            "model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
+            "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
+            "rope_theta": 500000.0, "bos_token_id": 128000, "eos_token_id": 128001}),
+        o => anyhow::bail!("no Llama shape `{o}`"),
+    };
+    Ok(serde_json::from_value(v)?)
+}
+
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn parse(args: &[String]) -> anyhow::Result<Args> {
     use anyhow::Context;
     let mut a = Args {
+        model: "gptj-6b".into(),
         quant: "nf4".into(),
         all_linear: false,
         batch: 8,
@@ -72,6 +99,7 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
                 .with_context(|| format!("{name}: `{v}` is not a non-negative integer"))
         };
         match arg.as_str() {
+            "--model" => a.model = value("--model")?,
             "--quant" => a.quant = value("--quant")?,
             "--targets" => {
                 a.all_linear = match value("--targets")?.as_str() {
@@ -88,10 +116,13 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
             "--decode" => a.decode = num("--decode", value("--decode")?)?,
             "--decode-profile" => a.decode_profile = true,
             o => anyhow::bail!(
-                "bench train: unknown argument `{o}` (--quant --targets --batch --seq --warmup \
+                "bench train: unknown argument `{o}` (--model --quant --targets --batch --seq --warmup \
                  --steps --layers --decode --decode-profile)"
             ),
         }
+    }
+    if !MODELS.contains(&a.model.as_str()) {
+        anyhow::bail!("--model {}: use one of {}", a.model, MODELS.join(", "));
     }
     if !["nf4", "fp4", "int8-blockwise", "bf16"].contains(&a.quant.as_str()) {
         anyhow::bail!("--quant {}: use nf4, fp4, int8-blockwise or bf16", a.quant);
@@ -108,6 +139,7 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
     use burn::tensor::{DType, Int, Tensor, TensorData};
     use cubecl::Runtime;
     use qtune_gptj::{GenerationConfig, Gptj, GptjConfig, QuantSpec};
+    use qtune_models::AnyLm;
     use qtune_lora::{LoraConfig, TargetModules};
     use qtune_optim::{OptimKind, Optimizer, OptimizerConfig};
     use qtune_quant::QuantFormat;
@@ -132,10 +164,6 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
     };
     const GIB: f64 = (1u64 << 30) as f64;
 
-    let mut cfg = GptjConfig::gptj_6b();
-    if let Some(n) = a.layers {
-        cfg.n_layer = n;
-    }
     let quant = match a.quant.as_str() {
         "nf4" => Some(QuantSpec {
             format: QuantFormat::Nf4,
@@ -158,7 +186,21 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
 
     sync()?;
     let t0 = Instant::now();
-    let base = Gptj::<Train>::random(&cfg, 0, quant, DType::BF16, &device)?;
+    let base: AnyLm<Train> = if a.model == "gptj-6b" {
+        let mut cfg = GptjConfig::gptj_6b();
+        if let Some(n) = a.layers {
+            cfg.n_layer = n;
+        }
+        AnyLm::Gptj(Gptj::random(&cfg, 0, quant, DType::BF16, &device)?)
+    } else {
+        let mut cfg = llama_config(&a.model)?;
+        if let Some(n) = a.layers {
+            cfg.num_hidden_layers = n;
+        }
+        AnyLm::Llama(qtune_llama::Llama::random(&cfg, 0, quant, DType::BF16, &device)?)
+    };
+    let n_layer = base.num_layers();
+    let vocab = base.vocab_size() as u64;
     sync()?;
     let load_s = t0.elapsed().as_secs_f64();
     let (weights_in_use, _) = mem();
@@ -176,7 +218,7 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
     let counts = model.param_counts();
     println!(
         "{}",
-        json!({"bench": "train", "mode": mode, "n_layer": cfg.n_layer, "load_quantize_s": load_s,
+        json!({"bench": "train", "model": a.model, "mode": mode, "n_layer": n_layer, "load_quantize_s": load_s,
                "weights_gib": weights_in_use as f64 / GIB, "params": format!("{counts:?}")})
     );
 
@@ -188,7 +230,7 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            (x % 50257) as i64
+            (x % vocab.min(50257)) as i64
         })
         .collect();
     let batch = qtune_data::Batch {
@@ -262,7 +304,7 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
     if let Some(&med) = times.get(times.len() / 2) {
         println!(
             "{}",
-            json!({"mode": mode, "batch": b, "seq": t, "step_s_median": med,
+            json!({"model": a.model, "mode": mode, "batch": b, "seq": t, "step_s_median": med,
                "tokens_per_s": (b * t) as f64 / med, "load_quantize_s": load_s,
                "peak_in_use_gib_probed": peak_probe.load(std::sync::atomic::Ordering::Relaxed) as f64 / GIB,
                "in_use_gib_after_step_max": peak_use as f64 / GIB,
@@ -303,10 +345,13 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
     let prompt: Vec<u32> = pre_ids[..32.min(n)].iter().map(|&v| v as u32).collect();
     if a.decode_profile {
         // Where a decode step's time goes: each piece recorded 20× in one CUDA graph.
-        for (piece, s) in infer.decode_step_breakdown(&prompt, a.decode, 20)? {
+        let AnyLm::Gptj(gptj) = &infer else {
+            anyhow::bail!("--decode-profile: GPT-J only for now");
+        };
+        for (piece, s) in gptj.decode_step_breakdown(&prompt, a.decode, 20)? {
             println!(
                 "{}",
-                json!({"mode": mode, "decode_piece": piece, "us": s * 1e6})
+                json!({"model": a.model, "mode": mode, "decode_piece": piece, "us": s * 1e6})
             );
         }
         return Ok(());
@@ -378,7 +423,7 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
     let (dec_s, tokens) = &timed[0];
     println!(
         "{}",
-        json!({"mode": mode, "prefill_tokens": n, "prefill_s": pre, "prefill_tok_s": n as f64 / pre,
+        json!({"model": a.model, "mode": mode, "prefill_tokens": n, "prefill_s": pre, "prefill_tok_s": n as f64 / pre,
                "decode_new_tokens": tokens.len(), "decode_s": dec_s,
                "decode_tok_s_b1": rate(&timed[0]),
                "decode_tok_s_b1_no_graph": rate(&timed[1]),
