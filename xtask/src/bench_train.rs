@@ -438,3 +438,19 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama_shapes_have_the_published_parameter_counts() {
+        // Llama-2-7B and Meta-Llama-3-8B as HF counts them (`num_parameters()`).
+        assert_eq!(llama_config("llama-7b").unwrap().num_params(), 6_738_415_616);
+        assert_eq!(llama_config("llama3-8b").unwrap().num_params(), 8_030_261_248);
+        assert!(llama_config("llama-13b").is_err());
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(parse(&args(&["--model", "llama3-8b"])).unwrap().model, "llama3-8b");
+        assert!(parse(&args(&["--model", "llama-13b"])).is_err());
+    }
+}
