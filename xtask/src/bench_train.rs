@@ -139,8 +139,8 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
     use burn::tensor::{DType, Int, Tensor, TensorData};
     use cubecl::Runtime;
     use qtune_gptj::{GenerationConfig, Gptj, GptjConfig, QuantSpec};
-    use qtune_models::AnyLm;
     use qtune_lora::{LoraConfig, TargetModules};
+    use qtune_models::AnyLm;
     use qtune_optim::{OptimKind, Optimizer, OptimizerConfig};
     use qtune_quant::QuantFormat;
     use qtune_train::backend::Train;
@@ -197,7 +197,13 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
         if let Some(n) = a.layers {
             cfg.num_hidden_layers = n;
         }
-        AnyLm::Llama(qtune_llama::Llama::random(&cfg, 0, quant, DType::BF16, &device)?)
+        AnyLm::Llama(qtune_llama::Llama::random(
+            &cfg,
+            0,
+            quant,
+            DType::BF16,
+            &device,
+        )?)
     };
     let n_layer = base.num_layers();
     let vocab = base.vocab_size() as u64;
@@ -446,11 +452,20 @@ mod tests {
     #[test]
     fn llama_shapes_have_the_published_parameter_counts() {
         // Llama-2-7B and Meta-Llama-3-8B as HF counts them (`num_parameters()`).
-        assert_eq!(llama_config("llama-7b").unwrap().num_params(), 6_738_415_616);
-        assert_eq!(llama_config("llama3-8b").unwrap().num_params(), 8_030_261_248);
+        assert_eq!(
+            llama_config("llama-7b").unwrap().num_params(),
+            6_738_415_616
+        );
+        assert_eq!(
+            llama_config("llama3-8b").unwrap().num_params(),
+            8_030_261_248
+        );
         assert!(llama_config("llama-13b").is_err());
         let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(parse(&args(&["--model", "llama3-8b"])).unwrap().model, "llama3-8b");
+        assert_eq!(
+            parse(&args(&["--model", "llama3-8b"])).unwrap().model,
+            "llama3-8b"
+        );
         assert!(parse(&args(&["--model", "llama-13b"])).is_err());
     }
 }

@@ -5,8 +5,8 @@
 //! - `cargo xtask perplexity`: wikitext-2 raw test, HF's sliding window (tiny model by default).
 //! - `cargo xtask bench dequant …` (kernels helper's bench, CUDA builds), `bench train` (GPT-J-6B on the GPU),
 //!   `bench activation-memory` (bytes kept between forward and backward, with/without checkpointing).
-//! - `cargo xtask peft-check [--out DIR]`: our adapter + logits on the fixture prompts, for
-//!   `python3 tests/fixtures/gptj_tiny/make.py check-adapter DIR/adapter DIR/logits.safetensors`.
+//! - `cargo xtask peft-check [--fixture gptj_tiny|llama_tiny|…] [--out DIR]`: our adapter + logits
+//!   on the fixture prompts, and the `make.py check-adapter` command that has PEFT compare them.
 mod bench_dequant;
 mod bench_train;
 mod gpu_check;
@@ -115,6 +115,10 @@ enum Cmd {
     PeftCheck {
         #[arg(long, default_value = "runs/peft-check")]
         out: PathBuf,
+        /// The fixture under tests/fixtures: gptj_tiny (LoRA on q_proj, v_proj) or a Llama-family
+        /// one (llama_tiny, llama_tied, qwen2_tiny, mistral_tiny; LoRA on "all-linear").
+        #[arg(long, default_value = "gptj_tiny")]
+        fixture: String,
     },
 }
 
@@ -263,15 +267,14 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 bail!("unknown bench `{other}`: dequant | train | gpu-check | activation-memory")
             }
         },
-        Cmd::PeftCheck { out } => {
-            let fixture = PathBuf::from("tests/fixtures/gptj_tiny");
+        Cmd::PeftCheck { out, fixture } => {
+            let fixture = PathBuf::from("tests/fixtures").join(&fixture);
             let (adapter, logits) = qtune_train::peft_check::write_check_folder::<
                 burn::backend::NdArray,
             >(&fixture, &out, &Default::default())?;
             println!(
-                "python3 tests/fixtures/gptj_tiny/make.py check-adapter {} {}",
-                adapter.display(),
-                logits.display()
+                "{}",
+                qtune_train::peft_check::check_command(&fixture, &adapter, &logits)
             );
         }
     }
