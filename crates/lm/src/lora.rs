@@ -86,6 +86,14 @@ pub fn with_lora<B: QBackend, M: CausalLm<B>>(
         let t = match &cfg.target_modules {
             TargetModules::AllLinear => "all-linear".to_string(),
             TargetModules::Names(n) => format!("{n:?}"),
+            TargetModules::Regex(re) => {
+                let example = model.linears().into_iter().next().map(|(n, _)| n);
+                format!(
+                    "the regular expression {:?} (matched against the whole path, e.g. {:?})",
+                    re.pattern(),
+                    example.unwrap_or_default()
+                )
+            }
         };
         return Err(LmError::NoLoraTarget(t));
     }

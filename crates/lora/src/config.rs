@@ -17,13 +17,70 @@ pub struct LoraConfig {
     pub target_modules: TargetModules,
 }
 
-/// PEFT's `target_modules`: the string `"all-linear"` or a list of module names.
+/// PEFT's `target_modules`: the string `"all-linear"`, a list of module names, or any other
+/// string, which PEFT reads as a regular expression over the full module path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetModules {
     /// Every linear layer except the output head (`lm_head`), as PEFT's `"all-linear"`.
     AllLinear,
     /// Modules whose name is one of these or ends with `.{name}` (PEFT's list matching).
     Names(Vec<String>),
+    /// Modules whose whole dotted path matches (PEFT: `re.fullmatch(target_modules, key)`,
+    /// e.g. `".*\\.(q_proj|v_proj)"` or `"model\\.layers\\.(0|1)\\..*_proj"`).
+    Regex(TargetRegex),
+}
+
+/// A `target_modules` regular expression, compiled once, anchored at both ends as Python's
+/// `re.fullmatch`. Rust's `regex` syntax covers what PEFT configs use (classes, groups,
+/// alternation, repetition); look-around and back-references are refused when parsed.
+#[derive(Debug, Clone)]
+pub struct TargetRegex {
+    pattern: String,
+    re: regex::Regex,
+}
+
+impl TargetRegex {
+    /// Compiles `pattern` for full matches.
+    pub fn new(pattern: &str) -> Result<Self, LoraConfigError> {
+        let re =
+            regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| LoraConfigError::Regex {
+                pattern: pattern.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            pattern: pattern.to_string(),
+            re,
+        })
+    }
+
+    /// The pattern as written in the config.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// Whether the whole of `path` matches.
+    pub fn is_match(&self, path: &str) -> bool {
+        self.re.is_match(path)
+    }
+}
+
+impl PartialEq for TargetRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.pattern == other.pattern
+    }
+}
+
+impl Eq for TargetRegex {}
+
+impl TargetModules {
+    /// PEFT's reading of a single string: `"all-linear"`, else a regular expression.
+    pub fn from_string(s: &str) -> Result<Self, LoraConfigError> {
+        if s == ALL_LINEAR {
+            Ok(TargetModules::AllLinear)
+        } else {
+            Ok(TargetModules::Regex(TargetRegex::new(s)?))
+        }
+    }
 }
 
 /// Why a [`LoraConfig`] cannot be used.
@@ -37,6 +94,8 @@ pub enum LoraConfigError {
     Alpha(f64),
     #[error("LoRA config: `target_modules` is an empty list")]
     NoTargets,
+    #[error("LoRA config: `target_modules` {pattern:?} is not a regular expression qtune can read (PEFT reads a single string other than \"all-linear\" as one): {reason}")]
+    Regex { pattern: String, reason: String },
 }
 
 impl LoraConfig {
@@ -72,6 +131,7 @@ impl TargetModules {
             TargetModules::Names(names) => names
                 .iter()
                 .any(|n| path == n || path.ends_with(&format!(".{n}"))),
+            TargetModules::Regex(re) => re.is_match(path),
         }
     }
 }
@@ -83,6 +143,7 @@ impl Serialize for TargetModules {
         match self {
             TargetModules::AllLinear => s.serialize_str(ALL_LINEAR),
             TargetModules::Names(names) => names.serialize(s),
+            TargetModules::Regex(re) => s.serialize_str(re.pattern()),
         }
     }
 }
@@ -96,11 +157,7 @@ impl<'de> Deserialize<'de> for TargetModules {
             Many(Vec<String>),
         }
         match Raw::deserialize(d)? {
-            Raw::One(s) if s == ALL_LINEAR => Ok(TargetModules::AllLinear),
-            // PEFT reads any other single string as a regex; we do not implement regex targets.
-            Raw::One(s) => Err(serde::de::Error::custom(format!(
-                "target_modules: only \"{ALL_LINEAR}\" or a list of module names is supported, got the string {s:?} (PEFT would read it as a regex)"
-            ))),
+            Raw::One(s) => TargetModules::from_string(&s).map_err(serde::de::Error::custom),
             Raw::Many(v) => Ok(TargetModules::Names(v)),
         }
     }
@@ -129,12 +186,36 @@ mod tests {
     }
 
     #[test]
-    fn all_linear_excludes_head_and_regex_is_refused() {
+    fn all_linear_excludes_head() {
         let t: TargetModules = serde_json::from_str("\"all-linear\"").unwrap();
         assert!(t.matches("transformer.h.0.mlp.fc_in", false));
         assert!(!t.matches("lm_head", true));
-        let err = serde_json::from_str::<TargetModules>("\".*q_proj\"").unwrap_err();
-        assert!(err.to_string().contains("regex"), "{err}");
+    }
+
+    #[test]
+    fn a_single_string_is_a_full_match_regex_as_in_peft() {
+        let t: TargetModules =
+            serde_json::from_str(r#""model\\.layers\\.(0|1)\\.self_attn\\.(q|v)_proj""#).unwrap();
+        assert!(t.matches("model.layers.0.self_attn.q_proj", false));
+        assert!(t.matches("model.layers.1.self_attn.v_proj", false));
+        assert!(!t.matches("model.layers.2.self_attn.q_proj", false));
+        assert!(!t.matches("model.layers.10.self_attn.q_proj", false));
+        assert!(!t.matches("model.layers.0.self_attn.k_proj", false));
+        // re.fullmatch: a pattern matching only part of the path selects nothing.
+        let part: TargetModules = serde_json::from_str(r#""q_proj""#).unwrap();
+        assert!(!part.matches("model.layers.0.self_attn.q_proj", false));
+        assert!(part.matches("q_proj", false));
+        let any: TargetModules = serde_json::from_str(r#"".*\\.(q_proj|v_proj)""#).unwrap();
+        assert!(any.matches("transformer.h.3.attn.v_proj", false));
+        // Round trip keeps the pattern.
+        assert_eq!(
+            serde_json::to_string(&any).unwrap(),
+            r#"".*\\.(q_proj|v_proj)""#
+        );
+        // What Rust's regex cannot read is refused with the pattern named.
+        let err = serde_json::from_str::<TargetModules>(r#""(?<=attn\\.)q_proj""#).unwrap_err();
+        assert!(err.to_string().contains("(?<=attn"), "{err}");
+        assert!(serde_json::from_str::<TargetModules>(r#""(q_proj""#).is_err());
     }
 
     #[test]

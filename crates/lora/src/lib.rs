@@ -4,7 +4,7 @@ mod linear;
 pub mod merge;
 pub mod peft;
 
-pub use config::{LoraConfig, LoraConfigError, TargetModules};
+pub use config::{LoraConfig, LoraConfigError, TargetModules, TargetRegex};
 pub use linear::{Linear, LinearBase, LoraAdapter};
 
 #[cfg(test)]

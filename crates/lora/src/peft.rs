@@ -347,9 +347,8 @@ fn list_matches(module: &str, name: &str) -> bool {
 
 /// Refuses an adapter whose `target_modules` do not describe its tensors: a tensor of a module
 /// the targets do not select, a listed target without any tensor, `lm_head` under
-/// `"all-linear"` (PEFT excludes the output layer). A single string other than `"all-linear"`
-/// is a regular expression in PEFT (`re.fullmatch`); without regex metacharacters it is checked
-/// as an exact module path, otherwise it is not checked.
+/// `"all-linear"` (PEFT excludes the output layer), a module a single-string target (a regular
+/// expression in PEFT, `re.fullmatch` over the module path) does not match in full.
 fn check_targets(
     path: &Path,
     targets: &PeftTargets,
@@ -396,19 +395,16 @@ fn check_targets(
             }
         }
         PeftTargets::One(s) => {
-            let is_regex =
-                s.chars().any(|c| "\\.^$*+?()[]{}|".contains(c) && c != '.') || s.contains(".*");
-            if !is_regex {
-                let outside: Vec<&str> = modules
-                    .keys()
-                    .filter(|m| m.as_str() != s)
-                    .map(String::as_str)
-                    .collect();
-                if !outside.is_empty() {
-                    return Err(mismatch(format!(
-                        "tensors for modules other than `{s}`: {outside:?}"
-                    )));
-                }
+            let re = crate::TargetRegex::new(s).map_err(|e| mismatch(e.to_string()))?;
+            let outside: Vec<&str> = modules
+                .keys()
+                .filter(|m| !re.is_match(m))
+                .map(String::as_str)
+                .collect();
+            if !outside.is_empty() {
+                return Err(mismatch(format!(
+                    "tensors for modules the regular expression does not match in full: {outside:?}"
+                )));
             }
         }
     }

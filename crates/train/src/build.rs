@@ -16,14 +16,14 @@ use crate::TrainError;
 pub fn lora_config(cfg: &RunConfig) -> Result<LoraConfig, TrainError> {
     let target_modules = match &cfg.lora.target_modules {
         TargetList::Names(v) => TargetModules::Names(v.clone()),
-        TargetList::One(s) if s == "all-linear" => TargetModules::AllLinear,
-        TargetList::One(s) => {
-            return Err(TrainError::from(crate::config::ConfigError::Invalid {
+        // PEFT: "all-linear", else a regular expression over the whole module path.
+        TargetList::One(s) => TargetModules::from_string(s).map_err(|e| {
+            TrainError::from(crate::config::ConfigError::Invalid {
                 origin: cfg.name.clone(),
                 field: "lora.target_modules",
-                msg: format!("{s:?}: use \"all-linear\" or a list of module names"),
-            }))
-        }
+                msg: e.to_string(),
+            })
+        })?,
     };
     Ok(LoraConfig {
         r: cfg.lora.r,

@@ -149,3 +149,44 @@ fn adapter_for_other_modules_is_refused() {
         "{err}"
     );
 }
+
+/// A single-string `target_modules` is PEFT's regular expression over the whole module path:
+/// it selects exactly the linears it matches in full, and one matching nothing is refused with
+/// an example of the paths it is matched against.
+#[test]
+fn regex_target_modules_select_what_peft_selects() {
+    let lora = |pattern: &str| qtune_lora::LoraConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        lora_dropout: 0.0,
+        target_modules: qtune_lora::TargetModules::from_string(pattern).unwrap(),
+    };
+    let model = load("llama_tiny")
+        .with_lora(&lora(r"model\.layers\.[01]\.self_attn\.(q|v)_proj"), 0)
+        .unwrap();
+    let mut adapted: Vec<String> = model
+        .linears()
+        .into_iter()
+        .filter(|(_, l)| l.lora.is_some())
+        .map(|(n, _)| n)
+        .collect();
+    adapted.sort();
+    assert_eq!(
+        adapted,
+        [
+            "model.layers.0.self_attn.q_proj",
+            "model.layers.0.self_attn.v_proj",
+            "model.layers.1.self_attn.q_proj",
+            "model.layers.1.self_attn.v_proj"
+        ]
+    );
+    // Part of a path is not a full match: PEFT would adapt nothing, and we refuse.
+    let err = load("llama_tiny")
+        .with_lora(&lora("q_proj"), 0)
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("\"q_proj\"") && msg.contains("model.layers.0."),
+        "{msg}"
+    );
+}
