@@ -22,6 +22,7 @@ mod autodiff;
 mod decode;
 mod dropout;
 mod error;
+mod llama_ops;
 mod reference;
 mod weight;
 
@@ -192,6 +193,47 @@ pub trait QBackend: Backend {
     /// dims from `2·half` on pass through. f32 math, `x`'s dtype out. `inverse` turns back,
     /// which is also the rotation's input gradient.
     fn q_rotary(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        inverse: bool,
+    ) -> FloatTensor<Self>;
+
+    /// HF `LlamaRMSNorm` over the last dim of `x` with a frozen `w [D]`: `normed = x·(mean(x²) +
+    /// eps)^(−1/2)` in f32, cast to `x`'s dtype, then times `w` cast to `x`'s dtype (the
+    /// product rounded in `x`'s dtype, as HF). One fused kernel on CUDA. Under autodiff only `x`
+    /// gets a gradient ([`QBackend::q_rms_norm_backward`]).
+    fn q_rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
+
+    /// Input gradient of [`QBackend::q_rms_norm`] for `dy` (in `x`'s dtype):
+    /// `dx = r·g − x·r³·mean(g·x)`, `g = dy·w`, `r = (mean(x²) + eps)^(−1/2)`, f32 math.
+    fn q_rms_norm_backward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self>;
+
+    /// SwiGLU's product `silu(gate)·up` (same shape and dtype), as torch: `silu` in f32
+    /// rounded to the inputs' dtype, then the product rounded in that dtype. One fused kernel
+    /// on CUDA; under autodiff `gate` and `up` are kept ([`QBackend::q_silu_mul_backward`]).
+    fn q_silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `[dgate, dup]` of [`QBackend::q_silu_mul`] for `dy`: `dgate = dy·up·silu'(gate)`,
+    /// `dup = dy·silu(gate)` (f32 math, `silu` rounded as in the forward; inputs' dtype out).
+    fn q_silu_mul_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 2];
+
+    /// HF's rotate-half RoPE (Llama, Mistral, Qwen2) of `x [B, T, H, head_dim]`: with the two
+    /// halves `x1`, `x2` of each head, `lo = x1·cos − x2·sin`, `hi = x2·cos + x1·sin` for the
+    /// f32 `cos`/`sin [B, T, 1, head_dim/2, 1]` (GPT-J's tables), every dim of the head rotated.
+    /// `inverse` turns back, which is also the rotation's input gradient. The reference casts
+    /// cos/sin to `x`'s dtype and does each product and sum in that dtype, as HF; CUDA computes
+    /// in f32 and rounds once.
+    fn q_rotary_half(
         x: FloatTensor<Self>,
         cos: FloatTensor<Self>,
         sin: FloatTensor<Self>,
@@ -569,6 +611,75 @@ pub fn layer_norm<B: QBackend, const D: usize>(
 /// GPT-J's rotary embedding through [`QBackend::q_rotary`] (fused on CUDA).
 pub fn rotary<B: QBackend>(x: Tensor<B, 4>, cos: Tensor<B, 5>, sin: Tensor<B, 5>) -> Tensor<B, 4> {
     let y = B::q_rotary(
+        x.into_primitive().tensor(),
+        cos.into_primitive().tensor(),
+        sin.into_primitive().tensor(),
+        false,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(y))
+}
+
+/// HF `LlamaRMSNorm` with a frozen weight `w [D]` over the last dim through
+/// [`QBackend::q_rms_norm`] (fused on CUDA). `w` may be in any float dtype: it is cast to
+/// `x`'s dtype, as HF does.
+///
+/// # Panics
+/// If `w` does not have `x`'s last dim (a model wiring bug).
+pub fn rms_norm<B: QBackend, const D: usize>(
+    x: Tensor<B, D>,
+    w: Tensor<B, 1>,
+    eps: f32,
+) -> Tensor<B, D> {
+    assert_eq!(
+        x.dims()[D - 1],
+        w.dims()[0],
+        "rms_norm: weight length differs from the last dim"
+    );
+    let y = B::q_rms_norm(
+        x.into_primitive().tensor(),
+        w.into_primitive().tensor(),
+        eps,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(y))
+}
+
+/// SwiGLU's `silu(gate)·up` through [`QBackend::q_silu_mul`] (fused on CUDA).
+///
+/// # Panics
+/// If `gate` and `up` differ in shape or dtype (a model wiring bug).
+pub fn silu_mul<B: QBackend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
+    assert!(
+        gate.dims() == up.dims() && gate.dtype() == up.dtype(),
+        "silu_mul: gate {:?} {:?} and up {:?} {:?} differ",
+        gate.dims(),
+        gate.dtype(),
+        up.dims(),
+        up.dtype()
+    );
+    let y = B::q_silu_mul(gate.into_primitive().tensor(), up.into_primitive().tensor());
+    Tensor::from_primitive(TensorPrimitive::Float(y))
+}
+
+/// HF's rotate-half RoPE through [`QBackend::q_rotary_half`] (fused on CUDA): `x [B, T, H, hd]`,
+/// f32 `cos`/`sin [B, T, 1, hd/2, 1]`.
+///
+/// # Panics
+/// If the tables do not have `B·T·hd/2` values or `hd` is odd (a model wiring bug).
+pub fn rotary_half<B: QBackend>(
+    x: Tensor<B, 4>,
+    cos: Tensor<B, 5>,
+    sin: Tensor<B, 5>,
+) -> Tensor<B, 4> {
+    let [b, t, _, hd] = x.dims();
+    assert!(
+        hd % 2 == 0 && cos.dims() == [b, t, 1, hd / 2, 1] && sin.dims() == cos.dims(),
+        "rotary_half: x {:?} needs cos/sin [{b}, {t}, 1, {}, 1], got {:?} / {:?}",
+        x.dims(),
+        hd / 2,
+        cos.dims(),
+        sin.dims()
+    );
+    let y = B::q_rotary_half(
         x.into_primitive().tensor(),
         cos.into_primitive().tensor(),
         sin.into_primitive().tensor(),

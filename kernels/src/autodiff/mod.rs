@@ -22,6 +22,7 @@ use crate::{AbsmaxPrimitive, KernelError, QBackend, QWeightPrimitive};
 
 mod fused;
 mod linear;
+mod llama;
 
 use fused::{
     AttentionBackward, AttnSoftmaxBackward, CrossEntropyBackward, DropoutBackward, GeluNewBackward,
@@ -30,6 +31,7 @@ use fused::{
 use linear::{
     dense_linear, GemmAccBackward, MatmulBackward, MatmulState, QLinearBackward, QLinearState,
 };
+use llama::{RmsNormBackward, RotaryHalfBackward, SiluMulBackward};
 
 /// Drop the autodiff wrapper of the weight's float constants (they are never tracked).
 fn inner<B: Backend, C: CheckpointStrategy>(
@@ -347,6 +349,87 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
                 prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::q_rotary(x.primitive, cos, sin, inverse)),
+        }
+    }
+
+    fn q_rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+        // The weight is a frozen base weight: no gradient, only its value for the backward.
+        let w = w.primitive;
+        match RmsNormBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::q_rms_norm(x.primitive.clone(), w.clone(), eps);
+                prep.finish((x.primitive, w, eps), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q_rms_norm(x.primitive, w, eps)),
+        }
+    }
+
+    fn q_rms_norm_backward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::q_rms_norm_backward(
+            x.primitive,
+            w.primitive,
+            dy.primitive,
+            eps,
+        ))
+    }
+
+    fn q_silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        match SiluMulBackward
+            .prepare::<C>([gate.node.clone(), up.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::q_silu_mul(gate.primitive.clone(), up.primitive.clone());
+                prep.finish((gate.primitive, up.primitive), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q_silu_mul(gate.primitive, up.primitive)),
+        }
+    }
+
+    fn q_silu_mul_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 2] {
+        B::q_silu_mul_backward(gate.primitive, up.primitive, dy.primitive)
+            .map(<Self as AutodiffBackend>::from_inner)
+    }
+
+    fn q_rotary_half(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        inverse: bool,
+    ) -> FloatTensor<Self> {
+        let (cos, sin) = (cos.primitive, sin.primitive);
+        match RotaryHalfBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::q_rotary_half(x.primitive, cos.clone(), sin.clone(), inverse);
+                // The backward turns the other way: swap the sign by storing -sin when inverse.
+                let state = if inverse {
+                    (cos, B::float_neg(sin))
+                } else {
+                    (cos, sin)
+                };
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::q_rotary_half(x.primitive, cos, sin, inverse))
+            }
         }
     }
 

@@ -36,7 +36,7 @@ pub fn cache_dir() -> PathBuf {
 }
 
 /// Every source file holding `#[cube]` code, compiled in: [`kernel_fingerprint`] hashes them.
-const KERNEL_SOURCES: [&str; 10] = [
+const KERNEL_SOURCES: [&str; 13] = [
     include_str!("kernels.rs"),
     include_str!("fused/mod.rs"),
     include_str!("fused/gelu.rs"),
@@ -45,6 +45,9 @@ const KERNEL_SOURCES: [&str; 10] = [
     include_str!("fused/layer_norm.rs"),
     include_str!("fused/rotary.rs"),
     include_str!("fused/cross_entropy.rs"),
+    include_str!("fused/rms_norm.rs"),
+    include_str!("fused/swiglu.rs"),
+    include_str!("fused/rope_half.rs"),
     include_str!("decode.rs"),
     include_str!("bench.rs"),
 ];

@@ -32,15 +32,21 @@ mod cross_entropy;
 mod dropout;
 mod gelu;
 mod layer_norm;
+mod rms_norm;
+mod rope_half;
 mod rotary;
 mod softmax;
+mod swiglu;
 
 pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
 pub use gelu::gelu_new;
 pub use layer_norm::layer_norm;
+pub use rms_norm::rms_norm;
+pub use rope_half::rotary_half;
 pub use rotary::rotary;
 pub use softmax::{attn_softmax, attn_softmax_backward};
+pub use swiglu::{silu_mul, silu_mul_backward};
 
 /// Values per unit of the element-wise kernels when the length allows: one 16-byte load/store
 /// per bf16 operand instead of eight 2-byte ones.
@@ -55,7 +61,7 @@ fn ew_lanes(n: usize) -> usize {
     }
 }
 
-/// Lanes per row in the row kernels (softmax, LayerNorm): one plane (warp) per row, reduced
+/// Lanes per row in the row kernels (softmax, LayerNorm, RMSNorm): one plane (warp) per row, reduced
 /// with plane intrinsics; each lane reads `vec` consecutive values at a time.
 const LANES: u32 = 32;
 /// Rows (planes) per cube in the row kernels: 256 threads per cube keep the SMs occupied.
