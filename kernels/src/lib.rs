@@ -143,8 +143,9 @@ pub trait QBackend: Backend {
         div: f32,
     ) -> FloatTensor<Self>;
 
-    /// The attention core in token-major layout: `q [B, T, H, hd]`, `k, v [B, L, H, hd]` →
-    /// `o [B, T, H, hd]` with `o[b, :, h] = softmax(mask(q[b, :, h]·k[b, :, h]ᵀ / div))·v[b, :, h]`
+    /// The attention core in token-major layout: `q [B, T, H, hd]`, `k, v [B, L, H_kv, hd]` →
+    /// `o [B, T, H, hd]` with `o[b, :, h] = softmax(mask(q[b, :, h]·k[b, :, g]ᵀ / div))·v[b, :, g]`,
+    /// `g = h / (H/H_kv)` (grouped-query attention as HF's `repeat_kv`; `H_kv` divides `H`)
     /// (scores accumulated and soft-maxed in f32, as [`QBackend::q_attn_softmax`]; `mask`
     /// `[B, 1, T, L]`, true = masked), and the probabilities `p [B, H, T, L]` in v's dtype, which
     /// the backward needs. q, k, v share a dtype. The default composes [`QBackend::q_gemm`] and

@@ -166,8 +166,10 @@ pub fn attention_softmax<B: QBackend>(
 }
 
 /// Multi-head attention `softmax(mask(q·kᵀ / div))·v` through [`QBackend::q_attention`], in the
-/// token-major layout: `q [B, T, H, hd]`, `k`, `v [B, L, H, hd]` (e.g. a `[B, T, D]` projection
-/// reshaped) → `[B, T, H, hd]`; `mask [B, 1, T, L]`, true = masked.
+/// token-major layout: `q [B, T, H, hd]`, `k`, `v [B, L, H_kv, hd]` (e.g. a `[B, T, D]` projection
+/// reshaped; `H_kv` divides `H`: grouped-query attention, query head `i` reads kv head
+/// `i / (H/H_kv)` as HF's `repeat_kv`, without a repeated copy on CUDA) → `[B, T, H, hd]`;
+/// `mask [B, 1, T, L]`, true = masked.
 pub fn attention<B: QBackend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,

@@ -8,13 +8,16 @@
 //! Both sides see the same inputs: rounded to the dtype first, uploaded in that dtype on the
 //! GPU and as f32 on the CPU, so the error is the kernels' own. The metric is the largest
 //! absolute difference over the largest reference value (non-finite output fails).
+//!
+//! [`gqa_checks`]: grouped-query attention (k, v with fewer heads than q) on CUDA against the
+//! CPU reference, which repeats k, v to every query head.
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::DType;
+use burn::tensor::{Bool, DType, Tensor, TensorData};
 
 use super::{device_f32, round_to, run_check, upload, values, Check, A};
-use crate::{rms_norm, rotary_half, silu_mul, QBackend};
+use crate::{attention, rms_norm, rotary_half, silu_mul, QBackend};
 
 type Cpu = Autodiff<NdArray>;
 
@@ -29,6 +32,15 @@ pub const LLAMA_OPS_F32_TOL: f64 = 1e-5;
 /// every product and sum to bf16: a few bf16 ulps apart from HF, one half-ulp from this f32
 /// reference. 8e-3 (one bf16 ulp at the top of the range, 2⁻⁷) leaves room.
 pub const LLAMA_OPS_BF16_TOL: f64 = 8e-3;
+
+/// Grouped-query attention, F32: cuBLAS' f32 GEMMs (no TF32) and the softmax's `exp` differ
+/// from the CPU by accumulation order, a few ulps of the largest value; a wrong head mapping
+/// is off by O(1).
+pub const GQA_F32_TOL: f64 = 2e-5;
+/// Grouped-query attention, BF16: the probabilities, `dp` and `ds` are rounded to bf16 before
+/// the next GEMM (as in training) while the reference keeps f32, so errors compound over two
+/// products (~1e-2 of the largest value); the head mapping itself is what the F32 check pins.
+pub const GQA_BF16_TOL: f64 = 3e-2;
 
 fn tol(dtype: DType) -> f64 {
     if dtype == DType::F32 {
@@ -61,9 +73,8 @@ fn verdict(
     gpu: &[Vec<f32>],
     cpu: &[Vec<f32>],
     dtypes_ok: bool,
-    dtype: DType,
+    tol: f64,
 ) -> (bool, String) {
-    let tol = tol(dtype);
     let errs: Vec<f64> = gpu.iter().zip(cpu).map(|(g, c)| max_err(g, c)).collect();
     let ok = dtypes_ok && errs.iter().all(|e| *e <= tol);
     let detail = names
@@ -141,6 +152,90 @@ fn rope_run<B: AutodiffBackend + QBackend>(
     ([device_f32(y), device_f32(dx)], ok)
 }
 
+/// Grouped-query `attention(q, k, v)` with a causal mask (keys `L − T` ahead, one padded key in
+/// batch row 1) and the gradients of `Σ o·g`: `[o, dq, dk, dv]`.
+fn gqa_run<B: AutodiffBackend + QBackend>(
+    dev: &B::Device,
+    [q, k, v, g]: [&[f32]; 4],
+    [b, t, l, h, kv, hd]: [usize; 6],
+    dtype: DType,
+) -> ([Vec<f32>; 4], bool) {
+    let qt = upload::<B, 4>(q, [b, t, h, hd], dtype, dev).require_grad();
+    let kt = upload::<B, 4>(k, [b, l, kv, hd], dtype, dev).require_grad();
+    let vt = upload::<B, 4>(v, [b, l, kv, hd], dtype, dev).require_grad();
+    let gt = upload::<B, 4>(g, [b, t, h, hd], dtype, dev);
+    let bits: Vec<bool> = (0..b * t * l)
+        .map(|i| {
+            let (bi, ti, j) = (i / (t * l), (i / l) % t, i % l);
+            j > ti + (l - t) || (bi == 1 && j == 0)
+        })
+        .collect();
+    let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(bits, [b, 1, t, l]), dev);
+    let o = attention(
+        qt.clone(),
+        kt.clone(),
+        vt.clone(),
+        Some(mask),
+        (hd as f32).sqrt(),
+    );
+    let grads = (o.clone().cast(DType::F32) * gt.cast(DType::F32))
+        .sum()
+        .backward();
+    let (dq, dk, dv) = (
+        qt.grad(&grads).expect("q grad"),
+        kt.grad(&grads).expect("k grad"),
+        vt.grad(&grads).expect("v grad"),
+    );
+    let ok = [o.dtype(), dq.dtype(), dk.dtype(), dv.dtype()] == [dtype; 4]
+        && dk.dims() == [b, l, kv, hd];
+    (
+        [
+            device_f32(o),
+            device_f32(dq),
+            device_f32(dk),
+            device_f32(dv),
+        ],
+        ok,
+    )
+}
+
+/// Grouped-query attention (k, v with fewer heads, no repeated copy on CUDA) against the CPU
+/// reference (which repeats k, v as HF's `repeat_kv`): output and q/k/v gradients, F32 and BF16,
+/// SmolLM2's 9 query / 3 kv heads of 64 (a full causal block and a 3-token step over 7 keys),
+/// Llama-3-8B's 32 / 8 heads of 128, and plain multi-head (4 / 4) for the unchanged path.
+pub fn gqa_checks(dev: &cubecl::cuda::CudaDevice) -> Vec<Check> {
+    let cpu = Default::default();
+    let mut out = Vec::new();
+    for dtype in [DType::F32, DType::BF16] {
+        let tol = if dtype == DType::F32 {
+            GQA_F32_TOL
+        } else {
+            GQA_BF16_TOL
+        };
+        for dims in [
+            [2usize, 13, 13, 9, 3, 64],
+            [2, 3, 7, 9, 3, 64],
+            [1, 16, 16, 32, 8, 128],
+            [2, 5, 5, 4, 4, 32],
+        ] {
+            let [b, t, l, h, kv, hd] = dims;
+            let q = round_to(&values(b * t * h * hd, 41, 2.0), dtype);
+            let k = round_to(&values(b * l * kv * hd, 42, 2.0), dtype);
+            let v = round_to(&values(b * l * kv * hd, 43, 1.0), dtype);
+            let g = round_to(&values(b * t * h * hd, 44, 1.0), dtype);
+            out.push(run_check(
+                format!("attention GQA [B {b}, T {t}, L {l}, H {h}, H_kv {kv}, hd {hd}] {dtype:?}"),
+                || {
+                    let (c, _) = gqa_run::<Cpu>(&cpu, [&q, &k, &v, &g], dims, DType::F32);
+                    let (gp, ok) = gqa_run::<A>(dev, [&q, &k, &v, &g], dims, dtype);
+                    verdict(&["o", "dq", "dk", "dv"], &gp, &c, ok, tol)
+                },
+            ));
+        }
+    }
+    out
+}
+
 /// The checks of this module (see the module docs), one per op × shape × dtype.
 pub fn llama_op_checks(dev: &cubecl::cuda::CudaDevice) -> Vec<Check> {
     let cpu = Default::default();
@@ -165,7 +260,7 @@ pub fn llama_op_checks(dev: &cubecl::cuda::CudaDevice) -> Vec<Check> {
             out.push(run_check(format!("rms_norm {shape:?} {dtype:?}"), || {
                 let (c, _) = rms_run::<Cpu>(&cpu, [&xv, &wv, &gv], shape, DType::F32);
                 let (g, ok) = rms_run::<A>(dev, [&xv, &wv, &gv], shape, dtype);
-                verdict(&["y", "dx"], &g, &c, ok, dtype)
+                verdict(&["y", "dx"], &g, &c, ok, tol(dtype))
             }));
         }
         // SwiGLU: SmolLM2's MLP width 1536, Llama-7B's 11008, and 105 values (1-value loads).
@@ -177,7 +272,7 @@ pub fn llama_op_checks(dev: &cubecl::cuda::CudaDevice) -> Vec<Check> {
             out.push(run_check(format!("silu_mul {shape:?} {dtype:?}"), || {
                 let (c, _) = silu_run::<Cpu>(&cpu, [&gate, &up, &gv], shape, DType::F32);
                 let (g, ok) = silu_run::<A>(dev, [&gate, &up, &gv], shape, dtype);
-                verdict(&["y", "dgate", "dup"], &g, &c, ok, dtype)
+                verdict(&["y", "dgate", "dup"], &g, &c, ok, tol(dtype))
             }));
         }
         // Rotate-half RoPE [B, T, H, hd]: SmolLM2's 9 query / 3 key heads of 64, Llama-7B's
@@ -202,7 +297,7 @@ pub fn llama_op_checks(dev: &cubecl::cuda::CudaDevice) -> Vec<Check> {
                 || {
                     let (c, _) = rope_run::<Cpu>(&cpu, [&xv, &cos, &sin, &gv], shape, DType::F32);
                     let (g, ok) = rope_run::<A>(dev, [&xv, &cos, &sin, &gv], shape, dtype);
-                    verdict(&["y", "dx"], &g, &c, ok, dtype)
+                    verdict(&["y", "dx"], &g, &c, ok, tol(dtype))
                 },
             ));
         }

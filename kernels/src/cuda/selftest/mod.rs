@@ -4,7 +4,7 @@
 //! kernel divides `1.0 / absmax` exactly, bnb's fast-math build does not) bit for bit, and the quantized linear (forward and the
 //! autodiff backward) matches a host reference within the stated tolerance. The Llama family's
 //! fused ops (RMSNorm, SwiGLU, rotate-half RoPE) are checked against the CPU reference in
-//! [`llama`] ([`llama_op_checks`]).
+//! [`llama`] ([`llama_op_checks`]), as is grouped-query attention ([`gqa_checks`]).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -17,7 +17,7 @@ use crate::{q_linear, QuantWeight};
 
 pub mod llama;
 
-pub use llama::llama_op_checks;
+pub use llama::{gqa_checks, llama_op_checks};
 
 type C = Cuda<f32>;
 type A = Autodiff<C>;
@@ -457,6 +457,7 @@ pub fn run_all() -> Vec<Check> {
         quantize_checks,
         linear_checks,
         llama_op_checks,
+        gqa_checks,
     ] {
         for c in group(&dev) {
             println!("{}", c.json());
