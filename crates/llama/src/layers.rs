@@ -47,7 +47,8 @@ pub fn rotate_half<B: QBackend>(
 }
 
 /// HF `repeat_kv` in the token-major layout: `[B, S, H_kv, hd]` → `[B, S, H_kv·n_rep, hd]`, query
-/// head `i` reading kv head `i / n_rep`.
+/// head `i` reading kv head `i / n_rep`. The model no longer needs it (`qtune_kernels::attention`
+/// takes the H_kv heads as they are); kept for callers that want the repeated tensors.
 pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
     if n_rep == 1 {
         return x;
@@ -87,8 +88,8 @@ impl<B: QBackend> Attention<B> {
         let k = rotate_half(k.reshape([b, t, kv, hd]), &ctx.cos, &ctx.sin);
         let (k, v) = cache_kv(cache, k, v.reshape([b, t, kv, hd]));
         // Eager attention as HF's: scores over √hd, masked, soft-maxed in f32, probabilities
-        // in v's dtype; the cache keeps H_kv heads, repeated for the product only.
-        let (k, v) = (repeat_kv(k, h / kv), repeat_kv(v, h / kv));
+        // in v's dtype. The cache keeps H_kv heads; the attention op reads kv head i / (H/H_kv)
+        // for query head i, as HF's `repeat_kv`, without repeating k, v in memory.
         let out = attention(q, k, v, ctx.mask.clone(), (hd as f32).sqrt()).reshape([b, t, h * hd]);
         self.o_proj.forward_with(out, ctx.seed(salt + 3))
     }
