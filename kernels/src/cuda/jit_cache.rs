@@ -36,8 +36,9 @@ pub fn cache_dir() -> PathBuf {
 }
 
 /// Every source file holding `#[cube]` code, compiled in: [`kernel_fingerprint`] hashes them.
-const KERNEL_SOURCES: [&str; 13] = [
-    include_str!("kernels.rs"),
+const KERNEL_SOURCES: [&str; 14] = [
+    include_str!("kernels/mod.rs"),
+    include_str!("kernels/gemv.rs"),
     include_str!("fused/mod.rs"),
     include_str!("fused/gelu.rs"),
     include_str!("fused/dropout.rs"),
