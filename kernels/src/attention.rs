@@ -5,6 +5,8 @@
 //! The composite below (Burn ops + [`QBackend::q_gemm`] + the fused softmax) is the default of
 //! [`QBackend::q_attention`] and its backward, the reference every backend is tested against;
 //! CUDA overrides both with cuBLAS GEMMs that read and write the token-major layout in place.
+//! Grouped-query attention (k, v with `H_kv` heads, `H_kv` dividing `H`): the reference repeats
+//! k, v to `H` heads as HF's `repeat_kv` and sums their gradients back over each group.
 
 use burn::tensor::{
     ops::{BoolTensor, FloatTensor},
@@ -27,21 +29,44 @@ fn token_major<B: QBackend>(x: FloatTensor<B>, b: usize) -> FloatTensor<B> {
     B::float_swap_dims(x, 1, 2)
 }
 
-fn check<B: QBackend>(q: &FloatTensor<B>, k: &FloatTensor<B>, v: &FloatTensor<B>) -> [usize; 5] {
+/// `[b, t, l, h, h_kv, hd]` of q `[B, T, H, hd]` and k, v `[B, L, H_kv, hd]`, `H_kv` dividing `H`.
+fn check<B: QBackend>(q: &FloatTensor<B>, k: &FloatTensor<B>, v: &FloatTensor<B>) -> [usize; 6] {
     let (sq, sk, sv) = (
         q.shape().dims::<4>(),
         k.shape().dims::<4>(),
         v.shape().dims::<4>(),
     );
     assert!(
-        sk == sv && sq[0] == sk[0] && sq[2] == sk[2] && sq[3] == sk[3],
-        "qtune-kernels: attention needs q [B, T, H, hd] and k, v [B, L, H, hd], got {sq:?}, {sk:?}, {sv:?}"
+        sk == sv && sq[0] == sk[0] && sk[2] > 0 && sq[2] % sk[2] == 0 && sq[3] == sk[3],
+        "qtune-kernels: attention needs q [B, T, H, hd] and k, v [B, L, H_kv, hd] with H_kv dividing H, got {sq:?}, {sk:?}, {sv:?}"
     );
     assert!(
         q.dtype() == k.dtype() && k.dtype() == v.dtype(),
         "qtune-kernels: attention q, k, v must share a dtype"
     );
-    [sq[0], sq[1], sk[1], sq[2], sq[3]]
+    [sq[0], sq[1], sk[1], sq[2], sk[2], sq[3]]
+}
+
+/// HF `repeat_kv` in the token-major layout: `[B, L, H_kv, hd]` → `[B, L, H_kv·n_rep, hd]`,
+/// query head `i` reading kv head `i / n_rep` (a copy; none when `n_rep = 1`).
+fn repeat_kv<B: QBackend>(x: FloatTensor<B>, n_rep: usize) -> FloatTensor<B> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, l, kv, hd] = x.shape().dims::<4>();
+    let x = B::float_reshape(x, Shape::new([b, l, kv, 1, hd]));
+    let x = B::float_expand(x, Shape::new([b, l, kv, n_rep, hd]));
+    B::float_reshape(x, Shape::new([b, l, kv * n_rep, hd]))
+}
+
+/// The gradient of [`repeat_kv`]: `[B, L, H_kv·n_rep, hd]` summed over each group → `[B, L, H_kv, hd]`.
+fn sum_groups<B: QBackend>(dx: FloatTensor<B>, n_rep: usize) -> FloatTensor<B> {
+    if n_rep == 1 {
+        return dx;
+    }
+    let [b, l, h, hd] = dx.shape().dims::<4>();
+    let dx = B::float_reshape(dx, Shape::new([b, l, h / n_rep, n_rep, hd]));
+    B::float_reshape(B::float_sum_dim(dx, 3), Shape::new([b, l, h / n_rep, hd]))
 }
 
 /// Reference forward: `(o [B, T, H, hd], p [B, H, T, L])`, `p` in v's dtype.
@@ -52,7 +77,8 @@ pub(crate) fn forward<B: QBackend>(
     mask: Option<BoolTensor<B>>,
     div: f32,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
-    let [b, t, l, h, _] = check::<B>(&q, &k, &v);
+    let [b, t, l, h, h_kv, _] = check::<B>(&q, &k, &v);
+    let (k, v) = (repeat_kv::<B>(k, h / h_kv), repeat_kv::<B>(v, h / h_kv));
     let dtype = v.dtype();
     let s = B::q_gemm(
         heads_major::<B>(q),
@@ -79,7 +105,9 @@ pub(crate) fn backward<B: QBackend>(
     mask: Option<BoolTensor<B>>,
     div: f32,
 ) -> [FloatTensor<B>; 3] {
-    let [b, t, l, h, _] = check::<B>(&q, &k, &v);
+    let [b, t, l, h, h_kv, _] = check::<B>(&q, &k, &v);
+    let n_rep = h / h_kv;
+    let (k, v) = (repeat_kv::<B>(k, n_rep), repeat_kv::<B>(v, n_rep));
     let dtype = v.dtype();
     let (qh, kh, vh) = (
         heads_major::<B>(q),
@@ -97,7 +125,7 @@ pub(crate) fn backward<B: QBackend>(
     let dv = B::q_gemm(p3, doh, true, false, dtype);
     [
         token_major::<B>(dq, b),
-        token_major::<B>(dk, b),
-        token_major::<B>(dv, b),
+        sum_groups::<B>(token_major::<B>(dk, b), n_rep),
+        sum_groups::<B>(token_major::<B>(dv, b), n_rep),
     ]
 }

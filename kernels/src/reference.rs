@@ -1,6 +1,7 @@
 //! The CPU reference: [`QBackend`] for [`NdArray`] by dequantizing on the host with `qtune-quant`
 //! (bit-identical to bitsandbytes by that crate's tests), then Burn's matmul. Also the helpers
-//! the GPU self-test uses to compare a device result with the host reference.
+//! the GPU self-test uses to compare a device result with the host reference. The Llama family's
+//! ops (RMSNorm, SwiGLU's product, rotate-half RoPE) run the Burn-op reference in `llama_ops.rs`.
 
 use burn::backend::NdArray;
 use burn::tensor::ops::FloatTensorOps;
@@ -360,6 +361,40 @@ impl QBackend for NdArray {
             rotated
         };
         out.cast(dtype).into_primitive().tensor()
+    }
+
+    fn q_rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+        crate::llama_ops::rms_norm::<Self>(x, w, eps)
+    }
+
+    fn q_rms_norm_backward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        crate::llama_ops::rms_norm_backward::<Self>(x, w, dy, eps)
+    }
+
+    fn q_silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::llama_ops::silu_mul::<Self>(gate, up)
+    }
+
+    fn q_silu_mul_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 2] {
+        crate::llama_ops::silu_mul_backward::<Self>(gate, up, dy)
+    }
+
+    fn q_rotary_half(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        inverse: bool,
+    ) -> FloatTensor<Self> {
+        crate::llama_ops::rotary_half::<Self>(x, cos, sin, inverse)
     }
 
     fn q_cross_entropy(x: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {

@@ -4,7 +4,8 @@
 //!   backward gives the same gradients as autodiff through Burn's matmul — for both inputs, and
 //!   only for the inputs that require them.
 //! - `gelu_new`, `attention_softmax`, `attention`, `layer_norm`, `rotary`: forward and
-//!   hand-written backward equal autodiff through the same formula written with Burn ops.
+//!   hand-written backward equal autodiff through the same formula written with Burn ops;
+//!   grouped-query `attention` (fewer kv heads) equals `attention` on the repeated kv heads.
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{DType, Tensor, TensorData};
@@ -176,6 +177,41 @@ fn attention_matches_burn_ops_in_token_major_layout_under_autodiff() {
     for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
         let d = max_diff(x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
         assert!(d < 1e-5, "attention d{name} differs by {d}");
+    }
+}
+
+#[test]
+fn grouped_query_attention_equals_attention_on_repeated_kv_heads() {
+    // 6 query heads over 2 kv heads (HF `repeat_kv`: query head i reads kv head i / 3).
+    let (b, t, l, h, kv, hd) = (2, 3, 5, 6, 2, 4);
+    let q = tensor([b, t, h, hd], 24).mul_scalar(2.0).require_grad();
+    let k = tensor([b, l, kv, hd], 25).mul_scalar(2.0).require_grad();
+    let v = tensor([b, l, kv, hd], 26).require_grad();
+    let w = tensor([b, t, h, hd], 27);
+    let mask = causal_mask(b, t, l);
+    let div = (hd as f32).sqrt();
+    let ours = qtune_kernels::attention(q.clone(), k.clone(), v.clone(), Some(mask.clone()), div);
+    let repeat = |x: Tensor<Ad, 4>| {
+        x.reshape([b, l, kv, 1, hd])
+            .repeat_dim(3, h / kv)
+            .reshape([b, l, h, hd])
+    };
+    let reference = qtune_kernels::attention(
+        q.clone(),
+        repeat(k.clone()),
+        repeat(v.clone()),
+        Some(mask),
+        div,
+    );
+    let fwd = max_diff(ours.clone().inner(), reference.clone().inner());
+    assert!(fwd == 0.0, "GQA forward differs by {fwd}");
+    let g1 = (ours * w.clone()).sum().backward();
+    let g2 = (reference * w).sum().backward();
+    for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
+        let (a, r) = (x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
+        assert_eq!(a.dims(), x.dims(), "d{name} shape");
+        let d = max_diff(a, r);
+        assert!(d < 1e-5, "GQA d{name} differs by {d}");
     }
 }
 

@@ -32,3 +32,15 @@ fn gpu_quantize_equals_the_cpu_quantizer() {
 fn q_linear_forward_and_backward_within_tolerance() {
     assert_all(selftest::linear_checks(&Default::default()));
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn llama_fused_ops_match_the_cpu_reference() {
+    assert_all(selftest::llama_op_checks(&Default::default()));
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn grouped_query_attention_matches_the_cpu_reference() {
+    assert_all(selftest::gqa_checks(&Default::default()));
+}

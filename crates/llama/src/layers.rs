@@ -5,12 +5,13 @@
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
-use qtune_kernels::{attention, QBackend};
-use qtune_lm::{cache_kv, frozen, to_dtype, BlockContext, KvSlot};
+use qtune_kernels::{attention, rms_norm, rotary_half, silu_mul, QBackend};
+use qtune_lm::{cache_kv, frozen, BlockContext, KvSlot};
 use qtune_lora::Linear;
 
 /// HF `LlamaRMSNorm`: `weight * (x / sqrt(mean(x²) + eps))`, the normalization in f32, the
-/// product in the input's dtype (HF casts back before multiplying by the weight).
+/// product in the input's dtype (HF casts back before multiplying by the weight): one fused
+/// kernel on CUDA (`qtune_kernels::rms_norm`).
 #[derive(Module, Debug)]
 pub struct RmsNorm<B: Backend> {
     pub weight: Param<Tensor<B, 1>>,
@@ -24,42 +25,30 @@ impl<B: Backend> RmsNorm<B> {
             eps,
         }
     }
+}
 
+impl<B: QBackend> RmsNorm<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dtype = x.dtype();
-        let x = to_dtype(x, DType::F32);
-        let var = x.clone().powi_scalar(2).mean_dim(D - 1);
-        let normed = x * var.add_scalar(self.eps).sqrt().recip();
-        let w = to_dtype(self.weight.val(), dtype);
-        let shape =
-            std::array::from_fn::<usize, D, _>(|i| if i + 1 == D { w.dims()[0] } else { 1 });
-        to_dtype(normed, dtype) * w.reshape(shape)
+        rms_norm(x, self.weight.val(), self.eps as f32)
     }
 }
 
 /// HF `apply_rotary_pos_emb` with `rotate_half`: the head's two halves `(x1, x2)` become
 /// `(x1·cos − x2·sin, x2·cos + x1·sin)`, every dim of the head rotated (GPT-J instead rotates
 /// interleaved pairs of the first `rotary_dim`). HF casts cos/sin to the activations' dtype
-/// first; so do we. `x`: `[B, T, H, head_dim]`; cos/sin: the context's `[B, T, 1, hd/2, 1]`.
-pub fn rotate_half<B: Backend>(
+/// first; so does the reference (the CUDA kernel computes in f32 and rounds once). `x`:
+/// `[B, T, H, head_dim]`; cos/sin: the context's `[B, T, 1, hd/2, 1]`.
+pub fn rotate_half<B: QBackend>(
     x: Tensor<B, 4>,
     cos: &Tensor<B, 5>,
     sin: &Tensor<B, 5>,
 ) -> Tensor<B, 4> {
-    let [b, t, _, hd] = x.dims();
-    let half = hd / 2;
-    let dtype = x.dtype();
-    let cos = to_dtype(cos.clone(), dtype).reshape([b, t, 1, half]);
-    let sin = to_dtype(sin.clone(), dtype).reshape([b, t, 1, half]);
-    let x1 = x.clone().narrow(3, 0, half);
-    let x2 = x.narrow(3, half, half);
-    let lo = x1.clone() * cos.clone() - x2.clone() * sin.clone();
-    let hi = x2 * cos + x1 * sin;
-    Tensor::cat(vec![lo, hi], 3)
+    rotary_half(x, cos.clone(), sin.clone())
 }
 
 /// HF `repeat_kv` in the token-major layout: `[B, S, H_kv, hd]` → `[B, S, H_kv·n_rep, hd]`, query
-/// head `i` reading kv head `i / n_rep`.
+/// head `i` reading kv head `i / n_rep`. The model no longer needs it (`qtune_kernels::attention`
+/// takes the H_kv heads as they are); kept for callers that want the repeated tensors.
 pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
     if n_rep == 1 {
         return x;
@@ -99,8 +88,8 @@ impl<B: QBackend> Attention<B> {
         let k = rotate_half(k.reshape([b, t, kv, hd]), &ctx.cos, &ctx.sin);
         let (k, v) = cache_kv(cache, k, v.reshape([b, t, kv, hd]));
         // Eager attention as HF's: scores over √hd, masked, soft-maxed in f32, probabilities
-        // in v's dtype; the cache keeps H_kv heads, repeated for the product only.
-        let (k, v) = (repeat_kv(k, h / kv), repeat_kv(v, h / kv));
+        // in v's dtype. The cache keeps H_kv heads; the attention op reads kv head i / (H/H_kv)
+        // for query head i, as HF's `repeat_kv`, without repeating k, v in memory.
         let out = attention(q, k, v, ctx.mask.clone(), (hd as f32).sqrt()).reshape([b, t, h * hd]);
         self.o_proj.forward_with(out, ctx.seed(salt + 3))
     }
@@ -118,7 +107,8 @@ impl<B: QBackend> Attention<B> {
     }
 }
 
-/// HF `LlamaMLP`: `down_proj(silu(gate_proj(x)) * up_proj(x))`.
+/// HF `LlamaMLP`: `down_proj(silu(gate_proj(x)) * up_proj(x))`, the product one fused kernel on
+/// CUDA (`qtune_kernels::silu_mul`).
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     pub gate_proj: Linear<B>,
@@ -130,7 +120,7 @@ impl<B: QBackend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>, salt: u64) -> Tensor<B, 3> {
         let gate = self.gate_proj.forward_with(x.clone(), ctx.seed(salt));
         let up = self.up_proj.forward_with(x, ctx.seed(salt + 1));
-        let h = burn::tensor::activation::silu(gate) * up;
+        let h = silu_mul(gate, up);
         self.down_proj.forward_with(h, ctx.seed(salt + 2))
     }
 }

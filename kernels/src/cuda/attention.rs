@@ -3,7 +3,8 @@
 //! strided-batched cuBLAS GEMM over the heads reads head `h` as the `[T, hd]` matrix at offset
 //! `h·hd` with row stride `D = H·hd`, so no head transposes are copied (they were ~10 % of the
 //! CubeCL time of a training step), and the softmax backward writes `ds` straight in the GEMM
-//! dtype.
+//! dtype. Grouped-query attention (k, v with fewer heads) reads each kv head in place for its
+//! group of query heads: no repeated copy of k, v.
 
 use burn::tensor::DType;
 use burn_cubecl::kernel::into_contiguous;
@@ -16,8 +17,9 @@ use super::launch::empty;
 
 type T = CubeTensor<CudaRuntime>;
 
-/// Sizes `[b, t, l, h, hd]` of token-major q `[B, T, H, hd]` and k, v `[B, L, H, hd]`.
-fn dims(q: &T, k: &T, v: &T) -> [usize; 5] {
+/// Sizes `[b, t, l, h, h_kv, hd]` of token-major q `[B, T, H, hd]` and k, v `[B, L, H_kv, hd]`
+/// (`H_kv` divides `H`: grouped-query attention, query head `i` reads kv head `i / (H/H_kv)`).
+fn dims(q: &T, k: &T, v: &T) -> [usize; 6] {
     let (sq, sk, sv) = (
         q.meta.shape().to_vec(),
         k.meta.shape().to_vec(),
@@ -28,62 +30,75 @@ fn dims(q: &T, k: &T, v: &T) -> [usize; 5] {
             && sk == sv
             && sk.len() == 4
             && sq[0] == sk[0]
-            && sq[2] == sk[2]
+            && sk[2] > 0
+            && sq[2] % sk[2] == 0
             && sq[3] == sk[3],
-        "qtune-kernels: attention needs q [B, T, H, hd] and k, v [B, L, H, hd], got {sq:?}, {sk:?}, {sv:?}"
+        "qtune-kernels: attention needs q [B, T, H, hd] and k, v [B, L, H_kv, hd] with H_kv dividing H, got {sq:?}, {sk:?}, {sv:?}"
     );
     assert!(
         q.dtype == k.dtype && k.dtype == v.dtype,
         "qtune-kernels: attention q, k, v must share a dtype"
     );
-    [sq[0], sq[1], sk[1], sq[2], sq[3]]
+    [sq[0], sq[1], sk[1], sq[2], sk[2], sq[3]]
 }
 
-/// Head `h`'s rows of batch row `bi` in a token-major `[B, rows, H, hd]` buffer, as a batch
-/// over the heads.
-fn token_major(bi: usize, rows: usize, h: usize, hd: usize) -> Mat {
+/// Heads `first + i·step` (`i` over the GEMM batch) of batch row `bi` in a token-major
+/// `[B, rows, heads, hd]` buffer: head `j` is the `[rows, hd]` matrix at `j·hd`, row stride
+/// `heads·hd`.
+fn token_major(bi: usize, rows: usize, heads: usize, hd: usize, first: usize, step: usize) -> Mat {
     Mat {
-        offset: bi * rows * h * hd,
-        ld: h * hd,
-        stride: hd,
+        offset: bi * rows * heads * hd + first * hd,
+        ld: heads * hd,
+        stride: step * hd,
     }
 }
 
-/// Batch row `bi` of a contiguous `[B, H, rows, cols]` buffer, as a batch over the heads.
-fn head_major(bi: usize, h: usize, rows: usize, cols: usize) -> Mat {
+/// Heads `first + i·step` of batch row `bi` of a contiguous `[B, H, rows, cols]` buffer.
+fn head_major(bi: usize, h: usize, rows: usize, cols: usize, first: usize, step: usize) -> Mat {
     Mat {
-        offset: bi * h * rows * cols,
+        offset: (bi * h + first) * rows * cols,
         ld: cols,
-        stride: rows * cols,
+        stride: step * rows * cols,
     }
 }
 
-/// One strided GEMM per batch row, batched over the `h` heads.
+/// Where operand matrices sit for batch row `bi` and query-head offset `r` in each kv group.
+type At<'a> = &'a (dyn Fn(usize, usize) -> Mat + Sync);
+
+/// Strided GEMMs batched over the `groups` kv heads: for each batch row `bi` and each `r <
+/// n_rep`, query head `g·n_rep + r` pairs with kv head `g`. With `accumulate` the outputs of
+/// every `r` are summed into one (β = 1 after the first): the kv-side gradients of
+/// grouped-query attention. Without GQA (`n_rep = 1`) it is one GEMM per batch row over the
+/// heads.
 #[allow(clippy::too_many_arguments)]
 fn per_row(
-    b: usize,
-    (x, xm): (&T, &(dyn Fn(usize) -> Mat + Sync)),
-    (y, ym): (&T, &(dyn Fn(usize) -> Mat + Sync)),
-    (out, om): (&T, &(dyn Fn(usize) -> Mat + Sync)),
+    (b, n_rep, groups): (usize, usize, usize),
+    (x, xm): (&T, At<'_>),
+    (y, ym): (&T, At<'_>),
+    (out, om): (&T, At<'_>),
     [m, n, k]: [usize; 3],
-    h: usize,
     ta: bool,
     tb: bool,
+    accumulate: bool,
 ) {
-    let g = Gemm {
+    let gemm = |beta: f32| Gemm {
         m,
         n,
         k,
-        batch: h,
+        batch: groups,
         ta,
         tb,
         alpha: 1.0,
-        beta: 0.0,
+        beta,
     };
-    // All batch rows in one hand-off to cubecl's device thread.
+    // All batch rows in one hand-off to cubecl's device thread; the `r` passes of one output
+    // are stream-ordered.
     on_device(x, || {
         for bi in 0..b {
-            strided_gemm((x, xm(bi)), (y, ym(bi)), (out, om(bi)), g);
+            for r in 0..n_rep {
+                let beta = if accumulate && r > 0 { 1.0 } else { 0.0 };
+                strided_gemm((x, xm(bi, r)), (y, ym(bi, r)), (out, om(bi, r)), gemm(beta));
+            }
         }
     });
 }
@@ -91,31 +106,33 @@ fn per_row(
 /// `(o [B, T, H, hd], p [B, H, T, L])`; see `QBackend::q_attention`.
 pub fn attention(q: T, k: T, v: T, mask: Option<T>, div: f32) -> (T, T) {
     let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
-    let [b, t, l, h, hd] = dims(&q, &k, &v);
+    let [b, t, l, h, h_kv, hd] = dims(&q, &k, &v);
     assert!(
         t > 0 && l > 0 && hd > 0,
         "qtune-kernels: attention over an empty query, key or head dim"
     );
+    let n_rep = h / h_kv;
+    let rows = (b, n_rep, h_kv);
     let s = empty(&q, vec![b, h, t, l], DType::F32);
     per_row(
-        b,
-        (&q, &|bi| token_major(bi, t, h, hd)),
-        (&k, &|bi| token_major(bi, l, h, hd)),
-        (&s, &|bi| head_major(bi, h, t, l)),
+        rows,
+        (&q, &|bi, r| token_major(bi, t, h, hd, r, n_rep)),
+        (&k, &|bi, _| token_major(bi, l, h_kv, hd, 0, 1)),
+        (&s, &|bi, r| head_major(bi, h, t, l, r, n_rep)),
         [t, l, hd],
-        h,
         false,
         true,
+        false,
     );
     let p = attn_softmax(s, mask, div, v.dtype);
     let o = empty(&q, vec![b, t, h, hd], v.dtype);
     per_row(
-        b,
-        (&p, &|bi| head_major(bi, h, t, l)),
-        (&v, &|bi| token_major(bi, l, h, hd)),
-        (&o, &|bi| token_major(bi, t, h, hd)),
+        rows,
+        (&p, &|bi, r| head_major(bi, h, t, l, r, n_rep)),
+        (&v, &|bi, _| token_major(bi, l, h_kv, hd, 0, 1)),
+        (&o, &|bi, r| token_major(bi, t, h, hd, r, n_rep)),
         [t, hd, l],
-        h,
+        false,
         false,
         false,
     );
@@ -127,7 +144,7 @@ pub fn attention(q: T, k: T, v: T, mask: Option<T>, div: f32) -> (T, T) {
 pub fn attention_backward(q: T, k: T, v: T, p: T, d_o: T, mask: Option<T>, div: f32) -> [T; 3] {
     let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
     let (p, d_o) = (into_contiguous(p), into_contiguous(d_o));
-    let [b, t, l, h, hd] = dims(&q, &k, &v);
+    let [b, t, l, h, h_kv, hd] = dims(&q, &k, &v);
     assert!(
         p.meta.shape().to_vec() == vec![b, h, t, l] && p.dtype == v.dtype,
         "qtune-kernels: attention backward: p must be [B, H, T, L] in v's dtype"
@@ -137,52 +154,58 @@ pub fn attention_backward(q: T, k: T, v: T, p: T, d_o: T, mask: Option<T>, div: 
         "qtune-kernels: attention backward: d_o must match q"
     );
     let dtype = q.dtype;
+    let n_rep = h / h_kv;
+    let rows = (b, n_rep, h_kv);
+    let qs = |n: usize| move |bi: usize, r: usize| token_major(bi, n, h, hd, r, n_rep);
+    let kvs = |n: usize| move |bi: usize, _: usize| token_major(bi, n, h_kv, hd, 0, 1);
+    let hm = move |bi: usize, r: usize| head_major(bi, h, t, l, r, n_rep);
     // dP = dO·Vᵀ, then dS (in the GEMM dtype) by the fused softmax backward.
     let dp = empty(&q, vec![b, h, t, l], dtype);
     per_row(
-        b,
-        (&d_o, &|bi| token_major(bi, t, h, hd)),
-        (&v, &|bi| token_major(bi, l, h, hd)),
-        (&dp, &|bi| head_major(bi, h, t, l)),
+        rows,
+        (&d_o, &qs(t)),
+        (&v, &kvs(l)),
+        (&dp, &hm),
         [t, l, hd],
-        h,
         false,
         true,
+        false,
     );
     let ds = attn_softmax_backward(p.clone(), dp, mask, div, dtype);
-    // dQ = dS·K, dK = dSᵀ·Q, dV = Pᵀ·dO, each written token-major.
+    // dQ = dS·K, dK = Σ dSᵀ·Q, dV = Σ Pᵀ·dO (sums over the query heads of a kv group), each
+    // written token-major.
     let dq = empty(&q, vec![b, t, h, hd], dtype);
-    let dk = empty(&q, vec![b, l, h, hd], dtype);
-    let dv = empty(&q, vec![b, l, h, hd], dtype);
+    let dk = empty(&q, vec![b, l, h_kv, hd], dtype);
+    let dv = empty(&q, vec![b, l, h_kv, hd], dtype);
     per_row(
-        b,
-        (&ds, &|bi| head_major(bi, h, t, l)),
-        (&k, &|bi| token_major(bi, l, h, hd)),
-        (&dq, &|bi| token_major(bi, t, h, hd)),
+        rows,
+        (&ds, &hm),
+        (&k, &kvs(l)),
+        (&dq, &qs(t)),
         [t, hd, l],
-        h,
         false,
         false,
-    );
-    per_row(
-        b,
-        (&ds, &|bi| head_major(bi, h, t, l)),
-        (&q, &|bi| token_major(bi, t, h, hd)),
-        (&dk, &|bi| token_major(bi, l, h, hd)),
-        [l, hd, t],
-        h,
-        true,
         false,
     );
     per_row(
-        b,
-        (&p, &|bi| head_major(bi, h, t, l)),
-        (&d_o, &|bi| token_major(bi, t, h, hd)),
-        (&dv, &|bi| token_major(bi, l, h, hd)),
+        rows,
+        (&ds, &hm),
+        (&q, &qs(t)),
+        (&dk, &kvs(l)),
         [l, hd, t],
-        h,
         true,
         false,
+        true,
+    );
+    per_row(
+        rows,
+        (&p, &hm),
+        (&d_o, &qs(t)),
+        (&dv, &kvs(l)),
+        [l, hd, t],
+        true,
+        false,
+        true,
     );
     [dq, dk, dv]
 }

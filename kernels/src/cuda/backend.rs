@@ -183,6 +183,40 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         super::fused::rotary(x, cos, sin, inverse)
     }
 
+    fn q_rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+        super::fused::rms_norm(x, w, None, eps)
+    }
+
+    fn q_rms_norm_backward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        super::fused::rms_norm(x, w, Some(dy), eps)
+    }
+
+    fn q_silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        super::fused::silu_mul(gate, up)
+    }
+
+    fn q_silu_mul_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 2] {
+        super::fused::silu_mul_backward(gate, up, dy)
+    }
+
+    fn q_rotary_half(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        inverse: bool,
+    ) -> FloatTensor<Self> {
+        super::fused::rotary_half(x, cos, sin, inverse)
+    }
+
     fn q_cross_entropy(x: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
         super::fused::cross_entropy(x, targets, None)
     }

@@ -7,9 +7,8 @@
 //! weight made for the forward is kept for the backward instead of dequantizing twice.
 
 use burn::backend::autodiff::{
-    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
-    grads::Gradients,
-    ops::{Backward, Ops, OpsKind},
+    checkpoint::strategy::CheckpointStrategy,
+    ops::{Backward, OpsKind},
     Autodiff,
 };
 use burn::tensor::{
@@ -20,6 +19,19 @@ use burn::tensor::{
 use qtune_quant::QuantFormat;
 
 use crate::{AbsmaxPrimitive, KernelError, QBackend, QWeightPrimitive};
+
+mod fused;
+mod linear;
+mod llama;
+
+use fused::{
+    AttentionBackward, AttnSoftmaxBackward, CrossEntropyBackward, DropoutBackward, GeluNewBackward,
+    GradSeedBackward, LayerNormBackward, RotaryBackward,
+};
+use linear::{
+    dense_linear, GemmAccBackward, MatmulBackward, MatmulState, QLinearBackward, QLinearState,
+};
+use llama::{RmsNormBackward, RotaryHalfBackward, SiluMulBackward};
 
 /// Drop the autodiff wrapper of the weight's float constants (they are never tracked).
 fn inner<B: Backend, C: CheckpointStrategy>(
@@ -46,285 +58,6 @@ fn inner<B: Backend, C: CheckpointStrategy>(
         code_map: w.code_map.primitive,
         absmax,
         layout: w.layout,
-    }
-}
-
-/// Backward of `y = x·dequant(W)ᵀ`: `dx = dy·dequant(W)`; `W` is frozen.
-#[derive(Debug)]
-struct QLinearBackward;
-
-/// The weight a quantized linear's backward multiplies by: the quantized one (dequantized
-/// again), or the dense copy the forward made (inside [`crate::with_dense_backward`]).
-#[derive(Debug, Clone)]
-enum QLinearState<B: QBackend> {
-    Quant(QWeightPrimitive<B>),
-    Dense(FloatTensor<B>),
-}
-
-/// `x [m, in] · w [out, in]ᵀ` (or `· w` with `transposed_w`) for a dense `w`, via `q_gemm`.
-fn dense_linear<B: QBackend>(x: FloatTensor<B>, w: FloatTensor<B>, dx: bool) -> FloatTensor<B> {
-    use burn::tensor::Shape;
-    let [m, k] = x.shape().dims::<2>();
-    let [o, i] = w.shape().dims::<2>();
-    let dtype = x.dtype();
-    let x3 = B::float_reshape(x, Shape::new([1, m, k]));
-    let w3 = B::float_reshape(w, Shape::new([1, o, i]));
-    let y = B::q_gemm(x3, w3, false, !dx, dtype);
-    B::float_reshape(y, Shape::new([m, if dx { i } else { o }]))
-}
-
-impl<B: QBackend> Backward<B, 1> for QLinearBackward {
-    type State = QLinearState<B>;
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x] = ops.parents;
-        let dy = grads.consume::<B>(&ops.node);
-        if let Some(node) = node_x {
-            let dx = match ops.state {
-                QLinearState::Quant(w) => B::q_linear_dx(dy, w),
-                QLinearState::Dense(w) => dense_linear::<B>(dy, w, true),
-            };
-            grads.register::<B>(node.id, dx);
-        }
-    }
-}
-
-/// What the matmul backward needs: `a` only if `b` wants a gradient and vice versa, so a frozen
-/// dense weight's input (the activation) is not kept alive for nothing.
-#[derive(Debug, Clone)]
-struct MatmulState<B: Backend> {
-    a: Option<FloatTensor<B>>,
-    b: Option<FloatTensor<B>>,
-    ta: bool,
-    tb: bool,
-    dtype: DType,
-}
-
-/// Backward of `c = op(a)·op(b)` (`op` = transpose when flagged), by the same op:
-/// `da = dc·op(b)ᵀ` (stored transposed when `ta`), `db = op(a)ᵀ·dc` (likewise for `tb`).
-/// `dc` is first cast to the inputs' dtype (an F32 output of bf16 inputs, e.g. attention scores).
-#[derive(Debug)]
-struct MatmulBackward;
-
-impl<B: QBackend> Backward<B, 2> for MatmulBackward {
-    type State = MatmulState<B>;
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_a, node_b] = ops.parents;
-        let dc = grads.consume::<B>(&ops.node);
-        let ids = [node_a.map(|n| n.id), node_b.map(|n| n.id)];
-        matmul_grads::<B>(ops.state, dc, ids, 1.0, grads);
-    }
-}
-
-/// Registers `alpha·da` and `alpha·db` of `c = op(a)·op(b)` for the parents that need them.
-fn matmul_grads<B: QBackend>(
-    s: MatmulState<B>,
-    mut dc: FloatTensor<B>,
-    [node_a, node_b]: [Option<burn::backend::autodiff::NodeId>; 2],
-    alpha: f32,
-    grads: &mut Gradients,
-) {
-    if dc.dtype() != s.dtype {
-        dc = B::float_cast(dc, s.dtype.into());
-    }
-    let scaled = |g: FloatTensor<B>| {
-        if alpha == 1.0 {
-            g
-        } else {
-            B::float_mul_scalar(g, alpha.into())
-        }
-    };
-    if let (Some(node), Some(b)) = (node_a, s.b) {
-        let da = if s.ta {
-            B::q_gemm(b, dc.clone(), s.tb, true, s.dtype)
-        } else {
-            B::q_gemm(dc.clone(), b, false, !s.tb, s.dtype)
-        };
-        grads.register::<B>(node, scaled(da));
-    }
-    if let (Some(node), Some(a)) = (node_b, s.a) {
-        let db = if s.tb {
-            B::q_gemm(dc, a, true, s.ta, s.dtype)
-        } else {
-            B::q_gemm(a, dc, !s.ta, false, s.dtype)
-        };
-        grads.register::<B>(node, scaled(db));
-    }
-}
-
-/// Backward of `y = c + alpha·op(a)·op(b)`: `dc = dy`, and the matmul gradients scaled by alpha
-/// (for LoRA the small `[m, r]` and `[out, r]` ones).
-#[derive(Debug)]
-struct GemmAccBackward;
-
-impl<B: QBackend> Backward<B, 3> for GemmAccBackward {
-    type State = (MatmulState<B>, f32);
-
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_c, node_a, node_b] = ops.parents;
-        let dy = grads.consume::<B>(&ops.node);
-        let (state, alpha) = ops.state;
-        let ids = [node_a.map(|n| n.id), node_b.map(|n| n.id)];
-        matmul_grads::<B>(state, dy.clone(), ids, alpha, grads);
-        if let Some(node) = node_c {
-            grads.register::<B>(node.id, dy);
-        }
-    }
-}
-
-/// Backward of the counter-based dropout: the same mask and scale applied to `dy`.
-#[derive(Debug)]
-struct DropoutBackward;
-
-impl<B: QBackend> Backward<B, 1> for DropoutBackward {
-    type State = (f32, u64);
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x] = ops.parents;
-        let dy = grads.consume::<B>(&ops.node);
-        let (p, seed) = ops.state;
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::q_dropout(dy, p, seed));
-        }
-    }
-}
-
-/// Backward of the fused `gelu_new`: state is its input and the (frozen) bias.
-#[derive(Debug)]
-struct GeluNewBackward;
-
-impl<B: QBackend> Backward<B, 1> for GeluNewBackward {
-    type State = (FloatTensor<B>, Option<FloatTensor<B>>);
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x] = ops.parents;
-        let dy = grads.consume::<B>(&ops.node);
-        let (x, bias) = ops.state;
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::q_gelu_new_backward(x, bias, dy));
-        }
-    }
-}
-
-/// Backward of the fused attention softmax: state is its output (the probabilities, which the
-/// following `probs·v` GEMM keeps anyway) and the divisor.
-#[derive(Debug)]
-struct AttnSoftmaxBackward;
-
-impl<B: QBackend> Backward<B, 1> for AttnSoftmaxBackward {
-    type State = (FloatTensor<B>, Option<BoolTensor<B>>, f32);
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_s] = ops.parents;
-        let dp = grads.consume::<B>(&ops.node);
-        let (p, mask, div) = ops.state;
-        if let Some(node) = node_s {
-            let dp = if dp.dtype() == p.dtype() {
-                dp
-            } else {
-                B::float_cast(dp, p.dtype().into())
-            };
-            grads.register::<B>(node.id, B::q_attn_softmax_backward(p, dp, mask, div));
-        }
-    }
-}
-
-/// What the attention backward needs: the inputs, the probabilities, the mask and divisor.
-type AttentionState<B> = (
-    FloatTensor<B>,
-    FloatTensor<B>,
-    FloatTensor<B>,
-    FloatTensor<B>,
-    Option<BoolTensor<B>>,
-    f32,
-);
-
-/// Backward of the attention core: one call for all three input gradients.
-#[derive(Debug)]
-struct AttentionBackward;
-
-impl<B: QBackend> Backward<B, 3> for AttentionBackward {
-    type State = AttentionState<B>;
-
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_q, node_k, node_v] = ops.parents;
-        let d_o = grads.consume::<B>(&ops.node);
-        let (q, k, v, p, mask, div) = ops.state;
-        let [dq, dk, dv] = B::q_attention_backward(q, k, v, p, d_o, mask, div);
-        for (node, g) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, g);
-            }
-        }
-    }
-}
-
-/// Backward of the gradient seed: hands the stored `dy` to `y` (the scalar's own gradient is 1).
-#[derive(Debug)]
-struct GradSeedBackward;
-
-impl<B: QBackend> Backward<B, 1> for GradSeedBackward {
-    type State = FloatTensor<B>;
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_y] = ops.parents;
-        let _ = grads.consume::<B>(&ops.node);
-        if let Some(node) = node_y {
-            grads.register::<B>(node.id, ops.state);
-        }
-    }
-}
-
-/// Backward of the fused LayerNorm (frozen weight and bias): state is the input, the weight
-/// and eps.
-#[derive(Debug)]
-struct LayerNormBackward;
-
-impl<B: QBackend> Backward<B, 1> for LayerNormBackward {
-    type State = (FloatTensor<B>, FloatTensor<B>, f32);
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x] = ops.parents;
-        let dy = grads.consume::<B>(&ops.node);
-        let (x, w, eps) = ops.state;
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::q_layer_norm_backward(x, w, dy, eps));
-        }
-    }
-}
-
-/// Backward of the rotary embedding: the inverse rotation of the output gradient.
-#[derive(Debug)]
-struct RotaryBackward;
-
-impl<B: QBackend> Backward<B, 1> for RotaryBackward {
-    type State = (FloatTensor<B>, FloatTensor<B>);
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x] = ops.parents;
-        let dy = grads.consume::<B>(&ops.node);
-        let (cos, sin) = ops.state;
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::q_rotary(dy, cos, sin, true));
-        }
-    }
-}
-
-/// Backward of the fused cross-entropy: state is the logits and the targets.
-#[derive(Debug)]
-struct CrossEntropyBackward;
-
-impl<B: QBackend> Backward<B, 1> for CrossEntropyBackward {
-    type State = (FloatTensor<B>, IntTensor<B>);
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x] = ops.parents;
-        let g = grads.consume::<B>(&ops.node);
-        let (x, t) = ops.state;
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::q_cross_entropy_backward(x, t, g));
-        }
     }
 }
 
@@ -616,6 +349,87 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
                 prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::q_rotary(x.primitive, cos, sin, inverse)),
+        }
+    }
+
+    fn q_rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+        // The weight is a frozen base weight: no gradient, only its value for the backward.
+        let w = w.primitive;
+        match RmsNormBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::q_rms_norm(x.primitive.clone(), w.clone(), eps);
+                prep.finish((x.primitive, w, eps), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q_rms_norm(x.primitive, w, eps)),
+        }
+    }
+
+    fn q_rms_norm_backward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::q_rms_norm_backward(
+            x.primitive,
+            w.primitive,
+            dy.primitive,
+            eps,
+        ))
+    }
+
+    fn q_silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        match SiluMulBackward
+            .prepare::<C>([gate.node.clone(), up.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::q_silu_mul(gate.primitive.clone(), up.primitive.clone());
+                prep.finish((gate.primitive, up.primitive), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q_silu_mul(gate.primitive, up.primitive)),
+        }
+    }
+
+    fn q_silu_mul_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 2] {
+        B::q_silu_mul_backward(gate.primitive, up.primitive, dy.primitive)
+            .map(<Self as AutodiffBackend>::from_inner)
+    }
+
+    fn q_rotary_half(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        inverse: bool,
+    ) -> FloatTensor<Self> {
+        let (cos, sin) = (cos.primitive, sin.primitive);
+        match RotaryHalfBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::q_rotary_half(x.primitive, cos.clone(), sin.clone(), inverse);
+                // The backward turns the other way: swap the sign by storing -sin when inverse.
+                let state = if inverse {
+                    (cos, B::float_neg(sin))
+                } else {
+                    (cos, sin)
+                };
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::q_rotary_half(x.primitive, cos, sin, inverse))
+            }
         }
     }
 

@@ -2,7 +2,9 @@
 //! tests in `tests/gpu.rs`): every dequant kernel equals the CPU reference bit for bit, the GPU
 //! quantizer equals the CPU quantizer in its IEEE-reciprocal mode (`Reciprocal::Ieee`: the
 //! kernel divides `1.0 / absmax` exactly, bnb's fast-math build does not) bit for bit, and the quantized linear (forward and the
-//! autodiff backward) matches a host reference within the stated tolerance.
+//! autodiff backward) matches a host reference within the stated tolerance. The Llama family's
+//! fused ops (RMSNorm, SwiGLU, rotate-half RoPE) are checked against the CPU reference in
+//! [`llama`] ([`llama_op_checks`]), as is grouped-query attention ([`gqa_checks`]).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -12,6 +14,10 @@ use qtune_quant::{Absmax, FloatDType, QuantFormat, QuantSpec, QuantizedTensor, R
 
 use super::Cuda;
 use crate::{q_linear, QuantWeight};
+
+pub mod llama;
+
+pub use llama::{gqa_checks, llama_op_checks};
 
 type C = Cuda<f32>;
 type A = Autodiff<C>;
@@ -450,6 +456,8 @@ pub fn run_all() -> Vec<Check> {
         dequant_checks as fn(&_) -> Vec<Check>,
         quantize_checks,
         linear_checks,
+        llama_op_checks,
+        gqa_checks,
     ] {
         for c in group(&dev) {
             println!("{}", c.json());

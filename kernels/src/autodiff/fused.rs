@@ -1,0 +1,169 @@
+//! Backward nodes of the fused element-wise and row ops (dropout, `gelu_new`, attention
+//! softmax, attention, gradient seed, LayerNorm, GPT-J rotary, cross-entropy).
+
+use burn::backend::autodiff::{
+    checkpoint::base::Checkpointer,
+    grads::Gradients,
+    ops::{Backward, Ops},
+};
+use burn::tensor::{
+    ops::{BoolTensor, FloatTensor, IntTensor},
+    TensorMetadata,
+};
+
+use crate::QBackend;
+
+/// Backward of the counter-based dropout: the same mask and scale applied to `dy`.
+#[derive(Debug)]
+pub(super) struct DropoutBackward;
+
+impl<B: QBackend> Backward<B, 1> for DropoutBackward {
+    type State = (f32, u64);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (p, seed) = ops.state;
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::q_dropout(dy, p, seed));
+        }
+    }
+}
+
+/// Backward of the fused `gelu_new`: state is its input and the (frozen) bias.
+#[derive(Debug)]
+pub(super) struct GeluNewBackward;
+
+impl<B: QBackend> Backward<B, 1> for GeluNewBackward {
+    type State = (FloatTensor<B>, Option<FloatTensor<B>>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (x, bias) = ops.state;
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::q_gelu_new_backward(x, bias, dy));
+        }
+    }
+}
+
+/// Backward of the fused attention softmax: state is its output (the probabilities, which the
+/// following `probs·v` GEMM keeps anyway) and the divisor.
+#[derive(Debug)]
+pub(super) struct AttnSoftmaxBackward;
+
+impl<B: QBackend> Backward<B, 1> for AttnSoftmaxBackward {
+    type State = (FloatTensor<B>, Option<BoolTensor<B>>, f32);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_s] = ops.parents;
+        let dp = grads.consume::<B>(&ops.node);
+        let (p, mask, div) = ops.state;
+        if let Some(node) = node_s {
+            let dp = if dp.dtype() == p.dtype() {
+                dp
+            } else {
+                B::float_cast(dp, p.dtype().into())
+            };
+            grads.register::<B>(node.id, B::q_attn_softmax_backward(p, dp, mask, div));
+        }
+    }
+}
+
+/// What the attention backward needs: the inputs, the probabilities, the mask and divisor.
+type AttentionState<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    Option<BoolTensor<B>>,
+    f32,
+);
+
+/// Backward of the attention core: one call for all three input gradients.
+#[derive(Debug)]
+pub(super) struct AttentionBackward;
+
+impl<B: QBackend> Backward<B, 3> for AttentionBackward {
+    type State = AttentionState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let d_o = grads.consume::<B>(&ops.node);
+        let (q, k, v, p, mask, div) = ops.state;
+        let [dq, dk, dv] = B::q_attention_backward(q, k, v, p, d_o, mask, div);
+        for (node, g) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
+/// Backward of the gradient seed: hands the stored `dy` to `y` (the scalar's own gradient is 1).
+#[derive(Debug)]
+pub(super) struct GradSeedBackward;
+
+impl<B: QBackend> Backward<B, 1> for GradSeedBackward {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_y] = ops.parents;
+        let _ = grads.consume::<B>(&ops.node);
+        if let Some(node) = node_y {
+            grads.register::<B>(node.id, ops.state);
+        }
+    }
+}
+
+/// Backward of the fused LayerNorm (frozen weight and bias): state is the input, the weight
+/// and eps.
+#[derive(Debug)]
+pub(super) struct LayerNormBackward;
+
+impl<B: QBackend> Backward<B, 1> for LayerNormBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>, f32);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (x, w, eps) = ops.state;
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::q_layer_norm_backward(x, w, dy, eps));
+        }
+    }
+}
+
+/// Backward of the rotary embedding: the inverse rotation of the output gradient.
+#[derive(Debug)]
+pub(super) struct RotaryBackward;
+
+impl<B: QBackend> Backward<B, 1> for RotaryBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (cos, sin) = ops.state;
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::q_rotary(dy, cos, sin, true));
+        }
+    }
+}
+
+/// Backward of the fused cross-entropy: state is the logits and the targets.
+#[derive(Debug)]
+pub(super) struct CrossEntropyBackward;
+
+impl<B: QBackend> Backward<B, 1> for CrossEntropyBackward {
+    type State = (FloatTensor<B>, IntTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let g = grads.consume::<B>(&ops.node);
+        let (x, t) = ops.state;
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::q_cross_entropy_backward(x, t, g));
+        }
+    }
+}

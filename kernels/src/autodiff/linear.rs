@@ -1,0 +1,139 @@
+//! Backward nodes of the GEMM ops: the quantized linear (dense-kept or not), the batched
+//! matmul and the accumulate-GEMM.
+
+use burn::backend::autodiff::{
+    checkpoint::base::Checkpointer,
+    grads::Gradients,
+    ops::{Backward, Ops},
+};
+use burn::tensor::{backend::Backend, ops::FloatTensor, DType, TensorMetadata};
+
+use crate::{QBackend, QWeightPrimitive};
+
+/// Backward of `y = x·dequant(W)ᵀ`: `dx = dy·dequant(W)`; `W` is frozen.
+#[derive(Debug)]
+pub(super) struct QLinearBackward;
+
+/// The weight a quantized linear's backward multiplies by: the quantized one (dequantized
+/// again), or the dense copy the forward made (inside [`crate::with_dense_backward`]).
+#[derive(Debug, Clone)]
+pub(super) enum QLinearState<B: QBackend> {
+    Quant(QWeightPrimitive<B>),
+    Dense(FloatTensor<B>),
+}
+
+/// `x [m, in] · w [out, in]ᵀ` (or `· w` with `transposed_w`) for a dense `w`, via `q_gemm`.
+pub(super) fn dense_linear<B: QBackend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    dx: bool,
+) -> FloatTensor<B> {
+    use burn::tensor::Shape;
+    let [m, k] = x.shape().dims::<2>();
+    let [o, i] = w.shape().dims::<2>();
+    let dtype = x.dtype();
+    let x3 = B::float_reshape(x, Shape::new([1, m, k]));
+    let w3 = B::float_reshape(w, Shape::new([1, o, i]));
+    let y = B::q_gemm(x3, w3, false, !dx, dtype);
+    B::float_reshape(y, Shape::new([m, if dx { i } else { o }]))
+}
+
+impl<B: QBackend> Backward<B, 1> for QLinearBackward {
+    type State = QLinearState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        if let Some(node) = node_x {
+            let dx = match ops.state {
+                QLinearState::Quant(w) => B::q_linear_dx(dy, w),
+                QLinearState::Dense(w) => dense_linear::<B>(dy, w, true),
+            };
+            grads.register::<B>(node.id, dx);
+        }
+    }
+}
+
+/// What the matmul backward needs: `a` only if `b` wants a gradient and vice versa, so a frozen
+/// dense weight's input (the activation) is not kept alive for nothing.
+#[derive(Debug, Clone)]
+pub(super) struct MatmulState<B: Backend> {
+    pub(super) a: Option<FloatTensor<B>>,
+    pub(super) b: Option<FloatTensor<B>>,
+    pub(super) ta: bool,
+    pub(super) tb: bool,
+    pub(super) dtype: DType,
+}
+
+/// Backward of `c = op(a)·op(b)` (`op` = transpose when flagged), by the same op:
+/// `da = dc·op(b)ᵀ` (stored transposed when `ta`), `db = op(a)ᵀ·dc` (likewise for `tb`).
+/// `dc` is first cast to the inputs' dtype (an F32 output of bf16 inputs, e.g. attention scores).
+#[derive(Debug)]
+pub(super) struct MatmulBackward;
+
+impl<B: QBackend> Backward<B, 2> for MatmulBackward {
+    type State = MatmulState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_a, node_b] = ops.parents;
+        let dc = grads.consume::<B>(&ops.node);
+        let ids = [node_a.map(|n| n.id), node_b.map(|n| n.id)];
+        matmul_grads::<B>(ops.state, dc, ids, 1.0, grads);
+    }
+}
+
+/// Registers `alpha·da` and `alpha·db` of `c = op(a)·op(b)` for the parents that need them.
+fn matmul_grads<B: QBackend>(
+    s: MatmulState<B>,
+    mut dc: FloatTensor<B>,
+    [node_a, node_b]: [Option<burn::backend::autodiff::NodeId>; 2],
+    alpha: f32,
+    grads: &mut Gradients,
+) {
+    if dc.dtype() != s.dtype {
+        dc = B::float_cast(dc, s.dtype.into());
+    }
+    let scaled = |g: FloatTensor<B>| {
+        if alpha == 1.0 {
+            g
+        } else {
+            B::float_mul_scalar(g, alpha.into())
+        }
+    };
+    if let (Some(node), Some(b)) = (node_a, s.b) {
+        let da = if s.ta {
+            B::q_gemm(b, dc.clone(), s.tb, true, s.dtype)
+        } else {
+            B::q_gemm(dc.clone(), b, false, !s.tb, s.dtype)
+        };
+        grads.register::<B>(node, scaled(da));
+    }
+    if let (Some(node), Some(a)) = (node_b, s.a) {
+        let db = if s.tb {
+            B::q_gemm(dc, a, true, s.ta, s.dtype)
+        } else {
+            B::q_gemm(a, dc, !s.ta, false, s.dtype)
+        };
+        grads.register::<B>(node, scaled(db));
+    }
+}
+
+/// Backward of `y = c + alpha·op(a)·op(b)`: `dc = dy`, and the matmul gradients scaled by alpha
+/// (for LoRA the small `[m, r]` and `[out, r]` ones).
+#[derive(Debug)]
+pub(super) struct GemmAccBackward;
+
+impl<B: QBackend> Backward<B, 3> for GemmAccBackward {
+    type State = (MatmulState<B>, f32);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_c, node_a, node_b] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (state, alpha) = ops.state;
+        let ids = [node_a.map(|n| n.id), node_b.map(|n| n.id)];
+        matmul_grads::<B>(state, dy.clone(), ids, alpha, grads);
+        if let Some(node) = node_c {
+            grads.register::<B>(node.id, dy);
+        }
+    }
+}

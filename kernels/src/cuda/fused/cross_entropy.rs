@@ -1,0 +1,161 @@
+//! Per-row cross-entropy of logits against target classes, and its backward.
+
+use burn::tensor::{bf16, f16, DType};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
+use cubecl::prelude::*;
+
+use super::{as_f32_contiguous, row_vec, rows_launch, ROWS_PER_CUBE};
+use crate::cuda::launch::{array, empty};
+
+/// Cross-entropy of rows of logits (`x [rows, len]`, any float dtype, f32 math) against one
+/// target class per row: forward writes `nll[r] = logsumexp(x[r]) − x[r, t[r]]` (f32);
+/// `backward` writes instead `dx[r, j] = (softmax(x[r])_j − [j = t[r]]) · g[r]` in `x`'s dtype.
+#[cube(launch_unchecked)]
+fn cross_entropy_kernel<F: Float, N: Size>(
+    x: &Array<Vector<F, N>>,
+    x_scalar: &Array<F>,
+    targets: &Array<i32>,
+    g: &Array<f32>,
+    nll: &mut Array<f32>,
+    dx: &mut Array<Vector<F, N>>,
+    rows: usize,
+    len: usize,
+    #[comptime] backward: bool,
+    #[comptime] vec: usize,
+) {
+    let row = CUBE_POS * (ROWS_PER_CUBE as usize) + usize::cast_from(UNIT_POS_Y);
+    if row >= rows {
+        terminate!();
+    }
+    let lane = usize::cast_from(UNIT_POS_X);
+    let base = row * len;
+    let iters = len.div_ceil(32usize);
+    // One pass: running max and the sum of exp(v − max), rescaled when the max grows.
+    let mut m = 0.0f32;
+    m -= 3.402_823_5e38f32;
+    let mut acc = 0.0f32;
+    for k in 0..iters {
+        let j = lane + k * 32usize;
+        if j < len {
+            let xv = x[base + j];
+            #[unroll]
+            for q in 0..vec {
+                let v = f32::cast_from(xv[q]);
+                if v > m {
+                    acc = acc * f32::exp(m - v) + 1.0f32;
+                    m = v;
+                } else {
+                    acc += f32::exp(v - m);
+                }
+            }
+        }
+    }
+    let mx = plane_max(m);
+    let mut part = 0.0f32;
+    if acc > 0.0f32 {
+        part = acc * f32::exp(m - mx);
+    }
+    let sum = plane_sum(part);
+    let t = usize::cast_from(targets[row]);
+    if backward {
+        let gr = g[row];
+        for k in 0..iters {
+            let j = lane + k * 32usize;
+            if j < len {
+                let xv = x[base + j];
+                let mut o = Vector::<F, N>::empty();
+                #[unroll]
+                for q in 0..vec {
+                    let mut d = f32::exp(f32::cast_from(xv[q]) - mx) / sum;
+                    if j * vec + q == t {
+                        d -= 1.0f32;
+                    }
+                    o[q] = F::cast_from(d * gr);
+                }
+                dx[base + j] = o;
+            }
+        }
+    } else {
+        if lane == 0usize {
+            let xt = f32::cast_from(x_scalar[base * vec + t]);
+            nll[row] = mx + f32::ln(sum) - xt;
+        }
+    }
+}
+
+/// Per-row negative log-likelihood of `targets` (I32, `[rows]`, each in `[0, len)`) under the
+/// logits `x [rows, len]` (F32): `nll` (no `g`), or with `g [rows]` the logits' gradient.
+///
+/// # Panics
+/// On mismatched shapes or an unsupported dtype (wiring bugs; targets are checked by callers).
+pub fn cross_entropy<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    targets: CubeTensor<R>,
+    g: Option<CubeTensor<R>>,
+) -> CubeTensor<R> {
+    let x = into_contiguous(x);
+    let shape = x.meta.shape().to_vec();
+    assert_eq!(
+        shape.len(),
+        2,
+        "qtune-kernels: cross-entropy logits must be [rows, vocab]"
+    );
+    let (rows, len) = (shape[0], shape[1]);
+    let targets = into_contiguous(if targets.dtype == DType::I32 {
+        targets
+    } else {
+        burn_cubecl::kernel::cast(targets, DType::I32)
+    });
+    assert_eq!(
+        targets.meta.num_elements(),
+        rows,
+        "qtune-kernels: one target per row"
+    );
+    let backward = g.is_some();
+    let g = g.map(as_f32_contiguous);
+    let nll = empty(&x, vec![rows], DType::F32);
+    let dx = if backward {
+        empty(&x, shape, x.dtype)
+    } else {
+        empty(&x, vec![1], x.dtype)
+    };
+    if rows == 0 || len == 0 {
+        return if backward { dx } else { nll };
+    }
+    let g_t = g.unwrap_or_else(|| nll.clone());
+    let dx_len = if backward { rows * len } else { 1 };
+    let vec = row_vec(len);
+    let (count, dim) = rows_launch(rows);
+    macro_rules! go {
+        ($f:ty) => {
+            // SAFETY: x rows × len (len % vec == 0), targets/g/nll rows, dx rows × len (or an
+            // unused 1); a plane per row; targets index inside the row (checked by callers).
+            unsafe {
+                cross_entropy_kernel::launch_unchecked::<$f, R>(
+                    &x.client,
+                    count,
+                    dim,
+                    vec,
+                    array(&x, rows * len),
+                    array(&x, rows * len),
+                    array(&targets, rows),
+                    array(&g_t, rows),
+                    array(&nll, rows),
+                    array(&dx, dx_len),
+                    rows,
+                    len / vec,
+                    backward,
+                    vec,
+                )
+            }
+        };
+    }
+    dispatch_float!(x.dtype, "cross-entropy", go);
+    if backward {
+        dx
+    } else {
+        nll
+    }
+}

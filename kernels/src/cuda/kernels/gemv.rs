@@ -1,0 +1,345 @@
+//! Batch-1 GEMV kernels for decoding: quantized (straight from the codes, block scale applied
+//! to each block's sum) and dense (LoRA factors, the LM head).
+
+use cubecl::prelude::*;
+
+use super::{block_scale, ftz};
+
+/// Rows (planes) per cube of [`gemv_kernel`].
+pub const GEMV_ROWS: u32 = 8;
+
+/// Batch-1 quantized GEMV `y[o] = Σ_k x[k]·W[o, k]` straight from the codes (4-bit NF4/FP4 with
+/// `four_bit`, else blockwise 8-bit): one plane per output row. Codes are read as
+/// `Vector<u32, W>` (`words` = W words: 16 bytes per lane with W = 4), two vectors per lane per
+/// iteration, 32 vectors apart, both loads issued before either is used (decode is
+/// memory-latency bound: one 4-byte word per lane in flight reached ~10 % of the bandwidth;
+/// adjacent pairs, 32 bytes per lane, measured slower). A vector holds `units_per_vec` units of 8
+/// values (one 4-bit word, or two 8-bit words, per unit), each against one `Vector<F, 8>` of
+/// `x`.
+///
+/// The block scale is applied to a sum, not to each weight: `Σ_block absmax·(Σ x·code)` in f32
+/// (one multiply per vector with `scale_per_vec`, a vector then never straddles a block; else
+/// one per unit). That is the product with the f32-dequantized weight; dequantize-then-GEMM
+/// rounds each weight to `F` first (and flushes subnormal products), so the two differ by those
+/// roundings (relative 2⁻⁹ per bf16 weight, unbiased) and by summation order. Per weight this
+/// leaves a nibble, a table read and an FMA: the per-weight scale, flush and rounding made the
+/// kernel ALU-bound at ~1 TB/s. With `fused` a double-quantized absmax is resolved in the kernel
+/// (one launch per linear). The first `adds` (≤ 3) of `add0..add2` (one value per row: a bias,
+/// residuals) are added to the f32 sum before its one rounding; unused ones are not read.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_kernel<F: Float, N: Size, W: Size>(
+    codes: &Array<Vector<u32, W>>,
+    absmax: &Array<f32>,
+    nested_codes: &Array<u8>,
+    nested_absmax: &Array<f32>,
+    nested_map: &Array<f32>,
+    map: &Array<f32>,
+    x: &Array<Vector<F, N>>,
+    add0: &Array<F>,
+    add1: &Array<F>,
+    add2: &Array<F>,
+    y: &mut Array<F>,
+    rows: usize,
+    vecs_per_row: usize,
+    offset: f32,
+    #[comptime] blocksize: usize,
+    #[comptime] nested: bool,
+    #[comptime] fused: bool,
+    #[comptime] nested_blocksize: usize,
+    #[comptime] four_bit: bool,
+    #[comptime] units_per_vec: usize,
+    #[comptime] scale_per_vec: bool,
+    #[comptime] adds: u32,
+) {
+    let entries = if four_bit { 16u32 } else { 256u32 };
+    let mut lut = SharedMemory::<f32>::new(if four_bit { 16usize } else { 256usize });
+    let tid = UNIT_POS_Y * 32u32 + UNIT_POS_X;
+    if tid < entries {
+        lut[tid as usize] = map[tid as usize];
+    }
+    sync_cube();
+    let row = CUBE_POS * (GEMV_ROWS as usize) + usize::cast_from(UNIT_POS_Y);
+    if row >= rows {
+        terminate!();
+    }
+    let lane = usize::cast_from(UNIT_POS_X);
+    let last = vecs_per_row - 1usize;
+    let iters = vecs_per_row.div_ceil(64usize);
+    let base = row * vecs_per_row;
+    let mut acc = 0.0f32;
+    for k in 0..iters {
+        let j0 = lane + k * 64usize;
+        let j1 = j0 + 32usize;
+        // Both loads first (clamped in range; a clamped vector's terms are skipped below).
+        let c0 = codes[base + select(j0 < vecs_per_row, j0, last)];
+        let c1 = codes[base + select(j1 < vecs_per_row, j1, last)];
+        if j0 < vecs_per_row {
+            acc += gemv_vector::<F, N, W>(
+                c0,
+                j0,
+                row,
+                x,
+                &lut,
+                absmax,
+                nested_codes,
+                nested_absmax,
+                nested_map,
+                vecs_per_row,
+                offset,
+                blocksize,
+                nested,
+                fused,
+                nested_blocksize,
+                four_bit,
+                units_per_vec,
+                scale_per_vec,
+            );
+        }
+        if j1 < vecs_per_row {
+            acc += gemv_vector::<F, N, W>(
+                c1,
+                j1,
+                row,
+                x,
+                &lut,
+                absmax,
+                nested_codes,
+                nested_absmax,
+                nested_map,
+                vecs_per_row,
+                offset,
+                blocksize,
+                nested,
+                fused,
+                nested_blocksize,
+                four_bit,
+                units_per_vec,
+                scale_per_vec,
+            );
+        }
+    }
+    acc = plane_sum(acc);
+    if lane == 0usize {
+        if adds > 0u32 {
+            acc += f32::cast_from(add0[row]);
+        }
+        if adds > 1u32 {
+            acc += f32::cast_from(add1[row]);
+        }
+        if adds > 2u32 {
+            acc += f32::cast_from(add2[row]);
+        }
+        y[row] = F::cast_from(acc);
+    }
+}
+
+/// `Σ x·w` over code vector `j` of `row` for [`gemv_kernel`] (its `units_per_vec` units): the
+/// block scale times the vector's unscaled sum (`scale_per_vec`), or per unit.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn gemv_vector<F: Float, N: Size, W: Size>(
+    cv: Vector<u32, W>,
+    j: usize,
+    row: usize,
+    x: &Array<Vector<F, N>>,
+    lut: &SharedMemory<f32>,
+    absmax: &Array<f32>,
+    nested_codes: &Array<u8>,
+    nested_absmax: &Array<f32>,
+    nested_map: &Array<f32>,
+    vecs_per_row: usize,
+    offset: f32,
+    #[comptime] blocksize: usize,
+    #[comptime] nested: bool,
+    #[comptime] fused: bool,
+    #[comptime] nested_blocksize: usize,
+    #[comptime] four_bit: bool,
+    #[comptime] units_per_vec: usize,
+    #[comptime] scale_per_vec: bool,
+) -> f32 {
+    let first = (row * vecs_per_row + j) * units_per_vec; // global unit index
+    let mut acc = 0.0f32;
+    #[unroll]
+    for q in 0..units_per_vec {
+        let u = gemv_unit::<F, N, W>(cv, q, x[j * units_per_vec + q], lut, four_bit);
+        if scale_per_vec {
+            acc += u;
+        } else {
+            let a = gemv_scale(
+                absmax,
+                nested_codes,
+                nested_absmax,
+                nested_map,
+                first + q,
+                offset,
+                blocksize,
+                nested,
+                fused,
+                nested_blocksize,
+            );
+            acc += a * u;
+        }
+    }
+    if scale_per_vec {
+        let a = gemv_scale(
+            absmax,
+            nested_codes,
+            nested_absmax,
+            nested_map,
+            first,
+            offset,
+            blocksize,
+            nested,
+            fused,
+            nested_blocksize,
+        );
+        acc *= a;
+    }
+    acc
+}
+
+/// `Σ x·code` over unit `q` (8 values) of code vector `cv`, unscaled.
+#[cube]
+fn gemv_unit<F: Float, N: Size, W: Size>(
+    cv: Vector<u32, W>,
+    q: usize,
+    xv: Vector<F, N>,
+    lut: &SharedMemory<f32>,
+    #[comptime] four_bit: bool,
+) -> f32 {
+    let mut acc = 0.0f32;
+    if four_bit {
+        let word = cv[q];
+        #[unroll]
+        for b in 0..4u32 {
+            let hi = lut[((word >> (b * 8 + 4)) & 15u32) as usize];
+            let lo = lut[((word >> (b * 8)) & 15u32) as usize];
+            acc += hi * f32::cast_from(xv[(2 * b) as usize]);
+            acc += lo * f32::cast_from(xv[(2 * b + 1) as usize]);
+        }
+    } else {
+        let w0 = cv[2 * q];
+        let w1 = cv[2 * q + 1];
+        #[unroll]
+        for b in 0..4u32 {
+            let v0 = lut[((w0 >> (b * 8)) & 255u32) as usize];
+            let v1 = lut[((w1 >> (b * 8)) & 255u32) as usize];
+            acc += v0 * f32::cast_from(xv[b as usize]);
+            acc += v1 * f32::cast_from(xv[(b + 4) as usize]);
+        }
+    }
+    acc
+}
+
+/// Batch-1 dense GEMV `y[o] = Σ_k x[k]·W[o, k]` for a row-major `W [rows, k]` in `x`'s dtype
+/// (f32 accumulation), or with `accumulate` `y[o] += alpha·Σ…` (cuBLAS' β = 1), `Vector<F, N>`
+/// loads, two per thread in flight as in [`gemv_kernel`]. One plane per output row, or with
+/// `split` one whole cube per row (few long rows: LoRA's `A`, 16 rows of 4096, would otherwise
+/// keep only 16 planes busy, each walking its row alone), its planes' sums added through shared
+/// memory. For the LoRA factors and the LM head at decode, where cuBLAS' small-`m` kernels cost
+/// more.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn dense_gemv_kernel<F: Float, N: Size>(
+    x: &Array<Vector<F, N>>,
+    w: &Array<Vector<F, N>>,
+    y: &mut Array<F>,
+    rows: usize,
+    vecs_per_row: usize,
+    alpha: f32,
+    #[comptime] lanes: usize,
+    #[comptime] accumulate: bool,
+    #[comptime] split: bool,
+) {
+    let mut partial = SharedMemory::<f32>::new(GEMV_ROWS as usize);
+    let mut row = CUBE_POS;
+    let mut first = usize::cast_from(UNIT_POS_X);
+    let mut stride = 32usize;
+    if split {
+        first = usize::cast_from(UNIT_POS_Y * 32u32 + UNIT_POS_X);
+        stride = 32usize * (GEMV_ROWS as usize);
+    } else {
+        row = CUBE_POS * (GEMV_ROWS as usize) + usize::cast_from(UNIT_POS_Y);
+    }
+    if row >= rows {
+        terminate!();
+    }
+    let last = vecs_per_row - 1usize;
+    let iters = vecs_per_row.div_ceil(2usize * stride);
+    let base = row * vecs_per_row;
+    let mut acc = 0.0f32;
+    for k in 0..iters {
+        let j0 = first + k * 2usize * stride;
+        let j1 = j0 + stride;
+        let w0 = w[base + select(j0 < vecs_per_row, j0, last)];
+        let w1 = w[base + select(j1 < vecs_per_row, j1, last)];
+        if j0 < vecs_per_row {
+            let xv = x[j0];
+            #[unroll]
+            for i in 0..lanes {
+                acc += f32::cast_from(w0[i]) * f32::cast_from(xv[i]);
+            }
+        }
+        if j1 < vecs_per_row {
+            let xv = x[j1];
+            #[unroll]
+            for i in 0..lanes {
+                acc += f32::cast_from(w1[i]) * f32::cast_from(xv[i]);
+            }
+        }
+    }
+    acc = plane_sum(acc);
+    if split {
+        if UNIT_POS_X == 0u32 {
+            partial[UNIT_POS_Y as usize] = acc;
+        }
+        sync_cube();
+        acc = 0.0f32;
+        #[unroll]
+        for p in 0..GEMV_ROWS {
+            acc += partial[p as usize];
+        }
+    }
+    // A comptime flag guards a runtime condition in its own `if` (see fused.rs).
+    let mut writer = UNIT_POS_X == 0u32;
+    if split {
+        writer = UNIT_POS_X == 0u32 && UNIT_POS_Y == 0u32;
+    }
+    if writer {
+        if accumulate {
+            y[row] = F::cast_from(f32::cast_from(y[row]) + alpha * acc);
+        } else {
+            y[row] = F::cast_from(acc);
+        }
+    }
+}
+
+/// The scale of global unit `t` (8 values) for [`gemv_kernel`]: the block's absmax, with
+/// `fused` the double-quantized one resolved here as the fused dequant variant does (product
+/// flushed, a select so no FMA with the offset, then the offset added).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn gemv_scale(
+    absmax: &Array<f32>,
+    nested_codes: &Array<u8>,
+    nested_absmax: &Array<f32>,
+    nested_map: &Array<f32>,
+    t: usize,
+    offset: f32,
+    #[comptime] blocksize: usize,
+    #[comptime] nested: bool,
+    #[comptime] fused: bool,
+    #[comptime] nested_blocksize: usize,
+) -> f32 {
+    let mut a = 0.0f32;
+    if fused {
+        let blk = (t * 8) / blocksize;
+        let c = usize::cast_from(nested_codes[blk]);
+        let p = ftz(nested_map[c] * nested_absmax[blk / nested_blocksize]);
+        a = p + offset;
+    } else {
+        a = block_scale(absmax, t * 8, offset, blocksize, nested);
+    }
+    a
+}
