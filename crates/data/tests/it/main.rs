@@ -7,6 +7,7 @@ mod common;
 mod encode;
 mod formats;
 mod hate_speech;
+mod hub_dataset;
 mod hub_parquet;
 mod metrics;
 mod pack;
