@@ -53,6 +53,11 @@ fn names(component: &str, kw: &str) -> bool {
     })
 }
 
+/// Whether `path` names a data file by its extension (`.parquet`, `.jsonl`, `.json`, `.csv`).
+pub fn is_data_file(path: &str) -> bool {
+    extension(path).is_some()
+}
+
 fn extension(file: &str) -> Option<&'static str> {
     let ext = Path::new(file).extension()?.to_str()?.to_ascii_lowercase();
     EXTENSIONS.iter().copied().find(|e| *e == ext)

@@ -42,6 +42,13 @@ pub struct DataConfig {
     /// `custom`: the data file, relative to the working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// `custom`, `path` a Hub dataset id or a folder: the split to read (HF's names; files found
+    /// as `datasets` lays them out, qtune_data::hub_dataset). Default `train`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
+    /// `custom`, `path` a Hub dataset id: branch, tag or commit (default `main`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// `custom`: how records read (required; no default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset_format: Option<DatasetFormat>,
@@ -64,6 +71,13 @@ pub struct DataConfig {
     /// A separate validation file in the same format (then nothing is split off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_file: Option<String>,
+    /// Fraction of all (seeded, shuffled) records held out as the test split, before the
+    /// validation split is taken from the rest; evaluated once, after training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_split: Option<f64>,
+    /// A separate test file (or folder / Hub id, split `test`) in the same format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_file: Option<String>,
     /// `messages`: a Jinja chat template overriding the model's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
@@ -92,6 +106,9 @@ pub struct DataConfig {
     pub packing: bool,
 }
 
+/// `[data] validation_split` when neither it nor `validation_file` is set.
+pub const DEFAULT_VALIDATION_SPLIT: f64 = 0.05;
+
 impl RunConfig {
     /// The `[data]` keys of a custom dataset: present exactly when `dataset = "custom"`.
     pub(super) fn validate_data(&self, origin: &str) -> Result<(), ConfigError> {
@@ -103,8 +120,12 @@ impl RunConfig {
             })
         };
         let d = &self.data;
-        let custom_keys: [(&'static str, bool); 11] = [
+        let custom_keys: [(&'static str, bool); 15] = [
             ("data.path", d.path.is_some()),
+            ("data.split", d.split.is_some()),
+            ("data.revision", d.revision.is_some()),
+            ("data.test_split", d.test_split.is_some()),
+            ("data.test_file", d.test_file.is_some()),
             ("data.dataset_format", d.dataset_format.is_some()),
             ("data.text_field", d.text_field.is_some()),
             ("data.prompt_field", d.prompt_field.is_some()),
@@ -128,9 +149,25 @@ impl RunConfig {
             }
             return Ok(());
         }
-        if d.path.is_none() {
-            return bad("data.path", "is required with `dataset = \"custom\"`: the data file (.jsonl, .json, .csv or .parquet)".into());
+        let Some(path) = &d.path else {
+            return bad("data.path", "is required with `dataset = \"custom\"`: a data file (.jsonl, .json, .csv or .parquet), a folder of them, or a Hub dataset id (`org/name`)".into());
+        };
+        let is_file = qtune_data::hub_dataset::is_data_file(path);
+        for (field, set) in [
+            ("data.split", d.split.is_some()),
+            ("data.revision", d.revision.is_some()),
+        ] {
+            if set && is_file {
+                return bad(
+                    field,
+                    format!("applies to a folder or Hub dataset id, not to the file `{path}`"),
+                );
+            }
         }
+        if d.split.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            return bad("data.split", "must name a split (e.g. \"train\")".into());
+        }
+        self.validate_test_split(origin)?;
         let Some(format) = d.dataset_format else {
             return bad(
                 "data.dataset_format",
@@ -184,6 +221,45 @@ impl RunConfig {
                 d.completion_field.is_some(),
                 Completion,
             )?;
+        }
+        Ok(())
+    }
+
+    /// `test_split` / `test_file`: one of them; a fraction in (0, 1); a file that is neither the
+    /// training nor the validation data (overlapping records are refused when loading).
+    fn validate_test_split(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |field: &'static str, msg: String| -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                field,
+                msg,
+            })
+        };
+        let d = &self.data;
+        if d.test_split.is_some() && d.test_file.is_some() {
+            return bad(
+                "data.test_split",
+                "set either test_split or test_file, not both".into(),
+            );
+        }
+        if let Some(f) = d.test_split {
+            if !(f > 0.0 && f < 1.0) {
+                return bad("data.test_split", format!("must be in (0, 1), got {f}"));
+            }
+        }
+        if let Some(t) = &d.test_file {
+            for (other, what) in [
+                (d.path.as_ref(), "data.path"),
+                (d.validation_file.as_ref(), "data.validation_file"),
+            ] {
+                // The same folder or Hub id is fine: its `test` split is other files.
+                if other == Some(t) && qtune_data::hub_dataset::is_data_file(t) {
+                    return bad(
+                        "data.test_file",
+                        format!("is `{t}`, the same as {what}: the test data must be held out"),
+                    );
+                }
+            }
         }
         Ok(())
     }
