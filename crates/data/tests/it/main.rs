@@ -6,6 +6,7 @@ mod chat;
 mod common;
 mod encode;
 mod formats;
+mod formats_parquet;
 mod hate_speech;
 mod hub_dataset;
 mod hub_parquet;
