@@ -109,6 +109,29 @@ pub fn split_files(files: &[String], split: &str) -> Vec<String> {
     out
 }
 
+/// Refuses a split whose files sit in several folders (`en/train-*.parquet` and
+/// `de/train-*.parquet`: `datasets` configs), which qtune would otherwise mix.
+fn one_folder(name: &str, split: &str, files: &[String]) -> Result<()> {
+    let parent = |f: &String| {
+        f.rsplit_once('/')
+            .map_or(String::new(), |(d, _)| d.to_string())
+    };
+    let mut dirs: Vec<String> = files.iter().map(parent).collect();
+    dirs.dedup();
+    if dirs.len() > 1 {
+        return Err(DataError::NoSplit {
+            name: format!(
+                "{name}: split `{split}` has files in several folders {dirs:?} (one per \
+                 `datasets` config?); qtune reads one folder: point `path` at a local copy of \
+                 one config's folder"
+            ),
+            split: split.to_string(),
+            files: files.iter().take(20).cloned().collect(),
+        });
+    }
+    Ok(())
+}
+
 /// Whether `path` reads as a Hub dataset id: `name` or `org/name` of letters, digits, `-`, `_`,
 /// `.`, not starting with `.` or `/`, and not ending in a data file extension.
 pub fn looks_like_hub_id(path: &str) -> bool {
@@ -198,6 +221,7 @@ pub fn resolve_data_files(
         if files.is_empty() {
             return Err(no_split(name, &listing));
         }
+        one_folder(&name, split, &files)?;
         return Ok(DataFiles {
             name,
             files: files.iter().map(|f| local.join(f)).collect(),
@@ -234,6 +258,7 @@ pub fn resolve_data_files(
                 &listing,
             ));
         }
+        one_folder(&name, split, &files)?;
         files.iter().map(|f| snapshot.join(f)).collect()
     } else {
         let api = ApiBuilder::from_cache(Cache::new(hub.cache.clone()))
@@ -252,6 +277,7 @@ pub fn resolve_data_files(
         if files.is_empty() {
             return Err(no_split(name, &listing));
         }
+        one_folder(&name, split, &files)?;
         tracing::info!(dataset = %path, split, revision = rev, files = files.len(), "downloading from the Hugging Face Hub");
         files
             .iter()

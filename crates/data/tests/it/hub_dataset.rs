@@ -142,6 +142,14 @@ fn a_local_path_that_exists_wins() {
     let p = local.to_str().unwrap();
     let got = resolve_data_files(p, "train", None, &hub).unwrap();
     assert_eq!(got.files, vec![local.join("train.jsonl")]);
+    // Files of one split in several folders (one per `datasets` config) are never mixed.
+    let configs = dir.path().join("configs");
+    write(&configs.join("en/train-0.jsonl"), ROW);
+    write(&configs.join("de/train-0.jsonl"), ROW);
+    let e = resolve_data_files(configs.to_str().unwrap(), "train", None, &hub)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("several folders") && e.contains("\"de\""), "{e}");
     // A file is read as is, whatever the split.
     let f = local.join("test.jsonl");
     let got = resolve_data_files(f.to_str().unwrap(), "train", None, &hub).unwrap();

@@ -25,10 +25,12 @@ pub use qtune_data::DatasetFormat;
 /// ```toml
 /// [data]
 /// dataset = "custom"
-/// path = "datasets/squad_completion.jsonl"  # .jsonl | .json | .csv | .parquet
+/// path = "datasets/squad_completion.jsonl"  # .jsonl | .json | .csv | .parquet, a folder,
+///                                           # or a Hub dataset id (+ split, revision)
 /// dataset_format = "completion"             # text | completion | alpaca | messages
 /// max_length = 256
-/// # validation_split = 0.05 (default) or validation_file = "…"; field names: prompt_field,
+/// # validation_split = 0.05 (default) or validation_file = "…"; test_split or test_file
+/// # (evaluated once after training); field names: prompt_field,
 /// # completion_field, text_field, messages_field; messages: train_on_all_turns,
 /// # chat_template (Jinja text) or chat_template_file, else the model's own template.
 /// ```
@@ -39,7 +41,8 @@ pub use qtune_data::DatasetFormat;
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     pub dataset: Task,
-    /// `custom`: the data file, relative to the working directory.
+    /// `custom`: a data file or a folder of them (relative to the working directory), or a
+    /// Hub dataset id `org/name`; an existing local path always wins (qtune_data::hub_dataset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// `custom`, `path` a Hub dataset id or a folder: the split to read (HF's names; files found
