@@ -220,7 +220,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 resume,
                 overwrite,
                 progress: true,
-                stop_at_step: None,
+                ..TrainOptions::default()
             };
             let r =
                 run::train_job::<Train>(&cfg, &opts, &DataSource::from_env(), &Default::default())

@@ -303,7 +303,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 resume: a.resume,
                 overwrite: a.overwrite,
                 progress: true,
-                stop_at_step: None,
+                ..TrainOptions::default()
             };
             let devices: Vec<TrainDevice> = if a.devices.is_empty() {
                 vec![Default::default()]

@@ -96,6 +96,22 @@ pub enum DataError {
         file: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("Hub dataset `{id}` (split {split}, revision {revision}): {reason}")]
+    HubDataset {
+        id: String,
+        split: String,
+        revision: String,
+        reason: String,
+    },
+    #[error(
+        "{name}: no data files (.parquet, .jsonl, .json, .csv) for split `{split}`; files \
+         (first 20): {files:?}"
+    )]
+    NoSplit {
+        name: String,
+        split: String,
+        files: Vec<String>,
+    },
     #[error("datasets/manifest.json: {0}")]
     Manifest(String),
     #[error("tokenizer failed on {what}: {message}")]

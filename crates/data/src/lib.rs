@@ -16,6 +16,7 @@ pub mod encode;
 pub mod error;
 pub mod formats;
 pub mod hate_speech;
+pub mod hub_dataset;
 pub mod metrics;
 pub mod pack;
 pub mod parquet_hub;
@@ -37,6 +38,7 @@ pub use formats::{
     CustomRecord, DatasetFormat, FieldNames, RawRecord, RecordContent,
 };
 pub use hate_speech::{balanced_split, load_hate_speech, HateSpeechSplit, Tweet};
+pub use hub_dataset::{load_split_records, resolve_data_files, split_files, DataFiles, HubOptions};
 pub use metrics::classification::{
     classification_eval, label_from_generation, ClassificationReport,
 };

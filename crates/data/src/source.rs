@@ -218,7 +218,7 @@ fn skip_allowed(what: &str, why: &str, ci: Option<&str>, mirror: bool) -> Result
 }
 
 /// huggingface_hub's `constants._is_true`: 1/ON/YES/TRUE in any case.
-fn is_true(v: &str) -> bool {
+pub(crate) fn is_true(v: &str) -> bool {
     matches!(
         v.trim().to_ascii_uppercase().as_str(),
         "1" | "ON" | "YES" | "TRUE"

@@ -87,8 +87,15 @@ pub struct TrainerState {
     pub rng: rand_chacha::ChaCha8Rng,
     /// Where the training batch iterator stands (qtune-data's resumable position).
     pub data_position: serde_json::Value,
+    /// The eval loss at `best_step`.
     pub best_eval_loss: Option<f64>,
+    /// The step of the best evaluation by `metric_for_best_model` (HF's `best_model_checkpoint`
+    /// step); its adapter is `{output_dir}/adapter`.
     pub best_step: Option<usize>,
+    /// `metric_for_best_model`'s value at `best_step` (HF `best_metric`); absent in
+    /// checkpoints written before it existed, where it was the eval loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_metric: Option<f64>,
     /// The config the run started with; resuming checks it (see [`check_compatible`]).
     pub config: RunConfig,
     /// Ranks of the data-parallel run (1: one device). Part of the data position: rank `r`
@@ -446,6 +453,7 @@ mod tests {
             data_position: serde_json::json!({"epoch": 0, "index": step}),
             best_eval_loss: Some(1.5),
             best_step: Some(step),
+            best_metric: Some(1.5),
             config: RunConfig::tiny(),
             world_size: 1,
         }

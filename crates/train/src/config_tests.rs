@@ -234,3 +234,191 @@ fn bad_configs_name_the_field() {
         .to_string();
     assert!(err.contains("training.max_steps"), "{err}");
 }
+
+/// The tiny config with `[data]` made custom (`data` lines after `dataset`) and `training`
+/// lines appended to `[training]`.
+fn custom_toml(data: &str, training: &str) -> String {
+    TINY_TOML
+        .replace(
+            "dataset = \"squad_v2\"",
+            &format!("dataset = \"custom\"\n{data}"),
+        )
+        .replace("[training]\n", &format!("[training]\n{training}\n"))
+}
+
+fn refused(text: &str, field: &str, also: &[&str]) {
+    let err = RunConfig::from_toml_str(text, "c.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("`{field}`")), "{field}: {err}");
+    for a in also {
+        assert!(err.contains(a), "{field} / {a}: {err}");
+    }
+}
+
+#[test]
+fn hub_split_and_revision_parse_and_are_checked() {
+    let c = RunConfig::from_toml_str(
+        &custom_toml(
+            "path = \"org/name\"\nsplit = \"train_sft\"\nrevision = \"v1\"\ndataset_format = \"messages\"",
+            "",
+        ),
+        "c.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        (c.data.split.as_deref(), c.data.revision.as_deref()),
+        (Some("train_sft"), Some("v1"))
+    );
+    // A file has no splits or revisions.
+    for key in ["split = \"test\"", "revision = \"main\""] {
+        let field = format!("data.{}", key.split(' ').next().unwrap());
+        refused(
+            &custom_toml(
+                &format!("path = \"d.jsonl\"\n{key}\ndataset_format = \"text\""),
+                "",
+            ),
+            &field,
+            &["d.jsonl"],
+        );
+    }
+    refused(
+        &custom_toml(
+            "path = \"org/name\"\nsplit = \"\"\ndataset_format = \"text\"",
+            "",
+        ),
+        "data.split",
+        &[],
+    );
+    // Built-in tasks: refused like the other custom keys.
+    for key in [
+        "split = \"train\"",
+        "revision = \"main\"",
+        "test_split = 0.1",
+    ] {
+        let text = TINY_TOML.replace("[data]\n", &format!("[data]\n{key}\n"));
+        assert_ne!(text, TINY_TOML);
+        let field = format!("data.{}", key.split(' ').next().unwrap());
+        refused(&text, &field, &["custom"]);
+    }
+}
+
+#[test]
+fn test_split_and_test_file_are_checked() {
+    let ok = |data: &str| {
+        RunConfig::from_toml_str(
+            &custom_toml(&format!("{data}\ndataset_format = \"completion\""), ""),
+            "c.toml",
+        )
+        .unwrap()
+    };
+    let c = ok("path = \"d.jsonl\"\ntest_split = 0.1");
+    assert_eq!(c.data.test_split, Some(0.1));
+    let c = ok("path = \"d.jsonl\"\ntest_file = \"t.jsonl\"");
+    assert_eq!(c.data.test_file.as_deref(), Some("t.jsonl"));
+    // A folder or Hub id may be its own test source: its `test` split is other files.
+    ok("path = \"org/name\"\ntest_file = \"org/name\"");
+    // Serialized only when set (earlier checkpoints compare equal).
+    let v = serde_json::to_value(&ok("path = \"d.jsonl\"").data).unwrap();
+    assert!(
+        v.get("test_split").is_none() && v.get("split").is_none(),
+        "{v}"
+    );
+    let f = "dataset_format = \"completion\"";
+    for (data, field, also) in [
+        ("test_split = 0.0", "data.test_split", &["(0, 1)"][..]),
+        ("test_split = 1.0", "data.test_split", &["(0, 1)"]),
+        (
+            "test_split = 0.1\ntest_file = \"t.jsonl\"",
+            "data.test_split",
+            &["not both"],
+        ),
+        ("test_file = \"d.jsonl\"", "data.test_file", &["data.path"]),
+        (
+            "validation_file = \"v.jsonl\"\ntest_file = \"v.jsonl\"",
+            "data.test_file",
+            &["data.validation_file"],
+        ),
+    ] {
+        refused(
+            &custom_toml(&format!("path = \"d.jsonl\"\n{data}\n{f}"), ""),
+            field,
+            also,
+        );
+    }
+}
+
+#[test]
+fn metric_for_best_model_follows_hf_and_lists_valid_names() {
+    let custom = |format: &str, training: &str| {
+        custom_toml(
+            &format!("path = \"d.jsonl\"\ndataset_format = \"{format}\""),
+            training,
+        )
+    };
+    // Default: eval_loss, lower is better.
+    let c = RunConfig::from_toml_str(&custom("completion", ""), "c.toml").unwrap();
+    let best = c.best_metric();
+    assert_eq!(
+        (best.name.as_str(), best.greater_is_better),
+        ("eval_loss", false)
+    );
+    assert!(best.improves(1.0, Some(2.0)) && !best.improves(2.0, Some(1.0)));
+    assert!(best.improves(5.0, None));
+    // HF accepts the name without `eval_`; not a loss: higher is better.
+    let c = RunConfig::from_toml_str(
+        &custom(
+            "completion",
+            "eval_generate_samples = 8\nmetric_for_best_model = \"exact_match\"",
+        ),
+        "c.toml",
+    )
+    .unwrap();
+    let best = c.best_metric();
+    assert_eq!(
+        (
+            best.name.as_str(),
+            best.greater_is_better,
+            best.generation_key()
+        ),
+        ("eval_exact_match", true, Some("exact_match"))
+    );
+    assert!(best.improves(50.0, Some(25.0)) && !best.improves(25.0, Some(25.0)));
+    assert_eq!(c.training.eval_generate_samples, 8);
+    // The built-in tasks' names.
+    let squad = RunConfig::from_toml_str(
+        &TINY_TOML.replace(
+            "[training]\n",
+            "[training]\neval_generate_samples = 4\nmetric_for_best_model = \"eval_f1\"\n",
+        ),
+        "c.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        squad.eval_metric_names(),
+        ["eval_loss", "eval_exact", "eval_f1"]
+    );
+    // Unknown names are refused naming the field and listing the valid ones.
+    refused(
+        &custom("completion", "metric_for_best_model = \"eval_bleu\""),
+        "training.metric_for_best_model",
+        &["eval_bleu", "eval_loss, eval_exact_match"],
+    );
+    refused(
+        &custom("text", "metric_for_best_model = \"eval_exact_match\""),
+        "training.metric_for_best_model",
+        &["valid names: eval_loss"],
+    );
+    // A generation metric needs generations at each evaluation.
+    refused(
+        &custom("completion", "metric_for_best_model = \"eval_exact_match\""),
+        "training.metric_for_best_model",
+        &["eval_generate_samples"],
+    );
+    // Text data has no generation metric.
+    refused(
+        &custom("text", "eval_generate_samples = 4"),
+        "training.eval_generate_samples",
+        &["text"],
+    );
+}

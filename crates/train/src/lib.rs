@@ -7,6 +7,7 @@ pub mod backend;
 pub mod build;
 pub mod checkpoint;
 pub mod config;
+pub mod custom;
 pub mod evaluate;
 pub mod lock;
 pub mod memory;

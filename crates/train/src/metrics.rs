@@ -50,6 +50,10 @@ pub enum Event {
         eval_loss: f64,
         eval_tokens: u64,
         best: bool,
+        /// `[training] eval_generate_samples`: the generation metric's JSON (e.g.
+        /// `{"exact_match": 50.0, "correct": 2, "total": 4}`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        generation: Option<serde_json::Value>,
     },
     /// End-of-run task metrics (EM/F1 or accuracy) with free-form fields.
     Final {
@@ -343,6 +347,7 @@ mod tests {
                     eval_loss: 10.5 - 0.25 * step as f64,
                     eval_tokens: 64,
                     best: true,
+                    generation: None,
                 });
             }
         }

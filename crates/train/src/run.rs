@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::config::RunConfig;
 use crate::evaluate::{evaluate_generation, Prediction, TaskMetrics};
 use crate::metrics::{Event, MetricsLog};
-use crate::trainer::{eval_loss, TrainOptions, TrainSummary};
+use crate::trainer::{eval_loss, EvalGeneration, TrainOptions, TrainSummary};
 use crate::{build, task, TrainError};
 
 pub const EVAL_RESULTS_FILE: &str = "eval_results.json";
@@ -34,8 +34,13 @@ pub struct TrainReport {
     pub steps: usize,
     pub first_loss: Option<f64>,
     pub last_loss: Option<f64>,
+    /// The eval loss of the best adapter (at `best_step`).
     pub best_eval_loss: Option<f64>,
     pub best_step: Option<usize>,
+    /// `metric_for_best_model` (HF name, e.g. `eval_loss`, `eval_exact_match`) and its value
+    /// at `best_step`; the adapter of that step is `{output_dir}/adapter`.
+    pub metric_for_best_model: String,
+    pub best_metric: Option<f64>,
     /// Target (loss) tokens trained on.
     pub tokens: u64,
     pub train_seconds: f64,
@@ -43,6 +48,21 @@ pub struct TrainReport {
     pub tokens_per_second: f64,
     pub optimizer_state_bytes: usize,
     pub final_eval: Option<TaskMetrics>,
+    /// `[data] test_split` / `test_file`: the best adapter on the held-out test split, once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test: Option<TestMetrics>,
+}
+
+/// The held-out test split, evaluated once after training with the best adapter (HF's
+/// `trainer.predict(test_dataset)` metrics, `test_` prefixed).
+#[derive(Debug, Clone, Serialize)]
+pub struct TestMetrics {
+    pub test_examples: usize,
+    pub test_loss: f64,
+    pub test_tokens: u64,
+    /// The generation metric on the first `eval.generation_samples` test records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<TaskMetrics>,
 }
 
 /// PEFT's `print_trainable_parameters` line.
@@ -95,6 +115,18 @@ where
         devices = devices.len(),
         "data ready"
     );
+    let n_gen = cfg.training.eval_generate_samples;
+    let opts = TrainOptions {
+        generation: (n_gen > 0).then(|| {
+            std::sync::Arc::new(EvalGeneration {
+                tokenizer: tokenizer.clone(),
+                items: data.eval_items.iter().take(n_gen).cloned().collect(),
+                eos: data.eos_id,
+                max_new_tokens: cfg.eval.max_new_tokens,
+            })
+        }),
+        ..opts.clone()
+    };
     let (model, summary) = crate::parallel::train_parallel(
         cfg,
         devices,
@@ -102,38 +134,70 @@ where
         &data.train,
         &data.validation,
         data.pad_id,
-        opts,
+        &opts,
     )?;
     let counts = model.param_counts();
     tracing::info!("{}", param_line(counts.trainable, counts.all));
     // Only the host of rank 0 has the best adapter (and writes the results).
-    let final_eval = if holds_rank0
-        && summary.finished
-        && cfg.eval.generation_samples > 0
-        && !data.eval_items.is_empty()
-    {
+    let gen_items = &data.eval_items[..data.eval_items.len().min(cfg.eval.generation_samples)];
+    let wants_final = cfg.eval.generation_samples > 0 && !gen_items.is_empty();
+    let wants_test = !data.test.is_empty();
+    let (mut final_eval, mut test) = (None, None);
+    // Only the host of rank 0 has the best adapter (and writes the results).
+    if holds_rank0 && summary.finished && (wants_final || wants_test) {
         let best = PeftAdapter::load(&summary.output_dir.join("adapter"))?;
         let model = model.import_adapter(&best)?.valid();
-        let m = evaluate_generation(
-            &model,
-            &tokenizer,
-            &data.eval_items,
-            cfg.training.per_device_eval_batch_size,
-            cfg.eval.max_new_tokens,
-            data.eos_id,
-        )?;
-        let mut log = MetricsLog::open(&summary.output_dir)?;
-        log.write(&Event::Final {
-            step: summary.steps_done,
-            metrics: m.metrics.clone(),
-        })?;
-        write_json(&summary.output_dir.join(EVAL_RESULTS_FILE), &m)?;
-        write_predictions(&summary.output_dir.join(PREDICTIONS_FILE), &m.predictions)?;
-        Some(m)
-    } else {
-        None
-    };
-    let r = report(&data, counts.trainable, counts.all, summary, final_eval);
+        let generate = |items: &[task::EvalItem]| {
+            evaluate_generation(
+                &model,
+                &tokenizer,
+                items,
+                cfg.training.per_device_eval_batch_size,
+                cfg.eval.max_new_tokens,
+                data.eos_id,
+            )
+        };
+        if wants_final {
+            let m = generate(gen_items)?;
+            let mut log = MetricsLog::open(&summary.output_dir)?;
+            log.write(&Event::Final {
+                step: summary.steps_done,
+                metrics: m.metrics.clone(),
+            })?;
+            write_json(&summary.output_dir.join(EVAL_RESULTS_FILE), &m)?;
+            write_predictions(&summary.output_dir.join(PREDICTIONS_FILE), &m.predictions)?;
+            final_eval = Some(m);
+        }
+        if wants_test {
+            let (test_loss, test_tokens) = eval_loss(
+                &model,
+                &data.test,
+                cfg.training.per_device_eval_batch_size,
+                data.pad_id,
+            )?;
+            let generation = if cfg.eval.generation_samples > 0 && !data.test_items.is_empty() {
+                Some(generate(&data.test_items)?)
+            } else {
+                None
+            };
+            tracing::info!(
+                test_loss,
+                test_tokens,
+                examples = data.test.len(),
+                "test split"
+            );
+            test = Some(TestMetrics {
+                test_examples: data.test.len(),
+                test_loss,
+                test_tokens,
+                generation,
+            });
+        }
+    }
+    let metric_for_best_model = cfg.best_metric().name;
+    let mut r = report(&data, counts.trainable, counts.all, summary, final_eval);
+    r.metric_for_best_model = metric_for_best_model;
+    r.test = test;
     if holds_rank0 {
         write_json(&r.output_dir.join(REPORT_FILE), &r)?;
     }
@@ -191,6 +255,21 @@ impl TrainReport {
             f(self.best_eval_loss),
             self.best_step.map_or("-".to_string(), |s| s.to_string()),
         );
+        if self.metric_for_best_model != "eval_loss" {
+            if let Some(v) = self.best_metric {
+                s += &format!("best {} {v:.4}\n", self.metric_for_best_model);
+            }
+        }
+        if let Some(t) = &self.test {
+            s += &format!(
+                "test ({} examples): loss {:.4}",
+                t.test_examples, t.test_loss
+            );
+            if let Some(g) = &t.generation {
+                s += &format!(", {}", metric_line(&g.metrics));
+            }
+            s += "\n";
+        }
         if let Some(m) = &self.final_eval {
             s += &format!(
                 "final eval ({} prompts): {}\n",
@@ -229,11 +308,14 @@ fn report(
         last_loss: s.losses.last().map(|l| l.1),
         best_eval_loss: s.best_eval_loss,
         best_step: s.best_step,
+        metric_for_best_model: "eval_loss".into(),
+        best_metric: s.best_metric,
         tokens: s.tokens_seen,
         train_seconds: s.seconds,
         tokens_per_second: s.input_tokens as f64 / s.seconds.max(1e-9),
         optimizer_state_bytes: s.optimizer_state_bytes,
         final_eval,
+        test: None,
     }
 }
 

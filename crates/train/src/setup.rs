@@ -235,6 +235,7 @@ where
                     data_position: serde_json::to_value(sampler.position()).unwrap_or_default(),
                     best_eval_loss: None,
                     best_step: None,
+                    best_metric: None,
                     config: cfg.clone(),
                     world_size: world,
                 };

@@ -6,25 +6,16 @@
 //!   `max_eval_samples` validation questions; EM/F1 uses `generation_samples` further ones.
 //! - Hate speech: qtune-data's balanced sample (1,000 train / 200 validation); EM is replaced by
 //!   accuracy over greedy generations of the validation tweets.
-//! - Custom (`dataset = "custom"`, qtune_data::formats): the records of `path`, shuffled with
-//!   `seed`; `validation_split` (default 0.05) of them held back, or `validation_file`'s records;
-//!   training records cut to `max_train_samples`, validation ones to `max_eval_samples`. The
-//!   generation metric (exact match of the completion / last assistant turn, `Gold::Text`)
-//!   decodes the first `generation_samples` validation records; `text` data has none.
-//!   `messages` data is rendered with `[data] chat_template` / `chat_template_file`, else the
-//!   model's own template, with the tokenizer's special tokens (`bos_token`, `eos_token`, …) in
-//!   its context, as HF's `apply_chat_template`.
-use std::path::{Path, PathBuf};
-
+//! - Custom (`dataset = "custom"`): see [`crate::custom`] (train / validation / test splits of
+//!   your own records, from a file, a folder or a Hub dataset id).
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tokenizers::Tokenizer;
 
 use qtune_data::{
     balanced_split, encode_hate_speech_train, encode_squad_dataset, encode_squad_prompt,
-    hate_speech_prompt, load_hate_speech, load_records, load_squad, split_by_article,
-    split_validation, ChatTemplate, CustomEncoder, DataError, DataSource, DatasetFormat, DatasetId,
-    EncodeConfig, EncodeStats, Encoded, Example,
+    hate_speech_prompt, load_hate_speech, load_squad, split_by_article, DataError, DataSource,
+    DatasetId, EncodeConfig, EncodeStats, Encoded, Example, HubOptions,
 };
 
 use crate::config::{RunConfig, Task};
@@ -63,13 +54,18 @@ pub struct TaskData {
     pub task: Task,
     pub train: Vec<Example>,
     pub validation: Vec<Example>,
+    /// Held-back prompts for the generation metric (validation records).
     pub eval_items: Vec<EvalItem>,
+    /// `[data] test_split` / `test_file` (custom data): evaluated once after training.
+    pub test: Vec<Example>,
+    /// Generation prompts of the test records.
+    pub test_items: Vec<EvalItem>,
     pub train_stats: EncodeStats,
     pub eos_id: u32,
     pub pad_id: u32,
 }
 
-fn take_shuffled<T: Clone>(xs: &[T], n: Option<usize>, seed: u64) -> Vec<T> {
+pub(crate) fn take_shuffled<T: Clone>(xs: &[T], n: Option<usize>, seed: u64) -> Vec<T> {
     let mut v = xs.to_vec();
     v.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
     if let Some(n) = n {
@@ -106,7 +102,11 @@ pub fn prepare(
                     field: "path".into(),
                     location: "the run config".into(),
                 })?;
-            return prepare_custom(cfg, tokenizer, eos_id, Path::new(path));
+            let hub = HubOptions {
+                offline: !source.allow_hub,
+                ..HubOptions::from_env()
+            };
+            return crate::custom::prepare_custom(cfg, tokenizer, eos_id, path, &hub);
         }
     };
     prepare_from_file(cfg, tokenizer, eos_id, &source.locate(id)?)
@@ -154,7 +154,11 @@ pub fn prepare_from_file(
     // Generation prompts leave room for the answer.
     let max_prompt = d.max_length.saturating_sub(cfg.eval.max_new_tokens).max(1);
     let (train, validation, eval_items, train_stats) = match d.dataset {
-        Task::Custom => return prepare_custom(cfg, tokenizer, eos_id, path),
+        Task::Custom => {
+            let path = path.to_string_lossy();
+            let hub = HubOptions::from_env();
+            return crate::custom::prepare_custom(cfg, tokenizer, eos_id, &path, &hub);
+        }
         Task::SquadV2 => {
             let articles = load_squad(path)?;
             let split = split_by_article(&articles, SQUAD_VALIDATION_ARTICLES, d.seed)?;
@@ -252,199 +256,10 @@ pub fn prepare_from_file(
         train,
         validation,
         eval_items,
+        test: Vec::new(),
+        test_items: Vec::new(),
         train_stats,
         eos_id,
         pad_id: eos_id,
     })
-}
-
-/// [`prepare`] for `dataset = "custom"` (see the module doc).
-fn prepare_custom(
-    cfg: &RunConfig,
-    tokenizer: &Tokenizer,
-    eos_id: u32,
-    path: &Path,
-) -> Result<TaskData, DataError> {
-    let d = &cfg.data;
-    let format = d.dataset_format.ok_or_else(|| DataError::MissingField {
-        path: "[data]".into(),
-        field: "dataset_format".into(),
-        location: "the run config".into(),
-    })?;
-    let fields = cfg.field_names();
-    let records = load_records(path, format, &fields)?;
-    let (val_path, (train_recs, val_recs)) = match &d.validation_file {
-        Some(v) => {
-            let v = PathBuf::from(v);
-            let val = load_records(&v, format, &fields)?;
-            (v, (take_shuffled(&records, None, d.seed), val))
-        }
-        None => (
-            path.to_path_buf(),
-            split_validation(records, d.validation_split.unwrap_or(0.05), d.seed)?,
-        ),
-    };
-    let train_recs = take_shuffled(&train_recs, d.max_train_samples, d.seed);
-    let n_val = d
-        .max_eval_samples
-        .unwrap_or(val_recs.len())
-        .min(val_recs.len());
-    let template = match format {
-        DatasetFormat::Messages => Some(chat_template(cfg, tokenizer, eos_id)?),
-        _ => None,
-    };
-    let enc = CustomEncoder {
-        tokenizer,
-        template: template.as_ref(),
-        cfg: EncodeConfig {
-            max_length: d.max_length,
-            eos_token_id: eos_id,
-        },
-        train_on_all_turns: d.train_on_all_turns,
-        path,
-    };
-    let (train, _, train_stats) = enc.encode_all(&train_recs)?;
-    let val_enc = CustomEncoder {
-        path: &val_path,
-        ..enc
-    };
-    let (validation, _, _) = val_enc.encode_all(&val_recs[..n_val])?;
-    let max_prompt = d.max_length.saturating_sub(cfg.eval.max_new_tokens).max(1);
-    let mut eval_items = Vec::new();
-    for rec in &val_recs {
-        if eval_items.len() >= cfg.eval.generation_samples {
-            break;
-        }
-        if let Some((prompt_ids, gold)) = val_enc.eval_prompt(rec, max_prompt)? {
-            eval_items.push(EvalItem {
-                id: format!("{} {}", val_path.display(), rec.location),
-                prompt_ids,
-                gold: Gold::Text(gold),
-            });
-        }
-    }
-    let what = |split: &str| {
-        format!(
-            "{} ({format:?}) {split} examples after encoding to max_length {}",
-            path.display(),
-            d.max_length
-        )
-    };
-    if train.is_empty() {
-        return Err(DataError::Empty {
-            what: what("training"),
-        });
-    }
-    if validation.is_empty() {
-        return Err(DataError::Empty {
-            what: what("validation"),
-        });
-    }
-    Ok(TaskData {
-        task: d.dataset,
-        train,
-        validation,
-        eval_items,
-        train_stats,
-        eos_id,
-        pad_id: eos_id,
-    })
-}
-
-/// The chat template of a `messages` run: `[data] chat_template`, `chat_template_file`, else
-/// the model's (GGUF `tokenizer.chat_template` / `tokenizer_config.json`), with the special
-/// tokens HF puts in the template's context.
-pub fn chat_template(
-    cfg: &RunConfig,
-    tokenizer: &Tokenizer,
-    eos_id: u32,
-) -> Result<ChatTemplate, DataError> {
-    let d = &cfg.data;
-    let model_dir = crate::build::model_dir(&cfg.model).map_err(|e| DataError::ChatTemplate {
-        template: "the model's".into(),
-        message: e.to_string(),
-    })?;
-    let (name, source) = if let Some(t) = &d.chat_template {
-        ("[data] chat_template".to_string(), t.clone())
-    } else if let Some(f) = &d.chat_template_file {
-        let text = std::fs::read_to_string(f).map_err(|e| DataError::Io {
-            path: f.into(),
-            source: e,
-        })?;
-        (f.clone(), text)
-    } else {
-        let Some(dir) = &model_dir else {
-            return Err(DataError::NoChatTemplate(
-                "`dataset_format = \"messages\"` needs a chat template and the random model \
-                 has none: set [data] chat_template (Jinja text) or chat_template_file"
-                    .into(),
-            ));
-        };
-        let t = qtune_models::chat_template(dir).map_err(|e| DataError::ChatTemplate {
-            template: dir.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let Some(t) = t else {
-            return Err(DataError::NoChatTemplate(format!(
-                "`dataset_format = \"messages\"` needs a chat template and {} has none \
-                 (no GGUF tokenizer.chat_template / tokenizer_config.json chat_template): set \
-                 [data] chat_template (Jinja text) or chat_template_file",
-                dir.display()
-            )));
-        };
-        (dir.display().to_string(), t)
-    };
-    let mut template = ChatTemplate::new(name, &source)?;
-    for (var, token) in special_tokens(model_dir.as_deref(), tokenizer, eos_id) {
-        template = template.with_var(var, &token);
-    }
-    Ok(template)
-}
-
-/// HF's `special_tokens_map` strings: `eos_token` from the run's eos id; `bos_token`,
-/// `unk_token`, `pad_token` from the GGUF metadata ids or `tokenizer_config.json`.
-fn special_tokens(
-    model_dir: Option<&Path>,
-    tokenizer: &Tokenizer,
-    eos_id: u32,
-) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    if let Some(dir) = model_dir {
-        if let Ok(Some(g)) = qtune_llama::gguf_path(dir) {
-            if let Ok(f) = qtune_gguf::GgufFile::open(&g) {
-                for (var, key) in [
-                    ("bos_token", "tokenizer.ggml.bos_token_id"),
-                    ("unk_token", "tokenizer.ggml.unknown_token_id"),
-                    ("pad_token", "tokenizer.ggml.padding_token_id"),
-                ] {
-                    if let Some(tok) = f
-                        .get_u32_opt(key)
-                        .ok()
-                        .flatten()
-                        .and_then(|id| tokenizer.id_to_token(id))
-                    {
-                        out.push((var, tok));
-                    }
-                }
-            }
-        } else if let Ok(text) = std::fs::read_to_string(dir.join("tokenizer_config.json")) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                for var in ["bos_token", "unk_token", "pad_token"] {
-                    let tok = match v.get(var) {
-                        Some(serde_json::Value::String(s)) => Some(s.clone()),
-                        Some(serde_json::Value::Object(o)) => o
-                            .get("content")
-                            .and_then(|c| c.as_str())
-                            .map(str::to_string),
-                        _ => None,
-                    };
-                    out.extend(tok.map(|t| (var, t)));
-                }
-            }
-        }
-    }
-    if let Some(eos) = tokenizer.id_to_token(eos_id) {
-        out.push(("eos_token", eos));
-    }
-    out
 }

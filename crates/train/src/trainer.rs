@@ -18,8 +18,10 @@ use qtune_optim::{clip_grad_norm, LrSchedule, OptimKind, OptimizerConfig, Schedu
 
 use crate::checkpoint;
 use crate::config::{OptimName, RunConfig, SchedulerType, TargetList};
+use crate::evaluate::evaluate_generation;
 use crate::metrics::{self, Event, MetricsLog};
 use crate::parallel::{compute_lock, rank_seed, shard_range, GradSync};
+use crate::task::EvalItem;
 use qtune_kernels::QBackend;
 use qtune_lm::CausalLm;
 
@@ -38,6 +40,19 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Stop (as if interrupted) once this many optimizer steps are done; used to test resume.
     pub stop_at_step: Option<usize>,
+    /// What every evaluation decodes for the generation metric (`[training]
+    /// eval_generate_samples`); `None`: eval loss only.
+    pub generation: Option<std::sync::Arc<EvalGeneration>>,
+}
+
+/// The validation prompts of the generation metric at `eval_steps`, and how to decode them.
+#[derive(Debug, Clone)]
+pub struct EvalGeneration {
+    pub tokenizer: tokenizers::Tokenizer,
+    /// At most `eval_generate_samples` of them.
+    pub items: Vec<EvalItem>,
+    pub eos: u32,
+    pub max_new_tokens: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -47,8 +62,11 @@ pub struct TrainSummary {
     /// `(step, mean token loss)` of every optimizer step run in this call.
     pub losses: Vec<(usize, f64)>,
     pub eval_losses: Vec<(usize, f64)>,
+    /// The eval loss at `best_step`.
     pub best_eval_loss: Option<f64>,
+    /// The best evaluation by `metric_for_best_model`: its step and value.
     pub best_step: Option<usize>,
+    pub best_metric: Option<f64>,
     pub tokens_seen: u64,
     /// Non-pad input tokens processed in this call (forward + backward).
     pub input_tokens: u64,
@@ -174,6 +192,22 @@ where
     let t = &cfg.training;
     let (rank, world) = (sync.rank(), sync.world());
     let lead = rank == 0;
+    let best_metric = cfg.best_metric();
+    if best_metric.generation_key().is_some()
+        && opts.generation.as_ref().is_none_or(|g| g.items.is_empty())
+    {
+        return Err(crate::config::ConfigError::Invalid {
+            origin: "run config".into(),
+            field: "training.metric_for_best_model",
+            msg: format!(
+                "`{}` needs generation prompts at each evaluation, and there are none (no \
+                 validation record gives one within max_length, or the loop was started without \
+                 them)",
+                best_metric.name
+            ),
+        }
+        .into());
+    }
     let out = cfg.output_dir();
     let ckpt_root = out.join("checkpoints");
     let inner_device = device_inner::<B>(device);
@@ -224,6 +258,7 @@ where
         eval_losses: Vec::new(),
         best_eval_loss: state.best_eval_loss,
         best_step: state.best_step,
+        best_metric: state.best_metric,
         tokens_seen: state.tokens_seen,
         input_tokens: 0,
         seconds: 0.0,
@@ -371,10 +406,42 @@ where
                 t.per_device_eval_batch_size,
                 pad_id,
             )?;
-            let best = state.best_eval_loss.is_none_or(|b| val < b);
+            let generation = match &opts.generation {
+                Some(g) if t.eval_generate_samples > 0 => Some(
+                    evaluate_generation(
+                        &model.valid(),
+                        &g.tokenizer,
+                        &g.items,
+                        t.per_device_eval_batch_size,
+                        g.max_new_tokens,
+                        g.eos,
+                    )?
+                    .metrics,
+                ),
+                _ => None,
+            };
+            let value = match best_metric.generation_key() {
+                None => val,
+                Some(key) => generation
+                    .as_ref()
+                    .and_then(|m| m.get(key))
+                    .and_then(serde_json::Value::as_f64)
+                    .ok_or_else(|| TrainError::EmptyDataset {
+                        what: format!(
+                            "metric_for_best_model `{}`: the generation metric has no `{key}`",
+                            best_metric.name
+                        ),
+                    })?,
+            };
+            // Checkpoints from before `best_metric` existed tracked the eval loss.
+            let best_so_far = state.best_metric.or(state
+                .best_eval_loss
+                .filter(|_| best_metric.generation_key().is_none()));
+            let best = best_metric.improves(value, best_so_far);
             if best {
                 state.best_eval_loss = Some(val);
                 state.best_step = Some(state.step);
+                state.best_metric = Some(value);
                 checkpoint::save_adapter_atomic(
                     &model.export_adapter(peft_config(cfg))?,
                     &out.join("adapter"),
@@ -386,7 +453,12 @@ where
                 eval_loss: val,
                 eval_tokens: val_tokens,
                 best,
+                generation: generation.clone(),
             })?;
+            if let Some(m) = &generation {
+                let line = crate::run::metric_line(m);
+                bar.suspend(|| tracing::info!(step = state.step, "eval generation: {line}"));
+            }
             bar.suspend(|| tracing::info!(step = state.step, eval_loss = val, best, "eval"));
         }
         if state.step % t.save_steps == 0 || state.step == t.max_steps {
@@ -410,6 +482,7 @@ where
     summary.steps_done = state.step;
     summary.best_eval_loss = state.best_eval_loss;
     summary.best_step = state.best_step;
+    summary.best_metric = state.best_metric;
     summary.tokens_seen = state.tokens_seen;
     summary.seconds = started.elapsed().as_secs_f64();
     summary.optimizer_state_bytes = optim.state_bytes();

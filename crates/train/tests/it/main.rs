@@ -3,6 +3,7 @@
 mod accumulation;
 mod common;
 mod custom_data;
+mod custom_splits;
 mod data_job;
 mod grad_checkpoint;
 mod hygiene;
