@@ -51,6 +51,17 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
     // forward and both gradients vs the CPU, on bf16-representable inputs.
     gemm_check(&dev)?;
 
+    // 0b. The Llama family's fused kernels (RMSNorm, SiLU·up, rotate-half RoPE) and grouped-query
+    // attention vs their CPU references: forward and input gradients, f32 and bf16.
+    let kernel_checks: Vec<_> = qtune_kernels::cuda::selftest::llama_op_checks(&dev)
+        .into_iter()
+        .chain(qtune_kernels::cuda::selftest::gqa_checks(&dev))
+        .collect();
+    for c in &kernel_checks {
+        println!("{}", c.json());
+    }
+    let failed_kernels = kernel_checks.iter().filter(|c| !c.ok).count();
+
     // 1. Fixture parity.
     let fixture = Path::new("tests/fixtures/gptj_tiny");
     let prompts = fixture_prompts(fixture)?;
@@ -161,6 +172,11 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
         json!({"check": "tiny_loss_curve", "steps": steps, "max_abs_diff": max_diff,
                "cpu_first_last": [cpu_losses.first(), cpu_losses.last()],
                "gpu_first_last": [gpu_losses.first(), gpu_losses.last()]})
+    );
+    anyhow::ensure!(
+        failed_kernels == 0,
+        "{failed_kernels} of {} fused-kernel checks failed (lines with \"ok\":false above)",
+        kernel_checks.len()
     );
     Ok(())
 }
