@@ -5,45 +5,52 @@
 //! (decode) products inside a CUDA graph (`--decode`: only those). `--check` first runs
 //! the GPU self-test (kernels vs CPU reference, bit for bit). Prints JSON lines, then a table.
 
-/// Entry point called by xtask's `bench dequant` subcommand with the remaining arguments.
+/// Arguments of `bench dequant`.
+#[derive(Debug, clap::Args)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub struct Args {
+    /// First run the GPU self-test (kernels vs the CPU reference); fail if a check fails.
+    #[arg(long)]
+    check: bool,
+    /// Only the batch-1 (decode) products.
+    #[arg(long)]
+    decode: bool,
+    /// Timed iterations for dequant/copy (default: the kernels bench's, 50).
+    #[arg(long)]
+    iters: Option<usize>,
+    /// Tokens (rows of x) for the linear timings (default: the kernels bench's, 4096).
+    #[arg(long)]
+    tokens: Option<usize>,
+}
+
+/// Entry point called by xtask's `bench dequant` subcommand.
 ///
 /// # Errors
-/// Without the `cuda` feature; on a bad argument; if `--check` finds a failing check.
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+/// Without the `cuda` feature; if `--check` finds a failing check.
+pub fn run(args: &Args) -> anyhow::Result<()> {
     run_impl(args)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn run_impl(_args: &[String]) -> anyhow::Result<()> {
+fn run_impl(_args: &Args) -> anyhow::Result<()> {
     anyhow::bail!("`bench dequant` needs a CUDA build: cargo xtask bench dequant --features cuda (run it on a GPU machine)")
 }
 
 #[cfg(feature = "cuda")]
-fn run_impl(args: &[String]) -> anyhow::Result<()> {
-    use anyhow::Context;
+fn run_impl(args: &Args) -> anyhow::Result<()> {
     use qtune_kernels::cuda::{bench, selftest};
 
-    let mut cfg = bench::BenchConfig::default();
-    let mut check = false;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| -> anyhow::Result<usize> {
-            it.next()
-                .with_context(|| format!("{name} needs a value"))?
-                .parse()
-                .with_context(|| format!("{name} needs a positive integer"))
-        };
-        match arg.as_str() {
-            "--check" => check = true,
-            "--decode" => cfg.decode_only = true,
-            "--iters" => cfg.iters = value("--iters")?.max(1),
-            "--tokens" => cfg.tokens = value("--tokens")?.max(1),
-            other => anyhow::bail!(
-                "bench dequant: unknown argument `{other}` (use --check, --decode, --iters N, --tokens N)"
-            ),
-        }
+    let mut cfg = bench::BenchConfig {
+        decode_only: args.decode,
+        ..bench::BenchConfig::default()
+    };
+    if let Some(n) = args.iters {
+        cfg.iters = n.max(1);
     }
-    if check {
+    if let Some(n) = args.tokens {
+        cfg.tokens = n.max(1);
+    }
+    if args.check {
         let failed = selftest::run_all().iter().filter(|c| !c.ok).count();
         anyhow::ensure!(failed == 0, "{failed} GPU self-test checks failed");
     }

@@ -17,121 +17,138 @@
 #[cfg(feature = "cuda")]
 use qtune_lm::CausalLm;
 
-/// Entry point of `bench train` with the remaining arguments.
+/// Entry point of `bench train`.
 ///
 /// # Errors
-/// Without the `cuda` feature; on a bad argument; on a model or step error.
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+/// Without the `cuda` feature; on a model or step error.
+pub fn run(args: &Args) -> anyhow::Result<()> {
     run_impl(args)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn run_impl(_args: &[String]) -> anyhow::Result<()> {
+fn run_impl(_args: &Args) -> anyhow::Result<()> {
     anyhow::bail!(
         "`bench train` needs a CUDA build: cargo build --release -p xtask --features cuda \
          (run it on a GPU machine); nothing was measured"
     )
 }
 
-/// Parsed command line.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-struct Args {
-    model: String,
-    quant: String,
-    all_linear: bool,
-    batch: usize,
-    seq: usize,
-    warmup: usize,
-    steps: usize,
-    layers: Option<usize>,
-    decode: usize,
-    /// Only the per-piece timing of one decode step (no prefill, no full decode).
-    decode_profile: bool,
+/// The shapes `--model` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// GPT-J-6B.
+    #[value(name = "gptj-6b")]
+    Gptj6b,
+    /// Llama-2-7B (MHA, 32k vocabulary).
+    #[value(name = "llama-7b")]
+    Llama7b,
+    /// Llama-3-8B (GQA, 128k vocabulary).
+    #[value(name = "llama3-8b")]
+    Llama3_8b,
 }
 
-/// The shapes `--model` knows.
-const MODELS: [&str; 3] = ["gptj-6b", "llama-7b", "llama3-8b"];
+impl Shape {
+    /// The `--model` spelling, as printed in the JSON lines.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Gptj6b => "gptj-6b",
+            Shape::Llama7b => "llama-7b",
+            Shape::Llama3_8b => "llama3-8b",
+        }
+    }
+}
+
+/// The base weights' format (`bf16`: dense, no quantization).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Quant {
+    #[value(name = "nf4")]
+    Nf4,
+    #[value(name = "fp4")]
+    Fp4,
+    #[value(name = "int8-blockwise")]
+    Int8Blockwise,
+    #[value(name = "bf16")]
+    Bf16,
+}
+
+impl Quant {
+    /// The `--quant` spelling, as printed in the JSON lines.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn name(self) -> &'static str {
+        match self {
+            Quant::Nf4 => "nf4",
+            Quant::Fp4 => "fp4",
+            Quant::Int8Blockwise => "int8-blockwise",
+            Quant::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Which linears get LoRA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Targets {
+    /// q_proj and v_proj.
+    #[value(name = "qv")]
+    Qv,
+    /// Every block linear, as PEFT's "all-linear".
+    #[value(name = "all")]
+    All,
+}
+
+/// Arguments of `bench train`.
+#[derive(Debug, clap::Args)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub struct Args {
+    #[arg(long, value_enum, default_value = "gptj-6b")]
+    model: Shape,
+    #[arg(long, value_enum, default_value = "nf4")]
+    quant: Quant,
+    #[arg(long, value_enum, default_value = "qv")]
+    targets: Targets,
+    /// Rows of the batch (at least 1).
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Tokens a row (at least 2).
+    #[arg(long, default_value_t = 512)]
+    seq: usize,
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    #[arg(long, default_value_t = 8)]
+    steps: usize,
+    /// Only the first N blocks (at least 1; default: all of the shape's).
+    #[arg(long)]
+    layers: Option<usize>,
+    /// New tokens of the greedy decode (0: no inference).
+    #[arg(long, default_value_t = 128)]
+    decode: usize,
+    /// Only the per-piece timing of one decode step (no prefill, no full decode).
+    #[arg(long)]
+    decode_profile: bool,
+}
 
 /// HF `config.json` of a Llama shape: Llama-2-7B (MHA, 32k vocabulary) or Llama-3-8B (GQA
 /// 32 × 8 heads, 14336-wide MLP, 128k vocabulary, θ 500000), as their published configs.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn llama_config(model: &str) -> anyhow::Result<qtune_llama::LlamaConfig> {
+fn llama_config(model: Shape) -> anyhow::Result<qtune_llama::LlamaConfig> {
     let v = match model {
-        "llama-7b" => serde_json::json!({
+        Shape::Llama7b => serde_json::json!({
             "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096,
             "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
             "num_key_value_heads": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
             "rope_theta": 10000.0, "bos_token_id": 1, "eos_token_id": 2}),
-        "llama3-8b" => serde_json::json!({
+        Shape::Llama3_8b => serde_json::json!({
             "model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
             "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
             "num_key_value_heads": 8, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
             "rope_theta": 500000.0, "bos_token_id": 128000, "eos_token_id": 128001}),
-        o => anyhow::bail!("no Llama shape `{o}`"),
+        Shape::Gptj6b => anyhow::bail!("no Llama shape `{}`", model.name()),
     };
     Ok(serde_json::from_value(v)?)
 }
 
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn parse(args: &[String]) -> anyhow::Result<Args> {
-    use anyhow::Context;
-    let mut a = Args {
-        model: "gptj-6b".into(),
-        quant: "nf4".into(),
-        all_linear: false,
-        batch: 8,
-        seq: 512,
-        warmup: 3,
-        steps: 8,
-        layers: None,
-        decode: 128,
-        decode_profile: false,
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| -> anyhow::Result<String> {
-            it.next()
-                .cloned()
-                .with_context(|| format!("{name} needs a value"))
-        };
-        let num = |name: &str, v: String| -> anyhow::Result<usize> {
-            v.parse()
-                .with_context(|| format!("{name}: `{v}` is not a non-negative integer"))
-        };
-        match arg.as_str() {
-            "--model" => a.model = value("--model")?,
-            "--quant" => a.quant = value("--quant")?,
-            "--targets" => {
-                a.all_linear = match value("--targets")?.as_str() {
-                    "qv" => false,
-                    "all" => true,
-                    o => anyhow::bail!("--targets {o}: use qv or all"),
-                }
-            }
-            "--batch" => a.batch = num("--batch", value("--batch")?)?.max(1),
-            "--seq" => a.seq = num("--seq", value("--seq")?)?.max(2),
-            "--warmup" => a.warmup = num("--warmup", value("--warmup")?)?,
-            "--steps" => a.steps = num("--steps", value("--steps")?)?,
-            "--layers" => a.layers = Some(num("--layers", value("--layers")?)?.max(1)),
-            "--decode" => a.decode = num("--decode", value("--decode")?)?,
-            "--decode-profile" => a.decode_profile = true,
-            o => anyhow::bail!(
-                "bench train: unknown argument `{o}` (--model --quant --targets --batch --seq --warmup \
-                 --steps --layers --decode --decode-profile)"
-            ),
-        }
-    }
-    if !MODELS.contains(&a.model.as_str()) {
-        anyhow::bail!("--model {}: use one of {}", a.model, MODELS.join(", "));
-    }
-    if !["nf4", "fp4", "int8-blockwise", "bf16"].contains(&a.quant.as_str()) {
-        anyhow::bail!("--quant {}: use nf4, fp4, int8-blockwise or bf16", a.quant);
-    }
-    Ok(a)
-}
-
 #[cfg(feature = "cuda")]
-fn run_impl(args: &[String]) -> anyhow::Result<()> {
+fn run_impl(args: &Args) -> anyhow::Result<()> {
     use std::time::Instant;
 
     use burn::module::AutodiffModule;
@@ -148,7 +165,9 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
     use serde_json::json;
 
     type Inner = <Train as AutodiffBackend>::InnerBackend;
-    let a = parse(args)?;
+    let a = args;
+    let model_name = a.model.name();
+    let all_linear = a.targets == Targets::All;
     let device: burn::tensor::Device<Train> = Default::default();
     // The float dtype is a per-device runtime setting, locked by the first tensor.
     burn::tensor::set_default_dtypes::<Inner>(&device, DType::BF16, DType::I32)
@@ -164,37 +183,42 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
     };
     const GIB: f64 = (1u64 << 30) as f64;
 
-    let quant = match a.quant.as_str() {
-        "nf4" => Some(QuantSpec {
+    let quant = match a.quant {
+        Quant::Nf4 => Some(QuantSpec {
             format: QuantFormat::Nf4,
             blocksize: 64,
             double_quant: true,
         }),
-        "fp4" => Some(QuantSpec {
+        Quant::Fp4 => Some(QuantSpec {
             format: QuantFormat::Fp4,
             blocksize: 64,
             double_quant: true,
         }),
-        "int8-blockwise" => Some(QuantSpec {
+        Quant::Int8Blockwise => Some(QuantSpec {
             format: QuantFormat::Blockwise8,
             blocksize: 4096,
             double_quant: false,
         }),
-        _ => None,
+        Quant::Bf16 => None,
     };
-    let mode = format!("{}{}", a.quant, if a.all_linear { "-all" } else { "-qv" });
+    let mode = format!(
+        "{}{}",
+        a.quant.name(),
+        if all_linear { "-all" } else { "-qv" }
+    );
+    let layers = a.layers.map(|n| n.max(1));
 
     sync()?;
     let t0 = Instant::now();
-    let base: AnyLm<Train> = if a.model == "gptj-6b" {
+    let base: AnyLm<Train> = if a.model == Shape::Gptj6b {
         let mut cfg = GptjConfig::gptj_6b();
-        if let Some(n) = a.layers {
+        if let Some(n) = layers {
             cfg.n_layer = n;
         }
         AnyLm::Gptj(Gptj::random(&cfg, 0, quant, DType::BF16, &device)?)
     } else {
-        let mut cfg = llama_config(&a.model)?;
-        if let Some(n) = a.layers {
+        let mut cfg = llama_config(a.model)?;
+        if let Some(n) = layers {
             cfg.num_hidden_layers = n;
         }
         AnyLm::Llama(qtune_llama::Llama::random(
@@ -214,7 +238,7 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
         r: 16,
         lora_alpha: 32.0,
         lora_dropout: 0.05,
-        target_modules: if a.all_linear {
+        target_modules: if all_linear {
             TargetModules::AllLinear
         } else {
             TargetModules::Names(vec!["q_proj".into(), "v_proj".into()])
@@ -224,12 +248,12 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
     let counts = model.param_counts();
     println!(
         "{}",
-        json!({"bench": "train", "model": a.model, "mode": mode, "n_layer": n_layer, "load_quantize_s": load_s,
+        json!({"bench": "train", "model": model_name, "mode": mode, "n_layer": n_layer, "load_quantize_s": load_s,
                "weights_gib": weights_in_use as f64 / GIB, "params": format!("{counts:?}")})
     );
 
     // One fixed batch of pseudo-random ids, labels = ids (as the peer: every token a target).
-    let (b, t) = (a.batch, a.seq);
+    let (b, t) = (a.batch.max(1), a.seq.max(2));
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let ids: Vec<i64> = (0..b * t)
         .map(|_| {
@@ -310,7 +334,7 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
     if let Some(&med) = times.get(times.len() / 2) {
         println!(
             "{}",
-            json!({"model": a.model, "mode": mode, "batch": b, "seq": t, "step_s_median": med,
+            json!({"model": model_name, "mode": mode, "batch": b, "seq": t, "step_s_median": med,
                "tokens_per_s": (b * t) as f64 / med, "load_quantize_s": load_s,
                "peak_in_use_gib_probed": peak_probe.load(std::sync::atomic::Ordering::Relaxed) as f64 / GIB,
                "in_use_gib_after_step_max": peak_use as f64 / GIB,
@@ -357,7 +381,7 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
         for (piece, s) in gptj.decode_step_breakdown(&prompt, a.decode, 20)? {
             println!(
                 "{}",
-                json!({"model": a.model, "mode": mode, "decode_piece": piece, "us": s * 1e6})
+                json!({"model": model_name, "mode": mode, "decode_piece": piece, "us": s * 1e6})
             );
         }
         return Ok(());
@@ -429,7 +453,7 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
     let (dec_s, tokens) = &timed[0];
     println!(
         "{}",
-        json!({"model": a.model, "mode": mode, "prefill_tokens": n, "prefill_s": pre, "prefill_tok_s": n as f64 / pre,
+        json!({"model": model_name, "mode": mode, "prefill_tokens": n, "prefill_s": pre, "prefill_tok_s": n as f64 / pre,
                "decode_new_tokens": tokens.len(), "decode_s": dec_s,
                "decode_tok_s_b1": rate(&timed[0]),
                "decode_tok_s_b1_no_graph": rate(&timed[1]),
@@ -447,25 +471,96 @@ fn run_impl(args: &[String]) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    /// `bench train`'s arguments alone, as xtask's clap tree parses them.
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: Args,
+    }
 
     #[test]
     fn llama_shapes_have_the_published_parameter_counts() {
         // Llama-2-7B and Meta-Llama-3-8B as HF counts them (`num_parameters()`).
         assert_eq!(
-            llama_config("llama-7b").unwrap().num_params(),
+            llama_config(Shape::Llama7b).unwrap().num_params(),
             6_738_415_616
         );
         assert_eq!(
-            llama_config("llama3-8b").unwrap().num_params(),
+            llama_config(Shape::Llama3_8b).unwrap().num_params(),
             8_030_261_248
         );
-        assert!(llama_config("llama-13b").is_err());
-        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(llama_config(Shape::Gptj6b).is_err());
+        let parse =
+            |v: &[&str]| Cmd::try_parse_from(std::iter::once("train").chain(v.iter().copied()));
         assert_eq!(
-            parse(&args(&["--model", "llama3-8b"])).unwrap().model,
-            "llama3-8b"
+            parse(&["--model", "llama3-8b"]).unwrap().args.model,
+            Shape::Llama3_8b
         );
-        assert!(parse(&args(&["--model", "llama-13b"])).is_err());
+        assert!(parse(&["--model", "llama-13b"]).is_err());
+    }
+
+    #[test]
+    fn defaults_and_flags_are_the_device_scripts_ones() {
+        let parse =
+            |v: &[&str]| Cmd::try_parse_from(std::iter::once("train").chain(v.iter().copied()));
+        let a = parse(&[]).unwrap().args;
+        assert_eq!(
+            (a.model, a.quant, a.targets, a.batch, a.seq, a.warmup, a.steps, a.layers, a.decode),
+            (
+                Shape::Gptj6b,
+                Quant::Nf4,
+                Targets::Qv,
+                8,
+                512,
+                3,
+                8,
+                None,
+                128
+            )
+        );
+        assert!(!a.decode_profile);
+        // xtask/device/bench_call.sh and llama_bench.sh.
+        let a = parse(&[
+            "--model",
+            "llama-7b",
+            "--quant",
+            "int8-blockwise",
+            "--targets",
+            "all",
+            "--layers",
+            "4",
+            "--warmup",
+            "0",
+            "--steps",
+            "0",
+            "--decode",
+            "0",
+            "--decode-profile",
+            "--batch",
+            "2",
+            "--seq",
+            "64",
+        ])
+        .unwrap()
+        .args;
+        assert_eq!(
+            (a.model, a.quant, a.targets, a.layers, a.batch, a.seq),
+            (
+                Shape::Llama7b,
+                Quant::Int8Blockwise,
+                Targets::All,
+                Some(4),
+                2,
+                64
+            )
+        );
+        assert!(a.decode_profile);
+        for bad in [["--quant", "int4"], ["--targets", "qkv"], ["--steps", "-1"]] {
+            assert!(parse(&bad).is_err(), "{bad:?}");
+        }
     }
 }

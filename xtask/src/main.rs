@@ -14,7 +14,7 @@ mod smollm2;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use qtune_data::DataSource;
 use qtune_train::backend::{Train, TRAIN_BACKEND};
@@ -105,11 +105,10 @@ enum Cmd {
         #[arg(long, default_value_t = 16384)]
         max_tokens: usize,
     },
-    /// Benchmarks: `dequant` (CUDA), `train` (CUDA), `activation-memory`.
+    /// Benchmarks and GPU checks: `dequant`, `train`, `gpu-check` (CUDA builds), `activation-memory`.
     Bench {
-        what: String,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        #[command(subcommand)]
+        what: Bench,
     },
     /// Write our adapter + logits on the fixture prompts for PEFT's check-adapter mode.
     PeftCheck {
@@ -120,6 +119,18 @@ enum Cmd {
         #[arg(long, default_value = "gptj_tiny")]
         fixture: String,
     },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Dequant bandwidth, quantized linear vs a bf16 GEMM, batch-1 products (CUDA builds).
+    Dequant(bench_dequant::Args),
+    /// A model of the real shape, random weights, LoRA training steps and decode (CUDA builds).
+    Train(bench_train::Args),
+    /// Correctness on the GPU vs the CPU and HF's fixtures; fails beyond stated tolerances.
+    GpuCheck(gpu_check::Args),
+    /// Bytes kept between forward and backward, plain vs per-block checkpointing (CPU).
+    ActivationMemory,
 }
 
 /// The tiny config for a dataset: SQuAD as embedded; hate speech with short prompts.
@@ -258,14 +269,11 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 r.tokens_evaluated, r.text_tokens, r.ppl
             );
         }
-        Cmd::Bench { what, args } => match what.as_str() {
-            "dequant" => bench_dequant::run(&args)?,
-            "train" => bench_train::run(&args)?,
-            "gpu-check" => gpu_check::run(&args)?,
-            "activation-memory" => activation_memory()?,
-            other => {
-                bail!("unknown bench `{other}`: dequant | train | gpu-check | activation-memory")
-            }
+        Cmd::Bench { what } => match what {
+            Bench::Dequant(args) => bench_dequant::run(&args)?,
+            Bench::Train(args) => bench_train::run(&args)?,
+            Bench::GpuCheck(args) => gpu_check::run(&args)?,
+            Bench::ActivationMemory => activation_memory()?,
         },
         Cmd::PeftCheck { out, fixture } => {
             let fixture = PathBuf::from("tests/fixtures").join(&fixture);

@@ -1,0 +1,152 @@
+//! The dense GEMMs on the GPU: cuBLAS `matmul` (bf16 in; bf16 and f32 out) vs the CPU for all
+//! transpose flags, and the batch-1 GEMVs of decoding (quantized from the codes vs dequantize +
+//! GEMM; dense GEMV vs cuBLAS). Metric: max |Δ| / max |ref|.
+
+use burn::tensor::{DType, Tensor, TensorData};
+use qtune_train::backend::{Cpu, Train};
+use serde_json::json;
+
+use super::{host, rel, values, Failures};
+
+/// A bf16 GEMM output (or gradient) vs f32: measured ≤ 3.9e-3 forward, da and db on an H100
+/// (2026-12-06), one bf16 ulp at the largest value; 1e-2 is 2.5 ulps. Also the bound of the
+/// batch-1 GEMVs (not measured separately): both sides round a f32-accumulated sum to bf16 once,
+/// and the quantized side's weights differ from the dequantized bf16 ones by at most half a
+/// bf16 ulp each, which averages out over the 1024-term sums.
+pub(super) const GEMM_BF16: f64 = 1e-2;
+/// The f32-output forward: bf16-representable inputs multiply exactly, so only the f32
+/// summation order of the 136-term sums differs: measured ~3e-7 (2–3 f32 ulps). 1e-6 is 3×, and
+/// still 2,000× below a bf16 rounding of the output, which this line exists to catch.
+const GEMM_F32_OUT_FWD: f64 = 1e-6;
+
+/// Batch-1 quantized linear (the decode GEMV straight from the codes) vs dequantize + GEMM on the
+/// GPU, for NF4 + double quant, FP4 and blockwise 8-bit; and the batch-1 dense products (LoRA
+/// factors, LM head at decode): GEMV kernel vs cuBLAS.
+pub(super) fn quantized_gemv_check(
+    dev: &burn::tensor::Device<Train>,
+    fails: &mut Failures,
+) -> anyhow::Result<()> {
+    use qtune_kernels::QuantWeight;
+    use qtune_quant::{FloatDType, QuantFormat};
+    let (o, k) = (384usize, 1024usize);
+    let mut res = serde_json::Map::new();
+    for (name, format, bs, dq) in [
+        ("nf4_dq", QuantFormat::Nf4, 64, true),
+        ("fp4", QuantFormat::Fp4, 64, false),
+        ("int8", QuantFormat::Blockwise8, 256, false),
+    ] {
+        type I = <Train as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+        let wt = Tensor::<I, 2>::from_data(
+            TensorData::new(values(o * k, 31), [o, k]),
+            (dev, DType::BF16),
+        );
+        let w = QuantWeight::quantize(name, wt, format, bs, dq, FloatDType::BF16)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let x =
+            Tensor::<I, 2>::from_data(TensorData::new(values(k, 32), [1, k]), (dev, DType::BF16));
+        let y = qtune_kernels::q_linear(x.clone(), &w);
+        let y_ref = qtune_kernels::linear_t(x, w.dequantize(DType::BF16));
+        let key = format!("gemv_{name}_rel_err");
+        let value = rel(host(y.unsqueeze::<3>())?, host(y_ref.unsqueeze::<3>())?);
+        fails.at_most(&format!("quantized_gemv {key}"), value, GEMM_BF16);
+        res.insert(key, value.into());
+    }
+    // Batch-1 dense products (LoRA factors, LM head at decode): GEMV kernel vs cuBLAS.
+    for (n, k) in [(16usize, 1024usize), (1000, 16), (2000, 1024)] {
+        type I = <Train as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+        let t = |len: usize, seed: u64, shape: [usize; 2]| {
+            Tensor::<I, 2>::from_data(
+                TensorData::new(values(len, seed), shape),
+                (dev, DType::BF16),
+            )
+        };
+        let (x, w, y0) = (t(k, 33, [1, k]), t(n * k, 34, [n, k]), t(n, 35, [1, n]));
+        let run = |gemv: bool| -> anyhow::Result<[Vec<f32>; 2]> {
+            qtune_kernels::cuda::set_dense_gemv(gemv);
+            let y = qtune_kernels::linear_t(x.clone(), w.clone());
+            let acc =
+                qtune_kernels::linear_t_acc(y0.clone().add_scalar(0.0), x.clone(), w.clone(), 0.5);
+            Ok([host(y.unsqueeze::<3>())?, host(acc.unsqueeze::<3>())?])
+        };
+        let ([g, ga], [c, ca]) = (run(true)?, run(false)?);
+        qtune_kernels::cuda::set_dense_gemv(true);
+        for (key, value) in [
+            (format!("dense_gemv_{n}x{k}_rel_err"), rel(g, c)),
+            (format!("dense_gemv_acc_{n}x{k}_rel_err"), rel(ga, ca)),
+        ] {
+            fails.at_most(&format!("quantized_gemv {key}"), value, GEMM_BF16);
+            res.insert(key, value.into());
+        }
+    }
+    res.insert("check".into(), "quantized_gemv".into());
+    println!("{}", serde_json::Value::Object(res));
+    Ok(())
+}
+
+/// `qtune_kernels::matmul` on the GPU (bf16 in; bf16 and f32 out) vs the CPU (f32) for all
+/// transpose flags: forward and the gradients of both inputs.
+pub(super) fn gemm_check(
+    dev: &burn::tensor::Device<Train>,
+    fails: &mut Failures,
+) -> anyhow::Result<()> {
+    let (batch, m, k, n) = (6usize, 200usize, 136usize, 72usize);
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        for out in [DType::BF16, DType::F32] {
+            let sa = if ta { [batch, k, m] } else { [batch, m, k] };
+            let sb = if tb { [batch, n, k] } else { [batch, k, n] };
+            let (va, vb, vw) = (
+                values(batch * m * k, 1),
+                values(batch * k * n, 2),
+                values(batch * m * n, 3),
+            );
+            let run_cpu = || {
+                let d = Default::default();
+                let a =
+                    Tensor::<Cpu, 3>::from_data(TensorData::new(va.clone(), sa), &d).require_grad();
+                let b =
+                    Tensor::<Cpu, 3>::from_data(TensorData::new(vb.clone(), sb), &d).require_grad();
+                let w = Tensor::<Cpu, 3>::from_data(TensorData::new(vw.clone(), [batch, m, n]), &d);
+                let c = qtune_kernels::matmul(a.clone(), b.clone(), ta, tb, DType::F32);
+                let g = (c.clone() * w).sum().backward();
+                anyhow::Ok((
+                    host(c.inner())?,
+                    host(a.grad(&g).unwrap())?,
+                    host(b.grad(&g).unwrap())?,
+                ))
+            };
+            let run_gpu = || {
+                let to = |v: &Vec<f32>, s: [usize; 3]| {
+                    Tensor::<Train, 3>::from_data(TensorData::new(v.clone(), s), (dev, DType::BF16))
+                };
+                let a = to(&va, sa).require_grad();
+                let b = to(&vb, sb).require_grad();
+                let w = to(&vw, [batch, m, n]).cast(out);
+                let c = qtune_kernels::matmul(a.clone(), b.clone(), ta, tb, out);
+                let g = (c.clone() * w).sum().backward();
+                let ga = a.grad(&g).ok_or_else(|| anyhow::anyhow!("no grad for a"))?;
+                let gb = b.grad(&g).ok_or_else(|| anyhow::anyhow!("no grad for b"))?;
+                anyhow::Ok((host(c.inner())?, host(ga)?, host(gb)?))
+            };
+            let (c0, a0, b0) = run_cpu()?;
+            let (c1, a1, b1) = run_gpu()?;
+            let (fwd, da, db) = (rel(c1, c0), rel(a1, a0), rel(b1, b0));
+            println!(
+                "{}",
+                json!({"check": "gemm", "ta": ta, "tb": tb, "out": format!("{out:?}"),
+                       "fwd_rel_err": fwd, "da_rel_err": da, "db_rel_err": db})
+            );
+            let what = format!("gemm ta={ta} tb={tb} out={out:?}");
+            let fwd_tol = if out == DType::F32 {
+                GEMM_F32_OUT_FWD
+            } else {
+                GEMM_BF16
+            };
+            fails.at_most(&format!("{what} fwd_rel_err"), fwd, fwd_tol);
+            // a, b are bf16, so their gradients are bf16 whatever the output dtype.
+            fails.at_most(&format!("{what} da_rel_err"), da, GEMM_BF16);
+            fails.at_most(&format!("{what} db_rel_err"), db, GEMM_BF16);
+        }
+    }
+
+    Ok(())
+}
