@@ -254,25 +254,8 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
 
     // One fixed batch of pseudo-random ids, labels = ids (as the peer: every token a target).
     let (b, t) = (a.batch.max(1), a.seq.max(2));
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let ids: Vec<i64> = (0..b * t)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % vocab.min(50257)) as i64
-        })
-        .collect();
-    let batch = qtune_data::Batch {
-        batch_size: b,
-        seq_len: t,
-        input_ids: ids.clone(),
-        attention_mask: vec![1; b * t],
-        position_ids: (0..b).flat_map(|_| 0..t as i64).collect(),
-        labels: ids.clone(),
-        lengths: vec![t; b],
-        segment_ids: None,
-    };
+    let ids = crate::random_ids(b * t, 0x2545_f491_4f6c_dd1d, vocab.min(50257));
+    let batch = crate::full_batch(b, t, ids.clone());
     let norm = batch.n_target_tokens() as f32;
     let mut optim = Optimizer::<Train>::new(OptimizerConfig {
         optim: if quant.is_some() {

@@ -133,6 +133,36 @@ enum Bench {
     ActivationMemory,
 }
 
+/// `n` pseudo-random token ids below `vocab` (xorshift64 from `seed`), for the fixed batches of
+/// `bench train` and `bench gpu-check`.
+#[cfg(feature = "cuda")]
+fn random_ids(n: usize, seed: u64, vocab: u64) -> Vec<i64> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % vocab) as i64
+        })
+        .collect()
+}
+
+/// A `[b, t]` batch of `ids` without padding, labels = ids (every token a target).
+#[cfg(feature = "cuda")]
+fn full_batch(b: usize, t: usize, ids: Vec<i64>) -> qtune_data::Batch {
+    qtune_data::Batch {
+        batch_size: b,
+        seq_len: t,
+        input_ids: ids.clone(),
+        attention_mask: vec![1; b * t],
+        position_ids: (0..b).flat_map(|_| 0..t as i64).collect(),
+        labels: ids,
+        lengths: vec![t; b],
+        segment_ids: None,
+    }
+}
+
 /// The tiny config for a dataset: SQuAD as embedded; hate speech with short prompts.
 fn tiny_config(dataset: Dataset) -> RunConfig {
     let mut cfg = RunConfig::tiny();

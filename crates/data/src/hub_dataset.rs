@@ -167,7 +167,7 @@ impl HubOptions {
     pub fn from_env() -> Self {
         HubOptions {
             cache: Cache::from_env().path().clone(),
-            offline: std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| crate::source::is_true(&v)),
+            offline: crate::source::hub_offline(),
         }
     }
 }

@@ -218,11 +218,16 @@ fn skip_allowed(what: &str, why: &str, ci: Option<&str>, mirror: bool) -> Result
 }
 
 /// huggingface_hub's `constants._is_true`: 1/ON/YES/TRUE in any case.
-pub(crate) fn is_true(v: &str) -> bool {
+fn is_true(v: &str) -> bool {
     matches!(
         v.trim().to_ascii_uppercase().as_str(),
         "1" | "ON" | "YES" | "TRUE"
     )
+}
+
+/// `HF_HUB_OFFLINE` as huggingface_hub reads it (1/ON/YES/TRUE, any case): cache only, no network.
+pub(crate) fn hub_offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| is_true(&v))
 }
 
 impl DataSource {
@@ -232,7 +237,7 @@ impl DataSource {
         let data_dir = std::env::var_os("QTUNE_DATA_DIR")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
-        let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| is_true(&v));
+        let offline = hub_offline();
         DataSource {
             data_dir,
             allow_hub: !offline,

@@ -56,10 +56,6 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
             }
         }
     }
-    let mut at_most = |what: &str, value: f64, tol: f64| {
-        fails.at_most(&format!("fused_ops {what}"), value, tol);
-        value
-    };
 
     let hd = 32;
     let dims = [b, t, l, h];
@@ -69,10 +65,10 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
     println!(
         "{}",
         json!({"check": "fused_ops",
-               "attention_fwd_rel_err": at_most("attention_fwd_rel_err", rel(g0, c0), ATTENTION_FWD),
-               "attention_dq_rel_err": at_most("attention_dq_rel_err", rel(g1, c1), ATTENTION_GRAD),
-               "attention_dk_rel_err": at_most("attention_dk_rel_err", rel(g2, c2), ATTENTION_GRAD),
-               "attention_dv_rel_err": at_most("attention_dv_rel_err", rel(g3, c3), ATTENTION_GRAD)})
+               "attention_fwd_rel_err": fails.at_most("fused_ops attention_fwd_rel_err", rel(g0, c0), ATTENTION_FWD),
+               "attention_dq_rel_err": fails.at_most("fused_ops attention_dq_rel_err", rel(g1, c1), ATTENTION_GRAD),
+               "attention_dk_rel_err": fails.at_most("fused_ops attention_dk_rel_err", rel(g2, c2), ATTENTION_GRAD),
+               "attention_dv_rel_err": fails.at_most("fused_ops attention_dv_rel_err", rel(g3, c3), ATTENTION_GRAD)})
     );
 
     let [c0, c1, c2, c3, c4, c5, c6] =
@@ -84,21 +80,21 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
         .zip(&g0)
         .filter(|(a, b)| (**a == 0.0) != (**b == 0.0))
         .count();
-    let mut at_most = |what: &str, value: f64, tol: f64| {
-        fails.at_most(&format!("fused_ops {what}"), value, tol);
-        value
-    };
-    at_most("dropout_mask_mismatches", mask_mismatch as f64, 0.0);
+    fails.at_most(
+        "fused_ops dropout_mask_mismatches",
+        mask_mismatch as f64,
+        0.0,
+    );
     println!(
         "{}",
         json!({"check": "fused_ops", "dropout_mask_mismatches": mask_mismatch, "dropout_values": c0.len(),
-               "dropout_rel_err": at_most("dropout_rel_err", rel(g0, c0), DROPOUT),
-               "gemm_acc_fwd_rel_err": at_most("gemm_acc_fwd_rel_err", rel(g1, c1), GEMM_ACC),
-               "gemm_acc_dy_rel_err": at_most("gemm_acc_dy_rel_err", rel(g2, c2), GEMM_ACC),
-               "gemm_acc_dx_rel_err": at_most("gemm_acc_dx_rel_err", rel(g3, c3), GEMM_ACC),
-               "gemm_acc_dw_rel_err": at_most("gemm_acc_dw_rel_err", rel(g4, c4), GEMM_ACC),
-               "bias_gelu_fwd_rel_err": at_most("bias_gelu_fwd_rel_err", rel(g5, c5), BIAS_GELU_FWD),
-               "bias_gelu_grad_rel_err": at_most("bias_gelu_grad_rel_err", rel(g6, c6), BIAS_GELU_GRAD)})
+               "dropout_rel_err": fails.at_most("fused_ops dropout_rel_err", rel(g0, c0), DROPOUT),
+               "gemm_acc_fwd_rel_err": fails.at_most("fused_ops gemm_acc_fwd_rel_err", rel(g1, c1), GEMM_ACC),
+               "gemm_acc_dy_rel_err": fails.at_most("fused_ops gemm_acc_dy_rel_err", rel(g2, c2), GEMM_ACC),
+               "gemm_acc_dx_rel_err": fails.at_most("fused_ops gemm_acc_dx_rel_err", rel(g3, c3), GEMM_ACC),
+               "gemm_acc_dw_rel_err": fails.at_most("fused_ops gemm_acc_dw_rel_err", rel(g4, c4), GEMM_ACC),
+               "bias_gelu_fwd_rel_err": fails.at_most("fused_ops bias_gelu_fwd_rel_err", rel(g5, c5), BIAS_GELU_FWD),
+               "bias_gelu_grad_rel_err": fails.at_most("fused_ops bias_gelu_grad_rel_err", rel(g6, c6), BIAS_GELU_GRAD)})
     );
 
     let (rows, vocab) = (b * h * t / 8, l * 4);
@@ -107,8 +103,8 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
     println!(
         "{}",
         json!({"check": "fused_ops",
-               "cross_entropy_fwd_rel_err": at_most("cross_entropy_fwd_rel_err", rel(g0, c0), CROSS_ENTROPY_FWD),
-               "cross_entropy_grad_rel_err": at_most("cross_entropy_grad_rel_err", rel(g1, c1), CROSS_ENTROPY_GRAD)})
+               "cross_entropy_fwd_rel_err": fails.at_most("fused_ops cross_entropy_fwd_rel_err", rel(g0, c0), CROSS_ENTROPY_FWD),
+               "cross_entropy_grad_rel_err": fails.at_most("fused_ops cross_entropy_grad_rel_err", rel(g1, c1), CROSS_ENTROPY_GRAD)})
     );
 
     let dims = [b, h, t, l];
@@ -118,10 +114,10 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
     println!(
         "{}",
         json!({"check": "fused_ops",
-               "layer_norm_fwd_rel_err": at_most("layer_norm_fwd_rel_err", rel(g0, c0), LAYER_NORM_FWD),
-               "layer_norm_grad_rel_err": at_most("layer_norm_grad_rel_err", rel(g1, c1), LAYER_NORM_GRAD),
-               "rotary_fwd_rel_err": at_most("rotary_fwd_rel_err", rel(g2, c2), ROTARY),
-               "rotary_grad_rel_err": at_most("rotary_grad_rel_err", rel(g3, c3), ROTARY)})
+               "layer_norm_fwd_rel_err": fails.at_most("fused_ops layer_norm_fwd_rel_err", rel(g0, c0), LAYER_NORM_FWD),
+               "layer_norm_grad_rel_err": fails.at_most("fused_ops layer_norm_grad_rel_err", rel(g1, c1), LAYER_NORM_GRAD),
+               "rotary_fwd_rel_err": fails.at_most("fused_ops rotary_fwd_rel_err", rel(g2, c2), ROTARY),
+               "rotary_grad_rel_err": fails.at_most("fused_ops rotary_grad_rel_err", rel(g3, c3), ROTARY)})
     );
 
     let [c0, c1, c2, c3] =
@@ -130,10 +126,10 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
     println!(
         "{}",
         json!({"check": "fused_ops",
-               "softmax_fwd_rel_err": at_most("softmax_fwd_rel_err", rel(g0, c0), SOFTMAX),
-               "softmax_grad_rel_err": at_most("softmax_grad_rel_err", rel(g1, c1), SOFTMAX),
-               "gelu_fwd_rel_err": at_most("gelu_fwd_rel_err", rel(g2, c2), GELU_FWD),
-               "gelu_grad_rel_err": at_most("gelu_grad_rel_err", rel(g3, c3), GELU_GRAD)})
+               "softmax_fwd_rel_err": fails.at_most("fused_ops softmax_fwd_rel_err", rel(g0, c0), SOFTMAX),
+               "softmax_grad_rel_err": fails.at_most("fused_ops softmax_grad_rel_err", rel(g1, c1), SOFTMAX),
+               "gelu_fwd_rel_err": fails.at_most("fused_ops gelu_fwd_rel_err", rel(g2, c2), GELU_FWD),
+               "gelu_grad_rel_err": fails.at_most("fused_ops gelu_grad_rel_err", rel(g3, c3), GELU_GRAD)})
     );
     Ok(())
 }

@@ -56,12 +56,13 @@ struct Failures(Vec<String>);
 
 #[cfg(feature = "cuda")]
 impl Failures {
-    /// `what` must be at most `tol` (NaN fails).
-    fn at_most(&mut self, what: &str, value: f64, tol: f64) {
+    /// `what` must be at most `tol` (NaN fails); returns `value`, for the printed line.
+    fn at_most(&mut self, what: &str, value: f64, tol: f64) -> f64 {
         if value.is_nan() || value > tol {
             self.0
                 .push(format!("{what} = {value:.3e} > tolerance {tol:.1e}"));
         }
+        value
     }
 
     /// `what` must hold.
@@ -72,18 +73,13 @@ impl Failures {
     }
 }
 
-/// Pseudo-random values in [-1, 1), each representable in bf16 (so both sides start exact).
+/// Pseudo-random values in [-1, 1) (the kernels self-test's), each rounded to bf16 so that both
+/// sides start exact.
 #[cfg(feature = "cuda")]
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let v = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
-            half::bf16::from_f32(v).to_f32()
-        })
+    qtune_kernels::cuda::selftest::values(n, seed, 1.0)
+        .into_iter()
+        .map(|v| half::bf16::from_f32(v).to_f32())
         .collect()
 }
 
@@ -227,31 +223,14 @@ where
     let mut model = qtune_train::build::model_with_lora::<B>(cfg, dev)?;
     let vocab = model.vocab_size() as u64;
     let (b, t) = (8usize, 64usize);
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let ids: Vec<i64> = (0..b * t)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            // A learnable pattern: every other token repeats its predecessor.
-            (x % vocab) as i64
-        })
-        .collect();
+    let ids = crate::random_ids(b * t, 0x9e37_79b9_7f4a_7c15, vocab);
+    // A learnable pattern: every other token repeats its predecessor.
     let ids: Vec<i64> = ids
         .iter()
         .enumerate()
         .map(|(i, &v)| if i % 2 == 1 { ids[i - 1] } else { v })
         .collect();
-    let batch = qtune_data::Batch {
-        batch_size: b,
-        seq_len: t,
-        input_ids: ids.clone(),
-        attention_mask: vec![1; b * t],
-        position_ids: (0..b).flat_map(|_| 0..t as i64).collect(),
-        labels: ids,
-        lengths: vec![t; b],
-        segment_ids: None,
-    };
+    let batch = crate::full_batch(b, t, ids);
     let norm = batch.n_target_tokens() as f32;
     let mut optim = Optimizer::<B>::new(OptimizerConfig::default())?;
     let mut losses = Vec::with_capacity(steps);

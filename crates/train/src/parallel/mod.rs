@@ -58,16 +58,13 @@ pub fn shard_range(len: usize, world: usize, rank: usize) -> Range<usize> {
 
 /// The LoRA dropout seed of `rank` for a micro-batch whose run-wide seed is `seed` (drawn from
 /// the checkpointed RNG, identical on all ranks). Rank 0 uses `seed` itself, so a one-rank run
-/// draws the masks it always did; other ranks get a splitmix64-scrambled seed, so ranks do not
-/// share mask patterns.
+/// draws the masks it always did; other ranks get a splitmix64-scrambled seed
+/// ([`qtune_lm::mix_seed`] with the rank as salt), so ranks do not share mask patterns.
 pub fn rank_seed(seed: u64, rank: usize) -> u64 {
     if rank == 0 {
         return seed;
     }
-    let mut z = seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    qtune_lm::mix_seed(seed, rank as u64)
 }
 
 static COMPUTE: Mutex<()> = Mutex::new(());
