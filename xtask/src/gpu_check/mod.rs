@@ -105,17 +105,19 @@ fn host<B: burn::tensor::backend::Backend>(
         .map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
-/// Tiny loss curve, GPU bf16 vs CPU f32, same init and batch: at step i the two losses may
-/// differ by `LOSS_DIFF_AT_0 + LOSS_DIFF_PER_STEP · i`. The difference has two parts: the bf16
-/// forward's error on the same weights (already there at step 0: 10.87 vs 10.86 on an H100), and
-/// the drift of two trajectories whose updates differ by bf16 rounding, which grows with the
-/// steps. Measured: max 0.016 over 10 steps (H100, 2026-12-06), so 0.03 at step 0 (≈ 2× the
-/// whole measured gap) plus 0.002 a step (3× the measured gap at step 9 with the base); growth
-/// past 10 steps is not measured yet: the default 200 steps allow 0.43, about 0.04 of the loss.
+/// Tiny loss curve, GPU bf16 vs CPU f32, same init and batch: at step 0 the two losses may
+/// differ by `LOSS_DIFF_AT_0`, at any later step by `LOSS_DIFF_LATER`. The difference has two
+/// parts: the bf16 forward's error on the same weights (at step 0: 10.87 vs 10.86 on an H100),
+/// and the drift of two trajectories whose updates differ by bf16 rounding. The drift is not
+/// linear in the steps: it is largest while the loss falls fastest. Measured maxima: 0.016 over
+/// 10 steps and 0.13 over 20 (H100, sessions 8 and 7, 2026-12-06), 0.157 over 200 (H200,
+/// 2026-12-03).
+/// So 0.03 at step 0 (2× the whole 10-step gap) and 0.3 after (about 2× the 200-step maximum,
+/// 3 % of the loss); a broken backward or optimizer moves the curves apart by whole units.
 #[cfg(feature = "cuda")]
 const LOSS_DIFF_AT_0: f64 = 0.03;
 #[cfg(feature = "cuda")]
-const LOSS_DIFF_PER_STEP: f64 = 0.002;
+const LOSS_DIFF_LATER: f64 = 0.3;
 
 #[cfg(feature = "cuda")]
 fn run_impl(args: &Args) -> anyhow::Result<()> {
@@ -172,7 +174,11 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     let mut max_diff = 0f64;
     for (i, (c, g)) in cpu_losses.iter().zip(&gpu_losses).enumerate() {
         max_diff = max_diff.max((c - g).abs());
-        let tol = LOSS_DIFF_AT_0 + LOSS_DIFF_PER_STEP * i as f64;
+        let tol = if i == 0 {
+            LOSS_DIFF_AT_0
+        } else {
+            LOSS_DIFF_LATER
+        };
         fails.at_most(
             &format!("tiny_loss_curve step {i} |cpu_f32 - gpu_bf16|"),
             (c - g).abs(),
