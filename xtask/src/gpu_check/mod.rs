@@ -142,13 +142,22 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     gemm::quantized_gemv_check(&dev, &mut fails)?;
     gemm::gemm_check(&dev, &mut fails)?;
 
-    // 0b. The Llama family's fused kernels (RMSNorm, SiLU·up, rotate-half RoPE) and grouped-query
-    // attention vs their CPU references: forward and input gradients, f32 and bf16 (each check
-    // carries its own tolerance and verdict).
-    let kernel_checks: Vec<_> = qtune_kernels::cuda::selftest::llama_op_checks(&dev)
-        .into_iter()
-        .chain(qtune_kernels::cuda::selftest::gqa_checks(&dev))
-        .collect();
+    // 0b. The kernels' self-test, the same groups as the #[ignore]d tests of
+    // kernels/tests/gpu.rs (so this one command runs them all): dequantization of every format
+    // and variant bit for bit, the GPU quantizer = the CPU one, the quantized linear's forward and
+    // backward, the Llama family's fused kernels (RMSNorm, SiLU·up, rotate-half RoPE) and
+    // grouped-query attention vs their CPU references (each check carries its own tolerance).
+    use qtune_kernels::cuda::selftest;
+    let kernel_checks: Vec<_> = [
+        selftest::dequant_checks_all_variants as fn(&_) -> Vec<selftest::Check>,
+        selftest::quantize_checks,
+        selftest::linear_checks,
+        selftest::llama_op_checks,
+        selftest::gqa_checks,
+    ]
+    .into_iter()
+    .flat_map(|group| group(&dev))
+    .collect();
     for c in &kernel_checks {
         println!("{}", c.json());
     }
@@ -203,7 +212,7 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     }
     anyhow::ensure!(
         failed_kernels == 0 && fails.0.is_empty(),
-        "{failed_kernels} of {} fused-kernel checks failed (lines with \"ok\":false above) and \
+        "{failed_kernels} of {} kernel self-test checks failed (lines with \"ok\":false above) and \
          {} other checks are beyond their tolerance (lines with \"check\":\"failed\" above)",
         kernel_checks.len(),
         fails.0.len()
