@@ -143,7 +143,7 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     gemm::gemm_check(&dev, &mut fails)?;
 
     // 0b. The kernels' self-test, the same groups as the #[ignore]d tests of
-    // kernels/tests/gpu.rs (so this one command runs them all): dequantization of every format
+    // crates/kernels/tests/gpu.rs (so this one command runs them all): dequantization of every format
     // and variant bit for bit, the GPU quantizer = the CPU one, the quantized linear's forward and
     // backward, the Llama family's fused kernels (RMSNorm, SiLU·up, rotate-half RoPE) and
     // grouped-query attention vs their CPU references (each check carries its own tolerance).
