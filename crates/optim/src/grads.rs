@@ -157,23 +157,44 @@ impl<M> TokenAccumulator<M> {
         self.micro_batches
     }
 
-    /// The summed gradients divided by the total number of target tokens; resets the
-    /// accumulator. Errors when no target token was seen (a fully masked batch).
-    pub fn finish<B: AutodiffBackend>(&mut self, module: &M) -> Result<GradientsParams, OptimError>
+    /// The summed (not yet normalized) gradients with their target tokens and micro-batch
+    /// count; resets the accumulator. The hand-off point for a data-parallel all-reduce of
+    /// sums, after which [`normalize_by_tokens`] divides once by the global count.
+    pub fn take<B: AutodiffBackend>(&mut self) -> (GradientsParams, u64, usize)
     where
         M: AutodiffModule<B>,
     {
         let (tokens, micro_batches) = (self.tokens, self.micro_batches);
         self.tokens = 0;
         self.micro_batches = 0;
-        let mut grads = self.inner.grads();
-        if tokens == 0 {
-            return Err(OptimError::NoTokens { micro_batches });
-        }
-        module.visit(&mut ScaleGrads {
-            grads: &mut grads,
-            scale: Scale::Div(tokens as f32),
-        });
-        Ok(grads)
+        (self.inner.grads(), tokens, micro_batches)
     }
+
+    /// The summed gradients divided by the total number of target tokens; resets the
+    /// accumulator. Errors when no target token was seen (a fully masked batch).
+    pub fn finish<B: AutodiffBackend>(&mut self, module: &M) -> Result<GradientsParams, OptimError>
+    where
+        M: AutodiffModule<B>,
+    {
+        let (grads, tokens, micro_batches) = self.take::<B>();
+        normalize_by_tokens::<B, M>(module, grads, tokens, micro_batches)
+    }
+}
+
+/// Summed gradients over `tokens` target tokens (from `micro_batches` micro-batches, for the
+/// error) divided once by `tokens`: the token-mean gradient of the whole step.
+pub fn normalize_by_tokens<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    mut grads: GradientsParams,
+    tokens: u64,
+    micro_batches: usize,
+) -> Result<GradientsParams, OptimError> {
+    if tokens == 0 {
+        return Err(OptimError::NoTokens { micro_batches });
+    }
+    module.visit(&mut ScaleGrads {
+        grads: &mut grads,
+        scale: Scale::Div(tokens as f32),
+    });
+    Ok(grads)
 }

@@ -33,6 +33,8 @@ mod update;
 
 pub use blockwise::BLOCK as BLOCKWISE_BLOCK;
 pub use error::OptimError;
-pub use grads::{clip_grad_norm, global_grad_norm, GradNorm, TokenAccumulator, CLIP_EPS};
+pub use grads::{
+    clip_grad_norm, global_grad_norm, normalize_by_tokens, GradNorm, TokenAccumulator, CLIP_EPS,
+};
 pub use optimizer::{OptimKind, Optimizer, OptimizerConfig};
 pub use schedule::{LrSchedule, ScheduleKind};

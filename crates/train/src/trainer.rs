@@ -5,16 +5,17 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, ModuleVisitor, Param};
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::RngCore;
 
 use qtune_data::{collate, collate_packed, Example, Padding};
 use qtune_lora::peft::{PeftAdapterConfig, PeftTargets};
-use qtune_optim::{clip_grad_norm, LrSchedule, OptimKind, OptimizerConfig, ScheduleKind};
+use qtune_optim::{
+    clip_grad_norm, normalize_by_tokens, LrSchedule, OptimKind, OptimizerConfig, ScheduleKind,
+    TokenAccumulator,
+};
 
 use crate::checkpoint;
 use crate::config::{OptimName, RunConfig, SchedulerType, TargetList};
@@ -295,8 +296,10 @@ where
                 batches.push((batch, seed));
             }
         }
-        let mut acc = GradientsAccumulator::<M>::new();
-        let (mut loss_sum, mut tokens) = (0.0, 0u64);
+        // One way: micro-batch grads → TokenAccumulator (sums) → all-reduce of the sums across
+        // ranks (identity on one rank) → divided once by the global target tokens → clip → step.
+        let mut acc = TokenAccumulator::<M>::new();
+        let mut loss_sum = 0.0;
         let input_tokens: usize = batches
             .iter()
             .map(|(b, _)| b.lengths.iter().sum::<usize>())
@@ -311,14 +314,9 @@ where
                 }
             };
             loss_sum += ms.loss_sum;
-            tokens += batch.n_target_tokens() as u64;
-            acc.accumulate::<B>(&model, ms.grads);
+            acc.accumulate::<B>(&model, ms.grads, batch.n_target_tokens());
         }
-        let local = if batches.is_empty() {
-            GradientsParams::new()
-        } else {
-            acc.grads()
-        };
+        let (local, tokens, _) = acc.take::<B>();
         let red = sync.reduce::<B, M>(
             &model,
             local,
@@ -328,23 +326,12 @@ where
             &inner_device,
         )?;
         let tokens = red.target_tokens;
-        if tokens == 0 {
-            return Err(qtune_optim::OptimError::NoTokens {
-                micro_batches: t.gradient_accumulation_steps,
-            }
-            .into());
-        }
+        let mut grads =
+            normalize_by_tokens::<B, M>(&model, red.grads, tokens, t.gradient_accumulation_steps)?;
         let loss = red.loss_sum / tokens as f64;
         if !loss.is_finite() {
             return Err(non_finite(&ckpt_root, state.step + 1, "loss", loss));
         }
-        // Token-normalized accumulation (qtune-optim's TokenAccumulator arithmetic) over the
-        // global batch: the summed gradients divided once by all ranks' target tokens.
-        let mut grads = red.grads;
-        model.visit(&mut DivGrads {
-            grads: &mut grads,
-            by: tokens as f32,
-        });
         let norm = clip_grad_norm::<B, M>(&model, &mut grads, t.max_grad_norm);
         if !norm.total_norm.is_finite() {
             return Err(non_finite(
@@ -488,21 +475,6 @@ where
     summary.optimizer_state_bytes = optim.state_bytes();
     summary.finished = state.step >= t.max_steps;
     Ok((model, summary))
-}
-
-/// Divides every gradient by the global target-token count (f32, as `TokenAccumulator`).
-struct DivGrads<'a> {
-    grads: &'a mut GradientsParams,
-    by: f32,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for DivGrads<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-            self.grads
-                .register::<B::InnerBackend, D>(param.id, g.div_scalar(self.by));
-        }
-    }
 }
 
 fn non_finite(root: &std::path::Path, step: usize, what: &'static str, value: f64) -> TrainError {
