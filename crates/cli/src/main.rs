@@ -1,5 +1,5 @@
 //! `qtune`: fine-tune a causal LM (GPT-J, the Llama family: HF folders or GGUF files) with a
-//! quantized frozen base + LoRA, evaluate, generate, measure perplexity, merge. CPU (NdArray) by default; `--features cuda` trains on an NVIDIA GPU.
+//! quantized frozen base + LoRA, evaluate, generate, measure perplexity, merge, quantize. CPU (NdArray) by default; `--features cuda` trains on an NVIDIA GPU.
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -12,6 +12,8 @@ use qtune_train::backend::{Train, TRAIN_BACKEND};
 use qtune_train::config::{ModelConfig, QuantizationConfig, RunConfig};
 use qtune_train::parallel::devices_from_indices;
 use qtune_train::{build, run, TrainOptions};
+
+mod quantize;
 
 type Infer = <Train as burn::tensor::backend::AutodiffBackend>::InnerBackend;
 type TrainDevice = <Train as burn::tensor::backend::BackendTypes>::Device;
@@ -39,6 +41,8 @@ enum Cmd {
     Perplexity(PerplexityArgs),
     /// Merge an adapter into the base weights and write an HF model folder.
     Merge(MergeArgs),
+    /// Quantize a model to 4 bits and write it as HF transformers + bitsandbytes save it.
+    Quantize(quantize::QuantizeArgs),
 }
 
 #[derive(Args)]
@@ -416,6 +420,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             }
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
+        Cmd::Quantize(a) => quantize::run(a)?,
     }
     Ok(())
 }

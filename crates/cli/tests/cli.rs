@@ -48,3 +48,282 @@ fn merge_writes_an_hf_folder_and_errors_are_clear() {
         "{err}"
     );
 }
+
+// ---- `qtune quantize` ----
+
+use std::path::Path;
+
+use qtune_lm::fixtures::{fixture_logits, fixture_prompts};
+use qtune_lm::{LoadOptions, QuantSpec};
+use safetensors::SafeTensors;
+
+type Cpu = burn::backend::NdArray;
+
+fn fixtures(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(p)
+}
+
+fn quantize(args: &[&str], model: &Path, out: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_qtune"))
+        .arg("quantize")
+        .arg("--model")
+        .arg(model)
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(run: &std::process::Output) {
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+fn logits(dir: &Path, fixture: &str, quant: Option<QuantSpec>) -> Vec<u32> {
+    let opts = LoadOptions {
+        quant,
+        ..LoadOptions::default()
+    };
+    let model = qtune_models::load::<Cpu>(dir, &opts, &Default::default()).unwrap();
+    let prompts = fixture_prompts(&fixtures(fixture)).unwrap();
+    let l = fixture_logits(&model, &prompts);
+    assert!(!l.is_empty() && l.iter().all(|x| x.is_finite()));
+    l.iter().map(|x| x.to_bits()).collect()
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The JSON quant state of weight `w`.
+fn state(st: &SafeTensors<'_>, w: &str) -> serde_json::Value {
+    let t = st
+        .tensor(&format!("{w}.quant_state.bitsandbytes__nf4"))
+        .unwrap();
+    serde_json::from_slice(t.data()).unwrap()
+}
+
+/// tests/fixtures/gptj_tiny/nf4 is transformers 5.17 + bnb 0.50.2's `save_pretrained` of the
+/// fp32 fixture loaded with `BitsAndBytesConfig(nf4, double quant, compute float32)` and
+/// `dtype=float32` (make.py), so the unquantized tensors are F32 there: `--dtype float32`.
+#[test]
+fn quantize_gptj_nf4_equals_hf_bitsandbytes_and_loads_as_quantize_on_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("nf4");
+    let run = quantize(
+        &["--load-in-4bit", "--double-quant", "--dtype", "float32"],
+        &fixture("fp32"),
+        &out,
+    );
+    ok(&run);
+    let ours_bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let theirs_bytes = std::fs::read(fixture("nf4/model.safetensors")).unwrap();
+    let ours = SafeTensors::deserialize(&ours_bytes).unwrap();
+    let theirs = SafeTensors::deserialize(&theirs_bytes).unwrap();
+    let mut names: Vec<String> = ours.names().into_iter().map(str::to_string).collect();
+    let mut their_names: Vec<String> = theirs.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    their_names.sort();
+    assert_eq!(names, their_names);
+    let (mut identical, mut offset_1ulp) = (0, Vec::new());
+    for name in &names {
+        let (a, b) = (ours.tensor(name).unwrap(), theirs.tensor(name).unwrap());
+        assert_eq!(a.dtype(), b.dtype(), "{name}");
+        if !name.contains("quant_state") {
+            // (The JSON's length follows the offset's digits.)
+            assert_eq!(a.shape(), b.shape(), "{name}");
+        }
+        if a.data() == b.data() {
+            identical += 1;
+            continue;
+        }
+        // Only the double-quant offset may differ: bnb takes torch's CUDA fp32 mean of the
+        // absmax, we an f64 mean rounded once (1 ulp apart at most; qtune-quant's golden tests).
+        // It changes `nested_absmax` and the JSON's `nested_offset`, nothing else.
+        let w = name
+            .strip_suffix(".nested_absmax")
+            .or_else(|| name.strip_suffix(".quant_state.bitsandbytes__nf4"))
+            .unwrap_or_else(|| panic!("{name} differs from bitsandbytes'"));
+        let (mut sa, mut sb) = (state(&ours, w), state(&theirs, w));
+        let (oa, ob) = (
+            sa["nested_offset"].as_f64().unwrap() as f32,
+            sb["nested_offset"].as_f64().unwrap() as f32,
+        );
+        assert_eq!(
+            oa.to_bits().abs_diff(ob.to_bits()),
+            1,
+            "{w}: offsets {oa} vs {ob}"
+        );
+        sa["nested_offset"] = 0.into();
+        sb["nested_offset"] = 0.into();
+        assert_eq!(sa, sb, "{w}: quant state beyond the offset");
+        offset_1ulp.push(name.clone());
+    }
+    // 18 weights × 6 tensors + 17 dense; 4 weights' offsets are 1 ulp off (2 tensors each).
+    assert_eq!(names.len(), 125);
+    assert!(
+        identical >= 117,
+        "{identical} identical; differ: {offset_1ulp:?}"
+    );
+    eprintln!("{identical}/125 tensors byte-identical to bnb's; offset-only: {offset_1ulp:?}");
+    assert_eq!(
+        json(&out.join("config.json")),
+        json(&fixture("nf4/config.json"))
+    );
+    assert!(out.join("generation_config.json").is_file());
+
+    // qtune reads the folder back: logits = quantize-on-load of the fp32 folder, bit for bit.
+    let on_load = logits(&fixture("fp32"), "gptj_tiny", Some(QuantSpec::nf4()));
+    assert_eq!(logits(&out, "gptj_tiny", None), on_load);
+
+    // Sharded above --max-shard-size: HF's names + index; loads the same.
+    let sharded = tmp.path().join("sharded");
+    ok(&quantize(
+        &[
+            "--load-in-4bit",
+            "--double-quant",
+            "--dtype",
+            "float32",
+            "--max-shard-size",
+            "100KB",
+        ],
+        &fixture("fp32"),
+        &sharded,
+    ));
+    let index = json(&sharded.join("model.safetensors.index.json"));
+    assert_eq!(index["weight_map"].as_object().unwrap().len(), 125);
+    assert!(sharded.join("model-00001-of-00004.safetensors").is_file());
+    assert!(!sharded.join("model.safetensors").exists());
+    assert_eq!(logits(&sharded, "gptj_tiny", None), on_load);
+}
+
+#[test]
+fn quantize_llama_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures("llama_tiny/fp32");
+    for (quant_type, spec) in [("nf4", QuantSpec::nf4()), ("fp4", QuantSpec::fp4())] {
+        let out = tmp.path().join(quant_type);
+        ok(&quantize(
+            &[
+                "--load-in-4bit",
+                "--quant-type",
+                quant_type,
+                "--double-quant",
+                "--dtype",
+                "float32",
+            ],
+            &model,
+            &out,
+        ));
+        let cfg = json(&out.join("config.json"));
+        assert_eq!(
+            cfg["quantization_config"]["bnb_4bit_quant_type"],
+            quant_type
+        );
+        assert_eq!(
+            logits(&out, "llama_tiny", None),
+            logits(&model, "llama_tiny", Some(spec)),
+            "{quant_type}"
+        );
+    }
+    // The default dtype: bf16 dense tensors and quant state; it loads and runs.
+    let out = tmp.path().join("bf16");
+    ok(&quantize(&["--load-in-4bit"], &model, &out));
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        st.tensor("model.embed_tokens.weight").unwrap().dtype(),
+        safetensors::Dtype::BF16
+    );
+    let s = st
+        .tensor("model.layers.0.self_attn.q_proj.weight.quant_state.bitsandbytes__nf4")
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_slice(s.data()).unwrap();
+    assert_eq!(s["dtype"], "bfloat16");
+    assert!(s.get("nested_offset").is_none());
+    let cfg = json(&out.join("config.json"));
+    assert_eq!(
+        cfg["quantization_config"]["bnb_4bit_compute_dtype"],
+        "bfloat16"
+    );
+    assert_eq!(
+        cfg["quantization_config"]["bnb_4bit_use_double_quant"],
+        false
+    );
+    logits(&out, "llama_tiny", None);
+}
+
+#[test]
+fn quantize_refuses_bad_inputs_and_never_clobbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), "mine").unwrap();
+    let four = ["--load-in-4bit", "--dtype", "float32"];
+    let err = |run: &std::process::Output| {
+        assert!(!run.status.success());
+        String::from_utf8_lossy(&run.stderr).to_string()
+    };
+    let e = err(&quantize(&four, &fixture("fp32"), &out));
+    assert!(e.contains("--overwrite") && e.contains("not empty"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("keep.txt")).unwrap(),
+        "mine"
+    );
+
+    let e = err(&quantize(
+        &["--load-in-4bit", "--load-in-8bit"],
+        &fixture("fp32"),
+        &tmp.path().join("x"),
+    ));
+    assert!(e.contains("exclusive"), "{e}");
+    let e = err(&quantize(
+        &["--load-in-8bit"],
+        &fixture("fp32"),
+        &tmp.path().join("x"),
+    ));
+    assert!(e.contains("not bitsandbytes-loadable"), "{e}");
+    let e = err(&quantize(&[], &fixture("fp32"), &tmp.path().join("x")));
+    assert!(e.contains("--load-in-4bit"), "{e}");
+    let e = err(&quantize(
+        &["--load-in-4bit", "--quant-type", "int3"],
+        &fixture("fp32"),
+        &tmp.path().join("x"),
+    ));
+    assert!(
+        e.contains("int3") && e.contains("nf4") && e.contains("fp4"),
+        "{e}"
+    );
+    assert!(!tmp.path().join("x").exists());
+
+    // The input model's own folder is never the output, --overwrite or not.
+    let copy = tmp.path().join("model");
+    std::fs::create_dir(&copy).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("fp32").join(f), copy.join(f)).unwrap();
+    }
+    let e = err(&quantize(&["--load-in-4bit", "--overwrite"], &copy, &copy));
+    assert!(e.contains("input model"), "{e}");
+    assert!(copy.join("model.safetensors").is_file());
+
+    // --overwrite replaces the folder once the new one is complete; no temporary left over.
+    ok(&quantize(
+        &["--load-in-4bit", "--overwrite"],
+        &fixture("fp32"),
+        &out,
+    ));
+    assert!(!out.join("keep.txt").exists());
+    assert!(out.join("model.safetensors").is_file());
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -2,9 +2,11 @@
 //! [`CausalLm`] seam, block context (mask, rotary angles, dropout seed) and KV caches, the
 //! chunked loss, generation (greedy, sampling, beam, penalties; batch-1 greedy as a replayed
 //! device graph), sliding-window perplexity, LoRA attachment and PEFT adapter I/O, checkpoint
-//! tensor sources, tokenizers and Hub folders. GPT-J (`qtune-gptj`) and the Llama family
+//! tensor sources, tokenizers and Hub folders, and the bitsandbytes-serialized export of a
+//! quantized base (`bnb_export`). GPT-J (`qtune-gptj`) and the Llama family
 //! (`qtune-llama`) implement [`CausalLm`]; training, the CLI and xtask work through it.
 mod beam;
+pub mod bnb_export;
 mod context;
 mod error;
 pub mod fixed;
