@@ -223,8 +223,9 @@ impl WeightFiles {
         &self.files[i].0
     }
 
-    /// The tensor `name` as host f32 values, checked against `expected` shape.
-    pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, LmError> {
+    /// The stored bytes of tensor `name` (little-endian, in the file's dtype), checked against
+    /// `expected` shape, with the file they come from.
+    pub fn view(&self, name: &str, expected: &[usize]) -> Result<(&Path, Dtype, &[u8]), LmError> {
         let Some(&i) = self.by_name.get(name) else {
             let path = if self.files.len() == 1 {
                 self.files[0].0.clone()
@@ -250,30 +251,75 @@ impl WeightFiles {
                 got: view.shape().to_vec(),
             });
         }
-        let bytes = view.data();
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
+        let dtype = view.dtype();
+        // The view borrows the map; return the same bytes borrowed from `self`.
+        let data = view.data();
+        let start = data.as_ptr() as usize - mmap.as_ptr() as usize;
+        Ok((path, dtype, &mmap[start..start + data.len()]))
+    }
+
+    /// The tensor `name` as host f32 values, checked against `expected` shape. Large tensors
+    /// are converted on all cores.
+    pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, LmError> {
+        let (path, dtype, bytes) = self.view(name, expected)?;
+        let convert: fn(&[u8]) -> f32 = match dtype {
+            Dtype::F32 => |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+            Dtype::F16 => |c| half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
+            Dtype::BF16 => |c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
             other => {
                 return Err(LmError::DType {
-                    path: path.clone(),
+                    path: path.to_path_buf(),
                     name: name.to_string(),
                     got: format!("{other:?}"),
                 })
             }
         };
+        let width = dtype.bitsize() / 8;
+        let values = parallel_map(bytes, width, convert);
         check_finite(path, name, &values)?;
         Ok(values)
+    }
+}
+
+/// `bytes` as `width`-byte elements through `f`, split over the machine's cores when large.
+fn parallel_map(bytes: &[u8], width: usize, f: fn(&[u8]) -> f32) -> Vec<f32> {
+    let n = bytes.len() / width;
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    if n < (1 << 20) || threads == 1 {
+        return bytes.chunks_exact(width).map(f).collect();
+    }
+    let mut out = vec![0f32; n];
+    let per = n.div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (dst, src) in out.chunks_mut(per).zip(bytes.chunks(per * width)) {
+            scope.spawn(move || {
+                for (d, c) in dst.iter_mut().zip(src.chunks_exact(width)) {
+                    *d = f(c);
+                }
+            });
+        }
+    });
+    out
+}
+
+/// Errors naming `name` at its first NaN or ±inf among 16-bit floats stored as little-endian
+/// bytes (`BF16`: exponent bits `0x7F80` all set; `F16`: `0x7C00`), without converting them.
+fn check_finite_16(path: &Path, name: &str, bytes: &[u8], dtype: Dtype) -> Result<(), LmError> {
+    let (exp, to_f32): (u16, fn(u16) -> f32) = match dtype {
+        Dtype::BF16 => (0x7F80, |b| half::bf16::from_bits(b).to_f32()),
+        _ => (0x7C00, |b| half::f16::from_bits(b).to_f32()),
+    };
+    let bad = bytes
+        .chunks_exact(2)
+        .position(|c| u16::from_le_bytes([c[0], c[1]]) & exp == exp);
+    match bad {
+        None => Ok(()),
+        Some(index) => Err(LmError::NonFinite {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            index,
+            value: to_f32(u16::from_le_bytes([bytes[2 * index], bytes[2 * index + 1]])),
+        }),
     }
 }
 
@@ -299,6 +345,21 @@ pub struct FileSource<'a, B: QBackend> {
 
 impl<B: QBackend> FileSource<'_, B> {
     fn data(&self, name: &str, shape: &[usize]) -> Result<TensorData, LmError> {
+        // A bf16 (f16) file loaded in bf16 (f16): its bytes as they are, never through f32.
+        let (path, stored, bytes) = self.files.view(name, shape)?;
+        // (Burn's bytes are native-endian, the file's little-endian.)
+        let same = matches!(
+            (stored, self.dtype),
+            (Dtype::BF16, DType::BF16) | (Dtype::F16, DType::F16)
+        );
+        if same && cfg!(target_endian = "little") {
+            check_finite_16(path, name, bytes, stored)?;
+            return Ok(TensorData::from_bytes_vec(
+                bytes.to_vec(),
+                shape.to_vec(),
+                self.dtype,
+            ));
+        }
         let data = TensorData::new(self.files.read_f32(name, shape)?, shape.to_vec());
         Ok(if self.dtype == DType::F32 {
             data
@@ -342,5 +403,91 @@ impl<B: QBackend> TensorSource<B> for FileSource<'_, B> {
                 path: path.clone(),
                 reason: e.to_string(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    /// A folder with one safetensors file holding `tensors` (name, dtype, shape, bytes).
+    fn folder(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let views: Vec<_> = tensors
+            .iter()
+            .map(|(n, d, s, b)| {
+                (
+                    n.to_string(),
+                    safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+        dir
+    }
+
+    fn bf16_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn bf16_loaded_as_bf16_keeps_the_bytes_and_equals_the_f32_round_trip() {
+        let vals: Vec<f32> = (0..96).map(|i| (i as f32 - 40.0) * 0.37).collect();
+        let dir = folder(&[("w", Dtype::BF16, vec![8, 12], bf16_bytes(&vals))]);
+        let files = WeightFiles::open(dir.path()).unwrap();
+        let device = Default::default();
+        let src = FileSource::<NdArray> {
+            files: &files,
+            dtype: DType::BF16,
+            device: &device,
+        };
+        let raw = src.data("w", &[8, 12]).unwrap();
+        let via_f32 = TensorData::new(files.read_f32("w", &[8, 12]).unwrap(), vec![8, 12])
+            .convert_dtype(DType::BF16);
+        assert_eq!(raw.dtype, DType::BF16);
+        assert_eq!(raw.as_bytes(), via_f32.as_bytes());
+        assert_eq!(raw.as_bytes(), &bf16_bytes(&vals)[..]);
+    }
+
+    #[test]
+    fn non_finite_16_bit_values_are_refused_naming_the_tensor() {
+        for (dtype, bits) in [
+            (Dtype::BF16, half::bf16::NAN.to_bits()),
+            (Dtype::BF16, half::bf16::INFINITY.to_bits()),
+            (Dtype::F16, half::f16::NEG_INFINITY.to_bits()),
+        ] {
+            let mut bytes = vec![0u8; 2 * 6];
+            bytes[8..10].copy_from_slice(&bits.to_le_bytes());
+            let dir = folder(&[("layer.w", dtype, vec![2, 3], bytes)]);
+            let files = WeightFiles::open(dir.path()).unwrap();
+            let device = Default::default();
+            let dt = if dtype == Dtype::BF16 {
+                DType::BF16
+            } else {
+                DType::F16
+            };
+            let src = FileSource::<NdArray> {
+                files: &files,
+                dtype: dt,
+                device: &device,
+            };
+            let err = src.data("layer.w", &[2, 3]).unwrap_err().to_string();
+            assert!(err.contains("layer.w") && err.contains('4'), "{err}");
+            // The f32 path refuses it the same way.
+            assert!(files.read_f32("layer.w", &[2, 3]).is_err());
+        }
+    }
+
+    #[test]
+    fn large_tensors_convert_on_all_cores_to_the_same_values() {
+        let n = (1 << 20) + 77;
+        let vals: Vec<f32> = (0..n).map(|i| ((i % 1000) as f32 - 500.0) / 64.0).collect();
+        let bytes = bf16_bytes(&vals);
+        let f: fn(&[u8]) -> f32 = |c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
+        let serial: Vec<f32> = bytes.chunks_exact(2).map(f).collect();
+        assert_eq!(parallel_map(&bytes, 2, f), serial);
     }
 }
