@@ -382,16 +382,14 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
         let g = GenerationConfig {
             max_new_tokens: k,
             eos_token_id: None,
+            graph_steps: match path {
+                Path::Graph(steps) => steps,
+                Path::Eager | Path::Stepwise => qtune_lm::DEFAULT_GRAPH_STEPS,
+            },
             ..GenerationConfig::default()
         };
-        let (graphs, steps) = (
-            qtune_kernels::cuda::graphs_enabled(),
-            qtune_gptj::graph_steps(),
-        );
+        let graphs = qtune_kernels::cuda::graphs_enabled();
         qtune_kernels::cuda::set_graphs_enabled(graphs && !matches!(path, Path::Eager));
-        if let Path::Graph(k) = path {
-            qtune_gptj::set_graph_steps(k);
-        }
         let run = || -> anyhow::Result<(f64, Vec<u32>)> {
             sync()?;
             let s = Instant::now();
@@ -409,14 +407,13 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
         };
         let out = run();
         qtune_kernels::cuda::set_graphs_enabled(graphs); // also after an error
-        qtune_gptj::set_graph_steps(steps);
         out
     };
     // Each path: a short run (compiles, warms the pool), then the timed one. The short run's
     // time also gives the per-token cost without the fixed part (prefill, graph recording):
     // (t_long − t_short) / (long − short).
     let (mut timed, mut short) = (Vec::new(), Vec::new());
-    let default_k = qtune_gptj::graph_steps();
+    let default_k = qtune_lm::DEFAULT_GRAPH_STEPS;
     let more_k: Vec<usize> = [1, 4, 8].into_iter().filter(|&k| k != default_k).collect();
     let mut paths = vec![Path::Graph(default_k), Path::Eager, Path::Stepwise];
     paths.extend(more_k.iter().map(|&k| Path::Graph(k)));

@@ -360,6 +360,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 eos_token_id: eos,
                 pad_token_id: eos,
                 seed: a.seed,
+                ..GenerationConfig::default()
             };
             let prompts = a
                 .prompt

@@ -139,7 +139,7 @@ impl<B: QBackend> Gptj<B> {
         })?;
         drop((tok, pos, ctx));
         time("step (all blocks, head, argmax)", &mut || dec.step())?;
-        // A one-step graph replayed back to back (the decode loop with `set_graph_steps(1)`):
+        // A one-step graph replayed back to back (the decode loop with `graph_steps: 1`):
         // its cost per replay, the host time of issuing one, and the graph's nodes.
         if let Some(g) = graph_capture::<B>(&device, || dec.step())
             .map_err(|e| dev(format!("recording a step: {e}")))?

@@ -14,7 +14,7 @@ pub use config::{Activation, GptjConfig};
 pub use layers::{apply_rotary, Attention, Block, LayerNorm, Mlp};
 pub use model::Gptj;
 pub use qtune_lm::{
-    graph_steps, hub, set_graph_steps, tokenizer, BlockContext, CausalLm, EarlyStopping, FixedKv,
-    GenerationConfig, KvCache, KvSlot, LayerKv, LmError as GptjError, LoadOptions, LoraParam,
-    ParamCounts, Perplexity, QuantSpec, WeightFiles, IGNORE_INDEX, LOSS_CHUNK_ELEMS,
+    hub, tokenizer, BlockContext, CausalLm, EarlyStopping, FixedKv, GenerationConfig, KvCache,
+    KvSlot, LayerKv, LmError as GptjError, LoadOptions, LoraParam, ParamCounts, Perplexity,
+    QuantSpec, WeightFiles, IGNORE_INDEX, LOSS_CHUNK_ELEMS,
 };

@@ -21,24 +21,11 @@ use crate::lm::CausalLm;
 /// Steps between EOS checks (each a host read of the state) when an EOS id is set.
 const EOS_CHECK_EVERY: usize = 16;
 
-/// Decode steps recorded per device graph (see [`set_graph_steps`]).
-static GRAPH_STEPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(4);
-
-/// How many decode steps [`greedy_fixed`] records in one device graph: 1, 2, 4 (the
-/// default), 8 or 16 (other values are rounded down to one of these). More steps per replay
-/// spread the per-replay cost over more tokens; recording takes that many eager steps' host
-/// time. On an H200 (GPT-J-6B NF4, 128 new tokens, BENCHMARKS.md) the first decode of a
-/// process ran at 211 tok/s with 4 steps and 179–187 with 1; later in the same process 1 step
-/// reached 230 and 4 steps ~205, 8 steps 182–199.
-pub fn set_graph_steps(k: usize) {
+/// `k` decode steps per device graph as a power of two in `1..=EOS_CHECK_EVERY` (so it divides
+/// the EOS check period): [`GenerationConfig::graph_steps`] rounded down.
+fn steps_per_graph(k: usize) -> usize {
     let k = k.clamp(1, EOS_CHECK_EVERY);
-    let k = 1usize << k.ilog2(); // a power of two divides the EOS check period
-    GRAPH_STEPS.store(k, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// The current [`set_graph_steps`] value.
-pub fn graph_steps() -> usize {
-    GRAPH_STEPS.load(std::sync::atomic::Ordering::Relaxed)
+    1usize << k.ilog2()
 }
 
 /// The static-shape decoder of [`greedy_fixed`], public so a family can time the pieces of its
@@ -139,10 +126,10 @@ fn cut_at_eos(mut tokens: Vec<u32>, eos: Option<u32>) -> (Vec<u32>, bool) {
 /// Greedy decoding of one prompt (HF `generate` with `do_sample=False`, one beam, no
 /// repetition penalty): the new tokens, up to and including EOS. The first step after the
 /// prefill runs eagerly (it compiles kernels and settles the memory pool), the next
-/// [`graph_steps`] are recorded as a device graph ([`qtune_kernels::graph_capture`]) and
+/// [`GenerationConfig::graph_steps`] are recorded as a device graph ([`qtune_kernels::graph_capture`]) and
 /// replayed for the further tokens (a shorter tail eagerly); backends without graphs (CPU) run
 /// each step eagerly. With an EOS id the state is read back about every 16 tokens; up to
-/// 16 + [`graph_steps`] tokens past EOS may be computed and dropped.
+/// 16 + [`GenerationConfig::graph_steps`] tokens past EOS may be computed and dropped.
 ///
 /// # Errors
 /// [`LmError::Input`] for an empty prompt or a token outside the vocabulary; a device
@@ -167,7 +154,7 @@ pub fn greedy_fixed<B: QBackend, M: CausalLm<B>>(
         steps = 1;
     }
     // `k` steps per graph (a divisor of the EOS check period), fewer when few remain.
-    let mut k = graph_steps();
+    let mut k = steps_per_graph(cfg.graph_steps);
     while k > 1 && remaining < steps + 2 * k {
         k /= 2;
     }
@@ -278,5 +265,14 @@ mod tests {
         assert_eq!(cut_at_eos(vec![3, 4, 5, 4], Some(4)), (vec![3, 4], true));
         assert_eq!(cut_at_eos(vec![3, 5], Some(4)), (vec![3, 5], false));
         assert_eq!(cut_at_eos(vec![3, 5], None), (vec![3, 5], false));
+    }
+
+    #[test]
+    fn steps_per_graph_is_a_power_of_two_dividing_the_eos_period() {
+        let got: Vec<usize> = [0, 1, 2, 3, 4, 5, 8, 15, 16, 17, 100]
+            .into_iter()
+            .map(super::steps_per_graph)
+            .collect();
+        assert_eq!(got, [1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 16]);
     }
 }

@@ -29,7 +29,17 @@ pub struct GenerationConfig {
     /// Used for left padding and after EOS; defaults to the EOS id, then 0.
     pub pad_token_id: Option<u32>,
     pub seed: u64,
+    /// qtune's own: how many decode steps batch-1 greedy decoding on a GPU records in one
+    /// device graph (1, 2, 4, 8 or 16; other values round down to one of these). More steps per
+    /// replay spread the per-replay cost over more tokens; recording takes that many eager
+    /// steps' host time. On an H200 (GPT-J-6B NF4, 128 new tokens, BENCHMARKS.md) the first
+    /// decode of a process ran at 211 tok/s with 4 steps and 179–187 with 1; later in the same
+    /// process 1 step reached 230 and 4 steps ~205, 8 steps 182–199.
+    pub graph_steps: usize,
 }
+
+/// The default of [`GenerationConfig::graph_steps`].
+pub const DEFAULT_GRAPH_STEPS: usize = 4;
 
 /// HF's `early_stopping`: `true`, `false` (heuristic) or `"never"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +64,7 @@ impl Default for GenerationConfig {
             eos_token_id: None,
             pad_token_id: None,
             seed: 0,
+            graph_steps: DEFAULT_GRAPH_STEPS,
         }
     }
 }

@@ -25,8 +25,7 @@ pub use context::{
     LayerKv, Positions, TokenInputs,
 };
 pub use error::LmError;
-pub use fixed::{graph_steps, set_graph_steps};
-pub use generate::{EarlyStopping, GenerationConfig};
+pub use generate::{EarlyStopping, GenerationConfig, DEFAULT_GRAPH_STEPS};
 pub use lm::{CausalLm, IGNORE_INDEX, LOSS_CHUNK_ELEMS};
 pub use lora::{peft_key, LoraParam, ParamCounts};
 pub use merge::MergeReport;
