@@ -268,18 +268,13 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     // Peak of cubecl's bytes in use, sampled by the step's memory probe at its high-water
     // points (all block inputs alive, each recomputed block's graph alive, after its backward):
     // cubecl has no peak counter, so this is a lower bound of the true peak.
-    let peak_probe = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    {
-        let (peak, client) = (
-            peak_probe.clone(),
-            cubecl::cuda::CudaRuntime::client(&device),
-        );
-        qtune_train::step::set_memory_probe(Some(Box::new(move || {
-            if let Ok(u) = client.memory_usage() {
-                peak.fetch_max(u.bytes_in_use, std::sync::atomic::Ordering::Relaxed);
-            }
-        })));
-    }
+    let peak_probe = std::sync::atomic::AtomicU64::new(0);
+    let client = cubecl::cuda::CudaRuntime::client(&device);
+    let probe = || {
+        if let Ok(u) = client.memory_usage() {
+            peak_probe.fetch_max(u.bytes_in_use, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
     let mut times = Vec::new();
     let (mut peak_use, mut peak_res) = (0u64, 0u64);
     for i in 0..a.warmup + a.steps {
@@ -287,10 +282,10 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
         let s0 = Instant::now();
         // The checkpointed micro-step in its two halves, synced in between to time each.
         let seed = Some(i as u64);
-        let hs = forward_keep_block_inputs::<Train, _>(&model, &batch, seed);
+        let hs = forward_keep_block_inputs::<Train, _>(&model, &batch, seed, Some(&probe));
         sync()?;
         let t_fwd = s0.elapsed().as_secs_f64();
-        let ms = backward_recompute::<Train, _>(&model, &batch, hs, norm, seed)?;
+        let ms = backward_recompute::<Train, _>(&model, &batch, hs, norm, seed, Some(&probe))?;
         sync()?;
         let t_bwd = s0.elapsed().as_secs_f64() - t_fwd;
         model = optim.step(2e-4, model, ms.grads)?;
@@ -311,7 +306,6 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
                    "in_use_gib": u as f64 / GIB, "reserved_gib": r as f64 / GIB})
         );
     }
-    qtune_train::step::set_memory_probe(None);
     times.sort_by(f64::total_cmp);
     // `--warmup 0 --steps 0` skips training (e.g. to profile inference alone).
     if let Some(&med) = times.get(times.len() / 2) {

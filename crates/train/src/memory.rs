@@ -74,9 +74,9 @@ where
 
     // Checkpointed: only the block inputs are alive between the two halves.
     let before = bytes_now();
-    let hs = step::forward_keep_block_inputs::<B, M>(model, batch, None);
+    let hs = step::forward_keep_block_inputs::<B, M>(model, batch, None, None);
     let checkpointed = bytes_now().saturating_sub(before);
-    step::backward_recompute::<B, M>(model, batch, hs, 1.0, None)?;
+    step::backward_recompute::<B, M>(model, batch, hs, 1.0, None, None)?;
     Ok(ActivationBytes {
         n_blocks: model.num_blocks(),
         block_input_bytes: b * t * d_model * 4,

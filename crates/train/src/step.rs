@@ -20,23 +20,12 @@ use burn::tensor::{ElementConversion, Tensor};
 use crate::TrainError;
 
 /// A hook called at the memory high-water points of a checkpointed step (all block inputs
-/// alive; each recomputed block's graph alive; after its backward). Benchmarks install one to
-/// sample the device allocator, which has no peak counter. `None` (the default) costs nothing.
-pub type MemoryProbe = Box<dyn Fn() + Send + Sync>;
+/// alive; each recomputed block's graph alive; after its backward). Benchmarks pass one to
+/// sample the device allocator, which has no peak counter; training passes `None`.
+pub type MemoryProbe<'a> = Option<&'a dyn Fn()>;
 
-static MEMORY_PROBE: std::sync::RwLock<Option<MemoryProbe>> = std::sync::RwLock::new(None);
-
-/// Installs (or removes, with `None`) the process-wide [`MemoryProbe`].
-pub fn set_memory_probe(probe: Option<MemoryProbe>) {
-    *MEMORY_PROBE.write().unwrap_or_else(|p| p.into_inner()) = probe;
-}
-
-fn probe_memory() {
-    if let Some(p) = MEMORY_PROBE
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-    {
+fn probe_memory(probe: MemoryProbe<'_>) {
+    if let Some(p) = probe {
         p();
     }
 }
@@ -106,6 +95,7 @@ pub fn forward_keep_block_inputs<B, M>(
     model: &M,
     batch: &qtune_data::Batch,
     dropout_seed: Option<u64>,
+    probe: MemoryProbe<'_>,
 ) -> Vec<Tensor<B::InnerBackend, 3>>
 where
     B: AutodiffBackend,
@@ -121,7 +111,7 @@ where
         let h = inner.block(i, hs[i].clone(), &ctx);
         hs.push(h);
     }
-    probe_memory();
+    probe_memory(probe);
     hs
 }
 
@@ -132,6 +122,7 @@ pub fn backward_recompute<B, M>(
     mut hs: Vec<Tensor<B::InnerBackend, 3>>,
     norm: f32,
     dropout_seed: Option<u64>,
+    probe: MemoryProbe<'_>,
 ) -> Result<MicroStep, TrainError>
 where
     B: AutodiffBackend,
@@ -148,7 +139,7 @@ where
     let loss = model.loss_sum(h_last.clone(), batch)?;
     let loss_sum = loss.clone().into_scalar().elem::<f64>();
     let mut grads = loss.div_scalar(norm).backward();
-    probe_memory();
+    probe_memory(probe);
     let mut g = h_last.grad_remove(&mut grads);
     let mut acc = GradientsAccumulator::<M>::new();
     // Head params (LoRA on lm_head, if targeted) got their grads in this first backward.
@@ -163,12 +154,12 @@ where
         // The recompute keeps each quantized weight's dequantized copy for the backward that
         // follows at once (one block's weights at a time): one dequantization per linear saved.
         let y = qtune_kernels::with_dense_backward(|| model.block(i, x.clone(), &ctx));
-        probe_memory();
+        probe_memory(probe);
         // `(y ⊙ dy).sum().backward()` without the product and the full reduction.
         let mut gb = model
             .grad_seed(y, Tensor::<B, 3>::from_inner(dy))
             .backward();
-        probe_memory();
+        probe_memory(probe);
         g = x.grad_remove(&mut gb);
         acc.accumulate::<B>(model, GradientsParams::from_grads(gb, model));
     }
@@ -190,8 +181,8 @@ where
     M: SegmentedLm<B> + AutodiffModule<B>,
     M::InnerModule: SegmentedLm<B::InnerBackend>,
 {
-    let hs = forward_keep_block_inputs::<B, M>(model, batch, dropout_seed);
-    backward_recompute::<B, M>(model, batch, hs, norm, dropout_seed)
+    let hs = forward_keep_block_inputs::<B, M>(model, batch, dropout_seed, None);
+    backward_recompute::<B, M>(model, batch, hs, norm, dropout_seed, None)
 }
 
 /// Summed loss of a batch without gradients or dropout (evaluation).
