@@ -101,6 +101,15 @@ impl DTypeArg {
             Self::Float16 => "float16",
         }
     }
+
+    /// The dtype of written weights (`merge --save-dtype`, `quantize --dtype`).
+    fn export(self) -> ExportDType {
+        match self {
+            Self::Float32 => ExportDType::F32,
+            Self::Bfloat16 => ExportDType::BF16,
+            Self::Float16 => ExportDType::F16,
+        }
+    }
 }
 
 /// bitsandbytes' 4-bit data types.
@@ -109,6 +118,16 @@ impl DTypeArg {
 enum QuantTypeArg {
     Nf4,
     Fp4,
+}
+
+impl QuantTypeArg {
+    /// HF's `bnb_4bit_quant_type`.
+    fn hf_name(self) -> &'static str {
+        match self {
+            Self::Nf4 => "nf4",
+            Self::Fp4 => "fp4",
+        }
+    }
 }
 
 /// Which model to load.
@@ -226,10 +245,7 @@ fn model_config(a: &ModelArgs) -> anyhow::Result<ModelConfig> {
     let quantization = (a.load_in_4bit || a.load_in_8bit).then(|| QuantizationConfig {
         load_in_4bit: a.load_in_4bit,
         load_in_8bit: a.load_in_8bit,
-        bnb_4bit_quant_type: match a.quant_type {
-            QuantTypeArg::Nf4 => "nf4".into(),
-            QuantTypeArg::Fp4 => "fp4".into(),
-        },
+        bnb_4bit_quant_type: a.quant_type.hf_name().into(),
         bnb_4bit_use_double_quant: a.double_quant,
         blocksize: None,
     });
@@ -404,11 +420,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 bail!("merge needs --adapter");
             }
             let model = load_model(&a.model)?;
-            let dtype = match a.save_dtype.unwrap_or(a.model.dtype) {
-                DTypeArg::Float32 => ExportDType::F32,
-                DTypeArg::Bfloat16 => ExportDType::BF16,
-                DTypeArg::Float16 => ExportDType::F16,
-            };
+            let dtype = a.save_dtype.unwrap_or(a.model.dtype).export();
             let r = model.export_merged(&a.out, dtype)?;
             if !r.dequantized_weights.is_empty() {
                 eprintln!(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 use qtune_lm::bnb_export::{self, BnbExportOptions, BnbExportReport};
-use qtune_lm::{CausalLm, ExportDType};
+use qtune_lm::CausalLm;
 use qtune_models::AnyLm;
 use qtune_train::build;
 use qtune_train::config::{ModelConfig, QuantizationConfig, RunConfig};
@@ -116,16 +116,13 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     let spec = build::quant_spec(&QuantizationConfig {
         load_in_4bit: true,
         load_in_8bit: false,
-        bnb_4bit_quant_type: match a.quant_type {
-            QuantTypeArg::Nf4 => "nf4".into(),
-            QuantTypeArg::Fp4 => "fp4".into(),
-        },
+        bnb_4bit_quant_type: a.quant_type.hf_name().into(),
         bnb_4bit_use_double_quant: a.double_quant,
         blocksize: None,
     });
     let opts = BnbExportOptions {
         spec,
-        dtype: export_dtype(a.dtype),
+        dtype: a.dtype.export(),
         max_shard_size,
         threads: 0,
     };
@@ -152,14 +149,6 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
-}
-
-fn export_dtype(d: DTypeArg) -> ExportDType {
-    match d {
-        DTypeArg::Float32 => ExportDType::F32,
-        DTypeArg::Bfloat16 => ExportDType::BF16,
-        DTypeArg::Float16 => ExportDType::F16,
-    }
 }
 
 /// Refuses an `out` that is a file, a non-empty folder without `overwrite`, or the input model
