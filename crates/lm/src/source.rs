@@ -262,23 +262,29 @@ impl WeightFiles {
     /// are converted on all cores.
     pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, LmError> {
         let (path, dtype, bytes) = self.view(name, expected)?;
-        let convert: fn(&[u8]) -> f32 = match dtype {
-            Dtype::F32 => |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-            Dtype::F16 => |c| half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
-            Dtype::BF16 => |c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
-            other => {
-                return Err(LmError::DType {
-                    path: path.to_path_buf(),
-                    name: name.to_string(),
-                    got: format!("{other:?}"),
-                })
-            }
-        };
-        let width = dtype.bitsize() / 8;
-        let values = parallel_map(bytes, width, convert);
-        check_finite(path, name, &values)?;
-        Ok(values)
+        to_f32(path, name, dtype, bytes)
     }
+}
+
+/// Stored `bytes` of tensor `name` (in `path`, of `dtype`) as f32 values, checked finite.
+/// Large tensors are converted on all cores.
+fn to_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, LmError> {
+    let convert: fn(&[u8]) -> f32 = match dtype {
+        Dtype::F32 => |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+        Dtype::F16 => |c| half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
+        Dtype::BF16 => |c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+        other => {
+            return Err(LmError::DType {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                got: format!("{other:?}"),
+            })
+        }
+    };
+    let width = dtype.bitsize() / 8;
+    let values = parallel_map(bytes, width, convert);
+    check_finite(path, name, &values)?;
+    Ok(values)
 }
 
 /// `bytes` as `width`-byte elements through `f`, split over the machine's cores when large.
@@ -360,7 +366,7 @@ impl<B: QBackend> FileSource<'_, B> {
                 self.dtype,
             ));
         }
-        let data = TensorData::new(self.files.read_f32(name, shape)?, shape.to_vec());
+        let data = TensorData::new(to_f32(path, name, stored, bytes)?, shape.to_vec());
         Ok(if self.dtype == DType::F32 {
             data
         } else {
