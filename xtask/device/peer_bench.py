@@ -5,7 +5,7 @@ r16 alpha 32 dropout 0.05, gradient checkpointing, PagedAdamW8bit for quantized 
 steps after 3 warm-up, then prefill 1x512 and greedy decode of 128 tokens at batch 1.
 
     python3 peer_bench.py prepare MODEL         # writes /tmp/MODEL-random (bf16 safetensors)
-    python3 peer_bench.py train MODEL MODE      # MODE: nf4 | nf4-all | int8 | bf16 | bf16-all
+    python3 peer_bench.py train MODEL MODE      # MODE: nf4 | nf4-all | int8 | int8-all | bf16 | bf16-all
 
 Prints JSON lines. The shapes equal xtask/src/bench_train.rs' `llama_config`.
 """
@@ -22,6 +22,7 @@ SHAPES = {
                       max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=500000.0,
                       bos_token_id=128000, eos_token_id=128001),
 }
+MODES = ["nf4", "nf4-all", "int8", "int8-all", "bf16", "bf16-all"]
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -120,6 +121,8 @@ if __name__ == "__main__":
     if cmd == "prepare":
         prepare(model)
     elif cmd == "train":
+        if len(sys.argv) < 4 or sys.argv[3] not in MODES:
+            sys.exit(f"train {model} MODE: use one of {', '.join(MODES)}")
         train(model, sys.argv[3])
     else:
         sys.exit(f"unknown command {cmd}: prepare | train")
