@@ -4,7 +4,9 @@
 # same shapes, so every ratio comes from one call on one GPU. Full logs go to $OUT.
 #   source xtask/device/stash.sh   # carry [".device"] with bin/xtask.gz and site/ (bnb wheel)
 #   MODELS='llama-7b' MODES='nf4:qv nf4:all' PEERS='nf4 nf4-all' bash xtask/device/llama_bench.sh
-# Options: CHECK=1 runs `bench gpu-check` first; DECODE=N new tokens (0: training only).
+# Options: CHECK=1 runs `bench gpu-check` first; DECODE=N new tokens (0: training only, and the
+# peer skips inference too); SHAPE_ARGS='--batch 8 --seq 128 --optim adamw' go to both sides
+# (same spelling in bench train and peer_bench.py).
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export QTUNE_KERNEL_CACHE=/tmp/kcache PYTHONPATH=$PWD/.device/site PYTHONUNBUFFERED=1
@@ -21,7 +23,7 @@ for model in ${MODELS:-llama-7b}; do
     set -- ${m%%:*} ${m##*:}
     echo "=== ours $model $1 $2 $(date -u +%T)"
     timeout ${T_OURS:-200} $X bench train --model $model --quant $1 --targets $2 --warmup 3 --steps 8 \
-      --decode ${DECODE:-128} > /tmp/ours_${model}_$1_$2.txt 2>&1
+      --decode ${DECODE:-128} ${SHAPE_ARGS:-} > /tmp/ours_${model}_$1_$2.txt 2>&1
     echo "exit $?"
     cat /tmp/ours_${model}_$1_$2.txt >> $OUT/ours.txt
     grep -E 'tokens_per_s|decode_tok|Error|panicked|"bench"' /tmp/ours_${model}_$1_$2.txt | cut -c1-900
@@ -33,7 +35,8 @@ for model in ${MODELS:-llama-7b}; do
     fi
     for p in $PEERS; do
       echo "=== peer $model $p $(date -u +%T)"
-      timeout ${T_PEER:-180} python3 xtask/device/peer_bench.py train $model $p > /tmp/peer_${model}_$p.txt 2>&1
+      timeout ${T_PEER:-180} python3 xtask/device/peer_bench.py train $model $p ${SHAPE_ARGS:-} \
+        $([ "${DECODE:-128}" = 0 ] && echo --no-infer) > /tmp/peer_${model}_$p.txt 2>&1
       echo "exit $?"
       grep "^{" /tmp/peer_${model}_$p.txt | tee -a $OUT/peers.txt | cut -c1-600
       grep -E "Error|error" /tmp/peer_${model}_$p.txt | tail -3 | cut -c1-400

@@ -5,7 +5,9 @@ r16 alpha 32 dropout 0.05, gradient checkpointing, PagedAdamW8bit for quantized 
 steps after 3 warm-up, then prefill 1x512 and greedy decode of 128 tokens at batch 1.
 
     python3 peer_bench.py prepare MODEL         # writes /tmp/MODEL-random (bf16 safetensors)
-    python3 peer_bench.py train MODEL MODE      # MODE: nf4 | nf4-all | int8 | int8-all | bf16 | bf16-all
+    python3 peer_bench.py train MODEL MODE [--batch B] [--seq T] [--optim default|adamw] [--no-infer]
+        # MODE: nf4 | nf4-all | int8 | int8-all | bf16 | bf16-all; --optim adamw: torch AdamW
+        # (QUALITY.md's recipe) instead of PagedAdamW8bit for quantized bases
 
 Prints JSON lines. The shapes equal xtask/src/bench_train.rs' `llama_config`.
 """
@@ -21,6 +23,10 @@ SHAPES = {
                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                       max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=500000.0,
                       bos_token_id=128000, eos_token_id=128001),
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=100000.0,
+                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2),
 }
 MODES = ["nf4", "nf4-all", "int8", "int8-all", "bf16", "bf16-all"]
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -55,7 +61,7 @@ def load(model, mode):
     return AutoModelForCausalLM.from_pretrained(ckpt(model), **kw)
 
 
-def train(model, mode, batch=8, seq=512, steps=8, warm=3):
+def train(model, mode, batch=8, seq=512, steps=8, warm=3, optim="default", infer=True):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     import bitsandbytes as bnb
     torch.cuda.reset_peak_memory_stats()
@@ -73,7 +79,8 @@ def train(model, mode, batch=8, seq=512, steps=8, warm=3):
                                      bias="none", task_type="CAUSAL_LM"))
     trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
     params = [p for p in m.parameters() if p.requires_grad]
-    opt = (bnb.optim.PagedAdamW8bit(params, lr=2e-4) if mode.startswith(("int8", "nf4"))
+    opt = (bnb.optim.PagedAdamW8bit(params, lr=2e-4)
+           if optim == "default" and mode.startswith(("int8", "nf4"))
            else torch.optim.AdamW(params, lr=2e-4))
     vocab = min(SHAPES[model]["vocab_size"], 50257)
     m.train()
@@ -90,12 +97,15 @@ def train(model, mode, batch=8, seq=512, steps=8, warm=3):
             times.append(time.time() - t0)
     times.sort()
     med = times[len(times) // 2]
-    print(json.dumps({"peer": "hf+peft+bnb", "model": model, "mode": mode, "batch": batch, "seq": seq,
+    print(json.dumps({"peer": "hf+peft+bnb", "model": model, "mode": mode, "optim": type(opt).__name__,
+                      "batch": batch, "seq": seq,
                       "load_s": round(load_s, 1), "weights_gib": round(weights_gb, 2), "trainable": trainable,
                       "step_s_median": round(med, 3), "tokens_per_s": round(batch * seq / med),
                       "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                       "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
                       "loss": float(loss)}), flush=True)
+    if not infer:
+        return
     m.eval()
     with torch.no_grad():
         ids = torch.randint(0, vocab, (1, 512), device="cuda", generator=g)
@@ -123,6 +133,13 @@ if __name__ == "__main__":
     elif cmd == "train":
         if len(sys.argv) < 4 or sys.argv[3] not in MODES:
             sys.exit(f"train {model} MODE: use one of {', '.join(MODES)}")
-        train(model, sys.argv[3])
+        import argparse
+        ap = argparse.ArgumentParser(prog=f"peer_bench.py train {model} {sys.argv[3]}")
+        ap.add_argument("--batch", type=int, default=8)
+        ap.add_argument("--seq", type=int, default=512)
+        ap.add_argument("--optim", choices=["default", "adamw"], default="default")
+        ap.add_argument("--no-infer", action="store_true")
+        a = ap.parse_args(sys.argv[4:])
+        train(model, sys.argv[3], batch=a.batch, seq=a.seq, optim=a.optim, infer=not a.no_infer)
     else:
         sys.exit(f"unknown command {cmd}: prepare | train")

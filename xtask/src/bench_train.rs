@@ -45,6 +45,10 @@ pub enum Shape {
     /// Llama-3-8B (GQA, 128k vocabulary).
     #[value(name = "llama3-8b")]
     Llama3_8b,
+    /// SmolLM2-135M (GQA 9 × 3 heads, 576 wide, 30 blocks, tied head): the real model of
+    /// QUALITY.md, here with random weights, to time its step without carrying the GGUF.
+    #[value(name = "smollm2-135m")]
+    Smollm2_135m,
 }
 
 impl Shape {
@@ -55,6 +59,7 @@ impl Shape {
             Shape::Gptj6b => "gptj-6b",
             Shape::Llama7b => "llama-7b",
             Shape::Llama3_8b => "llama3-8b",
+            Shape::Smollm2_135m => "smollm2-135m",
         }
     }
 }
@@ -85,6 +90,18 @@ impl Quant {
     }
 }
 
+/// The optimizer (`default`: 8-bit AdamW for a quantized base, AdamW for bf16, as the peer's
+/// PagedAdamW8bit / AdamW; `adamw`: torch's AdamW, the QUALITY.md recipe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Optim {
+    #[value(name = "default")]
+    Default,
+    #[value(name = "adamw")]
+    AdamW,
+    #[value(name = "adamw8bit")]
+    AdamW8bit,
+}
+
 /// Which linears get LoRA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Targets {
@@ -106,6 +123,8 @@ pub struct Args {
     quant: Quant,
     #[arg(long, value_enum, default_value = "qv")]
     targets: Targets,
+    #[arg(long, value_enum, default_value = "default")]
+    optim: Optim,
     /// Rows of the batch (at least 1).
     #[arg(long, default_value_t = 8)]
     batch: usize,
@@ -127,8 +146,9 @@ pub struct Args {
     decode_profile: bool,
 }
 
-/// HF `config.json` of a Llama shape: Llama-2-7B (MHA, 32k vocabulary) or Llama-3-8B (GQA
-/// 32 × 8 heads, 14336-wide MLP, 128k vocabulary, θ 500000), as their published configs.
+/// HF `config.json` of a Llama shape: Llama-2-7B (MHA, 32k vocabulary), Llama-3-8B (GQA
+/// 32 × 8 heads, 14336-wide MLP, 128k vocabulary, θ 500000) or SmolLM2-135M (GQA 9 × 3 heads,
+/// tied head), as their published configs.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn llama_config(model: Shape) -> anyhow::Result<qtune_llama::LlamaConfig> {
     let v = match model {
@@ -142,6 +162,12 @@ fn llama_config(model: Shape) -> anyhow::Result<qtune_llama::LlamaConfig> {
             "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
             "num_key_value_heads": 8, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
             "rope_theta": 500000.0, "bos_token_id": 128000, "eos_token_id": 128001}),
+        Shape::Smollm2_135m => serde_json::json!({
+            "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
+            "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+            "num_key_value_heads": 3, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
+            "rope_theta": 100000.0, "tie_word_embeddings": true, "bos_token_id": 1,
+            "eos_token_id": 2}),
         Shape::Gptj6b => anyhow::bail!("no Llama shape `{}`", model.name()),
     };
     Ok(serde_json::from_value(v)?)
@@ -248,7 +274,7 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     let counts = model.param_counts();
     println!(
         "{}",
-        json!({"bench": "train", "model": model_name, "mode": mode, "n_layer": n_layer, "load_quantize_s": load_s,
+        json!({"bench": "train", "model": model_name, "mode": mode, "n_layer": n_layer, "optim": format!("{:?}", a.optim), "load_quantize_s": load_s,
                "weights_gib": weights_in_use as f64 / GIB, "params": format!("{counts:?}")})
     );
 
@@ -258,10 +284,11 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     let batch = crate::full_batch(b, t, ids.clone());
     let norm = batch.n_target_tokens() as f32;
     let mut optim = Optimizer::<Train>::new(OptimizerConfig {
-        optim: if quant.is_some() {
-            OptimKind::AdamW8bit
-        } else {
-            OptimKind::AdamW
+        optim: match a.optim {
+            Optim::AdamW => OptimKind::AdamW,
+            Optim::AdamW8bit => OptimKind::AdamW8bit,
+            Optim::Default if quant.is_some() => OptimKind::AdamW8bit,
+            Optim::Default => OptimKind::AdamW,
         },
         ..OptimizerConfig::default()
     })?;
@@ -280,15 +307,20 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     for i in 0..a.warmup + a.steps {
         sync()?;
         let s0 = Instant::now();
-        // The checkpointed micro-step in its two halves, synced in between to time each.
+        // The checkpointed micro-step in its two halves, synced in between to time each. The
+        // `*_issue_s` times stop before each sync: the host's share (building the graph,
+        // launching); a phase whose issue time is close to its total is bound by the host.
         let seed = Some(i as u64);
         let hs = forward_keep_block_inputs::<Train, _>(&model, &batch, seed, Some(&probe));
+        let i_fwd = s0.elapsed().as_secs_f64();
         sync()?;
         let t_fwd = s0.elapsed().as_secs_f64();
         let ms = backward_recompute::<Train, _>(&model, &batch, hs, norm, seed, Some(&probe))?;
+        let i_bwd = s0.elapsed().as_secs_f64() - t_fwd;
         sync()?;
         let t_bwd = s0.elapsed().as_secs_f64() - t_fwd;
         model = optim.step(2e-4, model, ms.grads)?;
+        let i_opt = s0.elapsed().as_secs_f64() - t_fwd - t_bwd;
         sync()?;
         let dt = s0.elapsed().as_secs_f64();
         let (u, r) = mem();
@@ -302,6 +334,7 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
             "{}",
             json!({"step": i, "warmup": warm, "step_s": dt, "forward_s": t_fwd,
                    "recompute_backward_s": t_bwd, "optimizer_s": dt - t_fwd - t_bwd,
+                   "issue_s": [i_fwd, i_bwd, i_opt],
                    "loss": ms.loss_sum / norm as f64,
                    "in_use_gib": u as f64 / GIB, "reserved_gib": r as f64 / GIB})
         );
@@ -466,6 +499,11 @@ mod tests {
         assert_eq!(
             llama_config(Shape::Llama3_8b).unwrap().num_params(),
             8_030_261_248
+        );
+        // HuggingFaceTB/SmolLM2-135M-Instruct (tied head counted once).
+        assert_eq!(
+            llama_config(Shape::Smollm2_135m).unwrap().num_params(),
+            134_515_008
         );
         assert!(llama_config(Shape::Gptj6b).is_err());
         let parse =
