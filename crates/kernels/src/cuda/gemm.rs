@@ -16,6 +16,7 @@ use cubecl::cuda::CudaRuntime;
 use cudarc::cublas::{result as blas, sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaStream};
 
+use super::gemm_lt::{Key, Lt};
 use super::launch::{dense_gemv, empty, CubeB};
 
 /// One cuBLAS handle per (device, cubecl stream), created on first use and bound to that stream:
@@ -24,6 +25,9 @@ use super::launch::{dense_gemv, empty, CubeB};
 struct StreamBlas {
     _stream: Arc<CudaStream>,
     blas: CudaBlas,
+    /// cuBLASLt with cached plans (`None` if its handle or workspace could not be made: every
+    /// GEMM then goes through `blas`).
+    lt: Option<Lt>,
 }
 
 type BlasMap = HashMap<(usize, usize), Arc<Mutex<StreamBlas>>>;
@@ -49,7 +53,12 @@ fn stream_blas(index: usize, stream: sys::cudaStream_t) -> Arc<Mutex<StreamBlas>
             // keeps its streams for the life of the process).
             unsafe { blas::set_stream(*blas.handle(), stream) }
                 .unwrap_or_else(|e| panic!("qtune-kernels: cublasSetStream: {e:?}"));
-            Arc::new(Mutex::new(StreamBlas { _stream: own, blas }))
+            let lt = Lt::new(&own);
+            Arc::new(Mutex::new(StreamBlas {
+                _stream: own,
+                blas,
+                lt,
+            }))
         })
         .clone()
 }
@@ -336,8 +345,19 @@ pub(crate) fn strided_gemm(
             let pa = ra.resource().ptr + (am.offset * a.dtype.size()) as u64;
             let pb = rb.resource().ptr + (bm.offset * b.dtype.size()) as u64;
             let pc = rc.resource().ptr + (cm.offset * c.dtype.size()) as u64;
-            let dev = stream_blas(a.device.index, rc.resource().stream as sys::cudaStream_t);
-            let dev = dev.lock().unwrap_or_else(|p| p.into_inner());
+            let stream = rc.resource().stream;
+            let dev = stream_blas(a.device.index, stream as sys::cudaStream_t);
+            let mut dev = dev.lock().unwrap_or_else(|p| p.into_inner());
+            // A cached cuBLASLt plan when there is one (the common case); GemmEx otherwise.
+            let (mats, ptrs) = ([am, bm, cm], [pa, pb, pc]);
+            let key = Key::new(a.dtype, c.dtype, &g, mats, ptrs);
+            if let Some(lt) = dev.lt.as_mut() {
+                // SAFETY: as for the GemmEx call below.
+                if unsafe { lt.matmul(key, &g, mats, ptrs, stream as *mut std::ffi::c_void) } {
+                    drop((ra, rb, rc));
+                    return;
+                }
+            }
             let op = |t: bool| {
                 if t {
                     sys::cublasOperation_t::CUBLAS_OP_T

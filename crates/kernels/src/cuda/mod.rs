@@ -8,6 +8,7 @@ pub mod bench;
 mod decode;
 mod fused;
 pub mod gemm;
+mod gemm_lt;
 mod jit_cache;
 mod kernels;
 pub mod launch;
