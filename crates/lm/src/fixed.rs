@@ -71,6 +71,7 @@ impl<B: QBackend, M: CausalLm<B>> FixedDecoder<B, M> {
             cos: angles(&self.cos),
             sin: angles(&self.sin),
             dropout_seed: None,
+            backward: qtune_kernels::LinearBackward::Quantized,
         };
         (tok, pos, ctx)
     }

@@ -3,8 +3,9 @@
 //! The backward state is the [`QWeightPrimitive`] only (refcounted handles to the quantized
 //! tensors): `x` is not saved and no dense `W` outlives the forward, so a quantized layer costs
 //! its quantized bytes between forward and backward, as in bitsandbytes' `MatMul4Bit` — except
-//! inside [`crate::with_dense_backward`] (a checkpointed block's recompute), where the dense
-//! weight made for the forward is kept for the backward instead of dequantizing twice.
+//! in [`QBackend::q_linear_dense_backward`] ([`crate::LinearBackward::Dense`], a checkpointed
+//! block's recompute), where the dense weight made for the forward is kept for the backward
+//! instead of dequantizing twice.
 
 use burn::backend::autodiff::{
     checkpoint::strategy::CheckpointStrategy,
@@ -74,15 +75,29 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) if crate::keep_dense() => {
+            OpsKind::Tracked(prep) => {
+                let y = B::q_linear(x.primitive, w.clone());
+                prep.finish(QLinearState::Quant(w), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q_linear(x.primitive, w)),
+        }
+    }
+
+    fn q_linear_dense_backward(
+        x: FloatTensor<Self>,
+        w: QWeightPrimitive<Self>,
+    ) -> FloatTensor<Self> {
+        let w = inner(w);
+        match QLinearBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
                 // The same dequant + GEMM as `q_linear`, keeping the dense weight.
                 let wd = B::q_dequantize(w, x.primitive.dtype());
                 let y = dense_linear::<B>(x.primitive, wd.clone(), false);
                 prep.finish(QLinearState::Dense(wd), y)
-            }
-            OpsKind::Tracked(prep) => {
-                let y = B::q_linear(x.primitive, w.clone());
-                prep.finish(QLinearState::Quant(w), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::q_linear(x.primitive, w)),
         }
