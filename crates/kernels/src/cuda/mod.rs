@@ -14,7 +14,6 @@ pub mod launch;
 pub mod selftest;
 
 pub use backend::sync;
-pub use decode::{graphs_enabled, set_graphs_enabled, GRAPHS_ENV};
 pub use jit_cache::{cache_dir, init_kernel_cache, CACHE_ENV, PROFILE_ENV};
 pub use launch::{dense_gemv_enabled, set_dense_gemv};
 
