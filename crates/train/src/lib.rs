@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod parallel;
 pub mod peft_check;
+pub mod replica;
 pub mod run;
 pub mod setup;
 pub mod step;

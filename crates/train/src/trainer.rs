@@ -1,7 +1,8 @@
 //! The training loop (STYLE.md §5): micro-batches → token-normalized accumulation → global-norm
 //! clipping → AdamW / 8-bit AdamW at the scheduled rate; eval loss every `eval_steps` (best
 //! adapter kept), atomic checkpoints every `save_steps`, exact resume, metrics + progress.
-//! One loop for one device and for each rank of a data-parallel run (`crate::parallel`).
+//! One loop for one device and for each rank of a data-parallel run: it meets the other ranks
+//! through [`crate::replica::Replicas`] only (`crate::parallel` implements it and calls this).
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -21,7 +22,7 @@ use crate::checkpoint;
 use crate::config::{OptimName, RunConfig, SchedulerType, TargetList};
 use crate::evaluate::evaluate_generation;
 use crate::metrics::{self, Event, MetricsLog};
-use crate::parallel::{compute_lock, rank_seed, shard_range, GradSync};
+use crate::replica::{compute_lock, rank_seed, shard_range, Reduced, Replicas, Single};
 use crate::task::EvalItem;
 use qtune_kernels::QBackend;
 use qtune_lm::CausalLm;
@@ -165,16 +166,22 @@ where
 {
     // Held until the loop returns (also on errors and panics): no second run writes here.
     let _lock = crate::lock::RunLock::acquire(&cfg.output_dir())?;
-    let mut sync = GradSync::single();
     train_rank(
-        cfg, model, train_set, val_set, pad_id, device, opts, &mut sync,
+        cfg,
+        model,
+        train_set,
+        val_set,
+        pad_id,
+        device,
+        opts,
+        &mut Single,
     )
 }
 
 /// The training loop of one rank (`sync.rank()` of `sync.world()`); see [`crate::parallel`] for
 /// the data-parallel contract.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn train_rank<B, M>(
+pub(crate) fn train_rank<B, M, R>(
     cfg: &RunConfig,
     model: M,
     train_set: &[Example],
@@ -182,13 +189,14 @@ pub(crate) fn train_rank<B, M>(
     pad_id: u32,
     device: &B::Device,
     opts: &TrainOptions,
-    sync: &mut GradSync,
+    sync: &mut R,
 ) -> Result<(M, TrainSummary), TrainError>
 where
     B: AutodiffBackend + QBackend,
     B::InnerBackend: QBackend,
     M: CausalLm<B> + AutodiffModule<B>,
     M::InnerModule: CausalLm<B::InnerBackend>,
+    R: Replicas,
 {
     let t = &cfg.training;
     let (rank, world) = (sync.rank(), sync.world());
@@ -212,7 +220,7 @@ where
     let out = cfg.output_dir();
     let ckpt_root = out.join("checkpoints");
     let inner_device = device_inner::<B>(device);
-    let len = crate::parallel::buffer_len::<B, M>(&model);
+    sync.prepare::<B, M>(&model);
     let setup = setup::<B, M>(cfg, model, device, train_set, val_set, world, lead, opts);
     let end = t.max_steps.min(opts.stop_at_step.unwrap_or(usize::MAX));
     let start = setup.as_ref().map(|s| s.state.step).unwrap_or(0);
@@ -221,7 +229,6 @@ where
         setup.is_ok(),
         start,
         end.saturating_sub(start),
-        len,
     )?;
     let Setup {
         mut model,
@@ -316,15 +323,14 @@ where
             loss_sum += ms.loss_sum;
             acc.accumulate::<B>(&model, ms.grads, batch.n_target_tokens());
         }
-        let (local, tokens, _) = acc.take::<B>();
-        let red = sync.reduce::<B, M>(
-            &model,
-            local,
-            tokens,
+        let (grads, target_tokens, _) = acc.take::<B>();
+        let local = Reduced {
+            grads,
+            target_tokens,
             loss_sum,
-            input_tokens as u64,
-            &inner_device,
-        )?;
+            input_tokens: input_tokens as u64,
+        };
+        let red = sync.reduce::<B, M>(&model, local, &inner_device)?;
         let tokens = red.target_tokens;
         let mut grads =
             normalize_by_tokens::<B, M>(&model, red.grads, tokens, t.gradient_accumulation_steps)?;
