@@ -61,7 +61,6 @@ impl<B: QBackend, M: CausalLm<B>> SegmentedLm<B> for M {
         h: Tensor<B, 3>,
         batch: &qtune_data::Batch,
     ) -> Result<Tensor<B, 1>, TrainError> {
-        let labels = int_tensor::<B>(&batch.labels, batch.shape(), &self.device());
-        Ok(CausalLm::loss_sum(self, h, labels)?.0)
+        Ok(CausalLm::loss_sum(self, h, &batch.labels)?.0)
     }
 }
