@@ -21,10 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
 
-pub const LATEST_FILE: &str = "latest";
-pub const STATE_FILE: &str = "trainer_state.json";
-pub const OPTIMIZER_FILE: &str = "optimizer.bin";
-pub const ADAPTER_DIR: &str = "adapter";
+pub use crate::files::{ADAPTER_DIR, LATEST_FILE, OPTIMIZER_FILE, STATE_FILE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -151,7 +148,7 @@ pub fn save_adapter_atomic(adapter: &PeftAdapter, dest: &Path) -> Result<(), Che
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "adapter".into());
+        .unwrap_or_else(|| ADAPTER_DIR.into());
     let tmp = parent.join(format!(".tmp-{name}"));
     let old = parent.join(format!(".old-{name}"));
     let _ = fs::remove_dir_all(&tmp);

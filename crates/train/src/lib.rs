@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod custom;
 pub mod evaluate;
+pub mod files;
 pub mod lock;
 pub mod memory;
 pub mod metrics;
@@ -77,6 +78,11 @@ pub enum TrainError {
     #[error("{path}: invalid data position in trainer state: {source}")]
     State {
         path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("serializing {what}")]
+    Serialize {
+        what: &'static str,
         source: serde_json::Error,
     },
     #[error("[data] packing = true: {msg}")]
