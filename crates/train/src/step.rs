@@ -83,12 +83,7 @@ where
     B: AutodiffBackend,
     M: SegmentedLm<B> + AutodiffModule<B>,
 {
-    let ctx = model.context(batch, dropout_seed, LinearBackward::Quantized);
-    let mut h = model.embed(batch);
-    for i in 0..model.num_blocks() {
-        h = model.block(i, h, &ctx);
-    }
-    let loss = model.loss_sum(h, batch)?;
+    let loss = whole_loss_sum(model, batch, dropout_seed)?;
     let loss_sum = loss.clone().into_scalar().elem::<f64>();
     let grads = loss.div_scalar(norm).backward();
     Ok(MicroStep {
@@ -197,10 +192,21 @@ pub fn eval_loss_sum<B: Backend, M: SegmentedLm<B>>(
     model: &M,
     batch: &qtune_data::Batch,
 ) -> Result<f64, TrainError> {
-    let ctx = model.context(batch, None, LinearBackward::Quantized);
+    Ok(whole_loss_sum(model, batch, None)?
+        .into_scalar()
+        .elem::<f64>())
+}
+
+/// Embedding, every block and the summed loss of a batch in one graph (no checkpointing).
+fn whole_loss_sum<B: Backend, M: SegmentedLm<B>>(
+    model: &M,
+    batch: &qtune_data::Batch,
+    dropout_seed: Option<u64>,
+) -> Result<Tensor<B, 1>, TrainError> {
+    let ctx = model.context(batch, dropout_seed, LinearBackward::Quantized);
     let mut h = model.embed(batch);
     for i in 0..model.num_blocks() {
         h = model.block(i, h, &ctx);
     }
-    Ok(model.loss_sum(h, batch)?.into_scalar().elem::<f64>())
+    model.loss_sum(h, batch)
 }
