@@ -38,7 +38,8 @@ fn run_impl(_args: &Args) -> anyhow::Result<()> {
 
 #[cfg(feature = "cuda")]
 fn run_impl(args: &Args) -> anyhow::Result<()> {
-    use qtune_kernels::cuda::{bench, selftest};
+    use crate::bench_kernels as bench;
+    use crate::gpu_check::selftest;
 
     let mut cfg = bench::BenchConfig {
         decode_only: args.decode,

@@ -405,6 +405,7 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
         Eager,
         Stepwise,
     }
+    let graphs = qtune_lm::device_graphs_from_env()?;
     let gen = |k: usize, path: Path| -> anyhow::Result<(f64, Vec<u32>)> {
         let g = GenerationConfig {
             max_new_tokens: k,
@@ -413,10 +414,9 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
                 Path::Graph(steps) => steps,
                 Path::Eager | Path::Stepwise => qtune_lm::DEFAULT_GRAPH_STEPS,
             },
+            device_graphs: graphs && !matches!(path, Path::Eager),
             ..GenerationConfig::default()
         };
-        let graphs = qtune_kernels::cuda::graphs_enabled();
-        qtune_kernels::cuda::set_graphs_enabled(graphs && !matches!(path, Path::Eager));
         let run = || -> anyhow::Result<(f64, Vec<u32>)> {
             sync()?;
             let s = Instant::now();
@@ -432,9 +432,7 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
                 out.into_iter().next().unwrap_or_default(),
             ))
         };
-        let out = run();
-        qtune_kernels::cuda::set_graphs_enabled(graphs); // also after an error
-        out
+        run()
     };
     // Each path: a short run (compiles, warms the pool), then the timed one. The short run's
     // time also gives the per-token cost without the fixed part (prefill, graph recording):

@@ -8,6 +8,8 @@
 //! - `cargo xtask peft-check [--fixture gptj_tiny|llama_tiny|…] [--out DIR]`: our adapter + logits
 //!   on the fixture prompts, and the `make.py check-adapter` command that has PEFT compare them.
 mod bench_dequant;
+#[cfg(feature = "cuda")]
+mod bench_kernels;
 mod bench_train;
 mod gpu_check;
 mod smollm2;

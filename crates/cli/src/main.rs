@@ -376,6 +376,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 eos_token_id: eos,
                 pad_token_id: eos,
                 seed: a.seed,
+                device_graphs: qtune_lm::device_graphs_from_env()?,
                 ..GenerationConfig::default()
             };
             let prompts = a

@@ -74,15 +74,15 @@ impl<B: QBackend> Attention<B> {
         let (h, hd) = (self.n_head, d / self.n_head);
         let q = self
             .q_proj
-            .forward_with(x.clone(), ctx.seed(salt))
+            .forward_with(x.clone(), ctx.pass(salt))
             .reshape([b, t, h, hd]);
         let k = self
             .k_proj
-            .forward_with(x.clone(), ctx.seed(salt + 1))
+            .forward_with(x.clone(), ctx.pass(salt + 1))
             .reshape([b, t, h, hd]);
         let v = self
             .v_proj
-            .forward_with(x, ctx.seed(salt + 2))
+            .forward_with(x, ctx.pass(salt + 2))
             .reshape([b, t, h, hd]);
         // Token-major [B, T, H, hd] throughout: the attention op reads each head in place.
         let q = apply_rotary(q, &ctx.cos, &ctx.sin);
@@ -93,7 +93,7 @@ impl<B: QBackend> Attention<B> {
         // scores = f32::MIN (a fully masked padding row stays finite), probabilities in v's
         // dtype. One op (cuBLAS GEMMs + a fused softmax on CUDA).
         let out = attention(q, k, v, ctx.mask.clone(), (hd as f32).sqrt()).reshape([b, t, d]);
-        self.out_proj.forward_with(out, ctx.seed(salt + 3))
+        self.out_proj.forward_with(out, ctx.pass(salt + 3))
     }
 }
 
@@ -122,10 +122,10 @@ impl<B: QBackend> Mlp<B> {
         let hdn = match (self.act, self.fc_in.bias()) {
             // HF `NewGELUActivation` with fc_in's bias folded in: one fused kernel on CUDA.
             (Activation::GeluNew, Some(b)) => {
-                qtune_kernels::bias_gelu_new(self.fc_in.forward_unbiased(x, ctx.seed(salt)), b)
+                qtune_kernels::bias_gelu_new(self.fc_in.forward_unbiased(x, ctx.pass(salt)), b)
             }
             (act, _) => {
-                let hdn = self.fc_in.forward_with(x, ctx.seed(salt));
+                let hdn = self.fc_in.forward_with(x, ctx.pass(salt));
                 match act {
                     Activation::GeluNew => qtune_kernels::gelu_new(hdn),
                     Activation::Gelu => burn::tensor::activation::gelu(hdn),
@@ -133,7 +133,7 @@ impl<B: QBackend> Mlp<B> {
                 }
             }
         };
-        self.fc_out.forward_plus(hdn, ctx.seed(salt + 1), adds)
+        self.fc_out.forward_plus(hdn, ctx.pass(salt + 1), adds)
     }
 }
 

@@ -70,6 +70,16 @@ pub trait QBackend: Backend {
             .fold(Self::q_linear(x, w), |y, a| Self::float_add(y, a))
     }
 
+    /// [`QBackend::q_linear`] keeping the dequantized weight as backward state
+    /// ([`LinearBackward::Dense`]). Only the autodiff decorator has a backward state; the
+    /// default is `q_linear`.
+    fn q_linear_dense_backward(
+        x: FloatTensor<Self>,
+        w: QWeightPrimitive<Self>,
+    ) -> FloatTensor<Self> {
+        Self::q_linear(x, w)
+    }
+
     /// `dx[m, in] = dy[m, out] · dequant(w)`, the only gradient a frozen base weight needs.
     fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self>;
 
@@ -319,30 +329,19 @@ pub trait QBackend: Backend {
     }
 }
 
-thread_local! {
-    /// Set by [`with_dense_backward`]: quantized linears keep their dequantized weight.
-    static KEEP_DENSE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f` with every tracked quantized linear keeping its dequantized weight (in the
-/// activation dtype) as backward state, so the backward multiplies by it instead of
-/// dequantizing again. For gradient checkpointing: the recomputed forward of one block runs
-/// in here, and its weights live only until the block's backward (one block's dense weights,
-/// ~0.4 GB for GPT-J-6B in bf16). Outside it (e.g. a whole model without checkpointing) the
-/// backward state stays the quantized weight, as in bitsandbytes. Applies to this thread.
-pub fn with_dense_backward<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            KEEP_DENSE.with(|k| k.set(self.0));
-        }
-    }
-    let _restore = Restore(KEEP_DENSE.with(|k| k.replace(true)));
-    f()
-}
-
-pub(crate) fn keep_dense() -> bool {
-    KEEP_DENSE.with(|k| k.get())
+/// What a tracked quantized linear keeps between its forward and its backward.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LinearBackward {
+    /// The quantized weight (refcounted handles to its codes): the backward dequantizes again,
+    /// as bitsandbytes' `MatMul4Bit`, and no dense `W` outlives the forward. A whole model
+    /// without checkpointing runs this way.
+    #[default]
+    Quantized,
+    /// The dequantized weight the forward made (in the activation dtype): the backward
+    /// multiplies by it instead of dequantizing twice. For gradient checkpointing: one block's
+    /// recompute runs this way and its dense weights live only until that block's backward
+    /// (~0.4 GB for GPT-J-6B in bf16).
+    Dense,
 }
 
 /// Bound for generic training code: a [`QBackend`] that can also differentiate, whose inner
@@ -363,6 +362,19 @@ where
 /// If the last dimension of `x` is not `w.shape()[1]` (a model wiring bug, like a Burn matmul
 /// shape mismatch).
 pub fn q_linear<B: QBackend, const D: usize>(x: Tensor<B, D>, w: &QuantWeight<B>) -> Tensor<B, D> {
+    q_linear_with(x, w, LinearBackward::Quantized)
+}
+
+/// [`q_linear`] with the choice of what a tracked backward keeps (see [`LinearBackward`]); the
+/// forward values are the same either way.
+///
+/// # Panics
+/// As [`q_linear`].
+pub fn q_linear_with<B: QBackend, const D: usize>(
+    x: Tensor<B, D>,
+    w: &QuantWeight<B>,
+    backward: LinearBackward,
+) -> Tensor<B, D> {
     let dims = x.dims();
     let [out_f, in_f] = w.shape();
     assert_eq!(
@@ -373,7 +385,10 @@ pub fn q_linear<B: QBackend, const D: usize>(x: Tensor<B, D>, w: &QuantWeight<B>
     );
     let m = dims[..D - 1].iter().product::<usize>();
     let x2 = x.reshape([m, in_f]).into_primitive().tensor();
-    let y = B::q_linear(x2, w.primitive());
+    let y = match backward {
+        LinearBackward::Quantized => B::q_linear(x2, w.primitive()),
+        LinearBackward::Dense => B::q_linear_dense_backward(x2, w.primitive()),
+    };
     let mut out = dims;
     out[D - 1] = out_f;
     Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out)

@@ -240,7 +240,7 @@ fn check_backward<B: qtune_kernels::QAutodiffBackend>(dev: &B::Device) {
         // nothing but where W comes from.
         let xk =
             Tensor::<B, 2>::from_data(TensorData::new(xv.clone(), [m, in_f]), dev).require_grad();
-        let yk = qtune_kernels::with_dense_backward(|| q_linear(xk.clone(), &w));
+        let yk = qtune_kernels::q_linear_with(xk.clone(), &w, qtune_kernels::LinearBackward::Dense);
         let dx_k = xk
             .grad(&(yk * g.clone()).sum().backward())
             .unwrap()

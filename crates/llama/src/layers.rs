@@ -81,9 +81,9 @@ impl<B: QBackend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (h, kv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
-        let q = self.q_proj.forward_with(x.clone(), ctx.seed(salt));
-        let k = self.k_proj.forward_with(x.clone(), ctx.seed(salt + 1));
-        let v = self.v_proj.forward_with(x, ctx.seed(salt + 2));
+        let q = self.q_proj.forward_with(x.clone(), ctx.pass(salt));
+        let k = self.k_proj.forward_with(x.clone(), ctx.pass(salt + 1));
+        let v = self.v_proj.forward_with(x, ctx.pass(salt + 2));
         let q = rotate_half(q.reshape([b, t, h, hd]), &ctx.cos, &ctx.sin);
         let k = rotate_half(k.reshape([b, t, kv, hd]), &ctx.cos, &ctx.sin);
         let (k, v) = cache_kv(cache, k, v.reshape([b, t, kv, hd]));
@@ -91,7 +91,7 @@ impl<B: QBackend> Attention<B> {
         // in v's dtype. The cache keeps H_kv heads; the attention op reads kv head i / (H/H_kv)
         // for query head i, as HF's `repeat_kv`, without repeating k, v in memory.
         let out = attention(q, k, v, ctx.mask.clone(), (hd as f32).sqrt()).reshape([b, t, h * hd]);
-        self.o_proj.forward_with(out, ctx.seed(salt + 3))
+        self.o_proj.forward_with(out, ctx.pass(salt + 3))
     }
 
     fn with_adapter_dtype(&self, dtype: DType) -> Self {
@@ -118,10 +118,10 @@ pub struct Mlp<B: Backend> {
 
 impl<B: QBackend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>, salt: u64) -> Tensor<B, 3> {
-        let gate = self.gate_proj.forward_with(x.clone(), ctx.seed(salt));
-        let up = self.up_proj.forward_with(x, ctx.seed(salt + 1));
+        let gate = self.gate_proj.forward_with(x.clone(), ctx.pass(salt));
+        let up = self.up_proj.forward_with(x, ctx.pass(salt + 1));
         let h = silu_mul(gate, up);
-        self.down_proj.forward_with(h, ctx.seed(salt + 2))
+        self.down_proj.forward_with(h, ctx.pass(salt + 2))
     }
 }
 

@@ -5,7 +5,8 @@
 use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
-use qtune_kernels::{write_row, QBackend};
+use qtune_kernels::{write_row, LinearBackward, QBackend};
+use qtune_lora::Pass;
 
 /// Rotary position embedding and attention window of a model, the same for every block.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +62,10 @@ pub struct BlockContext<B: Backend> {
     /// LoRA dropout is on iff this is `Some` (training). Each linear derives its own mask seed
     /// from it, the block index and the projection, so a re-run block draws the same masks.
     pub dropout_seed: Option<u64>,
+    /// What the quantized linears keep for their backward: the dense weight in a checkpointed
+    /// block's recompute (its backward follows at once), else the quantized one. Constructors
+    /// set [`LinearBackward::Quantized`]; see [`BlockContext::with_backward`].
+    pub backward: LinearBackward,
 }
 
 /// SplitMix64 finalizer: decorrelates the per-linear dropout seeds.
@@ -205,12 +210,23 @@ impl<B: Backend> BlockContext<B> {
             cos: Tensor::from_data(TensorData::new(cos, shape), (device, DType::F32)),
             sin: Tensor::from_data(TensorData::new(sin, shape), (device, DType::F32)),
             dropout_seed,
+            backward: LinearBackward::Quantized,
         }
     }
 
-    /// The LoRA dropout seed of one linear (`None` without dropout).
-    pub fn seed(&self, salt: u64) -> Option<u64> {
-        self.dropout_seed.map(|s| mix_seed(s, salt))
+    /// This context with the quantized linears keeping `backward` for their backward.
+    pub fn with_backward(mut self, backward: LinearBackward) -> Self {
+        self.backward = backward;
+        self
+    }
+
+    /// How the linear salted `salt` runs: its LoRA dropout seed (`None` without dropout) and
+    /// the context's backward state.
+    pub fn pass(&self, salt: u64) -> Pass {
+        Pass {
+            dropout_seed: self.dropout_seed.map(|s| mix_seed(s, salt)),
+            backward: self.backward,
+        }
     }
 }
 

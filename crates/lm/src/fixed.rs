@@ -71,6 +71,7 @@ impl<B: QBackend, M: CausalLm<B>> FixedDecoder<B, M> {
             cos: angles(&self.cos),
             sin: angles(&self.sin),
             dropout_seed: None,
+            backward: qtune_kernels::LinearBackward::Quantized,
         };
         (tok, pos, ctx)
     }
@@ -127,9 +128,10 @@ fn cut_at_eos(mut tokens: Vec<u32>, eos: Option<u32>) -> (Vec<u32>, bool) {
 /// repetition penalty): the new tokens, up to and including EOS. The first step after the
 /// prefill runs eagerly (it compiles kernels and settles the memory pool), the next
 /// [`GenerationConfig::graph_steps`] are recorded as a device graph ([`qtune_kernels::graph_capture`]) and
-/// replayed for the further tokens (a shorter tail eagerly); backends without graphs (CPU) run
-/// each step eagerly. With an EOS id the state is read back about every 16 tokens; up to
-/// 16 + [`GenerationConfig::graph_steps`] tokens past EOS may be computed and dropped.
+/// replayed for the further tokens (a shorter tail eagerly); backends without graphs (CPU), or
+/// [`GenerationConfig::device_graphs`] off, run each step eagerly. With an EOS id the state is
+/// read back about every 16 tokens; up to 16 + [`GenerationConfig::graph_steps`] tokens past
+/// EOS may be computed and dropped.
 ///
 /// # Errors
 /// [`LmError::Input`] for an empty prompt or a token outside the vocabulary; a device
@@ -158,7 +160,7 @@ pub fn greedy_fixed<B: QBackend, M: CausalLm<B>>(
     while k > 1 && remaining < steps + 2 * k {
         k /= 2;
     }
-    let graph = if remaining >= steps + 2 {
+    let graph = if cfg.device_graphs && remaining >= steps + 2 {
         graph_capture::<B>(&device, || (0..k).for_each(|_| dec.step()))
             .map_err(|e| LmError::Device(format!("recording the decode step: {e}")))?
     } else {

@@ -36,10 +36,37 @@ pub struct GenerationConfig {
     /// decode of a process ran at 211 tok/s with 4 steps and 179–187 with 1; later in the same
     /// process 1 step reached 230 and 4 steps ~205, 8 steps 182–199.
     pub graph_steps: usize,
+    /// qtune's own: whether batch-1 greedy decoding records its steps as device graphs (CUDA
+    /// graphs; the default). `false` launches the same kernels from the host each step. Binaries
+    /// set it from [`DEVICE_GRAPHS_ENV`] ([`device_graphs_from_env`]).
+    pub device_graphs: bool,
 }
 
 /// The default of [`GenerationConfig::graph_steps`].
 pub const DEFAULT_GRAPH_STEPS: usize = 4;
+
+/// The environment variable the binaries read [`GenerationConfig::device_graphs`] from:
+/// `1` (or unset) records device graphs, `0` decodes eagerly.
+pub const DEVICE_GRAPHS_ENV: &str = "QTUNE_CUDA_GRAPHS";
+
+/// [`GenerationConfig::device_graphs`] from [`DEVICE_GRAPHS_ENV`]; for binaries, read once.
+///
+/// # Errors
+/// [`LmError::Input`] naming the variable for a value other than `0` or `1`.
+pub fn device_graphs_from_env() -> Result<bool, LmError> {
+    device_graphs_setting(std::env::var(DEVICE_GRAPHS_ENV).ok().as_deref())
+}
+
+/// [`device_graphs_from_env`] for a given value of the variable (`None`: unset).
+pub fn device_graphs_setting(value: Option<&str>) -> Result<bool, LmError> {
+    match value {
+        None | Some("1") => Ok(true),
+        Some("0") => Ok(false),
+        Some(v) => Err(LmError::Input(format!(
+            "{DEVICE_GRAPHS_ENV}={v:?}: expected 0 (eager decoding) or 1 (CUDA graphs)"
+        ))),
+    }
+}
 
 /// HF's `early_stopping`: `true`, `false` (heuristic) or `"never"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +92,7 @@ impl Default for GenerationConfig {
             pad_token_id: None,
             seed: 0,
             graph_steps: DEFAULT_GRAPH_STEPS,
+            device_graphs: true,
         }
     }
 }
@@ -362,4 +390,21 @@ pub fn generate_stepwise<B: QBackend, M: CausalLm<B>>(
         step_tokens = next;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_graphs_setting_accepts_0_and_1_and_names_the_variable_otherwise() {
+        assert!(device_graphs_setting(None).unwrap());
+        assert!(device_graphs_setting(Some("1")).unwrap());
+        assert!(!device_graphs_setting(Some("0")).unwrap());
+        for bad in ["off", "", "true", "2"] {
+            let e = device_graphs_setting(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains(DEVICE_GRAPHS_ENV), "{e}");
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
 }

@@ -166,11 +166,13 @@ pub trait CausalLm<B: QBackend>: Sized {
     /// `ForCausalLMLoss`: position t predicts `labels[t+1]`, label −100 is ignored, the mean is
     /// `sum / n`. Only rows with a target go through the head, in chunks of
     /// [`LOSS_CHUNK_ELEMS`] logits, so full f32 logits of all tokens never exist at once.
-    /// `h_last`: `[B, T, D]` from the blocks (before the final norm); `labels`: `[B, T]`.
+    /// `h_last`: `[B, T, D]` from the blocks (before the final norm); `labels`: `[B, T]`
+    /// row-major, on the host: they pick the target rows there and go to the device once, as
+    /// the gathered row indices and targets.
     fn loss_sum(
         &self,
         h_last: Tensor<B, 3>,
-        labels: Tensor<B, 2, Int>,
+        labels: &[i64],
     ) -> Result<(Tensor<B, 1>, usize), LmError> {
         let rows = (LOSS_CHUNK_ELEMS / self.vocab_size()).max(1);
         self.loss_sum_chunked(h_last, labels, rows)
@@ -180,18 +182,17 @@ pub trait CausalLm<B: QBackend>: Sized {
     fn loss_sum_chunked(
         &self,
         h_last: Tensor<B, 3>,
-        labels: Tensor<B, 2, Int>,
+        labels: &[i64],
         rows_per_chunk: usize,
     ) -> Result<(Tensor<B, 1>, usize), LmError> {
         let [b, t, d] = h_last.dims();
-        if labels.dims() != [b, t] {
+        if labels.len() != b * t {
             return Err(LmError::Input(format!(
-                "labels have shape {:?}, hidden states [{b}, {t}, _]",
-                labels.dims()
+                "{} labels for hidden states [{b}, {t}, _]",
+                labels.len()
             )));
         }
-        let labels = host_i64(labels);
-        let (rows, targets) = target_rows(&labels, b, t, self.vocab_size())?;
+        let (rows, targets) = target_rows(labels, b, t, self.vocab_size())?;
         let device = h_last.device();
         let n = rows.len();
         if n == 0 {

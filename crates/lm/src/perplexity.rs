@@ -67,10 +67,9 @@ pub fn perplexity<B: QBackend, M: CausalLm<B>>(
             .count()
             .saturating_sub(1);
         let ids_t = Tensor::<B, 2, Int>::from_data(TensorData::new(window, [1, t]), &device);
-        let labels_t = Tensor::<B, 2, Int>::from_data(TensorData::new(labels, [1, t]), &device);
         let ctx = model.context(1, t, None, None, None);
         let h = model.hidden(ids_t, &ctx, None);
-        let (sum, n) = model.loss_sum(h, labels_t)?;
+        let (sum, n) = model.loss_sum(h, &labels)?;
         if n > 0 {
             let sum: f64 = sum
                 .into_data()

@@ -5,7 +5,7 @@ pub mod merge;
 pub mod peft;
 
 pub use config::{LoraConfig, LoraConfigError, TargetModules, TargetRegex};
-pub use linear::{Linear, LinearBase, LoraAdapter};
+pub use linear::{Linear, LinearBase, LoraAdapter, Pass};
 
 #[cfg(test)]
 mod linear_tests;

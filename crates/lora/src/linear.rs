@@ -9,10 +9,30 @@
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
-use qtune_kernels::{q_linear, QBackend, QuantWeight};
+use qtune_kernels::{q_linear_with, LinearBackward, QBackend, QuantWeight};
 use rand::Rng;
 
 use crate::config::LoraConfig;
+
+/// How one forward of a [`Linear`] runs; a block builds it from its context for each of its
+/// linears. The default is an evaluation forward (no dropout, quantized backward state).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// LoRA dropout seed of this linear; `None`: no dropout (evaluation).
+    pub dropout_seed: Option<u64>,
+    /// What a quantized base keeps for its backward (checkpointed recompute: the dense weight).
+    pub backward: LinearBackward,
+}
+
+impl Pass {
+    /// A training forward with LoRA dropout seeded by `seed` and the quantized backward state.
+    pub fn dropout(seed: u64) -> Self {
+        Self {
+            dropout_seed: Some(seed),
+            backward: LinearBackward::Quantized,
+        }
+    }
+}
 
 /// The frozen base weight of a [`Linear`], `[out, in]` as in PyTorch/HF files.
 #[derive(Module, Debug)]
@@ -274,16 +294,13 @@ impl<B: QBackend> Linear<B> {
 
     /// Evaluation forward (no dropout): `x [..., in] → [..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.forward_with(x, None)
+        self.forward_with(x, Pass::default())
     }
 
-    /// Forward with LoRA dropout driven by `dropout_seed` (see [`LoraAdapter::forward_onto`]).
-    pub fn forward_with<const D: usize>(
-        &self,
-        x: Tensor<B, D>,
-        dropout_seed: Option<u64>,
-    ) -> Tensor<B, D> {
-        let y = self.forward_unbiased(x, dropout_seed);
+    /// Forward as `pass` says: LoRA dropout driven by its seed (see
+    /// [`LoraAdapter::forward_onto`]), a quantized base's backward state by its `backward`.
+    pub fn forward_with<const D: usize>(&self, x: Tensor<B, D>, pass: Pass) -> Tensor<B, D> {
+        let y = self.forward_unbiased(x, pass);
         match &self.bias {
             Some(b) => {
                 let b = in_dtype(b.val(), y.dtype());
@@ -293,7 +310,7 @@ impl<B: QBackend> Linear<B> {
         }
     }
 
-    /// `forward_with(x, dropout_seed) + adds[0] + adds[1] + …` (each of the output's shape, in
+    /// `forward_with(x, pass) + adds[0] + adds[1] + …` (each of the output's shape, in
     /// its dtype: residual branches joining after this layer). For a single row of a quantized
     /// layer the bias and up to two addends go into the product's kernel
     /// ([`qtune_kernels::q_linear_add`]: one launch instead of one per add, e.g. GPT-J's fc_out
@@ -302,7 +319,7 @@ impl<B: QBackend> Linear<B> {
     pub fn forward_plus<const D: usize>(
         &self,
         x: Tensor<B, D>,
-        dropout_seed: Option<u64>,
+        pass: Pass,
         adds: Vec<Tensor<B, D>>,
     ) -> Tensor<B, D> {
         let rows = x.dims()[..D - 1].iter().product::<usize>();
@@ -318,29 +335,25 @@ impl<B: QBackend> Linear<B> {
                 all.extend(adds);
                 let y = qtune_kernels::q_linear_add(x.clone(), q, all);
                 match &self.lora {
-                    Some(lora) => lora.forward_onto(y, x, dropout_seed),
+                    Some(lora) => lora.forward_onto(y, x, pass.dropout_seed),
                     None => y,
                 }
             }
             _ => adds
                 .into_iter()
-                .fold(self.forward_with(x, dropout_seed), |y, a| y + a),
+                .fold(self.forward_with(x, pass), |y, a| y + a),
         }
     }
 
     /// [`Linear::forward_with`] without the bias, for callers that fold [`Linear::bias`] into
     /// the next fused op (GPT-J's `fc_in` bias goes into the `gelu_new` kernel).
-    pub fn forward_unbiased<const D: usize>(
-        &self,
-        x: Tensor<B, D>,
-        dropout_seed: Option<u64>,
-    ) -> Tensor<B, D> {
+    pub fn forward_unbiased<const D: usize>(&self, x: Tensor<B, D>, pass: Pass) -> Tensor<B, D> {
         let y = match &self.base {
             LinearBase::Dense(w) => matmul_t(x.clone(), in_dtype(w.val(), x.dtype())),
-            LinearBase::Quant(q) => q_linear(x.clone(), q),
+            LinearBase::Quant(q) => q_linear_with(x.clone(), q, pass.backward),
         };
         match &self.lora {
-            Some(lora) => lora.forward_onto(y, x, dropout_seed),
+            Some(lora) => lora.forward_onto(y, x, pass.dropout_seed),
             None => y,
         }
     }

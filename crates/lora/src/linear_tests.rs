@@ -8,7 +8,7 @@ use qtune_quant::{FloatDType, QuantFormat, QuantSpec, QuantizedTensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::Linear;
+use crate::{Linear, Pass};
 use crate::{LoraConfig, TargetModules};
 
 type Nd = NdArray<f32>;
@@ -131,9 +131,9 @@ fn dropout_mask_is_reproducible_from_its_seed() {
     lora.lora_b = burn::module::Param::from_tensor(Tensor::ones([4, 4], &dev));
     let lin = lin.with_adapter(lora);
     let x = Tensor::<Nd, 2>::ones([8, 64], &dev);
-    let a = vec2(lin.forward_with(x.clone(), Some(42)));
-    let b = vec2(lin.forward_with(x.clone(), Some(42)));
-    let c = vec2(lin.forward_with(x.clone(), Some(43)));
+    let a = vec2(lin.forward_with(x.clone(), Pass::dropout(42)));
+    let b = vec2(lin.forward_with(x.clone(), Pass::dropout(42)));
+    let c = vec2(lin.forward_with(x.clone(), Pass::dropout(43)));
     let eval = vec2(lin.forward(x));
     assert_eq!(a, b, "same seed, same mask");
     assert_ne!(a, c, "another seed, another mask");
@@ -211,7 +211,7 @@ fn forward_plus_adds_the_branches_for_one_row_and_many() {
             .into_vec::<f32>()
             .unwrap();
         let got = lin
-            .forward_plus(x, None, vec![a1, a2])
+            .forward_plus(x, Pass::default(), vec![a1, a2])
             .into_data()
             .into_vec::<f32>()
             .unwrap();

@@ -21,10 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
 
-pub const LATEST_FILE: &str = "latest";
-pub const STATE_FILE: &str = "trainer_state.json";
-pub const OPTIMIZER_FILE: &str = "optimizer.bin";
-pub const ADAPTER_DIR: &str = "adapter";
+pub use crate::files::{ADAPTER_DIR, LATEST_FILE, OPTIMIZER_FILE, STATE_FILE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -151,7 +148,7 @@ pub fn save_adapter_atomic(adapter: &PeftAdapter, dest: &Path) -> Result<(), Che
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "adapter".into());
+        .unwrap_or_else(|| ADAPTER_DIR.into());
     let tmp = parent.join(format!(".tmp-{name}"));
     let old = parent.join(format!(".old-{name}"));
     let _ = fs::remove_dir_all(&tmp);
@@ -222,23 +219,28 @@ fn prune(root: &Path, keep: usize, newest: &str) -> Result<(), CheckpointError> 
     Ok(())
 }
 
+/// The checkpoint name `latest` holds, or `None` when the run has no `latest` yet.
+fn latest_name(root: &Path) -> Result<Option<String>, CheckpointError> {
+    let latest = root.join(LATEST_FILE);
+    match fs::read_to_string(&latest) {
+        Ok(t) => Ok(Some(t.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CheckpointError::Io {
+            path: latest,
+            source,
+        }),
+    }
+}
+
 /// The checkpoint `latest` points to, or `None` when the run has none yet.
 pub fn load_latest(root: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
-    let latest = root.join(LATEST_FILE);
-    let target = match fs::read_to_string(&latest) {
-        Ok(t) => t.trim().to_string(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(CheckpointError::Io {
-                path: latest,
-                source,
-            })
-        }
+    let Some(target) = latest_name(root)? else {
+        return Ok(None);
     };
     let dir = root.join(&target);
     if !dir.is_dir() {
         return Err(CheckpointError::DanglingLatest {
-            path: latest,
+            path: root.join(LATEST_FILE),
             target,
         });
     }
@@ -268,16 +270,8 @@ pub fn load_latest_valid(
     root: &Path,
     mut check: impl FnMut(&Checkpoint) -> Result<(), String>,
 ) -> Result<Option<Checkpoint>, CheckpointError> {
-    let latest = root.join(LATEST_FILE);
-    let target = match fs::read_to_string(&latest) {
-        Ok(t) => t.trim().to_string(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(CheckpointError::Io {
-                path: latest,
-                source,
-            })
-        }
+    let Some(target) = latest_name(root)? else {
+        return Ok(None);
     };
     let mut first_error: Option<String> = None;
     let mut candidates = vec![target.clone()];
@@ -295,7 +289,7 @@ pub fn load_latest_valid(
                 .and_then(|ck| check(&ck).map(|_| ck))
         } else {
             Err(CheckpointError::DanglingLatest {
-                path: latest.clone(),
+                path: root.join(LATEST_FILE),
                 target: name.clone(),
             }
             .to_string())

@@ -1,6 +1,8 @@
-//! End-of-run task metrics from greedy generations: SQuAD v2 EM/F1 (official normalization,
-//! HasAns/NoAns), hate-speech accuracy / per-class F1 / confusion matrix, or (custom data) exact
-//! match of the generated completion.
+//! Evaluation, in one place: the mean token loss of a split, the evaluation the loop runs every
+//! `eval_steps` (loss, optional generation metric, the value `metric_for_best_model` ranks), and
+//! task metrics from greedy generations: SQuAD v2 EM/F1 (official normalization, HasAns/NoAns),
+//! hate-speech accuracy / per-class F1 / confusion matrix, or (custom data) exact match of the
+//! generated completion.
 use std::collections::HashMap;
 
 use qtune_data::{
@@ -13,8 +15,108 @@ use qtune_lm::CausalLm;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
+use burn::tensor::backend::Backend;
+use qtune_data::{collate, Example, Padding};
+
+use crate::config::RunConfig;
+use crate::step::{self, SegmentedLm};
 use crate::task::{EvalItem, Gold};
 use crate::TrainError;
+
+/// The validation prompts of the generation metric at `eval_steps`, and how to decode them.
+#[derive(Debug, Clone)]
+pub struct EvalGeneration {
+    pub tokenizer: tokenizers::Tokenizer,
+    /// At most `eval_generate_samples` of them.
+    pub items: Vec<EvalItem>,
+    pub eos: u32,
+    pub max_new_tokens: usize,
+}
+
+/// Mean token loss of `examples` (teacher forcing, no dropout), and the token count.
+pub fn eval_loss<B: Backend, M: SegmentedLm<B>>(
+    model: &M,
+    examples: &[Example],
+    batch_size: usize,
+    pad_id: u32,
+) -> Result<(f64, u64), TrainError> {
+    let (mut sum, mut tokens) = (0.0, 0u64);
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let batch = collate(&refs, pad_id, Padding::Right)?;
+        tokens += batch.n_target_tokens() as u64;
+        sum += step::eval_loss_sum(model, &batch)?;
+    }
+    if tokens == 0 {
+        return Err(TrainError::EmptyDataset {
+            what: "validation examples have no target tokens".into(),
+        });
+    }
+    Ok((sum / tokens as f64, tokens))
+}
+
+/// One evaluation of the loop at `eval_steps`.
+#[derive(Debug, Clone)]
+pub struct StepEval {
+    /// Mean token loss on the validation split, and its target tokens.
+    pub loss: f64,
+    pub tokens: u64,
+    /// The generation metric (`[training] eval_generate_samples` prompts), if configured.
+    pub generation: Option<serde_json::Value>,
+    /// What `metric_for_best_model` ranks: the loss, or the named generation metric.
+    pub value: f64,
+}
+
+/// The loop's evaluation: eval loss on `val_set` and, with `generation` and
+/// `eval_generate_samples > 0`, the generation metric; `value` is `metric_for_best_model`'s.
+///
+/// # Errors
+/// As [`eval_loss`] and [`evaluate_generation`]; the generation metric lacking the key
+/// `metric_for_best_model` names.
+pub fn evaluate_step<B: QBackend, M: CausalLm<B>>(
+    model: &M,
+    cfg: &RunConfig,
+    val_set: &[Example],
+    pad_id: u32,
+    generation: Option<&EvalGeneration>,
+) -> Result<StepEval, TrainError> {
+    let t = &cfg.training;
+    let (loss, tokens) = eval_loss(model, val_set, t.per_device_eval_batch_size, pad_id)?;
+    let generation = match generation {
+        Some(g) if t.eval_generate_samples > 0 => Some(
+            evaluate_generation(
+                model,
+                &g.tokenizer,
+                &g.items,
+                t.per_device_eval_batch_size,
+                g.max_new_tokens,
+                g.eos,
+            )?
+            .metrics,
+        ),
+        _ => None,
+    };
+    let best_metric = cfg.best_metric();
+    let value = match best_metric.generation_key() {
+        None => loss,
+        Some(key) => generation
+            .as_ref()
+            .and_then(|m| m.get(key))
+            .and_then(serde_json::Value::as_f64)
+            .ok_or_else(|| TrainError::EmptyDataset {
+                what: format!(
+                    "metric_for_best_model `{}`: the generation metric has no `{key}`",
+                    best_metric.name
+                ),
+            })?,
+    };
+    Ok(StepEval {
+        loss,
+        tokens,
+        generation,
+        value,
+    })
+}
 
 /// One decoded example, kept for the report (a few are printed).
 #[derive(Debug, Clone, Serialize)]

@@ -9,12 +9,14 @@ pub mod checkpoint;
 pub mod config;
 pub mod custom;
 pub mod evaluate;
+pub mod files;
 pub mod lock;
 pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod parallel;
 pub mod peft_check;
+pub mod replica;
 pub mod run;
 pub mod setup;
 pub mod step;
@@ -76,6 +78,11 @@ pub enum TrainError {
     #[error("{path}: invalid data position in trainer state: {source}")]
     State {
         path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("serializing {what}")]
+    Serialize {
+        what: &'static str,
         source: serde_json::Error,
     },
     #[error("[data] packing = true: {msg}")]

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 
-pub const LOCK_FILE: &str = ".qtune.lock";
+pub use crate::files::LOCK_FILE;
 
 /// What the lock file records about its holder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -62,7 +62,7 @@ where
     let [b, t] = batch.shape();
     // Plain: the whole graph is alive once the loss exists.
     let before = bytes_now();
-    let ctx = model.context(batch, None);
+    let ctx = model.context(batch, None, qtune_kernels::LinearBackward::Quantized);
     let mut h = model.embed(batch);
     for i in 0..model.num_blocks() {
         h = model.block(i, h, &ctx);

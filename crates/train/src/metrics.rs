@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
-pub const METRICS_FILE: &str = "metrics.jsonl";
-pub const LOSS_PLOT_FILE: &str = "loss.png";
+pub use crate::files::{LOSS_PLOT_FILE, METRICS_FILE};
 
 /// DejaVu Sans (Bitstream Vera license, assets/fonts/DejaVuSans-LICENSE.txt): plotters'
 /// ab_glyph backend has no system font lookup, so the text face ships with the binary.

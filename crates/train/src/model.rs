@@ -3,7 +3,7 @@
 //! from its host-side fields.
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use qtune_kernels::QBackend;
+use qtune_kernels::{LinearBackward, QBackend};
 use qtune_lm::{BlockContext, CausalLm, TokenInputs};
 
 use crate::step::SegmentedLm;
@@ -21,7 +21,12 @@ pub fn int_tensor<B: Backend>(
 impl<B: QBackend, M: CausalLm<B>> SegmentedLm<B> for M {
     type Ctx = BlockContext<B>;
 
-    fn context(&self, batch: &qtune_data::Batch, dropout_seed: Option<u64>) -> BlockContext<B> {
+    fn context(
+        &self,
+        batch: &qtune_data::Batch,
+        dropout_seed: Option<u64>,
+        backward: LinearBackward,
+    ) -> BlockContext<B> {
         let [b, t] = batch.shape();
         // Packed rows: the segment ids carry the padding too (segment 0), so a pad query sees
         // earlier pads and no row of the mask is fully masked.
@@ -31,7 +36,7 @@ impl<B: QBackend, M: CausalLm<B>> SegmentedLm<B> for M {
             position_ids: Some(&batch.position_ids),
             segment_ids,
         };
-        CausalLm::context_with(self, b, t, inputs, dropout_seed)
+        CausalLm::context_with(self, b, t, inputs, dropout_seed).with_backward(backward)
     }
 
     fn embed(&self, batch: &qtune_data::Batch) -> Tensor<B, 3> {
@@ -56,7 +61,6 @@ impl<B: QBackend, M: CausalLm<B>> SegmentedLm<B> for M {
         h: Tensor<B, 3>,
         batch: &qtune_data::Batch,
     ) -> Result<Tensor<B, 1>, TrainError> {
-        let labels = int_tensor::<B>(&batch.labels, batch.shape(), &self.device());
-        Ok(CausalLm::loss_sum(self, h, labels)?.0)
+        Ok(CausalLm::loss_sum(self, h, &batch.labels)?.0)
     }
 }

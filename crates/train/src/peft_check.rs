@@ -62,7 +62,7 @@ pub fn write_check_folder<B: QBackend>(
             .for_each(|v| *v = rng.random_range(-0.2f32..0.2));
     }
     let model = model.import_adapter(&adapter)?;
-    let dir = out.join("adapter");
+    let dir = out.join(crate::files::ADAPTER_DIR);
     adapter.save(&dir, AdapterDType::F32)?;
     let prompts = fixture_prompts(fixture)?;
     let logits = fixture_logits(&model, &prompts);

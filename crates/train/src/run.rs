@@ -11,16 +11,13 @@ use qtune_lora::peft::PeftAdapter;
 use serde::Serialize;
 
 use crate::config::RunConfig;
-use crate::evaluate::{evaluate_generation, Prediction, TaskMetrics};
+use crate::evaluate::{eval_loss, evaluate_generation, EvalGeneration, Prediction, TaskMetrics};
 use crate::metrics::{Event, MetricsLog};
-use crate::trainer::{eval_loss, EvalGeneration, TrainOptions, TrainSummary};
+use crate::trainer::{TrainOptions, TrainSummary};
 use crate::{build, task, TrainError};
 
-pub const EVAL_RESULTS_FILE: &str = "eval_results.json";
-/// The whole [`TrainReport`] (JSON), written at the end of `train_job`.
-pub const REPORT_FILE: &str = "report.json";
-/// One final-evaluation prediction per line (id, generated text, parsed prediction, gold).
-pub const PREDICTIONS_FILE: &str = "predictions.jsonl";
+use crate::files::{ADAPTER_DIR, CHECKPOINTS_DIR, LOSS_PLOT_FILE, METRICS_FILE};
+pub use crate::files::{EVAL_RESULTS_FILE, PREDICTIONS_FILE, REPORT_FILE};
 
 #[derive(Debug, Serialize)]
 pub struct TrainReport {
@@ -145,7 +142,7 @@ where
     let (mut final_eval, mut test) = (None, None);
     // Only the host of rank 0 has the best adapter (and writes the results).
     if holds_rank0 && summary.finished && (wants_final || wants_test) {
-        let best = PeftAdapter::load(&summary.output_dir.join("adapter"))?;
+        let best = PeftAdapter::load(&summary.output_dir.join(crate::files::ADAPTER_DIR))?;
         let model = model.import_adapter(&best)?.valid();
         let generate = |items: &[task::EvalItem]| {
             evaluate_generation(
@@ -278,8 +275,8 @@ impl TrainReport {
             );
         }
         s += &format!(
-            "files: {dir}/adapter/ (best adapter), {dir}/metrics.jsonl, {dir}/loss.png, \
-             {dir}/checkpoints/, {dir}/{REPORT_FILE}"
+            "files: {dir}/{ADAPTER_DIR}/ (best adapter), {dir}/{METRICS_FILE}, \
+             {dir}/{LOSS_PLOT_FILE}, {dir}/{CHECKPOINTS_DIR}/, {dir}/{REPORT_FILE}"
         );
         if self.final_eval.is_some() {
             s += &format!(", {dir}/{PREDICTIONS_FILE}, {dir}/{EVAL_RESULTS_FILE}");

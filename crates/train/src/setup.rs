@@ -40,7 +40,7 @@ fn previous_run_output(out: &std::path::Path) -> Option<String> {
 /// and in `checkpoints/`), logging each; returns what was removed.
 pub fn clean_stale_temps(out: &std::path::Path) -> Result<Vec<PathBuf>, TrainError> {
     let mut removed = Vec::new();
-    for dir in [out.to_path_buf(), out.join("checkpoints")] {
+    for dir in [out.to_path_buf(), out.join(crate::files::CHECKPOINTS_DIR)] {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
@@ -111,7 +111,7 @@ where
 {
     let t = &cfg.training;
     let out = cfg.output_dir();
-    let ckpt_root = out.join("checkpoints");
+    let ckpt_root = out.join(crate::files::CHECKPOINTS_DIR);
     if train_set.is_empty() {
         return Err(TrainError::EmptyDataset {
             what: "no training examples".into(),

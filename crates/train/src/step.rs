@@ -16,6 +16,7 @@ use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
+use qtune_kernels::LinearBackward;
 
 use crate::TrainError;
 
@@ -37,8 +38,14 @@ pub trait SegmentedLm<B: Backend> {
     type Ctx;
     /// The context of a batch; `dropout_seed` drives LoRA dropout (`None`: no dropout, as in
     /// evaluation). Each block derives its masks from it and its index, so a recomputed block
-    /// draws the masks of its first run.
-    fn context(&self, batch: &qtune_data::Batch, dropout_seed: Option<u64>) -> Self::Ctx;
+    /// draws the masks of its first run. `backward`: what the quantized linears keep for their
+    /// backward (the dense weight only in a checkpointed block's recompute).
+    fn context(
+        &self,
+        batch: &qtune_data::Batch,
+        dropout_seed: Option<u64>,
+        backward: LinearBackward,
+    ) -> Self::Ctx;
     /// Token embeddings `h_0 [B, T, D]` of a batch.
     fn embed(&self, batch: &qtune_data::Batch) -> Tensor<B, 3>;
     fn num_blocks(&self) -> usize;
@@ -76,12 +83,7 @@ where
     B: AutodiffBackend,
     M: SegmentedLm<B> + AutodiffModule<B>,
 {
-    let ctx = model.context(batch, dropout_seed);
-    let mut h = model.embed(batch);
-    for i in 0..model.num_blocks() {
-        h = model.block(i, h, &ctx);
-    }
-    let loss = model.loss_sum(h, batch)?;
+    let loss = whole_loss_sum(model, batch, dropout_seed)?;
     let loss_sum = loss.clone().into_scalar().elem::<f64>();
     let grads = loss.div_scalar(norm).backward();
     Ok(MicroStep {
@@ -103,7 +105,7 @@ where
     M::InnerModule: SegmentedLm<B::InnerBackend>,
 {
     let inner = model.valid(); // refcount clones of the parameters, no graph
-    let ctx = inner.context(batch, dropout_seed);
+    let ctx = inner.context(batch, dropout_seed, LinearBackward::Quantized);
     let h0 = inner.embed(batch);
     let mut hs = Vec::with_capacity(inner.num_blocks() + 1);
     hs.push(h0);
@@ -144,16 +146,16 @@ where
     let mut acc = GradientsAccumulator::<M>::new();
     // Head params (LoRA on lm_head, if targeted) got their grads in this first backward.
     acc.accumulate::<B>(model, GradientsParams::from_grads(grads, model));
-    // The context (mask, positions) is rebuilt once on the autodiff backend: constants.
-    let ctx = model.context(batch, dropout_seed);
+    // The context (mask, positions) is rebuilt once on the autodiff backend: constants. The
+    // recompute keeps each quantized weight's dequantized copy for the backward that follows
+    // at once (one block's weights at a time): one dequantization per linear saved.
+    let ctx = model.context(batch, dropout_seed, LinearBackward::Dense);
     for (i, h) in hs.into_iter().enumerate().rev() {
         let Some(dy) = g.take() else {
             break; // nothing upstream depends on h_{i+1}: earlier blocks get no gradient
         };
         let x = Tensor::<B, 3>::from_inner(h).require_grad();
-        // The recompute keeps each quantized weight's dequantized copy for the backward that
-        // follows at once (one block's weights at a time): one dequantization per linear saved.
-        let y = qtune_kernels::with_dense_backward(|| model.block(i, x.clone(), &ctx));
+        let y = model.block(i, x.clone(), &ctx);
         probe_memory(probe);
         // `(y ⊙ dy).sum().backward()` without the product and the full reduction.
         let mut gb = model
@@ -190,10 +192,21 @@ pub fn eval_loss_sum<B: Backend, M: SegmentedLm<B>>(
     model: &M,
     batch: &qtune_data::Batch,
 ) -> Result<f64, TrainError> {
-    let ctx = model.context(batch, None);
+    Ok(whole_loss_sum(model, batch, None)?
+        .into_scalar()
+        .elem::<f64>())
+}
+
+/// Embedding, every block and the summed loss of a batch in one graph (no checkpointing).
+fn whole_loss_sum<B: Backend, M: SegmentedLm<B>>(
+    model: &M,
+    batch: &qtune_data::Batch,
+    dropout_seed: Option<u64>,
+) -> Result<Tensor<B, 1>, TrainError> {
+    let ctx = model.context(batch, dropout_seed, LinearBackward::Quantized);
     let mut h = model.embed(batch);
     for i in 0..model.num_blocks() {
         h = model.block(i, h, &ctx);
     }
-    Ok(model.loss_sum(h, batch)?.into_scalar().elem::<f64>())
+    model.loss_sum(h, batch)
 }

@@ -1,12 +1,13 @@
 //! The training loop (STYLE.md §5): micro-batches → token-normalized accumulation → global-norm
 //! clipping → AdamW / 8-bit AdamW at the scheduled rate; eval loss every `eval_steps` (best
 //! adapter kept), atomic checkpoints every `save_steps`, exact resume, metrics + progress.
-//! One loop for one device and for each rank of a data-parallel run (`crate::parallel`).
+//! One loop for one device and for each rank of a data-parallel run: it meets the other ranks
+//! through [`crate::replica::Replicas`] only (`crate::parallel` implements it and calls this).
 use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::RngCore;
 
@@ -19,15 +20,15 @@ use qtune_optim::{
 
 use crate::checkpoint;
 use crate::config::{OptimName, RunConfig, SchedulerType, TargetList};
-use crate::evaluate::evaluate_generation;
+use crate::evaluate::{evaluate_step, EvalGeneration, StepEval};
+use crate::files;
 use crate::metrics::{self, Event, MetricsLog};
-use crate::parallel::{compute_lock, rank_seed, shard_range, GradSync};
-use crate::task::EvalItem;
+use crate::replica::{compute_lock, rank_seed, shard_range, Reduced, Replicas, Single};
 use qtune_kernels::QBackend;
 use qtune_lm::CausalLm;
 
 use crate::setup::{setup, Setup};
-use crate::step::{self, SegmentedLm};
+use crate::step;
 use crate::TrainError;
 
 #[derive(Debug, Clone, Default)]
@@ -44,16 +45,6 @@ pub struct TrainOptions {
     /// What every evaluation decodes for the generation metric (`[training]
     /// eval_generate_samples`); `None`: eval loss only.
     pub generation: Option<std::sync::Arc<EvalGeneration>>,
-}
-
-/// The validation prompts of the generation metric at `eval_steps`, and how to decode them.
-#[derive(Debug, Clone)]
-pub struct EvalGeneration {
-    pub tokenizer: tokenizers::Tokenizer,
-    /// At most `eval_generate_samples` of them.
-    pub items: Vec<EvalItem>,
-    pub eos: u32,
-    pub max_new_tokens: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -123,28 +114,6 @@ pub fn schedule(cfg: &RunConfig) -> LrSchedule {
     }
 }
 
-/// Mean token loss of `examples` (teacher forcing, no dropout), and the token count.
-pub fn eval_loss<B: Backend, M: SegmentedLm<B>>(
-    model: &M,
-    examples: &[Example],
-    batch_size: usize,
-    pad_id: u32,
-) -> Result<(f64, u64), TrainError> {
-    let (mut sum, mut tokens) = (0.0, 0u64);
-    for chunk in examples.chunks(batch_size.max(1)) {
-        let refs: Vec<&Example> = chunk.iter().collect();
-        let batch = collate(&refs, pad_id, Padding::Right)?;
-        tokens += batch.n_target_tokens() as u64;
-        sum += step::eval_loss_sum(model, &batch)?;
-    }
-    if tokens == 0 {
-        return Err(TrainError::EmptyDataset {
-            what: "validation examples have no target tokens".into(),
-        });
-    }
-    Ok((sum / tokens as f64, tokens))
-}
-
 /// Runs (or resumes) training on one device. Returns the trained model and a summary; the best
 /// adapter is in `{output_dir}/adapter`, metrics in `metrics.jsonl`, the curve in `loss.png`.
 /// Several devices: [`crate::parallel::train_parallel`] (same loop, N ranks).
@@ -165,16 +134,22 @@ where
 {
     // Held until the loop returns (also on errors and panics): no second run writes here.
     let _lock = crate::lock::RunLock::acquire(&cfg.output_dir())?;
-    let mut sync = GradSync::single();
     train_rank(
-        cfg, model, train_set, val_set, pad_id, device, opts, &mut sync,
+        cfg,
+        model,
+        train_set,
+        val_set,
+        pad_id,
+        device,
+        opts,
+        &mut Single,
     )
 }
 
 /// The training loop of one rank (`sync.rank()` of `sync.world()`); see [`crate::parallel`] for
 /// the data-parallel contract.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn train_rank<B, M>(
+pub(crate) fn train_rank<B, M, R>(
     cfg: &RunConfig,
     model: M,
     train_set: &[Example],
@@ -182,17 +157,143 @@ pub(crate) fn train_rank<B, M>(
     pad_id: u32,
     device: &B::Device,
     opts: &TrainOptions,
-    sync: &mut GradSync,
+    sync: &mut R,
 ) -> Result<(M, TrainSummary), TrainError>
 where
     B: AutodiffBackend + QBackend,
     B::InnerBackend: QBackend,
     M: CausalLm<B> + AutodiffModule<B>,
     M::InnerModule: CausalLm<B::InnerBackend>,
+    R: Replicas,
 {
     let t = &cfg.training;
     let (rank, world) = (sync.rank(), sync.world());
     let lead = rank == 0;
+    let best_metric = cfg.best_metric();
+    check_generation_prompts(cfg, opts)?;
+    let out = cfg.output_dir();
+    let ckpt_root = out.join(files::CHECKPOINTS_DIR);
+    let inner_device = device_inner::<B>(device);
+    sync.prepare::<B, M>(&model);
+    let setup = setup::<B, M>(cfg, model, device, train_set, val_set, world, lead, opts);
+    let end = t.max_steps.min(opts.stop_at_step.unwrap_or(usize::MAX));
+    let start = setup.as_ref().map(|s| s.state.step).unwrap_or(0);
+    let steps = end.saturating_sub(start);
+    sync.barrier::<B::InnerBackend>(&inner_device, setup.is_ok(), start, steps)?;
+    let Setup {
+        mut model,
+        mut optim,
+        mut state,
+        mut sampler,
+        schedule,
+        packing,
+    } = setup?;
+    let mut log = lead.then(|| MetricsLog::open(&out)).transpose()?;
+    let bar = progress_bar(opts.progress && lead, t.max_steps, state.step);
+    let started = Instant::now();
+    let mut summary = TrainSummary::start(out.clone(), &state);
+    let mut window = Window::default();
+    while state.step < end {
+        let step_started = Instant::now();
+        let lr = schedule.lr_at(state.step);
+        let shard = (rank, world);
+        let batches = rank_batches(
+            cfg,
+            &mut sampler,
+            &mut state,
+            &packing,
+            train_set,
+            pad_id,
+            shard,
+        )?;
+        // One way: micro-batch grads → TokenAccumulator (sums) → sums across ranks (identity on
+        // one rank) → divided once by the global target tokens → clip → step.
+        let local = micro_steps::<B, M>(&model, &batches, t.gradient_checkpointing)?;
+        let red = sync.reduce::<B, M>(&model, local, &inner_device)?;
+        let tokens = red.target_tokens;
+        let mut grads =
+            normalize_by_tokens::<B, M>(&model, red.grads, tokens, t.gradient_accumulation_steps)?;
+        let loss = red.loss_sum / tokens as f64;
+        if !loss.is_finite() {
+            return Err(non_finite(&ckpt_root, state.step + 1, "loss", loss));
+        }
+        let norm = clip_grad_norm::<B, M>(&model, &mut grads, t.max_grad_norm).total_norm;
+        if !norm.is_finite() {
+            return Err(non_finite(
+                &ckpt_root,
+                state.step + 1,
+                "gradient norm",
+                norm,
+            ));
+        }
+        model = {
+            let _compute = compute_lock();
+            optim.step(lr, model, grads)?
+        };
+        state.step += 1;
+        state.tokens_seen += tokens;
+        state.data_position =
+            serde_json::to_value(sampler.position()).map_err(|source| TrainError::Serialize {
+                what: "the data position",
+                source,
+            })?;
+        summary.losses.push((state.step, loss));
+        summary.input_tokens += red.input_tokens;
+        window.add(
+            loss,
+            tokens,
+            step_started.elapsed().as_secs_f64(),
+            red.input_tokens,
+        );
+        bar.set_position(state.step as u64);
+        let Some(log) = log.as_mut() else {
+            continue; // ranks > 0 write nothing
+        };
+        if state.step % t.logging_steps == 0 || state.step == t.max_steps {
+            window.log(log, &bar, state.step, state.tokens_seen, lr, norm)?;
+        }
+        if state.step % t.eval_steps == 0 || state.step == t.max_steps {
+            let ev = evaluate_step(
+                &model.valid(),
+                cfg,
+                val_set,
+                pad_id,
+                opts.generation.as_deref(),
+            )?;
+            // Checkpoints from before `best_metric` existed tracked the eval loss.
+            let best_so_far = state.best_metric.or(state
+                .best_eval_loss
+                .filter(|_| best_metric.generation_key().is_none()));
+            let best = best_metric.improves(ev.value, best_so_far);
+            if best {
+                state.best_eval_loss = Some(ev.loss);
+                state.best_step = Some(state.step);
+                state.best_metric = Some(ev.value);
+                let adapter = model.export_adapter(peft_config(cfg))?;
+                checkpoint::save_adapter_atomic(&adapter, &out.join(files::ADAPTER_DIR))?;
+            }
+            summary.eval_losses.push((state.step, ev.loss));
+            log_eval(log, &bar, state.step, &ev, best)?;
+        }
+        if state.step % t.save_steps == 0 || state.step == t.max_steps {
+            let adapter = model.export_adapter(peft_config(cfg))?;
+            let bytes = optim.state_to_bytes()?;
+            checkpoint::save(&ckpt_root, &adapter, &bytes, &state, t.save_total_limit)?;
+        }
+    }
+    bar.finish_and_clear();
+    if let Some(log) = &log {
+        let events = metrics::read_events(log.path())?;
+        if let Err(e) = metrics::plot_loss(&events, &out.join(files::LOSS_PLOT_FILE)) {
+            tracing::warn!("loss curve not drawn: {e}");
+        }
+    }
+    summary.finish(&state, started, optim.state_bytes(), t.max_steps);
+    Ok((model, summary))
+}
+
+/// A generation metric as `metric_for_best_model` needs generation prompts.
+fn check_generation_prompts(cfg: &RunConfig, opts: &TrainOptions) -> Result<(), TrainError> {
     let best_metric = cfg.best_metric();
     if best_metric.generation_key().is_some()
         && opts.generation.as_ref().is_none_or(|g| g.items.is_empty())
@@ -209,272 +310,210 @@ where
         }
         .into());
     }
-    let out = cfg.output_dir();
-    let ckpt_root = out.join("checkpoints");
-    let inner_device = device_inner::<B>(device);
-    let len = crate::parallel::buffer_len::<B, M>(&model);
-    let setup = setup::<B, M>(cfg, model, device, train_set, val_set, world, lead, opts);
-    let end = t.max_steps.min(opts.stop_at_step.unwrap_or(usize::MAX));
-    let start = setup.as_ref().map(|s| s.state.step).unwrap_or(0);
-    sync.barrier::<B::InnerBackend>(
-        &inner_device,
-        setup.is_ok(),
-        start,
-        end.saturating_sub(start),
-        len,
-    )?;
-    let Setup {
-        mut model,
-        mut optim,
-        mut state,
-        mut sampler,
-        schedule,
-        packing,
-    } = setup?;
+    Ok(())
+}
 
-    let mut log = if lead {
-        Some(MetricsLog::open(&out)?)
-    } else {
-        None
-    };
-    let bar = if opts.progress && lead {
-        let b = ProgressBar::new(t.max_steps as u64);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b.set_position(state.step as u64);
-        b
-    } else {
-        ProgressBar::hidden()
-    };
-
-    let started = Instant::now();
-    let mut summary = TrainSummary {
-        output_dir: out.clone(),
-        steps_done: state.step,
-        losses: Vec::new(),
-        eval_losses: Vec::new(),
-        best_eval_loss: state.best_eval_loss,
-        best_step: state.best_step,
-        best_metric: state.best_metric,
-        tokens_seen: state.tokens_seen,
-        input_tokens: 0,
-        seconds: 0.0,
-        optimizer_state_bytes: 0,
-        finished: false,
-    };
-    // (loss sum, target tokens, step seconds, input tokens) since the last log line; the
-    // seconds count training steps only (not eval or checkpoint writes).
-    let mut window = (0.0f64, 0u64, 0.0f64, 0u64);
+/// This rank's micro-batches of one optimizer step, each with its LoRA dropout seed. Every rank
+/// draws the same global batches and keeps its slice of each.
+fn rank_batches(
+    cfg: &RunConfig,
+    sampler: &mut qtune_data::Sampler,
+    state: &mut checkpoint::TrainerState,
+    packing: &Option<qtune_data::Packing>,
+    train_set: &[Example],
+    pad_id: u32,
+    (rank, world): (usize, usize),
+) -> Result<Vec<(qtune_data::Batch, Option<u64>)>, TrainError> {
     let dropout = cfg.lora.lora_dropout > 0.0;
-    while state.step < end {
-        let step_started = Instant::now();
-        let lr = schedule.lr_at(state.step);
-        // The same global batches on every rank; this rank keeps its slice of each.
-        let mut batches = Vec::with_capacity(t.gradient_accumulation_steps);
-        for _ in 0..t.gradient_accumulation_steps {
-            let idx = sampler.next_batch();
-            let mine = &idx[shard_range(idx.len(), world, rank)];
-            // The seed is drawn even for an empty slice: the RNG stays in step on all ranks.
-            let seed = dropout.then(|| rank_seed(state.rng.next_u64(), rank));
-            if !mine.is_empty() {
-                let batch = match &packing {
-                    // With packing the sampler's indices are rows of examples.
-                    Some(p) => {
-                        let rows: Vec<Vec<&Example>> =
-                            mine.iter().map(|&r| p.row(r, train_set)).collect();
-                        collate_packed(&rows, pad_id)?
-                    }
-                    None => {
-                        let refs: Vec<&Example> = mine.iter().map(|&i| &train_set[i]).collect();
-                        collate(&refs, pad_id, Padding::Right)?
-                    }
-                };
-                batches.push((batch, seed));
+    let mut batches = Vec::with_capacity(cfg.training.gradient_accumulation_steps);
+    for _ in 0..cfg.training.gradient_accumulation_steps {
+        let idx = sampler.next_batch();
+        let mine = &idx[shard_range(idx.len(), world, rank)];
+        // The seed is drawn even for an empty slice: the RNG stays in step on all ranks.
+        let seed = dropout.then(|| rank_seed(state.rng.next_u64(), rank));
+        if mine.is_empty() {
+            continue;
+        }
+        let batch = match packing.as_ref() {
+            // With packing the sampler's indices are rows of examples.
+            Some(p) => {
+                let rows: Vec<Vec<&Example>> = mine.iter().map(|&r| p.row(r, train_set)).collect();
+                collate_packed(&rows, pad_id)?
             }
-        }
-        // One way: micro-batch grads → TokenAccumulator (sums) → all-reduce of the sums across
-        // ranks (identity on one rank) → divided once by the global target tokens → clip → step.
-        let mut acc = TokenAccumulator::<M>::new();
-        let mut loss_sum = 0.0;
-        let input_tokens: usize = batches
-            .iter()
-            .map(|(b, _)| b.lengths.iter().sum::<usize>())
-            .sum();
-        for (batch, seed) in &batches {
-            let ms = {
-                let _compute = compute_lock();
-                if t.gradient_checkpointing {
-                    step::micro_step_checkpointed::<B, M>(&model, batch, 1.0, *seed)?
-                } else {
-                    step::micro_step_plain::<B, M>(&model, batch, 1.0, *seed)?
-                }
-            };
-            loss_sum += ms.loss_sum;
-            acc.accumulate::<B>(&model, ms.grads, batch.n_target_tokens());
-        }
-        let (local, tokens, _) = acc.take::<B>();
-        let red = sync.reduce::<B, M>(
-            &model,
-            local,
-            tokens,
-            loss_sum,
-            input_tokens as u64,
-            &inner_device,
-        )?;
-        let tokens = red.target_tokens;
-        let mut grads =
-            normalize_by_tokens::<B, M>(&model, red.grads, tokens, t.gradient_accumulation_steps)?;
-        let loss = red.loss_sum / tokens as f64;
-        if !loss.is_finite() {
-            return Err(non_finite(&ckpt_root, state.step + 1, "loss", loss));
-        }
-        let norm = clip_grad_norm::<B, M>(&model, &mut grads, t.max_grad_norm);
-        if !norm.total_norm.is_finite() {
-            return Err(non_finite(
-                &ckpt_root,
-                state.step + 1,
-                "gradient norm",
-                norm.total_norm,
-            ));
-        }
-        model = {
-            let _compute = compute_lock();
-            optim.step(lr, model, grads)?
+            None => {
+                let refs: Vec<&Example> = mine.iter().map(|&i| &train_set[i]).collect();
+                collate(&refs, pad_id, Padding::Right)?
+            }
         };
-        let input_tokens = red.input_tokens;
-        state.step += 1;
-        state.tokens_seen += tokens;
-        state.data_position = serde_json::to_value(sampler.position()).unwrap_or_default();
-        summary.losses.push((state.step, loss));
-        window.0 += loss * tokens as f64;
-        window.1 += tokens;
-        window.2 += step_started.elapsed().as_secs_f64();
-        window.3 += input_tokens;
-        summary.input_tokens += input_tokens;
-        bar.set_position(state.step as u64);
-        let Some(log) = log.as_mut() else {
-            continue; // ranks > 0 write nothing
-        };
+        batches.push((batch, seed));
+    }
+    Ok(batches)
+}
 
-        if state.step % t.logging_steps == 0 || state.step == t.max_steps {
-            let secs = window.2.max(1e-9);
-            let mean = window.0 / window.1.max(1) as f64;
-            let tps = window.3 as f64 / secs;
-            log.write(&Event::Train {
-                step: state.step,
-                loss: mean,
-                learning_rate: lr,
-                grad_norm: norm.total_norm,
-                tokens: state.tokens_seen,
-                tokens_per_s: tps,
-            })?;
-            bar.set_message(format!("loss {mean:.4}  {tps:.0} tok/s"));
-            // suspend(): the bar and the log lines share stderr.
-            bar.suspend(|| {
-                tracing::info!(
-                    step = state.step,
-                    loss = mean,
-                    lr,
-                    grad_norm = norm.total_norm,
-                    tokens_per_s = tps,
-                    "train"
-                )
-            });
-            window = (0.0, 0, 0.0, 0);
-        }
-        if state.step % t.eval_steps == 0 || state.step == t.max_steps {
-            let (val, val_tokens) = eval_loss(
-                &model.valid(),
-                val_set,
-                t.per_device_eval_batch_size,
-                pad_id,
-            )?;
-            let generation = match &opts.generation {
-                Some(g) if t.eval_generate_samples > 0 => Some(
-                    evaluate_generation(
-                        &model.valid(),
-                        &g.tokenizer,
-                        &g.items,
-                        t.per_device_eval_batch_size,
-                        g.max_new_tokens,
-                        g.eos,
-                    )?
-                    .metrics,
-                ),
-                _ => None,
-            };
-            let value = match best_metric.generation_key() {
-                None => val,
-                Some(key) => generation
-                    .as_ref()
-                    .and_then(|m| m.get(key))
-                    .and_then(serde_json::Value::as_f64)
-                    .ok_or_else(|| TrainError::EmptyDataset {
-                        what: format!(
-                            "metric_for_best_model `{}`: the generation metric has no `{key}`",
-                            best_metric.name
-                        ),
-                    })?,
-            };
-            // Checkpoints from before `best_metric` existed tracked the eval loss.
-            let best_so_far = state.best_metric.or(state
-                .best_eval_loss
-                .filter(|_| best_metric.generation_key().is_none()));
-            let best = best_metric.improves(value, best_so_far);
-            if best {
-                state.best_eval_loss = Some(val);
-                state.best_step = Some(state.step);
-                state.best_metric = Some(value);
-                checkpoint::save_adapter_atomic(
-                    &model.export_adapter(peft_config(cfg))?,
-                    &out.join("adapter"),
-                )?;
+/// The summed losses and gradients of this rank's micro-batches (gradients of summed token
+/// losses, not yet divided), with their token counts.
+fn micro_steps<B, M>(
+    model: &M,
+    batches: &[(qtune_data::Batch, Option<u64>)],
+    checkpointed: bool,
+) -> Result<Reduced, TrainError>
+where
+    B: AutodiffBackend + QBackend,
+    B::InnerBackend: QBackend,
+    M: CausalLm<B> + AutodiffModule<B>,
+    M::InnerModule: CausalLm<B::InnerBackend>,
+{
+    let mut acc = TokenAccumulator::<M>::new();
+    let (mut loss_sum, mut input_tokens) = (0.0, 0u64);
+    for (batch, seed) in batches {
+        let ms = {
+            let _compute = compute_lock();
+            if checkpointed {
+                step::micro_step_checkpointed::<B, M>(model, batch, 1.0, *seed)?
+            } else {
+                step::micro_step_plain::<B, M>(model, batch, 1.0, *seed)?
             }
-            summary.eval_losses.push((state.step, val));
-            log.write(&Event::Eval {
-                step: state.step,
-                eval_loss: val,
-                eval_tokens: val_tokens,
-                best,
-                generation: generation.clone(),
-            })?;
-            if let Some(m) = &generation {
-                let line = crate::run::metric_line(m);
-                bar.suspend(|| tracing::info!(step = state.step, "eval generation: {line}"));
-            }
-            bar.suspend(|| tracing::info!(step = state.step, eval_loss = val, best, "eval"));
-        }
-        if state.step % t.save_steps == 0 || state.step == t.max_steps {
-            let bytes = optim.state_to_bytes()?;
-            checkpoint::save(
-                &ckpt_root,
-                &model.export_adapter(peft_config(cfg))?,
-                &bytes,
-                &state,
-                t.save_total_limit,
-            )?;
+        };
+        loss_sum += ms.loss_sum;
+        input_tokens += batch.lengths.iter().sum::<usize>() as u64;
+        acc.accumulate::<B>(model, ms.grads, batch.n_target_tokens());
+    }
+    let (grads, target_tokens, _) = acc.take::<B>();
+    Ok(Reduced {
+        grads,
+        target_tokens,
+        loss_sum,
+        input_tokens,
+    })
+}
+
+fn progress_bar(show: bool, max_steps: usize, position: usize) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(max_steps as u64);
+    b.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b.set_position(position as u64);
+    b
+}
+
+/// Loss sum, target tokens, step seconds and input tokens since the last train log line; the
+/// seconds count training steps only (not eval or checkpoint writes).
+#[derive(Default)]
+struct Window {
+    loss_sum: f64,
+    tokens: u64,
+    seconds: f64,
+    input_tokens: u64,
+}
+
+impl Window {
+    fn add(&mut self, loss: f64, tokens: u64, seconds: f64, input_tokens: u64) {
+        self.loss_sum += loss * tokens as f64;
+        self.tokens += tokens;
+        self.seconds += seconds;
+        self.input_tokens += input_tokens;
+    }
+
+    /// Writes the window's train line and starts a new window.
+    fn log(
+        &mut self,
+        log: &mut MetricsLog,
+        bar: &ProgressBar,
+        step: usize,
+        tokens_seen: u64,
+        lr: f64,
+        grad_norm: f64,
+    ) -> Result<(), TrainError> {
+        let secs = self.seconds.max(1e-9);
+        let mean = self.loss_sum / self.tokens.max(1) as f64;
+        let tps = self.input_tokens as f64 / secs;
+        log.write(&Event::Train {
+            step,
+            loss: mean,
+            learning_rate: lr,
+            grad_norm,
+            tokens: tokens_seen,
+            tokens_per_s: tps,
+        })?;
+        bar.set_message(format!("loss {mean:.4}  {tps:.0} tok/s"));
+        // suspend(): the bar and the log lines share stderr.
+        bar.suspend(|| {
+            tracing::info!(
+                step,
+                loss = mean,
+                lr,
+                grad_norm,
+                tokens_per_s = tps,
+                "train"
+            )
+        });
+        *self = Self::default();
+        Ok(())
+    }
+}
+
+fn log_eval(
+    log: &mut MetricsLog,
+    bar: &ProgressBar,
+    step: usize,
+    ev: &StepEval,
+    best: bool,
+) -> Result<(), TrainError> {
+    log.write(&Event::Eval {
+        step,
+        eval_loss: ev.loss,
+        eval_tokens: ev.tokens,
+        best,
+        generation: ev.generation.clone(),
+    })?;
+    if let Some(m) = &ev.generation {
+        let line = crate::run::metric_line(m);
+        bar.suspend(|| tracing::info!(step, "eval generation: {line}"));
+    }
+    bar.suspend(|| tracing::info!(step, eval_loss = ev.loss, best, "eval"));
+    Ok(())
+}
+
+impl TrainSummary {
+    fn start(output_dir: PathBuf, state: &checkpoint::TrainerState) -> Self {
+        Self {
+            output_dir,
+            steps_done: state.step,
+            losses: Vec::new(),
+            eval_losses: Vec::new(),
+            best_eval_loss: state.best_eval_loss,
+            best_step: state.best_step,
+            best_metric: state.best_metric,
+            tokens_seen: state.tokens_seen,
+            input_tokens: 0,
+            seconds: 0.0,
+            optimizer_state_bytes: 0,
+            finished: false,
         }
     }
-    bar.finish_and_clear();
-    if let Some(log) = &log {
-        let events = metrics::read_events(log.path())?;
-        if let Err(e) = metrics::plot_loss(&events, &out.join(metrics::LOSS_PLOT_FILE)) {
-            tracing::warn!("loss curve not drawn: {e}");
-        }
+
+    fn finish(
+        &mut self,
+        state: &checkpoint::TrainerState,
+        started: Instant,
+        optimizer_state_bytes: usize,
+        max_steps: usize,
+    ) {
+        self.steps_done = state.step;
+        self.best_eval_loss = state.best_eval_loss;
+        self.best_step = state.best_step;
+        self.best_metric = state.best_metric;
+        self.tokens_seen = state.tokens_seen;
+        self.seconds = started.elapsed().as_secs_f64();
+        self.optimizer_state_bytes = optimizer_state_bytes;
+        self.finished = state.step >= max_steps;
     }
-    summary.steps_done = state.step;
-    summary.best_eval_loss = state.best_eval_loss;
-    summary.best_step = state.best_step;
-    summary.best_metric = state.best_metric;
-    summary.tokens_seen = state.tokens_seen;
-    summary.seconds = started.elapsed().as_secs_f64();
-    summary.optimizer_state_bytes = optim.state_bytes();
-    summary.finished = state.step >= t.max_steps;
-    Ok((model, summary))
 }
 
 fn non_finite(root: &std::path::Path, step: usize, what: &'static str, value: f64) -> TrainError {

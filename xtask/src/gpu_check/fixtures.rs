@@ -169,7 +169,6 @@ pub(super) fn decode_check(
 ) -> anyhow::Result<()> {
     use burn::tensor::{Int, Tensor, TensorData};
     use qtune_gptj::GenerationConfig;
-    use qtune_kernels::cuda::set_graphs_enabled;
     type I = Inner;
 
     let host_f = |t: Tensor<I, 2>| -> anyhow::Result<Vec<f32>> {
@@ -270,11 +269,12 @@ pub(super) fn decode_check(
             max_new_tokens: 40,
             ..GenerationConfig::default()
         };
-        set_graphs_enabled(true);
         let graph = model.greedy_fixed(&prompt, &cfg)?;
-        set_graphs_enabled(false);
-        let eager = model.greedy_fixed(&prompt, &cfg)?;
-        set_graphs_enabled(true);
+        let eager_cfg = GenerationConfig {
+            device_graphs: false,
+            ..cfg.clone()
+        };
+        let eager = model.greedy_fixed(&prompt, &eager_cfg)?;
         let stepwise = model
             .generate_stepwise(std::slice::from_ref(&prompt), &cfg)?
             .remove(0);

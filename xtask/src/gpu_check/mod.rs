@@ -7,7 +7,7 @@
 //!    curves are printed side by side with their largest difference.
 //!
 //! Also: the cuBLAS GEMMs and fused ops vs the CPU (`fused`, `gemm`), the Llama family's kernels
-//! (`qtune_kernels::cuda::selftest`), and greedy decoding (`fixtures::decode_check`).
+//! (`selftest`), and greedy decoding (`fixtures::decode_check`).
 //!
 //! Every printed check has a tolerance (the constants next to it, each with where it came from);
 //! every line prints first, then the run fails naming each check beyond its tolerance.
@@ -18,6 +18,8 @@ mod fixtures;
 mod fused;
 #[cfg(feature = "cuda")]
 mod gemm;
+#[cfg(feature = "cuda")]
+pub(crate) mod selftest;
 
 /// Arguments of `bench gpu-check`.
 #[derive(Debug, clap::Args)]
@@ -77,7 +79,7 @@ impl Failures {
 /// sides start exact.
 #[cfg(feature = "cuda")]
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    qtune_kernels::cuda::selftest::values(n, seed, 1.0)
+    selftest::values(n, seed, 1.0)
         .into_iter()
         .map(|v| half::bf16::from_f32(v).to_f32())
         .collect()
@@ -142,12 +144,10 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     gemm::quantized_gemv_check(&dev, &mut fails)?;
     gemm::gemm_check(&dev, &mut fails)?;
 
-    // 0b. The kernels' self-test, the same groups as the #[ignore]d tests of
-    // crates/kernels/tests/gpu.rs (so this one command runs them all): dequantization of every format
+    // 0b. The kernels' self-test (`selftest`, every group): dequantization of every format
     // and variant bit for bit, the GPU quantizer = the CPU one, the quantized linear's forward and
     // backward, the Llama family's fused kernels (RMSNorm, SiLU·up, rotate-half RoPE) and
     // grouped-query attention vs their CPU references (each check carries its own tolerance).
-    use qtune_kernels::cuda::selftest;
     let kernel_checks: Vec<_> = [
         selftest::dequant_checks_all_variants as fn(&_) -> Vec<selftest::Check>,
         selftest::quantize_checks,

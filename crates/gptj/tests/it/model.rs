@@ -87,7 +87,7 @@ fn loss_sum_matches_cross_entropy_of_hf_logits_and_chunking_is_exact() {
         None,
     );
     let h = model.hidden(int_tensor(&ids), &ctx, None);
-    let (sum, n) = model.loss_sum(h.clone(), int_tensor(&labels)).unwrap();
+    let (sum, n) = model.loss_sum(h.clone(), &labels.concat()).unwrap();
     let sum = sum.into_scalar() as f64;
     assert_eq!(n, n_want);
     let rel = ((sum - want) / want).abs();
@@ -98,7 +98,7 @@ fn loss_sum_matches_cross_entropy_of_hf_logits_and_chunking_is_exact() {
     );
     assert!(rel <= 1e-5, "loss rel err {rel:e}");
     // Chunks of 3 rows give the same sum up to f32 summation order.
-    let (chunked, n3) = model.loss_sum_chunked(h, int_tensor(&labels), 3).unwrap();
+    let (chunked, n3) = model.loss_sum_chunked(h, &labels.concat(), 3).unwrap();
     assert_eq!(n3, n);
     let c = chunked.into_scalar() as f64;
     assert!(((c - sum) / sum).abs() <= 1e-6, "chunked {c} vs {sum}");
@@ -110,9 +110,7 @@ fn loss_rejects_out_of_vocab_labels() {
     let ids = vec![vec![5i64, 6, 7]];
     let ctx = model.context(1, 3, None, None, None);
     let h = model.hidden(int_tensor(&ids), &ctx, None);
-    let err = model
-        .loss_sum(h, int_tensor(&[vec![5, 6, 9999]]))
-        .unwrap_err();
+    let err = model.loss_sum(h, &[5, 6, 9999]).unwrap_err();
     assert!(err.to_string().contains("9999"), "{err}");
 }
 

@@ -15,7 +15,7 @@ use crate::{QBackend, QWeightPrimitive};
 pub(super) struct QLinearBackward;
 
 /// The weight a quantized linear's backward multiplies by: the quantized one (dequantized
-/// again), or the dense copy the forward made (inside [`crate::with_dense_backward`]).
+/// again), or the dense copy the forward made ([`crate::LinearBackward::Dense`]).
 #[derive(Debug, Clone)]
 pub(super) enum QLinearState<B: QBackend> {
     Quant(QWeightPrimitive<B>),

@@ -3,8 +3,9 @@
 //! The backward state is the [`QWeightPrimitive`] only (refcounted handles to the quantized
 //! tensors): `x` is not saved and no dense `W` outlives the forward, so a quantized layer costs
 //! its quantized bytes between forward and backward, as in bitsandbytes' `MatMul4Bit` — except
-//! inside [`crate::with_dense_backward`] (a checkpointed block's recompute), where the dense
-//! weight made for the forward is kept for the backward instead of dequantizing twice.
+//! in [`QBackend::q_linear_dense_backward`] ([`crate::LinearBackward::Dense`], a checkpointed
+//! block's recompute), where the dense weight made for the forward is kept for the backward
+//! instead of dequantizing twice.
 
 use burn::backend::autodiff::{
     checkpoint::strategy::CheckpointStrategy,
@@ -18,7 +19,7 @@ use burn::tensor::{
 };
 use qtune_quant::QuantFormat;
 
-use crate::{AbsmaxPrimitive, KernelError, QBackend, QWeightPrimitive};
+use crate::{AbsmaxPrimitive, KernelError, LinearBackward, QBackend, QWeightPrimitive};
 
 mod fused;
 mod linear;
@@ -61,31 +62,47 @@ fn inner<B: Backend, C: CheckpointStrategy>(
     }
 }
 
+/// `q_linear` with autodiff, keeping `backward`'s weight for the backward when tracked.
+fn tracked_q_linear<B: QBackend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    w: QWeightPrimitive<Autodiff<B, C>>,
+    backward: LinearBackward,
+) -> FloatTensor<Autodiff<B, C>> {
+    let w = inner(w);
+    // compute_bound: the output is kept rather than recomputed under BalancedCheckpointing.
+    match QLinearBackward
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) if backward == LinearBackward::Dense => {
+            // The same dequant + GEMM as `q_linear`, keeping the dense weight.
+            let wd = B::q_dequantize(w, x.primitive.dtype());
+            let y = dense_linear::<B>(x.primitive, wd.clone(), false);
+            prep.finish(QLinearState::Dense(wd), y)
+        }
+        OpsKind::Tracked(prep) => {
+            let y = B::q_linear(x.primitive, w.clone());
+            prep.finish(QLinearState::Quant(w), y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(B::q_linear(x.primitive, w)),
+    }
+}
+
 impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
     fn q_dequantize(w: QWeightPrimitive<Self>, dtype: DType) -> FloatTensor<Self> {
         <Self as AutodiffBackend>::from_inner(B::q_dequantize(inner(w), dtype))
     }
 
     fn q_linear(x: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self> {
-        let w = inner(w);
-        // compute_bound: the output is kept rather than recomputed under BalancedCheckpointing.
-        match QLinearBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) if crate::keep_dense() => {
-                // The same dequant + GEMM as `q_linear`, keeping the dense weight.
-                let wd = B::q_dequantize(w, x.primitive.dtype());
-                let y = dense_linear::<B>(x.primitive, wd.clone(), false);
-                prep.finish(QLinearState::Dense(wd), y)
-            }
-            OpsKind::Tracked(prep) => {
-                let y = B::q_linear(x.primitive, w.clone());
-                prep.finish(QLinearState::Quant(w), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::q_linear(x.primitive, w)),
-        }
+        tracked_q_linear::<B, C>(x, w, LinearBackward::Quantized)
+    }
+
+    fn q_linear_dense_backward(
+        x: FloatTensor<Self>,
+        w: QWeightPrimitive<Self>,
+    ) -> FloatTensor<Self> {
+        tracked_q_linear::<B, C>(x, w, LinearBackward::Dense)
     }
 
     fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self> {

@@ -3,9 +3,6 @@
 //! vendored cubecl-cuda's `capture` module, third_party/README.md). With the step recorded once,
 //! a token costs one `cuGraphLaunch` instead of ~30 host-side launches per layer.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
-
 use burn::tensor::DType;
 use burn_cubecl::kernel::{cast, into_contiguous};
 use burn_cubecl::tensor::CubeTensor;
@@ -32,25 +29,6 @@ macro_rules! dispatch_float_int {
             ),
         }
     };
-}
-
-/// Environment switch: `QTUNE_CUDA_GRAPHS=0` decodes without CUDA graphs (same kernels, each
-/// launched from the host every step).
-pub const GRAPHS_ENV: &str = "QTUNE_CUDA_GRAPHS";
-
-fn graphs_flag() -> &'static AtomicBool {
-    static FLAG: OnceLock<AtomicBool> = OnceLock::new();
-    FLAG.get_or_init(|| AtomicBool::new(std::env::var(GRAPHS_ENV).map_or(true, |v| v != "0")))
-}
-
-/// Turns CUDA-graph decoding on or off for this process (the GPU check compares both).
-pub fn set_graphs_enabled(on: bool) {
-    graphs_flag().store(on, Ordering::Relaxed);
-}
-
-/// Whether decode steps are captured as CUDA graphs.
-pub fn graphs_enabled() -> bool {
-    graphs_flag().load(Ordering::Relaxed)
 }
 
 #[cube(launch_unchecked)]
@@ -279,15 +257,12 @@ impl DeviceGraph for CudaDeviceGraph {
     }
 }
 
-/// [`crate::QBackend::q_graph_capture`] on CUDA: `Ok(None)` when graphs are off
-/// ([`GRAPHS_ENV`]).
+/// [`crate::QBackend::q_graph_capture`] on CUDA. Whether to record at all is the caller's
+/// choice (`qtune_lm::GenerationConfig::device_graphs`).
 pub(crate) fn capture(
     device: &CudaDevice,
     record: &mut dyn FnMut(),
 ) -> Result<Option<Box<dyn DeviceGraph>>, KernelError> {
-    if !graphs_enabled() {
-        return Ok(None);
-    }
     let client = CudaRuntime::client(device);
     let probe = client.empty(16);
     client

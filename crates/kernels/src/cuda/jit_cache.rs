@@ -50,7 +50,7 @@ const KERNEL_SOURCES: [&str; 14] = [
     include_str!("fused/swiglu.rs"),
     include_str!("fused/rope_half.rs"),
     include_str!("decode.rs"),
-    include_str!("bench.rs"),
+    include_str!("copy.rs"),
 ];
 
 /// 64-bit FNV-1a of the kernel sources and this crate's version, as 16 hex digits.

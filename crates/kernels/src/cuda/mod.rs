@@ -1,10 +1,12 @@
 //! CUDA implementation (feature `cuda`): CubeCL dequant/quantize kernels and cuBLAS GEMMs on
-//! Burn's buffers, plus the GPU self-test and the dequant/linear benchmark that run on the
-//! device machine (`qtune-kernels-gpu` binary, `cargo xtask bench dequant`).
+//! Burn's buffers. Their GPU self-test and benchmarks live in xtask (`cargo xtask bench
+//! gpu-check`, `cargo xtask bench dequant`), reaching kernel internals through [`launch`] and
+//! [`gemm`] only.
 
 mod attention;
 mod backend;
-pub mod bench;
+#[doc(hidden)]
+pub mod copy;
 mod decode;
 mod fused;
 pub mod gemm;
@@ -12,10 +14,8 @@ mod gemm_lt;
 mod jit_cache;
 mod kernels;
 pub mod launch;
-pub mod selftest;
 
 pub use backend::sync;
-pub use decode::{graphs_enabled, set_graphs_enabled, GRAPHS_ENV};
 pub use jit_cache::{cache_dir, init_kernel_cache, CACHE_ENV, PROFILE_ENV};
 pub use launch::{dense_gemv_enabled, set_dense_gemv};
 

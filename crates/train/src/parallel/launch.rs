@@ -8,8 +8,9 @@ use burn::tensor::backend::AutodiffBackend;
 use burn_collective::PeerId;
 use qtune_data::Example;
 
-use super::{collective_config, compute_lock, GradSync};
+use super::{collective_config, GradSync};
 use crate::config::RunConfig;
+use crate::replica::compute_lock;
 use crate::trainer::{device_inner, train_rank, TrainOptions, TrainSummary};
 use crate::TrainError;
 use qtune_kernels::QBackend;

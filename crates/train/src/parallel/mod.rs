@@ -4,7 +4,8 @@
 //!
 //! Per optimizer step every rank:
 //! 1. draws the same global batches from the [`Sampler`](qtune_data::Sampler) (seed, global
-//!    batch size `per_device_train_batch_size × world`) and keeps its slice [`shard_range`]:
+//!    batch size `per_device_train_batch_size × world`) and keeps its slice
+//!    [`crate::replica::shard_range`]:
 //!    rank `r` of `W` takes positions `r·G/W .. (r+1)·G/W` of a global batch of `G` indices
 //!    (contiguous, in order; sizes differ by at most one);
 //! 2. runs its micro-batches with the existing step code and sums the gradients of the summed
@@ -16,8 +17,8 @@
 //!    step: every rank holds the same reduced tensor, so all replicas stay identical.
 //!
 //! Rank 0 alone writes metrics, checkpoints and the best adapter. World size 1 skips the
-//! collective entirely ([`GradSync::single`]): the single-device run is the N = 1 case of the
-//! same loop.
+//! collective entirely ([`crate::replica::Single`]): the single-device run is the N = 1 case of
+//! the same loop. [`GradSync`] is this module's [`Replicas`]: the trainer sees only that seam.
 //!
 //! Failures: every rank does exactly one all-reduce per step, so a rank that fails (error or
 //! panic) mid-run sends one all-reduce with the abort flag set in place of its next one; its
@@ -28,15 +29,13 @@
 //! Threads of one process share burn-autodiff 0.21's process-global graph cleaner (a concurrent
 //! `backward()` can drop another thread's gradient, tracel-ai/burn#5573, fixed after 0.21) and
 //! the backend's process-global RNG (LoRA dropout seeds it): each rank therefore holds
-//! [`compute_lock`] while it builds its model, runs a micro-batch or steps the optimizer.
+//! [`crate::replica::compute_lock`] while it builds its model, runs a micro-batch or steps the
+//! optimizer.
 //!
 //! Transport: burn-collective 0.21 has no NCCL path. Within a host it moves tensors between
 //! devices with the backend's `float_to_device` and adds them (tree all-reduce, arity 2); between
 //! hosts it exchanges them over WebSocket (ring). Only the LoRA gradients travel (7.3 M values
 //! per step for GPT-J-6B with r = 16 on q_proj and v_proj).
-use std::ops::Range;
-use std::sync::{Mutex, MutexGuard};
-
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend, Device, DeviceId};
@@ -44,36 +43,11 @@ use burn::tensor::{DType, FloatDType, Tensor, TensorData, TensorPrimitive};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 
 use crate::config::DistributedConfig;
+use crate::replica::{InnerDevice, Reduced, Replicas};
 use crate::TrainError;
 
 mod launch;
 pub use launch::train_parallel;
-
-/// Rank `rank`'s slice of a global batch of `len` indices over `world` ranks: positions
-/// `rank·len/world .. (rank+1)·len/world`. The slices of all ranks partition `0..len` in order.
-pub fn shard_range(len: usize, world: usize, rank: usize) -> Range<usize> {
-    let world = world.max(1);
-    (rank * len / world)..((rank + 1) * len / world)
-}
-
-/// The LoRA dropout seed of `rank` for a micro-batch whose run-wide seed is `seed` (drawn from
-/// the checkpointed RNG, identical on all ranks). Rank 0 uses `seed` itself, so a one-rank run
-/// draws the masks it always did; other ranks get a splitmix64-scrambled seed
-/// ([`qtune_lm::mix_seed`] with the rank as salt), so ranks do not share mask patterns.
-pub fn rank_seed(seed: u64, rank: usize) -> u64 {
-    if rank == 0 {
-        return seed;
-    }
-    qtune_lm::mix_seed(seed, rank as u64)
-}
-
-static COMPUTE: Mutex<()> = Mutex::new(());
-
-/// Serializes autodiff work and RNG-seeded draws between the ranks of one process (see the
-/// module docs). Never held across an all-reduce.
-pub fn compute_lock() -> MutexGuard<'static, ()> {
-    COMPUTE.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Devices for `indices` (`--devices 0,1`): CUDA device `i` on the CUDA backend; on the CPU
 /// backend (one device) each index is one more CPU rank, a test/debug mode.
@@ -123,27 +97,18 @@ pub fn collective_config(
     Ok(c)
 }
 
-/// Gradients, tokens and loss of one optimizer step, summed over all ranks.
-pub struct Reduced {
-    /// Summed (not yet token-normalized) gradients.
-    pub grads: GradientsParams,
-    pub target_tokens: u64,
-    pub loss_sum: f64,
-    pub input_tokens: u64,
-}
-
 /// Tail of the flat all-reduce buffer after the per-parameter flags.
 const TAIL: usize = 7; // tokens lo/hi, loss hi/lo, input tokens lo/hi, abort
 
-/// How a rank exchanges its gradients: not at all (one rank), or through burn-collective.
+/// How a rank of a data-parallel run exchanges its gradients: through burn-collective.
 pub struct GradSync {
     rank: usize,
     world: usize,
-    peer: Option<PeerId>,
+    peer: PeerId,
     /// All-reduces of the training loop this rank has done / will do (set by the barrier).
     done: usize,
     planned: usize,
-    /// Length of the flat all-reduce buffer (set by the barrier).
+    /// Length of the flat all-reduce buffer (set by `prepare`).
     len: usize,
     /// This rank has taken part in the set-up barrier.
     barrier_sent: bool,
@@ -152,12 +117,12 @@ pub struct GradSync {
 }
 
 impl GradSync {
-    /// One rank: every collective operation is the identity.
-    pub fn single() -> Self {
+    /// Global rank `rank` of `world`, registered with burn-collective as `PeerId(rank)`.
+    pub(crate) fn collective(rank: usize, world: usize) -> Self {
         Self {
-            rank: 0,
-            world: 1,
-            peer: None,
+            rank,
+            world,
+            peer: PeerId::from(rank),
             done: 0,
             planned: 0,
             len: 0,
@@ -166,44 +131,57 @@ impl GradSync {
         }
     }
 
-    /// Global rank `rank` of `world`, registered with burn-collective as `PeerId(rank)`.
-    pub(crate) fn collective(rank: usize, world: usize) -> Self {
-        Self {
-            rank,
-            world,
-            peer: Some(PeerId::from(rank)),
-            ..Self::single()
+    /// Called once when this rank stops with an error or panic: if its peers still expect an
+    /// all-reduce from it, sends a failed set-up barrier (before the loop) or one buffer laid out
+    /// as [`Replicas::reduce`]'s with the abort flag set (in the loop).
+    pub(crate) fn on_error<B: Backend>(&mut self, device: &B::Device) {
+        let peer = self.peer;
+        if !self.barrier_sent {
+            let _ = Replicas::barrier::<B>(self, device, false, 0, 0);
+            return;
+        }
+        if self.aborted || self.done >= self.planned {
+            return;
+        }
+        let mut v = vec![0.0f32; self.len];
+        if let Some(last) = v.last_mut() {
+            *last = 1.0;
+        }
+        let t = f32_tensor::<B>(v, device);
+        self.done = self.planned;
+        if let Err(e) = all_reduce(peer, t, "abort") {
+            tracing::error!(
+                rank = self.rank,
+                "could not tell the other ranks to stop: {e}"
+            );
         }
     }
+}
 
-    pub fn rank(&self) -> usize {
+impl Replicas for GradSync {
+    fn rank(&self) -> usize {
         self.rank
     }
 
-    pub fn world(&self) -> usize {
+    fn world(&self) -> usize {
         self.world
     }
 
-    /// After set-up: every rank reports whether its set-up succeeded and the step it starts at;
-    /// errors if any rank failed or the ranks disagree. `steps` is how many optimizer steps this
-    /// call will run (one all-reduce each), `len` the length of [`Self::reduce`]'s buffer.
-    pub(crate) fn barrier<B: Backend>(
+    fn prepare<B: AutodiffBackend, M: AutodiffModule<B>>(&mut self, model: &M) {
+        self.len = buffer_len::<B, M>(model);
+    }
+
+    fn barrier<B: Backend>(
         &mut self,
         device: &B::Device,
         ok: bool,
         start_step: usize,
         steps: usize,
-        len: usize,
     ) -> Result<(), TrainError> {
-        self.len = len;
-        let Some(peer) = self.peer else {
-            self.planned = steps;
-            return Ok(());
-        };
         self.barrier_sent = true;
         let v = [if ok { 0.0 } else { 1.0 }, start_step as f32, 1.0];
         let t = f32_tensor::<B>(v.to_vec(), device);
-        let out = all_reduce_host::<B>(peer, t, "set-up barrier")?;
+        let out = all_reduce_host::<B>(self.peer, t, "set-up barrier")?;
         if out[0] > 0.0 {
             return Err(TrainError::PeerFailed {
                 rank: self.rank,
@@ -233,28 +211,21 @@ impl GradSync {
         Ok(())
     }
 
-    /// Sums gradients, tokens and losses over all ranks (identity for one rank).
-    pub(crate) fn reduce<B, M>(
+    /// One all-reduce (sum) of a flat buffer: every trainable parameter's gradient (zeros where
+    /// this rank has none), one "has a gradient" flag per parameter, then the counts, the loss
+    /// and the abort flag ([`TAIL`]).
+    fn reduce<B: AutodiffBackend, M: AutodiffModule<B>>(
         &mut self,
         model: &M,
-        grads: GradientsParams,
-        target_tokens: u64,
-        loss_sum: f64,
-        input_tokens: u64,
-        device: &<B::InnerBackend as burn::tensor::backend::BackendTypes>::Device,
-    ) -> Result<Reduced, TrainError>
-    where
-        B: AutodiffBackend,
-        M: AutodiffModule<B>,
-    {
-        let Some(peer) = self.peer else {
-            return Ok(Reduced {
-                grads,
-                target_tokens,
-                loss_sum,
-                input_tokens,
-            });
-        };
+        local: Reduced,
+        device: &InnerDevice<B>,
+    ) -> Result<Reduced, TrainError> {
+        let Reduced {
+            grads,
+            target_tokens,
+            loss_sum,
+            input_tokens,
+        } = local;
         let mut flat = Flatten::<B> {
             grads: &grads,
             device: device.clone(),
@@ -273,7 +244,7 @@ impl GradSync {
         parts.push(f32_tensor::<B::InnerBackend>(tail, device));
         let buffer = Tensor::cat(parts, 0);
         let total = buffer.dims()[0];
-        let out = all_reduce(peer, buffer, "all-reduce of the LoRA gradients")?;
+        let out = all_reduce(self.peer, buffer, "all-reduce of the LoRA gradients")?;
         self.done += 1;
         let tail = host_f32(
             out.clone()
@@ -302,38 +273,10 @@ impl GradSync {
             input_tokens: join_u64(t[4], t[5]),
         })
     }
-
-    /// Called once when this rank stops with an error or panic: if its peers still expect an
-    /// all-reduce from it, sends a failed set-up barrier (before the loop) or one buffer laid out
-    /// as [`Self::reduce`]'s with the abort flag set (in the loop).
-    pub(crate) fn on_error<B: Backend>(&mut self, device: &B::Device) {
-        let Some(peer) = self.peer else {
-            return;
-        };
-        if !self.barrier_sent {
-            let _ = self.barrier::<B>(device, false, 0, 0, 0);
-            return;
-        }
-        if self.aborted || self.done >= self.planned {
-            return;
-        }
-        let mut v = vec![0.0f32; self.len];
-        if let Some(last) = v.last_mut() {
-            *last = 1.0;
-        }
-        let t = f32_tensor::<B>(v, device);
-        self.done = self.planned;
-        if let Err(e) = all_reduce(peer, t, "abort") {
-            tracing::error!(
-                rank = self.rank,
-                "could not tell the other ranks to stop: {e}"
-            );
-        }
-    }
 }
 
-/// Length of [`GradSync::reduce`]'s flat buffer for `model`.
-pub(crate) fn buffer_len<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> usize {
+/// Length of [`Replicas::reduce`]'s flat buffer for `model`.
+fn buffer_len<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> usize {
     let mut sizes = ParamSizes(0, 0);
     model.visit(&mut sizes);
     sizes.0 + sizes.1 + TAIL
@@ -458,37 +401,6 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Unflatten<'_, B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shards_partition_every_global_batch_in_order() {
-        for len in 0..40 {
-            for world in 1..9 {
-                let mut next = 0;
-                for rank in 0..world {
-                    let r = shard_range(len, world, rank);
-                    assert_eq!(r.start, next, "len {len} world {world} rank {rank}");
-                    assert!(r.end >= r.start);
-                    // Balanced: sizes differ by at most one.
-                    assert!(r.len() == len / world || r.len() == len / world + 1);
-                    next = r.end;
-                }
-                assert_eq!(next, len, "len {len} world {world}: slices cover the batch");
-            }
-        }
-        // 2 ranks × batch 4 = the two halves of a global batch of 8.
-        assert_eq!(shard_range(8, 2, 0), 0..4);
-        assert_eq!(shard_range(8, 2, 1), 4..8);
-    }
-
-    #[test]
-    fn rank_seeds_keep_rank_zero_and_differ_between_ranks() {
-        assert_eq!(rank_seed(12345, 0), 12345);
-        let s: Vec<u64> = (0..8).map(|r| rank_seed(12345, r)).collect();
-        let mut d = s.clone();
-        d.sort_unstable();
-        d.dedup();
-        assert_eq!(d.len(), s.len(), "{s:?}");
-    }
 
     #[test]
     fn counts_survive_the_f32_split() {

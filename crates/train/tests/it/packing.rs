@@ -299,7 +299,12 @@ fn segmented_context_masks_across_examples() {
     let m = build::model_with_lora::<B>(&cfg, &Default::default()).unwrap();
     let a = Example::from_prompt_completion(&[5, 6], &[7]);
     let packed = collate_packed(&[vec![&a, &a]], 0).unwrap();
-    let ctx = SegmentedLm::context(&m.valid(), &packed, None);
+    let ctx = SegmentedLm::context(
+        &m.valid(),
+        &packed,
+        None,
+        qtune_kernels::LinearBackward::Quantized,
+    );
     let bits = ctx.mask.unwrap().into_data().to_vec::<bool>().unwrap();
     // Query 3 (first token of the second example) sees only key 3.
     assert_eq!(&bits[3 * 6..4 * 6], &[true, true, true, false, true, true]);

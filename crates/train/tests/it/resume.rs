@@ -95,7 +95,7 @@ fn loss_falls_on_a_learnable_task() {
     let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
     let val = synthetic(16, 6);
     use burn::module::AutodiffModule;
-    let (first, _) = qtune_train::trainer::eval_loss(&model.valid(), &val, 4, 0).unwrap();
+    let (first, _) = qtune_train::evaluate::eval_loss(&model.valid(), &val, 4, 0).unwrap();
     let (_, s) = train(
         &cfg,
         model,

@@ -1,5 +1,5 @@
-//! GPU self-test, run on the device machine (`qtune-kernels-gpu selftest`, or the `#[ignore]`d
-//! tests in `tests/gpu.rs`): every dequant kernel equals the CPU reference bit for bit, the GPU
+//! The kernels' GPU self-test, run on the device machine by `cargo xtask bench gpu-check` (every
+//! group) and `cargo xtask bench dequant --check`: every dequant kernel equals the CPU reference bit for bit, the GPU
 //! quantizer equals the CPU quantizer in its IEEE-reciprocal mode (`Reciprocal::Ieee`: the
 //! kernel divides `1.0 / absmax` exactly, bnb's fast-math build does not) bit for bit, and the quantized linear (forward and the
 //! autodiff backward) matches a host reference within the stated tolerance. The Llama family's
@@ -12,8 +12,8 @@ use burn::backend::Autodiff;
 use burn::tensor::{bf16, f16, DType, Tensor, TensorData};
 use qtune_quant::{Absmax, FloatDType, QuantFormat, QuantSpec, QuantizedTensor, Reciprocal};
 
-use super::Cuda;
-use crate::{q_linear, QuantWeight};
+use qtune_kernels::cuda::Cuda;
+use qtune_kernels::{q_linear, QuantWeight};
 
 pub mod llama;
 
@@ -194,13 +194,13 @@ fn dequant_specs() -> Vec<QuantSpec> {
 
 /// [`dequant_checks`] under every 4-bit kernel variant, then back to the default variant.
 pub fn dequant_checks_all_variants(dev: &cubecl::cuda::CudaDevice) -> Vec<Check> {
-    let default = super::launch::dequant_variant();
+    let default = qtune_kernels::cuda::launch::dequant_variant();
     let mut out = Vec::new();
     for (wpu, fused) in [(1, false), (2, false), (1, true), (2, true)] {
-        super::launch::set_dequant_variant(wpu, fused);
+        qtune_kernels::cuda::launch::set_dequant_variant(wpu, fused);
         out.extend(dequant_checks(dev));
     }
-    super::launch::set_dequant_variant(default.0, default.1);
+    qtune_kernels::cuda::launch::set_dequant_variant(default.0, default.1);
     out
 }
 
@@ -363,8 +363,8 @@ pub fn quantize_checks(dev: &cubecl::cuda::CudaDevice) -> Vec<Check> {
             false,
             FloatDType::F32,
         );
-        let ok = matches!(nan, Err(crate::KernelError::NonFinite { .. }))
-            && matches!(inf, Err(crate::KernelError::NonFinite { .. }));
+        let ok = matches!(nan, Err(qtune_kernels::KernelError::NonFinite { .. }))
+            && matches!(inf, Err(qtune_kernels::KernelError::NonFinite { .. }));
         (
             ok,
             format!(

@@ -17,7 +17,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, DType, Tensor, TensorData};
 
 use super::{device_f32, round_to, run_check, upload, values, Check, A};
-use crate::{attention, rms_norm, rotary_half, silu_mul, QBackend};
+use qtune_kernels::{attention, rms_norm, rotary_half, silu_mul, QBackend};
 
 type Cpu = Autodiff<NdArray>;
 

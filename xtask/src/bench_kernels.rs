@@ -1,18 +1,15 @@
-//! Dequant bandwidth and quantized-linear timing on the GPU (`cargo xtask bench dequant`, or
-//! `qtune-kernels-gpu bench`). Bytes are counted as bitsandbytes' peer benchmark does
+//! Dequant bandwidth and quantized-linear timing on the GPU (`cargo xtask bench dequant`). Bytes are counted as bitsandbytes' peer benchmark does
 //! (shared/bench/peer_hf.py): 4-bit `n/2 + 2n`, 8-bit `3n` (bf16 output), copy `4n`. Every timing
 //! is `sync → iters × op → sync` after warm-up iterations (JIT compile, autotune, pool growth).
 
 use std::time::Instant;
 
 use burn::tensor::{DType, Distribution, Tensor};
-use cubecl::cuda::CudaRuntime;
-use cubecl::prelude::*;
 use qtune_quant::{FloatDType, QuantFormat, QuantSpec};
 
-use super::gemm::{gemm, Product};
-use super::{sync, Cuda};
-use crate::{QBackend, QuantWeight};
+use qtune_kernels::cuda::gemm::{gemm, Product};
+use qtune_kernels::cuda::{dense_gemv_enabled, set_dense_gemv, sync, Cuda};
+use qtune_kernels::{QBackend, QuantWeight};
 
 type C = Cuda<f32>;
 
@@ -97,40 +94,6 @@ fn time_ms(
     t.elapsed().as_secs_f64() * 1e3 / iters as f64
 }
 
-/// Plain vectorized copy, the bandwidth reference for the dequant kernels (same launch shape).
-#[cube(launch_unchecked)]
-fn copy_kernel<F: Float, N: Size>(
-    input: &Array<Vector<F, N>>,
-    output: &mut Array<Vector<F, N>>,
-    count: usize,
-) {
-    let i = ABSOLUTE_POS;
-    if i >= count {
-        terminate!();
-    }
-    output[i] = input[i];
-}
-
-fn copy_bf16(src: &Tensor<C, 2>) -> Tensor<C, 2> {
-    let p = src.clone().into_primitive().tensor();
-    let numel = p.meta.num_elements();
-    let out = super::launch::empty(&p, p.meta.shape().to_vec(), DType::BF16);
-    let vectors = numel / 8;
-    // SAFETY: both buffers hold `numel` bf16 values; numel % 8 == 0 for the bench shape.
-    unsafe {
-        copy_kernel::launch_unchecked::<burn::tensor::bf16, CudaRuntime>(
-            &p.client,
-            CubeCount::Static(vectors.div_ceil(256) as u32, 1, 1),
-            CubeDim::new_1d(256),
-            8,
-            ArrayArg::from_raw_parts(p.handle.clone(), numel),
-            ArrayArg::from_raw_parts(out.handle.clone(), numel),
-            vectors,
-        );
-    }
-    Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(out))
-}
-
 /// Dequant of each format, the copy reference, and the GPU quantizer's speed.
 pub fn dequant(cfg: &BenchConfig) -> Vec<Record> {
     let dev = Default::default();
@@ -140,7 +103,9 @@ pub fn dequant(cfg: &BenchConfig) -> Vec<Record> {
         .cast(DType::BF16);
     let mut out = Vec::new();
 
-    let ms = time_ms(&dev, cfg.warmup, cfg.iters, || drop(copy_bf16(&w)));
+    let ms = time_ms(&dev, cfg.warmup, cfg.iters, || {
+        drop(qtune_kernels::cuda::copy::copy_bf16(&w))
+    });
     out.push(Record {
         kind: "copy",
         name: "bf16_cube_copy".into(),
@@ -163,7 +128,7 @@ pub fn dequant(cfg: &BenchConfig) -> Vec<Record> {
         ("fp4", QuantSpec::fp4(), 2.5),
         ("blockwise8", QuantSpec::blockwise8(), 3.0),
     ];
-    let default = super::launch::dequant_variant();
+    let default = qtune_kernels::cuda::launch::dequant_variant();
     for (name, spec, bytes_per) in specs {
         let qms = time_ms(&dev, 1, 3, || {
             QuantWeight::<C>::quantize(
@@ -206,7 +171,7 @@ pub fn dequant(cfg: &BenchConfig) -> Vec<Record> {
             &[(1, false), (2, false)]
         };
         for &(wpu, fused) in variants {
-            super::launch::set_dequant_variant(wpu, fused);
+            qtune_kernels::cuda::launch::set_dequant_variant(wpu, fused);
             let ms = time_ms(&dev, cfg.warmup, cfg.iters, || {
                 drop(q.dequantize(DType::BF16))
             });
@@ -225,7 +190,7 @@ pub fn dequant(cfg: &BenchConfig) -> Vec<Record> {
                 ),
             });
         }
-        super::launch::set_dequant_variant(default.0, default.1);
+        qtune_kernels::cuda::launch::set_dequant_variant(default.0, default.1);
     }
     out
 }
@@ -348,7 +313,7 @@ pub fn decode_gemv(cfg: &BenchConfig) -> Vec<Record> {
             });
         }
     }
-    let was = super::dense_gemv_enabled();
+    let was = dense_gemv_enabled();
     for (name, in_f, out_f, acc) in [
         ("lora_a", 4096, 16, false),
         ("lora_b_acc", 16, 4096, true),
@@ -359,13 +324,18 @@ pub fn decode_gemv(cfg: &BenchConfig) -> Vec<Record> {
         let x = x_of(in_f);
         let y0 = x_of(out_f);
         for gemv in [true, false] {
-            super::set_dense_gemv(gemv);
+            set_dense_gemv(gemv);
             let us = graph_us(&dev, reps, iters, &mut || {
                 let y = if acc {
                     // A fresh base output per call, as LoRA's `forward_onto` gets.
-                    crate::linear_t_acc(y0.clone().add_scalar(0.0), x.clone(), w.clone(), 2.0)
+                    qtune_kernels::linear_t_acc(
+                        y0.clone().add_scalar(0.0),
+                        x.clone(),
+                        w.clone(),
+                        2.0,
+                    )
                 } else {
-                    crate::linear_t(x.clone(), w.clone())
+                    qtune_kernels::linear_t(x.clone(), w.clone())
                 };
                 drop(y);
             });
@@ -381,7 +351,7 @@ pub fn decode_gemv(cfg: &BenchConfig) -> Vec<Record> {
             });
         }
     }
-    super::set_dense_gemv(was);
+    set_dense_gemv(was);
     out
 }
 
