@@ -18,6 +18,8 @@ mod fixtures;
 mod fused;
 #[cfg(feature = "cuda")]
 mod gemm;
+#[cfg(feature = "cuda")]
+mod load;
 
 /// Arguments of `bench gpu-check`.
 #[derive(Debug, clap::Args)]
@@ -141,6 +143,7 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     fused::check(&dev, &mut fails)?;
     gemm::quantized_gemv_check(&dev, &mut fails)?;
     gemm::gemm_check(&dev, &mut fails)?;
+    load::check(&dev, &mut fails)?;
 
     // 0b. The kernels' self-test, the same groups as the #[ignore]d tests of
     // crates/kernels/tests/gpu.rs (so this one command runs them all): dequantization of every format
