@@ -175,7 +175,13 @@ mod tests {
     /// `1.0f32 / x` (Rust's division is correctly rounded, as NVRTC's default `-prec-div=true`),
     /// then the delta from [`table_words`] on the bit pattern when the result is normal.
     fn kernel_formula(words: &[u32], x: f32) -> f32 {
-        let flush = |v: f32| if v.abs() < f32::MIN_POSITIVE { v * 0.0 } else { v };
+        let flush = |v: f32| {
+            if v.abs() < f32::MIN_POSITIVE {
+                v * 0.0
+            } else {
+                v
+            }
+        };
         let x = flush(x);
         let r = 1.0f32 / x;
         let m = (x.to_bits() & MANTISSA_MASK) as usize;
@@ -213,12 +219,22 @@ mod tests {
             same(f32::from_bits(0xc580_0000 | m));
         }
         for e in 0..=255u32 {
-            for m in (0..MANTISSAS as u32).step_by(4099).chain([0, 1, MANTISSA_MASK]) {
+            for m in (0..MANTISSAS as u32)
+                .step_by(4099)
+                .chain([0, 1, MANTISSA_MASK])
+            {
                 same(f32::from_bits((e << 23) | m));
                 same(f32::from_bits(0x8000_0000 | (e << 23) | m));
             }
         }
-        for x in [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MIN_POSITIVE] {
+        for x in [
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MIN_POSITIVE,
+        ] {
             same(x);
         }
     }
