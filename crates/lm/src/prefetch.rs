@@ -72,24 +72,43 @@ pub const DEFAULT_BUDGET: usize = 2 << 30;
 impl<'a> Prefetch<'a> {
     /// The plan for `files` loaded in `dtype`: every float tensor and every bnb-quantized linear.
     pub fn new(files: &'a WeightFiles, dtype: DType, budget: usize) -> Result<Self, LmError> {
-        let mut items = Vec::new();
-        for (path, mmap) in files.files() {
-            let st = SafeTensors::deserialize(mmap).map_err(|e| LmError::Safetensors {
+        let parse = |path: &std::path::Path, mmap| {
+            SafeTensors::deserialize(mmap).map_err(|e| LmError::Safetensors {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
-            })?;
-            for (name, view) in st.tensors() {
-                let bytes = view.data().len();
+            })
+        };
+        // bnb-quantized linears first: their `.weight.*` companions (absmax, quant_map, …) are
+        // read with them, not as tensors of their own.
+        let mut quantized = std::collections::HashSet::new();
+        for (path, mmap) in files.files() {
+            let st = parse(path, mmap)?;
+            for name in st.names() {
                 if let Some(module) = name.strip_suffix(".weight") {
                     if qtune_quant::io::quant_format_of(&st, module).is_some() {
-                        items.push((Item::Quantized(module.to_string()), bytes));
-                        continue;
+                        quantized.insert(module.to_string());
                     }
                 }
-                if matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            }
+        }
+        let companion = |name: &str| {
+            name.split_once(".weight.")
+                .is_some_and(|(module, _)| quantized.contains(module))
+        };
+        let mut items = Vec::new();
+        for (path, mmap) in files.files() {
+            for (name, view) in parse(path, mmap)?.tensors() {
+                let bytes = view.data().len();
+                let module = name.strip_suffix(".weight").unwrap_or_default();
+                if quantized.contains(module) {
+                    items.push((Item::Quantized(module.to_string()), bytes));
+                } else if !companion(&name)
+                    && matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16)
+                {
                     // In f32 a 16-bit tensor takes twice its stored bytes.
+                    let width = view.dtype().bitsize() / 8;
                     let out = if dtype == DType::F32 {
-                        bytes * 4 / (view.dtype().bitsize() / 8)
+                        bytes / width * 4
                     } else {
                         bytes
                     };
