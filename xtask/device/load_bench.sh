@@ -9,7 +9,7 @@
 # Target (issue 17): ours ≤ 5 s for the bf16 folder, ≤ 2 s for the quantized one. Full logs go
 # to $OUT; summary lines are echoed. Whole call < 8 minutes on an H100.
 #   cargo build --release -p xtask --features cuda && gzip -c target/release/xtask > .device/bin/xtask.gz
-#   cargo build --release -p qtune-cli --features cuda && gzip -c target/release/qtune > .device/bin/qtune.gz
+#   cargo build --release -p qtune --features cuda && gzip -c target/release/qtune > .device/bin/qtune.gz
 #   source xtask/device/stash.sh; bash xtask/device/load_bench.sh     # carry [".device"]
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
