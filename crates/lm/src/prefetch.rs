@@ -168,7 +168,17 @@ impl<'a> Prefetch<'a> {
             st.slots.insert(i, Slot::Working);
             st.held_bytes += size;
             drop(st);
-            let ready = self.prepare(&self.items[i].0);
+            // A panicking read must not leave the build waiting for it forever.
+            let item = &self.items[i].0;
+            let ready =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.prepare(item)))
+                    .unwrap_or_else(|_| {
+                        let err = LmError::Input(format!("{item:?}: the reader thread panicked"));
+                        match item {
+                            Item::Dense(_) => Ready::Dense(Err(err)),
+                            Item::Quantized(_) => Ready::Quantized(Err(err)),
+                        }
+                    });
             let mut st = self.lock();
             st.slots.insert(i, Slot::Done(ready, size));
             drop(st);
@@ -348,12 +358,15 @@ mod tests {
             .collect()
     }
 
+    /// A tensor to write: name, dtype, shape, bytes.
+    type Stored = (String, Dtype, Vec<usize>, Vec<u8>);
+
     /// Two shards + index: an embedding, 12 layers of a bf16 linear (with f32 bias) in
     /// shard order unlike the build's, one bnb-quantized linear, a head, and a tensor holding a
     /// NaN.
     fn checkpoint() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        let mut shards: [Vec<(String, Dtype, Vec<usize>, Vec<u8>)>; 2] = Default::default();
+        let mut shards: [Vec<Stored>; 2] = Default::default();
         shards[0].push((
             "embed.weight".into(),
             Dtype::BF16,
@@ -391,7 +404,7 @@ mod tests {
             FloatDType::BF16,
         )
         .unwrap();
-        let pre: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = q
+        let pre: Vec<Stored> = q
             .to_safetensors("pre")
             .into_iter()
             .map(|(n, t)| (n, t.dtype, t.shape, t.data))
