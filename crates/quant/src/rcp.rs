@@ -13,8 +13,9 @@
 //!
 //! At an exact decision midpoint `x * scale` can tip the other way with a one-ulp different
 //! scale; with the table, every one of the 933,504 golden codes of tests/fixtures/bnb matches.
-//! [`Reciprocal::Ieee`] keeps the correctly rounded reciprocal for code that divides like IEEE
-//! (qtune-kernels' GPU quantizer is compiled without fast-math).
+//! qtune-kernels' GPU quantizer computes the same values from [`table_words`] (its kernel's
+//! formula is checked against [`rcp_approx_ftz`] here, on the CPU, and on the GPU by
+//! `cargo xtask bench gpu-check`). [`Reciprocal::Ieee`] keeps the correctly rounded reciprocal.
 
 use std::io::Read;
 use std::sync::OnceLock;
