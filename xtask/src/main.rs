@@ -4,12 +4,14 @@
 //!   hate-speech run swaps the dataset and shortens prompts), writing `runs/<name>/`.
 //! - `cargo xtask perplexity`: wikitext-2 raw test, HF's sliding window (tiny model by default).
 //! - `cargo xtask bench dequant …` (kernels helper's bench, CUDA builds), `bench train` (GPT-J-6B on the GPU),
-//!   `bench activation-memory` (bytes kept between forward and backward, with/without checkpointing).
+//!   `bench activation-memory` (bytes kept between forward and backward, with/without checkpointing),
+//!   `bench load --model DIR` (a checkpoint loaded as `qtune train` does, timed).
 //! - `cargo xtask peft-check [--fixture gptj_tiny|llama_tiny|…] [--out DIR]`: our adapter + logits
 //!   on the fixture prompts, and the `make.py check-adapter` command that has PEFT compare them.
 mod bench_dequant;
 #[cfg(feature = "cuda")]
 mod bench_kernels;
+mod bench_load;
 mod bench_train;
 mod gpu_check;
 mod smollm2;
@@ -107,7 +109,7 @@ enum Cmd {
         #[arg(long, default_value_t = 16384)]
         max_tokens: usize,
     },
-    /// Benchmarks and GPU checks: `dequant`, `train`, `gpu-check` (CUDA builds), `activation-memory`.
+    /// Benchmarks and GPU checks: `dequant`, `train`, `gpu-check` (CUDA builds), `activation-memory`, `load`.
     Bench {
         #[command(subcommand)]
         what: Bench,
@@ -131,6 +133,8 @@ enum Bench {
     Train(bench_train::Args),
     /// Correctness on the GPU vs the CPU and HF's fixtures; fails beyond stated tolerances.
     GpuCheck(gpu_check::Args),
+    /// A checkpoint folder loaded (and quantized) as `qtune train` does, timed.
+    Load(bench_load::Args),
     /// Bytes kept between forward and backward, plain vs per-block checkpointing (CPU).
     ActivationMemory,
 }
@@ -305,6 +309,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             Bench::Dequant(args) => bench_dequant::run(&args)?,
             Bench::Train(args) => bench_train::run(&args)?,
             Bench::GpuCheck(args) => gpu_check::run(&args)?,
+            Bench::Load(args) => bench_load::run(&args)?,
             Bench::ActivationMemory => activation_memory()?,
         },
         Cmd::PeftCheck { out, fixture } => {

@@ -1,11 +1,12 @@
 //! Loading HF GPT-J checkpoints: `config.json` + `model.safetensors` or a sharded
 //! `model.safetensors.index.json` (qtune-lm's [`WeightFiles`]), block linears quantized as they
-//! stream in when [`LoadOptions::quant`] is set.
+//! stream in when [`LoadOptions::quant`] is set; tensors are read ahead on other threads
+//! ([`qtune_lm::prefetch`]) while this one uploads and quantizes.
 
 use std::path::Path;
 
 use qtune_kernels::QBackend;
-use qtune_lm::source::FileSource;
+use qtune_lm::prefetch::{load_files, threads};
 use qtune_lm::{LmError, LoadOptions, WeightFiles};
 
 use crate::build::build;
@@ -18,12 +19,9 @@ impl<B: QBackend> Gptj<B> {
     pub fn load(dir: &Path, opts: &LoadOptions, device: &B::Device) -> Result<Self, LmError> {
         let cfg = GptjConfig::from_file(&dir.join("config.json"))?;
         let files = WeightFiles::open(dir)?;
-        let mut src = FileSource::<B> {
-            files: &files,
-            dtype: opts.dtype,
-            device,
-        };
-        let model = build(&cfg, &mut src, opts.quant, opts.dtype, device)?;
+        let model = load_files::<B, _>(&files, opts.dtype, device, threads(), |src| {
+            build(&cfg, src, opts.quant, opts.dtype, device)
+        })?;
         tracing::info!(dir = %dir.display(), quant = ?opts.quant, dtype = ?opts.dtype, "loaded GPT-J");
         Ok(model)
     }

@@ -11,10 +11,9 @@
 //!   with `qtune-quant`, so it is bit-identical to bitsandbytes by construction.
 //! - `burn_cubecl::CubeBackend<CudaRuntime, ..>` (feature `cuda`): CubeCL dequant kernels writing the
 //!   activation's dtype, then cuBLAS `cublasGemmEx` (bf16/f16 in, fp32 accumulate) on Burn's own
-//!   buffers. See [`cuda`]. Dequantization is bit-exact with bitsandbytes; quantizing on the
-//!   GPU ([`QuantWeight::quantize`]) uses an IEEE `1.0 / absmax`, i.e. equals `qtune-quant`'s
-//!   `Reciprocal::Ieee` mode, while the CPU default (`Reciprocal::BnbCuda`) is bit-exact with bnb's
-//!   fast-math CUDA build: the two may differ at rare exact decision midpoints.
+//!   buffers. See [`cuda`]. Dequantization is bit-exact with bitsandbytes, and so is quantizing
+//!   on the GPU ([`QuantWeight::quantize`]): it multiplies by bnb's approximate reciprocal of the
+//!   absmax from `qtune-quant`'s measured table (`Reciprocal::BnbCuda`, as the CPU reference).
 //! - `Autodiff<B, C>` for any of the above.
 
 mod attention;

@@ -432,12 +432,11 @@ impl<B: QBackend> QuantWeight<B> {
 
     /// Quantize a dense `[out, in]` weight on its device (the GPU kernel on CUDA), then
     /// with `double_quant` compress the absmax as bitsandbytes does (offset = mean computed on the
-    /// host from the read-back absmax, then blockwise 8-bit, block 256, on the device). On the CPU
-    /// backend the result equals `QuantizedTensor::quantize` (bit-exact with bnb's CUDA build) bit
-    /// for bit. The CUDA kernel divides `1.0 / absmax` as IEEE (no fast-math), so on the GPU it
-    /// equals `QuantizedTensor::quantize_with(.., Reciprocal::Ieee)` bit for bit (GPU self-test on
-    /// an H100) and may differ from bnb's codes at rare exact decision midpoints, where bnb's
-    /// approximate reciprocal (one ulp off for ~13% of absmax mantissas) tips the other way.
+    /// host from the read-back absmax, then blockwise 8-bit, block 256, on the device). On both
+    /// backends the result equals `QuantizedTensor::quantize` (bit-exact with bnb's CUDA build)
+    /// bit for bit: the CUDA kernels multiply by bnb's approximate reciprocal of the absmax,
+    /// reproduced from qtune-quant's measured table (`cargo xtask bench gpu-check`, `load`
+    /// group, checks it against bnb's golden codes on the GPU).
     ///
     /// # Errors
     /// NaN/Inf values, unsupported block size, or a failed absmax read-back.

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{DType, Tensor, TensorData};
 use qtune_gguf::GgufFile;
 use qtune_kernels::QBackend;
-use qtune_lm::source::{FileSource, TensorSource};
+use qtune_lm::prefetch::{load_files, threads};
+use qtune_lm::source::TensorSource;
 use qtune_lm::{LmError, LoadOptions, WeightFiles};
 use serde_json::json;
 
@@ -24,12 +25,9 @@ impl<B: QBackend> Llama<B> {
         }
         let cfg = LlamaConfig::from_file(&path.join("config.json"))?;
         let files = WeightFiles::open(path)?;
-        let mut src = FileSource::<B> {
-            files: &files,
-            dtype: opts.dtype,
-            device,
-        };
-        let model = build(&cfg, &mut src, opts.quant, opts.dtype, device)?;
+        let model = load_files::<B, _>(&files, opts.dtype, device, threads(), |src| {
+            build(&cfg, src, opts.quant, opts.dtype, device)
+        })?;
         tracing::info!(dir = %path.display(), model_type = %cfg.model_type, quant = ?opts.quant, dtype = ?opts.dtype, "loaded");
         Ok(model)
     }

@@ -17,6 +17,7 @@ mod lm;
 mod lora;
 pub mod merge;
 mod perplexity;
+pub mod prefetch;
 pub mod source;
 pub mod tokenizer;
 

@@ -2,8 +2,10 @@
 //! or a sharded `model.safetensors.index.json`, memory-mapped, F32/F16/BF16; [`FileSource`]) or
 //! a seeded random init ([`RandomSource`]); and [`build_linear`], which quantizes each block
 //! linear as soon as its dense tensor exists, so two full copies of the weights never coexist.
-//! Tensors are converted one at a time (host f32 → device dtype). `pytorch_model.bin` is
-//! refused: unpickling executes code.
+//! A bf16/f16 file loaded in its own dtype uploads its bytes; others convert on the host
+//! (f32 → device dtype). [`crate::prefetch::load_files`] reads ahead on a pool of threads ([`crate::prefetch`])
+//! while the build uploads and quantizes. `pytorch_model.bin` is refused: unpickling executes
+//! code.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -19,6 +21,7 @@ use serde::Deserialize;
 
 use crate::context::to_dtype;
 use crate::error::LmError;
+use crate::prefetch::Prefetch;
 
 /// Where dense tensors come from, by HF name and expected shape.
 pub trait TensorSource<B: QBackend> {
@@ -212,6 +215,25 @@ impl WeightFiles {
         Ok(Self { files, by_name })
     }
 
+    /// Each shard's path and map.
+    pub(crate) fn files(&self) -> impl Iterator<Item = (&Path, &Mmap)> {
+        self.files.iter().map(|(p, m)| (p.as_path(), m))
+    }
+
+    /// The shape tensor `name` is stored with.
+    pub(crate) fn stored_shape(&self, name: &str) -> Result<Vec<usize>, LmError> {
+        let Some(&i) = self.by_name.get(name) else {
+            return Err(LmError::MissingTensor {
+                path: self.path_of(name).to_path_buf(),
+                name: name.to_string(),
+            });
+        };
+        let (path, mmap) = &self.files[i];
+        let st = SafeTensors::deserialize(mmap).map_err(|e| st_err(path, e))?;
+        let view = st.tensor(name).map_err(|e| st_err(path, e))?;
+        Ok(view.shape().to_vec())
+    }
+
     /// Names of all tensors in the checkpoint.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.by_name.keys().map(String::as_str)
@@ -342,36 +364,88 @@ pub fn check_finite(path: &Path, name: &str, values: &[f32]) -> Result<(), LmErr
     }
 }
 
-/// Tensors of a checkpoint folder, uploaded in `dtype`.
+/// The float tensor `name` (stored `bytes` of `stored` dtype in `path`, shape `shape` already
+/// checked) as `TensorData` in `dtype`, checked finite. A bf16 (f16) file loaded in bf16 (f16)
+/// keeps its bytes as they are, never through f32.
+fn dense_from_view(
+    path: &Path,
+    name: &str,
+    stored: Dtype,
+    bytes: &[u8],
+    shape: &[usize],
+    dtype: DType,
+) -> Result<TensorData, LmError> {
+    // (Burn's bytes are native-endian, the file's little-endian.)
+    let same = matches!(
+        (stored, dtype),
+        (Dtype::BF16, DType::BF16) | (Dtype::F16, DType::F16)
+    );
+    if same && cfg!(target_endian = "little") {
+        check_finite_16(path, name, bytes, stored)?;
+        return Ok(TensorData::from_bytes_vec(
+            bytes.to_vec(),
+            shape.to_vec(),
+            dtype,
+        ));
+    }
+    let data = TensorData::new(to_f32(path, name, stored, bytes)?, shape.to_vec());
+    Ok(if dtype == DType::F32 {
+        data
+    } else {
+        data.convert_dtype(dtype)
+    })
+}
+
+/// The float tensor `name`, checked against `shape`, as `TensorData` in `dtype` (a serial read;
+/// [`crate::prefetch`] runs the same on its workers).
+pub(crate) fn dense_data(
+    files: &WeightFiles,
+    name: &str,
+    shape: &[usize],
+    dtype: DType,
+) -> Result<TensorData, LmError> {
+    let (path, stored, bytes) = files.view(name, shape)?;
+    dense_from_view(path, name, stored, bytes, shape, dtype)
+}
+
+/// The linear `module` if its `.weight` is stored bnb-quantized, else `None`.
+pub(crate) fn read_quantized(
+    files: &WeightFiles,
+    module: &str,
+) -> Result<Option<qtune_quant::QuantizedTensor>, LmError> {
+    let Some(&i) = files.by_name.get(&format!("{module}.weight")) else {
+        return Ok(None);
+    };
+    let (path, mmap) = &files.files[i];
+    let st = SafeTensors::deserialize(mmap).map_err(|e| st_err(path, e))?;
+    if qtune_quant::io::quant_format_of(&st, module).is_none() {
+        return Ok(None);
+    }
+    qtune_quant::QuantizedTensor::from_safetensors(&st, module, path)
+        .map(Some)
+        .map_err(|e| LmError::Safetensors {
+            path: path.clone(),
+            reason: e.to_string(),
+        })
+}
+
+/// Tensors of a checkpoint folder, uploaded in `dtype`; read ahead on other threads when
+/// `prefetch` is set (see [`crate::prefetch::load_files`]).
 pub struct FileSource<'a, B: QBackend> {
     pub files: &'a WeightFiles,
     pub dtype: DType,
     pub device: &'a B::Device,
+    pub prefetch: Option<&'a Prefetch<'a>>,
 }
 
 impl<B: QBackend> FileSource<'_, B> {
     fn data(&self, name: &str, shape: &[usize]) -> Result<TensorData, LmError> {
-        // A bf16 (f16) file loaded in bf16 (f16): its bytes as they are, never through f32.
+        // The shape check first, so that errors come in the serial order.
         let (path, stored, bytes) = self.files.view(name, shape)?;
-        // (Burn's bytes are native-endian, the file's little-endian.)
-        let same = matches!(
-            (stored, self.dtype),
-            (Dtype::BF16, DType::BF16) | (Dtype::F16, DType::F16)
-        );
-        if same && cfg!(target_endian = "little") {
-            check_finite_16(path, name, bytes, stored)?;
-            return Ok(TensorData::from_bytes_vec(
-                bytes.to_vec(),
-                shape.to_vec(),
-                self.dtype,
-            ));
+        if let Some(ready) = self.prefetch.and_then(|p| p.take_dense(name)) {
+            return ready;
         }
-        let data = TensorData::new(to_f32(path, name, stored, bytes)?, shape.to_vec());
-        Ok(if self.dtype == DType::F32 {
-            data
-        } else {
-            data.convert_dtype(self.dtype)
-        })
+        dense_from_view(path, name, stored, bytes, shape, self.dtype)
     }
 }
 
@@ -395,20 +469,10 @@ impl<B: QBackend> TensorSource<B> for FileSource<'_, B> {
     }
 
     fn quantized(&mut self, module: &str) -> Result<Option<qtune_quant::QuantizedTensor>, LmError> {
-        let Some(&i) = self.files.by_name.get(&format!("{module}.weight")) else {
-            return Ok(None);
-        };
-        let (path, mmap) = &self.files.files[i];
-        let st = SafeTensors::deserialize(mmap).map_err(|e| st_err(path, e))?;
-        if qtune_quant::io::quant_format_of(&st, module).is_none() {
-            return Ok(None);
+        if let Some(ready) = self.prefetch.and_then(|p| p.take_quantized(module)) {
+            return ready;
         }
-        qtune_quant::QuantizedTensor::from_safetensors(&st, module, path)
-            .map(Some)
-            .map_err(|e| LmError::Safetensors {
-                path: path.clone(),
-                reason: e.to_string(),
-            })
+        read_quantized(self.files, module)
     }
 }
 
@@ -449,6 +513,7 @@ mod tests {
             files: &files,
             dtype: DType::BF16,
             device: &device,
+            prefetch: None,
         };
         let raw = src.data("w", &[8, 12]).unwrap();
         let via_f32 = TensorData::new(files.read_f32("w", &[8, 12]).unwrap(), vec![8, 12])
@@ -479,6 +544,7 @@ mod tests {
                 files: &files,
                 dtype: dt,
                 device: &device,
+                prefetch: None,
             };
             let err = src.data("layer.w", &[2, 3]).unwrap_err().to_string();
             assert!(err.contains("layer.w") && err.contains('4'), "{err}");

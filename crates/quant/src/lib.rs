@@ -19,9 +19,10 @@
 //! approximate `rcp.approx.ftz.f32`, one ulp off the correctly rounded value for ~13% of
 //! mantissas. We reproduce it from a table measured on an H100 over all 2^23 f32 mantissas
 //! (shipped as `data/rcp_f32.bin.gz`; see [`rcp`]). That is the default,
-//! [`Reciprocal::BnbCuda`]; [`Reciprocal::Ieee`] (via [`QuantizedTensor::quantize_with`]) uses
-//! the correctly rounded reciprocal, as qtune-kernels' GPU quantizer does: it differs from bnb
-//! only where `x * (1/absmax)` lands exactly on a decision midpoint (5 golden codes).
+//! [`Reciprocal::BnbCuda`], and qtune-kernels' GPU quantizer uses the same table
+//! ([`rcp::table_words`]); [`Reciprocal::Ieee`] (via [`QuantizedTensor::quantize_with`]) uses
+//! the correctly rounded reciprocal: it differs from bnb only where `x * (1/absmax)` lands
+//! exactly on a decision midpoint (5 golden codes).
 
 pub mod blockwise8;
 mod error;

@@ -13,8 +13,9 @@
 //!
 //! At an exact decision midpoint `x * scale` can tip the other way with a one-ulp different
 //! scale; with the table, every one of the 933,504 golden codes of tests/fixtures/bnb matches.
-//! [`Reciprocal::Ieee`] keeps the correctly rounded reciprocal for code that divides like IEEE
-//! (qtune-kernels' GPU quantizer is compiled without fast-math).
+//! qtune-kernels' GPU quantizer computes the same values from [`table_words`] (its kernel's
+//! formula is checked against [`rcp_approx_ftz`] here, on the CPU, and on the GPU by
+//! `cargo xtask bench gpu-check`). [`Reciprocal::Ieee`] keeps the correctly rounded reciprocal.
 
 use std::io::Read;
 use std::sync::OnceLock;
@@ -81,6 +82,21 @@ pub fn delta(mantissa: u32) -> i8 {
         0b10 => -1,
         _ => 0,
     }
+}
+
+/// The packed table as little-endian `u32` words, for a GPU kernel to index: mantissa `m` is
+/// `(words[m / 16] >> (2 * (m % 16))) & 3`, with 00 → 0, 01 → +1, 10 → -1 ulp (2^19 words,
+/// 2 MiB). A kernel computes [`rcp_approx_ftz`] from it as: flush a subnormal `x` to ±0;
+/// `r = 1.0f32 / x` correctly rounded; if `r` is normal (not 0, inf, NaN or subnormal),
+/// `r = from_bits(bits(r) + delta[mantissa(x)])`; then flush a subnormal `r` to ±0.
+pub fn table_words() -> &'static [u32] {
+    static WORDS: OnceLock<Vec<u32>> = OnceLock::new();
+    WORDS.get_or_init(|| {
+        table()
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    })
 }
 
 /// 2 bits per mantissa, 4 per byte, low bits first: 00 → 0, 01 → +1, 10 → -1.
@@ -153,6 +169,74 @@ mod tests {
                 d
             );
             assert_eq!(rcp_approx_ftz(-x), -rcp_approx_ftz(x));
+        }
+    }
+
+    /// The GPU kernel's arithmetic (qtune-kernels `rcp_kernel`), step for step in f32: IEEE
+    /// `1.0f32 / x` (Rust's division is correctly rounded, as NVRTC's default `-prec-div=true`),
+    /// then the delta from [`table_words`] on the bit pattern when the result is normal.
+    fn kernel_formula(words: &[u32], x: f32) -> f32 {
+        let flush = |v: f32| {
+            if v.abs() < f32::MIN_POSITIVE {
+                v * 0.0
+            } else {
+                v
+            }
+        };
+        let x = flush(x);
+        let r = 1.0f32 / x;
+        let m = (x.to_bits() & MANTISSA_MASK) as usize;
+        let code = (words[m / 16] >> (2 * (m % 16))) & 3;
+        let a = r.abs();
+        let r = if (f32::MIN_POSITIVE..=f32::MAX).contains(&a) {
+            let bits = r.to_bits();
+            f32::from_bits(match code {
+                1 => bits.wrapping_add(1),
+                2 => bits.wrapping_sub(1),
+                _ => bits,
+            })
+        } else {
+            r
+        };
+        flush(r)
+    }
+
+    #[test]
+    fn the_packed_words_give_rcp_approx_ftz() {
+        let words = table_words();
+        assert_eq!(words.len(), MANTISSAS / 16);
+        let same = |x: f32| {
+            let (want, got) = (rcp_approx_ftz(x), kernel_formula(words, x));
+            assert!(
+                want.to_bits() == got.to_bits() || (want.is_nan() && got.is_nan()),
+                "x = {x:e} ({:#010x}): rcp_approx_ftz {want:e}, kernel formula {got:e}",
+                x.to_bits()
+            );
+        };
+        // Every mantissa at a mid-range exponent, both signs; a stride of mantissas at every
+        // exponent (subnormal inputs, results that flush, the largest finite values).
+        for m in 0..MANTISSAS as u32 {
+            same(f32::from_bits(0x3f80_0000 | m));
+            same(f32::from_bits(0xc580_0000 | m));
+        }
+        for e in 0..=255u32 {
+            for m in (0..MANTISSAS as u32)
+                .step_by(4099)
+                .chain([0, 1, MANTISSA_MASK])
+            {
+                same(f32::from_bits((e << 23) | m));
+                same(f32::from_bits(0x8000_0000 | (e << 23) | m));
+            }
+        }
+        for x in [
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MIN_POSITIVE,
+        ] {
+            same(x);
         }
     }
 

@@ -19,6 +19,8 @@ mod fused;
 #[cfg(feature = "cuda")]
 mod gemm;
 #[cfg(feature = "cuda")]
+mod load;
+#[cfg(feature = "cuda")]
 pub(crate) mod selftest;
 
 /// Arguments of `bench gpu-check`.
@@ -143,6 +145,7 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     fused::check(&dev, &mut fails)?;
     gemm::quantized_gemv_check(&dev, &mut fails)?;
     gemm::gemm_check(&dev, &mut fails)?;
+    load::check(&dev, &mut fails)?;
 
     // 0b. The kernels' self-test (`selftest`, every group): dequantization of every format
     // and variant bit for bit, the GPU quantizer = the CPU one, the quantized linear's forward and

@@ -541,6 +541,10 @@ fn quantize_as<R: CubeRuntime, F: Float + CubeElement>(
             num_blocks,
             blocksize,
         );
+    }
+    let inv = super::rcp::inv_absmax(&absmax, num_blocks, qtune_quant::Reciprocal::BnbCuda);
+    // SAFETY: as above; `inv` holds `num_blocks` f32.
+    unsafe {
         match format {
             QuantFormat::Nf4 | QuantFormat::Fp4 => {
                 kernels::quant4_kernel::launch_unchecked::<F, R>(
@@ -548,7 +552,7 @@ fn quantize_as<R: CubeRuntime, F: Float + CubeElement>(
                     cube_count(num_bytes),
                     cube_dim(),
                     array(&x, numel),
-                    array(&absmax, num_blocks),
+                    array(&inv, num_blocks),
                     array(&codes, num_bytes),
                     numel,
                     num_bytes,
@@ -572,7 +576,7 @@ fn quantize_as<R: CubeRuntime, F: Float + CubeElement>(
                     cube_count(numel),
                     cube_dim(),
                     array(&x, numel),
-                    array(&absmax, num_blocks),
+                    array(&inv, num_blocks),
                     array(&map, 256),
                     array(&codes, numel),
                     numel,

@@ -14,10 +14,12 @@ mod gemm_lt;
 mod jit_cache;
 mod kernels;
 pub mod launch;
+mod rcp;
 
 pub use backend::sync;
 pub use jit_cache::{cache_dir, init_kernel_cache, CACHE_ENV, PROFILE_ENV};
 pub use launch::{dense_gemv_enabled, set_dense_gemv};
+pub use rcp::inv_absmax;
 
 /// The CUDA backend our ops are implemented for (burn-cuda without `fusion`).
 pub type Cuda<F = f32> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;

@@ -8,11 +8,11 @@
 //!   rounds once instead of twice. The nested absmax product is therefore written to memory by
 //!   [`nested_product_kernel`] and the offset added in the dequant kernel (bitsandbytes also
 //!   does the product in a kernel and the `+ offset` in a separate torch op);
-//! - `1.0 / absmax` is an IEEE division (NVRTC's default `-prec-div=true`), i.e. the reference's
-//!   `Reciprocal::Ieee` mode. bnb's own build uses the approximate `rcp.approx.ftz.f32` (the
-//!   reference's default, from a table measured on an H100), so the GPU quantizer may differ from
-//!   bnb's codes at rare exact decision midpoints (5 of the 933,504 golden codes); the dequant
-//!   kernels have no division and are bit-exact with bnb.
+//! - the quantizers multiply by a per-block scale from [`rcp_kernel`]: bnb's `rcp.approx.ftz.f32`
+//!   reproduced bit for bit as the reference's `Reciprocal::BnbCuda` does (IEEE `1.0 / absmax`,
+//!   NVRTC's default `-prec-div=true`, plus the measured ±1-ulp delta of the absmax's mantissa
+//!   from `qtune_quant::rcp::table_words`), so GPU codes equal bnb's; with `bnb = false` it is
+//!   the reference's `Reciprocal::Ieee`. The dequant kernels have no division.
 
 // `#[cube]` locals must be initialized before branches assign them.
 #![allow(unused_assignments)]
@@ -215,6 +215,48 @@ pub fn absmax_kernel<F: Float>(
     absmax[b] = m;
 }
 
+/// Largest finite f32.
+const MAX_FINITE: f32 = 3.402_823_5e38;
+
+/// `inv[b]` = the scale block `b` is multiplied by. `bnb`: `rcp.approx.ftz.f32` as
+/// `qtune_quant::rcp::rcp_approx_ftz` (a subnormal absmax counts as ±0 → ±inf, NaN stays NaN,
+/// ±inf → ±0; a normal IEEE reciprocal gets the 2-bit delta of the absmax's mantissa from
+/// `table` (16 per `u32` word: 00 → 0, 01 → +1, 10 → −1 ulp on the bit pattern); a result below
+/// the normal range flushes to ±0). Else `ftz(1.0 / absmax)` (`Reciprocal::Ieee`).
+#[cube(launch_unchecked)]
+pub fn rcp_kernel(
+    absmax: &Array<f32>,
+    table: &Array<u32>,
+    inv: &mut Array<f32>,
+    count: usize,
+    #[comptime] bnb: bool,
+) {
+    let b = ABSOLUTE_POS;
+    if b >= count {
+        terminate!();
+    }
+    let x = ftz(absmax[b]);
+    let r = 1.0f32 / x;
+    if bnb {
+        let m = u32::reinterpret(x) & 0x007f_ffffu32;
+        let code = (table[(m >> 4) as usize] >> ((m & 15u32) * 2u32)) & 3u32;
+        let a = f32::abs(r);
+        // NaN fails both comparisons; 0, inf and subnormal results keep `r` (then ftz).
+        let not_small = a >= MIN_NORMAL;
+        let finite = a <= MAX_FINITE;
+        let normal = not_small && finite;
+        let bits = u32::reinterpret(r);
+        let stepped = select(
+            code == 1u32,
+            bits + 1u32,
+            select(code == 2u32, bits - 1u32, bits),
+        );
+        inv[b] = ftz(select(normal, f32::reinterpret(stepped), r));
+    } else {
+        inv[b] = ftz(r);
+    }
+}
+
 /// bnb `dQuantizeNF4` on a value already scaled by `1/absmax` (same thresholds as the reference).
 #[cube]
 fn encode_nf4(x: f32) -> u32 {
@@ -265,12 +307,13 @@ fn encode_fp4(x: f32) -> u32 {
     m + sign
 }
 
-/// 4-bit encode, one output byte (two values) per unit; for odd `numel` the missing last value
-/// is encoded as 0.0 with the same block scale, like the reference.
+/// 4-bit encode with the block scales `inv` of [`rcp_kernel`], one output byte (two values) per
+/// unit; for odd `numel` the missing last value is encoded as 0.0 with the same block scale, like
+/// the reference.
 #[cube(launch_unchecked)]
 pub fn quant4_kernel<F: Float>(
     x: &Array<F>,
-    absmax: &Array<f32>,
+    inv: &Array<f32>,
     codes: &mut Array<u8>,
     numel: usize,
     num_bytes: usize,
@@ -282,7 +325,7 @@ pub fn quant4_kernel<F: Float>(
         terminate!();
     }
     let i0 = 2 * j;
-    let scale = ftz(1.0f32 / absmax[i0 / blocksize]);
+    let scale = inv[i0 / blocksize];
     let v0 = ftz(f32::cast_from(x[i0]));
     let mut v1 = 0.0f32;
     if i0 + 1 < numel {
@@ -302,12 +345,12 @@ pub fn quant4_kernel<F: Float>(
     codes[j] = u8::cast_from((q0 << 4) | q1);
 }
 
-/// 8-bit encode (bnb `dQuantize<0>`: 7-step binary search, then float-midpoint decision), one
-/// value per unit, with the 256-entry map in shared memory (cube size must be 256).
+/// 8-bit encode (bnb `dQuantize<0>`: 7-step binary search, then float-midpoint decision) with the
+/// block scales `inv` of [`rcp_kernel`], one value per unit, with the 256-entry map in shared memory (cube size must be 256).
 #[cube(launch_unchecked)]
 pub fn quant8_kernel<F: Float>(
     x: &Array<F>,
-    absmax: &Array<f32>,
+    inv: &Array<f32>,
     map: &Array<f32>,
     codes: &mut Array<u8>,
     numel: usize,
@@ -320,7 +363,7 @@ pub fn quant8_kernel<F: Float>(
     if i >= numel {
         terminate!();
     }
-    let scale = ftz(1.0f32 / absmax[i / blocksize]);
+    let scale = inv[i / blocksize];
     let v = ftz(ftz(f32::cast_from(x[i])) * scale);
 
     let mut pivot: u32 = 127u32;
