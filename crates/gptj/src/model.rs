@@ -81,6 +81,10 @@ impl<B: QBackend> CausalLm<B> for Gptj<B> {
         self.lm_head.forward(self.ln_f.forward(h_last))
     }
 
+    fn visit_block<V: burn::module::ModuleVisitor<B>>(&self, i: usize, visitor: &mut V) {
+        burn::module::Module::visit(&self.blocks[i], visitor);
+    }
+
     fn linears(&self) -> Vec<(String, &Linear<B>)> {
         Gptj::linears(self)
     }

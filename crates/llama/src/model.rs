@@ -109,6 +109,10 @@ impl<B: QBackend> CausalLm<B> for Llama<B> {
         self.lm_head.forward(self.norm.forward(h_last))
     }
 
+    fn visit_block<V: burn::module::ModuleVisitor<B>>(&self, i: usize, visitor: &mut V) {
+        burn::module::Module::visit(&self.layers[i], visitor);
+    }
+
     fn linears(&self) -> Vec<(String, &Linear<B>)> {
         let mut out = Vec::with_capacity(self.layers.len() * 7 + 1);
         for (i, b) in self.layers.iter().enumerate() {

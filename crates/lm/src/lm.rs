@@ -54,6 +54,9 @@ pub trait CausalLm<B: QBackend>: Sized {
         ctx: &BlockContext<B>,
         cache: Option<KvSlot<'_, B>>,
     ) -> Tensor<B, 3>;
+    /// Visits block `i`'s parameters only (the checkpointed backward collects one block's
+    /// gradients without walking the whole model once per block).
+    fn visit_block<V: burn::module::ModuleVisitor<B>>(&self, i: usize, visitor: &mut V);
     /// Final norm then `lm_head`, logits in the model's dtype: `[.., D] → [.., V]`.
     fn logits<const D: usize>(&self, h_last: Tensor<B, D>) -> Tensor<B, D>;
     /// Every linear with its HF module path, in HF's module order, `lm_head` last.

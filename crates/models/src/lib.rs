@@ -194,6 +194,9 @@ impl<B: QBackend> CausalLm<B> for AnyLm<B> {
     fn logits<const D: usize>(&self, h_last: Tensor<B, D>) -> Tensor<B, D> {
         each!(self, m => m.logits(h_last))
     }
+    fn visit_block<V: burn::module::ModuleVisitor<B>>(&self, i: usize, visitor: &mut V) {
+        each!(self, m => m.visit_block(i, visitor))
+    }
     fn linears(&self) -> Vec<(String, &Linear<B>)> {
         each!(self, m => CausalLm::linears(m))
     }

@@ -56,6 +56,10 @@ impl<B: QBackend, M: CausalLm<B>> SegmentedLm<B> for M {
         qtune_kernels::grad_seed(y, dy)
     }
 
+    fn visit_block<V: burn::module::ModuleVisitor<B>>(&self, i: usize, visitor: &mut V) {
+        CausalLm::visit_block(self, i, visitor);
+    }
+
     fn loss_sum(
         &self,
         h: Tensor<B, 3>,

@@ -13,7 +13,8 @@
 //! block's activations. LoRA dropout masks are derived from one seed per micro-batch, the block
 //! index and the projection, so the recomputed block applies the very masks of the first forward.
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::module::{ModuleVisitor, Param};
+use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use qtune_kernels::LinearBackward;
@@ -62,6 +63,30 @@ pub trait SegmentedLm<B: Backend> {
     /// reduction nobody reads; models on a [`qtune_kernels::QBackend`] use its free seed op.
     fn grad_seed(&self, y: Tensor<B, 3>, dy: Tensor<B, 3>) -> Tensor<B, 1> {
         (y * dy).sum()
+    }
+    /// Visits block `i`'s parameters only.
+    fn visit_block<V: ModuleVisitor<B>>(&self, i: usize, visitor: &mut V);
+}
+
+/// Moves the gradients of the visited parameters out of a backward's `grads` into `out`
+/// (adding to one already there): one block's parameters per checkpointed backward, where
+/// `GradientsParams::from_grads` + `GradientsAccumulator` walked the whole model twice per
+/// block (host time growing with the square of the depth).
+struct TakeGrads<'a, B: AutodiffBackend> {
+    grads: &'a mut B::Gradients,
+    out: &'a mut GradientsParams,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for TakeGrads<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(g) = param.val().grad_remove(self.grads) else {
+            return;
+        };
+        let g = match self.out.remove::<B::InnerBackend, D>(param.id) {
+            Some(prev) => prev + g,
+            None => g,
+        };
+        self.out.register::<B::InnerBackend, D>(param.id, g);
     }
 }
 
@@ -143,9 +168,8 @@ where
     let mut grads = loss.div_scalar(norm).backward();
     probe_memory(probe);
     let mut g = h_last.grad_remove(&mut grads);
-    let mut acc = GradientsAccumulator::<M>::new();
     // Head params (LoRA on lm_head, if targeted) got their grads in this first backward.
-    acc.accumulate::<B>(model, GradientsParams::from_grads(grads, model));
+    let mut out = GradientsParams::from_grads(grads, model);
     // The context (mask, positions) is rebuilt once on the autodiff backend: constants. The
     // recompute keeps each quantized weight's dequantized copy for the backward that follows
     // at once (one block's weights at a time): one dequantization per linear saved.
@@ -163,11 +187,17 @@ where
             .backward();
         probe_memory(probe);
         g = x.grad_remove(&mut gb);
-        acc.accumulate::<B>(model, GradientsParams::from_grads(gb, model));
+        model.visit_block(
+            i,
+            &mut TakeGrads::<B> {
+                grads: &mut gb,
+                out: &mut out,
+            },
+        );
     }
     Ok(MicroStep {
         loss_sum,
-        grads: acc.grads(),
+        grads: out,
     })
 }
 
