@@ -49,6 +49,10 @@ pub struct Args {
     /// Reader threads (`QTUNE_LOAD_THREADS`; 0 = serial); default: qtune's choice.
     #[arg(long)]
     threads: Option<usize>,
+    /// Sample the host during the timed loads after the first and print its top functions
+    /// (`--features host-profile`; see xtask/src/host_profile.rs).
+    #[arg(long)]
+    host_profile: bool,
 }
 
 /// The `[model]` section of a `qtune train` config for these arguments.
@@ -125,7 +129,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     qtune_train::backend::init();
     let dev: burn::tensor::Device<Train> = Default::default();
     let mut times = Vec::with_capacity(args.repeat);
+    let mut profile = None;
     for i in 0..args.repeat {
+        if i == 1 || args.repeat == 1 {
+            profile = Some(crate::host_profile::start(args.host_profile)?);
+        }
         let t = Instant::now();
         let model = qtune_train::build::base_model::<Train>(&m, &dev)?;
         <Train as Backend>::sync(&dev).map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
@@ -137,6 +145,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                    "includes_jit": i == 0})
         );
         times.push(s);
+    }
+    if let Some(p) = profile {
+        p.finish(60)?;
     }
     let later = if times.len() > 1 {
         &times[1..]

@@ -144,6 +144,10 @@ pub struct Args {
     /// Only the per-piece timing of one decode step (no prefill, no full decode).
     #[arg(long)]
     decode_profile: bool,
+    /// Sample the host during the timed steps and print its top functions
+    /// (`--features host-profile`; see xtask/src/host_profile.rs).
+    #[arg(long)]
+    host_profile: bool,
 }
 
 /// HF `config.json` of a Llama shape: Llama-2-7B (MHA, 32k vocabulary), Llama-3-8B (GQA
@@ -303,9 +307,13 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
         }
     };
     let mut times = Vec::new();
+    let mut profile = None;
     let (mut peak_use, mut peak_res) = (0u64, 0u64);
     for i in 0..a.warmup + a.steps {
         sync()?;
+        if i == a.warmup {
+            profile = Some(crate::host_profile::start(a.host_profile)?);
+        }
         let s0 = Instant::now();
         // The checkpointed micro-step in its two halves, synced in between to time each. The
         // `*_issue_s` times stop before each sync: the host's share (building the graph,
@@ -338,6 +346,9 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
                    "loss": ms.loss_sum / norm as f64,
                    "in_use_gib": u as f64 / GIB, "reserved_gib": r as f64 / GIB})
         );
+    }
+    if let Some(p) = profile {
+        p.finish(60)?;
     }
     times.sort_by(f64::total_cmp);
     // `--warmup 0 --steps 0` skips training (e.g. to profile inference alone).

@@ -14,6 +14,7 @@ mod bench_kernels;
 mod bench_load;
 mod bench_train;
 mod gpu_check;
+mod host_profile;
 mod smollm2;
 
 use std::path::PathBuf;
