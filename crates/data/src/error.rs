@@ -112,6 +112,9 @@ pub enum DataError {
         split: String,
         files: Vec<String>,
     },
+    /// A `datasets` config that a dataset repo does not have, or that must be named.
+    #[error("{name}: {reason}")]
+    DatasetConfig { name: String, reason: String },
     #[error("datasets/manifest.json: {0}")]
     Manifest(String),
     #[error("tokenizer failed on {what}: {message}")]

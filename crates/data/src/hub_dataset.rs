@@ -23,6 +23,7 @@ use hf_hub::{api::sync::ApiBuilder, Cache, Repo, RepoType};
 
 use crate::error::{DataError, Result};
 use crate::formats::{load_records, CustomRecord, DatasetFormat, FieldNames};
+use crate::hub_configs;
 
 /// Data file extensions, in order of preference within one split.
 const EXTENSIONS: [&str; 4] = ["parquet", "jsonl", "json", "csv"];
@@ -94,13 +95,18 @@ pub fn split_files(files: &[String], split: &str) -> Vec<String> {
     if chosen.is_empty() && split == "train" && !any_split {
         chosen = data;
     }
+    prefer_format(chosen)
+}
+
+/// The files of the most preferred format among `files` (parquet, jsonl, json, csv), sorted.
+fn prefer_format(files: Vec<&String>) -> Vec<String> {
     let Some(ext) = EXTENSIONS
         .iter()
-        .find(|e| chosen.iter().any(|f| extension(f) == Some(**e)))
+        .find(|e| files.iter().any(|f| extension(f) == Some(**e)))
     else {
         return Vec::new();
     };
-    let mut out: Vec<String> = chosen
+    let mut out: Vec<String> = files
         .into_iter()
         .filter(|f| extension(f) == Some(*ext))
         .cloned()
@@ -122,8 +128,7 @@ fn one_folder(name: &str, split: &str, files: &[String]) -> Result<()> {
         return Err(DataError::NoSplit {
             name: format!(
                 "{name}: split `{split}` has files in several folders {dirs:?} (one per \
-                 `datasets` config?); qtune reads one folder: point `path` at a local copy of \
-                 one config's folder"
+                 `datasets` config?); qtune reads one folder: name one with [data] config_name"
             ),
             split: split.to_string(),
             files: files.iter().take(20).cloned().collect(),
@@ -195,19 +200,16 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// The files of `split` for `[data] path` (see the module doc). `revision` is for Hub ids only
-/// (default `main`).
+/// (default `main`); `config_name` picks a `datasets` config of a folder or Hub id
+/// (crate::hub_configs).
 pub fn resolve_data_files(
     path: &str,
     split: &str,
     revision: Option<&str>,
+    config_name: Option<&str>,
     hub: &HubOptions,
 ) -> Result<DataFiles> {
     let local = Path::new(path);
-    let no_split = |name: String, listing: &[String]| DataError::NoSplit {
-        name,
-        split: split.to_string(),
-        files: listing.iter().take(20).cloned().collect(),
-    };
     if local.is_file() {
         return Ok(DataFiles {
             name: path.to_string(),
@@ -216,12 +218,9 @@ pub fn resolve_data_files(
     }
     if local.is_dir() {
         let listing = list_dir(local)?;
-        let files = split_files(&listing, split);
         let name = format!("{path} (split {split})");
-        if files.is_empty() {
-            return Err(no_split(name, &listing));
-        }
-        one_folder(&name, split, &files)?;
+        let card = read_card(&local.join("README.md"))?;
+        let files = pick_files(&name, &listing, card.as_deref(), config_name, split)?;
         return Ok(DataFiles {
             name,
             files: files.iter().map(|f| local.join(f)).collect(),
@@ -251,14 +250,9 @@ pub fn resolve_data_files(
             ))
         })?;
         let listing = list_dir(&snapshot)?;
-        let files = split_files(&listing, split);
-        if files.is_empty() {
-            return Err(no_split(
-                format!("{name}, cached at {}", snapshot.display()),
-                &listing,
-            ));
-        }
-        one_folder(&name, split, &files)?;
+        let card = read_card(&snapshot.join("README.md"))?;
+        let cached = format!("{name}, cached at {}", snapshot.display());
+        let files = pick_files(&cached, &listing, card.as_deref(), config_name, split)?;
         files.iter().map(|f| snapshot.join(f)).collect()
     } else {
         let api = ApiBuilder::from_cache(Cache::new(hub.cache.clone()))
@@ -273,11 +267,15 @@ pub fn resolve_data_files(
             ))
         })?;
         let listing: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
-        let files = split_files(&listing, split);
-        if files.is_empty() {
-            return Err(no_split(name, &listing));
-        }
-        one_folder(&name, split, &files)?;
+        let card = if listing.iter().any(|f| f == "README.md") {
+            let p = api
+                .get("README.md")
+                .map_err(|e| hub_err(format!("download of `README.md`: {e}")))?;
+            read_card(&p)?
+        } else {
+            None
+        };
+        let files = pick_files(&name, &listing, card.as_deref(), config_name, split)?;
         tracing::info!(dataset = %path, split, revision = rev, files = files.len(), "downloading from the Hugging Face Hub");
         files
             .iter()
@@ -288,6 +286,79 @@ pub fn resolve_data_files(
             .collect::<Result<Vec<_>>>()?
     };
     Ok(DataFiles { name, files })
+}
+
+/// A repo card's text, if the file exists.
+fn read_card(path: &Path) -> Result<Option<String>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    std::fs::read_to_string(path)
+        .map(Some)
+        .map_err(|e| DataError::io(path, e))
+}
+
+/// The files of `split` in a repo listing: the chosen config's patterns when the card declares
+/// configs; else, with `config_name`, the split's files inside that top-level folder; else the
+/// split's files by `datasets`' naming rules, from one folder (crate::hub_configs).
+fn pick_files(
+    name: &str,
+    listing: &[String],
+    card: Option<&str>,
+    config_name: Option<&str>,
+    split: &str,
+) -> Result<Vec<String>> {
+    let no_split = |files: &[String]| DataError::NoSplit {
+        name: name.to_string(),
+        split: split.to_string(),
+        files: files.iter().take(20).cloned().collect(),
+    };
+    let configs = match card {
+        Some(text) => hub_configs::parse_card(name, text)?,
+        None => None,
+    };
+    if let Some(configs) = configs.filter(|c| !c.is_empty()) {
+        let config = hub_configs::choose(name, &configs, config_name)?;
+        let matched = hub_configs::config_files(name, config, split, listing)?;
+        let files = prefer_format(matched.iter().filter(|f| is_data_file(f)).collect());
+        if files.is_empty() {
+            return Err(no_split(&matched));
+        }
+        return Ok(files);
+    }
+    let files = match config_name {
+        Some(c) => {
+            let prefix = format!("{c}/");
+            let inside: Vec<String> = listing
+                .iter()
+                .filter_map(|f| f.strip_prefix(&prefix).map(str::to_string))
+                .collect();
+            if inside.is_empty() {
+                return Err(DataError::DatasetConfig {
+                    name: name.to_string(),
+                    reason: format!(
+                        "no config `{c}`: its README.md declares no configs and there is no                          folder `{c}`; folders with data files: {:?}",
+                        hub_configs::config_folders(listing)
+                    ),
+                });
+            }
+            let files = split_files(&inside, split);
+            if files.is_empty() {
+                return Err(no_split(&inside));
+            }
+            one_folder(name, split, &files)?;
+            files.iter().map(|f| format!("{prefix}{f}")).collect()
+        }
+        None => {
+            let files = split_files(listing, split);
+            if files.is_empty() {
+                return Err(no_split(listing));
+            }
+            one_folder(name, split, &files)?;
+            files
+        }
+    };
+    Ok(files)
 }
 
 /// The records of every file of `files`, in order ([`crate::load_records`] each; an empty file

@@ -16,6 +16,7 @@ pub mod encode;
 pub mod error;
 pub mod formats;
 pub mod hate_speech;
+pub mod hub_configs;
 pub mod hub_dataset;
 pub mod metrics;
 pub mod pack;

@@ -260,18 +260,26 @@ fn refused(text: &str, field: &str, also: &[&str]) {
 fn hub_split_and_revision_parse_and_are_checked() {
     let c = RunConfig::from_toml_str(
         &custom_toml(
-            "path = \"org/name\"\nsplit = \"train_sft\"\nrevision = \"v1\"\ndataset_format = \"messages\"",
+            "path = \"org/name\"\nsplit = \"train_sft\"\nrevision = \"v1\"\nconfig_name = \"en\"\ndataset_format = \"messages\"",
             "",
         ),
         "c.toml",
     )
     .unwrap();
     assert_eq!(
-        (c.data.split.as_deref(), c.data.revision.as_deref()),
-        (Some("train_sft"), Some("v1"))
+        (
+            c.data.split.as_deref(),
+            c.data.revision.as_deref(),
+            c.data.config_name.as_deref()
+        ),
+        (Some("train_sft"), Some("v1"), Some("en"))
     );
-    // A file has no splits or revisions.
-    for key in ["split = \"test\"", "revision = \"main\""] {
+    // A file has no splits, revisions or configs.
+    for key in [
+        "split = \"test\"",
+        "revision = \"main\"",
+        "config_name = \"en\"",
+    ] {
         let field = format!("data.{}", key.split(' ').next().unwrap());
         refused(
             &custom_toml(
@@ -290,10 +298,19 @@ fn hub_split_and_revision_parse_and_are_checked() {
         "data.split",
         &[],
     );
+    refused(
+        &custom_toml(
+            "path = \"org/name\"\nconfig_name = \" \"\ndataset_format = \"text\"",
+            "",
+        ),
+        "data.config_name",
+        &[],
+    );
     // Built-in tasks: refused like the other custom keys.
     for key in [
         "split = \"train\"",
         "revision = \"main\"",
+        "config_name = \"en\"",
         "test_split = 0.1",
     ] {
         let text = TINY_TOML.replace("[data]\n", &format!("[data]\n{key}\n"));

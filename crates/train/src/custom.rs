@@ -52,10 +52,13 @@ pub(crate) fn prepare_custom(
     })?;
     let fields = cfg.field_names();
     let rev = d.revision.as_deref();
-    let files = resolve_data_files(path, d.split.as_deref().unwrap_or("train"), rev, hub)?;
+    let config = d.config_name.as_deref();
+    let split = d.split.as_deref().unwrap_or("train");
+    let files = resolve_data_files(path, split, rev, config, hub)?;
     let records = load_split_records(&files, format, &fields)?;
     let other = |p: &str, split: &str| -> Result<(DataFiles, Vec<CustomRecord>), DataError> {
-        let f = resolve_data_files(p, split, rev, hub)?;
+        // The same repo's other split reads the same config; another path has its own layout.
+        let f = resolve_data_files(p, split, rev, config.filter(|_| p == path), hub)?;
         let recs = load_split_records(&f, format, &fields)?;
         Ok((f, recs))
     };

@@ -52,6 +52,11 @@ pub struct DataConfig {
     /// `custom`, `path` a Hub dataset id: branch, tag or commit (default `main`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// `custom`, `path` a Hub dataset id or a folder: the `datasets` config to read (the `name`
+    /// of `load_dataset(path, name)`): one of the repo card's `configs`, else a top-level folder
+    /// (qtune_data::hub_configs). Default: the card's default config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_name: Option<String>,
     /// `custom`: how records read (required; no default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset_format: Option<DatasetFormat>,
@@ -123,10 +128,11 @@ impl RunConfig {
             })
         };
         let d = &self.data;
-        let custom_keys: [(&'static str, bool); 15] = [
+        let custom_keys: [(&'static str, bool); 16] = [
             ("data.path", d.path.is_some()),
             ("data.split", d.split.is_some()),
             ("data.revision", d.revision.is_some()),
+            ("data.config_name", d.config_name.is_some()),
             ("data.test_split", d.test_split.is_some()),
             ("data.test_file", d.test_file.is_some()),
             ("data.dataset_format", d.dataset_format.is_some()),
@@ -159,6 +165,7 @@ impl RunConfig {
         for (field, set) in [
             ("data.split", d.split.is_some()),
             ("data.revision", d.revision.is_some()),
+            ("data.config_name", d.config_name.is_some()),
         ] {
             if set && is_file {
                 return bad(
@@ -169,6 +176,15 @@ impl RunConfig {
         }
         if d.split.as_deref().is_some_and(|s| s.trim().is_empty()) {
             return bad("data.split", "must name a split (e.g. \"train\")".into());
+        }
+        if d.config_name
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
+            return bad(
+                "data.config_name",
+                "must name a `datasets` config (e.g. \"en\")".into(),
+            );
         }
         self.validate_test_split(origin)?;
         let Some(format) = d.dataset_format else {
