@@ -19,9 +19,13 @@ X=/tmp/xtask
 Q=/tmp/qtune
 DIR=${DIR:-/tmp/gptj-6b-load}
 QDIR=${QDIR:-/tmp/gptj-6b-load-nf4}
-if [ -f .device/bin/qtune.gz ] && ! cmp -s .device/bin/qtune.gz /tmp/qtune.gz; then
-  cp .device/bin/qtune.gz /tmp/qtune.gz && gunzip -c /tmp/qtune.gz > $Q && chmod +x $Q
+# The qtune binary: .device/bin/qtune.gz, or QGZ=path (e.g. a separate carried folder when
+# .device + qtune + the tree would pass the carry limit).
+QGZ=${QGZ:-.device/bin/qtune.gz}
+if [ -f $QGZ ] && ! cmp -s $QGZ /tmp/qtune.gz; then
+  cp $QGZ /tmp/qtune.gz && gunzip -c /tmp/qtune.gz > $Q && chmod +x $Q
 fi
+[ -x $Q ] || { echo "no qtune binary: $QGZ missing"; ls -la "$(dirname $QGZ)" 2>&1 | head -5; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 summary() { grep -E '"phase": ?"(summary|warm_read)"|"peer": ?"prepare"|Error|error:|panicked' "$@" | cut -c1-600; }
 
