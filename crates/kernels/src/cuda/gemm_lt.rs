@@ -114,6 +114,9 @@ impl Lt {
         let handle = lt::create_handle().ok()?;
         // SAFETY: the workspace is scratch for cuBLASLt; its contents are never read by us.
         let workspace = unsafe { own.alloc::<u8>(WORKSPACE_BYTES) }.ok()?;
+        // The allocation may be ordered on `own` (stream-ordered allocator); the GEMMs use it on
+        // cubecl's stream, so wait once until it exists.
+        own.synchronize().ok()?;
         let ws_ptr = {
             let (p, _record) = workspace.device_ptr(own);
             p
