@@ -511,11 +511,16 @@ mod tests {
                 })
                 .unwrap();
             assert_eq!(ahead, serial, "threads {threads}, budget {budget}");
-            assert!(
-                taken.get() >= 6,
-                "threads {threads}, budget {budget}: {} prefetched",
-                taken.get()
-            );
+            // With room for everything, the 50 ms head start lets the workers read every
+            // layer first. Under a small budget how far they get depends on scheduling (a
+            // busy 2-core CI machine gave 1), so only the equality above is asserted there.
+            if budget >= 1 << 20 {
+                assert!(
+                    taken.get() >= 6,
+                    "threads {threads}, budget {budget}: {} prefetched",
+                    taken.get()
+                );
+            }
         }
     }
 
