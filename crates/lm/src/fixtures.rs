@@ -22,6 +22,24 @@ pub struct FixturePrompts {
     pub position_ids: Vec<i64>,
 }
 
+impl FixturePrompts {
+    /// Each prompt without its left padding.
+    pub fn unpadded(&self) -> Vec<Vec<u32>> {
+        let t = self.shape[1].max(1); // chunks(0) panics; an empty grid has no rows anyway
+        self.input_ids
+            .chunks(t)
+            .zip(self.attention_mask.chunks(t))
+            .map(|(row, mask)| {
+                row.iter()
+                    .zip(mask)
+                    .filter(|(_, &m)| m == 1)
+                    .map(|(&id, _)| id as u32)
+                    .collect()
+            })
+            .collect()
+    }
+}
+
 /// The fixture's reference.json.
 pub fn reference_json(fixture: &Path) -> Result<serde_json::Value, LmError> {
     let path = fixture.join("reference.json");

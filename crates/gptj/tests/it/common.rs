@@ -54,17 +54,7 @@ pub fn max_rel_err_non_pad(got: &[f32], reference: &[f32], vocab: usize) -> f32 
 
 /// Prompts of the fixture without their left padding.
 pub fn fixture_prompts() -> Vec<Vec<u32>> {
-    let r = reference_json();
-    let ids = json_2d(&r["input_ids"]);
-    let mask = json_2d(&r["attention_mask"]);
-    ids.iter()
-        .zip(&mask)
-        .map(|(row, m)| {
-            row.iter()
-                .zip(m)
-                .filter(|(_, &m)| m == 1)
-                .map(|(&t, _)| t as u32)
-                .collect()
-        })
-        .collect()
+    fixtures::fixture_prompts(&fixture_dir())
+        .unwrap()
+        .unpadded()
 }

@@ -56,19 +56,9 @@ pub fn max_rel_err_non_pad(name: &str, got: &[f32], reference: &[f32], vocab: us
 
 /// The fixture's prompts without their left padding.
 pub fn fixture_prompts(name: &str) -> Vec<Vec<u32>> {
-    let r = reference_json(name);
-    let ids = json_2d(&r["input_ids"]);
-    let mask = json_2d(&r["attention_mask"]);
-    ids.iter()
-        .zip(&mask)
-        .map(|(row, m)| {
-            row.iter()
-                .zip(m)
-                .filter(|(_, &m)| m == 1)
-                .map(|(&t, _)| t as u32)
-                .collect()
-        })
-        .collect()
+    fixtures::fixture_prompts(&fixture_dir(name))
+        .unwrap()
+        .unpadded()
 }
 
 /// HF `generate` arguments of a reference case.
