@@ -58,6 +58,23 @@ impl Example {
             .filter(|&&l| l != IGNORE_INDEX)
             .count()
     }
+
+    /// A batch's check of one example: as many labels as ids, at least one token. `name` says
+    /// which example in the error ("example 3").
+    pub(crate) fn check(&self, name: impl Fn() -> String) -> Result<()> {
+        if self.input_ids.len() != self.labels.len() {
+            return Err(DataError::Batch(format!(
+                "{}: {} input ids but {} labels",
+                name(),
+                self.input_ids.len(),
+                self.labels.len()
+            )));
+        }
+        if self.is_empty() {
+            return Err(DataError::Batch(format!("{} has no tokens", name())));
+        }
+        Ok(())
+    }
 }
 
 /// Which side gets the pad tokens.
@@ -111,16 +128,7 @@ pub fn collate(examples: &[&Example], pad_id: u32, padding: Padding) -> Result<B
         return Err(DataError::Batch("no examples to collate".into()));
     }
     for (i, ex) in examples.iter().enumerate() {
-        if ex.input_ids.len() != ex.labels.len() {
-            return Err(DataError::Batch(format!(
-                "example {i}: {} input ids but {} labels",
-                ex.input_ids.len(),
-                ex.labels.len()
-            )));
-        }
-        if ex.is_empty() {
-            return Err(DataError::Batch(format!("example {i} has no tokens")));
-        }
+        ex.check(|| format!("example {i}"))?;
     }
     let rows: Vec<(&[u32], &[i64])> = examples
         .iter()

@@ -134,6 +134,39 @@ pub fn encode_squad_prompt(
     )
 }
 
+/// Encodes each item, keeping those that fit (whole or cut) and counting the rest, each
+/// reported to `dropped`. Returns the examples, the index in `items` each one came from, and the
+/// counts.
+pub(crate) fn encode_each<T>(
+    items: &[T],
+    mut encode: impl FnMut(&T) -> Result<Encoded>,
+    mut dropped: impl FnMut(&T, &DropReason),
+) -> Result<(Vec<Example>, Vec<usize>, EncodeStats)> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut kept = Vec::with_capacity(items.len());
+    let mut stats = EncodeStats {
+        total: items.len(),
+        ..EncodeStats::default()
+    };
+    for (i, item) in items.iter().enumerate() {
+        let e = match encode(item)? {
+            Encoded::Fits(e) => e,
+            Encoded::Truncated(e) => {
+                stats.truncated += 1;
+                e
+            }
+            Encoded::Dropped(reason) => {
+                stats.dropped += 1;
+                dropped(item, &reason);
+                continue;
+            }
+        };
+        out.push(e);
+        kept.push(i);
+    }
+    Ok((out, kept, stats))
+}
+
 /// Encodes a list of SQuAD examples for training, dropping what cannot fit. Returns the examples,
 /// the index in `examples` each one came from, and the counts.
 pub fn encode_squad_dataset(
@@ -141,29 +174,11 @@ pub fn encode_squad_dataset(
     examples: &[SquadExample],
     cfg: EncodeConfig,
 ) -> Result<(Vec<Example>, Vec<usize>, EncodeStats)> {
-    let mut out = Vec::with_capacity(examples.len());
-    let mut kept = Vec::with_capacity(examples.len());
-    let mut stats = EncodeStats {
-        total: examples.len(),
-        ..EncodeStats::default()
-    };
-    for (i, ex) in examples.iter().enumerate() {
-        match encode_squad_train(tokenizer, ex, cfg)? {
-            Encoded::Fits(e) => {
-                out.push(e);
-                kept.push(i);
-            }
-            Encoded::Truncated(e) => {
-                stats.truncated += 1;
-                out.push(e);
-                kept.push(i);
-            }
-            Encoded::Dropped(reason) => {
-                stats.dropped += 1;
-                tracing::debug!(id = %ex.id, ?reason, "dropped SQuAD example");
-            }
-        }
-    }
+    let (out, kept, stats) = encode_each(
+        examples,
+        |ex| encode_squad_train(tokenizer, ex, cfg),
+        |ex, reason| tracing::debug!(id = %ex.id, ?reason, "dropped SQuAD example"),
+    )?;
     tracing::info!(
         total = stats.total,
         truncated = stats.truncated,

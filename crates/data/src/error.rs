@@ -170,10 +170,31 @@ impl DataError {
             source,
         }
     }
+    /// For `map_err`: a CSV error at `record` of `path` (0: the header or opening the file).
+    pub(crate) fn csv(path: &std::path::Path, record: u64) -> impl FnOnce(csv::Error) -> Self + '_ {
+        move |source| DataError::Csv {
+            path: path.to_path_buf(),
+            record,
+            source,
+        }
+    }
     pub(crate) fn tokenizer(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
         DataError::Tokenizer {
             what: what.into(),
             message: e.to_string(),
         }
     }
+}
+
+/// A CSV reader's header row; `path` names the source in errors.
+pub(crate) fn csv_header<R: std::io::Read>(
+    rdr: &mut csv::Reader<R>,
+    path: &std::path::Path,
+) -> Result<Vec<String>> {
+    Ok(rdr
+        .headers()
+        .map_err(DataError::csv(path, 0))?
+        .iter()
+        .map(str::to_string)
+        .collect())
 }

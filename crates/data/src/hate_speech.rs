@@ -13,7 +13,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::error::{DataError, Result};
+use crate::error::{csv_header, DataError, Result};
 use crate::prompt::HATE_SPEECH_LABELS;
 
 /// One labeled tweet.
@@ -38,16 +38,7 @@ pub fn parse_hate_speech(reader: impl std::io::Read, path: &Path) -> Result<Vec<
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_reader(reader);
-    let header: Vec<String> = rdr
-        .headers()
-        .map_err(|source| DataError::Csv {
-            path: path.to_path_buf(),
-            record: 0,
-            source,
-        })?
-        .iter()
-        .map(str::to_string)
-        .collect();
+    let header = csv_header(&mut rdr, path)?;
     let column = |name: &str| {
         header
             .iter()
@@ -62,11 +53,7 @@ pub fn parse_hate_speech(reader: impl std::io::Read, path: &Path) -> Result<Vec<
     let tweet_col = column("tweet")?;
     let mut out = Vec::new();
     for (row, rec) in rdr.records().enumerate() {
-        let rec = rec.map_err(|source| DataError::Csv {
-            path: path.to_path_buf(),
-            record: row as u64 + 1,
-            source,
-        })?;
+        let rec = rec.map_err(DataError::csv(path, row as u64 + 1))?;
         let field = |col: usize, name: &str| {
             rec.get(col).ok_or_else(|| DataError::MissingField {
                 path: path.to_path_buf(),

@@ -159,18 +159,7 @@ pub fn collate_packed(rows: &[Vec<&Example>], pad_id: u32) -> Result<Batch> {
             return Err(DataError::Batch(format!("packed row {r} has no examples")));
         }
         for (k, ex) in row.iter().enumerate() {
-            if ex.input_ids.len() != ex.labels.len() {
-                return Err(DataError::Batch(format!(
-                    "packed row {r}, example {k}: {} input ids but {} labels",
-                    ex.input_ids.len(),
-                    ex.labels.len()
-                )));
-            }
-            if ex.is_empty() {
-                return Err(DataError::Batch(format!(
-                    "packed row {r}, example {k} has no tokens"
-                )));
-            }
+            ex.check(|| format!("packed row {r}, example {k}"))?;
         }
     }
     let lengths: Vec<usize> = rows

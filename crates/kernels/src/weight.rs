@@ -232,6 +232,29 @@ fn read_f32<B: Backend>(
 }
 
 impl<B: Backend> QuantWeight<B> {
+    /// Codes and their code map without block scales yet (plain or nested: the caller sets
+    /// them).
+    fn without_scales(
+        codes: Tensor<B, 1, Int>,
+        code_map: Tensor<B, 1>,
+        layout: QLayout,
+        dtype: FloatDType,
+    ) -> Self {
+        Self {
+            codes,
+            code_map,
+            absmax: None,
+            nested_codes: None,
+            nested_absmax: None,
+            nested_map: None,
+            meta: QMeta {
+                layout,
+                dtype,
+                nested: None,
+            },
+        }
+    }
+
     /// Upload a quantized tensor (codes, absmax, nested state) to `device`, validating lengths.
     ///
     /// # Errors
@@ -265,19 +288,12 @@ impl<B: Backend> QuantWeight<B> {
             });
         }
         expect_len(name, "codes", layout.num_code_bytes(), q.codes.len())?;
-        let mut w = Self {
-            codes: u8_tensor(&q.codes, device),
-            code_map: f32_tensor(q.code_map(), device),
-            absmax: None,
-            nested_codes: None,
-            nested_absmax: None,
-            nested_map: None,
-            meta: QMeta {
-                layout,
-                dtype: q.dtype,
-                nested: None,
-            },
-        };
+        let mut w = Self::without_scales(
+            u8_tensor(&q.codes, device),
+            f32_tensor(q.code_map(), device),
+            layout,
+            q.dtype,
+        );
         match &q.absmax {
             Absmax::Plain(a) => {
                 expect_len(name, "absmax", layout.num_blocks(), a.len())?;
@@ -464,19 +480,7 @@ impl<B: QBackend> QuantWeight<B> {
             QuantFormat::Nf4 => &qtune_quant::NF4_MAP,
             QuantFormat::Fp4 => &qtune_quant::FP4_MAP,
         };
-        let mut q = Self {
-            codes,
-            code_map: f32_tensor(map, &device),
-            absmax: None,
-            nested_codes: None,
-            nested_absmax: None,
-            nested_map: None,
-            meta: QMeta {
-                layout,
-                dtype,
-                nested: None,
-            },
-        };
+        let mut q = Self::without_scales(codes, f32_tensor(map, &device), layout, dtype);
         if double_quant {
             // bnb `compress_statistics`: offset = mean (ours: f64 sum, one f32 rounding, as
             // qtune-quant), then blockwise 8-bit of `absmax - offset` with block 256, on the

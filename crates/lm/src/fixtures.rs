@@ -7,6 +7,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use qtune_kernels::QBackend;
 
 use crate::error::LmError;
+use crate::generate::{EarlyStopping, GenerationConfig};
 use crate::lm::CausalLm;
 
 fn bad(path: &Path, msg: impl Into<String>) -> LmError {
@@ -21,14 +22,93 @@ pub struct FixturePrompts {
     pub position_ids: Vec<i64>,
 }
 
-pub fn fixture_prompts(fixture: &Path) -> Result<FixturePrompts, LmError> {
+impl FixturePrompts {
+    /// Each prompt without its left padding.
+    pub fn unpadded(&self) -> Vec<Vec<u32>> {
+        let t = self.shape[1].max(1); // chunks(0) panics; an empty grid has no rows anyway
+        self.input_ids
+            .chunks(t)
+            .zip(self.attention_mask.chunks(t))
+            .map(|(row, mask)| {
+                row.iter()
+                    .zip(mask)
+                    .filter(|(_, &m)| m == 1)
+                    .map(|(&id, _)| id as u32)
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// The fixture's reference.json.
+pub fn reference_json(fixture: &Path) -> Result<serde_json::Value, LmError> {
     let path = fixture.join("reference.json");
     let text = std::fs::read_to_string(&path).map_err(|source| LmError::Io {
         path: path.clone(),
         source,
     })?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| bad(&path, e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| bad(&path, e.to_string()))
+}
+
+/// A JSON array of integer arrays (reference.json's id grids); `None` for anything else.
+pub fn int_rows(v: &serde_json::Value) -> Option<Vec<Vec<i64>>> {
+    v.as_array()?
+        .iter()
+        .map(|r| r.as_array()?.iter().map(|x| x.as_i64()).collect())
+        .collect()
+}
+
+/// HF `generate` arguments of a reference case (`max_new_tokens`, `num_beams`,
+/// `repetition_penalty`, `length_penalty`, `early_stopping`; HF's defaults for the others), with
+/// the fixtures' eos 2 and pad 0. `None` without `max_new_tokens`.
+pub fn generation_config(args: &serde_json::Value) -> Option<GenerationConfig> {
+    let f = |k: &str, d: f64| args.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
+    Some(GenerationConfig {
+        max_new_tokens: args.get("max_new_tokens")?.as_u64()? as usize,
+        num_beams: args.get("num_beams").and_then(|v| v.as_u64()).unwrap_or(1) as usize,
+        repetition_penalty: f("repetition_penalty", 1.0),
+        length_penalty: f("length_penalty", 1.0),
+        early_stopping: match args.get("early_stopping").and_then(|v| v.as_bool()) {
+            Some(true) => EarlyStopping::True,
+            _ => EarlyStopping::False,
+        },
+        eos_token_id: Some(2),
+        pad_token_id: Some(0),
+        ..GenerationConfig::default()
+    })
+}
+
+/// reference.json's `perplexity`: HF's sliding-window perplexity of `input_ids`.
+#[derive(Debug, Clone)]
+pub struct PerplexityCase {
+    pub input_ids: Vec<u32>,
+    pub max_length: usize,
+    pub stride: usize,
+    pub ppl: f64,
+    /// The tokens HF counts (one fewer per window than it scores).
+    pub tokens: u64,
+}
+
+/// The `perplexity` object of reference.json; `None` when a field is missing.
+pub fn perplexity_case(v: &serde_json::Value) -> Option<PerplexityCase> {
+    let int = |k: &str| v.get(k)?.as_u64();
+    Some(PerplexityCase {
+        input_ids: v
+            .get("input_ids")?
+            .as_array()?
+            .iter()
+            .map(|x| x.as_u64().map(|t| t as u32))
+            .collect::<Option<_>>()?,
+        max_length: int("max_length")? as usize,
+        stride: int("stride")? as usize,
+        ppl: v.get("ppl")?.as_f64()?,
+        tokens: int("tokens")?,
+    })
+}
+
+pub fn fixture_prompts(fixture: &Path) -> Result<FixturePrompts, LmError> {
+    let path = fixture.join("reference.json");
+    let v = reference_json(fixture)?;
     let grid = |key: &str| -> Result<(Vec<i64>, [usize; 2]), LmError> {
         let rows = v[key]
             .as_array()
@@ -89,6 +169,14 @@ pub fn max_rel_err(ours: &[f32], reference: &[f32], mask: &[i64], vocab: usize) 
 
 /// Reads a float tensor of reference.safetensors as f32.
 pub fn reference_tensor(fixture: &Path, key: &str) -> Result<Vec<f32>, LmError> {
+    Ok(reference_tensor_with_shape(fixture, key)?.0)
+}
+
+/// [`reference_tensor`] with the tensor's shape.
+pub fn reference_tensor_with_shape(
+    fixture: &Path,
+    key: &str,
+) -> Result<(Vec<f32>, Vec<usize>), LmError> {
     let path = fixture.join("reference.safetensors");
     let bytes = std::fs::read(&path).map_err(|source| LmError::Io {
         path: path.clone(),
@@ -99,5 +187,7 @@ pub fn reference_tensor(fixture: &Path, key: &str) -> Result<Vec<f32>, LmError> 
     let view = st
         .tensor(key)
         .map_err(|e| bad(&path, format!("`{key}`: {e}")))?;
-    qtune_lora::peft::decode_f32(&path, key, &view).map_err(|e| bad(&path, e.to_string()))
+    let values =
+        qtune_lora::peft::decode_f32(&path, key, &view).map_err(|e| bad(&path, e.to_string()))?;
+    Ok((values, view.shape().to_vec()))
 }

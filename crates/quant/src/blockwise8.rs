@@ -11,6 +11,7 @@
 //! (our choice for a self-describing state; bnb's `quantize_blockwise(nested=True)` would reuse
 //! the outer block size, but bnb has no 8-bit blockwise *weight* format to match).
 
+use crate::error::require_blocksize;
 use crate::maps::{block_absmax, encode_dynamic, ftz, inv_absmax};
 use crate::rcp::Reciprocal;
 use crate::source::Source;
@@ -47,14 +48,7 @@ pub fn quantize_with_map(
     blocksize: usize,
     map: &[f32; 256],
 ) -> Result<(Vec<u8>, Vec<f32>), QuantError> {
-    if blocksize == 0 {
-        return Err(QuantError::UnsupportedBlocksize {
-            name: "input".to_string(),
-            format: QuantFormat::Blockwise8,
-            blocksize,
-            supported: BLOCKSIZES,
-        });
-    }
+    require(blocksize != 0, "input", blocksize)?;
     let mut codes = Vec::with_capacity(x.len());
     let mut absmax = Vec::with_capacity(x.len().div_ceil(blocksize));
     Source::F32(x).for_each_block("input", blocksize, FloatDType::F32, |_, values| {
@@ -77,14 +71,7 @@ pub fn dequantize_with_map(
     blocksize: usize,
     map: &[f32; 256],
 ) -> Result<Vec<f32>, QuantError> {
-    if blocksize == 0 {
-        return Err(QuantError::UnsupportedBlocksize {
-            name: "input".to_string(),
-            format: QuantFormat::Blockwise8,
-            blocksize,
-            supported: BLOCKSIZES,
-        });
-    }
+    require(blocksize != 0, "input", blocksize)?;
     check_lengths("input", codes.len(), absmax.len(), blocksize)?;
     let mut out = Vec::with_capacity(codes.len());
     for (codes, &amax) in codes.chunks(blocksize).zip(absmax) {
@@ -94,16 +81,12 @@ pub fn dequantize_with_map(
 }
 
 pub(crate) fn check_blocksize(name: &str, blocksize: usize) -> Result<(), QuantError> {
-    if BLOCKSIZES.contains(&blocksize) {
-        Ok(())
-    } else {
-        Err(QuantError::UnsupportedBlocksize {
-            name: name.to_string(),
-            format: QuantFormat::Blockwise8,
-            blocksize,
-            supported: BLOCKSIZES,
-        })
-    }
+    require(BLOCKSIZES.contains(&blocksize), name, blocksize)
+}
+
+/// `Ok` when `ok` holds, else the 8-bit block-size error for `name`.
+fn require(ok: bool, name: &str, blocksize: usize) -> Result<(), QuantError> {
+    require_blocksize(ok, name, QuantFormat::Blockwise8, blocksize, BLOCKSIZES)
 }
 
 pub(crate) fn quantize_source(

@@ -70,3 +70,23 @@ pub enum QuantError {
         reason: String,
     },
 }
+
+/// `Ok` when `ok` holds, else the unsupported-block-size error for `name` in `format`.
+pub(crate) fn require_blocksize(
+    ok: bool,
+    name: &str,
+    format: QuantFormat,
+    blocksize: usize,
+    supported: &'static [usize],
+) -> Result<(), QuantError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(QuantError::UnsupportedBlocksize {
+            name: name.to_string(),
+            format,
+            blocksize,
+            supported,
+        })
+    }
+}

@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::require_blocksize;
 use crate::maps::{block_absmax, encode_fp4, encode_nf4, ftz};
 use crate::rcp::Reciprocal;
 use crate::source::Source;
@@ -119,16 +120,13 @@ pub(crate) fn check_blocksize(
     blocksize: usize,
     kind: FourBit,
 ) -> Result<(), QuantError> {
-    if BLOCKSIZES.contains(&blocksize) {
-        Ok(())
-    } else {
-        Err(QuantError::UnsupportedBlocksize {
-            name: name.to_string(),
-            format: kind.into(),
-            blocksize,
-            supported: BLOCKSIZES,
-        })
-    }
+    require_blocksize(
+        BLOCKSIZES.contains(&blocksize),
+        name,
+        kind.into(),
+        blocksize,
+        BLOCKSIZES,
+    )
 }
 
 pub(crate) fn quantize_source(

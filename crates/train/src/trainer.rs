@@ -3,7 +3,7 @@
 //! adapter kept), atomic checkpoints every `save_steps`, exact resume, metrics + progress.
 //! One loop for one device and for each rank of a data-parallel run: it meets the other ranks
 //! through [`crate::replica::Replicas`] only (`crate::parallel` implements it and calls this).
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
@@ -14,12 +14,12 @@ use rand::RngCore;
 use qtune_data::{collate, collate_packed, Example, Padding};
 use qtune_lora::peft::{PeftAdapterConfig, PeftTargets};
 use qtune_optim::{
-    clip_grad_norm, normalize_by_tokens, LrSchedule, OptimKind, OptimizerConfig, ScheduleKind,
-    TokenAccumulator,
+    clip_grad_norm, normalize_by_tokens, LrSchedule, OptimKind, Optimizer, OptimizerConfig,
+    ScheduleKind, TokenAccumulator,
 };
 
 use crate::checkpoint;
-use crate::config::{OptimName, RunConfig, SchedulerType, TargetList};
+use crate::config::{OptimName, RunConfig, SchedulerType, TargetList, TrainingArgs};
 use crate::evaluate::{evaluate_step, EvalGeneration, StepEval};
 use crate::files;
 use crate::metrics::{self, Event, MetricsLog};
@@ -169,7 +169,6 @@ where
     let t = &cfg.training;
     let (rank, world) = (sync.rank(), sync.world());
     let lead = rank == 0;
-    let best_metric = cfg.best_metric();
     check_generation_prompts(cfg, opts)?;
     let out = cfg.output_dir();
     let ckpt_root = out.join(files::CHECKPOINTS_DIR);
@@ -210,68 +209,26 @@ where
         // one rank) → divided once by the global target tokens → clip → step.
         let local = micro_steps::<B, M>(&model, &batches, t.gradient_checkpointing)?;
         let red = sync.reduce::<B, M>(&model, local, &inner_device)?;
-        let tokens = red.target_tokens;
-        let mut grads =
-            normalize_by_tokens::<B, M>(&model, red.grads, tokens, t.gradient_accumulation_steps)?;
-        let loss = red.loss_sum / tokens as f64;
-        if !loss.is_finite() {
-            return Err(non_finite(&ckpt_root, state.step + 1, "loss", loss));
-        }
-        let norm = clip_grad_norm::<B, M>(&model, &mut grads, t.max_grad_norm).total_norm;
-        if !norm.is_finite() {
-            return Err(non_finite(
-                &ckpt_root,
-                state.step + 1,
-                "gradient norm",
-                norm,
-            ));
-        }
-        model = {
-            let _compute = compute_lock();
-            optim.step(lr, model, grads)?
-        };
+        let (next, done) = apply_update(model, &mut optim, red, t, lr, &ckpt_root, state.step + 1)?;
+        model = next;
         state.step += 1;
-        state.tokens_seen += tokens;
-        state.data_position =
-            serde_json::to_value(sampler.position()).map_err(|source| TrainError::Serialize {
-                what: "the data position",
-                source,
-            })?;
-        summary.losses.push((state.step, loss));
-        summary.input_tokens += red.input_tokens;
-        window.add(
-            loss,
-            tokens,
-            step_started.elapsed().as_secs_f64(),
-            red.input_tokens,
-        );
+        state.tokens_seen += done.tokens;
+        state.data_position = data_position(&sampler)?;
+        summary.losses.push((state.step, done.loss));
+        summary.input_tokens += done.input_tokens;
+        let seconds = step_started.elapsed().as_secs_f64();
+        window.add(done.loss, done.tokens, seconds, done.input_tokens);
         bar.set_position(state.step as u64);
         let Some(log) = log.as_mut() else {
             continue; // ranks > 0 write nothing
         };
         if state.step % t.logging_steps == 0 || state.step == t.max_steps {
-            window.log(log, &bar, state.step, state.tokens_seen, lr, norm)?;
+            window.log(log, &bar, state.step, state.tokens_seen, lr, done.norm)?;
         }
         if state.step % t.eval_steps == 0 || state.step == t.max_steps {
-            let ev = evaluate_step(
-                &model.valid(),
-                cfg,
-                val_set,
-                pad_id,
-                opts.generation.as_deref(),
-            )?;
-            // Checkpoints from before `best_metric` existed tracked the eval loss.
-            let best_so_far = state.best_metric.or(state
-                .best_eval_loss
-                .filter(|_| best_metric.generation_key().is_none()));
-            let best = best_metric.improves(ev.value, best_so_far);
-            if best {
-                state.best_eval_loss = Some(ev.loss);
-                state.best_step = Some(state.step);
-                state.best_metric = Some(ev.value);
-                let adapter = model.export_adapter(peft_config(cfg))?;
-                checkpoint::save_adapter_atomic(&adapter, &out.join(files::ADAPTER_DIR))?;
-            }
+            let generation = opts.generation.as_deref();
+            let ev = evaluate_step(&model.valid(), cfg, val_set, pad_id, generation)?;
+            let best = keep_if_best(&model, cfg, &mut state, &ev)?;
             summary.eval_losses.push((state.step, ev.loss));
             log_eval(log, &bar, state.step, &ev, best)?;
         }
@@ -283,13 +240,108 @@ where
     }
     bar.finish_and_clear();
     if let Some(log) = &log {
-        let events = metrics::read_events(log.path())?;
-        if let Err(e) = metrics::plot_loss(&events, &out.join(files::LOSS_PLOT_FILE)) {
-            tracing::warn!("loss curve not drawn: {e}");
-        }
+        plot_losses(log, &out)?;
     }
     summary.finish(&state, started, optim.state_bytes(), t.max_steps);
     Ok((model, summary))
+}
+
+/// What one optimizer step leaves for the log and the summary.
+struct StepDone {
+    /// Mean loss per target token over all ranks.
+    loss: f64,
+    /// Global gradient norm before clipping.
+    norm: f64,
+    /// Target tokens over all ranks.
+    tokens: u64,
+    input_tokens: u64,
+}
+
+/// The one way after the reduce: divided once by the global target tokens, a non-finite loss or
+/// gradient norm stops the run (naming the last good checkpoint), clip, optimizer step.
+fn apply_update<B, M>(
+    model: M,
+    optim: &mut Optimizer<B>,
+    red: Reduced,
+    t: &TrainingArgs,
+    lr: f64,
+    ckpt_root: &Path,
+    step: usize,
+) -> Result<(M, StepDone), TrainError>
+where
+    B: AutodiffBackend + QBackend,
+    M: AutodiffModule<B>,
+{
+    let tokens = red.target_tokens;
+    let mut grads =
+        normalize_by_tokens::<B, M>(&model, red.grads, tokens, t.gradient_accumulation_steps)?;
+    let loss = red.loss_sum / tokens as f64;
+    if !loss.is_finite() {
+        return Err(non_finite(ckpt_root, step, "loss", loss));
+    }
+    let norm = clip_grad_norm::<B, M>(&model, &mut grads, t.max_grad_norm).total_norm;
+    if !norm.is_finite() {
+        return Err(non_finite(ckpt_root, step, "gradient norm", norm));
+    }
+    let model = {
+        let _compute = compute_lock();
+        optim.step(lr, model, grads)?
+    };
+    let input_tokens = red.input_tokens;
+    Ok((
+        model,
+        StepDone {
+            loss,
+            norm,
+            tokens,
+            input_tokens,
+        },
+    ))
+}
+
+/// The sampler's position as the checkpoint stores it.
+fn data_position(sampler: &qtune_data::Sampler) -> Result<serde_json::Value, TrainError> {
+    serde_json::to_value(sampler.position()).map_err(|source| TrainError::Serialize {
+        what: "the data position",
+        source,
+    })
+}
+
+/// Whether `ev` improves on the best `metric_for_best_model` value so far; if so, it becomes the
+/// state's best and the adapter is written to `{output_dir}/adapter`.
+fn keep_if_best<B, M>(
+    model: &M,
+    cfg: &RunConfig,
+    state: &mut checkpoint::TrainerState,
+    ev: &StepEval,
+) -> Result<bool, TrainError>
+where
+    B: AutodiffBackend + QBackend,
+    M: CausalLm<B>,
+{
+    let best_metric = cfg.best_metric();
+    // Checkpoints from before `best_metric` existed tracked the eval loss.
+    let best_so_far = state.best_metric.or(state
+        .best_eval_loss
+        .filter(|_| best_metric.generation_key().is_none()));
+    let best = best_metric.improves(ev.value, best_so_far);
+    if best {
+        state.best_eval_loss = Some(ev.loss);
+        state.best_step = Some(state.step);
+        state.best_metric = Some(ev.value);
+        let adapter = model.export_adapter(peft_config(cfg))?;
+        checkpoint::save_adapter_atomic(&adapter, &cfg.output_dir().join(files::ADAPTER_DIR))?;
+    }
+    Ok(best)
+}
+
+/// The loss curve of the metrics so far; a failure to draw it is only a warning.
+fn plot_losses(log: &MetricsLog, out: &Path) -> Result<(), TrainError> {
+    let events = metrics::read_events(log.path())?;
+    if let Err(e) = metrics::plot_loss(&events, &out.join(files::LOSS_PLOT_FILE)) {
+        tracing::warn!("loss curve not drawn: {e}");
+    }
+    Ok(())
 }
 
 /// A generation metric as `metric_for_best_model` needs generation prompts.

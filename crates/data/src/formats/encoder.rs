@@ -7,7 +7,7 @@ use tokenizers::Tokenizer;
 use super::{CustomRecord, RecordContent};
 use crate::batch::{Example, IGNORE_INDEX};
 use crate::chat::{ChatMessage, ChatTemplate};
-use crate::encode::{encode_text, DropReason, EncodeConfig, EncodeStats, Encoded};
+use crate::encode::{encode_each, encode_text, DropReason, EncodeConfig, EncodeStats, Encoded};
 use crate::error::{DataError, Result};
 
 /// Tokenizes [`CustomRecord`]s as the module doc states.
@@ -181,29 +181,11 @@ impl CustomEncoder<'_> {
         &self,
         records: &[CustomRecord],
     ) -> Result<(Vec<Example>, Vec<usize>, EncodeStats)> {
-        let mut out = Vec::with_capacity(records.len());
-        let mut kept = Vec::with_capacity(records.len());
-        let mut stats = EncodeStats {
-            total: records.len(),
-            ..EncodeStats::default()
-        };
-        for (i, rec) in records.iter().enumerate() {
-            match self.encode(rec)? {
-                Encoded::Fits(e) => {
-                    out.push(e);
-                    kept.push(i);
-                }
-                Encoded::Truncated(e) => {
-                    stats.truncated += 1;
-                    out.push(e);
-                    kept.push(i);
-                }
-                Encoded::Dropped(reason) => {
-                    stats.dropped += 1;
-                    tracing::debug!(file = %self.path.display(), location = %rec.location, ?reason, "dropped record");
-                }
-            }
-        }
+        let (out, kept, stats) = encode_each(
+            records,
+            |rec| self.encode(rec),
+            |rec, reason| tracing::debug!(file = %self.path.display(), location = %rec.location, ?reason, "dropped record"),
+        )?;
         tracing::info!(
             file = %self.path.display(),
             total = stats.total,

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::{json_type, RawRecord};
-use crate::error::{DataError, Result};
+use crate::error::{csv_header, DataError, Result};
 
 /// Reads every record of `path` (by extension: `.jsonl`, `.json`, `.csv`, `.parquet`).
 pub fn read_records(path: &Path) -> Result<Vec<RawRecord>> {
@@ -58,28 +58,11 @@ pub fn read_records(path: &Path) -> Result<Vec<RawRecord>> {
                 .collect())
         }
         Some("csv") => {
-            let mut rdr = csv::Reader::from_path(path).map_err(|source| DataError::Csv {
-                path: path.to_path_buf(),
-                record: 0,
-                source,
-            })?;
-            let header: Vec<String> = rdr
-                .headers()
-                .map_err(|source| DataError::Csv {
-                    path: path.to_path_buf(),
-                    record: 0,
-                    source,
-                })?
-                .iter()
-                .map(str::to_string)
-                .collect();
+            let mut rdr = csv::Reader::from_path(path).map_err(DataError::csv(path, 0))?;
+            let header = csv_header(&mut rdr, path)?;
             let mut out = Vec::new();
             for (i, rec) in rdr.records().enumerate() {
-                let rec = rec.map_err(|source| DataError::Csv {
-                    path: path.to_path_buf(),
-                    record: i as u64 + 1,
-                    source,
-                })?;
+                let rec = rec.map_err(DataError::csv(path, i as u64 + 1))?;
                 let line = rec.position().map_or(i as u64 + 2, |p| p.line());
                 let obj: serde_json::Map<String, Value> = header
                     .iter()

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use burn::backend::NdArray;
 use burn::tensor::{Int, Tensor, TensorData};
 use qtune_gptj::{Gptj, LoadOptions};
-use safetensors::SafeTensors;
+use qtune_lm::fixtures;
 
 pub type Nd = NdArray<f32>;
 
@@ -14,35 +14,16 @@ pub fn fixture_dir() -> PathBuf {
 }
 
 pub fn reference_json() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixture_dir().join("reference.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    fixtures::reference_json(&fixture_dir()).unwrap()
 }
 
 /// A `[B, T, V]` f32 tensor of reference.safetensors, flattened, with its shape.
 pub fn reference_tensor(name: &str) -> (Vec<f32>, Vec<usize>) {
-    let bytes = std::fs::read(fixture_dir().join("reference.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let v = st.tensor(name).unwrap();
-    let data = v
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    (data, v.shape().to_vec())
+    fixtures::reference_tensor_with_shape(&fixture_dir(), name).unwrap()
 }
 
 pub fn json_2d(v: &serde_json::Value) -> Vec<Vec<i64>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_i64().unwrap())
-                .collect()
-        })
-        .collect()
+    fixtures::int_rows(v).unwrap()
 }
 
 pub fn int_tensor(rows: &[Vec<i64>]) -> Tensor<Nd, 2, Int> {
@@ -73,17 +54,7 @@ pub fn max_rel_err_non_pad(got: &[f32], reference: &[f32], vocab: usize) -> f32 
 
 /// Prompts of the fixture without their left padding.
 pub fn fixture_prompts() -> Vec<Vec<u32>> {
-    let r = reference_json();
-    let ids = json_2d(&r["input_ids"]);
-    let mask = json_2d(&r["attention_mask"]);
-    ids.iter()
-        .zip(&mask)
-        .map(|(row, m)| {
-            row.iter()
-                .zip(m)
-                .filter(|(_, &m)| m == 1)
-                .map(|(&t, _)| t as u32)
-                .collect()
-        })
-        .collect()
+    fixtures::fixture_prompts(&fixture_dir())
+        .unwrap()
+        .unpadded()
 }

@@ -1,25 +1,12 @@
 //! Generated ids equal HF `generate` on the fixture (greedy, repetition penalty, beam search).
 
 use qtune_gptj::CausalLm;
-use qtune_gptj::{EarlyStopping, GenerationConfig};
+use qtune_gptj::GenerationConfig;
 
 use crate::common::*;
 
 fn hf_config(args: &serde_json::Value) -> GenerationConfig {
-    let f = |k: &str, d: f64| args.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
-    GenerationConfig {
-        max_new_tokens: args["max_new_tokens"].as_u64().unwrap() as usize,
-        num_beams: args.get("num_beams").and_then(|v| v.as_u64()).unwrap_or(1) as usize,
-        repetition_penalty: f("repetition_penalty", 1.0),
-        length_penalty: f("length_penalty", 1.0),
-        early_stopping: match args.get("early_stopping").and_then(|v| v.as_bool()) {
-            Some(true) => EarlyStopping::True,
-            _ => EarlyStopping::False,
-        },
-        eos_token_id: Some(2),
-        pad_token_id: Some(0),
-        ..GenerationConfig::default()
-    }
+    qtune_lm::fixtures::generation_config(args).unwrap()
 }
 
 fn check(name: &str) {

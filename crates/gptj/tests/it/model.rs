@@ -191,27 +191,16 @@ fn blockwise_path_equals_forward() {
 #[test]
 fn perplexity_matches_hf_sliding_window() {
     let model = load("fp32");
-    let r = reference_json();
-    let p = &r["perplexity"];
-    let ids: Vec<u32> = p["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect();
+    let p = qtune_lm::fixtures::perplexity_case(&reference_json()["perplexity"]).unwrap();
     let got = model
-        .perplexity(
-            &ids,
-            p["max_length"].as_u64().unwrap() as usize,
-            p["stride"].as_u64().unwrap() as usize,
-        )
+        .perplexity(&p.input_ids, p.max_length, p.stride)
         .unwrap();
-    let want = p["ppl"].as_f64().unwrap();
+    let want = p.ppl;
     let rel = ((got.ppl - want) / want).abs();
     println!(
         "ppl {} vs HF {want}, tokens {} vs {}, rel {rel:e}",
-        got.ppl, got.tokens, p["tokens"]
+        got.ppl, got.tokens, p.tokens
     );
-    assert_eq!(got.tokens as u64, p["tokens"].as_u64().unwrap());
+    assert_eq!(got.tokens as u64, p.tokens);
     assert!(rel <= 1e-4, "ppl rel err {rel:e}");
 }

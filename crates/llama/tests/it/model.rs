@@ -81,25 +81,14 @@ fn batch1_greedy_fixed_path_matches_hf() {
 fn sliding_window_perplexity_matches_hf() {
     for name in FIXTURES {
         let model = load(name);
-        let p = &reference_json(name)["perplexity"];
-        let ids: Vec<u32> = p["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        let got = model
-            .perplexity(
-                &ids,
-                p["max_length"].as_u64().unwrap() as usize,
-                p["stride"].as_u64().unwrap() as usize,
-            )
-            .unwrap();
-        let want = p["ppl"].as_f64().unwrap();
-        assert_eq!(got.tokens as u64, p["tokens"].as_u64().unwrap(), "{name}");
+        let p = qtune_lm::fixtures::perplexity_case(&reference_json(name)["perplexity"]).unwrap();
+        let ids = &p.input_ids;
+        let got = model.perplexity(ids, p.max_length, p.stride).unwrap();
+        let want = p.ppl;
+        assert_eq!(got.tokens as u64, p.tokens, "{name}");
         // Every token after the first is scored exactly once, whatever HF's count says.
         assert_eq!(got.scored_tokens, ids.len() - 1, "{name}");
-        let one = model.perplexity(&ids, ids.len(), ids.len()).unwrap();
+        let one = model.perplexity(ids, ids.len(), ids.len()).unwrap();
         assert_eq!(
             (one.tokens, one.scored_tokens),
             (ids.len() - 1, ids.len() - 1)

@@ -172,17 +172,10 @@ fn smollm2_wikitext_perplexity_matches_hf() {
     let Some(m) = model("smollm2_wikitext_perplexity_matches_hf") else {
         return;
     };
-    let p = &reference()["perplexity"];
-    let ids = ids_of(&p["input_ids"]);
-    let got = m
-        .perplexity(
-            &ids,
-            p["max_length"].as_u64().unwrap() as usize,
-            p["stride"].as_u64().unwrap() as usize,
-        )
-        .unwrap();
-    let want = p["ppl"].as_f64().unwrap();
-    assert_eq!(got.tokens as u64, p["tokens"].as_u64().unwrap());
+    let p = qtune_lm::fixtures::perplexity_case(&reference()["perplexity"]).unwrap();
+    let got = m.perplexity(&p.input_ids, p.max_length, p.stride).unwrap();
+    let want = p.ppl;
+    assert_eq!(got.tokens as u64, p.tokens);
     assert!(
         (got.ppl - want).abs() / want < 1e-4,
         "ppl {} vs HF {want}",

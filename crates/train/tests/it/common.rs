@@ -1,10 +1,16 @@
-//! Shared helpers: a tiny config, synthetic examples, and a lock around the backend RNG.
+//! Shared helpers: a tiny config, synthetic examples, a lock around the backend RNG, and
+//! `train` on the CPU with a fresh model.
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use burn::backend::{Autodiff, NdArray};
+use burn::tensor::backend::AutodiffBackend;
 use qtune_data::Example;
+use qtune_lm::CausalLm;
+use qtune_lora::peft::PeftAdapterConfig;
+use qtune_models::AnyLm;
 use qtune_train::config::{LoraSection, RandomModel, RunConfig, TargetList};
+use qtune_train::{build, train, TrainError, TrainOptions, TrainSummary};
 use rand::{Rng, SeedableRng};
 
 pub type B = Autodiff<NdArray>;
@@ -59,6 +65,21 @@ pub fn tiny_config(out: &Path) -> RunConfig {
     c
 }
 
+/// A 1-block random GPT-J with GPT-J's vocabulary (the real tokenizers' ids fit) and
+/// `n_positions` positions.
+pub fn gptj_vocab_model(n_positions: usize) -> RandomModel {
+    RandomModel {
+        seed: 0,
+        vocab_size: 50400,
+        n_positions,
+        n_embd: 32,
+        n_layer: 1,
+        n_head: 4,
+        rotary_dim: 4,
+        n_inner: None,
+    }
+}
+
 /// `n` prompt/completion pairs: the completion repeats the prompt's first three tokens, so a
 /// model can learn it; lengths vary so batches have padding.
 pub fn synthetic(n: usize, seed: u64) -> Vec<Example> {
@@ -72,6 +93,56 @@ pub fn synthetic(n: usize, seed: u64) -> Vec<Example> {
             let mut completion = prompt[..3].to_vec();
             completion.push(EOS);
             Example::from_prompt_completion(&prompt, &completion)
+        })
+        .collect()
+}
+
+/// Training and validation examples.
+pub type Sets = (Vec<Example>, Vec<Example>);
+
+/// The sets of the loop tests that need only a short run: 8 training, 4 validation examples.
+pub fn small_data() -> Sets {
+    (synthetic(8, 1), synthetic(4, 2))
+}
+
+/// `cfg`'s model with its LoRA adapters attached, on the CPU.
+pub fn lm(cfg: &RunConfig) -> AnyLm<B> {
+    build::model_with_lora::<B>(cfg, &Default::default()).unwrap()
+}
+
+/// `train` on the CPU with pad id 0.
+pub fn train_model(
+    cfg: &RunConfig,
+    model: AnyLm<B>,
+    (train_set, val_set): &Sets,
+    opts: &TrainOptions,
+) -> Result<(AnyLm<B>, TrainSummary), TrainError> {
+    train(cfg, model, train_set, val_set, 0, &Default::default(), opts)
+}
+
+/// A non-zero B everywhere (a fresh B = 0 would make A's grads zero).
+pub fn live<M: CausalLm<B>>(m: M, cfg: PeftAdapterConfig) -> M {
+    let mut adapter = m.export_adapter(cfg).unwrap();
+    for (i, t) in adapter.modules.values_mut().enumerate() {
+        for (j, v) in t.b.iter_mut().enumerate() {
+            *v = (((i * 31 + j * 17) % 13) as f32 - 6.0) * 0.01;
+        }
+    }
+    m.import_adapter(&adapter).unwrap()
+}
+
+/// Each LoRA factor's gradient, keyed by its module path.
+pub fn lora_grads<M: CausalLm<B>>(
+    m: &M,
+    grads: &burn::optim::GradientsParams,
+) -> Vec<(String, Vec<f32>)> {
+    m.lora_params()
+        .into_iter()
+        .map(|p| {
+            let g = grads
+                .get::<<B as AutodiffBackend>::InnerBackend, 2>(p.param.id)
+                .unwrap_or_else(|| panic!("no grad for {}", p.key));
+            (p.key, g.into_data().to_vec::<f32>().unwrap())
         })
         .collect()
 }

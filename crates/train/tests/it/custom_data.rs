@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use qtune_data::{DataError, DataSource, IGNORE_INDEX};
-use qtune_train::config::{RandomModel, RunConfig, Task};
+use qtune_train::config::{RunConfig, Task};
 use qtune_train::task::Gold;
 use qtune_train::{build, run, task, TrainOptions};
 
@@ -34,16 +34,7 @@ fn custom_completion_example_trains_two_steps_on_cpu() {
     let out = tempfile::tempdir().unwrap();
     let mut c = shipped("custom-completion.toml");
     assert_eq!(c.data.dataset, Task::Custom);
-    c.model.random = Some(RandomModel {
-        seed: 0,
-        vocab_size: 50400,
-        n_positions: 256,
-        n_embd: 32,
-        n_layer: 1,
-        n_head: 4,
-        rotary_dim: 4,
-        n_inner: None,
-    });
+    c.model.random = Some(gptj_vocab_model(256));
     c.data.max_train_samples = Some(16);
     c.data.max_eval_samples = Some(4);
     let t = &mut c.training;

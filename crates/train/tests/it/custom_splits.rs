@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use qtune_data::{DataError, DataSource};
-use qtune_train::config::{RandomModel, RunConfig};
+use qtune_train::config::RunConfig;
 use qtune_train::metrics::{read_events, Event, METRICS_FILE};
 use qtune_train::{build, run, task, TrainOptions};
 
@@ -39,16 +39,7 @@ fn config(path: &str, out: &Path) -> RunConfig {
     let mut c = RunConfig::from_file(&repo().join("configs/custom-completion.toml")).unwrap();
     c.data.path = Some(path.to_string());
     c.data.max_length = 64;
-    c.model.random = Some(RandomModel {
-        seed: 0,
-        vocab_size: 50400,
-        n_positions: 64,
-        n_embd: 32,
-        n_layer: 1,
-        n_head: 4,
-        rotary_dim: 4,
-        n_inner: None,
-    });
+    c.model.random = Some(gptj_vocab_model(64));
     let t = &mut c.training;
     t.output_dir = Some(out.display().to_string());
     (t.max_steps, t.eval_steps, t.save_steps, t.warmup_steps) = (2, 1, 2, 0);

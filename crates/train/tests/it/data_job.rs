@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use qtune_data::DataSource;
-use qtune_train::config::{RandomModel, RunConfig, Task};
+use qtune_train::config::{RunConfig, Task};
 use qtune_train::{run, TrainOptions};
 
 use crate::common::*;
@@ -24,16 +24,7 @@ fn data_dir(test: &str) -> Option<PathBuf> {
 
 fn small(task: Task, out: &std::path::Path) -> RunConfig {
     let mut c = RunConfig::tiny();
-    c.model.random = Some(RandomModel {
-        seed: 0,
-        vocab_size: 50400,
-        n_positions: 256,
-        n_embd: 32,
-        n_layer: 1,
-        n_head: 4,
-        rotary_dim: 4,
-        n_inner: None,
-    });
+    c.model.random = Some(gptj_vocab_model(256));
     c.data.dataset = task;
     c.data.max_length = 160;
     c.data.max_train_samples = Some(24);

@@ -1,37 +1,15 @@
 //! Per-block gradient checkpointing gives the gradients of plain autodiff.
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use qtune_data::{collate, Example, Padding};
-use qtune_gptj::CausalLm;
 use qtune_models::AnyLm;
 use qtune_train::step::{micro_step_checkpointed, micro_step_plain};
 use qtune_train::trainer::peft_config;
 
 use crate::common::*;
 
-/// Tiny model with LoRA everywhere and a non-zero B (a fresh B = 0 would make A's grads zero).
+/// Tiny model with LoRA everywhere and a non-zero B.
 fn model_with_live_adapter(cfg: &qtune_train::RunConfig) -> AnyLm<B> {
-    let dev = Default::default();
-    let m = qtune_train::build::model_with_lora::<B>(cfg, &dev).unwrap();
-    let mut adapter = m.export_adapter(peft_config(cfg)).unwrap();
-    for (i, t) in adapter.modules.values_mut().enumerate() {
-        for (j, v) in t.b.iter_mut().enumerate() {
-            *v = (((i * 31 + j * 17) % 13) as f32 - 6.0) * 0.01;
-        }
-    }
-    m.import_adapter(&adapter).unwrap()
-}
-
-fn lora_grads(m: &AnyLm<B>, grads: &burn::optim::GradientsParams) -> Vec<(String, Vec<f32>)> {
-    m.lora_params()
-        .into_iter()
-        .map(|p| {
-            let g = grads
-                .get::<<B as AutodiffBackend>::InnerBackend, 2>(p.param.id)
-                .unwrap_or_else(|| panic!("no grad for {}", p.key));
-            (p.key, g.into_data().to_vec::<f32>().unwrap())
-        })
-        .collect()
+    live(lm(cfg), peft_config(cfg))
 }
 
 #[test]

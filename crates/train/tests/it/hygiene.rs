@@ -3,7 +3,7 @@
 //! checkpoint skipped for the previous valid one); bad values are refused naming the setting.
 use qtune_train::lock::{host_name, LockOwner, LOCK_FILE};
 use qtune_train::metrics::{read_events, Event, METRICS_FILE};
-use qtune_train::{build, checkpoint, train, TrainError, TrainOptions};
+use qtune_train::{checkpoint, TrainError, TrainOptions};
 
 use crate::common::*;
 
@@ -21,26 +21,17 @@ fn write_lock(dir: &std::path::Path, pid: u32) {
 #[test]
 fn second_training_on_a_locked_folder_is_refused_and_a_stale_lock_taken_over() {
     let _g = rng_lock();
-    let dev = Default::default();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tiny_config(dir.path());
     cfg.training.max_steps = 2;
     // A first training holds the folder: its lock file names a live pid of this host (ours
     // stands in for the other process).
     write_lock(dir.path(), std::process::id());
-    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
-    let (train_set, val_set) = (synthetic(8, 1), synthetic(4, 2));
-    let err = train(
-        &cfg,
-        model.clone(),
-        &train_set,
-        &val_set,
-        0,
-        &dev,
-        &TrainOptions::default(),
-    )
-    .err()
-    .unwrap();
+    let model = lm(&cfg);
+    let data = (synthetic(8, 1), synthetic(4, 2));
+    let err = train_model(&cfg, model.clone(), &data, &TrainOptions::default())
+        .err()
+        .unwrap();
     let msg = err.to_string();
     assert!(matches!(err, TrainError::Locked { .. }), "{msg}");
     assert!(
@@ -55,31 +46,14 @@ fn second_training_on_a_locked_folder_is_refused_and_a_stale_lock_taken_over() {
 
     // The holder died without removing its lock: taken over, and released at the end.
     write_lock(dir.path(), 4_194_304 + 99);
-    let (_, s) = train(
-        &cfg,
-        model.clone(),
-        &train_set,
-        &val_set,
-        0,
-        &dev,
-        &TrainOptions::default(),
-    )
-    .unwrap();
+    let (_, s) = train_model(&cfg, model.clone(), &data, &TrainOptions::default()).unwrap();
     assert!(s.finished);
     assert!(!dir.path().join(LOCK_FILE).exists(), "lock released");
 
     // A lock is released on an error path too.
-    let err = train(
-        &cfg,
-        model,
-        &train_set,
-        &val_set,
-        0,
-        &dev,
-        &TrainOptions::default(),
-    )
-    .err()
-    .unwrap();
+    let err = train_model(&cfg, model, &data, &TrainOptions::default())
+        .err()
+        .unwrap();
     let msg = err.to_string();
     assert!(
         matches!(err, TrainError::ExistingRun { .. })
@@ -96,8 +70,7 @@ fn second_training_on_a_locked_folder_is_refused_and_a_stale_lock_taken_over() {
 #[test]
 fn resume_truncates_metrics_cleans_temporaries_and_skips_a_corrupt_latest() {
     let _g = rng_lock();
-    let dev = Default::default();
-    let (train_set, val_set) = (synthetic(24, 1), synthetic(8, 2));
+    let data = (synthetic(24, 1), synthetic(8, 2));
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tiny_config(dir.path());
     cfg.training.save_total_limit = 3;
@@ -107,8 +80,8 @@ fn resume_truncates_metrics_cleans_temporaries_and_skips_a_corrupt_latest() {
         stop_at_step: Some(5),
         ..Default::default()
     };
-    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
-    let (_, first) = train(&cfg, model, &train_set, &val_set, 0, &dev, &stop).unwrap();
+    let model = lm(&cfg);
+    let (_, first) = train_model(&cfg, model, &data, &stop).unwrap();
     assert_eq!(first.steps_done, 5);
     let steps_in = |events: &[Event]| {
         events
@@ -135,12 +108,12 @@ fn resume_truncates_metrics_cleans_temporaries_and_skips_a_corrupt_latest() {
         .join(checkpoint::OPTIMIZER_FILE);
     std::fs::write(&corrupt, b"not an optimizer state").unwrap();
 
-    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
+    let model = lm(&cfg);
     let resume = TrainOptions {
         resume: true,
         ..Default::default()
     };
-    let (_, rest) = train(&cfg, model, &train_set, &val_set, 0, &dev, &resume).unwrap();
+    let (_, rest) = train_model(&cfg, model, &data, &resume).unwrap();
     assert!(rest.finished);
     // Resumed from step 2 (the valid one before the corrupt step 4).
     assert_eq!(rest.losses.first().unwrap().0, 3);
@@ -164,8 +137,8 @@ fn resume_truncates_metrics_cleans_temporaries_and_skips_a_corrupt_latest() {
             std::fs::write(d.join(checkpoint::OPTIMIZER_FILE), b"garbage").unwrap();
         }
     }
-    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
-    let msg = train(&cfg, model, &train_set, &val_set, 0, &dev, &resume)
+    let model = lm(&cfg);
+    let msg = train_model(&cfg, model, &data, &resume)
         .err()
         .unwrap()
         .to_string();
@@ -178,26 +151,17 @@ fn resume_truncates_metrics_cleans_temporaries_and_skips_a_corrupt_latest() {
 #[test]
 fn max_length_beyond_the_context_window_is_refused() {
     let _g = rng_lock();
-    let dev = Default::default();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tiny_config(dir.path()); // n_positions 64
     cfg.data.max_length = 100;
     let err = cfg.validate("t.toml").unwrap_err().to_string();
     assert!(err.contains("100") && err.contains("64"), "{err}");
     // Also when the model is built (not only from the config's random section).
-    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
-    let msg = train(
-        &cfg,
-        model,
-        &synthetic(8, 1),
-        &synthetic(4, 2),
-        0,
-        &dev,
-        &TrainOptions::default(),
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let model = lm(&cfg);
+    let msg = train_model(&cfg, model, &small_data(), &TrainOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         msg.contains("data.max_length") && msg.contains("100") && msg.contains("64"),
         "{msg}"

@@ -1,12 +1,11 @@
 //! The loop refuses bad inputs with clear errors and stops on a non-finite loss.
-use qtune_train::{build, checkpoint, train, TrainError, TrainOptions};
+use qtune_train::{checkpoint, TrainError, TrainOptions};
 
 use crate::common::*;
 
 #[test]
 fn non_finite_loss_stops_and_keeps_last_good_checkpoint() {
     let _g = rng_lock();
-    let dev = Default::default();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tiny_config(dir.path());
     // An absurd rate: step 1 moves the LoRA weights to ~1e30, step 2's forward overflows.
@@ -15,14 +14,11 @@ fn non_finite_loss_stops_and_keeps_last_good_checkpoint() {
     cfg.training.save_steps = 1;
     cfg.training.eval_steps = 100;
     cfg.training.max_steps = 5;
-    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
-    let err = train(
+    let model = lm(&cfg);
+    let err = train_model(
         &cfg,
         model,
-        &synthetic(16, 1),
-        &synthetic(4, 2),
-        0,
-        &dev,
+        &(synthetic(16, 1), synthetic(4, 2)),
         &TrainOptions::default(),
     )
     .expect_err("a non-finite loss must stop the run");
@@ -51,18 +47,14 @@ fn non_finite_loss_stops_and_keeps_last_good_checkpoint() {
 #[test]
 fn empty_dataset_and_existing_run_are_errors() {
     let _g = rng_lock();
-    let dev = Default::default();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tiny_config(dir.path());
     cfg.training.max_steps = 2;
-    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
-    let err = train(
+    let model = lm(&cfg);
+    let err = train_model(
         &cfg,
         model.clone(),
-        &[],
-        &synthetic(4, 2),
-        0,
-        &dev,
+        &(vec![], synthetic(4, 2)),
         &TrainOptions::default(),
     )
     .err()
@@ -70,62 +62,26 @@ fn empty_dataset_and_existing_run_are_errors() {
     assert!(matches!(err, TrainError::EmptyDataset { .. }), "{err}");
     assert!(err.to_string().contains("no training examples"));
 
-    train(
-        &cfg,
-        model.clone(),
-        &synthetic(8, 1),
-        &synthetic(4, 2),
-        0,
-        &dev,
-        &TrainOptions::default(),
-    )
-    .unwrap();
-    let err = train(
-        &cfg,
-        model.clone(),
-        &synthetic(8, 1),
-        &synthetic(4, 2),
-        0,
-        &dev,
-        &TrainOptions::default(),
-    )
-    .err()
-    .unwrap();
+    train_model(&cfg, model.clone(), &small_data(), &TrainOptions::default()).unwrap();
+    let err = train_model(&cfg, model.clone(), &small_data(), &TrainOptions::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, TrainError::ExistingRun { .. }), "{err}");
     let overwrite = TrainOptions {
         overwrite: true,
         ..Default::default()
     };
-    train(
-        &cfg,
-        model,
-        &synthetic(8, 1),
-        &synthetic(4, 2),
-        0,
-        &dev,
-        &overwrite,
-    )
-    .unwrap();
+    train_model(&cfg, model, &small_data(), &overwrite).unwrap();
 }
 
 #[test]
 fn resuming_with_an_incompatible_config_is_an_error() {
     let _g = rng_lock();
-    let dev = Default::default();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tiny_config(dir.path());
     cfg.training.max_steps = 2;
-    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
-    train(
-        &cfg,
-        model,
-        &synthetic(8, 1),
-        &synthetic(4, 2),
-        0,
-        &dev,
-        &TrainOptions::default(),
-    )
-    .unwrap();
+    let model = lm(&cfg);
+    train_model(&cfg, model, &small_data(), &TrainOptions::default()).unwrap();
 
     let resume = TrainOptions {
         resume: true,
@@ -133,18 +89,10 @@ fn resuming_with_an_incompatible_config_is_an_error() {
     };
     let mut changed = cfg.clone();
     changed.lora.r = 8;
-    let model = build::model_with_lora::<B>(&changed, &dev).unwrap();
-    let err = train(
-        &changed,
-        model,
-        &synthetic(8, 1),
-        &synthetic(4, 2),
-        0,
-        &dev,
-        &resume,
-    )
-    .err()
-    .unwrap();
+    let model = lm(&changed);
+    let err = train_model(&changed, model, &small_data(), &resume)
+        .err()
+        .unwrap();
     let msg = err.to_string();
     assert!(
         msg.contains("cannot resume") && msg.contains("lora.r"),
@@ -153,19 +101,11 @@ fn resuming_with_an_incompatible_config_is_an_error() {
 
     let mut changed = cfg.clone();
     changed.training.learning_rate *= 2.0;
-    let model = build::model_with_lora::<B>(&changed, &dev).unwrap();
-    let msg = train(
-        &changed,
-        model,
-        &synthetic(8, 1),
-        &synthetic(4, 2),
-        0,
-        &dev,
-        &resume,
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let model = lm(&changed);
+    let msg = train_model(&changed, model, &small_data(), &resume)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(msg.contains("training.learning_rate"), "{msg}");
 }
 

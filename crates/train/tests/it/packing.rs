@@ -8,35 +8,9 @@ use qtune_lora::peft::{PeftAdapterConfig, PeftTargets};
 use qtune_lora::{LoraConfig, TargetModules};
 use qtune_train::step::{micro_step_checkpointed, micro_step_plain, SegmentedLm};
 use qtune_train::trainer::peft_config;
-use qtune_train::{build, train, TrainError, TrainOptions};
+use qtune_train::{build, TrainError, TrainOptions};
 
 use crate::common::*;
-
-/// A non-zero B everywhere (a fresh B = 0 would make A's grads zero).
-fn live<M: CausalLm<B>>(m: M, cfg: PeftAdapterConfig) -> M {
-    let mut adapter = m.export_adapter(cfg).unwrap();
-    for (i, t) in adapter.modules.values_mut().enumerate() {
-        for (j, v) in t.b.iter_mut().enumerate() {
-            *v = (((i * 31 + j * 17) % 13) as f32 - 6.0) * 0.01;
-        }
-    }
-    m.import_adapter(&adapter).unwrap()
-}
-
-fn lora_grads<M: CausalLm<B>>(
-    m: &M,
-    grads: &burn::optim::GradientsParams,
-) -> Vec<(String, Vec<f32>)> {
-    m.lora_params()
-        .into_iter()
-        .map(|p| {
-            let g = grads
-                .get::<<B as AutodiffBackend>::InnerBackend, 2>(p.param.id)
-                .unwrap_or_else(|| panic!("no grad for {}", p.key));
-            (p.key, g.into_data().to_vec::<f32>().unwrap())
-        })
-        .collect()
-}
 
 /// Worst relative (L2) difference between two sets of gradients, none of them zero.
 fn worst_rel(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
@@ -177,22 +151,21 @@ fn packed_config(dir: &std::path::Path) -> qtune_train::RunConfig {
 #[test]
 fn packed_run_resumes_bit_for_bit() {
     let _g = rng_lock();
-    let dev = Default::default();
-    let (train_set, val_set) = (synthetic(48, 1), synthetic(8, 2));
+    let data = (synthetic(48, 1), synthetic(8, 2));
 
     let dir_a = tempfile::tempdir().unwrap();
     let cfg_a = packed_config(dir_a.path());
-    let model = build::model_with_lora::<B>(&cfg_a, &dev).unwrap();
+    let model = lm(&cfg_a);
     let opts = TrainOptions::default();
-    let (_, full) = train(&cfg_a, model, &train_set, &val_set, 0, &dev, &opts).unwrap();
+    let (_, full) = train_model(&cfg_a, model, &data, &opts).unwrap();
     assert!(full.finished);
     assert_eq!(full.losses.len(), 6);
 
     // The same run unpacked sees other batches: packing is really on.
     let dir_u = tempfile::tempdir().unwrap();
     let cfg_u = tiny_config(dir_u.path());
-    let model = build::model_with_lora::<B>(&cfg_u, &dev).unwrap();
-    let (_, unpacked) = train(&cfg_u, model, &train_set, &val_set, 0, &dev, &opts).unwrap();
+    let model = lm(&cfg_u);
+    let (_, unpacked) = train_model(&cfg_u, model, &data, &opts).unwrap();
     assert_ne!(unpacked.losses, full.losses);
     // Rows of ~3 examples: a packed step sees about 3× the target tokens of an unpacked one.
     assert!(
@@ -205,12 +178,12 @@ fn packed_run_resumes_bit_for_bit() {
     // Stop after step 3 (last checkpoint: step 2), resume: steps 3..=6 as uninterrupted.
     let dir_b = tempfile::tempdir().unwrap();
     let cfg_b = packed_config(dir_b.path());
-    let model = build::model_with_lora::<B>(&cfg_b, &dev).unwrap();
+    let model = lm(&cfg_b);
     let stop = TrainOptions {
         stop_at_step: Some(3),
         ..Default::default()
     };
-    let (_, first) = train(&cfg_b, model, &train_set, &val_set, 0, &dev, &stop).unwrap();
+    let (_, first) = train_model(&cfg_b, model, &data, &stop).unwrap();
     assert_eq!(first.losses, full.losses[..3]);
 
     let resume = TrainOptions {
@@ -220,15 +193,15 @@ fn packed_run_resumes_bit_for_bit() {
     // A checkpoint of a packed run does not resume unpacked (the position indexes rows).
     let mut cfg_off = cfg_b.clone();
     cfg_off.data.packing = false;
-    let model = build::model_with_lora::<B>(&cfg_off, &dev).unwrap();
-    let err = train(&cfg_off, model, &train_set, &val_set, 0, &dev, &resume)
+    let model = lm(&cfg_off);
+    let err = train_model(&cfg_off, model, &data, &resume)
         .map(|_| ())
         .unwrap_err()
         .to_string();
     assert!(err.contains("data.packing"), "{err}");
 
-    let model = build::model_with_lora::<B>(&cfg_b, &dev).unwrap();
-    let (_, rest) = train(&cfg_b, model, &train_set, &val_set, 0, &dev, &resume).unwrap();
+    let model = lm(&cfg_b);
+    let (_, rest) = train_model(&cfg_b, model, &data, &resume).unwrap();
     assert!(rest.finished);
     let bits = |v: &[(usize, f64)]| v.iter().map(|(s, l)| (*s, l.to_bits())).collect::<Vec<_>>();
     assert_eq!(bits(&rest.losses), bits(&full.losses[2..]), "steps 3..=6");
@@ -241,23 +214,14 @@ fn packed_run_resumes_bit_for_bit() {
 #[test]
 fn packing_refuses_too_few_rows_and_too_long_examples() {
     let _g = rng_lock();
-    let dev = Default::default();
     let dir = tempfile::tempdir().unwrap();
     let cfg = packed_config(dir.path());
     // 6 examples of ≤ 13 tokens fill ≤ 3 rows of 32: fewer than a batch of 4 rows.
-    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
+    let model = lm(&cfg);
     let opts = TrainOptions::default();
-    let err = train(
-        &cfg,
-        model,
-        &synthetic(6, 1),
-        &synthetic(4, 2),
-        0,
-        &dev,
-        &opts,
-    )
-    .map(|_| ())
-    .unwrap_err();
+    let err = train_model(&cfg, model, &(synthetic(6, 1), synthetic(4, 2)), &opts)
+        .map(|_| ())
+        .unwrap_err();
     assert!(matches!(err, TrainError::Packing { .. }), "{err}");
     let msg = err.to_string();
     assert!(
@@ -267,23 +231,15 @@ fn packing_refuses_too_few_rows_and_too_long_examples() {
     // An example longer than max_length cannot be packed.
     let mut cfg = cfg;
     cfg.data.max_length = 10;
-    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
+    let model = lm(&cfg);
     let opts = TrainOptions {
         overwrite: true,
         ..Default::default()
     };
-    let err = train(
-        &cfg,
-        model,
-        &synthetic(48, 1),
-        &synthetic(4, 2),
-        0,
-        &dev,
-        &opts,
-    )
-    .map(|_| ())
-    .unwrap_err()
-    .to_string();
+    let err = train_model(&cfg, model, &(synthetic(48, 1), synthetic(4, 2)), &opts)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("packing") && err.contains("max_length"),
         "{err}"

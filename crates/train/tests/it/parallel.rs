@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use qtune_gptj::CausalLm;
 use qtune_lora::peft::PeftAdapter;
 use qtune_train::trainer::peft_config;
-use qtune_train::{build, train, train_parallel, RunConfig, TrainError, TrainOptions};
+use qtune_train::{build, train_parallel, RunConfig, TrainError, TrainOptions};
 
 use crate::common::*;
 
@@ -65,23 +65,13 @@ fn diff(a: &PeftAdapter, b: &PeftAdapter) -> (f32, f32) {
 #[test]
 fn two_ranks_train_the_weights_of_one_rank_with_the_combined_batch() {
     let _g = rng_lock();
-    let dev = Default::default();
-    let (train_set, val_set) = (synthetic(24, 1), synthetic(8, 2));
+    let data = (synthetic(24, 1), synthetic(8, 2));
 
     let dir_one = tempfile::tempdir().unwrap();
     let cfg_one = config(dir_one.path(), 4);
-    let model = build::model_with_lora::<B>(&cfg_one, &dev).unwrap();
+    let model = lm(&cfg_one);
     let init = model.export_adapter(peft_config(&cfg_one)).unwrap();
-    let (one, s_one) = train(
-        &cfg_one,
-        model,
-        &train_set,
-        &val_set,
-        0,
-        &dev,
-        &TrainOptions::default(),
-    )
-    .unwrap();
+    let (one, s_one) = train_model(&cfg_one, model, &data, &TrainOptions::default()).unwrap();
 
     let dir_two = tempfile::tempdir().unwrap();
     let cfg_two = config(dir_two.path(), 2);
@@ -156,10 +146,9 @@ fn only_rank_zero_writes_and_resume_needs_the_same_world_size() {
         resume: true,
         ..Default::default()
     };
-    let dev = Default::default();
-    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
-    let (train_set, val_set) = (synthetic(24, 1), synthetic(8, 2));
-    let err = train(&cfg, model, &train_set, &val_set, 0, &dev, &resume)
+    let model = lm(&cfg);
+    let data = (synthetic(24, 1), synthetic(8, 2));
+    let err = train_model(&cfg, model, &data, &resume)
         .expect_err("resume with another world size must fail")
         .to_string();
     assert!(

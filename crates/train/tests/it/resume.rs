@@ -1,29 +1,19 @@
 //! Exact resume: stop, resume from the last checkpoint, and the remaining losses equal an
 //! uninterrupted run's bit for bit (dropout on, accumulation 2, checkpointing on).
 use qtune_gptj::CausalLm;
-use qtune_train::{build, train, TrainOptions};
+use qtune_train::TrainOptions;
 
 use crate::common::*;
 
 #[test]
 fn resumed_run_matches_uninterrupted_bit_for_bit() {
     let _g = rng_lock();
-    let dev = Default::default();
-    let (train_set, val_set) = (synthetic(24, 1), synthetic(8, 2));
+    let data = (synthetic(24, 1), synthetic(8, 2));
 
     let dir_a = tempfile::tempdir().unwrap();
     let cfg_a = tiny_config(dir_a.path());
-    let model = build::model_with_lora::<B>(&cfg_a, &dev).unwrap();
-    let (_, full) = train(
-        &cfg_a,
-        model,
-        &train_set,
-        &val_set,
-        0,
-        &dev,
-        &TrainOptions::default(),
-    )
-    .unwrap();
+    let model = lm(&cfg_a);
+    let (_, full) = train_model(&cfg_a, model, &data, &TrainOptions::default()).unwrap();
     assert!(full.finished);
     assert_eq!(full.losses.len(), 6);
 
@@ -31,21 +21,21 @@ fn resumed_run_matches_uninterrupted_bit_for_bit() {
     // run redoes step 3 from the checkpoint, as after a crash.
     let dir_b = tempfile::tempdir().unwrap();
     let cfg_b = tiny_config(dir_b.path());
-    let model = build::model_with_lora::<B>(&cfg_b, &dev).unwrap();
+    let model = lm(&cfg_b);
     let stop = TrainOptions {
         stop_at_step: Some(3),
         ..Default::default()
     };
-    let (_, first) = train(&cfg_b, model, &train_set, &val_set, 0, &dev, &stop).unwrap();
+    let (_, first) = train_model(&cfg_b, model, &data, &stop).unwrap();
     assert!(!first.finished);
     assert_eq!(first.losses, full.losses[..3]);
 
-    let model = build::model_with_lora::<B>(&cfg_b, &dev).unwrap();
+    let model = lm(&cfg_b);
     let resume = TrainOptions {
         resume: true,
         ..Default::default()
     };
-    let (_, rest) = train(&cfg_b, model, &train_set, &val_set, 0, &dev, &resume).unwrap();
+    let (_, rest) = train_model(&cfg_b, model, &data, &resume).unwrap();
     assert!(rest.finished);
     let bits = |v: &[(usize, f64)]| v.iter().map(|(s, l)| (*s, l.to_bits())).collect::<Vec<_>>();
     assert_eq!(
@@ -77,7 +67,6 @@ fn resumed_run_matches_uninterrupted_bit_for_bit() {
 #[test]
 fn loss_falls_on_a_learnable_task() {
     let _g = rng_lock();
-    let dev = Default::default();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tiny_config(dir.path());
     cfg.training.max_steps = 30;
@@ -92,17 +81,14 @@ fn loss_falls_on_a_learnable_task() {
             .map(String::from)
             .to_vec(),
     );
-    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
+    let model = lm(&cfg);
     let val = synthetic(16, 6);
     use burn::module::AutodiffModule;
     let (first, _) = qtune_train::evaluate::eval_loss(&model.valid(), &val, 4, 0).unwrap();
-    let (_, s) = train(
+    let (_, s) = train_model(
         &cfg,
         model,
-        &synthetic(64, 5),
-        &val,
-        0,
-        &dev,
+        &(synthetic(64, 5), val),
         &TrainOptions::default(),
     )
     .unwrap();
@@ -114,8 +100,7 @@ fn loss_falls_on_a_learnable_task() {
 #[test]
 fn qlora_nf4_base_8bit_adamw_trains_and_resumes_exactly() {
     let _g = rng_lock();
-    let dev = Default::default();
-    let (train_set, val_set) = (synthetic(24, 1), synthetic(8, 2));
+    let data = (synthetic(24, 1), synthetic(8, 2));
     let quantized = |dir: &std::path::Path| {
         let mut c = tiny_config(dir);
         c.model.quantization = Some(qtune_train::config::QuantizationConfig {
@@ -135,19 +120,10 @@ fn qlora_nf4_base_8bit_adamw_trains_and_resumes_exactly() {
     };
     let dir_a = tempfile::tempdir().unwrap();
     let cfg = quantized(dir_a.path());
-    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
+    let model = lm(&cfg);
     assert!(model.linears()[0].1.is_quantized());
     let trainable = model.param_counts().trainable as usize;
-    let (_, full) = train(
-        &cfg,
-        model,
-        &train_set,
-        &val_set,
-        0,
-        &dev,
-        &TrainOptions::default(),
-    )
-    .unwrap();
+    let (_, full) = train_model(&cfg, model, &data, &TrainOptions::default()).unwrap();
     assert!(full.losses.iter().all(|(_, l)| l.is_finite()));
     // 32-bit AdamW state would be exactly 8 bytes per parameter.
     let per_param = full.optimizer_state_bytes as f64 / trainable as f64;
@@ -156,18 +132,18 @@ fn qlora_nf4_base_8bit_adamw_trains_and_resumes_exactly() {
 
     let dir_b = tempfile::tempdir().unwrap();
     let cfg = quantized(dir_b.path());
-    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
+    let model = lm(&cfg);
     let stop = TrainOptions {
         stop_at_step: Some(2),
         ..Default::default()
     };
-    train(&cfg, model, &train_set, &val_set, 0, &dev, &stop).unwrap();
-    let model = build::model_with_lora::<B>(&cfg, &dev).unwrap();
+    train_model(&cfg, model, &data, &stop).unwrap();
+    let model = lm(&cfg);
     let resume = TrainOptions {
         resume: true,
         ..Default::default()
     };
-    let (_, rest) = train(&cfg, model, &train_set, &val_set, 0, &dev, &resume).unwrap();
+    let (_, rest) = train_model(&cfg, model, &data, &resume).unwrap();
     let bits = |v: &[(usize, f64)]| v.iter().map(|(s, l)| (*s, l.to_bits())).collect::<Vec<_>>();
     assert_eq!(bits(&rest.losses), bits(&full.losses[2..]));
 }
