@@ -110,8 +110,6 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     let dir = build::model_dir(&m)?;
     check_out(&a.out, dir.as_deref(), a.overwrite)?;
 
-    let model = build::base_model::<Infer>(&m, &Default::default())
-        .with_context(|| format!("loading model `{}`", a.model))?;
     // The same mapping as quantize-on-load (`--load-in-4bit` of train/generate): block 64.
     let spec = build::quant_spec(&QuantizationConfig {
         load_in_4bit: true,
@@ -126,6 +124,20 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         max_shard_size,
         threads: 0,
     };
+    // A checkpoint is read with its block linears quantized on the host one at a time (never
+    // the whole dense model in memory); the tiny random default is built dense.
+    let model = match (&dir, &m.random) {
+        (Some(d), None) => {
+            let load = qtune_lm::LoadOptions {
+                dtype: burn::tensor::DType::F32,
+                quant: None,
+                host_quantize: Some(bnb_export::host_quant(&opts)),
+            };
+            qtune_models::load::<Infer>(d, &load, &Default::default()).map_err(anyhow::Error::from)
+        }
+        _ => build::base_model::<Infer>(&m, &Default::default()).map_err(anyhow::Error::from),
+    }
+    .with_context(|| format!("loading model `{}`", a.model))?;
 
     let tmp = sibling(&a.out, "tmp")?;
     if tmp.exists() {

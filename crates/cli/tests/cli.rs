@@ -327,3 +327,54 @@ fn quantize_refuses_bad_inputs_and_never_clobbers() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// `qtune quantize` quantizes each linear on the host as it loads (never the whole dense model):
+/// an f32 checkpoint exported as bf16 has every weight rounded to bf16 first, as transformers
+/// casts before bitsandbytes quantizes: the very bytes of qtune-quant on the rounded values.
+#[test]
+fn quantize_streams_each_linear_rounded_to_the_export_dtype() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("nf4-bf16");
+    ok(&quantize(
+        &["--load-in-4bit", "--double-quant", "--dtype", "bfloat16"],
+        &fixture("fp32"),
+        &out,
+    ));
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let ours = SafeTensors::deserialize(&bytes).unwrap();
+    let src_bytes = std::fs::read(fixture("fp32/model.safetensors")).unwrap();
+    let src = SafeTensors::deserialize(&src_bytes).unwrap();
+    for name in ["transformer.h.0.attn.q_proj", "transformer.h.1.mlp.fc_out"] {
+        let w = src.tensor(&format!("{name}.weight")).unwrap();
+        let shape = w.shape().to_vec();
+        let values: Vec<f32> = w
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let want = qtune_quant::QuantizedTensor::quantize(
+            name,
+            &values,
+            &shape,
+            QuantSpec::nf4(),
+            qtune_quant::FloatDType::BF16,
+        )
+        .unwrap();
+        for (key, t) in want.to_safetensors(name) {
+            let got = ours.tensor(&key).unwrap();
+            assert_eq!(got.data(), &t.data[..], "{key}");
+        }
+    }
+    // A checkpoint already quantized in another format is refused, naming the linear.
+    let run = quantize(
+        &["--load-in-4bit", "--quant-type", "fp4"],
+        &fixture("nf4"),
+        &tmp.path().join("fp4"),
+    );
+    assert!(!run.status.success());
+    let e = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        e.contains("already quantized") && e.contains("q_proj"),
+        "{e}"
+    );
+}

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use qtune_kernels::QBackend;
 use qtune_lm::prefetch::{load_files, threads};
+use qtune_lm::source::HostQuantizing;
 use qtune_lm::{LmError, LoadOptions, WeightFiles};
 
 use crate::build::build;
@@ -20,7 +21,16 @@ impl<B: QBackend> Gptj<B> {
         let cfg = GptjConfig::from_file(&dir.join("config.json"))?;
         let files = WeightFiles::open(dir)?;
         let model = load_files::<B, _>(&files, opts.dtype, device, threads(), |src| {
-            build(&cfg, src, opts.quant, opts.dtype, device)
+            match opts.host_quantize {
+                Some(q) => build(
+                    &cfg,
+                    &mut HostQuantizing::new(src, q),
+                    None,
+                    opts.dtype,
+                    device,
+                ),
+                None => build(&cfg, src, opts.quant, opts.dtype, device),
+            }
         })?;
         tracing::info!(dir = %dir.display(), quant = ?opts.quant, dtype = ?opts.dtype, "loaded GPT-J");
         Ok(model)

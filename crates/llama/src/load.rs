@@ -8,7 +8,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use qtune_gguf::GgufFile;
 use qtune_kernels::QBackend;
 use qtune_lm::prefetch::{load_files, threads};
-use qtune_lm::source::TensorSource;
+use qtune_lm::source::{HostQuantizing, TensorSource};
 use qtune_lm::{LmError, LoadOptions, WeightFiles};
 use serde_json::json;
 
@@ -26,7 +26,16 @@ impl<B: QBackend> Llama<B> {
         let cfg = LlamaConfig::from_file(&path.join("config.json"))?;
         let files = WeightFiles::open(path)?;
         let model = load_files::<B, _>(&files, opts.dtype, device, threads(), |src| {
-            build(&cfg, src, opts.quant, opts.dtype, device)
+            match opts.host_quantize {
+                Some(q) => build(
+                    &cfg,
+                    &mut HostQuantizing::new(src, q),
+                    None,
+                    opts.dtype,
+                    device,
+                ),
+                None => build(&cfg, src, opts.quant, opts.dtype, device),
+            }
         })?;
         tracing::info!(dir = %path.display(), model_type = %cfg.model_type, quant = ?opts.quant, dtype = ?opts.dtype, "loaded");
         Ok(model)
@@ -44,7 +53,16 @@ impl<B: QBackend> Llama<B> {
             dtype: opts.dtype,
             device,
         };
-        let model = build(&cfg, &mut src, opts.quant, opts.dtype, device)?;
+        let model = match opts.host_quantize {
+            Some(q) => build(
+                &cfg,
+                &mut HostQuantizing::new(&mut src, q),
+                None,
+                opts.dtype,
+                device,
+            )?,
+            None => build(&cfg, &mut src, opts.quant, opts.dtype, device)?,
+        };
         tracing::info!(file = %path.display(), model_type = %cfg.model_type, quant = ?opts.quant, dtype = ?opts.dtype, "loaded GGUF");
         Ok(model)
     }

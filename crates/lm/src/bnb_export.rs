@@ -208,13 +208,8 @@ pub fn export_bnb<B: QBackend, M: CausalLm<B>>(
     for (name, shape, t) in model.other_tensors() {
         push_dense(&mut units, name, shape, t)?;
     }
-    let mut jobs = Vec::new();
+    let (mut jobs, mut done, mut quantized_modules) = (Vec::new(), Vec::new(), Vec::new());
     for (name, lin) in model.linears() {
-        if lin.is_quantized() {
-            return Err(LmError::Input(format!(
-                "{name} is already quantized (a bitsandbytes checkpoint?): quantize a dense model"
-            )));
-        }
         if lin.lora.is_some() {
             return Err(LmError::Input(format!(
                 "{name} has a LoRA adapter: merge it first (`qtune merge`), then quantize"
@@ -233,9 +228,27 @@ pub fn export_bnb<B: QBackend, M: CausalLm<B>>(
             }
             continue;
         }
-        jobs.push((name, lin));
+        quantized_modules.push(name.clone());
+        match &lin.base {
+            // Loaded with `LoadOptions::host_quantize` (the spec and dtype of this export):
+            // written as quantized on load.
+            qtune_lora::LinearBase::Quant(w) => {
+                let q = w
+                    .try_to_quantized(&name)
+                    .map_err(|e| LmError::Input(format!("{name}: {e}")))?;
+                if !same_export(&q, opts.spec, dtype) {
+                    return Err(LmError::Input(format!(
+                        "{name} is already quantized ({:?}, block {}, {:?}; a bitsandbytes \
+                         checkpoint?) unlike this export: quantize a dense model",
+                        q.format, q.blocksize, q.dtype
+                    )));
+                }
+                done.push(q.to_safetensors(&name));
+            }
+            qtune_lora::LinearBase::Dense(_) => jobs.push((name, lin)),
+        }
     }
-    let quantized_modules: Vec<String> = jobs.iter().map(|(n, _)| n.clone()).collect();
+    units.extend(done);
     units.extend(quantize_all(&jobs, opts.spec, dtype, opts.threads)?);
     units.sort_by_cached_key(|u| natural_key(&u[0].0));
 
@@ -261,6 +274,24 @@ pub fn export_bnb<B: QBackend, M: CausalLm<B>>(
         .into(),
         double_quant: opts.spec.double_quant,
     })
+}
+
+/// Whether a weight quantized on load is what this export writes: same format, block size,
+/// double quantization and dtype.
+fn same_export(q: &QuantizedTensor, spec: QuantSpec, dtype: FloatDType) -> bool {
+    q.format == spec.format
+        && q.blocksize == spec.blocksize
+        && matches!(q.absmax, qtune_quant::Absmax::Nested(_)) == spec.double_quant
+        && q.dtype == dtype
+}
+
+/// The [`crate::source::HostQuant`] that makes a load produce this export's weights (one dense
+/// weight at a time; `qtune quantize` loads with it).
+pub fn host_quant(opts: &BnbExportOptions) -> crate::source::HostQuant {
+    crate::source::HostQuant {
+        spec: opts.spec,
+        dtype: float_dtype(opts.dtype),
+    }
 }
 
 /// Quantizes the weights on `threads` workers (0: every core). This thread reads each weight

@@ -29,10 +29,12 @@ pub trait TensorSource<B: QBackend> {
     fn tensor2(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>, LmError>;
     /// Whether the source has this tensor (tied `lm_head`, optional biases).
     fn contains(&self, name: &str) -> bool;
-    /// The weight of linear `module` if the source stores it already quantized (bnb/HF format).
+    /// The weight of linear `module` (`shape` `[out, in]`) if the source stores it already
+    /// quantized (bnb/HF format), or quantizes it itself ([`HostQuantizing`]).
     fn quantized(
         &mut self,
         _module: &str,
+        _shape: [usize; 2],
     ) -> Result<Option<qtune_quant::QuantizedTensor>, LmError> {
         Ok(None)
     }
@@ -68,7 +70,7 @@ pub fn build_linear<B: QBackend, S: TensorSource<B> + ?Sized>(
         name: name.to_string(),
         source: Box::new(source),
     };
-    if let Some(q) = src.quantized(name)? {
+    if let Some(q) = src.quantized(name, shape)? {
         // A pre-quantized checkpoint (e.g. saved by HF + bitsandbytes) is used as stored.
         if q.shape != shape {
             return Err(LmError::Input(format!(
@@ -134,6 +136,10 @@ pub struct LoadOptions {
     /// Quantize the block linears (q/k/v/out_proj, fc_in, fc_out) as they stream in;
     /// embeddings, LayerNorms and `lm_head` stay dense.
     pub quant: Option<QuantSpec>,
+    /// `qtune quantize`: every block linear comes out quantized on the host, one at a time, from
+    /// the checkpoint's values ([`HostQuantizing`]); the dense model is never held (`quant` is
+    /// then ignored).
+    pub host_quantize: Option<HostQuant>,
 }
 
 impl Default for LoadOptions {
@@ -141,7 +147,72 @@ impl Default for LoadOptions {
         Self {
             dtype: DType::F32,
             quant: None,
+            host_quantize: None,
         }
+    }
+}
+
+/// How [`HostQuantizing`] quantizes: the format, and the dtype the values are rounded to first
+/// (the export dtype, as transformers casts before bitsandbytes quantizes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HostQuant {
+    pub spec: QuantSpec,
+    pub dtype: FloatDType,
+}
+
+/// A source whose block linears come out quantized by qtune-quant on the host
+/// (`QuantizedTensor::quantize`, bit-exact with bitsandbytes), each from the inner source's f32
+/// values as it is read, so a loader holds one dense weight at a time instead of the whole
+/// model: `qtune quantize` of a 6B checkpoint needs ~4 GB, not the 24 GB of a dense f32 model.
+/// A weight the inner source already stores quantized is passed through; `lm_head` stays dense.
+pub struct HostQuantizing<'s, S: ?Sized> {
+    inner: &'s mut S,
+    q: HostQuant,
+}
+
+impl<'s, S: ?Sized> HostQuantizing<'s, S> {
+    pub fn new(inner: &'s mut S, q: HostQuant) -> Self {
+        Self { inner, q }
+    }
+}
+
+impl<B: QBackend, S: TensorSource<B> + ?Sized> TensorSource<B> for HostQuantizing<'_, S> {
+    fn tensor1(&mut self, name: &str, shape: [usize; 1]) -> Result<Tensor<B, 1>, LmError> {
+        self.inner.tensor1(name, shape)
+    }
+
+    fn tensor2(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>, LmError> {
+        self.inner.tensor2(name, shape)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+
+    fn quantized(
+        &mut self,
+        module: &str,
+        shape: [usize; 2],
+    ) -> Result<Option<qtune_quant::QuantizedTensor>, LmError> {
+        if let Some(stored) = self.inner.quantized(module, shape)? {
+            return Ok(Some(stored));
+        }
+        if module == "lm_head" {
+            return Ok(None);
+        }
+        let name = format!("{module}.weight");
+        let w = self.inner.tensor2(&name, shape)?;
+        let values =
+            crate::context::host_f32(w).map_err(|e| LmError::Input(format!("{name}: {e}")))?;
+        qtune_quant::QuantizedTensor::quantize(module, &values, &shape, self.q.spec, self.q.dtype)
+            .map(Some)
+            .map_err(|source| LmError::Quantize {
+                name: module.to_string(),
+                source: Box::new(qtune_kernels::KernelError::Quant {
+                    name: module.to_string(),
+                    source,
+                }),
+            })
     }
 }
 
@@ -468,7 +539,11 @@ impl<B: QBackend> TensorSource<B> for FileSource<'_, B> {
         self.files.by_name.contains_key(name)
     }
 
-    fn quantized(&mut self, module: &str) -> Result<Option<qtune_quant::QuantizedTensor>, LmError> {
+    fn quantized(
+        &mut self,
+        module: &str,
+        _shape: [usize; 2],
+    ) -> Result<Option<qtune_quant::QuantizedTensor>, LmError> {
         if let Some(ready) = self.prefetch.and_then(|p| p.take_quantized(module)) {
             return ready;
         }

@@ -123,7 +123,11 @@ pub fn base_model<B: QBackend>(
     })?;
     Ok(qtune_models::load(
         &dir,
-        &LoadOptions { dtype, quant },
+        &LoadOptions {
+            dtype,
+            quant,
+            host_quantize: None,
+        },
         device,
     )?)
 }

@@ -41,6 +41,7 @@ fn main() -> anyhow::Result<()> {
             blocksize: 64,
             double_quant: true,
         }),
+        ..LoadOptions::default()
     };
     let qlora =
         Llama::<NdArray>::load(&fixture.join("fp32"), &opts, &device)?.import_adapter(&adapter)?;

@@ -13,6 +13,7 @@ fn nf4_load_matches_bitsandbytes_logits() {
     let opts = LoadOptions {
         dtype: DType::F32,
         quant: Some(QuantSpec::nf4()),
+        ..LoadOptions::default()
     };
     let model = Gptj::<Nd>::load(&fixture_dir().join("fp32"), &opts, &Default::default()).unwrap();
     assert!(model
