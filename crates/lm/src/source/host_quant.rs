@@ -1,0 +1,72 @@
+//! [`HostQuantizing`]: block linears quantized on the host as a loader reads them (`qtune
+//! quantize`), one dense weight at a time.
+use burn::tensor::Tensor;
+use qtune_kernels::QBackend;
+use qtune_quant::{FloatDType, QuantSpec};
+
+use super::TensorSource;
+use crate::error::LmError;
+
+/// How [`HostQuantizing`] quantizes: the format, and the dtype the values are rounded to first
+/// (the export dtype, as transformers casts before bitsandbytes quantizes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HostQuant {
+    pub spec: QuantSpec,
+    pub dtype: FloatDType,
+}
+
+/// A source whose block linears come out quantized by qtune-quant on the host
+/// (`QuantizedTensor::quantize`, bit-exact with bitsandbytes), each from the inner source's f32
+/// values as it is read, so a loader holds one dense weight at a time instead of the whole
+/// model: `qtune quantize` of a 6B checkpoint needs ~4 GB, not the 24 GB of a dense f32 model.
+/// A weight the inner source already stores quantized is passed through; `lm_head` stays dense.
+pub struct HostQuantizing<'s, S: ?Sized> {
+    inner: &'s mut S,
+    q: HostQuant,
+}
+
+impl<'s, S: ?Sized> HostQuantizing<'s, S> {
+    pub fn new(inner: &'s mut S, q: HostQuant) -> Self {
+        Self { inner, q }
+    }
+}
+
+impl<B: QBackend, S: TensorSource<B> + ?Sized> TensorSource<B> for HostQuantizing<'_, S> {
+    fn tensor1(&mut self, name: &str, shape: [usize; 1]) -> Result<Tensor<B, 1>, LmError> {
+        self.inner.tensor1(name, shape)
+    }
+
+    fn tensor2(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>, LmError> {
+        self.inner.tensor2(name, shape)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+
+    fn quantized(
+        &mut self,
+        module: &str,
+        shape: [usize; 2],
+    ) -> Result<Option<qtune_quant::QuantizedTensor>, LmError> {
+        if let Some(stored) = self.inner.quantized(module, shape)? {
+            return Ok(Some(stored));
+        }
+        if module == "lm_head" {
+            return Ok(None);
+        }
+        let name = format!("{module}.weight");
+        let w = self.inner.tensor2(&name, shape)?;
+        let values =
+            crate::context::host_f32(w).map_err(|e| LmError::Input(format!("{name}: {e}")))?;
+        qtune_quant::QuantizedTensor::quantize(module, &values, &shape, self.q.spec, self.q.dtype)
+            .map(Some)
+            .map_err(|source| LmError::Quantize {
+                name: module.to_string(),
+                source: Box::new(qtune_kernels::KernelError::Quant {
+                    name: module.to_string(),
+                    source,
+                }),
+            })
+    }
+}
