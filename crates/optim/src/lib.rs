@@ -27,6 +27,7 @@ pub mod dynamic_map;
 mod error;
 mod grads;
 mod optimizer;
+mod passes;
 mod schedule;
 mod state_io;
 mod update;

@@ -4,9 +4,11 @@
 //! even though Burn draws fresh random `ParamId`s for a newly built module.
 
 use crate::blockwise::{Maps, BLOCK};
+use crate::grads::GradNorm;
+use crate::passes::{Gather, Item, PathCollector, StepMapper};
 use crate::update::{self, Blockwise8, Hyper};
 use crate::OptimError;
-use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{AutodiffModule, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor};
@@ -142,7 +144,9 @@ impl<B: Backend> ParamState<B> {
 /// (an autodiff backend; the state lives on its inner backend, on the parameters' device).
 ///
 /// Usage per optimizer step: [`crate::clip_grad_norm`] on the `GradientsParams`, then
-/// `module = optim.step(lr, module, grads)?`. Parameters without a gradient are left alone.
+/// `module = optim.step(lr, module, grads)?`; or both, with the division by the target tokens,
+/// in [`Optimizer::step_normalized`] (what the trainer does). Parameters without a gradient are
+/// left alone.
 #[derive(Debug, Clone)]
 pub struct Optimizer<B: AutodiffBackend> {
     pub(crate) config: OptimizerConfig,
@@ -194,8 +198,47 @@ impl<B: AutodiffBackend> Optimizer<B> {
         &mut self,
         lr: f64,
         module: M,
-        mut grads: GradientsParams,
+        grads: GradientsParams,
     ) -> Result<M, OptimError> {
+        self.step_impl(lr, module, grads, None).map(|(m, _)| m)
+    }
+
+    /// [`crate::normalize_by_tokens`], [`crate::clip_grad_norm`] and [`Optimizer::step`] in one
+    /// pass over each group's concatenated gradients: `grads` are sums over `tokens` target
+    /// tokens (from `micro_batches` micro-batches, for the error); they are divided by `tokens`
+    /// (the same f32 division per element), their global L2 norm taken (f32 sums of squares
+    /// per group, added in f64: it may differ in the last bits from the per-tensor sums of
+    /// `clip_grad_norm`), scaled by `max_norm / (norm + 1e-6)` when that is below 1, then
+    /// applied. A few launches per group instead of four or five per tensor (the trainer's
+    /// normalize + norm + clip spent ~1,700 launches a step on SmolLM2's 420 LoRA tensors).
+    ///
+    /// A non-finite norm returns `module` unchanged with that norm, the state untouched: the
+    /// caller decides (the trainer stops with an error naming the step).
+    ///
+    /// # Errors
+    /// As [`Optimizer::step`]; [`OptimError::NoTokens`] when `tokens` is 0.
+    pub fn step_normalized<M: AutodiffModule<B>>(
+        &mut self,
+        lr: f64,
+        module: M,
+        grads: GradientsParams,
+        tokens: u64,
+        micro_batches: usize,
+        max_norm: f64,
+    ) -> Result<(M, GradNorm), OptimError> {
+        if tokens == 0 {
+            return Err(OptimError::NoTokens { micro_batches });
+        }
+        self.step_impl(lr, module, grads, Some((tokens, max_norm)))
+    }
+
+    fn step_impl<M: AutodiffModule<B>>(
+        &mut self,
+        lr: f64,
+        module: M,
+        mut grads: GradientsParams,
+        normalize: Option<(u64, f64)>,
+    ) -> Result<(M, GradNorm), OptimError> {
         if !(lr.is_finite() && lr >= 0.0) {
             return Err(OptimError::Config {
                 field: "lr",
@@ -255,22 +298,57 @@ impl<B: AutodiffBackend> Optimizer<B> {
             groups.entry((eight_bit, step)).or_default().push(i);
         }
         let mut slots: Vec<Option<Item<B::InnerBackend>>> = items.into_iter().map(Some).collect();
-        let mut updated: HashMap<ParamId, Tensor<B::InnerBackend, 1>> = HashMap::new();
+        // Each group's gradients concatenated once (8-bit ones padded to whole blocks).
+        let mut prepared = Vec::with_capacity(groups.len());
         for ((eight_bit, step), members) in groups {
             let group: Vec<Item<B::InnerBackend>> =
                 members.iter().filter_map(|&i| slots[i].take()).collect();
+            let gs = group
+                .iter()
+                .map(|it| {
+                    let g = it.g.clone();
+                    if eight_bit {
+                        let n = g.dims()[0];
+                        update::pad_float(g, n.div_ceil(BLOCK) * BLOCK)
+                    } else {
+                        g
+                    }
+                })
+                .collect();
+            prepared.push((eight_bit, step, group, cat(gs)));
+        }
+        let mut norm = GradNorm {
+            total_norm: 0.0,
+            scale: 1.0,
+        };
+        if let Some((tokens, max_norm)) = normalize {
+            for (.., g) in prepared.iter_mut() {
+                *g = g.clone().div_scalar(tokens as f32);
+            }
+            norm = group_norm(prepared.iter().map(|(.., g)| g), max_norm);
+            if !norm.total_norm.is_finite() {
+                return Ok((module, norm));
+            }
+            if norm.scale != 1.0 {
+                for (.., g) in prepared.iter_mut() {
+                    *g = g.clone().mul_scalar(norm.scale as f32);
+                }
+            }
+        }
+        let mut updated: HashMap<ParamId, Tensor<B::InnerBackend, 1>> = HashMap::new();
+        for (eight_bit, step, group, g) in prepared {
             let ids: Vec<ParamId> = group.iter().map(|it| it.id).collect();
             let new = if eight_bit {
-                self.update_8bit(group, step, lr)
+                self.update_8bit(group, g, step, lr)
             } else {
-                self.update_full(group, step, lr)
+                self.update_full(group, g, step, lr)
             };
             updated.extend(ids.into_iter().zip(new));
         }
         let mut mapper = StepMapper::<B> {
             updated: &mut updated,
         };
-        Ok(module.map(&mut mapper))
+        Ok((module.map(&mut mapper), norm))
     }
 
     fn maps(&mut self, device: &burn::tensor::Device<B::InnerBackend>) -> Maps<B::InnerBackend> {
@@ -282,6 +360,7 @@ impl<B: AutodiffBackend> Optimizer<B> {
     fn update_full(
         &mut self,
         group: Vec<Item<B::InnerBackend>>,
+        g: Tensor<B::InnerBackend, 1>,
         prev_step: u64,
         lr: f64,
     ) -> Vec<Tensor<B::InnerBackend, 1>> {
@@ -289,7 +368,7 @@ impl<B: AutodiffBackend> Optimizer<B> {
             return Vec::new();
         };
         let lens: Vec<usize> = group.iter().map(|it| it.p.dims()[0]).collect();
-        let (mut ps, mut gs, mut ms, mut vs, mut order) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut ps, mut ms, mut vs, mut order) = (vec![], vec![], vec![], vec![]);
         for (it, &n) in group.into_iter().zip(&lens) {
             let (m, v) = match self.states.remove(&it.path).map(|s| s.moments) {
                 Some(Moments::Full {
@@ -302,14 +381,13 @@ impl<B: AutodiffBackend> Optimizer<B> {
                 ),
             };
             ps.push(it.p);
-            gs.push(it.g);
             ms.push(m);
             vs.push(v);
             order.push(it.path);
         }
         let step = prev_step + 1;
         let h = self.config.hyper();
-        let (p, g, m, v) = (cat(ps), cat(gs), cat(ms), cat(vs));
+        let (p, m, v) = (cat(ps), cat(ms), cat(vs));
         let (p, m, v) = match self.config.optim {
             OptimKind::AdamW => update::torch_adamw(p, g, m, v, step, lr, h),
             OptimKind::AdamW8bit => update::bnb_adam32(p, g, m, v, step, lr, h),
@@ -360,6 +438,7 @@ impl<B: AutodiffBackend> Optimizer<B> {
     fn update_8bit(
         &mut self,
         group: Vec<Item<B::InnerBackend>>,
+        g: Tensor<B::InnerBackend, 1>,
         prev_step: u64,
         lr: f64,
     ) -> Vec<Tensor<B::InnerBackend, 1>> {
@@ -368,8 +447,8 @@ impl<B: AutodiffBackend> Optimizer<B> {
         };
         let maps = self.maps(&device);
         let lens: Vec<usize> = group.iter().map(|it| it.p.dims()[0]).collect();
-        let (mut ps, mut gs, mut c1, mut a1, mut c2, mut a2, mut order) =
-            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut ps, mut c1, mut a1, mut c2, mut a2, mut order) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
         for (it, &n) in group.into_iter().zip(&lens) {
             let padded = n.div_ceil(BLOCK) * BLOCK;
             let s = match self.states.remove(&it.path).map(|s| s.moments) {
@@ -377,7 +456,6 @@ impl<B: AutodiffBackend> Optimizer<B> {
                 _ => Blockwise8::zeros(n, &maps, &device),
             };
             ps.push(update::pad_float(it.p, padded));
-            gs.push(update::pad_float(it.g, padded));
             c1.push(update::pad_codes(s.state1, padded, maps.signed_zero));
             c2.push(update::pad_codes(s.state2, padded, maps.unsigned_zero));
             a1.push(s.absmax1);
@@ -392,7 +470,7 @@ impl<B: AutodiffBackend> Optimizer<B> {
             absmax2: cat(a2),
         };
         let h = self.config.hyper();
-        let (p, s) = update::bnb_adam8_blockwise(cat(ps), cat(gs), state, &maps, step, lr, h);
+        let (p, s) = update::bnb_adam8_blockwise(cat(ps), g, state, &maps, step, lr, h);
         let padded = |n: usize| n.div_ceil(BLOCK) * BLOCK;
         self.split_back(p, order, lens, step, padded, |off, n| {
             let (b0, nb) = (off / BLOCK, n.div_ceil(BLOCK));
@@ -406,116 +484,38 @@ impl<B: AutodiffBackend> Optimizer<B> {
     }
 }
 
+/// The global L2 norm of the (normalized) group gradients — each group's f32 sum of squares on
+/// the device, read back once and added in f64 — and `clip_grad_norm`'s factor for `max_norm`.
+fn group_norm<'a, B: Backend>(
+    gs: impl Iterator<Item = &'a Tensor<B, 1>>,
+    max_norm: f64,
+) -> GradNorm {
+    let sums: Vec<Tensor<B, 1>> = gs.map(|g| (g.clone() * g.clone()).sum()).collect();
+    let total_norm = if sums.is_empty() {
+        0.0
+    } else {
+        match Tensor::cat(sums, 0)
+            .into_data()
+            .convert::<f64>()
+            .to_vec::<f64>()
+        {
+            Ok(v) => v.iter().sum::<f64>().sqrt(),
+            Err(_) => f64::NAN,
+        }
+    };
+    let coef = max_norm / (total_norm + crate::grads::CLIP_EPS);
+    let clip = total_norm.is_finite() && max_norm.is_finite() && max_norm > 0.0 && coef < 1.0;
+    GradNorm {
+        total_norm,
+        scale: if clip { coef as f32 as f64 } else { 1.0 },
+    }
+}
+
 /// `Tensor::cat` along dim 0 without a copy for a single tensor.
 fn cat<B: Backend>(mut ts: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
     if ts.len() == 1 {
         ts.pop().expect("one tensor")
     } else {
         Tensor::cat(ts, 0)
-    }
-}
-
-/// One trainable tensor of a step: its state key, flat value and flat gradient.
-struct Item<B: Backend> {
-    id: ParamId,
-    path: String,
-    p: Tensor<B, 1>,
-    g: Tensor<B, 1>,
-}
-
-fn path_key(stack: &[String], id: ParamId) -> String {
-    if stack.is_empty() {
-        format!("param-{id}")
-    } else {
-        stack.join(".")
-    }
-}
-
-/// First pass: module paths and sizes of the parameters that have a gradient.
-struct PathCollector<'a, B: AutodiffBackend> {
-    grads: &'a GradientsParams,
-    stack: Vec<String>,
-    /// (id, path, parameter numel, gradient numel)
-    found: Vec<(ParamId, String, usize, usize)>,
-    _b: std::marker::PhantomData<B>,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for PathCollector<'_, B> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.stack.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.stack.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            let numel = param.shape().num_elements();
-            if numel == 0 {
-                return; // nothing to update, and no block to quantize
-            }
-            let grad_numel = g.shape().num_elements();
-            let path = path_key(&self.stack, param.id);
-            self.found.push((param.id, path, numel, grad_numel));
-        }
-    }
-}
-
-/// Second pass: replaces each parameter that has a gradient by its updated value.
-/// Pass 1 of a step: takes each tracked parameter's gradient, flattens both.
-struct Gather<'a, B: AutodiffBackend> {
-    grads: &'a mut GradientsParams,
-    paths: &'a HashMap<ParamId, String>,
-    items: Vec<Item<B::InnerBackend>>,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for Gather<'_, B> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let Some(path) = self.paths.get(&param.id) else {
-            return;
-        };
-        let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) else {
-            return;
-        };
-        let numel = param.shape().num_elements();
-        // All optimizer math and state is f32, whatever the parameter's (or the device
-        // default) dtype: mixed-dtype element-wise ops are not promoted by Burn on CUDA.
-        let f32 = |t: Tensor<B::InnerBackend, 1>| {
-            if t.dtype() == DType::F32 {
-                t
-            } else {
-                t.cast(DType::F32)
-            }
-        };
-        self.items.push(Item {
-            id: param.id,
-            path: path.clone(),
-            p: f32(param.val().inner().reshape([numel])),
-            g: f32(grad.reshape([numel])),
-        });
-    }
-}
-
-/// Pass 3 of a step: swaps in the updated values (same shape, same `require_grad`).
-struct StepMapper<'a, B: AutodiffBackend> {
-    updated: &'a mut HashMap<ParamId, Tensor<B::InnerBackend, 1>>,
-}
-
-impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let (id, tensor, mapper) = param.consume();
-        let Some(p) = self.updated.remove(&id) else {
-            return Param::from_mapped_value(id, tensor, mapper);
-        };
-        let require_grad = tensor.is_require_grad();
-        let p = if p.dtype() == tensor.dtype() {
-            p
-        } else {
-            p.cast(tensor.dtype())
-        };
-        let mut tensor = Tensor::<B, D>::from_inner(p.reshape(tensor.shape()));
-        if require_grad {
-            tensor = tensor.require_grad();
-        }
-        Param::from_mapped_value(id, tensor, mapper)
     }
 }

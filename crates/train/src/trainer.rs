@@ -14,8 +14,7 @@ use rand::RngCore;
 use qtune_data::{collate, collate_packed, Example, Padding};
 use qtune_lora::peft::{PeftAdapterConfig, PeftTargets};
 use qtune_optim::{
-    clip_grad_norm, normalize_by_tokens, LrSchedule, OptimKind, Optimizer, OptimizerConfig,
-    ScheduleKind, TokenAccumulator,
+    LrSchedule, OptimKind, Optimizer, OptimizerConfig, ScheduleKind, TokenAccumulator,
 };
 
 use crate::checkpoint;
@@ -273,20 +272,27 @@ where
     M: AutodiffModule<B>,
 {
     let tokens = red.target_tokens;
-    let mut grads =
-        normalize_by_tokens::<B, M>(&model, red.grads, tokens, t.gradient_accumulation_steps)?;
-    let loss = red.loss_sum / tokens as f64;
-    if !loss.is_finite() {
+    let loss = red.loss_sum / tokens.max(1) as f64;
+    if tokens > 0 && !loss.is_finite() {
         return Err(non_finite(ckpt_root, step, "loss", loss));
     }
-    let norm = clip_grad_norm::<B, M>(&model, &mut grads, t.max_grad_norm).total_norm;
+    // Divided by the global target tokens, clipped to the global norm and applied in one
+    // pass over each group's concatenated gradients (qtune-optim's step_normalized).
+    let (model, norm) = {
+        let _compute = compute_lock();
+        optim.step_normalized(
+            lr,
+            model,
+            red.grads,
+            tokens,
+            t.gradient_accumulation_steps,
+            t.max_grad_norm,
+        )?
+    };
+    let norm = norm.total_norm;
     if !norm.is_finite() {
         return Err(non_finite(ckpt_root, step, "gradient norm", norm));
     }
-    let model = {
-        let _compute = compute_lock();
-        optim.step(lr, model, grads)?
-    };
     let input_tokens = red.input_tokens;
     Ok((
         model,

@@ -247,3 +247,79 @@ fn a_few_real_training_steps_reduce_the_loss() {
         );
     }
 }
+
+/// `Optimizer::step_normalized` = normalize_by_tokens + clip_grad_norm + step, fused: without
+/// clipping bit for bit; with clipping the norm (and so the factor) may differ in its last bits
+/// (one sum of squares per group instead of per tensor). A non-finite norm steps nothing.
+#[test]
+fn step_normalized_equals_normalize_clip_step() {
+    use qtune_optim::{normalize_by_tokens, OptimKind, Optimizer, OptimizerConfig};
+    let x = mat(7, 4, 10);
+    let t = mat(7, 3, 11).mul_scalar(5.0);
+    let tokens = 7u64;
+    for kind in [OptimKind::AdamW, OptimKind::AdamW8bit] {
+        for max_norm in [1e9, 0.05] {
+            let cfg = OptimizerConfig {
+                optim: kind,
+                ..OptimizerConfig::default()
+            };
+            let run = |fused: bool| {
+                let mut opt = Optimizer::<B>::new(cfg).unwrap();
+                let mut m = lora();
+                let mut norms = Vec::new();
+                for _ in 0..3 {
+                    let raw = GradientsParams::from_grads(
+                        loss_sum(&m, x.clone(), t.clone()).backward(),
+                        &m,
+                    );
+                    if fused {
+                        let (next, n) = opt
+                            .step_normalized(1e-2, m, raw, tokens, 1, max_norm)
+                            .unwrap();
+                        norms.push(n.total_norm);
+                        m = next;
+                    } else {
+                        let mut g = normalize_by_tokens::<B, _>(&m, raw, tokens, 1).unwrap();
+                        norms.push(clip_grad_norm(&m, &mut g, max_norm).total_norm);
+                        m = opt.step(1e-2, m, g).unwrap();
+                    }
+                }
+                (values(m.a.val()), values(m.b.val()), norms)
+            };
+            let ((a1, b1, n1), (a2, b2, n2)) = (run(true), run(false));
+            for (x, y) in n1.iter().zip(&n2) {
+                assert!((x - y).abs() <= 1e-6 * y, "{kind:?} norm {x} vs {y}");
+            }
+            if max_norm > 1.0 {
+                assert_eq!((&a1, &b1), (&a2, &b2), "{kind:?} unclipped");
+            } else {
+                for (x, y) in a1.iter().chain(&b1).zip(a2.iter().chain(&b2)) {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * y.abs().max(1e-3),
+                        "{kind:?} {x} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+    // A NaN gradient: the module comes back as it was, with the non-finite norm.
+    let mut opt = Optimizer::<B>::new(OptimizerConfig::default()).unwrap();
+    let m = lora();
+    let before = values(m.a.val());
+    let raw = GradientsParams::from_grads(
+        loss_sum(&m, x.clone(), t.mul_scalar(f32::NAN)).backward(),
+        &m,
+    );
+    let (m, n) = opt.step_normalized(1e-2, m, raw, tokens, 1, 1.0).unwrap();
+    assert!(n.total_norm.is_nan());
+    assert_eq!(values(m.a.val()), before);
+    assert_eq!(opt.num_params(), 0, "no state was created");
+    let e = opt
+        .step_normalized(1e-2, m, GradientsParams::new(), 0, 2, 1.0)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, OptimError::NoTokens { micro_batches: 2 }),
+        "{e}"
+    );
+}
