@@ -152,6 +152,19 @@ pub struct Optimizer<B: AutodiffBackend> {
     pub(crate) config: OptimizerConfig,
     pub(crate) states: BTreeMap<String, ParamState<B::InnerBackend>>,
     pub(crate) maps: Option<Maps<B::InnerBackend>>,
+    /// The last AdamW group's concatenated moments (each state above is a slice of them): the
+    /// next step of the same group, in the same order and at the same count, starts from them
+    /// instead of concatenating hundreds of slices again (one launch per slice on CUDA).
+    pub(crate) moments_cache: Option<MomentsCache<B::InnerBackend>>,
+}
+
+/// See [`Optimizer::moments_cache`].
+#[derive(Debug, Clone)]
+pub(crate) struct MomentsCache<B: Backend> {
+    order: Vec<String>,
+    step: u64,
+    exp_avg: Tensor<B, 1>,
+    exp_avg_sq: Tensor<B, 1>,
 }
 
 impl<B: AutodiffBackend> Optimizer<B> {
@@ -162,6 +175,7 @@ impl<B: AutodiffBackend> Optimizer<B> {
             config,
             states: BTreeMap::new(),
             maps: None,
+            moments_cache: None,
         })
     }
 
@@ -368,22 +382,28 @@ impl<B: AutodiffBackend> Optimizer<B> {
             return Vec::new();
         };
         let lens: Vec<usize> = group.iter().map(|it| it.p.dims()[0]).collect();
+        let cached = self.moments_cache.take().filter(|c| {
+            c.step == prev_step
+                && c.order.len() == group.len()
+                && c.order.iter().zip(&group).all(|(a, it)| *a == it.path)
+        });
         let (mut ps, mut ms, mut vs, mut order) = (vec![], vec![], vec![], vec![]);
-        for (it, &n) in group.into_iter().zip(&lens) {
-            let (m, v) = match self.states.remove(&it.path).map(|s| s.moments) {
-                Some(Moments::Full {
-                    exp_avg,
-                    exp_avg_sq,
-                }) => (exp_avg, exp_avg_sq),
-                _ => (
-                    Tensor::zeros([n], (&device, DType::F32)),
-                    Tensor::zeros([n], (&device, DType::F32)),
-                ),
-            };
-            ps.push(it.p);
-            ms.push(m);
-            vs.push(v);
-            order.push(it.path);
+        if let Some(c) = cached {
+            // Every member's state is a slice of these: drop the slices, keep the buffers.
+            for it in group {
+                self.states.remove(&it.path);
+                ps.push(it.p);
+                order.push(it.path);
+            }
+            ms.push(c.exp_avg);
+            vs.push(c.exp_avg_sq);
+        } else {
+            self.gather_moments(
+                group,
+                &lens,
+                &device,
+                (&mut ps, &mut ms, &mut vs, &mut order),
+            );
         }
         let step = prev_step + 1;
         let h = self.config.hyper();
@@ -392,6 +412,12 @@ impl<B: AutodiffBackend> Optimizer<B> {
             OptimKind::AdamW => update::torch_adamw(p, g, m, v, step, lr, h),
             OptimKind::AdamW8bit => update::bnb_adam32(p, g, m, v, step, lr, h),
         };
+        self.moments_cache = Some(MomentsCache {
+            order: order.clone(),
+            step,
+            exp_avg: m.clone(),
+            exp_avg_sq: v.clone(),
+        });
         self.split_back(
             p,
             order,
@@ -403,6 +429,38 @@ impl<B: AutodiffBackend> Optimizer<B> {
                 exp_avg_sq: v.clone().narrow(0, off, n),
             },
         )
+    }
+
+    /// Each member's value, its moments (zeros for a new parameter) and path, in order.
+    #[allow(clippy::type_complexity)]
+    fn gather_moments(
+        &mut self,
+        group: Vec<Item<B::InnerBackend>>,
+        lens: &[usize],
+        device: &burn::tensor::Device<B::InnerBackend>,
+        (ps, ms, vs, order): (
+            &mut Vec<Tensor<B::InnerBackend, 1>>,
+            &mut Vec<Tensor<B::InnerBackend, 1>>,
+            &mut Vec<Tensor<B::InnerBackend, 1>>,
+            &mut Vec<String>,
+        ),
+    ) {
+        for (it, &n) in group.into_iter().zip(lens) {
+            let (m, v) = match self.states.remove(&it.path).map(|s| s.moments) {
+                Some(Moments::Full {
+                    exp_avg,
+                    exp_avg_sq,
+                }) => (exp_avg, exp_avg_sq),
+                _ => (
+                    Tensor::zeros([n], (device, DType::F32)),
+                    Tensor::zeros([n], (device, DType::F32)),
+                ),
+            };
+            ps.push(it.p);
+            ms.push(m);
+            vs.push(v);
+            order.push(it.path);
+        }
     }
 
     /// Hands each tensor of a group its slice of the concatenated result: the updated values
