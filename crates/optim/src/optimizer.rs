@@ -388,22 +388,29 @@ impl<B: AutodiffBackend> Optimizer<B> {
                 && c.order.iter().zip(&group).all(|(a, it)| *a == it.path)
         });
         let (mut ps, mut ms, mut vs, mut order) = (vec![], vec![], vec![], vec![]);
-        if let Some(c) = cached {
-            // Every member's state is a slice of these: drop the slices, keep the buffers.
-            for it in group {
-                self.states.remove(&it.path);
-                ps.push(it.p);
-                order.push(it.path);
+        for (it, &n) in group.into_iter().zip(&lens) {
+            let state = self.states.remove(&it.path).map(|s| s.moments);
+            // With the cache, every member's state is a slice of its buffers: drop the slices.
+            if cached.is_none() {
+                let (m, v) = match state {
+                    Some(Moments::Full {
+                        exp_avg,
+                        exp_avg_sq,
+                    }) => (exp_avg, exp_avg_sq),
+                    _ => (
+                        Tensor::zeros([n], (&device, DType::F32)),
+                        Tensor::zeros([n], (&device, DType::F32)),
+                    ),
+                };
+                ms.push(m);
+                vs.push(v);
             }
+            ps.push(it.p);
+            order.push(it.path);
+        }
+        if let Some(c) = cached {
             ms.push(c.exp_avg);
             vs.push(c.exp_avg_sq);
-        } else {
-            self.gather_moments(
-                group,
-                &lens,
-                &device,
-                (&mut ps, &mut ms, &mut vs, &mut order),
-            );
         }
         let step = prev_step + 1;
         let h = self.config.hyper();
@@ -429,38 +436,6 @@ impl<B: AutodiffBackend> Optimizer<B> {
                 exp_avg_sq: v.clone().narrow(0, off, n),
             },
         )
-    }
-
-    /// Each member's value, its moments (zeros for a new parameter) and path, in order.
-    #[allow(clippy::type_complexity)]
-    fn gather_moments(
-        &mut self,
-        group: Vec<Item<B::InnerBackend>>,
-        lens: &[usize],
-        device: &burn::tensor::Device<B::InnerBackend>,
-        (ps, ms, vs, order): (
-            &mut Vec<Tensor<B::InnerBackend, 1>>,
-            &mut Vec<Tensor<B::InnerBackend, 1>>,
-            &mut Vec<Tensor<B::InnerBackend, 1>>,
-            &mut Vec<String>,
-        ),
-    ) {
-        for (it, &n) in group.into_iter().zip(lens) {
-            let (m, v) = match self.states.remove(&it.path).map(|s| s.moments) {
-                Some(Moments::Full {
-                    exp_avg,
-                    exp_avg_sq,
-                }) => (exp_avg, exp_avg_sq),
-                _ => (
-                    Tensor::zeros([n], (device, DType::F32)),
-                    Tensor::zeros([n], (device, DType::F32)),
-                ),
-            };
-            ps.push(it.p);
-            ms.push(m);
-            vs.push(v);
-            order.push(it.path);
-        }
     }
 
     /// Hands each tensor of a group its slice of the concatenated result: the updated values
