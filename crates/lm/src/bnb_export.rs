@@ -323,13 +323,7 @@ fn quantize_all<B: QBackend>(
                 let (name, lin) = &jobs[i];
                 let r = QuantizedTensor::quantize(name, &values, &lin.shape(), spec, dtype)
                     .map(|q| q.to_safetensors(name))
-                    .map_err(|source| LmError::Quantize {
-                        name: name.clone(),
-                        source: Box::new(qtune_kernels::KernelError::Quant {
-                            name: name.clone(),
-                            source,
-                        }),
-                    });
+                    .map_err(|source| LmError::host_quantize(name, source));
                 if res_tx.send((i, r)).is_err() {
                     break;
                 }

@@ -92,3 +92,16 @@ pub enum LmError {
     #[error("device: {0}")]
     Device(String),
 }
+
+impl LmError {
+    /// qtune-quant's host quantizer failed on the linear `name`.
+    pub(crate) fn host_quantize(name: &str, source: qtune_quant::QuantError) -> Self {
+        LmError::Quantize {
+            name: name.to_string(),
+            source: Box::new(qtune_kernels::KernelError::Quant {
+                name: name.to_string(),
+                source,
+            }),
+        }
+    }
+}

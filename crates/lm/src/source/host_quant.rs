@@ -61,12 +61,6 @@ impl<B: QBackend, S: TensorSource<B> + ?Sized> TensorSource<B> for HostQuantizin
             crate::context::host_f32(w).map_err(|e| LmError::Input(format!("{name}: {e}")))?;
         qtune_quant::QuantizedTensor::quantize(module, &values, &shape, self.q.spec, self.q.dtype)
             .map(Some)
-            .map_err(|source| LmError::Quantize {
-                name: module.to_string(),
-                source: Box::new(qtune_kernels::KernelError::Quant {
-                    name: module.to_string(),
-                    source,
-                }),
-            })
+            .map_err(|source| LmError::host_quantize(module, source))
     }
 }
