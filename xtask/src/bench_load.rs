@@ -112,7 +112,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(t) = args.threads {
         std::env::set_var(qtune_lm::prefetch::THREADS_ENV, t.to_string());
     }
-    let threads = qtune_lm::prefetch::threads();
+    let threads = qtune_lm::prefetch::threads()?;
     let (files, bytes) = shards(&args.model)?;
     let t0 = Instant::now();
     for f in &files {

@@ -20,7 +20,7 @@ impl<B: QBackend> Gptj<B> {
     pub fn load(dir: &Path, opts: &LoadOptions, device: &B::Device) -> Result<Self, LmError> {
         let cfg = GptjConfig::from_file(&dir.join("config.json"))?;
         let files = WeightFiles::open(dir)?;
-        let model = load_files::<B, _>(&files, opts.dtype, device, threads(), |src| {
+        let model = load_files::<B, _>(&files, opts.dtype, device, threads()?, |src| {
             match opts.host_quantize {
                 Some(q) => build(
                     &cfg,

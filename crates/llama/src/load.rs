@@ -25,7 +25,7 @@ impl<B: QBackend> Llama<B> {
         }
         let cfg = LlamaConfig::from_file(&path.join("config.json"))?;
         let files = WeightFiles::open(path)?;
-        let model = load_files::<B, _>(&files, opts.dtype, device, threads(), |src| {
+        let model = load_files::<B, _>(&files, opts.dtype, device, threads()?, |src| {
             match opts.host_quantize {
                 Some(q) => build(
                     &cfg,

@@ -330,13 +330,20 @@ fn order_key(name: &str) -> (bool, Vec<u64>, String) {
 /// Overrides [`threads`]: `0` reads serially on the loading thread.
 pub const THREADS_ENV: &str = "QTUNE_LOAD_THREADS";
 
-/// Reader threads for a checkpoint load: `QTUNE_LOAD_THREADS` if set, else the machine's cores,
-/// at most 8 (page-cache copies saturate memory bandwidth well before that).
-pub fn threads() -> usize {
-    std::env::var(THREADS_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |t| t.get().min(8)))
+/// Reader threads for a checkpoint load: `QTUNE_LOAD_THREADS` if set (0: read serially), else
+/// the machine's cores, at most 8 (page-cache copies saturate memory bandwidth well before that).
+///
+/// # Errors
+/// A `QTUNE_LOAD_THREADS` that is not a whole number, naming it (never the default instead).
+pub fn threads() -> Result<usize, LmError> {
+    match std::env::var(THREADS_ENV) {
+        Ok(v) => v.trim().parse().map_err(|_| {
+            LmError::Input(format!(
+                "{THREADS_ENV}={v:?}: expected a whole number of reader threads (0: serial)"
+            ))
+        }),
+        Err(_) => Ok(std::thread::available_parallelism().map_or(1, |t| t.get().min(8))),
+    }
 }
 
 #[cfg(test)]
@@ -522,6 +529,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_bad_thread_count_is_refused_naming_the_variable() {
+        // The only test of this binary that reads the variable: setting it races with nothing.
+        std::env::set_var(THREADS_ENV, "four");
+        let e = threads().unwrap_err().to_string();
+        std::env::set_var(THREADS_ENV, " 3 ");
+        let three = threads().unwrap();
+        std::env::remove_var(THREADS_ENV);
+        assert!(e.contains(THREADS_ENV) && e.contains("four"), "{e}");
+        assert_eq!(three, 3);
+        assert!(threads().unwrap() >= 1);
     }
 
     #[test]
