@@ -40,7 +40,7 @@ pub use weight::{AbsmaxPrimitive, QLayout, QWeightPrimitive, QuantWeight};
 use burn::tensor::{
     backend::{AutodiffBackend, Backend},
     ops::{BoolTensor, FloatTensor, IntTensor},
-    DType, Tensor, TensorMetadata, TensorPrimitive,
+    DType, Tensor, TensorData, TensorMetadata, TensorPrimitive,
 };
 use qtune_quant::QuantFormat;
 
@@ -325,6 +325,19 @@ pub trait QBackend: Backend {
     ) -> Result<Option<Box<dyn DeviceGraph>>, KernelError> {
         let _ = (device, record);
         Ok(None)
+    }
+
+    /// A float tensor holding `data` (its dtype kept) on `device`: `Tensor::from_data`, which
+    /// is the default. CUDA copies the bytes straight to the device once (`cuda/upload.rs`
+    /// says why cubecl's own upload is slow for checkpoints).
+    fn q_upload_float(data: TensorData, device: &Self::Device) -> FloatTensor<Self> {
+        Self::float_from_data(data, device)
+    }
+
+    /// An int tensor holding `data` (its dtype kept, e.g. U8 codes) on `device`, as
+    /// [`QBackend::q_upload_float`].
+    fn q_upload_int(data: TensorData, device: &Self::Device) -> IntTensor<Self> {
+        Self::int_from_data(data, device)
     }
 }
 

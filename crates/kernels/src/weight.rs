@@ -165,18 +165,16 @@ pub struct QuantWeight<B: Backend> {
     pub meta: QMeta,
 }
 
-fn u8_tensor<B: Backend>(bytes: &[u8], device: &B::Device) -> Tensor<B, 1, Int> {
-    Tensor::from_data(
-        TensorData::new(bytes.to_vec(), [bytes.len()]),
-        (device, DType::U8),
-    )
+/// U8 codes on `device` through the backend's one-copy upload ([`QBackend::q_upload_int`]).
+fn u8_tensor<B: QBackend>(bytes: &[u8], device: &B::Device) -> Tensor<B, 1, Int> {
+    let data = TensorData::new(bytes.to_vec(), [bytes.len()]);
+    Tensor::from_primitive(B::q_upload_int(data, device))
 }
 
-fn f32_tensor<B: Backend>(values: &[f32], device: &B::Device) -> Tensor<B, 1> {
-    Tensor::from_data(
-        TensorData::new(values.to_vec(), [values.len()]),
-        (device, DType::F32),
-    )
+/// F32 values on `device`, as [`u8_tensor`].
+fn f32_tensor<B: QBackend>(values: &[f32], device: &B::Device) -> Tensor<B, 1> {
+    let data = TensorData::new(values.to_vec(), [values.len()]);
+    Tensor::from_primitive(TensorPrimitive::Float(B::q_upload_float(data, device)))
 }
 
 fn expect_len(
@@ -253,87 +251,6 @@ impl<B: Backend> QuantWeight<B> {
                 nested: None,
             },
         }
-    }
-
-    /// Upload a quantized tensor (codes, absmax, nested state) to `device`, validating lengths.
-    ///
-    /// # Errors
-    /// [`KernelError::NotMatrix`] for a non-2-D shape, [`KernelError::Length`] when codes or
-    /// absmax do not fit the shape and block size.
-    pub fn try_from_quantized(
-        name: &str,
-        q: &QuantizedTensor,
-        device: &B::Device,
-    ) -> Result<Self, KernelError> {
-        let [out_features, in_features] = match q.shape[..] {
-            [o, i] => [o, i],
-            _ => {
-                return Err(KernelError::NotMatrix {
-                    name: name.to_string(),
-                    shape: q.shape.clone(),
-                })
-            }
-        };
-        let layout = QLayout {
-            format: q.format,
-            out_features,
-            in_features,
-            blocksize: q.blocksize,
-        };
-        if q.blocksize == 0 {
-            return Err(KernelError::Blocksize {
-                name: name.to_string(),
-                format: q.format,
-                blocksize: 0,
-            });
-        }
-        expect_len(name, "codes", layout.num_code_bytes(), q.codes.len())?;
-        let mut w = Self::without_scales(
-            u8_tensor(&q.codes, device),
-            f32_tensor(q.code_map(), device),
-            layout,
-            q.dtype,
-        );
-        match &q.absmax {
-            Absmax::Plain(a) => {
-                expect_len(name, "absmax", layout.num_blocks(), a.len())?;
-                w.absmax = Some(f32_tensor(a, device));
-            }
-            Absmax::Nested(n) => {
-                expect_len(
-                    name,
-                    "absmax (nested codes)",
-                    layout.num_blocks(),
-                    n.codes.len(),
-                )?;
-                if n.blocksize == 0 {
-                    return Err(KernelError::Blocksize {
-                        name: name.to_string(),
-                        format: QuantFormat::Blockwise8,
-                        blocksize: 0,
-                    });
-                }
-                expect_len(
-                    name,
-                    "nested_absmax",
-                    n.codes.len().div_ceil(n.blocksize),
-                    n.absmax.len(),
-                )?;
-                w.nested_codes = Some(u8_tensor(&n.codes, device));
-                w.nested_absmax = Some(f32_tensor(&n.absmax, device));
-                w.nested_map = Some(f32_tensor(&DYNAMIC_MAP, device));
-                w.meta.nested = Some((n.offset, n.blocksize));
-            }
-        }
-        Ok(w)
-    }
-
-    /// [`Self::try_from_quantized`] for tensors produced by `qtune-quant` (always well formed).
-    ///
-    /// # Panics
-    /// If `q` is not a well-formed 2-D quantized tensor (see [`KernelError`]).
-    pub fn from_quantized(q: &QuantizedTensor, device: &B::Device) -> Self {
-        Self::try_from_quantized("<weight>", q, device).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `[out, in]`.
@@ -433,6 +350,89 @@ impl<B: Backend> QuantWeight<B> {
     pub fn to_quantized(&self) -> QuantizedTensor {
         self.try_to_quantized("<weight>")
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+impl<B: QBackend> QuantWeight<B> {
+    /// Upload a quantized tensor (codes, absmax, nested state) to `device`, validating lengths.
+    ///
+    /// # Errors
+    /// [`KernelError::NotMatrix`] for a non-2-D shape, [`KernelError::Length`] when codes or
+    /// absmax do not fit the shape and block size.
+    pub fn try_from_quantized(
+        name: &str,
+        q: &QuantizedTensor,
+        device: &B::Device,
+    ) -> Result<Self, KernelError> {
+        let [out_features, in_features] = match q.shape[..] {
+            [o, i] => [o, i],
+            _ => {
+                return Err(KernelError::NotMatrix {
+                    name: name.to_string(),
+                    shape: q.shape.clone(),
+                })
+            }
+        };
+        let layout = QLayout {
+            format: q.format,
+            out_features,
+            in_features,
+            blocksize: q.blocksize,
+        };
+        if q.blocksize == 0 {
+            return Err(KernelError::Blocksize {
+                name: name.to_string(),
+                format: q.format,
+                blocksize: 0,
+            });
+        }
+        expect_len(name, "codes", layout.num_code_bytes(), q.codes.len())?;
+        let mut w = Self::without_scales(
+            u8_tensor(&q.codes, device),
+            f32_tensor(q.code_map(), device),
+            layout,
+            q.dtype,
+        );
+        match &q.absmax {
+            Absmax::Plain(a) => {
+                expect_len(name, "absmax", layout.num_blocks(), a.len())?;
+                w.absmax = Some(f32_tensor(a, device));
+            }
+            Absmax::Nested(n) => {
+                expect_len(
+                    name,
+                    "absmax (nested codes)",
+                    layout.num_blocks(),
+                    n.codes.len(),
+                )?;
+                if n.blocksize == 0 {
+                    return Err(KernelError::Blocksize {
+                        name: name.to_string(),
+                        format: QuantFormat::Blockwise8,
+                        blocksize: 0,
+                    });
+                }
+                expect_len(
+                    name,
+                    "nested_absmax",
+                    n.codes.len().div_ceil(n.blocksize),
+                    n.absmax.len(),
+                )?;
+                w.nested_codes = Some(u8_tensor(&n.codes, device));
+                w.nested_absmax = Some(f32_tensor(&n.absmax, device));
+                w.nested_map = Some(f32_tensor(&DYNAMIC_MAP, device));
+                w.meta.nested = Some((n.offset, n.blocksize));
+            }
+        }
+        Ok(w)
+    }
+
+    /// [`Self::try_from_quantized`] for tensors produced by `qtune-quant` (always well formed).
+    ///
+    /// # Panics
+    /// If `q` is not a well-formed 2-D quantized tensor (see [`KernelError`]).
+    pub fn from_quantized(q: &QuantizedTensor, device: &B::Device) -> Self {
+        Self::try_from_quantized("<weight>", q, device).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 

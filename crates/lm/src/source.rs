@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, Distribution, Tensor, TensorData};
+use burn::tensor::{DType, Distribution, Tensor, TensorData, TensorPrimitive};
 use memmap2::Mmap;
 use qtune_kernels::{QBackend, QuantWeight};
 use qtune_lora::Linear;
@@ -100,6 +100,12 @@ pub fn build_linear<B: QBackend, S: TensorSource<B> + ?Sized>(
             Linear::quantized(q, b)
         }
     })
+}
+
+/// A checkpoint tensor's `data` (already in the load dtype) on `device`, through the backend's
+/// one-copy upload ([`QBackend::q_upload_float`]).
+fn upload<B: QBackend, const D: usize>(data: TensorData, device: &B::Device) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::q_upload_float(data, device)))
 }
 
 /// HF's `_init_weights`: linear and embedding weights N(0, 0.02), biases 0, norm weights 1.
@@ -461,17 +467,11 @@ impl<B: QBackend> FileSource<'_, B> {
 
 impl<B: QBackend> TensorSource<B> for FileSource<'_, B> {
     fn tensor1(&mut self, name: &str, shape: [usize; 1]) -> Result<Tensor<B, 1>, LmError> {
-        Ok(Tensor::from_data(
-            self.data(name, &shape)?,
-            (self.device, self.dtype),
-        ))
+        Ok(upload(self.data(name, &shape)?, self.device))
     }
 
     fn tensor2(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>, LmError> {
-        Ok(Tensor::from_data(
-            self.data(name, &shape)?,
-            (self.device, self.dtype),
-        ))
+        Ok(upload(self.data(name, &shape)?, self.device))
     }
 
     fn contains(&self, name: &str) -> bool {

@@ -15,7 +15,7 @@ use burn::backend::autodiff::{
 use burn::tensor::{
     backend::{AutodiffBackend, Backend},
     ops::{BoolTensor, FloatTensor, IntTensor},
-    DType, TensorMetadata,
+    DType, TensorData, TensorMetadata,
 };
 use qtune_quant::QuantFormat;
 
@@ -92,6 +92,14 @@ fn tracked_q_linear<B: QBackend, C: CheckpointStrategy>(
 impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
     fn q_dequantize(w: QWeightPrimitive<Self>, dtype: DType) -> FloatTensor<Self> {
         <Self as AutodiffBackend>::from_inner(B::q_dequantize(inner(w), dtype))
+    }
+
+    fn q_upload_float(data: TensorData, device: &Self::Device) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::q_upload_float(data, device))
+    }
+
+    fn q_upload_int(data: TensorData, device: &Self::Device) -> IntTensor<Self> {
+        B::q_upload_int(data, device)
     }
 
     fn q_linear(x: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self> {

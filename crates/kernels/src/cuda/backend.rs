@@ -7,7 +7,7 @@
 use burn::tensor::{
     backend::Backend,
     ops::{BoolTensor, FloatTensor, IntTensor},
-    DType, Tensor, TensorPrimitive,
+    DType, Tensor, TensorData, TensorPrimitive,
 };
 use burn_cubecl::{BoolElement, CubeBackend, FloatElement, IntElement};
 use cubecl::cuda::CudaRuntime;
@@ -90,6 +90,24 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         record: &mut dyn FnMut(),
     ) -> Result<Option<Box<dyn crate::DeviceGraph>>, KernelError> {
         super::decode::capture(device, record)
+    }
+
+    fn q_upload_float(data: TensorData, device: &Self::Device) -> FloatTensor<Self> {
+        match data.dtype {
+            DType::F32 | DType::F16 | DType::BF16 => {
+                super::upload::upload(&data.bytes, data.shape.clone(), data.dtype, device)
+            }
+            _ => <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_from_data(data, device),
+        }
+    }
+
+    fn q_upload_int(data: TensorData, device: &Self::Device) -> IntTensor<Self> {
+        match data.dtype {
+            DType::U8 | DType::I32 | DType::I64 => {
+                super::upload::upload(&data.bytes, data.shape.clone(), data.dtype, device)
+            }
+            _ => <Self as burn::tensor::ops::IntTensorOps<Self>>::int_from_data(data, device),
+        }
     }
 
     fn q_dropout(x: FloatTensor<Self>, p: f32, seed: u64) -> FloatTensor<Self> {

@@ -15,6 +15,7 @@ mod jit_cache;
 mod kernels;
 pub mod launch;
 mod rcp;
+mod upload;
 
 pub use backend::sync;
 pub use jit_cache::{cache_dir, init_kernel_cache, CACHE_ENV, PROFILE_ENV};

@@ -1,0 +1,72 @@
+//! Host → device upload of a checkpoint tensor: one `cuMemcpyHtoDAsync` from the caller's bytes
+//! into a fresh buffer of cubecl's pool, on cubecl's stream.
+//!
+//! Why not `Tensor::from_data`: cubecl 0.10's `ComputeClient::create` copies the bytes into a
+//! pinned staging buffer reserved from its pinned pool, then copies that buffer into a fresh
+//! `Vec` (`do_create`'s `to_vec`), and the driver stages the pageable `Vec` once more for the
+//! DMA: three host copies of every byte, plus a pinned reservation per tensor. Loading a
+//! 12.1 GB GPT-J-6B folder spent about 18 s there (BENCHMARKS.md, session 9). Here the driver's
+//! staging is the only copy.
+//!
+//! Ordering and lifetime: the copy is enqueued on the stream cubecl orders the buffer's other
+//! uses on (the pool hands out memory in that stream's order). For pageable source memory the
+//! CUDA driver returns from `cuMemcpyHtoDAsync` only once the bytes sit in its own staging
+//! memory ("API synchronization behavior", CUDA driver API docs), so the caller may free them
+//! as soon as this returns.
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::cuda::{CudaDevice, CudaRuntime};
+use cubecl::Runtime;
+
+/// A contiguous device tensor of `shape` and `dtype` holding `bytes` (native-endian values).
+///
+/// # Panics
+/// If `bytes` does not hold `shape`'s values of `dtype` (a caller bug: `TensorData` keeps them
+/// consistent), or on a CUDA failure (the device is unusable then; Burn's own uploads panic the
+/// same way).
+pub fn upload(
+    bytes: &[u8],
+    shape: Shape,
+    dtype: DType,
+    device: &CudaDevice,
+) -> CubeTensor<CudaRuntime> {
+    assert_eq!(
+        bytes.len(),
+        shape.num_elements() * dtype.size(),
+        "qtune-kernels: upload of {shape:?} {dtype:?} got {} bytes",
+        bytes.len()
+    );
+    let client = CudaRuntime::client(device);
+    let handle = client.empty(bytes.len().max(1));
+    if !bytes.is_empty() {
+        let (c, h) = (client.clone(), handle.clone());
+        client
+            .exclusive(move || {
+                let binding = c
+                    .get_resource(h)
+                    .unwrap_or_else(|e| panic!("qtune-kernels: device pointer for upload: {e:?}"));
+                let r = binding.resource();
+                // SAFETY: `r.ptr` is a live allocation of at least `bytes.len()` bytes (just
+                // reserved) and `r.stream` the stream its uses are ordered on; `bytes` is a
+                // valid host slice, pageable, so the call returns only after the driver has
+                // staged it (module docs) and the slice may be dropped afterwards.
+                let status = unsafe {
+                    cudarc::driver::sys::cuMemcpyHtoDAsync_v2(
+                        r.ptr,
+                        bytes.as_ptr().cast(),
+                        bytes.len(),
+                        r.stream,
+                    )
+                };
+                assert!(
+                    status == cudarc::driver::sys::CUresult::CUDA_SUCCESS,
+                    "qtune-kernels: cuMemcpyHtoDAsync of {} bytes: {status:?}",
+                    bytes.len()
+                );
+                drop(binding);
+            })
+            .unwrap_or_else(|e| panic!("qtune-kernels: cubecl device thread: {e:?}"));
+    }
+    CubeTensor::new_contiguous(client, device.clone(), shape, handle, dtype)
+}
