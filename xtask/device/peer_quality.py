@@ -6,6 +6,7 @@ one JSON report. Run on the GPU machine (no network):
 
     PYTHONPATH=$PWD/.device/site python3 peer_quality.py --data DIR --gguf MODEL.gguf --out OUT.json \
         [--steps N] [--seeds 0,1,2] [--eval-only]
+    python3 peer_quality.py --data DIR --hf-model HF_FOLDER --out OUT.json --train-only --steps N   # speed only
 
 Testing flags (CPU, no bitsandbytes): --device cpu --no-quant (fp32 weights), --max-eval N.
 `--selftest` checks the scoring functions and exits nonzero on failure.
@@ -432,12 +433,17 @@ def main():
     ap.add_argument("--no-val-loss", action="store_true", help="skip validation.jsonl loss")
     ap.add_argument("--model-dir", default="/tmp/peer-model-bf16", help="where the dequantized model is saved")
     ap.add_argument("--tokenizer", help="tokenizer folder for decoding (default: the GGUF's tokenizer)")
+    ap.add_argument("--hf-model", help="an HF model folder instead of --gguf (e.g. peer_load.py's random GPT-J-6B)")
+    ap.add_argument("--train-only", action="store_true",
+                    help="no zero-shot, no evaluation: train and report speed and memory (throughput runs)")
     ap.add_argument("--selftest", action="store_true", help="check the scoring functions and exit")
     args = ap.parse_args()
     if args.selftest:
         sys.exit(selftest())
-    if not (args.data and args.gguf and args.out):
-        ap.error("--data, --gguf and --out are required")
+    if not (args.data and args.out and (args.gguf or args.hf_model)):
+        ap.error("--data, --out and one of --gguf / --hf-model are required")
+    if args.gguf and args.hf_model:
+        ap.error("--gguf and --hf-model exclude each other")
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -456,19 +462,28 @@ def main():
     for e in train_rows[:50] + val_rows[:50]:
         assert len(e["input_ids"]) == len(e["labels"]), "labels must be aligned with input_ids"
 
-    # 1. dequantize the GGUF once, save it as an ordinary HF folder
+    # 1. dequantize the GGUF once, save it as an ordinary HF folder (or use the given folder)
     t0 = time.time()
-    gdir, gname = os.path.dirname(os.path.abspath(args.gguf)), os.path.basename(args.gguf)
-    base = load_gguf_plain(gdir, gname, dtype)
-    base.save_pretrained(args.model_dir)
-    model_name = gguf_name(args.gguf) or gname
-    n_params = sum(p.numel() for p in base.parameters())
-    arch = base.config.architectures
-    del base
-    gc.collect()
-    tok = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else \
-        AutoTokenizer.from_pretrained(gdir, gguf_file=gname)
-    report = {"model": {"gguf": gname, "name": model_name, "architectures": arch, "params": n_params},
+    if args.hf_model:
+        from transformers import AutoConfig
+        args.model_dir, gname, model_name = args.hf_model, None, os.path.basename(os.path.normpath(args.hf_model))
+        arch, n_params = AutoConfig.from_pretrained(args.hf_model).architectures, None
+        tok = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
+    else:
+        gdir, gname = os.path.dirname(os.path.abspath(args.gguf)), os.path.basename(args.gguf)
+        base = load_gguf_plain(gdir, gname, dtype)
+        base.save_pretrained(args.model_dir)
+        model_name = gguf_name(args.gguf) or gname
+        n_params = sum(p.numel() for p in base.parameters())
+        arch = base.config.architectures
+        del base
+        gc.collect()
+        tok = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else \
+            AutoTokenizer.from_pretrained(gdir, gguf_file=gname)
+    if tok is None and not args.train_only:
+        ap.error("--hf-model without --tokenizer needs --train-only (evaluation decodes text)")
+    report = {"model": {"gguf": gname, "hf_model": args.hf_model, "name": model_name, "architectures": arch,
+                        "params": n_params},
               "versions": versions(), "task": task, "device": device, "dtype": str(dtype).replace("torch.", ""),
               "quant": quant, "lora": meta["lora"], "training": dict(tr, steps=steps),
               "schedule_formula": meta.get("schedule_formula"), "eval_prompts": len(eval_rows),
@@ -485,15 +500,16 @@ def main():
             json.dump(all_preds, f)
 
     # 2. zero-shot: the base model as loaded for training (quantized), no adapter
-    m = load_model(args.model_dir, quant, dtype, device)
-    metrics, all_preds["zero_shot"] = evaluate(m, tok, eval_rows, val_rows, meta, device)
-    report["zero_shot"] = metrics
-    log({"stage": "zero_shot", "metrics": metrics})
-    save()
-    del m
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    if not args.train_only:
+        m = load_model(args.model_dir, quant, dtype, device)
+        metrics, all_preds["zero_shot"] = evaluate(m, tok, eval_rows, val_rows, meta, device)
+        report["zero_shot"] = metrics
+        log({"stage": "zero_shot", "metrics": metrics})
+        save()
+        del m
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
     if args.eval_only:
         return
 
@@ -571,8 +587,11 @@ def main():
                "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3) if device == "cuda" else None}
         log({"stage": "trained", **{k: v for k, v in run.items() if k not in ("losses", "grad_norms")},
              "final_loss": losses[-1]})
-        run["metrics"], all_preds[f"seed{seed}"] = evaluate(m, tok, eval_rows, val_rows, meta, device)
-        log({"stage": "eval", "seed": seed, "metrics": run["metrics"]})
+        if args.train_only:
+            run["metrics"] = {}
+        else:
+            run["metrics"], all_preds[f"seed{seed}"] = evaluate(m, tok, eval_rows, val_rows, meta, device)
+            log({"stage": "eval", "seed": seed, "metrics": run["metrics"]})
         report["runs"].append(run)
         save()
         del m, opt, params
@@ -586,7 +605,7 @@ def main():
         vals = [r["metrics"][key] for r in report["runs"] if key in r["metrics"]]
         if vals:
             summary[key] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                            "n": len(vals), "values": vals, "zero_shot": report["zero_shot"].get(key)}
+                            "n": len(vals), "values": vals, "zero_shot": (report["zero_shot"] or {}).get(key)}
     summary["tokens_per_s"] = {"mean": statistics.fmean(r["tokens_per_s"] for r in report["runs"])}
     report["summary"] = summary
     save()
