@@ -41,6 +41,13 @@ pub trait TensorSource<B: QBackend> {
     ) -> Result<Option<qtune_quant::QuantizedTensor>, LmError> {
         Ok(None)
     }
+    /// `name`'s values as f32 on the host, for a host quantizer. The default reads
+    /// [`TensorSource::tensor2`] back from the device; a file source hands over what it read,
+    /// without the trip to the device and back.
+    fn host_f32(&mut self, name: &str, shape: [usize; 2]) -> Result<Vec<f32>, LmError> {
+        let w = self.tensor2(name, shape)?;
+        crate::context::host_f32(w).map_err(|e| LmError::Input(format!("{name}: {e}")))
+    }
 }
 
 /// qtune-quant's name of a device dtype.
@@ -476,6 +483,13 @@ impl<B: QBackend> TensorSource<B> for FileSource<'_, B> {
 
     fn contains(&self, name: &str) -> bool {
         self.files.by_name.contains_key(name)
+    }
+
+    fn host_f32(&mut self, name: &str, shape: [usize; 2]) -> Result<Vec<f32>, LmError> {
+        let data = self.data(name, &shape)?;
+        data.convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| LmError::Input(format!("{name}: {e:?}")))
     }
 
     fn quantized(

@@ -17,7 +17,21 @@ pub enum Source<'a> {
     Bytes { bytes: &'a [u8], dtype: FloatDType },
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
+    /// Values `start..end` of this source (indices in values, not bytes; in range).
+    pub(crate) fn slice(&self, start: usize, end: usize) -> Source<'a> {
+        match *self {
+            Source::F32(x) => Source::F32(&x[start..end]),
+            Source::Bytes { bytes, dtype } => {
+                let size = dtype.size_in_bytes();
+                Source::Bytes {
+                    bytes: &bytes[start * size..end * size],
+                    dtype,
+                }
+            }
+        }
+    }
+
     /// Number of values, or an error if the byte length is not a multiple of the element size.
     pub(crate) fn len(&self, name: &str) -> Result<usize, QuantError> {
         match *self {

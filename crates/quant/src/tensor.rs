@@ -180,10 +180,7 @@ impl QuantizedTensor {
                 got: n,
             });
         }
-        let (codes, absmax) = match spec.format.four_bit() {
-            None => blockwise8::quantize_source(name, src, dtype, spec.blocksize, rcp)?,
-            Some(kind) => fourbit::quantize_source(name, src, dtype, spec.blocksize, kind, rcp)?,
-        };
+        let (codes, absmax) = quantize_blocks(name, src, n, spec, dtype, rcp)?;
         let absmax = if spec.double_quant {
             let offset = crate::nested::mean_f32(&absmax);
             Absmax::Nested(NestedAbsmax::quantize_with_offset_rcp(
@@ -323,4 +320,66 @@ impl QuantizedTensor {
                 Absmax::Nested(nested) => nested.resident_bytes(),
             }
     }
+}
+
+/// Values per thread below which [`quantize_blocks`] stays on the calling thread.
+const PARALLEL_MIN: usize = 1 << 20;
+
+/// Codes and plain absmax of `src` (`n` values), its blocks split over the machine's cores in
+/// contiguous runs of whole blocks. Every block is quantized independently, so the result is
+/// the serial one byte for byte (a 4-bit run holds an even number of values, since the
+/// block sizes are even, so no packed byte straddles two runs). A NaN/Inf error names the
+/// first bad value of the tensor, as the serial loop would.
+fn quantize_blocks(
+    name: &str,
+    src: Source<'_>,
+    n: usize,
+    spec: QuantSpec,
+    dtype: FloatDType,
+    rcp: Reciprocal,
+) -> Result<(Vec<u8>, Vec<f32>), QuantError> {
+    let one = |src: Source<'_>| match spec.format.four_bit() {
+        None => blockwise8::quantize_source(name, src, dtype, spec.blocksize, rcp),
+        Some(kind) => fourbit::quantize_source(name, src, dtype, spec.blocksize, kind, rcp),
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let blocks = n.div_ceil(spec.blocksize.max(1));
+    let runs = threads.min(n / PARALLEL_MIN).min(blocks);
+    if runs <= 1 {
+        return one(src);
+    }
+    let per_run = blocks.div_ceil(runs) * spec.blocksize;
+    let bounds: Vec<(usize, usize)> = (0..n)
+        .step_by(per_run)
+        .map(|start| (start, (start + per_run).min(n)))
+        .collect();
+    let parts: Vec<Result<(Vec<u8>, Vec<f32>), QuantError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = bounds
+            .iter()
+            .map(|&(start, end)| scope.spawn(move || one(src.slice(start, end))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let (mut codes, mut absmax) = (Vec::new(), Vec::with_capacity(blocks));
+    for (part, &(start, _)) in parts.into_iter().zip(&bounds) {
+        match part {
+            Ok((c, a)) => {
+                codes.extend_from_slice(&c);
+                absmax.extend_from_slice(&a);
+            }
+            // A run's index counts from the run's start.
+            Err(QuantError::NonFinite { name, index, value }) => {
+                return Err(QuantError::NonFinite {
+                    name,
+                    index: start + index,
+                    value,
+                })
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((codes, absmax))
 }

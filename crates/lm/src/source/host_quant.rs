@@ -44,6 +44,10 @@ impl<B: QBackend, S: TensorSource<B> + ?Sized> TensorSource<B> for HostQuantizin
         self.inner.contains(name)
     }
 
+    fn host_f32(&mut self, name: &str, shape: [usize; 2]) -> Result<Vec<f32>, LmError> {
+        self.inner.host_f32(name, shape)
+    }
+
     fn quantized(
         &mut self,
         module: &str,
@@ -56,9 +60,7 @@ impl<B: QBackend, S: TensorSource<B> + ?Sized> TensorSource<B> for HostQuantizin
             return Ok(None);
         }
         let name = format!("{module}.weight");
-        let w = self.inner.tensor2(&name, shape)?;
-        let values =
-            crate::context::host_f32(w).map_err(|e| LmError::Input(format!("{name}: {e}")))?;
+        let values = self.inner.host_f32(&name, shape)?;
         qtune_quant::QuantizedTensor::quantize(module, &values, &shape, self.q.spec, self.q.dtype)
             .map(Some)
             .map_err(|source| LmError::host_quantize(module, source))

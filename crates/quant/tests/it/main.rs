@@ -5,6 +5,7 @@ mod fixtures;
 mod golden;
 mod gptj_nf4;
 mod gpu_rcp;
+mod parallel;
 mod props;
 mod resident;
 mod roundtrip_io;
