@@ -11,6 +11,7 @@
 # Steady-state tokens/s: train windows after the first (which holds the kernel JIT), real tokens only.
 # Prepare here: .device/bin/xtask.gz (cuda build); .device/data with squad-v2 and gpt2-tokenizer (gzipped).
 #   source xtask/device/stash.sh; bash xtask/device/packing_bench.sh     # carry [".device"]
+# Options: STEPS (default 40), MODES (default "packed:true padded:false"), T_* time limits.
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export QTUNE_KERNEL_CACHE=/tmp/kcache PYTHONPATH=$PWD/.device/site PYTHONUNBUFFERED=1
@@ -79,7 +80,7 @@ print(json.dumps({"windows": len(w), "first_window_tok_s": round(w[0]["tokens_pe
                   "steady_tok_s": round(sum(later) / len(later)) if later else None}))
 PY
 }
-for mode in packed:true padded:false; do
+for mode in ${MODES:-packed:true padded:false}; do
   name=gptj6b-${mode%%:*}
   config $name ${mode##*:}
   echo "=== ours qtune train, $name $(date -u +%T)"
