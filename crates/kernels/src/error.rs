@@ -43,4 +43,7 @@ pub enum KernelError {
     /// Recording or replaying a device graph (CUDA graph) failed.
     #[error("device graph: {reason}")]
     Graph { reason: String },
+    /// The GPU cannot run what was asked (compute capability, dtype), said before any work.
+    #[error("{device}: {reason}")]
+    Device { device: String, reason: String },
 }

@@ -327,6 +327,17 @@ pub trait QBackend: Backend {
         Ok(None)
     }
 
+    /// Whether `device` can compute in `dtype`, checked before a model is built: on CUDA the
+    /// compute capability (≥ 7.0 for qtune's kernels, ≥ 8.0 for bfloat16), so an older GPU
+    /// gets this error at start instead of a fallback or a wrong result. The default accepts.
+    ///
+    /// # Errors
+    /// [`KernelError::Device`] naming the device, its compute capability and what to do.
+    fn q_check_device(device: &Self::Device, dtype: DType) -> Result<(), KernelError> {
+        let _ = (device, dtype);
+        Ok(())
+    }
+
     /// A float tensor holding `data` (its dtype kept) on `device`: `Tensor::from_data`, which
     /// is the default. CUDA copies the bytes straight to the device once (`cuda/upload.rs`
     /// says why cubecl's own upload is slow for checkpoints).

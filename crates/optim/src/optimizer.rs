@@ -240,10 +240,30 @@ impl<B: AutodiffBackend> Optimizer<B> {
         micro_batches: usize,
         max_norm: f64,
     ) -> Result<(M, GradNorm), OptimError> {
+        self.step_normalized_scaled(lr, module, grads, (tokens, 1.0), micro_batches, max_norm)
+    }
+
+    /// [`Optimizer::step_normalized`] for gradients of a loss multiplied by `loss_scale`
+    /// (float16 dynamic loss scaling): they are divided by `tokens · loss_scale` in the same
+    /// one f32 division. With `loss_scale` a power of two (and `tokens < 2²⁴`) the divisor is
+    /// exact, so gradients that did not overflow give the unscaled update bit for bit.
+    ///
+    /// # Errors
+    /// As [`Optimizer::step_normalized`].
+    pub fn step_normalized_scaled<M: AutodiffModule<B>>(
+        &mut self,
+        lr: f64,
+        module: M,
+        grads: GradientsParams,
+        (tokens, loss_scale): (u64, f64),
+        micro_batches: usize,
+        max_norm: f64,
+    ) -> Result<(M, GradNorm), OptimError> {
         if tokens == 0 {
             return Err(OptimError::NoTokens { micro_batches });
         }
-        self.step_impl(lr, module, grads, Some((tokens, max_norm)))
+        let divisor = (tokens as f64 * loss_scale) as f32;
+        self.step_impl(lr, module, grads, Some((divisor, max_norm)))
     }
 
     fn step_impl<M: AutodiffModule<B>>(
@@ -251,7 +271,7 @@ impl<B: AutodiffBackend> Optimizer<B> {
         lr: f64,
         module: M,
         mut grads: GradientsParams,
-        normalize: Option<(u64, f64)>,
+        normalize: Option<(f32, f64)>,
     ) -> Result<(M, GradNorm), OptimError> {
         if !(lr.is_finite() && lr >= 0.0) {
             return Err(OptimError::Config {
@@ -335,9 +355,9 @@ impl<B: AutodiffBackend> Optimizer<B> {
             total_norm: 0.0,
             scale: 1.0,
         };
-        if let Some((tokens, max_norm)) = normalize {
+        if let Some((divisor, max_norm)) = normalize {
             for (.., g) in prepared.iter_mut() {
-                *g = g.clone().div_scalar(tokens as f32);
+                *g = g.clone().div_scalar(divisor);
             }
             norm = group_norm(prepared.iter().map(|(.., g)| g), max_norm);
             if !norm.total_norm.is_finite() {

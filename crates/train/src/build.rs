@@ -103,6 +103,8 @@ pub fn base_model<B: QBackend>(
 ) -> Result<AnyLm<B>, TrainError> {
     let quant = m.quantization.as_ref().map(quant_spec);
     let mut dtype = dtype(m);
+    // An older GPU is refused here, before any work (compute capability, bfloat16).
+    B::q_check_device(device, dtype)?;
     // NdArray has no bf16/f16 (it would panic on the first tensor): compute in f32 there.
     if !B::supports_dtype(device, dtype) {
         tracing::warn!(requested = ?dtype, "backend lacks this dtype; using float32");

@@ -99,6 +99,10 @@ pub struct TrainerState {
     /// trains on its slice of each global batch, so a resume must use the same world size.
     #[serde(default = "one_rank")]
     pub world_size: usize,
+    /// Dynamic loss scaling's state (float16 runs; [`crate::scaler`]): the scale, the run of
+    /// good steps and the steps skipped, so a resume scales and schedules as the run would have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<crate::scaler::LossScaler>,
 }
 
 fn one_rank() -> usize {
@@ -450,6 +454,7 @@ mod tests {
             best_metric: Some(1.5),
             config: RunConfig::tiny(),
             world_size: 1,
+            loss_scaler: None,
         }
     }
 

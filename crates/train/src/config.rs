@@ -272,6 +272,10 @@ pub struct TrainingArgs {
     /// in `loss` is better lower, any other higher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric_for_best_model: Option<String>,
+    /// `[training.loss_scaling]`: dynamic loss scaling ([`crate::scaler`]); absent, it is on
+    /// with torch's defaults for `torch_dtype = "float16"` and off otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaling: Option<crate::scaler::LossScaling>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -465,6 +469,9 @@ impl RunConfig {
             if v == 0 {
                 return bad(field, "must be ≥ 1");
             }
+        }
+        if let Some(ls) = &t.loss_scaling {
+            ls.validate(origin)?;
         }
         for (field, v) in [
             ("data.max_train_samples", self.data.max_train_samples),

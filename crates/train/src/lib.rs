@@ -16,8 +16,10 @@ pub mod metrics;
 pub mod model;
 pub mod parallel;
 pub mod peft_check;
+mod progress;
 pub mod replica;
 pub mod run;
+pub mod scaler;
 pub mod setup;
 pub mod step;
 pub mod task;
@@ -85,12 +87,23 @@ pub enum TrainError {
         what: &'static str,
         source: serde_json::Error,
     },
+    #[error(
+        "step {step}: float16 gradients overflow even at loss scale {scale:e} ({skipped} steps \
+         skipped so far): the run diverged; lower the learning rate or train in bfloat16"
+    )]
+    LossScale {
+        step: usize,
+        scale: f64,
+        skipped: u64,
+    },
     #[error("[data] packing = true: {msg}")]
     Packing { msg: String },
     #[error("adapter does not fit the model: {msg}")]
     AdapterMismatch { msg: String },
     #[error("tokenizer: {msg}")]
     Tokenizer { msg: String },
+    #[error(transparent)]
+    Gpu(Box<qtune_kernels::KernelError>),
     #[error("--devices: {msg}")]
     Devices { msg: String },
     #[error("burn-collective ({what}): {msg}")]
@@ -122,6 +135,7 @@ boxed_from!(
     Peft: qtune_lora::peft::PeftError,
     Merge: qtune_lora::merge::MergeError,
     Model: qtune_gptj::GptjError,
+    Gpu: qtune_kernels::KernelError,
 );
 
 /// The messages of `err` and its causes, each once: a cause whose text its parent's message

@@ -30,6 +30,11 @@ pub enum MetricsError {
     Plot { path: PathBuf, msg: String },
 }
 
+/// serde_json writes a non-finite f64 as `null`; read it back as NaN.
+fn f64_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// One line of metrics.jsonl.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -38,11 +43,20 @@ pub enum Event {
         step: usize,
         loss: f64,
         learning_rate: f64,
+        /// The last step's global norm before clipping; `null` (read back as NaN) when that
+        /// step's float16 gradients overflowed.
+        #[serde(deserialize_with = "f64_or_null")]
         grad_norm: f64,
         /// Target (loss) tokens trained on so far.
         tokens: u64,
         /// Input tokens (non-pad, forward + backward) per second since the last line.
         tokens_per_s: f64,
+        /// float16 loss scaling only: the scale after this step, and the steps skipped so far
+        /// because their gradients overflowed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        loss_scale: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        skipped_steps: Option<u64>,
     },
     Eval {
         step: usize,
@@ -305,6 +319,8 @@ mod tests {
             grad_norm: 0.5,
             tokens: 10,
             tokens_per_s: 1.0,
+            loss_scale: None,
+            skipped_steps: None,
         };
         for step in 1..=5 {
             log.write(&train(step)).unwrap();
@@ -339,6 +355,8 @@ mod tests {
                 grad_norm: 0.5,
                 tokens: 100 * step as u64,
                 tokens_per_s: 1000.0,
+                loss_scale: None,
+                skipped_steps: None,
             });
             if step % 5 == 0 {
                 events.push(Event::Eval {

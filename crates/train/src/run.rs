@@ -48,6 +48,9 @@ pub struct TrainReport {
     /// `[data] test_split` / `test_file`: the best adapter on the held-out test split, once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test: Option<TestMetrics>,
+    /// float16 loss scaling: optimizer steps skipped because their gradients overflowed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_steps: Option<u64>,
 }
 
 /// The held-out test split, evaluated once after training with the best adapter (HF's
@@ -313,6 +316,7 @@ fn report(
         optimizer_state_bytes: s.optimizer_state_bytes,
         final_eval,
         test: None,
+        skipped_steps: s.skipped_steps,
     }
 }
 

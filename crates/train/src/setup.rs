@@ -14,6 +14,7 @@ use qtune_optim::{LrSchedule, Optimizer};
 use crate::checkpoint::{self, TrainerState};
 use crate::config::{OptimName, RunConfig};
 use crate::metrics;
+use crate::scaler::{LossScaler, LossScaling};
 use crate::trainer::{device_inner, optimizer_config, schedule, TrainOptions};
 use crate::TrainError;
 
@@ -232,12 +233,18 @@ where
                     step: 0,
                     tokens_seen: 0,
                     rng: rand_chacha::ChaCha8Rng::seed_from_u64(t.seed),
-                    data_position: serde_json::to_value(sampler.position()).unwrap_or_default(),
+                    data_position: serde_json::to_value(sampler.position()).map_err(|source| {
+                        TrainError::Serialize {
+                            what: "the data position",
+                            source,
+                        }
+                    })?,
                     best_eval_loss: None,
                     best_step: None,
                     best_metric: None,
                     config: cfg.clone(),
                     world_size: world,
+                    loss_scaler: LossScaling::of(cfg).map(|ls| LossScaler::new(&ls)),
                 };
                 (model, optim, state, sampler)
             }

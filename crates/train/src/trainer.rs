@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::RngCore;
 
 use qtune_data::{collate, collate_packed, Example, Padding};
@@ -21,7 +20,8 @@ use crate::checkpoint;
 use crate::config::{OptimName, RunConfig, SchedulerType, TargetList, TrainingArgs};
 use crate::evaluate::{evaluate_step, EvalGeneration, StepEval};
 use crate::files;
-use crate::metrics::{self, Event, MetricsLog};
+use crate::metrics::MetricsLog;
+use crate::progress::{log_eval, plot_losses, progress_bar, Window};
 use crate::replica::{compute_lock, rank_seed, shard_range, Reduced, Replicas, Single};
 use qtune_kernels::QBackend;
 use qtune_lm::CausalLm;
@@ -65,6 +65,8 @@ pub struct TrainSummary {
     pub optimizer_state_bytes: usize,
     /// Whether the run reached `max_steps` (false when stopped by `stop_at_step`).
     pub finished: bool,
+    /// float16 loss scaling: steps skipped because their gradients overflowed (whole run).
+    pub skipped_steps: Option<u64>,
 }
 
 /// The adapter config written next to the factors (PEFT names).
@@ -193,7 +195,10 @@ where
     let mut window = Window::default();
     while state.step < end {
         let step_started = Instant::now();
-        let lr = schedule.lr_at(state.step);
+        // Steps skipped for a float16 overflow do not advance the schedule (HF + accelerate).
+        let skipped = state.loss_scaler.as_ref().map_or(0, |s| s.skipped_steps) as usize;
+        let lr = schedule.lr_at(state.step - skipped);
+        let loss_scale = state.loss_scaler.as_ref().map_or(1.0, |s| s.scale);
         let shard = (rank, world);
         let batches = rank_batches(
             cfg,
@@ -206,9 +211,17 @@ where
         )?;
         // One way: micro-batch grads → TokenAccumulator (sums) → sums across ranks (identity on
         // one rank) → divided once by the global target tokens → clip → step.
-        let local = micro_steps::<B, M>(&model, &batches, t.gradient_checkpointing)?;
+        let local = micro_steps::<B, M>(&model, &batches, t.gradient_checkpointing, loss_scale)?;
         let red = sync.reduce::<B, M>(&model, local, &inner_device)?;
-        let (next, done) = apply_update(model, &mut optim, red, t, lr, &ckpt_root, state.step + 1)?;
+        let update = Update {
+            lr,
+            loss_scale,
+            step: state.step + 1,
+        };
+        let (next, done) = apply_update(model, &mut optim, red, t, update, &ckpt_root)?;
+        if let Some(scaler) = state.loss_scaler.as_mut() {
+            scaler.update(done.skipped, state.step + 1)?;
+        }
         model = next;
         state.step += 1;
         state.tokens_seen += done.tokens;
@@ -222,7 +235,16 @@ where
             continue; // ranks > 0 write nothing
         };
         if state.step % t.logging_steps == 0 || state.step == t.max_steps {
-            window.log(log, &bar, state.step, state.tokens_seen, lr, done.norm)?;
+            let scaler = state.loss_scaler.as_ref();
+            window.log(
+                log,
+                &bar,
+                state.step,
+                state.tokens_seen,
+                lr,
+                done.norm,
+                scaler,
+            )?;
         }
         if state.step % t.eval_steps == 0 || state.step == t.max_steps {
             let generation = opts.generation.as_deref();
@@ -245,8 +267,18 @@ where
     Ok((model, summary))
 }
 
+/// What one optimizer step applies: the learning rate, the loss scale its gradients carry
+/// (1 without float16 loss scaling) and its number (for errors).
+struct Update {
+    lr: f64,
+    loss_scale: f64,
+    step: usize,
+}
+
 /// What one optimizer step leaves for the log and the summary.
 struct StepDone {
+    /// float16 loss scaling only: the gradients overflowed, nothing was updated.
+    skipped: bool,
     /// Mean loss per target token over all ranks.
     loss: f64,
     /// Global gradient norm before clipping.
@@ -256,47 +288,53 @@ struct StepDone {
     input_tokens: u64,
 }
 
-/// The one way after the reduce: divided once by the global target tokens, a non-finite loss or
-/// gradient norm stops the run (naming the last good checkpoint), clip, optimizer step.
+/// The one way after the reduce: divided once by the global target tokens (and the loss
+/// scale), a non-finite loss or gradient norm stops the run (naming the last good checkpoint),
+/// clip, optimizer step. Under float16 loss scaling a non-finite norm is an overflow instead:
+/// the step is skipped (nothing updated) and the caller's scaler backs off.
 fn apply_update<B, M>(
     model: M,
     optim: &mut Optimizer<B>,
     red: Reduced,
     t: &TrainingArgs,
-    lr: f64,
+    u: Update,
     ckpt_root: &Path,
-    step: usize,
 ) -> Result<(M, StepDone), TrainError>
 where
     B: AutodiffBackend + QBackend,
     M: AutodiffModule<B>,
 {
     let tokens = red.target_tokens;
+    let scaled = u.loss_scale != 1.0;
+    // The loss sum is the unscaled one (the scale only seeds the backward).
     let loss = red.loss_sum / tokens.max(1) as f64;
-    if tokens > 0 && !loss.is_finite() {
-        return Err(non_finite(ckpt_root, step, "loss", loss));
+    if tokens > 0 && !loss.is_finite() && !scaled {
+        return Err(non_finite(ckpt_root, u.step, "loss", loss));
     }
-    // Divided by the global target tokens, clipped to the global norm and applied in one
-    // pass over each group's concatenated gradients (qtune-optim's step_normalized).
+    // Divided by the global target tokens × the loss scale, clipped to the global norm and
+    // applied in one pass over each group's concatenated gradients (qtune-optim's
+    // step_normalized; a non-finite norm leaves the model and the state untouched).
     let (model, norm) = {
         let _compute = compute_lock();
-        optim.step_normalized(
-            lr,
+        optim.step_normalized_scaled(
+            u.lr,
             model,
             red.grads,
-            tokens,
+            (tokens, u.loss_scale),
             t.gradient_accumulation_steps,
             t.max_grad_norm,
         )?
     };
     let norm = norm.total_norm;
-    if !norm.is_finite() {
-        return Err(non_finite(ckpt_root, step, "gradient norm", norm));
+    let skipped = !norm.is_finite();
+    if skipped && !scaled {
+        return Err(non_finite(ckpt_root, u.step, "gradient norm", norm));
     }
     let input_tokens = red.input_tokens;
     Ok((
         model,
         StepDone {
+            skipped,
             loss,
             norm,
             tokens,
@@ -339,15 +377,6 @@ where
         checkpoint::save_adapter_atomic(&adapter, &cfg.output_dir().join(files::ADAPTER_DIR))?;
     }
     Ok(best)
-}
-
-/// The loss curve of the metrics so far; a failure to draw it is only a warning.
-fn plot_losses(log: &MetricsLog, out: &Path) -> Result<(), TrainError> {
-    let events = metrics::read_events(log.path())?;
-    if let Err(e) = metrics::plot_loss(&events, &out.join(files::LOSS_PLOT_FILE)) {
-        tracing::warn!("loss curve not drawn: {e}");
-    }
-    Ok(())
 }
 
 /// A generation metric as `metric_for_best_model` needs generation prompts.
@@ -414,6 +443,7 @@ fn micro_steps<B, M>(
     model: &M,
     batches: &[(qtune_data::Batch, Option<u64>)],
     checkpointed: bool,
+    loss_scale: f64,
 ) -> Result<Reduced, TrainError>
 where
     B: AutodiffBackend + QBackend,
@@ -423,13 +453,16 @@ where
 {
     let mut acc = TokenAccumulator::<M>::new();
     let (mut loss_sum, mut input_tokens) = (0.0, 0u64);
+    // The backward runs on `loss_sum / norm`: `norm = 1/scale` seeds it with the loss scale
+    // (a power of two, so exactly).
+    let norm = (1.0 / loss_scale) as f32;
     for (batch, seed) in batches {
         let ms = {
             let _compute = compute_lock();
             if checkpointed {
-                step::micro_step_checkpointed::<B, M>(model, batch, 1.0, *seed)?
+                step::micro_step_checkpointed::<B, M>(model, batch, norm, *seed)?
             } else {
-                step::micro_step_plain::<B, M>(model, batch, 1.0, *seed)?
+                step::micro_step_plain::<B, M>(model, batch, norm, *seed)?
             }
         };
         loss_sum += ms.loss_sum;
@@ -443,99 +476,6 @@ where
         loss_sum,
         input_tokens,
     })
-}
-
-fn progress_bar(show: bool, max_steps: usize, position: usize) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let b = ProgressBar::new(max_steps as u64);
-    b.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    b.set_position(position as u64);
-    b
-}
-
-/// Loss sum, target tokens, step seconds and input tokens since the last train log line; the
-/// seconds count training steps only (not eval or checkpoint writes).
-#[derive(Default)]
-struct Window {
-    loss_sum: f64,
-    tokens: u64,
-    seconds: f64,
-    input_tokens: u64,
-}
-
-impl Window {
-    fn add(&mut self, loss: f64, tokens: u64, seconds: f64, input_tokens: u64) {
-        self.loss_sum += loss * tokens as f64;
-        self.tokens += tokens;
-        self.seconds += seconds;
-        self.input_tokens += input_tokens;
-    }
-
-    /// Writes the window's train line and starts a new window.
-    fn log(
-        &mut self,
-        log: &mut MetricsLog,
-        bar: &ProgressBar,
-        step: usize,
-        tokens_seen: u64,
-        lr: f64,
-        grad_norm: f64,
-    ) -> Result<(), TrainError> {
-        let secs = self.seconds.max(1e-9);
-        let mean = self.loss_sum / self.tokens.max(1) as f64;
-        let tps = self.input_tokens as f64 / secs;
-        log.write(&Event::Train {
-            step,
-            loss: mean,
-            learning_rate: lr,
-            grad_norm,
-            tokens: tokens_seen,
-            tokens_per_s: tps,
-        })?;
-        bar.set_message(format!("loss {mean:.4}  {tps:.0} tok/s"));
-        // suspend(): the bar and the log lines share stderr.
-        bar.suspend(|| {
-            tracing::info!(
-                step,
-                loss = mean,
-                lr,
-                grad_norm,
-                tokens_per_s = tps,
-                "train"
-            )
-        });
-        *self = Self::default();
-        Ok(())
-    }
-}
-
-fn log_eval(
-    log: &mut MetricsLog,
-    bar: &ProgressBar,
-    step: usize,
-    ev: &StepEval,
-    best: bool,
-) -> Result<(), TrainError> {
-    log.write(&Event::Eval {
-        step,
-        eval_loss: ev.loss,
-        eval_tokens: ev.tokens,
-        best,
-        generation: ev.generation.clone(),
-    })?;
-    if let Some(m) = &ev.generation {
-        let line = crate::run::metric_line(m);
-        bar.suspend(|| tracing::info!(step, "eval generation: {line}"));
-    }
-    bar.suspend(|| tracing::info!(step, eval_loss = ev.loss, best, "eval"));
-    Ok(())
 }
 
 impl TrainSummary {
@@ -553,6 +493,7 @@ impl TrainSummary {
             seconds: 0.0,
             optimizer_state_bytes: 0,
             finished: false,
+            skipped_steps: None,
         }
     }
 
@@ -571,6 +512,7 @@ impl TrainSummary {
         self.seconds = started.elapsed().as_secs_f64();
         self.optimizer_state_bytes = optimizer_state_bytes;
         self.finished = state.step >= max_steps;
+        self.skipped_steps = state.loss_scaler.as_ref().map(|s| s.skipped_steps);
     }
 }
 

@@ -6,6 +6,8 @@
 //!    one fixed batch, on the GPU (bf16) and on the CPU (f32), same init, same AdamW: both loss
 //!    curves are printed side by side with their largest difference.
 //!
+//! 3. float16 training with dynamic loss scaling against bfloat16 through the trainer (`fp16`).
+//!
 //! Also: the cuBLAS GEMMs and fused ops vs the CPU (`fused`, `gemm`), the Llama family's kernels
 //! (`selftest`), and greedy decoding (`fixtures::decode_check`).
 //!
@@ -14,6 +16,8 @@
 
 #[cfg(feature = "cuda")]
 mod fixtures;
+#[cfg(feature = "cuda")]
+mod fp16;
 #[cfg(feature = "cuda")]
 mod fused;
 #[cfg(feature = "cuda")]
@@ -209,6 +213,9 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
                "cpu_first_last": [cpu_losses.first(), cpu_losses.last()],
                "gpu_first_last": [gpu_losses.first(), gpu_losses.last()]})
     );
+
+    // 3. float16 training with dynamic loss scaling against bfloat16, through the trainer.
+    fp16::fp16_curve(&dev, steps, &mut fails)?;
 
     for f in &fails.0 {
         println!("{}", json!({"check": "failed", "what": f}));

@@ -94,6 +94,10 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         <Self as AutodiffBackend>::from_inner(B::q_dequantize(inner(w), dtype))
     }
 
+    fn q_check_device(device: &Self::Device, dtype: DType) -> Result<(), KernelError> {
+        B::q_check_device(device, dtype)
+    }
+
     fn q_upload_float(data: TensorData, device: &Self::Device) -> FloatTensor<Self> {
         <Self as AutodiffBackend>::from_inner(B::q_upload_float(data, device))
     }

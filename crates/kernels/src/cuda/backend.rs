@@ -92,6 +92,10 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         super::decode::capture(device, record)
     }
 
+    fn q_check_device(device: &Self::Device, dtype: DType) -> Result<(), KernelError> {
+        super::upload::check_device(device.index, dtype)
+    }
+
     fn q_upload_float(data: TensorData, device: &Self::Device) -> FloatTensor<Self> {
         match data.dtype {
             DType::F32 | DType::F16 | DType::BF16 => {

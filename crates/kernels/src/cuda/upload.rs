@@ -1,3 +1,6 @@
+//! What a model needs from the device before it is built: a capable GPU ([`check_device`]), and
+//! its tensors uploaded.
+//!
 //! Host → device upload of a checkpoint tensor: one `cuMemcpyHtoDAsync` from the caller's bytes
 //! into a fresh buffer of cubecl's pool, on cubecl's stream.
 //!
@@ -69,4 +72,52 @@ pub fn upload(
             .unwrap_or_else(|e| panic!("qtune-kernels: cubecl device thread: {e:?}"));
     }
     CubeTensor::new_contiguous(client, device.clone(), shape, handle, dtype)
+}
+
+/// Oldest compute capability qtune's CUDA path is built for (Volta: f16 tensor cores; cuBLASLt
+/// and cubecl's kernels). Tested on 9.0 (H100, H200) only.
+const MIN_CC: (i32, i32) = (7, 0);
+/// bfloat16 arithmetic needs Ampere.
+const MIN_CC_BF16: (i32, i32) = (8, 0);
+
+/// [`crate::QBackend::q_check_device`] for CUDA device `index`.
+///
+/// # Errors
+/// [`KernelError::Device`]: no such device, a compute capability below 7.0, or bfloat16 on one
+/// below 8.0 (with the float16 alternative named).
+pub fn check_device(index: usize, dtype: DType) -> Result<(), crate::KernelError> {
+    let err = |device: String, reason: String| crate::KernelError::Device { device, reason };
+    let ctx = cudarc::driver::CudaContext::new(index).map_err(|e| {
+        err(
+            format!("CUDA device {index}"),
+            format!("cannot be opened: {e:?}"),
+        )
+    })?;
+    let name = ctx.name().unwrap_or_else(|_| "unknown".into());
+    let device = format!("CUDA device {index} ({name})");
+    let cc = ctx.compute_capability().map_err(|e| {
+        err(
+            device.clone(),
+            format!("compute capability unreadable: {e:?}"),
+        )
+    })?;
+    if cc < MIN_CC {
+        return Err(err(
+            device,
+            format!(
+                "compute capability {}.{} is below the {}.{} qtune's CUDA kernels need (Volta or newer); train on the CPU build instead",
+                cc.0, cc.1, MIN_CC.0, MIN_CC.1
+            ),
+        ));
+    }
+    if dtype == DType::BF16 && cc < MIN_CC_BF16 {
+        return Err(err(
+            device,
+            format!(
+                "bfloat16 needs compute capability {}.{} (Ampere) or newer, this GPU has {}.{}: set [model] torch_dtype = \"float16\" (dynamic loss scaling is on by default) or --dtype float16",
+                MIN_CC_BF16.0, MIN_CC_BF16.1, cc.0, cc.1
+            ),
+        ));
+    }
+    Ok(())
 }

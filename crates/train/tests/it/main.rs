@@ -8,6 +8,7 @@ mod data_job;
 mod grad_checkpoint;
 mod hygiene;
 mod loop_errors;
+mod loss_scaling;
 mod packing;
 mod parallel;
 mod peft_fixture;
