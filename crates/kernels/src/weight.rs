@@ -166,8 +166,9 @@ pub struct QuantWeight<B: Backend> {
 }
 
 /// U8 codes on `device` through the backend's one-copy upload ([`QBackend::q_upload_int`]).
-fn u8_tensor<B: QBackend>(bytes: &[u8], device: &B::Device) -> Tensor<B, 1, Int> {
-    let data = TensorData::new(bytes.to_vec(), [bytes.len()]);
+fn u8_tensor<B: QBackend>(bytes: Vec<u8>, device: &B::Device) -> Tensor<B, 1, Int> {
+    let n = bytes.len();
+    let data = TensorData::new(bytes, [n]);
     Tensor::from_primitive(B::q_upload_int(data, device))
 }
 
@@ -364,6 +365,19 @@ impl<B: QBackend> QuantWeight<B> {
         q: &QuantizedTensor,
         device: &B::Device,
     ) -> Result<Self, KernelError> {
+        Self::try_from_owned(name, q.clone(), device)
+    }
+
+    /// [`Self::try_from_quantized`] taking `q` by value: its codes move into the upload
+    /// without a copy (a loaded GPT-J-6B has 2.9 GB of them).
+    ///
+    /// # Errors
+    /// As [`Self::try_from_quantized`].
+    pub fn try_from_owned(
+        name: &str,
+        mut q: QuantizedTensor,
+        device: &B::Device,
+    ) -> Result<Self, KernelError> {
         let [out_features, in_features] = match q.shape[..] {
             [o, i] => [o, i],
             _ => {
@@ -387,16 +401,13 @@ impl<B: QBackend> QuantWeight<B> {
             });
         }
         expect_len(name, "codes", layout.num_code_bytes(), q.codes.len())?;
-        let mut w = Self::without_scales(
-            u8_tensor(&q.codes, device),
-            f32_tensor(q.code_map(), device),
-            layout,
-            q.dtype,
-        );
-        match &q.absmax {
+        let code_map = f32_tensor(q.code_map(), device);
+        let codes = u8_tensor(std::mem::take(&mut q.codes), device);
+        let mut w = Self::without_scales(codes, code_map, layout, q.dtype);
+        match q.absmax {
             Absmax::Plain(a) => {
                 expect_len(name, "absmax", layout.num_blocks(), a.len())?;
-                w.absmax = Some(f32_tensor(a, device));
+                w.absmax = Some(f32_tensor(&a, device));
             }
             Absmax::Nested(n) => {
                 expect_len(
@@ -418,8 +429,8 @@ impl<B: QBackend> QuantWeight<B> {
                     n.codes.len().div_ceil(n.blocksize),
                     n.absmax.len(),
                 )?;
-                w.nested_codes = Some(u8_tensor(&n.codes, device));
                 w.nested_absmax = Some(f32_tensor(&n.absmax, device));
+                w.nested_codes = Some(u8_tensor(n.codes, device));
                 w.nested_map = Some(f32_tensor(&DYNAMIC_MAP, device));
                 w.meta.nested = Some((n.offset, n.blocksize));
             }

@@ -88,7 +88,7 @@ pub fn build_linear<B: QBackend, S: TensorSource<B> + ?Sized>(
                 q.shape
             )));
         }
-        let w = QuantWeight::try_from_quantized(name, &q, device).map_err(quant_err)?;
+        let w = QuantWeight::try_from_owned(name, q, device).map_err(quant_err)?;
         return Ok(Linear::quantized(w, b));
     }
     let w = src.tensor2(&format!("{name}.weight"), shape)?;

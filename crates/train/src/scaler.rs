@@ -1,5 +1,6 @@
 //! Dynamic loss scaling for float16 training, as torch's `GradScaler` (which HF's `fp16=True`
-//! uses): the loss is multiplied by `scale` before the backward, so small float16 gradients do
+//! uses): the loss is multiplied by `scale` (over [`LossScaling::seed_divisor`]) before the
+//! backward, so small float16 gradients do
 //! not flush to zero; the gradients are divided by it again before clipping (together with the
 //! token count, in one division). A step whose gradients overflowed (a non-finite norm) is
 //! skipped — no parameter or optimizer-state update, the learning-rate schedule does not advance
@@ -72,6 +73,19 @@ impl LossScaling {
             );
         }
         Ok(())
+    }
+
+    /// What the backward's seed is divided by besides the loss scale: torch scales a *mean*
+    /// loss, while qtune's backward starts from per-token loss *sums*, so at the same `scale`
+    /// its gradients would be N times torch's (N target tokens) and overflow float16 where
+    /// torch's do not. The seed is therefore `scale / 2^⌊log₂ N⌋` with N the most tokens a
+    /// step can hold (`per_device_train_batch_size × gradient_accumulation_steps ×
+    /// max_length`, the same on every rank): gradients as large as torch's or smaller, and a
+    /// power of two, so scaling stays exact.
+    pub fn seed_divisor(cfg: &RunConfig) -> f64 {
+        let t = &cfg.training;
+        let n = t.per_device_train_batch_size * t.gradient_accumulation_steps * cfg.data.max_length;
+        2f64.powi(n.max(1).ilog2() as i32)
     }
 
     /// The run's loss scaling: the section if given, torch's defaults for float16, else none.

@@ -193,12 +193,17 @@ where
     let started = Instant::now();
     let mut summary = TrainSummary::start(out.clone(), &state);
     let mut window = Window::default();
+    let seed_divisor = crate::scaler::LossScaling::seed_divisor(cfg);
     while state.step < end {
         let step_started = Instant::now();
         // Steps skipped for a float16 overflow do not advance the schedule (HF + accelerate).
         let skipped = state.loss_scaler.as_ref().map_or(0, |s| s.skipped_steps) as usize;
         let lr = schedule.lr_at(state.step - skipped);
-        let loss_scale = state.loss_scaler.as_ref().map_or(1.0, |s| s.scale);
+        // What the gradients carry: the loss scale over the per-token-sum divisor (scaler.rs).
+        let loss_scale = state
+            .loss_scaler
+            .as_ref()
+            .map_or(1.0, |s| s.scale / seed_divisor);
         let shard = (rank, world);
         let batches = rank_batches(
             cfg,
