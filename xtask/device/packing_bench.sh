@@ -11,7 +11,8 @@
 # Steady-state tokens/s: train windows after the first (which holds the kernel JIT), real tokens only.
 # Prepare here: .device/bin/xtask.gz (cuda build); .device/data with squad-v2 and gpt2-tokenizer (gzipped).
 #   source xtask/device/stash.sh; bash xtask/device/packing_bench.sh     # carry [".device"]
-# Options: STEPS (default 40), MODES (default "packed:true padded:false"), T_* time limits.
+# Options: STEPS (default 40), MODES (default "packed:true padded:false"), PEER=0 skips the
+# peer, T_* time limits.
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export QTUNE_KERNEL_CACHE=/tmp/kcache PYTHONPATH=$PWD/.device/site PYTHONUNBUFFERED=1
@@ -95,6 +96,7 @@ timeout ${T_BENCH:-150} $X bench train --model gptj-6b --quant nf4 --targets qv 
   > $OUT/bench.txt 2>&1
 echo "exit $?"; grep -E '"phase": ?"(train_summary|summary)"|tokens_per_s|Error|error' $OUT/bench.txt | tail -3 | cut -c1-400
 
+if [ "${PEER:-1}" = 0 ]; then echo "=== peer skipped (PEER=0)"; exit 0; fi
 echo "=== peer: same examples, batches of 8 padded to the longest $(date -u +%T)"
 if [ ! -f $DIR/model.safetensors.index.json ]; then
   timeout ${T_PREPARE:-180} python3 xtask/device/peer_load.py prepare gptj-6b $DIR > $OUT/prepare.txt 2>&1
