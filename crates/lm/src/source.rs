@@ -23,7 +23,9 @@ use crate::context::to_dtype;
 use crate::error::LmError;
 use crate::prefetch::Prefetch;
 
+mod family;
 mod host_quant;
+pub use family::{load_folder, Build};
 pub use host_quant::{HostQuant, HostQuantizing};
 
 /// Where dense tensors come from, by HF name and expected shape.
