@@ -130,7 +130,7 @@ pub fn dequant(cfg: &BenchConfig) -> Vec<Record> {
     ];
     let default = qtune_kernels::cuda::launch::dequant_variant();
     for (name, spec, bytes_per) in specs {
-        let qms = time_ms(&dev, 1, 3, || {
+        let quantize = || {
             QuantWeight::<C>::quantize(
                 name,
                 w.clone(),
@@ -139,9 +139,9 @@ pub fn dequant(cfg: &BenchConfig) -> Vec<Record> {
                 spec.double_quant,
                 FloatDType::BF16,
             )
-            .map(drop)
             .unwrap_or_else(|e| panic!("{e}"))
-        });
+        };
+        let qms = time_ms(&dev, 1, 3, || drop(quantize()));
         let gptj_s = qms * 6.05e9 / n / 1e3;
         out.push(Record {
             kind: "quantize",
@@ -153,15 +153,7 @@ pub fn dequant(cfg: &BenchConfig) -> Vec<Record> {
                 spec.double_quant
             ),
         });
-        let q = QuantWeight::<C>::quantize(
-            name,
-            w.clone(),
-            spec.format,
-            spec.blocksize,
-            spec.double_quant,
-            FloatDType::BF16,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let q = quantize();
         // 4-bit: every kernel variant (they are bit-identical; the default is the fastest).
         let variants: &[(usize, bool)] = if spec.format == QuantFormat::Blockwise8 {
             &[(1, false)]

@@ -366,3 +366,12 @@ fn activation_memory() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A subcommand's arguments alone, parsed as xtask's clap tree parses them (unit tests of the
+/// flags the device scripts pass).
+#[cfg(test)]
+fn parse_args<A: clap::Args>(name: &'static str, argv: &[&str]) -> Result<A, clap::Error> {
+    let cmd = A::augment_args(clap::Command::new(name));
+    let matches = cmd.try_get_matches_from(std::iter::once(name).chain(argv.iter().copied()))?;
+    <A as clap::FromArgMatches>::from_arg_matches(&matches)
+}
