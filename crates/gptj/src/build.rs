@@ -4,7 +4,7 @@
 
 use burn::tensor::{DType, Tensor};
 use qtune_kernels::QBackend;
-use qtune_lm::source::{build_linear, Build, RandomSource, TensorSource};
+use qtune_lm::source::{build_linear, RandomSource, TensorSource};
 use qtune_lm::{frozen, LmError as GptjError};
 use qtune_lora::Linear;
 use qtune_quant::QuantSpec;
@@ -13,20 +13,6 @@ use crate::config::GptjConfig;
 use crate::layers::{Attention, Block, LayerNorm, Mlp};
 use crate::model::Gptj;
 use crate::names::block_name;
-
-/// What [`qtune_lm::source::load_folder`] and [`qtune_lm::LoadOptions::build`] build.
-impl<B: QBackend> Build<B> for GptjConfig {
-    type Model = Gptj<B>;
-    fn build<S: TensorSource<B>>(
-        &self,
-        src: &mut S,
-        quant: Option<QuantSpec>,
-        dtype: DType,
-        device: &B::Device,
-    ) -> Result<Gptj<B>, GptjError> {
-        build(self, src, quant, dtype, device)
-    }
-}
 
 pub(crate) fn build<B: QBackend, S: TensorSource<B>>(
     cfg: &GptjConfig,

@@ -9,6 +9,7 @@ use qtune_kernels::QBackend;
 use qtune_lm::source::load_folder;
 use qtune_lm::{LmError, LoadOptions};
 
+use crate::build::build;
 use crate::config::GptjConfig;
 use crate::model::Gptj;
 
@@ -17,7 +18,9 @@ impl<B: QBackend> Gptj<B> {
     /// for Hub ids. Tensors the model does not use (e.g. old `attn.bias` buffers) are ignored.
     pub fn load(dir: &Path, opts: &LoadOptions, device: &B::Device) -> Result<Self, LmError> {
         let cfg = GptjConfig::from_file(&dir.join("config.json"))?;
-        let model = load_folder(dir, opts, &cfg, device)?;
+        let model = load_folder::<B, _>(dir, opts, device, |src, quant| {
+            build(&cfg, src, quant, opts.dtype, device)
+        })?;
         tracing::info!(dir = %dir.display(), quant = ?opts.quant, dtype = ?opts.dtype, "loaded GPT-J");
         Ok(model)
     }

@@ -3,7 +3,7 @@
 
 use burn::tensor::DType;
 use qtune_kernels::QBackend;
-use qtune_lm::source::{build_linear, Build, RandomSource, TensorSource};
+use qtune_lm::source::{build_linear, RandomSource, TensorSource};
 use qtune_lm::{frozen, LmError};
 use qtune_lora::Linear;
 use qtune_quant::QuantSpec;
@@ -11,20 +11,6 @@ use qtune_quant::QuantSpec;
 use crate::config::LlamaConfig;
 use crate::layers::{Attention, Block, Mlp, RmsNorm};
 use crate::model::{layer_name, Llama};
-
-/// What [`qtune_lm::source::load_folder`] and [`qtune_lm::LoadOptions::build`] build.
-impl<B: QBackend> Build<B> for LlamaConfig {
-    type Model = Llama<B>;
-    fn build<S: TensorSource<B>>(
-        &self,
-        src: &mut S,
-        quant: Option<QuantSpec>,
-        dtype: DType,
-        device: &B::Device,
-    ) -> Result<Llama<B>, LmError> {
-        build(self, src, quant, dtype, device)
-    }
-}
 
 pub(crate) fn build<B: QBackend, S: TensorSource<B>>(
     cfg: &LlamaConfig,

@@ -11,6 +11,7 @@ use qtune_lm::source::{load_folder, TensorSource};
 use qtune_lm::{LmError, LoadOptions};
 use serde_json::json;
 
+use crate::build::build;
 use crate::config::LlamaConfig;
 use crate::model::Llama;
 
@@ -22,7 +23,9 @@ impl<B: QBackend> Llama<B> {
             return Self::load_gguf(&gguf, opts, device);
         }
         let cfg = LlamaConfig::from_file(&path.join("config.json"))?;
-        let model = load_folder(path, opts, &cfg, device)?;
+        let model = load_folder::<B, _>(path, opts, device, |src, quant| {
+            build(&cfg, src, quant, opts.dtype, device)
+        })?;
         tracing::info!(dir = %path.display(), model_type = %cfg.model_type, quant = ?opts.quant, dtype = ?opts.dtype, "loaded");
         Ok(model)
     }
@@ -39,7 +42,8 @@ impl<B: QBackend> Llama<B> {
             dtype: opts.dtype,
             device,
         };
-        let model = opts.build(&mut src, &cfg, device)?;
+        let quant = opts.load_quant();
+        let model = build(&cfg, &mut opts.source(&mut src), quant, opts.dtype, device)?;
         tracing::info!(file = %path.display(), model_type = %cfg.model_type, quant = ?opts.quant, dtype = ?opts.dtype, "loaded GGUF");
         Ok(model)
     }

@@ -23,10 +23,10 @@ use crate::context::to_dtype;
 use crate::error::LmError;
 use crate::prefetch::Prefetch;
 
-mod family;
 mod host_quant;
-pub use family::{load_folder, Build};
+mod load;
 pub use host_quant::{HostQuant, HostQuantizing};
+pub use load::load_folder;
 
 /// Where dense tensors come from, by HF name and expected shape.
 pub trait TensorSource<B: QBackend> {
