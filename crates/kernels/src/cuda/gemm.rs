@@ -118,13 +118,14 @@ where
     let dtype = a.dtype;
     let a3 = B::float_reshape(a, Shape::new([1, m, inner]));
     let w3 = B::float_reshape(w.clone(), Shape::new([1, n, k]));
-    let y = bmm::<B>(a3, w3, false, product == Product::ATransB, dtype);
+    let tb = product == Product::ATransB;
+    let y = bmm::<B>(a3, w3, false, tb, dtype, OneRow::Gemv);
     B::float_reshape(y, Shape::new([m, out_cols]))
 }
 
 /// Which kernel computes a product of one row `x [1, k] · w[n, k]ᵀ` (LoRA factors, the LM head
 /// at decode): the GEMV kernel, what the library always uses, or cuBLAS, what the GPU check and
-/// the bench compare it with ([`bmm_via`], [`gemm_acc_via`], [`linear_t_via`]).
+/// the bench compare it with ([`bmm`], [`gemm_acc`], [`linear_t_via`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OneRow {
     Gemv,
@@ -134,25 +135,11 @@ pub enum OneRow {
 /// Batched row-major matmul `c[i] = op(a[i])·op(b[i])` (one `cublasGemmStridedBatchedEx`):
 /// `a`, `b` are 3-D `[batch, ·, ·]` of one dtype, `op` transposes the last two dims when `ta`/`tb`;
 /// fp32 accumulation, output in `out_dtype` (the inputs' dtype, or F32 for bf16/f16 inputs).
-/// A product of one row goes to the GEMV kernel where it applies.
+/// A product of one row is computed as `one_row` says (the library passes [`OneRow::Gemv`]).
 ///
 /// # Panics
 /// On a shape or dtype mismatch (a model wiring bug) or a CUDA/cuBLAS failure.
 pub fn bmm<B>(
-    a: CubeTensor<CudaRuntime>,
-    b: CubeTensor<CudaRuntime>,
-    ta: bool,
-    tb: bool,
-    out_dtype: DType,
-) -> CubeTensor<CudaRuntime>
-where
-    B: CubeB<CudaRuntime> + burn::tensor::backend::Backend<Device = cubecl::cuda::CudaDevice>,
-{
-    bmm_via::<B>(a, b, ta, tb, out_dtype, OneRow::Gemv)
-}
-
-/// [`bmm`] with a product of one row computed as `one_row` says.
-pub fn bmm_via<B>(
     a: CubeTensor<CudaRuntime>,
     b: CubeTensor<CudaRuntime>,
     ta: bool,
@@ -189,26 +176,11 @@ where
 /// one GEMM with β = 1 into `c`'s own buffer when nothing else holds it (the LoRA case: `c` is
 /// the fresh base output), else a GEMM, a scale and an add.
 ///
-/// A product of one row goes to the GEMV kernel where it applies.
+/// A product of one row is computed as `one_row` says (the library passes [`OneRow::Gemv`]).
 ///
 /// # Panics
 /// On a shape or dtype mismatch (a model wiring bug) or a CUDA/cuBLAS failure.
 pub fn gemm_acc<B>(
-    c: CubeTensor<CudaRuntime>,
-    a: CubeTensor<CudaRuntime>,
-    b: CubeTensor<CudaRuntime>,
-    ta: bool,
-    tb: bool,
-    alpha: f32,
-) -> CubeTensor<CudaRuntime>
-where
-    B: CubeB<CudaRuntime> + burn::tensor::backend::Backend<Device = cubecl::cuda::CudaDevice>,
-{
-    gemm_acc_via::<B>(c, a, b, ta, tb, alpha, OneRow::Gemv)
-}
-
-/// [`gemm_acc`] with a product of one row computed as `one_row` says.
-pub fn gemm_acc_via<B>(
     c: CubeTensor<CudaRuntime>,
     a: CubeTensor<CudaRuntime>,
     b: CubeTensor<CudaRuntime>,
@@ -229,7 +201,7 @@ where
     let c = burn_cubecl::kernel::into_contiguous(c);
     if !(c.can_mut() && c.is_contiguous_buffer()) {
         let dtype = c.dtype;
-        let ab = bmm_via::<B>(a, b, ta, tb, dtype, one_row);
+        let ab = bmm::<B>(a, b, ta, tb, dtype, one_row);
         let ab = <B as burn::tensor::ops::FloatTensorOps<B>>::float_mul_scalar(ab, alpha.into());
         return <B as burn::tensor::ops::FloatTensorOps<B>>::float_add(c, ab);
     }
@@ -281,7 +253,7 @@ where
 {
     let ([m, k], [n, _]) = (x.dims(), w.dims());
     let dtype = x.dtype();
-    let y = bmm_via::<B>(
+    let y = bmm::<B>(
         prim(x.reshape([1, m, k])),
         prim(w.reshape([1, n, k])),
         false,
@@ -304,7 +276,7 @@ where
     B: CubeB<CudaRuntime> + burn::tensor::backend::Backend<Device = cubecl::cuda::CudaDevice>,
 {
     let ([m, k], [n, _]) = (x.dims(), w.dims());
-    let c = gemm_acc_via::<B>(
+    let c = gemm_acc::<B>(
         prim(y.reshape([1, m, n])),
         prim(x.reshape([1, m, k])),
         prim(w.reshape([1, n, k])),
