@@ -27,12 +27,64 @@ mod llama;
 
 use fused::{
     AttentionBackward, AttnSoftmaxBackward, CrossEntropyBackward, DropoutBackward, GeluNewBackward,
-    GradSeedBackward, LayerNormBackward, RotaryBackward,
+    GradSeedBackward, Norm, NormBackward, RotaryBackward, Rotation,
 };
 use linear::{
     dense_linear, GemmAccBackward, MatmulBackward, MatmulState, QLinearBackward, QLinearState,
 };
-use llama::{RmsNormBackward, RotaryHalfBackward, SiluMulBackward};
+use llama::SiluMulBackward;
+
+/// A fused norm (`forward(x, w)`, frozen weight) recorded for [`NormBackward`]: the weight is a
+/// frozen base weight, so no gradient, only its value for the backward.
+fn normed<B: QBackend, C: CheckpointStrategy>(
+    norm: Norm,
+    x: FloatTensor<Autodiff<B, C>>,
+    w: FloatTensor<B>,
+    eps: f32,
+    forward: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>> {
+    match NormBackward(norm)
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let y = forward(x.primitive.clone(), w.clone());
+            prep.finish((x.primitive, w, eps), y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive, w)),
+    }
+}
+
+/// A fused rotation recorded for [`RotaryBackward`].
+fn rotated<B: QBackend, C: CheckpointStrategy>(
+    rotation: Rotation,
+    x: FloatTensor<Autodiff<B, C>>,
+    cos: FloatTensor<Autodiff<B, C>>,
+    sin: FloatTensor<Autodiff<B, C>>,
+    inverse: bool,
+) -> FloatTensor<Autodiff<B, C>> {
+    let (cos, sin) = (cos.primitive, sin.primitive);
+    match RotaryBackward(rotation)
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let y = rotation.apply::<B>(x.primitive, cos.clone(), sin.clone(), inverse);
+            // The backward turns the other way: swap the sign by storing -sin when inverse.
+            let state = if inverse {
+                (cos, B::float_neg(sin))
+            } else {
+                (cos, sin)
+            };
+            prep.finish(state, y)
+        }
+        OpsKind::UnTracked(prep) => {
+            prep.finish(rotation.apply::<B>(x.primitive, cos, sin, inverse))
+        }
+    }
+}
 
 /// Drop the autodiff wrapper of the weight's float constants (they are never tracked).
 fn inner<B: Backend, C: CheckpointStrategy>(
@@ -327,18 +379,10 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         b: FloatTensor<Self>,
         eps: f32,
     ) -> FloatTensor<Self> {
-        let (w, b) = (w.primitive, b.primitive);
-        match LayerNormBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = B::q_layer_norm(x.primitive.clone(), w.clone(), b, eps);
-                prep.finish((x.primitive, w, eps), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::q_layer_norm(x.primitive, w, b, eps)),
-        }
+        let b = b.primitive;
+        normed::<B, C>(Norm::Layer, x, w.primitive, eps, |x, w| {
+            B::q_layer_norm(x, w, b, eps)
+        })
     }
 
     fn q_layer_norm_backward(
@@ -361,40 +405,13 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         sin: FloatTensor<Self>,
         inverse: bool,
     ) -> FloatTensor<Self> {
-        let (cos, sin) = (cos.primitive, sin.primitive);
-        match RotaryBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = B::q_rotary(x.primitive, cos.clone(), sin.clone(), inverse);
-                // The backward turns the other way: swap the sign by storing -sin when inverse.
-                let state = if inverse {
-                    (cos, B::float_neg(sin))
-                } else {
-                    (cos, sin)
-                };
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::q_rotary(x.primitive, cos, sin, inverse)),
-        }
+        rotated::<B, C>(Rotation::Interleaved, x, cos, sin, inverse)
     }
 
     fn q_rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
-        // The weight is a frozen base weight: no gradient, only its value for the backward.
-        let w = w.primitive;
-        match RmsNormBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = B::q_rms_norm(x.primitive.clone(), w.clone(), eps);
-                prep.finish((x.primitive, w, eps), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::q_rms_norm(x.primitive, w, eps)),
-        }
+        normed::<B, C>(Norm::Rms, x, w.primitive, eps, |x, w| {
+            B::q_rms_norm(x, w, eps)
+        })
     }
 
     fn q_rms_norm_backward(
@@ -440,26 +457,7 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         sin: FloatTensor<Self>,
         inverse: bool,
     ) -> FloatTensor<Self> {
-        let (cos, sin) = (cos.primitive, sin.primitive);
-        match RotaryHalfBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = B::q_rotary_half(x.primitive, cos.clone(), sin.clone(), inverse);
-                // The backward turns the other way: swap the sign by storing -sin when inverse.
-                let state = if inverse {
-                    (cos, B::float_neg(sin))
-                } else {
-                    (cos, sin)
-                };
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::q_rotary_half(x.primitive, cos, sin, inverse))
-            }
-        }
+        rotated::<B, C>(Rotation::Half, x, cos, sin, inverse)
     }
 
     fn q_cross_entropy(x: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
