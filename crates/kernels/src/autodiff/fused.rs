@@ -129,12 +129,12 @@ pub(super) enum Norm {
 pub(super) struct NormBackward(pub(super) Norm);
 
 impl<B: QBackend> Backward<B, 1> for NormBackward {
-    type State = (FloatTensor<B>, FloatTensor<B>, f32);
+    type State = (FloatTensor<B>, (FloatTensor<B>, f32));
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x] = ops.parents;
         let dy = grads.consume::<B>(&ops.node);
-        let (x, w, eps) = ops.state;
+        let (x, (w, eps)) = ops.state;
         if let Some(node) = node_x {
             let dx = match self.0 {
                 Norm::Layer => B::q_layer_norm_backward(x, w, dy, eps),

@@ -34,25 +34,27 @@ use linear::{
 };
 use llama::SiluMulBackward;
 
-/// A fused norm (`forward(x, w)`, frozen weight) recorded for [`NormBackward`]: the weight is a
-/// frozen base weight, so no gradient, only its value for the backward.
-fn normed<B: QBackend, C: CheckpointStrategy>(
-    norm: Norm,
+/// `forward(x, frozen)` recorded for `op`, whose backward state is `x` and `frozen`: values that
+/// get no gradient (a bias, a norm's weight and eps, the targets), only kept for the backward.
+/// compute_bound: qtune checkpoints per block itself (no Burn retro-forward needed).
+fn recorded<B, C, Op, S>(
+    op: Op,
     x: FloatTensor<Autodiff<B, C>>,
-    w: FloatTensor<B>,
-    eps: f32,
-    forward: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
-) -> FloatTensor<Autodiff<B, C>> {
-    match NormBackward(norm)
-        .prepare::<C>([x.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
+    frozen: S,
+    forward: impl Fn(FloatTensor<B>, S) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>>
+where
+    B: QBackend,
+    C: CheckpointStrategy,
+    Op: Backward<B, 1, State = (FloatTensor<B>, S)>,
+    S: Clone + Send + std::fmt::Debug + 'static,
+{
+    match op.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
-            let y = forward(x.primitive.clone(), w.clone());
-            prep.finish((x.primitive, w, eps), y)
+            let y = forward(x.primitive.clone(), frozen.clone());
+            prep.finish((x.primitive, frozen), y)
         }
-        OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive, w)),
+        OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive, frozen)),
     }
 }
 
@@ -253,18 +255,7 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
     fn q_gelu_new(x: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
         // The bias is a frozen base weight: no gradient, only its value for the backward.
         let bias = bias.map(|b| b.primitive);
-        // compute_bound: qtune checkpoints per block itself (no Burn retro-forward needed).
-        match GeluNewBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = B::q_gelu_new(x.primitive.clone(), bias.clone());
-                prep.finish((x.primitive, bias), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::q_gelu_new(x.primitive, bias)),
-        }
+        recorded::<B, C, _, _>(GeluNewBackward, x, bias, B::q_gelu_new)
     }
 
     fn q_gelu_new_backward(
@@ -380,8 +371,10 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         eps: f32,
     ) -> FloatTensor<Self> {
         let b = b.primitive;
-        normed::<B, C>(Norm::Layer, x, w.primitive, eps, |x, w| {
-            B::q_layer_norm(x, w, b, eps)
+        // The weight and bias are frozen base weights: no gradient (the bias is not needed).
+        let norm = NormBackward(Norm::Layer);
+        recorded::<B, C, _, _>(norm, x, (w.primitive, eps), |x, (w, eps)| {
+            B::q_layer_norm(x, w, b.clone(), eps)
         })
     }
 
@@ -409,7 +402,9 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
     }
 
     fn q_rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
-        normed::<B, C>(Norm::Rms, x, w.primitive, eps, |x, w| {
+        // The weight is a frozen base weight: no gradient, only its value for the backward.
+        let norm = NormBackward(Norm::Rms);
+        recorded::<B, C, _, _>(norm, x, (w.primitive, eps), |x, (w, eps)| {
             B::q_rms_norm(x, w, eps)
         })
     }
@@ -461,17 +456,7 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
     }
 
     fn q_cross_entropy(x: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
-        match CrossEntropyBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let nll = B::q_cross_entropy(x.primitive.clone(), targets.clone());
-                prep.finish((x.primitive, targets), nll)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::q_cross_entropy(x.primitive, targets)),
-        }
+        recorded::<B, C, _, _>(CrossEntropyBackward, x, targets, B::q_cross_entropy)
     }
 
     fn q_cross_entropy_backward(
