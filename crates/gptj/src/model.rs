@@ -93,20 +93,6 @@ impl<B: QBackend> CausalLm<B> for Gptj<B> {
         Gptj::linears_mut(self)
     }
 
-    fn with_adapter_dtype(&self, dtype: DType) -> Self {
-        Self {
-            wte: self.wte.clone(),
-            blocks: self
-                .blocks
-                .iter()
-                .map(|b| b.with_adapter_dtype(dtype))
-                .collect(),
-            ln_f: self.ln_f.clone(),
-            lm_head: self.lm_head.with_adapter_dtype(dtype),
-            config: self.config.clone(),
-        }
-    }
-
     fn other_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<B, 1>)> {
         let flat = |name: String, t: Tensor<B, 2>| {
             let shape = t.dims().to_vec();

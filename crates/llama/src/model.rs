@@ -145,21 +145,6 @@ impl<B: QBackend> CausalLm<B> for Llama<B> {
         out
     }
 
-    fn with_adapter_dtype(&self, dtype: DType) -> Self {
-        Self {
-            embed_tokens: self.embed_tokens.clone(),
-            layers: self
-                .layers
-                .iter()
-                .map(|b| b.with_adapter_dtype(dtype))
-                .collect(),
-            norm: self.norm.clone(),
-            lm_head: self.lm_head.with_adapter_dtype(dtype),
-            config: self.config.clone(),
-            positions: self.positions.clone(),
-        }
-    }
-
     fn other_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<B, 1>)> {
         let e = self.embed_tokens.val();
         let mut out = vec![(

@@ -215,10 +215,4 @@ impl<B: QBackend> CausalLm<B> for AnyLm<B> {
     fn eos_token_id(&self) -> Option<u32> {
         each!(self, m => m.eos_token_id())
     }
-    fn with_adapter_dtype(&self, dtype: DType) -> Self {
-        match self {
-            AnyLm::Gptj(m) => AnyLm::Gptj(m.with_adapter_dtype(dtype)),
-            AnyLm::Llama(m) => AnyLm::Llama(m.with_adapter_dtype(dtype)),
-        }
-    }
 }
