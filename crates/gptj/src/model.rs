@@ -7,7 +7,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Int, Tensor};
+use burn::tensor::Tensor;
 use qtune_kernels::QBackend;
 use qtune_lm::{BlockContext, CausalLm, KvSlot, Positions};
 use qtune_lora::Linear;
@@ -49,21 +49,12 @@ impl<B: QBackend> CausalLm<B> for Gptj<B> {
         Positions::rope(self.config.rotary_dim(), 10_000.0)
     }
 
-    fn device(&self) -> B::Device {
-        self.wte.device()
-    }
-
-    fn dtype(&self) -> DType {
-        self.wte.val().dtype()
+    fn embedding(&self) -> &Param<Tensor<B, 2>> {
+        &self.wte
     }
 
     fn base_params(&self) -> u64 {
         self.config.num_params()
-    }
-
-    /// `transformer.wte`.
-    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        burn::tensor::module::embedding(self.wte.val(), ids)
     }
 
     fn block(

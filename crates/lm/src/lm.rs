@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use qtune_kernels::QBackend;
@@ -39,13 +40,22 @@ pub trait CausalLm<B: QBackend>: Sized + Clone {
     fn num_layers(&self) -> usize;
     /// Rotary angles and attention window shared by every block.
     fn positions(&self) -> Positions;
-    fn device(&self) -> B::Device;
+    /// The frozen token embedding `[vocab_size, D]` (`transformer.wte`, `model.embed_tokens`):
+    /// it fixes the model's device and dtype, and [`CausalLm::embed`] reads it.
+    fn embedding(&self) -> &Param<Tensor<B, 2>>;
+    fn device(&self) -> B::Device {
+        self.embedding().device()
+    }
     /// The activations' dtype (that of the embedding).
-    fn dtype(&self) -> DType;
+    fn dtype(&self) -> DType {
+        self.embedding().val().dtype()
+    }
     /// Parameters of the base model (no adapters), as HF counts them (tied weights once).
     fn base_params(&self) -> u64;
     /// `ids [B, T]` → `h0 [B, T, D]`.
-    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3>;
+    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        burn::tensor::module::embedding(self.embedding().val(), ids)
+    }
     /// Block `i`: `h [B, T, D] → h'`, reading and extending the layer's KV cache if given.
     fn block(
         &self,
