@@ -88,6 +88,24 @@ fn rotated<B: QBackend, C: CheckpointStrategy>(
     }
 }
 
+/// What the backward of `op(a)·op(b)` keeps: each operand only where the other one needs a
+/// gradient.
+fn matmul_state<B: QBackend, C: CheckpointStrategy>(
+    a: &FloatTensor<Autodiff<B, C>>,
+    b: &FloatTensor<Autodiff<B, C>>,
+    ta: bool,
+    tb: bool,
+) -> MatmulState<B> {
+    let (need_a, need_b) = (!a.node.requirement.is_none(), !b.node.requirement.is_none());
+    MatmulState {
+        a: need_b.then(|| a.primitive.clone()),
+        b: need_a.then(|| b.primitive.clone()),
+        ta,
+        tb,
+        dtype: a.primitive.dtype(),
+    }
+}
+
 /// Drop the autodiff wrapper of the weight's float constants (they are never tracked).
 fn inner<B: Backend, C: CheckpointStrategy>(
     w: QWeightPrimitive<Autodiff<B, C>>,
@@ -183,20 +201,13 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         tb: bool,
         out: DType,
     ) -> FloatTensor<Self> {
-        let (need_a, need_b) = (!a.node.requirement.is_none(), !b.node.requirement.is_none());
         match MatmulBackward
             .prepare::<C>([a.node.clone(), b.node.clone()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let state = MatmulState {
-                    a: need_b.then(|| a.primitive.clone()),
-                    b: need_a.then(|| b.primitive.clone()),
-                    ta,
-                    tb,
-                    dtype: a.primitive.dtype(),
-                };
+                let state = matmul_state::<B, C>(&a, &b, ta, tb);
                 prep.finish(state, B::q_gemm(a.primitive, b.primitive, ta, tb, out))
             }
             OpsKind::UnTracked(prep) => {
@@ -213,20 +224,13 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         tb: bool,
         alpha: f32,
     ) -> FloatTensor<Self> {
-        let (need_a, need_b) = (!a.node.requirement.is_none(), !b.node.requirement.is_none());
         match GemmAccBackward
             .prepare::<C>([c.node.clone(), a.node.clone(), b.node.clone()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let state = MatmulState {
-                    a: need_b.then(|| a.primitive.clone()),
-                    b: need_a.then(|| b.primitive.clone()),
-                    ta,
-                    tb,
-                    dtype: a.primitive.dtype(),
-                };
+                let state = matmul_state::<B, C>(&a, &b, ta, tb);
                 let y = B::q_gemm_acc(c.primitive, a.primitive, b.primitive, ta, tb, alpha);
                 prep.finish((state, alpha), y)
             }
