@@ -7,8 +7,8 @@ use std::time::Instant;
 use burn::tensor::{DType, Distribution, Tensor};
 use qtune_quant::{FloatDType, QuantFormat, QuantSpec};
 
-use qtune_kernels::cuda::gemm::{gemm, Product};
-use qtune_kernels::cuda::{dense_gemv_enabled, set_dense_gemv, sync, Cuda};
+use qtune_kernels::cuda::gemm::{gemm, linear_t_acc_via, linear_t_via, OneRow, Product};
+use qtune_kernels::cuda::{sync, Cuda};
 use qtune_kernels::{QBackend, QuantWeight};
 
 type C = Cuda<f32>;
@@ -130,7 +130,7 @@ pub fn dequant(cfg: &BenchConfig) -> Vec<Record> {
     ];
     let default = qtune_kernels::cuda::launch::dequant_variant();
     for (name, spec, bytes_per) in specs {
-        let qms = time_ms(&dev, 1, 3, || {
+        let quantize = || {
             QuantWeight::<C>::quantize(
                 name,
                 w.clone(),
@@ -139,9 +139,9 @@ pub fn dequant(cfg: &BenchConfig) -> Vec<Record> {
                 spec.double_quant,
                 FloatDType::BF16,
             )
-            .map(drop)
             .unwrap_or_else(|e| panic!("{e}"))
-        });
+        };
+        let qms = time_ms(&dev, 1, 3, || drop(quantize()));
         let gptj_s = qms * 6.05e9 / n / 1e3;
         out.push(Record {
             kind: "quantize",
@@ -153,15 +153,7 @@ pub fn dequant(cfg: &BenchConfig) -> Vec<Record> {
                 spec.double_quant
             ),
         });
-        let q = QuantWeight::<C>::quantize(
-            name,
-            w.clone(),
-            spec.format,
-            spec.blocksize,
-            spec.double_quant,
-            FloatDType::BF16,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let q = quantize();
         // 4-bit: every kernel variant (they are bit-identical; the default is the fastest).
         let variants: &[(usize, bool)] = if spec.format == QuantFormat::Blockwise8 {
             &[(1, false)]
@@ -313,7 +305,6 @@ pub fn decode_gemv(cfg: &BenchConfig) -> Vec<Record> {
             });
         }
     }
-    let was = dense_gemv_enabled();
     for (name, in_f, out_f, acc) in [
         ("lora_a", 4096, 16, false),
         ("lora_b_acc", 16, 4096, true),
@@ -323,19 +314,14 @@ pub fn decode_gemv(cfg: &BenchConfig) -> Vec<Record> {
             .cast(DType::BF16);
         let x = x_of(in_f);
         let y0 = x_of(out_f);
-        for gemv in [true, false] {
-            set_dense_gemv(gemv);
+        for one_row in [OneRow::Gemv, OneRow::Cublas] {
             let us = graph_us(&dev, reps, iters, &mut || {
                 let y = if acc {
                     // A fresh base output per call, as LoRA's `forward_onto` gets.
-                    qtune_kernels::linear_t_acc(
-                        y0.clone().add_scalar(0.0),
-                        x.clone(),
-                        w.clone(),
-                        2.0,
-                    )
+                    let y0 = y0.clone().add_scalar(0.0);
+                    linear_t_acc_via(y0, x.clone(), w.clone(), 2.0, one_row)
                 } else {
-                    qtune_kernels::linear_t(x.clone(), w.clone())
+                    linear_t_via(x.clone(), w.clone(), one_row)
                 };
                 drop(y);
             });
@@ -343,7 +329,10 @@ pub fn decode_gemv(cfg: &BenchConfig) -> Vec<Record> {
                 kind: "gemv",
                 name: format!(
                     "{name} {in_f}->{out_f} {}",
-                    if gemv { "gemv" } else { "cublas" }
+                    match one_row {
+                        OneRow::Gemv => "gemv",
+                        OneRow::Cublas => "cublas",
+                    }
                 ),
                 ms: us / 1e3,
                 rate: (2 * in_f * out_f) as f64 / us / 1e3, // bf16 weight bytes
@@ -351,7 +340,6 @@ pub fn decode_gemv(cfg: &BenchConfig) -> Vec<Record> {
             });
         }
     }
-    set_dense_gemv(was);
     out
 }
 

@@ -170,19 +170,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    /// `bench load`'s arguments alone, as xtask's clap tree parses them.
-    #[derive(Parser)]
-    struct Cmd {
-        #[command(flatten)]
-        args: Args,
-    }
-
     fn parse(v: &[&str]) -> Result<Args, clap::Error> {
-        Cmd::try_parse_from(std::iter::once("load").chain(v.iter().copied())).map(|c| c.args)
+        crate::parse_args("load", v)
     }
 
     #[test]

@@ -487,15 +487,10 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    /// `bench train`'s arguments alone, as xtask's clap tree parses them.
-    #[derive(Parser)]
-    struct Cmd {
-        #[command(flatten)]
-        args: Args,
+    fn parse(v: &[&str]) -> Result<Args, clap::Error> {
+        crate::parse_args("train", v)
     }
 
     #[test]
@@ -515,10 +510,8 @@ mod tests {
             134_515_008
         );
         assert!(llama_config(Shape::Gptj6b).is_err());
-        let parse =
-            |v: &[&str]| Cmd::try_parse_from(std::iter::once("train").chain(v.iter().copied()));
         assert_eq!(
-            parse(&["--model", "llama3-8b"]).unwrap().args.model,
+            parse(&["--model", "llama3-8b"]).unwrap().model,
             Shape::Llama3_8b
         );
         assert!(parse(&["--model", "llama-13b"]).is_err());
@@ -526,9 +519,7 @@ mod tests {
 
     #[test]
     fn defaults_and_flags_are_the_device_scripts_ones() {
-        let parse =
-            |v: &[&str]| Cmd::try_parse_from(std::iter::once("train").chain(v.iter().copied()));
-        let a = parse(&[]).unwrap().args;
+        let a = parse(&[]).unwrap();
         assert_eq!(
             (a.model, a.quant, a.targets, a.batch, a.seq, a.warmup, a.steps, a.layers, a.decode),
             (
@@ -566,8 +557,7 @@ mod tests {
             "--seq",
             "64",
         ])
-        .unwrap()
-        .args;
+        .unwrap();
         assert_eq!(
             (a.model, a.quant, a.targets, a.layers, a.batch, a.seq),
             (

@@ -186,23 +186,7 @@ fn tiny_config(dataset: Dataset) -> RunConfig {
 }
 
 fn main() -> std::process::ExitCode {
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, never into a log file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    qtune_train::backend::init();
-    match run_cli(Cli::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{}", qtune_train::error_report(e.as_ref()));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    qtune_train::run_main(|| run_cli(Cli::parse()))
 }
 
 fn run_cli(cli: Cli) -> anyhow::Result<()> {
@@ -381,4 +365,13 @@ fn activation_memory() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A subcommand's arguments alone, parsed as xtask's clap tree parses them (unit tests of the
+/// flags the device scripts pass).
+#[cfg(test)]
+fn parse_args<A: clap::Args>(name: &'static str, argv: &[&str]) -> Result<A, clap::Error> {
+    let cmd = A::augment_args(clap::Command::new(name));
+    let matches = cmd.try_get_matches_from(std::iter::once(name).chain(argv.iter().copied()))?;
+    <A as clap::FromArgMatches>::from_arg_matches(&matches)
 }

@@ -286,25 +286,7 @@ fn load_model(a: &ModelArgs) -> anyhow::Result<AnyLm<Infer>> {
 }
 
 fn main() -> std::process::ExitCode {
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, never into a log file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    qtune_train::backend::init();
-    let cli = Cli::parse();
-    match run_cli(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            // Each cause once (messages that embed their source are not repeated).
-            eprintln!("{}", qtune_train::error_report(e.as_ref()));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    qtune_train::run_main(|| run_cli(Cli::parse()))
 }
 
 fn run_cli(cli: Cli) -> anyhow::Result<()> {

@@ -172,7 +172,7 @@ impl HubOptions {
     pub fn from_env() -> Self {
         HubOptions {
             cache: Cache::from_env().path().clone(),
-            offline: crate::source::hub_offline(),
+            offline: qtune_hub::offline(),
         }
     }
 }

@@ -208,7 +208,7 @@ pub fn report_skip(what: &str, why: &str) {
 
 /// The rule of [`report_skip`]: a skip is an error under `CI` true with the mirror present.
 fn skip_allowed(what: &str, why: &str, ci: Option<&str>, mirror: bool) -> Result<(), String> {
-    if ci.is_some_and(is_true) && mirror {
+    if ci.is_some_and(qtune_hub::is_true) && mirror {
         return Err(format!(
             "{what} would be skipped ({why}), but CI=true and the data mirror QTUNE_DATA_DIR is \
              present: under CI no data test may skip"
@@ -217,27 +217,14 @@ fn skip_allowed(what: &str, why: &str, ci: Option<&str>, mirror: bool) -> Result
     Ok(())
 }
 
-/// huggingface_hub's `constants._is_true`: 1/ON/YES/TRUE in any case.
-fn is_true(v: &str) -> bool {
-    matches!(
-        v.trim().to_ascii_uppercase().as_str(),
-        "1" | "ON" | "YES" | "TRUE"
-    )
-}
-
-/// `HF_HUB_OFFLINE` as huggingface_hub reads it (1/ON/YES/TRUE, any case): cache only, no network.
-pub(crate) fn hub_offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| is_true(&v))
-}
-
 impl DataSource {
     /// `QTUNE_DATA_DIR` if set and non-empty; the Hub unless `HF_HUB_OFFLINE` is true as
-    /// huggingface_hub reads it (1/ON/YES/TRUE, any case; qtune-gptj reads it the same way).
+    /// huggingface_hub reads it (`qtune_hub::offline`, which model loading reads too).
     pub fn from_env() -> Self {
         let data_dir = std::env::var_os("QTUNE_DATA_DIR")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
-        let offline = hub_offline();
+        let offline = qtune_hub::offline();
         DataSource {
             data_dir,
             allow_hub: !offline,
@@ -313,16 +300,6 @@ impl DataSource {
 
 #[cfg(test)]
 mod env_tests {
-    #[test]
-    fn offline_values_follow_huggingface_hub() {
-        for v in ["1", "ON", "yes", "True", " true "] {
-            assert!(super::is_true(v), "{v}");
-        }
-        for v in ["", "0", "off", "no", "false", "2"] {
-            assert!(!super::is_true(v), "{v}");
-        }
-    }
-
     #[test]
     fn under_ci_with_the_mirror_no_test_may_skip() {
         use super::skip_allowed;

@@ -154,28 +154,6 @@ impl<B: QBackend> Block<B> {
         self.forward_cached(h, ctx, None)
     }
 
-    /// A copy whose LoRA factors are in `dtype` (the activations' dtype), so an inference
-    /// forward does not cast them on every call; weights are shared, not copied.
-    pub fn with_adapter_dtype(&self, dtype: DType) -> Self {
-        let a = &self.attn;
-        Self {
-            ln_1: self.ln_1.clone(),
-            attn: Attention {
-                q_proj: a.q_proj.with_adapter_dtype(dtype),
-                k_proj: a.k_proj.with_adapter_dtype(dtype),
-                v_proj: a.v_proj.with_adapter_dtype(dtype),
-                out_proj: a.out_proj.with_adapter_dtype(dtype),
-                n_head: a.n_head,
-            },
-            mlp: Mlp {
-                fc_in: self.mlp.fc_in.with_adapter_dtype(dtype),
-                fc_out: self.mlp.fc_out.with_adapter_dtype(dtype),
-                act: self.mlp.act,
-            },
-            index: self.index,
-        }
-    }
-
     /// As [`Block::forward`], reading and extending this layer's KV cache.
     pub fn forward_cached(
         &self,

@@ -6,9 +6,8 @@
 use std::path::Path;
 
 use qtune_kernels::QBackend;
-use qtune_lm::prefetch::{load_files, threads};
-use qtune_lm::source::HostQuantizing;
-use qtune_lm::{LmError, LoadOptions, WeightFiles};
+use qtune_lm::source::load_folder;
+use qtune_lm::{LmError, LoadOptions};
 
 use crate::build::build;
 use crate::config::GptjConfig;
@@ -19,18 +18,8 @@ impl<B: QBackend> Gptj<B> {
     /// for Hub ids. Tensors the model does not use (e.g. old `attn.bias` buffers) are ignored.
     pub fn load(dir: &Path, opts: &LoadOptions, device: &B::Device) -> Result<Self, LmError> {
         let cfg = GptjConfig::from_file(&dir.join("config.json"))?;
-        let files = WeightFiles::open(dir)?;
-        let model = load_files::<B, _>(&files, opts.dtype, device, threads()?, |src| {
-            match opts.host_quantize {
-                Some(q) => build(
-                    &cfg,
-                    &mut HostQuantizing::new(src, q),
-                    None,
-                    opts.dtype,
-                    device,
-                ),
-                None => build(&cfg, src, opts.quant, opts.dtype, device),
-            }
+        let model = load_folder::<B, _>(dir, opts, device, |src, quant| {
+            build(&cfg, src, quant, opts.dtype, device)
         })?;
         tracing::info!(dir = %dir.display(), quant = ?opts.quant, dtype = ?opts.dtype, "loaded GPT-J");
         Ok(model)

@@ -7,7 +7,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Int, Tensor};
+use burn::tensor::Tensor;
 use qtune_kernels::QBackend;
 use qtune_lm::{BlockContext, CausalLm, KvSlot, Positions};
 use qtune_lora::Linear;
@@ -49,21 +49,12 @@ impl<B: QBackend> CausalLm<B> for Gptj<B> {
         Positions::rope(self.config.rotary_dim(), 10_000.0)
     }
 
-    fn device(&self) -> B::Device {
-        self.wte.device()
-    }
-
-    fn dtype(&self) -> DType {
-        self.wte.val().dtype()
+    fn embedding(&self) -> &Param<Tensor<B, 2>> {
+        &self.wte
     }
 
     fn base_params(&self) -> u64 {
         self.config.num_params()
-    }
-
-    /// `transformer.wte`.
-    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        burn::tensor::module::embedding(self.wte.val(), ids)
     }
 
     fn block(
@@ -91,20 +82,6 @@ impl<B: QBackend> CausalLm<B> for Gptj<B> {
 
     fn linears_mut(&mut self) -> Vec<(String, &mut Linear<B>)> {
         Gptj::linears_mut(self)
-    }
-
-    fn with_adapter_dtype(&self, dtype: DType) -> Self {
-        Self {
-            wte: self.wte.clone(),
-            blocks: self
-                .blocks
-                .iter()
-                .map(|b| b.with_adapter_dtype(dtype))
-                .collect(),
-            ln_f: self.ln_f.clone(),
-            lm_head: self.lm_head.with_adapter_dtype(dtype),
-            config: self.config.clone(),
-        }
     }
 
     fn other_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<B, 1>)> {

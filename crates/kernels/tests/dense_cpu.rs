@@ -15,15 +15,7 @@ type Ad = Autodiff<NdArray>;
 
 fn tensor(shape: [usize; 4], seed: u64) -> Tensor<Ad, 4> {
     let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
+    let v = qtune_testkit::values(n, seed, 1.0);
     Tensor::from_data(TensorData::new(v, shape), &Default::default())
 }
 

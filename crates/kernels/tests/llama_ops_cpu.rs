@@ -7,20 +7,9 @@
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use qtune_kernels::{rms_norm, rotary_half, silu_mul, QBackend};
+use qtune_testkit::values;
 
 type Ad = Autodiff<NdArray>;
-
-fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
 
 fn tensor<B: burn::tensor::backend::Backend, const D: usize>(
     v: &[f32],

@@ -4,7 +4,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use qtune_kernels::{attention, rms_norm, rotary_half, silu_mul, QBackend};
 use qtune_lm::{cache_kv, frozen, BlockContext, KvSlot};
 use qtune_lora::Linear;
@@ -93,18 +93,6 @@ impl<B: QBackend> Attention<B> {
         let out = attention(q, k, v, ctx.mask.clone(), (hd as f32).sqrt()).reshape([b, t, h * hd]);
         self.o_proj.forward_with(out, ctx.pass(salt + 3))
     }
-
-    fn with_adapter_dtype(&self, dtype: DType) -> Self {
-        Self {
-            q_proj: self.q_proj.with_adapter_dtype(dtype),
-            k_proj: self.k_proj.with_adapter_dtype(dtype),
-            v_proj: self.v_proj.with_adapter_dtype(dtype),
-            o_proj: self.o_proj.with_adapter_dtype(dtype),
-            n_head: self.n_head,
-            n_kv_head: self.n_kv_head,
-            head_dim: self.head_dim,
-        }
-    }
 }
 
 /// HF `LlamaMLP`: `down_proj(silu(gate_proj(x)) * up_proj(x))`, the product one fused kernel on
@@ -155,20 +143,5 @@ impl<B: QBackend> Block<B> {
             salt + 4,
         );
         h + m
-    }
-
-    /// A copy whose LoRA factors are in `dtype`; weights are shared, not copied.
-    pub fn with_adapter_dtype(&self, dtype: DType) -> Self {
-        Self {
-            input_layernorm: self.input_layernorm.clone(),
-            self_attn: self.self_attn.with_adapter_dtype(dtype),
-            post_attention_layernorm: self.post_attention_layernorm.clone(),
-            mlp: Mlp {
-                gate_proj: self.mlp.gate_proj.with_adapter_dtype(dtype),
-                up_proj: self.mlp.up_proj.with_adapter_dtype(dtype),
-                down_proj: self.mlp.down_proj.with_adapter_dtype(dtype),
-            },
-            index: self.index,
-        }
     }
 }

@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{DType, Tensor, TensorData};
 use qtune_gguf::GgufFile;
 use qtune_kernels::QBackend;
-use qtune_lm::prefetch::{load_files, threads};
-use qtune_lm::source::{HostQuantizing, TensorSource};
-use qtune_lm::{LmError, LoadOptions, WeightFiles};
+use qtune_lm::source::{load_folder, TensorSource};
+use qtune_lm::{LmError, LoadOptions};
 use serde_json::json;
 
 use crate::build::build;
@@ -24,18 +23,8 @@ impl<B: QBackend> Llama<B> {
             return Self::load_gguf(&gguf, opts, device);
         }
         let cfg = LlamaConfig::from_file(&path.join("config.json"))?;
-        let files = WeightFiles::open(path)?;
-        let model = load_files::<B, _>(&files, opts.dtype, device, threads()?, |src| {
-            match opts.host_quantize {
-                Some(q) => build(
-                    &cfg,
-                    &mut HostQuantizing::new(src, q),
-                    None,
-                    opts.dtype,
-                    device,
-                ),
-                None => build(&cfg, src, opts.quant, opts.dtype, device),
-            }
+        let model = load_folder::<B, _>(path, opts, device, |src, quant| {
+            build(&cfg, src, quant, opts.dtype, device)
         })?;
         tracing::info!(dir = %path.display(), model_type = %cfg.model_type, quant = ?opts.quant, dtype = ?opts.dtype, "loaded");
         Ok(model)
@@ -53,16 +42,8 @@ impl<B: QBackend> Llama<B> {
             dtype: opts.dtype,
             device,
         };
-        let model = match opts.host_quantize {
-            Some(q) => build(
-                &cfg,
-                &mut HostQuantizing::new(&mut src, q),
-                None,
-                opts.dtype,
-                device,
-            )?,
-            None => build(&cfg, &mut src, opts.quant, opts.dtype, device)?,
-        };
+        let quant = opts.load_quant();
+        let model = build(&cfg, &mut opts.source(&mut src), quant, opts.dtype, device)?;
         tracing::info!(file = %path.display(), model_type = %cfg.model_type, quant = ?opts.quant, dtype = ?opts.dtype, "loaded GGUF");
         Ok(model)
     }

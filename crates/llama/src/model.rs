@@ -4,7 +4,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Int, Tensor};
+use burn::tensor::Tensor;
 use qtune_kernels::QBackend;
 use qtune_lm::{BlockContext, CausalLm, KvSlot, Positions};
 use qtune_lora::Linear;
@@ -78,20 +78,12 @@ impl<B: QBackend> CausalLm<B> for Llama<B> {
         self.positions.clone()
     }
 
-    fn device(&self) -> B::Device {
-        self.embed_tokens.device()
-    }
-
-    fn dtype(&self) -> DType {
-        self.embed_tokens.val().dtype()
+    fn embedding(&self) -> &Param<Tensor<B, 2>> {
+        &self.embed_tokens
     }
 
     fn base_params(&self) -> u64 {
         self.config.num_params()
-    }
-
-    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        burn::tensor::module::embedding(self.embed_tokens.val(), ids)
     }
 
     fn block(
@@ -143,21 +135,6 @@ impl<B: QBackend> CausalLm<B> for Llama<B> {
         }
         out.push(("lm_head".to_string(), &mut self.lm_head));
         out
-    }
-
-    fn with_adapter_dtype(&self, dtype: DType) -> Self {
-        Self {
-            embed_tokens: self.embed_tokens.clone(),
-            layers: self
-                .layers
-                .iter()
-                .map(|b| b.with_adapter_dtype(dtype))
-                .collect(),
-            norm: self.norm.clone(),
-            lm_head: self.lm_head.with_adapter_dtype(dtype),
-            config: self.config.clone(),
-            positions: self.positions.clone(),
-        }
     }
 
     fn other_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<B, 1>)> {

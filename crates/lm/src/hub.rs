@@ -10,19 +10,6 @@ use crate::error::LmError;
 /// Fetches one file of the repo into the cache, returning its local path.
 type Fetch<'a> = dyn Fn(&str) -> Result<PathBuf, LmError> + 'a;
 
-/// `HF_HUB_OFFLINE` as huggingface_hub reads it (`constants._is_true`): one of 1/ON/YES/TRUE,
-/// any case. qtune-data reads it the same way.
-fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| is_true(&v))
-}
-
-fn is_true(v: &str) -> bool {
-    matches!(
-        v.trim().to_ascii_uppercase().as_str(),
-        "1" | "ON" | "YES" | "TRUE"
-    )
-}
-
 fn fetcher<'a>(source: &'a str, revision: Option<&str>) -> Result<Box<Fetch<'a>>, LmError> {
     let repo = match revision {
         Some(r) => Repo::with_revision(source.to_string(), RepoType::Model, r.to_string()),
@@ -33,7 +20,7 @@ fn fetcher<'a>(source: &'a str, revision: Option<&str>) -> Result<Box<Fetch<'a>>
         file: file.to_string(),
         reason,
     };
-    Ok(if offline() {
+    Ok(if qtune_hub::offline() {
         let cache = Cache::from_env().repo(repo);
         Box::new(move |f: &str| {
             cache
@@ -119,17 +106,4 @@ pub fn resolve(source: &str, revision: Option<&str>) -> Result<PathBuf, LmError>
         let _ = get(optional);
     }
     Ok(dir)
-}
-
-#[cfg(test)]
-mod env_tests {
-    #[test]
-    fn offline_values_follow_huggingface_hub() {
-        for v in ["1", "ON", "yes", "True", " true "] {
-            assert!(super::is_true(v), "{v}");
-        }
-        for v in ["", "0", "off", "no", "false", "2"] {
-            assert!(!super::is_true(v), "{v}");
-        }
-    }
 }

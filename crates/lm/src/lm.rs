@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use qtune_kernels::QBackend;
@@ -30,7 +31,7 @@ pub const LOSS_CHUNK_ELEMS: usize = 1 << 26;
 ///
 /// Linears are named by their HF module path (`model.layers.0.self_attn.q_proj`, …), the head
 /// `lm_head`; PEFT's adapter keys and `target_modules` match those names.
-pub trait CausalLm<B: QBackend>: Sized {
+pub trait CausalLm<B: QBackend>: Sized + Clone {
     /// HF's `model_type` (`gptj`, `llama`, `qwen2`, `mistral`).
     fn model_type(&self) -> &str;
     fn vocab_size(&self) -> usize;
@@ -39,13 +40,22 @@ pub trait CausalLm<B: QBackend>: Sized {
     fn num_layers(&self) -> usize;
     /// Rotary angles and attention window shared by every block.
     fn positions(&self) -> Positions;
-    fn device(&self) -> B::Device;
+    /// The frozen token embedding `[vocab_size, D]` (`transformer.wte`, `model.embed_tokens`):
+    /// it fixes the model's device and dtype, and [`CausalLm::embed`] reads it.
+    fn embedding(&self) -> &Param<Tensor<B, 2>>;
+    fn device(&self) -> B::Device {
+        self.embedding().device()
+    }
     /// The activations' dtype (that of the embedding).
-    fn dtype(&self) -> DType;
+    fn dtype(&self) -> DType {
+        self.embedding().val().dtype()
+    }
     /// Parameters of the base model (no adapters), as HF counts them (tied weights once).
     fn base_params(&self) -> u64;
     /// `ids [B, T]` → `h0 [B, T, D]`.
-    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3>;
+    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        burn::tensor::module::embedding(self.embedding().val(), ids)
+    }
     /// Block `i`: `h [B, T, D] → h'`, reading and extending the layer's KV cache if given.
     fn block(
         &self,
@@ -63,9 +73,6 @@ pub trait CausalLm<B: QBackend>: Sized {
     fn linears(&self) -> Vec<(String, &Linear<B>)>;
     /// As [`CausalLm::linears`], mutably.
     fn linears_mut(&mut self) -> Vec<(String, &mut Linear<B>)>;
-    /// A copy whose LoRA factors are in `dtype` (the activations'), so an inference forward
-    /// does not cast them per call; weights are shared, not copied.
-    fn with_adapter_dtype(&self, dtype: DType) -> Self;
     /// Every parameter that is not in a linear (embeddings, norms) by HF name, with its shape,
     /// flattened: what a merged export writes besides the linears.
     fn other_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<B, 1>)>;
@@ -76,6 +83,17 @@ pub trait CausalLm<B: QBackend>: Sized {
     /// `lm_head` is the embedding (HF saves it once, under the embedding's name).
     fn tied_head(&self) -> bool {
         false
+    }
+
+    /// A copy whose LoRA factors are in `dtype` (the activations'), so an inference forward
+    /// does not cast them per call; weights are shared, not copied (a module's clone shares
+    /// its tensors).
+    fn with_adapter_dtype(&self, dtype: DType) -> Self {
+        let mut model = self.clone();
+        for (_, linear) in model.linears_mut() {
+            *linear = linear.with_adapter_dtype(dtype);
+        }
+        model
     }
 
     /// The context of a forward without cache over `[batch, seq_len]` tokens; see

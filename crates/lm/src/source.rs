@@ -24,7 +24,9 @@ use crate::error::LmError;
 use crate::prefetch::Prefetch;
 
 mod host_quant;
+mod load;
 pub use host_quant::{HostQuant, HostQuantizing};
+pub use load::load_folder;
 
 /// Where dense tensors come from, by HF name and expected shape.
 pub trait TensorSource<B: QBackend> {

@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Int, Tensor};
+use burn::tensor::Tensor;
 use qtune_gguf::GgufFile;
 use qtune_gptj::Gptj;
 use qtune_kernels::QBackend;
@@ -170,17 +170,11 @@ impl<B: QBackend> CausalLm<B> for AnyLm<B> {
     fn positions(&self) -> Positions {
         each!(self, m => m.positions())
     }
-    fn device(&self) -> B::Device {
-        each!(self, m => CausalLm::device(m))
-    }
-    fn dtype(&self) -> DType {
-        each!(self, m => m.dtype())
+    fn embedding(&self) -> &Param<Tensor<B, 2>> {
+        each!(self, m => m.embedding())
     }
     fn base_params(&self) -> u64 {
         each!(self, m => m.base_params())
-    }
-    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        each!(self, m => m.embed(ids))
     }
     fn block(
         &self,
@@ -214,11 +208,5 @@ impl<B: QBackend> CausalLm<B> for AnyLm<B> {
     }
     fn eos_token_id(&self) -> Option<u32> {
         each!(self, m => m.eos_token_id())
-    }
-    fn with_adapter_dtype(&self, dtype: DType) -> Self {
-        match self {
-            AnyLm::Gptj(m) => AnyLm::Gptj(m.with_adapter_dtype(dtype)),
-            AnyLm::Llama(m) => AnyLm::Llama(m.with_adapter_dtype(dtype)),
-        }
     }
 }

@@ -72,36 +72,7 @@ pub fn create_dynamic_map(signed: bool) -> [f32; MAP_LEN] {
 /// divided by its block absmax, so it lies in [-1, 1]. Host reference for the tensor version in
 /// `blockwise.rs` (tests compare the two).
 pub fn quantize_2d(map: &[f32; MAP_LEN], signed: bool, x: f32) -> u8 {
-    let mut pivot: i32 = 127;
-    let (mut lower_pivot, mut upper_pivot) = (0i32, 255i32);
-    let (mut lower, mut upper) = (if signed { -1.0f32 } else { 0.0 }, 1.0f32);
-    let mut val = map[127];
-    let mut step = 64;
-    while step > 0 {
-        if x > val {
-            lower_pivot = pivot;
-            lower = val;
-            pivot += step;
-        } else {
-            upper_pivot = pivot;
-            upper = val;
-            pivot -= step;
-        }
-        val = map[pivot as usize];
-        step >>= 1;
-    }
-    let code = if x > val {
-        if x > (upper + val) * 0.5 {
-            upper_pivot
-        } else {
-            pivot
-        }
-    } else if x < (lower + val) * 0.5 {
-        lower_pivot
-    } else {
-        pivot
-    };
-    code as u8
+    qtune_quant::maps::search_8bit(map, x, if signed { -1.0 } else { 0.0 }, false)
 }
 
 #[cfg(test)]

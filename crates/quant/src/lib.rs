@@ -27,6 +27,7 @@
 pub mod blockwise8;
 mod error;
 pub mod fourbit;
+pub mod golden;
 pub mod io;
 pub mod maps;
 pub mod nested;

@@ -131,10 +131,20 @@ pub const FP4_MAX_GAP: f32 = max_gap(&[
 /// `dQuantize<0>` over a sorted 256-entry map (bnb's deterministic 8-bit encoder).
 #[inline]
 pub fn encode_dynamic(map: &[f32; 256], x: f32) -> u8 {
+    search_8bit(map, x, -1.0, true)
+}
+
+/// The code search of bitsandbytes' 8-bit encoders over a sorted 256-entry map: a 7-step binary
+/// search from pivot 127 with the bracket (`lower`, 1.0), then the nearer of the two bracketing
+/// codes by midpoint. The search never visits index 255 or 0 as a neighbour value:
+/// `fetch_ends` reads them for a bracket end still there, as the weight quantizer `dQuantize`
+/// does; the optimizer's `quantize_2D` keeps the starting bracket (qtune-optim's `quantize_2d`).
+#[inline]
+pub fn search_8bit(map: &[f32; 256], x: f32, lower: f32, fetch_ends: bool) -> u8 {
     let mut pivot = 127usize;
     let mut upper_pivot = 255usize;
     let mut lower_pivot = 0usize;
-    let mut lower = -1.0f32;
+    let mut lower = lower;
     let mut upper = 1.0f32;
     let mut val = map[pivot];
     let mut step = 64usize;
@@ -151,11 +161,10 @@ pub fn encode_dynamic(map: &[f32; 256], x: f32) -> u8 {
         val = map[pivot];
         step >>= 1;
     }
-    // The search never visits index 255 or 0 as a neighbour value, so it fetches them here.
-    if upper_pivot == 255 {
+    if fetch_ends && upper_pivot == 255 {
         upper = map[upper_pivot];
     }
-    if lower_pivot == 0 {
+    if fetch_ends && lower_pivot == 0 {
         lower = map[lower_pivot];
     }
     if x > val {

@@ -102,7 +102,7 @@ impl<'a> Source<'a> {
 }
 
 /// Little-endian `dtype` bytes → f32 (exact: f16 and bf16 widen without rounding).
-fn decode_le(bytes: &[u8], dtype: FloatDType, out: &mut [f32]) {
+pub(crate) fn decode_le(bytes: &[u8], dtype: FloatDType, out: &mut [f32]) {
     match dtype {
         FloatDType::F32 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {

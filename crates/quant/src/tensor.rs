@@ -353,7 +353,7 @@ fn quantize_blocks(
         .step_by(per_run)
         .map(|start| (start, (start + per_run).min(n)))
         .collect();
-    let parts: Vec<Result<(Vec<u8>, Vec<f32>), QuantError>> = std::thread::scope(|scope| {
+    let parts: Vec<_> = std::thread::scope(|scope| {
         let handles: Vec<_> = bounds
             .iter()
             .map(|&(start, end)| scope.spawn(move || one(src.slice(start, end))))

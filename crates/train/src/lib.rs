@@ -170,6 +170,32 @@ pub fn error_report(err: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// The `main` of qtune's binaries (`qtune`, `xtask`): logs to stderr (`RUST_LOG`, default
+/// `info`), [`backend::init`], then `run`; an error is printed as [`error_report`] (each cause
+/// once) and the process fails.
+pub fn run_main<E>(run: impl FnOnce() -> Result<(), E>) -> std::process::ExitCode
+where
+    E: AsRef<dyn std::error::Error + 'static>,
+{
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a log file.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    backend::init();
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", error_report(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod chain_tests {
     use super::*;

@@ -1,13 +1,32 @@
 //! The loop's [`SegmentedLm`] for every [`CausalLm`] (GPT-J, the Llama family): a batch's
 //! context (packed rows: block-diagonal causal mask from the segment ids), embeddings and loss
 //! from its host-side fields.
-use burn::tensor::backend::Backend;
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use qtune_kernels::{LinearBackward, QBackend};
 use qtune_lm::{BlockContext, CausalLm, TokenInputs};
 
 use crate::step::SegmentedLm;
 use crate::TrainError;
+
+/// A backend the loop trains on: autodiff over a [`QBackend`] whose inner (no-grad) backend,
+/// where evaluation and generation run, is one too.
+pub trait TrainBackend: AutodiffBackend<InnerBackend: QBackend> + QBackend {}
+impl<B: AutodiffBackend<InnerBackend: QBackend> + QBackend> TrainBackend for B {}
+
+/// A model the loop trains: a [`CausalLm`] with autodiff whose inner module (evaluation,
+/// generation) is a [`CausalLm`] too.
+pub trait TrainLm<B: TrainBackend>:
+    CausalLm<B> + AutodiffModule<B, InnerModule: CausalLm<B::InnerBackend>>
+{
+}
+impl<B, M> TrainLm<B> for M
+where
+    B: TrainBackend,
+    M: CausalLm<B> + AutodiffModule<B, InnerModule: CausalLm<B::InnerBackend>>,
+{
+}
 
 /// `[B, T]` int tensor from a batch field.
 pub fn int_tensor<B: Backend>(

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use qtune_data::{DataSource, DatasetId};
 use qtune_kernels::QBackend;
 use qtune_lm::CausalLm;
@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::config::RunConfig;
 use crate::evaluate::{eval_loss, evaluate_generation, EvalGeneration, Prediction, TaskMetrics};
 use crate::metrics::{Event, MetricsLog};
+use crate::model::TrainBackend;
 use crate::trainer::{TrainOptions, TrainSummary};
 use crate::{build, task, TrainError};
 
@@ -78,8 +79,7 @@ pub fn train_job<B>(
     device: &B::Device,
 ) -> Result<TrainReport, TrainError>
 where
-    B: AutodiffBackend + QBackend,
-    B::InnerBackend: QBackend,
+    B: TrainBackend,
 {
     train_job_on::<B>(cfg, opts, source, std::slice::from_ref(device))
 }
@@ -93,8 +93,7 @@ pub fn train_job_on<B>(
     devices: &[B::Device],
 ) -> Result<TrainReport, TrainError>
 where
-    B: AutodiffBackend + QBackend,
-    B::InnerBackend: QBackend,
+    B: TrainBackend,
 {
     // Only the host of rank 0 writes into the run folder (and locks it), from before the first
     // write until the report is written.

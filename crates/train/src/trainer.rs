@@ -26,6 +26,7 @@ use crate::replica::{compute_lock, rank_seed, shard_range, Reduced, Replicas, Si
 use qtune_kernels::QBackend;
 use qtune_lm::CausalLm;
 
+use crate::model::{TrainBackend, TrainLm};
 use crate::setup::{setup, Setup};
 use crate::step;
 use crate::TrainError;
@@ -128,10 +129,8 @@ pub fn train<B, M>(
     opts: &TrainOptions,
 ) -> Result<(M, TrainSummary), TrainError>
 where
-    B: AutodiffBackend + QBackend,
-    B::InnerBackend: QBackend,
-    M: CausalLm<B> + AutodiffModule<B>,
-    M::InnerModule: CausalLm<B::InnerBackend>,
+    B: TrainBackend,
+    M: TrainLm<B>,
 {
     // Held until the loop returns (also on errors and panics): no second run writes here.
     let _lock = crate::lock::RunLock::acquire(&cfg.output_dir())?;
@@ -161,10 +160,8 @@ pub(crate) fn train_rank<B, M, R>(
     sync: &mut R,
 ) -> Result<(M, TrainSummary), TrainError>
 where
-    B: AutodiffBackend + QBackend,
-    B::InnerBackend: QBackend,
-    M: CausalLm<B> + AutodiffModule<B>,
-    M::InnerModule: CausalLm<B::InnerBackend>,
+    B: TrainBackend,
+    M: TrainLm<B>,
     R: Replicas,
 {
     let t = &cfg.training;
@@ -451,10 +448,8 @@ fn micro_steps<B, M>(
     loss_scale: f64,
 ) -> Result<Reduced, TrainError>
 where
-    B: AutodiffBackend + QBackend,
-    B::InnerBackend: QBackend,
-    M: CausalLm<B> + AutodiffModule<B>,
-    M::InnerModule: CausalLm<B::InnerBackend>,
+    B: TrainBackend,
+    M: TrainLm<B>,
 {
     let mut acc = TokenAccumulator::<M>::new();
     let (mut loss_sum, mut input_tokens) = (0.0, 0u64);

@@ -6,7 +6,6 @@
 
 use burn::tensor::{Bool, DType, Tensor, TensorData};
 use qtune_train::backend::{Cpu, Train};
-use serde_json::json;
 
 use super::{host, rel, values, Failures, BF16_FLOOR};
 
@@ -62,13 +61,15 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
     let [c0, c1, c2, c3] =
         attention::<Cpu>(&Default::default(), &vs, &vw, &bits, dims, hd, DType::F32)?;
     let [g0, g1, g2, g3] = attention::<Train>(dev, &vs, &vw, &bits, dims, hd, DType::BF16)?;
-    println!(
-        "{}",
-        json!({"check": "fused_ops",
-               "attention_fwd_rel_err": fails.at_most("fused_ops attention_fwd_rel_err", rel(g0, c0), ATTENTION_FWD),
-               "attention_dq_rel_err": fails.at_most("fused_ops attention_dq_rel_err", rel(g1, c1), ATTENTION_GRAD),
-               "attention_dk_rel_err": fails.at_most("fused_ops attention_dk_rel_err", rel(g2, c2), ATTENTION_GRAD),
-               "attention_dv_rel_err": fails.at_most("fused_ops attention_dv_rel_err", rel(g3, c3), ATTENTION_GRAD)})
+    print_rel_errs(
+        fails,
+        vec![
+            ("attention_fwd", g0, c0, ATTENTION_FWD),
+            ("attention_dq", g1, c1, ATTENTION_GRAD),
+            ("attention_dk", g2, c2, ATTENTION_GRAD),
+            ("attention_dv", g3, c3, ATTENTION_GRAD),
+        ],
+        [],
     );
 
     let [c0, c1, c2, c3, c4, c5, c6] =
@@ -85,53 +86,85 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
         mask_mismatch as f64,
         0.0,
     );
-    println!(
-        "{}",
-        json!({"check": "fused_ops", "dropout_mask_mismatches": mask_mismatch, "dropout_values": c0.len(),
-               "dropout_rel_err": fails.at_most("fused_ops dropout_rel_err", rel(g0, c0), DROPOUT),
-               "gemm_acc_fwd_rel_err": fails.at_most("fused_ops gemm_acc_fwd_rel_err", rel(g1, c1), GEMM_ACC),
-               "gemm_acc_dy_rel_err": fails.at_most("fused_ops gemm_acc_dy_rel_err", rel(g2, c2), GEMM_ACC),
-               "gemm_acc_dx_rel_err": fails.at_most("fused_ops gemm_acc_dx_rel_err", rel(g3, c3), GEMM_ACC),
-               "gemm_acc_dw_rel_err": fails.at_most("fused_ops gemm_acc_dw_rel_err", rel(g4, c4), GEMM_ACC),
-               "bias_gelu_fwd_rel_err": fails.at_most("fused_ops bias_gelu_fwd_rel_err", rel(g5, c5), BIAS_GELU_FWD),
-               "bias_gelu_grad_rel_err": fails.at_most("fused_ops bias_gelu_grad_rel_err", rel(g6, c6), BIAS_GELU_GRAD)})
+    let dropout_values = c0.len();
+    print_rel_errs(
+        fails,
+        vec![
+            ("dropout", g0, c0, DROPOUT),
+            ("gemm_acc_fwd", g1, c1, GEMM_ACC),
+            ("gemm_acc_dy", g2, c2, GEMM_ACC),
+            ("gemm_acc_dx", g3, c3, GEMM_ACC),
+            ("gemm_acc_dw", g4, c4, GEMM_ACC),
+            ("bias_gelu_fwd", g5, c5, BIAS_GELU_FWD),
+            ("bias_gelu_grad", g6, c6, BIAS_GELU_GRAD),
+        ],
+        [
+            ("dropout_mask_mismatches", mask_mismatch.into()),
+            ("dropout_values", dropout_values.into()),
+        ],
     );
 
     let (rows, vocab) = (b * h * t / 8, l * 4);
     let [c0, c1] = cross_entropy::<Cpu>(&Default::default(), &vs, rows, vocab, DType::F32)?;
     let [g0, g1] = cross_entropy::<Train>(dev, &vs, rows, vocab, DType::BF16)?;
-    println!(
-        "{}",
-        json!({"check": "fused_ops",
-               "cross_entropy_fwd_rel_err": fails.at_most("fused_ops cross_entropy_fwd_rel_err", rel(g0, c0), CROSS_ENTROPY_FWD),
-               "cross_entropy_grad_rel_err": fails.at_most("fused_ops cross_entropy_grad_rel_err", rel(g1, c1), CROSS_ENTROPY_GRAD)})
+    print_rel_errs(
+        fails,
+        vec![
+            ("cross_entropy_fwd", g0, c0, CROSS_ENTROPY_FWD),
+            ("cross_entropy_grad", g1, c1, CROSS_ENTROPY_GRAD),
+        ],
+        [],
     );
 
     let dims = [b, h, t, l];
     let [c0, c1, c2, c3] =
         layer_norm_rotary::<Cpu>(&Default::default(), &vs, &vw, dims, DType::F32)?;
     let [g0, g1, g2, g3] = layer_norm_rotary::<Train>(dev, &vs, &vw, dims, DType::BF16)?;
-    println!(
-        "{}",
-        json!({"check": "fused_ops",
-               "layer_norm_fwd_rel_err": fails.at_most("fused_ops layer_norm_fwd_rel_err", rel(g0, c0), LAYER_NORM_FWD),
-               "layer_norm_grad_rel_err": fails.at_most("fused_ops layer_norm_grad_rel_err", rel(g1, c1), LAYER_NORM_GRAD),
-               "rotary_fwd_rel_err": fails.at_most("fused_ops rotary_fwd_rel_err", rel(g2, c2), ROTARY),
-               "rotary_grad_rel_err": fails.at_most("fused_ops rotary_grad_rel_err", rel(g3, c3), ROTARY)})
+    print_rel_errs(
+        fails,
+        vec![
+            ("layer_norm_fwd", g0, c0, LAYER_NORM_FWD),
+            ("layer_norm_grad", g1, c1, LAYER_NORM_GRAD),
+            ("rotary_fwd", g2, c2, ROTARY),
+            ("rotary_grad", g3, c3, ROTARY),
+        ],
+        [],
     );
 
     let [c0, c1, c2, c3] =
         softmax_gelu::<Cpu>(&Default::default(), &vs, &vw, &bits, dims, DType::F32)?;
     let [g0, g1, g2, g3] = softmax_gelu::<Train>(dev, &vs, &vw, &bits, dims, DType::BF16)?;
-    println!(
-        "{}",
-        json!({"check": "fused_ops",
-               "softmax_fwd_rel_err": fails.at_most("fused_ops softmax_fwd_rel_err", rel(g0, c0), SOFTMAX),
-               "softmax_grad_rel_err": fails.at_most("fused_ops softmax_grad_rel_err", rel(g1, c1), SOFTMAX),
-               "gelu_fwd_rel_err": fails.at_most("fused_ops gelu_fwd_rel_err", rel(g2, c2), GELU_FWD),
-               "gelu_grad_rel_err": fails.at_most("fused_ops gelu_grad_rel_err", rel(g3, c3), GELU_GRAD)})
+    print_rel_errs(
+        fails,
+        vec![
+            ("softmax_fwd", g0, c0, SOFTMAX),
+            ("softmax_grad", g1, c1, SOFTMAX),
+            ("gelu_fwd", g2, c2, GELU_FWD),
+            ("gelu_grad", g3, c3, GELU_GRAD),
+        ],
+        [],
     );
     Ok(())
+}
+
+/// Prints one `fused_ops` JSON line: each `(name, gpu, cpu, tolerance)` as `{name}_rel_err`,
+/// the relative error, added to `fails` beyond its tolerance; then the `extra` entries.
+fn print_rel_errs<const N: usize>(
+    fails: &mut Failures,
+    rows: Vec<(&str, Vec<f32>, Vec<f32>, f64)>,
+    extra: [(&str, serde_json::Value); N],
+) {
+    let mut line = serde_json::Map::new();
+    line.insert("check".into(), "fused_ops".into());
+    for (name, gpu, cpu, tol) in rows {
+        let key = format!("{name}_rel_err");
+        let value = fails.at_most(&format!("fused_ops {key}"), rel(gpu, cpu), tol);
+        line.insert(key, value.into());
+    }
+    for (key, value) in extra {
+        line.insert(key.into(), value);
+    }
+    println!("{}", serde_json::Value::Object(line));
 }
 
 /// Fused attention softmax (causal + a fully masked row) and gelu_new: forward and input

@@ -3,6 +3,7 @@
 //! GEMM; dense GEMV vs cuBLAS). Metric: max |Δ| / max |ref|.
 
 use burn::tensor::{DType, Tensor, TensorData};
+use qtune_kernels::cuda::gemm::{linear_t_acc_via, linear_t_via, OneRow};
 use qtune_train::backend::{Cpu, Train};
 use serde_json::json;
 
@@ -61,15 +62,13 @@ pub(super) fn quantized_gemv_check(
             )
         };
         let (x, w, y0) = (t(k, 33, [1, k]), t(n * k, 34, [n, k]), t(n, 35, [1, n]));
-        let run = |gemv: bool| -> anyhow::Result<[Vec<f32>; 2]> {
-            qtune_kernels::cuda::set_dense_gemv(gemv);
-            let y = qtune_kernels::linear_t(x.clone(), w.clone());
-            let acc =
-                qtune_kernels::linear_t_acc(y0.clone().add_scalar(0.0), x.clone(), w.clone(), 0.5);
+        let run = |one_row: OneRow| -> anyhow::Result<[Vec<f32>; 2]> {
+            let y = linear_t_via(x.clone(), w.clone(), one_row);
+            let y0 = y0.clone().add_scalar(0.0);
+            let acc = linear_t_acc_via(y0, x.clone(), w.clone(), 0.5, one_row);
             Ok([host(y.unsqueeze::<3>())?, host(acc.unsqueeze::<3>())?])
         };
-        let ([g, ga], [c, ca]) = (run(true)?, run(false)?);
-        qtune_kernels::cuda::set_dense_gemv(true);
+        let ([g, ga], [c, ca]) = (run(OneRow::Gemv)?, run(OneRow::Cublas)?);
         for (key, value) in [
             (format!("dense_gemv_{n}x{k}_rel_err"), rel(g, c)),
             (format!("dense_gemv_acc_{n}x{k}_rel_err"), rel(ga, ca)),

@@ -11,32 +11,15 @@ use std::path::Path;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use qtune_kernels::QuantWeight;
+use qtune_quant::golden::{tensor_f32, GoldenCase, GoldenMeta};
 use qtune_quant::{Absmax, FloatDType, QuantFormat, QuantSpec, QuantizedTensor, Reciprocal};
 use qtune_train::backend::Train;
-use safetensors::{Dtype, SafeTensors};
-use serde::Deserialize;
+use safetensors::SafeTensors;
 use serde_json::json;
 
 use super::Failures;
 
 type Inner = <Train as AutodiffBackend>::InnerBackend;
-
-#[derive(Deserialize)]
-struct Meta {
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    input: String,
-    format: String,
-    numel: usize,
-    dtype: String,
-    blocksize: usize,
-    #[serde(default)]
-    double_quant: bool,
-}
 
 /// All three checks; each prints one JSON line and adds a failure on any difference.
 pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> anyhow::Result<()> {
@@ -87,45 +70,15 @@ fn reciprocal_check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
     Ok(())
 }
 
-fn dtypes(s: &str) -> anyhow::Result<(DType, FloatDType)> {
-    Ok(match s {
-        "f32" => (DType::F32, FloatDType::F32),
-        "f16" => (DType::F16, FloatDType::F16),
-        "bf16" => (DType::BF16, FloatDType::BF16),
-        other => anyhow::bail!("meta.json: unknown dtype {other}"),
-    })
-}
-
-fn format_of(s: &str) -> anyhow::Result<QuantFormat> {
-    Ok(match s {
-        "blockwise8" => QuantFormat::Blockwise8,
-        "nf4" => QuantFormat::Nf4,
-        "fp4" => QuantFormat::Fp4,
-        other => anyhow::bail!("meta.json: unknown format {other}"),
-    })
-}
-
-/// A fixture tensor widened to f32 (exact for f32/f16/bf16).
-fn f32s(st: &SafeTensors<'_>, name: &str) -> anyhow::Result<Vec<f32>> {
-    let t = st
-        .tensor(name)
-        .map_err(|e| anyhow::anyhow!("golden tensor `{name}`: {e}"))?;
-    let d = t.data();
-    Ok(match t.dtype() {
-        Dtype::F32 => d
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => d
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => d
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        other => anyhow::bail!("golden tensor `{name}`: unexpected dtype {other:?}"),
-    })
+/// The device dtype of a fixture's input dtype.
+fn dtypes(case: &GoldenCase) -> anyhow::Result<(DType, FloatDType)> {
+    let fd = case.float_dtype()?;
+    let dtype = match fd {
+        FloatDType::F32 => DType::F32,
+        FloatDType::F16 => DType::F16,
+        FloatDType::BF16 => DType::BF16,
+    };
+    Ok((dtype, fd))
 }
 
 fn bytes<'a>(st: &'a SafeTensors<'_>, name: &str) -> anyhow::Result<&'a [u8]> {
@@ -178,24 +131,20 @@ fn golden_check(
     };
     let file = read("golden.safetensors")?;
     let st = SafeTensors::deserialize(&file).map_err(|e| anyhow::anyhow!("golden: {e}"))?;
-    let meta: Meta = serde_json::from_slice(&read("meta.json")?)?;
+    let meta: GoldenMeta = serde_json::from_slice(&read("meta.json")?)?;
     let (mut codes_total, mut codes_differ, mut absmax_total, mut absmax_differ) = (0, 0, 0, 0);
     let (mut cases, mut non_finite, mut refused, mut dq_equal, mut dq_cases) = (0, 0, 0, 0, 0);
     let mut first_bad: Vec<String> = Vec::new();
     for case in &meta.cases {
         let name = &case.name;
-        let x = f32s(&st, &case.input)?;
+        let x = tensor_f32(&st, &case.input)?;
         anyhow::ensure!(
             x.len() == case.numel,
             "{name}: input has {} values",
             x.len()
         );
-        let dt = dtypes(&case.dtype)?;
-        let spec = QuantSpec {
-            format: format_of(&case.format)?,
-            blocksize: case.blocksize,
-            double_quant: case.double_quant,
-        };
+        let dt = dtypes(case)?;
+        let spec = case.spec()?;
         let shape = [1, case.numel];
         cases += 1;
         if x.iter().any(|v| !v.is_finite()) {

@@ -116,27 +116,62 @@ impl<B: QBackend> Backward<B, 1> for GradSeedBackward {
     }
 }
 
-/// Backward of the fused LayerNorm (frozen weight and bias): state is the input, the weight
-/// and eps.
-#[derive(Debug)]
-pub(super) struct LayerNormBackward;
+/// Which fused norm with a frozen weight: GPT-J's LayerNorm (its frozen bias needs no backward
+/// state) or the Llama family's RMSNorm.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Norm {
+    Layer,
+    Rms,
+}
 
-impl<B: QBackend> Backward<B, 1> for LayerNormBackward {
-    type State = (FloatTensor<B>, FloatTensor<B>, f32);
+/// Backward of a fused norm (frozen weight): state is the input, the weight and eps.
+#[derive(Debug)]
+pub(super) struct NormBackward(pub(super) Norm);
+
+impl<B: QBackend> Backward<B, 1> for NormBackward {
+    type State = (FloatTensor<B>, (FloatTensor<B>, f32));
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x] = ops.parents;
         let dy = grads.consume::<B>(&ops.node);
-        let (x, w, eps) = ops.state;
+        let (x, (w, eps)) = ops.state;
         if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::q_layer_norm_backward(x, w, dy, eps));
+            let dx = match self.0 {
+                Norm::Layer => B::q_layer_norm_backward(x, w, dy, eps),
+                Norm::Rms => B::q_rms_norm_backward(x, w, dy, eps),
+            };
+            grads.register::<B>(node.id, dx);
         }
     }
 }
 
-/// Backward of the rotary embedding: the inverse rotation of the output gradient.
+/// Which fused rotation: GPT-J's interleaved pairs (`q_rotary`) or the Llama family's
+/// rotate-half (`q_rotary_half`).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Rotation {
+    Interleaved,
+    Half,
+}
+
+impl Rotation {
+    pub(super) fn apply<B: QBackend>(
+        self,
+        x: FloatTensor<B>,
+        cos: FloatTensor<B>,
+        sin: FloatTensor<B>,
+        inverse: bool,
+    ) -> FloatTensor<B> {
+        match self {
+            Rotation::Interleaved => B::q_rotary(x, cos, sin, inverse),
+            Rotation::Half => B::q_rotary_half(x, cos, sin, inverse),
+        }
+    }
+}
+
+/// Backward of a rotation: the inverse rotation of the output gradient (state: the tables,
+/// `sin` already negated when the forward was itself the inverse).
 #[derive(Debug)]
-pub(super) struct RotaryBackward;
+pub(super) struct RotaryBackward(pub(super) Rotation);
 
 impl<B: QBackend> Backward<B, 1> for RotaryBackward {
     type State = (FloatTensor<B>, FloatTensor<B>);
@@ -146,7 +181,7 @@ impl<B: QBackend> Backward<B, 1> for RotaryBackward {
         let dy = grads.consume::<B>(&ops.node);
         let (cos, sin) = ops.state;
         if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::q_rotary(dy, cos, sin, true));
+            grads.register::<B>(node.id, self.0.apply::<B>(dy, cos, sin, true));
         }
     }
 }

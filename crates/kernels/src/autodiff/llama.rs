@@ -1,5 +1,6 @@
-//! Backward nodes of the Llama family's fused ops: RMSNorm (frozen weight), SwiGLU's
-//! `silu(gate)·up` and the rotate-half RoPE.
+//! Backward node of the Llama family's SwiGLU product `silu(gate)·up` (its RMSNorm and
+//! rotate-half RoPE share GPT-J's norm and rotation nodes, `fused::NormBackward` and
+//! `fused::RotaryBackward`).
 
 use burn::backend::autodiff::{
     checkpoint::base::Checkpointer,
@@ -9,23 +10,6 @@ use burn::backend::autodiff::{
 use burn::tensor::ops::FloatTensor;
 
 use crate::QBackend;
-
-/// Backward of the fused RMSNorm (frozen weight): state is the input, the weight and eps.
-#[derive(Debug)]
-pub(super) struct RmsNormBackward;
-
-impl<B: QBackend> Backward<B, 1> for RmsNormBackward {
-    type State = (FloatTensor<B>, FloatTensor<B>, f32);
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x] = ops.parents;
-        let dy = grads.consume::<B>(&ops.node);
-        let (x, w, eps) = ops.state;
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::q_rms_norm_backward(x, w, dy, eps));
-        }
-    }
-}
 
 /// Backward of `silu(gate)·up`: state is both inputs; one call gives both gradients.
 #[derive(Debug)]
@@ -43,24 +27,6 @@ impl<B: QBackend> Backward<B, 2> for SiluMulBackward {
             if let Some(node) = node {
                 grads.register::<B>(node.id, g);
             }
-        }
-    }
-}
-
-/// Backward of the rotate-half RoPE: the inverse rotation of the output gradient (state: the
-/// tables, `sin` already negated when the forward was itself the inverse).
-#[derive(Debug)]
-pub(super) struct RotaryHalfBackward;
-
-impl<B: QBackend> Backward<B, 1> for RotaryHalfBackward {
-    type State = (FloatTensor<B>, FloatTensor<B>);
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x] = ops.parents;
-        let dy = grads.consume::<B>(&ops.node);
-        let (cos, sin) = ops.state;
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::q_rotary_half(dy, cos, sin, true));
         }
     }
 }

@@ -27,12 +27,84 @@ mod llama;
 
 use fused::{
     AttentionBackward, AttnSoftmaxBackward, CrossEntropyBackward, DropoutBackward, GeluNewBackward,
-    GradSeedBackward, LayerNormBackward, RotaryBackward,
+    GradSeedBackward, Norm, NormBackward, RotaryBackward, Rotation,
 };
 use linear::{
     dense_linear, GemmAccBackward, MatmulBackward, MatmulState, QLinearBackward, QLinearState,
 };
-use llama::{RmsNormBackward, RotaryHalfBackward, SiluMulBackward};
+use llama::SiluMulBackward;
+
+/// `forward(x, frozen)` recorded for `op`, whose backward state is `x` and `frozen`: values that
+/// get no gradient (a bias, a norm's weight and eps, the targets), only kept for the backward.
+/// compute_bound: qtune checkpoints per block itself (no Burn retro-forward needed).
+fn recorded<B, C, Op, S>(
+    op: Op,
+    x: FloatTensor<Autodiff<B, C>>,
+    frozen: S,
+    forward: impl Fn(FloatTensor<B>, S) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>>
+where
+    B: QBackend,
+    C: CheckpointStrategy,
+    Op: Backward<B, 1, State = (FloatTensor<B>, S)>,
+    S: Clone + Send + std::fmt::Debug + 'static,
+{
+    match op.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let y = forward(x.primitive.clone(), frozen.clone());
+            prep.finish((x.primitive, frozen), y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive, frozen)),
+    }
+}
+
+/// A fused rotation recorded for [`RotaryBackward`].
+fn rotated<B: QBackend, C: CheckpointStrategy>(
+    rotation: Rotation,
+    x: FloatTensor<Autodiff<B, C>>,
+    cos: FloatTensor<Autodiff<B, C>>,
+    sin: FloatTensor<Autodiff<B, C>>,
+    inverse: bool,
+) -> FloatTensor<Autodiff<B, C>> {
+    let (cos, sin) = (cos.primitive, sin.primitive);
+    match RotaryBackward(rotation)
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let y = rotation.apply::<B>(x.primitive, cos.clone(), sin.clone(), inverse);
+            // The backward turns the other way: swap the sign by storing -sin when inverse.
+            let state = if inverse {
+                (cos, B::float_neg(sin))
+            } else {
+                (cos, sin)
+            };
+            prep.finish(state, y)
+        }
+        OpsKind::UnTracked(prep) => {
+            prep.finish(rotation.apply::<B>(x.primitive, cos, sin, inverse))
+        }
+    }
+}
+
+/// What the backward of `op(a)·op(b)` keeps: each operand only where the other one needs a
+/// gradient.
+fn matmul_state<B: QBackend, C: CheckpointStrategy>(
+    a: &FloatTensor<Autodiff<B, C>>,
+    b: &FloatTensor<Autodiff<B, C>>,
+    ta: bool,
+    tb: bool,
+) -> MatmulState<B> {
+    let (need_a, need_b) = (!a.node.requirement.is_none(), !b.node.requirement.is_none());
+    MatmulState {
+        a: need_b.then(|| a.primitive.clone()),
+        b: need_a.then(|| b.primitive.clone()),
+        ta,
+        tb,
+        dtype: a.primitive.dtype(),
+    }
+}
 
 /// Drop the autodiff wrapper of the weight's float constants (they are never tracked).
 fn inner<B: Backend, C: CheckpointStrategy>(
@@ -129,20 +201,13 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         tb: bool,
         out: DType,
     ) -> FloatTensor<Self> {
-        let (need_a, need_b) = (!a.node.requirement.is_none(), !b.node.requirement.is_none());
         match MatmulBackward
             .prepare::<C>([a.node.clone(), b.node.clone()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let state = MatmulState {
-                    a: need_b.then(|| a.primitive.clone()),
-                    b: need_a.then(|| b.primitive.clone()),
-                    ta,
-                    tb,
-                    dtype: a.primitive.dtype(),
-                };
+                let state = matmul_state::<B, C>(&a, &b, ta, tb);
                 prep.finish(state, B::q_gemm(a.primitive, b.primitive, ta, tb, out))
             }
             OpsKind::UnTracked(prep) => {
@@ -159,20 +224,13 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         tb: bool,
         alpha: f32,
     ) -> FloatTensor<Self> {
-        let (need_a, need_b) = (!a.node.requirement.is_none(), !b.node.requirement.is_none());
         match GemmAccBackward
             .prepare::<C>([c.node.clone(), a.node.clone(), b.node.clone()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let state = MatmulState {
-                    a: need_b.then(|| a.primitive.clone()),
-                    b: need_a.then(|| b.primitive.clone()),
-                    ta,
-                    tb,
-                    dtype: a.primitive.dtype(),
-                };
+                let state = matmul_state::<B, C>(&a, &b, ta, tb);
                 let y = B::q_gemm_acc(c.primitive, a.primitive, b.primitive, ta, tb, alpha);
                 prep.finish((state, alpha), y)
             }
@@ -201,18 +259,7 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
     fn q_gelu_new(x: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
         // The bias is a frozen base weight: no gradient, only its value for the backward.
         let bias = bias.map(|b| b.primitive);
-        // compute_bound: qtune checkpoints per block itself (no Burn retro-forward needed).
-        match GeluNewBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = B::q_gelu_new(x.primitive.clone(), bias.clone());
-                prep.finish((x.primitive, bias), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::q_gelu_new(x.primitive, bias)),
-        }
+        recorded::<B, C, _, _>(GeluNewBackward, x, bias, B::q_gelu_new)
     }
 
     fn q_gelu_new_backward(
@@ -327,18 +374,12 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         b: FloatTensor<Self>,
         eps: f32,
     ) -> FloatTensor<Self> {
-        let (w, b) = (w.primitive, b.primitive);
-        match LayerNormBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = B::q_layer_norm(x.primitive.clone(), w.clone(), b, eps);
-                prep.finish((x.primitive, w, eps), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::q_layer_norm(x.primitive, w, b, eps)),
-        }
+        let b = b.primitive;
+        // The weight and bias are frozen base weights: no gradient (the bias is not needed).
+        let norm = NormBackward(Norm::Layer);
+        recorded::<B, C, _, _>(norm, x, (w.primitive, eps), |x, (w, eps)| {
+            B::q_layer_norm(x, w, b.clone(), eps)
+        })
     }
 
     fn q_layer_norm_backward(
@@ -361,40 +402,15 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         sin: FloatTensor<Self>,
         inverse: bool,
     ) -> FloatTensor<Self> {
-        let (cos, sin) = (cos.primitive, sin.primitive);
-        match RotaryBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = B::q_rotary(x.primitive, cos.clone(), sin.clone(), inverse);
-                // The backward turns the other way: swap the sign by storing -sin when inverse.
-                let state = if inverse {
-                    (cos, B::float_neg(sin))
-                } else {
-                    (cos, sin)
-                };
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::q_rotary(x.primitive, cos, sin, inverse)),
-        }
+        rotated::<B, C>(Rotation::Interleaved, x, cos, sin, inverse)
     }
 
     fn q_rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
         // The weight is a frozen base weight: no gradient, only its value for the backward.
-        let w = w.primitive;
-        match RmsNormBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = B::q_rms_norm(x.primitive.clone(), w.clone(), eps);
-                prep.finish((x.primitive, w, eps), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::q_rms_norm(x.primitive, w, eps)),
-        }
+        let norm = NormBackward(Norm::Rms);
+        recorded::<B, C, _, _>(norm, x, (w.primitive, eps), |x, (w, eps)| {
+            B::q_rms_norm(x, w, eps)
+        })
     }
 
     fn q_rms_norm_backward(
@@ -440,40 +456,11 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         sin: FloatTensor<Self>,
         inverse: bool,
     ) -> FloatTensor<Self> {
-        let (cos, sin) = (cos.primitive, sin.primitive);
-        match RotaryHalfBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = B::q_rotary_half(x.primitive, cos.clone(), sin.clone(), inverse);
-                // The backward turns the other way: swap the sign by storing -sin when inverse.
-                let state = if inverse {
-                    (cos, B::float_neg(sin))
-                } else {
-                    (cos, sin)
-                };
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::q_rotary_half(x.primitive, cos, sin, inverse))
-            }
-        }
+        rotated::<B, C>(Rotation::Half, x, cos, sin, inverse)
     }
 
     fn q_cross_entropy(x: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
-        match CrossEntropyBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let nll = B::q_cross_entropy(x.primitive.clone(), targets.clone());
-                prep.finish((x.primitive, targets), nll)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::q_cross_entropy(x.primitive, targets)),
-        }
+        recorded::<B, C, _, _>(CrossEntropyBackward, x, targets, B::q_cross_entropy)
     }
 
     fn q_cross_entropy_backward(

@@ -13,7 +13,7 @@ use burn_cubecl::{BoolElement, CubeBackend, FloatElement, IntElement};
 use cubecl::cuda::CudaRuntime;
 use qtune_quant::QuantFormat;
 
-use super::gemm::{bmm, gemm, gemm_acc, Product};
+use super::gemm::{bmm, gemm, gemm_acc, OneRow, Product};
 use super::launch;
 use crate::{KernelError, QBackend, QWeightPrimitive};
 
@@ -59,7 +59,7 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         tb: bool,
         out: DType,
     ) -> FloatTensor<Self> {
-        bmm::<Self>(a, b, ta, tb, out)
+        bmm::<Self>(a, b, ta, tb, out, OneRow::Gemv)
     }
 
     fn q_gemm_acc(
@@ -70,7 +70,7 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         tb: bool,
         alpha: f32,
     ) -> FloatTensor<Self> {
-        gemm_acc::<Self>(c, a, b, ta, tb, alpha)
+        gemm_acc::<Self>(c, a, b, ta, tb, alpha, OneRow::Gemv)
     }
 
     fn q_write_row(

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use burn::tensor::DType;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::cuda::CudaRuntime;
 use cudarc::cublas::{result as blas, sys, CudaBlas};
@@ -118,13 +118,24 @@ where
     let dtype = a.dtype;
     let a3 = B::float_reshape(a, Shape::new([1, m, inner]));
     let w3 = B::float_reshape(w.clone(), Shape::new([1, n, k]));
-    let y = bmm::<B>(a3, w3, false, product == Product::ATransB, dtype);
+    let tb = product == Product::ATransB;
+    let y = bmm::<B>(a3, w3, false, tb, dtype, OneRow::Gemv);
     B::float_reshape(y, Shape::new([m, out_cols]))
+}
+
+/// Which kernel computes a product of one row `x [1, k] · w[n, k]ᵀ` (LoRA factors, the LM head
+/// at decode): the GEMV kernel, what the library always uses, or cuBLAS, what the GPU check and
+/// the bench compare it with ([`bmm`], [`gemm_acc`], [`linear_t_via`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OneRow {
+    Gemv,
+    Cublas,
 }
 
 /// Batched row-major matmul `c[i] = op(a[i])·op(b[i])` (one `cublasGemmStridedBatchedEx`):
 /// `a`, `b` are 3-D `[batch, ·, ·]` of one dtype, `op` transposes the last two dims when `ta`/`tb`;
 /// fp32 accumulation, output in `out_dtype` (the inputs' dtype, or F32 for bf16/f16 inputs).
+/// A product of one row is computed as `one_row` says (the library passes [`OneRow::Gemv`]).
 ///
 /// # Panics
 /// On a shape or dtype mismatch (a model wiring bug) or a CUDA/cuBLAS failure.
@@ -134,6 +145,7 @@ pub fn bmm<B>(
     ta: bool,
     tb: bool,
     out_dtype: DType,
+    one_row: OneRow,
 ) -> CubeTensor<CudaRuntime>
 where
     B: CubeB<CudaRuntime> + burn::tensor::backend::Backend<Device = cubecl::cuda::CudaDevice>,
@@ -154,7 +166,7 @@ where
             ),
         );
     }
-    if !single_row_gemv(&a, &b, &out, &g, None) {
+    if !single_row_gemv(&a, &b, &out, &g, None, one_row) {
         dense_gemm(&a, &b, &out, g);
     }
     out
@@ -163,6 +175,8 @@ where
 /// `c + alpha·op(a)·op(b)` (3-D operands as [`bmm`], `c` `[batch, m, n]` in the inputs' dtype):
 /// one GEMM with β = 1 into `c`'s own buffer when nothing else holds it (the LoRA case: `c` is
 /// the fresh base output), else a GEMM, a scale and an add.
+///
+/// A product of one row is computed as `one_row` says (the library passes [`OneRow::Gemv`]).
 ///
 /// # Panics
 /// On a shape or dtype mismatch (a model wiring bug) or a CUDA/cuBLAS failure.
@@ -173,6 +187,7 @@ pub fn gemm_acc<B>(
     ta: bool,
     tb: bool,
     alpha: f32,
+    one_row: OneRow,
 ) -> CubeTensor<CudaRuntime>
 where
     B: CubeB<CudaRuntime> + burn::tensor::backend::Backend<Device = cubecl::cuda::CudaDevice>,
@@ -186,7 +201,7 @@ where
     let c = burn_cubecl::kernel::into_contiguous(c);
     if !(c.can_mut() && c.is_contiguous_buffer()) {
         let dtype = c.dtype;
-        let ab = bmm::<B>(a, b, ta, tb, dtype);
+        let ab = bmm::<B>(a, b, ta, tb, dtype, one_row);
         let ab = <B as burn::tensor::ops::FloatTensorOps<B>>::float_mul_scalar(ab, alpha.into());
         return <B as burn::tensor::ops::FloatTensorOps<B>>::float_add(c, ab);
     }
@@ -210,23 +225,71 @@ where
     if g.k == 0 {
         return c;
     }
-    if !single_row_gemv(&a, &b, &c, &g, Some(alpha)) {
+    if !single_row_gemv(&a, &b, &c, &g, Some(alpha), one_row) {
         dense_gemm(&a, &b, &c, g);
     }
     c
 }
 
 /// `c = a·bᵀ` (or `c += alpha·a·bᵀ`) for one row `a [1, 1, k]` and `b [1, n, k]` by the GEMV
-/// kernel ([`dense_gemv`], which also checks the batch of one and the dtypes); `false` when it
-/// does not apply and nothing was launched.
+/// kernel ([`dense_gemv`], which also checks the batch of one and the dtypes) unless `one_row`
+/// asks for cuBLAS; `false` when it does not apply and nothing was launched.
 fn single_row_gemv(
     a: &CubeTensor<CudaRuntime>,
     b: &CubeTensor<CudaRuntime>,
     c: &CubeTensor<CudaRuntime>,
     g: &Gemm,
     alpha: Option<f32>,
+    one_row: OneRow,
 ) -> bool {
-    g.m == 1 && !g.ta && g.tb && dense_gemv(a, b, c, alpha).is_some()
+    one_row == OneRow::Gemv && g.m == 1 && !g.ta && g.tb && dense_gemv(a, b, c, alpha).is_some()
+}
+
+/// [`crate::linear_t`] of one row `x [1, k]` by `w [n, k]` (inner backend, no autodiff), its
+/// product computed as `one_row` says: the GPU check's and the bench's GEMV-vs-cuBLAS pair.
+pub fn linear_t_via<B>(x: Tensor<B, 2>, w: Tensor<B, 2>, one_row: OneRow) -> Tensor<B, 2>
+where
+    B: CubeB<CudaRuntime> + burn::tensor::backend::Backend<Device = cubecl::cuda::CudaDevice>,
+{
+    let ([m, k], [n, _]) = (x.dims(), w.dims());
+    let dtype = x.dtype();
+    let y = bmm::<B>(
+        prim(x.reshape([1, m, k])),
+        prim(w.reshape([1, n, k])),
+        false,
+        true,
+        dtype,
+        one_row,
+    );
+    Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(y)).reshape([m, n])
+}
+
+/// [`crate::linear_t_acc`] (`y + alpha·x·wᵀ`) as [`linear_t_via`].
+pub fn linear_t_acc_via<B>(
+    y: Tensor<B, 2>,
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    alpha: f32,
+    one_row: OneRow,
+) -> Tensor<B, 2>
+where
+    B: CubeB<CudaRuntime> + burn::tensor::backend::Backend<Device = cubecl::cuda::CudaDevice>,
+{
+    let ([m, k], [n, _]) = (x.dims(), w.dims());
+    let c = gemm_acc::<B>(
+        prim(y.reshape([1, m, n])),
+        prim(x.reshape([1, m, k])),
+        prim(w.reshape([1, n, k])),
+        false,
+        true,
+        alpha,
+        one_row,
+    );
+    Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(c)).reshape([m, n])
+}
+
+fn prim<B: CubeB<CudaRuntime>>(t: Tensor<B, 3>) -> CubeTensor<CudaRuntime> {
+    t.into_primitive().tensor()
 }
 
 /// [`strided_gemm`] of dense row-major 3-D `a`, `b`, `c` (each `[batch, rows, cols]`, stored

@@ -309,24 +309,10 @@ pub fn gemv_add<R: CubeRuntime, B: CubeB<R>>(
     Some(y)
 }
 
-/// Whether batch-1 dense products `x [1, k] · W[n, k]ᵀ` go to [`kernels::dense_gemv_kernel`]
-/// instead of cuBLAS (on by default; the bench turns it off to compare).
-static DENSE_GEMV: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Route batch-1 dense products to the GEMV kernel (`true`, the default) or to cuBLAS.
-pub fn set_dense_gemv(on: bool) {
-    DENSE_GEMV.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Whether batch-1 dense products go to the GEMV kernel.
-pub fn dense_gemv_enabled() -> bool {
-    DENSE_GEMV.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// `x [1, k] · w[n, k]ᵀ` (contiguous, one float dtype) by [`kernels::dense_gemv_kernel`] into
 /// `y [.., n]` in that dtype: written, or with `alpha` accumulated (`y += alpha·x·wᵀ`, `y`
 /// then already holding values and not shared). `None` (nothing launched) when the kernel does
-/// not apply: routing off, `k` not a multiple of 8, a dtype other than F32/F16/BF16.
+/// not apply: `k` not a multiple of 8, a dtype other than F32/F16/BF16.
 pub(crate) fn dense_gemv<R: CubeRuntime>(
     x: &CubeTensor<R>,
     w: &CubeTensor<R>,
@@ -336,8 +322,7 @@ pub(crate) fn dense_gemv<R: CubeRuntime>(
     let (sx, sw) = (x.meta.shape().to_vec(), w.meta.shape().to_vec());
     let (n, k) = (sw[sw.len() - 2], sw[sw.len() - 1]);
     let numel = |s: &[usize]| s.iter().product::<usize>();
-    if !dense_gemv_enabled()
-        || k % PER_UNIT != 0
+    if k % PER_UNIT != 0
         || k == 0
         || n == 0
         || numel(&sx) != k

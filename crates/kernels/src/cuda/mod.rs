@@ -19,7 +19,6 @@ mod upload;
 
 pub use backend::sync;
 pub use jit_cache::{cache_dir, init_kernel_cache, CACHE_ENV, PROFILE_ENV};
-pub use launch::{dense_gemv_enabled, set_dense_gemv};
 pub use rcp::inv_absmax;
 
 /// The CUDA backend our ops are implemented for (burn-cuda without `fusion`).

@@ -20,13 +20,19 @@ pub struct HostQuant {
 /// values as it is read, so a loader holds one dense weight at a time instead of the whole
 /// model: `qtune quantize` of a 6B checkpoint needs ~4 GB, not the 24 GB of a dense f32 model.
 /// A weight the inner source already stores quantized is passed through; `lm_head` stays dense.
+/// Without a [`HostQuant`] it is the inner source as it is ([`crate::LoadOptions::source`]).
 pub struct HostQuantizing<'s, S: ?Sized> {
     inner: &'s mut S,
-    q: HostQuant,
+    q: Option<HostQuant>,
 }
 
 impl<'s, S: ?Sized> HostQuantizing<'s, S> {
     pub fn new(inner: &'s mut S, q: HostQuant) -> Self {
+        Self::with(inner, Some(q))
+    }
+
+    /// Quantizing as `q` says, or (`None`) passing `inner` through.
+    pub fn with(inner: &'s mut S, q: Option<HostQuant>) -> Self {
         Self { inner, q }
     }
 }
@@ -56,12 +62,12 @@ impl<B: QBackend, S: TensorSource<B> + ?Sized> TensorSource<B> for HostQuantizin
         if let Some(stored) = self.inner.quantized(module, shape)? {
             return Ok(Some(stored));
         }
-        if module == "lm_head" {
+        let Some(q) = self.q.filter(|_| module != "lm_head") else {
             return Ok(None);
-        }
+        };
         let name = format!("{module}.weight");
         let values = self.inner.host_f32(&name, shape)?;
-        qtune_quant::QuantizedTensor::quantize(module, &values, &shape, self.q.spec, self.q.dtype)
+        qtune_quant::QuantizedTensor::quantize(module, &values, &shape, q.spec, q.dtype)
             .map(Some)
             .map_err(|source| LmError::host_quantize(module, source))
     }

@@ -10,6 +10,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use qtune_optim::{OptimKind, Optimizer, OptimizerConfig};
 
 use crate::common::{inner, tensor, values, Inner, B};
+use qtune_testkit::values as noise;
 
 #[derive(Module, Debug)]
 struct Three<B: Backend> {
@@ -21,18 +22,6 @@ struct Three<B: Backend> {
 #[derive(Module, Debug)]
 struct One<B: Backend> {
     a: Param<Tensor<B, 1>>,
-}
-
-fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -51,7 +40,7 @@ fn grouped_step_equals_per_tensor_steps_bit_for_bit() {
         let init: Vec<Vec<f32>> = sizes
             .iter()
             .enumerate()
-            .map(|(i, &n)| noise(n, i as u64 + 1))
+            .map(|(i, &n)| noise(n, i as u64 + 1, 1.0))
             .collect();
         let mut together = Three::<B> {
             a: Param::from_tensor(tensor(&init[0])),
@@ -72,7 +61,7 @@ fn grouped_step_equals_per_tensor_steps_bit_for_bit() {
             let g: Vec<Vec<f32>> = sizes
                 .iter()
                 .enumerate()
-                .map(|(i, &n)| noise(n, 100 * step + i as u64 + 7))
+                .map(|(i, &n)| noise(n, 100 * step + i as u64 + 7, 1.0))
                 .collect();
             let mut grads = GradientsParams::new();
             grads.register::<Inner, 1>(together.a.id, inner(&g[0]));

@@ -5,6 +5,7 @@ use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use qtune_optim::{clip_grad_norm, OptimError, OptimKind, Optimizer, OptimizerConfig};
+use qtune_testkit::values as noise;
 
 /// LoRA A/B pairs of two layers, GPT-J-like but narrower: [r, d] and [d, r].
 #[derive(Module, Debug)]
@@ -20,18 +21,6 @@ pub struct LoraPair<B: Backend> {
 
 const R: usize = 8;
 const D: usize = 600; // 4800 values per matrix: above bnb's 4096, 18.75 blocks of 256
-
-fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn mat(rows: usize, cols: usize, v: Vec<f32>) -> Tensor<B, 2> {
     Tensor::from_data(TensorData::new(v, [rows, cols]), &Default::default())
@@ -60,8 +49,8 @@ fn params(m: &Adapter<B>) -> Vec<Vec<f32>> {
 fn grads(m: &Adapter<B>, s: usize) -> GradientsParams {
     let mut g = GradientsParams::new();
     for (i, l) in m.layers.iter().enumerate() {
-        let a = mat(R, D, noise(R * D, (s * 10 + 2 * i) as u64)).inner();
-        let b = mat(D, R, noise(D * R, (s * 10 + 2 * i + 1) as u64)).inner();
+        let a = mat(R, D, noise(R * D, (s * 10 + 2 * i) as u64, 1.0)).inner();
+        let b = mat(D, R, noise(D * R, (s * 10 + 2 * i + 1) as u64, 1.0)).inner();
         g.register::<Inner, 2>(l.lora_a.id, a);
         g.register::<Inner, 2>(l.lora_b.id, b);
     }
@@ -70,7 +59,7 @@ fn grads(m: &Adapter<B>, s: usize) -> GradientsParams {
 }
 
 fn start() -> Vec<Vec<f32>> {
-    (0..4).map(|i| noise(R * D, 1000 + i)).collect()
+    (0..4).map(|i| noise(R * D, 1000 + i, 1.0)).collect()
 }
 
 fn cfg(kind: OptimKind) -> OptimizerConfig {
@@ -183,8 +172,8 @@ fn eight_bit_state_is_at_most_2_1_bytes_per_parameter() {
 #[test]
 fn small_tensors_keep_32bit_state_in_adamw8bit() {
     let mut optim = Optimizer::<B>::new(cfg(OptimKind::AdamW8bit)).expect("config");
-    let m = pair(&noise(4096, 1), &noise(4095, 2));
-    let g = grads_for(&m, &noise(4096, 3), &noise(4095, 4));
+    let m = pair(&noise(4096, 1, 1.0), &noise(4095, 2, 1.0));
+    let g = grads_for(&m, &noise(4096, 3, 1.0), &noise(4095, 4, 1.0));
     let _ = optim.step(1e-3, m, g).expect("step");
     let bytes = optim.state_to_bytes().expect("save");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid");
@@ -247,7 +236,10 @@ fn mismatched_or_corrupt_state_is_an_error() {
 
     // A gradient that does not fit its parameter is refused too.
     let mut g = GradientsParams::new();
-    g.register::<Inner, 2>(m.layers[0].lora_a.id, mat(R, 3, noise(R * 3, 9)).inner());
+    g.register::<Inner, 2>(
+        m.layers[0].lora_a.id,
+        mat(R, 3, noise(R * 3, 9, 1.0)).inner(),
+    );
     let m = match optim.step(1e-3, m, g) {
         Err(OptimError::GradShape {
             path,

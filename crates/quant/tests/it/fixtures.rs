@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 
 pub fn fixtures_dir() -> PathBuf {
@@ -19,28 +18,9 @@ pub fn read(rel: &str) -> Vec<u8> {
     })
 }
 
-/// A tensor widened to f32 (exact for f32/f16/bf16), with its safetensors dtype.
-pub fn f32s(st: &SafeTensors<'_>, name: &str) -> (Vec<f32>, Dtype) {
-    let t = st
-        .tensor(name)
-        .unwrap_or_else(|e| panic!("fixture tensor `{name}`: {e}"));
-    let d = t.data();
-    let v = match t.dtype() {
-        Dtype::F32 => d
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => d
-            .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => d
-            .chunks_exact(2)
-            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        other => panic!("fixture tensor `{name}`: unexpected dtype {other:?}"),
-    };
-    (v, t.dtype())
+/// A tensor widened to f32 (exact for f32/f16/bf16).
+pub fn f32s(st: &SafeTensors<'_>, name: &str) -> Vec<f32> {
+    qtune_quant::golden::tensor_f32(st, name).unwrap_or_else(|e| panic!("fixture {e}"))
 }
 
 /// Raw bit patterns widened to u32 (f32 bits, or the 16 bits of f16/bf16).

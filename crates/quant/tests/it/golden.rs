@@ -3,51 +3,15 @@
 //! blocks, f32/f16/bf16 inputs, every block size, with and without double quant).
 
 use qtune_quant::fourbit::FourBit;
+use qtune_quant::golden::GoldenMeta;
 use qtune_quant::{maps, DYNAMIC_MAP, FP4_MAP, NF4_MAP};
 use qtune_quant::{
     Absmax, FloatDType, NestedAbsmax, QuantError, QuantFormat, QuantSpec, QuantizedTensor,
     Reciprocal,
 };
 use safetensors::SafeTensors;
-use serde::Deserialize;
 
 use crate::fixtures::{bits, f32_bits, f32s, read, u8s, ulps};
-
-#[derive(Deserialize)]
-struct Meta {
-    bitsandbytes: String,
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    input: String,
-    format: String,
-    numel: usize,
-    dtype: String,
-    blocksize: usize,
-    #[serde(default)]
-    double_quant: bool,
-}
-
-fn dtype_of(s: &str) -> FloatDType {
-    match s {
-        "f32" => FloatDType::F32,
-        "f16" => FloatDType::F16,
-        "bf16" => FloatDType::BF16,
-        other => panic!("meta.json: unknown dtype {other}"),
-    }
-}
-
-fn format_of(s: &str) -> QuantFormat {
-    match s {
-        "blockwise8" => QuantFormat::Blockwise8,
-        "nf4" => QuantFormat::Nf4,
-        "fp4" => QuantFormat::Fp4,
-        other => panic!("meta.json: unknown format {other}"),
-    }
-}
 
 #[test]
 fn code_maps_match_bnb() {
@@ -57,7 +21,7 @@ fn code_maps_match_bnb() {
     assert_eq!(f32_bits(&DYNAMIC_MAP), bits(&st, "nested_map"));
     assert_eq!(f32_bits(&NF4_MAP), bits(&st, "nf4_map"));
     // FP4: the kernel decodes code 8 as -0.0; bnb's Python map has +0.0 there. Same values.
-    let (fp4, _) = f32s(&st, "fp4_map");
+    let fp4 = f32s(&st, "fp4_map");
     assert_eq!(FP4_MAP.to_vec(), fp4);
     let mut expected = bits(&st, "fp4_map");
     expected[8] = (-0.0f32).to_bits();
@@ -77,7 +41,7 @@ fn code_maps_match_bnb() {
 fn every_bnb_case_is_bit_identical() {
     let bytes = read("bnb/golden.safetensors");
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let meta: Meta = serde_json::from_slice(&read("bnb/meta.json")).unwrap();
+    let meta: GoldenMeta = serde_json::from_slice(&read("bnb/meta.json")).unwrap();
     assert_eq!(meta.bitsandbytes, "0.50.2");
     assert_eq!(meta.cases.len(), 360);
     let mut failures = Vec::new();
@@ -86,14 +50,10 @@ fn every_bnb_case_is_bit_identical() {
     for case in &meta.cases {
         let name = &case.name;
         let before = failures.len();
-        let (x, _) = f32s(&st, &case.input);
+        let x = f32s(&st, &case.input);
         assert_eq!(x.len(), case.numel);
-        let dtype = dtype_of(&case.dtype);
-        let spec = QuantSpec {
-            format: format_of(&case.format),
-            blocksize: case.blocksize,
-            double_quant: case.double_quant,
-        };
+        let dtype = case.float_dtype().unwrap();
+        let spec = case.spec().unwrap();
         if let Some(bad) = x.iter().position(|v| !v.is_finite()) {
             // make.py's `wide` input overflows f16 (|x| > 65504 → ±inf). bnb quantizes it into
             // garbage silently; we refuse, naming the tensor and the first bad index.
@@ -148,7 +108,7 @@ fn every_bnb_case_is_bit_identical() {
                 q.clone()
             }
             Absmax::Nested(ours) => {
-                let (bnb_offset, _) = f32s(&st, &format!("{name}.offset"));
+                let bnb_offset = f32s(&st, &format!("{name}.offset"));
                 let bnb_offset = bnb_offset[0];
                 // torch's CUDA fp32 mean may round differently from ours: allow 1 ulp, no more.
                 match ulps(ours.offset, bnb_offset) {

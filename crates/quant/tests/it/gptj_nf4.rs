@@ -25,7 +25,7 @@ fn our_nf4_of_the_fp32_weights_equals_hf_bnb_serialization() {
     for p in &prefixes {
         let theirs = QuantizedTensor::from_safetensors(&nf4, p, &path).unwrap();
         let w = fp32.tensor(&format!("{p}.weight")).unwrap();
-        let (values, _) = f32s(&fp32, &format!("{p}.weight"));
+        let values = f32s(&fp32, &format!("{p}.weight"));
         let ours =
             QuantizedTensor::quantize(p, &values, w.shape(), QuantSpec::nf4(), FloatDType::F32)
                 .unwrap();

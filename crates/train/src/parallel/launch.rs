@@ -3,18 +3,15 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 
-use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use burn_collective::PeerId;
 use qtune_data::Example;
 
 use super::{collective_config, GradSync};
 use crate::config::RunConfig;
+use crate::model::{TrainBackend, TrainLm};
 use crate::replica::compute_lock;
 use crate::trainer::{device_inner, train_rank, TrainOptions, TrainSummary};
 use crate::TrainError;
-use qtune_kernels::QBackend;
-use qtune_lm::CausalLm;
 
 /// burn-collective keeps one local server per backend type per process: one data-parallel run
 /// at a time in a process.
@@ -37,10 +34,8 @@ pub fn train_parallel<B, M, F>(
     opts: &TrainOptions,
 ) -> Result<(M, TrainSummary), TrainError>
 where
-    B: AutodiffBackend + QBackend,
-    B::InnerBackend: QBackend,
-    M: CausalLm<B> + AutodiffModule<B> + Send,
-    M::InnerModule: CausalLm<B::InnerBackend>,
+    B: TrainBackend,
+    M: TrainLm<B> + Send,
     F: Fn(&B::Device) -> Result<M, TrainError> + Sync,
 {
     let local = devices.len();
@@ -142,10 +137,8 @@ fn run_rank<B, M, F>(
     opts: &TrainOptions,
 ) -> Result<(M, TrainSummary), TrainError>
 where
-    B: AutodiffBackend + QBackend,
-    B::InnerBackend: QBackend,
-    M: CausalLm<B> + AutodiffModule<B>,
-    M::InnerModule: CausalLm<B::InnerBackend>,
+    B: TrainBackend,
+    M: TrainLm<B>,
     F: Fn(&B::Device) -> Result<M, TrainError>,
 {
     let inner = device_inner::<B>(device);

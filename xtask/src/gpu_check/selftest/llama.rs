@@ -93,6 +93,13 @@ fn verdict(
 
 const EPS: f32 = 1e-5;
 
+/// The gradients of `Σ y·g`, the product in f32 (`g` the upstream gradient, in `y`'s dtype).
+fn grads_of<B: AutodiffBackend, const D: usize>(y: &Tensor<B, D>, g: Tensor<B, D>) -> B::Gradients {
+    (y.clone().cast(DType::F32) * g.cast(DType::F32))
+        .sum()
+        .backward()
+}
+
 /// `y = rms_norm(x, w)`, `dx` of `Σ y·g`: `[y, dx]` in f32, and whether both are in `dtype`.
 fn rms_run<B: AutodiffBackend + QBackend>(
     dev: &B::Device,
@@ -105,9 +112,7 @@ fn rms_run<B: AutodiffBackend + QBackend>(
     let wt = upload::<B, 1>(w, [shape[2]], DType::F32, dev);
     let gt = upload::<B, 3>(g, shape, dtype, dev);
     let y = rms_norm(xt.clone(), wt, EPS);
-    let grads = (y.clone().cast(DType::F32) * gt.cast(DType::F32))
-        .sum()
-        .backward();
+    let grads = grads_of(&y, gt);
     let dx = xt.grad(&grads).expect("x grad");
     let ok = y.dtype() == dtype && dx.dtype() == dtype;
     ([device_f32(y), device_f32(dx)], ok)
@@ -124,9 +129,7 @@ fn silu_run<B: AutodiffBackend + QBackend>(
     let up_t = upload::<B, 3>(up, shape, dtype, dev).require_grad();
     let gt = upload::<B, 3>(g, shape, dtype, dev);
     let y = silu_mul(gate_t.clone(), up_t.clone());
-    let grads = (y.clone().cast(DType::F32) * gt.cast(DType::F32))
-        .sum()
-        .backward();
+    let grads = grads_of(&y, gt);
     let dgate = gate_t.grad(&grads).expect("gate grad");
     let dup = up_t.grad(&grads).expect("up grad");
     let ok = y.dtype() == dtype && dgate.dtype() == dtype && dup.dtype() == dtype;
@@ -144,9 +147,7 @@ fn rope_run<B: AutodiffBackend + QBackend>(
     let table = |v: &[f32]| upload::<B, 5>(v, [b, t, 1, hd / 2, 1], DType::F32, dev);
     let gt = upload::<B, 4>(g, [b, t, h, hd], dtype, dev);
     let y = rotary_half(xt.clone(), table(cos), table(sin));
-    let grads = (y.clone().cast(DType::F32) * gt.cast(DType::F32))
-        .sum()
-        .backward();
+    let grads = grads_of(&y, gt);
     let dx = xt.grad(&grads).expect("x grad");
     let ok = y.dtype() == dtype && dx.dtype() == dtype;
     ([device_f32(y), device_f32(dx)], ok)
@@ -178,9 +179,7 @@ fn gqa_run<B: AutodiffBackend + QBackend>(
         Some(mask),
         (hd as f32).sqrt(),
     );
-    let grads = (o.clone().cast(DType::F32) * gt.cast(DType::F32))
-        .sum()
-        .backward();
+    let grads = grads_of(&o, gt);
     let (dq, dk, dv) = (
         qt.grad(&grads).expect("q grad"),
         kt.grad(&grads).expect("k grad"),

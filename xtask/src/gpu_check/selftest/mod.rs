@@ -18,6 +18,7 @@ use qtune_kernels::{q_linear, QuantWeight};
 pub mod llama;
 
 pub use llama::{gqa_checks, llama_op_checks};
+pub use qtune_testkit::values;
 
 type C = Cuda<f32>;
 type A = Autodiff<C>;
@@ -50,19 +51,6 @@ impl Check {
             self.detail.replace('"', "'")
         )
     }
-}
-
-/// Deterministic pseudo-random values in [-scale, scale).
-pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
 }
 
 fn round_to(v: &[f32], dtype: DType) -> Vec<f32> {

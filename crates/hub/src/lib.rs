@@ -1,0 +1,29 @@
+//! The Hugging Face Hub's environment switches, read as huggingface_hub reads them, in one place
+//! for model folders (qtune-lm's `hub`) and datasets (qtune-data's `source`, `hub_dataset`).
+
+/// `HF_HUB_OFFLINE` as huggingface_hub reads it: true (cache only, no network) when it is one of
+/// 1/ON/YES/TRUE, any case.
+pub fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| is_true(&v))
+}
+
+/// huggingface_hub's `constants._is_true`: 1/ON/YES/TRUE in any case, surrounding spaces ignored.
+pub fn is_true(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_uppercase().as_str(),
+        "1" | "ON" | "YES" | "TRUE"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn offline_values_follow_huggingface_hub() {
+        for v in ["1", "ON", "yes", "True", " true "] {
+            assert!(super::is_true(v), "{v}");
+        }
+        for v in ["", "0", "off", "no", "false", "2"] {
+            assert!(!super::is_true(v), "{v}");
+        }
+    }
+}
