@@ -45,7 +45,7 @@ pub use metrics::classification::{
 };
 pub use metrics::exact::{exact_match_eval, ExactMatchReport};
 pub use metrics::squad::{answer_from_generation, squad_v2_eval, SquadScores};
-pub use pack::{collate_packed, Packing};
+pub use pack::{collate_packed, PackStrategy, Packing};
 pub use prompt::{
     hate_speech_completion, hate_speech_prompt, squad_completion, squad_prompt, squad_text,
     HATE_SPEECH_LABELS, SQUAD_NO_ANSWER,

@@ -103,6 +103,10 @@ pub struct TrainerState {
     /// good steps and the steps skipped, so a resume scales and schedules as the run would have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scaler: Option<crate::scaler::LossScaler>,
+    /// How the packed rows were made (`[data] packing`); absent in checkpoints written before
+    /// `packing_strategy` existed, which were packed by first fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packing_strategy: Option<qtune_data::PackStrategy>,
 }
 
 fn one_rank() -> usize {
@@ -455,6 +459,7 @@ mod tests {
             config: RunConfig::tiny(),
             world_size: 1,
             loss_scaler: None,
+            packing_strategy: None,
         }
     }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use burn::tensor::backend::AutodiffBackend;
 use rand::SeedableRng;
 
-use qtune_data::{Example, Packing, Position, Sampler};
+use qtune_data::{Example, PackStrategy, Packing, Position, Sampler};
 use qtune_kernels::QBackend;
 use qtune_lm::CausalLm;
 use qtune_optim::{LrSchedule, Optimizer};
@@ -126,18 +126,13 @@ where
     check_context_window(cfg, model.max_positions())?;
     let schedule = schedule(cfg);
     schedule.validate()?;
+    // Packed (and refused if it cannot be) before anything is touched on disk.
+    let fresh_strategy = cfg.data.packing_strategy.unwrap_or_default();
     let packing = if cfg.data.packing {
-        Some(pack(cfg, train_set, world, lead)?)
+        Some(pack(cfg, train_set, world, lead, fresh_strategy)?)
     } else {
         None
     };
-    // What the sampler draws: examples, or packed rows of them.
-    let items = packing.as_ref().map_or(train_set.len(), Packing::n_rows);
-    // The global batch: each of the `world` ranks trains on its slice of it.
-    let global_batch = t
-        .per_device_train_batch_size
-        .saturating_mul(world)
-        .min(items);
     let resumed = if opts.resume {
         // The newest checkpoint that reads back completely (a corrupt `latest` falls back to
         // the previous one, with a warning naming the corrupt file).
@@ -194,6 +189,23 @@ where
         }
         None
     };
+    // A resumed run packs as its checkpoint did (one written before `packing_strategy`
+    // existed was packed by first fit).
+    let strategy = match &resumed {
+        Some(ck) => ck.state.packing_strategy.unwrap_or(PackStrategy::FirstFit),
+        None => fresh_strategy,
+    };
+    let packing = match packing {
+        Some(_) if strategy != fresh_strategy => Some(pack(cfg, train_set, world, lead, strategy)?),
+        p => p,
+    };
+    // What the sampler draws: examples, or packed rows of them.
+    let items = packing.as_ref().map_or(train_set.len(), Packing::n_rows);
+    // The global batch: each of the `world` ranks trains on its slice of it.
+    let global_batch = t
+        .per_device_train_batch_size
+        .saturating_mul(world)
+        .min(items);
     let (model, optim, state, sampler) =
         match resumed {
             Some(ck) => {
@@ -245,6 +257,7 @@ where
                     config: cfg.clone(),
                     world_size: world,
                     loss_scaler: LossScaling::of(cfg).map(|ls| LossScaler::new(&ls)),
+                    packing_strategy: cfg.data.packing.then_some(strategy),
                 };
                 (model, optim, state, sampler)
             }
@@ -286,9 +299,11 @@ fn pack(
     train_set: &[Example],
     world: usize,
     lead: bool,
+    strategy: PackStrategy,
 ) -> Result<Packing, TrainError> {
     let max_length = cfg.data.max_length;
-    let packing = Packing::of_examples(train_set, max_length, cfg.training.sampler_seed(&cfg.data))
+    let seed = cfg.training.sampler_seed(&cfg.data);
+    let packing = Packing::of_examples(train_set, max_length, seed, strategy)
         .map_err(|e| TrainError::Packing { msg: e.to_string() })?;
     let global_batch = cfg
         .training
@@ -312,7 +327,8 @@ fn pack(
             tokens = packing.n_tokens(),
             max_length,
             fill_ratio = format!("{:.3}", packing.fill_ratio()),
-            "packed training examples (first fit)"
+            strategy = strategy.name(),
+            "packed training examples"
         );
     }
     Ok(packing)

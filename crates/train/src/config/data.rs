@@ -106,12 +106,18 @@ pub struct DataConfig {
     #[serde(default = "default_seed")]
     pub seed: u64,
     /// Padding-free packing of the training examples: several share one row of `max_length`
-    /// tokens (first fit over the seed-shuffled examples, once before training; each keeps its
-    /// own positions, attention never crosses examples, no loss across a boundary). The sampler
+    /// tokens (placed by `packing_strategy` once before training; each keeps its own
+    /// positions, attention never crosses examples, no loss across a boundary). The sampler
     /// then draws rows. Validation and evaluation stay unpacked. Left out of the serialized
     /// config when off, so earlier checkpoints compare equal.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub packing: bool,
+    /// TRL's `packing_strategy`: `"bfd"` (best fit decreasing, the default when unset) or
+    /// `"first_fit"` (qtune's packing before this setting existed). A resumed run packs as its
+    /// checkpoint did (`trainer_state.json`; a checkpoint without the field was packed by
+    /// first fit), whatever this says when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packing_strategy: Option<qtune_data::PackStrategy>,
 }
 
 /// `[data] validation_split` when neither it nor `validation_file` is set.

@@ -265,3 +265,57 @@ fn segmented_context_masks_across_examples() {
     // Query 3 (first token of the second example) sees only key 3.
     assert_eq!(&bits[3 * 6..4 * 6], &[true, true, true, false, true, true]);
 }
+
+/// A checkpoint written before `packing_strategy` existed (no field in its state or config) was
+/// packed by first fit: it resumes with first fit, bit for bit, though new runs default to
+/// best fit decreasing.
+#[test]
+fn a_checkpoint_from_before_packing_strategy_resumes_first_fit() {
+    let _g = rng_lock();
+    let data = (synthetic(48, 1), synthetic(8, 2));
+    let ff = |dir: &std::path::Path| {
+        let mut c = packed_config(dir);
+        c.data.packing_strategy = Some(qtune_data::PackStrategy::FirstFit);
+        c
+    };
+    let dir_a = tempfile::tempdir().unwrap();
+    let cfg_a = ff(dir_a.path());
+    let (_, full) = train_model(&cfg_a, lm(&cfg_a), &data, &TrainOptions::default()).unwrap();
+    // Best fit decreasing makes other rows: other losses.
+    let dir_d = tempfile::tempdir().unwrap();
+    let cfg_d = packed_config(dir_d.path());
+    let (_, bfd) = train_model(&cfg_d, lm(&cfg_d), &data, &TrainOptions::default()).unwrap();
+    assert_ne!(bfd.losses, full.losses);
+
+    let dir_b = tempfile::tempdir().unwrap();
+    let cfg_b = ff(dir_b.path());
+    let stop = TrainOptions {
+        stop_at_step: Some(3),
+        ..Default::default()
+    };
+    train_model(&cfg_b, lm(&cfg_b), &data, &stop).unwrap();
+    // Make the step-2 checkpoint an old one: neither its state nor its config names a strategy.
+    let state = dir_b
+        .path()
+        .join("checkpoints/checkpoint-000002")
+        .join(qtune_train::checkpoint::STATE_FILE);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(v["packing_strategy"], "first_fit");
+    v.as_object_mut().unwrap().remove("packing_strategy");
+    v["config"]["data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("packing_strategy")
+        .unwrap();
+    std::fs::write(&state, serde_json::to_string(&v).unwrap()).unwrap();
+
+    let cfg_old = packed_config(dir_b.path()); // strategy unset, as configs were then
+    let resume = TrainOptions {
+        resume: true,
+        ..Default::default()
+    };
+    let (_, rest) = train_model(&cfg_old, lm(&cfg_old), &data, &resume).unwrap();
+    let bits = |v: &[(usize, f64)]| v.iter().map(|(s, l)| (*s, l.to_bits())).collect::<Vec<_>>();
+    assert_eq!(bits(&rest.losses), bits(&full.losses[2..]), "steps 3..=6");
+}
