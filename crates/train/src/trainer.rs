@@ -218,6 +218,7 @@ where
         let update = Update {
             lr,
             loss_scale,
+            scaling: state.loss_scaler.is_some(),
             step: state.step + 1,
         };
         let (next, done) = apply_update(model, &mut optim, red, t, update, &ckpt_root)?;
@@ -270,10 +271,12 @@ where
 }
 
 /// What one optimizer step applies: the learning rate, the loss scale its gradients carry
-/// (1 without float16 loss scaling) and its number (for errors).
+/// (1 without float16 loss scaling), whether loss scaling is on (an overflow then skips the
+/// step; the scale itself may be 1) and its number (for errors).
 struct Update {
     lr: f64,
     loss_scale: f64,
+    scaling: bool,
     step: usize,
 }
 
@@ -307,7 +310,7 @@ where
     M: AutodiffModule<B>,
 {
     let tokens = red.target_tokens;
-    let scaled = u.loss_scale != 1.0;
+    let scaled = u.scaling;
     // The loss sum is the unscaled one (the scale only seeds the backward).
     let loss = red.loss_sum / tokens.max(1) as f64;
     if tokens > 0 && !loss.is_finite() && !scaled {
