@@ -87,7 +87,7 @@ for mode in ${MODES:-packed:true padded:false}; do
   echo "=== ours qtune train, $name $(date -u +%T)"
   rm -rf /tmp/runs/$name
   timeout ${T_OURS:-200} $X train squad --config /tmp/$name.toml --overwrite > $OUT/$name.txt 2>&1
-  echo "exit $?"; tail -3 $OUT/$name.txt | cut -c1-300
+  echo "exit $?"; grep -m1 "packed training examples" $OUT/$name.txt | cut -c1-300; tail -3 $OUT/$name.txt | cut -c1-300
   cp /tmp/runs/$name/metrics.jsonl $OUT/$name.metrics.jsonl 2>/dev/null && steady /tmp/runs/$name/metrics.jsonl
 done
 
