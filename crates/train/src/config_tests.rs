@@ -68,6 +68,32 @@ fn distributed_section_parses_and_is_checked() {
 }
 
 #[test]
+fn packing_strategy_and_loss_scaling_parse_by_their_toml_names_and_refuse_bad_values() {
+    let text = TINY_TOML.replace(
+        "seed = 42\n\n[training]",
+        "seed = 42\npacking = true\npacking_strategy = \"first_fit\"\n\n[training]",
+    ) + "\n[training.loss_scaling]\ninit_scale = 1024.0\n";
+    let c = RunConfig::from_toml_str(&text, "s.toml").unwrap();
+    assert_eq!(
+        c.data.packing_strategy,
+        Some(qtune_data::PackStrategy::FirstFit)
+    );
+    let ls = c.training.loss_scaling.as_ref().unwrap();
+    assert_eq!((ls.init_scale, ls.growth_interval), (1024.0, 2000));
+    // Unset fields stay out of the serialized config (earlier checkpoints compare equal).
+    let json = serde_json::to_value(RunConfig::tiny()).unwrap();
+    assert!(json["data"].get("packing_strategy").is_none());
+    assert!(json["training"].get("loss_scaling").is_none());
+    // An unknown strategy lists the accepted ones; a bad scale names its field.
+    let bad = text.replace("\"first_fit\"", "\"wrapped\"");
+    let err = RunConfig::from_toml_str(&bad, "s.toml").unwrap_err().to_string();
+    assert!(err.contains("bfd") && err.contains("first_fit"), "{err}");
+    let bad = text.replace("init_scale = 1024.0", "init_scale = 1000.0");
+    let err = RunConfig::from_toml_str(&bad, "s.toml").unwrap_err().to_string();
+    assert!(err.contains("training.loss_scaling.init_scale"), "{err}");
+}
+
+#[test]
 fn packing_defaults_off_and_serializes_only_when_on() {
     assert!(!RunConfig::tiny().data.packing);
     let text = TINY_TOML.replace(
