@@ -86,10 +86,14 @@ fn packing_strategy_and_loss_scaling_parse_by_their_toml_names_and_refuse_bad_va
     assert!(json["training"].get("loss_scaling").is_none());
     // An unknown strategy lists the accepted ones; a bad scale names its field.
     let bad = text.replace("\"first_fit\"", "\"wrapped\"");
-    let err = RunConfig::from_toml_str(&bad, "s.toml").unwrap_err().to_string();
+    let err = RunConfig::from_toml_str(&bad, "s.toml")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("bfd") && err.contains("first_fit"), "{err}");
     let bad = text.replace("init_scale = 1024.0", "init_scale = 1000.0");
-    let err = RunConfig::from_toml_str(&bad, "s.toml").unwrap_err().to_string();
+    let err = RunConfig::from_toml_str(&bad, "s.toml")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("training.loss_scaling.init_scale"), "{err}");
 }
 
