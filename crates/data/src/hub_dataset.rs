@@ -166,6 +166,8 @@ pub struct HubOptions {
     pub cache: PathBuf,
     /// `HF_HUB_OFFLINE` unset/false: list and download from the Hub; else the cache only.
     pub offline: bool,
+    /// The Hub's address (`HF_ENDPOINT`, default `https://huggingface.co`).
+    pub endpoint: String,
 }
 
 impl HubOptions {
@@ -173,6 +175,7 @@ impl HubOptions {
         HubOptions {
             cache: Cache::from_env().path().clone(),
             offline: qtune_hub::offline(),
+            endpoint: qtune_hub::endpoint(),
         }
     }
 }
@@ -256,6 +259,7 @@ pub fn resolve_data_files(
         files.iter().map(|f| snapshot.join(f)).collect()
     } else {
         let api = ApiBuilder::from_cache(Cache::new(hub.cache.clone()))
+            .with_endpoint(hub.endpoint.clone())
             .with_progress(false)
             .build()
             .map_err(|e| hub_err(e.to_string()))?

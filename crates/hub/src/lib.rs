@@ -7,6 +7,18 @@ pub fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| is_true(&v))
 }
 
+/// The Hub's address: `HF_ENDPOINT` if set and non-empty (a mirror or a local test server),
+/// else `https://huggingface.co`, as huggingface_hub reads it (a trailing `/` dropped).
+pub fn endpoint() -> String {
+    match std::env::var("HF_ENDPOINT") {
+        Ok(v) if !v.trim().is_empty() => v.trim().trim_end_matches('/').to_string(),
+        _ => DEFAULT_ENDPOINT.to_string(),
+    }
+}
+
+/// The public Hub.
+pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+
 /// huggingface_hub's `constants._is_true`: 1/ON/YES/TRUE in any case, surrounding spaces ignored.
 pub fn is_true(v: &str) -> bool {
     matches!(

@@ -85,6 +85,7 @@ fn fake_cache(root: &Path) -> HubOptions {
     HubOptions {
         cache: root.to_path_buf(),
         offline: true,
+        endpoint: qtune_hub::DEFAULT_ENDPOINT.into(),
     }
 }
 

@@ -9,6 +9,7 @@ mod formats;
 mod formats_parquet;
 mod hate_speech;
 mod hub_dataset;
+mod hub_download;
 mod hub_parquet;
 mod metrics;
 mod pack;
