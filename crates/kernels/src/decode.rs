@@ -28,7 +28,7 @@ fn host_i64<B: QBackend>(t: IntTensor<B>) -> Vec<i64> {
         .into_data()
         .convert::<i64>()
         .into_vec::<i64>()
-        .unwrap_or_default()
+        .expect("converted to i64 just above")
 }
 
 /// The greedy token of one row of logits: the first maximum (as `torch.argmax`; NaN counts as
@@ -100,7 +100,7 @@ pub(crate) fn host_greedy_advance<B: QBackend>(
     .cast(DType::F32)
     .into_data()
     .into_vec::<f32>()
-    .unwrap_or_default();
+    .expect("cast to F32 just above");
     advance_state(&mut s, &logits);
     let n = s.len();
     Tensor::<B, 1, Int>::from_data(TensorData::new(s, [n]), (&device, dtype)).into_primitive()

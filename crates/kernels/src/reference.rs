@@ -196,7 +196,10 @@ impl QBackend for NdArray {
         let (x, dtype) = rows_f32(x);
         let device = x.device();
         // NdArray holds the values on the host already; indices are u32 as on the GPU.
-        let v = x.into_data().into_vec::<f32>().unwrap_or_default();
+        let v = x
+            .into_data()
+            .into_vec::<f32>()
+            .expect("rows_f32 returns F32");
         assert!(
             u32::try_from(v.len()).is_ok(),
             "qtune-kernels: dropout of more than 2³² values"

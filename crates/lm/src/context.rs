@@ -249,7 +249,7 @@ pub fn host_i64<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Vec<i64> {
     t.into_data()
         .convert::<i64>()
         .into_vec::<i64>()
-        .unwrap_or_default()
+        .expect("converted to i64 just above")
 }
 
 /// Host copy of a float tensor as f32 (any dtype), for files written from the device.
