@@ -1,8 +1,7 @@
 //! Dynamic loss scaling for float16 training, as torch's `GradScaler` (which HF's `fp16=True`
 //! uses): the loss is multiplied by `scale` (over [`LossScaling::seed_divisor`]) before the
-//! backward, so small float16 gradients do
-//! not flush to zero; the gradients are divided by it again before clipping (together with the
-//! token count, in one division). A step whose gradients overflowed (a non-finite norm) is
+//! backward, so small float16 gradients do not flush to zero; the gradients are divided by it
+//! again before clipping (together with the token count, in one division). A step whose gradients overflowed (a non-finite norm) is
 //! skipped — no parameter or optimizer-state update, the learning-rate schedule does not advance
 //! (as the HF Trainer with accelerate) — and the scale is halved; after `growth_interval`
 //! consecutive good steps it doubles. The scale is a power of two, so scaling and unscaling are
