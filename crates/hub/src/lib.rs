@@ -10,8 +10,13 @@ pub fn offline() -> bool {
 /// The Hub's address: `HF_ENDPOINT` if set and non-empty (a mirror or a local test server),
 /// else `https://huggingface.co`, as huggingface_hub reads it (a trailing `/` dropped).
 pub fn endpoint() -> String {
-    match std::env::var("HF_ENDPOINT") {
-        Ok(v) if !v.trim().is_empty() => v.trim().trim_end_matches('/').to_string(),
+    endpoint_from(std::env::var("HF_ENDPOINT").ok().as_deref())
+}
+
+/// [`endpoint`] for a given `HF_ENDPOINT` value.
+fn endpoint_from(v: Option<&str>) -> String {
+    match v.map(str::trim) {
+        Some(v) if !v.is_empty() => v.trim_end_matches('/').to_string(),
         _ => DEFAULT_ENDPOINT.to_string(),
     }
 }
@@ -29,6 +34,16 @@ pub fn is_true(v: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn endpoint_is_hf_endpoint_trimmed_else_the_public_hub() {
+        assert_eq!(super::endpoint_from(None), super::DEFAULT_ENDPOINT);
+        assert_eq!(super::endpoint_from(Some("  ")), super::DEFAULT_ENDPOINT);
+        assert_eq!(
+            super::endpoint_from(Some(" http://127.0.0.1:8080/ ")),
+            "http://127.0.0.1:8080"
+        );
+    }
+
     #[test]
     fn offline_values_follow_huggingface_hub() {
         for v in ["1", "ON", "yes", "True", " true "] {

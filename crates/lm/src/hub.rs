@@ -28,7 +28,9 @@ fn fetcher<'a>(source: &'a str, revision: Option<&str>) -> Result<Box<Fetch<'a>>
                 .ok_or_else(|| hub(f, "not in the local cache and HF_HUB_OFFLINE is set".into()))
         })
     } else {
+        // HF_ENDPOINT by the same rule as the datasets' downloads (qtune_hub::endpoint).
         let api = ApiBuilder::from_env()
+            .with_endpoint(qtune_hub::endpoint())
             .build()
             .map_err(|e| hub("-", e.to_string()))?
             .repo(repo);
