@@ -7,24 +7,23 @@
 //! while the build uploads and quantizes. `pytorch_model.bin` is refused: unpickling executes
 //! code.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::{DType, Distribution, Tensor, TensorData, TensorPrimitive};
-use memmap2::Mmap;
 use qtune_kernels::{QBackend, QuantWeight};
 use qtune_lora::Linear;
 use qtune_quant::{FloatDType, QuantSpec};
-use safetensors::{Dtype, SafeTensors};
-use serde::Deserialize;
+use safetensors::Dtype;
 
 use crate::context::to_dtype;
 use crate::error::LmError;
 use crate::prefetch::Prefetch;
 
+mod files;
 mod host_quant;
 mod load;
+pub(crate) use files::read_quantized;
+pub use files::WeightFiles;
 pub use host_quant::{HostQuant, HostQuantizing};
 pub use load::load_folder;
 
@@ -170,149 +169,6 @@ impl Default for LoadOptions {
     }
 }
 
-#[derive(Deserialize)]
-struct Index {
-    weight_map: BTreeMap<String, String>,
-}
-
-/// The memory-mapped safetensors files of a checkpoint folder.
-pub struct WeightFiles {
-    files: Vec<(PathBuf, Mmap)>,
-    /// Tensor name → index into `files`.
-    by_name: HashMap<String, usize>,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LmError + '_ {
-    move |source| LmError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn st_err(path: &Path, e: impl std::fmt::Display) -> LmError {
-    LmError::Safetensors {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    }
-}
-
-impl WeightFiles {
-    /// Opens `dir/model.safetensors` or every shard named by `dir/model.safetensors.index.json`.
-    pub fn open(dir: &Path) -> Result<Self, LmError> {
-        let single = dir.join("model.safetensors");
-        let index = dir.join("model.safetensors.index.json");
-        let paths: Vec<PathBuf> = if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(io(&index))?;
-            let idx: Index = serde_json::from_str(&text).map_err(|source| LmError::Index {
-                path: index.clone(),
-                source,
-            })?;
-            let mut shards: Vec<String> = idx.weight_map.into_values().collect();
-            shards.sort();
-            shards.dedup();
-            shards.into_iter().map(|s| dir.join(s)).collect()
-        } else if single.is_file() {
-            vec![single]
-        } else if dir.join("pytorch_model.bin").is_file()
-            || dir.join("pytorch_model.bin.index.json").is_file()
-        {
-            return Err(LmError::PickleRefused {
-                path: dir.join("pytorch_model.bin"),
-            });
-        } else {
-            return Err(LmError::NoWeights {
-                path: dir.to_path_buf(),
-            });
-        };
-        let mut files = Vec::with_capacity(paths.len());
-        let mut by_name = HashMap::new();
-        for path in paths {
-            let file = File::open(&path).map_err(io(&path))?;
-            // SAFETY: the file is opened read-only and the map is only read; like every mmap
-            // reader (safetensors, candle) we assume no one truncates it while we load.
-            let mmap = unsafe { Mmap::map(&file) }.map_err(io(&path))?;
-            let st = SafeTensors::deserialize(&mmap).map_err(|e| st_err(&path, e))?;
-            for name in st.names() {
-                by_name.insert(name.to_string(), files.len());
-            }
-            files.push((path, mmap));
-        }
-        Ok(Self { files, by_name })
-    }
-
-    /// Each shard's path and map.
-    pub(crate) fn files(&self) -> impl Iterator<Item = (&Path, &Mmap)> {
-        self.files.iter().map(|(p, m)| (p.as_path(), m))
-    }
-
-    /// The shape tensor `name` is stored with.
-    pub(crate) fn stored_shape(&self, name: &str) -> Result<Vec<usize>, LmError> {
-        let Some(&i) = self.by_name.get(name) else {
-            return Err(LmError::MissingTensor {
-                path: self.path_of(name).to_path_buf(),
-                name: name.to_string(),
-            });
-        };
-        let (path, mmap) = &self.files[i];
-        let st = SafeTensors::deserialize(mmap).map_err(|e| st_err(path, e))?;
-        let view = st.tensor(name).map_err(|e| st_err(path, e))?;
-        Ok(view.shape().to_vec())
-    }
-
-    /// Names of all tensors in the checkpoint.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.by_name.keys().map(String::as_str)
-    }
-
-    /// Path of the file holding `name` (or of the first file, for error messages).
-    fn path_of(&self, name: &str) -> &Path {
-        let i = self.by_name.get(name).copied().unwrap_or(0);
-        &self.files[i].0
-    }
-
-    /// The stored bytes of tensor `name` (little-endian, in the file's dtype), checked against
-    /// `expected` shape, with the file they come from.
-    pub fn view(&self, name: &str, expected: &[usize]) -> Result<(&Path, Dtype, &[u8]), LmError> {
-        let Some(&i) = self.by_name.get(name) else {
-            let path = if self.files.len() == 1 {
-                self.files[0].0.clone()
-            } else {
-                self.path_of(name)
-                    .parent()
-                    .unwrap_or(Path::new("."))
-                    .to_path_buf()
-            };
-            return Err(LmError::MissingTensor {
-                path,
-                name: name.to_string(),
-            });
-        };
-        let (path, mmap) = &self.files[i];
-        let st = SafeTensors::deserialize(mmap).map_err(|e| st_err(path, e))?;
-        let view = st.tensor(name).map_err(|e| st_err(path, e))?;
-        if view.shape() != expected {
-            return Err(LmError::Shape {
-                path: path.clone(),
-                name: name.to_string(),
-                expected: expected.to_vec(),
-                got: view.shape().to_vec(),
-            });
-        }
-        let dtype = view.dtype();
-        // The view borrows the map; return the same bytes borrowed from `self`.
-        let data = view.data();
-        let start = data.as_ptr() as usize - mmap.as_ptr() as usize;
-        Ok((path, dtype, &mmap[start..start + data.len()]))
-    }
-
-    /// The tensor `name` as host f32 values, checked against `expected` shape. Large tensors
-    /// are converted on all cores.
-    pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, LmError> {
-        let (path, dtype, bytes) = self.view(name, expected)?;
-        to_f32(path, name, dtype, bytes)
-    }
-}
-
 /// Stored `bytes` of tensor `name` (in `path`, of `dtype`) as f32 values, checked finite.
 /// Large tensors are converted on all cores.
 fn to_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, LmError> {
@@ -407,11 +263,13 @@ fn dense_from_view(
     );
     if same && cfg!(target_endian = "little") {
         check_finite_16(path, name, bytes, stored)?;
-        return Ok(TensorData::from_bytes_vec(
-            bytes.to_vec(),
-            shape.to_vec(),
-            dtype,
-        ));
+        // As 16-bit elements, not `TensorData::from_bytes_vec`: cubecl's `Bytes` copies a
+        // `Vec<u8>` once more into an allocation of its maximal alignment (a quarter of the
+        // host time of a quantized GPT-J-6B load, BENCHMARKS.md session 11).
+        return Ok(match stored {
+            Dtype::BF16 => TensorData::new(elems::<half::bf16>(bytes), shape.to_vec()),
+            _ => TensorData::new(elems::<half::f16>(bytes), shape.to_vec()),
+        });
     }
     let data = TensorData::new(to_f32(path, name, stored, bytes)?, shape.to_vec());
     Ok(if dtype == DType::F32 {
@@ -419,6 +277,24 @@ fn dense_from_view(
     } else {
         data.convert_dtype(dtype)
     })
+}
+
+/// Little-endian `bytes` as a vector of `T` (one copy; the slice need not be aligned).
+fn elems<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
+    let n = bytes.len() / std::mem::size_of::<T>();
+    let mut out = Vec::<T>::with_capacity(n);
+    // SAFETY: `out` has room for `n` elements, i.e. at least `bytes.len()` bytes, and does not
+    // overlap `bytes`; `T: Pod`, so every byte pattern written is a valid `T` before `set_len`.
+    // (No zero-fill first: this runs on every 16-bit tensor of a checkpoint.)
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            out.as_mut_ptr().cast::<u8>(),
+            n * std::mem::size_of::<T>(),
+        );
+        out.set_len(n);
+    }
+    out
 }
 
 /// The float tensor `name`, checked against `shape`, as `TensorData` in `dtype` (a serial read;
@@ -431,27 +307,6 @@ pub(crate) fn dense_data(
 ) -> Result<TensorData, LmError> {
     let (path, stored, bytes) = files.view(name, shape)?;
     dense_from_view(path, name, stored, bytes, shape, dtype)
-}
-
-/// The linear `module` if its `.weight` is stored bnb-quantized, else `None`.
-pub(crate) fn read_quantized(
-    files: &WeightFiles,
-    module: &str,
-) -> Result<Option<qtune_quant::QuantizedTensor>, LmError> {
-    let Some(&i) = files.by_name.get(&format!("{module}.weight")) else {
-        return Ok(None);
-    };
-    let (path, mmap) = &files.files[i];
-    let st = SafeTensors::deserialize(mmap).map_err(|e| st_err(path, e))?;
-    if qtune_quant::io::quant_format_of(&st, module).is_none() {
-        return Ok(None);
-    }
-    qtune_quant::QuantizedTensor::from_safetensors(&st, module, path)
-        .map(Some)
-        .map_err(|e| LmError::Safetensors {
-            path: path.clone(),
-            reason: e.to_string(),
-        })
 }
 
 /// Tensors of a checkpoint folder, uploaded in `dtype`; read ahead on other threads when
@@ -484,7 +339,7 @@ impl<B: QBackend> TensorSource<B> for FileSource<'_, B> {
     }
 
     fn contains(&self, name: &str) -> bool {
-        self.files.by_name.contains_key(name)
+        self.files.contains(name)
     }
 
     fn host_f32(&mut self, name: &str, shape: [usize; 2]) -> Result<Vec<f32>, LmError> {

@@ -20,12 +20,27 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors, View};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     Absmax, FloatDType, NestedAbsmax, QuantError, QuantFormat, QuantizedTensor, DYNAMIC_MAP,
 };
+
+/// A safetensors file's tensors by name: what [`QuantizedTensor::from_safetensors`] and
+/// [`quant_format_of`] read. Implemented for an open [`SafeTensors`]; a loader that keeps its own
+/// index of a file's tensors (qtune-lm's `WeightFiles`) implements it so that each weight does
+/// not parse the file's JSON header again.
+pub trait TensorLookup {
+    /// The tensor `name`, if the file has it.
+    fn lookup(&self, name: &str) -> Option<TensorView<'_>>;
+}
+
+impl TensorLookup for SafeTensors<'_> {
+    fn lookup(&self, name: &str) -> Option<TensorView<'_>> {
+        self.tensor(name).ok()
+    }
+}
 
 /// Suffix of the JSON state tensor, after `{p}.weight.`, per format.
 pub fn state_suffix(format: QuantFormat) -> &'static str {
@@ -191,8 +206,8 @@ impl QuantizedTensor {
 
     /// Reads the weight stored under module path `prefix` from an open safetensors file
     /// (`path` only names the file in errors). Works for bnb/HF NF4 and FP4 files and ours.
-    pub fn from_safetensors(
-        st: &SafeTensors<'_>,
+    pub fn from_safetensors<S: TensorLookup + ?Sized>(
+        st: &S,
         prefix: &str,
         path: &Path,
     ) -> Result<Self, QuantError> {
@@ -255,7 +270,7 @@ impl QuantizedTensor {
             dtype,
         };
         let map_name = format!("{w}.quant_map");
-        if st.names().iter().any(|n| **n == map_name) {
+        if st.lookup(&map_name).is_some() {
             check_map(
                 &f32_tensor(st, &map_name, path)?,
                 q.code_map(),
@@ -282,14 +297,12 @@ fn quant_type(format: QuantFormat) -> &'static str {
 }
 
 /// The format of the weight under module path `prefix`, if it is stored quantized.
-pub fn quant_format_of(st: &SafeTensors<'_>, prefix: &str) -> Option<QuantFormat> {
-    let names = st.names();
+pub fn quant_format_of<S: TensorLookup + ?Sized>(st: &S, prefix: &str) -> Option<QuantFormat> {
     [QuantFormat::Nf4, QuantFormat::Fp4, QuantFormat::Blockwise8]
         .into_iter()
         .find(|&f| {
-            names
-                .iter()
-                .any(|n| **n == format!("{prefix}.weight.{}", state_suffix(f)))
+            st.lookup(&format!("{prefix}.weight.{}", state_suffix(f)))
+                .is_some()
         })
 }
 
@@ -368,12 +381,12 @@ fn deserialize<'a>(bytes: &'a [u8], path: &Path) -> Result<SafeTensors<'a>, Quan
     })
 }
 
-fn tensor<'a>(
-    st: &'a SafeTensors<'_>,
+fn tensor<'a, S: TensorLookup + ?Sized>(
+    st: &'a S,
     name: &str,
     path: &Path,
-) -> Result<safetensors::tensor::TensorView<'a>, QuantError> {
-    st.tensor(name).map_err(|_| QuantError::MissingTensor {
+) -> Result<TensorView<'a>, QuantError> {
+    st.lookup(name).ok_or_else(|| QuantError::MissingTensor {
         path: path.to_path_buf(),
         name: name.to_string(),
     })
@@ -387,7 +400,11 @@ fn bad(path: &Path, name: &str, reason: String) -> QuantError {
     }
 }
 
-fn u8_tensor(st: &SafeTensors<'_>, name: &str, path: &Path) -> Result<Vec<u8>, QuantError> {
+fn u8_tensor<S: TensorLookup + ?Sized>(
+    st: &S,
+    name: &str,
+    path: &Path,
+) -> Result<Vec<u8>, QuantError> {
     let t = tensor(st, name, path)?;
     if t.dtype() != Dtype::U8 {
         return Err(bad(
@@ -399,7 +416,11 @@ fn u8_tensor(st: &SafeTensors<'_>, name: &str, path: &Path) -> Result<Vec<u8>, Q
     Ok(t.data().to_vec())
 }
 
-fn f32_tensor(st: &SafeTensors<'_>, name: &str, path: &Path) -> Result<Vec<f32>, QuantError> {
+fn f32_tensor<S: TensorLookup + ?Sized>(
+    st: &S,
+    name: &str,
+    path: &Path,
+) -> Result<Vec<f32>, QuantError> {
     let t = tensor(st, name, path)?;
     if t.dtype() != Dtype::F32 {
         return Err(bad(
