@@ -12,7 +12,9 @@
 # Prepare here: .device/bin/xtask.gz (cuda build); .device/data with squad-v2 and gpt2-tokenizer (gzipped).
 #   source xtask/device/stash.sh; bash xtask/device/packing_bench.sh     # carry [".device"]
 # Options: STEPS (default 40), MODES (default "packed:true padded:false"), PEER=0 skips the
-# peer, T_* time limits.
+# peer, BENCH=0 skips `bench train`, DTYPES (default "bfloat16"; "bfloat16 float16" runs each
+# mode in both and compares their loss curves: issue 19's float16 check on the 6B shape),
+# T_* time limits.
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export QTUNE_KERNEL_CACHE=/tmp/kcache PYTHONPATH=$PWD/.device/site PYTHONUNBUFFERED=1
@@ -25,11 +27,11 @@ if [ ! -f /tmp/data/gpt2-tokenizer/encoder.json ]; then
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
-config() { # name packing
+config() { # name packing dtype
   cat > /tmp/$1.toml <<TOML
 name = "$1"
 [model]
-torch_dtype = "bfloat16"
+torch_dtype = "$3"
 [model.random]
 seed = 0
 vocab_size = 50400
@@ -81,15 +83,38 @@ print(json.dumps({"windows": len(w), "first_window_tok_s": round(w[0]["tokens_pe
                   "steady_tok_s": round(sum(later) / len(later)) if later else None}))
 PY
 }
+# Two runs' train-window losses side by side: the largest difference, and the skipped steps.
+compare() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+def windows(p):
+    return [json.loads(l) for l in open(p) if '"event": "train"' in l or '"event":"train"' in l]
+a, b = windows(sys.argv[1]), windows(sys.argv[2])
+la, lb = [e["loss"] for e in a], [e["loss"] for e in b]
+n = min(len(la), len(lb))
+diff = [abs(x - y) for x, y in zip(la[:n], lb[:n])]
+print(json.dumps({"compare": [sys.argv[1], sys.argv[2]], "windows": n,
+                  "first": [la[0], lb[0]] if n else None, "last": [la[n-1], lb[n-1]] if n else None,
+                  "max_abs_diff": max(diff) if diff else None,
+                  "skipped_steps": [a[-1].get("skipped_steps"), b[-1].get("skipped_steps")] if n else None,
+                  "loss_scale_last": b[-1].get("loss_scale") if n else None}))
+PY
+}
 for mode in ${MODES:-packed:true padded:false}; do
-  name=gptj6b-${mode%%:*}
-  config $name ${mode##*:}
-  echo "=== ours qtune train, $name $(date -u +%T)"
-  rm -rf /tmp/runs/$name
-  timeout ${T_OURS:-200} $X train squad --config /tmp/$name.toml --overwrite > $OUT/$name.txt 2>&1
-  echo "exit $?"; grep -m1 "packed training examples" $OUT/$name.txt | cut -c1-300; tail -3 $OUT/$name.txt | cut -c1-300
-  cp /tmp/runs/$name/metrics.jsonl $OUT/$name.metrics.jsonl 2>/dev/null && steady /tmp/runs/$name/metrics.jsonl
+  for dtype in ${DTYPES:-bfloat16}; do
+    name=gptj6b-${mode%%:*}$([ $dtype = bfloat16 ] || echo -$dtype)
+    config $name ${mode##*:} $dtype
+    echo "=== ours qtune train, $name $(date -u +%T)"
+    rm -rf /tmp/runs/$name
+    timeout ${T_OURS:-200} $X train squad --config /tmp/$name.toml --overwrite > $OUT/$name.txt 2>&1
+    echo "exit $?"; grep -m1 "packed training examples" $OUT/$name.txt | cut -c1-300; tail -3 $OUT/$name.txt | cut -c1-300
+    cp /tmp/runs/$name/metrics.jsonl $OUT/$name.metrics.jsonl 2>/dev/null && steady /tmp/runs/$name/metrics.jsonl
+  done
+  if [ -f /tmp/runs/gptj6b-${mode%%:*}-float16/metrics.jsonl ] && [ -f /tmp/runs/gptj6b-${mode%%:*}/metrics.jsonl ]; then
+    compare /tmp/runs/gptj6b-${mode%%:*}/metrics.jsonl /tmp/runs/gptj6b-${mode%%:*}-float16/metrics.jsonl
+  fi
 done
+[ "${BENCH:-1}" = 0 ] && { echo "=== bench skipped (BENCH=0)"; exit 0; }
 
 echo "=== ours bench train, fixed 8 x 512 $(date -u +%T)"
 timeout ${T_BENCH:-150} $X bench train --model gptj-6b --quant nf4 --targets qv --batch 8 --seq 512 --decode 0 \
