@@ -14,6 +14,8 @@ Prints JSON lines. The shapes equal xtask/src/bench_train.rs' `llama_config`.
 import json, os, sys, time
 import torch
 
+from peer_common import random_bf16
+
 SHAPES = {
     "llama-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
@@ -40,11 +42,7 @@ def prepare(model):
     from transformers import LlamaConfig, LlamaForCausalLM
     cfg = LlamaConfig(**SHAPES[model])
     t = time.time()
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        m = LlamaForCausalLM(cfg)
-    torch.set_default_dtype(torch.float32)
-    n = sum(p.numel() for p in m.parameters())
+    m, n = random_bf16(LlamaForCausalLM, cfg)
     m.save_pretrained(ckpt(model), max_shard_size="5GB")
     print(json.dumps({"model": model, "prepare_s": round(time.time() - t, 1), "params": n}), flush=True)
 

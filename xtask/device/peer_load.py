@@ -15,6 +15,8 @@ Prints JSON lines.
 import json, os, sys, time
 import torch
 
+from peer_common import random_bf16
+
 SHAPES = {
     # EleutherAI/gpt-j-6b config.json (transformers' GPTJConfig field names).
     "gptj-6b": dict(vocab_size=50400, n_positions=2048, n_embd=4096, n_layer=28, n_head=16,
@@ -28,11 +30,7 @@ def prepare(model, out):
     from transformers import GPTJConfig, GPTJForCausalLM
     cfg = GPTJConfig(**SHAPES[model])
     t = time.time()
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        m = GPTJForCausalLM(cfg)
-    torch.set_default_dtype(torch.float32)
-    n = sum(p.numel() for p in m.parameters())
+    m, n = random_bf16(GPTJForCausalLM, cfg)
     m.config.torch_dtype = torch.bfloat16
     m.save_pretrained(out, max_shard_size="5GB")
     print(json.dumps({"peer": "prepare", "model": model, "dir": out, "params": n,

@@ -4,7 +4,7 @@
 use burn::tensor::Tensor;
 use qtune_kernels::{attention, graph_capture, greedy_advance, write_row, QBackend};
 use qtune_lm::fixed::fixed_decoder;
-use qtune_lm::{CausalLm, FixedKv, KvSlot, LmError};
+use qtune_lm::{CausalLm, DecoderBlock, FixedKv, KvSlot, LmError};
 
 use crate::layers::apply_rotary;
 use crate::model::Gptj;

@@ -5,7 +5,7 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 use qtune_kernels::{attention, QBackend};
-use qtune_lm::{cache_kv, frozen, to_dtype, BlockContext, KvSlot};
+use qtune_lm::{cache_kv, frozen, to_dtype, BlockContext, DecoderBlock, KvSlot};
 use qtune_lora::Linear;
 
 use crate::config::Activation;
@@ -153,9 +153,11 @@ impl<B: QBackend> Block<B> {
     pub fn forward(&self, h: Tensor<B, 3>, ctx: &BlockContext<B>) -> Tensor<B, 3> {
         self.forward_cached(h, ctx, None)
     }
+}
 
+impl<B: QBackend> DecoderBlock<B> for Block<B> {
     /// As [`Block::forward`], reading and extending this layer's KV cache.
-    pub fn forward_cached(
+    fn forward_cached(
         &self,
         h: Tensor<B, 3>,
         ctx: &BlockContext<B>,

@@ -9,7 +9,7 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use qtune_kernels::QBackend;
-use qtune_lm::{BlockContext, CausalLm, KvSlot, Positions};
+use qtune_lm::{CausalLm, DecoderBlock, Positions};
 use qtune_lora::Linear;
 
 use crate::config::GptjConfig;
@@ -57,14 +57,8 @@ impl<B: QBackend> CausalLm<B> for Gptj<B> {
         self.config.num_params()
     }
 
-    fn block(
-        &self,
-        i: usize,
-        h: Tensor<B, 3>,
-        ctx: &BlockContext<B>,
-        cache: Option<KvSlot<'_, B>>,
-    ) -> Tensor<B, 3> {
-        self.blocks[i].forward_cached(h, ctx, cache)
+    fn layer(&self, i: usize) -> &dyn DecoderBlock<B> {
+        &self.blocks[i]
     }
 
     /// `ln_f` then `lm_head`.

@@ -6,7 +6,7 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use qtune_kernels::{attention, rms_norm, rotary_half, silu_mul, QBackend};
-use qtune_lm::{cache_kv, frozen, BlockContext, KvSlot};
+use qtune_lm::{cache_kv, frozen, BlockContext, DecoderBlock, KvSlot};
 use qtune_lora::Linear;
 
 /// HF `LlamaRMSNorm`: `weight * (x / sqrt(mean(x²) + eps))`, the normalization in f32, the
@@ -125,8 +125,8 @@ pub struct Block<B: Backend> {
     pub index: usize,
 }
 
-impl<B: QBackend> Block<B> {
-    pub fn forward_cached(
+impl<B: QBackend> DecoderBlock<B> for Block<B> {
+    fn forward_cached(
         &self,
         h: Tensor<B, 3>,
         ctx: &BlockContext<B>,

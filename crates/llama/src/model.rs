@@ -6,7 +6,7 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use qtune_kernels::QBackend;
-use qtune_lm::{BlockContext, CausalLm, KvSlot, Positions};
+use qtune_lm::{CausalLm, DecoderBlock, Positions};
 use qtune_lora::Linear;
 
 use crate::config::LlamaConfig;
@@ -86,14 +86,8 @@ impl<B: QBackend> CausalLm<B> for Llama<B> {
         self.config.num_params()
     }
 
-    fn block(
-        &self,
-        i: usize,
-        h: Tensor<B, 3>,
-        ctx: &BlockContext<B>,
-        cache: Option<KvSlot<'_, B>>,
-    ) -> Tensor<B, 3> {
-        self.layers[i].forward_cached(h, ctx, cache)
+    fn layer(&self, i: usize) -> &dyn DecoderBlock<B> {
+        &self.layers[i]
     }
 
     /// `model.norm` then `lm_head`.

@@ -27,6 +27,17 @@ pub const IGNORE_INDEX: i64 = -100;
 /// chunk for a 50,000-token vocabulary.
 pub const LOSS_CHUNK_ELEMS: usize = 1 << 26;
 
+/// One decoder block of a family, as [`CausalLm::block`] runs it.
+pub trait DecoderBlock<B: QBackend> {
+    /// `h [B, T, D] → h'`, reading and extending this layer's KV cache if given.
+    fn forward_cached(
+        &self,
+        h: Tensor<B, 3>,
+        ctx: &BlockContext<B>,
+        cache: Option<KvSlot<'_, B>>,
+    ) -> Tensor<B, 3>;
+}
+
 /// A decoder-only causal language model as HF's `*ForCausalLM`: `embed → blocks → logits`.
 ///
 /// Linears are named by their HF module path (`model.layers.0.self_attn.q_proj`, …), the head
@@ -56,6 +67,8 @@ pub trait CausalLm<B: QBackend>: Sized + Clone {
     fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         burn::tensor::module::embedding(self.embedding().val(), ids)
     }
+    /// Block `i` of the stack (`transformer.h.{i}`, `model.layers.{i}`).
+    fn layer(&self, i: usize) -> &dyn DecoderBlock<B>;
     /// Block `i`: `h [B, T, D] → h'`, reading and extending the layer's KV cache if given.
     fn block(
         &self,
@@ -63,7 +76,9 @@ pub trait CausalLm<B: QBackend>: Sized + Clone {
         h: Tensor<B, 3>,
         ctx: &BlockContext<B>,
         cache: Option<KvSlot<'_, B>>,
-    ) -> Tensor<B, 3>;
+    ) -> Tensor<B, 3> {
+        self.layer(i).forward_cached(h, ctx, cache)
+    }
     /// Visits block `i`'s parameters only (the checkpointed backward collects one block's
     /// gradients without walking the whole model once per block).
     fn visit_block<V: burn::module::ModuleVisitor<B>>(&self, i: usize, visitor: &mut V);

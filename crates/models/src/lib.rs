@@ -12,7 +12,7 @@ use qtune_gguf::GgufFile;
 use qtune_gptj::Gptj;
 use qtune_kernels::QBackend;
 use qtune_llama::{gguf_path, Llama};
-use qtune_lm::{BlockContext, CausalLm, KvSlot, LmError, LoadOptions, Positions};
+use qtune_lm::{CausalLm, DecoderBlock, LmError, LoadOptions, Positions};
 use qtune_lora::Linear;
 
 pub use qtune_gptj::GptjConfig;
@@ -176,14 +176,8 @@ impl<B: QBackend> CausalLm<B> for AnyLm<B> {
     fn base_params(&self) -> u64 {
         each!(self, m => m.base_params())
     }
-    fn block(
-        &self,
-        i: usize,
-        h: Tensor<B, 3>,
-        ctx: &BlockContext<B>,
-        cache: Option<KvSlot<'_, B>>,
-    ) -> Tensor<B, 3> {
-        each!(self, m => m.block(i, h, ctx, cache))
+    fn layer(&self, i: usize) -> &dyn DecoderBlock<B> {
+        each!(self, m => m.layer(i))
     }
     fn logits<const D: usize>(&self, h_last: Tensor<B, D>) -> Tensor<B, D> {
         each!(self, m => m.logits(h_last))

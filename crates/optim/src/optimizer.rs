@@ -334,10 +334,13 @@ impl<B: AutodiffBackend> Optimizer<B> {
         let mut slots: Vec<Option<Item<B::InnerBackend>>> = items.into_iter().map(Some).collect();
         // Each group's gradients concatenated once (8-bit ones padded to whole blocks).
         let mut prepared = Vec::with_capacity(groups.len());
-        for ((eight_bit, step), members) in groups {
-            let group: Vec<Item<B::InnerBackend>> =
+        for ((eight_bit, prev_step), members) in groups {
+            let items: Vec<Item<B::InnerBackend>> =
                 members.iter().filter_map(|&i| slots[i].take()).collect();
-            let gs = group
+            let Some(device) = items.first().map(|it| it.p.device()) else {
+                continue;
+            };
+            let gs = items
                 .iter()
                 .map(|it| {
                     let g = it.g.clone();
@@ -349,33 +352,40 @@ impl<B: AutodiffBackend> Optimizer<B> {
                     }
                 })
                 .collect();
-            prepared.push((eight_bit, step, group, cat(gs)));
+            let group = Group {
+                lens: items.iter().map(|it| it.p.dims()[0]).collect(),
+                g: cat(gs),
+                items,
+                device,
+                prev_step,
+            };
+            prepared.push((eight_bit, group));
         }
         let mut norm = GradNorm {
             total_norm: 0.0,
             scale: 1.0,
         };
         if let Some((divisor, max_norm)) = normalize {
-            for (.., g) in prepared.iter_mut() {
-                *g = g.clone().div_scalar(divisor);
+            for (_, group) in prepared.iter_mut() {
+                group.g = group.g.clone().div_scalar(divisor);
             }
-            norm = group_norm(prepared.iter().map(|(.., g)| g), max_norm);
+            norm = group_norm(prepared.iter().map(|(_, group)| &group.g), max_norm);
             if !norm.total_norm.is_finite() {
                 return Ok((module, norm));
             }
             if norm.scale != 1.0 {
-                for (.., g) in prepared.iter_mut() {
-                    *g = g.clone().mul_scalar(norm.scale as f32);
+                for (_, group) in prepared.iter_mut() {
+                    group.g = group.g.clone().mul_scalar(norm.scale as f32);
                 }
             }
         }
         let mut updated: HashMap<ParamId, Tensor<B::InnerBackend, 1>> = HashMap::new();
-        for (eight_bit, step, group, g) in prepared {
-            let ids: Vec<ParamId> = group.iter().map(|it| it.id).collect();
+        for (eight_bit, group) in prepared {
+            let ids: Vec<ParamId> = group.items.iter().map(|it| it.id).collect();
             let new = if eight_bit {
-                self.update_8bit(group, g, step, lr)
+                self.update_8bit(group, lr)
             } else {
-                self.update_full(group, g, step, lr)
+                self.update_full(group, lr)
             };
             updated.extend(ids.into_iter().zip(new));
         }
@@ -393,22 +403,20 @@ impl<B: AutodiffBackend> Optimizer<B> {
     /// (elementwise rules, so the result equals per-tensor updates bit for bit).
     fn update_full(
         &mut self,
-        group: Vec<Item<B::InnerBackend>>,
-        g: Tensor<B::InnerBackend, 1>,
-        prev_step: u64,
+        group: Group<B::InnerBackend>,
         lr: f64,
     ) -> Vec<Tensor<B::InnerBackend, 1>> {
-        let Some(device) = group.first().map(|it| it.p.device()) else {
-            return Vec::new();
-        };
-        let lens: Vec<usize> = group.iter().map(|it| it.p.dims()[0]).collect();
         let cached = self.moments_cache.take().filter(|c| {
-            c.step == prev_step
-                && c.order.len() == group.len()
-                && c.order.iter().zip(&group).all(|(a, it)| *a == it.path)
+            c.step == group.prev_step
+                && c.order.len() == group.items.len()
+                && c.order
+                    .iter()
+                    .zip(&group.items)
+                    .all(|(a, it)| *a == it.path)
         });
+        let device = &group.device;
         let (mut ps, mut ms, mut vs, mut order) = (vec![], vec![], vec![], vec![]);
-        for (it, &n) in group.into_iter().zip(&lens) {
+        for (it, &n) in group.items.into_iter().zip(&group.lens) {
             let state = self.states.remove(&it.path).map(|s| s.moments);
             // With the cache, every member's state is a slice of its buffers: drop the slices.
             if cached.is_none() {
@@ -418,8 +426,8 @@ impl<B: AutodiffBackend> Optimizer<B> {
                         exp_avg_sq,
                     }) => (exp_avg, exp_avg_sq),
                     _ => (
-                        Tensor::zeros([n], (&device, DType::F32)),
-                        Tensor::zeros([n], (&device, DType::F32)),
+                        Tensor::zeros([n], (device, DType::F32)),
+                        Tensor::zeros([n], (device, DType::F32)),
                     ),
                 };
                 ms.push(m);
@@ -432,7 +440,7 @@ impl<B: AutodiffBackend> Optimizer<B> {
             ms.push(c.exp_avg);
             vs.push(c.exp_avg_sq);
         }
-        let step = prev_step + 1;
+        let (step, g) = (group.prev_step + 1, group.g);
         let h = self.config.hyper();
         let (p, m, v) = (cat(ps), cat(ms), cat(vs));
         let (p, m, v) = match self.config.optim {
@@ -448,7 +456,7 @@ impl<B: AutodiffBackend> Optimizer<B> {
         self.split_back(
             p,
             order,
-            lens,
+            group.lens,
             step,
             |n| n,
             |off, n| Moments::Full {
@@ -490,23 +498,17 @@ impl<B: AutodiffBackend> Optimizer<B> {
     /// last block), so every block, and thus the result, equals the per-tensor update.
     fn update_8bit(
         &mut self,
-        group: Vec<Item<B::InnerBackend>>,
-        g: Tensor<B::InnerBackend, 1>,
-        prev_step: u64,
+        group: Group<B::InnerBackend>,
         lr: f64,
     ) -> Vec<Tensor<B::InnerBackend, 1>> {
-        let Some(device) = group.first().map(|it| it.p.device()) else {
-            return Vec::new();
-        };
-        let maps = self.maps(&device);
-        let lens: Vec<usize> = group.iter().map(|it| it.p.dims()[0]).collect();
+        let maps = self.maps(&group.device);
         let (mut ps, mut c1, mut a1, mut c2, mut a2, mut order) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
-        for (it, &n) in group.into_iter().zip(&lens) {
+        for (it, &n) in group.items.into_iter().zip(&group.lens) {
             let padded = n.div_ceil(BLOCK) * BLOCK;
             let s = match self.states.remove(&it.path).map(|s| s.moments) {
                 Some(Moments::Blockwise8(s)) => s,
-                _ => Blockwise8::zeros(n, &maps, &device),
+                _ => Blockwise8::zeros(n, &maps, &group.device),
             };
             ps.push(update::pad_float(it.p, padded));
             c1.push(update::pad_codes(s.state1, padded, maps.signed_zero));
@@ -515,7 +517,7 @@ impl<B: AutodiffBackend> Optimizer<B> {
             a2.push(s.absmax2);
             order.push(it.path);
         }
-        let step = prev_step + 1;
+        let step = group.prev_step + 1;
         let state = Blockwise8 {
             state1: Tensor::cat(c1, 0),
             absmax1: cat(a1),
@@ -523,9 +525,9 @@ impl<B: AutodiffBackend> Optimizer<B> {
             absmax2: cat(a2),
         };
         let h = self.config.hyper();
-        let (p, s) = update::bnb_adam8_blockwise(cat(ps), g, state, &maps, step, lr, h);
+        let (p, s) = update::bnb_adam8_blockwise(cat(ps), group.g, state, &maps, step, lr, h);
         let padded = |n: usize| n.div_ceil(BLOCK) * BLOCK;
-        self.split_back(p, order, lens, step, padded, |off, n| {
+        self.split_back(p, order, group.lens, step, padded, |off, n| {
             let (b0, nb) = (off / BLOCK, n.div_ceil(BLOCK));
             Moments::Blockwise8(Blockwise8 {
                 state1: s.state1.clone().narrow(0, off, n),
@@ -535,6 +537,19 @@ impl<B: AutodiffBackend> Optimizer<B> {
             })
         })
     }
+}
+
+/// Tensors updated together (one update rule, one step count), read from the module.
+struct Group<B: Backend> {
+    items: Vec<Item<B>>,
+    /// Where the tensors live (that of the first).
+    device: B::Device,
+    /// Each tensor's length.
+    lens: Vec<usize>,
+    /// The gradients concatenated (8-bit ones padded to whole blocks).
+    g: Tensor<B, 1>,
+    /// The step count the tensors' state has reached.
+    prev_step: u64,
 }
 
 /// The global L2 norm of the (normalized) group gradients — each group's f32 sum of squares on

@@ -134,29 +134,44 @@ where
 {
     // Held until the loop returns (also on errors and panics): no second run writes here.
     let _lock = crate::lock::RunLock::acquire(&cfg.output_dir())?;
-    train_rank(
-        cfg,
-        model,
-        train_set,
-        val_set,
-        pad_id,
-        device,
-        opts,
-        &mut Single,
-    )
+    let run = RunInputs::new(cfg, train_set, val_set, pad_id, opts);
+    train_rank(&run, model, device, &mut Single)
 }
 
-/// The training loop of one rank (`sync.rank()` of `sync.world()`); see [`crate::parallel`] for
-/// the data-parallel contract.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn train_rank<B, M, R>(
-    cfg: &RunConfig,
-    model: M,
-    train_set: &[Example],
-    val_set: &[Example],
+/// What every rank of a run is given alike: the config, the data, the pad id and the options.
+#[derive(Clone, Copy)]
+pub(crate) struct RunInputs<'a> {
+    cfg: &'a RunConfig,
+    train_set: &'a [Example],
+    val_set: &'a [Example],
     pad_id: u32,
+    opts: &'a TrainOptions,
+}
+
+impl<'a> RunInputs<'a> {
+    pub fn new(
+        cfg: &'a RunConfig,
+        train_set: &'a [Example],
+        val_set: &'a [Example],
+        pad_id: u32,
+        opts: &'a TrainOptions,
+    ) -> Self {
+        Self {
+            cfg,
+            train_set,
+            val_set,
+            pad_id,
+            opts,
+        }
+    }
+}
+
+/// The training loop of one rank (`sync.rank()` of `sync.world()`) on its model replica and
+/// device; see [`crate::parallel`] for the data-parallel contract.
+pub(crate) fn train_rank<B, M, R>(
+    run: &RunInputs<'_>,
+    model: M,
     device: &B::Device,
-    opts: &TrainOptions,
     sync: &mut R,
 ) -> Result<(M, TrainSummary), TrainError>
 where
@@ -164,6 +179,13 @@ where
     M: TrainLm<B>,
     R: Replicas,
 {
+    let RunInputs {
+        cfg,
+        train_set,
+        val_set,
+        pad_id,
+        opts,
+    } = *run;
     let t = &cfg.training;
     let (rank, world) = (sync.rank(), sync.world());
     let lead = rank == 0;

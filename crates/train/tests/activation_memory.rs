@@ -4,7 +4,12 @@
 
 use burn::backend::{Autodiff, NdArray};
 use qtune_data::{collate, Example, Padding};
-use qtune_train::config::{LoraSection, RandomModel, RunConfig, TargetList};
+use qtune_train::config::{RandomModel, RunConfig};
+
+/// The `it` binary's helpers (this test keeps a binary of its own, see above; it uses one).
+#[allow(dead_code)]
+#[path = "it/common.rs"]
+mod common;
 
 #[global_allocator]
 static A: qtune_train::memory::CountingAlloc = qtune_train::memory::CountingAlloc;
@@ -38,12 +43,7 @@ fn checkpointing_keeps_only_block_inputs() {
             rotary_dim: 8,
             n_inner: None,
         });
-        cfg.lora = LoraSection {
-            r: 4,
-            lora_alpha: 8.0,
-            lora_dropout: 0.0,
-            target_modules: TargetList::One("all-linear".into()),
-        };
+        cfg.lora = common::all_linear_lora(0.0);
         let model = qtune_train::build::model_with_lora::<B>(&cfg, &dev).unwrap();
         let m = qtune_train::memory::measure::<B, _>(
             &model,

@@ -10,7 +10,7 @@ use super::{collective_config, GradSync};
 use crate::config::RunConfig;
 use crate::model::{TrainBackend, TrainLm};
 use crate::replica::compute_lock;
-use crate::trainer::{device_inner, train_rank, TrainOptions, TrainSummary};
+use crate::trainer::{device_inner, train_rank, RunInputs, TrainOptions, TrainSummary};
 use crate::TrainError;
 
 /// burn-collective keeps one local server per backend type per process: one data-parallel run
@@ -64,6 +64,7 @@ where
     let _session = SESSION.lock().unwrap_or_else(|e| e.into_inner());
     tracing::info!(world, local, nodes, node_rank, "data-parallel run");
     let build = &build;
+    let run = &RunInputs::new(cfg, train_set, val_set, pad_id, opts);
     let results: Vec<Result<(M, TrainSummary), TrainError>> = std::thread::scope(|s| {
         let handles: Vec<_> = devices
             .iter()
@@ -74,10 +75,7 @@ where
                 std::thread::Builder::new()
                     .name(format!("rank-{rank}"))
                     .spawn_scoped(s, move || {
-                        run_rank::<B, M, F>(
-                            cfg, rank, world, device, collective, build, train_set, val_set,
-                            pad_id, opts,
-                        )
+                        run_rank::<B, M, F>(run, rank, world, device, collective, build)
                     })
             })
             .collect();
@@ -123,18 +121,13 @@ fn pick<T>(results: Vec<Result<T, TrainError>>) -> Result<T, TrainError> {
     Err(errors.swap_remove(cause))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run_rank<B, M, F>(
-    cfg: &RunConfig,
+    run: &RunInputs<'_>,
     rank: usize,
     world: usize,
     device: &B::Device,
     collective: burn_collective::CollectiveConfig,
     build: &F,
-    train_set: &[Example],
-    val_set: &[Example],
-    pad_id: u32,
-    opts: &TrainOptions,
 ) -> Result<(M, TrainSummary), TrainError>
 where
     B: TrainBackend,
@@ -157,9 +150,7 @@ where
             build(device)
         };
         match built {
-            Ok(model) => train_rank(
-                cfg, model, train_set, val_set, pad_id, device, opts, &mut sync,
-            ),
+            Ok(model) => train_rank(run, model, device, &mut sync),
             // The peers wait in the set-up barrier: `on_error` below tells them.
             Err(e) => Err(e),
         }

@@ -40,12 +40,7 @@ pub fn tiny_config(out: &Path) -> RunConfig {
         rotary_dim: 4,
         n_inner: None,
     });
-    c.lora = LoraSection {
-        r: 4,
-        lora_alpha: 8.0,
-        lora_dropout: 0.1,
-        target_modules: TargetList::One("all-linear".into()),
-    };
+    c.lora = all_linear_lora(0.1);
     // Within the 64-position context (the synthetic examples are ≤ 13 tokens anyway).
     c.data.max_length = 64;
     let t = &mut c.training;
@@ -63,6 +58,16 @@ pub fn tiny_config(out: &Path) -> RunConfig {
     t.gradient_checkpointing = true;
     c.validate("tiny_config").unwrap();
     c
+}
+
+/// LoRA rank 4, alpha 8, on every linear (`"all-linear"`), with `lora_dropout`.
+pub fn all_linear_lora(lora_dropout: f64) -> LoraSection {
+    LoraSection {
+        r: 4,
+        lora_alpha: 8.0,
+        lora_dropout,
+        target_modules: TargetList::One("all-linear".into()),
+    }
 }
 
 /// A 1-block random GPT-J with GPT-J's vocabulary (the real tokenizers' ids fit) and
