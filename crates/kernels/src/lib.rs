@@ -272,8 +272,14 @@ pub trait QBackend: Backend {
     /// A scalar (one zero) whose backward gives `y` the gradient `dy` (same shape and dtype):
     /// `seed(y, dy).backward()` equals `(y ⊙ dy).sum().backward()` without computing the
     /// product and its full reduction (the checkpointed backward does this once per block).
-    /// Without autodiff it is just the zero.
-    fn q_grad_seed(y: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// Without autodiff it is just the zero (the default).
+    fn q_grad_seed(y: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        let _ = dy;
+        let y = Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(y));
+        Tensor::<Self, 1>::zeros([1], (&y.device(), y.dtype()))
+            .into_primitive()
+            .tensor()
+    }
 
     /// Blockwise quantization of a dense `[out, in]` weight (any float dtype) with a plain f32
     /// absmax, bit-identical to `qtune_quant`'s CPU reference. Returns `(codes U8, absmax F32)`,

@@ -444,13 +444,6 @@ impl QBackend for NdArray {
         c.into_primitive().tensor()
     }
 
-    fn q_grad_seed(y: FloatTensor<Self>, _dy: FloatTensor<Self>) -> FloatTensor<Self> {
-        let y = Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(y));
-        Tensor::<Self, 1>::zeros([1], (&y.device(), y.dtype()))
-            .into_primitive()
-            .tensor()
-    }
-
     fn q_quantize(
         name: &str,
         w: FloatTensor<Self>,

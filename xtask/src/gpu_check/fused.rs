@@ -58,27 +58,21 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
 
     let hd = 32;
     let dims = [b, t, l, h];
-    let [c0, c1, c2, c3] =
-        attention::<Cpu>(&Default::default(), &vs, &vw, &bits, dims, hd, DType::F32)?;
-    let [g0, g1, g2, g3] = attention::<Train>(dev, &vs, &vw, &bits, dims, hd, DType::BF16)?;
-    print_rel_errs(
-        fails,
-        vec![
-            ("attention_fwd", g0, c0, ATTENTION_FWD),
-            ("attention_dq", g1, c1, ATTENTION_GRAD),
-            ("attention_dk", g2, c2, ATTENTION_GRAD),
-            ("attention_dv", g3, c3, ATTENTION_GRAD),
-        ],
-        [],
-    );
+    let cpu = attention::<Cpu>(&Default::default(), &vs, &vw, &bits, dims, hd, DType::F32)?;
+    let gpu = attention::<Train>(dev, &vs, &vw, &bits, dims, hd, DType::BF16)?;
+    let names = [
+        ("attention_fwd", ATTENTION_FWD),
+        ("attention_dq", ATTENTION_GRAD),
+        ("attention_dk", ATTENTION_GRAD),
+        ("attention_dv", ATTENTION_GRAD),
+    ];
+    print_rel_errs(fails, names, gpu, cpu, []);
 
-    let [c0, c1, c2, c3, c4, c5, c6] =
-        dropout_gemm_acc_bias_gelu::<Cpu>(&Default::default(), &vs, &vw, DType::F32, fails)?;
-    let [g0, g1, g2, g3, g4, g5, g6] =
-        dropout_gemm_acc_bias_gelu::<Train>(dev, &vs, &vw, DType::BF16, fails)?;
-    let mask_mismatch = c0
+    let cpu = dropout_gemm_acc_bias_gelu::<Cpu>(&Default::default(), &vs, &vw, DType::F32, fails)?;
+    let gpu = dropout_gemm_acc_bias_gelu::<Train>(dev, &vs, &vw, DType::BF16, fails)?;
+    let mask_mismatch = cpu[0]
         .iter()
-        .zip(&g0)
+        .zip(&gpu[0])
         .filter(|(a, b)| (**a == 0.0) != (**b == 0.0))
         .count();
     fails.at_most(
@@ -86,18 +80,21 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
         mask_mismatch as f64,
         0.0,
     );
-    let dropout_values = c0.len();
+    let dropout_values = cpu[0].len();
+    let names = [
+        ("dropout", DROPOUT),
+        ("gemm_acc_fwd", GEMM_ACC),
+        ("gemm_acc_dy", GEMM_ACC),
+        ("gemm_acc_dx", GEMM_ACC),
+        ("gemm_acc_dw", GEMM_ACC),
+        ("bias_gelu_fwd", BIAS_GELU_FWD),
+        ("bias_gelu_grad", BIAS_GELU_GRAD),
+    ];
     print_rel_errs(
         fails,
-        vec![
-            ("dropout", g0, c0, DROPOUT),
-            ("gemm_acc_fwd", g1, c1, GEMM_ACC),
-            ("gemm_acc_dy", g2, c2, GEMM_ACC),
-            ("gemm_acc_dx", g3, c3, GEMM_ACC),
-            ("gemm_acc_dw", g4, c4, GEMM_ACC),
-            ("bias_gelu_fwd", g5, c5, BIAS_GELU_FWD),
-            ("bias_gelu_grad", g6, c6, BIAS_GELU_GRAD),
-        ],
+        names,
+        gpu,
+        cpu,
         [
             ("dropout_mask_mismatches", mask_mismatch.into()),
             ("dropout_values", dropout_values.into()),
@@ -105,58 +102,50 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
     );
 
     let (rows, vocab) = (b * h * t / 8, l * 4);
-    let [c0, c1] = cross_entropy::<Cpu>(&Default::default(), &vs, rows, vocab, DType::F32)?;
-    let [g0, g1] = cross_entropy::<Train>(dev, &vs, rows, vocab, DType::BF16)?;
-    print_rel_errs(
-        fails,
-        vec![
-            ("cross_entropy_fwd", g0, c0, CROSS_ENTROPY_FWD),
-            ("cross_entropy_grad", g1, c1, CROSS_ENTROPY_GRAD),
-        ],
-        [],
-    );
+    let cpu = cross_entropy::<Cpu>(&Default::default(), &vs, rows, vocab, DType::F32)?;
+    let gpu = cross_entropy::<Train>(dev, &vs, rows, vocab, DType::BF16)?;
+    let names = [
+        ("cross_entropy_fwd", CROSS_ENTROPY_FWD),
+        ("cross_entropy_grad", CROSS_ENTROPY_GRAD),
+    ];
+    print_rel_errs(fails, names, gpu, cpu, []);
 
     let dims = [b, h, t, l];
-    let [c0, c1, c2, c3] =
-        layer_norm_rotary::<Cpu>(&Default::default(), &vs, &vw, dims, DType::F32)?;
-    let [g0, g1, g2, g3] = layer_norm_rotary::<Train>(dev, &vs, &vw, dims, DType::BF16)?;
-    print_rel_errs(
-        fails,
-        vec![
-            ("layer_norm_fwd", g0, c0, LAYER_NORM_FWD),
-            ("layer_norm_grad", g1, c1, LAYER_NORM_GRAD),
-            ("rotary_fwd", g2, c2, ROTARY),
-            ("rotary_grad", g3, c3, ROTARY),
-        ],
-        [],
-    );
+    let cpu = layer_norm_rotary::<Cpu>(&Default::default(), &vs, &vw, dims, DType::F32)?;
+    let gpu = layer_norm_rotary::<Train>(dev, &vs, &vw, dims, DType::BF16)?;
+    let names = [
+        ("layer_norm_fwd", LAYER_NORM_FWD),
+        ("layer_norm_grad", LAYER_NORM_GRAD),
+        ("rotary_fwd", ROTARY),
+        ("rotary_grad", ROTARY),
+    ];
+    print_rel_errs(fails, names, gpu, cpu, []);
 
-    let [c0, c1, c2, c3] =
-        softmax_gelu::<Cpu>(&Default::default(), &vs, &vw, &bits, dims, DType::F32)?;
-    let [g0, g1, g2, g3] = softmax_gelu::<Train>(dev, &vs, &vw, &bits, dims, DType::BF16)?;
-    print_rel_errs(
-        fails,
-        vec![
-            ("softmax_fwd", g0, c0, SOFTMAX),
-            ("softmax_grad", g1, c1, SOFTMAX),
-            ("gelu_fwd", g2, c2, GELU_FWD),
-            ("gelu_grad", g3, c3, GELU_GRAD),
-        ],
-        [],
-    );
+    let cpu = softmax_gelu::<Cpu>(&Default::default(), &vs, &vw, &bits, dims, DType::F32)?;
+    let gpu = softmax_gelu::<Train>(dev, &vs, &vw, &bits, dims, DType::BF16)?;
+    let names = [
+        ("softmax_fwd", SOFTMAX),
+        ("softmax_grad", SOFTMAX),
+        ("gelu_fwd", GELU_FWD),
+        ("gelu_grad", GELU_GRAD),
+    ];
+    print_rel_errs(fails, names, gpu, cpu, []);
     Ok(())
 }
 
-/// Prints one `fused_ops` JSON line: each `(name, gpu, cpu, tolerance)` as `{name}_rel_err`,
-/// the relative error, added to `fails` beyond its tolerance; then the `extra` entries.
-fn print_rel_errs<const N: usize>(
+/// Prints one `fused_ops` JSON line: output `i` of the GPU and of the CPU, under `names[i] =
+/// (name, tolerance)`, as `{name}_rel_err`, the relative error, added to `fails` beyond its
+/// tolerance; then the `extra` entries.
+fn print_rel_errs<const K: usize, const N: usize>(
     fails: &mut Failures,
-    rows: Vec<(&str, Vec<f32>, Vec<f32>, f64)>,
+    names: [(&str, f64); K],
+    gpu: [Vec<f32>; K],
+    cpu: [Vec<f32>; K],
     extra: [(&str, serde_json::Value); N],
 ) {
     let mut line = serde_json::Map::new();
     line.insert("check".into(), "fused_ops".into());
-    for (name, gpu, cpu, tol) in rows {
+    for (((name, tol), gpu), cpu) in names.into_iter().zip(gpu).zip(cpu) {
         let key = format!("{name}_rel_err");
         let value = fails.at_most(&format!("fused_ops {key}"), rel(gpu, cpu), tol);
         line.insert(key, value.into());

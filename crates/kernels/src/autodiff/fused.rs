@@ -124,6 +124,22 @@ pub(super) enum Norm {
     Rms,
 }
 
+impl Norm {
+    /// The norm's input gradient for `dy` (`x`, `w`, `eps` as in its forward).
+    pub(super) fn dx<B: QBackend>(
+        self,
+        x: FloatTensor<B>,
+        w: FloatTensor<B>,
+        dy: FloatTensor<B>,
+        eps: f32,
+    ) -> FloatTensor<B> {
+        match self {
+            Norm::Layer => B::q_layer_norm_backward(x, w, dy, eps),
+            Norm::Rms => B::q_rms_norm_backward(x, w, dy, eps),
+        }
+    }
+}
+
 /// Backward of a fused norm (frozen weight): state is the input, the weight and eps.
 #[derive(Debug)]
 pub(super) struct NormBackward(pub(super) Norm);
@@ -136,11 +152,7 @@ impl<B: QBackend> Backward<B, 1> for NormBackward {
         let dy = grads.consume::<B>(&ops.node);
         let (x, (w, eps)) = ops.state;
         if let Some(node) = node_x {
-            let dx = match self.0 {
-                Norm::Layer => B::q_layer_norm_backward(x, w, dy, eps),
-                Norm::Rms => B::q_rms_norm_backward(x, w, dy, eps),
-            };
-            grads.register::<B>(node.id, dx);
+            grads.register::<B>(node.id, self.0.dx::<B>(x, w, dy, eps));
         }
     }
 }

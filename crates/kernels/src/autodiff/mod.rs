@@ -59,6 +59,19 @@ where
 }
 
 /// A fused rotation recorded for [`RotaryBackward`].
+/// A norm's input gradient, computed on the inner backend and returned as a leaf (no
+/// second-order gradient).
+fn untracked_norm_dx<B: QBackend, C: CheckpointStrategy>(
+    norm: Norm,
+    x: FloatTensor<Autodiff<B, C>>,
+    w: FloatTensor<Autodiff<B, C>>,
+    dy: FloatTensor<Autodiff<B, C>>,
+    eps: f32,
+) -> FloatTensor<Autodiff<B, C>> {
+    let dx = norm.dx::<B>(x.primitive, w.primitive, dy.primitive, eps);
+    <Autodiff<B, C> as AutodiffBackend>::from_inner(dx)
+}
+
 fn rotated<B: QBackend, C: CheckpointStrategy>(
     rotation: Rotation,
     x: FloatTensor<Autodiff<B, C>>,
@@ -388,12 +401,7 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         dy: FloatTensor<Self>,
         eps: f32,
     ) -> FloatTensor<Self> {
-        <Self as AutodiffBackend>::from_inner(B::q_layer_norm_backward(
-            x.primitive,
-            w.primitive,
-            dy.primitive,
-            eps,
-        ))
+        untracked_norm_dx::<B, C>(Norm::Layer, x, w, dy, eps)
     }
 
     fn q_rotary(
@@ -419,12 +427,7 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         dy: FloatTensor<Self>,
         eps: f32,
     ) -> FloatTensor<Self> {
-        <Self as AutodiffBackend>::from_inner(B::q_rms_norm_backward(
-            x.primitive,
-            w.primitive,
-            dy.primitive,
-            eps,
-        ))
+        untracked_norm_dx::<B, C>(Norm::Rms, x, w, dy, eps)
     }
 
     fn q_silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {

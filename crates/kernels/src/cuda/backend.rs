@@ -170,13 +170,6 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         super::attention::attention_backward(q, k, v, p, d_o, mask, div)
     }
 
-    fn q_grad_seed(y: FloatTensor<Self>, _dy: FloatTensor<Self>) -> FloatTensor<Self> {
-        let y = Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(y));
-        Tensor::<Self, 1>::zeros([1], (&y.device(), y.dtype()))
-            .into_primitive()
-            .tensor()
-    }
-
     fn q_layer_norm(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,

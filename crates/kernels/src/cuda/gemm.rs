@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::cuda::CudaRuntime;
 use cudarc::cublas::{result as blas, sys, CudaBlas};
@@ -28,6 +29,17 @@ struct StreamBlas {
     /// cuBLASLt with cached plans (`None` if its handle or workspace could not be made: every
     /// GEMM then goes through `blas`).
     lt: Option<Lt>,
+}
+
+/// A backend on Burn's CUDA buffers whose device is a CUDA device: what the GEMMs here run on
+/// (the library's CUDA backend, and its autodiff-inner one).
+pub trait CudaB:
+    CubeB<CudaRuntime> + burn::tensor::backend::Backend<Device = cubecl::cuda::CudaDevice>
+{
+}
+impl<B> CudaB for B where
+    B: CubeB<CudaRuntime> + burn::tensor::backend::Backend<Device = cubecl::cuda::CudaDevice>
+{
 }
 
 type BlasMap = HashMap<(usize, usize), Arc<Mutex<StreamBlas>>>;
@@ -87,14 +99,11 @@ pub enum Product {
 /// # Panics
 /// On dtype or shape mismatch, an unsupported dtype, or a CUDA/cuBLAS failure (Burn ops cannot
 /// return errors; a failure here means the device is unusable).
-pub fn gemm<B>(
+pub fn gemm<B: CudaB>(
     a: CubeTensor<CudaRuntime>,
     w: &CubeTensor<CudaRuntime>,
     product: Product,
-) -> CubeTensor<CudaRuntime>
-where
-    B: CubeB<CudaRuntime> + burn::tensor::backend::Backend<Device = cubecl::cuda::CudaDevice>,
-{
+) -> CubeTensor<CudaRuntime> {
     use burn::tensor::Shape;
     let (a_shape, w_shape) = (a.meta.shape().to_vec(), w.meta.shape().to_vec());
     let (m, inner) = (a_shape[0], a_shape[1]);
@@ -139,19 +148,15 @@ pub enum OneRow {
 ///
 /// # Panics
 /// On a shape or dtype mismatch (a model wiring bug) or a CUDA/cuBLAS failure.
-pub fn bmm<B>(
+pub fn bmm<B: CudaB>(
     a: CubeTensor<CudaRuntime>,
     b: CubeTensor<CudaRuntime>,
     ta: bool,
     tb: bool,
     out_dtype: DType,
     one_row: OneRow,
-) -> CubeTensor<CudaRuntime>
-where
-    B: CubeB<CudaRuntime> + burn::tensor::backend::Backend<Device = cubecl::cuda::CudaDevice>,
-{
-    let a = burn_cubecl::kernel::into_contiguous(a);
-    let b = burn_cubecl::kernel::into_contiguous(b);
+) -> CubeTensor<CudaRuntime> {
+    let (a, b) = (into_contiguous(a), into_contiguous(b));
     let g = Gemm::batched(&a, &b, ta, tb);
     let out = empty(&a, vec![g.batch, g.m, g.n], out_dtype);
     if g.batch == 0 || g.m == 0 || g.n == 0 {
@@ -180,7 +185,7 @@ where
 ///
 /// # Panics
 /// On a shape or dtype mismatch (a model wiring bug) or a CUDA/cuBLAS failure.
-pub fn gemm_acc<B>(
+pub fn gemm_acc<B: CudaB>(
     c: CubeTensor<CudaRuntime>,
     a: CubeTensor<CudaRuntime>,
     b: CubeTensor<CudaRuntime>,
@@ -188,17 +193,13 @@ pub fn gemm_acc<B>(
     tb: bool,
     alpha: f32,
     one_row: OneRow,
-) -> CubeTensor<CudaRuntime>
-where
-    B: CubeB<CudaRuntime> + burn::tensor::backend::Backend<Device = cubecl::cuda::CudaDevice>,
-{
-    let a = burn_cubecl::kernel::into_contiguous(a);
-    let b = burn_cubecl::kernel::into_contiguous(b);
+) -> CubeTensor<CudaRuntime> {
+    let (a, b) = (into_contiguous(a), into_contiguous(b));
     // Dense row-major (a pitched tensor, e.g. a Burn kernel's output with unaligned rows, is
     // copied densely here), then written in place only if nothing else holds the buffer.
     // Otherwise the unfused sum: `CubeTensor::copy` would allocate a *pitched* buffer, which
     // the GEMM (ld = n) would misread.
-    let c = burn_cubecl::kernel::into_contiguous(c);
+    let c = into_contiguous(c);
     if !(c.can_mut() && c.is_contiguous_buffer()) {
         let dtype = c.dtype;
         let ab = bmm::<B>(a, b, ta, tb, dtype, one_row);
@@ -247,10 +248,7 @@ fn single_row_gemv(
 
 /// [`crate::linear_t`] of one row `x [1, k]` by `w [n, k]` (inner backend, no autodiff), its
 /// product computed as `one_row` says: the GPU check's and the bench's GEMV-vs-cuBLAS pair.
-pub fn linear_t_via<B>(x: Tensor<B, 2>, w: Tensor<B, 2>, one_row: OneRow) -> Tensor<B, 2>
-where
-    B: CubeB<CudaRuntime> + burn::tensor::backend::Backend<Device = cubecl::cuda::CudaDevice>,
-{
+pub fn linear_t_via<B: CudaB>(x: Tensor<B, 2>, w: Tensor<B, 2>, one_row: OneRow) -> Tensor<B, 2> {
     let ([m, k], [n, _]) = (x.dims(), w.dims());
     let dtype = x.dtype();
     let y = bmm::<B>(
@@ -265,16 +263,13 @@ where
 }
 
 /// [`crate::linear_t_acc`] (`y + alpha·x·wᵀ`) as [`linear_t_via`].
-pub fn linear_t_acc_via<B>(
+pub fn linear_t_acc_via<B: CudaB>(
     y: Tensor<B, 2>,
     x: Tensor<B, 2>,
     w: Tensor<B, 2>,
     alpha: f32,
     one_row: OneRow,
-) -> Tensor<B, 2>
-where
-    B: CubeB<CudaRuntime> + burn::tensor::backend::Backend<Device = cubecl::cuda::CudaDevice>,
-{
+) -> Tensor<B, 2> {
     let ([m, k], [n, _]) = (x.dims(), w.dims());
     let c = gemm_acc::<B>(
         prim(y.reshape([1, m, n])),

@@ -36,19 +36,18 @@ pub fn cache_dir() -> PathBuf {
 }
 
 /// Every source file holding `#[cube]` code, compiled in: [`kernel_fingerprint`] hashes them.
-const KERNEL_SOURCES: [&str; 14] = [
+const KERNEL_SOURCES: [&str; 13] = [
     include_str!("kernels/mod.rs"),
     include_str!("kernels/gemv.rs"),
     include_str!("fused/mod.rs"),
     include_str!("fused/gelu.rs"),
     include_str!("fused/dropout.rs"),
     include_str!("fused/softmax.rs"),
-    include_str!("fused/layer_norm.rs"),
+    include_str!("fused/norm.rs"),
+    include_str!("fused/rows.rs"),
     include_str!("fused/rotary.rs"),
     include_str!("fused/cross_entropy.rs"),
-    include_str!("fused/rms_norm.rs"),
     include_str!("fused/swiglu.rs"),
-    include_str!("fused/rope_half.rs"),
     include_str!("decode.rs"),
     include_str!("copy.rs"),
 ];

@@ -262,49 +262,43 @@ pub fn gemv_add<R: CubeRuntime, B: CubeB<R>>(
     let dim = CubeDim::new_2d(32, kernels::GEMV_ROWS);
     let words = l.numel() / 4; // u32 words of bytes (8-bit) or of nibble pairs (4-bit: numel/8)
     let words = if four_bit { words / 2 } else { words };
-    macro_rules! go {
-        ($f:ty) => {
-            // SAFETY: codes hold `words` u32 words (validated layout); absmax one scale per
-            // block, or (fused) nested codes per block, nested absmax per nested block and a
-            // 256-entry map; map 16/256 entries; x `in` values (a multiple of 8); y `out` values.
-            unsafe {
-                kernels::gemv_kernel::launch_unchecked::<$f, R>(
-                    &x.client,
-                    count,
-                    dim,
-                    PER_UNIT,
-                    vec_words,
-                    array(&codes, words),
-                    array(&sa.scales, sa.lens[0]),
-                    array(&sa.ncodes, sa.lens[1]),
-                    array(&sa.nabs, sa.lens[2]),
-                    array(&sa.nmap, sa.lens[3]),
-                    array(&map, if four_bit { 16 } else { 256 }),
-                    array(&x, l.in_features),
-                    array(adds.first().unwrap_or(&y), rows),
-                    array(adds.get(1).unwrap_or(&y), rows),
-                    array(adds.get(2).unwrap_or(&y), rows),
-                    array(&y, rows),
-                    rows,
-                    vecs_per_row,
-                    sa.offset,
-                    l.blocksize,
-                    sa.nested,
-                    sa.fused,
-                    sa.nested_blocksize,
-                    four_bit,
-                    units_per_vec,
-                    scale_per_vec,
-                    adds.len() as u32,
-                )
-            }
-        };
-    }
-    match x.dtype {
-        DType::F32 => go!(f32),
-        DType::F16 => go!(f16),
-        DType::BF16 => go!(bf16),
-        _ => return None,
+    // SAFETY: codes hold `words` u32 words (validated layout); absmax one scale per
+    // block, or (fused) nested codes per block, nested absmax per nested block and a
+    // 256-entry map; map 16/256 entries; x `in` values (a multiple of 8); y `out` values.
+    unsafe {
+        launch_float!(
+            x.dtype,
+            else return None,
+            kernels::gemv_kernel(
+            &x.client,
+            count,
+            dim,
+            PER_UNIT,
+            vec_words,
+            array(&codes, words),
+            array(&sa.scales, sa.lens[0]),
+            array(&sa.ncodes, sa.lens[1]),
+            array(&sa.nabs, sa.lens[2]),
+            array(&sa.nmap, sa.lens[3]),
+            array(&map, if four_bit { 16 } else { 256 }),
+            array(&x, l.in_features),
+            array(adds.first().unwrap_or(&y), rows),
+            array(adds.get(1).unwrap_or(&y), rows),
+            array(adds.get(2).unwrap_or(&y), rows),
+            array(&y, rows),
+            rows,
+            vecs_per_row,
+            sa.offset,
+            l.blocksize,
+            sa.nested,
+            sa.fused,
+            sa.nested_blocksize,
+            four_bit,
+            units_per_vec,
+            scale_per_vec,
+            adds.len() as u32,
+            )
+        )
     }
     Some(y)
 }
@@ -343,34 +337,28 @@ pub(crate) fn dense_gemv<R: CubeRuntime>(
     };
     let count = grid(cubes);
     let dim = CubeDim::new_2d(32, kernels::GEMV_ROWS);
-    macro_rules! go {
-        ($f:ty) => {
-            // SAFETY: x holds k values, w n·k, y n (checked above), all contiguous; k is a
-            // multiple of the vector width.
-            unsafe {
-                kernels::dense_gemv_kernel::launch_unchecked::<$f, R>(
-                    &x.client,
-                    count,
-                    dim,
-                    PER_UNIT,
-                    array(x, k),
-                    array(w, n * k),
-                    array(y, n),
-                    n,
-                    vecs,
-                    alpha.unwrap_or(1.0),
-                    PER_UNIT,
-                    alpha.is_some(),
-                    split,
-                )
-            }
-        };
-    }
-    match x.dtype {
-        DType::F32 => go!(f32),
-        DType::F16 => go!(f16),
-        DType::BF16 => go!(bf16),
-        _ => return None,
+    // SAFETY: x holds k values, w n·k, y n (checked above), all contiguous; k is a
+    // multiple of the vector width.
+    unsafe {
+        launch_float!(
+            x.dtype,
+            else return None,
+            kernels::dense_gemv_kernel(
+            &x.client,
+            count,
+            dim,
+            PER_UNIT,
+            array(x, k),
+            array(w, n * k),
+            array(y, n),
+            n,
+            vecs,
+            alpha.unwrap_or(1.0),
+            PER_UNIT,
+            alpha.is_some(),
+            split,
+            )
+        )
     }
     Some(())
 }

@@ -3,6 +3,36 @@
 //! gpu-check`, `cargo xtask bench dequant`), reaching kernel internals through [`launch`] and
 //! [`gemm`] only.
 
+/// `kernel::launch_unchecked::<F, R>(args…)` with `F` the Rust float type of `$dtype` (F32,
+/// F16, BF16) and `R` the calling function's runtime parameter. Any other dtype evaluates the
+/// `else` expression, or without one is a wiring bug and panics naming the op. Used inside the
+/// caller's `unsafe` block, whose `SAFETY` comment says why the arguments fit the kernel.
+macro_rules! launch_float {
+    ($dtype:expr, else $other:expr, $($kernel:ident)::+($($arg:expr),+ $(,)?)) => {
+        match $dtype {
+            burn::tensor::DType::F32 => $($kernel)::+::launch_unchecked::<f32, R>($($arg),+),
+            burn::tensor::DType::F16 => {
+                $($kernel)::+::launch_unchecked::<burn::tensor::f16, R>($($arg),+)
+            }
+            burn::tensor::DType::BF16 => {
+                $($kernel)::+::launch_unchecked::<burn::tensor::bf16, R>($($arg),+)
+            }
+            _ => $other,
+        }
+    };
+    ($dtype:expr, $what:expr, $($kernel:ident)::+($($arg:expr),+ $(,)?)) => {
+        launch_float!(
+            $dtype,
+            else panic!(
+                "qtune-kernels: {} supports F32, F16, BF16, not {:?}",
+                $what,
+                $dtype
+            ),
+            $($kernel)::+($($arg),+)
+        )
+    };
+}
+
 mod attention;
 mod backend;
 #[doc(hidden)]

@@ -1,12 +1,13 @@
 //! Per-row cross-entropy of logits against target classes, and its backward.
 
-use burn::tensor::{bf16, f16, DType};
+use burn::tensor::DType;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use super::{as_f32_contiguous, row_vec, rows_launch, ROWS_PER_CUBE};
+use super::as_f32_contiguous;
+use super::rows::{plane_row, rows_launch};
 use crate::cuda::launch::{array, empty};
 
 /// Cross-entropy of rows of logits (`x [rows, len]`, any float dtype, f32 math) against one
@@ -25,13 +26,7 @@ fn cross_entropy_kernel<F: Float, N: Size>(
     #[comptime] backward: bool,
     #[comptime] vec: usize,
 ) {
-    let row = CUBE_POS * (ROWS_PER_CUBE as usize) + usize::cast_from(UNIT_POS_Y);
-    if row >= rows {
-        terminate!();
-    }
-    let lane = usize::cast_from(UNIT_POS_X);
-    let base = row * len;
-    let iters = len.div_ceil(32usize);
+    let (row, lane, base, iters) = plane_row(rows, len);
     // One pass: running max and the sum of exp(v − max), rescaled when the max grows.
     let mut m = 0.0f32;
     m -= 3.402_823_5e38f32;
@@ -126,33 +121,31 @@ pub fn cross_entropy<R: CubeRuntime>(
     }
     let g_t = g.unwrap_or_else(|| nll.clone());
     let dx_len = if backward { rows * len } else { 1 };
-    let vec = row_vec(len);
-    let (count, dim) = rows_launch(rows);
-    macro_rules! go {
-        ($f:ty) => {
-            // SAFETY: x rows × len (len % vec == 0), targets/g/nll rows, dx rows × len (or an
-            // unused 1); a plane per row; targets index inside the row (checked by callers).
-            unsafe {
-                cross_entropy_kernel::launch_unchecked::<$f, R>(
-                    &x.client,
-                    count,
-                    dim,
-                    vec,
-                    array(&x, rows * len),
-                    array(&x, rows * len),
-                    array(&targets, rows),
-                    array(&g_t, rows),
-                    array(&nll, rows),
-                    array(&dx, dx_len),
-                    rows,
-                    len / vec,
-                    backward,
-                    vec,
-                )
-            }
-        };
+    let (count, dim, vec) = rows_launch(rows, len);
+    // SAFETY: x rows × len (len % vec == 0), targets/g/nll rows, dx rows × len (or an unused 1);
+    // a plane per row; targets index inside the row (checked by callers).
+    unsafe {
+        launch_float!(
+            x.dtype,
+            "cross-entropy",
+            cross_entropy_kernel(
+                &x.client,
+                count,
+                dim,
+                vec,
+                array(&x, rows * len),
+                array(&x, rows * len),
+                array(&targets, rows),
+                array(&g_t, rows),
+                array(&nll, rows),
+                array(&dx, dx_len),
+                rows,
+                len / vec,
+                backward,
+                vec,
+            )
+        )
     }
-    dispatch_float!(x.dtype, "cross-entropy", go);
     if backward {
         dx
     } else {

@@ -1,12 +1,11 @@
 //! Counter-based dropout: the mask is a hash of (seed, index), never stored.
 
-use burn::tensor::{bf16, f16, DType};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use super::ew_lanes;
+use super::{ew_lanes, unit_index};
 use crate::cuda::launch::{array, cube_count, cube_dim, empty};
 
 /// murmur3's 32-bit finalizer, as `crate::dropout::mix32` (u32 arithmetic wraps on the GPU).
@@ -35,10 +34,7 @@ fn dropout_kernel<F: Float, N: Size>(
     scale: f32,
     #[comptime] lanes: usize,
 ) {
-    let i = ABSOLUTE_POS;
-    if i >= units {
-        terminate!();
-    }
+    let i = unit_index(units);
     let xv = x[i];
     let mut o = Vector::<F, N>::empty();
     let first = u32::cast_from(i) * (lanes as u32);
@@ -72,27 +68,26 @@ pub fn dropout<R: CubeRuntime>(x: CubeTensor<R>, p: f32, seed: u64) -> CubeTenso
     let (threshold, scale) = crate::dropout::params(p);
     let lanes = ew_lanes(n);
     let units = n / lanes;
-    macro_rules! go {
-        ($f:ty) => {
-            // SAFETY: contiguous buffers of n values of the dispatched type, n % lanes == 0.
-            unsafe {
-                dropout_kernel::launch_unchecked::<$f, R>(
-                    &x.client,
-                    cube_count(units),
-                    cube_dim(),
-                    lanes,
-                    array(&x, n),
-                    array(&out, n),
-                    units,
-                    seed as u32,
-                    (seed >> 32) as u32,
-                    threshold,
-                    scale,
-                    lanes,
-                )
-            }
-        };
+    // SAFETY: contiguous buffers of n values of the dispatched type, n % lanes == 0.
+    unsafe {
+        launch_float!(
+            x.dtype,
+            "dropout",
+            dropout_kernel(
+                &x.client,
+                cube_count(units),
+                cube_dim(),
+                lanes,
+                array(&x, n),
+                array(&out, n),
+                units,
+                seed as u32,
+                (seed >> 32) as u32,
+                threshold,
+                scale,
+                lanes,
+            )
+        )
     }
-    dispatch_float!(x.dtype, "dropout", go);
     out
 }

@@ -1,12 +1,11 @@
 //! HF `NewGELUActivation` (GPT-J's `gelu_new`), optionally with `fc_in`'s bias folded in.
 
-use burn::tensor::{bf16, f16, DType};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use super::{ew_lanes, LANES_EW};
+use super::{ew_lanes, grad_arg, unit_index, LANES_EW};
 use crate::cuda::launch::{array, cube_count, cube_dim, empty};
 
 /// √(2/π), HF `NewGELUActivation`'s constant.
@@ -28,10 +27,7 @@ fn gelu_new_kernel<F: Float, N: Size>(
     #[comptime] has_bias: bool,
     #[comptime] backward: bool,
 ) {
-    let i = ABSOLUTE_POS;
-    if i >= units {
-        terminate!();
-    }
+    let i = unit_index(units);
     let xv = x[i];
     let mut bv = Vector::<F, N>::empty();
     if has_bias {
@@ -42,11 +38,8 @@ fn gelu_new_kernel<F: Float, N: Size>(
         let dv = dy[i];
         #[unroll]
         for k in 0..lanes {
-            let mut v = f32::cast_from(xv[k]);
-            if has_bias {
-                v += f32::cast_from(bv[k]);
-            }
-            let t = f32::tanh(GELU_C * (v + 0.044715f32 * v * v * v));
+            let v = gelu_input(xv, bv, k, has_bias);
+            let t = gelu_tanh(v);
             let inner = GELU_C * (1.0f32 + 0.134145f32 * v * v);
             let d = 0.5f32 * (1.0f32 + t) + 0.5f32 * v * (1.0f32 - t * t) * inner;
             o[k] = F::cast_from(f32::cast_from(dv[k]) * d);
@@ -54,15 +47,32 @@ fn gelu_new_kernel<F: Float, N: Size>(
     } else {
         #[unroll]
         for k in 0..lanes {
-            let mut v = f32::cast_from(xv[k]);
-            if has_bias {
-                v += f32::cast_from(bv[k]);
-            }
-            let t = f32::tanh(GELU_C * (v + 0.044715f32 * v * v * v));
-            o[k] = F::cast_from(0.5f32 * v * (1.0f32 + t));
+            let v = gelu_input(xv, bv, k, has_bias);
+            o[k] = F::cast_from(0.5f32 * v * (1.0f32 + gelu_tanh(v)));
         }
     }
     out[i] = o;
+}
+
+/// `v = x + bias` (the bias only with `has_bias`) for value `k`, in f32.
+#[cube]
+fn gelu_input<F: Float, N: Size>(
+    xv: Vector<F, N>,
+    bv: Vector<F, N>,
+    k: usize,
+    #[comptime] has_bias: bool,
+) -> f32 {
+    let mut v = f32::cast_from(xv[k]);
+    if has_bias {
+        v += f32::cast_from(bv[k]);
+    }
+    v
+}
+
+/// `tanh(√(2/π)·(v + 0.044715·v³))`, the forward's and the gradient's shared term.
+#[cube]
+fn gelu_tanh(v: f32) -> f32 {
+    f32::tanh(GELU_C * (v + 0.044715f32 * v * v * v))
 }
 
 /// `gelu_new(x + bias)` (no `dy`) or its input gradient `dy·gelu_new'(x + bias)`, in `x`'s
@@ -76,13 +86,7 @@ pub fn gelu_new<R: CubeRuntime>(
     dy: Option<CubeTensor<R>>,
 ) -> CubeTensor<R> {
     let x = into_contiguous(x);
-    let dy = dy.map(into_contiguous);
-    if let Some(d) = &dy {
-        assert!(
-            d.meta.shape() == x.meta.shape() && d.dtype == x.dtype,
-            "qtune-kernels: gelu_new backward: dy must match x"
-        );
-    }
+    let (dy, backward) = grad_arg(dy, &x, "gelu_new");
     let n = x.meta.num_elements();
     let d = x.meta.shape().to_vec().last().copied().unwrap_or(1).max(1);
     let bias = bias.map(into_contiguous);
@@ -103,34 +107,31 @@ pub fn gelu_new<R: CubeRuntime>(
     // The bias is indexed by unit within a row: a unit must not straddle two rows.
     let lanes = if d % LANES_EW == 0 { ew_lanes(n) } else { 1 };
     let units = n / lanes;
-    let backward = dy.is_some();
     let has_bias = bias.is_some();
-    let dy = dy.unwrap_or_else(|| x.clone()); // not read in the forward
     let bias = bias.unwrap_or_else(|| x.clone()); // not read without a bias
     let bias_len = if has_bias { d } else { n };
-    macro_rules! go {
-        ($f:ty) => {
-            // SAFETY: contiguous buffers of n (bias: d) values of the dispatched type, both
-            // multiples of lanes.
-            unsafe {
-                gelu_new_kernel::launch_unchecked::<$f, R>(
-                    &x.client,
-                    cube_count(units),
-                    cube_dim(),
-                    lanes,
-                    array(&x, n),
-                    array(&bias, bias_len),
-                    array(&dy, n),
-                    array(&out, n),
-                    units,
-                    (d / lanes) as u32,
-                    lanes,
-                    has_bias,
-                    backward,
-                )
-            }
-        };
+    // SAFETY: contiguous buffers of n (bias: d) values of the dispatched type, both multiples
+    // of lanes.
+    unsafe {
+        launch_float!(
+            x.dtype,
+            "gelu_new",
+            gelu_new_kernel(
+                &x.client,
+                cube_count(units),
+                cube_dim(),
+                lanes,
+                array(&x, n),
+                array(&bias, bias_len),
+                array(&dy, n),
+                array(&out, n),
+                units,
+                (d / lanes) as u32,
+                lanes,
+                has_bias,
+                backward,
+            )
+        )
     }
-    dispatch_float!(x.dtype, "gelu_new", go);
     out
 }

@@ -31,26 +31,34 @@ macro_rules! dispatch_float {
 mod cross_entropy;
 mod dropout;
 mod gelu;
-mod layer_norm;
-mod rms_norm;
-mod rope_half;
+mod norm;
 mod rotary;
+mod rows;
 mod softmax;
 mod swiglu;
 
 pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
 pub use gelu::gelu_new;
-pub use layer_norm::layer_norm;
-pub use rms_norm::rms_norm;
-pub use rope_half::rotary_half;
-pub use rotary::rotary;
+pub use norm::{layer_norm, rms_norm};
+pub use rotary::{rotary, rotary_half};
 pub use softmax::{attn_softmax, attn_softmax_backward};
 pub use swiglu::{silu_mul, silu_mul_backward};
 
 /// Values per unit of the element-wise kernels when the length allows: one 16-byte load/store
 /// per bf16 operand instead of eight 2-byte ones.
 const LANES_EW: usize = 8;
+
+/// This unit's index (`ABSOLUTE_POS`) in an element-wise launch of `units` units; a unit past
+/// the last terminates.
+#[cube]
+fn unit_index(units: usize) -> usize {
+    let i = ABSOLUTE_POS;
+    if i >= units {
+        terminate!();
+    }
+    i
+}
 
 /// Vector width for `n` values: [`LANES_EW`] when it divides `n`, else 1.
 fn ew_lanes(n: usize) -> usize {
@@ -61,27 +69,9 @@ fn ew_lanes(n: usize) -> usize {
     }
 }
 
-/// Lanes per row in the row kernels (softmax, LayerNorm, RMSNorm): one plane (warp) per row, reduced
-/// with plane intrinsics; each lane reads `vec` consecutive values at a time.
-const LANES: u32 = 32;
-/// Rows (planes) per cube in the row kernels: 256 threads per cube keep the SMs occupied.
-const ROWS_PER_CUBE: u32 = 8;
-
 /// The widest of 8, 4, 2, 1 values per load that divides a row of `len`.
 fn row_vec(len: usize) -> usize {
     [8, 4, 2].into_iter().find(|v| len % v == 0).unwrap_or(1)
-}
-
-/// Cubes for `rows` rows at [`ROWS_PER_CUBE`] per cube, and their shape.
-fn rows_launch(rows: usize) -> (CubeCount, CubeDim) {
-    const MAX_X: usize = 65_535;
-    let cubes = rows.div_ceil(ROWS_PER_CUBE as usize);
-    let count = if cubes <= MAX_X {
-        CubeCount::Static(cubes as u32, 1, 1)
-    } else {
-        CubeCount::Static(MAX_X as u32, cubes.div_ceil(MAX_X) as u32, 1)
-    };
-    (count, CubeDim::new_2d(LANES, ROWS_PER_CUBE))
 }
 
 /// `t` as a contiguous F32 tensor (frozen weights, rotary tables).
@@ -91,4 +81,24 @@ fn as_f32_contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     } else {
         burn_cubecl::kernel::cast(t, DType::F32)
     })
+}
+
+/// `dy` for a kernel with a comptime `backward`: contiguous and checked to match `x` (else a
+/// wiring bug: panics naming `what`), or `x` itself as the placeholder the forward never reads;
+/// and whether it was given.
+fn grad_arg<R: CubeRuntime>(
+    dy: Option<CubeTensor<R>>,
+    x: &CubeTensor<R>,
+    what: &str,
+) -> (CubeTensor<R>, bool) {
+    match dy.map(into_contiguous) {
+        Some(d) => {
+            assert!(
+                d.meta.shape() == x.meta.shape() && d.dtype == x.dtype,
+                "qtune-kernels: {what} backward: dy must match x"
+            );
+            (d, true)
+        }
+        None => (x.clone(), false),
+    }
 }

@@ -6,7 +6,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use super::{row_vec, rows_launch, ROWS_PER_CUBE};
+use super::rows::{plane_row, rows_launch};
 use crate::cuda::launch::{array, empty};
 
 /// `p[r, j] = softmax_j(masked(s[r, j] / div))` for rows `r` of `[B, H, T, L]` scores; `mask`
@@ -26,14 +26,8 @@ fn attn_softmax_kernel<F: Float, N: Size>(
     #[comptime] masked: bool,
     #[comptime] vec: usize,
 ) {
-    let row = CUBE_POS * (ROWS_PER_CUBE as usize) + usize::cast_from(UNIT_POS_Y);
-    if row >= rows {
-        terminate!();
-    }
-    let lane = usize::cast_from(UNIT_POS_X);
-    let base = row * len;
-    let mbase = ((row / heads_t) * t + row % t) * len;
-    let iters = len.div_ceil(32usize);
+    let (row, lane, base, iters) = plane_row(rows, len);
+    let mbase = mask_base(row, len, heads_t, t);
     let mut mx = 0.0f32;
     mx -= 3.402_823_5e38f32;
     for k in 0..iters {
@@ -42,12 +36,7 @@ fn attn_softmax_kernel<F: Float, N: Size>(
             let sv = s[base + j];
             #[unroll]
             for q in 0..vec {
-                let mut v = sv[q] / div;
-                if masked {
-                    if mask[mbase + j][q] != 0u8 {
-                        v = 0.0f32 - 3.402_823_5e38f32;
-                    }
-                }
+                let v = score(sv, mask, mbase + j, q, div, masked);
                 if v > mx {
                     mx = v;
                 }
@@ -62,13 +51,7 @@ fn attn_softmax_kernel<F: Float, N: Size>(
             let sv = s[base + j];
             #[unroll]
             for q in 0..vec {
-                let mut v = sv[q] / div;
-                if masked {
-                    if mask[mbase + j][q] != 0u8 {
-                        v = 0.0f32 - 3.402_823_5e38f32;
-                    }
-                }
-                sum += f32::exp(v - mx);
+                sum += f32::exp(score(sv, mask, mbase + j, q, div, masked) - mx);
             }
         }
     }
@@ -80,17 +63,39 @@ fn attn_softmax_kernel<F: Float, N: Size>(
             let mut o = Vector::<F, N>::empty();
             #[unroll]
             for q in 0..vec {
-                let mut v = sv[q] / div;
-                if masked {
-                    if mask[mbase + j][q] != 0u8 {
-                        v = 0.0f32 - 3.402_823_5e38f32;
-                    }
-                }
+                let v = score(sv, mask, mbase + j, q, div, masked);
                 o[q] = F::cast_from(f32::exp(v - mx) / sum);
             }
             p[base + j] = o;
         }
     }
+}
+
+/// The first mask vector of score row `row` (`len` vectors) of `[B, H, T, L]` scores, the mask
+/// being `[B, T, L]` (`heads_t` = H·T).
+#[cube]
+fn mask_base(row: usize, len: usize, heads_t: usize, t: usize) -> usize {
+    ((row / heads_t) * t + row % t) * len
+}
+
+/// Score `q` of `sv` (vector `mj` of the mask) divided by `div`, or `f32::MIN` where `masked`
+/// and the mask is set.
+#[cube]
+fn score<N: Size>(
+    sv: Vector<f32, N>,
+    mask: &Array<Vector<u8, N>>,
+    mj: usize,
+    q: usize,
+    div: f32,
+    #[comptime] masked: bool,
+) -> f32 {
+    let mut v = sv[q] / div;
+    if masked {
+        if mask[mj][q] != 0u8 {
+            v = 0.0f32 - 3.402_823_5e38f32;
+        }
+    }
+    v
 }
 
 /// `ds[r, j] = p[r, j] · (dp[r, j] − Σ_k p[r, k]·dp[r, k]) / div` (f32 math, `G` out), and 0
@@ -110,14 +115,8 @@ fn attn_softmax_backward_kernel<F: Float, G: Float, N: Size>(
     #[comptime] masked: bool,
     #[comptime] vec: usize,
 ) {
-    let row = CUBE_POS * (ROWS_PER_CUBE as usize) + usize::cast_from(UNIT_POS_Y);
-    if row >= rows {
-        terminate!();
-    }
-    let lane = usize::cast_from(UNIT_POS_X);
-    let base = row * len;
-    let mbase = ((row / heads_t) * t + row % t) * len;
-    let iters = len.div_ceil(32usize);
+    let (row, lane, base, iters) = plane_row(rows, len);
+    let mbase = mask_base(row, len, heads_t, t);
     let mut dot = 0.0f32;
     for k in 0..iters {
         let j = lane + k * 32usize;
@@ -176,32 +175,30 @@ pub fn attn_softmax<R: CubeRuntime>(
         return p;
     }
     let (mask_t, mask_len, masked) = mask_arg(&s, mask, b, t, len);
-    let vec = row_vec(len);
-    let (count, dim) = rows_launch(rows);
-    macro_rules! go {
-        ($f:ty) => {
-            // SAFETY: contiguous buffers of the stated lengths (len % vec == 0); a plane per row.
-            unsafe {
-                attn_softmax_kernel::launch_unchecked::<$f, R>(
-                    &s.client,
-                    count,
-                    dim,
-                    vec,
-                    array(&s, rows * len),
-                    array(&mask_t, mask_len),
-                    array(&p, rows * len),
-                    rows,
-                    len / vec,
-                    h * t,
-                    t,
-                    div,
-                    masked,
-                    vec,
-                )
-            }
-        };
+    let (count, dim, vec) = rows_launch(rows, len);
+    // SAFETY: contiguous buffers of the stated lengths (len % vec == 0); a plane per row.
+    unsafe {
+        launch_float!(
+            out,
+            "attention softmax",
+            attn_softmax_kernel(
+                &s.client,
+                count,
+                dim,
+                vec,
+                array(&s, rows * len),
+                array(&mask_t, mask_len),
+                array(&p, rows * len),
+                rows,
+                len / vec,
+                h * t,
+                t,
+                div,
+                masked,
+                vec,
+            )
+        )
     }
-    dispatch_float!(out, "attention softmax", go);
     p
 }
 
@@ -239,8 +236,7 @@ pub fn attn_softmax_backward<R: CubeRuntime>(
         return ds;
     }
     let (mask_t, mask_len, masked) = mask_arg(&p, mask, b, t, len);
-    let vec = row_vec(len);
-    let (count, dim) = rows_launch(rows);
+    let (count, dim, vec) = rows_launch(rows, len);
     macro_rules! launch {
         ($f:ty, $g:ty) => {
             // SAFETY: contiguous buffers of rows × len values (len % vec == 0); a plane per row.

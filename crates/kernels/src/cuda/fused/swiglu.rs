@@ -1,12 +1,11 @@
 //! SwiGLU's product `silu(gate)·up` (HF `LlamaMLP`) and its two input gradients.
 
-use burn::tensor::{bf16, f16, DType};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use super::ew_lanes;
+use super::{ew_lanes, unit_index};
 use crate::cuda::launch::{array, cube_count, cube_dim, empty};
 
 /// `y = silu(g)·u` as torch: `silu(g) = g / (1 + e^(−g))` in f32 rounded to `F`, then the
@@ -19,16 +18,13 @@ fn silu_mul_kernel<F: Float, N: Size>(
     units: usize,
     #[comptime] lanes: usize,
 ) {
-    let i = ABSOLUTE_POS;
-    if i >= units {
-        terminate!();
-    }
+    let i = unit_index(units);
     let (gv, uv) = (gate[i], up[i]);
     let mut o = Vector::<F, N>::empty();
     #[unroll]
     for k in 0..lanes {
         let g = f32::cast_from(gv[k]);
-        let silu = F::cast_from(g / (1.0f32 + f32::exp(0.0f32 - g)));
+        let silu = F::cast_from(g / sigmoid_denom(g));
         o[k] = F::cast_from(f32::cast_from(silu) * f32::cast_from(uv[k]));
     }
     out[i] = o;
@@ -46,17 +42,14 @@ fn silu_mul_backward_kernel<F: Float, N: Size>(
     units: usize,
     #[comptime] lanes: usize,
 ) {
-    let i = ABSOLUTE_POS;
-    if i >= units {
-        terminate!();
-    }
+    let i = unit_index(units);
     let (gv, uv, dv) = (gate[i], up[i], dy[i]);
     let mut og = Vector::<F, N>::empty();
     let mut ou = Vector::<F, N>::empty();
     #[unroll]
     for k in 0..lanes {
         let g = f32::cast_from(gv[k]);
-        let e1 = 1.0f32 + f32::exp(0.0f32 - g);
+        let e1 = sigmoid_denom(g);
         let s = 1.0f32 / e1;
         let silu = F::cast_from(g / e1);
         let d = f32::cast_from(dv[k]);
@@ -65,6 +58,12 @@ fn silu_mul_backward_kernel<F: Float, N: Size>(
     }
     dgate[i] = og;
     dup[i] = ou;
+}
+
+/// `1 + e^(−g)`: `σ(g) = 1/(1 + e^(−g))`, `silu(g) = g/(1 + e^(−g))`, as torch.
+#[cube]
+fn sigmoid_denom(g: f32) -> f32 {
+    1.0f32 + f32::exp(0.0f32 - g)
 }
 
 /// Contiguous `gate`, `up` (and `dy`) of one shape and dtype, and their length.
@@ -96,25 +95,24 @@ pub fn silu_mul<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) -> CubeT
     }
     let lanes = ew_lanes(n);
     let units = n / lanes;
-    macro_rules! go {
-        ($f:ty) => {
-            // SAFETY: contiguous buffers of n values of the dispatched type, n % lanes == 0.
-            unsafe {
-                silu_mul_kernel::launch_unchecked::<$f, R>(
-                    &gate.client,
-                    cube_count(units),
-                    cube_dim(),
-                    lanes,
-                    array(gate, n),
-                    array(up, n),
-                    array(&out, n),
-                    units,
-                    lanes,
-                )
-            }
-        };
+    // SAFETY: contiguous buffers of n values of the dispatched type, n % lanes == 0.
+    unsafe {
+        launch_float!(
+            gate.dtype,
+            "silu_mul",
+            silu_mul_kernel(
+                &gate.client,
+                cube_count(units),
+                cube_dim(),
+                lanes,
+                array(gate, n),
+                array(up, n),
+                array(&out, n),
+                units,
+                lanes,
+            )
+        )
     }
-    dispatch_float!(gate.dtype, "silu_mul", go);
     out
 }
 
@@ -137,26 +135,25 @@ pub fn silu_mul_backward<R: CubeRuntime>(
     }
     let lanes = ew_lanes(n);
     let units = n / lanes;
-    macro_rules! go {
-        ($f:ty) => {
-            // SAFETY: contiguous buffers of n values of the dispatched type, n % lanes == 0.
-            unsafe {
-                silu_mul_backward_kernel::launch_unchecked::<$f, R>(
-                    &gate.client,
-                    cube_count(units),
-                    cube_dim(),
-                    lanes,
-                    array(gate, n),
-                    array(up, n),
-                    array(dy, n),
-                    array(&dgate, n),
-                    array(&dup, n),
-                    units,
-                    lanes,
-                )
-            }
-        };
+    // SAFETY: contiguous buffers of n values of the dispatched type, n % lanes == 0.
+    unsafe {
+        launch_float!(
+            gate.dtype,
+            "silu_mul backward",
+            silu_mul_backward_kernel(
+                &gate.client,
+                cube_count(units),
+                cube_dim(),
+                lanes,
+                array(gate, n),
+                array(up, n),
+                array(dy, n),
+                array(&dgate, n),
+                array(&dup, n),
+                units,
+                lanes,
+            )
+        )
     }
-    dispatch_float!(gate.dtype, "silu_mul backward", go);
     [dgate, dup]
 }
