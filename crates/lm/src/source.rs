@@ -409,6 +409,18 @@ mod tests {
     }
 
     #[test]
+    fn elems_reads_an_unaligned_slice() {
+        let bytes = bf16_bytes(&[1.5, -2.0, 3.25]);
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&bytes);
+        let got: Vec<half::bf16> = elems(&shifted[1..]);
+        assert_eq!(
+            got.iter().map(|v| v.to_f32()).collect::<Vec<_>>(),
+            [1.5, -2.0, 3.25]
+        );
+    }
+
+    #[test]
     fn non_finite_16_bit_values_are_refused_naming_the_tensor() {
         for (dtype, bits) in [
             (Dtype::BF16, half::bf16::NAN.to_bits()),
