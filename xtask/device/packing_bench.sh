@@ -13,7 +13,9 @@
 #   source xtask/device/stash.sh; bash xtask/device/packing_bench.sh     # carry [".device"]
 # Options: STEPS (default 40), MODES (default "packed:true padded:false"), PEER=0 skips the
 # peer, BENCH=0 skips `bench train`, DTYPES (default "bfloat16"; "bfloat16 float16" runs each
-# mode in both and compares their loss curves: issue 19's float16 check on the 6B shape),
+# mode in both and compares their loss curves: issue 19's float16 check on the 6B shape; an entry
+# "bfloat16@43" runs with [training] seed 43, same data order, and is compared with the first
+# bfloat16 run too: the seed-to-seed spread the float16 difference is read against),
 # T_* time limits.
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
@@ -27,7 +29,7 @@ if [ ! -f /tmp/data/gpt2-tokenizer/encoder.json ]; then
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
-config() { # name packing dtype
+config() { # name packing dtype [training seed]
   cat > /tmp/$1.toml <<TOML
 name = "$1"
 [model]
@@ -67,7 +69,7 @@ eval_steps = $STEPS
 save_steps = $STEPS
 optim = "adamw_bnb_8bit"
 gradient_checkpointing = true
-seed = 42
+seed = ${4:-42}
 [eval]
 generation_samples = 0
 TOML
@@ -101,18 +103,20 @@ print(json.dumps({"compare": [sys.argv[1], sys.argv[2]], "windows": n,
 PY
 }
 for mode in ${MODES:-packed:true padded:false}; do
-  for dtype in ${DTYPES:-bfloat16}; do
-    name=gptj6b-${mode%%:*}$([ $dtype = bfloat16 ] || echo -$dtype)
-    config $name ${mode##*:} $dtype
+  for spec in ${DTYPES:-bfloat16}; do
+    dtype=${spec%@*}; seed=$([ $spec = $dtype ] || echo ${spec#*@})
+    name=gptj6b-${mode%%:*}$([ $dtype = bfloat16 ] || echo -$dtype)${seed:+-s$seed}
+    config $name ${mode##*:} $dtype $seed
     echo "=== ours qtune train, $name $(date -u +%T)"
     rm -rf /tmp/runs/$name
     timeout ${T_OURS:-200} $X train squad --config /tmp/$name.toml --overwrite > $OUT/$name.txt 2>&1
     echo "exit $?"; grep -m1 "packed training examples" $OUT/$name.txt | cut -c1-300; tail -3 $OUT/$name.txt | cut -c1-300
     cp /tmp/runs/$name/metrics.jsonl $OUT/$name.metrics.jsonl 2>/dev/null && steady /tmp/runs/$name/metrics.jsonl
   done
-  if [ -f /tmp/runs/gptj6b-${mode%%:*}-float16/metrics.jsonl ] && [ -f /tmp/runs/gptj6b-${mode%%:*}/metrics.jsonl ]; then
-    compare /tmp/runs/gptj6b-${mode%%:*}/metrics.jsonl /tmp/runs/gptj6b-${mode%%:*}-float16/metrics.jsonl
-  fi
+  base=/tmp/runs/gptj6b-${mode%%:*}/metrics.jsonl
+  for other in /tmp/runs/gptj6b-${mode%%:*}-*/metrics.jsonl; do
+    [ -f $base ] && [ -f $other ] && compare $base $other
+  done
 done
 [ "${BENCH:-1}" = 0 ] && { echo "=== bench skipped (BENCH=0)"; exit 0; }
 
