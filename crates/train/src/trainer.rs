@@ -22,7 +22,9 @@ use crate::evaluate::{evaluate_step, EvalGeneration, StepEval};
 use crate::files;
 use crate::metrics::MetricsLog;
 use crate::progress::{log_eval, plot_losses, progress_bar, Window};
-use crate::replica::{compute_lock, rank_seed, shard_range, Reduced, Replicas, Single};
+use crate::replica::{
+    compute_lock, rank_seed, shard_range, Reduced, Replicas, SetupReport, Single,
+};
 use qtune_kernels::QBackend;
 use qtune_lm::CausalLm;
 
@@ -198,7 +200,12 @@ where
     let end = t.max_steps.min(opts.stop_at_step.unwrap_or(usize::MAX));
     let start = setup.as_ref().map(|s| s.state.step).unwrap_or(0);
     let steps = end.saturating_sub(start);
-    sync.barrier::<B::InnerBackend>(&inner_device, setup.is_ok(), start, steps)?;
+    let report = SetupReport {
+        ok: setup.is_ok(),
+        start_step: start,
+        steps,
+    };
+    sync.barrier::<B::InnerBackend>(&inner_device, report)?;
     let Setup {
         mut model,
         mut optim,
