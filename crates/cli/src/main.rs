@@ -130,6 +130,44 @@ impl QuantTypeArg {
     }
 }
 
+/// The bitsandbytes quantization flags, shared by the loading commands and `quantize`.
+#[derive(Args, Clone)]
+struct QuantArgs {
+    /// Quantize the block linears (every linear but lm_head) to 4 bits: bitsandbytes NF4/FP4,
+    /// block 64.
+    #[arg(long)]
+    load_in_4bit: bool,
+    /// Quantize the block linears to blockwise 8-bit as they load (not for `quantize`: its
+    /// export would not be bitsandbytes-loadable).
+    #[arg(long)]
+    load_in_8bit: bool,
+    /// 4-bit data type (with --load-in-4bit).
+    #[arg(long, value_enum, default_value = "nf4")]
+    quant_type: QuantTypeArg,
+    /// Quantize the 4-bit block scales too (bitsandbytes' double quantization).
+    #[arg(long)]
+    double_quant: bool,
+}
+
+impl QuantArgs {
+    /// The quantization these flags ask for (`None`: neither --load-in-4bit nor
+    /// --load-in-8bit); an error if both are given.
+    fn config(&self) -> anyhow::Result<Option<QuantizationConfig>> {
+        if self.load_in_4bit && self.load_in_8bit {
+            bail!("--load-in-4bit and --load-in-8bit are exclusive");
+        }
+        Ok(
+            (self.load_in_4bit || self.load_in_8bit).then(|| QuantizationConfig {
+                load_in_4bit: self.load_in_4bit,
+                load_in_8bit: self.load_in_8bit,
+                bnb_4bit_quant_type: self.quant_type.hf_name().into(),
+                bnb_4bit_use_double_quant: self.double_quant,
+                blocksize: None,
+            }),
+        )
+    }
+}
+
 /// Which model to load.
 #[derive(Args, Clone)]
 struct ModelArgs {
@@ -143,18 +181,8 @@ struct ModelArgs {
     /// Dtype of dense weights and activations (CPU builds compute in float32).
     #[arg(long, value_enum, default_value = "float32")]
     dtype: DTypeArg,
-    /// Quantize the block linears to 4 bits (bitsandbytes format) as they load.
-    #[arg(long)]
-    load_in_4bit: bool,
-    /// Quantize the block linears to blockwise 8-bit as they load.
-    #[arg(long)]
-    load_in_8bit: bool,
-    /// 4-bit data type (with --load-in-4bit).
-    #[arg(long, value_enum, default_value = "nf4")]
-    quant_type: QuantTypeArg,
-    /// Quantize the 4-bit block scales too (bitsandbytes' double quantization).
-    #[arg(long)]
-    double_quant: bool,
+    #[command(flatten)]
+    quant: QuantArgs,
     /// Tokenizer folder (default: the model's own — folder or GGUF metadata — else
     /// $QTUNE_DATA_DIR/gpt2-tokenizer).
     #[arg(long)]
@@ -239,16 +267,7 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<RunConfig> {
 }
 
 fn model_config(a: &ModelArgs) -> anyhow::Result<ModelConfig> {
-    if a.load_in_4bit && a.load_in_8bit {
-        bail!("--load-in-4bit and --load-in-8bit are exclusive");
-    }
-    let quantization = (a.load_in_4bit || a.load_in_8bit).then(|| QuantizationConfig {
-        load_in_4bit: a.load_in_4bit,
-        load_in_8bit: a.load_in_8bit,
-        bnb_4bit_quant_type: a.quant_type.hf_name().into(),
-        bnb_4bit_use_double_quant: a.double_quant,
-        blocksize: None,
-    });
+    let quantization = a.quant.config()?;
     if a.model == "tiny" {
         let mut m = RunConfig::tiny().model;
         m.quantization = quantization;

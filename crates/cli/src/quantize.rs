@@ -11,10 +11,10 @@ use qtune_lm::bnb_export::{self, BnbExportOptions, BnbExportReport};
 use qtune_lm::CausalLm;
 use qtune_models::AnyLm;
 use qtune_train::build;
-use qtune_train::config::{ModelConfig, QuantizationConfig, RunConfig};
+use qtune_train::config::{ModelConfig, RunConfig};
 use serde::Serialize;
 
-use crate::{DTypeArg, Infer, QuantTypeArg};
+use crate::{DTypeArg, Infer, QuantArgs};
 
 #[derive(Args)]
 pub struct QuantizeArgs {
@@ -25,19 +25,11 @@ pub struct QuantizeArgs {
     /// Hub revision (branch, tag or commit) of a Hub id.
     #[arg(long)]
     revision: Option<String>,
-    /// Quantize every linear but lm_head to 4 bits (bitsandbytes NF4/FP4, block 64).
-    #[arg(long)]
-    load_in_4bit: bool,
-    /// Not supported for export: qtune's 8-bit format is bitsandbytes' blockwise 8-bit, not the
-    /// LLM.int8 (int8 + SCB) checkpoints transformers loads, so it would not be bnb-loadable.
-    #[arg(long)]
-    load_in_8bit: bool,
-    /// 4-bit data type.
-    #[arg(long, value_enum, default_value = "nf4")]
-    quant_type: QuantTypeArg,
-    /// Quantize the 4-bit block scales too (bitsandbytes' double quantization).
-    #[arg(long)]
-    double_quant: bool,
+    // --load-in-4bit is required: --load-in-8bit is not supported for export (qtune's 8-bit
+    // format is bitsandbytes' blockwise 8-bit, not the LLM.int8 (int8 + SCB) checkpoints
+    // transformers loads, so it would not be bnb-loadable).
+    #[command(flatten)]
+    quant: QuantArgs,
     /// Dtype of the unquantized tensors (embeddings, norms, biases, lm_head), of the weights as
     /// they are quantized, and `bnb_4bit_compute_dtype`.
     #[arg(long, value_enum, default_value = "bfloat16")]
@@ -78,17 +70,16 @@ const TOKENIZER_FILES: [&str; 9] = [
 ];
 
 pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
-    match (a.load_in_4bit, a.load_in_8bit) {
-        (true, true) => bail!("--load-in-4bit and --load-in-8bit are exclusive"),
-        (false, false) => bail!("give --load-in-4bit (the only bitsandbytes-loadable export)"),
-        (false, true) => bail!(
+    let quantization = match a.quant.config()? {
+        None => bail!("give --load-in-4bit (the only bitsandbytes-loadable export)"),
+        Some(q) if q.load_in_8bit => bail!(
             "--load-in-8bit export is not bitsandbytes-loadable: qtune's 8-bit weights are bnb's \
              blockwise dynamic 8-bit (quantize_blockwise), while transformers loads 8-bit bnb \
              checkpoints as LLM.int8 (Linear8bitLt: row-wise int8 + SCB); use --load-in-4bit, \
              or quantize to 8-bit on load (--load-in-8bit of train/generate)"
         ),
-        (true, false) => {}
-    }
+        Some(q) => q,
+    };
     let max_shard_size = bnb_export::parse_size(&a.max_shard_size)
         .map_err(|e| anyhow::anyhow!("--max-shard-size {e}"))?;
     let m = if a.model == "tiny" {
@@ -111,13 +102,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     check_out(&a.out, dir.as_deref(), a.overwrite)?;
 
     // The same mapping as quantize-on-load (`--load-in-4bit` of train/generate): block 64.
-    let spec = build::quant_spec(&QuantizationConfig {
-        load_in_4bit: true,
-        load_in_8bit: false,
-        bnb_4bit_quant_type: a.quant_type.hf_name().into(),
-        bnb_4bit_use_double_quant: a.double_quant,
-        blocksize: None,
-    });
+    let spec = build::quant_spec(&quantization);
     let opts = BnbExportOptions {
         spec,
         dtype: a.dtype.export(),

@@ -106,6 +106,22 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A `[batch_size, seq_len]` batch of pads only (`pad_id`, mask 0, label [`IGNORE_INDEX`],
+    /// position 0), no `lengths` yet and no `segment_ids`: the collators write their rows into it.
+    pub(crate) fn all_pad(batch_size: usize, seq_len: usize, pad_id: u32) -> Self {
+        let n = batch_size * seq_len;
+        Self {
+            batch_size,
+            seq_len,
+            input_ids: vec![i64::from(pad_id); n],
+            attention_mask: vec![0; n],
+            position_ids: vec![0; n],
+            labels: vec![IGNORE_INDEX; n],
+            lengths: Vec::with_capacity(batch_size),
+            segment_ids: None,
+        }
+    }
+
     /// `[batch_size, seq_len]`, the shape every field has.
     pub fn shape(&self) -> [usize; 2] {
         [self.batch_size, self.seq_len]
@@ -158,13 +174,8 @@ pub fn collate_prompts(prompts: &[&[u32]], pad_id: u32) -> Result<Batch> {
 }
 
 fn pad_rows(rows: &[(&[u32], &[i64])], pad_id: u32, padding: Padding) -> Batch {
-    let batch_size = rows.len();
     let seq_len = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
-    let n = batch_size * seq_len;
-    let mut input_ids = vec![i64::from(pad_id); n];
-    let mut attention_mask = vec![0i64; n];
-    let mut labels = vec![IGNORE_INDEX; n];
-    let mut lengths = Vec::with_capacity(batch_size);
+    let mut batch = Batch::all_pad(rows.len(), seq_len, pad_id);
     for (b, (ids, labs)) in rows.iter().enumerate() {
         let len = ids.len();
         let start = b * seq_len
@@ -173,23 +184,14 @@ fn pad_rows(rows: &[(&[u32], &[i64])], pad_id: u32, padding: Padding) -> Batch {
                 Padding::Left => seq_len - len,
             };
         for (j, (&id, &lab)) in ids.iter().zip(labs.iter()).enumerate() {
-            input_ids[start + j] = i64::from(id);
-            attention_mask[start + j] = 1;
-            labels[start + j] = lab;
+            batch.input_ids[start + j] = i64::from(id);
+            batch.attention_mask[start + j] = 1;
+            batch.labels[start + j] = lab;
         }
-        lengths.push(len);
+        batch.lengths.push(len);
     }
-    let position_ids = hf_position_ids(&attention_mask, seq_len);
-    Batch {
-        batch_size,
-        seq_len,
-        input_ids,
-        attention_mask,
-        position_ids,
-        labels,
-        lengths,
-        segment_ids: None,
-    }
+    batch.position_ids = hf_position_ids(&batch.attention_mask, seq_len);
+    batch
 }
 
 /// HF: `position_ids = attention_mask.cumsum(-1) - 1; position_ids.masked_fill_(mask == 0, 1)`.

@@ -244,36 +244,24 @@ pub fn collate_packed(rows: &[Vec<&Example>], pad_id: u32) -> Result<Batch> {
         .iter()
         .map(|row| row.iter().map(|e| e.len()).sum())
         .collect();
-    let batch_size = rows.len();
     let seq_len = lengths.iter().copied().max().unwrap_or(0);
-    let n = batch_size * seq_len;
-    let mut input_ids = vec![i64::from(pad_id); n];
-    let mut attention_mask = vec![0i64; n];
-    let mut position_ids = vec![0i64; n];
-    let mut labels = vec![IGNORE_INDEX; n];
-    let mut segment_ids = vec![0i64; n];
+    let mut batch = Batch::all_pad(rows.len(), seq_len, pad_id);
+    let mut segment_ids = vec![0i64; batch.input_ids.len()];
     for (b, row) in rows.iter().enumerate() {
         let mut at = b * seq_len;
         for (k, ex) in row.iter().enumerate() {
             for (t, (&id, &lab)) in ex.input_ids.iter().zip(&ex.labels).enumerate() {
-                input_ids[at] = i64::from(id);
-                attention_mask[at] = 1;
-                position_ids[at] = t as i64;
+                batch.input_ids[at] = i64::from(id);
+                batch.attention_mask[at] = 1;
+                batch.position_ids[at] = t as i64;
                 // Nothing of this example predicts its first token.
-                labels[at] = if t == 0 { IGNORE_INDEX } else { lab };
+                batch.labels[at] = if t == 0 { IGNORE_INDEX } else { lab };
                 segment_ids[at] = k as i64 + 1;
                 at += 1;
             }
         }
     }
-    Ok(Batch {
-        batch_size,
-        seq_len,
-        input_ids,
-        attention_mask,
-        position_ids,
-        labels,
-        lengths,
-        segment_ids: Some(segment_ids),
-    })
+    batch.lengths = lengths;
+    batch.segment_ids = Some(segment_ids);
+    Ok(batch)
 }

@@ -35,7 +35,7 @@ pub use ops::{
     attention, attention_softmax, bias_gelu_new, cross_entropy, dropout, gelu_new, grad_seed,
     layer_norm, linear_t, linear_t_acc, matmul, rms_norm, rotary, rotary_half, silu_mul,
 };
-pub use weight::{AbsmaxPrimitive, QLayout, QWeightPrimitive, QuantWeight};
+pub use weight::{AbsmaxPrimitive, NestedPrimitive, QLayout, QWeightPrimitive, QuantWeight};
 
 use burn::tensor::{
     backend::{AutodiffBackend, Backend},

@@ -54,17 +54,11 @@ pub fn host_quantized<B: Backend>(w: &QWeightPrimitive<B>) -> Result<QuantizedTe
     let l = w.layout;
     let absmax = match &w.absmax {
         AbsmaxPrimitive::Plain(a) => Absmax::Plain(host_f32::<B>("absmax", a)?),
-        AbsmaxPrimitive::Nested {
-            codes,
-            absmax,
-            offset,
-            blocksize,
-            ..
-        } => Absmax::Nested(NestedAbsmax {
-            codes: host_u8::<B>("nested_codes", codes)?,
-            absmax: host_f32::<B>("nested_absmax", absmax)?,
-            offset: *offset,
-            blocksize: *blocksize,
+        AbsmaxPrimitive::Nested(n) => Absmax::Nested(NestedAbsmax {
+            codes: host_u8::<B>("nested_codes", &n.codes)?,
+            absmax: host_f32::<B>("nested_absmax", &n.absmax)?,
+            offset: n.offset,
+            blocksize: n.blocksize,
         }),
     };
     Ok(QuantizedTensor {

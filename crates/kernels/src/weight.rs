@@ -45,42 +45,45 @@ impl QLayout {
     }
 }
 
-/// Double-quantized absmax of a [`QWeightPrimitive`]: `absmax[i] = map[codes[i]]·absmax2[i/bs] + offset`.
+/// Per-block scales of a [`QWeightPrimitive`]: plain, or double-quantized.
 pub enum AbsmaxPrimitive<B: Backend> {
     /// One f32 per block.
     Plain(FloatTensor<B>),
     /// bitsandbytes `compress_statistics`: 8-bit codes over the dynamic map, nested f32 absmax.
-    Nested {
-        /// U8 codes, one per block of the weight.
-        codes: IntTensor<B>,
-        /// F32, one per `blocksize` codes.
-        absmax: FloatTensor<B>,
-        /// F32 [256] dynamic map (`qtune_quant::DYNAMIC_MAP`).
-        map: FloatTensor<B>,
-        /// Mean that was subtracted before the nested quantization.
-        offset: f32,
-        /// Nested block size (256 in bitsandbytes).
-        blocksize: usize,
-    },
+    Nested(NestedPrimitive<B>),
+}
+
+/// Double-quantized absmax: `absmax[i] = map[codes[i]]·absmax2[i/bs] + offset`.
+pub struct NestedPrimitive<B: Backend> {
+    /// U8 codes, one per block of the weight.
+    pub codes: IntTensor<B>,
+    /// F32, one per `blocksize` codes.
+    pub absmax: FloatTensor<B>,
+    /// F32 [256] dynamic map (`qtune_quant::DYNAMIC_MAP`).
+    pub map: FloatTensor<B>,
+    /// Mean that was subtracted before the nested quantization.
+    pub offset: f32,
+    /// Nested block size (256 in bitsandbytes).
+    pub blocksize: usize,
+}
+
+impl<B: Backend> Clone for NestedPrimitive<B> {
+    fn clone(&self) -> Self {
+        Self {
+            codes: self.codes.clone(),
+            absmax: self.absmax.clone(),
+            map: self.map.clone(),
+            offset: self.offset,
+            blocksize: self.blocksize,
+        }
+    }
 }
 
 impl<B: Backend> Clone for AbsmaxPrimitive<B> {
     fn clone(&self) -> Self {
         match self {
             Self::Plain(a) => Self::Plain(a.clone()),
-            Self::Nested {
-                codes,
-                absmax,
-                map,
-                offset,
-                blocksize,
-            } => Self::Nested {
-                codes: codes.clone(),
-                absmax: absmax.clone(),
-                map: map.clone(),
-                offset: *offset,
-                blocksize: *blocksize,
-            },
+            Self::Nested(n) => Self::Nested(n.clone()),
         }
     }
 }
@@ -89,9 +92,11 @@ impl<B: Backend> std::fmt::Debug for AbsmaxPrimitive<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Plain(_) => f.write_str("Plain"),
-            Self::Nested {
-                offset, blocksize, ..
-            } => write!(f, "Nested {{ offset: {offset}, blocksize: {blocksize} }}"),
+            Self::Nested(n) => write!(
+                f,
+                "Nested {{ offset: {}, blocksize: {} }}",
+                n.offset, n.blocksize
+            ),
         }
     }
 }
@@ -288,13 +293,13 @@ impl<B: Backend> QuantWeight<B> {
         ) {
             (Some(a), ..) => AbsmaxPrimitive::Plain(a.clone().into_primitive().tensor()),
             (None, Some(c), Some(a), Some(m), Some((offset, blocksize))) => {
-                AbsmaxPrimitive::Nested {
+                AbsmaxPrimitive::Nested(NestedPrimitive {
                     codes: c.clone().into_primitive(),
                     absmax: a.clone().into_primitive().tensor(),
                     map: m.clone().into_primitive().tensor(),
                     offset,
                     blocksize,
-                }
+                })
             }
             _ => panic!("QuantWeight: neither plain nor complete nested absmax (built by hand?)"),
         };

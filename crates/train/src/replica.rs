@@ -51,6 +51,28 @@ pub struct Reduced {
 /// The inner backend's device type of `B`.
 pub type InnerDevice<B> = <<B as AutodiffBackend>::InnerBackend as BackendTypes>::Device;
 
+/// What a rank tells the others at the set-up barrier ([`Replicas::barrier`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetupReport {
+    /// Whether this rank's set-up succeeded.
+    pub ok: bool,
+    /// The step it starts at (the ranks must agree).
+    pub start_step: usize,
+    /// How many optimizer steps (one [`Replicas::reduce`] each) it will run.
+    pub steps: usize,
+}
+
+impl SetupReport {
+    /// A failed set-up: the peers see the failure before they compare steps.
+    pub fn failed() -> Self {
+        Self {
+            ok: false,
+            start_step: 0,
+            steps: 0,
+        }
+    }
+}
+
 /// How one rank of the training loop meets the others: exactly one [`Replicas::barrier`] after
 /// set-up, then one [`Replicas::reduce`] per optimizer step.
 pub trait Replicas {
@@ -59,15 +81,12 @@ pub trait Replicas {
     fn world(&self) -> usize;
     /// Before set-up, with this rank's model replica: sizes the exchange.
     fn prepare<B: AutodiffBackend, M: AutodiffModule<B>>(&mut self, model: &M);
-    /// After set-up: every rank reports whether its set-up succeeded and the step it starts
-    /// at; an error if any rank failed or the ranks disagree. `steps`: how many optimizer steps
-    /// (one [`Replicas::reduce`] each) this rank will run.
+    /// After set-up: every rank sends its [`SetupReport`]; an error if any rank failed or the
+    /// ranks disagree.
     fn barrier<B: Backend>(
         &mut self,
         device: &B::Device,
-        ok: bool,
-        start_step: usize,
-        steps: usize,
+        report: SetupReport,
     ) -> Result<(), TrainError>;
     /// This rank's sums of one optimizer step → the sums over all ranks.
     fn reduce<B: AutodiffBackend, M: AutodiffModule<B>>(
@@ -93,13 +112,7 @@ impl Replicas for Single {
 
     fn prepare<B: AutodiffBackend, M: AutodiffModule<B>>(&mut self, _: &M) {}
 
-    fn barrier<B: Backend>(
-        &mut self,
-        _: &B::Device,
-        _: bool,
-        _: usize,
-        _: usize,
-    ) -> Result<(), TrainError> {
+    fn barrier<B: Backend>(&mut self, _: &B::Device, _: SetupReport) -> Result<(), TrainError> {
         Ok(())
     }
 

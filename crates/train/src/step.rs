@@ -97,24 +97,55 @@ pub struct MicroStep {
     pub grads: GradientsParams,
 }
 
-/// Plain autodiff over the whole model: every block's activations stay alive until backward.
-pub fn micro_step_plain<B, M>(
+/// How a micro-batch's backward gets the activations it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backprop {
+    /// Plain autodiff over the whole model: every block's activations stay alive until backward.
+    Plain,
+    /// Per-block gradient checkpointing (see the module docs): only the block inputs stay
+    /// alive, each block is recomputed for its backward.
+    Checkpointed,
+}
+
+impl Backprop {
+    /// [`Backprop::Checkpointed`] if `gradient_checkpointing`, else [`Backprop::Plain`].
+    pub fn new(gradient_checkpointing: bool) -> Self {
+        if gradient_checkpointing {
+            Self::Checkpointed
+        } else {
+            Self::Plain
+        }
+    }
+}
+
+/// One micro-batch: forward, then backward of `loss_sum / norm` as `backprop` says.
+pub fn micro_step<B, M>(
     model: &M,
     batch: &qtune_data::Batch,
     norm: f32,
     dropout_seed: Option<u64>,
+    backprop: Backprop,
 ) -> Result<MicroStep, TrainError>
 where
     B: AutodiffBackend,
     M: SegmentedLm<B> + AutodiffModule<B>,
+    M::InnerModule: SegmentedLm<B::InnerBackend>,
 {
-    let loss = whole_loss_sum(model, batch, dropout_seed)?;
-    let loss_sum = loss.clone().into_scalar().elem::<f64>();
-    let grads = loss.div_scalar(norm).backward();
-    Ok(MicroStep {
-        loss_sum,
-        grads: GradientsParams::from_grads(grads, model),
-    })
+    match backprop {
+        Backprop::Plain => {
+            let loss = whole_loss_sum(model, batch, dropout_seed)?;
+            let loss_sum = loss.clone().into_scalar().elem::<f64>();
+            let grads = loss.div_scalar(norm).backward();
+            Ok(MicroStep {
+                loss_sum,
+                grads: GradientsParams::from_grads(grads, model),
+            })
+        }
+        Backprop::Checkpointed => {
+            let hs = forward_keep_block_inputs::<B, M>(model, batch, dropout_seed, None);
+            backward_recompute::<B, M>(model, batch, hs, norm, dropout_seed, None)
+        }
+    }
 }
 
 /// The forward half of checkpointing: hidden states `[h_0, …, h_L]` on the inner backend.
@@ -199,22 +230,6 @@ where
         loss_sum,
         grads: out,
     })
-}
-
-/// One micro-batch with per-block checkpointing.
-pub fn micro_step_checkpointed<B, M>(
-    model: &M,
-    batch: &qtune_data::Batch,
-    norm: f32,
-    dropout_seed: Option<u64>,
-) -> Result<MicroStep, TrainError>
-where
-    B: AutodiffBackend,
-    M: SegmentedLm<B> + AutodiffModule<B>,
-    M::InnerModule: SegmentedLm<B::InnerBackend>,
-{
-    let hs = forward_keep_block_inputs::<B, M>(model, batch, dropout_seed, None);
-    backward_recompute::<B, M>(model, batch, hs, norm, dropout_seed, None)
 }
 
 /// Summed loss of a batch without gradients or dropout (evaluation).

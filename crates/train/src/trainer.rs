@@ -22,13 +22,15 @@ use crate::evaluate::{evaluate_step, EvalGeneration, StepEval};
 use crate::files;
 use crate::metrics::MetricsLog;
 use crate::progress::{log_eval, plot_losses, progress_bar, Window};
-use crate::replica::{compute_lock, rank_seed, shard_range, Reduced, Replicas, Single};
+use crate::replica::{
+    compute_lock, rank_seed, shard_range, Reduced, Replicas, SetupReport, Single,
+};
 use qtune_kernels::QBackend;
 use qtune_lm::CausalLm;
 
 use crate::model::{TrainBackend, TrainLm};
 use crate::setup::{setup, Setup};
-use crate::step;
+use crate::step::{self, Backprop};
 use crate::TrainError;
 
 #[derive(Debug, Clone, Default)]
@@ -198,7 +200,12 @@ where
     let end = t.max_steps.min(opts.stop_at_step.unwrap_or(usize::MAX));
     let start = setup.as_ref().map(|s| s.state.step).unwrap_or(0);
     let steps = end.saturating_sub(start);
-    sync.barrier::<B::InnerBackend>(&inner_device, setup.is_ok(), start, steps)?;
+    let report = SetupReport {
+        ok: setup.is_ok(),
+        start_step: start,
+        steps,
+    };
+    sync.barrier::<B::InnerBackend>(&inner_device, report)?;
     let Setup {
         mut model,
         mut optim,
@@ -235,7 +242,12 @@ where
         )?;
         // One way: micro-batch grads → TokenAccumulator (sums) → sums across ranks (identity on
         // one rank) → divided once by the global target tokens → clip → step.
-        let local = micro_steps::<B, M>(&model, &batches, t.gradient_checkpointing, loss_scale)?;
+        let local = micro_steps::<B, M>(
+            &model,
+            &batches,
+            Backprop::new(t.gradient_checkpointing),
+            loss_scale,
+        )?;
         let red = sync.reduce::<B, M>(&model, local, &inner_device)?;
         let update = Update {
             lr,
@@ -469,7 +481,7 @@ fn rank_batches(
 fn micro_steps<B, M>(
     model: &M,
     batches: &[(qtune_data::Batch, Option<u64>)],
-    checkpointed: bool,
+    backprop: Backprop,
     loss_scale: f64,
 ) -> Result<Reduced, TrainError>
 where
@@ -484,11 +496,7 @@ where
     for (batch, seed) in batches {
         let ms = {
             let _compute = compute_lock();
-            if checkpointed {
-                step::micro_step_checkpointed::<B, M>(model, batch, norm, *seed)?
-            } else {
-                step::micro_step_plain::<B, M>(model, batch, norm, *seed)?
-            }
+            step::micro_step::<B, M>(model, batch, norm, *seed, backprop)?
         };
         loss_sum += ms.loss_sum;
         input_tokens += batch.lengths.iter().sum::<usize>() as u64;

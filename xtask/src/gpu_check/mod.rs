@@ -244,7 +244,7 @@ where
 {
     use qtune_lm::CausalLm;
     use qtune_optim::{Optimizer, OptimizerConfig};
-    use qtune_train::step::micro_step_checkpointed;
+    use qtune_train::step::{micro_step, Backprop};
     let mut model = qtune_train::build::model_with_lora::<B>(cfg, dev)?;
     let vocab = model.vocab_size() as u64;
     let (b, t) = (8usize, 64usize);
@@ -260,7 +260,7 @@ where
     let mut optim = Optimizer::<B>::new(OptimizerConfig::default())?;
     let mut losses = Vec::with_capacity(steps);
     for _ in 0..steps {
-        let ms = micro_step_checkpointed::<B, _>(&model, &batch, norm, None)?;
+        let ms = micro_step::<B, _>(&model, &batch, norm, None, Backprop::Checkpointed)?;
         losses.push(ms.loss_sum / norm as f64);
         model = optim.step(1e-3, model, ms.grads)?;
     }

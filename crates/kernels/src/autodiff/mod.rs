@@ -19,7 +19,9 @@ use burn::tensor::{
 };
 use qtune_quant::QuantFormat;
 
-use crate::{AbsmaxPrimitive, KernelError, LinearBackward, QBackend, QWeightPrimitive};
+use crate::{
+    AbsmaxPrimitive, KernelError, LinearBackward, NestedPrimitive, QBackend, QWeightPrimitive,
+};
 
 mod fused;
 mod linear;
@@ -125,19 +127,13 @@ fn inner<B: Backend, C: CheckpointStrategy>(
 ) -> QWeightPrimitive<B> {
     let absmax = match w.absmax {
         AbsmaxPrimitive::Plain(a) => AbsmaxPrimitive::Plain(a.primitive),
-        AbsmaxPrimitive::Nested {
-            codes,
-            absmax,
-            map,
-            offset,
-            blocksize,
-        } => AbsmaxPrimitive::Nested {
-            codes,
-            absmax: absmax.primitive,
-            map: map.primitive,
-            offset,
-            blocksize,
-        },
+        AbsmaxPrimitive::Nested(n) => AbsmaxPrimitive::Nested(NestedPrimitive {
+            codes: n.codes,
+            absmax: n.absmax.primitive,
+            map: n.map.primitive,
+            offset: n.offset,
+            blocksize: n.blocksize,
+        }),
     };
     QWeightPrimitive {
         codes: w.codes,

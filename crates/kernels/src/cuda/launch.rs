@@ -110,14 +110,9 @@ fn block_scales<R: CubeRuntime, B: CubeB<R>>(
 ) -> (CubeTensor<R>, f32, bool) {
     match absmax {
         AbsmaxPrimitive::Plain(a) => (as_f32(a), 0.0, false),
-        AbsmaxPrimitive::Nested {
-            codes,
-            absmax,
-            map,
-            offset,
-            blocksize,
-        } => {
-            let (codes, absmax, map) = (as_u8(codes), as_f32(absmax), as_f32(map));
+        AbsmaxPrimitive::Nested(n) => {
+            let (offset, blocksize) = (n.offset, n.blocksize);
+            let (codes, absmax, map) = (as_u8(n.codes), as_f32(n.absmax), as_f32(n.map));
             let prod = empty(&codes, vec![num_blocks], DType::F32);
             // SAFETY: lengths match the validated layout; one unit per block.
             unsafe {
@@ -162,14 +157,9 @@ fn scale_args<R: CubeRuntime, B: CubeB<R>>(
     dummy: &CubeTensor<R>,
 ) -> ScaleArgs<R> {
     match absmax {
-        AbsmaxPrimitive::Nested {
-            codes,
-            absmax,
-            map,
-            offset,
-            blocksize,
-        } if fuse => {
-            let (nc, na, nm) = (as_u8(codes), as_f32(absmax), as_f32(map));
+        AbsmaxPrimitive::Nested(n) if fuse => {
+            let (offset, blocksize) = (n.offset, n.blocksize);
+            let (nc, na, nm) = (as_u8(n.codes), as_f32(n.absmax), as_f32(n.map));
             ScaleArgs {
                 scales: na.clone(),
                 ncodes: nc,

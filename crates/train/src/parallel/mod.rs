@@ -43,7 +43,7 @@ use burn::tensor::{DType, FloatDType, Tensor, TensorData, TensorPrimitive};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 
 use crate::config::DistributedConfig;
-use crate::replica::{InnerDevice, Reduced, Replicas};
+use crate::replica::{InnerDevice, Reduced, Replicas, SetupReport};
 use crate::TrainError;
 
 mod launch;
@@ -137,7 +137,7 @@ impl GradSync {
     pub(crate) fn on_error<B: Backend>(&mut self, device: &B::Device) {
         let peer = self.peer;
         if !self.barrier_sent {
-            let _ = Replicas::barrier::<B>(self, device, false, 0, 0);
+            let _ = Replicas::barrier::<B>(self, device, SetupReport::failed());
             return;
         }
         if self.aborted || self.done >= self.planned {
@@ -174,10 +174,13 @@ impl Replicas for GradSync {
     fn barrier<B: Backend>(
         &mut self,
         device: &B::Device,
-        ok: bool,
-        start_step: usize,
-        steps: usize,
+        report: SetupReport,
     ) -> Result<(), TrainError> {
+        let SetupReport {
+            ok,
+            start_step,
+            steps,
+        } = report;
         self.barrier_sent = true;
         let v = [if ok { 0.0 } else { 1.0 }, start_step as f32, 1.0];
         let t = f32_tensor::<B>(v.to_vec(), device);

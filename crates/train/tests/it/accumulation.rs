@@ -4,7 +4,7 @@ use burn::tensor::backend::AutodiffBackend;
 use qtune_data::{collate, Example, Padding};
 use qtune_gptj::CausalLm;
 use qtune_optim::TokenAccumulator;
-use qtune_train::step::micro_step_plain;
+use qtune_train::step::{micro_step, Backprop};
 
 use crate::common::*;
 
@@ -21,7 +21,7 @@ fn split_into_micro_batches_gives_the_whole_batch_gradient() {
 
     let whole = batch(&examples);
     let mut acc = TokenAccumulator::new();
-    let ms = micro_step_plain::<B, _>(&model, &whole, 1.0, None).unwrap();
+    let ms = micro_step::<B, _>(&model, &whole, 1.0, None, Backprop::Plain).unwrap();
     acc.accumulate::<B>(&model, ms.grads, whole.n_target_tokens());
     let (loss_whole, g_whole) = (
         ms.loss_sum / acc.tokens() as f64,
@@ -37,7 +37,7 @@ fn split_into_micro_batches_gives_the_whole_batch_gradient() {
     let mut acc = TokenAccumulator::new();
     let mut loss_sum = 0.0;
     for mb in [&a, &b] {
-        let ms = micro_step_plain::<B, _>(&model, mb, 1.0, None).unwrap();
+        let ms = micro_step::<B, _>(&model, mb, 1.0, None, Backprop::Plain).unwrap();
         loss_sum += ms.loss_sum;
         acc.accumulate::<B>(&model, ms.grads, mb.n_target_tokens());
     }
@@ -76,11 +76,11 @@ fn split_into_micro_batches_gives_the_whole_batch_gradient() {
     assert!(compared >= 18, "compared {compared} gradients");
     // The mean of per-micro-batch means would differ (the halves have different token counts).
     let mean_of_means = {
-        let la = micro_step_plain::<B, _>(&model, &a, 1.0, None)
+        let la = micro_step::<B, _>(&model, &a, 1.0, None, Backprop::Plain)
             .unwrap()
             .loss_sum
             / a.n_target_tokens() as f64;
-        let lb = micro_step_plain::<B, _>(&model, &b, 1.0, None)
+        let lb = micro_step::<B, _>(&model, &b, 1.0, None, Backprop::Plain)
             .unwrap()
             .loss_sum
             / b.n_target_tokens() as f64;

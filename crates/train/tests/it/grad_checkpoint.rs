@@ -2,7 +2,7 @@
 use burn::module::AutodiffModule;
 use qtune_data::{collate, Example, Padding};
 use qtune_models::AnyLm;
-use qtune_train::step::{micro_step_checkpointed, micro_step_plain};
+use qtune_train::step::{micro_step, Backprop};
 use qtune_train::trainer::peft_config;
 
 use crate::common::*;
@@ -23,8 +23,8 @@ fn checkpointed_gradients_equal_plain_autodiff() {
     let batch = collate(&refs, 0, Padding::Right).unwrap();
     // With dropout on (seeded), both modes must also draw the same masks.
     for seed in [None, Some(12345u64)] {
-        let plain = micro_step_plain::<B, _>(&model, &batch, 7.0, seed).unwrap();
-        let ckpt = micro_step_checkpointed::<B, _>(&model, &batch, 7.0, seed).unwrap();
+        let plain = micro_step::<B, _>(&model, &batch, 7.0, seed, Backprop::Plain).unwrap();
+        let ckpt = micro_step::<B, _>(&model, &batch, 7.0, seed, Backprop::Checkpointed).unwrap();
         assert_eq!(
             plain.loss_sum.to_bits(),
             ckpt.loss_sum.to_bits(),
@@ -58,6 +58,6 @@ fn checkpointed_gradients_equal_plain_autodiff() {
     // The plain forward under `valid()` gives the same loss as the training forward (no dropout).
     let inner = model.valid();
     let eval = qtune_train::step::eval_loss_sum(&inner, &batch).unwrap();
-    let plain = micro_step_plain::<B, _>(&model, &batch, 1.0, None).unwrap();
+    let plain = micro_step::<B, _>(&model, &batch, 1.0, None, Backprop::Plain).unwrap();
     assert!((eval - plain.loss_sum).abs() <= 1e-5 * plain.loss_sum.abs());
 }

@@ -6,7 +6,7 @@ use qtune_data::{collate, collate_packed, Batch, Example, Padding};
 use qtune_lm::{CausalLm, LoadOptions};
 use qtune_lora::peft::{PeftAdapterConfig, PeftTargets};
 use qtune_lora::{LoraConfig, TargetModules};
-use qtune_train::step::{micro_step_checkpointed, micro_step_plain, SegmentedLm};
+use qtune_train::step::{micro_step, Backprop, SegmentedLm};
 use qtune_train::trainer::peft_config;
 use qtune_train::{build, TrainError, TrainOptions};
 
@@ -53,28 +53,22 @@ where
         packed.lengths.iter().sum::<usize>(),
         unpacked.lengths.iter().sum::<usize>()
     );
-    let step = |checkpointed: bool, b: &Batch| {
-        if checkpointed {
-            micro_step_checkpointed::<B, M>(model, b, 1.0, None).unwrap()
-        } else {
-            micro_step_plain::<B, M>(model, b, 1.0, None).unwrap()
-        }
-    };
-    for (mode, checkpointed) in [("plain", false), ("checkpointed", true)] {
-        let (u, p) = (step(checkpointed, &unpacked), step(checkpointed, &packed));
+    let step = |backprop, b: &Batch| micro_step::<B, M>(model, b, 1.0, None, backprop).unwrap();
+    for backprop in [Backprop::Plain, Backprop::Checkpointed] {
+        let (u, p) = (step(backprop, &unpacked), step(backprop, &packed));
         let rel = (u.loss_sum - p.loss_sum).abs() / u.loss_sum.abs();
         assert!(
             rel <= 1e-5,
-            "{what} {mode}: loss sums {} unpacked vs {} packed",
+            "{what} {backprop:?}: loss sums {} unpacked vs {} packed",
             u.loss_sum,
             p.loss_sum
         );
         let worst = worst_rel(&lora_grads(model, &u.grads), &lora_grads(model, &p.grads));
         assert!(
             worst <= 1e-5,
-            "{what} {mode}: worst relative LoRA grad difference {worst:e}"
+            "{what} {backprop:?}: worst relative LoRA grad difference {worst:e}"
         );
-        println!("{what} {mode}: loss rel diff {rel:e}, worst LoRA grad rel diff {worst:e}");
+        println!("{what} {backprop:?}: loss rel diff {rel:e}, worst LoRA grad rel diff {worst:e}");
     }
     // The segments are what keeps the examples apart: without them (one causal mask over the
     // whole row) the loss is another.
@@ -88,8 +82,8 @@ where
             .map(|&s| i64::from(s != 0))
             .collect(),
     );
-    let l = micro_step_plain::<B, M>(model, &leaky, 1.0, None).unwrap();
-    let u = micro_step_plain::<B, M>(model, &unpacked, 1.0, None).unwrap();
+    let l = micro_step::<B, M>(model, &leaky, 1.0, None, Backprop::Plain).unwrap();
+    let u = micro_step::<B, M>(model, &unpacked, 1.0, None, Backprop::Plain).unwrap();
     assert!(
         (l.loss_sum - u.loss_sum).abs() > 1e-4 * u.loss_sum.abs(),
         "{what}: cross-example attention must change the loss"
