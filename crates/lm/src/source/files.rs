@@ -21,8 +21,9 @@ struct Index {
 
 /// The memory-mapped safetensors files of a checkpoint folder, with every tensor's place in
 /// them. Each file's JSON header is parsed once, at [`WeightFiles::open`]: a bnb-quantized
-/// GPT-J-6B file holds about 1,200 tensors, and parsing its header again for each of them took
-/// a third of a second-long load (BENCHMARKS.md, session 11).
+/// GPT-J-6B file holds about 1,200 tensors, and parsing its header again for every tensor read
+/// was one of the two costs that made loading it take 2.09 s instead of 0.90 s (BENCHMARKS.md,
+/// session 11).
 pub struct WeightFiles {
     files: Vec<(PathBuf, Mmap)>,
     /// Tensor name → where it is.
