@@ -44,6 +44,41 @@ use burn::tensor::{
 };
 use qtune_quant::QuantFormat;
 
+/// How [`QBackend::q_gemm`] multiplies: `op(a)·op(b)`, where `op` transposes the last two dims
+/// of `a` when `ta` and of `b` when `tb`, written in `out`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmOptions {
+    /// Transpose `a` (its last two dims).
+    pub ta: bool,
+    /// Transpose `b` (its last two dims).
+    pub tb: bool,
+    /// The output dtype: the inputs' dtype, or F32.
+    pub out: DType,
+}
+
+impl GemmOptions {
+    /// `op(a)·op(b)` with the given transposes, written in `out`.
+    pub const fn new(ta: bool, tb: bool, out: DType) -> Self {
+        Self { ta, tb, out }
+    }
+}
+
+/// The input of [`QBackend::q_attention`] (and, with its probabilities, of its backward), in
+/// token-major layout.
+#[derive(Clone, Debug)]
+pub struct AttentionInput<B: Backend> {
+    /// Queries `[B, T, H, hd]`.
+    pub q: FloatTensor<B>,
+    /// Keys `[B, L, H_kv, hd]` (`H_kv` divides `H`).
+    pub k: FloatTensor<B>,
+    /// Values `[B, L, H_kv, hd]`, in `q`'s and `k`'s dtype.
+    pub v: FloatTensor<B>,
+    /// `[B, 1, T, L]`, true = masked; `None` masks nothing.
+    pub mask: Option<BoolTensor<B>>,
+    /// The scores are divided by it before the softmax (usually `√hd`).
+    pub div: f32,
+}
+
 /// Backend extension for quantized weights: dequantize, quantized linear forward and its input
 /// gradient, and quantization of a dense weight on the device.
 ///
@@ -83,17 +118,11 @@ pub trait QBackend: Backend {
     fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self>;
 
     /// Batched row-major matmul `c[i] = op(a[i])·op(b[i])` of 3-D `a`, `b` (same batch size and
-    /// dtype; `op` transposes the last two dims when `ta`/`tb`), accumulated in f32 and written in
+    /// dtype; `op` transposes the last two dims when `opts.ta`/`opts.tb`), accumulated in f32 and written in
     /// `out` (the inputs' dtype, or F32). Every dense GEMM of the model goes through it: on CUDA
     /// it is one cuBLAS call, where Burn 0.21's matmul reaches a third of cuBLAS' speed and
     /// JIT-compiles a kernel per shape. Under autodiff both inputs get gradients (in their dtype).
-    fn q_gemm(
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        ta: bool,
-        tb: bool,
-        out: DType,
-    ) -> FloatTensor<Self>;
+    fn q_gemm(a: FloatTensor<Self>, b: FloatTensor<Self>, opts: GemmOptions) -> FloatTensor<Self>;
 
     /// `c + alpha·op(a)·op(b)` for 3-D `c [batch, m, n]` and `a`, `b` as in [`QBackend::q_gemm`],
     /// all of one dtype (fp32 accumulation): LoRA's `y + scaling·(x·Aᵀ)·Bᵀ` in one cuBLAS call,
@@ -108,7 +137,7 @@ pub trait QBackend: Backend {
         alpha: f32,
     ) -> FloatTensor<Self> {
         let dtype = c.dtype();
-        let ab = Self::q_gemm(a, b, ta, tb, dtype);
+        let ab = Self::q_gemm(a, b, GemmOptions::new(ta, tb, dtype));
         Self::float_add(c, Self::float_mul_scalar(ab, alpha.into()))
     }
 
@@ -161,28 +190,18 @@ pub trait QBackend: Backend {
     /// the fused softmax (the reference); CUDA reads and writes the token-major buffers in place
     /// with strided cuBLAS GEMMs, so no head transposes are copied. Under autodiff q, k, v and
     /// `p` are kept for the backward.
-    fn q_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        attention::forward::<Self>(q, k, v, mask, div)
+    fn q_attention(a: AttentionInput<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        attention::forward::<Self>(a.q, a.k, a.v, a.mask, a.div)
     }
 
-    /// Gradients `[dq, dk, dv]` of [`QBackend::q_attention`] for `d_o` (token-major, inputs' dtype).
-    #[allow(clippy::too_many_arguments)]
+    /// Gradients `[dq, dk, dv]` of [`QBackend::q_attention`] for `d_o` (token-major, inputs'
+    /// dtype), given its input `a` and the probabilities `p` it returned.
     fn q_attention_backward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+        a: AttentionInput<Self>,
         p: FloatTensor<Self>,
         d_o: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
     ) -> [FloatTensor<Self>; 3] {
-        attention::backward::<Self>(q, k, v, p, d_o, mask, div)
+        attention::backward::<Self>(a.q, a.k, a.v, p, d_o, a.mask, a.div)
     }
 
     /// LayerNorm over the last dim of `x` with frozen `w`, `b` (`[D]`): `(x − mean)/√(var + eps)·w + b`

@@ -5,7 +5,7 @@
 
 use burn::tensor::{Bool, DType, Int, Tensor, TensorPrimitive};
 
-use crate::QBackend;
+use crate::{AttentionInput, GemmOptions, QBackend};
 
 /// `op(a)·op(b)` over the last two dims through [`QBackend::q_gemm`]; the leading dims
 /// (batch, heads, …) must be equal (no broadcasting). Output in `out` (inputs' dtype or F32).
@@ -37,7 +37,7 @@ pub fn matmul<B: QBackend, const D: usize>(
         .reshape([batch, db[D - 2], db[D - 1]])
         .into_primitive()
         .tensor();
-    let c = B::q_gemm(a3, b3, ta, tb, out);
+    let c = B::q_gemm(a3, b3, GemmOptions::new(ta, tb, out));
     let mut shape = da;
     shape[D - 2] = m;
     shape[D - 1] = n;
@@ -177,13 +177,13 @@ pub fn attention<B: QBackend>(
     mask: Option<Tensor<B, 4, Bool>>,
     div: f32,
 ) -> Tensor<B, 4> {
-    let (o, _p) = B::q_attention(
-        q.into_primitive().tensor(),
-        k.into_primitive().tensor(),
-        v.into_primitive().tensor(),
-        mask.map(Tensor::into_primitive),
+    let (o, _p) = B::q_attention(AttentionInput {
+        q: q.into_primitive().tensor(),
+        k: k.into_primitive().tensor(),
+        v: v.into_primitive().tensor(),
+        mask: mask.map(Tensor::into_primitive),
         div,
-    );
+    });
     Tensor::from_primitive(TensorPrimitive::Float(o))
 }
 

@@ -12,7 +12,7 @@ use burn::tensor::{
 };
 use qtune_quant::{Absmax, FloatDType, NestedAbsmax, QuantFormat, QuantSpec, QuantizedTensor};
 
-use crate::{AbsmaxPrimitive, KernelError, QBackend, QWeightPrimitive};
+use crate::{AbsmaxPrimitive, GemmOptions, KernelError, QBackend, QWeightPrimitive};
 
 fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
@@ -423,13 +423,8 @@ impl QBackend for NdArray {
             .tensor()
     }
 
-    fn q_gemm(
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        ta: bool,
-        tb: bool,
-        out: DType,
-    ) -> FloatTensor<Self> {
+    fn q_gemm(a: FloatTensor<Self>, b: FloatTensor<Self>, opts: GemmOptions) -> FloatTensor<Self> {
+        let GemmOptions { ta, tb, out } = opts;
         let (a, b) = (float::<Self, 3>(a), float::<Self, 3>(b));
         let a = if ta { a.swap_dims(1, 2) } else { a };
         let b = if tb { b.swap_dims(1, 2) } else { b };

@@ -20,7 +20,8 @@ use burn::tensor::{
 use qtune_quant::QuantFormat;
 
 use crate::{
-    AbsmaxPrimitive, KernelError, LinearBackward, NestedPrimitive, QBackend, QWeightPrimitive,
+    AbsmaxPrimitive, AttentionInput, GemmOptions, KernelError, LinearBackward, NestedPrimitive,
+    QBackend, QWeightPrimitive,
 };
 
 mod fused;
@@ -121,6 +122,19 @@ fn matmul_state<B: QBackend, C: CheckpointStrategy>(
     }
 }
 
+/// The attention input on the inner backend (the mask is never tracked).
+fn inner_attention<B: QBackend, C: CheckpointStrategy>(
+    a: AttentionInput<Autodiff<B, C>>,
+) -> AttentionInput<B> {
+    AttentionInput {
+        q: a.q.primitive,
+        k: a.k.primitive,
+        v: a.v.primitive,
+        mask: a.mask,
+        div: a.div,
+    }
+}
+
 /// Drop the autodiff wrapper of the weight's float constants (they are never tracked).
 fn inner<B: Backend, C: CheckpointStrategy>(
     w: QWeightPrimitive<Autodiff<B, C>>,
@@ -203,25 +217,17 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         <Self as AutodiffBackend>::from_inner(B::q_linear_dx(dy.primitive, inner(w)))
     }
 
-    fn q_gemm(
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        ta: bool,
-        tb: bool,
-        out: DType,
-    ) -> FloatTensor<Self> {
+    fn q_gemm(a: FloatTensor<Self>, b: FloatTensor<Self>, opts: GemmOptions) -> FloatTensor<Self> {
         match MatmulBackward
             .prepare::<C>([a.node.clone(), b.node.clone()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let state = matmul_state::<B, C>(&a, &b, ta, tb);
-                prep.finish(state, B::q_gemm(a.primitive, b.primitive, ta, tb, out))
+                let state = matmul_state::<B, C>(&a, &b, opts.ta, opts.tb);
+                prep.finish(state, B::q_gemm(a.primitive, b.primitive, opts))
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::q_gemm(a.primitive, b.primitive, ta, tb, out))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q_gemm(a.primitive, b.primitive, opts)),
         }
     }
 
@@ -316,51 +322,34 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         ))
     }
 
-    fn q_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
-        let (qp, kp, vp) = (q.primitive, k.primitive, v.primitive);
+    fn q_attention(a: AttentionInput<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let nodes = [a.q.node.clone(), a.k.node.clone(), a.v.node.clone()];
+        let a = inner_attention::<B, C>(a);
         match AttentionBackward
             .prepare::<C>(nodes)
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (o, p) = B::q_attention(qp.clone(), kp.clone(), vp.clone(), mask.clone(), div);
+                let (o, p) = B::q_attention(a.clone());
                 let p_out = <Self as AutodiffBackend>::from_inner(p.clone());
-                (prep.finish((qp, kp, vp, p, mask, div), o), p_out)
+                (prep.finish((a, p), o), p_out)
             }
             OpsKind::UnTracked(prep) => {
-                let (o, p) = B::q_attention(qp, kp, vp, mask, div);
+                let (o, p) = B::q_attention(a);
                 (prep.finish(o), <Self as AutodiffBackend>::from_inner(p))
             }
         }
     }
 
     fn q_attention_backward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+        a: AttentionInput<Self>,
         p: FloatTensor<Self>,
         d_o: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
     ) -> [FloatTensor<Self>; 3] {
-        B::q_attention_backward(
-            q.primitive,
-            k.primitive,
-            v.primitive,
-            p.primitive,
-            d_o.primitive,
-            mask,
-            div,
-        )
-        .map(<Self as AutodiffBackend>::from_inner)
+        let a = inner_attention::<B, C>(a);
+        B::q_attention_backward(a, p.primitive, d_o.primitive)
+            .map(<Self as AutodiffBackend>::from_inner)
     }
 
     fn q_grad_seed(y: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {

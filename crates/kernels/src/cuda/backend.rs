@@ -15,7 +15,7 @@ use qtune_quant::QuantFormat;
 
 use super::gemm::{bmm, gemm, gemm_acc, OneRow, Product};
 use super::launch;
-use crate::{KernelError, QBackend, QWeightPrimitive};
+use crate::{AttentionInput, GemmOptions, KernelError, QBackend, QWeightPrimitive};
 
 impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
     for CubeBackend<CudaRuntime, F, I, BT>
@@ -52,14 +52,8 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         gemm::<Self>(dy, &wd, Product::AB)
     }
 
-    fn q_gemm(
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        ta: bool,
-        tb: bool,
-        out: DType,
-    ) -> FloatTensor<Self> {
-        bmm::<Self>(a, b, ta, tb, out, OneRow::Gemv)
+    fn q_gemm(a: FloatTensor<Self>, b: FloatTensor<Self>, opts: GemmOptions) -> FloatTensor<Self> {
+        bmm::<Self>(a, b, opts.ta, opts.tb, opts.out, OneRow::Gemv)
     }
 
     fn q_gemm_acc(
@@ -148,26 +142,16 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         super::fused::attn_softmax_backward(p, dp, mask, div, DType::F32)
     }
 
-    fn q_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        super::attention::attention(q, k, v, mask, div)
+    fn q_attention(a: AttentionInput<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        super::attention::attention(a.q, a.k, a.v, a.mask, a.div)
     }
 
     fn q_attention_backward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+        a: AttentionInput<Self>,
         p: FloatTensor<Self>,
         d_o: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
     ) -> [FloatTensor<Self>; 3] {
-        super::attention::attention_backward(q, k, v, p, d_o, mask, div)
+        super::attention::attention_backward(a.q, a.k, a.v, p, d_o, a.mask, a.div)
     }
 
     fn q_layer_norm(
