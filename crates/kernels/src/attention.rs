@@ -13,7 +13,7 @@ use burn::tensor::{
     DType, Shape, TensorMetadata,
 };
 
-use crate::{GemmOptions, QBackend};
+use crate::{AttnMask, GemmOptions, QBackend};
 
 /// `[B, T, H, hd]` → `[B·H, T, hd]` (a copy).
 fn heads_major<B: QBackend>(x: FloatTensor<B>) -> FloatTensor<B> {
@@ -86,7 +86,7 @@ pub(crate) fn forward<B: QBackend>(
         GemmOptions::new(false, true, DType::F32),
     );
     let s = B::float_reshape(s, Shape::new([b, h, t, l]));
-    let p = B::q_attn_softmax(s, mask, div, dtype);
+    let p = B::q_attn_softmax(s, AttnMask { mask, div }, dtype);
     let p3 = B::float_reshape(p.clone(), Shape::new([b * h, t, l]));
     let o = B::q_gemm(
         p3,
@@ -119,7 +119,7 @@ pub(crate) fn backward<B: QBackend>(
     let doh = heads_major::<B>(d_o);
     let dp = B::q_gemm(doh.clone(), vh, GemmOptions::new(false, true, dtype));
     let dp = B::float_reshape(dp, Shape::new([b, h, t, l]));
-    let ds = B::q_attn_softmax_backward(p.clone(), dp, mask, div);
+    let ds = B::q_attn_softmax_backward(p.clone(), dp, AttnMask { mask, div });
     let ds = B::float_reshape(B::float_cast(ds, dtype.into()), Shape::new([b * h, t, l]));
     let p3 = B::float_reshape(p, Shape::new([b * h, t, l]));
     let dq = B::q_gemm(ds.clone(), kh, GemmOptions::new(false, false, dtype));

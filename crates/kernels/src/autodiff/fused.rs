@@ -11,7 +11,7 @@ use burn::tensor::{
     TensorMetadata,
 };
 
-use crate::{AttentionInput, QBackend};
+use crate::{AttentionInput, AttnMask, NormInput, QBackend, RotaryOptions};
 
 /// Backward of the counter-based dropout: the same mask and scale applied to `dy`.
 #[derive(Debug)]
@@ -65,7 +65,10 @@ impl<B: QBackend> Backward<B, 1> for AttnSoftmaxBackward {
             } else {
                 B::float_cast(dp, p.dtype().into())
             };
-            grads.register::<B>(node.id, B::q_attn_softmax_backward(p, dp, mask, div));
+            grads.register::<B>(
+                node.id,
+                B::q_attn_softmax_backward(p, dp, AttnMask { mask, div }),
+            );
         }
     }
 }
@@ -128,8 +131,8 @@ impl Norm {
         eps: f32,
     ) -> FloatTensor<B> {
         match self {
-            Norm::Layer => B::q_layer_norm_backward(x, w, dy, eps),
-            Norm::Rms => B::q_rms_norm_backward(x, w, dy, eps),
+            Norm::Layer => B::q_layer_norm_backward(NormInput { x, w, eps }, dy),
+            Norm::Rms => B::q_rms_norm_backward(NormInput { x, w, eps }, dy),
         }
     }
 }
@@ -168,8 +171,8 @@ impl Rotation {
         inverse: bool,
     ) -> FloatTensor<B> {
         match self {
-            Rotation::Interleaved => B::q_rotary(x, cos, sin, inverse),
-            Rotation::Half => B::q_rotary_half(x, cos, sin, inverse),
+            Rotation::Interleaved => B::q_rotary(x, RotaryOptions { cos, sin, inverse }),
+            Rotation::Half => B::q_rotary_half(x, RotaryOptions { cos, sin, inverse }),
         }
     }
 }

@@ -14,14 +14,14 @@ use burn::backend::autodiff::{
 };
 use burn::tensor::{
     backend::{AutodiffBackend, Backend},
-    ops::{BoolTensor, FloatTensor, IntTensor},
+    ops::{FloatTensor, IntTensor},
     DType, TensorData, TensorMetadata,
 };
-use qtune_quant::QuantFormat;
 
 use crate::{
-    AbsmaxPrimitive, AttentionInput, GemmOptions, KernelError, LinearBackward, NestedPrimitive,
-    QBackend, QWeightPrimitive,
+    AbsmaxPrimitive, AttentionInput, AttnMask, GemmAccOptions, GemmOptions, KernelError,
+    LinearBackward, NestedPrimitive, NormInput, QBackend, QWeightPrimitive, QuantizeOptions,
+    RotaryOptions,
 };
 
 mod fused;
@@ -66,23 +66,19 @@ where
 /// second-order gradient).
 fn untracked_norm_dx<B: QBackend, C: CheckpointStrategy>(
     norm: Norm,
-    x: FloatTensor<Autodiff<B, C>>,
-    w: FloatTensor<Autodiff<B, C>>,
+    n: NormInput<Autodiff<B, C>>,
     dy: FloatTensor<Autodiff<B, C>>,
-    eps: f32,
 ) -> FloatTensor<Autodiff<B, C>> {
-    let dx = norm.dx::<B>(x.primitive, w.primitive, dy.primitive, eps);
+    let dx = norm.dx::<B>(n.x.primitive, n.w.primitive, dy.primitive, n.eps);
     <Autodiff<B, C> as AutodiffBackend>::from_inner(dx)
 }
 
 fn rotated<B: QBackend, C: CheckpointStrategy>(
     rotation: Rotation,
     x: FloatTensor<Autodiff<B, C>>,
-    cos: FloatTensor<Autodiff<B, C>>,
-    sin: FloatTensor<Autodiff<B, C>>,
-    inverse: bool,
+    r: RotaryOptions<Autodiff<B, C>>,
 ) -> FloatTensor<Autodiff<B, C>> {
-    let (cos, sin) = (cos.primitive, sin.primitive);
+    let (cos, sin, inverse) = (r.cos.primitive, r.sin.primitive, r.inverse);
     match RotaryBackward(rotation)
         .prepare::<C>([x.node.clone()])
         .compute_bound()
@@ -233,11 +229,8 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
 
     fn q_gemm_acc(
         c: FloatTensor<Self>,
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        ta: bool,
-        tb: bool,
-        alpha: f32,
+        [a, b]: [FloatTensor<Self>; 2],
+        opts: GemmAccOptions,
     ) -> FloatTensor<Self> {
         match GemmAccBackward
             .prepare::<C>([c.node.clone(), a.node.clone(), b.node.clone()])
@@ -245,18 +238,13 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let state = matmul_state::<B, C>(&a, &b, ta, tb);
-                let y = B::q_gemm_acc(c.primitive, a.primitive, b.primitive, ta, tb, alpha);
-                prep.finish((state, alpha), y)
+                let state = matmul_state::<B, C>(&a, &b, opts.ta, opts.tb);
+                let y = B::q_gemm_acc(c.primitive, [a.primitive, b.primitive], opts);
+                prep.finish((state, opts.alpha), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::q_gemm_acc(
-                c.primitive,
-                a.primitive,
-                b.primitive,
-                ta,
-                tb,
-                alpha,
-            )),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::q_gemm_acc(c.primitive, [a.primitive, b.primitive], opts))
+            }
         }
     }
 
@@ -289,37 +277,41 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         ))
     }
 
-    fn q_attn_softmax(
-        s: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
-        out: DType,
-    ) -> FloatTensor<Self> {
+    fn q_attn_softmax(s: FloatTensor<Self>, m: AttnMask<Self>, out: DType) -> FloatTensor<Self> {
+        let AttnMask { mask, div } = m;
         match AttnSoftmaxBackward
             .prepare::<C>([s.node.clone()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let p = B::q_attn_softmax(s.primitive, mask.clone(), div, out);
+                let p = B::q_attn_softmax(
+                    s.primitive,
+                    AttnMask {
+                        mask: mask.clone(),
+                        div,
+                    },
+                    out,
+                );
                 prep.finish((p.clone(), mask, div), p)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::q_attn_softmax(s.primitive, mask, div, out)),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::q_attn_softmax(s.primitive, AttnMask { mask, div }, out))
+            }
         }
     }
 
     fn q_attn_softmax_backward(
         p: FloatTensor<Self>,
         dp: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
+        m: AttnMask<Self>,
     ) -> FloatTensor<Self> {
-        <Self as AutodiffBackend>::from_inner(B::q_attn_softmax_backward(
-            p.primitive,
-            dp.primitive,
-            mask,
-            div,
-        ))
+        let m = AttnMask {
+            mask: m.mask,
+            div: m.div,
+        }; // the inner backend's (same mask type)
+        let ds = B::q_attn_softmax_backward(p.primitive, dp.primitive, m);
+        <Self as AutodiffBackend>::from_inner(ds)
     }
 
     fn q_attention(a: AttentionInput<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
@@ -366,53 +358,35 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         }
     }
 
-    fn q_layer_norm(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        eps: f32,
-    ) -> FloatTensor<Self> {
+    fn q_layer_norm(n: NormInput<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        let NormInput { x, w, eps } = n;
         let b = b.primitive;
         // The weight and bias are frozen base weights: no gradient (the bias is not needed).
         let norm = NormBackward(Norm::Layer);
         recorded::<B, C, _, _>(norm, x, (w.primitive, eps), |x, (w, eps)| {
-            B::q_layer_norm(x, w, b.clone(), eps)
+            B::q_layer_norm(NormInput { x, w, eps }, b.clone())
         })
     }
 
-    fn q_layer_norm_backward(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        eps: f32,
-    ) -> FloatTensor<Self> {
-        untracked_norm_dx::<B, C>(Norm::Layer, x, w, dy, eps)
+    fn q_layer_norm_backward(n: NormInput<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        untracked_norm_dx::<B, C>(Norm::Layer, n, dy)
     }
 
-    fn q_rotary(
-        x: FloatTensor<Self>,
-        cos: FloatTensor<Self>,
-        sin: FloatTensor<Self>,
-        inverse: bool,
-    ) -> FloatTensor<Self> {
-        rotated::<B, C>(Rotation::Interleaved, x, cos, sin, inverse)
+    fn q_rotary(x: FloatTensor<Self>, r: RotaryOptions<Self>) -> FloatTensor<Self> {
+        rotated::<B, C>(Rotation::Interleaved, x, r)
     }
 
-    fn q_rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+    fn q_rms_norm(n: NormInput<Self>) -> FloatTensor<Self> {
+        let NormInput { x, w, eps } = n;
         // The weight is a frozen base weight: no gradient, only its value for the backward.
         let norm = NormBackward(Norm::Rms);
         recorded::<B, C, _, _>(norm, x, (w.primitive, eps), |x, (w, eps)| {
-            B::q_rms_norm(x, w, eps)
+            B::q_rms_norm(NormInput { x, w, eps })
         })
     }
 
-    fn q_rms_norm_backward(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        eps: f32,
-    ) -> FloatTensor<Self> {
-        untracked_norm_dx::<B, C>(Norm::Rms, x, w, dy, eps)
+    fn q_rms_norm_backward(n: NormInput<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        untracked_norm_dx::<B, C>(Norm::Rms, n, dy)
     }
 
     fn q_silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -438,13 +412,8 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
             .map(<Self as AutodiffBackend>::from_inner)
     }
 
-    fn q_rotary_half(
-        x: FloatTensor<Self>,
-        cos: FloatTensor<Self>,
-        sin: FloatTensor<Self>,
-        inverse: bool,
-    ) -> FloatTensor<Self> {
-        rotated::<B, C>(Rotation::Half, x, cos, sin, inverse)
+    fn q_rotary_half(x: FloatTensor<Self>, r: RotaryOptions<Self>) -> FloatTensor<Self> {
+        rotated::<B, C>(Rotation::Half, x, r)
     }
 
     fn q_cross_entropy(x: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
@@ -466,10 +435,9 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
     fn q_quantize(
         name: &str,
         w: FloatTensor<Self>,
-        format: QuantFormat,
-        blocksize: usize,
+        opts: QuantizeOptions,
     ) -> Result<(IntTensor<Self>, FloatTensor<Self>), KernelError> {
-        let (codes, absmax) = B::q_quantize(name, w.primitive, format, blocksize)?;
+        let (codes, absmax) = B::q_quantize(name, w.primitive, opts)?;
         Ok((codes, <Self as AutodiffBackend>::from_inner(absmax)))
     }
 }
