@@ -13,7 +13,7 @@ use burn::tensor::{
     DType, Shape, TensorMetadata,
 };
 
-use crate::QBackend;
+use crate::{AttnMask, GemmOptions, QBackend};
 
 /// `[B, T, H, hd]` → `[B·H, T, hd]` (a copy).
 fn heads_major<B: QBackend>(x: FloatTensor<B>) -> FloatTensor<B> {
@@ -83,14 +83,16 @@ pub(crate) fn forward<B: QBackend>(
     let s = B::q_gemm(
         heads_major::<B>(q),
         heads_major::<B>(k),
-        false,
-        true,
-        DType::F32,
+        GemmOptions::new(false, true, DType::F32),
     );
     let s = B::float_reshape(s, Shape::new([b, h, t, l]));
-    let p = B::q_attn_softmax(s, mask, div, dtype);
+    let p = B::q_attn_softmax(s, AttnMask { mask, div }, dtype);
     let p3 = B::float_reshape(p.clone(), Shape::new([b * h, t, l]));
-    let o = B::q_gemm(p3, heads_major::<B>(v), false, false, dtype);
+    let o = B::q_gemm(
+        p3,
+        heads_major::<B>(v),
+        GemmOptions::new(false, false, dtype),
+    );
     (token_major::<B>(o, b), p)
 }
 
@@ -115,14 +117,14 @@ pub(crate) fn backward<B: QBackend>(
         heads_major::<B>(v),
     );
     let doh = heads_major::<B>(d_o);
-    let dp = B::q_gemm(doh.clone(), vh, false, true, dtype);
+    let dp = B::q_gemm(doh.clone(), vh, GemmOptions::new(false, true, dtype));
     let dp = B::float_reshape(dp, Shape::new([b, h, t, l]));
-    let ds = B::q_attn_softmax_backward(p.clone(), dp, mask, div);
+    let ds = B::q_attn_softmax_backward(p.clone(), dp, AttnMask { mask, div });
     let ds = B::float_reshape(B::float_cast(ds, dtype.into()), Shape::new([b * h, t, l]));
     let p3 = B::float_reshape(p, Shape::new([b * h, t, l]));
-    let dq = B::q_gemm(ds.clone(), kh, false, false, dtype);
-    let dk = B::q_gemm(ds, qh, true, false, dtype);
-    let dv = B::q_gemm(p3, doh, true, false, dtype);
+    let dq = B::q_gemm(ds.clone(), kh, GemmOptions::new(false, false, dtype));
+    let dk = B::q_gemm(ds, qh, GemmOptions::new(true, false, dtype));
+    let dv = B::q_gemm(p3, doh, GemmOptions::new(true, false, dtype));
     [
         token_major::<B>(dq, b),
         sum_groups::<B>(token_major::<B>(dk, b), n_rep),

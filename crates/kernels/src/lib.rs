@@ -44,6 +44,94 @@ use burn::tensor::{
 };
 use qtune_quant::QuantFormat;
 
+/// How [`QBackend::q_gemm`] multiplies: `op(a)·op(b)`, where `op` transposes the last two dims
+/// of `a` when `ta` and of `b` when `tb`, written in `out`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmOptions {
+    /// Transpose `a` (its last two dims).
+    pub ta: bool,
+    /// Transpose `b` (its last two dims).
+    pub tb: bool,
+    /// The output dtype: the inputs' dtype, or F32.
+    pub out: DType,
+}
+
+impl GemmOptions {
+    /// `op(a)·op(b)` with the given transposes, written in `out`.
+    pub const fn new(ta: bool, tb: bool, out: DType) -> Self {
+        Self { ta, tb, out }
+    }
+}
+
+/// How [`QBackend::q_gemm_acc`] adds its product: `c + alpha·op(a)·op(b)`, `op` as in
+/// [`GemmOptions`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GemmAccOptions {
+    /// Transpose `a` (its last two dims).
+    pub ta: bool,
+    /// Transpose `b` (its last two dims).
+    pub tb: bool,
+    /// The product's scale (LoRA's `scaling`).
+    pub alpha: f32,
+}
+
+/// The mask and divisor of [`QBackend::q_attn_softmax`] and its backward.
+#[derive(Clone, Debug)]
+pub struct AttnMask<B: Backend> {
+    /// `[B, 1, T, L]`, true = masked; `None` masks nothing.
+    pub mask: Option<BoolTensor<B>>,
+    /// The scores are divided by it before the softmax.
+    pub div: f32,
+}
+
+/// The input of a fused norm with a frozen weight ([`QBackend::q_layer_norm`],
+/// [`QBackend::q_rms_norm`]) and of its input gradient.
+#[derive(Clone, Debug)]
+pub struct NormInput<B: Backend> {
+    /// The input, normalised over its last dim `D`.
+    pub x: FloatTensor<B>,
+    /// The frozen weight `[D]`.
+    pub w: FloatTensor<B>,
+    /// Added to the variance (or mean square) before the square root.
+    pub eps: f32,
+}
+
+/// The tables of a fused rotary embedding ([`QBackend::q_rotary`], [`QBackend::q_rotary_half`]).
+#[derive(Clone, Debug)]
+pub struct RotaryOptions<B: Backend> {
+    /// f32 cosines `[B, T, 1, half, 1]`.
+    pub cos: FloatTensor<B>,
+    /// f32 sines, shaped as `cos`.
+    pub sin: FloatTensor<B>,
+    /// Turn back (the inverse rotation, also the rotation's input gradient).
+    pub inverse: bool,
+}
+
+/// What [`QBackend::q_quantize`] makes of a dense weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuantizeOptions {
+    /// The 4- or 8-bit code book.
+    pub format: QuantFormat,
+    /// Values per absmax block (one of `format.blocksizes()`).
+    pub blocksize: usize,
+}
+
+/// The input of [`QBackend::q_attention`] (and, with its probabilities, of its backward), in
+/// token-major layout.
+#[derive(Clone, Debug)]
+pub struct AttentionInput<B: Backend> {
+    /// Queries `[B, T, H, hd]`.
+    pub q: FloatTensor<B>,
+    /// Keys `[B, L, H_kv, hd]` (`H_kv` divides `H`).
+    pub k: FloatTensor<B>,
+    /// Values `[B, L, H_kv, hd]`, in `q`'s and `k`'s dtype.
+    pub v: FloatTensor<B>,
+    /// `[B, 1, T, L]`, true = masked; `None` masks nothing.
+    pub mask: Option<BoolTensor<B>>,
+    /// The scores are divided by it before the softmax (usually `√hd`).
+    pub div: f32,
+}
+
 /// Backend extension for quantized weights: dequantize, quantized linear forward and its input
 /// gradient, and quantization of a dense weight on the device.
 ///
@@ -83,33 +171,25 @@ pub trait QBackend: Backend {
     fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self>;
 
     /// Batched row-major matmul `c[i] = op(a[i])·op(b[i])` of 3-D `a`, `b` (same batch size and
-    /// dtype; `op` transposes the last two dims when `ta`/`tb`), accumulated in f32 and written in
+    /// dtype; `op` transposes the last two dims when `opts.ta`/`opts.tb`), accumulated in f32 and written in
     /// `out` (the inputs' dtype, or F32). Every dense GEMM of the model goes through it: on CUDA
     /// it is one cuBLAS call, where Burn 0.21's matmul reaches a third of cuBLAS' speed and
     /// JIT-compiles a kernel per shape. Under autodiff both inputs get gradients (in their dtype).
-    fn q_gemm(
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        ta: bool,
-        tb: bool,
-        out: DType,
-    ) -> FloatTensor<Self>;
+    fn q_gemm(a: FloatTensor<Self>, b: FloatTensor<Self>, opts: GemmOptions) -> FloatTensor<Self>;
 
-    /// `c + alpha·op(a)·op(b)` for 3-D `c [batch, m, n]` and `a`, `b` as in [`QBackend::q_gemm`],
+    /// `c + alpha·op(a)·op(b)` for 3-D `c [batch, m, n]` and `[a, b]` as in [`QBackend::q_gemm`]
+    /// (`alpha` and the transposes from `opts`),
     /// all of one dtype (fp32 accumulation): LoRA's `y + scaling·(x·Aᵀ)·Bᵀ` in one cuBLAS call,
     /// written into `c`'s buffer when nothing else holds it (no add or scale pass over `y`).
     /// Under autodiff `c` gets `dy` and `a`, `b` the scaled matmul gradients.
     fn q_gemm_acc(
         c: FloatTensor<Self>,
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        ta: bool,
-        tb: bool,
-        alpha: f32,
+        [a, b]: [FloatTensor<Self>; 2],
+        opts: GemmAccOptions,
     ) -> FloatTensor<Self> {
         let dtype = c.dtype();
-        let ab = Self::q_gemm(a, b, ta, tb, dtype);
-        Self::float_add(c, Self::float_mul_scalar(ab, alpha.into()))
+        let ab = Self::q_gemm(a, b, GemmOptions::new(opts.ta, opts.tb, dtype));
+        Self::float_add(c, Self::float_mul_scalar(ab, opts.alpha.into()))
     }
 
     /// Dropout of `x` with drop probability `p ∈ [0, 1)` and a counter-based mask: element `i`
@@ -136,20 +216,14 @@ pub trait QBackend: Backend {
     /// set to `f32::MIN` first (a fully masked row comes out uniform), for F32 scores
     /// `s [B, H, T, L]` and a `mask [B, 1, T, L]` (true = masked), written in `out`. One fused
     /// kernel on CUDA (one warp per row); under autodiff only the output (and mask) is kept.
-    fn q_attn_softmax(
-        s: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
-        out: DType,
-    ) -> FloatTensor<Self>;
+    fn q_attn_softmax(s: FloatTensor<Self>, m: AttnMask<Self>, out: DType) -> FloatTensor<Self>;
 
     /// Its backward: `ds = p ⊙ (dp − Σ_row p ⊙ dp) / div`, in F32 (`dp` in `p`'s dtype), and 0
     /// where masked (masked scores never reach the output, even in a fully masked row).
     fn q_attn_softmax_backward(
         p: FloatTensor<Self>,
         dp: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
+        m: AttnMask<Self>,
     ) -> FloatTensor<Self>;
 
     /// The attention core in token-major layout: `q [B, T, H, hd]`, `k, v [B, L, H_kv, hd]` →
@@ -161,73 +235,43 @@ pub trait QBackend: Backend {
     /// the fused softmax (the reference); CUDA reads and writes the token-major buffers in place
     /// with strided cuBLAS GEMMs, so no head transposes are copied. Under autodiff q, k, v and
     /// `p` are kept for the backward.
-    fn q_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        attention::forward::<Self>(q, k, v, mask, div)
+    fn q_attention(a: AttentionInput<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        attention::forward::<Self>(a.q, a.k, a.v, a.mask, a.div)
     }
 
-    /// Gradients `[dq, dk, dv]` of [`QBackend::q_attention`] for `d_o` (token-major, inputs' dtype).
-    #[allow(clippy::too_many_arguments)]
+    /// Gradients `[dq, dk, dv]` of [`QBackend::q_attention`] for `d_o` (token-major, inputs'
+    /// dtype), given its input `a` and the probabilities `p` it returned.
     fn q_attention_backward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+        a: AttentionInput<Self>,
         p: FloatTensor<Self>,
         d_o: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
     ) -> [FloatTensor<Self>; 3] {
-        attention::backward::<Self>(q, k, v, p, d_o, mask, div)
+        attention::backward::<Self>(a.q, a.k, a.v, p, d_o, a.mask, a.div)
     }
 
     /// LayerNorm over the last dim of `x` with frozen `w`, `b` (`[D]`): `(x − mean)/√(var + eps)·w + b`
     /// in f32 (biased variance, as torch), returned in `x`'s dtype. One fused kernel on CUDA.
     /// Under autodiff only `x` gets a gradient: `w` and `b` are frozen base weights in qtune.
-    fn q_layer_norm(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        eps: f32,
-    ) -> FloatTensor<Self>;
+    fn q_layer_norm(n: NormInput<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// Input gradient of [`QBackend::q_layer_norm`] for `dy` (in `x`'s dtype).
-    fn q_layer_norm_backward(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        eps: f32,
-    ) -> FloatTensor<Self>;
+    fn q_layer_norm_backward(n: NormInput<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// GPT-J's rotary embedding ("rotate every two") of `x [B, T, H, head_dim]`: pair
     /// `(2i, 2i+1)`, `i < half`, turns by the angle with f32 `cos`/`sin [B, T, 1, half, 1]`; the
     /// dims from `2·half` on pass through. f32 math, `x`'s dtype out. `inverse` turns back,
     /// which is also the rotation's input gradient.
-    fn q_rotary(
-        x: FloatTensor<Self>,
-        cos: FloatTensor<Self>,
-        sin: FloatTensor<Self>,
-        inverse: bool,
-    ) -> FloatTensor<Self>;
+    fn q_rotary(x: FloatTensor<Self>, r: RotaryOptions<Self>) -> FloatTensor<Self>;
 
     /// HF `LlamaRMSNorm` over the last dim of `x` with a frozen `w [D]`: `normed = x·(mean(x²) +
     /// eps)^(−1/2)` in f32, cast to `x`'s dtype, then times `w` cast to `x`'s dtype (the
     /// product rounded in `x`'s dtype, as HF). One fused kernel on CUDA. Under autodiff only `x`
     /// gets a gradient ([`QBackend::q_rms_norm_backward`]).
-    fn q_rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
+    fn q_rms_norm(n: NormInput<Self>) -> FloatTensor<Self>;
 
     /// Input gradient of [`QBackend::q_rms_norm`] for `dy` (in `x`'s dtype):
     /// `dx = r·g − x·r³·mean(g·x)`, `g = dy·w`, `r = (mean(x²) + eps)^(−1/2)`, f32 math.
-    fn q_rms_norm_backward(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        eps: f32,
-    ) -> FloatTensor<Self>;
+    fn q_rms_norm_backward(n: NormInput<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// SwiGLU's product `silu(gate)·up` (same shape and dtype), as torch: `silu` in f32
     /// rounded to the inputs' dtype, then the product rounded in that dtype. One fused kernel
@@ -248,12 +292,7 @@ pub trait QBackend: Backend {
     /// `inverse` turns back, which is also the rotation's input gradient. The reference casts
     /// cos/sin to `x`'s dtype and does each product and sum in that dtype, as HF; CUDA computes
     /// in f32 and rounds once.
-    fn q_rotary_half(
-        x: FloatTensor<Self>,
-        cos: FloatTensor<Self>,
-        sin: FloatTensor<Self>,
-        inverse: bool,
-    ) -> FloatTensor<Self>;
+    fn q_rotary_half(x: FloatTensor<Self>, r: RotaryOptions<Self>) -> FloatTensor<Self>;
 
     /// Cross-entropy per row: `nll[r] = logsumexp(x[r]) − x[r, t[r]]` (F32 `[rows]`) for logits
     /// `x [rows, vocab]` (any float dtype, f32 math: HF casts logits to f32 first) and targets
@@ -290,8 +329,7 @@ pub trait QBackend: Backend {
     fn q_quantize(
         name: &str,
         w: FloatTensor<Self>,
-        format: QuantFormat,
-        blocksize: usize,
+        opts: QuantizeOptions,
     ) -> Result<(IntTensor<Self>, FloatTensor<Self>), KernelError>;
 
     /// Writes `src` (`C` values, any shape; cast to `dst`'s dtype) into row `row[0]` of

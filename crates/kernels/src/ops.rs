@@ -5,7 +5,9 @@
 
 use burn::tensor::{Bool, DType, Int, Tensor, TensorPrimitive};
 
-use crate::QBackend;
+use crate::{
+    AttentionInput, AttnMask, GemmAccOptions, GemmOptions, NormInput, QBackend, RotaryOptions,
+};
 
 /// `op(a)·op(b)` over the last two dims through [`QBackend::q_gemm`]; the leading dims
 /// (batch, heads, …) must be equal (no broadcasting). Output in `out` (inputs' dtype or F32).
@@ -37,7 +39,7 @@ pub fn matmul<B: QBackend, const D: usize>(
         .reshape([batch, db[D - 2], db[D - 1]])
         .into_primitive()
         .tensor();
-    let c = B::q_gemm(a3, b3, ta, tb, out);
+    let c = B::q_gemm(a3, b3, GemmOptions::new(ta, tb, out));
     let mut shape = da;
     shape[D - 2] = m;
     shape[D - 1] = n;
@@ -93,11 +95,15 @@ pub fn linear_t_acc<B: QBackend, const D: usize>(
     let m = dims[..D - 1].iter().product::<usize>();
     let c = B::q_gemm_acc(
         y.reshape([1, m, out_f]).into_primitive().tensor(),
-        x.reshape([1, m, in_f]).into_primitive().tensor(),
-        w.reshape([1, out_f, in_f]).into_primitive().tensor(),
-        false,
-        true,
-        alpha,
+        [
+            x.reshape([1, m, in_f]).into_primitive().tensor(),
+            w.reshape([1, out_f, in_f]).into_primitive().tensor(),
+        ],
+        GemmAccOptions {
+            ta: false,
+            tb: true,
+            alpha,
+        },
     );
     Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(c)).reshape(ydims)
 }
@@ -161,7 +167,8 @@ pub fn attention_softmax<B: QBackend>(
     out: DType,
 ) -> Tensor<B, 4> {
     let s = scores.into_primitive().tensor();
-    let p = B::q_attn_softmax(s, mask.map(Tensor::into_primitive), div, out);
+    let mask = mask.map(Tensor::into_primitive);
+    let p = B::q_attn_softmax(s, AttnMask { mask, div }, out);
     Tensor::from_primitive(TensorPrimitive::Float(p))
 }
 
@@ -177,13 +184,13 @@ pub fn attention<B: QBackend>(
     mask: Option<Tensor<B, 4, Bool>>,
     div: f32,
 ) -> Tensor<B, 4> {
-    let (o, _p) = B::q_attention(
-        q.into_primitive().tensor(),
-        k.into_primitive().tensor(),
-        v.into_primitive().tensor(),
-        mask.map(Tensor::into_primitive),
+    let (o, _p) = B::q_attention(AttentionInput {
+        q: q.into_primitive().tensor(),
+        k: k.into_primitive().tensor(),
+        v: v.into_primitive().tensor(),
+        mask: mask.map(Tensor::into_primitive),
         div,
-    );
+    });
     Tensor::from_primitive(TensorPrimitive::Float(o))
 }
 
@@ -206,23 +213,23 @@ pub fn layer_norm<B: QBackend, const D: usize>(
     b: Tensor<B, 1>,
     eps: f32,
 ) -> Tensor<B, D> {
-    let y = B::q_layer_norm(
-        x.into_primitive().tensor(),
-        w.into_primitive().tensor(),
-        b.into_primitive().tensor(),
+    let n = NormInput {
+        x: x.into_primitive().tensor(),
+        w: w.into_primitive().tensor(),
         eps,
-    );
+    };
+    let y = B::q_layer_norm(n, b.into_primitive().tensor());
     Tensor::from_primitive(TensorPrimitive::Float(y))
 }
 
 /// GPT-J's rotary embedding through [`QBackend::q_rotary`] (fused on CUDA).
 pub fn rotary<B: QBackend>(x: Tensor<B, 4>, cos: Tensor<B, 5>, sin: Tensor<B, 5>) -> Tensor<B, 4> {
-    let y = B::q_rotary(
-        x.into_primitive().tensor(),
-        cos.into_primitive().tensor(),
-        sin.into_primitive().tensor(),
-        false,
-    );
+    let r = RotaryOptions {
+        cos: cos.into_primitive().tensor(),
+        sin: sin.into_primitive().tensor(),
+        inverse: false,
+    };
+    let y = B::q_rotary(x.into_primitive().tensor(), r);
     Tensor::from_primitive(TensorPrimitive::Float(y))
 }
 
@@ -242,11 +249,11 @@ pub fn rms_norm<B: QBackend, const D: usize>(
         w.dims()[0],
         "rms_norm: weight length differs from the last dim"
     );
-    let y = B::q_rms_norm(
-        x.into_primitive().tensor(),
-        w.into_primitive().tensor(),
+    let y = B::q_rms_norm(NormInput {
+        x: x.into_primitive().tensor(),
+        w: w.into_primitive().tensor(),
         eps,
-    );
+    });
     Tensor::from_primitive(TensorPrimitive::Float(y))
 }
 
@@ -286,12 +293,12 @@ pub fn rotary_half<B: QBackend>(
         cos.dims(),
         sin.dims()
     );
-    let y = B::q_rotary_half(
-        x.into_primitive().tensor(),
-        cos.into_primitive().tensor(),
-        sin.into_primitive().tensor(),
-        false,
-    );
+    let r = RotaryOptions {
+        cos: cos.into_primitive().tensor(),
+        sin: sin.into_primitive().tensor(),
+        inverse: false,
+    };
+    let y = B::q_rotary_half(x.into_primitive().tensor(), r);
     Tensor::from_primitive(TensorPrimitive::Float(y))
 }
 

@@ -7,12 +7,15 @@ use burn::backend::NdArray;
 use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{
     backend::Backend,
-    ops::{BoolTensor, FloatTensor, IntTensor},
+    ops::{FloatTensor, IntTensor},
     Bool, DType, Int, Tensor, TensorData, TensorMetadata, TensorPrimitive,
 };
 use qtune_quant::{Absmax, FloatDType, NestedAbsmax, QuantFormat, QuantSpec, QuantizedTensor};
 
-use crate::{AbsmaxPrimitive, KernelError, QBackend, QWeightPrimitive};
+use crate::{
+    AbsmaxPrimitive, AttnMask, GemmOptions, KernelError, NormInput, QBackend, QWeightPrimitive,
+    QuantizeOptions, RotaryOptions,
+};
 
 fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
@@ -250,12 +253,8 @@ impl QBackend for NdArray {
         )
     }
 
-    fn q_attn_softmax(
-        s: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
-        out: DType,
-    ) -> FloatTensor<Self> {
+    fn q_attn_softmax(s: FloatTensor<Self>, m: AttnMask<Self>, out: DType) -> FloatTensor<Self> {
+        let AttnMask { mask, div } = m;
         let s = float::<Self, 4>(s).div_scalar(div);
         let s = match mask {
             Some(m) => {
@@ -275,9 +274,9 @@ impl QBackend for NdArray {
     fn q_attn_softmax_backward(
         p: FloatTensor<Self>,
         dp: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
+        m: AttnMask<Self>,
     ) -> FloatTensor<Self> {
+        let AttnMask { mask, div } = m;
         let (p, dp) = (
             float::<Self, 4>(p).cast(DType::F32),
             float::<Self, 4>(dp).cast(DType::F32),
@@ -294,12 +293,8 @@ impl QBackend for NdArray {
         ds.into_primitive().tensor()
     }
 
-    fn q_layer_norm(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        eps: f32,
-    ) -> FloatTensor<Self> {
+    fn q_layer_norm(n: NormInput<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        let NormInput { x, w, eps } = n;
         let shape = x.shape();
         let (x, dtype) = rows_f32(x);
         let (var, mean) = x.clone().var_mean_bias(1);
@@ -310,12 +305,8 @@ impl QBackend for NdArray {
         <Self as FloatTensorOps<Self>>::float_reshape(y, shape)
     }
 
-    fn q_layer_norm_backward(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        eps: f32,
-    ) -> FloatTensor<Self> {
+    fn q_layer_norm_backward(n: NormInput<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        let NormInput { x, w, eps } = n;
         let shape = x.shape();
         let (x, dtype) = rows_f32(x);
         let (dy, _) = rows_f32(dy);
@@ -332,12 +323,8 @@ impl QBackend for NdArray {
         <Self as FloatTensorOps<Self>>::float_reshape(dx, shape)
     }
 
-    fn q_rotary(
-        x: FloatTensor<Self>,
-        cos: FloatTensor<Self>,
-        sin: FloatTensor<Self>,
-        inverse: bool,
-    ) -> FloatTensor<Self> {
+    fn q_rotary(x: FloatTensor<Self>, r: RotaryOptions<Self>) -> FloatTensor<Self> {
+        let RotaryOptions { cos, sin, inverse } = r;
         let x = float::<Self, 4>(x);
         let (cos, sin) = (float::<Self, 5>(cos), float::<Self, 5>(sin));
         let sin = if inverse { sin.neg() } else { sin };
@@ -360,16 +347,13 @@ impl QBackend for NdArray {
         out.cast(dtype).into_primitive().tensor()
     }
 
-    fn q_rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+    fn q_rms_norm(n: NormInput<Self>) -> FloatTensor<Self> {
+        let NormInput { x, w, eps } = n;
         crate::llama_ops::rms_norm::<Self>(x, w, eps)
     }
 
-    fn q_rms_norm_backward(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        eps: f32,
-    ) -> FloatTensor<Self> {
+    fn q_rms_norm_backward(n: NormInput<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        let NormInput { x, w, eps } = n;
         crate::llama_ops::rms_norm_backward::<Self>(x, w, dy, eps)
     }
 
@@ -385,12 +369,8 @@ impl QBackend for NdArray {
         crate::llama_ops::silu_mul_backward::<Self>(gate, up, dy)
     }
 
-    fn q_rotary_half(
-        x: FloatTensor<Self>,
-        cos: FloatTensor<Self>,
-        sin: FloatTensor<Self>,
-        inverse: bool,
-    ) -> FloatTensor<Self> {
+    fn q_rotary_half(x: FloatTensor<Self>, r: RotaryOptions<Self>) -> FloatTensor<Self> {
+        let RotaryOptions { cos, sin, inverse } = r;
         crate::llama_ops::rotary_half::<Self>(x, cos, sin, inverse)
     }
 
@@ -423,13 +403,8 @@ impl QBackend for NdArray {
             .tensor()
     }
 
-    fn q_gemm(
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        ta: bool,
-        tb: bool,
-        out: DType,
-    ) -> FloatTensor<Self> {
+    fn q_gemm(a: FloatTensor<Self>, b: FloatTensor<Self>, opts: GemmOptions) -> FloatTensor<Self> {
+        let GemmOptions { ta, tb, out } = opts;
         let (a, b) = (float::<Self, 3>(a), float::<Self, 3>(b));
         let a = if ta { a.swap_dims(1, 2) } else { a };
         let b = if tb { b.swap_dims(1, 2) } else { b };
@@ -441,9 +416,8 @@ impl QBackend for NdArray {
     fn q_quantize(
         name: &str,
         w: FloatTensor<Self>,
-        format: QuantFormat,
-        blocksize: usize,
+        opts: QuantizeOptions,
     ) -> Result<(IntTensor<Self>, FloatTensor<Self>), KernelError> {
-        quantize_on_host::<Self>(name, w, format, blocksize)
+        quantize_on_host::<Self>(name, w, opts.format, opts.blocksize)
     }
 }

@@ -10,7 +10,7 @@ use burn::tensor::{
 };
 use qtune_quant::{Absmax, FloatDType, NestedAbsmax, QuantFormat, QuantizedTensor, DYNAMIC_MAP};
 
-use crate::{KernelError, QBackend};
+use crate::{KernelError, QBackend, QuantizeOptions};
 
 /// Everything about a quantized weight that is not a tensor.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -482,7 +482,11 @@ impl<B: QBackend> QuantWeight<B> {
     ) -> Result<Self, KernelError> {
         let [out_features, in_features] = w.dims();
         let device = w.device();
-        let (codes, absmax) = B::q_quantize(name, w.into_primitive().tensor(), format, blocksize)?;
+        let (codes, absmax) = B::q_quantize(
+            name,
+            w.into_primitive().tensor(),
+            QuantizeOptions { format, blocksize },
+        )?;
         let codes = Tensor::<B, 1, Int>::from_primitive(codes);
         let absmax = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(absmax));
         let layout = QLayout {
@@ -507,8 +511,10 @@ impl<B: QBackend> QuantWeight<B> {
             let (ncodes, nabs) = B::q_quantize(
                 name,
                 shifted.into_primitive().tensor(),
-                QuantFormat::Blockwise8,
-                qtune_quant::nested::NESTED_BLOCKSIZE,
+                QuantizeOptions {
+                    format: QuantFormat::Blockwise8,
+                    blocksize: qtune_quant::nested::NESTED_BLOCKSIZE,
+                },
             )?;
             q.nested_codes = Some(Tensor::from_primitive(ncodes));
             q.nested_absmax = Some(Tensor::from_primitive(TensorPrimitive::Float(nabs)));

@@ -6,7 +6,7 @@
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
-use qtune_kernels::{rms_norm, rotary_half, silu_mul, QBackend};
+use qtune_kernels::{rms_norm, rotary_half, silu_mul, QBackend, RotaryOptions};
 use qtune_testkit::values;
 
 type Ad = Autodiff<NdArray>;
@@ -172,12 +172,12 @@ fn rotate_half_ops<B: burn::tensor::backend::Backend>(
 }
 
 fn rotary_half_inverse(x: Tensor<Ad, 4>, cos: Tensor<Ad, 5>, sin: Tensor<Ad, 5>) -> Tensor<Ad, 4> {
-    let y = <Ad as QBackend>::q_rotary_half(
-        x.into_primitive().tensor(),
-        cos.into_primitive().tensor(),
-        sin.into_primitive().tensor(),
-        true,
-    );
+    let r = RotaryOptions {
+        cos: cos.into_primitive().tensor(),
+        sin: sin.into_primitive().tensor(),
+        inverse: true,
+    };
+    let y = <Ad as QBackend>::q_rotary_half(x.into_primitive().tensor(), r);
     Tensor::from_primitive(TensorPrimitive::Float(y))
 }
 
@@ -220,12 +220,12 @@ fn rotary_half_equals_hf_rotate_half_its_inverse_and_autodiff() {
         let (ci, si, gi) = (cos.clone().inner(), sin.clone().inner(), g.clone().inner());
         check_fd("rotary_half dx", &xv, &dx, |v| {
             let x = tensor::<NdArray, 4>(v, [b, t, h, hd]);
-            let y = <NdArray as QBackend>::q_rotary_half(
-                x.into_primitive().tensor(),
-                ci.clone().into_primitive().tensor(),
-                si.clone().into_primitive().tensor(),
+            let r = RotaryOptions {
+                cos: ci.clone().into_primitive().tensor(),
+                sin: si.clone().into_primitive().tensor(),
                 inverse,
-            );
+            };
+            let y = <NdArray as QBackend>::q_rotary_half(x.into_primitive().tensor(), r);
             (Tensor::<NdArray, 4>::from_primitive(TensorPrimitive::Float(y)) * gi.clone())
                 .sum()
                 .into_scalar()

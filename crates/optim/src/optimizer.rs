@@ -6,7 +6,7 @@
 use crate::blockwise::{Maps, BLOCK};
 use crate::grads::GradNorm;
 use crate::passes::{Gather, Item, PathCollector, StepMapper};
-use crate::update::{self, Blockwise8, Hyper};
+use crate::update::{self, AdamTensors, Blockwise8, Hyper, Step};
 use crate::OptimError;
 use burn::module::{AutodiffModule, ParamId};
 use burn::optim::GradientsParams;
@@ -442,10 +442,17 @@ impl<B: AutodiffBackend> Optimizer<B> {
         }
         let (step, g) = (group.prev_step + 1, group.g);
         let h = self.config.hyper();
-        let (p, m, v) = (cat(ps), cat(ms), cat(vs));
-        let (p, m, v) = match self.config.optim {
-            OptimKind::AdamW => update::torch_adamw(p, g, m, v, step, lr, h),
-            OptimKind::AdamW8bit => update::bnb_adam32(p, g, m, v, step, lr, h),
+        let (x, s) = (
+            AdamTensors {
+                p: cat(ps),
+                m: cat(ms),
+                v: cat(vs),
+            },
+            Step { n: step, lr, h },
+        );
+        let AdamTensors { p, m, v } = match self.config.optim {
+            OptimKind::AdamW => update::torch_adamw(x, g, s),
+            OptimKind::AdamW8bit => update::bnb_adam32(x, g, s),
         };
         self.moments_cache = Some(MomentsCache {
             order: order.clone(),
@@ -524,8 +531,12 @@ impl<B: AutodiffBackend> Optimizer<B> {
             state2: Tensor::cat(c2, 0),
             absmax2: cat(a2),
         };
-        let h = self.config.hyper();
-        let (p, s) = update::bnb_adam8_blockwise(cat(ps), group.g, state, &maps, step, lr, h);
+        let s = Step {
+            n: step,
+            lr,
+            h: self.config.hyper(),
+        };
+        let (p, s) = update::bnb_adam8_blockwise(cat(ps), group.g, state, &maps, s);
         let padded = |n: usize| n.div_ceil(BLOCK) * BLOCK;
         self.split_back(p, order, group.lens, step, padded, |off, n| {
             let (b0, nb) = (off / BLOCK, n.div_ceil(BLOCK));

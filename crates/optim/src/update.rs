@@ -21,6 +21,24 @@ pub(crate) struct Hyper {
     pub weight_decay: f64,
 }
 
+/// One optimizer step's scalars: the 1-based step count (after incrementing), the learning rate
+/// and the Adam hyperparameters.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Step {
+    pub n: u64,
+    pub lr: f64,
+    pub h: Hyper,
+}
+
+/// A flat f32 parameter with its two Adam moment estimates (`exp_avg`, `exp_avg_sq` in torch,
+/// `state1`, `state2` in bitsandbytes), all of one length.
+#[derive(Debug, Clone)]
+pub(crate) struct AdamTensors<B: Backend> {
+    pub p: Tensor<B, 1>,
+    pub m: Tensor<B, 1>,
+    pub v: Tensor<B, 1>,
+}
+
 /// `a * b + c` rounded once to f32, as the FMA torch's CPU kernels use (`lerp` explicitly,
 /// `addcmul` by compiler contraction). The f64 product of two f32 values is exact, so only the
 /// f64 sum and the final cast round; that double rounding differs from a true FMA only when
@@ -35,18 +53,20 @@ fn fma_f32<B: Backend>(a: Tensor<B, 1>, b: Tensor<B, 1>, c: Tensor<B, 1>) -> Ten
     (f64(a) * f64(b) + f64(c)).cast(FloatDType::F32)
 }
 
-/// `torch.optim.AdamW` for one tensor; `step` is the 1-based step count after incrementing.
+/// `torch.optim.AdamW` for one tensor and its gradient `g`.
 /// Operation for operation as torch 2.11's single-tensor path on CPU (the fixture's): over the
 /// 20-step trace this reproduces torch bit for bit except for a handful of 1-ulp differences.
 pub(crate) fn torch_adamw<B: Backend>(
-    p: Tensor<B, 1>,
+    x: AdamTensors<B>,
     g: Tensor<B, 1>,
-    exp_avg: Tensor<B, 1>,
-    exp_avg_sq: Tensor<B, 1>,
-    step: u64,
-    lr: f64,
-    h: Hyper,
-) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
+    s: Step,
+) -> AdamTensors<B> {
+    let Step { n: step, lr, h } = s;
+    let AdamTensors {
+        p,
+        m: exp_avg,
+        v: exp_avg_sq,
+    } = x;
     // param.mul_(1 - lr * weight_decay): the factor is a Python float, cast to f32 by the op.
     let p = if h.weight_decay != 0.0 {
         p.mul_scalar((1.0 - lr * h.weight_decay) as f32)
@@ -78,11 +98,16 @@ pub(crate) fn torch_adamw<B: Backend>(
         .add_scalar(h.eps as f32);
     // param.addcdiv_(exp_avg, denom, value=-step_size) = p + (value * m) / denom.
     let p = p + exp_avg.clone().mul_scalar((-step_size) as f32) / denom;
-    (p, exp_avg, exp_avg_sq)
+    AdamTensors {
+        p,
+        m: exp_avg,
+        v: exp_avg_sq,
+    }
 }
 
 /// bitsandbytes' f32 scalars of one Adam step: (step_size, eps * correction2, decay factor).
-fn bnb_scalars(step: u64, lr: f64, h: Hyper) -> (f32, f32, Option<f32>) {
+fn bnb_scalars(s: Step) -> (f32, f32, Option<f32>) {
+    let Step { n: step, lr, h } = s;
     let (b1, b2, lr32) = (h.beta1 as f32, h.beta2 as f32, lr as f32);
     let correction1 = 1.0f32 - b1.powf(step as f32);
     let correction2 = (1.0f32 - b2.powf(step as f32)).sqrt();
@@ -94,15 +119,19 @@ fn bnb_scalars(step: u64, lr: f64, h: Hyper) -> (f32, f32, Option<f32>) {
 
 /// bitsandbytes' 32-bit Adam kernel (the `AdamW8bit` path for small tensors).
 pub(crate) fn bnb_adam32<B: Backend>(
-    p: Tensor<B, 1>,
+    x: AdamTensors<B>,
     g: Tensor<B, 1>,
-    state1: Tensor<B, 1>,
-    state2: Tensor<B, 1>,
-    step: u64,
-    lr: f64,
-    h: Hyper,
-) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
-    let (step_size, eps_c2, decay) = bnb_scalars(step, lr, h);
+    s: Step,
+) -> AdamTensors<B> {
+    let (step_size, eps_c2, decay) = bnb_scalars(s);
+    let (
+        AdamTensors {
+            p,
+            m: state1,
+            v: state2,
+        },
+        h,
+    ) = (x, s.h);
     let s1 = state1.mul_scalar(h.beta1 as f32) + g.clone().mul_scalar(1.0 - h.beta1 as f32);
     let s2 = state2.mul_scalar(h.beta2 as f32) + (g.clone() * g).mul_scalar(1.0 - h.beta2 as f32);
     let p = p + (s1.clone() / s2.clone().sqrt().add_scalar(eps_c2)).mul_scalar(step_size);
@@ -110,7 +139,7 @@ pub(crate) fn bnb_adam32<B: Backend>(
         Some(f) => p.mul_scalar(f),
         None => p,
     };
-    (p, s1, s2)
+    AdamTensors { p, m: s1, v: s2 }
 }
 
 /// 8-bit blockwise state of one tensor of `n` values: codes (U8, `n`) and absmax (`ceil(n/256)`).
@@ -184,15 +213,13 @@ pub(crate) fn bnb_adam8_blockwise<B: Backend>(
     g: Tensor<B, 1>,
     state: Blockwise8<B>,
     maps: &Maps<B>,
-    step: u64,
-    lr: f64,
-    h: Hyper,
+    s: Step,
 ) -> (Tensor<B, 1>, Blockwise8<B>) {
     let n = p.dims()[0];
     let n_blocks = n.div_ceil(BLOCK);
     let padded = n_blocks * BLOCK;
-    let (step_size, eps_c2, decay) = bnb_scalars(step, lr, h);
-    let (b1, b2) = (h.beta1 as f32, h.beta2 as f32);
+    let (step_size, eps_c2, decay) = bnb_scalars(s);
+    let (b1, b2) = (s.h.beta1 as f32, s.h.beta2 as f32);
 
     let g = pad_float(g, padded);
     let c1 = pad_codes(state.state1, padded, maps.signed_zero);

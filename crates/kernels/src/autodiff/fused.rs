@@ -11,7 +11,7 @@ use burn::tensor::{
     TensorMetadata,
 };
 
-use crate::QBackend;
+use crate::{AttentionInput, AttnMask, NormInput, QBackend, RotaryOptions};
 
 /// Backward of the counter-based dropout: the same mask and scale applied to `dy`.
 #[derive(Debug)]
@@ -65,20 +65,17 @@ impl<B: QBackend> Backward<B, 1> for AttnSoftmaxBackward {
             } else {
                 B::float_cast(dp, p.dtype().into())
             };
-            grads.register::<B>(node.id, B::q_attn_softmax_backward(p, dp, mask, div));
+            grads.register::<B>(
+                node.id,
+                B::q_attn_softmax_backward(p, dp, AttnMask { mask, div }),
+            );
         }
     }
 }
 
-/// What the attention backward needs: the inputs, the probabilities, the mask and divisor.
-type AttentionState<B> = (
-    FloatTensor<B>,
-    FloatTensor<B>,
-    FloatTensor<B>,
-    FloatTensor<B>,
-    Option<BoolTensor<B>>,
-    f32,
-);
+/// What the attention backward needs: the inputs (with the mask and divisor) and the
+/// probabilities.
+type AttentionState<B> = (AttentionInput<B>, FloatTensor<B>);
 
 /// Backward of the attention core: one call for all three input gradients.
 #[derive(Debug)]
@@ -90,8 +87,8 @@ impl<B: QBackend> Backward<B, 3> for AttentionBackward {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_q, node_k, node_v] = ops.parents;
         let d_o = grads.consume::<B>(&ops.node);
-        let (q, k, v, p, mask, div) = ops.state;
-        let [dq, dk, dv] = B::q_attention_backward(q, k, v, p, d_o, mask, div);
+        let (input, p) = ops.state;
+        let [dq, dk, dv] = B::q_attention_backward(input, p, d_o);
         for (node, g) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
             if let Some(node) = node {
                 grads.register::<B>(node.id, g);
@@ -134,8 +131,8 @@ impl Norm {
         eps: f32,
     ) -> FloatTensor<B> {
         match self {
-            Norm::Layer => B::q_layer_norm_backward(x, w, dy, eps),
-            Norm::Rms => B::q_rms_norm_backward(x, w, dy, eps),
+            Norm::Layer => B::q_layer_norm_backward(NormInput { x, w, eps }, dy),
+            Norm::Rms => B::q_rms_norm_backward(NormInput { x, w, eps }, dy),
         }
     }
 }
@@ -174,8 +171,8 @@ impl Rotation {
         inverse: bool,
     ) -> FloatTensor<B> {
         match self {
-            Rotation::Interleaved => B::q_rotary(x, cos, sin, inverse),
-            Rotation::Half => B::q_rotary_half(x, cos, sin, inverse),
+            Rotation::Interleaved => B::q_rotary(x, RotaryOptions { cos, sin, inverse }),
+            Rotation::Half => B::q_rotary_half(x, RotaryOptions { cos, sin, inverse }),
         }
     }
 }

@@ -8,7 +8,7 @@ use burn::backend::autodiff::{
 };
 use burn::tensor::{backend::Backend, ops::FloatTensor, DType, TensorMetadata};
 
-use crate::{QBackend, QWeightPrimitive};
+use crate::{GemmOptions, QBackend, QWeightPrimitive};
 
 /// Backward of `y = x·dequant(W)ᵀ`: `dx = dy·dequant(W)`; `W` is frozen.
 #[derive(Debug)]
@@ -34,7 +34,7 @@ pub(super) fn dense_linear<B: QBackend>(
     let dtype = x.dtype();
     let x3 = B::float_reshape(x, Shape::new([1, m, k]));
     let w3 = B::float_reshape(w, Shape::new([1, o, i]));
-    let y = B::q_gemm(x3, w3, false, !dx, dtype);
+    let y = B::q_gemm(x3, w3, GemmOptions::new(false, !dx, dtype));
     B::float_reshape(y, Shape::new([m, if dx { i } else { o }]))
 }
 
@@ -102,17 +102,17 @@ fn matmul_grads<B: QBackend>(
     };
     if let (Some(node), Some(b)) = (node_a, s.b) {
         let da = if s.ta {
-            B::q_gemm(b, dc.clone(), s.tb, true, s.dtype)
+            B::q_gemm(b, dc.clone(), GemmOptions::new(s.tb, true, s.dtype))
         } else {
-            B::q_gemm(dc.clone(), b, false, !s.tb, s.dtype)
+            B::q_gemm(dc.clone(), b, GemmOptions::new(false, !s.tb, s.dtype))
         };
         grads.register::<B>(node, scaled(da));
     }
     if let (Some(node), Some(a)) = (node_b, s.a) {
         let db = if s.tb {
-            B::q_gemm(dc, a, true, s.ta, s.dtype)
+            B::q_gemm(dc, a, GemmOptions::new(true, s.ta, s.dtype))
         } else {
-            B::q_gemm(a, dc, !s.ta, false, s.dtype)
+            B::q_gemm(a, dc, GemmOptions::new(!s.ta, false, s.dtype))
         };
         grads.register::<B>(node, scaled(db));
     }

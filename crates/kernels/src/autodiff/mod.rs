@@ -14,13 +14,14 @@ use burn::backend::autodiff::{
 };
 use burn::tensor::{
     backend::{AutodiffBackend, Backend},
-    ops::{BoolTensor, FloatTensor, IntTensor},
+    ops::{FloatTensor, IntTensor},
     DType, TensorData, TensorMetadata,
 };
-use qtune_quant::QuantFormat;
 
 use crate::{
-    AbsmaxPrimitive, KernelError, LinearBackward, NestedPrimitive, QBackend, QWeightPrimitive,
+    AbsmaxPrimitive, AttentionInput, AttnMask, GemmAccOptions, GemmOptions, KernelError,
+    LinearBackward, NestedPrimitive, NormInput, QBackend, QWeightPrimitive, QuantizeOptions,
+    RotaryOptions,
 };
 
 mod fused;
@@ -65,23 +66,19 @@ where
 /// second-order gradient).
 fn untracked_norm_dx<B: QBackend, C: CheckpointStrategy>(
     norm: Norm,
-    x: FloatTensor<Autodiff<B, C>>,
-    w: FloatTensor<Autodiff<B, C>>,
+    n: NormInput<Autodiff<B, C>>,
     dy: FloatTensor<Autodiff<B, C>>,
-    eps: f32,
 ) -> FloatTensor<Autodiff<B, C>> {
-    let dx = norm.dx::<B>(x.primitive, w.primitive, dy.primitive, eps);
+    let dx = norm.dx::<B>(n.x.primitive, n.w.primitive, dy.primitive, n.eps);
     <Autodiff<B, C> as AutodiffBackend>::from_inner(dx)
 }
 
 fn rotated<B: QBackend, C: CheckpointStrategy>(
     rotation: Rotation,
     x: FloatTensor<Autodiff<B, C>>,
-    cos: FloatTensor<Autodiff<B, C>>,
-    sin: FloatTensor<Autodiff<B, C>>,
-    inverse: bool,
+    r: RotaryOptions<Autodiff<B, C>>,
 ) -> FloatTensor<Autodiff<B, C>> {
-    let (cos, sin) = (cos.primitive, sin.primitive);
+    let (cos, sin, inverse) = (r.cos.primitive, r.sin.primitive, r.inverse);
     match RotaryBackward(rotation)
         .prepare::<C>([x.node.clone()])
         .compute_bound()
@@ -118,6 +115,19 @@ fn matmul_state<B: QBackend, C: CheckpointStrategy>(
         ta,
         tb,
         dtype: a.primitive.dtype(),
+    }
+}
+
+/// The attention input on the inner backend (the mask is never tracked).
+fn inner_attention<B: QBackend, C: CheckpointStrategy>(
+    a: AttentionInput<Autodiff<B, C>>,
+) -> AttentionInput<B> {
+    AttentionInput {
+        q: a.q.primitive,
+        k: a.k.primitive,
+        v: a.v.primitive,
+        mask: a.mask,
+        div: a.div,
     }
 }
 
@@ -203,35 +213,24 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         <Self as AutodiffBackend>::from_inner(B::q_linear_dx(dy.primitive, inner(w)))
     }
 
-    fn q_gemm(
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        ta: bool,
-        tb: bool,
-        out: DType,
-    ) -> FloatTensor<Self> {
+    fn q_gemm(a: FloatTensor<Self>, b: FloatTensor<Self>, opts: GemmOptions) -> FloatTensor<Self> {
         match MatmulBackward
             .prepare::<C>([a.node.clone(), b.node.clone()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let state = matmul_state::<B, C>(&a, &b, ta, tb);
-                prep.finish(state, B::q_gemm(a.primitive, b.primitive, ta, tb, out))
+                let state = matmul_state::<B, C>(&a, &b, opts.ta, opts.tb);
+                prep.finish(state, B::q_gemm(a.primitive, b.primitive, opts))
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::q_gemm(a.primitive, b.primitive, ta, tb, out))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q_gemm(a.primitive, b.primitive, opts)),
         }
     }
 
     fn q_gemm_acc(
         c: FloatTensor<Self>,
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        ta: bool,
-        tb: bool,
-        alpha: f32,
+        [a, b]: [FloatTensor<Self>; 2],
+        opts: GemmAccOptions,
     ) -> FloatTensor<Self> {
         match GemmAccBackward
             .prepare::<C>([c.node.clone(), a.node.clone(), b.node.clone()])
@@ -239,18 +238,13 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let state = matmul_state::<B, C>(&a, &b, ta, tb);
-                let y = B::q_gemm_acc(c.primitive, a.primitive, b.primitive, ta, tb, alpha);
-                prep.finish((state, alpha), y)
+                let state = matmul_state::<B, C>(&a, &b, opts.ta, opts.tb);
+                let y = B::q_gemm_acc(c.primitive, [a.primitive, b.primitive], opts);
+                prep.finish((state, opts.alpha), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::q_gemm_acc(
-                c.primitive,
-                a.primitive,
-                b.primitive,
-                ta,
-                tb,
-                alpha,
-            )),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::q_gemm_acc(c.primitive, [a.primitive, b.primitive], opts))
+            }
         }
     }
 
@@ -283,84 +277,71 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         ))
     }
 
-    fn q_attn_softmax(
-        s: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
-        out: DType,
-    ) -> FloatTensor<Self> {
+    fn q_attn_softmax(s: FloatTensor<Self>, m: AttnMask<Self>, out: DType) -> FloatTensor<Self> {
+        let AttnMask { mask, div } = m;
         match AttnSoftmaxBackward
             .prepare::<C>([s.node.clone()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let p = B::q_attn_softmax(s.primitive, mask.clone(), div, out);
+                let p = B::q_attn_softmax(
+                    s.primitive,
+                    AttnMask {
+                        mask: mask.clone(),
+                        div,
+                    },
+                    out,
+                );
                 prep.finish((p.clone(), mask, div), p)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::q_attn_softmax(s.primitive, mask, div, out)),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::q_attn_softmax(s.primitive, AttnMask { mask, div }, out))
+            }
         }
     }
 
     fn q_attn_softmax_backward(
         p: FloatTensor<Self>,
         dp: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
+        m: AttnMask<Self>,
     ) -> FloatTensor<Self> {
-        <Self as AutodiffBackend>::from_inner(B::q_attn_softmax_backward(
-            p.primitive,
-            dp.primitive,
-            mask,
-            div,
-        ))
+        let m = AttnMask {
+            mask: m.mask,
+            div: m.div,
+        }; // the inner backend's (same mask type)
+        let ds = B::q_attn_softmax_backward(p.primitive, dp.primitive, m);
+        <Self as AutodiffBackend>::from_inner(ds)
     }
 
-    fn q_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
-        let (qp, kp, vp) = (q.primitive, k.primitive, v.primitive);
+    fn q_attention(a: AttentionInput<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let nodes = [a.q.node.clone(), a.k.node.clone(), a.v.node.clone()];
+        let a = inner_attention::<B, C>(a);
         match AttentionBackward
             .prepare::<C>(nodes)
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (o, p) = B::q_attention(qp.clone(), kp.clone(), vp.clone(), mask.clone(), div);
+                let (o, p) = B::q_attention(a.clone());
                 let p_out = <Self as AutodiffBackend>::from_inner(p.clone());
-                (prep.finish((qp, kp, vp, p, mask, div), o), p_out)
+                (prep.finish((a, p), o), p_out)
             }
             OpsKind::UnTracked(prep) => {
-                let (o, p) = B::q_attention(qp, kp, vp, mask, div);
+                let (o, p) = B::q_attention(a);
                 (prep.finish(o), <Self as AutodiffBackend>::from_inner(p))
             }
         }
     }
 
     fn q_attention_backward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+        a: AttentionInput<Self>,
         p: FloatTensor<Self>,
         d_o: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
     ) -> [FloatTensor<Self>; 3] {
-        B::q_attention_backward(
-            q.primitive,
-            k.primitive,
-            v.primitive,
-            p.primitive,
-            d_o.primitive,
-            mask,
-            div,
-        )
-        .map(<Self as AutodiffBackend>::from_inner)
+        let a = inner_attention::<B, C>(a);
+        B::q_attention_backward(a, p.primitive, d_o.primitive)
+            .map(<Self as AutodiffBackend>::from_inner)
     }
 
     fn q_grad_seed(y: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -377,53 +358,35 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         }
     }
 
-    fn q_layer_norm(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        eps: f32,
-    ) -> FloatTensor<Self> {
+    fn q_layer_norm(n: NormInput<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        let NormInput { x, w, eps } = n;
         let b = b.primitive;
         // The weight and bias are frozen base weights: no gradient (the bias is not needed).
         let norm = NormBackward(Norm::Layer);
         recorded::<B, C, _, _>(norm, x, (w.primitive, eps), |x, (w, eps)| {
-            B::q_layer_norm(x, w, b.clone(), eps)
+            B::q_layer_norm(NormInput { x, w, eps }, b.clone())
         })
     }
 
-    fn q_layer_norm_backward(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        eps: f32,
-    ) -> FloatTensor<Self> {
-        untracked_norm_dx::<B, C>(Norm::Layer, x, w, dy, eps)
+    fn q_layer_norm_backward(n: NormInput<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        untracked_norm_dx::<B, C>(Norm::Layer, n, dy)
     }
 
-    fn q_rotary(
-        x: FloatTensor<Self>,
-        cos: FloatTensor<Self>,
-        sin: FloatTensor<Self>,
-        inverse: bool,
-    ) -> FloatTensor<Self> {
-        rotated::<B, C>(Rotation::Interleaved, x, cos, sin, inverse)
+    fn q_rotary(x: FloatTensor<Self>, r: RotaryOptions<Self>) -> FloatTensor<Self> {
+        rotated::<B, C>(Rotation::Interleaved, x, r)
     }
 
-    fn q_rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+    fn q_rms_norm(n: NormInput<Self>) -> FloatTensor<Self> {
+        let NormInput { x, w, eps } = n;
         // The weight is a frozen base weight: no gradient, only its value for the backward.
         let norm = NormBackward(Norm::Rms);
         recorded::<B, C, _, _>(norm, x, (w.primitive, eps), |x, (w, eps)| {
-            B::q_rms_norm(x, w, eps)
+            B::q_rms_norm(NormInput { x, w, eps })
         })
     }
 
-    fn q_rms_norm_backward(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        eps: f32,
-    ) -> FloatTensor<Self> {
-        untracked_norm_dx::<B, C>(Norm::Rms, x, w, dy, eps)
+    fn q_rms_norm_backward(n: NormInput<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        untracked_norm_dx::<B, C>(Norm::Rms, n, dy)
     }
 
     fn q_silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -449,13 +412,8 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
             .map(<Self as AutodiffBackend>::from_inner)
     }
 
-    fn q_rotary_half(
-        x: FloatTensor<Self>,
-        cos: FloatTensor<Self>,
-        sin: FloatTensor<Self>,
-        inverse: bool,
-    ) -> FloatTensor<Self> {
-        rotated::<B, C>(Rotation::Half, x, cos, sin, inverse)
+    fn q_rotary_half(x: FloatTensor<Self>, r: RotaryOptions<Self>) -> FloatTensor<Self> {
+        rotated::<B, C>(Rotation::Half, x, r)
     }
 
     fn q_cross_entropy(x: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
@@ -477,10 +435,9 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
     fn q_quantize(
         name: &str,
         w: FloatTensor<Self>,
-        format: QuantFormat,
-        blocksize: usize,
+        opts: QuantizeOptions,
     ) -> Result<(IntTensor<Self>, FloatTensor<Self>), KernelError> {
-        let (codes, absmax) = B::q_quantize(name, w.primitive, format, blocksize)?;
+        let (codes, absmax) = B::q_quantize(name, w.primitive, opts)?;
         Ok((codes, <Self as AutodiffBackend>::from_inner(absmax)))
     }
 }

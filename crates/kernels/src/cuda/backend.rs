@@ -6,16 +6,18 @@
 
 use burn::tensor::{
     backend::Backend,
-    ops::{BoolTensor, FloatTensor, IntTensor},
+    ops::{FloatTensor, IntTensor},
     DType, Tensor, TensorData, TensorPrimitive,
 };
 use burn_cubecl::{BoolElement, CubeBackend, FloatElement, IntElement};
 use cubecl::cuda::CudaRuntime;
-use qtune_quant::QuantFormat;
 
 use super::gemm::{bmm, gemm, gemm_acc, OneRow, Product};
 use super::launch;
-use crate::{KernelError, QBackend, QWeightPrimitive};
+use crate::{
+    AttentionInput, AttnMask, GemmAccOptions, GemmOptions, KernelError, NormInput, QBackend,
+    QWeightPrimitive, QuantizeOptions, RotaryOptions,
+};
 
 impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
     for CubeBackend<CudaRuntime, F, I, BT>
@@ -52,24 +54,16 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         gemm::<Self>(dy, &wd, Product::AB)
     }
 
-    fn q_gemm(
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        ta: bool,
-        tb: bool,
-        out: DType,
-    ) -> FloatTensor<Self> {
-        bmm::<Self>(a, b, ta, tb, out, OneRow::Gemv)
+    fn q_gemm(a: FloatTensor<Self>, b: FloatTensor<Self>, opts: GemmOptions) -> FloatTensor<Self> {
+        bmm::<Self>(a, b, opts.ta, opts.tb, opts.out, OneRow::Gemv)
     }
 
     fn q_gemm_acc(
         c: FloatTensor<Self>,
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        ta: bool,
-        tb: bool,
-        alpha: f32,
+        [a, b]: [FloatTensor<Self>; 2],
+        opts: GemmAccOptions,
     ) -> FloatTensor<Self> {
+        let GemmAccOptions { ta, tb, alpha } = opts;
         gemm_acc::<Self>(c, a, b, ta, tb, alpha, OneRow::Gemv)
     }
 
@@ -130,84 +124,53 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         super::fused::gelu_new(x, bias, Some(dy))
     }
 
-    fn q_attn_softmax(
-        s: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
-        out: DType,
-    ) -> FloatTensor<Self> {
-        super::fused::attn_softmax(s, mask, div, out)
+    fn q_attn_softmax(s: FloatTensor<Self>, m: AttnMask<Self>, out: DType) -> FloatTensor<Self> {
+        super::fused::attn_softmax(s, m.mask, m.div, out)
     }
 
     fn q_attn_softmax_backward(
         p: FloatTensor<Self>,
         dp: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
+        m: AttnMask<Self>,
     ) -> FloatTensor<Self> {
-        super::fused::attn_softmax_backward(p, dp, mask, div, DType::F32)
+        super::fused::attn_softmax_backward(p, dp, m.mask, m.div, DType::F32)
     }
 
-    fn q_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        super::attention::attention(q, k, v, mask, div)
+    fn q_attention(a: AttentionInput<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        super::attention::attention(a.q, a.k, a.v, a.mask, a.div)
     }
 
     fn q_attention_backward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+        a: AttentionInput<Self>,
         p: FloatTensor<Self>,
         d_o: FloatTensor<Self>,
-        mask: Option<BoolTensor<Self>>,
-        div: f32,
     ) -> [FloatTensor<Self>; 3] {
-        super::attention::attention_backward(q, k, v, p, d_o, mask, div)
+        super::attention::attention_backward(a.q, a.k, a.v, p, d_o, a.mask, a.div)
     }
 
-    fn q_layer_norm(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        eps: f32,
-    ) -> FloatTensor<Self> {
+    fn q_layer_norm(n: NormInput<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        let NormInput { x, w, eps } = n;
         super::fused::layer_norm(x, w, b, None, eps)
     }
 
-    fn q_layer_norm_backward(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        eps: f32,
-    ) -> FloatTensor<Self> {
+    fn q_layer_norm_backward(n: NormInput<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        let NormInput { x, w, eps } = n;
         let b = w.clone(); // unused by the backward
         super::fused::layer_norm(x, w, b, Some(dy), eps)
     }
 
-    fn q_rotary(
-        x: FloatTensor<Self>,
-        cos: FloatTensor<Self>,
-        sin: FloatTensor<Self>,
-        inverse: bool,
-    ) -> FloatTensor<Self> {
+    fn q_rotary(x: FloatTensor<Self>, r: RotaryOptions<Self>) -> FloatTensor<Self> {
+        let RotaryOptions { cos, sin, inverse } = r;
         super::fused::rotary(x, cos, sin, inverse)
     }
 
-    fn q_rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+    fn q_rms_norm(n: NormInput<Self>) -> FloatTensor<Self> {
+        let NormInput { x, w, eps } = n;
         super::fused::rms_norm(x, w, None, eps)
     }
 
-    fn q_rms_norm_backward(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        eps: f32,
-    ) -> FloatTensor<Self> {
+    fn q_rms_norm_backward(n: NormInput<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        let NormInput { x, w, eps } = n;
         super::fused::rms_norm(x, w, Some(dy), eps)
     }
 
@@ -223,12 +186,8 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         super::fused::silu_mul_backward(gate, up, dy)
     }
 
-    fn q_rotary_half(
-        x: FloatTensor<Self>,
-        cos: FloatTensor<Self>,
-        sin: FloatTensor<Self>,
-        inverse: bool,
-    ) -> FloatTensor<Self> {
+    fn q_rotary_half(x: FloatTensor<Self>, r: RotaryOptions<Self>) -> FloatTensor<Self> {
+        let RotaryOptions { cos, sin, inverse } = r;
         super::fused::rotary_half(x, cos, sin, inverse)
     }
 
@@ -247,9 +206,9 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
     fn q_quantize(
         name: &str,
         w: FloatTensor<Self>,
-        format: QuantFormat,
-        blocksize: usize,
+        opts: QuantizeOptions,
     ) -> Result<(IntTensor<Self>, FloatTensor<Self>), KernelError> {
+        let QuantizeOptions { format, blocksize } = opts;
         if !format.blocksizes().contains(&blocksize) {
             return Err(KernelError::Blocksize {
                 name: name.to_string(),

@@ -10,8 +10,7 @@ use crate::common::*;
 
 #[test]
 fn split_into_micro_batches_gives_the_whole_batch_gradient() {
-    let _g = rng_lock();
-    let dir = tempfile::tempdir().unwrap();
+    let (_g, dir) = locked_tempdir();
     let mut cfg = tiny_config(dir.path());
     cfg.lora.lora_dropout = 0.0;
     let model = qtune_train::build::model_with_lora::<B>(&cfg, &Default::default()).unwrap();

@@ -1,4 +1,5 @@
-//! Shared helpers: a tiny config, synthetic examples, a lock around the backend RNG, and
+//! Shared helpers: a tiny config, synthetic examples, a lock around the backend RNG (with a
+//! fresh output folder), a comparison of LoRA gradients, and
 //! `train` on the CPU with a fresh model.
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -21,6 +22,12 @@ static RNG_LOCK: Mutex<()> = Mutex::new(());
 
 pub fn rng_lock() -> MutexGuard<'static, ()> {
     RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The usual preamble of a training test: [`rng_lock`] and a fresh output folder.
+pub fn locked_tempdir() -> (MutexGuard<'static, ()>, tempfile::TempDir) {
+    let guard = rng_lock();
+    (guard, tempfile::tempdir().unwrap())
 }
 
 pub const VOCAB: usize = 96;
@@ -150,4 +157,23 @@ pub fn lora_grads<M: CausalLm<B>>(
             (p.key, g.into_data().to_vec::<f32>().unwrap())
         })
         .collect()
+}
+
+/// Worst relative (L2) difference between two sets of gradients, none of them zero.
+pub fn worst_rel(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0f32;
+    for ((key, x), (key_b, y)) in a.iter().zip(b) {
+        assert_eq!(key, key_b);
+        let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!(norm > 0.0, "{key}: zero gradient, test would be vacuous");
+        let diff = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q) * (p - q))
+            .sum::<f32>()
+            .sqrt();
+        worst = worst.max(diff / norm);
+    }
+    worst
 }

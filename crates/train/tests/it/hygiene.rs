@@ -20,8 +20,7 @@ fn write_lock(dir: &std::path::Path, pid: u32) {
 
 #[test]
 fn second_training_on_a_locked_folder_is_refused_and_a_stale_lock_taken_over() {
-    let _g = rng_lock();
-    let dir = tempfile::tempdir().unwrap();
+    let (_g, dir) = locked_tempdir();
     let mut cfg = tiny_config(dir.path());
     cfg.training.max_steps = 2;
     // A first training holds the folder: its lock file names a live pid of this host (ours
@@ -150,8 +149,7 @@ fn resume_truncates_metrics_cleans_temporaries_and_skips_a_corrupt_latest() {
 
 #[test]
 fn max_length_beyond_the_context_window_is_refused() {
-    let _g = rng_lock();
-    let dir = tempfile::tempdir().unwrap();
+    let (_g, dir) = locked_tempdir();
     let mut cfg = tiny_config(dir.path()); // n_positions 64
     cfg.data.max_length = 100;
     let err = cfg.validate("t.toml").unwrap_err().to_string();

@@ -5,8 +5,7 @@ use crate::common::*;
 
 #[test]
 fn non_finite_loss_stops_and_keeps_last_good_checkpoint() {
-    let _g = rng_lock();
-    let dir = tempfile::tempdir().unwrap();
+    let (_g, dir) = locked_tempdir();
     let mut cfg = tiny_config(dir.path());
     // An absurd rate: step 1 moves the LoRA weights to ~1e30, step 2's forward overflows.
     cfg.training.learning_rate = 1e30;
@@ -46,8 +45,7 @@ fn non_finite_loss_stops_and_keeps_last_good_checkpoint() {
 
 #[test]
 fn empty_dataset_and_existing_run_are_errors() {
-    let _g = rng_lock();
-    let dir = tempfile::tempdir().unwrap();
+    let (_g, dir) = locked_tempdir();
     let mut cfg = tiny_config(dir.path());
     cfg.training.max_steps = 2;
     let model = lm(&cfg);
@@ -76,8 +74,7 @@ fn empty_dataset_and_existing_run_are_errors() {
 
 #[test]
 fn resuming_with_an_incompatible_config_is_an_error() {
-    let _g = rng_lock();
-    let dir = tempfile::tempdir().unwrap();
+    let (_g, dir) = locked_tempdir();
     let mut cfg = tiny_config(dir.path());
     cfg.training.max_steps = 2;
     let model = lm(&cfg);

@@ -12,25 +12,6 @@ use qtune_train::{build, TrainError, TrainOptions};
 
 use crate::common::*;
 
-/// Worst relative (L2) difference between two sets of gradients, none of them zero.
-fn worst_rel(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let mut worst = 0f32;
-    for ((key, x), (key_b, y)) in a.iter().zip(b) {
-        assert_eq!(key, key_b);
-        let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
-        assert!(norm > 0.0, "{key}: zero gradient, test would be vacuous");
-        let diff = x
-            .iter()
-            .zip(y)
-            .map(|(p, q)| (p - q) * (p - q))
-            .sum::<f32>()
-            .sqrt();
-        worst = worst.max(diff / norm);
-    }
-    worst
-}
-
 /// The same 7 examples as one right-padded batch (each example alone in its row) and packed
 /// three rows deep; summed loss, target tokens and LoRA grads must agree, in both step modes.
 fn packed_equals_unpacked<M>(model: &M, what: &str)
@@ -92,8 +73,7 @@ where
 
 #[test]
 fn packed_loss_and_grads_equal_unpacked_gptj() {
-    let _g = rng_lock();
-    let dir = tempfile::tempdir().unwrap();
+    let (_g, dir) = locked_tempdir();
     let mut cfg = tiny_config(dir.path());
     cfg.lora.lora_dropout = 0.0;
     let m = build::model_with_lora::<B>(&cfg, &Default::default()).unwrap();
@@ -207,8 +187,7 @@ fn packed_run_resumes_bit_for_bit() {
 
 #[test]
 fn packing_refuses_too_few_rows_and_too_long_examples() {
-    let _g = rng_lock();
-    let dir = tempfile::tempdir().unwrap();
+    let (_g, dir) = locked_tempdir();
     let cfg = packed_config(dir.path());
     // 6 examples of ≤ 13 tokens fill ≤ 3 rows of 32: fewer than a batch of 4 rows.
     let model = lm(&cfg);
@@ -243,8 +222,7 @@ fn packing_refuses_too_few_rows_and_too_long_examples() {
 /// The loop's context honours the segment ids (model.rs), also on the inner backend.
 #[test]
 fn segmented_context_masks_across_examples() {
-    let _g = rng_lock();
-    let dir = tempfile::tempdir().unwrap();
+    let (_g, dir) = locked_tempdir();
     let cfg = tiny_config(dir.path());
     let m = build::model_with_lora::<B>(&cfg, &Default::default()).unwrap();
     let a = Example::from_prompt_completion(&[5, 6], &[7]);

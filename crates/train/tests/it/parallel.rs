@@ -106,8 +106,7 @@ fn two_ranks_train_the_weights_of_one_rank_with_the_combined_batch() {
 
 #[test]
 fn only_rank_zero_writes_and_resume_needs_the_same_world_size() {
-    let _g = rng_lock();
-    let dir = tempfile::tempdir().unwrap();
+    let (_g, dir) = locked_tempdir();
     let mut cfg = config(dir.path(), 2);
     cfg.lora.lora_dropout = 0.1; // per-rank seeds; resume must reproduce them
     let stop = TrainOptions {
@@ -170,8 +169,7 @@ fn only_rank_zero_writes_and_resume_needs_the_same_world_size() {
 
 #[test]
 fn a_failing_rank_stops_the_others() {
-    let _g = rng_lock();
-    let dir = tempfile::tempdir().unwrap();
+    let (_g, dir) = locked_tempdir();
     let cfg = config(dir.path(), 2);
     let (train_set, val_set) = (synthetic(24, 1), synthetic(8, 2));
     let devices: Vec<Dev> = vec![Default::default(), Default::default()];

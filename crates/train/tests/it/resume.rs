@@ -66,8 +66,7 @@ fn resumed_run_matches_uninterrupted_bit_for_bit() {
 
 #[test]
 fn loss_falls_on_a_learnable_task() {
-    let _g = rng_lock();
-    let dir = tempfile::tempdir().unwrap();
+    let (_g, dir) = locked_tempdir();
     let mut cfg = tiny_config(dir.path());
     cfg.training.max_steps = 30;
     cfg.training.eval_steps = 10;
