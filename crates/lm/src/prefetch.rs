@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 
 use burn::tensor::{DType, TensorData};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 
 use qtune_kernels::QBackend;
 
@@ -72,48 +72,32 @@ pub const DEFAULT_BUDGET: usize = 2 << 30;
 impl<'a> Prefetch<'a> {
     /// The plan for `files` loaded in `dtype`: every float tensor and every bnb-quantized linear.
     pub fn new(files: &'a WeightFiles, dtype: DType, budget: usize) -> Result<Self, LmError> {
-        let parse = |path: &std::path::Path, mmap| {
-            SafeTensors::deserialize(mmap).map_err(|e| LmError::Safetensors {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })
-        };
         // bnb-quantized linears first: their `.weight.*` companions (absmax, quant_map, …) are
-        // read with them, not as tensors of their own.
-        let mut quantized = std::collections::HashSet::new();
-        for (path, mmap) in files.files() {
-            let st = parse(path, mmap)?;
-            for name in st.names() {
-                if let Some(module) = name.strip_suffix(".weight") {
-                    if qtune_quant::io::quant_format_of(&st, module).is_some() {
-                        quantized.insert(module.to_string());
-                    }
-                }
-            }
-        }
+        // read with them, not as tensors of their own. (The headers were parsed once, by
+        // `WeightFiles::open`.)
+        let quantized: std::collections::HashSet<&str> = files
+            .tensors()
+            .filter_map(|(name, _, _)| name.strip_suffix(".weight"))
+            .filter(|module| files.quant_format(module).is_some())
+            .collect();
         let companion = |name: &str| {
             name.split_once(".weight.")
                 .is_some_and(|(module, _)| quantized.contains(module))
         };
         let mut items = Vec::new();
-        for (path, mmap) in files.files() {
-            for (name, view) in parse(path, mmap)?.tensors() {
-                let bytes = view.data().len();
-                let module = name.strip_suffix(".weight").unwrap_or_default();
-                if quantized.contains(module) {
-                    items.push((Item::Quantized(module.to_string()), bytes));
-                } else if !companion(&name)
-                    && matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16)
-                {
-                    // In f32 a 16-bit tensor takes twice its stored bytes.
-                    let width = view.dtype().bitsize() / 8;
-                    let out = if dtype == DType::F32 {
-                        bytes / width * 4
-                    } else {
-                        bytes
-                    };
-                    items.push((Item::Dense(name), out));
-                }
+        for (name, stored, bytes) in files.tensors() {
+            let module = name.strip_suffix(".weight").unwrap_or_default();
+            if quantized.contains(module) {
+                items.push((Item::Quantized(module.to_string()), bytes));
+            } else if !companion(name) && matches!(stored, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+                // In f32 a 16-bit tensor takes twice its stored bytes.
+                let width = stored.bitsize() / 8;
+                let out = if dtype == DType::F32 {
+                    bytes / width * 4
+                } else {
+                    bytes
+                };
+                items.push((Item::Dense(name.to_string()), out));
             }
         }
         items.sort_by_cached_key(|(item, _)| {

@@ -105,9 +105,27 @@ impl WeightFiles {
         Ok(Self { files, by_name })
     }
 
-    /// Each shard's path and map.
-    pub(crate) fn files(&self) -> impl Iterator<Item = (&Path, &Mmap)> {
-        self.files.iter().map(|(p, m)| (p.as_path(), m))
+    /// Every tensor of the checkpoint: name, stored dtype and size in bytes, in no particular
+    /// order.
+    pub(crate) fn tensors(&self) -> impl Iterator<Item = (&str, Dtype, usize)> {
+        self.by_name
+            .iter()
+            .map(|(name, e)| (name.as_str(), e.dtype, e.bytes.len()))
+    }
+
+    /// The bnb format of linear `module`'s weight if it is stored quantized (its quant_state
+    /// companion sits in the weight's file), else `None`.
+    pub(crate) fn quant_format(&self, module: &str) -> Option<qtune_quant::QuantFormat> {
+        qtune_quant::io::quant_format_of(&self.weight_file(module)?, module)
+    }
+
+    /// The tensors of the file holding `module.weight`, if the checkpoint has it.
+    fn weight_file(&self, module: &str) -> Option<FileTensors<'_>> {
+        let e = self.by_name.get(&format!("{module}.weight"))?;
+        Some(FileTensors {
+            files: self,
+            file: e.file,
+        })
     }
 
     /// The shape tensor `name` is stored with.
@@ -179,17 +197,13 @@ pub(crate) fn read_quantized(
     files: &WeightFiles,
     module: &str,
 ) -> Result<Option<qtune_quant::QuantizedTensor>, LmError> {
-    let Some(e) = files.by_name.get(&format!("{module}.weight")) else {
+    let Some(st) = files.weight_file(module) else {
         return Ok(None);
-    };
-    let path = &files.files[e.file].0;
-    let st = FileTensors {
-        files,
-        file: e.file,
     };
     if qtune_quant::io::quant_format_of(&st, module).is_none() {
         return Ok(None);
     }
+    let path = &files.files[st.file].0;
     qtune_quant::QuantizedTensor::from_safetensors(&st, module, path)
         .map(Some)
         .map_err(|e| LmError::Safetensors {
