@@ -22,6 +22,7 @@ mod decode;
 mod dropout;
 mod error;
 mod llama_ops;
+mod lora;
 mod ops;
 mod reference;
 mod weight;
@@ -31,6 +32,7 @@ pub mod cuda;
 
 pub use decode::{first_argmax, graph_capture, greedy_advance, write_row, DeviceGraph};
 pub use error::KernelError;
+pub use lora::lora_acc;
 pub use ops::{
     attention, attention_softmax, bias_gelu_new, cross_entropy, dropout, gelu_new, grad_seed,
     layer_norm, linear_t, linear_t_acc, matmul, rms_norm, rotary, rotary_half, silu_mul,
@@ -44,9 +46,9 @@ use burn::tensor::{
 };
 use qtune_quant::QuantFormat;
 
-/// How [`QBackend::q_gemm`] multiplies: `op(a)·op(b)`, where `op` transposes the last two dims
-/// of `a` when `ta` and of `b` when `tb`, written in `out`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How [`QBackend::q_gemm`] multiplies: `alpha·op(a)·op(b)`, where `op` transposes the last
+/// two dims of `a` when `ta` and of `b` when `tb`, written in `out`.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GemmOptions {
     /// Transpose `a` (its last two dims).
     pub ta: bool,
@@ -54,12 +56,25 @@ pub struct GemmOptions {
     pub tb: bool,
     /// The output dtype: the inputs' dtype, or F32.
     pub out: DType,
+    /// The product's scale, applied to the f32 accumulator before the output is rounded (the
+    /// GEMM's own α on CUDA: no separate scaling pass).
+    pub alpha: f32,
 }
 
 impl GemmOptions {
     /// `op(a)·op(b)` with the given transposes, written in `out`.
     pub const fn new(ta: bool, tb: bool, out: DType) -> Self {
-        Self { ta, tb, out }
+        Self {
+            ta,
+            tb,
+            out,
+            alpha: 1.0,
+        }
+    }
+
+    /// The same product scaled by `alpha`.
+    pub const fn scaled(self, alpha: f32) -> Self {
+        Self { alpha, ..self }
     }
 }
 
@@ -105,6 +120,16 @@ pub struct RotaryOptions<B: Backend> {
     pub sin: FloatTensor<B>,
     /// Turn back (the inverse rotation, also the rotation's input gradient).
     pub inverse: bool,
+}
+
+/// A LoRA adapter's product as [`QBackend::q_lora_acc`] adds it: `scaling·(dropout(x)·Aᵀ)·Bᵀ`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoraOptions {
+    /// `lora_alpha / r` (or PEFT's rsLoRA scale).
+    pub scaling: f32,
+    /// Drop probability and counter seed of the input's dropout ([`QBackend::q_dropout`]);
+    /// `None` (or `p = 0`) applies none.
+    pub dropout: Option<(f32, u64)>,
 }
 
 /// What [`QBackend::q_quantize`] makes of a dense weight.
@@ -170,8 +195,8 @@ pub trait QBackend: Backend {
     /// `dx[m, in] = dy[m, out] · dequant(w)`, the only gradient a frozen base weight needs.
     fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self>;
 
-    /// Batched row-major matmul `c[i] = op(a[i])·op(b[i])` of 3-D `a`, `b` (same batch size and
-    /// dtype; `op` transposes the last two dims when `opts.ta`/`opts.tb`), accumulated in f32 and written in
+    /// Batched row-major matmul `c[i] = alpha·op(a[i])·op(b[i])` of 3-D `a`, `b` (same batch size and
+    /// dtype; `op` transposes the last two dims when `opts.ta`/`opts.tb`), accumulated and scaled in f32 and written in
     /// `out` (the inputs' dtype, or F32). Every dense GEMM of the model goes through it: on CUDA
     /// it is one cuBLAS call, where Burn 0.21's matmul reaches a third of cuBLAS' speed and
     /// JIT-compiles a kernel per shape. Under autodiff both inputs get gradients (in their dtype).
@@ -188,8 +213,27 @@ pub trait QBackend: Backend {
         opts: GemmAccOptions,
     ) -> FloatTensor<Self> {
         let dtype = c.dtype();
-        let ab = Self::q_gemm(a, b, GemmOptions::new(opts.ta, opts.tb, dtype));
-        Self::float_add(c, Self::float_mul_scalar(ab, opts.alpha.into()))
+        let ab = Self::q_gemm(
+            a,
+            b,
+            GemmOptions::new(opts.ta, opts.tb, dtype).scaled(opts.alpha),
+        );
+        Self::float_add(c, ab)
+    }
+
+    /// LoRA's `y + scaling·(dropout(x)·Aᵀ)·Bᵀ` for `y [m, out]`, `x [m, in]` in the activation
+    /// dtype and the factors `A [r, in]`, `B [out, r]` in theirs (f32 in training, as PEFT keeps
+    /// them), cast to `x`'s dtype for the product: the `A` product, then the `B` product
+    /// accumulated onto `y` scaled ([`QBackend::q_gemm_acc`]). Under autodiff it is one node
+    /// whose backward writes the factors' gradients straight in their dtype with the scale in
+    /// the GEMMs' α: no cast or scaling passes, one graph node instead of five.
+    fn q_lora_acc(
+        y: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        [a, b]: [FloatTensor<Self>; 2],
+        opts: LoraOptions,
+    ) -> FloatTensor<Self> {
+        lora::forward::<Self>(y, x, [a, b], opts).out
     }
 
     /// Dropout of `x` with drop probability `p ∈ [0, 1)` and a counter-based mask: element `i`

@@ -404,11 +404,12 @@ impl QBackend for NdArray {
     }
 
     fn q_gemm(a: FloatTensor<Self>, b: FloatTensor<Self>, opts: GemmOptions) -> FloatTensor<Self> {
-        let GemmOptions { ta, tb, out } = opts;
+        let GemmOptions { ta, tb, out, alpha } = opts;
         let (a, b) = (float::<Self, 3>(a), float::<Self, 3>(b));
         let a = if ta { a.swap_dims(1, 2) } else { a };
         let b = if tb { b.swap_dims(1, 2) } else { b };
         let c = a.matmul(b);
+        let c = if alpha == 1.0 { c } else { c.mul_scalar(alpha) };
         let c = if c.dtype() == out { c } else { c.cast(out) };
         c.into_primitive().tensor()
     }

@@ -315,6 +315,39 @@ fn linear_t_acc_adds_the_scaled_product_and_its_gradients() {
 }
 
 #[test]
+fn lora_acc_equals_its_composition_with_and_without_dropout() {
+    for dropout in [None, Some((0.25f32, 11u64))] {
+        let y = tensor([1, 2, 3, 5], 50).require_grad();
+        let x = tensor([1, 2, 3, 4], 51).require_grad();
+        let a = tensor([1, 1, 2, 4], 52).require_grad();
+        let b = tensor([1, 1, 5, 2], 53).require_grad();
+        let g = tensor([1, 2, 3, 5], 54);
+        let (a2, b2) = (|| a.clone().reshape([2, 4]), || b.clone().reshape([5, 2]));
+        let opts = qtune_kernels::LoraOptions {
+            scaling: 0.75,
+            dropout,
+        };
+        let ours = qtune_kernels::lora_acc(y.clone(), x.clone(), [a2(), b2()], opts);
+        let xd = match dropout {
+            Some((p, seed)) => qtune_kernels::dropout(x.clone(), p as f64, seed),
+            None => x.clone(),
+        };
+        let reference = qtune_kernels::linear_t_acc(y.clone(), linear_t(xd, a2()), b2(), 0.75);
+        let fwd = max_diff(ours.clone().inner(), reference.clone().inner());
+        assert!(
+            fwd < 1e-6,
+            "lora_acc forward differs by {fwd} ({dropout:?})"
+        );
+        let g1 = (ours * g.clone()).sum().backward();
+        let g2 = (reference * g).sum().backward();
+        for (name, t) in [("y", &y), ("x", &x), ("a", &a), ("b", &b)] {
+            let d = max_diff(t.grad(&g1).unwrap(), t.grad(&g2).unwrap());
+            assert!(d < 1e-5, "lora_acc d{name} differs by {d} ({dropout:?})");
+        }
+    }
+}
+
+#[test]
 fn dropout_mask_is_a_function_of_the_seed_with_the_right_rate_and_scale() {
     let n = 1 << 16;
     let x = tensor([1, 1, 1, n], 40).add_scalar(2.0).require_grad(); // all values ≥ 1: no zeros

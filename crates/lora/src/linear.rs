@@ -164,18 +164,16 @@ impl<B: Backend> LoraAdapter<B> {
     {
         // Adapters are kept in f32 while activations may be bf16. As torch autocast does, the
         // (tiny) factors are cast to x's dtype, not the (large) activation to theirs; their
-        // gradients come back through the cast in f32.
-        let dtype = x.dtype();
-        let (a, b) = (
-            in_dtype(self.lora_a.val(), dtype),
-            in_dtype(self.lora_b.val(), dtype),
-        );
-        let x = match dropout_seed {
-            Some(seed) if self.dropout > 0.0 => qtune_kernels::dropout(x, self.dropout, seed),
-            _ => x,
+        // gradients come back in f32 (one fused op and backward: `qtune_kernels::lora_acc`).
+        let dropout = match dropout_seed {
+            Some(seed) if self.dropout > 0.0 => Some((self.dropout as f32, seed)),
+            _ => None,
         };
-        let y = in_dtype(y, dtype);
-        qtune_kernels::linear_t_acc(y, qtune_kernels::linear_t(x, a), b, self.scaling as f32)
+        let opts = qtune_kernels::LoraOptions {
+            scaling: self.scaling as f32,
+            dropout,
+        };
+        qtune_kernels::lora_acc(y, x, [self.lora_a.val(), self.lora_b.val()], opts)
     }
 
     /// The adapter's own contribution `scaling · (dropout(x)·Aᵀ)·Bᵀ` (see

@@ -63,10 +63,12 @@ pub(super) struct MatmulState<B: Backend> {
     pub(super) ta: bool,
     pub(super) tb: bool,
     pub(super) dtype: DType,
+    /// The product's scale: the gradients carry it too (folded into their GEMMs).
+    pub(super) alpha: f32,
 }
 
-/// Backward of `c = op(a)·op(b)` (`op` = transpose when flagged), by the same op:
-/// `da = dc·op(b)ᵀ` (stored transposed when `ta`), `db = op(a)ᵀ·dc` (likewise for `tb`).
+/// Backward of `c = alpha·op(a)·op(b)` (`op` = transpose when flagged), by the same op:
+/// `da = alpha·dc·op(b)ᵀ` (stored transposed when `ta`), `db = alpha·op(a)ᵀ·dc` (likewise for `tb`).
 /// `dc` is first cast to the inputs' dtype (an F32 output of bf16 inputs, e.g. attention scores).
 #[derive(Debug)]
 pub(super) struct MatmulBackward;
@@ -78,43 +80,37 @@ impl<B: QBackend> Backward<B, 2> for MatmulBackward {
         let [node_a, node_b] = ops.parents;
         let dc = grads.consume::<B>(&ops.node);
         let ids = [node_a.map(|n| n.id), node_b.map(|n| n.id)];
-        matmul_grads::<B>(ops.state, dc, ids, 1.0, grads);
+        matmul_grads::<B>(ops.state, dc, ids, grads);
     }
 }
 
-/// Registers `alpha·da` and `alpha·db` of `c = op(a)·op(b)` for the parents that need them.
+/// Registers `alpha·da` and `alpha·db` of `c = alpha·op(a)·op(b)` for the parents that need
+/// them; α is the gradient GEMMs' own (no scaling pass).
 fn matmul_grads<B: QBackend>(
     s: MatmulState<B>,
     mut dc: FloatTensor<B>,
     [node_a, node_b]: [Option<burn::backend::autodiff::NodeId>; 2],
-    alpha: f32,
     grads: &mut Gradients,
 ) {
     if dc.dtype() != s.dtype {
         dc = B::float_cast(dc, s.dtype.into());
     }
-    let scaled = |g: FloatTensor<B>| {
-        if alpha == 1.0 {
-            g
-        } else {
-            B::float_mul_scalar(g, alpha.into())
-        }
-    };
+    let opts = |ta, tb| GemmOptions::new(ta, tb, s.dtype).scaled(s.alpha);
     if let (Some(node), Some(b)) = (node_a, s.b) {
         let da = if s.ta {
-            B::q_gemm(b, dc.clone(), GemmOptions::new(s.tb, true, s.dtype))
+            B::q_gemm(b, dc.clone(), opts(s.tb, true))
         } else {
-            B::q_gemm(dc.clone(), b, GemmOptions::new(false, !s.tb, s.dtype))
+            B::q_gemm(dc.clone(), b, opts(false, !s.tb))
         };
-        grads.register::<B>(node, scaled(da));
+        grads.register::<B>(node, da);
     }
     if let (Some(node), Some(a)) = (node_b, s.a) {
         let db = if s.tb {
-            B::q_gemm(dc, a, GemmOptions::new(true, s.ta, s.dtype))
+            B::q_gemm(dc, a, opts(true, s.ta))
         } else {
-            B::q_gemm(a, dc, GemmOptions::new(!s.ta, false, s.dtype))
+            B::q_gemm(a, dc, opts(!s.ta, false))
         };
-        grads.register::<B>(node, scaled(db));
+        grads.register::<B>(node, db);
     }
 }
 
@@ -124,14 +120,13 @@ fn matmul_grads<B: QBackend>(
 pub(super) struct GemmAccBackward;
 
 impl<B: QBackend> Backward<B, 3> for GemmAccBackward {
-    type State = (MatmulState<B>, f32);
+    type State = MatmulState<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_c, node_a, node_b] = ops.parents;
         let dy = grads.consume::<B>(&ops.node);
-        let (state, alpha) = ops.state;
         let ids = [node_a.map(|n| n.id), node_b.map(|n| n.id)];
-        matmul_grads::<B>(state, dy.clone(), ids, alpha, grads);
+        matmul_grads::<B>(ops.state, dy.clone(), ids, grads);
         if let Some(node) = node_c {
             grads.register::<B>(node.id, dy);
         }

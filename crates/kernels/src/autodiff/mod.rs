@@ -20,13 +20,14 @@ use burn::tensor::{
 
 use crate::{
     AbsmaxPrimitive, AttentionInput, AttnMask, GemmAccOptions, GemmOptions, KernelError,
-    LinearBackward, NestedPrimitive, NormInput, QBackend, QWeightPrimitive, QuantizeOptions,
-    RotaryOptions,
+    LinearBackward, LoraOptions, NestedPrimitive, NormInput, QBackend, QWeightPrimitive,
+    QuantizeOptions, RotaryOptions,
 };
 
 mod fused;
 mod linear;
 mod llama;
+mod lora;
 
 use fused::{
     AttentionBackward, AttnSoftmaxBackward, CrossEntropyBackward, DropoutBackward, GeluNewBackward,
@@ -36,6 +37,7 @@ use linear::{
     dense_linear, GemmAccBackward, MatmulBackward, MatmulState, QLinearBackward, QLinearState,
 };
 use llama::SiluMulBackward;
+use lora::{LoraBackward, LoraState};
 
 /// `forward(x, frozen)` recorded for `op`, whose backward state is `x` and `frozen`: values that
 /// get no gradient (a bias, a norm's weight and eps, the targets), only kept for the backward.
@@ -105,8 +107,8 @@ fn rotated<B: QBackend, C: CheckpointStrategy>(
 fn matmul_state<B: QBackend, C: CheckpointStrategy>(
     a: &FloatTensor<Autodiff<B, C>>,
     b: &FloatTensor<Autodiff<B, C>>,
-    ta: bool,
-    tb: bool,
+    (ta, tb): (bool, bool),
+    alpha: f32,
 ) -> MatmulState<B> {
     let (need_a, need_b) = (!a.node.requirement.is_none(), !b.node.requirement.is_none());
     MatmulState {
@@ -115,6 +117,7 @@ fn matmul_state<B: QBackend, C: CheckpointStrategy>(
         ta,
         tb,
         dtype: a.primitive.dtype(),
+        alpha,
     }
 }
 
@@ -220,7 +223,7 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let state = matmul_state::<B, C>(&a, &b, opts.ta, opts.tb);
+                let state = matmul_state::<B, C>(&a, &b, (opts.ta, opts.tb), opts.alpha);
                 prep.finish(state, B::q_gemm(a.primitive, b.primitive, opts))
             }
             OpsKind::UnTracked(prep) => prep.finish(B::q_gemm(a.primitive, b.primitive, opts)),
@@ -238,12 +241,49 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let state = matmul_state::<B, C>(&a, &b, opts.ta, opts.tb);
+                let state = matmul_state::<B, C>(&a, &b, (opts.ta, opts.tb), opts.alpha);
                 let y = B::q_gemm_acc(c.primitive, [a.primitive, b.primitive], opts);
-                prep.finish((state, opts.alpha), y)
+                prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => {
                 prep.finish(B::q_gemm_acc(c.primitive, [a.primitive, b.primitive], opts))
+            }
+        }
+    }
+
+    fn q_lora_acc(
+        y: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        [a, b]: [FloatTensor<Self>; 2],
+        opts: LoraOptions,
+    ) -> FloatTensor<Self> {
+        let parents = [
+            y.node.clone(),
+            x.node.clone(),
+            a.node.clone(),
+            b.node.clone(),
+        ];
+        let ab = [a.primitive, b.primitive];
+        match LoraBackward
+            .prepare::<C>(parents)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let dtypes = [y.primitive.dtype(), ab[0].dtype(), ab[1].dtype()];
+                let f = crate::lora::forward::<B>(y.primitive, x.primitive, ab, opts);
+                let state = LoraState {
+                    xd: f.xd,
+                    u: f.u,
+                    a: f.a,
+                    b: f.b,
+                    dtypes,
+                    opts,
+                };
+                prep.finish(state, f.out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::q_lora_acc(y.primitive, x.primitive, ab, opts))
             }
         }
     }

@@ -12,7 +12,7 @@ use burn::tensor::{
 use burn_cubecl::{BoolElement, CubeBackend, FloatElement, IntElement};
 use cubecl::cuda::CudaRuntime;
 
-use super::gemm::{bmm, gemm, gemm_acc, OneRow, Product};
+use super::gemm::{bmm_scaled, gemm, gemm_acc, OneRow, Product};
 use super::launch;
 use crate::{
     AttentionInput, AttnMask, GemmAccOptions, GemmOptions, KernelError, NormInput, QBackend,
@@ -55,7 +55,7 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
     }
 
     fn q_gemm(a: FloatTensor<Self>, b: FloatTensor<Self>, opts: GemmOptions) -> FloatTensor<Self> {
-        bmm::<Self>(a, b, opts.ta, opts.tb, opts.out, OneRow::Gemv)
+        bmm_scaled::<Self>(a, b, opts, OneRow::Gemv)
     }
 
     fn q_gemm_acc(

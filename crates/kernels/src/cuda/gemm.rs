@@ -156,9 +156,24 @@ pub fn bmm<B: CudaB>(
     out_dtype: DType,
     one_row: OneRow,
 ) -> CubeTensor<CudaRuntime> {
+    bmm_scaled::<B>(a, b, crate::GemmOptions::new(ta, tb, out_dtype), one_row)
+}
+
+/// [`bmm`] of `opts.alpha·op(a)·op(b)`: α is the GEMM's own (applied to the f32 accumulator),
+/// so a scaled product costs no extra pass. A product of one row takes the GEMV kernel only
+/// unscaled.
+pub fn bmm_scaled<B: CudaB>(
+    a: CubeTensor<CudaRuntime>,
+    b: CubeTensor<CudaRuntime>,
+    opts: crate::GemmOptions,
+    one_row: OneRow,
+) -> CubeTensor<CudaRuntime> {
     let (a, b) = (into_contiguous(a), into_contiguous(b));
-    let g = Gemm::batched(&a, &b, ta, tb);
-    let out = empty(&a, vec![g.batch, g.m, g.n], out_dtype);
+    let g = Gemm {
+        alpha: opts.alpha,
+        ..Gemm::batched(&a, &b, opts.ta, opts.tb)
+    };
+    let out = empty(&a, vec![g.batch, g.m, g.n], opts.out);
     if g.batch == 0 || g.m == 0 || g.n == 0 {
         return out;
     }
@@ -167,10 +182,15 @@ pub fn bmm<B: CudaB>(
             <B as burn::tensor::ops::FloatTensorOps<B>>::float_zeros(
                 vec![g.batch, g.m, g.n].into(),
                 &a.device,
-                out_dtype.into(),
+                opts.out.into(),
             ),
         );
     }
+    let one_row = if opts.alpha == 1.0 {
+        one_row
+    } else {
+        OneRow::Cublas
+    };
     if !single_row_gemv(&a, &b, &out, &g, None, one_row) {
         dense_gemm(&a, &b, &out, g);
     }
@@ -201,9 +221,8 @@ pub fn gemm_acc<B: CudaB>(
     // the GEMM (ld = n) would misread.
     let c = into_contiguous(c);
     if !(c.can_mut() && c.is_contiguous_buffer()) {
-        let dtype = c.dtype;
-        let ab = bmm::<B>(a, b, ta, tb, dtype, one_row);
-        let ab = <B as burn::tensor::ops::FloatTensorOps<B>>::float_mul_scalar(ab, alpha.into());
+        let opts = crate::GemmOptions::new(ta, tb, c.dtype).scaled(alpha);
+        let ab = bmm_scaled::<B>(a, b, opts, one_row);
         return <B as burn::tensor::ops::FloatTensorOps<B>>::float_add(c, ab);
     }
     let g = Gemm {

@@ -1,0 +1,104 @@
+//! LoRA's adapter product `y + scaling·(dropout(x)·Aᵀ)·Bᵀ` ([`QBackend::q_lora_acc`]): the
+//! composition of the primitives every backend runs (the autodiff node in `autodiff/lora.rs`
+//! keeps what it returns besides the output), and the tensor-level wrapper [`lora_acc`].
+
+use burn::tensor::{backend::Backend, ops::FloatTensor, Tensor, TensorMetadata, TensorPrimitive};
+
+use crate::{GemmAccOptions, GemmOptions, LoraOptions, QBackend};
+
+/// `y + scaling·(dropout(x)·Aᵀ)·Bᵀ` over the last dim of `x [.., in]` (`in` → `out`, onto
+/// `y [.., out]`) for LoRA factors `a [r, in]`, `b [out, r]` in any float dtype (cast to `x`'s
+/// for the product; their gradients come back in theirs), through [`QBackend::q_lora_acc`].
+///
+/// # Panics
+/// On shapes that do not fit (a model wiring bug) or a drop probability outside `[0, 1)`
+/// (configs are validated before a model is built).
+pub fn lora_acc<B: QBackend, const D: usize>(
+    y: Tensor<B, D>,
+    x: Tensor<B, D>,
+    [a, b]: [Tensor<B, 2>; 2],
+    opts: LoraOptions,
+) -> Tensor<B, D> {
+    let (dims, ydims) = (x.dims(), y.dims());
+    let ([r, in_f], [out_f, rb]) = (a.dims(), b.dims());
+    assert!(
+        dims[D - 1] == in_f && ydims[D - 1] == out_f && r == rb && dims[..D - 1] == ydims[..D - 1],
+        "lora_acc: x {dims:?}, A [{r}, {in_f}], B [{out_f}, {rb}] and y {ydims:?} do not fit"
+    );
+    if let Some((p, _)) = opts.dropout {
+        assert!(
+            (0.0..1.0).contains(&p),
+            "dropout probability {p} outside [0, 1)"
+        );
+    }
+    let m = dims[..D - 1].iter().product::<usize>();
+    let out = B::q_lora_acc(
+        y.reshape([m, out_f]).into_primitive().tensor(),
+        x.reshape([m, in_f]).into_primitive().tensor(),
+        [a.into_primitive().tensor(), b.into_primitive().tensor()],
+        opts,
+    );
+    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(out)).reshape(ydims)
+}
+
+/// What [`QBackend::q_lora_acc`]'s forward computes, with what its backward needs kept: the
+/// dropped input, the `A` product and the factors in the activation dtype.
+pub(crate) struct Forward<B: Backend> {
+    pub(crate) out: FloatTensor<B>,
+    pub(crate) xd: FloatTensor<B>,
+    pub(crate) u: FloatTensor<B>,
+    pub(crate) a: FloatTensor<B>,
+    pub(crate) b: FloatTensor<B>,
+}
+
+/// The composition behind [`QBackend::q_lora_acc`] (2-D operands; see there).
+pub(crate) fn forward<B: QBackend>(
+    y: FloatTensor<B>,
+    x: FloatTensor<B>,
+    [a, b]: [FloatTensor<B>; 2],
+    opts: LoraOptions,
+) -> Forward<B> {
+    use burn::tensor::Shape;
+    let dtype = x.dtype();
+    let cast = |t: FloatTensor<B>| {
+        if t.dtype() == dtype {
+            t
+        } else {
+            B::float_cast(t, dtype.into())
+        }
+    };
+    let (a, b, y) = (cast(a), cast(b), cast(y));
+    let xd = match opts.dropout {
+        Some((p, seed)) if p > 0.0 => B::q_dropout(x, p, seed),
+        _ => x,
+    };
+    let ([m, k], [r, _], [n, _]) = (
+        xd.shape().dims::<2>(),
+        a.shape().dims::<2>(),
+        b.shape().dims::<2>(),
+    );
+    let u = B::q_gemm(
+        B::float_reshape(xd.clone(), Shape::new([1, m, k])),
+        B::float_reshape(a.clone(), Shape::new([1, r, k])),
+        GemmOptions::new(false, true, dtype),
+    );
+    let out = B::q_gemm_acc(
+        B::float_reshape(y, Shape::new([1, m, n])),
+        [
+            u.clone(),
+            B::float_reshape(b.clone(), Shape::new([1, n, r])),
+        ],
+        GemmAccOptions {
+            ta: false,
+            tb: true,
+            alpha: opts.scaling,
+        },
+    );
+    Forward {
+        out: B::float_reshape(out, Shape::new([m, n])),
+        xd,
+        u: B::float_reshape(u, Shape::new([m, r])),
+        a,
+        b,
+    }
+}
