@@ -44,7 +44,7 @@ last = [l for l in open(sys.argv[1]).read().splitlines() if l.startswith("report
 r = json.load(open(last[len("report: "):]))
 fe = r.get("final_eval") or {}
 print(json.dumps({"seed": int(sys.argv[2]), "metrics": fe.get("metrics"), "first_loss": r["first_loss"],
-                  "last_loss": r["last_loss"], "train_seconds": r["train_seconds"],
+                  "last_loss": r["last_loss"], "train_seconds": r["train_seconds"], "step_seconds": r.get("step_seconds"),
                   "tokens_per_second": r["tokens_per_second"], "steps": r["steps"],
                   "trainable_params": r["trainable_params"]}))
 PY

@@ -41,8 +41,11 @@ pub struct TrainReport {
     pub best_metric: Option<f64>,
     /// Target (loss) tokens trained on.
     pub tokens: u64,
+    /// Wall time of the training loop in this call (with evaluations and checkpoint writes).
     pub train_seconds: f64,
-    /// Non-pad input tokens per second over the training steps of this call.
+    /// Time inside the optimizer steps alone (no evaluation, checkpoint or logging).
+    pub step_seconds: f64,
+    /// Non-pad input tokens per second over the training steps of this call (`step_seconds`).
     pub tokens_per_second: f64,
     pub optimizer_state_bytes: usize,
     pub final_eval: Option<TaskMetrics>,
@@ -311,7 +314,8 @@ fn report(
         best_metric: s.best_metric,
         tokens: s.tokens_seen,
         train_seconds: s.seconds,
-        tokens_per_second: s.input_tokens as f64 / s.seconds.max(1e-9),
+        step_seconds: s.step_seconds,
+        tokens_per_second: s.input_tokens as f64 / s.step_seconds.max(1e-9),
         optimizer_state_bytes: s.optimizer_state_bytes,
         final_eval,
         test: None,

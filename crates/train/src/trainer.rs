@@ -64,7 +64,11 @@ pub struct TrainSummary {
     pub tokens_seen: u64,
     /// Non-pad input tokens processed in this call (forward + backward).
     pub input_tokens: u64,
+    /// Wall time of the training loop in this call: steps, evaluations, checkpoint writes.
     pub seconds: f64,
+    /// Time inside the optimizer steps alone (batch, forward, backward, update; no evaluation,
+    /// checkpoint or logging): what tokens per second are measured over.
+    pub step_seconds: f64,
     pub optimizer_state_bytes: usize,
     /// Whether the run reached `max_steps` (false when stopped by `stop_at_step`).
     pub finished: bool,
@@ -266,6 +270,7 @@ where
         summary.losses.push((state.step, done.loss));
         summary.input_tokens += done.input_tokens;
         let seconds = step_started.elapsed().as_secs_f64();
+        summary.step_seconds += seconds;
         window.add(done.loss, done.tokens, seconds, done.input_tokens);
         bar.set_position(state.step as u64);
         let Some(log) = log.as_mut() else {
@@ -524,6 +529,7 @@ impl TrainSummary {
             tokens_seen: state.tokens_seen,
             input_tokens: 0,
             seconds: 0.0,
+            step_seconds: 0.0,
             optimizer_state_bytes: 0,
             finished: false,
             skipped_steps: None,
