@@ -236,6 +236,17 @@ pub trait QBackend: Backend {
         lora::forward::<Self>(y, x, [a, b], opts).out
     }
 
+    /// The inputs of LoRA's products ([`QBackend::q_lora_acc`]): `dropout(x)` (or `x` itself
+    /// without dropout) and both factors in `x`'s dtype. The default runs the casts and the
+    /// dropout as separate ops; CUDA does all three in one launch (f32 factors, 16-bit `x`).
+    fn q_lora_prep(
+        x: FloatTensor<Self>,
+        dropout: Option<(f32, u64)>,
+        factors: [FloatTensor<Self>; 2],
+    ) -> [FloatTensor<Self>; 3] {
+        lora::prep_ops::<Self>(x, dropout, factors)
+    }
+
     /// Dropout of `x` with drop probability `p ∈ [0, 1)` and a counter-based mask: element `i`
     /// is kept iff a 32-bit hash of `(seed, i)` clears `p` (see `dropout.rs`), kept values are
     /// scaled by `1/(1−p)` in f32; `x`'s dtype out. The mask is never stored: the backward is

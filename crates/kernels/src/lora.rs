@@ -60,18 +60,12 @@ pub(crate) fn forward<B: QBackend>(
 ) -> Forward<B> {
     use burn::tensor::Shape;
     let dtype = x.dtype();
-    let cast = |t: FloatTensor<B>| {
-        if t.dtype() == dtype {
-            t
-        } else {
-            B::float_cast(t, dtype.into())
-        }
+    let y = if y.dtype() == dtype {
+        y
+    } else {
+        B::float_cast(y, dtype.into())
     };
-    let (a, b, y) = (cast(a), cast(b), cast(y));
-    let xd = match opts.dropout {
-        Some((p, seed)) if p > 0.0 => B::q_dropout(x, p, seed),
-        _ => x,
-    };
+    let [xd, a, b] = B::q_lora_prep(x, opts.dropout, [a, b]);
     let ([m, k], [r, _], [n, _]) = (
         xd.shape().dims::<2>(),
         a.shape().dims::<2>(),
@@ -101,4 +95,27 @@ pub(crate) fn forward<B: QBackend>(
         a,
         b,
     }
+}
+
+/// [`QBackend::q_lora_prep`] as separate ops: each factor cast to `x`'s dtype (when it differs),
+/// then the dropout (when `p > 0`).
+pub(crate) fn prep_ops<B: QBackend>(
+    x: FloatTensor<B>,
+    dropout: Option<(f32, u64)>,
+    [a, b]: [FloatTensor<B>; 2],
+) -> [FloatTensor<B>; 3] {
+    let dtype = x.dtype();
+    let cast = |t: FloatTensor<B>| {
+        if t.dtype() == dtype {
+            t
+        } else {
+            B::float_cast(t, dtype.into())
+        }
+    };
+    let (a, b) = (cast(a), cast(b));
+    let xd = match dropout {
+        Some((p, seed)) if p > 0.0 => B::q_dropout(x, p, seed),
+        _ => x,
+    };
+    [xd, a, b]
 }

@@ -108,6 +108,19 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         }
     }
 
+    fn q_lora_prep(
+        x: FloatTensor<Self>,
+        dropout: Option<(f32, u64)>,
+        factors: [FloatTensor<Self>; 2],
+    ) -> [FloatTensor<Self>; 3] {
+        let [a, b] = &factors;
+        if super::fused::lora_prep_fits(&x, [a, b]) {
+            super::fused::lora_prep(x, dropout, factors)
+        } else {
+            crate::lora::prep_ops::<Self>(x, dropout, factors)
+        }
+    }
+
     fn q_dropout(x: FloatTensor<Self>, p: f32, seed: u64) -> FloatTensor<Self> {
         super::fused::dropout(x, p, seed)
     }

@@ -38,7 +38,7 @@ mod softmax;
 mod swiglu;
 
 pub use cross_entropy::cross_entropy;
-pub use dropout::dropout;
+pub use dropout::{dropout, lora_prep, lora_prep_fits};
 pub use gelu::gelu_new;
 pub use norm::{layer_norm, rms_norm};
 pub use rotary::{rotary, rotary_half};
