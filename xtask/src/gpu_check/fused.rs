@@ -58,15 +58,29 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
 
     let hd = 32;
     let dims = [b, t, l, h];
-    let cpu = attention::<Cpu>(&Default::default(), &vs, &vw, &bits, dims, hd, DType::F32)?;
-    let gpu = attention::<Train>(dev, &vs, &vw, &bits, dims, hd, DType::BF16)?;
-    let names = [
-        ("attention_fwd", ATTENTION_FWD),
-        ("attention_dq", ATTENTION_GRAD),
-        ("attention_dk", ATTENTION_GRAD),
-        ("attention_dv", ATTENTION_GRAD),
-    ];
-    print_rel_errs(fails, names, gpu, cpu, []);
+    // Every head its own k, v; then grouped-query (two query heads per kv head), whose kv
+    // gradients sum over each group.
+    for (h_kv, tag) in [(h, "attention"), (h / 2, "gqa_attention")] {
+        let heads = (hd, h_kv);
+        let cpu = attention::<Cpu>(
+            &Default::default(),
+            &vs,
+            &vw,
+            &bits,
+            dims,
+            heads,
+            DType::F32,
+        )?;
+        let gpu = attention::<Train>(dev, &vs, &vw, &bits, dims, heads, DType::BF16)?;
+        let names = [
+            (format!("{tag}_fwd"), ATTENTION_FWD),
+            (format!("{tag}_dq"), ATTENTION_GRAD),
+            (format!("{tag}_dk"), ATTENTION_GRAD),
+            (format!("{tag}_dv"), ATTENTION_GRAD),
+        ];
+        let names = names.each_ref().map(|(n, t)| (n.as_str(), *t));
+        print_rel_errs(fails, names, gpu, cpu, []);
+    }
 
     let cpu = dropout_gemm_acc_bias_gelu::<Cpu>(&Default::default(), &vs, &vw, DType::F32, fails)?;
     let gpu = dropout_gemm_acc_bias_gelu::<Train>(dev, &vs, &vw, DType::BF16, fails)?;
@@ -269,17 +283,22 @@ fn attention<B: qtune_kernels::QBackend + burn::tensor::backend::AutodiffBackend
     vw: &[f32],
     bits: &[bool],
     [b, t, l, h]: [usize; 4],
-    hd: usize,
+    (hd, h_kv): (usize, usize),
     act: DType,
 ) -> anyhow::Result<[Vec<f32>; 4]> {
-    let mk = |off: usize, rows: usize, scale: f32| {
-        let v: Vec<f32> = vs[off..off + b * rows * h * hd]
+    let mk = |off: usize, rows: usize, heads: usize, scale: f32| {
+        let v: Vec<f32> = vs[off..off + b * rows * heads * hd]
             .iter()
             .map(|x| x * scale)
             .collect();
-        Tensor::<B, 4>::from_data(TensorData::new(v, [b, rows, h, hd]), (dev, act)).require_grad()
+        Tensor::<B, 4>::from_data(TensorData::new(v, [b, rows, heads, hd]), (dev, act))
+            .require_grad()
     };
-    let (q, k, v) = (mk(0, t, 3.0), mk(1000, l, 3.0), mk(2000, l, 1.0));
+    let (q, k, v) = (
+        mk(0, t, h, 3.0),
+        mk(1000, l, h_kv, 3.0),
+        mk(2000, l, h_kv, 1.0),
+    );
     let w = Tensor::<B, 4>::from_data(
         TensorData::new(vw[..b * t * h * hd].to_vec(), [b, t, h, hd]),
         (dev, DType::F32),

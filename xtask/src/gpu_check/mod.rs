@@ -25,6 +25,8 @@ mod gemm;
 #[cfg(feature = "cuda")]
 mod load;
 #[cfg(feature = "cuda")]
+mod lora;
+#[cfg(feature = "cuda")]
 pub(crate) mod selftest;
 
 /// Arguments of `bench gpu-check`.
@@ -147,6 +149,7 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     // forward and both gradients vs the CPU, on bf16-representable inputs; the fused ops; the
     // batch-1 GEMVs.
     fused::check(&dev, &mut fails)?;
+    lora::check(&dev, &mut fails)?;
     gemm::quantized_gemv_check(&dev, &mut fails)?;
     gemm::gemm_check(&dev, &mut fails)?;
     load::check(&dev, &mut fails)?;

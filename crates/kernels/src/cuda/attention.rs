@@ -1,7 +1,8 @@
 //! The attention core on CUDA (see `crate::attention` for the contract and the reference): q, k,
-//! v and o stay in the token-major `[B, T, H, hd]` layout of the projections. Per batch row, one
-//! strided-batched cuBLAS GEMM over the heads reads head `h` as the `[T, hd]` matrix at offset
-//! `h·hd` with row stride `D = H·hd`, so no head transposes are copied (they were ~10 % of the
+//! v and o stay in the token-major `[B, T, H, hd]` layout of the projections. A cuBLAS GEMM
+//! batched over the heads (strided for one batch row, a pointer array over every row and head
+//! otherwise) reads head `h` as the `[T, hd]` matrix at offset `h·hd` with row stride
+//! `D = H·hd`, so no head transposes are copied (they were ~10 % of the
 //! CubeCL time of a training step), and the softmax backward writes `ds` straight in the GEMM
 //! dtype. Grouped-query attention (k, v with fewer heads) reads each kv head in place for its
 //! group of query heads: no repeated copy of k, v.
@@ -12,7 +13,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::cuda::CudaRuntime;
 
 use super::fused::{attn_softmax, attn_softmax_backward};
-use super::gemm::{on_device, strided_gemm, Gemm, Mat};
+use super::gemm::{pointer_batched_gemm, strided_gemm, Gemm, Mat};
 use super::launch::empty;
 
 type T = CubeTensor<CudaRuntime>;
@@ -91,16 +92,35 @@ fn per_row(
         alpha: 1.0,
         beta,
     };
-    // All batch rows in one hand-off to cubecl's device thread; the `r` passes of one output
-    // are stream-ordered.
-    on_device(x, || {
+    if b == 1 {
+        for r in 0..n_rep {
+            let beta = if accumulate && r > 0 { 1.0 } else { 0.0 };
+            strided_gemm((x, xm(0, r)), (y, ym(0, r)), (out, om(0, r)), gemm(beta));
+        }
+        return;
+    }
+    // Several batch rows: no single stride reaches every head of every row, so one
+    // pointer-array GEMM over (row, kv head) per query-head offset `r` (the `r` passes of one
+    // output are stream-ordered), where a strided batch takes one call per row and `r`.
+    for r in 0..n_rep {
+        let beta = if accumulate && r > 0 { 1.0 } else { 0.0 };
+        let (m0, lds) = (
+            [xm(0, r), ym(0, r), om(0, r)],
+            [xm(0, r).ld, ym(0, r).ld, om(0, r).ld],
+        );
+        let mut offsets = Vec::with_capacity(b * groups);
         for bi in 0..b {
-            for r in 0..n_rep {
-                let beta = if accumulate && r > 0 { 1.0 } else { 0.0 };
-                strided_gemm((x, xm(bi, r)), (y, ym(bi, r)), (out, om(bi, r)), gemm(beta));
+            let rows = [xm(bi, r), ym(bi, r), om(bi, r)];
+            debug_assert!(rows
+                .iter()
+                .zip(&m0)
+                .all(|(m, f)| m.ld == f.ld && m.stride == f.stride));
+            for g in 0..groups {
+                offsets.push(rows.map(|m| m.offset + g * m.stride));
             }
         }
-    });
+        pointer_batched_gemm([x, y, out], lds, offsets, gemm(beta));
+    }
 }
 
 /// `(o [B, T, H, hd], p [B, H, T, L])`; see `QBackend::q_attention`.

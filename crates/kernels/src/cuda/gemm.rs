@@ -4,8 +4,8 @@
 //! Ordering: every GEMM is enqueued on cubecl's own stream for the calling thread (our patched
 //! cubecl-cuda reports it with each resource, third_party/README.md), so it runs after the
 //! kernels that wrote its inputs and before those that read its output, with no host sync. The
-//! pointer look-ups and the enqueue run on cubecl's device thread in one hand-off per GEMM
-//! (`ComputeClient::exclusive`), or one per batch of GEMMs ([`on_device`]).
+//! pointer look-ups and the enqueue run on cubecl's device thread, handed over without waiting
+//! (its FIFO task queue keeps the order; [`strided_gemm`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -392,14 +392,21 @@ impl Gemm {
 /// `c` in that dtype or F32, fp32 accumulation. The caller guarantees that the described
 /// matrices lie inside the (contiguous) buffers.
 ///
+/// The GEMM is handed to cubecl's device thread without waiting for it (its task queue is
+/// FIFO, so the GEMM is enqueued on the stream after every kernel launched before it and before
+/// every one launched after): the calling thread goes on building the step while the device
+/// thread enqueues, where a blocking hand-off per GEMM made the two take turns. A cuBLAS failure
+/// on the device thread is recorded and raised by the next GEMM call (or [`raise_gemm_error`]).
+///
 /// # Panics
-/// On an unsupported dtype or a CUDA/cuBLAS failure.
+/// On an unsupported dtype, a dimension beyond i32, or a recorded cuBLAS failure.
 pub(crate) fn strided_gemm(
     (a, am): (&CubeTensor<CudaRuntime>, Mat),
     (b, bm): (&CubeTensor<CudaRuntime>, Mat),
     (c, cm): (&CubeTensor<CudaRuntime>, Mat),
     g: Gemm,
 ) {
+    raise_gemm_error();
     assert_eq!(
         a.dtype, b.dtype,
         "qtune-kernels: matmul operands must share a dtype"
@@ -407,87 +414,329 @@ pub(crate) fn strided_gemm(
     if g.batch == 0 || g.m == 0 || g.n == 0 {
         return;
     }
-    // On cubecl's device thread: the three pointer look-ups and the enqueue are one round trip
-    // from the caller (a nested call, e.g. from `on_device`, runs inline).
-    let client = a.client.clone();
-    client
-        .exclusive(move || {
-            let (ty, out_ty) = (cuda_type(a.dtype), cuda_type(c.dtype));
-            let ptr = |t: &CubeTensor<CudaRuntime>| {
-                t.client
-                    .get_resource(t.handle.clone())
-                    .unwrap_or_else(|e| panic!("qtune-kernels: device pointer for GEMM: {e:?}"))
-            };
-            let (ra, rb, rc) = (ptr(a), ptr(b), ptr(c));
-            let pa = ra.resource().ptr + (am.offset * a.dtype.size()) as u64;
-            let pb = rb.resource().ptr + (bm.offset * b.dtype.size()) as u64;
-            let pc = rc.resource().ptr + (cm.offset * c.dtype.size()) as u64;
-            let stream = rc.resource().stream;
-            let dev = stream_blas(a.device.index, stream as sys::cudaStream_t);
-            let mut dev = dev.lock().unwrap_or_else(|p| p.into_inner());
-            // A cached cuBLASLt plan when there is one (the common case); GemmEx otherwise.
-            let (mats, ptrs) = ([am, bm, cm], [pa, pb, pc]);
-            let key = Key::new(a.dtype, c.dtype, &g, mats, ptrs);
-            if let Some(lt) = dev.lt.as_mut() {
-                // SAFETY: as for the GemmEx call below.
-                if unsafe { lt.matmul(key, &g, mats, ptrs, stream as *mut std::ffi::c_void) } {
-                    drop((ra, rb, rc));
-                    return;
-                }
-            }
-            let op = |t: bool| {
-                if t {
-                    sys::cublasOperation_t::CUBLAS_OP_T
-                } else {
-                    sys::cublasOperation_t::CUBLAS_OP_N
-                }
-            };
-            // Column-major view: cᵀ[n, m] = op(b)ᵀ · op(a)ᵀ, each row-major buffer read as its
-            // transpose with ld = its row stride.
-            let i = |v: usize| i32::try_from(v).expect("qtune-kernels: GEMM dimension exceeds i32");
-            // SAFETY: live buffers holding the described matrices (caller), on the stream cubecl orders
-            // their other uses on (its allocator reuses freed memory in that stream's order, so dropping
-            // the resources after enqueueing is safe); the handle is bound to that stream.
-            unsafe {
-                blas::gemm_strided_batched_ex(
-                    *dev.blas.handle(),
-                    op(g.tb),
-                    op(g.ta),
-                    i(g.n),
-                    i(g.m),
-                    i(g.k),
-                    &g.alpha as *const f32 as *const _,
-                    pb as *const _,
-                    ty,
-                    i(bm.ld),
-                    bm.stride as i64,
-                    pa as *const _,
-                    ty,
-                    i(am.ld),
-                    am.stride as i64,
-                    &g.beta as *const f32 as *const _,
-                    pc as *mut _,
-                    out_ty,
-                    i(cm.ld),
-                    cm.stride as i64,
-                    i(g.batch),
-                    sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                    sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                )
-                .unwrap_or_else(|e| panic!("qtune-kernels: cublasGemmStridedBatchedEx: {e:?}"));
-            }
-            drop((ra, rb, rc));
-        })
-        .unwrap_or_else(|e| panic!("qtune-kernels: cubecl device thread: {e:?}"));
+    let fits = |v: usize| i32::try_from(v).is_ok();
+    assert!(
+        [g.m, g.n, g.k, g.batch, am.ld, bm.ld, cm.ld]
+            .into_iter()
+            .all(fits),
+        "qtune-kernels: GEMM dimension exceeds i32 ({g:?})"
+    );
+    let task = GemmTask {
+        operands: [a, b, c].map(Operand::of),
+        mats: [am, bm, cm],
+        g,
+        device: a.device.index,
+    };
+    device_handle(a.device.index).submit(move |server| task.run(server));
 }
 
-/// Runs `f` on cubecl's device thread for `t`'s device (one round trip from the caller), so
-/// that several [`strided_gemm`] calls inside it cost one host-thread hand-off instead of one each.
-pub(crate) fn on_device<R: Send + 'static>(
-    t: &CubeTensor<CudaRuntime>,
-    f: impl FnOnce() -> R + Send,
-) -> R {
-    t.client
-        .exclusive(f)
-        .unwrap_or_else(|e| panic!("qtune-kernels: cubecl device thread: {e:?}"))
+/// `problems` GEMMs of one shape `g` (its `batch` ignored) in one `cublasGemmBatchedEx`:
+/// problem `i` reads `a` at element offset `offsets[i][0]` (rows `lds[0]` apart), `b` at
+/// `offsets[i][1]` and writes `c` at `offsets[i][2]`; outputs must not overlap. For matrices
+/// that no single stride reaches (attention's heads across batch rows): one cuBLAS call where
+/// a strided batch needs one per batch row. The pointer arrays are built on the device thread
+/// and copied to a device buffer on the GEMM's stream just before it. Asynchronous as
+/// [`strided_gemm`].
+///
+/// # Panics
+/// As [`strided_gemm`].
+pub(crate) fn pointer_batched_gemm(
+    [a, b, c]: [&CubeTensor<CudaRuntime>; 3],
+    lds: [usize; 3],
+    offsets: Vec<[usize; 3]>,
+    g: Gemm,
+) {
+    raise_gemm_error();
+    assert_eq!(
+        a.dtype, b.dtype,
+        "qtune-kernels: matmul operands must share a dtype"
+    );
+    let problems = offsets.len();
+    if problems == 0 || g.m == 0 || g.n == 0 {
+        return;
+    }
+    let fits = |v: usize| i32::try_from(v).is_ok();
+    assert!(
+        [g.m, g.n, g.k, problems, lds[0], lds[1], lds[2]]
+            .into_iter()
+            .all(fits),
+        "qtune-kernels: GEMM dimension exceeds i32 ({g:?}, {problems} problems)"
+    );
+    let (ty, out_ty) = (cuda_type(a.dtype), cuda_type(c.dtype));
+    // Three arrays of `problems` device pointers, filled on the device thread.
+    let arrays = empty(a, vec![3 * problems], DType::U64);
+    let operands = [a, b, c, &arrays].map(Operand::of);
+    let device = a.device.index;
+    device_handle(device).submit(move |server| {
+        use cubecl::server::ComputeServer;
+        let stream_id = cubecl::stream_id::StreamId::current();
+        let mut ptr = |t: &Operand| {
+            server
+                .get_resource(t.binding.clone(), stream_id)
+                .map_err(|e| format!("device pointer for GEMM: {e:?}"))
+        };
+        let [a, b, c, arrays] = &operands;
+        let res = match (ptr(a), ptr(b), ptr(c), ptr(arrays)) {
+            (Ok(ra), Ok(rb), Ok(rc), Ok(rp)) => [ra, rb, rc, rp],
+            (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => {
+                return record_gemm_error(e)
+            }
+        };
+        // cuBLAS sees the column-major transposes: its A is our b, its B our a (as in
+        // `strided_gemm`), so the arrays are [b pointers, a pointers, c pointers].
+        let mut host = Vec::with_capacity(3 * problems);
+        for (i, t) in [(1usize, b), (0, a), (2, c)] {
+            let base = res[i].resource().ptr;
+            host.extend(
+                offsets
+                    .iter()
+                    .map(|o| base + (o[i] * t.dtype.size()) as u64),
+            );
+        }
+        let stream = res[2].resource().stream;
+        let dev = stream_blas(device, stream as sys::cudaStream_t);
+        let dev = dev.lock().unwrap_or_else(|p| p.into_inner());
+        let op = |t: bool| {
+            if t {
+                sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let i = |v: usize| v as i32;
+        let mut capture = cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+        // SAFETY: a live stream of this context.
+        unsafe { cudarc::driver::sys::cuStreamIsCapturing(stream as _, &mut capture) };
+        if capture != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+            // A CUDA graph would keep the pointer arrays' host source by address: one GEMM per
+            // problem instead.
+            for p in 0..problems {
+                let [pb, pa, pc] = [host[p], host[problems + p], host[2 * problems + p]];
+                // SAFETY: as for the batched call below, one problem at a time.
+                let r = unsafe {
+                    blas::gemm_strided_batched_ex(
+                        *dev.blas.handle(),
+                        op(g.tb),
+                        op(g.ta),
+                        i(g.n),
+                        i(g.m),
+                        i(g.k),
+                        &g.alpha as *const f32 as *const _,
+                        pb as *const _,
+                        ty,
+                        i(lds[1]),
+                        0,
+                        pa as *const _,
+                        ty,
+                        i(lds[0]),
+                        0,
+                        &g.beta as *const f32 as *const _,
+                        pc as *mut _,
+                        out_ty,
+                        i(lds[2]),
+                        0,
+                        1,
+                        sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                };
+                if let Err(e) = r {
+                    return record_gemm_error(format!("cublasGemmStridedBatchedEx: {e:?}"));
+                }
+            }
+            return;
+        }
+        let dst = res[3].resource().ptr;
+        // SAFETY: `dst` holds 3·problems u64 (allocated above); the source is a live pageable
+        // host slice, which the driver stages before returning (upload.rs), on the stream the
+        // GEMM below runs on.
+        let copied = unsafe {
+            cudarc::driver::sys::cuMemcpyHtoDAsync_v2(
+                dst,
+                host.as_ptr() as *const std::ffi::c_void,
+                host.len() * 8,
+                stream as cudarc::driver::sys::CUstream,
+            )
+        };
+        if copied != cudarc::driver::sys::cudaError_enum::CUDA_SUCCESS {
+            return record_gemm_error(format!("pointer arrays for a batched GEMM: {copied:?}"));
+        }
+        let n = problems as u64;
+        // SAFETY: every pointer addresses a matrix inside its live buffer (caller), the arrays
+        // were copied to `dst` on this stream just before, the handle is bound to it.
+        let status = unsafe {
+            sys::cublasGemmBatchedEx(
+                *dev.blas.handle(),
+                op(g.tb),
+                op(g.ta),
+                i(g.n),
+                i(g.m),
+                i(g.k),
+                &g.alpha as *const f32 as *const _,
+                dst as *const *const std::ffi::c_void,
+                ty,
+                i(lds[1]),
+                (dst + 8 * n) as *const *const std::ffi::c_void,
+                ty,
+                i(lds[0]),
+                &g.beta as *const f32 as *const _,
+                (dst + 16 * n) as *const *mut std::ffi::c_void,
+                out_ty,
+                i(lds[2]),
+                i(problems),
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        };
+        if status != sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            record_gemm_error(format!("cublasGemmBatchedEx: {status:?}"));
+        }
+    });
+}
+
+/// cubecl's CUDA server: the state its device thread owns.
+type Server = <CudaRuntime as cubecl::Runtime>::Server;
+
+/// A handle on the device thread of cubecl's CUDA server for device `index` (the channel the
+/// client's own launches go through), made once per device.
+fn device_handle(index: usize) -> cubecl::device_handle::DeviceHandle<Server> {
+    use cubecl::device::Device;
+    static HANDLES: OnceLock<Mutex<HashMap<usize, cubecl::device_handle::DeviceHandle<Server>>>> =
+        OnceLock::new();
+    let mut map = HANDLES
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    map.entry(index)
+        .or_insert_with(|| {
+            let id = cubecl::cuda::CudaDevice { index }.to_id();
+            cubecl::device_handle::DeviceHandle::<Server>::new(id)
+        })
+        .clone()
+}
+
+/// The first cuBLAS failure on the device thread (a GEMM there cannot unwind into its caller).
+static GEMM_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+fn record_gemm_error(what: String) {
+    let mut e = GEMM_ERROR.lock().unwrap_or_else(|p| p.into_inner());
+    e.get_or_insert(what);
+}
+
+/// Panics with the first recorded device-thread GEMM failure, if any: the device is unusable
+/// and the values computed since are not to be trusted.
+pub fn raise_gemm_error() {
+    let e = GEMM_ERROR.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(what) = e.as_ref() {
+        panic!("qtune-kernels: a GEMM failed on the device thread: {what}");
+    }
+}
+
+/// A GEMM operand as the device thread needs it: a binding of its buffer (which keeps the
+/// memory allocated, as a kernel launch's bindings do, without counting as a holder of the
+/// tensor: in-place ops on it stay possible) and its dtype.
+struct Operand {
+    binding: cubecl::server::Binding,
+    dtype: DType,
+}
+
+impl Operand {
+    fn of(t: &CubeTensor<CudaRuntime>) -> Self {
+        Self {
+            binding: t.handle.clone().binding(),
+            dtype: t.dtype,
+        }
+    }
+}
+
+/// One GEMM as the device thread runs it: the operands' bindings, where their matrices lie, the
+/// problem and the device.
+struct GemmTask {
+    operands: [Operand; 3],
+    mats: [Mat; 3],
+    g: Gemm,
+    device: usize,
+}
+
+impl GemmTask {
+    /// Looks the three buffers up on `server` (ordering the caller's stream after their last
+    /// writers, as a kernel launch does) and enqueues the GEMM on that stream.
+    fn run(self, server: &mut Server) {
+        use cubecl::server::ComputeServer;
+        let stream_id = cubecl::stream_id::StreamId::current();
+        let Self {
+            operands: [a, b, c],
+            mats: [am, bm, cm],
+            g,
+            device,
+        } = self;
+        let (ty, out_ty) = (cuda_type(a.dtype), cuda_type(c.dtype));
+        let mut ptr = |t: &Operand| {
+            server
+                .get_resource(t.binding.clone(), stream_id)
+                .map_err(|e| format!("device pointer for GEMM: {e:?}"))
+        };
+        let (ra, rb, rc) = match (ptr(&a), ptr(&b), ptr(&c)) {
+            (Ok(ra), Ok(rb), Ok(rc)) => (ra, rb, rc),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return record_gemm_error(e),
+        };
+        let pa = ra.resource().ptr + (am.offset * a.dtype.size()) as u64;
+        let pb = rb.resource().ptr + (bm.offset * b.dtype.size()) as u64;
+        let pc = rc.resource().ptr + (cm.offset * c.dtype.size()) as u64;
+        let stream = rc.resource().stream;
+        let dev = stream_blas(device, stream as sys::cudaStream_t);
+        let mut dev = dev.lock().unwrap_or_else(|p| p.into_inner());
+        // A cached cuBLASLt plan when there is one (the common case); GemmEx otherwise.
+        let (mats, ptrs) = ([am, bm, cm], [pa, pb, pc]);
+        let key = Key::new(a.dtype, c.dtype, &g, mats, ptrs);
+        if let Some(lt) = dev.lt.as_mut() {
+            // SAFETY: as for the GemmEx call below.
+            if unsafe { lt.matmul(key, &g, mats, ptrs, stream as *mut std::ffi::c_void) } {
+                return;
+            }
+        }
+        let op = |t: bool| {
+            if t {
+                sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        // Column-major view: cᵀ[n, m] = op(b)ᵀ · op(a)ᵀ, each row-major buffer read as its
+        // transpose with ld = its row stride. Every dimension fits i32 (checked by the caller).
+        let i = |v: usize| v as i32;
+        // SAFETY: live buffers holding the described matrices (caller), on the stream cubecl orders
+        // their other uses on (its allocator reuses freed memory in that stream's order, so dropping
+        // the resources after enqueueing is safe); the handle is bound to that stream.
+        let r = unsafe {
+            blas::gemm_strided_batched_ex(
+                *dev.blas.handle(),
+                op(g.tb),
+                op(g.ta),
+                i(g.n),
+                i(g.m),
+                i(g.k),
+                &g.alpha as *const f32 as *const _,
+                pb as *const _,
+                ty,
+                i(bm.ld),
+                bm.stride as i64,
+                pa as *const _,
+                ty,
+                i(am.ld),
+                am.stride as i64,
+                &g.beta as *const f32 as *const _,
+                pc as *mut _,
+                out_ty,
+                i(cm.ld),
+                cm.stride as i64,
+                i(g.batch),
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        };
+        if let Err(e) = r {
+            record_gemm_error(format!("cublasGemmStridedBatchedEx: {e:?}"));
+        }
+    }
 }
