@@ -1,0 +1,29 @@
+#!/bin/bash
+# A/B of two xtask builds in one call: `bench train` for every case, each build in turn, ROUNDS
+# times interleaved (so drift on the machine hits both), then the median step of each.
+#   carry [".device"] with bin/xtask.gz (new) and bin/xtask_old.gz (baseline); source stash.sh first
+#   CASES='smollm2-135m:nf4:all:8:384:adamw llama-7b:nf4:qv:8:512:default' ROUNDS=2 bash xtask/device/ab_bench.sh
+set -uo pipefail
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} QTUNE_KERNEL_CACHE=/tmp/kcache
+[ -f /tmp/xtask_old ] && cmp -s .device/bin/xtask_old.gz /tmp/xtask_old.gz || {
+  cp .device/bin/xtask_old.gz /tmp/xtask_old.gz && gunzip -c /tmp/xtask_old.gz > /tmp/xtask_old && chmod +x /tmp/xtask_old; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+for c in ${CASES:-smollm2-135m:nf4:all:8:384:adamw}; do
+  IFS=: read -r model quant targets b t optim <<< "$c"
+  for r in $(seq ${ROUNDS:-2}); do
+    for x in ${ORDER:-old new}; do
+      X=/tmp/xtask; [ $x = old ] && X=/tmp/xtask_old
+      out=$(timeout ${T_RUN:-150} $X bench train --model $model --quant $quant --targets $targets --optim $optim \
+        --batch $b --seq $t --warmup 3 --steps ${STEPS:-8} --decode 0 2>&1)
+      echo "$out" > $OUT/ab_${model}_${x}_$r.txt
+      # step_s median, tokens/s, peak GiB in use / reserved; then every step's loss (same seeds and
+      # batch in both builds: the curves must agree to bf16 noise).
+      echo "$c $x round $r $(echo "$out" | python3 -c '
+import json, sys
+rows = [json.loads(l) for l in sys.stdin if l.startswith("{")]
+d = next((r for r in rows if "step_s_median" in r), {})
+print(d.get("step_s_median"), d.get("tokens_per_s"), d.get("peak_in_use_gib_probed"), d.get("peak_reserved_gib"),
+      "losses", [round(r["loss"], 4) for r in rows if "loss" in r and "step" in r])')"
+    done
+  done
+done
