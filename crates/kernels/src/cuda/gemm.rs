@@ -496,13 +496,6 @@ pub(crate) fn pointer_batched_gemm(
         let stream = res[2].resource().stream;
         let dev = stream_blas(device, stream as sys::cudaStream_t);
         let dev = dev.lock().unwrap_or_else(|p| p.into_inner());
-        let op = |t: bool| {
-            if t {
-                sys::cublasOperation_t::CUBLAS_OP_T
-            } else {
-                sys::cublasOperation_t::CUBLAS_OP_N
-            }
-        };
         let i = |v: usize| v as i32;
         let mut capture = cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
         // SAFETY: a live stream of this context.
@@ -511,37 +504,13 @@ pub(crate) fn pointer_batched_gemm(
             // A CUDA graph would keep the pointer arrays' host source by address: one GEMM per
             // problem instead.
             for p in 0..problems {
-                let [pb, pa, pc] = [host[p], host[problems + p], host[2 * problems + p]];
+                let ptrs = [host[problems + p], host[p], host[2 * problems + p]];
                 // SAFETY: as for the batched call below, one problem at a time.
-                let r = unsafe {
-                    blas::gemm_strided_batched_ex(
-                        *dev.blas.handle(),
-                        op(g.tb),
-                        op(g.ta),
-                        i(g.n),
-                        i(g.m),
-                        i(g.k),
-                        &g.alpha as *const f32 as *const _,
-                        pb as *const _,
-                        ty,
-                        i(lds[1]),
-                        0,
-                        pa as *const _,
-                        ty,
-                        i(lds[0]),
-                        0,
-                        &g.beta as *const f32 as *const _,
-                        pc as *mut _,
-                        out_ty,
-                        i(lds[2]),
-                        0,
-                        1,
-                        sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                        sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                    )
-                };
+                let one = Gemm { batch: 1, ..g };
+                let r =
+                    unsafe { gemm_ex(*dev.blas.handle(), &one, (ty, out_ty), ptrs, lds, [0; 3]) };
                 if let Err(e) = r {
-                    return record_gemm_error(format!("cublasGemmStridedBatchedEx: {e:?}"));
+                    return record_gemm_error(e);
                 }
             }
             return;
@@ -567,8 +536,8 @@ pub(crate) fn pointer_batched_gemm(
         let status = unsafe {
             sys::cublasGemmBatchedEx(
                 *dev.blas.handle(),
-                op(g.tb),
-                op(g.ta),
+                cublas_op(g.tb),
+                cublas_op(g.ta),
                 i(g.n),
                 i(g.m),
                 i(g.k),
@@ -695,48 +664,71 @@ impl GemmTask {
                 return;
             }
         }
-        let op = |t: bool| {
-            if t {
-                sys::cublasOperation_t::CUBLAS_OP_T
-            } else {
-                sys::cublasOperation_t::CUBLAS_OP_N
-            }
-        };
-        // Column-major view: cᵀ[n, m] = op(b)ᵀ · op(a)ᵀ, each row-major buffer read as its
-        // transpose with ld = its row stride. Every dimension fits i32 (checked by the caller).
-        let i = |v: usize| v as i32;
+        let lds = [am.ld, bm.ld, cm.ld];
+        let strides = [am.stride, bm.stride, cm.stride];
         // SAFETY: live buffers holding the described matrices (caller), on the stream cubecl orders
         // their other uses on (its allocator reuses freed memory in that stream's order, so dropping
         // the resources after enqueueing is safe); the handle is bound to that stream.
-        let r = unsafe {
-            blas::gemm_strided_batched_ex(
-                *dev.blas.handle(),
-                op(g.tb),
-                op(g.ta),
-                i(g.n),
-                i(g.m),
-                i(g.k),
-                &g.alpha as *const f32 as *const _,
-                pb as *const _,
-                ty,
-                i(bm.ld),
-                bm.stride as i64,
-                pa as *const _,
-                ty,
-                i(am.ld),
-                am.stride as i64,
-                &g.beta as *const f32 as *const _,
-                pc as *mut _,
-                out_ty,
-                i(cm.ld),
-                cm.stride as i64,
-                i(g.batch),
-                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        };
+        let r = unsafe { gemm_ex(*dev.blas.handle(), &g, (ty, out_ty), ptrs, lds, strides) };
         if let Err(e) = r {
-            record_gemm_error(format!("cublasGemmStridedBatchedEx: {e:?}"));
+            record_gemm_error(e);
         }
+    }
+}
+
+/// `cublasGemmStridedBatchedEx` of `g` (its `batch`; strides in elements) on `handle`'s stream,
+/// our row-major `a [m, k]`, `b`, `c` at `ptrs = [a, b, c]` with row strides `lds`, as the
+/// column-major `cᵀ[n, m] = op(b)ᵀ·op(a)ᵀ`, fp32 accumulation. Every dimension fits i32 (the
+/// callers check).
+///
+/// # Safety
+/// The pointers address live buffers holding the described matrices, ordered on `handle`'s
+/// stream.
+unsafe fn gemm_ex(
+    handle: sys::cublasHandle_t,
+    g: &Gemm,
+    (ty, out_ty): (sys::cudaDataType, sys::cudaDataType),
+    [pa, pb, pc]: [u64; 3],
+    lds: [usize; 3],
+    strides: [usize; 3],
+) -> Result<(), String> {
+    let i = |v: usize| v as i32;
+    // SAFETY: the caller's.
+    unsafe {
+        blas::gemm_strided_batched_ex(
+            handle,
+            cublas_op(g.tb),
+            cublas_op(g.ta),
+            i(g.n),
+            i(g.m),
+            i(g.k),
+            &g.alpha as *const f32 as *const _,
+            pb as *const _,
+            ty,
+            i(lds[1]),
+            strides[1] as i64,
+            pa as *const _,
+            ty,
+            i(lds[0]),
+            strides[0] as i64,
+            &g.beta as *const f32 as *const _,
+            pc as *mut _,
+            out_ty,
+            i(lds[2]),
+            strides[2] as i64,
+            i(g.batch),
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(|e| format!("cublasGemmStridedBatchedEx: {e:?}"))
+}
+
+/// cuBLAS' transpose flag.
+fn cublas_op(t: bool) -> sys::cublasOperation_t {
+    if t {
+        sys::cublasOperation_t::CUBLAS_OP_T
+    } else {
+        sys::cublasOperation_t::CUBLAS_OP_N
     }
 }
