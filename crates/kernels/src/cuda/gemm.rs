@@ -396,17 +396,16 @@ impl Gemm {
 /// FIFO, so the GEMM is enqueued on the stream after every kernel launched before it and before
 /// every one launched after): the calling thread goes on building the step while the device
 /// thread enqueues, where a blocking hand-off per GEMM made the two take turns. A cuBLAS failure
-/// on the device thread is recorded and raised by the next GEMM call (or [`raise_gemm_error`]).
+/// on the device thread stops the process (`stop_on_gemm_failure` says why).
 ///
 /// # Panics
-/// On an unsupported dtype, a dimension beyond i32, or a recorded cuBLAS failure.
+/// On an unsupported dtype or a dimension beyond i32.
 pub(crate) fn strided_gemm(
     (a, am): (&CubeTensor<CudaRuntime>, Mat),
     (b, bm): (&CubeTensor<CudaRuntime>, Mat),
     (c, cm): (&CubeTensor<CudaRuntime>, Mat),
     g: Gemm,
 ) {
-    raise_gemm_error();
     assert_eq!(
         a.dtype, b.dtype,
         "qtune-kernels: matmul operands must share a dtype"
@@ -446,7 +445,6 @@ pub(crate) fn pointer_batched_gemm(
     offsets: Vec<[usize; 3]>,
     g: Gemm,
 ) {
-    raise_gemm_error();
     assert_eq!(
         a.dtype, b.dtype,
         "qtune-kernels: matmul operands must share a dtype"
@@ -479,7 +477,7 @@ pub(crate) fn pointer_batched_gemm(
         let res = match (ptr(a), ptr(b), ptr(c), ptr(arrays)) {
             (Ok(ra), Ok(rb), Ok(rc), Ok(rp)) => [ra, rb, rc, rp],
             (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => {
-                return record_gemm_error(e)
+                return stop_on_gemm_failure(e)
             }
         };
         // cuBLAS sees the column-major transposes: its A is our b, its B our a (as in
@@ -510,7 +508,7 @@ pub(crate) fn pointer_batched_gemm(
                 let r =
                     unsafe { gemm_ex(*dev.blas.handle(), &one, (ty, out_ty), ptrs, lds, [0; 3]) };
                 if let Err(e) = r {
-                    return record_gemm_error(e);
+                    return stop_on_gemm_failure(e);
                 }
             }
             return;
@@ -528,7 +526,7 @@ pub(crate) fn pointer_batched_gemm(
             )
         };
         if copied != cudarc::driver::sys::cudaError_enum::CUDA_SUCCESS {
-            return record_gemm_error(format!("pointer arrays for a batched GEMM: {copied:?}"));
+            return stop_on_gemm_failure(format!("pointer arrays for a batched GEMM: {copied:?}"));
         }
         let n = problems as u64;
         // SAFETY: every pointer addresses a matrix inside its live buffer (caller), the arrays
@@ -558,7 +556,7 @@ pub(crate) fn pointer_batched_gemm(
             )
         };
         if status != sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-            record_gemm_error(format!("cublasGemmBatchedEx: {status:?}"));
+            stop_on_gemm_failure(format!("cublasGemmBatchedEx: {status:?}"));
         }
     });
 }
@@ -584,21 +582,13 @@ fn device_handle(index: usize) -> cubecl::device_handle::DeviceHandle<Server> {
         .clone()
 }
 
-/// The first cuBLAS failure on the device thread (a GEMM there cannot unwind into its caller).
-static GEMM_ERROR: Mutex<Option<String>> = Mutex::new(None);
-
-fn record_gemm_error(what: String) {
-    let mut e = GEMM_ERROR.lock().unwrap_or_else(|p| p.into_inner());
-    e.get_or_insert(what);
-}
-
-/// Panics with the first recorded device-thread GEMM failure, if any: the device is unusable
-/// and the values computed since are not to be trusted.
-pub fn raise_gemm_error() {
-    let e = GEMM_ERROR.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(what) = e.as_ref() {
-        panic!("qtune-kernels: a GEMM failed on the device thread: {what}");
-    }
+/// A GEMM failed on cubecl's device thread, where nothing can unwind into the caller (cubecl
+/// catches a panicking task and logs it): the device is unusable and every value computed from
+/// then on is suspect, so the process stops at once, before anything (a checkpoint) is written
+/// from them. The last checkpoint stays intact (checkpoints are written atomically).
+fn stop_on_gemm_failure(what: String) {
+    eprintln!("qtune-kernels: a GEMM failed on the device thread: {what}; stopping");
+    std::process::abort();
 }
 
 /// A GEMM operand as the device thread needs it: a binding of its buffer (which keeps the
@@ -647,7 +637,7 @@ impl GemmTask {
         };
         let (ra, rb, rc) = match (ptr(&a), ptr(&b), ptr(&c)) {
             (Ok(ra), Ok(rb), Ok(rc)) => (ra, rb, rc),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return record_gemm_error(e),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return stop_on_gemm_failure(e),
         };
         let pa = ra.resource().ptr + (am.offset * a.dtype.size()) as u64;
         let pb = rb.resource().ptr + (bm.offset * b.dtype.size()) as u64;
@@ -671,7 +661,7 @@ impl GemmTask {
         // the resources after enqueueing is safe); the handle is bound to that stream.
         let r = unsafe { gemm_ex(*dev.blas.handle(), &g, (ty, out_ty), ptrs, lds, strides) };
         if let Err(e) = r {
-            record_gemm_error(e);
+            stop_on_gemm_failure(e);
         }
     }
 }
