@@ -10,7 +10,9 @@
 #     && gzip -c target/release/xtask > .device/bin/xtask.gz
 #   .device/site: bitsandbytes 0.50.2 (cuda130 library only) + gguf 0.19 wheels unpacked
 #   .device/data: squad-v2/dev-v2.0.json.gz, hate-speech-davidson2017/labeled_data.csv.gz
-#   the GGUF split into .dev1/p0 .dev2/p1 .dev3/p2 (one part per call, calls back to back)
+#   the GGUF split into .dev1/p0 .dev2/p1 .dev3/p2 (one part per call, calls back to back; with
+#   the ~18 MB xtask.gz, .device plus one part passes the 64 MiB carry, so carry .device alone
+#   in the first call; the machine is released 30 s after a call, and /tmp/stash with it)
 # Then, in every call of the sequence: source xtask/device/stash.sh; and in the last one
 #   TASKS='squad hate-speech' SEEDS=0,1,2 bash xtask/device/quality_call.sh
 # Options: STEPS=N overrides max_steps (both systems); PEER=0 skips the peer; OURS=0 skips ours;
