@@ -60,11 +60,7 @@ pub(crate) fn forward<B: QBackend>(
 ) -> Forward<B> {
     use burn::tensor::Shape;
     let dtype = x.dtype();
-    let y = if y.dtype() == dtype {
-        y
-    } else {
-        B::float_cast(y, dtype.into())
-    };
+    let y = in_dtype::<B>(y, dtype);
     let [xd, a, b] = B::q_lora_prep(x, opts.dropout, [a, b]);
     let ([m, k], [r, _], [n, _]) = (
         xd.shape().dims::<2>(),
@@ -105,17 +101,22 @@ pub(crate) fn prep_ops<B: QBackend>(
     [a, b]: [FloatTensor<B>; 2],
 ) -> [FloatTensor<B>; 3] {
     let dtype = x.dtype();
-    let cast = |t: FloatTensor<B>| {
-        if t.dtype() == dtype {
-            t
-        } else {
-            B::float_cast(t, dtype.into())
-        }
-    };
-    let (a, b) = (cast(a), cast(b));
+    let (a, b) = (in_dtype::<B>(a, dtype), in_dtype::<B>(b, dtype));
     let xd = match dropout {
         Some((p, seed)) if p > 0.0 => B::q_dropout(x, p, seed),
         _ => x,
     };
     [xd, a, b]
+}
+
+/// `t` in `dtype` (itself when it already is).
+pub(crate) fn in_dtype<B: Backend>(
+    t: FloatTensor<B>,
+    dtype: burn::tensor::DType,
+) -> FloatTensor<B> {
+    if t.dtype() == dtype {
+        t
+    } else {
+        B::float_cast(t, dtype.into())
+    }
 }

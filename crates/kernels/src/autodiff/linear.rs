@@ -92,9 +92,7 @@ fn matmul_grads<B: QBackend>(
     [node_a, node_b]: [Option<burn::backend::autodiff::NodeId>; 2],
     grads: &mut Gradients,
 ) {
-    if dc.dtype() != s.dtype {
-        dc = B::float_cast(dc, s.dtype.into());
-    }
+    dc = crate::lora::in_dtype::<B>(dc, s.dtype);
     let opts = |ta, tb| GemmOptions::new(ta, tb, s.dtype).scaled(s.alpha);
     if let (Some(node), Some(b)) = (node_a, s.b) {
         let da = if s.ta {

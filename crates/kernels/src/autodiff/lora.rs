@@ -92,12 +92,7 @@ impl<B: QBackend> Backward<B, 4> for LoraBackward {
             }
         }
         if let Some(node) = node_y {
-            let dy = if y_dtype == dtype {
-                dout
-            } else {
-                B::float_cast(dout, y_dtype.into())
-            };
-            grads.register::<B>(node.id, dy);
+            grads.register::<B>(node.id, crate::lora::in_dtype::<B>(dout, y_dtype));
         }
     }
 }

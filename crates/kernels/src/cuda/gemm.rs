@@ -466,32 +466,22 @@ pub(crate) fn pointer_batched_gemm(
     let operands = [a, b, c, &arrays].map(Operand::of);
     let device = a.device.index;
     device_handle(device).submit(move |server| {
-        use cubecl::server::ComputeServer;
-        let stream_id = cubecl::stream_id::StreamId::current();
-        let mut ptr = |t: &Operand| {
-            server
-                .get_resource(t.binding.clone(), stream_id)
-                .map_err(|e| format!("device pointer for GEMM: {e:?}"))
+        let (bases, stream) = match lookup(server, &operands) {
+            Ok(found) => found,
+            Err(e) => return stop_on_gemm_failure(e),
         };
-        let [a, b, c, arrays] = &operands;
-        let res = match (ptr(a), ptr(b), ptr(c), ptr(arrays)) {
-            (Ok(ra), Ok(rb), Ok(rc), Ok(rp)) => [ra, rb, rc, rp],
-            (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => {
-                return stop_on_gemm_failure(e)
-            }
-        };
+        let [a, b, c, _] = &operands;
         // cuBLAS sees the column-major transposes: its A is our b, its B our a (as in
         // `strided_gemm`), so the arrays are [b pointers, a pointers, c pointers].
         let mut host = Vec::with_capacity(3 * problems);
         for (i, t) in [(1usize, b), (0, a), (2, c)] {
-            let base = res[i].resource().ptr;
+            let base = bases[i];
             host.extend(
                 offsets
                     .iter()
                     .map(|o| base + (o[i] * t.dtype.size()) as u64),
             );
         }
-        let stream = res[2].resource().stream;
         let dev = stream_blas(device, stream as sys::cudaStream_t);
         let dev = dev.lock().unwrap_or_else(|p| p.into_inner());
         let i = |v: usize| v as i32;
@@ -513,7 +503,7 @@ pub(crate) fn pointer_batched_gemm(
             }
             return;
         }
-        let dst = res[3].resource().ptr;
+        let dst = bases[3];
         // SAFETY: `dst` holds 3·problems u64 (allocated above); the source is a live pageable
         // host slice, which the driver stages before returning (upload.rs), on the stream the
         // GEMM below runs on.
@@ -608,6 +598,27 @@ impl Operand {
     }
 }
 
+/// Every operand's device pointer (its buffer's start) and the calling thread's stream, looked
+/// up on `server` (which makes that stream wait for the buffers' last writers, as for a kernel
+/// launch). The operands' bindings keep the buffers allocated until the caller has enqueued.
+fn lookup<const K: usize>(
+    server: &mut Server,
+    operands: &[Operand; K],
+) -> Result<([u64; K], cudarc::driver::sys::CUstream), String> {
+    use cubecl::server::ComputeServer;
+    let stream_id = cubecl::stream_id::StreamId::current();
+    let mut ptrs = [0u64; K];
+    let mut stream = std::ptr::null_mut();
+    for (ptr, t) in ptrs.iter_mut().zip(operands) {
+        let r = server
+            .get_resource(t.binding.clone(), stream_id)
+            .map_err(|e| format!("device pointer for GEMM: {e:?}"))?;
+        *ptr = r.resource().ptr;
+        stream = r.resource().stream;
+    }
+    Ok((ptrs, stream))
+}
+
 /// One GEMM as the device thread runs it: the operands' bindings, where their matrices lie, the
 /// problem and the device.
 struct GemmTask {
@@ -621,8 +632,10 @@ impl GemmTask {
     /// Looks the three buffers up on `server` (ordering the caller's stream after their last
     /// writers, as a kernel launch does) and enqueues the GEMM on that stream.
     fn run(self, server: &mut Server) {
-        use cubecl::server::ComputeServer;
-        let stream_id = cubecl::stream_id::StreamId::current();
+        let ([ra, rb, rc], stream) = match lookup(server, &self.operands) {
+            Ok(found) => found,
+            Err(e) => return stop_on_gemm_failure(e),
+        };
         let Self {
             operands: [a, b, c],
             mats: [am, bm, cm],
@@ -630,19 +643,9 @@ impl GemmTask {
             device,
         } = self;
         let (ty, out_ty) = (cuda_type(a.dtype), cuda_type(c.dtype));
-        let mut ptr = |t: &Operand| {
-            server
-                .get_resource(t.binding.clone(), stream_id)
-                .map_err(|e| format!("device pointer for GEMM: {e:?}"))
-        };
-        let (ra, rb, rc) = match (ptr(&a), ptr(&b), ptr(&c)) {
-            (Ok(ra), Ok(rb), Ok(rc)) => (ra, rb, rc),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return stop_on_gemm_failure(e),
-        };
-        let pa = ra.resource().ptr + (am.offset * a.dtype.size()) as u64;
-        let pb = rb.resource().ptr + (bm.offset * b.dtype.size()) as u64;
-        let pc = rc.resource().ptr + (cm.offset * c.dtype.size()) as u64;
-        let stream = rc.resource().stream;
+        let pa = ra + (am.offset * a.dtype.size()) as u64;
+        let pb = rb + (bm.offset * b.dtype.size()) as u64;
+        let pc = rc + (cm.offset * c.dtype.size()) as u64;
         let dev = stream_blas(device, stream as sys::cudaStream_t);
         let mut dev = dev.lock().unwrap_or_else(|p| p.into_inner());
         // A cached cuBLASLt plan when there is one (the common case); GemmEx otherwise.

@@ -167,9 +167,9 @@ pub fn lora_prep<R: CubeRuntime>(
     let (na, nb) = (a.meta.num_elements(), b.meta.num_elements());
     let a_out = empty(&a, a.meta.shape().to_vec(), dtype);
     let b_out = empty(&b, b.meta.shape().to_vec(), dtype);
-    let drop = dropout.filter(|&(p, _)| p > 0.0);
-    let (x, xd, n) = match drop {
-        Some(_) => {
+    // Without dropout `xd` is `x` itself and no unit reads or writes the x arrays (n = 0).
+    let (x, xd, n, (threshold, scale), seed) = match dropout.filter(|&(p, _)| p > 0.0) {
+        Some((p, seed)) => {
             let x = into_contiguous(x);
             let n = x.meta.num_elements();
             assert!(
@@ -177,16 +177,9 @@ pub fn lora_prep<R: CubeRuntime>(
                 "qtune-kernels: dropout of more than 2³² values"
             );
             let xd = empty(&x, x.meta.shape().to_vec(), dtype);
-            (x, xd, n)
+            (x, xd, n, crate::dropout::params(p), seed)
         }
-        None => (x.clone(), x, 0),
-    };
-    let (threshold, scale, seed) = match drop {
-        Some((p, seed)) => {
-            let (t, s) = crate::dropout::params(p);
-            (t, s, seed)
-        }
-        None => (0, 1.0, 0),
+        None => (x.clone(), x, 0, (0, 1.0), 0),
     };
     let lanes = ew_lanes(n.max(1));
     let units = n / lanes;
