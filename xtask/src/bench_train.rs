@@ -323,7 +323,7 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
         let i_fwd = s0.elapsed().as_secs_f64();
         sync()?;
         let t_fwd = s0.elapsed().as_secs_f64();
-        let ms = backward_recompute::<Train, _>(&model, &batch, hs, norm, seed, Some(&probe))?;
+        let ms = backward_recompute::<Train, _>(&model, &batch, hs, norm, Some(&probe))?;
         let i_bwd = s0.elapsed().as_secs_f64() - t_fwd;
         sync()?;
         let t_bwd = s0.elapsed().as_secs_f64() - t_fwd;

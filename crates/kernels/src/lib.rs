@@ -464,6 +464,23 @@ pub enum LinearBackward {
     /// recompute runs this way and its dense weights live only until that block's backward
     /// (~0.4 GB for GPT-J-6B in bf16).
     Dense,
+    /// [`LinearBackward::Dense`] for weights of at most this many elements,
+    /// [`LinearBackward::Quantized`] for larger ones: a checkpointed recompute keeps the small
+    /// (attention) weights dense and dequantizes the large (MLP) ones once more in the
+    /// backward, trading one dequantization of those weights per step for their dense bytes
+    /// at the step's memory peak.
+    DenseUpTo(usize),
+}
+
+impl LinearBackward {
+    /// Whether a weight of `elems` elements keeps its dense copy for the backward.
+    pub fn keeps_dense(self, elems: usize) -> bool {
+        match self {
+            Self::Quantized => false,
+            Self::Dense => true,
+            Self::DenseUpTo(max) => elems <= max,
+        }
+    }
 }
 
 /// Bound for generic training code: a [`QBackend`] that can also differentiate, whose inner
@@ -507,9 +524,10 @@ pub fn q_linear_with<B: QBackend, const D: usize>(
     );
     let m = dims[..D - 1].iter().product::<usize>();
     let x2 = x.reshape([m, in_f]).into_primitive().tensor();
-    let y = match backward {
-        LinearBackward::Quantized => B::q_linear(x2, w.primitive()),
-        LinearBackward::Dense => B::q_linear_dense_backward(x2, w.primitive()),
+    let y = if backward.keeps_dense(out_f * in_f) {
+        B::q_linear_dense_backward(x2, w.primitive())
+    } else {
+        B::q_linear(x2, w.primitive())
     };
     let mut out = dims;
     out[D - 1] = out_f;

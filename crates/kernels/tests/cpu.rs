@@ -237,21 +237,31 @@ fn check_backward<B: qtune_kernels::QAutodiffBackend>(dev: &B::Device) {
         assert!(err < 1e-6, "{spec:?}: dx vs dense autodiff rel err {err}");
 
         // Keeping the dequantized weight for the backward (checkpoint recompute) changes
-        // nothing but where W comes from.
-        let xk =
-            Tensor::<B, 2>::from_data(TensorData::new(xv.clone(), [m, in_f]), dev).require_grad();
-        let yk = qtune_kernels::q_linear_with(xk.clone(), &w, qtune_kernels::LinearBackward::Dense);
-        let dx_k = xk
-            .grad(&(yk * g.clone()).sum().backward())
-            .unwrap()
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        let err = max_rel(&dx_k, &dx);
-        assert!(
-            err < 1e-6,
-            "{spec:?}: dense-kept dx vs quantized dx rel err {err}"
-        );
+        // nothing but where W comes from; `DenseUpTo` keeps it exactly up to its size.
+        use qtune_kernels::LinearBackward;
+        let elems = w.shape().iter().product::<usize>();
+        assert!(LinearBackward::DenseUpTo(elems).keeps_dense(elems));
+        assert!(!LinearBackward::DenseUpTo(elems - 1).keeps_dense(elems));
+        for kept in [
+            LinearBackward::Dense,
+            LinearBackward::DenseUpTo(elems),
+            LinearBackward::DenseUpTo(elems - 1),
+        ] {
+            let xk = Tensor::<B, 2>::from_data(TensorData::new(xv.clone(), [m, in_f]), dev)
+                .require_grad();
+            let yk = qtune_kernels::q_linear_with(xk.clone(), &w, kept);
+            let dx_k = xk
+                .grad(&(yk * g.clone()).sum().backward())
+                .unwrap()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+            let err = max_rel(&dx_k, &dx);
+            assert!(
+                err < 1e-6,
+                "{spec:?}: {kept:?} dx vs quantized dx rel err {err}"
+            );
+        }
 
         // Central differences on a few coordinates (the loss is linear in x: only rounding).
         let inner = w.clone().valid();

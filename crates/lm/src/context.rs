@@ -68,6 +68,21 @@ pub struct BlockContext<B: Backend> {
     pub backward: LinearBackward,
 }
 
+impl<B: burn::tensor::backend::AutodiffBackend> BlockContext<B> {
+    /// A context built on the inner backend, on the autodiff one: the same device tensors, as
+    /// constants (no graph). The checkpointed step builds its context once for the no-graph
+    /// forward and hands it to the recompute this way.
+    pub fn from_inner(inner: BlockContext<B::InnerBackend>) -> Self {
+        Self {
+            mask: inner.mask.map(Tensor::from_inner),
+            cos: Tensor::from_inner(inner.cos),
+            sin: Tensor::from_inner(inner.sin),
+            dropout_seed: inner.dropout_seed,
+            backward: inner.backward,
+        }
+    }
+}
+
 /// SplitMix64 finalizer: decorrelates the per-linear dropout seeds.
 pub fn mix_seed(seed: u64, salt: u64) -> u64 {
     let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -87,6 +102,41 @@ pub struct TokenInputs<'a> {
     /// `[batch, seq_len]`, packed rows: which example each token belongs to (0 = padding).
     /// Only without a KV cache (`past_len = 0`).
     pub segment_ids: Option<&'a [i64]>,
+}
+
+/// The `[batch, seq_len, past_len + seq_len]` mask of [`BlockContext::from_inputs`], row-major,
+/// true = masked: each query row starts causal and the padding, window and segment rules
+/// are or-ed in over whole slices (this runs on the host once per training step).
+pub(crate) fn mask_bits(
+    [batch, seq_len, past_len]: [usize; 3],
+    attention_mask: Option<&[i64]>,
+    segment_ids: Option<&[i64]>,
+    window: Option<usize>,
+) -> Vec<bool> {
+    let total = past_len + seq_len;
+    let mut bits = vec![false; batch * seq_len * total];
+    for (r, row) in bits.chunks_exact_mut(total.max(1)).enumerate() {
+        let (b, i) = (r / seq_len, r % seq_len);
+        let q = past_len + i;
+        row[q + 1..].fill(true);
+        if let Some(m) = attention_mask {
+            for (bit, &keep) in row.iter_mut().zip(&m[b * total..(b + 1) * total]) {
+                *bit |= keep == 0;
+            }
+        }
+        if let Some(w) = window {
+            // q ≥ j + w ⇔ j < q + 1 − w
+            row[..(q + 1).saturating_sub(w)].fill(true);
+        }
+        if let Some(s) = segment_ids {
+            // past_len = 0 with segments: key column j is token j of the row.
+            let seg = &s[b * seq_len..(b + 1) * seq_len];
+            for (bit, &sj) in row[..=q].iter_mut().zip(seg) {
+                *bit |= sj != seg[i];
+            }
+        }
+    }
+    bits
 }
 
 impl<B: Backend> BlockContext<B> {
@@ -179,20 +229,13 @@ impl<B: Backend> BlockContext<B> {
         });
         let window = positions.sliding_window.filter(|&w| w < total);
         let mask = (seq_len > 1 || padded || segmented || window.is_some()).then(|| {
-            let mut bits = Vec::with_capacity(batch * seq_len * total);
-            for b in 0..batch {
-                for i in 0..seq_len {
-                    let q = past_len + i;
-                    for j in 0..total {
-                        let pad = attention_mask.is_some_and(|m| m[b * total + j] == 0);
-                        let outside = window.is_some_and(|w| q >= j + w);
-                        // past_len = 0 with segments: key column j is token j of the row.
-                        let row = b * seq_len;
-                        let other = segment_ids.is_some_and(|s| s[row + j] != s[row + i]);
-                        bits.push(j > q || pad || outside || other);
-                    }
-                }
-            }
+            let segment_ids = segment_ids.filter(|_| segmented);
+            let bits = mask_bits(
+                [batch, seq_len, past_len],
+                attention_mask,
+                segment_ids,
+                window,
+            );
             Tensor::<B, 4, Bool>::from_data(
                 TensorData::new(bits, [batch, 1, seq_len, total]),
                 device,

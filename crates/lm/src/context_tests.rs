@@ -120,3 +120,52 @@ fn packed_rows_take_their_own_positions() {
 fn segment_ids_of_the_wrong_length_panic() {
     ctx(None, 1, 3, segments(&[1, 1]));
 }
+
+/// The rule of `BlockContext::from_inputs`, element by element: the spec `mask_bits` is fast at.
+fn mask_rule(
+    [batch, seq_len, past_len]: [usize; 3],
+    attention_mask: Option<&[i64]>,
+    segment_ids: Option<&[i64]>,
+    window: Option<usize>,
+) -> Vec<bool> {
+    let total = past_len + seq_len;
+    let mut bits = Vec::new();
+    for b in 0..batch {
+        for i in 0..seq_len {
+            let q = past_len + i;
+            for j in 0..total {
+                let pad = attention_mask.is_some_and(|m| m[b * total + j] == 0);
+                let outside = window.is_some_and(|w| q >= j + w);
+                let other =
+                    segment_ids.is_some_and(|s| j > q || s[b * seq_len + j] != s[b * seq_len + i]);
+                bits.push(j > q || pad || outside || other);
+            }
+        }
+    }
+    bits
+}
+
+#[test]
+fn mask_bits_follow_the_rule_on_random_inputs() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    for case in 0..300 {
+        let (batch, seq_len) = (rng.random_range(1..4), rng.random_range(1..9));
+        let segmented = case % 3 == 0;
+        let past_len = if segmented { 0 } else { rng.random_range(0..4) };
+        let total = past_len + seq_len;
+        let mask: Vec<i64> = (0..batch * total).map(|_| rng.random_range(0..2)).collect();
+        let seg: Vec<i64> = (0..batch * seq_len)
+            .map(|_| rng.random_range(0..3))
+            .collect();
+        let window = (case % 2 == 0).then(|| rng.random_range(1..6));
+        let am = (case % 4 < 2).then_some(&mask[..]);
+        let sg = segmented.then_some(&seg[..]);
+        let dims = [batch, seq_len, past_len];
+        assert_eq!(
+            mask_bits(dims, am, sg, window),
+            mask_rule(dims, am, sg, window),
+            "case {case}: {dims:?} mask {am:?} segments {sg:?} window {window:?}"
+        );
+    }
+}

@@ -10,6 +10,8 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 
+use qtune_lm::BlockContext;
+
 use crate::step::{self, SegmentedLm};
 use crate::TrainError;
 
@@ -56,8 +58,8 @@ pub fn measure<B, M>(
 ) -> Result<ActivationBytes, TrainError>
 where
     B: AutodiffBackend,
-    M: SegmentedLm<B> + AutodiffModule<B>,
-    M::InnerModule: SegmentedLm<B::InnerBackend>,
+    M: SegmentedLm<B, Ctx = BlockContext<B>> + AutodiffModule<B>,
+    M::InnerModule: SegmentedLm<B::InnerBackend, Ctx = BlockContext<B::InnerBackend>>,
 {
     let [b, t] = batch.shape();
     // Plain: the whole graph is alive once the loss exists.
@@ -76,7 +78,7 @@ where
     let before = bytes_now();
     let hs = step::forward_keep_block_inputs::<B, M>(model, batch, None, None);
     let checkpointed = bytes_now().saturating_sub(before);
-    step::backward_recompute::<B, M>(model, batch, hs, 1.0, None, None)?;
+    step::backward_recompute::<B, M>(model, batch, hs, 1.0, None)?;
     Ok(ActivationBytes {
         n_blocks: model.num_blocks(),
         block_input_bytes: b * t * d_model * 4,
