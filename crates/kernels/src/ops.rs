@@ -302,6 +302,27 @@ pub fn rotary_half<B: QBackend>(
     Tensor::from_primitive(TensorPrimitive::Float(y))
 }
 
+/// Rows `rows` of `x [N, D]` → `[rows.len(), D]`, as `x.select(0, rows)`, through
+/// [`QBackend::q_select_rows`]: the backward writes each row's gradient in place (one kernel on
+/// CUDA) instead of Burn's select-assign.
+///
+/// # Panics
+/// If `rows` is not strictly increasing inside `[0, N)` (a caller bug: the loss selects its
+/// target rows in order).
+pub fn select_rows<B: QBackend>(x: Tensor<B, 2>, rows: &[i64]) -> Tensor<B, 2> {
+    let n = x.dims()[0] as i64;
+    assert!(
+        rows.windows(2).all(|w| w[0] < w[1]) && rows.iter().all(|&r| (0..n).contains(&r)),
+        "select_rows: rows must be strictly increasing inside [0, {n})"
+    );
+    let idx = Tensor::<B, 1, Int>::from_data(
+        burn::tensor::TensorData::new(rows.to_vec(), [rows.len()]),
+        &x.device(),
+    );
+    let y = B::q_select_rows(x.into_primitive().tensor(), idx.into_primitive());
+    Tensor::from_primitive(TensorPrimitive::Float(y))
+}
+
 /// Per-row cross-entropy through [`QBackend::q_cross_entropy`] (fused on CUDA): logits
 /// `[rows, vocab]`, targets `[rows]` (each in `[0, vocab)`) → `[rows]` f32 negative log-likelihoods.
 pub fn cross_entropy<B: QBackend>(

@@ -359,3 +359,43 @@ fn lora_parameters_on_top_get_the_dense_reference_grads() {
     );
     assert!(ea < 1e-5 && eb < 1e-5, "LoRA grads differ: A {ea}, B {eb}");
 }
+
+#[test]
+fn select_rows_is_select_and_its_gradient_lands_on_the_rows() {
+    let dev = Default::default();
+    let (n, d, rows) = (7usize, 5usize, [0i64, 3, 4, 6]);
+    let xv: Vec<f32> = (0..n * d).map(|i| i as f32 * 0.25 - 3.0).collect();
+    let x = Tensor::<Ad, 2>::from_data(TensorData::new(xv.clone(), [n, d]), &dev).require_grad();
+    let y = qtune_kernels::select_rows(x.clone(), &rows);
+    let idx = Tensor::<Ad, 1, burn::tensor::Int>::from_data(
+        TensorData::new(rows.to_vec(), [rows.len()]),
+        &dev,
+    );
+    let want = Tensor::<Ad, 2>::from_data(TensorData::new(xv, [n, d]), &dev).select(0, idx);
+    assert_eq!(
+        y.clone().into_data().to_vec::<f32>().unwrap(),
+        want.into_data().to_vec::<f32>().unwrap()
+    );
+    let gv: Vec<f32> = (0..rows.len() * d).map(|i| 1.0 + i as f32).collect();
+    let g = Tensor::<Ad, 2>::from_data(TensorData::new(gv.clone(), [rows.len(), d]), &dev);
+    let dx = x
+        .grad(&(y * g).sum().backward())
+        .unwrap()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    for r in 0..n {
+        let at = rows.iter().position(|&s| s as usize == r);
+        for c in 0..d {
+            let want = at.map_or(0.0, |i| gv[i * d + c]);
+            assert_eq!(dx[r * d + c], want, "row {r} col {c}");
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "strictly increasing")]
+fn select_rows_refuses_repeated_rows() {
+    let x = Tensor::<Ad, 2>::zeros([4, 2], &Default::default());
+    qtune_kernels::select_rows(x, &[1, 1]);
+}

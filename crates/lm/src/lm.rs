@@ -240,11 +240,11 @@ pub trait CausalLm<B: QBackend>: Sized + Clone {
         let mut total: Option<Tensor<B, 1>> = None;
         for start in (0..n).step_by(step) {
             let end = (start + step).min(n);
-            let idx = int1::<B>(&rows[start..end], &device);
             let tgt = int1::<B>(&targets[start..end], &device);
             // Logits in the model's dtype; the fused cross-entropy reads them in f32 (HF casts
-            // logits to float32 before its loss) and keeps only them for the backward.
-            let logits = self.logits(flat.clone().select(0, idx));
+            // logits to float32 before its loss) and keeps only them for the backward. The
+            // target rows are increasing: their backward is one scatter.
+            let logits = self.logits(qtune_kernels::select_rows(flat.clone(), &rows[start..end]));
             let nll = qtune_kernels::cross_entropy(logits, tgt).sum();
             total = Some(match total {
                 Some(acc) => acc + nll,

@@ -2,7 +2,8 @@
 //! factors and bf16 activations on the GPU (as in training: the factors are cast in the same
 //! launch as the input's dropout, their gradients written in f32 by the GEMMs), all f32 on the
 //! CPU; forward and the gradients of y, x, A and B, with dropout (the mask is counter-based, so
-//! the same on both) and without.
+//! the same on both) and without. Also the loss's row selection (`qtune_kernels::select_rows`),
+//! whose CUDA backward scatters the rows' gradients.
 
 use burn::tensor::{DType, Tensor, TensorData};
 use qtune_kernels::LoraOptions;
@@ -34,7 +35,49 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
         }
         println!("{}", serde_json::Value::Object(line));
     }
+    // Row selection moves values: forward and gradient must be exact (bf16 in, bf16 out).
+    let cpu = select_grads::<Cpu>(&Default::default(), DType::F32)?;
+    let gpu = select_grads::<Train>(dev, DType::BF16)?;
+    let (fwd, dx) = (
+        rel(gpu[0].clone(), cpu[0].clone()),
+        rel(gpu[1].clone(), cpu[1].clone()),
+    );
+    println!(
+        "{}",
+        serde_json::json!({"check": "select_rows",
+            "fwd_rel_err": fails.at_most("select_rows fwd_rel_err", fwd, 0.0),
+            "dx_rel_err": fails.at_most("select_rows dx_rel_err", dx, 0.0)})
+    );
     Ok(())
+}
+
+/// Rows 1, 4, 5, 9 of `x [12, 40]` and the gradient of `Σ rows ⊙ g` (zero on the other rows),
+/// in bf16 values on both backends (the CPU's f32 holds them exactly).
+fn select_grads<B: qtune_kernels::QBackend + burn::tensor::backend::AutodiffBackend>(
+    dev: &B::Device,
+    dtype: DType,
+) -> anyhow::Result<[Vec<f32>; 2]> {
+    let (n, d, rows) = (12usize, 40usize, [1i64, 4, 5, 9]);
+    let bf = |v: Vec<f32>| -> Vec<f32> {
+        v.into_iter()
+            .map(|x| burn::tensor::bf16::from_f32(x).to_f32())
+            .collect()
+    };
+    let x = Tensor::<B, 2>::from_data(TensorData::new(bf(values(n * d, 71)), [n, d]), (dev, dtype))
+        .require_grad();
+    let g = Tensor::<B, 2>::from_data(
+        TensorData::new(bf(values(rows.len() * d, 72)), [rows.len(), d]),
+        (dev, dtype),
+    );
+    let y = qtune_kernels::select_rows(x.clone(), &rows);
+    let grads = (y.clone() * g).sum().backward();
+    let dx = x
+        .grad(&grads)
+        .ok_or_else(|| anyhow::anyhow!("select_rows: no gradient"))?;
+    Ok([
+        host(y.inner().unsqueeze::<3>())?,
+        host(dx.unsqueeze::<3>())?,
+    ])
 }
 
 /// `y + 0.5·(dropout(x)·Aᵀ)·Bᵀ` for `y [96, 80]`, `x [96, 64]`, `A [8, 64]`, `B [80, 8]` (the

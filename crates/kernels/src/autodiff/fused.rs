@@ -211,3 +211,20 @@ impl<B: QBackend> Backward<B, 1> for CrossEntropyBackward {
         }
     }
 }
+
+/// Backward of [`crate::select_rows`]: state is the row indices and the input's row count.
+#[derive(Debug)]
+pub(super) struct SelectRowsBackward;
+
+impl<B: QBackend> Backward<B, 1> for SelectRowsBackward {
+    type State = (IntTensor<B>, usize);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (idx, rows) = ops.state;
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::q_select_rows_backward(dy, idx, rows));
+        }
+    }
+}

@@ -31,7 +31,7 @@ mod lora;
 
 use fused::{
     AttentionBackward, AttnSoftmaxBackward, CrossEntropyBackward, DropoutBackward, GeluNewBackward,
-    GradSeedBackward, Norm, NormBackward, RotaryBackward, Rotation,
+    GradSeedBackward, Norm, NormBackward, RotaryBackward, Rotation, SelectRowsBackward,
 };
 use linear::{
     dense_linear, GemmAccBackward, MatmulBackward, MatmulState, QLinearBackward, QLinearState,
@@ -454,6 +454,29 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
 
     fn q_rotary_half(x: FloatTensor<Self>, r: RotaryOptions<Self>) -> FloatTensor<Self> {
         rotated::<B, C>(Rotation::Half, x, r)
+    }
+
+    fn q_select_rows(x: FloatTensor<Self>, idx: IntTensor<Self>) -> FloatTensor<Self> {
+        let rows = x.primitive.shape().dims::<2>()[0];
+        match SelectRowsBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::q_select_rows(x.primitive, idx.clone());
+                prep.finish((idx, rows), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q_select_rows(x.primitive, idx)),
+        }
+    }
+
+    fn q_select_rows_backward(
+        dy: FloatTensor<Self>,
+        idx: IntTensor<Self>,
+        rows: usize,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::q_select_rows_backward(dy.primitive, idx, rows))
     }
 
     fn q_cross_entropy(x: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {

@@ -204,6 +204,14 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         super::fused::rotary_half(x, cos, sin, inverse)
     }
 
+    fn q_select_rows_backward(
+        dy: FloatTensor<Self>,
+        idx: IntTensor<Self>,
+        rows: usize,
+    ) -> FloatTensor<Self> {
+        super::fused::scatter_rows(dy, idx, rows)
+    }
+
     fn q_cross_entropy(x: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
         super::fused::cross_entropy(x, targets, None)
     }

@@ -56,6 +56,7 @@ fn cross_entropy_kernel<F: Float, N: Size>(
     let t = usize::cast_from(targets[row]);
     if backward {
         let gr = g[row];
+        let inv_sum = 1.0f32 / sum;
         for k in 0..iters {
             let j = lane + k * 32usize;
             if j < len {
@@ -63,7 +64,7 @@ fn cross_entropy_kernel<F: Float, N: Size>(
                 let mut o = Vector::<F, N>::empty();
                 #[unroll]
                 for q in 0..vec {
-                    let mut d = f32::exp(f32::cast_from(xv[q]) - mx) / sum;
+                    let mut d = f32::exp(f32::cast_from(xv[q]) - mx) * inv_sum;
                     if j * vec + q == t {
                         d -= 1.0f32;
                     }

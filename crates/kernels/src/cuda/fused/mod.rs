@@ -34,6 +34,7 @@ mod gelu;
 mod norm;
 mod rotary;
 mod rows;
+mod scatter;
 mod softmax;
 mod swiglu;
 
@@ -42,6 +43,7 @@ pub use dropout::{dropout, lora_prep, lora_prep_fits};
 pub use gelu::gelu_new;
 pub use norm::{layer_norm, rms_norm};
 pub use rotary::{rotary, rotary_half};
+pub use scatter::scatter_rows;
 pub use softmax::{attn_softmax, attn_softmax_backward};
 pub use swiglu::{silu_mul, silu_mul_backward};
 

@@ -13,6 +13,11 @@ use crate::cuda::launch::{array, empty};
 /// is `[B, T, L]` (1 = masked, broadcast over heads), masked scores become `f32::MIN` (a fully
 /// masked row comes out uniform, as Burn's `mask_fill` + softmax). f32 math, `p` in `F`; rows
 /// are `len` vectors of `vec` values.
+///
+/// Two passes over the row: an online max and sum (each lane rescales its running sum when
+/// its maximum grows, once per vector; the lanes' pairs are then combined), then the
+/// probabilities. Scores are multiplied by `inv_div = 1/div` and exponentials by `1/sum`: the
+/// three f32 divisions per score of a plain three-pass kernel made it instruction-bound.
 #[cube(launch_unchecked)]
 fn attn_softmax_kernel<F: Float, N: Size>(
     s: &Array<Vector<f32, N>>,
@@ -22,7 +27,7 @@ fn attn_softmax_kernel<F: Float, N: Size>(
     len: usize,
     heads_t: usize,
     t: usize,
-    div: f32,
+    inv_div: f32,
     #[comptime] masked: bool,
     #[comptime] vec: usize,
 ) {
@@ -30,32 +35,32 @@ fn attn_softmax_kernel<F: Float, N: Size>(
     let mbase = mask_base(row, len, heads_t, t);
     let mut mx = 0.0f32;
     mx -= 3.402_823_5e38f32;
-    for k in 0..iters {
-        let j = lane + k * 32usize;
-        if j < len {
-            let sv = s[base + j];
-            #[unroll]
-            for q in 0..vec {
-                let v = score(sv, mask, mbase + j, q, div, masked);
-                if v > mx {
-                    mx = v;
-                }
-            }
-        }
-    }
-    mx = plane_max(mx);
     let mut sum = 0.0f32;
     for k in 0..iters {
         let j = lane + k * 32usize;
         if j < len {
             let sv = s[base + j];
+            let mut vmax = mx;
             #[unroll]
             for q in 0..vec {
-                sum += f32::exp(score(sv, mask, mbase + j, q, div, masked) - mx);
+                let v = score(sv, mask, mbase + j, q, inv_div, masked);
+                if v > vmax {
+                    vmax = v;
+                }
+            }
+            // exp(MIN − MIN) = 1 would count a masked score before any real one: the
+            // running sum starts at 0, so rescaling it is harmless either way.
+            sum *= f32::exp(mx - vmax);
+            mx = vmax;
+            #[unroll]
+            for q in 0..vec {
+                sum += f32::exp(score(sv, mask, mbase + j, q, inv_div, masked) - mx);
             }
         }
     }
-    sum = plane_sum(sum);
+    let row_max = plane_max(mx);
+    let total = plane_sum(sum * f32::exp(mx - row_max));
+    let inv_sum = 1.0f32 / total;
     for k in 0..iters {
         let j = lane + k * 32usize;
         if j < len {
@@ -63,8 +68,8 @@ fn attn_softmax_kernel<F: Float, N: Size>(
             let mut o = Vector::<F, N>::empty();
             #[unroll]
             for q in 0..vec {
-                let v = score(sv, mask, mbase + j, q, div, masked);
-                o[q] = F::cast_from(f32::exp(v - mx) / sum);
+                let v = score(sv, mask, mbase + j, q, inv_div, masked);
+                o[q] = F::cast_from(f32::exp(v - row_max) * inv_sum);
             }
             p[base + j] = o;
         }
@@ -78,7 +83,7 @@ fn mask_base(row: usize, len: usize, heads_t: usize, t: usize) -> usize {
     ((row / heads_t) * t + row % t) * len
 }
 
-/// Score `q` of `sv` (vector `mj` of the mask) divided by `div`, or `f32::MIN` where `masked`
+/// Score `q` of `sv` (vector `mj` of the mask) times `inv_div`, or `f32::MIN` where `masked`
 /// and the mask is set.
 #[cube]
 fn score<N: Size>(
@@ -86,10 +91,10 @@ fn score<N: Size>(
     mask: &Array<Vector<u8, N>>,
     mj: usize,
     q: usize,
-    div: f32,
+    inv_div: f32,
     #[comptime] masked: bool,
 ) -> f32 {
-    let mut v = sv[q] / div;
+    let mut v = sv[q] * inv_div;
     if masked {
         if mask[mj][q] != 0u8 {
             v = 0.0f32 - 3.402_823_5e38f32;
@@ -98,7 +103,7 @@ fn score<N: Size>(
     v
 }
 
-/// `ds[r, j] = p[r, j] · (dp[r, j] − Σ_k p[r, k]·dp[r, k]) / div` (f32 math, `G` out), and 0
+/// `ds[r, j] = p[r, j] · (dp[r, j] − Σ_k p[r, k]·dp[r, k]) · inv_div` (f32 math, `G` out), and 0
 /// where masked (a masked score does not reach the output; for a fully masked row `p` is
 /// uniform, not 0). Rows are `len` vectors of `vec` values.
 #[cube(launch_unchecked)]
@@ -111,7 +116,7 @@ fn attn_softmax_backward_kernel<F: Float, G: Float, N: Size>(
     len: usize,
     heads_t: usize,
     t: usize,
-    div: f32,
+    inv_div: f32,
     #[comptime] masked: bool,
     #[comptime] vec: usize,
 ) {
@@ -136,7 +141,7 @@ fn attn_softmax_backward_kernel<F: Float, G: Float, N: Size>(
             let mut o = Vector::<G, N>::empty();
             #[unroll]
             for q in 0..vec {
-                let mut g = f32::cast_from(pv[q]) * (f32::cast_from(dv[q]) - dot) / div;
+                let mut g = f32::cast_from(pv[q]) * (f32::cast_from(dv[q]) - dot) * inv_div;
                 if masked {
                     if mask[mbase + j][q] != 0u8 {
                         g = 0.0f32;
@@ -193,7 +198,7 @@ pub fn attn_softmax<R: CubeRuntime>(
                 len / vec,
                 h * t,
                 t,
-                div,
+                1.0 / div,
                 masked,
                 vec,
             )
@@ -254,7 +259,7 @@ pub fn attn_softmax_backward<R: CubeRuntime>(
                     len / vec,
                     h * t,
                     t,
-                    div,
+                    1.0 / div,
                     masked,
                     vec,
                 )
