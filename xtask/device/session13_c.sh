@@ -1,0 +1,28 @@
+#!/bin/bash
+# Session 13, last call: GPU check of the softmax / select_rows / cross-entropy changes, their
+# kernels under ncu (two llama-7b blocks), the A/B against the build of the quality runs (old),
+# then llama-7b q,v and all-linear against the peer, and GPT-J-6B q,v memory.
+#   carry [".device"] with bin/xtask.gz and bin/xtask_old.gz; source xtask/device/stash.sh first
+set -uo pipefail
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} QTUNE_KERNEL_CACHE=/tmp/kcache
+export PYTHONPATH=$PWD/.device/site
+X=/tmp/xtask
+echo "=== gpu-check $(date -u +%T)"
+timeout 240 $X bench gpu-check --steps 30 > $OUT/gpucheck.txt 2>&1
+echo "gpu-check exit $?"
+grep -E '"ok":false|FAIL|panicked|Error' $OUT/gpucheck.txt | cut -c1-300 | tail -10
+grep -E 'select_rows|softmax|cross|tiny_loss_curve","cpu_first' $OUT/gpucheck.txt | cut -c1-300
+echo "=== ncu $(date -u +%T)"
+timeout 120 /usr/local/cuda/bin/ncu --csv --print-units base --metrics gpu__time_duration.sum \
+  --kernel-name regex:'softmax|scatter|select|cross' --log-file /tmp/ncu_c.csv $X bench train --model llama-7b \
+  --quant nf4 --targets qv --layers 2 --warmup 1 --steps 1 --decode 0 > /dev/null 2>&1
+echo "ncu exit $?"
+python3 xtask/device/kernel_profile.py /tmp/ncu_c.csv 12 | tee $OUT/ncu_c.txt
+echo "=== A/B $(date -u +%T)"
+CASES='llama-7b:nf4:qv:8:512:default smollm2-135m:nf4:all:8:384:adamw' ROUNDS=1 bash xtask/device/ab_bench.sh
+echo "=== llama-7b vs peer $(date -u +%T)"
+MODELS=llama-7b MODES='nf4:qv nf4:all' PEERS='nf4 nf4-all' DECODE=0 T_OURS=120 T_PEER=170 \
+  bash xtask/device/llama_bench.sh 2>&1 | grep -E '^===|step_s_median|exit [^0]'
+echo "=== gptj-6b $(date -u +%T)"
+timeout 120 $X bench train --model gptj-6b --quant nf4 --targets qv --warmup 3 --steps 8 --decode 0 2>&1 | grep step_s_median
+echo "=== end $(date -u +%T)"
