@@ -93,7 +93,8 @@ impl<B: QBackend> Attention<B> {
         // scores = f32::MIN (a fully masked padding row stays finite), probabilities in v's
         // dtype. One op (cuBLAS GEMMs + a fused softmax on CUDA).
         let out = attention(q, k, v, ctx.mask.clone(), (hd as f32).sqrt()).reshape([b, t, d]);
-        self.out_proj.forward_with(out, ctx.pass(salt + 3))
+        // Its output only joins the residual (GPT-J's parallel block): unread in a recompute.
+        self.out_proj.forward_with(out, ctx.output_pass(salt + 3))
     }
 }
 
@@ -133,7 +134,8 @@ impl<B: QBackend> Mlp<B> {
                 }
             }
         };
-        self.fc_out.forward_plus(hdn, ctx.pass(salt + 1), adds)
+        self.fc_out
+            .forward_plus(hdn, ctx.output_pass(salt + 1), adds)
     }
 }
 

@@ -193,6 +193,23 @@ pub trait QBackend: Backend {
         Self::q_linear(x, w)
     }
 
+    /// [`QBackend::q_linear`] (`keep_dense`: [`QBackend::q_linear_dense_backward`]) for a
+    /// forward whose output values are never read, only its gradient path (see
+    /// [`q_linear_unread`]). The default computes the product; under autodiff a tracked call
+    /// returns an uninitialized output and runs neither the GEMM nor (unless `keep_dense`) the
+    /// dequantization.
+    fn q_linear_unread(
+        x: FloatTensor<Self>,
+        w: QWeightPrimitive<Self>,
+        keep_dense: bool,
+    ) -> FloatTensor<Self> {
+        if keep_dense {
+            Self::q_linear_dense_backward(x, w)
+        } else {
+            Self::q_linear(x, w)
+        }
+    }
+
     /// `dx[m, in] = dy[m, out] · dequant(w)`, the only gradient a frozen base weight needs.
     fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self>;
 
@@ -555,6 +572,37 @@ pub fn q_linear_with<B: QBackend, const D: usize>(
     } else {
         B::q_linear(x2, w.primitive())
     };
+    let mut out = dims;
+    out[D - 1] = out_f;
+    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out)
+}
+
+/// [`q_linear_with`] for a forward whose output **values are never read**, only its gradient
+/// path: in a checkpointed block's recompute, the linears whose outputs only form the block's
+/// output (Llama's `down_proj`, GPT-J's `out_proj` and `fc_out`), which exists to receive the
+/// upstream gradient. The backward is exactly [`q_linear_with`]'s (it needs `dy` and `W`, never
+/// `y`). Under autodiff the output is uninitialized memory and neither the GEMM nor the
+/// dequantization runs (unless `backward` keeps the dense weight); without autodiff it is the
+/// product.
+///
+/// # Panics
+/// As [`q_linear`].
+pub fn q_linear_unread<B: QBackend, const D: usize>(
+    x: Tensor<B, D>,
+    w: &QuantWeight<B>,
+    backward: LinearBackward,
+) -> Tensor<B, D> {
+    let dims = x.dims();
+    let [out_f, in_f] = w.shape();
+    assert_eq!(
+        dims[D - 1],
+        in_f,
+        "q_linear: input last dim {} does not match the weight's in_features {in_f} (weight shape [{out_f}, {in_f}])",
+        dims[D - 1]
+    );
+    let m = dims[..D - 1].iter().product::<usize>();
+    let x2 = x.reshape([m, in_f]).into_primitive().tensor();
+    let y = B::q_linear_unread(x2, w.primitive(), backward.keeps_dense(out_f * in_f));
     let mut out = dims;
     out[D - 1] = out_f;
     Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out)

@@ -261,6 +261,22 @@ fn check_backward<B: qtune_kernels::QAutodiffBackend>(dev: &B::Device) {
                 err < 1e-6,
                 "{spec:?}: {kept:?} dx vs quantized dx rel err {err}"
             );
+            // An output nobody reads (a recompute's block-output linear): same gradient path.
+            let xu = Tensor::<B, 2>::from_data(TensorData::new(xv.clone(), [m, in_f]), dev)
+                .require_grad();
+            let yu = qtune_kernels::q_linear_unread(xu.clone(), &w, kept);
+            assert_eq!(yu.dims(), [m, w.shape()[0]]);
+            let dx_u = xu
+                .grad(&(yu * g.clone()).sum().backward())
+                .unwrap()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+            let err = max_rel(&dx_u, &dx);
+            assert!(
+                err < 1e-6,
+                "{spec:?}: unread {kept:?} dx vs quantized dx rel err {err}"
+            );
         }
 
         // Central differences on a few coordinates (the loss is linear in x: only rounding).

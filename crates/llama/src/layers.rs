@@ -109,7 +109,8 @@ impl<B: QBackend> Mlp<B> {
         let gate = self.gate_proj.forward_with(x.clone(), ctx.pass(salt));
         let up = self.up_proj.forward_with(x, ctx.pass(salt + 1));
         let h = silu_mul(gate, up);
-        self.down_proj.forward_with(h, ctx.pass(salt + 2))
+        // Its output only joins the residual: unread in a checkpointed recompute.
+        self.down_proj.forward_with(h, ctx.output_pass(salt + 2))
     }
 }
 

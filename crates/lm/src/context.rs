@@ -66,6 +66,10 @@ pub struct BlockContext<B: Backend> {
     /// block's recompute (its backward follows at once), else the quantized one. Constructors
     /// set [`LinearBackward::Quantized`]; see [`BlockContext::with_backward`].
     pub backward: LinearBackward,
+    /// The block's output values are never read, only its gradient path (a checkpointed
+    /// recompute, [`BlockContext::output_unread`]): the linears that only form the block's
+    /// output skip their product ([`BlockContext::output_pass`]).
+    pub output_unread: bool,
 }
 
 impl<B: burn::tensor::backend::AutodiffBackend> BlockContext<B> {
@@ -79,6 +83,7 @@ impl<B: burn::tensor::backend::AutodiffBackend> BlockContext<B> {
             sin: Tensor::from_inner(inner.sin),
             dropout_seed: inner.dropout_seed,
             backward: inner.backward,
+            output_unread: inner.output_unread,
         }
     }
 }
@@ -254,6 +259,7 @@ impl<B: Backend> BlockContext<B> {
             sin: Tensor::from_data(TensorData::new(sin, shape), (device, DType::F32)),
             dropout_seed,
             backward: LinearBackward::Quantized,
+            output_unread: false,
         }
     }
 
@@ -263,12 +269,31 @@ impl<B: Backend> BlockContext<B> {
         self
     }
 
+    /// This context for a forward whose block outputs are never read, only their gradient
+    /// path: a checkpointed block's recompute, whose output only receives the upstream
+    /// gradient (`grad_seed`). Blocks pass [`BlockContext::output_pass`] to the linears whose
+    /// outputs feed nothing but the block's output.
+    pub fn output_unread(mut self) -> Self {
+        self.output_unread = true;
+        self
+    }
+
     /// How the linear salted `salt` runs: its LoRA dropout seed (`None` without dropout) and
     /// the context's backward state.
     pub fn pass(&self, salt: u64) -> Pass {
         Pass {
             dropout_seed: self.dropout_seed.map(|s| mix_seed(s, salt)),
             backward: self.backward,
+            output_unread: false,
+        }
+    }
+
+    /// [`BlockContext::pass`] for a linear whose output feeds only the block's output (added to
+    /// the residual): its values are skipped when the context's output is unread.
+    pub fn output_pass(&self, salt: u64) -> Pass {
+        Pass {
+            output_unread: self.output_unread,
+            ..self.pass(salt)
         }
     }
 }

@@ -72,6 +72,7 @@ impl<B: QBackend, M: CausalLm<B>> FixedDecoder<B, M> {
             sin: angles(&self.sin),
             dropout_seed: None,
             backward: qtune_kernels::LinearBackward::Quantized,
+            output_unread: false,
         };
         (tok, pos, ctx)
     }

@@ -22,6 +22,10 @@ pub struct Pass {
     pub dropout_seed: Option<u64>,
     /// What a quantized base keeps for its backward (checkpointed recompute: the dense weight).
     pub backward: LinearBackward,
+    /// Nobody reads this forward's output values, only its gradient path (a checkpointed
+    /// recompute's block-output linears): a quantized base skips its product
+    /// ([`qtune_kernels::q_linear_unread`]).
+    pub output_unread: bool,
 }
 
 impl Pass {
@@ -30,6 +34,7 @@ impl Pass {
         Self {
             dropout_seed: Some(seed),
             backward: LinearBackward::Quantized,
+            output_unread: false,
         }
     }
 }
@@ -348,6 +353,9 @@ impl<B: QBackend> Linear<B> {
     pub fn forward_unbiased<const D: usize>(&self, x: Tensor<B, D>, pass: Pass) -> Tensor<B, D> {
         let y = match &self.base {
             LinearBase::Dense(w) => matmul_t(x.clone(), in_dtype(w.val(), x.dtype())),
+            LinearBase::Quant(q) if pass.output_unread => {
+                qtune_kernels::q_linear_unread(x.clone(), q, pass.backward)
+            }
             LinearBase::Quant(q) => q_linear_with(x.clone(), q, pass.backward),
         };
         match &self.lora {

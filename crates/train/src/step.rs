@@ -219,8 +219,11 @@ where
     // constants. The recompute keeps each small quantized weight's dequantized copy for the
     // backward that follows at once (one block's weights at a time): one dequantization per
     // such linear saved; see [`DENSE_BACKWARD_MAX`].
-    let ctx =
-        BlockContext::from_inner(ctx).with_backward(LinearBackward::DenseUpTo(DENSE_BACKWARD_MAX));
+    // The block's output only carries the upstream gradient (`grad_seed` reads no values):
+    // the linears that only form it skip their products.
+    let ctx = BlockContext::from_inner(ctx)
+        .with_backward(LinearBackward::DenseUpTo(DENSE_BACKWARD_MAX))
+        .output_unread();
     for (i, h) in hs.into_iter().enumerate().rev() {
         let Some(dy) = g.take() else {
             break; // nothing upstream depends on h_{i+1}: earlier blocks get no gradient

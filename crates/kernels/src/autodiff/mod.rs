@@ -211,6 +211,34 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         tracked_q_linear::<B, C>(x, w, LinearBackward::Dense)
     }
 
+    fn q_linear_unread(
+        x: FloatTensor<Self>,
+        w: QWeightPrimitive<Self>,
+        keep_dense: bool,
+    ) -> FloatTensor<Self> {
+        let w = inner(w);
+        match QLinearBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = x.primitive;
+                let (dtype, device) = (x.dtype(), B::float_device(&x));
+                let m = x.shape().dims::<2>()[0];
+                let shape = burn::tensor::Shape::new([m, w.layout.out_features]);
+                let y = B::float_empty(shape, &device, dtype.into());
+                let state = if keep_dense {
+                    QLinearState::Dense(B::q_dequantize(w, dtype))
+                } else {
+                    QLinearState::Quant(w)
+                };
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q_linear(x.primitive, w)),
+        }
+    }
+
     fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self> {
         // No second-order gradient: computed on the inner backend and returned as a leaf.
         <Self as AutodiffBackend>::from_inner(B::q_linear_dx(dy.primitive, inner(w)))

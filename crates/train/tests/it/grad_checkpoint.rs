@@ -1,6 +1,7 @@
 //! Per-block gradient checkpointing gives the gradients of plain autodiff.
 use burn::module::AutodiffModule;
 use qtune_data::{collate, Example, Padding};
+use qtune_lm::CausalLm;
 use qtune_models::AnyLm;
 use qtune_train::step::{micro_step, Backprop};
 use qtune_train::trainer::peft_config;
@@ -16,7 +17,30 @@ fn model_with_live_adapter(cfg: &qtune_train::RunConfig) -> AnyLm<B> {
 fn checkpointed_gradients_equal_plain_autodiff() {
     let (_g, dir) = locked_tempdir();
     let cfg = tiny_config(dir.path());
-    let model = model_with_live_adapter(&cfg);
+    checkpointed_equals_plain(&cfg);
+}
+
+/// With an NF4 base the recompute keeps the small weights dense for the backward and skips
+/// the block-output linears' products (`q_linear_unread`): the gradients must not change.
+#[test]
+fn checkpointed_gradients_equal_plain_autodiff_on_a_quantized_base() {
+    let (_g, dir) = locked_tempdir();
+    let mut cfg = tiny_config(dir.path());
+    cfg.model.quantization = Some(qtune_train::config::QuantizationConfig {
+        load_in_4bit: true,
+        load_in_8bit: false,
+        bnb_4bit_quant_type: "nf4".into(),
+        bnb_4bit_use_double_quant: true,
+        blocksize: None,
+    });
+    checkpointed_equals_plain(&cfg);
+}
+
+fn checkpointed_equals_plain(cfg: &qtune_train::RunConfig) {
+    let model = model_with_live_adapter(cfg);
+    if cfg.model.quantization.is_some() {
+        assert!(model.linears()[0].1.is_quantized());
+    }
     let examples = synthetic(4, 3);
     let refs: Vec<&Example> = examples.iter().collect();
     let batch = collate(&refs, 0, Padding::Right).unwrap();
