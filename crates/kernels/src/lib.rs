@@ -557,24 +557,13 @@ pub fn q_linear_with<B: QBackend, const D: usize>(
     w: &QuantWeight<B>,
     backward: LinearBackward,
 ) -> Tensor<B, D> {
-    let dims = x.dims();
-    let [out_f, in_f] = w.shape();
-    assert_eq!(
-        dims[D - 1],
-        in_f,
-        "q_linear: input last dim {} does not match the weight's in_features {in_f} (weight shape [{out_f}, {in_f}])",
-        dims[D - 1]
-    );
-    let m = dims[..D - 1].iter().product::<usize>();
-    let x2 = x.reshape([m, in_f]).into_primitive().tensor();
-    let y = if backward.keeps_dense(out_f * in_f) {
-        B::q_linear_dense_backward(x2, w.primitive())
-    } else {
-        B::q_linear(x2, w.primitive())
-    };
-    let mut out = dims;
-    out[D - 1] = out_f;
-    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out)
+    over_rows(x, w, |x2, w, elems| {
+        if backward.keeps_dense(elems) {
+            B::q_linear_dense_backward(x2, w)
+        } else {
+            B::q_linear(x2, w)
+        }
+    })
 }
 
 /// [`q_linear_with`] for a forward whose output **values are never read**, only its gradient
@@ -592,6 +581,20 @@ pub fn q_linear_unread<B: QBackend, const D: usize>(
     w: &QuantWeight<B>,
     backward: LinearBackward,
 ) -> Tensor<B, D> {
+    over_rows(x, w, |x2, w, elems| {
+        B::q_linear_unread(x2, w, backward.keeps_dense(elems))
+    })
+}
+
+/// `x [..., in]` as `[m, in]` rows through `op(rows, w, w's element count)` → `[..., out]`.
+///
+/// # Panics
+/// As [`q_linear`].
+fn over_rows<B: QBackend, const D: usize>(
+    x: Tensor<B, D>,
+    w: &QuantWeight<B>,
+    op: impl FnOnce(FloatTensor<B>, QWeightPrimitive<B>, usize) -> FloatTensor<B>,
+) -> Tensor<B, D> {
     let dims = x.dims();
     let [out_f, in_f] = w.shape();
     assert_eq!(
@@ -602,7 +605,7 @@ pub fn q_linear_unread<B: QBackend, const D: usize>(
     );
     let m = dims[..D - 1].iter().product::<usize>();
     let x2 = x.reshape([m, in_f]).into_primitive().tensor();
-    let y = B::q_linear_unread(x2, w.primitive(), backward.keeps_dense(out_f * in_f));
+    let y = op(x2, w.primitive(), out_f * in_f);
     let mut out = dims;
     out[D - 1] = out_f;
     Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out)

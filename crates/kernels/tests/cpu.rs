@@ -242,37 +242,33 @@ fn check_backward<B: qtune_kernels::QAutodiffBackend>(dev: &B::Device) {
         let elems = w.shape().iter().product::<usize>();
         assert!(LinearBackward::DenseUpTo(elems).keeps_dense(elems));
         assert!(!LinearBackward::DenseUpTo(elems - 1).keeps_dense(elems));
+        // dx of `Σ linear(x) ⊙ g` for one way of running the linear.
+        let dx_of = |linear: &dyn Fn(Tensor<B, 2>) -> Tensor<B, 2>| {
+            let x = Tensor::<B, 2>::from_data(TensorData::new(xv.clone(), [m, in_f]), dev)
+                .require_grad();
+            let y = linear(x.clone());
+            assert_eq!(y.dims(), [m, w.shape()[0]]);
+            x.grad(&(y * g.clone()).sum().backward())
+                .unwrap()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+        };
         for kept in [
             LinearBackward::Dense,
             LinearBackward::DenseUpTo(elems),
             LinearBackward::DenseUpTo(elems - 1),
         ] {
-            let xk = Tensor::<B, 2>::from_data(TensorData::new(xv.clone(), [m, in_f]), dev)
-                .require_grad();
-            let yk = qtune_kernels::q_linear_with(xk.clone(), &w, kept);
-            let dx_k = xk
-                .grad(&(yk * g.clone()).sum().backward())
-                .unwrap()
-                .into_data()
-                .to_vec::<f32>()
-                .unwrap();
-            let err = max_rel(&dx_k, &dx);
+            let err = max_rel(&dx_of(&|x| qtune_kernels::q_linear_with(x, &w, kept)), &dx);
             assert!(
                 err < 1e-6,
                 "{spec:?}: {kept:?} dx vs quantized dx rel err {err}"
             );
             // An output nobody reads (a recompute's block-output linear): same gradient path.
-            let xu = Tensor::<B, 2>::from_data(TensorData::new(xv.clone(), [m, in_f]), dev)
-                .require_grad();
-            let yu = qtune_kernels::q_linear_unread(xu.clone(), &w, kept);
-            assert_eq!(yu.dims(), [m, w.shape()[0]]);
-            let dx_u = xu
-                .grad(&(yu * g.clone()).sum().backward())
-                .unwrap()
-                .into_data()
-                .to_vec::<f32>()
-                .unwrap();
-            let err = max_rel(&dx_u, &dx);
+            let err = max_rel(
+                &dx_of(&|x| qtune_kernels::q_linear_unread(x, &w, kept)),
+                &dx,
+            );
             assert!(
                 err < 1e-6,
                 "{spec:?}: unread {kept:?} dx vs quantized dx rel err {err}"
