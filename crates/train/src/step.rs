@@ -146,22 +146,26 @@ where
     M: SegmentedLm<B, Ctx = BlockContext<B>> + AutodiffModule<B>,
     M::InnerModule: SegmentedLm<B::InnerBackend, Ctx = BlockContext<B::InnerBackend>>,
 {
-    let _graphs = autodiff_lock();
-    match backprop {
-        Backprop::Plain => {
-            let loss = whole_loss_sum(model, batch, dropout_seed)?;
-            let loss_sum = loss.clone().into_scalar().elem::<f64>();
-            let grads = loss.div_scalar(norm).backward();
-            Ok(MicroStep {
-                loss_sum,
-                grads: GradientsParams::from_grads(grads, model),
-            })
+    let (loss, grads) = {
+        let _graphs = autodiff_lock();
+        match backprop {
+            Backprop::Plain => {
+                let loss = whole_loss_sum(model, batch, dropout_seed)?;
+                let grads = loss.clone().div_scalar(norm).backward();
+                (loss.inner(), GradientsParams::from_grads(grads, model))
+            }
+            Backprop::Checkpointed => {
+                let inputs = forward_keep_block_inputs::<B, M>(model, batch, dropout_seed, None);
+                recompute_backward::<B, M>(model, batch, inputs, norm, None)?
+            }
         }
-        Backprop::Checkpointed => {
-            let inputs = forward_keep_block_inputs::<B, M>(model, batch, dropout_seed, None);
-            backward_recompute::<B, M>(model, batch, inputs, norm, None)
-        }
-    }
+    };
+    // Read back (a device sync) once the lock is released: another rank issues its micro-step
+    // while this one's work runs.
+    Ok(MicroStep {
+        loss_sum: loss.into_scalar().elem::<f64>(),
+        grads,
+    })
 }
 
 /// What the forward half of checkpointing hands the backward half: the hidden states
@@ -214,6 +218,25 @@ where
     B: AutodiffBackend,
     M: SegmentedLm<B, Ctx = BlockContext<B>> + AutodiffModule<B>,
 {
+    let (loss, grads) = recompute_backward::<B, M>(model, batch, inputs, norm, probe)?;
+    Ok(MicroStep {
+        loss_sum: loss.into_scalar().elem::<f64>(),
+        grads,
+    })
+}
+
+/// [`backward_recompute`] with the summed loss left on the device (not read back).
+fn recompute_backward<B, M>(
+    model: &M,
+    batch: &qtune_data::Batch,
+    inputs: BlockInputs<B>,
+    norm: f32,
+    probe: MemoryProbe<'_>,
+) -> Result<(Tensor<B::InnerBackend, 1>, GradientsParams), TrainError>
+where
+    B: AutodiffBackend,
+    M: SegmentedLm<B, Ctx = BlockContext<B>> + AutodiffModule<B>,
+{
     let BlockInputs { mut hs, ctx } = inputs;
     let n = model.num_blocks();
     assert_eq!(
@@ -224,7 +247,7 @@ where
     let h_last = hs.pop().map(Tensor::<B, 3>::from_inner);
     let h_last = h_last.expect("L + 1 ≥ 1 states").require_grad();
     let loss = model.loss_sum(h_last.clone(), batch)?;
-    let loss_sum = loss.clone().into_scalar().elem::<f64>();
+    let loss_sum = loss.clone().inner();
     let mut grads = loss.div_scalar(norm).backward();
     probe_memory(probe);
     let mut g = h_last.grad_remove(&mut grads);
@@ -260,10 +283,7 @@ where
             },
         );
     }
-    Ok(MicroStep {
-        loss_sum,
-        grads: out,
-    })
+    Ok((loss_sum, out))
 }
 
 /// Summed loss of a batch without gradients or dropout (evaluation).

@@ -73,3 +73,37 @@ fn checkpointed_equals_plain(cfg: &qtune_train::RunConfig) {
     let plain = micro_step::<B, _>(&model, &batch, 1.0, None, Backprop::Plain).unwrap();
     assert!((eval - plain.loss_sum).abs() <= 1e-5 * plain.loss_sum.abs());
 }
+
+/// Micro-steps in several threads at once (as data-parallel ranks run them) each get every
+/// LoRA gradient, equal to a lone step's: burn-autodiff 0.21's concurrent backward can free
+/// another thread's graph (tracel-ai/burn#5573), so `micro_step` serializes its graphs
+/// (`step::autodiff_lock`). Without that lock this is a race, not a certain failure.
+#[test]
+fn concurrent_micro_steps_keep_every_gradient() {
+    let (_g, dir) = locked_tempdir();
+    let cfg = tiny_config(dir.path());
+    let model = model_with_live_adapter(&cfg);
+    let examples = synthetic(4, 3);
+    let refs: Vec<&Example> = examples.iter().collect();
+    let batch = collate(&refs, 0, Padding::Right).unwrap();
+    let alone = micro_step::<B, _>(&model, &batch, 1.0, None, Backprop::Checkpointed).unwrap();
+    let want = lora_grads(&model, &alone.grads);
+    std::thread::scope(|s| {
+        for t in 0..4usize {
+            let (model, batch, want) = (model.clone(), &batch, &want);
+            s.spawn(move || {
+                for i in 0..25usize {
+                    let backprop = if (t + i) % 2 == 0 {
+                        Backprop::Plain
+                    } else {
+                        Backprop::Checkpointed
+                    };
+                    let step = micro_step::<B, _>(&model, batch, 1.0, None, backprop).unwrap();
+                    // `lora_grads` panics naming a parameter without a gradient.
+                    let worst = worst_rel(want, &lora_grads(&model, &step.grads));
+                    assert!(worst <= 1e-5, "thread {t} step {i}: {worst:e}");
+                }
+            });
+        }
+    });
+}
