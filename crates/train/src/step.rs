@@ -119,21 +119,11 @@ impl Backprop {
     }
 }
 
-/// burn-autodiff 0.21 keeps one process-wide graph locator, and a `backward()` finishing in one
-/// thread can free a graph another thread is registering an op into: that thread's gradient
-/// is then silently missing (tracel-ai/burn#5573, fixed after 0.21 by tracel-ai/burn#5647; a
-/// test comparing LoRA gradients hit it once). Every micro-step builds and consumes its graphs
-/// under this lock, so data-parallel ranks (one thread per device) never interleave them; the
-/// price is that ranks issue their micro-steps one at a time.
-static AUTODIFF: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Holds [`AUTODIFF`] (a panicked holder leaves no state behind to protect: the poison is ignored).
-pub fn autodiff_lock() -> std::sync::MutexGuard<'static, ()> {
-    AUTODIFF.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// One micro-batch: forward, then backward of `loss_sum / norm` as `backprop` says, under
-/// [`autodiff_lock`].
+/// One micro-batch: forward, then backward of `loss_sum / norm` as `backprop` says. Its graphs
+/// are built and consumed under [`crate::replica::compute_lock`]: burn-autodiff 0.21 keeps one
+/// process-wide graph locator, and a `backward()` finishing in one thread can free a graph
+/// another thread is building, silently dropping its gradient (tracel-ai/burn#5573, fixed after
+/// 0.21). Data-parallel ranks are threads; so are tests.
 pub fn micro_step<B, M>(
     model: &M,
     batch: &qtune_data::Batch,
@@ -147,7 +137,7 @@ where
     M::InnerModule: SegmentedLm<B::InnerBackend, Ctx = BlockContext<B::InnerBackend>>,
 {
     let (loss, grads) = {
-        let _graphs = autodiff_lock();
+        let _graphs = crate::replica::compute_lock();
         match backprop {
             Backprop::Plain => {
                 let loss = whole_loss_sum(model, batch, dropout_seed)?;

