@@ -20,8 +20,8 @@ use burn::tensor::{
 
 use crate::{
     AbsmaxPrimitive, AttentionInput, AttnMask, GemmAccOptions, GemmOptions, KernelError,
-    LinearBackward, LoraOptions, NestedPrimitive, NormInput, QBackend, QWeightPrimitive,
-    QuantizeOptions, RotaryOptions,
+    LoraOptions, NestedPrimitive, NormInput, QBackend, QWeightPrimitive, QuantizeOptions,
+    RotaryOptions,
 };
 
 mod fused;
@@ -156,11 +156,14 @@ fn inner<B: Backend, C: CheckpointStrategy>(
     }
 }
 
-/// `q_linear` with autodiff, keeping `backward`'s weight for the backward when tracked.
+/// `q_linear` with autodiff. A tracked call keeps the dense weight for the backward when
+/// `keep_dense` (else the quantized one), and with `unread` leaves its output uninitialized:
+/// no GEMM, and no dequantization unless the dense weight is kept (`QBackend::q_linear_unread`).
 fn tracked_q_linear<B: QBackend, C: CheckpointStrategy>(
     x: FloatTensor<Autodiff<B, C>>,
     w: QWeightPrimitive<Autodiff<B, C>>,
-    backward: LinearBackward,
+    keep_dense: bool,
+    unread: bool,
 ) -> FloatTensor<Autodiff<B, C>> {
     let w = inner(w);
     // compute_bound: the output is kept rather than recomputed under BalancedCheckpointing.
@@ -169,15 +172,33 @@ fn tracked_q_linear<B: QBackend, C: CheckpointStrategy>(
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) if backward == LinearBackward::Dense => {
-            // The same dequant + GEMM as `q_linear`, keeping the dense weight.
-            let wd = B::q_dequantize(w, x.primitive.dtype());
-            let y = dense_linear::<B>(x.primitive, wd.clone(), false);
-            prep.finish(QLinearState::Dense(wd), y)
-        }
         OpsKind::Tracked(prep) => {
-            let y = B::q_linear(x.primitive, w.clone());
-            prep.finish(QLinearState::Quant(w), y)
+            let x = x.primitive;
+            let dtype = x.dtype();
+            let unread_out = |x: &FloatTensor<B>, out: usize| {
+                let m = x.shape().dims::<2>()[0];
+                let shape = burn::tensor::Shape::new([m, out]);
+                B::float_empty(shape, &B::float_device(x), dtype.into())
+            };
+            let out = w.layout.out_features;
+            let (state, y) = match (keep_dense, unread) {
+                // The same dequant + GEMM as `q_linear`, keeping the dense weight.
+                (true, false) => {
+                    let wd = B::q_dequantize(w, dtype);
+                    let y = dense_linear::<B>(x, wd.clone(), false);
+                    (QLinearState::Dense(wd), y)
+                }
+                (true, true) => (
+                    QLinearState::Dense(B::q_dequantize(w, dtype)),
+                    unread_out(&x, out),
+                ),
+                (false, false) => {
+                    let y = B::q_linear(x, w.clone());
+                    (QLinearState::Quant(w), y)
+                }
+                (false, true) => (QLinearState::Quant(w), unread_out(&x, out)),
+            };
+            prep.finish(state, y)
         }
         OpsKind::UnTracked(prep) => prep.finish(B::q_linear(x.primitive, w)),
     }
@@ -201,14 +222,14 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
     }
 
     fn q_linear(x: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self> {
-        tracked_q_linear::<B, C>(x, w, LinearBackward::Quantized)
+        tracked_q_linear::<B, C>(x, w, false, false)
     }
 
     fn q_linear_dense_backward(
         x: FloatTensor<Self>,
         w: QWeightPrimitive<Self>,
     ) -> FloatTensor<Self> {
-        tracked_q_linear::<B, C>(x, w, LinearBackward::Dense)
+        tracked_q_linear::<B, C>(x, w, true, false)
     }
 
     fn q_linear_unread(
@@ -216,27 +237,7 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         w: QWeightPrimitive<Self>,
         keep_dense: bool,
     ) -> FloatTensor<Self> {
-        let w = inner(w);
-        match QLinearBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let x = x.primitive;
-                let (dtype, device) = (x.dtype(), B::float_device(&x));
-                let m = x.shape().dims::<2>()[0];
-                let shape = burn::tensor::Shape::new([m, w.layout.out_features]);
-                let y = B::float_empty(shape, &device, dtype.into());
-                let state = if keep_dense {
-                    QLinearState::Dense(B::q_dequantize(w, dtype))
-                } else {
-                    QLinearState::Quant(w)
-                };
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::q_linear(x.primitive, w)),
-        }
+        tracked_q_linear::<B, C>(x, w, keep_dense, true)
     }
 
     fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self> {

@@ -177,3 +177,32 @@ pub fn worst_rel(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
     }
     worst
 }
+
+/// A Llama-family HF fixture (`tests/fixtures/<fixture>/fp32`, loaded as `opts` say: e.g.
+/// quantized as it streams in) with LoRA r 4 on all linears (dropout `lora_dropout`) and a
+/// non-zero B.
+pub fn llama_fixture(
+    fixture: &str,
+    opts: &qtune_lm::LoadOptions,
+    lora_dropout: f64,
+) -> qtune_llama::Llama<B> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(fixture)
+        .join("fp32");
+    let m = qtune_llama::Llama::<B>::load(&dir, opts, &Default::default()).unwrap();
+    let lora = qtune_lora::LoraConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        lora_dropout,
+        target_modules: qtune_lora::TargetModules::AllLinear,
+    };
+    let m = m.with_lora(&lora, 5).unwrap();
+    let peft = PeftAdapterConfig::new(
+        4,
+        8.0,
+        lora_dropout,
+        qtune_lora::peft::PeftTargets::One("all-linear".into()),
+    );
+    live(m, peft)
+}

@@ -8,6 +8,8 @@ use qtune_train::trainer::peft_config;
 
 use crate::common::*;
 
+type Inner = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+
 /// Tiny model with LoRA everywhere and a non-zero B.
 fn model_with_live_adapter(cfg: &qtune_train::RunConfig) -> AnyLm<B> {
     live(lm(cfg), peft_config(cfg))
@@ -41,23 +43,38 @@ fn checkpointed_equals_plain(cfg: &qtune_train::RunConfig) {
     if cfg.model.quantization.is_some() {
         assert!(model.linears()[0].1.is_quantized());
     }
+    same_grads_both_ways(&model, 3 * 6 * 2, "A and B of 6 linears in 3 blocks");
+}
+
+/// The tests' batch: 4 synthetic examples, right-padded.
+fn batch() -> qtune_data::Batch {
     let examples = synthetic(4, 3);
     let refs: Vec<&Example> = examples.iter().collect();
-    let batch = collate(&refs, 0, Padding::Right).unwrap();
+    collate(&refs, 0, Padding::Right).unwrap()
+}
+
+/// Plain and checkpointed micro-steps of `model` give the same loss and LoRA gradients
+/// (`factors` of them), with and without dropout; the no-graph forward gives the same loss.
+fn same_grads_both_ways<M>(model: &M, factors: usize, what: &str)
+where
+    M: CausalLm<B> + AutodiffModule<B>,
+    M::InnerModule: CausalLm<Inner>,
+{
+    let batch = batch();
     // With dropout on (seeded), both modes must also draw the same masks.
     for seed in [None, Some(12345u64)] {
-        let plain = micro_step::<B, _>(&model, &batch, 7.0, seed, Backprop::Plain).unwrap();
-        let ckpt = micro_step::<B, _>(&model, &batch, 7.0, seed, Backprop::Checkpointed).unwrap();
+        let plain = micro_step::<B, _>(model, &batch, 7.0, seed, Backprop::Plain).unwrap();
+        let ckpt = micro_step::<B, _>(model, &batch, 7.0, seed, Backprop::Checkpointed).unwrap();
         assert_eq!(
             plain.loss_sum.to_bits(),
             ckpt.loss_sum.to_bits(),
             "same forward"
         );
         let (a, b) = (
-            lora_grads(&model, &plain.grads),
-            lora_grads(&model, &ckpt.grads),
+            lora_grads(model, &plain.grads),
+            lora_grads(model, &ckpt.grads),
         );
-        assert_eq!(a.len(), 3 * 6 * 2, "A and B of 6 linears in 3 blocks");
+        assert_eq!(a.len(), factors, "{what}");
         let worst = worst_rel(&a, &b);
         // fp32; the two modes run the same ops in the same order except the seeding of the
         // backward with dL/dh, so only summation-order rounding may differ.
@@ -70,7 +87,7 @@ fn checkpointed_equals_plain(cfg: &qtune_train::RunConfig) {
     // The plain forward under `valid()` gives the same loss as the training forward (no dropout).
     let inner = model.valid();
     let eval = qtune_train::step::eval_loss_sum(&inner, &batch).unwrap();
-    let plain = micro_step::<B, _>(&model, &batch, 1.0, None, Backprop::Plain).unwrap();
+    let plain = micro_step::<B, _>(model, &batch, 1.0, None, Backprop::Plain).unwrap();
     assert!((eval - plain.loss_sum).abs() <= 1e-5 * plain.loss_sum.abs());
 }
 
@@ -83,9 +100,7 @@ fn concurrent_micro_steps_keep_every_gradient() {
     let (_g, dir) = locked_tempdir();
     let cfg = tiny_config(dir.path());
     let model = model_with_live_adapter(&cfg);
-    let examples = synthetic(4, 3);
-    let refs: Vec<&Example> = examples.iter().collect();
-    let batch = collate(&refs, 0, Padding::Right).unwrap();
+    let batch = batch();
     let alone = micro_step::<B, _>(&model, &batch, 1.0, None, Backprop::Checkpointed).unwrap();
     let want = lora_grads(&model, &alone.grads);
     std::thread::scope(|s| {
@@ -113,46 +128,13 @@ fn concurrent_micro_steps_keep_every_gradient() {
 #[test]
 fn checkpointed_gradients_equal_plain_autodiff_llama_nf4() {
     let _g = rng_lock();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/llama_tiny/fp32");
     let opts = qtune_lm::LoadOptions {
         quant: Some(qtune_quant::QuantSpec::nf4()),
         ..Default::default()
     };
-    let m = qtune_llama::Llama::<B>::load(&dir, &opts, &Default::default()).unwrap();
-    assert!(m.linears()[0].1.is_quantized());
-    let lora = qtune_lora::LoraConfig {
-        r: 4,
-        lora_alpha: 8.0,
-        lora_dropout: 0.1,
-        target_modules: qtune_lora::TargetModules::AllLinear,
-    };
-    let m = m.with_lora(&lora, 5).unwrap();
-    let peft = qtune_lora::peft::PeftAdapterConfig::new(
-        4,
-        8.0,
-        0.1,
-        qtune_lora::peft::PeftTargets::One("all-linear".into()),
-    );
-    let model = live(m, peft);
-    let examples = synthetic(4, 3);
-    let refs: Vec<&Example> = examples.iter().collect();
-    let batch = collate(&refs, 0, Padding::Right).unwrap();
-    for seed in [None, Some(777u64)] {
-        let plain = micro_step::<B, _>(&model, &batch, 3.0, seed, Backprop::Plain).unwrap();
-        let ckpt = micro_step::<B, _>(&model, &batch, 3.0, seed, Backprop::Checkpointed).unwrap();
-        assert_eq!(
-            plain.loss_sum.to_bits(),
-            ckpt.loss_sum.to_bits(),
-            "same forward"
-        );
-        let worst = worst_rel(
-            &lora_grads(&model, &plain.grads),
-            &lora_grads(&model, &ckpt.grads),
-        );
-        assert!(
-            worst <= 1e-5,
-            "seed {seed:?}: worst relative grad difference {worst:e}"
-        );
-    }
+    let model = llama_fixture("llama_tiny", &opts, 0.1);
+    assert!(model.linears()[0].1.is_quantized());
+    // PEFT's all-linear: the 7 projections of every block, not lm_head.
+    let factors = model.num_layers() * 7 * 2;
+    same_grads_both_ways(&model, factors, "A and B of 7 linears per block");
 }

@@ -4,8 +4,6 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use qtune_data::{collate, collate_packed, Batch, Example, Padding};
 use qtune_lm::{CausalLm, LoadOptions};
-use qtune_lora::peft::{PeftAdapterConfig, PeftTargets};
-use qtune_lora::{LoraConfig, TargetModules};
 use qtune_train::step::{micro_step, Backprop, SegmentedLm};
 use qtune_train::trainer::peft_config;
 use qtune_train::{build, TrainError, TrainOptions};
@@ -82,21 +80,7 @@ fn packed_loss_and_grads_equal_unpacked_gptj() {
 }
 
 fn llama_family(fixture: &str) -> qtune_llama::Llama<B> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(fixture)
-        .join("fp32");
-    let m =
-        qtune_llama::Llama::<B>::load(&dir, &LoadOptions::default(), &Default::default()).unwrap();
-    let lora = LoraConfig {
-        r: 4,
-        lora_alpha: 8.0,
-        lora_dropout: 0.0,
-        target_modules: TargetModules::AllLinear,
-    };
-    let m = m.with_lora(&lora, 5).unwrap();
-    let peft = PeftAdapterConfig::new(4, 8.0, 0.0, PeftTargets::One("all-linear".into()));
-    live(m, peft)
+    llama_fixture(fixture, &LoadOptions::default(), 0.0)
 }
 
 #[test]
