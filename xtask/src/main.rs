@@ -4,11 +4,13 @@
 //!   hate-speech run swaps the dataset and shortens prompts), writing `runs/<name>/`.
 //! - `cargo xtask perplexity`: wikitext-2 raw test, HF's sliding window (tiny model by default).
 //! - `cargo xtask bench dequant …` (kernels helper's bench, CUDA builds), `bench train` (GPT-J-6B on the GPU),
+//!   `bench generate` (the SQuAD generation metric on GPT-J-6B NF4, batched),
 //!   `bench activation-memory` (bytes kept between forward and backward, with/without checkpointing),
 //!   `bench load --model DIR` (a checkpoint loaded as `qtune train` does, timed).
 //! - `cargo xtask peft-check [--fixture gptj_tiny|llama_tiny|…] [--out DIR]`: our adapter + logits
 //!   on the fixture prompts, and the `make.py check-adapter` command that has PEFT compare them.
 mod bench_dequant;
+mod bench_generate;
 #[cfg(feature = "cuda")]
 mod bench_kernels;
 mod bench_load;
@@ -110,7 +112,7 @@ enum Cmd {
         #[arg(long, default_value_t = 16384)]
         max_tokens: usize,
     },
-    /// Benchmarks and GPU checks: `dequant`, `train`, `gpu-check` (CUDA builds), `activation-memory`, `load`.
+    /// Benchmarks and GPU checks: `dequant`, `train`, `generate`, `gpu-check` (CUDA builds), `activation-memory`, `load`.
     Bench {
         #[command(subcommand)]
         what: Bench,
@@ -132,6 +134,8 @@ enum Bench {
     Dequant(bench_dequant::Args),
     /// A model of the real shape, random weights, LoRA training steps and decode (CUDA builds).
     Train(bench_train::Args),
+    /// The SQuAD v2 generation metric on GPT-J-6B NF4, batched, timed (CUDA builds).
+    Generate(bench_generate::Args),
     /// Correctness on the GPU vs the CPU and HF's fixtures; fails beyond stated tolerances.
     GpuCheck(gpu_check::Args),
     /// A checkpoint folder loaded (and quantized) as `qtune train` does, timed.
@@ -293,6 +297,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench { what } => match what {
             Bench::Dequant(args) => bench_dequant::run(&args)?,
             Bench::Train(args) => bench_train::run(&args)?,
+            Bench::Generate(args) => bench_generate::run(&args)?,
             Bench::GpuCheck(args) => gpu_check::run(&args)?,
             Bench::Load(args) => bench_load::run(&args)?,
             Bench::ActivationMemory => activation_memory()?,

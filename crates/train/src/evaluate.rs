@@ -132,9 +132,40 @@ pub struct TaskMetrics {
     /// `squad_v2_eval`'s dict or the classification report, as JSON.
     pub metrics: serde_json::Value,
     pub predictions: Vec<Prediction>,
+    /// Tokens generated over all items (EOS included where one was produced).
+    pub new_tokens: u64,
 }
 
-/// Greedy-decodes every item (batched, left-padded) and scores the answers.
+/// The order items are generated in: longest prompt first (ties in item order), so each
+/// batch's rows pad to nearly one length, as lm-evaluation-harness orders its requests. Batches
+/// are consecutive runs of `per_device_eval_batch_size` in this order.
+pub fn generation_order(items: &[EvalItem]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(items[i].prompt_ids.len()));
+    order
+}
+
+/// Greedy new tokens of every item (`gen`'s settings), in item order, generated in batches of
+/// `batch_size` (left-padded) in [`generation_order`].
+pub fn generate_items<B: QBackend, M: CausalLm<B>>(
+    model: &M,
+    items: &[EvalItem],
+    batch_size: usize,
+    gen: &GenerationConfig,
+) -> Result<Vec<Vec<u32>>, TrainError> {
+    let order = generation_order(items);
+    let mut out = vec![Vec::new(); items.len()];
+    for chunk in order.chunks(batch_size.max(1)) {
+        let prompts: Vec<Vec<u32>> = chunk.iter().map(|&i| items[i].prompt_ids.clone()).collect();
+        for (&i, ids) in chunk.iter().zip(model.generate(&prompts, gen)?) {
+            out[i] = ids;
+        }
+    }
+    Ok(out)
+}
+
+/// Greedy-decodes every item ([`generate_items`]: batched, left-padded, longest first) and
+/// scores the answers.
 pub fn evaluate_generation<B: QBackend, M: CausalLm<B>>(
     model: &M,
     tokenizer: &Tokenizer,
@@ -154,16 +185,15 @@ pub fn evaluate_generation<B: QBackend, M: CausalLm<B>>(
         pad_token_id: Some(eos),
         ..GenerationConfig::default()
     };
+    let generated = generate_items(model, items, batch_size, &gen)?;
+    let new_tokens = generated.iter().map(|g| g.len() as u64).sum();
     let mut texts = Vec::with_capacity(items.len());
-    for chunk in items.chunks(batch_size.max(1)) {
-        let prompts: Vec<Vec<u32>> = chunk.iter().map(|it| it.prompt_ids.clone()).collect();
-        for out in model.generate(&prompts, &gen)? {
-            let ids: Vec<u32> = out.into_iter().filter(|&t| t != eos).collect();
-            let text = tokenizer
-                .decode(&ids, true)
-                .map_err(|e| TrainError::Tokenizer { msg: e.to_string() })?;
-            texts.push(text);
-        }
+    for out in generated {
+        let ids: Vec<u32> = out.into_iter().filter(|&t| t != eos).collect();
+        let text = tokenizer
+            .decode(&ids, true)
+            .map_err(|e| TrainError::Tokenizer { msg: e.to_string() })?;
+        texts.push(text);
     }
     let mut predictions = Vec::with_capacity(items.len());
     let metrics = match items[0].gold {
@@ -220,5 +250,6 @@ pub fn evaluate_generation<B: QBackend, M: CausalLm<B>>(
     Ok(TaskMetrics {
         metrics,
         predictions,
+        new_tokens,
     })
 }

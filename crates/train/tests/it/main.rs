@@ -5,6 +5,7 @@ mod common;
 mod custom_data;
 mod custom_splits;
 mod data_job;
+mod eval_generation;
 mod grad_checkpoint;
 mod hygiene;
 mod loop_errors;
