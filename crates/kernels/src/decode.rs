@@ -1,5 +1,5 @@
-//! Device-side pieces of static-shape greedy decoding (see `qtune-gptj`'s `greedy_fixed`): a row
-//! write into a preallocated KV cache, the argmax bookkeeping that feeds the next step, and
+//! Device-side pieces of static-shape greedy decoding (see `qtune-lm`'s `greedy_fixed`): row
+//! writes into a preallocated KV cache, the argmax bookkeeping that feeds the next step, and
 //! replayable device graphs. The host versions here are the reference and the trait defaults.
 
 use burn::tensor::{
@@ -44,27 +44,28 @@ pub fn first_argmax(xs: &[f32]) -> usize {
     best
 }
 
-/// [`QBackend::q_write_row`]'s default: reads the row index back, then `slice_assign`.
+/// [`QBackend::q_write_row`]'s default: reads the row indices back, then one `slice_assign`
+/// per row.
 pub(crate) fn host_write_row<B: QBackend>(
     dst: FloatTensor<B>,
     src: FloatTensor<B>,
     row: IntTensor<B>,
 ) -> FloatTensor<B> {
-    let dst = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(dst));
+    let mut dst = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(dst));
     let [rows, cols] = dst.dims();
+    let idx = host_i64::<B>(row);
     let src = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(B::float_reshape(
         src,
-        Shape::new([1, cols]),
+        Shape::new([idx.len(), cols]),
     )))
     .cast(dst.dtype());
-    let r = host_i64::<B>(row).first().copied().unwrap_or(-1);
-    let out = if (0..rows as i64).contains(&r) {
-        let r = r as usize;
-        dst.slice_assign([r..r + 1, 0..cols], src)
-    } else {
-        dst
-    };
-    out.into_primitive().tensor()
+    for (s, &r) in idx.iter().enumerate() {
+        if (0..rows as i64).contains(&r) {
+            let r = r as usize;
+            dst = dst.slice_assign([r..r + 1, 0..cols], src.clone().narrow(0, s, 1));
+        }
+    }
+    dst.into_primitive().tensor()
 }
 
 /// The state update of [`QBackend::q_greedy_advance`] on host values.
@@ -88,11 +89,14 @@ pub(crate) fn host_greedy_advance<B: QBackend>(
     let state = Tensor::<B, 1, Int>::from_primitive(state);
     let (device, dtype) = (state.device(), state.dtype());
     let mut s = host_i64::<B>(state.into_primitive());
+    let shape = burn::tensor::TensorMetadata::shape(&logits);
+    let rows = if shape.num_dims() == 2 { shape[0] } else { 1 };
     assert!(
-        s.len() >= 3,
-        "qtune-kernels: greedy state needs [token, pos, count, ..]"
+        rows >= 1 && s.len() % rows == 0 && s.len() / rows >= 3,
+        "qtune-kernels: greedy state of {} values for {rows} rows needs [token, pos, count, ..] each",
+        s.len()
     );
-    let n = burn::tensor::TensorMetadata::shape(&logits).num_elements();
+    let n = shape.num_elements();
     let logits = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(
         logits,
         Shape::new([n]),
@@ -101,13 +105,16 @@ pub(crate) fn host_greedy_advance<B: QBackend>(
     .into_data()
     .into_vec::<f32>()
     .expect("cast to F32 just above");
-    advance_state(&mut s, &logits);
+    let per = s.len() / rows;
+    for (state, row) in s.chunks_mut(per).zip(logits.chunks(n / rows)) {
+        advance_state(state, row);
+    }
     let n = s.len();
     Tensor::<B, 1, Int>::from_data(TensorData::new(s, [n]), (&device, dtype)).into_primitive()
 }
 
-/// `dst [R, C]` with `src` (`C` values) written into row `row[0]` through
-/// [`QBackend::q_write_row`] (in place on CUDA when `dst` is not shared).
+/// `dst [R, C]` with row `s` of `src` (`n·C` values) written into row `row[s]` for each of the
+/// `n` indices, through [`QBackend::q_write_row`] (in place on CUDA when `dst` is not shared).
 pub fn write_row<B: QBackend, const D: usize>(
     dst: Tensor<B, 2>,
     src: Tensor<B, D>,
@@ -121,8 +128,8 @@ pub fn write_row<B: QBackend, const D: usize>(
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
-/// Greedy bookkeeping through [`QBackend::q_greedy_advance`]: `state` =
-/// `[token, pos, count, out…]`, `logits [1, V]`.
+/// Greedy bookkeeping through [`QBackend::q_greedy_advance`]: `state` = one
+/// `[token, pos, count, out…]` per row of `logits [rows, V]`, back to back.
 pub fn greedy_advance<B: QBackend>(
     state: Tensor<B, 1, Int>,
     logits: Tensor<B, 2>,

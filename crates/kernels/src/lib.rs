@@ -430,9 +430,9 @@ pub trait QBackend: Backend {
         opts: QuantizeOptions,
     ) -> Result<(IntTensor<Self>, FloatTensor<Self>), KernelError>;
 
-    /// Writes `src` (`C` values, any shape; cast to `dst`'s dtype) into row `row[0]` of
-    /// `dst [R, C]` and returns `dst`; a row outside `0..R` writes nothing. The row index stays on
-    /// the device. CUDA writes in place when `dst` is not shared (the static KV cache of
+    /// Writes row `s` of `src` (`n·C` values, any shape; cast to `dst`'s dtype) into row
+    /// `row[s]` of `dst [R, C]`, for each of the `n` indices of `row` (distinct), and returns
+    /// `dst`; an index outside `0..R` writes nothing. The indices stay on the device. CUDA writes in place when `dst` is not shared (the static KV cache of
     /// [`QBackend::q_graph_capture`]d decoding relies on it: the result is the same buffer);
     /// the default reads the row index back and uses `slice_assign`.
     fn q_write_row(
@@ -443,10 +443,11 @@ pub trait QBackend: Backend {
         decode::host_write_row::<Self>(dst, src, row)
     }
 
-    /// One greedy decoding step's bookkeeping, on the device: `state` is the int vector
-    /// `[token, pos, count, out_0 … out_{cap-1}]`; with `tok = argmax(logits[0, ..])` (the first
-    /// maximum, as `torch.argmax`) it sets `token = tok`, `out_count = tok` (if `count < cap`),
-    /// `count += 1`, `pos += 1`. `logits`: `[1, V]`, any float dtype. In place on CUDA when
+    /// One greedy decoding step's bookkeeping, on the device: `state` holds, for each row `r`
+    /// of `logits [rows, V]` (any float dtype), the int vector
+    /// `[token, pos, count, out_0 … out_{cap-1}]`, back to back; with `tok = argmax(logits[r, ..])`
+    /// (the first maximum, as `torch.argmax`) it sets that row's `token = tok`, `out_count = tok`
+    /// (if `count < cap`), `count += 1`, `pos += 1`. In place on CUDA when
     /// `state` is not shared; the default reads both back.
     fn q_greedy_advance(state: IntTensor<Self>, logits: FloatTensor<Self>) -> IntTensor<Self> {
         decode::host_greedy_advance::<Self>(state, logits)

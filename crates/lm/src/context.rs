@@ -332,8 +332,9 @@ pub(crate) fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Ve
 /// Keys and values of one layer for all cached positions, `[B, T_past, H_kv, head_dim]` each.
 pub type LayerKv<B> = Option<(Tensor<B, 4>, Tensor<B, 4>)>;
 
-/// One layer's static-shape cache for batch-1 decoding: keys and values `[L, H_kv·head_dim]`,
-/// preallocated for every position of the generation and written one row per step in place
+/// One layer's static-shape cache for greedy decoding: keys and values `[B · L, H_kv·head_dim]`
+/// (each batch row's `L` columns together), preallocated for every column of the generation and
+/// written one row per batch row and step in place
 /// (so a recorded device graph of the step stays valid). `None` only while a step holds them.
 #[derive(Debug)]
 pub struct FixedKv<B: Backend> {
@@ -345,8 +346,9 @@ pub struct FixedKv<B: Backend> {
 pub enum KvSlot<'a, B: Backend> {
     /// Concatenate this step's onto the layer's cache (shapes grow by the step's length).
     Append(&'a mut LayerKv<B>),
-    /// Write this step's single token at row `pos` (on the device) of a [`FixedKv`] and attend
-    /// over all its rows; the context's mask hides the rows after `pos`.
+    /// Write this step's token of batch row `r` at cache row `pos[r]` (on the device) of a
+    /// [`FixedKv`] (`[B · L, D]`, each batch row's `L` cache rows together) and attend over all
+    /// `L`; the context's mask hides the ones not (yet) in the sequence.
     Fixed {
         kv: &'a mut FixedKv<B>,
         pos: &'a Tensor<B, 1, Int>,
@@ -372,10 +374,11 @@ pub fn cache_kv<B: QBackend>(
         }
         Some(KvSlot::Fixed { kv, pos }) => {
             let [b, t, h, hd] = k.dims();
+            assert_eq!(t, 1, "a fixed KV cache decodes one token per row");
             assert_eq!(
-                (b, t),
-                (1, 1),
-                "a fixed KV cache decodes one token of one row"
+                pos.dims()[0],
+                b,
+                "a fixed KV cache needs a cache row per batch row"
             );
             let (Some(kc), Some(vc)) = (kv.k.take(), kv.v.take()) else {
                 panic!("fixed KV cache used while taken");
@@ -383,10 +386,10 @@ pub fn cache_kv<B: QBackend>(
             // In place (the caches are not shared): the same buffers every step.
             let kc = write_row(kc, k, pos.clone());
             let vc = write_row(vc, v, pos.clone());
-            let l = kc.dims()[0];
+            let l = kc.dims()[0] / b;
             let out = (
-                kc.clone().reshape([1, l, h, hd]),
-                vc.clone().reshape([1, l, h, hd]),
+                kc.clone().reshape([b, l, h, hd]),
+                vc.clone().reshape([b, l, h, hd]),
             );
             (kv.k, kv.v) = (Some(kc), Some(vc));
             out

@@ -1,21 +1,25 @@
-//! Greedy decoding of one prompt with static shapes and every piece of state on the device, so
-//! that a decode step can be recorded once as a device graph (a CUDA graph) and replayed per
-//! token: no host work per layer, no logits read back per token.
+//! Greedy decoding of a batch of prompts with static shapes and every piece of state on the
+//! device, so that a decode step can be recorded once as a device graph (a CUDA graph) and
+//! replayed per token: no host work per layer, no logits read back per token.
 //!
-//! State: a KV cache `[L, D]` per layer and k/v for all `L = prompt + max_new_tokens - 1`
-//! positions (written one row per step in place), and the int vector
-//! `[token, pos, count, out_0 …]` that the on-device argmax advances
-//! ([`qtune_kernels::greedy_advance`]). A step embeds `token`, takes the rotary angles of `pos`
-//! from a table, masks the cache rows after `pos`, runs the blocks and writes the next token.
-//! Same ops and order as [`crate::generate::generate_stepwise`]; the attention runs over `L` rows, of which
-//! the ones after `pos` are masked (zero weight, so the same values up to summation order).
+//! The prompts are left-padded to one width `t`, so every row writes its next token's keys and
+//! values into the same cache column. State: a KV cache `[rows · L, D]` per layer for all
+//! `L = t + max_new_tokens - 1` columns (one row per prompt written in place each step), and one
+//! int vector `[token, col, count, out_0 …]` per row that the on-device argmax advances
+//! ([`qtune_kernels::greedy_advance`]); `col` is the cache column of the row's next token, the
+//! same in every row. A step embeds each row's `token`, takes the rotary angles of its position
+//! (`col` less the row's padding, HF's `cumsum(attention_mask) - 1`) from a table, masks each
+//! row's padding columns and the columns after `col`, runs the blocks and writes the next
+//! tokens. Same ops and order as [`crate::generate::generate_stepwise`]; the attention runs over
+//! `L` columns, of which the masked ones get zero weight (so the same values up to summation
+//! order).
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use qtune_kernels::{graph_capture, greedy_advance, QBackend};
 
 use crate::context::{BlockContext, FixedKv, KvCache, KvSlot};
 use crate::error::LmError;
-use crate::generate::{check_prompt, GenerationConfig};
+use crate::generate::{check_prompt, check_token, left_pad, GenerationConfig};
 use crate::lm::CausalLm;
 
 /// Steps between EOS checks (each a host read of the state) when an EOS id is set.
@@ -28,76 +32,89 @@ fn steps_per_graph(k: usize) -> usize {
     1usize << k.ilog2()
 }
 
-/// The static-shape decoder of [`greedy_fixed`], public so a family can time the pieces of its
-/// step (`decode_step_breakdown` in qtune-gptj).
+/// The static-shape decoder of [`greedy_fixed_batch`], public so a family can time the pieces
+/// of its step (`decode_step_breakdown` in qtune-gptj).
 pub struct FixedDecoder<B: QBackend, M: CausalLm<B>> {
     /// The model with LoRA factors in the activation dtype (no per-step casts).
     pub model: M,
     pub layers: Vec<FixedKv<B>>,
-    /// `[token, pos, count, out…]`; `None` only inside a step.
+    /// `[token, col, count, out…]` per row; `None` only inside a step.
     pub state: Option<Tensor<B, 1, Int>>,
-    /// Mistral's sliding window: cache rows at or before `pos - window` are masked too.
+    /// Mistral's sliding window: cache columns at or before `col - window` are masked too.
     window: Option<i64>,
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
-    rows: Tensor<B, 1, Int>,
+    /// `0..L`: the cache columns.
+    cols: Tensor<B, 1, Int>,
+    /// Each row's left padding.
+    pads: Tensor<B, 1, Int>,
+    /// `r · L` for each row `r`: where its cache rows start.
+    bases: Tensor<B, 1, Int>,
+    rows: usize,
 }
 
 impl<B: QBackend, M: CausalLm<B>> FixedDecoder<B, M> {
-    /// The step's inputs from `state`: the token `[1, 1]`, its position `[1]` and the block
-    /// context (rotary angles of `pos` from the `[L, rotary_dim/2]` tables, the cache rows after
-    /// `pos` masked).
+    /// The step's inputs from `state`: each row's token `[rows, 1]`, the cache rows its keys and
+    /// values go to `[rows]`, and the block context (rotary angles of each row's position from
+    /// the `[L, rotary_dim/2]` tables; its padding and the columns after `col` masked).
     pub fn context(
         &self,
         state: &Tensor<B, 1, Int>,
     ) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>, BlockContext<B>) {
-        let len = self.rows.dims()[0];
+        let (rows, len) = (self.rows, self.cols.dims()[0]);
         let half = self.cos.dims()[1];
-        let tok = state.clone().narrow(0, 0, 1).reshape([1, 1]);
-        let pos = state.clone().narrow(0, 1, 1);
-        let angles =
-            |t: &Tensor<B, 2>| t.clone().select(0, pos.clone()).reshape([1, 1, 1, half, 1]);
-        let mut mask = self.rows.clone().greater(pos.clone().expand([len]));
+        let per = state.dims()[0] / rows;
+        let st = state.clone().reshape([rows, per]);
+        let tok = st.clone().narrow(1, 0, 1);
+        let col = st.narrow(1, 1, 1).reshape([rows]);
+        let pos = col.clone() - self.pads.clone();
+        let angles = |t: &Tensor<B, 2>| {
+            t.clone()
+                .select(0, pos.clone())
+                .reshape([rows, 1, 1, half, 1])
+        };
+        let grid = |t: Tensor<B, 1, Int>| t.reshape([rows, 1]).expand([rows, len]);
+        let cols = self.cols.clone().reshape([1, len]).expand([rows, len]);
+        let mut mask = cols
+            .clone()
+            .greater(grid(col.clone()))
+            .bool_or(cols.clone().lower(grid(self.pads.clone())));
         if let Some(w) = self.window {
-            let old = self
-                .rows
-                .clone()
-                .lower_equal(pos.clone().sub_scalar(w).expand([len]));
-            mask = mask.bool_or(old);
+            mask = mask.bool_or(cols.lower_equal(grid(col.clone().sub_scalar(w))));
         }
-        let mask = mask.reshape([1, 1, 1, len]);
         let ctx = BlockContext {
-            mask: Some(mask),
+            mask: Some(mask.reshape([rows, 1, 1, len])),
             cos: angles(&self.cos),
             sin: angles(&self.sin),
             dropout_seed: None,
             backward: qtune_kernels::LinearBackward::Quantized,
             output_unread: false,
         };
-        (tok, pos, ctx)
+        (tok, self.bases.clone() + col, ctx)
     }
 
-    /// One token: static shapes, no host reads; the caches and the state are updated in place.
+    /// One token per row: static shapes, no host reads; the caches and the state are updated
+    /// in place.
     pub fn step(&mut self) {
         let Some(state) = self.state.take() else {
             panic!("decode state taken");
         };
-        let (tok, pos, ctx) = self.context(&state);
+        let (tok, at, ctx) = self.context(&state);
         let mut h = self.model.embed(tok);
         for (i, kv) in self.layers.iter_mut().enumerate() {
             h = self
                 .model
-                .block(i, h, &ctx, Some(KvSlot::Fixed { kv, pos: &pos }));
+                .block(i, h, &ctx, Some(KvSlot::Fixed { kv, pos: &at }));
         }
-        drop((pos, ctx));
+        drop((at, ctx));
         let vocab = self.model.vocab_size();
-        let logits = self.model.head(h).reshape([1, vocab]);
+        let logits = self.model.head(h).reshape([self.rows, vocab]);
         // The views of `state` are gone: the advance writes in place.
         self.state = Some(greedy_advance(state, logits));
     }
 
-    /// The tokens produced so far (host read: a device sync).
-    pub fn produced(&self) -> Result<Vec<u32>, LmError> {
+    /// The tokens each row has produced so far (host read: a device sync).
+    pub fn produced(&self) -> Result<Vec<Vec<u32>>, LmError> {
         let Some(state) = &self.state else {
             return Err(LmError::Device(
                 "decode state taken (a step panicked)".into(),
@@ -109,8 +126,12 @@ impl<B: QBackend, M: CausalLm<B>> FixedDecoder<B, M> {
             .convert::<i64>()
             .into_vec::<i64>()
             .map_err(|e| LmError::Device(format!("reading the decode state back: {e:?}")))?;
-        let count = (s[2].max(0) as usize).min(s.len() - 3);
-        Ok(s[3..3 + count].iter().map(|&t| t as u32).collect())
+        Ok(s.chunks(s.len() / self.rows)
+            .map(|r| {
+                let count = (r[2].max(0) as usize).min(r.len() - 3);
+                r[3..3 + count].iter().map(|&t| t as u32).collect()
+            })
+            .collect())
     }
 }
 
@@ -125,34 +146,54 @@ fn cut_at_eos(mut tokens: Vec<u32>, eos: Option<u32>) -> (Vec<u32>, bool) {
     }
 }
 
-/// Greedy decoding of one prompt (HF `generate` with `do_sample=False`, one beam, no
-/// repetition penalty): the new tokens, up to and including EOS. The first step after the
-/// prefill runs eagerly (it compiles kernels and settles the memory pool), the next
-/// [`GenerationConfig::graph_steps`] are recorded as a device graph ([`qtune_kernels::graph_capture`]) and
-/// replayed for the further tokens (a shorter tail eagerly); backends without graphs (CPU), or
-/// [`GenerationConfig::device_graphs`] off, run each step eagerly. With an EOS id the state is
-/// read back about every 16 tokens; up to 16 + [`GenerationConfig::graph_steps`] tokens past
-/// EOS may be computed and dropped.
+/// Greedy decoding of one prompt: [`greedy_fixed_batch`] of one row.
 ///
 /// # Errors
-/// [`LmError::Input`] for an empty prompt or a token outside the vocabulary; a device
-/// graph failure.
+/// As [`greedy_fixed_batch`].
 pub fn greedy_fixed<B: QBackend, M: CausalLm<B>>(
     model: &M,
     prompt: &[u32],
     cfg: &GenerationConfig,
 ) -> Result<Vec<u32>, LmError> {
+    let mut out = greedy_fixed_batch(model, std::slice::from_ref(&prompt.to_vec()), cfg)?;
+    Ok(out.pop().unwrap_or_default())
+}
+
+/// Greedy decoding of `prompts` as one left-padded batch (HF `generate` with
+/// `do_sample=False`, one beam, no repetition penalty): each row's new tokens, up to and
+/// including its EOS. The first step after the prefill runs eagerly (it compiles kernels and
+/// settles the memory pool), the next [`GenerationConfig::graph_steps`] are recorded as a
+/// device graph ([`qtune_kernels::graph_capture`]) and replayed for the further tokens (a
+/// shorter tail eagerly); backends without graphs (CPU), or [`GenerationConfig::device_graphs`]
+/// off, run each step eagerly. With an EOS id the state is read back about every 16 tokens and
+/// decoding stops once every row has produced EOS; a row that ended keeps decoding until then,
+/// and what it produces after its EOS is dropped (it never reaches the other rows).
+///
+/// # Errors
+/// [`LmError::Input`] for no prompts, an empty prompt or a token outside the vocabulary; a
+/// device graph failure.
+pub fn greedy_fixed_batch<B: QBackend, M: CausalLm<B>>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    cfg: &GenerationConfig,
+) -> Result<Vec<Vec<u32>>, LmError> {
     let n_new = cfg.max_new_tokens;
     if n_new == 0 {
-        return check_prompt(prompt, model.vocab_size()).map(|()| Vec::new());
+        for p in prompts {
+            check_prompt(p, model.vocab_size())?;
+        }
+        return Ok(vec![Vec::new(); prompts.len()]);
     }
     let device = model.device();
-    let mut dec = fixed_decoder(model, prompt, n_new)?;
+    let mut dec = fixed_decoder_batch(model, prompts, n_new, cfg.pad())?;
 
     let eos = cfg.eos_token_id;
+    let all_ended = |dec: &FixedDecoder<B, M>| -> Result<bool, LmError> {
+        Ok(dec.produced()?.into_iter().all(|r| cut_at_eos(r, eos).1))
+    };
     let mut steps = 0; // tokens produced after the prefill's
     let remaining = n_new - 1;
-    if remaining > 0 && !(eos.is_some() && cut_at_eos(dec.produced()?, eos).1) {
+    if remaining > 0 && !(eos.is_some() && all_ended(&dec)?) {
         dec.step();
         steps = 1;
     }
@@ -171,7 +212,7 @@ pub fn greedy_fixed<B: QBackend, M: CausalLm<B>>(
     while steps < remaining {
         if eos.is_some() && steps >= next_check {
             next_check += EOS_CHECK_EVERY;
-            if cut_at_eos(dec.produced()?, eos).1 {
+            if all_ended(&dec)? {
                 break;
             }
         }
@@ -187,42 +228,88 @@ pub fn greedy_fixed<B: QBackend, M: CausalLm<B>>(
             }
         }
     }
-    let out = dec.produced()?;
+    let rows = dec.produced()?;
     drop(graph);
-    let (out, found) = cut_at_eos(out, eos);
-    // Every step advances the on-device count; a shortfall means a step did not run (a
-    // kernel that failed to compile or launch), never a shorter answer.
-    if !found && out.len() != steps + 1 {
-        return Err(LmError::Device(format!(
-            "the decode ran {} steps but the device state holds {} tokens",
-            steps + 1,
-            out.len()
-        )));
-    }
-    Ok(out)
+    rows.into_iter()
+        .map(|out| {
+            let (out, found) = cut_at_eos(out, eos);
+            // Every step advances the on-device count; a shortfall means a step did not run
+            // (a kernel that failed to compile or launch), never a shorter answer.
+            if !found && out.len() != steps + 1 {
+                return Err(LmError::Device(format!(
+                    "the decode ran {} steps but the device state holds {} tokens",
+                    steps + 1,
+                    out.len()
+                )));
+            }
+            Ok(out)
+        })
+        .collect()
 }
 
 /// The fixed-shape decoder after the prefill of `prompt`, with room for `n_new ≥ 1` tokens;
 /// its state already holds the first new token.
+///
+/// # Errors
+/// As [`fixed_decoder_batch`].
 pub fn fixed_decoder<B: QBackend, M: CausalLm<B>>(
     model: &M,
     prompt: &[u32],
     n_new: usize,
 ) -> Result<FixedDecoder<B, M>, LmError> {
-    check_prompt(prompt, model.vocab_size())?;
-    let (t, device) = (prompt.len(), model.device());
+    fixed_decoder_batch(model, std::slice::from_ref(&prompt.to_vec()), n_new, 0)
+}
+
+/// The fixed-shape decoder after the prefill of `prompts` (left-padded with `pad`), with room
+/// for `n_new ≥ 1` tokens; its state already holds each row's first new token.
+///
+/// # Errors
+/// [`LmError::Input`] for no prompts, an empty prompt or a token outside the vocabulary.
+pub fn fixed_decoder_batch<B: QBackend, M: CausalLm<B>>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    n_new: usize,
+    pad: u32,
+) -> Result<FixedDecoder<B, M>, LmError> {
+    if prompts.is_empty() {
+        return Err(LmError::Input("no prompts to decode".into()));
+    }
+    for p in prompts {
+        check_prompt(p, model.vocab_size())?;
+    }
+    check_token(pad, model.vocab_size())?;
+    let (rows, device) = (prompts.len(), model.device());
+    let t = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let len = t + n_new - 1;
     let positions = model.positions();
+    let pads: Vec<i64> = prompts.iter().map(|p| (t - p.len()) as i64).collect();
 
-    // Prefill with the growing cache, then move it into the fixed one.
+    // Prefill with the growing cache (left-padded, HF's position ids), then move it into the
+    // fixed one.
+    let (seqs, mask) = left_pad(prompts, pad);
+    let ids: Vec<i64> = seqs.iter().flatten().map(|&x| i64::from(x)).collect();
+    let full: Vec<i64> = mask.iter().flatten().copied().collect();
+    let pos: Vec<i64> = pads
+        .iter()
+        .flat_map(|&p| (0..t as i64).map(move |j| if j < p { 1 } else { j - p }))
+        .collect();
+    let padded = pads.iter().any(|&p| p > 0);
+    let ctx = BlockContext::new(
+        &positions,
+        rows,
+        t,
+        0,
+        padded.then_some(&full[..]),
+        padded.then_some(&pos[..]),
+        None,
+        &device,
+    );
     let mut cache = KvCache::new(model.num_layers());
-    let ctx = BlockContext::new(&positions, 1, t, 0, None, None, None, &device);
-    let ids: Vec<i64> = prompt.iter().map(|&x| i64::from(x)).collect();
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, t]), &device);
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, t]), &device);
     let h = model.hidden(ids, &ctx, Some(&mut cache));
     let logits = model
         .head(h.narrow(1, t - 1, 1))
-        .reshape([1, model.vocab_size()]);
+        .reshape([rows, model.vocab_size()]);
     let layers = cache
         .layers
         .into_iter()
@@ -231,8 +318,9 @@ pub fn fixed_decoder<B: QBackend, M: CausalLm<B>>(
                 layer.ok_or_else(|| LmError::Input("prefill left a layer's cache empty".into()))?;
             let fixed = |x: Tensor<B, 4>| {
                 let d = x.dims()[2] * x.dims()[3];
-                Tensor::<B, 2>::zeros([len, d], (&device, x.dtype()))
-                    .slice_assign([0..t, 0..d], x.reshape([t, d]))
+                Tensor::<B, 3>::zeros([rows, len, d], (&device, x.dtype()))
+                    .slice_assign([0..rows, 0..t, 0..d], x.reshape([rows, t, d]))
+                    .reshape([rows * len, d])
             };
             Ok(FixedKv {
                 k: Some(fixed(k)),
@@ -240,14 +328,18 @@ pub fn fixed_decoder<B: QBackend, M: CausalLm<B>>(
             })
         })
         .collect::<Result<Vec<_>, LmError>>()?;
-    let mut init = vec![0i64; 3 + n_new];
-    init[1] = t as i64 - 1;
-    let state = Tensor::<B, 1, Int>::from_data(TensorData::new(init, [3 + n_new]), &device);
+    let per = 3 + n_new;
+    let mut init = vec![0i64; rows * per];
+    for r in 0..rows {
+        init[r * per + 1] = t as i64 - 1;
+    }
+    let state = Tensor::<B, 1, Int>::from_data(TensorData::new(init, [rows * per]), &device);
     let (cos, sin) = positions.tables(0..len as i64);
     let half = positions.rotary_dim / 2;
     let table = |v: Vec<f32>| {
         Tensor::<B, 2>::from_data(TensorData::new(v, [len, half]), (&device, DType::F32))
     };
+    let int = |v: Vec<i64>| Tensor::<B, 1, Int>::from_data(TensorData::new(v, [rows]), &device);
     Ok(FixedDecoder {
         model: model.with_adapter_dtype(model.dtype()),
         window: positions.sliding_window.map(|w| w as i64),
@@ -255,7 +347,10 @@ pub fn fixed_decoder<B: QBackend, M: CausalLm<B>>(
         state: Some(greedy_advance(state, logits)),
         cos: table(cos),
         sin: table(sin),
-        rows: Tensor::arange(0..len as i64, &device),
+        cols: Tensor::arange(0..len as i64, &device),
+        pads: int(pads),
+        bases: int((0..rows).map(|r| (r * len) as i64).collect()),
+        rows,
     })
 }
 

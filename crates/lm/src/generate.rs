@@ -332,15 +332,13 @@ pub fn generate<B: QBackend, M: CausalLm<B>>(
     if cfg.num_beams > 1 {
         return crate::beam::beam_search(model, prompts, cfg);
     }
-    if let [prompt] = prompts {
-        if !cfg.do_sample && cfg.repetition_penalty == 1.0 {
-            return Ok(vec![crate::fixed::greedy_fixed(model, prompt, cfg)?]);
-        }
+    if !cfg.do_sample && cfg.repetition_penalty == 1.0 {
+        return crate::fixed::greedy_fixed_batch(model, prompts, cfg);
     }
     generate_stepwise(model, prompts, cfg)
 }
 
-/// [`generate`] without the batch-1 greedy fast path ([`crate::fixed::greedy_fixed`]): each
+/// [`generate`] without the greedy fast path ([`crate::fixed::greedy_fixed_batch`]): each
 /// step reads every row's logits back and picks tokens on the host (sampling, repetition
 /// penalty, batches). Beam search is [`generate`]'s. Same results as the fast path.
 ///

@@ -158,8 +158,9 @@ pub(super) fn llama_family_parity(
 }
 
 /// Greedy decoding on the GPU: `write_row` (shared and exclusive destination, a row out of
-/// range) and `greedy_advance` (ties, NaN) against their host definitions; then the tiny
-/// fixture's batch-1 greedy continuation with the decode step as a CUDA graph, without graphs
+/// range, several rows) and `greedy_advance` (ties, NaN, a batch of rows) against their host
+/// definitions; a left-padded batch through the static-shape path (graphs = eager); then the
+/// tiny fixture's batch-1 greedy continuation with the decode step as a CUDA graph, without graphs
 /// (the same kernels launched from the host: must agree token for token) and by the stepwise
 /// loop (host argmax over read-back logits).
 pub(super) fn decode_check(
@@ -208,9 +209,30 @@ pub(super) fn decode_check(
     let shared_intact = host_f(shared)? == d;
     let written = host_f(qtune_kernels::write_row(dst(), src.clone(), row(3)))?;
     let outside = host_f(qtune_kernels::write_row(dst(), src.clone(), row(7)))?;
-    let negative = host_f(qtune_kernels::write_row(dst(), src, row(-1)))?;
+    let negative = host_f(qtune_kernels::write_row(dst(), src.clone(), row(-1)))?;
+    // Several rows at once (a batch's cache column): rows 5 and 1 from two source rows, one
+    // index out of range.
+    let two = Tensor::<I, 2>::from_data(
+        TensorData::new([x.clone(), vals(cols, 5)].concat(), [2, cols]),
+        (dev, DType::BF16),
+    );
+    let idx =
+        |v: Vec<i64>| Tensor::<I, 1, Int>::from_data(TensorData::new(v.clone(), [v.len()]), dev);
+    let mut expect_multi = d.clone();
+    expect_multi[5 * cols..6 * cols].copy_from_slice(&x);
+    expect_multi[cols..2 * cols].copy_from_slice(&vals(cols, 5));
+    let multi = host_f(qtune_kernels::write_row(
+        dst(),
+        two.clone(),
+        idx(vec![5, 1]),
+    ))?;
+    let mut expect_partial = d.clone();
+    expect_partial[2 * cols..3 * cols].copy_from_slice(&vals(cols, 5));
+    let partial = host_f(qtune_kernels::write_row(dst(), two, idx(vec![9, 2])))?;
+    let multi_ok = multi == expect_multi && partial == expect_partial;
     let vocab = 50_400usize;
     let mut argmax_ok = Vec::new();
+    let (mut all_logits, mut all_want) = (Vec::new(), Vec::new());
     for case in 0..3 {
         let mut l: Vec<f32> = vals(vocab, 3 + case).iter().map(|v| v * 0.5).collect();
         match case {
@@ -231,7 +253,17 @@ pub(super) fn decode_check(
         let got = host_i(qtune_kernels::greedy_advance(state, logits))?;
         let tok = qtune_kernels::first_argmax(&l) as i64;
         argmax_ok.push(got == vec![tok, 11, 2, 5, tok, -1]);
+        all_want.extend([tok, 11, 2, 5, tok, -1]);
+        all_logits.extend(l);
     }
+    // The three cases as the rows of one batch: one cube per row.
+    let state = Tensor::<I, 1, Int>::from_data(
+        TensorData::new([9i64, 10, 1, 5, -1, -1].repeat(3), [18]),
+        dev,
+    );
+    let logits =
+        Tensor::<I, 2>::from_data(TensorData::new(all_logits, [3, vocab]), (dev, DType::F32));
+    argmax_ok.push(host_i(qtune_kernels::greedy_advance(state, logits))? == all_want);
     let (exclusive_ok, shared_ok, out_of_range_ok) = (
         written == expect,
         written_shared == expect && shared_intact,
@@ -243,7 +275,8 @@ pub(super) fn decode_check(
                "write_row_exclusive_ok": exclusive_ok,
                "write_row_shared_ok": shared_ok,
                "write_row_out_of_range_untouched": out_of_range_ok,
-               "greedy_advance_ok_plain_tie_nan": argmax_ok})
+               "write_row_several_rows_ok": multi_ok,
+               "greedy_advance_ok_plain_tie_nan_batch": argmax_ok})
     );
     // Exact: both ops move or pick values, they compute nothing that could round.
     fails.require("decode_ops write_row_exclusive_ok", exclusive_ok);
@@ -252,7 +285,8 @@ pub(super) fn decode_check(
         "decode_ops write_row_out_of_range_untouched",
         out_of_range_ok,
     );
-    for (case, ok) in ["plain", "tie", "nan"].iter().zip(&argmax_ok) {
+    fails.require("decode_ops write_row_several_rows_ok", multi_ok);
+    for (case, ok) in ["plain", "tie", "nan", "batch of 3"].iter().zip(&argmax_ok) {
         fails.require(&format!("decode_ops greedy_advance_ok {case}"), *ok);
     }
 
@@ -264,6 +298,37 @@ pub(super) fn decode_check(
         },
         dev,
     )?;
+    // A left-padded batch through the static-shape path: graphs and eager agree exactly; the
+    // stepwise loop (growing cache, host argmax) is reported beside it.
+    let batch: Vec<Vec<u32>> = vec![vec![3, 14, 15, 92, 65], vec![7], (1..40).collect()];
+    let cfg = GenerationConfig {
+        max_new_tokens: 40,
+        ..GenerationConfig::default()
+    };
+    let graph = model.generate(&batch, &cfg)?;
+    let eager = model.generate(
+        &batch,
+        &GenerationConfig {
+            device_graphs: false,
+            ..cfg.clone()
+        },
+    )?;
+    let stepwise = model.generate_stepwise(&batch, &cfg)?;
+    let common: Vec<usize> = stepwise
+        .iter()
+        .zip(&graph)
+        .map(|(a, b)| a.iter().zip(b).take_while(|(x, y)| x == y).count())
+        .collect();
+    println!(
+        "{}",
+        json!({"check": "greedy_decode_batch", "rows": batch.len(), "new": graph.iter().map(Vec::len).collect::<Vec<_>>(),
+               "graph_equals_eager": graph == eager, "same_prefix_as_stepwise": common})
+    );
+    fails.require("greedy_decode_batch graph_equals_eager", graph == eager);
+    fails.require(
+        "greedy_decode_batch rows of 40 tokens",
+        graph.iter().all(|r| r.len() == 40),
+    );
     for prompt in [vec![3u32, 14, 15, 92, 65], vec![7u32], (1..40).collect()] {
         let cfg = GenerationConfig {
             max_new_tokens: 40,

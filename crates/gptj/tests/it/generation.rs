@@ -66,6 +66,39 @@ fn batched_greedy_equals_each_prompt_alone() {
     }
 }
 
+/// Batched greedy takes the static-shape path (`greedy_fixed_batch`: left-padded rows writing
+/// one cache column each step, on-device argmax per row); it gives the stepwise loop's ids row
+/// for row, also when rows end at EOS at different steps (EOS = a token the greedy run
+/// produces early in one row only).
+#[test]
+fn batched_fixed_greedy_equals_stepwise() {
+    let model = load("fp32");
+    let prompts = fixture_prompts();
+    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    assert!(
+        lens.iter().any(|&l| l != lens[0]),
+        "prompts of one length: no padding tested"
+    );
+    let mut cfg = GenerationConfig {
+        max_new_tokens: 12,
+        pad_token_id: Some(0),
+        ..Default::default()
+    };
+    let free = model.generate_stepwise(&prompts, &cfg).unwrap();
+    assert_eq!(model.generate(&prompts, &cfg).unwrap(), free);
+    // An EOS that only the first row produces, at its third new token.
+    let eos = free[0][2];
+    assert!(
+        free[1..].iter().all(|r| !r.contains(&eos)),
+        "pick another EOS"
+    );
+    cfg.eos_token_id = Some(eos);
+    let fixed = model.generate(&prompts, &cfg).unwrap();
+    assert_eq!(fixed, model.generate_stepwise(&prompts, &cfg).unwrap());
+    assert_eq!(fixed[0].len(), 3);
+    assert!(fixed[1..].iter().all(|r| r.len() == 12));
+}
+
 #[test]
 fn sampling_is_seeded_and_top_k_1_is_greedy() {
     let model = load("fp32");

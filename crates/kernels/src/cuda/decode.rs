@@ -38,18 +38,23 @@ fn write_row_kernel<F: Float, I: Int>(
     row: &Array<I>,
     rows: u32,
     cols: usize,
+    n: usize,
 ) {
     let i = ABSOLUTE_POS;
-    // A negative index wraps to a large u32 and writes nothing, like one past the end.
-    let r = u32::cast_from(row[0]);
-    if i >= cols || r >= rows {
+    if i >= n * cols {
         terminate!();
     }
-    dst[usize::cast_from(r) * cols + i] = src[i];
+    let s = i / cols;
+    // A negative index wraps to a large u32 and writes nothing, like one past the end.
+    let r = u32::cast_from(row[s]);
+    if r >= rows {
+        terminate!();
+    }
+    dst[usize::cast_from(r) * cols + (i - s * cols)] = src[i];
 }
 
-/// `dst [R, C]` with `src` written into row `row[0]`, in place when `dst` is exclusively owned
-/// and dense (else into a copy).
+/// `dst [R, C]` with row `s` of `src` (`n·C` values) written into row `row[s]`, for each of the
+/// `n` indices of `row`; in place when `dst` is exclusively owned and dense (else into a copy).
 pub(crate) fn write_row<B: CubeB<CudaRuntime>>(
     dst: CubeTensor<CudaRuntime>,
     src: CubeTensor<CudaRuntime>,
@@ -62,10 +67,11 @@ pub(crate) fn write_row<B: CubeB<CudaRuntime>>(
         "qtune-kernels: write_row needs a 2-D destination"
     );
     let (rows, cols) = (shape[0], shape[1]);
+    let n = row.meta.num_elements();
     assert_eq!(
         src.meta.num_elements(),
-        cols,
-        "qtune-kernels: write_row source has {} values for rows of {cols}",
+        n * cols,
+        "qtune-kernels: write_row source has {} values for {n} rows of {cols}",
         src.meta.num_elements()
     );
     let src = into_contiguous(if src.dtype == dst.dtype {
@@ -82,18 +88,19 @@ pub(crate) fn write_row<B: CubeB<CudaRuntime>>(
     let row = into_contiguous(row);
     macro_rules! go {
         ($f:ty, $i:ty) => {
-            // SAFETY: dst holds rows·cols values, src cols, row ≥ 1 (checked by the kernel
-            // bounds and the shapes above).
+            // SAFETY: dst holds rows·cols values, src n·cols, row n (the shapes above); the
+            // kernel bounds every index.
             unsafe {
                 write_row_kernel::launch_unchecked::<$f, $i, CudaRuntime>(
                     &dst.client,
-                    cube_count(cols),
+                    cube_count(n * cols),
                     cube_dim(),
                     array(&dst, rows * cols),
-                    array(&src, cols),
-                    array(&row, 1),
+                    array(&src, n * cols),
+                    array(&row, n),
                     rows as u32,
                     cols,
+                    n,
                 )
             }
         };
@@ -129,6 +136,9 @@ fn greedy_advance_kernel<F: Float, I: Int>(
     len: usize,
     cap: u32,
 ) {
+    // One cube per row: row `CUBE_POS` of `logits` (`len` values) and of the state (`3 + cap`).
+    let lo = CUBE_POS * len;
+    let so = CUBE_POS * (3usize + cap as usize);
     let t = UNIT_POS as usize;
     let threads = 1024usize;
     let mut bv = 0.0f32;
@@ -136,7 +146,7 @@ fn greedy_advance_kernel<F: Float, I: Int>(
     for k in 0..len.div_ceil(threads) {
         let j = t + k * threads;
         if j < len {
-            let v = f32::cast_from(logits[j]);
+            let v = f32::cast_from(logits[lo + j]);
             if beats(v, u32::cast_from(j), bv, bi) {
                 bv = v;
                 bi = u32::cast_from(j);
@@ -166,26 +176,28 @@ fn greedy_advance_kernel<F: Float, I: Int>(
         if tok == NONE {
             tok = 0u32;
         }
-        let count = u32::cast_from(state[2]);
-        state[0] = I::cast_from(tok);
+        let count = u32::cast_from(state[so + 2]);
+        state[so] = I::cast_from(tok);
         if count < cap {
-            state[3 + usize::cast_from(count)] = I::cast_from(tok);
+            state[so + 3 + usize::cast_from(count)] = I::cast_from(tok);
         }
-        state[1] = state[1] + I::cast_from(1u32);
-        state[2] = state[2] + I::cast_from(1u32);
+        state[so + 1] = state[so + 1] + I::cast_from(1u32);
+        state[so + 2] = state[so + 2] + I::cast_from(1u32);
     }
 }
 
-/// [`crate::QBackend::q_greedy_advance`] in one cube: argmax of `logits` then the state update,
-/// in place when `state` is exclusively owned and dense.
+/// [`crate::QBackend::q_greedy_advance`], one cube per row: argmax of the row's logits then
+/// its state update, in place when `state` is exclusively owned and dense.
 pub(crate) fn greedy_advance<B: CubeB<CudaRuntime>>(
     state: CubeTensor<CudaRuntime>,
     logits: CubeTensor<CudaRuntime>,
 ) -> CubeTensor<CudaRuntime> {
     let n = state.meta.num_elements();
+    let shape = logits.meta.shape().to_vec();
+    let rows = if shape.len() == 2 { shape[0] } else { 1 };
     assert!(
-        n >= 3,
-        "qtune-kernels: greedy state needs [token, pos, count, ..]"
+        rows >= 1 && n % rows == 0 && n / rows >= 3,
+        "qtune-kernels: greedy state of {n} values for {rows} rows needs [token, pos, count, ..] each"
     );
     let state = if state.can_mut() && state.is_contiguous_buffer() {
         state
@@ -193,19 +205,20 @@ pub(crate) fn greedy_advance<B: CubeB<CudaRuntime>>(
         B::int_add_scalar(state, 0.into())
     };
     let logits = into_contiguous(logits);
-    let len = logits.meta.num_elements();
+    let len = logits.meta.num_elements() / rows;
     macro_rules! go {
         ($f:ty, $i:ty) => {
-            // SAFETY: state has n ≥ 3 values, logits len; one cube of ARGMAX_THREADS.
+            // SAFETY: state has rows·(3 + cap) values, logits rows·len; a cube of
+            // ARGMAX_THREADS per row.
             unsafe {
                 greedy_advance_kernel::launch_unchecked::<$f, $i, CudaRuntime>(
                     &state.client,
-                    CubeCount::Static(1, 1, 1),
+                    CubeCount::Static(rows as u32, 1, 1),
                     CubeDim::new_1d(ARGMAX_THREADS),
                     array(&state, n),
-                    array(&logits, len),
+                    array(&logits, rows * len),
                     len,
-                    (n - 3) as u32,
+                    (n / rows - 3) as u32,
                 )
             }
         };
