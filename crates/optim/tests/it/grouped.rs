@@ -28,25 +28,37 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
+/// 4096 + 17 and 5000: 8-bit with partial last blocks; 300: below min_8bit_size (32-bit).
+const SIZES: [usize; 3] = [4096 + 17, 300, 5000];
+
+/// The optimizer config of `optim` and the three tensors' initial values (noise from `seed`).
+fn setup(optim: OptimKind, seed: u64) -> (OptimizerConfig, Vec<Vec<f32>>) {
+    let cfg = OptimizerConfig {
+        optim,
+        ..OptimizerConfig::default()
+    };
+    let init = SIZES
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| noise(n, i as u64 + seed, 1.0))
+        .collect();
+    (cfg, init)
+}
+
+fn three(init: &[Vec<f32>]) -> Three<B> {
+    Three {
+        a: Param::from_tensor(tensor(&init[0])),
+        b: Param::from_tensor(tensor(&init[1])),
+        c: Param::from_tensor(tensor(&init[2])),
+    }
+}
+
 #[test]
 fn grouped_step_equals_per_tensor_steps_bit_for_bit() {
-    // 4096 + 17 and 5000: 8-bit with partial last blocks; 300: below min_8bit_size (32-bit).
-    let sizes = [4096 + 17, 300, 5000];
+    let sizes = SIZES;
     for optim in [OptimKind::AdamW8bit, OptimKind::AdamW] {
-        let cfg = OptimizerConfig {
-            optim,
-            ..OptimizerConfig::default()
-        };
-        let init: Vec<Vec<f32>> = sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| noise(n, i as u64 + 1, 1.0))
-            .collect();
-        let mut together = Three::<B> {
-            a: Param::from_tensor(tensor(&init[0])),
-            b: Param::from_tensor(tensor(&init[1])),
-            c: Param::from_tensor(tensor(&init[2])),
-        };
+        let (cfg, init) = setup(optim, 1);
+        let mut together = three(&init);
         let mut alone: Vec<One<B>> = init
             .iter()
             .map(|v| One {
@@ -125,23 +137,10 @@ fn grouped_step_equals_per_tensor_steps_bit_for_bit() {
 /// state bit for bit, for AdamW and 8-bit AdamW, with partial 8-bit blocks.
 #[test]
 fn cached_group_state_equals_state_rebuilt_from_slices() {
-    let sizes = [4096 + 17, 300, 5000];
+    let sizes = SIZES;
     for optim in [OptimKind::AdamW8bit, OptimKind::AdamW] {
-        let cfg = OptimizerConfig {
-            optim,
-            ..OptimizerConfig::default()
-        };
-        let init: Vec<Vec<f32>> = sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| noise(n, i as u64 + 11, 1.0))
-            .collect();
-        let fresh = || Three::<B> {
-            a: Param::from_tensor(tensor(&init[0])),
-            b: Param::from_tensor(tensor(&init[1])),
-            c: Param::from_tensor(tensor(&init[2])),
-        };
-        let (mut cached, mut reloaded) = (fresh(), fresh());
+        let (cfg, init) = setup(optim, 11);
+        let (mut cached, mut reloaded) = (three(&init), three(&init));
         let mut opt_cached = Optimizer::<B>::new(cfg).expect("config");
         let mut opt_reloaded = Optimizer::<B>::new(cfg).expect("config");
         for step in 0..5u64 {
