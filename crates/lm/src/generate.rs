@@ -332,13 +332,19 @@ pub fn generate<B: QBackend, M: CausalLm<B>>(
     if cfg.num_beams > 1 {
         return crate::beam::beam_search(model, prompts, cfg);
     }
-    if !cfg.do_sample && cfg.repetition_penalty == 1.0 {
-        return crate::fixed::greedy_fixed_batch(model, prompts, cfg);
+    // Batch-1 greedy takes the static-shape path. A batch stays on the stepwise loop: on an H100
+    // the static path took 77 s against the loop's 26 s for 500 SQuAD prompts in batches of 32
+    // (BENCHMARKS.md, session 14): each row count dequantizes every weight for a GEMM, and a
+    // recorded graph keeps those dense weights of each of its steps.
+    if let [prompt] = prompts {
+        if !cfg.do_sample && cfg.repetition_penalty == 1.0 {
+            return Ok(vec![crate::fixed::greedy_fixed(model, prompt, cfg)?]);
+        }
     }
     generate_stepwise(model, prompts, cfg)
 }
 
-/// [`generate`] without the greedy fast path ([`crate::fixed::greedy_fixed_batch`]): each
+/// [`generate`] without the batch-1 greedy fast path ([`crate::fixed::greedy_fixed`]): each
 /// step reads every row's logits back and picks tokens on the host (sampling, repetition
 /// penalty, batches). Beam search is [`generate`]'s. Same results as the fast path.
 ///

@@ -305,8 +305,9 @@ pub(super) fn decode_check(
         max_new_tokens: 40,
         ..GenerationConfig::default()
     };
-    let graph = model.generate(&batch, &cfg)?;
-    let eager = model.generate(
+    let graph = qtune_lm::fixed::greedy_fixed_batch(&model, &batch, &cfg)?;
+    let eager = qtune_lm::fixed::greedy_fixed_batch(
+        &model,
         &batch,
         &GenerationConfig {
             device_graphs: false,

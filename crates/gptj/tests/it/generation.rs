@@ -66,10 +66,10 @@ fn batched_greedy_equals_each_prompt_alone() {
     }
 }
 
-/// Batched greedy takes the static-shape path (`greedy_fixed_batch`: left-padded rows writing
-/// one cache column each step, on-device argmax per row); it gives the stepwise loop's ids row
-/// for row, also when rows end at EOS at different steps (EOS = a token the greedy run
-/// produces early in one row only).
+/// The static-shape path for a batch (`greedy_fixed_batch`: left-padded rows writing one cache
+/// column each step, on-device argmax per row) gives the stepwise loop's ids row for row, also
+/// when rows end at EOS at different steps (EOS = a token the greedy run produces early in one
+/// row only).
 #[test]
 fn batched_fixed_greedy_equals_stepwise() {
     let model = load("fp32");
@@ -84,8 +84,11 @@ fn batched_fixed_greedy_equals_stepwise() {
         pad_token_id: Some(0),
         ..Default::default()
     };
+    let fixed = |cfg: &GenerationConfig| {
+        qtune_lm::fixed::greedy_fixed_batch(&model, &prompts, cfg).unwrap()
+    };
     let free = model.generate_stepwise(&prompts, &cfg).unwrap();
-    assert_eq!(model.generate(&prompts, &cfg).unwrap(), free);
+    assert_eq!(fixed(&cfg), free);
     // An EOS that only the first row produces, at its third new token.
     let eos = free[0][2];
     assert!(
@@ -93,10 +96,10 @@ fn batched_fixed_greedy_equals_stepwise() {
         "pick another EOS"
     );
     cfg.eos_token_id = Some(eos);
-    let fixed = model.generate(&prompts, &cfg).unwrap();
-    assert_eq!(fixed, model.generate_stepwise(&prompts, &cfg).unwrap());
-    assert_eq!(fixed[0].len(), 3);
-    assert!(fixed[1..].iter().all(|r| r.len() == 12));
+    let ended = fixed(&cfg);
+    assert_eq!(ended, model.generate_stepwise(&prompts, &cfg).unwrap());
+    assert_eq!(ended[0].len(), 3);
+    assert!(ended[1..].iter().all(|r| r.len() == 12));
 }
 
 #[test]
