@@ -332,10 +332,11 @@ pub fn generate<B: QBackend, M: CausalLm<B>>(
     if cfg.num_beams > 1 {
         return crate::beam::beam_search(model, prompts, cfg);
     }
-    // Batch-1 greedy takes the static-shape path. A batch stays on the stepwise loop: on an H100
+    // Batch-1 greedy takes the static-shape path. A batch stays on the stepwise loop: on H100s
     // the static path took 77 s against the loop's 26 s for 500 SQuAD prompts in batches of 32
-    // (BENCHMARKS.md, session 14): each row count dequantizes every weight for a GEMM, and a
-    // recorded graph keeps those dense weights of each of its steps.
+    // (two calls, the peer's time 1.3× apart between them; BENCHMARKS.md, session 14). With
+    // several rows each linear dequantizes its weight for a GEMM, and a recorded graph likely
+    // keeps those dense weights of each of its steps.
     if let [prompt] = prompts {
         if !cfg.do_sample && cfg.repetition_penalty == 1.0 {
             return Ok(vec![crate::fixed::greedy_fixed(model, prompt, cfg)?]);
