@@ -13,6 +13,7 @@ use qtune_train::config::{ModelConfig, QuantizationConfig, RunConfig};
 use qtune_train::parallel::devices_from_indices;
 use qtune_train::{build, run, TrainOptions};
 
+mod prompts;
 mod quantize;
 
 type Infer = <Train as burn::tensor::backend::AutodiffBackend>::InnerBackend;
@@ -196,9 +197,21 @@ struct ModelArgs {
 struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// A prompt to continue (repeat the flag for several; they are decoded as one batch).
+    /// A prompt to continue (repeat the flag for several; they are decoded as one batch, or in
+    /// batches of --batch). Printed followed by its continuation.
     #[arg(long)]
     prompt: Vec<String>,
+    /// A file of prompts instead: JSON lines with a string field "prompt" each (`.jsonl`), or
+    /// one prompt per line (any other extension; empty lines are skipped). The continuations
+    /// come out as JSON lines `{"index", "prompt", "completion"}` in the file's order.
+    #[arg(long, conflicts_with = "prompt")]
+    prompts_file: Option<PathBuf>,
+    /// Prompts decoded together, longest first so rows pad little (default: all at once).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Write the JSON lines here instead of standard output (an existing file is refused).
+    #[arg(long)]
+    output: Option<PathBuf>,
     /// Tokens to generate after each prompt (fewer if the model emits its EOS token).
     #[arg(long, default_value_t = 32)]
     max_new_tokens: usize,
@@ -354,8 +367,20 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Generate(a) => {
-            if a.prompt.is_empty() {
-                bail!("give at least one --prompt");
+            let texts = match &a.prompts_file {
+                Some(f) => prompts::read(f)?,
+                None => a.prompt.clone(),
+            };
+            if texts.is_empty() {
+                bail!("give at least one --prompt, or a --prompts-file with prompts");
+            }
+            if a.batch == Some(0) {
+                bail!("--batch must be at least 1");
+            }
+            if let Some(out) = &a.output {
+                if out.exists() {
+                    bail!("--output {} exists: choose a new file", out.display());
+                }
             }
             let model = load_model(&a.model)?;
             let tok = load_tokenizer(&a.model)?;
@@ -380,8 +405,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 device_graphs: qtune_lm::device_graphs_from_env()?,
                 ..GenerationConfig::default()
             };
-            let prompts = a
-                .prompt
+            let prompts = texts
                 .iter()
                 .map(|p| {
                     tok.encode(p.as_str(), false)
@@ -393,11 +417,22 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             if let Some(bad) = prompts.iter().flatten().find(|&&t| t >= vocab) {
                 bail!("the tokenizer produced id {bad}, outside the model's vocab_size {vocab}: wrong --tokenizer?");
             }
-            for (p, out) in a.prompt.iter().zip(model.generate(&prompts, &gen)?) {
-                let text = tok
-                    .decode(&out, true)
-                    .map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
-                println!("{p}{text}");
+            let batch = a.batch.unwrap_or(prompts.len());
+            let outs = qtune_lm::generate_batched(&model, &prompts, batch, &gen)?;
+            let mut completions = Vec::with_capacity(outs.len());
+            for out in outs {
+                let ids: Vec<u32> = out.into_iter().filter(|&t| Some(t) != eos).collect();
+                completions.push(
+                    tok.decode(&ids, true)
+                        .map_err(|e| anyhow::anyhow!("decoding: {e}"))?,
+                );
+            }
+            if a.prompts_file.is_none() && a.output.is_none() {
+                for (p, text) in texts.iter().zip(&completions) {
+                    println!("{p}{text}");
+                }
+            } else {
+                prompts::write(a.output.as_deref(), &texts, &completions)?;
             }
         }
         Cmd::Perplexity(a) => {

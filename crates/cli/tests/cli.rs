@@ -378,3 +378,97 @@ fn quantize_streams_each_linear_rounded_to_the_export_dtype() {
         "{e}"
     );
 }
+
+/// A word-level tokenizer of the fixture's 512 ids, words `w0 … w511` (every generated id
+/// decodes), written as `tokenizer.json` into `dir`.
+fn word_tokenizer(dir: &Path) {
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..512)
+        .map(|i| (format!("w{i}"), serde_json::json!(i)))
+        .collect();
+    let t = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), t.to_string()).unwrap();
+}
+
+fn generate(args: &[&str], tok: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_qtune"))
+        .args(["generate", "--model"])
+        .arg(fixture("fp32"))
+        .arg("--tokenizer")
+        .arg(tok)
+        .args(["--max-new-tokens", "6"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `generate --prompts-file` in batches (longest first) writes one JSON line per prompt in the
+/// file's order, each completion the one the prompt gets alone; bad input is refused before
+/// any work, and an existing output file is never overwritten.
+#[test]
+fn generate_from_a_prompts_file_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    word_tokenizer(dir.path());
+    let prompts = ["w5 w9 w2", "w7", "w1 w2 w3 w4 w5 w6", "w30 w31"];
+    let file = dir.path().join("prompts.jsonl");
+    let lines: Vec<String> = prompts
+        .iter()
+        .map(|p| serde_json::json!({"prompt": p}).to_string())
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = dir.path().join("out.jsonl");
+    let run = generate(
+        &[
+            "--prompts-file",
+            file.to_str().unwrap(),
+            "--batch",
+            "3",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    ok(&run);
+    let got: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), prompts.len());
+    for (i, (g, p)) in got.iter().zip(prompts).enumerate() {
+        assert_eq!(g["index"], i);
+        assert_eq!(g["prompt"], p);
+        let alone = generate(&["--prompt", p], dir.path());
+        ok(&alone);
+        let text = String::from_utf8_lossy(&alone.stdout);
+        let completion = g["completion"].as_str().unwrap();
+        assert!(!completion.is_empty());
+        assert_eq!(text.trim_end(), format!("{p}{completion}"), "prompt {i}");
+    }
+    // An existing output file is refused before any work, and left as it was.
+    let before = std::fs::read(&out).unwrap();
+    let again = generate(
+        &[
+            "--prompts-file",
+            file.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+    // A line without a prompt is named.
+    std::fs::write(&file, "{\"prompt\": \"w1\"}\n{\"text\": \"w2\"}\n").unwrap();
+    let bad = generate(&["--prompts-file", file.to_str().unwrap()], dir.path());
+    assert!(!bad.status.success());
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(e.contains("prompts.jsonl:2") && e.contains("prompt"), "{e}");
+    let zero = generate(&["--prompt", "w1", "--batch", "0"], dir.path());
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("--batch"));
+}

@@ -345,6 +345,43 @@ pub fn generate<B: QBackend, M: CausalLm<B>>(
     generate_stepwise(model, prompts, cfg)
 }
 
+/// The order [`generate_batched`] takes prompts of lengths `lens` in: longest first (ties in
+/// input order), so each batch's rows pad to nearly one length, as lm-evaluation-harness orders
+/// its requests.
+pub fn length_order(lens: &[usize]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+    order
+}
+
+/// [`generate`] over any number of prompts, in batches of `batch_size` (left-padded) taken in
+/// [`length_order`]; the results come back in prompt order.
+///
+/// # Errors
+/// As [`generate`]; `batch_size` 0.
+pub fn generate_batched<B: QBackend, M: CausalLm<B>>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    batch_size: usize,
+    cfg: &GenerationConfig,
+) -> Result<Vec<Vec<u32>>, LmError> {
+    if batch_size == 0 {
+        return Err(LmError::Input(
+            "a generation batch needs at least 1 prompt".into(),
+        ));
+    }
+    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let order = length_order(&lens);
+    let mut out = vec![Vec::new(); prompts.len()];
+    for chunk in order.chunks(batch_size) {
+        let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
+        for (&i, ids) in chunk.iter().zip(generate(model, &batch, cfg)?) {
+            out[i] = ids;
+        }
+    }
+    Ok(out)
+}
+
 /// [`generate`] without the batch-1 greedy fast path ([`crate::fixed::greedy_fixed`]): each
 /// step reads every row's logits back and picks tokens on the host (sampling, repetition
 /// penalty, batches). Beam search is [`generate`]'s. Same results as the fast path.

@@ -27,8 +27,8 @@ pub use context::{
 };
 pub use error::LmError;
 pub use generate::{
-    device_graphs_from_env, device_graphs_setting, EarlyStopping, GenerationConfig,
-    DEFAULT_GRAPH_STEPS, DEVICE_GRAPHS_ENV,
+    device_graphs_from_env, device_graphs_setting, generate_batched, length_order, EarlyStopping,
+    GenerationConfig, DEFAULT_GRAPH_STEPS, DEVICE_GRAPHS_ENV,
 };
 pub use lm::{CausalLm, DecoderBlock, IGNORE_INDEX, LOSS_CHUNK_ELEMS};
 pub use lora::{peft_key, LoraParam, ParamCounts};

@@ -136,32 +136,29 @@ pub struct TaskMetrics {
     pub new_tokens: u64,
 }
 
-/// The order items are generated in: longest prompt first (ties in item order), so each
-/// batch's rows pad to nearly one length, as lm-evaluation-harness orders its requests. Batches
-/// are consecutive runs of `per_device_eval_batch_size` in this order.
+/// The order items are generated in: longest prompt first (ties in item order,
+/// [`qtune_lm::length_order`]). Batches are consecutive runs of `per_device_eval_batch_size` in
+/// this order.
 pub fn generation_order(items: &[EvalItem]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(items[i].prompt_ids.len()));
-    order
+    let lens: Vec<usize> = items.iter().map(|it| it.prompt_ids.len()).collect();
+    qtune_lm::length_order(&lens)
 }
 
 /// Greedy new tokens of every item (`gen`'s settings), in item order, generated in batches of
-/// `batch_size` (left-padded) in [`generation_order`].
+/// `batch_size` (left-padded) in [`generation_order`] ([`qtune_lm::generate_batched`]).
 pub fn generate_items<B: QBackend, M: CausalLm<B>>(
     model: &M,
     items: &[EvalItem],
     batch_size: usize,
     gen: &GenerationConfig,
 ) -> Result<Vec<Vec<u32>>, TrainError> {
-    let order = generation_order(items);
-    let mut out = vec![Vec::new(); items.len()];
-    for chunk in order.chunks(batch_size.max(1)) {
-        let prompts: Vec<Vec<u32>> = chunk.iter().map(|&i| items[i].prompt_ids.clone()).collect();
-        for (&i, ids) in chunk.iter().zip(model.generate(&prompts, gen)?) {
-            out[i] = ids;
-        }
-    }
-    Ok(out)
+    let prompts: Vec<Vec<u32>> = items.iter().map(|it| it.prompt_ids.clone()).collect();
+    Ok(qtune_lm::generate_batched(
+        model,
+        &prompts,
+        batch_size.max(1),
+        gen,
+    )?)
 }
 
 /// Greedy-decodes every item ([`generate_items`]: batched, left-padded, longest first) and
