@@ -280,12 +280,15 @@ pub fn fixed_decoder_batch<B: QBackend, M: CausalLm<B>>(
     for p in prompts {
         check_prompt(p, model.vocab_size())?;
     }
-    check_token(pad, model.vocab_size())?;
     let (rows, device) = (prompts.len(), model.device());
     let t = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let len = t + n_new - 1;
     let positions = model.positions();
     let pads: Vec<i64> = prompts.iter().map(|p| (t - p.len()) as i64).collect();
+    let padded = pads.iter().any(|&p| p > 0);
+    if padded {
+        check_token(pad, model.vocab_size())?;
+    }
 
     // Prefill with the growing cache (left-padded, HF's position ids), then move it into the
     // fixed one.
@@ -296,7 +299,6 @@ pub fn fixed_decoder_batch<B: QBackend, M: CausalLm<B>>(
         .iter()
         .flat_map(|&p| (0..t as i64).map(move |j| if j < p { 1 } else { j - p }))
         .collect();
-    let padded = pads.iter().any(|&p| p > 0);
     let ctx = BlockContext::new(
         &positions,
         rows,
