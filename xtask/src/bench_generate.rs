@@ -30,6 +30,13 @@ pub struct Args {
     /// Write the batches for the peer here (JSON) before timing.
     #[arg(long)]
     export: Option<PathBuf>,
+    /// Also time the same batches on the static-shape decoder (`greedy_fixed_batch`), with and
+    /// without CUDA graphs (no scoring): where a batched step's time goes.
+    #[arg(long)]
+    fixed_paths: bool,
+    /// Sample the host during the timed generation (`--features host-profile`).
+    #[arg(long)]
+    host_profile: bool,
 }
 
 /// Entry point of `bench generate`.
@@ -137,10 +144,12 @@ fn run_impl(a: &Args) -> anyhow::Result<()> {
     evaluate_generation(&model, &tokenizer, &warm, a.batch, 4, eos)?;
     sync()?;
     let warm_s = s.elapsed().as_secs_f64();
+    let profile = crate::host_profile::start(a.host_profile)?;
     let s = Instant::now();
     let m = evaluate_generation(&model, &tokenizer, &items, a.batch, a.new_tokens, eos)?;
     sync()?;
     let secs = s.elapsed().as_secs_f64();
+    profile.finish(25)?;
     let metric = |k: &str| m.metrics.get(k).cloned().unwrap_or(serde_json::Value::Null);
     println!(
         "{}",
@@ -151,5 +160,48 @@ fn run_impl(a: &Args) -> anyhow::Result<()> {
                "generate_s": secs, "new_tok_s": m.new_tokens as f64 / secs,
                "exact": metric("exact"), "f1": metric("f1")})
     );
+    if a.fixed_paths {
+        // The same batches through the static-shape decoder, graphs on and off: the time and
+        // how many rows agree token for token with the stepwise loop above.
+        let stepwise = qtune_train::evaluate::generate_items(
+            &model,
+            &items,
+            a.batch,
+            &qtune_lm::GenerationConfig {
+                max_new_tokens: a.new_tokens,
+                eos_token_id: Some(eos),
+                pad_token_id: Some(eos),
+                ..Default::default()
+            },
+        )?;
+        for graphs in [false, true] {
+            let cfg = qtune_lm::GenerationConfig {
+                max_new_tokens: a.new_tokens,
+                eos_token_id: Some(eos),
+                pad_token_id: Some(eos),
+                device_graphs: graphs,
+                ..Default::default()
+            };
+            let s = Instant::now();
+            let (mut tokens, mut same) = (0usize, 0usize);
+            for chunk in order.chunks(a.batch) {
+                let prompts: Vec<Vec<u32>> =
+                    chunk.iter().map(|&i| items[i].prompt_ids.clone()).collect();
+                let out = qtune_lm::fixed::greedy_fixed_batch(&model, &prompts, &cfg)?;
+                for (&i, o) in chunk.iter().zip(&out) {
+                    tokens += o.len();
+                    same += usize::from(*o == stepwise[i]);
+                }
+            }
+            sync()?;
+            let secs = s.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                json!({"bench": "generate_fixed", "device_graphs": graphs, "new_tokens": tokens,
+                       "generate_s": secs, "new_tok_s": tokens as f64 / secs,
+                       "rows_equal_to_stepwise": same, "rows": items.len()})
+            );
+        }
+    }
     Ok(())
 }
