@@ -1,9 +1,9 @@
 //! Greedy decoding of a batch of prompts with static shapes and every piece of state on the
 //! device, so that a decode step can be recorded once as a device graph (a CUDA graph) and
 //! replayed per token: no host work per layer, no logits read back per token. `generate` takes
-//! it for one prompt; for batches of 32 on H100s it was 2.4–3× slower than the stepwise loop
-//! (BENCHMARKS.md, session 14; with several rows each linear dequantizes its weight for a GEMM,
-//! and a recorded step likely keeps its own dense copies), so batches stay on that loop.
+//! it for every greedy request: one prompt with graphs; a batch eagerly (with several rows each
+//! linear dequantizes its weight for a GEMM, and a graph keeps the dense weights of every
+//! captured step: out of memory at 32 rows on an H100; BENCHMARKS.md, session 14).
 //!
 //! The prompts are left-padded to one width `t`, so every row writes its next token's keys and
 //! values into the same cache column. State: a KV cache `[rows · L, D]` per layer for all

@@ -332,15 +332,21 @@ pub fn generate<B: QBackend, M: CausalLm<B>>(
     if cfg.num_beams > 1 {
         return crate::beam::beam_search(model, prompts, cfg);
     }
-    // Batch-1 greedy takes the static-shape path. A batch stays on the stepwise loop: on H100s
-    // the static path took 77 s against the loop's 26 s for 500 SQuAD prompts in batches of 32
-    // (two calls, the peer's time 1.3× apart between them; BENCHMARKS.md, session 14). With
-    // several rows each linear dequantizes its weight for a GEMM, and a recorded graph likely
-    // keeps those dense weights of each of its steps.
-    if let [prompt] = prompts {
-        if !cfg.do_sample && cfg.repetition_penalty == 1.0 {
-            return Ok(vec![crate::fixed::greedy_fixed(model, prompt, cfg)?]);
+    if !cfg.do_sample && cfg.repetition_penalty == 1.0 {
+        // Greedy takes the static-shape path: no logits read back, no host argmax, no cache
+        // copies. One prompt replays its step as device graphs; a batch runs the same step
+        // eagerly. With several rows each linear dequantizes its weight for a GEMM, and a
+        // recorded graph keeps the dense weights of every captured step: at 32 rows that ran
+        // out of an H100's memory, while the eager step was 1.2× the stepwise loop's speed
+        // (BENCHMARKS.md, session 14).
+        if prompts.len() > 1 && cfg.device_graphs {
+            let eager = GenerationConfig {
+                device_graphs: false,
+                ..cfg.clone()
+            };
+            return crate::fixed::greedy_fixed_batch(model, prompts, &eager);
         }
+        return crate::fixed::greedy_fixed_batch(model, prompts, cfg);
     }
     generate_stepwise(model, prompts, cfg)
 }
@@ -382,7 +388,7 @@ pub fn generate_batched<B: QBackend, M: CausalLm<B>>(
     Ok(out)
 }
 
-/// [`generate`] without the batch-1 greedy fast path ([`crate::fixed::greedy_fixed`]): each
+/// [`generate`] without the greedy fast path ([`crate::fixed::greedy_fixed_batch`]): each
 /// step reads every row's logits back and picks tokens on the host (sampling, repetition
 /// penalty, batches). Beam search is [`generate`]'s. Same results as the fast path.
 ///
