@@ -1,7 +1,8 @@
 #!/bin/bash
 # Session 14, call 4: where a batched decode step goes. 128 of the 500 SQuAD prompts in batches
-# of 32: prefill + 1 token, then 32 tokens (host profile), then the same batches on the
-# static-shape decoder without and with CUDA graphs. carry [".device"]; source stash.sh first.
+# of 32: prefill + 1 token, then 32 tokens (host profile), then the same batches by each path
+# (`--fixed-paths`: since 3f2e17d, the call's binary, it times the stepwise loop too, and the
+# graph path last). carry [".device"]; source stash.sh first.
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} QTUNE_KERNEL_CACHE=/tmp/kcache
 export QTUNE_DATA_DIR=/tmp/data HF_HUB_OFFLINE=1

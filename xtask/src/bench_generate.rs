@@ -30,8 +30,9 @@ pub struct Args {
     /// Write the batches for the peer here (JSON) before timing.
     #[arg(long)]
     export: Option<PathBuf>,
-    /// Also time the same batches on the static-shape decoder (`greedy_fixed_batch`), with and
-    /// without CUDA graphs (no scoring): where a batched step's time goes.
+    /// Also time the same batches three ways (no scoring): the stepwise loop, the static-shape
+    /// decoder eagerly (`generate`'s path for a batch) and with CUDA graphs (last: at 32 rows
+    /// of GPT-J-6B its graphs ran out of an H100's memory).
     #[arg(long)]
     fixed_paths: bool,
     /// Sample the host during the timed generation (`--features host-profile`).
@@ -161,43 +162,42 @@ fn run_impl(a: &Args) -> anyhow::Result<()> {
                "exact": metric("exact"), "f1": metric("f1")})
     );
     if a.fixed_paths {
-        // The same batches through the static-shape decoder, graphs on and off: the time and
-        // how many rows agree token for token with the stepwise loop above.
-        let stepwise = qtune_train::evaluate::generate_items(
-            &model,
-            &items,
-            a.batch,
-            &qtune_lm::GenerationConfig {
-                max_new_tokens: a.new_tokens,
-                eos_token_id: Some(eos),
-                pad_token_id: Some(eos),
-                ..Default::default()
-            },
-        )?;
-        for graphs in [false, true] {
+        // The same batches three ways: the stepwise loop (growing cache, host argmax), the
+        // static-shape decoder eagerly (what `generate` runs for a batch) and with CUDA graphs;
+        // each timed, with how many rows agree token for token with the stepwise loop.
+        let mut stepwise: Vec<Vec<u32>> = Vec::new();
+        for path in ["stepwise", "fixed", "fixed-graphs"] {
             let cfg = qtune_lm::GenerationConfig {
                 max_new_tokens: a.new_tokens,
                 eos_token_id: Some(eos),
                 pad_token_id: Some(eos),
-                device_graphs: graphs,
+                device_graphs: path == "fixed-graphs",
                 ..Default::default()
             };
             let s = Instant::now();
-            let (mut tokens, mut same) = (0usize, 0usize);
+            let mut out = vec![Vec::new(); items.len()];
             for chunk in order.chunks(a.batch) {
                 let prompts: Vec<Vec<u32>> =
                     chunk.iter().map(|&i| items[i].prompt_ids.clone()).collect();
-                let out = qtune_lm::fixed::greedy_fixed_batch(&model, &prompts, &cfg)?;
-                for (&i, o) in chunk.iter().zip(&out) {
-                    tokens += o.len();
-                    same += usize::from(*o == stepwise[i]);
+                let got = if path == "stepwise" {
+                    qtune_lm::CausalLm::generate_stepwise(&model, &prompts, &cfg)?
+                } else {
+                    qtune_lm::fixed::greedy_fixed_batch(&model, &prompts, &cfg)?
+                };
+                for (&i, o) in chunk.iter().zip(got) {
+                    out[i] = o;
                 }
             }
             sync()?;
             let secs = s.elapsed().as_secs_f64();
+            if path == "stepwise" {
+                stepwise.clone_from(&out);
+            }
+            let tokens: usize = out.iter().map(Vec::len).sum();
+            let same = out.iter().zip(&stepwise).filter(|(x, y)| x == y).count();
             println!(
                 "{}",
-                json!({"bench": "generate_fixed", "device_graphs": graphs, "new_tokens": tokens,
+                json!({"bench": "generate_path", "path": path, "new_tokens": tokens,
                        "generate_s": secs, "new_tok_s": tokens as f64 / secs,
                        "rows_equal_to_stepwise": same, "rows": items.len()})
             );
