@@ -172,6 +172,11 @@ pub fn greedy_fixed<B: QBackend, M: CausalLm<B>>(
 /// decoding stops once every row has produced EOS; a row that ended keeps decoding until then,
 /// and what it produces after its EOS is dropped (it never reaches the other rows).
 ///
+/// Graphs suit one row. With several, each linear dequantizes its weight for a GEMM inside the
+/// recorded steps, and the graph keeps those dense weights for every captured step: 32 rows of
+/// GPT-J-6B NF4 ran out of an H100's memory. [`crate::generate::generate`] therefore runs a batch
+/// with graphs off.
+///
 /// # Errors
 /// [`LmError::Input`] for no prompts, an empty prompt or a token outside the vocabulary; a
 /// device graph failure.
