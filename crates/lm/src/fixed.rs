@@ -174,7 +174,7 @@ pub fn greedy_fixed<B: QBackend, M: CausalLm<B>>(
 ///
 /// Graphs suit one row. With several, each linear dequantizes its weight for a GEMM inside the
 /// recorded steps, and the graph keeps those dense weights for every captured step: 32 rows of
-/// GPT-J-6B NF4 ran out of an H100's memory. [`crate::generate::generate`] therefore runs a batch
+/// GPT-J-6B NF4 ran out of an H100's memory. [`crate::CausalLm::generate`] therefore runs a batch
 /// with graphs off.
 ///
 /// # Errors

@@ -360,11 +360,11 @@ pub fn length_order(lens: &[usize]) -> Vec<usize> {
     order
 }
 
-/// [`generate`] over any number of prompts, in batches of `batch_size` (left-padded) taken in
-/// [`length_order`]; the results come back in prompt order.
+/// [`crate::CausalLm::generate`] over any number of prompts, in batches of `batch_size`
+/// (left-padded) taken in [`length_order`]; the results come back in prompt order.
 ///
 /// # Errors
-/// As [`generate`]; `batch_size` 0.
+/// As [`crate::CausalLm::generate`]; `batch_size` 0.
 pub fn generate_batched<B: QBackend, M: CausalLm<B>>(
     model: &M,
     prompts: &[Vec<u32>],
