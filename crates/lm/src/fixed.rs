@@ -187,9 +187,7 @@ pub fn greedy_fixed_batch<B: QBackend, M: CausalLm<B>>(
 ) -> Result<Vec<Vec<u32>>, LmError> {
     let n_new = cfg.max_new_tokens;
     if n_new == 0 {
-        for p in prompts {
-            check_prompt(p, model.vocab_size())?;
-        }
+        check_prompts(prompts, model.vocab_size())?;
         return Ok(vec![Vec::new(); prompts.len()]);
     }
     let device = model.device();
@@ -255,6 +253,14 @@ pub fn greedy_fixed_batch<B: QBackend, M: CausalLm<B>>(
         .collect()
 }
 
+/// At least one prompt, each valid ([`check_prompt`]).
+fn check_prompts(prompts: &[Vec<u32>], vocab: usize) -> Result<(), LmError> {
+    if prompts.is_empty() {
+        return Err(LmError::Input("no prompts to decode".into()));
+    }
+    prompts.iter().try_for_each(|p| check_prompt(p, vocab))
+}
+
 /// The fixed-shape decoder after the prefill of `prompt`, with room for `n_new ≥ 1` tokens;
 /// its state already holds the first new token.
 ///
@@ -279,12 +285,7 @@ pub fn fixed_decoder_batch<B: QBackend, M: CausalLm<B>>(
     n_new: usize,
     pad: u32,
 ) -> Result<FixedDecoder<B, M>, LmError> {
-    if prompts.is_empty() {
-        return Err(LmError::Input("no prompts to decode".into()));
-    }
-    for p in prompts {
-        check_prompt(p, model.vocab_size())?;
-    }
+    check_prompts(prompts, model.vocab_size())?;
     let (rows, device) = (prompts.len(), model.device());
     let t = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let len = t + n_new - 1;
