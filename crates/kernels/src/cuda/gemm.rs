@@ -434,7 +434,8 @@ pub(crate) fn strided_gemm(
 /// `offsets[i][1]` and writes `c` at `offsets[i][2]`; outputs must not overlap. For matrices
 /// that no single stride reaches (attention's heads across batch rows): one cuBLAS call where
 /// a strided batch needs one per batch row. The pointer arrays are built on the device thread
-/// and copied to a device buffer on the GEMM's stream just before it. Asynchronous as
+/// and copied to a device buffer on the GEMM's stream just before it (while a CUDA graph is
+/// recorded: into the graph's own memory, one batched node still). Asynchronous as
 /// [`strided_gemm`].
 ///
 /// # Panics
@@ -485,42 +486,40 @@ pub(crate) fn pointer_batched_gemm(
         let dev = stream_blas(device, stream as sys::cudaStream_t);
         let dev = dev.lock().unwrap_or_else(|p| p.into_inner());
         let i = |v: usize| v as i32;
-        let mut capture = cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
-        // SAFETY: a live stream of this context.
-        unsafe { cudarc::driver::sys::cuStreamIsCapturing(stream as _, &mut capture) };
-        if capture != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
-            // A CUDA graph would keep the pointer arrays' host source by address: one GEMM per
-            // problem instead.
-            for p in 0..problems {
-                let ptrs = [host[problems + p], host[p], host[2 * problems + p]];
-                // SAFETY: as for the batched call below, one problem at a time.
-                let one = Gemm { batch: 1, ..g };
-                let r =
-                    unsafe { gemm_ex(*dev.blas.handle(), &one, (ty, out_ty), ptrs, lds, [0; 3]) };
-                if let Err(e) = r {
-                    return stop_on_gemm_failure(e);
+        // While a CUDA graph is recorded the arrays go to the graph's own device memory
+        // (uploaded before any replay): a recorded copy would read `host` by address at every
+        // replay.
+        // SAFETY: the u64s' bytes, read while `host` lives.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(host.as_ptr().cast::<u8>(), host.len() * 8) };
+        let dst = match cubecl::cuda::capture::graph_constant(bytes) {
+            Some(Ok(ptr)) => ptr,
+            Some(Err(e)) => return stop_on_gemm_failure(e),
+            None => {
+                let dst = bases[3];
+                // SAFETY: `dst` holds 3·problems u64 (allocated above); the source is a live
+                // pageable host slice, which the driver stages before returning (upload.rs), on
+                // the stream the GEMM below runs on.
+                let copied = unsafe {
+                    cudarc::driver::sys::cuMemcpyHtoDAsync_v2(
+                        dst,
+                        host.as_ptr() as *const std::ffi::c_void,
+                        host.len() * 8,
+                        stream as cudarc::driver::sys::CUstream,
+                    )
+                };
+                if copied != cudarc::driver::sys::cudaError_enum::CUDA_SUCCESS {
+                    return stop_on_gemm_failure(format!(
+                        "pointer arrays for a batched GEMM: {copied:?}"
+                    ));
                 }
+                dst
             }
-            return;
-        }
-        let dst = bases[3];
-        // SAFETY: `dst` holds 3·problems u64 (allocated above); the source is a live pageable
-        // host slice, which the driver stages before returning (upload.rs), on the stream the
-        // GEMM below runs on.
-        let copied = unsafe {
-            cudarc::driver::sys::cuMemcpyHtoDAsync_v2(
-                dst,
-                host.as_ptr() as *const std::ffi::c_void,
-                host.len() * 8,
-                stream as cudarc::driver::sys::CUstream,
-            )
         };
-        if copied != cudarc::driver::sys::cudaError_enum::CUDA_SUCCESS {
-            return stop_on_gemm_failure(format!("pointer arrays for a batched GEMM: {copied:?}"));
-        }
         let n = problems as u64;
         // SAFETY: every pointer addresses a matrix inside its live buffer (caller), the arrays
-        // were copied to `dst` on this stream just before, the handle is bound to it.
+        // were copied to `dst` on this stream just before (or sit in the graph's arena, uploaded
+        // before its replays), the handle is bound to it.
         let status = unsafe {
             sys::cublasGemmBatchedEx(
                 *dev.blas.handle(),

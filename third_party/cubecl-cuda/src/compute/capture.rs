@@ -31,8 +31,9 @@ static CAPTURING: AtomicBool = AtomicBool::new(false);
 static LIVE_GRAPHS: AtomicUsize = AtomicUsize::new(0);
 static RECORDING: Mutex<Option<Recording>> = Mutex::new(None);
 
-/// Bytes of metadata arena per capture (a GPT-J-6B decode step needs well under 1 MiB).
-const ARENA_BYTES: usize = 8 << 20;
+/// Bytes of metadata arena per capture (a GPT-J-6B decode step needs well under 1 MiB of kernel
+/// metadata; a 32-row step adds ~0.7 MiB of cuBLAS pointer arrays, see [`graph_constant`]).
+const ARENA_BYTES: usize = 32 << 20;
 const ARENA_ALIGN: usize = 16;
 
 struct Recording {
@@ -78,6 +79,15 @@ pub(crate) fn metadata(data: &[u8]) -> Option<Result<(u64, *mut c_void), String>
     let ptr = *slot;
     rec.slots.push(slot);
     Some(Ok((ptr, binding)))
+}
+
+/// During a capture: a device copy of `data` that lives with the graph (placed in its arena,
+/// uploaded when the capture ends, so before any replay), as its device address; `None` when not
+/// capturing. For device-side operands a recorded library call reads and a replay must find
+/// unchanged, such as the pointer arrays of `cublasGemmBatchedEx`: a recorded host-to-device copy
+/// would read its host source by address at every replay.
+pub fn graph_constant(data: &[u8]) -> Option<Result<u64, String>> {
+    metadata(data).map(|r| r.map(|(ptr, _)| ptr))
 }
 
 /// During a capture: keeps host data a recorded copy reads (returns `None`); otherwise gives it
