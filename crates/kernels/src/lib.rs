@@ -36,7 +36,7 @@ pub use lora::lora_acc;
 pub use ops::{
     attention, attention_softmax, bias_gelu_new, cross_entropy, dropout, gelu_new, grad_seed,
     layer_norm, linear_t, linear_t_acc, matmul, rms_norm, rotary, rotary_half, select_rows,
-    silu_mul,
+    silu_mul, sum_unread,
 };
 pub use weight::{AbsmaxPrimitive, NestedPrimitive, QLayout, QWeightPrimitive, QuantWeight};
 
@@ -208,6 +208,17 @@ pub trait QBackend: Backend {
         } else {
             Self::q_linear(x, w)
         }
+    }
+
+    /// `parts[0] + parts[1] + …` (same shapes, at least one part) for a sum whose **values are
+    /// never read**, only its gradient path (a checkpointed block's recompute output: see
+    /// [`sum_unread`]). The default adds them; under autodiff a tracked call of two or three
+    /// parts returns uninitialized memory and hands the sum's gradient to every part.
+    ///
+    /// # Panics
+    /// With no parts.
+    fn q_sum_unread(parts: Vec<FloatTensor<Self>>) -> FloatTensor<Self> {
+        add_all::<Self>(parts)
     }
 
     /// `dx[m, in] = dy[m, out] · dequant(w)`, the only gradient a frozen base weight needs.
@@ -564,6 +575,18 @@ pub fn q_linear_with<B: QBackend, const D: usize>(
         } else {
             B::q_linear(x2, w)
         }
+    })
+}
+
+/// `parts[0] + parts[1] + …` in order.
+///
+/// # Panics
+/// With no parts.
+pub(crate) fn add_all<B: Backend>(parts: Vec<FloatTensor<B>>) -> FloatTensor<B> {
+    let mut parts = parts.into_iter();
+    let first = parts.next().expect("add_all: no parts");
+    parts.fold(first, |a, b| {
+        <B as burn::tensor::ops::FloatTensorOps<B>>::float_add(a, b)
     })
 }
 

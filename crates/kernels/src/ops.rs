@@ -332,3 +332,28 @@ pub fn cross_entropy<B: QBackend>(
     let nll = B::q_cross_entropy(logits.into_primitive().tensor(), targets.into_primitive());
     Tensor::from_primitive(TensorPrimitive::Float(nll))
 }
+
+/// `parts[0] + parts[1] + …` for a sum nobody reads, only differentiates: a checkpointed block's
+/// recompute output, which exists to hand the upstream gradient to its terms (GPT-J's
+/// `fc_out(x) + attn + h`, Llama's `h + mlp`). Under autodiff (two or three parts, one of
+/// them tracked) no add runs and the result is uninitialized memory; every part's gradient is
+/// the sum's, exactly as for `+`. Otherwise it is the sum. A single part is returned as is.
+///
+/// # Panics
+/// With no parts, or parts of different shapes (autodiff) as `+` would.
+pub fn sum_unread<B: QBackend, const D: usize>(parts: Vec<Tensor<B, D>>) -> Tensor<B, D> {
+    assert!(!parts.is_empty(), "sum_unread: no parts");
+    if parts.len() == 1 {
+        return parts.into_iter().next().expect("one part");
+    }
+    let shape = parts[0].shape();
+    assert!(
+        parts.iter().all(|p| p.shape() == shape),
+        "sum_unread: parts of different shapes"
+    );
+    let prims = parts
+        .into_iter()
+        .map(|p| p.into_primitive().tensor())
+        .collect();
+    Tensor::from_primitive(TensorPrimitive::Float(B::q_sum_unread(prims)))
+}

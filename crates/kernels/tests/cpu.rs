@@ -411,3 +411,62 @@ fn select_rows_refuses_repeated_rows() {
     let x = Tensor::<Ad, 2>::zeros([4, 2], &Default::default());
     qtune_kernels::select_rows(x, &[1, 1]);
 }
+
+/// A sum nobody reads (a recompute's block output): without autodiff it is the sum; under
+/// autodiff every part, two or three of them, gets the gradient `+` would give it, whether the
+/// parts are tracked or not, also when one part feeds another.
+#[test]
+fn sum_unread_hands_every_part_the_sums_gradient() {
+    let dev = Default::default();
+    let t = |seed: u64| {
+        let mut s = seed;
+        let v: Vec<f32> = (0..12)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect();
+        TensorData::new(v, [3, 4])
+    };
+    let plain: Vec<Tensor<Nd, 2>> = (0..3).map(|i| Tensor::from_data(t(i), &dev)).collect();
+    let want = plain[0].clone() + plain[1].clone() + plain[2].clone();
+    let got = qtune_kernels::sum_unread(plain.clone());
+    assert_eq!(got.into_data(), want.into_data());
+
+    let g = Tensor::<Ad, 2>::from_data(t(7), &dev);
+    for n in [2usize, 3] {
+        for tracked in [[true, true, true], [false, true, false], [true, false, true]] {
+            // Reference: `+`, then the same loss through a read of the sum's gradient only.
+            let grads_of = |unread: bool| -> Vec<Option<Vec<f32>>> {
+                let leaves: Vec<Tensor<Ad, 2>> = (0..n)
+                    .map(|i| {
+                        let x = Tensor::<Ad, 2>::from_data(t(i as u64), &dev);
+                        if tracked[i] {
+                            x.require_grad()
+                        } else {
+                            x
+                        }
+                    })
+                    .collect();
+                // The last part also depends on the first (as GPT-J's attention output on x).
+                let mut parts = leaves.clone();
+                parts[n - 1] = parts[n - 1].clone() * leaves[0].clone();
+                let s = if unread {
+                    qtune_kernels::sum_unread(parts)
+                } else {
+                    parts.into_iter().reduce(|a, b| a + b).unwrap()
+                };
+                let grads = (s * g.clone()).sum().backward();
+                leaves
+                    .iter()
+                    .map(|x| x.grad(&grads).map(|d| d.into_data().to_vec::<f32>().unwrap()))
+                    .collect()
+            };
+            assert_eq!(
+                grads_of(true),
+                grads_of(false),
+                "{n} parts, tracked {tracked:?}"
+            );
+        }
+    }
+}

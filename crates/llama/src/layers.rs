@@ -143,6 +143,11 @@ impl<B: QBackend> DecoderBlock<B> for Block<B> {
             ctx,
             salt + 4,
         );
-        h + m
+        // Unread in a checkpointed recompute: only the gradient passes (no add).
+        if ctx.output_unread {
+            qtune_kernels::sum_unread(vec![h, m])
+        } else {
+            h + m
+        }
     }
 }

@@ -342,6 +342,13 @@ impl<B: QBackend> Linear<B> {
                     None => y,
                 }
             }
+            // Nobody reads the sum (a recompute's block output): its adds (and a frozen bias,
+            // which needs no gradient) are skipped, the gradient still reaches every term.
+            _ if pass.output_unread && self.bias.as_ref().is_none_or(|b| !b.is_require_grad()) => {
+                let mut parts = vec![self.forward_unbiased(x, pass)];
+                parts.extend(adds);
+                qtune_kernels::sum_unread(parts)
+            }
             _ => adds
                 .into_iter()
                 .fold(self.forward_with(x, pass), |y, a| y + a),

@@ -130,3 +130,19 @@ impl<B: QBackend> Backward<B, 3> for GemmAccBackward {
         }
     }
 }
+
+/// Backward of a sum whose values nobody reads ([`crate::sum_unread`]): every part's gradient
+/// is the sum's.
+#[derive(Debug)]
+pub(super) struct SumUnreadBackward;
+
+impl<B: QBackend, const N: usize> Backward<B, N> for SumUnreadBackward {
+    type State = ();
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<B>(&ops.node);
+        for node in ops.parents.into_iter().flatten() {
+            grads.register::<B>(node.id, dy.clone());
+        }
+    }
+}

@@ -35,6 +35,7 @@ use fused::{
 };
 use linear::{
     dense_linear, GemmAccBackward, MatmulBackward, MatmulState, QLinearBackward, QLinearState,
+    SumUnreadBackward,
 };
 use llama::SiluMulBackward;
 use lora::{LoraBackward, LoraState};
@@ -204,6 +205,27 @@ fn tracked_q_linear<B: QBackend, C: CheckpointStrategy>(
     }
 }
 
+/// `q_sum_unread` of `N` parts with autodiff: tracked, an uninitialized output and a node that
+/// hands its gradient to every part; untracked, the sum.
+fn tracked_sum_unread<B: QBackend, C: CheckpointStrategy, const N: usize>(
+    parts: [FloatTensor<Autodiff<B, C>>; N],
+) -> FloatTensor<Autodiff<B, C>> {
+    let nodes = parts.each_ref().map(|p| p.node.clone());
+    let prims = parts.map(|p| p.primitive);
+    match SumUnreadBackward
+        .prepare::<C>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let first = &prims[0];
+            let out = B::float_empty(first.shape(), &B::float_device(first), first.dtype().into());
+            prep.finish((), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(B::q_sum_unread(prims.into())),
+    }
+}
+
 impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
     fn q_dequantize(w: QWeightPrimitive<Self>, dtype: DType) -> FloatTensor<Self> {
         <Self as AutodiffBackend>::from_inner(B::q_dequantize(inner(w), dtype))
@@ -238,6 +260,14 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         keep_dense: bool,
     ) -> FloatTensor<Self> {
         tracked_q_linear::<B, C>(x, w, keep_dense, true)
+    }
+
+    fn q_sum_unread(parts: Vec<FloatTensor<Self>>) -> FloatTensor<Self> {
+        match parts.len() {
+            2 => tracked_sum_unread::<B, C, 2>(parts.try_into().expect("two parts")),
+            3 => tracked_sum_unread::<B, C, 3>(parts.try_into().expect("three parts")),
+            _ => crate::add_all::<Self>(parts),
+        }
     }
 
     fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self> {
