@@ -422,7 +422,9 @@ fn sum_unread_hands_every_part_the_sums_gradient() {
         let mut s = seed;
         let v: Vec<f32> = (0..12)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
             })
             .collect();
@@ -435,7 +437,11 @@ fn sum_unread_hands_every_part_the_sums_gradient() {
 
     let g = Tensor::<Ad, 2>::from_data(t(7), &dev);
     for n in [2usize, 3] {
-        for tracked in [[true, true, true], [false, true, false], [true, false, true]] {
+        for tracked in [
+            [true, true, true],
+            [false, true, false],
+            [true, false, true],
+        ] {
             // Reference: `+`, then the same loss through a read of the sum's gradient only.
             let grads_of = |unread: bool| -> Vec<Option<Vec<f32>>> {
                 let leaves: Vec<Tensor<Ad, 2>> = (0..n)
@@ -459,7 +465,10 @@ fn sum_unread_hands_every_part_the_sums_gradient() {
                 let grads = (s * g.clone()).sum().backward();
                 leaves
                     .iter()
-                    .map(|x| x.grad(&grads).map(|d| d.into_data().to_vec::<f32>().unwrap()))
+                    .map(|x| {
+                        x.grad(&grads)
+                            .map(|d| d.into_data().to_vec::<f32>().unwrap())
+                    })
                     .collect()
             };
             assert_eq!(
