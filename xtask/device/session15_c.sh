@@ -10,6 +10,11 @@ START=$(date +%s)
 fits() { [ $(( $(date +%s) - START + $1 )) -le ${BUDGET:-480} ] || { echo "--- skipped ($1 s expected): $2"; false; }; }
 echo "=== A/B gptj $(date -u +%T)"
 CASES='gptj-6b:nf4:qv:8:512:default' ROUNDS=2 T_RUN=70 bash xtask/device/ab_bench.sh
+if fits 100 "gptj peer"; then
+  echo "=== peer gptj nf4 $(date -u +%T)"
+  [ -d /tmp/gptj-random ] || timeout 100 python3 .device/peer_hf.py prepare 2>&1 | tail -1
+  timeout 90 python3 .device/peer_hf.py train nf4 2>&1 | grep '^{' | head -1 | tee -a $OUT/peers.txt
+fi
 # The slow first decode: two processes with an empty kernel cache, then two with the cache
 # they filled (JIT compilation inside the timed 128 tokens would show as a slow cold pair).
 rm -rf /tmp/kcache_cold
@@ -25,11 +30,6 @@ done
 if fits 90 "A/B llama"; then
   echo "=== A/B llama $(date -u +%T)"
   CASES='llama-7b:nf4:qv:8:512:default' ROUNDS=1 T_RUN=70 bash xtask/device/ab_bench.sh
-fi
-if fits 100 "gptj peer"; then
-  echo "=== peer gptj nf4 $(date -u +%T)"
-  [ -d /tmp/gptj-random ] || timeout 100 python3 .device/peer_hf.py prepare 2>&1 | tail -1
-  timeout 90 python3 .device/peer_hf.py train nf4 2>&1 | grep '^{' | head -1 | tee -a $OUT/peers.txt
 fi
 if fits 150 "gpu-check"; then
   echo "=== gpu-check $(date -u +%T)"
