@@ -9,7 +9,7 @@ export PYTHONPATH=$PWD/.device/site
 START=$(date +%s)
 fits() { [ $(( $(date +%s) - START + $1 )) -le ${BUDGET:-480} ] || { echo "--- skipped ($1 s expected): $2"; false; }; }
 echo "=== A/B gptj $(date -u +%T)"
-CASES='gptj-6b:nf4:qv:8:512:default' ROUNDS=2 T_RUN=70 bash xtask/device/ab_bench.sh
+CASES='gptj-6b:nf4:qv:8:512:default' ROUNDS=${GPTJ_ROUNDS:-2} T_RUN=70 bash xtask/device/ab_bench.sh
 if fits 100 "gptj peer"; then
   echo "=== peer gptj nf4 $(date -u +%T)"
   [ -d /tmp/gptj-random ] || timeout 100 python3 .device/peer_hf.py prepare 2>&1 | tail -1
