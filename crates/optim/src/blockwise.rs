@@ -46,34 +46,32 @@ pub(crate) fn dequantize<B: Backend>(
 
 /// bitsandbytes' `quantize_2D<signed>` over a tensor of normalized values (in [-1, 1]); returns
 /// codes in the backend's index dtype. Same search as [`dynamic_map::quantize_2d`]: seven
-/// halvings from pivot 127 keep the bracketing codes, then the nearer one by f32 midpoint.
-pub(crate) fn quantize_2d<B: Backend>(
-    map: &Tensor<B, 1>,
-    signed: bool,
-    x: Tensor<B, 1>,
-) -> Tensor<B, 1, Int> {
+/// halvings from pivot 127, then the nearer of the final pivot's value and the bracketing
+/// code's by f32 midpoint.
+///
+/// Only the pivot is carried through the halvings (6 ops a halving, where carrying the bracket
+/// took 11: the optimizer step is launch-bound). The bracket bnb carries is the final pivot
+/// `p`'s neighbours: after the last halving that went the other way (step `s`), every later one
+/// moved `p` back by `s/2 + … + 1 = s − 1`, so that pivot is `p ± 1`; where no halving went one
+/// way the bracket is the map's end (code 0 or 255, `p` then 0 or 254), whose value matters only
+/// when it equals `p`'s side anyway.
+pub(crate) fn quantize_2d<B: Backend>(map: &Tensor<B, 1>, x: Tensor<B, 1>) -> Tensor<B, 1, Int> {
     let n = x.dims()[0];
     let device = x.device();
     let mut pivot = Tensor::<B, 1, Int>::full([n], 127, &device);
-    let mut lower_pivot = Tensor::<B, 1, Int>::zeros([n], &device);
-    let mut upper_pivot = Tensor::<B, 1, Int>::full([n], 255, &device);
-    let lo = if signed { -1.0 } else { 0.0 };
-    let mut lower = Tensor::<B, 1>::full([n], lo, (&device, DType::F32));
-    let mut upper = Tensor::<B, 1>::ones([n], (&device, DType::F32));
     let mut val = map.clone().select(0, pivot.clone());
     let mut step = 64i64;
     while step > 0 {
-        let above = x.clone().greater(val.clone());
-        let below = above.clone().bool_not();
-        lower_pivot = lower_pivot.mask_where(above.clone(), pivot.clone());
-        lower = lower.mask_where(above.clone(), val.clone());
-        upper_pivot = upper_pivot.mask_where(below.clone(), pivot.clone());
-        upper = upper.mask_where(below, val.clone());
+        let above = x.clone().greater(val);
         // pivot += above ? step : -step
         pivot = pivot + above.int().mul_scalar(2 * step).sub_scalar(step);
         val = map.clone().select(0, pivot.clone());
         step >>= 1;
     }
+    let lower_pivot = pivot.clone().sub_scalar(1).clamp_min(0);
+    let upper_pivot = pivot.clone().add_scalar(1).clamp_max(255);
+    let lower = map.clone().select(0, lower_pivot.clone());
+    let upper = map.clone().select(0, upper_pivot.clone());
     let above = x.clone().greater(val.clone());
     let take_upper = x.clone().greater((upper + val.clone()).mul_scalar(0.5));
     let take_lower = x.lower((lower + val).mul_scalar(0.5));
@@ -104,9 +102,24 @@ mod tests {
                 .collect();
             xs.extend(host.iter().copied());
             xs.extend(host.windows(2).map(|w| (w[0] + w[1]) * 0.5));
+            // Past the ends, non-finite, signed zeros and subnormals: the search must still
+            // agree (a zero block normalizes to NaN; rounding can step past ±1).
+            xs.extend([
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                1.5,
+                -1.5,
+                1.0 + f32::EPSILON,
+                -1.0 - f32::EPSILON,
+                0.0,
+                -0.0,
+                f32::MIN_POSITIVE / 4.0,
+                -f32::MIN_POSITIVE / 4.0,
+            ]);
             let map = if signed { &maps.signed } else { &maps.unsigned };
             let t = Tensor::<B, 1>::from_data(TensorData::new(xs.clone(), [xs.len()]), &device);
-            let codes = quantize_2d(map, signed, t).cast(IntDType::U8).into_data();
+            let codes = quantize_2d(map, t).cast(IntDType::U8).into_data();
             let codes = codes.to_vec::<u8>().expect("u8 codes");
             for (x, c) in xs.iter().zip(&codes) {
                 assert_eq!(
@@ -174,7 +187,7 @@ mod tests {
             let normalized = (t.reshape([n_blocks, BLOCK]) / am.clone().clamp_min(f32::MIN_POSITIVE).reshape([n_blocks, 1]))
                 .reshape([n_blocks * BLOCK]);
             let x_host = normalized.clone().into_data().to_vec::<f32>().expect("f32");
-            let codes = quantize_2d(map, signed, normalized);
+            let codes = quantize_2d(map, normalized);
             let back = dequantize(map, codes.clone(), am, n_blocks).into_data().to_vec::<f32>().expect("f32");
             let codes = codes.cast(IntDType::U8).into_data().to_vec::<u8>().expect("u8");
             let err = max_error(&host);

@@ -240,7 +240,6 @@ pub(crate) fn bnb_adam8_blockwise<B: Backend>(
 
     let c1 = quantize_2d(
         &maps.signed,
-        true,
         normalize(s1.clone(), absmax1.clone(), n_blocks),
     );
     // Keep the sign of the first moment: a small negative value must not decode as +0.
@@ -251,11 +250,7 @@ pub(crate) fn bnb_adam8_blockwise<B: Backend>(
         .bool_and(s1.clone().greater_elem(0.0));
     let bump_down = decoded.greater_equal_elem(0.0).bool_and(s1.lower_elem(0.0));
     let c1 = c1 + bump_up.int() - bump_down.int();
-    let c2 = quantize_2d(
-        &maps.unsigned,
-        false,
-        normalize(s2, absmax2.clone(), n_blocks),
-    );
+    let c2 = quantize_2d(&maps.unsigned, normalize(s2, absmax2.clone(), n_blocks));
 
     let state = Blockwise8 {
         state1: c1.narrow(0, 0, n).cast(IntDType::U8),
