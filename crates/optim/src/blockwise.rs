@@ -49,7 +49,7 @@ pub(crate) fn dequantize<B: Backend>(
 /// halvings from pivot 127, then the nearer of the final pivot's value and the bracketing
 /// code's by f32 midpoint.
 ///
-/// Only the pivot is carried through the halvings (6 ops a halving, where carrying the bracket
+/// Only the pivot is carried through the halvings (5 ops a halving, where carrying the bracket
 /// took 11: the optimizer step is launch-bound). The bracket bnb carries is the final pivot
 /// `p`'s neighbours: after the last halving that went the other way (step `s`), every later one
 /// moved `p` back by `s/2 + … + 1 = s − 1`, so that pivot is `p ± 1`; where no halving went one
@@ -64,7 +64,10 @@ pub(crate) fn quantize_2d<B: Backend>(map: &Tensor<B, 1>, x: Tensor<B, 1>) -> Te
     while step > 0 {
         let above = x.clone().greater(val);
         // pivot += above ? step : -step
-        pivot = pivot + above.int().mul_scalar(2 * step).sub_scalar(step);
+        pivot = pivot
+            .clone()
+            .sub_scalar(step)
+            .mask_where(above, pivot.add_scalar(step));
         val = map.clone().select(0, pivot.clone());
         step >>= 1;
     }

@@ -242,13 +242,18 @@ pub(crate) fn bnb_adam8_blockwise<B: Backend>(
         &maps.signed,
         normalize(s1.clone(), absmax1.clone(), n_blocks),
     );
-    // Keep the sign of the first moment: a small negative value must not decode as +0.
-    let decoded = maps.signed.clone().select(0, c1.clone());
-    let bump_up = decoded
+    // Keep the sign of the first moment: a small negative value must not decode as +0. The
+    // signed map rises strictly through its exact zero at `signed_zero`, so a code decodes
+    // below zero exactly when it is below that code (no gather of the decoded values).
+    let zero = i64::from(maps.signed_zero);
+    let bump_up = c1
         .clone()
-        .lower_elem(0.0)
+        .lower_elem(zero)
         .bool_and(s1.clone().greater_elem(0.0));
-    let bump_down = decoded.greater_equal_elem(0.0).bool_and(s1.lower_elem(0.0));
+    let bump_down = c1
+        .clone()
+        .greater_equal_elem(zero)
+        .bool_and(s1.lower_elem(0.0));
     let c1 = c1 + bump_up.int() - bump_down.int();
     let c2 = quantize_2d(&maps.unsigned, normalize(s2, absmax2.clone(), n_blocks));
 

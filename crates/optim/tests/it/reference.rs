@@ -75,14 +75,65 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
 #[test]
 fn blockwise_step_equals_scalar_transcription_of_bnb_kernel() {
     let fx = Fixture::load();
+    let p0: Vec<f32> = fx.f32("p0.big")[..N].to_vec();
+    let steps: Vec<(Vec<f32>, Vec<f32>)> = (1..=8u64)
+        .map(|s| {
+            (
+                fx.f32(&format!("grad.{s}.big"))[..N].to_vec(),
+                fx.f32(&format!("grad.{s}.small")),
+            )
+        })
+        .collect();
+    same_as_host(&p0, &fx.f32("p0.small"), &steps);
+}
+
+/// First moments next to zero relative to their block's absmax, of both signs, around the codes
+/// either side of the signed map's exact zero and their midpoints: where bnb's sign keeping
+/// moves a code (a small negative moment must not decode as +0), which random gradients
+/// almost never reach.
+#[test]
+fn sign_keeping_near_zero_equals_the_scalar_transcription() {
+    let m1 = create_dynamic_map(true);
+    let z = 127usize;
+    // The values either side of zero, their halves (the midpoints to zero) and nudges of them.
+    let mut xs = Vec::new();
+    for v in [m1[z - 1], m1[z + 1], m1[z - 2], m1[z + 2]] {
+        for f in [0.25f32, 0.49, 0.5, 0.51, 0.75, 1.0, 1.25, 1.5] {
+            xs.push(v * f);
+            xs.push(-v * f);
+        }
+    }
+    xs.extend([0.0, -0.0, 1e-30, -1e-30]);
+    // Each block: one gradient of 1 sets the absmax; the rest cycle through `xs`.
+    let g: Vec<f32> = (0..N)
+        .map(|i| {
+            if i % BLOCK == 0 {
+                1.0
+            } else {
+                xs[i % xs.len()]
+            }
+        })
+        .collect();
+    let flip: Vec<f32> = g.iter().map(|v| -v * 0.5).collect();
+    let p0: Vec<f32> = (0..N).map(|i| (i as f32 * 0.37).sin()).collect();
+    let small = vec![0.01f32; 8];
+    let steps = vec![
+        (g.clone(), small.clone()),
+        (flip, small.clone()),
+        (g, small.clone()),
+    ];
+    same_as_host(&p0, &small, &steps);
+}
+
+/// `steps` (big, small gradients) through the optimizer and through [`host_step`]: the big
+/// tensor's parameters and 8-bit state equal bit for bit after every step.
+fn same_as_host(p0: &[f32], small: &[f32], steps: &[(Vec<f32>, Vec<f32>)]) {
     let cfg = OptimizerConfig {
         optim: OptimKind::AdamW8bit,
         ..OptimizerConfig::default()
     };
-    let p0: Vec<f32> = fx.f32("p0.big")[..N].to_vec();
-    let small = fx.f32("p0.small");
-    let mut optim = Optimizer::<B>::new(cfg).expect("config");
-    let mut m = pair(&p0, &small);
+    let mut optim = Optimizer::<B>::new(cfg.clone()).expect("config");
+    let mut m = pair(p0, small);
     let nb = N.div_ceil(BLOCK);
     let mut host = HostState {
         c1: vec![127; N],
@@ -90,13 +141,11 @@ fn blockwise_step_equals_scalar_transcription_of_bnb_kernel() {
         c2: vec![0; N],
         a2: vec![0.0; nb],
     };
-    let mut host_p = p0.clone();
-    for s in 1..=8u64 {
-        let g: Vec<f32> = fx.f32(&format!("grad.{s}.big"))[..N].to_vec();
-        let grads = grads_for(&m, &g, &fx.f32(&format!("grad.{s}.small")));
+    let mut host_p = p0.to_vec();
+    for (s, (g, gs)) in (1..).zip(steps) {
+        let grads = grads_for(&m, g, gs);
         m = optim.step(1e-3, m, grads).expect("step");
-        host_step(&mut host_p, &g, &mut host, s, 1e-3, &cfg);
-
+        host_step(&mut host_p, g, &mut host, s, 1e-3, &cfg);
         let ours = values(m.big.val());
         let same = ours
             .iter()
