@@ -132,7 +132,7 @@ fn same_as_host(p0: &[f32], small: &[f32], steps: &[(Vec<f32>, Vec<f32>)]) {
         optim: OptimKind::AdamW8bit,
         ..OptimizerConfig::default()
     };
-    let mut optim = Optimizer::<B>::new(cfg.clone()).expect("config");
+    let mut optim = Optimizer::<B>::new(cfg).expect("config");
     let mut m = pair(p0, small);
     let nb = N.div_ceil(BLOCK);
     let mut host = HostState {
