@@ -52,9 +52,10 @@ pub(crate) fn dequantize<B: Backend>(
 /// Only the pivot is carried through the halvings (5 ops a halving, where carrying the bracket
 /// took 11: the optimizer step is launch-bound). The bracket bnb carries is the final pivot
 /// `p`'s neighbours: after the last halving that went the other way (step `s`), every later one
-/// moved `p` back by `s/2 + … + 1 = s − 1`, so that pivot is `p ± 1`; where no halving went one
-/// way the bracket is the map's end (code 0 or 255, `p` then 0 or 254), whose value matters only
-/// when it equals `p`'s side anyway.
+/// moved `p` back by `s/2 + … + 1 = s − 1`, so that pivot is `p ± 1`. If no halving went down,
+/// bnb's upper bracket is its initial code 255, and `p` = 254. If none went up, its lower
+/// bracket is its initial code 0 (value `lo`), and `p` = 0: the clamped neighbour is code 0
+/// too, so either choice gives code 0.
 pub(crate) fn quantize_2d<B: Backend>(map: &Tensor<B, 1>, x: Tensor<B, 1>) -> Tensor<B, 1, Int> {
     let n = x.dims()[0];
     let device = x.device();
