@@ -33,7 +33,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
 #[cfg(not(feature = "cuda"))]
 fn run_impl(_args: &Args) -> anyhow::Result<()> {
-    anyhow::bail!("`bench dequant` needs a CUDA build: cargo xtask bench dequant --features cuda (run it on a GPU machine)")
+    Err(crate::needs_cuda("dequant"))
 }
 
 #[cfg(feature = "cuda")]

@@ -50,10 +50,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
 #[cfg(not(feature = "cuda"))]
 fn run_impl(_args: &Args) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "`bench generate` needs a CUDA build: cargo build --release -p xtask --features cuda \
-         (run it on a GPU machine); nothing was measured"
-    )
+    Err(crate::needs_cuda("generate"))
 }
 
 #[cfg(feature = "cuda")]

@@ -189,6 +189,15 @@ fn tiny_config(dataset: Dataset) -> RunConfig {
     cfg
 }
 
+/// The error of a GPU benchmark (`bench <name>`) in a build without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+pub(crate) fn needs_cuda(name: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "`bench {name}` needs a CUDA build: cargo build --release -p xtask --features cuda \
+         (run it on a GPU machine); nothing was measured"
+    )
+}
+
 fn main() -> std::process::ExitCode {
     qtune_train::run_main(|| run_cli(Cli::parse()))
 }

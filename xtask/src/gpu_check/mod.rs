@@ -49,7 +49,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
 #[cfg(not(feature = "cuda"))]
 fn run_impl(_args: &Args) -> anyhow::Result<()> {
-    anyhow::bail!("`bench gpu-check` needs a CUDA build (--features cuda) and a GPU")
+    Err(crate::needs_cuda("gpu-check"))
 }
 
 /// Two bf16 ulps at the largest value (2 · 2⁻⁸ ≈ 7.8e-3): the floor of every bf16-vs-f32
