@@ -120,13 +120,28 @@ impl<B: QBackend> Mlp<B> {
         salt: u64,
         adds: Vec<Tensor<B, 3>>,
     ) -> Tensor<B, 3> {
+        // Both linears frozen and quantized (no adapter), several rows: one op whose bias and
+        // `gelu_new` ride on the GEMMs' epilogues on CUDA (`qtune_kernels::mlp_gelu_new`).
+        let [b, t, _] = x.dims();
+        let (pass, out_pass) = (ctx.pass(salt), ctx.output_pass(salt + 1));
+        if let (Activation::GeluNew, Some(w_in), Some(w_out), Some(b_in)) = (
+            self.act,
+            self.fc_in.frozen_quant(),
+            self.fc_out.frozen_quant(),
+            self.fc_in.bias(),
+        ) {
+            if b * t > 1 && qtune_kernels::mlp_fits(pass.backward, w_in.shape(), w_out.shape()) {
+                let y = qtune_kernels::mlp_gelu_new(x, w_in, b_in, w_out, out_pass.output_unread);
+                return self.fc_out.plus(y, out_pass, adds);
+            }
+        }
         let hdn = match (self.act, self.fc_in.bias()) {
             // HF `NewGELUActivation` with fc_in's bias folded in: one fused kernel on CUDA.
             (Activation::GeluNew, Some(b)) => {
-                qtune_kernels::bias_gelu_new(self.fc_in.forward_unbiased(x, ctx.pass(salt)), b)
+                qtune_kernels::bias_gelu_new(self.fc_in.forward_unbiased(x, pass), b)
             }
             (act, _) => {
-                let hdn = self.fc_in.forward_with(x, ctx.pass(salt));
+                let hdn = self.fc_in.forward_with(x, pass);
                 match act {
                     Activation::GeluNew => qtune_kernels::gelu_new(hdn),
                     Activation::Gelu => burn::tensor::activation::gelu(hdn),
@@ -134,8 +149,7 @@ impl<B: QBackend> Mlp<B> {
                 }
             }
         };
-        self.fc_out
-            .forward_plus(hdn, ctx.output_pass(salt + 1), adds)
+        self.fc_out.forward_plus(hdn, out_pass, adds)
     }
 }
 

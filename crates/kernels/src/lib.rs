@@ -23,6 +23,7 @@ mod dropout;
 mod error;
 mod llama_ops;
 mod lora;
+mod mlp;
 mod ops;
 mod reference;
 mod weight;
@@ -33,6 +34,7 @@ pub mod cuda;
 pub use decode::{first_argmax, graph_capture, greedy_advance, write_row, DeviceGraph};
 pub use error::KernelError;
 pub use lora::lora_acc;
+pub use mlp::{mlp_fits, mlp_gelu_new, BiasAct};
 pub use ops::{
     attention, attention_softmax, bias_gelu_new, cross_entropy, dropout, gelu_new, grad_seed,
     layer_norm, linear_t, linear_t_acc, matmul, rms_norm, rotary, rotary_half, select_rows,
@@ -223,6 +225,46 @@ pub trait QBackend: Backend {
 
     /// `dx[m, in] = dy[m, out] · dequant(w)`, the only gradient a frozen base weight needs.
     fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self>;
+
+    /// `x[m, in] · dequant(w)ᵀ + bias` (a frozen `bias [out]` in `x`'s dtype), then `act`
+    /// ([`BiasAct`]); with [`BiasAct::GeluNewAux`] also the pre-activation (`x`'s dtype). No
+    /// autodiff (the op of [`QBackend::q_mlp_gelu_new`]'s forward). CUDA computes the bias and
+    /// the activation in the GEMM's epilogue (on the f32 accumulator, rounded once); the
+    /// default is the product, then the model's bias and `gelu_new` ops.
+    fn q_linear_bias_act(
+        x: FloatTensor<Self>,
+        w: QWeightPrimitive<Self>,
+        bias: FloatTensor<Self>,
+        act: BiasAct,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        mlp::linear_bias_act_ops::<Self>(x, w, bias, act)
+    }
+
+    /// `(dy[m, out] · dequant(w)) ⊙ gelu_new'(pre)` for the pre-activation `pre [m, in]`: the
+    /// gradient reaching the activation's input through the next linear (CUDA: the dx GEMM's
+    /// DGELU epilogue). No autodiff.
+    fn q_linear_dx_dgelu(
+        dy: FloatTensor<Self>,
+        w: QWeightPrimitive<Self>,
+        pre: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::q_gelu_new_backward(pre, None, Self::q_linear_dx(dy, w))
+    }
+
+    /// `gelu_new(x·dequant(w_in)ᵀ + b_in)·dequant(w_out)ᵀ` for 2-D `x`, frozen weights and
+    /// bias (see [`mlp_gelu_new`]). Under autodiff one node keeps the two quantized weights and
+    /// the pre-activation; its backward is [`QBackend::q_linear_dx_dgelu`] then
+    /// [`QBackend::q_linear_dx`]. With `unread`, a tracked call computes only the
+    /// pre-activation and returns uninitialized memory.
+    fn q_mlp_gelu_new(
+        x: FloatTensor<Self>,
+        w: [QWeightPrimitive<Self>; 2],
+        b_in: FloatTensor<Self>,
+        unread: bool,
+    ) -> FloatTensor<Self> {
+        let _ = unread;
+        mlp::mlp_gelu_new_ops::<Self>(x, w, b_in)
+    }
 
     /// Batched row-major matmul `c[i] = alpha·op(a[i])·op(b[i])` of 3-D `a`, `b` (same batch size and
     /// dtype; `op` transposes the last two dims when `opts.ta`/`opts.tb`), accumulated and scaled in f32 and written in

@@ -248,6 +248,15 @@ impl<B: Backend> Linear<B> {
         self.bias.as_ref().map(|b| b.val())
     }
 
+    /// The quantized base weight of a layer without an adapter (the whole layer frozen), for
+    /// callers that fuse it with its neighbours (GPT-J's MLP: `qtune_kernels::mlp_gelu_new`).
+    pub fn frozen_quant(&self) -> Option<&QuantWeight<B>> {
+        match (&self.base, &self.lora) {
+            (LinearBase::Quant(q), None) => Some(q),
+            _ => None,
+        }
+    }
+
     /// Adds a freshly initialized adapter (replacing any existing one); see [`LoraAdapter::init`].
     pub fn attach_lora<R: Rng + ?Sized>(self, cfg: &LoraConfig, rng: &mut R) -> Self {
         let [out, inp] = self.shape();
@@ -304,13 +313,14 @@ impl<B: QBackend> Linear<B> {
     /// [`LoraAdapter::forward_onto`]), a quantized base's backward state by its `backward`.
     pub fn forward_with<const D: usize>(&self, x: Tensor<B, D>, pass: Pass) -> Tensor<B, D> {
         let y = self.forward_unbiased(x, pass);
-        match &self.bias {
-            Some(b) => {
-                let b = in_dtype(b.val(), y.dtype());
-                y + b.unsqueeze::<D>()
-            }
-            None => y,
-        }
+        self.plus(
+            y,
+            Pass {
+                output_unread: false,
+                ..pass
+            },
+            Vec::new(),
+        )
     }
 
     /// `forward_with(x, pass) + adds[0] + adds[1] + …` (each of the output's shape, in
@@ -342,17 +352,33 @@ impl<B: QBackend> Linear<B> {
                     None => y,
                 }
             }
-            // Nobody reads the sum (a recompute's block output): its adds (and a frozen bias,
-            // which needs no gradient) are skipped, the gradient still reaches every term.
-            _ if pass.output_unread && self.bias.as_ref().is_none_or(|b| !b.is_require_grad()) => {
-                let mut parts = vec![self.forward_unbiased(x, pass)];
-                parts.extend(adds);
-                qtune_kernels::sum_unread(parts)
-            }
-            _ => adds
-                .into_iter()
-                .fold(self.forward_with(x, pass), |y, a| y + a),
+            _ => self.plus(self.forward_unbiased(x, pass), pass, adds),
         }
+    }
+
+    /// `y + bias + adds[0] + …` for `y`, this layer's product without its bias (computed by a
+    /// caller that fused it: see [`Linear::frozen_quant`]), as [`Linear::forward_plus`] sums it.
+    pub fn plus<const D: usize>(
+        &self,
+        y: Tensor<B, D>,
+        pass: Pass,
+        adds: Vec<Tensor<B, D>>,
+    ) -> Tensor<B, D> {
+        // Nobody reads the sum (a recompute's block output): its adds (and a frozen bias,
+        // which needs no gradient) are skipped, the gradient still reaches every term.
+        if pass.output_unread && self.bias.as_ref().is_none_or(|b| !b.is_require_grad()) {
+            let mut parts = vec![y];
+            parts.extend(adds);
+            return qtune_kernels::sum_unread(parts);
+        }
+        let y = match &self.bias {
+            Some(b) => {
+                let b = in_dtype(b.val(), y.dtype());
+                y + b.unsqueeze::<D>()
+            }
+            None => y,
+        };
+        adds.into_iter().fold(y, |y, a| y + a)
     }
 
     /// [`Linear::forward_with`] without the bias, for callers that fold [`Linear::bias`] into

@@ -146,3 +146,32 @@ impl<B: QBackend, const N: usize> Backward<B, N> for SumUnreadBackward {
         }
     }
 }
+
+/// Backward of [`QBackend::q_mlp_gelu_new`] (`y = gelu_new(pre)·W_outᵀ`, `pre = x·W_inᵀ + b`):
+/// `dpre = (dy·W_out) ⊙ gelu_new'(pre)`, `dx = dpre·W_in`; weights and bias frozen.
+#[derive(Debug)]
+pub(super) struct MlpGeluBackward;
+
+/// The two quantized weights (`[W_in, W_out]`) and the pre-activation.
+#[derive(Debug, Clone)]
+pub(super) struct MlpGeluState<B: QBackend> {
+    pub(super) w: [QWeightPrimitive<B>; 2],
+    pub(super) pre: FloatTensor<B>,
+}
+
+impl<B: QBackend> Backward<B, 1> for MlpGeluBackward {
+    type State = MlpGeluState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        if let Some(node) = node_x {
+            let MlpGeluState {
+                w: [w_in, w_out],
+                pre,
+            } = ops.state;
+            let dpre = B::q_linear_dx_dgelu(dy, w_out, pre);
+            grads.register::<B>(node.id, B::q_linear_dx(dpre, w_in));
+        }
+    }
+}

@@ -19,7 +19,7 @@ use burn::tensor::{
 };
 
 use crate::{
-    AbsmaxPrimitive, AttentionInput, AttnMask, GemmAccOptions, GemmOptions, KernelError,
+    AbsmaxPrimitive, AttentionInput, AttnMask, BiasAct, GemmAccOptions, GemmOptions, KernelError,
     LoraOptions, NestedPrimitive, NormInput, QBackend, QWeightPrimitive, QuantizeOptions,
     RotaryOptions,
 };
@@ -34,8 +34,8 @@ use fused::{
     GradSeedBackward, Norm, NormBackward, RotaryBackward, Rotation, SelectRowsBackward,
 };
 use linear::{
-    dense_linear, GemmAccBackward, MatmulBackward, MatmulState, QLinearBackward, QLinearState,
-    SumUnreadBackward,
+    dense_linear, GemmAccBackward, MatmulBackward, MatmulState, MlpGeluBackward, MlpGeluState,
+    QLinearBackward, QLinearState, SumUnreadBackward,
 };
 use llama::SiluMulBackward;
 use lora::{LoraBackward, LoraState};
@@ -267,6 +267,37 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
             2 => tracked_sum_unread::<B, C, 2>(parts.try_into().expect("two parts")),
             3 => tracked_sum_unread::<B, C, 3>(parts.try_into().expect("three parts")),
             _ => crate::add_all::<Self>(parts),
+        }
+    }
+
+    fn q_mlp_gelu_new(
+        x: FloatTensor<Self>,
+        [w_in, w_out]: [QWeightPrimitive<Self>; 2],
+        b_in: FloatTensor<Self>,
+        unread: bool,
+    ) -> FloatTensor<Self> {
+        let (w, b) = ([inner(w_in), inner(w_out)], b_in.primitive);
+        match MlpGeluBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) if unread => {
+                let x = x.primitive;
+                let (m, dtype) = (x.shape().dims::<2>()[0], x.dtype());
+                let out = w[1].layout.out_features;
+                let y = B::float_empty([m, out].into(), &B::float_device(&x), dtype.into());
+                let (pre, _) = B::q_linear_bias_act(x, w[0].clone(), b, BiasAct::Bias);
+                prep.finish(MlpGeluState { w, pre }, y)
+            }
+            OpsKind::Tracked(prep) => {
+                let (h, pre) =
+                    B::q_linear_bias_act(x.primitive, w[0].clone(), b, BiasAct::GeluNewAux);
+                let pre = pre.expect("GeluNewAux returns the pre-activation");
+                let y = B::q_linear(h, w[1].clone());
+                prep.finish(MlpGeluState { w, pre }, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q_mlp_gelu_new(x.primitive, w, b, false)),
         }
     }
 

@@ -15,8 +15,8 @@ use cubecl::cuda::CudaRuntime;
 use super::gemm::{bmm_scaled, gemm, gemm_acc, OneRow, Product};
 use super::launch;
 use crate::{
-    AttentionInput, AttnMask, GemmAccOptions, GemmOptions, KernelError, NormInput, QBackend,
-    QWeightPrimitive, QuantizeOptions, RotaryOptions,
+    AttentionInput, AttnMask, BiasAct, GemmAccOptions, GemmOptions, KernelError, NormInput,
+    QBackend, QWeightPrimitive, QuantizeOptions, RotaryOptions,
 };
 
 impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
@@ -52,6 +52,33 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
     fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self> {
         let wd = launch::dequantize::<CudaRuntime, Self>(w, dy.dtype);
         gemm::<Self>(dy, &wd, Product::AB)
+    }
+
+    fn q_linear_bias_act(
+        x: FloatTensor<Self>,
+        w: QWeightPrimitive<Self>,
+        bias: FloatTensor<Self>,
+        act: BiasAct,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let m = x.meta.shape()[0];
+        if !super::epilogue::fits(m, w.layout.out_features, x.dtype) {
+            return crate::mlp::linear_bias_act_ops::<Self>(x, w, bias, act);
+        }
+        let wd = launch::dequantize::<CudaRuntime, Self>(w, x.dtype);
+        super::epilogue::linear_bias_act(x, &wd, bias, act)
+    }
+
+    fn q_linear_dx_dgelu(
+        dy: FloatTensor<Self>,
+        w: QWeightPrimitive<Self>,
+        pre: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let m = dy.meta.shape()[0];
+        if !super::epilogue::fits(m, w.layout.in_features, dy.dtype) {
+            return Self::q_gelu_new_backward(pre, None, Self::q_linear_dx(dy, w));
+        }
+        let wd = launch::dequantize::<CudaRuntime, Self>(w, dy.dtype);
+        super::epilogue::dx_dgelu(dy, &wd, pre)
     }
 
     fn q_gemm(a: FloatTensor<Self>, b: FloatTensor<Self>, opts: GemmOptions) -> FloatTensor<Self> {

@@ -17,7 +17,7 @@ use cubecl::cuda::CudaRuntime;
 use cudarc::cublas::{result as blas, sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaStream};
 
-use super::gemm_lt::{Key, Lt};
+use super::gemm_lt::{Epilogue, EpilogueArgs, Key, Lt};
 use super::launch::{dense_gemv, empty, CubeB};
 
 /// One cuBLAS handle per (device, cubecl stream), created on first use and bound to that stream:
@@ -425,6 +425,51 @@ pub(crate) fn strided_gemm(
         mats: [am, bm, cm],
         g,
         device: a.device.index,
+        epilogue: None,
+    };
+    device_handle(a.device.index).submit(move |server| task.run(server));
+}
+
+/// [`strided_gemm`] of one dense product (batch 1) with a cuBLASLt epilogue: `bias` (`[n]`)
+/// for the bias epilogues, `aux` (`[m, n]`, rows `aux_ld` apart) for the auxiliary matrix the
+/// GELU epilogues write or read (see `gemm_lt::Epilogue`). There is no GemmEx fallback for an
+/// epilogue: a problem cuBLASLt has no algorithm for stops the process, so callers take this
+/// only where cuBLASLt's documented requirements hold (`super::epilogue::fits`).
+pub(crate) fn strided_gemm_epilogue(
+    (a, am): (&CubeTensor<CudaRuntime>, Mat),
+    (b, bm): (&CubeTensor<CudaRuntime>, Mat),
+    (c, cm): (&CubeTensor<CudaRuntime>, Mat),
+    g: Gemm,
+    (kind, bias, aux): (
+        Epilogue,
+        Option<&CubeTensor<CudaRuntime>>,
+        Option<(&CubeTensor<CudaRuntime>, usize)>,
+    ),
+) {
+    assert_eq!(
+        a.dtype, b.dtype,
+        "qtune-kernels: matmul operands must share a dtype"
+    );
+    assert!(
+        g.batch == 1 && kind.has_bias() == bias.is_some() && kind.has_aux() == aux.is_some(),
+        "qtune-kernels: GEMM epilogue {kind:?} with bias {} and aux {} (batch {})",
+        bias.is_some(),
+        aux.is_some(),
+        g.batch
+    );
+    if g.m == 0 || g.n == 0 {
+        return;
+    }
+    let task = GemmTask {
+        operands: [a, b, c].map(Operand::of),
+        mats: [am, bm, cm],
+        g,
+        device: a.device.index,
+        epilogue: Some(EpilogueTask {
+            kind,
+            bias: bias.map(Operand::of),
+            aux: aux.map(|(t, ld)| (Operand::of(t), ld)),
+        }),
     };
     device_handle(a.device.index).submit(move |server| task.run(server));
 }
@@ -625,6 +670,34 @@ struct GemmTask {
     mats: [Mat; 3],
     g: Gemm,
     device: usize,
+    epilogue: Option<EpilogueTask>,
+}
+
+/// A GEMM's epilogue as the device thread needs it: the kind, the bias vector's buffer and the
+/// auxiliary matrix's buffer with its leading dimension (elements).
+struct EpilogueTask {
+    kind: Epilogue,
+    bias: Option<Operand>,
+    aux: Option<(Operand, usize)>,
+}
+
+impl EpilogueTask {
+    /// The bias and aux pointers (their buffers' starts), looked up on `server` as the GEMM's
+    /// operands are.
+    fn args(&self, server: &mut Server) -> Result<EpilogueArgs, String> {
+        let ptr = |server: &mut Server, o: Option<&Operand>| match o {
+            Some(o) => {
+                lookup(server, std::slice::from_ref(o).try_into().expect("one")).map(|([p], _)| p)
+            }
+            None => Ok(0),
+        };
+        Ok(EpilogueArgs {
+            kind: self.kind,
+            bias: ptr(server, self.bias.as_ref())?,
+            aux: ptr(server, self.aux.as_ref().map(|(o, _)| o))?,
+            aux_ld: self.aux.as_ref().map_or(0, |&(_, ld)| ld),
+        })
+    }
 }
 
 impl GemmTask {
@@ -635,11 +708,16 @@ impl GemmTask {
             Ok(found) => found,
             Err(e) => return stop_on_gemm_failure(e),
         };
+        let epi = match self.epilogue.as_ref().map(|e| e.args(server)).transpose() {
+            Ok(epi) => epi.unwrap_or(EpilogueArgs::NONE),
+            Err(e) => return stop_on_gemm_failure(e),
+        };
         let Self {
             operands: [a, b, c],
             mats: [am, bm, cm],
             g,
             device,
+            epilogue: _keep_alive,
         } = self;
         let (ty, out_ty) = (cuda_type(a.dtype), cuda_type(c.dtype));
         let pa = ra + (am.offset * a.dtype.size()) as u64;
@@ -649,12 +727,20 @@ impl GemmTask {
         let mut dev = dev.lock().unwrap_or_else(|p| p.into_inner());
         // A cached cuBLASLt plan when there is one (the common case); GemmEx otherwise.
         let (mats, ptrs) = ([am, bm, cm], [pa, pb, pc]);
-        let key = Key::new(a.dtype, c.dtype, &g, mats, ptrs);
+        let key = Key::new(a.dtype, c.dtype, &g, mats, ptrs, &epi);
         if let Some(lt) = dev.lt.as_mut() {
-            // SAFETY: as for the GemmEx call below.
-            if unsafe { lt.matmul(key, &g, mats, ptrs, stream as *mut std::ffi::c_void) } {
+            // SAFETY: as for the GemmEx call below; the epilogue's buffers are live (held by
+            // `_keep_alive`) and hold the bias and auxiliary matrix its caller described.
+            if unsafe { lt.matmul(key, &g, mats, ptrs, &epi, stream as *mut std::ffi::c_void) } {
                 return;
             }
+        }
+        if epi.kind != Epilogue::None {
+            return stop_on_gemm_failure(format!(
+                "cuBLASLt has no algorithm for the GEMM {g:?} with epilogue {:?} (set \
+                 QTUNE_GEMM_EPILOGUES=0 to compute the bias and GELU separately)",
+                epi.kind
+            ));
         }
         let lds = [am.ld, bm.ld, cm.ld];
         let strides = [am.stride, bm.stride, cm.stride];

@@ -35,6 +35,62 @@ pub(crate) struct Key {
     mnk_batch: [usize; 4],
     /// a, b, c: leading dimension, batch stride, pointer alignment (bytes, ≤ 256).
     mats: [(usize, usize, u32); 3],
+    /// The epilogue and its auxiliary matrix's leading dimension (0 without one).
+    epilogue: (Epilogue, usize),
+}
+
+/// What cuBLASLt does to the product before writing it (`c = α·op(a)·op(b)`, then): nothing;
+/// add a bias row (one value per output column in our row-major view); add it and apply the
+/// tanh-approximated GELU (HF's `gelu_new`), also writing the pre-activation to an auxiliary
+/// matrix of `c`'s shape (`GeluAuxBias`); or multiply by `gelu'` of an auxiliary matrix
+/// holding the pre-activation (`DGelu`, the backward of `GeluAuxBias`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Epilogue {
+    None,
+    Bias,
+    GeluBias,
+    GeluAuxBias,
+    DGelu,
+}
+
+impl Epilogue {
+    fn lt(self) -> sys::cublasLtEpilogue_t {
+        use sys::cublasLtEpilogue_t as E;
+        match self {
+            Self::None => E::CUBLASLT_EPILOGUE_DEFAULT,
+            Self::Bias => E::CUBLASLT_EPILOGUE_BIAS,
+            Self::GeluBias => E::CUBLASLT_EPILOGUE_GELU_BIAS,
+            Self::GeluAuxBias => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+            Self::DGelu => E::CUBLASLT_EPILOGUE_DGELU,
+        }
+    }
+
+    pub(crate) fn has_bias(self) -> bool {
+        matches!(self, Self::Bias | Self::GeluBias | Self::GeluAuxBias)
+    }
+
+    pub(crate) fn has_aux(self) -> bool {
+        matches!(self, Self::GeluAuxBias | Self::DGelu)
+    }
+}
+
+/// An epilogue's device pointers for one call: the bias vector and the auxiliary matrix (0 where
+/// the epilogue has none), and the latter's leading dimension in elements.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EpilogueArgs {
+    pub kind: Epilogue,
+    pub bias: u64,
+    pub aux: u64,
+    pub aux_ld: usize,
+}
+
+impl EpilogueArgs {
+    pub(crate) const NONE: Self = Self {
+        kind: Epilogue::None,
+        bias: 0,
+        aux: 0,
+        aux_ld: 0,
+    };
 }
 
 impl Key {
@@ -44,6 +100,7 @@ impl Key {
         g: &Gemm,
         mats: [Mat; 3],
         ptrs: [u64; 3],
+        epi: &EpilogueArgs,
     ) -> Self {
         let m = |i: usize| (mats[i].ld, mats[i].stride, alignment(ptrs[i]));
         Self {
@@ -53,6 +110,7 @@ impl Key {
             tb: g.tb,
             mnk_batch: [g.m, g.n, g.k, g.batch],
             mats: [m(0), m(1), m(2)],
+            epilogue: (epi.kind, if epi.kind.has_aux() { epi.aux_ld } else { 0 }),
         }
     }
 }
@@ -129,11 +187,13 @@ impl Lt {
         })
     }
 
-    /// `c = α·op(a)·op(b) + β·c` as `gemm.rs`' row-major convention (see `strided_gemm`), on
-    /// `stream`; `false` when cuBLASLt has no algorithm for the problem (nothing enqueued).
+    /// `c = α·op(a)·op(b) + β·c`, then `epi`'s epilogue, as `gemm.rs`' row-major convention
+    /// (see `strided_gemm`), on `stream`; `false` when cuBLASLt has no algorithm for the problem
+    /// (nothing enqueued).
     ///
     /// # Safety
-    /// The pointers address live buffers holding the described matrices, ordered on `stream`.
+    /// The pointers address live buffers holding the described matrices (the epilogue's bias
+    /// `[n]` and auxiliary matrix `[m, n]` with rows `aux_ld` apart too), ordered on `stream`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn matmul(
         &mut self,
@@ -141,6 +201,7 @@ impl Lt {
         g: &Gemm,
         mats: [Mat; 3],
         ptrs: [u64; 3],
+        epi: &EpilogueArgs,
         stream: *mut c_void,
     ) -> bool {
         let ws_ptr = self.ws_ptr;
@@ -152,6 +213,26 @@ impl Lt {
         let Some(plan) = plan else {
             return false;
         };
+        // The epilogue's pointers are per call: set on the plan's descriptor just before.
+        use sys::cublasLtMatmulDescAttributes_t as D;
+        let set_ptr = |attr, p: u64| {
+            // SAFETY: a live descriptor; the attribute is a device pointer (8 bytes).
+            unsafe {
+                lt::set_matmul_desc_attribute(
+                    plan.desc,
+                    attr,
+                    &p as *const u64 as *const c_void,
+                    size_of::<u64>(),
+                )
+            }
+            .is_ok()
+        };
+        if epi.kind.has_bias() && !set_ptr(D::CUBLASLT_MATMUL_DESC_BIAS_POINTER, epi.bias) {
+            return false;
+        }
+        if epi.kind.has_aux() && !set_ptr(D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, epi.aux) {
+            return false;
+        }
         // Column-major view, as the GemmEx call: cᵀ[n, m] = op(b)ᵀ·op(a)ᵀ, so cuBLASLt's A is
         // our b and its B our a.
         let [pa, pb, pc] = ptrs;
@@ -256,10 +337,33 @@ fn plan(handle: sys::cublasLtHandle_t, key: &Key, g: &Gemm, mats: [Mat; 3]) -> O
         let set_pref =
             |attr, v: *const c_void, n: usize| lt::set_matmul_pref_attribute(pref, attr, v, n);
         use sys::cublasLtMatmulPreferenceAttributes_t as P;
-        let ok = set_op(
-            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-            &op_a,
+        // The epilogue (its aux leading dimension is part of the problem: in `key`).
+        let (epi, aux_ld) = key.epilogue;
+        let epi_attr = epi.lt() as u32;
+        let aux_ld = aux_ld as i64;
+        let ok = lt::set_matmul_desc_attribute(
+            desc,
+            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
+            &epi_attr as *const u32 as *const c_void,
+            size_of::<u32>(),
         )
+        .and_then(|_| {
+            if !epi.has_aux() {
+                return Ok(());
+            }
+            lt::set_matmul_desc_attribute(
+                desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                &aux_ld as *const i64 as *const c_void,
+                size_of::<i64>(),
+            )
+        })
+        .and_then(|_| {
+            set_op(
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                &op_a,
+            )
+        })
         .and_then(|_| {
             set_op(
                 sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,

@@ -38,6 +38,7 @@ mod backend;
 #[doc(hidden)]
 pub mod copy;
 mod decode;
+mod epilogue;
 mod fused;
 pub mod gemm;
 mod gemm_lt;
@@ -48,6 +49,7 @@ mod rcp;
 mod upload;
 
 pub use backend::sync;
+pub use epilogue::EPILOGUES_ENV;
 pub use jit_cache::{cache_dir, init_kernel_cache, CACHE_ENV, PROFILE_ENV};
 pub use rcp::inv_absmax;
 

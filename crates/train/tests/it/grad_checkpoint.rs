@@ -38,6 +38,28 @@ fn checkpointed_gradients_equal_plain_autodiff_on_a_quantized_base() {
     checkpointed_equals_plain(&cfg);
 }
 
+/// LoRA on q and v only: GPT-J's MLP is then frozen and quantized, so the plain forward runs
+/// it as one op (`qtune_kernels::mlp_gelu_new`: bias and `gelu_new` on the GEMMs' epilogues on
+/// CUDA) while the checkpointed recompute keeps these small weights dense and runs the unfused
+/// ops: the two must agree.
+#[test]
+fn checkpointed_gradients_equal_plain_autodiff_with_the_fused_quantized_mlp() {
+    let (_g, dir) = locked_tempdir();
+    let mut cfg = tiny_config(dir.path());
+    cfg.model.quantization = Some(qtune_train::config::QuantizationConfig {
+        load_in_4bit: true,
+        load_in_8bit: false,
+        bnb_4bit_quant_type: "nf4".into(),
+        bnb_4bit_use_double_quant: true,
+        blocksize: None,
+    });
+    cfg.lora.target_modules =
+        qtune_train::config::TargetList::Names(vec!["q_proj".into(), "v_proj".into()]);
+    let model = model_with_live_adapter(&cfg);
+    assert!(model.linears()[0].1.is_quantized());
+    same_grads_both_ways(&model, 3 * 2 * 2, "A and B of q and v in 3 blocks");
+}
+
 fn checkpointed_equals_plain(cfg: &qtune_train::RunConfig) {
     let model = model_with_live_adapter(cfg);
     if cfg.model.quantization.is_some() {

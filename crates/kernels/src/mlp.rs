@@ -1,0 +1,105 @@
+//! GPT-J's MLP core `gelu_new(x·W_inᵀ + b_in)·W_outᵀ` over frozen quantized weights as one op
+//! ([`mlp_gelu_new`]), so that the bias and the activation ride on the GEMMs' epilogues on CUDA
+//! (cuBLASLt's GELU_BIAS, GELU_AUX_BIAS and DGELU) instead of separate passes over the
+//! `[tokens, 4·D]` activation, and so that a checkpointed recompute that never reads the MLP's
+//! output computes only the pre-activation its backward needs. The reference composition
+//! (the defaults here) is the same sequence of ops as the unfused model code.
+
+use burn::tensor::{ops::FloatTensor, Tensor, TensorMetadata, TensorPrimitive};
+
+use crate::{LinearBackward, QBackend, QWeightPrimitive, QuantWeight};
+
+/// What follows a linear's product `x·Wᵀ` in [`QBackend::q_linear_bias_act`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BiasAct {
+    /// `+ bias`: the pre-activation.
+    Bias,
+    /// `gelu_new(· + bias)`.
+    GeluNew,
+    /// `gelu_new(· + bias)`, and the pre-activation `· + bias` as a second output.
+    GeluNewAux,
+}
+
+/// The reference [`QBackend::q_linear_bias_act`]: the product, then the bias and `gelu_new` as
+/// the model applies them (the bias folded into the activation's op for [`BiasAct::GeluNew`]).
+pub(crate) fn linear_bias_act_ops<B: QBackend>(
+    x: FloatTensor<B>,
+    w: QWeightPrimitive<B>,
+    bias: FloatTensor<B>,
+    act: BiasAct,
+) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
+    let y = B::q_linear(x, w);
+    let with_bias = |y: FloatTensor<B>| {
+        let n = bias.shape().dims::<1>()[0];
+        let b = B::float_reshape(bias.clone(), burn::tensor::Shape::new([1, n]));
+        B::float_add(y, b)
+    };
+    match act {
+        BiasAct::Bias => (with_bias(y), None),
+        BiasAct::GeluNew => (B::q_gelu_new(y, Some(bias)), None),
+        BiasAct::GeluNewAux => {
+            let pre = with_bias(y);
+            (B::q_gelu_new(pre.clone(), None), Some(pre))
+        }
+    }
+}
+
+/// The reference [`QBackend::q_mlp_gelu_new`] (no autodiff): the activation, then `W_out`.
+pub(crate) fn mlp_gelu_new_ops<B: QBackend>(
+    x: FloatTensor<B>,
+    [w_in, w_out]: [QWeightPrimitive<B>; 2],
+    b_in: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let (h, _) = B::q_linear_bias_act(x, w_in, b_in, BiasAct::GeluNew);
+    B::q_linear(h, w_out)
+}
+
+/// Whether [`mlp_gelu_new`] serves a pair of linears whose tracked backward is `backward`: it
+/// keeps the quantized weights (dequantizing again in the backward), so not where the caller
+/// asked to keep a dense copy of either.
+pub fn mlp_fits(backward: LinearBackward, w_in: [usize; 2], w_out: [usize; 2]) -> bool {
+    let elems = |s: [usize; 2]| s[0] * s[1];
+    !backward.keeps_dense(elems(w_in)) && !backward.keeps_dense(elems(w_out))
+}
+
+/// `gelu_new(x·dequant(W_in)ᵀ + b_in)·dequant(W_out)ᵀ` over the last dim of `x` (`D` → `D`),
+/// every weight and the bias frozen: GPT-J's MLP without `fc_out`'s bias, through
+/// [`QBackend::q_mlp_gelu_new`]. With `unread` (a checkpointed recompute, whose block output
+/// nobody reads) a tracked call computes only the pre-activation and returns uninitialized
+/// memory, as [`crate::q_linear_unread`]; its gradient is the same.
+///
+/// # Panics
+/// On shapes that do not chain (`x`'s last dim, `W_in [H, D]`, `b_in [H]`, `W_out [D', H]`): a
+/// model wiring bug.
+pub fn mlp_gelu_new<B: QBackend, const D: usize>(
+    x: Tensor<B, D>,
+    w_in: &QuantWeight<B>,
+    b_in: Tensor<B, 1>,
+    w_out: &QuantWeight<B>,
+    unread: bool,
+) -> Tensor<B, D> {
+    let dims = x.dims();
+    let ([hidden, d_in], [d_out, hidden_out]) = (w_in.shape(), w_out.shape());
+    assert!(
+        dims[D - 1] == d_in && b_in.dims()[0] == hidden && hidden_out == hidden,
+        "mlp_gelu_new: x [.., {}] · W_in [{hidden}, {d_in}] + b_in [{}] · W_out [{d_out}, {hidden_out}]",
+        dims[D - 1],
+        b_in.dims()[0]
+    );
+    let b_in = if b_in.dtype() == x.dtype() {
+        b_in
+    } else {
+        b_in.cast(x.dtype())
+    };
+    let m = dims[..D - 1].iter().product::<usize>();
+    let x2 = x.reshape([m, d_in]).into_primitive().tensor();
+    let y = B::q_mlp_gelu_new(
+        x2,
+        [w_in.primitive(), w_out.primitive()],
+        b_in.into_primitive().tensor(),
+        unread,
+    );
+    let mut out = dims;
+    out[D - 1] = d_out;
+    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out)
+}
