@@ -450,10 +450,24 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     let more_k: Vec<usize> = [1, 4, 8].into_iter().filter(|&k| k != default_k).collect();
     let mut paths = vec![Path::Graph(default_k), Path::Eager, Path::Stepwise];
     paths.extend(more_k.iter().map(|&k| Path::Graph(k)));
+    // A warm-up at the timed length too: some kernels of the static-shape path depend on the
+    // cache length, and with a kernel cache that lacks them the first run at a new length
+    // JIT-compiles inside the timed tokens (BENCHMARKS.md, session 16: 131 vs 221 tok/s with an
+    // empty vs a filled cache). The stderr markers place CubeCL's compilation log.
     for path in paths {
+        let name = match path {
+            Path::Graph(k) => format!("graph{k}"),
+            Path::Eager => "eager".into(),
+            Path::Stepwise => "stepwise".into(),
+        };
+        eprintln!("decode {name}: short runs");
         gen(8, path)?;
         short.push(gen(8, path)?);
+        eprintln!("decode {name}: warm-up at the timed length");
+        gen(a.decode, path)?;
+        eprintln!("decode {name}: timed");
         timed.push(gen(a.decode, path)?);
+        eprintln!("decode {name}: done");
     }
     let rate = |(s, toks): &(f64, Vec<u32>)| toks.len() as f64 / s.max(1e-9);
     let per_token_ms = |i: usize| {

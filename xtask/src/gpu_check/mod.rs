@@ -27,6 +27,8 @@ mod load;
 #[cfg(feature = "cuda")]
 mod lora;
 #[cfg(feature = "cuda")]
+mod mlp;
+#[cfg(feature = "cuda")]
 pub(crate) mod selftest;
 
 /// Arguments of `bench gpu-check`.
@@ -150,6 +152,7 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     // batch-1 GEMVs.
     fused::check(&dev, &mut fails)?;
     lora::check(&dev, &mut fails)?;
+    mlp::check(&dev, &mut fails)?;
     gemm::quantized_gemv_check(&dev, &mut fails)?;
     gemm::gemm_check(&dev, &mut fails)?;
     load::check(&dev, &mut fails)?;

@@ -430,6 +430,13 @@ pub(crate) fn strided_gemm(
     device_handle(a.device.index).submit(move |server| task.run(server));
 }
 
+/// An epilogue and its operands: the bias vector, the auxiliary matrix and its leading dimension.
+pub(crate) type EpilogueOperands<'a> = (
+    Epilogue,
+    Option<&'a CubeTensor<CudaRuntime>>,
+    Option<(&'a CubeTensor<CudaRuntime>, usize)>,
+);
+
 /// [`strided_gemm`] of one dense product (batch 1) with a cuBLASLt epilogue: `bias` (`[n]`)
 /// for the bias epilogues, `aux` (`[m, n]`, rows `aux_ld` apart) for the auxiliary matrix the
 /// GELU epilogues write or read (see `gemm_lt::Epilogue`). There is no GemmEx fallback for an
@@ -440,11 +447,7 @@ pub(crate) fn strided_gemm_epilogue(
     (b, bm): (&CubeTensor<CudaRuntime>, Mat),
     (c, cm): (&CubeTensor<CudaRuntime>, Mat),
     g: Gemm,
-    (kind, bias, aux): (
-        Epilogue,
-        Option<&CubeTensor<CudaRuntime>>,
-        Option<(&CubeTensor<CudaRuntime>, usize)>,
-    ),
+    (kind, bias, aux): EpilogueOperands<'_>,
 ) {
     assert_eq!(
         a.dtype, b.dtype,
