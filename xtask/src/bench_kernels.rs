@@ -8,7 +8,7 @@ use burn::tensor::{DType, Distribution, Tensor};
 use qtune_quant::{FloatDType, QuantFormat, QuantSpec};
 
 use qtune_kernels::cuda::gemm::{gemm, linear_t_acc_via, linear_t_via, OneRow, Product};
-use qtune_kernels::cuda::{sync, Cuda};
+use qtune_kernels::cuda::{launch, sync, Cuda};
 use qtune_kernels::{QBackend, QuantWeight};
 
 type C = Cuda<f32>;
@@ -260,12 +260,14 @@ fn graph_us(dev: &cubecl::cuda::CudaDevice, reps: usize, iters: usize, f: &mut d
 }
 
 /// Batch-1 (decode) products on GPT-J-6B shapes, device time per call inside a CUDA graph:
-/// the quantized GEMV for NF4 + double quant and blockwise 8-bit, and the dense bf16 products
+/// the quantized GEMV for NF4 + double quant and blockwise 8-bit at 1, 2 and 4 output rows per
+/// plane (`r1`, `r2`, `r4` in the name), and the dense bf16 products
 /// of decode (LoRA `A` and `B` at r = 16, the LM head) through the GEMV kernel and through
 /// cuBLAS. Rates count the bytes read: codes + scales, or the dense weight.
 pub fn decode_gemv(cfg: &BenchConfig) -> Vec<Record> {
     let dev = Default::default();
     let (reps, iters) = (20, cfg.iters.max(3));
+    let default_rows = launch::gemv_rows_per_plane();
     let mut out = Vec::new();
     let x_of = |k: usize| {
         Tensor::<C, 2>::random([1, k], Distribution::Normal(0.0, 1.0), &dev).cast(DType::BF16)
@@ -292,17 +294,25 @@ pub fn decode_gemv(cfg: &BenchConfig) -> Vec<Record> {
             let q = QuantWeight::<C>::quantize(name, wd, format, bs, dq, FloatDType::BF16)
                 .unwrap_or_else(|e| panic!("{e}"));
             let xp = x_of(in_f).into_primitive().tensor();
-            let us = graph_us(&dev, reps, iters, &mut || {
-                drop(C::q_linear(xp.clone(), q.primitive()))
-            });
             let bytes = q.resident_bytes() as f64;
-            out.push(Record {
-                kind: "gemv",
-                name: format!("{name} {in_f}->{out_f}"),
-                ms: us / 1e3,
-                rate: bytes / us / 1e3,
-                extra: format!(",\"us\":{us:.2}"),
-            });
+            // Every output-rows-per-plane setting of the kernel (same outputs by design).
+            for r in [1, 2, 4] {
+                launch::set_gemv_rows_per_plane(r);
+                let us = graph_us(&dev, reps, iters, &mut || {
+                    drop(C::q_linear(xp.clone(), q.primitive()))
+                });
+                out.push(Record {
+                    kind: "gemv",
+                    name: format!("{name} {in_f}->{out_f} r{r}"),
+                    ms: us / 1e3,
+                    rate: bytes / us / 1e3,
+                    extra: format!(
+                        ",\"us\":{us:.2},\"rows_per_plane\":{r},\"default\":{}",
+                        r == default_rows
+                    ),
+                });
+            }
+            launch::set_gemv_rows_per_plane(default_rows);
         }
     }
     for (name, in_f, out_f, acc) in [

@@ -21,44 +21,21 @@ pub(super) const GEMM_BF16: f64 = 1e-2;
 const GEMM_F32_OUT_FWD: f64 = 1e-6;
 
 /// Batch-1 quantized linear (the decode GEMV straight from the codes) vs dequantize + GEMM on the
-/// GPU, for NF4 + double quant, FP4 and blockwise 8-bit; and the batch-1 dense products (LoRA
+/// GPU, for NF4 + double quant, FP4 and blockwise 8-bit, at every output-rows-per-plane setting
+/// of the kernel (1, 2, 4: each within the tolerance, and reported bit-identical to 1 or not),
+/// plain and with two addends (`q_linear_add`'s epilogue); and the batch-1 dense products (LoRA
 /// factors, LM head at decode): GEMV kernel vs cuBLAS.
 pub(super) fn quantized_gemv_check(
     dev: &burn::tensor::Device<Train>,
     fails: &mut Failures,
 ) -> anyhow::Result<()> {
-    use qtune_kernels::QuantWeight;
-    use qtune_quant::{FloatDType, QuantFormat};
+    use qtune_kernels::cuda::launch::{gemv_rows_per_plane, set_gemv_rows_per_plane};
     type I = <Train as burn::tensor::backend::AutodiffBackend>::InnerBackend;
     let mut res = serde_json::Map::new();
-    // 1,024 inputs (one 16-byte NF4 vector per lane), then rows long enough for several
-    // iterations per lane with a ragged tail (8,448: 264 NF4 vectors, 528 8-bit ones).
-    let nf4_dq = ("nf4_dq", QuantFormat::Nf4, 64, true);
-    let fp4 = ("fp4", QuantFormat::Fp4, 64, false);
-    let int8 = ("int8", QuantFormat::Blockwise8, 256, false);
-    for (o, k, suffix, formats) in [
-        (384usize, 1024usize, "", vec![nf4_dq, fp4, int8]),
-        (96, 8448, "_8448", vec![nf4_dq, int8]),
-    ] {
-        for (name, format, bs, dq) in formats {
-            let wt = Tensor::<I, 2>::from_data(
-                TensorData::new(values(o * k, 31), [o, k]),
-                (dev, DType::BF16),
-            );
-            let w = QuantWeight::quantize(name, wt, format, bs, dq, FloatDType::BF16)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let x = Tensor::<I, 2>::from_data(
-                TensorData::new(values(k, 32), [1, k]),
-                (dev, DType::BF16),
-            );
-            let y = qtune_kernels::q_linear(x.clone(), &w);
-            let y_ref = qtune_kernels::linear_t(x, w.dequantize(DType::BF16));
-            let key = format!("gemv_{name}{suffix}_rel_err");
-            let value = rel(host(y.unsqueeze::<3>())?, host(y_ref.unsqueeze::<3>())?);
-            fails.at_most(&format!("quantized_gemv {key}"), value, GEMM_BF16);
-            res.insert(key, value.into());
-        }
-    }
+    let default_rows = gemv_rows_per_plane();
+    let outcome = quantized_gemv_rows(dev, fails, &mut res);
+    set_gemv_rows_per_plane(default_rows);
+    outcome?;
     // Batch-1 dense products (LoRA factors, LM head at decode): GEMV kernel vs cuBLAS.
     for (n, k) in [(16usize, 1024usize), (1000, 16), (2000, 1024)] {
         let t = |len: usize, seed: u64, shape: [usize; 2]| {
@@ -85,6 +62,91 @@ pub(super) fn quantized_gemv_check(
     }
     res.insert("check".into(), "quantized_gemv".into());
     println!("{}", serde_json::Value::Object(res));
+    Ok(())
+}
+
+/// The quantized half of [`quantized_gemv_check`], at each rows-per-plane setting (left set to
+/// the last one).
+fn quantized_gemv_rows(
+    dev: &burn::tensor::Device<Train>,
+    fails: &mut Failures,
+    res: &mut serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<()> {
+    use qtune_kernels::cuda::launch::set_gemv_rows_per_plane;
+    use qtune_kernels::QuantWeight;
+    use qtune_quant::{FloatDType, QuantFormat};
+    type I = <Train as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+    // 1,024 inputs (one 16-byte NF4 vector per lane), then rows long enough for several
+    // iterations per lane with a ragged tail (8,448: 264 NF4 vectors, 528 8-bit ones), then
+    // ragged rows: 99 is no multiple of 8 planes × R rows for any R, and 1,280 inputs (40 NF4
+    // vectors, 80 8-bit ones) leave lanes idle in the last iteration.
+    let nf4_dq = ("nf4_dq", QuantFormat::Nf4, 64, true);
+    let fp4 = ("fp4", QuantFormat::Fp4, 64, false);
+    let int8 = ("int8", QuantFormat::Blockwise8, 256, false);
+    let bf16 = |v: Vec<f32>, shape: [usize; 2]| {
+        Tensor::<I, 2>::from_data(TensorData::new(v, shape), (dev, DType::BF16))
+    };
+    for (o, k, suffix, formats) in [
+        (384usize, 1024usize, "", vec![nf4_dq, fp4, int8]),
+        (96, 8448, "_8448", vec![nf4_dq, int8]),
+        (99, 1280, "_99x1280", vec![nf4_dq, fp4, int8]),
+    ] {
+        for (name, format, bs, dq) in formats {
+            let w = QuantWeight::quantize(
+                name,
+                bf16(values(o * k, 31), [o, k]),
+                format,
+                bs,
+                dq,
+                FloatDType::BF16,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let x = bf16(values(k, 32), [1, k]);
+            let (a0, a1) = (bf16(values(o, 36), [1, o]), bf16(values(o, 37), [1, o]));
+            let y_ref = host(
+                qtune_kernels::linear_t(x.clone(), w.dequantize(DType::BF16)).unsqueeze::<3>(),
+            )?;
+            // The addends summed onto the reference in f32 (the kernel adds them to its f32 sum).
+            let (h0, h1) = (
+                host(a0.clone().unsqueeze::<3>())?,
+                host(a1.clone().unsqueeze::<3>())?,
+            );
+            let y_add_ref: Vec<f32> = (0..o).map(|i| y_ref[i] + h0[i] + h1[i]).collect();
+            let mut first: Option<[Vec<f32>; 2]> = None;
+            for r in [1usize, 2, 4] {
+                set_gemv_rows_per_plane(r);
+                let y = host(qtune_kernels::q_linear(x.clone(), &w).unsqueeze::<3>())?;
+                let y_add = host(
+                    qtune_kernels::q_linear_add(x.clone(), &w, vec![a0.clone(), a1.clone()])
+                        .unsqueeze::<3>(),
+                )?;
+                for (key, value) in [
+                    (
+                        format!("gemv_{name}{suffix}_r{r}_rel_err"),
+                        rel(y.clone(), y_ref.clone()),
+                    ),
+                    (
+                        format!("gemv_add_{name}{suffix}_r{r}_rel_err"),
+                        rel(y_add.clone(), y_add_ref.clone()),
+                    ),
+                ] {
+                    fails.at_most(&format!("quantized_gemv {key}"), value, GEMM_BF16);
+                    res.insert(key, value.into());
+                }
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                match &first {
+                    None => first = Some([y, y_add]),
+                    Some([y1, y1_add]) => {
+                        let same = bits(&y) == bits(y1) && bits(&y_add) == bits(y1_add);
+                        res.insert(
+                            format!("gemv_{name}{suffix}_r{r}_bit_identical_to_r1"),
+                            same.into(),
+                        );
+                    }
+                }
+            }
+        }
+    }
     Ok(())
 }
 

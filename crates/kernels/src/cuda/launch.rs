@@ -41,6 +41,31 @@ pub fn dequant_variant() -> (usize, bool) {
     (v & 3, v & 4 != 0)
 }
 
+/// Output rows per plane of the quantized GEMV ([`kernels::gemv_kernel`]'s `rows_per_plane`):
+/// 1 (the default, one plane per row), 2 or 4 (a lane's `x` vectors serve that many rows). A
+/// bench / developer setting, as [`set_dequant_variant`]; every value gives the same outputs by
+/// design (the GPU check compares them bit for bit).
+static GEMV_ROWS_PER_PLANE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// Select the quantized GEMV's output rows per plane (1, 2 or 4); for the bench and the GPU
+/// check, which compare them.
+///
+/// # Panics
+/// For any other value.
+pub fn set_gemv_rows_per_plane(rows: usize) {
+    assert!(
+        matches!(rows, 1 | 2 | 4),
+        "qtune-kernels: set_gemv_rows_per_plane({rows}): the quantized GEMV takes 1, 2 or 4 \
+         rows per plane"
+    );
+    GEMV_ROWS_PER_PLANE.store(rows, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The quantized GEMV's current output rows per plane (1, 2 or 4; default 1).
+pub fn gemv_rows_per_plane() -> usize {
+    GEMV_ROWS_PER_PLANE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Units per cube for every kernel here (the 8-bit kernels stage a 256-entry map per cube).
 const CUBE: u32 = 256;
 /// Values per unit in the vectorized dequant kernels (one 16-byte store for bf16/f16).
@@ -192,7 +217,7 @@ fn scale_args<R: CubeRuntime, B: CubeB<R>>(
 }
 
 /// `x [1, in] · dequant(w)ᵀ → [1, out]` in `x`'s dtype by [`kernels::gemv_kernel`], straight from
-/// the codes (batch-1 decode), or `None` when it does not apply: `x` not a single row, or
+/// the codes (batch-1 decode; [`gemv_rows_per_plane`] output rows per plane), or `None` when it does not apply: `x` not a single row, or
 /// `in_features`/`blocksize` not multiples of 8 (then dequantize + GEMM).
 pub fn gemv<R: CubeRuntime, B: CubeB<R>>(
     x: &CubeTensor<R>,
@@ -250,7 +275,8 @@ pub fn gemv_add<R: CubeRuntime, B: CubeB<R>>(
     let vecs_per_row = words_per_row / vec_words;
     let scale_per_vec = l.blocksize % (units_per_vec * PER_UNIT) == 0;
     let rows = l.out_features;
-    let count = grid(rows.div_ceil(kernels::GEMV_ROWS as usize));
+    let rows_per_plane = gemv_rows_per_plane();
+    let count = grid(rows.div_ceil(kernels::GEMV_ROWS as usize * rows_per_plane));
     let dim = CubeDim::new_2d(32, kernels::GEMV_ROWS);
     let words = l.numel() / 4; // u32 words of bytes (8-bit) or of nibble pairs (4-bit: numel/8)
     let words = if four_bit { words / 2 } else { words };
@@ -289,6 +315,7 @@ pub fn gemv_add<R: CubeRuntime, B: CubeB<R>>(
             units_per_vec,
             scale_per_vec,
             adds.len() as u32,
+            rows_per_plane,
             )
         )
     }

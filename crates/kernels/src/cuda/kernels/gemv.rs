@@ -9,13 +9,20 @@ use super::{block_scale, ftz};
 pub const GEMV_ROWS: u32 = 8;
 
 /// Batch-1 quantized GEMV `y[o] = Σ_k x[k]·W[o, k]` straight from the codes (4-bit NF4/FP4 with
-/// `four_bit`, else blockwise 8-bit): one plane per output row. Codes are read as
-/// `Vector<u32, W>` (`words` = W words: 16 bytes per lane with W = 4), two vectors per lane per
-/// iteration, 32 vectors apart, both loads issued before either is used (decode is
-/// memory-latency bound: one 4-byte word per lane in flight reached ~10 % of the bandwidth;
-/// adjacent pairs, 32 bytes per lane, measured slower). A vector holds `units_per_vec` units of 8
-/// values (one 4-bit word, or two 8-bit words, per unit), each against one `Vector<F, 8>` of
-/// `x`.
+/// `four_bit`, else blockwise 8-bit): one plane per `rows_per_plane` (R = 1, 2 or 4) adjacent
+/// output rows. Codes are read as `Vector<u32, W>` (`words` = W words: 16 bytes per lane with
+/// W = 4), two vectors per lane per row per iteration, 32 vectors apart, all 2·R loads issued
+/// before any is used (decode is memory-latency bound: one 4-byte word per lane in flight reached
+/// ~10 % of the bandwidth; adjacent pairs, 32 bytes per lane, measured slower). A vector holds
+/// `units_per_vec` units of 8 values (one 4-bit word, or two 8-bit words, per unit), each against
+/// one `Vector<F, 8>` of `x`; a lane loads its `x` vectors once per vector position and uses them
+/// for all R rows (x was re-read through L1 for every row with R = 1).
+///
+/// Each row's f32 sum is formed exactly as with R = 1 (the same terms in the same order, its own
+/// accumulator, its own `plane_sum`), so R only changes which plane computes it: outputs are
+/// designed to be bit-identical for every R (the GPU check compares them). A plane whose last
+/// rows lie past `rows` reads the last row again for them (clamped loads) and writes nothing
+/// there.
 ///
 /// The block scale is applied to a sum, not to each weight: `Σ_block absmax·(Σ x·code)` in f32
 /// (one multiply per vector with `scale_per_vec`, a vector then never straddles a block; else
@@ -51,6 +58,7 @@ pub fn gemv_kernel<F: Float, N: Size, W: Size>(
     #[comptime] units_per_vec: usize,
     #[comptime] scale_per_vec: bool,
     #[comptime] adds: u32,
+    #[comptime] rows_per_plane: usize,
 ) {
     let entries = if four_bit { 16u32 } else { 256u32 };
     let mut lut = SharedMemory::<f32>::new(if four_bit { 16usize } else { 256usize });
@@ -59,90 +67,136 @@ pub fn gemv_kernel<F: Float, N: Size, W: Size>(
         lut[tid as usize] = map[tid as usize];
     }
     sync_cube();
-    let row = CUBE_POS * (GEMV_ROWS as usize) + usize::cast_from(UNIT_POS_Y);
-    if row >= rows {
+    // The plane's first row; its rows are `row0 .. row0 + rows_per_plane`.
+    let row0 = (CUBE_POS * (GEMV_ROWS as usize) + usize::cast_from(UNIT_POS_Y)) * rows_per_plane;
+    if row0 >= rows {
         terminate!();
     }
     let lane = usize::cast_from(UNIT_POS_X);
     let last = vecs_per_row - 1usize;
     let iters = vecs_per_row.div_ceil(64usize);
-    let base = row * vecs_per_row;
-    let mut acc = 0.0f32;
+    // Per row (local arrays, indexed by unrolled constants only: registers): the f32 sum and
+    // the two code vectors of the current iteration; the lane's `x` vectors for one position.
+    let mut acc = Array::<f32>::new(rows_per_plane);
+    let mut c0 = Array::<Vector<u32, W>>::new(rows_per_plane);
+    let mut c1 = Array::<Vector<u32, W>>::new(rows_per_plane);
+    let mut xs = Array::<Vector<F, N>>::new(units_per_vec);
+    #[unroll]
+    for r in 0..rows_per_plane {
+        acc[r] = 0.0f32;
+    }
     for k in 0..iters {
         let j0 = lane + k * 64usize;
         let j1 = j0 + 32usize;
-        // Both loads first (clamped in range; a clamped vector's terms are skipped below).
-        let c0 = codes[base + select(j0 < vecs_per_row, j0, last)];
-        let c1 = codes[base + select(j1 < vecs_per_row, j1, last)];
+        // Every load first (clamped in range; a clamped vector's terms are skipped below).
+        let jc0 = select(j0 < vecs_per_row, j0, last);
+        let jc1 = select(j1 < vecs_per_row, j1, last);
+        #[unroll]
+        for r in 0..rows_per_plane {
+            let base = gemv_row(row0, r, rows) * vecs_per_row;
+            c0[r] = codes[base + jc0];
+            c1[r] = codes[base + jc1];
+        }
         if j0 < vecs_per_row {
-            acc += gemv_vector::<F, N, W>(
-                c0,
-                j0,
-                row,
-                x,
-                &lut,
-                absmax,
-                nested_codes,
-                nested_absmax,
-                nested_map,
-                vecs_per_row,
-                offset,
-                blocksize,
-                nested,
-                fused,
-                nested_blocksize,
-                four_bit,
-                units_per_vec,
-                scale_per_vec,
-            );
+            #[unroll]
+            for q in 0..units_per_vec {
+                xs[q] = x[j0 * units_per_vec + q];
+            }
+            #[unroll]
+            for r in 0..rows_per_plane {
+                acc[r] += gemv_vector::<F, N, W>(
+                    c0[r],
+                    j0,
+                    gemv_row(row0, r, rows),
+                    &xs,
+                    &lut,
+                    absmax,
+                    nested_codes,
+                    nested_absmax,
+                    nested_map,
+                    vecs_per_row,
+                    offset,
+                    blocksize,
+                    nested,
+                    fused,
+                    nested_blocksize,
+                    four_bit,
+                    units_per_vec,
+                    scale_per_vec,
+                );
+            }
         }
         if j1 < vecs_per_row {
-            acc += gemv_vector::<F, N, W>(
-                c1,
-                j1,
-                row,
-                x,
-                &lut,
-                absmax,
-                nested_codes,
-                nested_absmax,
-                nested_map,
-                vecs_per_row,
-                offset,
-                blocksize,
-                nested,
-                fused,
-                nested_blocksize,
-                four_bit,
-                units_per_vec,
-                scale_per_vec,
-            );
+            #[unroll]
+            for q in 0..units_per_vec {
+                xs[q] = x[j1 * units_per_vec + q];
+            }
+            #[unroll]
+            for r in 0..rows_per_plane {
+                acc[r] += gemv_vector::<F, N, W>(
+                    c1[r],
+                    j1,
+                    gemv_row(row0, r, rows),
+                    &xs,
+                    &lut,
+                    absmax,
+                    nested_codes,
+                    nested_absmax,
+                    nested_map,
+                    vecs_per_row,
+                    offset,
+                    blocksize,
+                    nested,
+                    fused,
+                    nested_blocksize,
+                    four_bit,
+                    units_per_vec,
+                    scale_per_vec,
+                );
+            }
         }
     }
-    acc = plane_sum(acc);
-    if lane == 0usize {
+    // Row `row0 + r`'s sum goes to lane `r`, which adds the addends and writes it (one
+    // coalesced store per plane).
+    let mut sum = 0.0f32;
+    #[unroll]
+    for r in 0..rows_per_plane {
+        let s = plane_sum(acc[r]);
+        sum = select(lane == r, s, sum);
+    }
+    let row = row0 + lane;
+    if lane < rows_per_plane && row < rows {
         if adds > 0u32 {
-            acc += f32::cast_from(add0[row]);
+            sum += f32::cast_from(add0[row]);
         }
         if adds > 1u32 {
-            acc += f32::cast_from(add1[row]);
+            sum += f32::cast_from(add1[row]);
         }
         if adds > 2u32 {
-            acc += f32::cast_from(add2[row]);
+            sum += f32::cast_from(add2[row]);
         }
-        y[row] = F::cast_from(acc);
+        y[row] = F::cast_from(sum);
     }
 }
 
-/// `Σ x·w` over code vector `j` of `row` for [`gemv_kernel`] (its `units_per_vec` units): the
-/// block scale times the vector's unscaled sum (`scale_per_vec`), or per unit.
+/// Row `row0 + r` of a [`gemv_kernel`] plane, clamped to the last row (a ragged plane's rows
+/// past the end re-read the last row and are never written).
+#[cube]
+fn gemv_row(row0: usize, r: usize, rows: usize) -> usize {
+    let row = row0 + r;
+    select(row < rows, row, rows - 1usize)
+}
+
+/// `Σ x·w` over code vector `j` of `row` for [`gemv_kernel`] (its `units_per_vec` units, against
+/// the lane's `x` vectors `xs`): the block scale times the vector's unscaled sum
+/// (`scale_per_vec`), or per unit.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn gemv_vector<F: Float, N: Size, W: Size>(
     cv: Vector<u32, W>,
     j: usize,
     row: usize,
-    x: &Array<Vector<F, N>>,
+    xs: &Array<Vector<F, N>>,
     lut: &SharedMemory<f32>,
     absmax: &Array<f32>,
     nested_codes: &Array<u8>,
@@ -162,7 +216,7 @@ fn gemv_vector<F: Float, N: Size, W: Size>(
     let mut acc = 0.0f32;
     #[unroll]
     for q in 0..units_per_vec {
-        let u = gemv_unit::<F, N, W>(cv, q, x[j * units_per_vec + q], lut, four_bit);
+        let u = gemv_unit::<F, N, W>(cv, q, xs[q], lut, four_bit);
         if scale_per_vec {
             acc += u;
         } else {
