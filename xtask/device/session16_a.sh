@@ -3,8 +3,7 @@
 # activation's derivative in fc_out's dx GEMM) A/B against call 1's build, GPT-J-6B NF4 q,v with
 # the GPT-J peer in the same call; batch-1 decode on an empty kernel cache with CubeCL's
 # compilation log on stderr (which kernels compile inside which phase), then on the filled
-# cache; the memory pool with finer page sizes; gpu-check; the decode GEMV's rows-per-plane
-# variants. Parts run in that order while
+# cache; gpu-check; the decode GEMV's rows-per-plane variants. Parts run in that order while
 # BUDGET seconds (default 480) allow.
 #   carry [".device"] with bin/xtask.gz (new) and bin/xtask_old.gz (baseline); source stash.sh first
 set -uo pipefail
@@ -19,16 +18,6 @@ if fits 100 "gptj peer"; then
   [ -d /tmp/gptj-random ] || timeout 100 python3 .device/peer_hf.py prepare 2>&1 | tail -1
   timeout 90 python3 .device/peer_hf.py train nf4 2>&1 | grep '^{' | head -1 | tee -a $OUT/peers.txt
 fi
-# The pool's page sizes (vendored cubecl-cuda patch 2): reserved vs in use and speed with more
-# ExclusivePages sizes than upstream's 24 (the A/B's new runs are the default).
-for n in ${POOLS:-96}; do
-  if fits 35 "pool exclusive-$n"; then
-    echo "=== pool exclusive-$n $(date -u +%T)"
-    CUBECL_CUDA_MEMORY=exclusive-$n timeout 70 /tmp/xtask bench train --model gptj-6b --quant nf4 --targets qv \
-      --batch 8 --seq 512 --warmup 3 --steps 8 --decode 0 > $OUT/pool_$n.txt 2>&1
-    grep -oE '"(step_s_median|tokens_per_s|peak_in_use_gib_probed|peak_reserved_gib)":[0-9.]*' $OUT/pool_$n.txt | tr '\n' ' '; echo
-  fi
-done
 # Decode with an empty kernel cache, CubeCL logging each compilation on stderr between the
 # bench's phase markers; then the same on the cache it filled.
 mkdir -p /tmp/clog && printf '[compilation.logger]\nlevel = "basic"\nstderr = true\n' > /tmp/clog/cubecl.toml
@@ -62,8 +51,8 @@ if fits 170 "gpu-check"; then
   grep -E 'fused_mlp|gemv|tiny_loss_curve.*max_abs' $OUT/gpucheck.txt | cut -c1-400 | tail -6
 fi
 if fits 60 "gemv variants"; then
-  echo "=== bench dequant --decode (gemv rows per plane) $(date -u +%T)"
-  timeout 80 /tmp/xtask bench dequant --decode --iters 20 > $OUT/kernels.txt 2>&1
+  echo "=== bench kernels (decode gemv) $(date -u +%T)"
+  timeout 80 /tmp/xtask bench kernels ${KERNELS_ARGS:-} > $OUT/kernels.txt 2>&1
   grep -i gemv $OUT/kernels.txt | cut -c1-250 | head -20
 fi
 echo "=== end $(date -u +%T) ($(( $(date +%s) - START )) s)"

@@ -55,41 +55,6 @@ fn memory_config_from_env() -> MemoryConfiguration {
     }
 }
 
-/// qtune patch: `CUBECL_CUDA_MEMORY=exclusive-N` (N in 24..=256) is `ExclusivePages` with N
-/// page sizes instead of upstream's 24 between 32 KiB and `max_page_size`: every allocation
-/// takes a whole page of the next size up, so 24 log-spaced sizes (each 1.79× the last) round
-/// an allocation up by 30 % on average, N = 96 (1.15×) by about 7 %. Same dealloc periods as
-/// upstream. `None` for any other setting (then [`memory_config_from_env`]).
-fn exclusive_pages_from_env(max_page_size: u64, alignment: u64) -> Option<MemoryConfiguration> {
-    use cubecl_runtime::memory_management::{MemoryPoolOptions, PoolType};
-    let n: usize = std::env::var("CUBECL_CUDA_MEMORY")
-        .ok()?
-        .strip_prefix("exclusive-")?
-        .parse()
-        .ok()
-        .filter(|n| (24..=256).contains(n))?;
-    let (lo, hi) = ((32u64 << 10) as f64, max_page_size as f64);
-    let mut sizes: Vec<u64> = (0..n)
-        .map(|i| {
-            let p = i as f64 / (n - 1) as f64;
-            ((lo.ln() + (hi.ln() - lo.ln()) * p).exp() as u64).next_multiple_of(alignment)
-        })
-        .collect();
-    sizes.dedup();
-    let pool_options = sizes
-        .into_iter()
-        .map(|size| MemoryPoolOptions {
-            pool_type: PoolType::ExclusivePages {
-                max_alloc_size: size,
-            },
-            dealloc_period: Some(
-                (5000.0 * (1.0 + size as f64 / (1u64 << 30) as f64).round()) as u64,
-            ),
-        })
-        .collect();
-    Some(MemoryConfiguration::Custom { pool_options })
-}
-
 impl DeviceService for CudaServer {
     fn init(device_id: cubecl_common::device::DeviceId) -> Self {
         let options = RuntimeOptions {
@@ -360,9 +325,8 @@ impl DeviceService for CudaServer {
 
         CudaServer::new(
             cuda_ctx,
-            mem_properties.clone(),
-            exclusive_pages_from_env(mem_properties.max_page_size, mem_properties.alignment)
-                .unwrap_or(options.memory_config),
+            mem_properties,
+            options.memory_config,
             mem_alignment,
             device_id,
             utilities,
