@@ -1,0 +1,41 @@
+#!/bin/bash
+# Session 16, call 3: the row kernels with four loads in flight per lane (e06b58a; LayerNorm,
+# RMSNorm, cross-entropy, attention softmax; designed bit-identical) A/B against 4c7459a's build,
+# GPT-J-6B NF4 q,v, with the GPT-J peer in the same call; gpu-check of the new build; then, with
+# the new build, batch-1 decode (2 GEMV rows per plane by default since 4c7459a) and its step
+# breakdown. Parts run in that order while BUDGET seconds (default 420) allow.
+#   carry [".device"] with bin/xtask.gz (new) and bin/xtask_old.gz (4c7459a); source stash.sh first
+set -uo pipefail
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} QTUNE_KERNEL_CACHE=/tmp/kcache
+export PYTHONPATH=$PWD/.device/site
+START=$(date +%s)
+fits() { [ $(( $(date +%s) - START + $1 )) -le ${BUDGET:-420} ] || { echo "--- skipped ($1 s expected): $2"; false; }; }
+echo "=== A/B gptj $(date -u +%T)"
+CASES='gptj-6b:nf4:qv:8:512:default' ROUNDS=${GPTJ_ROUNDS:-1} T_RUN=80 bash xtask/device/ab_bench.sh
+if fits 100 "gptj peer"; then
+  echo "=== peer gptj nf4 $(date -u +%T)"
+  [ -d /tmp/gptj-random ] || timeout 100 python3 .device/peer_hf.py prepare 2>&1 | tail -1
+  timeout 90 python3 .device/peer_hf.py train nf4 2>&1 | grep '^{' | head -1 | tee -a $OUT/peers.txt
+fi
+if fits 170 "gpu-check"; then
+  echo "=== gpu-check $(date -u +%T)"
+  timeout 190 /tmp/xtask bench gpu-check --steps 30 > $OUT/gpucheck.txt 2>&1
+  echo "gpu-check exit $?"
+  grep -E 'FAIL|panicked|Error|tolerance' $OUT/gpucheck.txt | cut -c1-300 | tail -10
+  grep -oE '"(cross_entropy|layer_norm|softmax|rms_norm)[a-z0-9_]*":[0-9.e-]*' $OUT/gpucheck.txt | tr '\n' ' '; echo
+  grep -E 'tiny_loss_curve.*max_abs' $OUT/gpucheck.txt | cut -c1-300
+fi
+if fits 40 "decode"; then
+  echo "=== decode $(date -u +%T)"
+  timeout 90 /tmp/xtask bench train --model gptj-6b --quant nf4 --targets qv --warmup 0 --steps 0 \
+    --decode 128 > $OUT/decode.txt 2>&1
+  grep -oE '"(prefill_tok_s|decode_tok_s_b1|decode_tok_s_b1_no_graph|decode_tok_s_b1_stepwise)":[0-9.]*|"steps_per_graph":[0-9]*,"tok_s":[0-9.]*|rror.*' \
+    $OUT/decode.txt | tr '\n' ' '; echo
+fi
+if fits 50 "decode profile"; then
+  echo "=== decode profile $(date -u +%T)"
+  timeout 90 /tmp/xtask bench train --model gptj-6b --quant nf4 --targets qv --warmup 0 --steps 0 \
+    --decode 128 --decode-profile > $OUT/decode_profile.txt 2>&1
+  grep '^{' $OUT/decode_profile.txt | grep -oE '"decode_piece":"[^"]*"|"us":[0-9.]*' | paste - - | cut -c1-150
+fi
+echo "=== end $(date -u +%T) ($(( $(date +%s) - START )) s)"
