@@ -248,7 +248,7 @@ pub trait QBackend: Backend {
         w: QWeightPrimitive<Self>,
         pre: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        Self::q_gelu_new_backward(pre, None, Self::q_linear_dx(dy, w))
+        mlp::linear_dx_dgelu_ops::<Self>(dy, w, pre)
     }
 
     /// `gelu_new(x·dequant(w_in)ᵀ + b_in)·dequant(w_out)ᵀ` for 2-D `x`, frozen weights and

@@ -44,6 +44,15 @@ pub(crate) fn linear_bias_act_ops<B: QBackend>(
     }
 }
 
+/// The reference [`QBackend::q_linear_dx_dgelu`]: the dx product, then `gelu_new`'s backward.
+pub(crate) fn linear_dx_dgelu_ops<B: QBackend>(
+    dy: FloatTensor<B>,
+    w: QWeightPrimitive<B>,
+    pre: FloatTensor<B>,
+) -> FloatTensor<B> {
+    B::q_gelu_new_backward(pre, None, B::q_linear_dx(dy, w))
+}
+
 /// The reference [`QBackend::q_mlp_gelu_new`] (no autodiff): the activation, then `W_out`.
 pub(crate) fn mlp_gelu_new_ops<B: QBackend>(
     x: FloatTensor<B>,

@@ -75,7 +75,7 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
     ) -> FloatTensor<Self> {
         let m = dy.meta.shape()[0];
         if !super::epilogue::fits(m, w.layout.in_features, dy.dtype) {
-            return Self::q_gelu_new_backward(pre, None, Self::q_linear_dx(dy, w));
+            return crate::mlp::linear_dx_dgelu_ops::<Self>(dy, w, pre);
         }
         let wd = launch::dequantize::<CudaRuntime, Self>(w, dy.dtype);
         super::epilogue::dx_dgelu(dy, &wd, pre)

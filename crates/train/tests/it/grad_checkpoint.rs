@@ -28,13 +28,7 @@ fn checkpointed_gradients_equal_plain_autodiff() {
 fn checkpointed_gradients_equal_plain_autodiff_on_a_quantized_base() {
     let (_g, dir) = locked_tempdir();
     let mut cfg = tiny_config(dir.path());
-    cfg.model.quantization = Some(qtune_train::config::QuantizationConfig {
-        load_in_4bit: true,
-        load_in_8bit: false,
-        bnb_4bit_quant_type: "nf4".into(),
-        bnb_4bit_use_double_quant: true,
-        blocksize: None,
-    });
+    cfg.model.quantization = Some(nf4_dq());
     checkpointed_equals_plain(&cfg);
 }
 
@@ -46,18 +40,23 @@ fn checkpointed_gradients_equal_plain_autodiff_on_a_quantized_base() {
 fn checkpointed_gradients_equal_plain_autodiff_with_the_fused_quantized_mlp() {
     let (_g, dir) = locked_tempdir();
     let mut cfg = tiny_config(dir.path());
-    cfg.model.quantization = Some(qtune_train::config::QuantizationConfig {
-        load_in_4bit: true,
-        load_in_8bit: false,
-        bnb_4bit_quant_type: "nf4".into(),
-        bnb_4bit_use_double_quant: true,
-        blocksize: None,
-    });
+    cfg.model.quantization = Some(nf4_dq());
     cfg.lora.target_modules =
         qtune_train::config::TargetList::Names(vec!["q_proj".into(), "v_proj".into()]);
     let model = model_with_live_adapter(&cfg);
     assert!(model.linears()[0].1.is_quantized());
     same_grads_both_ways(&model, 3 * 2 * 2, "A and B of q and v in 3 blocks");
+}
+
+/// bitsandbytes' NF4 with double-quantized absmax, loaded as the model streams in.
+fn nf4_dq() -> qtune_train::config::QuantizationConfig {
+    qtune_train::config::QuantizationConfig {
+        load_in_4bit: true,
+        load_in_8bit: false,
+        bnb_4bit_quant_type: "nf4".into(),
+        bnb_4bit_use_double_quant: true,
+        blocksize: None,
+    }
 }
 
 fn checkpointed_equals_plain(cfg: &qtune_train::RunConfig) {
