@@ -1,10 +1,13 @@
 #!/bin/bash
 # Session 16, call 3: the row kernels with four loads in flight per lane (e06b58a; LayerNorm,
-# RMSNorm, cross-entropy, attention softmax; designed bit-identical) A/B against 4c7459a's build,
+# RMSNorm, cross-entropy, attention softmax; designed bit-identical) A/B against the baseline,
 # GPT-J-6B NF4 q,v, with the GPT-J peer in the same call; gpu-check of the new build; then, with
 # the new build, batch-1 decode (2 GEMV rows per plane by default since 4c7459a) and its step
 # breakdown. Parts run in that order while BUDGET seconds (default 420) allow.
-#   carry [".device"] with bin/xtask.gz (new) and bin/xtask_old.gz (4c7459a); source stash.sh first
+# Not run in session 16 (no machine could be started): e06b58a was reverted in 301fc63 until it
+# has; build the new binary from main with `git revert 301fc63` (or branch
+# wip/row-kernels-loads-in-flight) applied, the old one from main.
+#   carry [".device"] with bin/xtask.gz (new) and bin/xtask_old.gz (baseline); source stash.sh first
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} QTUNE_KERNEL_CACHE=/tmp/kcache
 export PYTHONPATH=$PWD/.device/site
