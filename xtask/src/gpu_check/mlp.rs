@@ -17,7 +17,7 @@ use super::{host, rel, values, Failures};
 /// f32 accumulator and rounds once, the unfused path rounds the product, then the activation.
 /// That is one or two bf16 ulps on the `[m, 4·D]` activation (≤ 7.8e-3 of its largest value),
 /// averaged over `fc_out`'s sums; the `gelu_new` kernel's own checks allow 1e-2 / 1.5e-2.
-/// Not yet measured on a GPU.
+/// Measured on an H100 (session 16): forward 4.2e-3, dx 5.8e-3 (tracked and unread).
 const MLP_FWD: f64 = 1e-2;
 const MLP_GRAD: f64 = 1.5e-2;
 
