@@ -32,7 +32,7 @@ mod weight;
 pub mod cuda;
 
 pub use decode::{first_argmax, graph_capture, greedy_advance, write_row, DeviceGraph};
-pub use error::KernelError;
+pub use error::{switch_setting, KernelError};
 pub use lora::lora_acc;
 pub use mlp::{mlp_fits, mlp_gelu_new, BiasAct};
 pub use ops::{

@@ -59,13 +59,8 @@ pub fn device_graphs_from_env() -> Result<bool, LmError> {
 
 /// [`device_graphs_from_env`] for a given value of the variable (`None`: unset).
 pub fn device_graphs_setting(value: Option<&str>) -> Result<bool, LmError> {
-    match value {
-        None | Some("1") => Ok(true),
-        Some("0") => Ok(false),
-        Some(v) => Err(LmError::Input(format!(
-            "{DEVICE_GRAPHS_ENV}={v:?}: expected 0 (eager decoding) or 1 (CUDA graphs)"
-        ))),
-    }
+    qtune_kernels::switch_setting(DEVICE_GRAPHS_ENV, value, "eager decoding", "CUDA graphs")
+        .map_err(|e| LmError::Input(e.to_string()))
 }
 
 /// HF's `early_stopping`: `true`, `false` (heuristic) or `"never"`.

@@ -20,16 +20,34 @@ use super::launch::empty;
 use crate::BiasAct;
 
 /// Environment variable: `0` turns the epilogues off (the bias and GELU then run as separate
-/// kernels, as before them).
+/// kernels, as before them), `1` (or unset) on; any other value is refused by
+/// `QBackend::q_check_device`, before any work.
 pub const EPILOGUES_ENV: &str = "QTUNE_GEMM_EPILOGUES";
+
+/// [`EPILOGUES_ENV`]'s setting, read once.
+///
+/// # Errors
+/// [`crate::KernelError::Setting`] for a value other than `0` or `1`.
+pub(crate) fn epilogues_from_env() -> Result<bool, crate::KernelError> {
+    static SETTING: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let value = SETTING.get_or_init(|| std::env::var(EPILOGUES_ENV).ok());
+    crate::switch_setting(
+        EPILOGUES_ENV,
+        value.as_deref(),
+        "bias and GELU as separate kernels",
+        "in the GEMM's epilogue",
+    )
+}
 
 /// Whether the epilogue GEMM serves an output of `m` rows and `n` columns in `dtype`: bf16 or
 /// f16 (what cuBLASLt's GELU epilogues are documented and used for), more than one row (one
 /// row takes the GEMV kernels), `n` a multiple of 8 (cuBLASLt requires the auxiliary matrix's
 /// leading dimension to be), and not turned off by [`EPILOGUES_ENV`].
+///
+/// # Panics
+/// On a value of [`EPILOGUES_ENV`] that `q_check_device` would have refused before any work.
 pub(crate) fn fits(m: usize, n: usize, dtype: DType) -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| std::env::var(EPILOGUES_ENV).map_or(true, |v| v != "0"));
+    let on = epilogues_from_env().unwrap_or_else(|e| panic!("qtune-kernels: {e}"));
     on && m > 1 && n % 8 == 0 && matches!(dtype, DType::BF16 | DType::F16)
 }
 
