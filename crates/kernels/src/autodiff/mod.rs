@@ -176,11 +176,6 @@ fn tracked_q_linear<B: QBackend, C: CheckpointStrategy>(
         OpsKind::Tracked(prep) => {
             let x = x.primitive;
             let dtype = x.dtype();
-            let unread_out = |x: &FloatTensor<B>, out: usize| {
-                let m = x.shape().dims::<2>()[0];
-                let shape = burn::tensor::Shape::new([m, out]);
-                B::float_empty(shape, &B::float_device(x), dtype.into())
-            };
             let out = w.layout.out_features;
             let (state, y) = match (keep_dense, unread) {
                 // The same dequant + GEMM as `q_linear`, keeping the dense weight.
@@ -191,18 +186,25 @@ fn tracked_q_linear<B: QBackend, C: CheckpointStrategy>(
                 }
                 (true, true) => (
                     QLinearState::Dense(B::q_dequantize(w, dtype)),
-                    unread_out(&x, out),
+                    unread_output::<B>(&x, out),
                 ),
                 (false, false) => {
                     let y = B::q_linear(x, w.clone());
                     (QLinearState::Quant(w), y)
                 }
-                (false, true) => (QLinearState::Quant(w), unread_out(&x, out)),
+                (false, true) => (QLinearState::Quant(w), unread_output::<B>(&x, out)),
             };
             prep.finish(state, y)
         }
         OpsKind::UnTracked(prep) => prep.finish(B::q_linear(x.primitive, w)),
     }
+}
+
+/// The output of a tracked product whose values nobody reads: uninitialized `[m, out]` for a
+/// 2-D input `x [m, ·]`, in its dtype (no GEMM runs; the backward needs only the gradient).
+fn unread_output<B: QBackend>(x: &FloatTensor<B>, out: usize) -> FloatTensor<B> {
+    let m = x.shape().dims::<2>()[0];
+    B::float_empty([m, out].into(), &B::float_device(x), x.dtype().into())
 }
 
 /// `q_sum_unread` of `N` parts with autodiff: tracked, an uninitialized output and a node that
@@ -284,9 +286,7 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         {
             OpsKind::Tracked(prep) if unread => {
                 let x = x.primitive;
-                let (m, dtype) = (x.shape().dims::<2>()[0], x.dtype());
-                let out = w[1].layout.out_features;
-                let y = B::float_empty([m, out].into(), &B::float_device(&x), dtype.into());
+                let y = unread_output::<B>(&x, w[1].layout.out_features);
                 let (pre, _) = B::q_linear_bias_act(x, w[0].clone(), b, BiasAct::Bias);
                 prep.finish(MlpGeluState { w, pre }, y)
             }
