@@ -15,14 +15,20 @@ for c in ${CASES:-smollm2-135m:nf4:all:8:384:adamw}; do
       X=/tmp/xtask; [ $x = old ] && X=/tmp/xtask_old
       out=$(timeout ${T_RUN:-150} $X bench train --model $model --quant $quant --targets $targets --optim $optim \
         --batch $b --seq $t --warmup 3 --steps ${STEPS:-8} --decode 0 2>&1)
-      echo "$out" > $OUT/ab_${model}_${x}_$r.txt
-      # step_s median, tokens/s, peak GiB in use / reserved; then every step's loss (same seeds and
-      # batch in both builds: the curves must agree to bf16 noise).
+      echo "$out" > $OUT/ab_${model}_${quant}_${targets}_${x}_$r.txt
+      # step_s median, tokens/s, peak GiB in use / reserved; the median forward, recompute +
+      # backward and optimizer seconds of the timed steps (and the optimizer's host issue time);
+      # then every step's loss (same seeds and batch in both builds: the curves must agree to
+      # bf16 noise).
       echo "$c $x round $r $(echo "$out" | python3 -c '
-import json, sys
+import json, sys, statistics as st
 rows = [json.loads(l) for l in sys.stdin if l.startswith("{")]
 d = next((r for r in rows if "step_s_median" in r), {})
+t = [r for r in rows if "step" in r and not r.get("warmup")]
+m = lambda f: round(st.median(f(r) for r in t), 4) if t else None
 print(d.get("step_s_median"), d.get("tokens_per_s"), d.get("peak_in_use_gib_probed"), d.get("peak_reserved_gib"),
+      "fwd", m(lambda r: r["forward_s"]), "bwd", m(lambda r: r["recompute_backward_s"]),
+      "opt", m(lambda r: r["optimizer_s"]), "opt_issue", m(lambda r: r["issue_s"][2]),
       "losses", [round(r["loss"], 4) for r in rows if "loss" in r and "step" in r])')"
     done
   done

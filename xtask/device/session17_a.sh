@@ -1,9 +1,10 @@
 #!/bin/bash
 # Session 17, call 1: the fused 8-bit AdamW step and the optimizer's gather by device copies
 # (q_adam8_blockwise, q_cat_flat), together with the row kernels' four loads in flight
-# (e06b58a), A/B against main (a383c1a): GPT-J-6B NF4 q,v and all-linear, the per-phase times
-# telling the optimizer's share (optimizer_s) from the row kernels' (forward, backward); then
-# gpu-check of the new build (its new `cat_flat`, `adam8_*` lines and the row kernels').
+# (e06b58a), against main: the A/B on GPT-J-6B NF4 q,v (ab_bench.sh's per-phase medians tell the
+# optimizer's share from the row kernels', forward and backward); gpu-check of the new build (its
+# `cat_flat`, `adam8_*` lines and the row kernels'); the all-linear A/B; batch-1 decode. Parts run
+# in that order while BUDGET seconds allow.
 # Not run in session 17 (no device machine could be started). The new build: main with
 # `git revert cde6a59 301fc63` applied (restores the optimizer's device ops, then the row
 # kernels); the old one: main before that (a383c1a's tree).
@@ -13,19 +14,8 @@ set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} QTUNE_KERNEL_CACHE=/tmp/kcache
 START=$(date +%s)
 fits() { [ $(( $(date +%s) - START + $1 )) -le ${BUDGET:-520} ] || { echo "--- skipped ($1 s expected): $2"; false; }; }
-phases() {  # median forward / backward / optimizer seconds (and optimizer issue) of a bench output
-  python3 -c '
-import json, sys, statistics as st
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-t = [r for r in rows if "step" in r and not r.get("warmup")]
-if t:
-    m = lambda k: round(st.median(r[k] for r in t), 4)
-    print("phases fwd", m("forward_s"), "bwd", m("recompute_backward_s"), "opt", m("optimizer_s"),
-          "opt_issue", round(st.median(r["issue_s"][2] for r in t), 4))' "$1"
-}
 echo "=== A/B gptj q,v $(date -u +%T)"
 CASES='gptj-6b:nf4:qv:8:512:default' ROUNDS=1 T_RUN=80 bash xtask/device/ab_bench.sh
-for x in old new; do mv $OUT/ab_gptj-6b_${x}_1.txt $OUT/qv_${x}.txt; phases $OUT/qv_${x}.txt | sed "s/^/qv $x /"; done
 if fits 180 "gpu-check"; then
   echo "=== gpu-check $(date -u +%T)"
   timeout 200 /tmp/xtask bench gpu-check --steps 30 > $OUT/gpucheck.txt 2>&1
@@ -38,7 +28,6 @@ fi
 if fits 150 "all-linear A/B"; then
   echo "=== A/B gptj all-linear $(date -u +%T)"
   CASES='gptj-6b:nf4:all:8:512:default' ROUNDS=1 T_RUN=80 STEPS=5 bash xtask/device/ab_bench.sh
-  for x in old new; do mv $OUT/ab_gptj-6b_${x}_1.txt $OUT/all_${x}.txt; phases $OUT/all_${x}.txt | sed "s/^/all $x /"; done
 fi
 if fits 45 "decode"; then
   echo "=== decode $(date -u +%T)"
