@@ -16,6 +16,7 @@
 //!   absmax from `qtune-quant`'s measured table (`Reciprocal::BnbCuda`, as the CPU reference).
 //! - `Autodiff<B, C>` for any of the above.
 
+mod adam8;
 mod attention;
 mod autodiff;
 mod decode;
@@ -31,6 +32,7 @@ mod weight;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
+pub use adam8::{Adam8Input, Adam8Scalars, Adam8State, ADAM8_BLOCK};
 pub use decode::{first_argmax, graph_capture, greedy_advance, write_row, DeviceGraph};
 pub use error::{switch_setting, KernelError};
 pub use lora::lora_acc;
@@ -40,7 +42,9 @@ pub use ops::{
     layer_norm, linear_t, linear_t_acc, matmul, rms_norm, rotary, rotary_half, select_rows,
     silu_mul, sum_unread,
 };
-pub use weight::{AbsmaxPrimitive, NestedPrimitive, QLayout, QWeightPrimitive, QuantWeight};
+pub use weight::{
+    AbsmaxPrimitive, LinearBackward, NestedPrimitive, QLayout, QWeightPrimitive, QuantWeight,
+};
 
 use burn::tensor::{
     backend::{AutodiffBackend, Backend},
@@ -546,37 +550,25 @@ pub trait QBackend: Backend {
     fn q_upload_int(data: TensorData, device: &Self::Device) -> IntTensor<Self> {
         Self::int_from_data(data, device)
     }
-}
 
-/// What a tracked quantized linear keeps between its forward and its backward.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum LinearBackward {
-    /// The quantized weight (refcounted handles to its codes): the backward dequantizes again,
-    /// as bitsandbytes' `MatMul4Bit`, and no dense `W` outlives the forward. A whole model
-    /// without checkpointing runs this way.
-    #[default]
-    Quantized,
-    /// The dequantized weight the forward made (in the activation dtype): the backward
-    /// multiplies by it instead of dequantizing twice. For gradient checkpointing: one block's
-    /// recompute runs this way and its dense weights live only until that block's backward
-    /// (~0.4 GB for GPT-J-6B in bf16).
-    Dense,
-    /// [`LinearBackward::Dense`] for weights of at most this many elements,
-    /// [`LinearBackward::Quantized`] for larger ones: a checkpointed recompute keeps the small
-    /// (attention) weights dense and dequantizes the large (MLP) ones once more in the
-    /// backward, trading one dequantization of those weights per step for their dense bytes
-    /// at the step's memory peak.
-    DenseUpTo(usize),
-}
+    /// `cat(parts, 0)` of 1-D tensors of one dtype (at least one): how the optimizer gathers a
+    /// group's values and gradients. The default is Burn's `cat` (a kernel per part); CUDA
+    /// enqueues one device-to-device copy per part from a single device-thread task.
+    fn q_cat_flat(parts: Vec<FloatTensor<Self>>) -> FloatTensor<Self> {
+        Self::float_cat(parts, 0)
+    }
 
-impl LinearBackward {
-    /// Whether a weight of `elems` elements keeps its dense copy for the backward.
-    pub fn keeps_dense(self, elems: usize) -> bool {
-        match self {
-            Self::Quantized => false,
-            Self::Dense => true,
-            Self::DenseUpTo(max) => elems <= max,
-        }
+    /// One bitsandbytes 8-bit blockwise Adam step over a group's flat buffers, fused: the new
+    /// values and state. The default hands the input back (`Err`), and the caller composes the
+    /// step from Burn ops (qtune-optim's reference); CUDA runs one kernel, a plane per block.
+    ///
+    /// # Errors
+    /// The input itself, unchanged, where this backend has no fused step for it.
+    #[allow(clippy::result_large_err)]
+    fn q_adam8_blockwise(
+        a: Adam8Input<Self>,
+    ) -> Result<(FloatTensor<Self>, Adam8State<Self>), Adam8Input<Self>> {
+        Err(a)
     }
 }
 

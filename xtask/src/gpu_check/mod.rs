@@ -29,6 +29,8 @@ mod lora;
 #[cfg(feature = "cuda")]
 mod mlp;
 #[cfg(feature = "cuda")]
+mod optim;
+#[cfg(feature = "cuda")]
 pub(crate) mod selftest;
 
 /// Arguments of `bench gpu-check`.
@@ -153,6 +155,7 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     fused::check(&dev, &mut fails)?;
     lora::check(&dev, &mut fails)?;
     mlp::check(&dev, &mut fails)?;
+    optim::check(&dev, &mut fails)?;
     gemm::quantized_gemv_check(&dev, &mut fails)?;
     gemm::gemm_check(&dev, &mut fails)?;
     load::check(&dev, &mut fails)?;

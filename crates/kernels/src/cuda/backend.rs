@@ -15,8 +15,8 @@ use cubecl::cuda::CudaRuntime;
 use super::gemm::{bmm_scaled, gemm, gemm_acc, OneRow, Product};
 use super::launch;
 use crate::{
-    AttentionInput, AttnMask, BiasAct, GemmAccOptions, GemmOptions, KernelError, NormInput,
-    QBackend, QWeightPrimitive, QuantizeOptions, RotaryOptions,
+    Adam8Input, Adam8State, AttentionInput, AttnMask, BiasAct, GemmAccOptions, GemmOptions,
+    KernelError, NormInput, QBackend, QWeightPrimitive, QuantizeOptions, RotaryOptions,
 };
 
 impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
@@ -133,6 +133,16 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
             }
             _ => <Self as burn::tensor::ops::IntTensorOps<Self>>::int_from_data(data, device),
         }
+    }
+
+    fn q_cat_flat(parts: Vec<FloatTensor<Self>>) -> FloatTensor<Self> {
+        super::concat::cat_flat(parts)
+    }
+
+    fn q_adam8_blockwise(
+        a: Adam8Input<Self>,
+    ) -> Result<(FloatTensor<Self>, Adam8State<Self>), Adam8Input<Self>> {
+        super::fused::adam8_blockwise::<CudaRuntime, Self>(a)
     }
 
     fn q_lora_prep(
