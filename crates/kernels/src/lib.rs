@@ -36,7 +36,7 @@ pub use adam8::{Adam8Input, Adam8Scalars, Adam8State, ADAM8_BLOCK};
 pub use decode::{first_argmax, graph_capture, greedy_advance, write_row, DeviceGraph};
 pub use error::{switch_setting, KernelError};
 pub use lora::lora_acc;
-pub use mlp::{mlp_fits, mlp_gelu_new, BiasAct};
+pub use mlp::{mlp_fits, mlp_gelu_new, mlp_gelu_new_plus, BiasAct};
 pub use ops::{
     attention, attention_softmax, bias_gelu_new, cross_entropy, dropout, gelu_new, grad_seed,
     layer_norm, linear_t, linear_t_acc, matmul, rms_norm, rotary, rotary_half, select_rows,
@@ -268,6 +268,20 @@ pub trait QBackend: Backend {
     ) -> FloatTensor<Self> {
         let _ = unread;
         mlp::mlp_gelu_new_ops::<Self>(x, w, b_in)
+    }
+
+    /// [`QBackend::q_mlp_gelu_new`] (read, not `unread`) `+ b_out + adds[0] + adds[1] + …`
+    /// (`b_out [out]` in `x`'s dtype, `adds` of the output's shape; see [`mlp_gelu_new_plus`]).
+    /// The default is that op, then the bias and the adds one by one in order (tracked under
+    /// autodiff). CUDA sums the adds first and lets `W_out`'s GEMM add its product and the bias
+    /// onto them (β = 1, BIAS epilogue) in place: one pass over `[m, out]` instead of three.
+    fn q_mlp_gelu_new_plus(
+        x: FloatTensor<Self>,
+        w: [QWeightPrimitive<Self>; 2],
+        [b_in, b_out]: [FloatTensor<Self>; 2],
+        adds: Vec<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        mlp::mlp_gelu_new_plus_ops::<Self>(x, w, [b_in, b_out], adds)
     }
 
     /// Batched row-major matmul `c[i] = alpha·op(a[i])·op(b[i])` of 3-D `a`, `b` (same batch size and

@@ -68,6 +68,39 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         super::epilogue::linear_bias_act(x, &wd, bias, act)
     }
 
+    fn q_mlp_gelu_new_plus(
+        x: FloatTensor<Self>,
+        [w_in, w_out]: [QWeightPrimitive<Self>; 2],
+        [b_in, b_out]: [FloatTensor<Self>; 2],
+        adds: Vec<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        use burn::tensor::ops::FloatTensorOps;
+        let m = x.meta.shape()[0];
+        if adds.is_empty() || !super::epilogue::fits(m, w_out.layout.out_features, x.dtype) {
+            return crate::mlp::mlp_gelu_new_plus_ops::<Self>(
+                x,
+                [w_in, w_out],
+                [b_in, b_out],
+                adds,
+            );
+        }
+        let (h, _) = Self::q_linear_bias_act(x, w_in, b_in, BiasAct::GeluNew);
+        // The adds summed first (one pass; Burn writes in place where it can), then the GEMM
+        // accumulates onto that sum in place; a sum something else still holds (one add that is
+        // the caller's tensor) gets the bias epilogue and one add after.
+        let mut adds = adds.into_iter();
+        let first = adds.next().expect("at least one add");
+        let acc = burn_cubecl::kernel::into_contiguous(adds.fold(first, Self::float_add));
+        let wd = launch::dequantize::<CudaRuntime, Self>(w_out.clone(), h.dtype);
+        match super::epilogue::linear_bias_acc(h.clone(), &wd, b_out.clone(), acc) {
+            Ok(y) => y,
+            Err(acc) => {
+                let (y, _) = super::epilogue::linear_bias_act(h, &wd, b_out, BiasAct::Bias);
+                Self::float_add(y, acc)
+            }
+        }
+    }
+
     fn q_linear_dx_dgelu(
         dy: FloatTensor<Self>,
         w: QWeightPrimitive<Self>,

@@ -104,6 +104,53 @@ pub(crate) fn linear_bias_act(
     (y, aux)
 }
 
+/// `acc += x [m, k] · wd [n, k]ᵀ + bias [n]` in `acc`'s own buffer (β = 1 with the BIAS
+/// epilogue: the product and the bias summed in f32 with `acc`'s value, rounded once), for an
+/// `acc [m, n]` that nothing else holds, stored densely (`None` hands it back otherwise, nothing
+/// launched).
+pub(crate) fn linear_bias_acc(
+    x: CubeTensor<CudaRuntime>,
+    wd: &CubeTensor<CudaRuntime>,
+    bias: CubeTensor<CudaRuntime>,
+    acc: CubeTensor<CudaRuntime>,
+) -> Result<CubeTensor<CudaRuntime>, CubeTensor<CudaRuntime>> {
+    let (x, bias) = (into_contiguous(x), into_contiguous(bias));
+    let ([m, k], [n, kw]) = (dims2(&x), dims2(wd));
+    if !(acc.can_mut() && acc.is_contiguous_buffer() && acc.meta.shape().to_vec() == vec![m, n]) {
+        return Err(acc);
+    }
+    assert!(
+        kw == k
+            && bias.meta.shape().to_vec() == vec![n]
+            && bias.dtype == x.dtype
+            && acc.dtype == x.dtype,
+        "qtune-kernels: epilogue GEMM acc += x [{m}, {k}] · W [{n}, {kw}] + bias {:?} \
+         ({:?}, {:?} vs {:?})",
+        bias.meta.shape(),
+        bias.dtype,
+        acc.dtype,
+        x.dtype
+    );
+    let g = Gemm {
+        m,
+        n,
+        k,
+        batch: 1,
+        ta: false,
+        tb: true,
+        alpha: 1.0,
+        beta: 1.0,
+    };
+    strided_gemm_epilogue(
+        (&x, dense(k, m)),
+        (wd, dense(k, n)),
+        (&acc, dense(n, m)),
+        g,
+        (Epilogue::Bias, Some(&bias), None),
+    );
+    Ok(acc)
+}
+
 /// `(dy [m, n] · wd [n, k]) ⊙ gelu_new'(pre [m, k])` for a dense `wd` in `dy`'s dtype.
 pub(crate) fn dx_dgelu(
     dy: CubeTensor<CudaRuntime>,
