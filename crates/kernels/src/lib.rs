@@ -22,6 +22,7 @@ mod autodiff;
 mod decode;
 mod dropout;
 mod error;
+mod head;
 mod llama_ops;
 mod lora;
 mod mlp;
@@ -35,6 +36,7 @@ pub mod cuda;
 pub use adam8::{Adam8Input, Adam8Scalars, Adam8State, ADAM8_BLOCK};
 pub use decode::{first_argmax, graph_capture, greedy_advance, write_row, DeviceGraph};
 pub use error::{switch_setting, KernelError};
+pub use head::linear_cross_entropy;
 pub use lora::lora_acc;
 pub use mlp::{mlp_fits, mlp_gelu_new, mlp_gelu_new_plus, BiasAct};
 pub use ops::{
@@ -451,6 +453,19 @@ pub trait QBackend: Backend {
         targets: IntTensor<Self>,
         g: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+
+    /// [`QBackend::q_cross_entropy`] of the logits `x·wᵀ (+ bias)` of a frozen head (see
+    /// [`linear_cross_entropy`]). The default computes the logits, then the cross-entropy; under
+    /// autodiff a tracked `x` gets its gradient computed in the forward and kept in f32 instead
+    /// of the logits.
+    fn q_linear_cross_entropy(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        targets: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        head::linear_cross_entropy_ops::<Self>(x, w, bias, targets)
+    }
 
     /// Rows `idx` of `x [N, D]` → `[n, D]`, as `Tensor::select` on dim 0, for **distinct**
     /// indices ([`select_rows`] checks them): its backward writes each row's gradient into
