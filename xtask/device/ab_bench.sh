@@ -1,22 +1,21 @@
 #!/bin/bash
 # A/B of two xtask builds in one call: `bench train` for every case, each build in turn, ROUNDS
 # times interleaved (so drift on the machine hits both), then the median step of each.
-#   carry [".device"] with bin/xtask.gz (new) and bin/xtask_old.gz (baseline); source stash.sh first
-#   (ORDER='old new dev' adds bin/xtask_dev.gz as a third build)
+#   carry [".device"] with bin/xtask.xz (new) and bin/xtask_old.xz (baseline; or .gz); source
+#   stash.sh first (ORDER='old new dev' adds bin/xtask_dev.xz as a third build)
 #   CASES='smollm2-135m:nf4:all:8:384:adamw llama-7b:nf4:qv:8:512:default' ROUNDS=2 bash xtask/device/ab_bench.sh
+# (FIRST_ROUND=2 ROUNDS=2 runs the second round alone, e.g. after other work in the same call.)
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} QTUNE_KERNEL_CACHE=/tmp/kcache
-# Builds other than `new` (= /tmp/xtask, unpacked by stash.sh): bin/xtask_<name>.gz, unpacked
-# into /tmp/xtask_<name> when it changed (ORDER='old new dev' compares three).
+# Builds other than `new` (= /tmp/xtask, unpacked by stash.sh): bin/xtask_<name>.xz (or .gz),
+# unpacked into /tmp/xtask_<name> (ORDER='old new dev' compares three).
 for x in ${ORDER:-old new}; do
-  [ $x = new ] && continue
-  [ -f /tmp/xtask_$x ] && cmp -s .device/bin/xtask_$x.gz /tmp/xtask_$x.gz || {
-    cp .device/bin/xtask_$x.gz /tmp/xtask_$x.gz && gunzip -c /tmp/xtask_$x.gz > /tmp/xtask_$x && chmod +x /tmp/xtask_$x; }
+  [ $x = new ] || bash xtask/device/unpack.sh xtask_$x || exit 1
 done
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 for c in ${CASES:-smollm2-135m:nf4:all:8:384:adamw}; do
   IFS=: read -r model quant targets b t optim <<< "$c"
-  for r in $(seq ${ROUNDS:-2}); do
+  for r in $(seq ${FIRST_ROUND:-1} ${ROUNDS:-2}); do
     for x in ${ORDER:-old new}; do
       X=/tmp/xtask; [ $x = new ] || X=/tmp/xtask_$x
       out=$(timeout ${T_RUN:-150} $X bench train --model $model --quant $quant --targets $targets --optim $optim \
