@@ -75,8 +75,8 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         adds: Vec<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
         use burn::tensor::ops::FloatTensorOps;
-        let m = x.meta.shape()[0];
-        if adds.is_empty() || !super::epilogue::fits(m, w_out.layout.out_features, x.dtype) {
+        let (m, n) = (x.meta.shape()[0], w_out.layout.out_features);
+        if adds.is_empty() || !super::epilogue::fits(m, n, x.dtype) {
             return crate::mlp::mlp_gelu_new_plus_ops::<Self>(
                 x,
                 [w_in, w_out],
@@ -91,13 +91,12 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         let mut adds = adds.into_iter();
         let first = adds.next().expect("at least one add");
         let acc = burn_cubecl::kernel::into_contiguous(adds.fold(first, Self::float_add));
-        let wd = launch::dequantize::<CudaRuntime, Self>(w_out.clone(), h.dtype);
-        match super::epilogue::linear_bias_acc(h.clone(), &wd, b_out.clone(), acc) {
-            Ok(y) => y,
-            Err(acc) => {
-                let (y, _) = super::epilogue::linear_bias_act(h, &wd, b_out, BiasAct::Bias);
-                Self::float_add(y, acc)
-            }
+        let wd = launch::dequantize::<CudaRuntime, Self>(w_out, h.dtype);
+        if super::epilogue::accumulates_into(&acc, [m, n]) {
+            super::epilogue::linear_bias_acc(h, &wd, b_out, acc)
+        } else {
+            let (y, _) = super::epilogue::linear_bias_act(h, &wd, b_out, BiasAct::Bias);
+            Self::float_add(y, acc)
         }
     }
 
