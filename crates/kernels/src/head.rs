@@ -1,8 +1,9 @@
 //! The LM head's loss without its logits kept for the backward ([`linear_cross_entropy`]):
 //! `nll[r] = CE(x[r]·Wᵀ + b, t[r])` for a frozen head. Under autodiff the op computes the input
 //! gradient in the forward, chunk by chunk, as Liger-Kernel's fused linear cross-entropy does:
-//! `dx₁ = (softmax(logits) − onehot(t))·W` in f32, kept instead of the chunk's `[rows, vocab]`
-//! logits; the backward scales it by the upstream gradient of each row. The logits of every
+//! `dx₁ = (softmax(logits) − onehot(t))·W` in f32 (for a fixed power-of-two upstream gradient,
+//! so that float16 keeps its precision), kept instead of the chunk's `[rows, vocab]` logits; the
+//! backward scales it by the upstream gradient of each row. The logits of every
 //! chunk (413 MB in bf16 for GPT-J-6B at 8 × 512 tokens, 1 GB for a 128k vocabulary) are then
 //! never alive together, only one chunk's logits and their gradient.
 //!
@@ -78,9 +79,17 @@ pub(crate) fn linear_cross_entropy_ops<B: QBackend>(
     B::q_cross_entropy(logits::<B>(x, w, bias), targets)
 }
 
+/// The upstream gradient per row that the forward's input gradient assumes: a power of two
+/// (scaling by it and back is exact), large enough that the logits' gradient
+/// `(softmax − onehot)·UNIT` stays out of float16's subnormals for probabilities down to ~1e-8
+/// (float16's smallest normal is 6.1e-5), as the loss scale of a float16 run keeps it; at most
+/// 4,096 in magnitude, far below float16's maximum. bfloat16 and f32 get the same bits as with 1.
+const UNIT: f32 = 4096.0;
+
 /// The forward of a tracked [`linear_cross_entropy`]: the per-row losses and the input gradient
-/// for an upstream gradient of one per row, `(softmax(logits) − onehot(t))·W` accumulated and
-/// kept in f32 (`[rows, D]`). The logits and their gradient are dropped before it returns.
+/// for an upstream gradient of [`UNIT`] per row, `(softmax(logits) − onehot(t))·UNIT·W`
+/// accumulated and kept in f32 (`[rows, D]`). The logits and their gradient are dropped before
+/// it returns.
 pub(crate) fn loss_and_unit_dx<B: QBackend>(
     x: FloatTensor<B>,
     w: FloatTensor<B>,
@@ -91,8 +100,8 @@ pub(crate) fn loss_and_unit_dx<B: QBackend>(
     let device = B::float_device(&x);
     let z = logits::<B>(x, w.clone(), bias);
     let nll = B::q_cross_entropy(z.clone(), targets.clone());
-    let ones = B::float_ones(Shape::new([rows]), &device, DType::F32.into());
-    let dz = B::q_cross_entropy_backward(z, targets, ones);
+    let unit = B::float_full(Shape::new([rows]), UNIT.into(), &device, DType::F32.into());
+    let dz = B::q_cross_entropy_backward(z, targets, unit);
     let dx = B::q_gemm(
         B::float_reshape(dz, Shape::new([1, rows, v])),
         B::float_reshape(w, Shape::new([1, v, d])),
@@ -101,15 +110,15 @@ pub(crate) fn loss_and_unit_dx<B: QBackend>(
     (nll, B::float_reshape(dx, Shape::new([rows, d])))
 }
 
-/// The backward of a tracked [`linear_cross_entropy`]: `dx[r] = g[r]·dx₁[r]` in f32 (`g [rows]`
-/// f32), rounded once to `dtype`.
+/// The backward of a tracked [`linear_cross_entropy`]: `dx[r] = (g[r] / UNIT)·dx₁[r]` in f32
+/// (`g [rows]`), rounded once to `dtype`.
 pub(crate) fn scale_unit_dx<B: QBackend>(
     unit_dx: FloatTensor<B>,
     g: FloatTensor<B>,
     dtype: DType,
 ) -> FloatTensor<B> {
     let rows = unit_dx.shape().dims::<2>()[0];
-    let g = B::float_cast(g, DType::F32.into());
+    let g = B::float_mul_scalar(B::float_cast(g, DType::F32.into()), (1.0 / UNIT).into());
     let dx = B::float_mul(unit_dx, B::float_reshape(g, Shape::new([rows, 1])));
     if dtype == DType::F32 {
         dx

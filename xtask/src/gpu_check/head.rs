@@ -1,8 +1,8 @@
 //! The LM head's loss (`qtune_kernels::linear_cross_entropy`: the input gradient computed in the
 //! forward, the logits not kept) vs the unfused ops on the GPU (`linear_t`, the bias add,
-//! `cross_entropy`), bf16, GPT-J's vocabulary: the losses (the same kernels in the same order:
-//! bit for bit) and the input gradient under a different upstream gradient per row. Metric:
-//! max |fused − unfused| / max |unfused|.
+//! `cross_entropy`), bf16 and f16, GPT-J's vocabulary: the losses (the same kernels in the same
+//! order: bit for bit) and the input gradient under a different upstream gradient per row.
+//! Metric: max |fused − unfused| / max |unfused|.
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use qtune_kernels::{cross_entropy, linear_cross_entropy, linear_t};
@@ -17,10 +17,21 @@ use super::{rel, values, Failures};
 const HEAD_GRAD: f64 = 1.5e-2;
 
 pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> anyhow::Result<()> {
+    for dtype in [DType::BF16, DType::F16] {
+        check_in(dev, dtype, fails)?;
+    }
+    Ok(())
+}
+
+fn check_in(
+    dev: &burn::tensor::Device<Train>,
+    dtype: DType,
+    fails: &mut Failures,
+) -> anyhow::Result<()> {
     let (rows, d, vocab) = (64usize, 256usize, 50_400usize);
     let tensor = |shape: [usize; 2], seed: u64, scale: f32| {
         let n = shape[0] * shape[1];
-        Tensor::<Train, 2>::from_data(TensorData::new(values(n, seed), shape), (dev, DType::BF16))
+        Tensor::<Train, 2>::from_data(TensorData::new(values(n, seed), shape), (dev, dtype))
             .mul_scalar(scale)
     };
     let w = tensor([vocab, d], 61, 0.2);
@@ -57,11 +68,13 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
         ("head_loss_bits_differ", same, 0.0),
         ("head_dx_rel_err", rel(got_dx, want_dx), HEAD_GRAD),
     ] {
-        res.insert(key.into(), fails.at_most(key, v, tol).into());
+        let what = format!("{key} ({dtype:?})");
+        res.insert(key.into(), fails.at_most(&what, v, tol).into());
     }
     println!(
         "{}",
-        json!({"check": "head_linear_cross_entropy", "shape": [rows, d, vocab], "results": res})
+        json!({"check": "head_linear_cross_entropy", "dtype": format!("{dtype:?}"),
+               "shape": [rows, d, vocab], "results": res})
     );
     Ok(())
 }
