@@ -23,8 +23,6 @@
 //! ```
 
 mod blockwise;
-#[doc(hidden)]
-pub mod check;
 pub mod dynamic_map;
 mod error;
 mod grads;

@@ -25,6 +25,7 @@ use crate::progress::{log_eval, plot_losses, progress_bar, Window};
 use crate::replica::{
     compute_lock, rank_seed, shard_range, Reduced, Replicas, SetupReport, Single,
 };
+use qtune_kernels::QBackend;
 use qtune_lm::CausalLm;
 
 use crate::model::{TrainBackend, TrainLm};
@@ -344,7 +345,7 @@ fn apply_update<B, M>(
     ckpt_root: &Path,
 ) -> Result<(M, StepDone), TrainError>
 where
-    B: TrainBackend,
+    B: AutodiffBackend + QBackend,
     M: AutodiffModule<B>,
 {
     let tokens = red.target_tokens;
@@ -403,7 +404,7 @@ fn keep_if_best<B, M>(
     ev: &StepEval,
 ) -> Result<bool, TrainError>
 where
-    B: TrainBackend,
+    B: AutodiffBackend + QBackend,
     M: CausalLm<B>,
 {
     let best_metric = cfg.best_metric();

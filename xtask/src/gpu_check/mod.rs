@@ -23,15 +23,11 @@ mod fused;
 #[cfg(feature = "cuda")]
 mod gemm;
 #[cfg(feature = "cuda")]
-mod head;
-#[cfg(feature = "cuda")]
 mod load;
 #[cfg(feature = "cuda")]
 mod lora;
 #[cfg(feature = "cuda")]
 mod mlp;
-#[cfg(feature = "cuda")]
-mod optim;
 #[cfg(feature = "cuda")]
 pub(crate) mod selftest;
 
@@ -157,8 +153,6 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     fused::check(&dev, &mut fails)?;
     lora::check(&dev, &mut fails)?;
     mlp::check(&dev, &mut fails)?;
-    head::check(&dev, &mut fails)?;
-    optim::check(&dev, &mut fails)?;
     gemm::quantized_gemv_check(&dev, &mut fails)?;
     gemm::gemm_check(&dev, &mut fails)?;
     load::check(&dev, &mut fails)?;

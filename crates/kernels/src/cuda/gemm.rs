@@ -599,11 +599,11 @@ pub(crate) fn pointer_batched_gemm(
 }
 
 /// cubecl's CUDA server: the state its device thread owns.
-pub(super) type Server = <CudaRuntime as cubecl::Runtime>::Server;
+type Server = <CudaRuntime as cubecl::Runtime>::Server;
 
 /// A handle on the device thread of cubecl's CUDA server for device `index` (the channel the
 /// client's own launches go through), made once per device.
-pub(super) fn device_handle(index: usize) -> cubecl::device_handle::DeviceHandle<Server> {
+fn device_handle(index: usize) -> cubecl::device_handle::DeviceHandle<Server> {
     use cubecl::device::Device;
     static HANDLES: OnceLock<Mutex<HashMap<usize, cubecl::device_handle::DeviceHandle<Server>>>> =
         OnceLock::new();
@@ -624,26 +624,20 @@ pub(super) fn device_handle(index: usize) -> cubecl::device_handle::DeviceHandle
 /// then on is suspect, so the process stops at once, before anything (a checkpoint) is written
 /// from them. The last checkpoint stays intact (checkpoints are written atomically).
 fn stop_on_gemm_failure(what: String) {
-    stop_on_device_failure("a GEMM", what);
-}
-
-/// [`stop_on_gemm_failure`] for any task of ours on cubecl's device thread (`task`: "a GEMM",
-/// "a device copy").
-pub(super) fn stop_on_device_failure(task: &str, what: String) {
-    eprintln!("qtune-kernels: {task} failed on the device thread: {what}; stopping");
+    eprintln!("qtune-kernels: a GEMM failed on the device thread: {what}; stopping");
     std::process::abort();
 }
 
 /// A GEMM operand as the device thread needs it: a binding of its buffer (which keeps the
 /// memory allocated, as a kernel launch's bindings do, without counting as a holder of the
 /// tensor: in-place ops on it stay possible) and its dtype.
-pub(super) struct Operand {
+struct Operand {
     binding: cubecl::server::Binding,
     dtype: DType,
 }
 
 impl Operand {
-    pub(super) fn of(t: &CubeTensor<CudaRuntime>) -> Self {
+    fn of(t: &CubeTensor<CudaRuntime>) -> Self {
         Self {
             binding: t.handle.clone().binding(),
             dtype: t.dtype,
@@ -654,7 +648,7 @@ impl Operand {
 /// Every operand's device pointer (its buffer's start) and the calling thread's stream, looked
 /// up on `server` (which makes that stream wait for the buffers' last writers, as for a kernel
 /// launch). The operands' bindings keep the buffers allocated until the caller has enqueued.
-pub(super) fn lookup<const K: usize>(
+fn lookup<const K: usize>(
     server: &mut Server,
     operands: &[Operand; K],
 ) -> Result<([u64; K], cudarc::driver::sys::CUstream), String> {

@@ -35,7 +35,6 @@ macro_rules! launch_float {
 
 mod attention;
 mod backend;
-mod concat;
 #[doc(hidden)]
 pub mod copy;
 mod decode;

@@ -28,7 +28,6 @@ macro_rules! dispatch_float {
     };
 }
 
-mod adam8;
 mod cross_entropy;
 mod dropout;
 mod gelu;
@@ -39,7 +38,6 @@ mod scatter;
 mod softmax;
 mod swiglu;
 
-pub use adam8::adam8_blockwise;
 pub use cross_entropy::cross_entropy;
 pub use dropout::{dropout, lora_prep, lora_prep_fits};
 pub use gelu::gelu_new;
