@@ -6,7 +6,8 @@
 #          q_adam8_blockwise and q_cat_flat, session 16's row kernels with four loads in flight);
 #   dev  = new + the block sum on fc_out's GEMM (mlp_gelu_new_plus, b31375b);
 #   dev2 = dev + the head's loss keeping the input gradient, not the logits
-#          (linear_cross_entropy, 0b3597b).
+#          (linear_cross_entropy, 0b3597b + 1543540; = `git revert 81eee5a` on main).
+# Taken back mid-run in session 18 (nothing came back); session18_c.sh is the short version.
 # Round 1 of the four; gpu-check of dev2 (its `cat_flat`, `adam8_*`, `mlp_plus_*`, `head_*` lines,
 # the row kernels', the tiny loss curve; if it stops early, new's too); round 2 while BUDGET
 # seconds allow; batch-1 decode.
