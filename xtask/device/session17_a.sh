@@ -16,15 +16,7 @@ START=$(date +%s)
 fits() { [ $(( $(date +%s) - START + $1 )) -le ${BUDGET:-520} ] || { echo "--- skipped ($1 s expected): $2"; false; }; }
 echo "=== A/B gptj q,v $(date -u +%T)"
 CASES='gptj-6b:nf4:qv:8:512:default' ROUNDS=1 T_RUN=80 bash xtask/device/ab_bench.sh
-if fits 180 "gpu-check"; then
-  echo "=== gpu-check $(date -u +%T)"
-  timeout 200 /tmp/xtask bench gpu-check --steps 30 > $OUT/gpucheck.txt 2>&1
-  echo "gpu-check exit $?"
-  grep -E 'panicked|Error|"check":"failed"|"ok":false' $OUT/gpucheck.txt | cut -c1-300 | tail -12
-  grep -E '"check":"(cat_flat|adam8)' $OUT/gpucheck.txt | cut -c1-300
-  grep -oE '"(cross_entropy|layer_norm|softmax|rms_norm)[a-z0-9_]*":[0-9.e-]*' $OUT/gpucheck.txt | tr '\n' ' '; echo
-  grep -E 'tiny_loss_curve.*max_abs' $OUT/gpucheck.txt | cut -c1-300
-fi
+fits 180 "gpu-check" && bash xtask/device/gpu_check.sh /tmp/xtask new
 if fits 150 "all-linear A/B"; then
   echo "=== A/B gptj all-linear $(date -u +%T)"
   CASES='gptj-6b:nf4:all:8:512:default' ROUNDS=1 T_RUN=80 STEPS=5 bash xtask/device/ab_bench.sh

@@ -24,14 +24,8 @@ FIRST_ROUND=1 ROUNDS=1 bash xtask/device/ab_bench.sh
 R1=$(( $(date +%s) - START ))
 for b in dev2 new; do
   fits 190 "gpu-check $b" || break
-  echo "=== gpu-check $b $(date -u +%T)"
   X=/tmp/xtask; [ $b = new ] || X=/tmp/xtask_$b
-  timeout 200 $X bench gpu-check --steps 30 > $OUT/gpucheck_$b.txt 2>&1
-  rc=$?; echo "gpu-check $b exit $rc"
-  grep -E 'panicked|Error|"check":"failed"|"ok":false|tolerance' $OUT/gpucheck_$b.txt | cut -c1-300 | tail -12
-  grep -E '"check":"(cat_flat|adam8|fused_mlp|head_)' $OUT/gpucheck_$b.txt | cut -c1-600
-  grep -oE '"(cross_entropy|layer_norm|softmax|rms_norm)[a-z0-9_]*":[0-9.e-]*' $OUT/gpucheck_$b.txt | tr '\n' ' '; echo
-  grep -E 'tiny_loss_curve.*max_abs' $OUT/gpucheck_$b.txt | cut -c1-300
+  bash xtask/device/gpu_check.sh $X $b
   # new's own check only where dev2's stopped before its end.
   grep -q 'max_abs_diff' $OUT/gpucheck_$b.txt && break
 done

@@ -16,15 +16,7 @@ export CASES='gptj-6b:nf4:qv:8:512:default' T_RUN=75
 echo "=== A/B gptj q,v round 1 $(date -u +%T)"
 ORDER='old dev2' FIRST_ROUND=1 ROUNDS=1 bash xtask/device/ab_bench.sh
 R1=$(( $(date +%s) - START ))
-if fits 170 "gpu-check dev2"; then
-  echo "=== gpu-check dev2 $(date -u +%T)"
-  timeout 180 /tmp/xtask_dev2 bench gpu-check --steps 30 > $OUT/gpucheck_dev2.txt 2>&1
-  echo "gpu-check dev2 exit $?"
-  grep -E 'panicked|Error|"check":"failed"|"ok":false|tolerance' $OUT/gpucheck_dev2.txt | cut -c1-300 | tail -12
-  grep -E '"check":"(cat_flat|adam8|fused_mlp|head_)' $OUT/gpucheck_dev2.txt | cut -c1-600
-  grep -oE '"(cross_entropy|layer_norm|softmax|rms_norm)[a-z0-9_]*":[0-9.e-]*' $OUT/gpucheck_dev2.txt | tr '\n' ' '; echo
-  grep -E 'tiny_loss_curve.*max_abs' $OUT/gpucheck_dev2.txt | cut -c1-300
-fi
+fits 170 "gpu-check dev2" && bash xtask/device/gpu_check.sh /tmp/xtask_dev2 dev2 180
 if fits $R1 "round 2"; then
   echo "=== A/B gptj q,v round 2 $(date -u +%T)"
   ORDER='dev2 old' FIRST_ROUND=2 ROUNDS=2 bash xtask/device/ab_bench.sh
