@@ -28,17 +28,6 @@ if fits 170 "gpu-check"; then
   grep -oE '"(cross_entropy|layer_norm|softmax|rms_norm)[a-z0-9_]*":[0-9.e-]*' $OUT/gpucheck.txt | tr '\n' ' '; echo
   grep -E 'tiny_loss_curve.*max_abs' $OUT/gpucheck.txt | cut -c1-300
 fi
-if fits 40 "decode"; then
-  echo "=== decode $(date -u +%T)"
-  timeout 90 /tmp/xtask bench train --model gptj-6b --quant nf4 --targets qv --warmup 0 --steps 0 \
-    --decode 128 > $OUT/decode.txt 2>&1
-  grep -oE '"(prefill_tok_s|decode_tok_s_b1|decode_tok_s_b1_no_graph|decode_tok_s_b1_stepwise)":[0-9.]*|"steps_per_graph":[0-9]*,"tok_s":[0-9.]*|rror.*' \
-    $OUT/decode.txt | tr '\n' ' '; echo
-fi
-if fits 50 "decode profile"; then
-  echo "=== decode profile $(date -u +%T)"
-  timeout 90 /tmp/xtask bench train --model gptj-6b --quant nf4 --targets qv --warmup 0 --steps 0 \
-    --decode 128 --decode-profile > $OUT/decode_profile.txt 2>&1
-  grep '^{' $OUT/decode_profile.txt | grep -oE '"decode_piece":"[^"]*"|"us":[0-9.]*' | paste - - | cut -c1-150
-fi
+fits 40 "decode" && bash xtask/device/decode.sh /tmp/xtask 90
+fits 50 "decode profile" && bash xtask/device/decode.sh /tmp/xtask 90 --decode-profile
 echo "=== end $(date -u +%T) ($(( $(date +%s) - START )) s)"

@@ -33,11 +33,5 @@ if fits $R1 "round 2"; then
   echo "=== A/B gptj q,v round 2 $(date -u +%T)"
   FIRST_ROUND=2 ROUNDS=2 bash xtask/device/ab_bench.sh
 fi
-if fits 45 "decode"; then
-  echo "=== decode $(date -u +%T)"
-  timeout 60 /tmp/xtask_dev2 bench train --model gptj-6b --quant nf4 --targets qv --warmup 0 --steps 0 \
-    --decode 128 > $OUT/decode.txt 2>&1
-  grep -oE '"(prefill_tok_s|decode_tok_s_b1|decode_tok_s_b1_no_graph)":[0-9.]*|"steps_per_graph":[0-9]*,"tok_s":[0-9.]*|rror.*' \
-    $OUT/decode.txt | tr '\n' ' '; echo
-fi
+fits 45 "decode" && bash xtask/device/decode.sh /tmp/xtask_dev2 60
 echo "=== end $(date -u +%T) ($(( $(date +%s) - START )) s)"
