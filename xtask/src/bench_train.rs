@@ -145,6 +145,10 @@ pub struct Args {
     /// (`--features host-profile`; see xtask/src/host_profile.rs).
     #[arg(long)]
     host_profile: bool,
+    /// Park the checkpointed block inputs in host memory (`gradient_checkpointing =
+    /// "offload"`): all but the last two leave the device between the forward and the backward.
+    #[arg(long)]
+    offload: bool,
 }
 
 /// HF `config.json` of a Llama shape: Llama-2-7B (MHA, 32k vocabulary), Llama-3-8B (GQA
@@ -316,7 +320,8 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
         // `*_issue_s` times stop before each sync: the host's share (building the graph,
         // launching); a phase whose issue time is close to its total is bound by the host.
         let seed = Some(i as u64);
-        let hs = forward_keep_block_inputs::<Train, _>(&model, &batch, seed, Some(&probe));
+        let hs =
+            forward_keep_block_inputs::<Train, _>(&model, &batch, seed, a.offload, Some(&probe));
         let i_fwd = s0.elapsed().as_secs_f64();
         sync()?;
         let t_fwd = s0.elapsed().as_secs_f64();
@@ -352,7 +357,7 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     if let Some(&med) = times.get(times.len() / 2) {
         println!(
             "{}",
-            json!({"model": model_name, "mode": mode, "batch": b, "seq": t, "step_s_median": med,
+            json!({"model": model_name, "mode": mode, "batch": b, "seq": t, "offload": a.offload, "step_s_median": med,
                "tokens_per_s": (b * t) as f64 / med, "load_quantize_s": load_s,
                "peak_in_use_gib_probed": peak_probe.load(std::sync::atomic::Ordering::Relaxed) as f64 / GIB,
                "in_use_gib_after_step_max": peak_use as f64 / GIB,

@@ -25,6 +25,7 @@ mod llama_ops;
 mod lora;
 mod mlp;
 mod ops;
+mod park;
 mod reference;
 mod weight;
 
@@ -40,6 +41,7 @@ pub use ops::{
     layer_norm, linear_t, linear_t_acc, matmul, rms_norm, rotary, rotary_half, select_rows,
     silu_mul, sum_unread,
 };
+pub use park::{park, HostCopy, Parked, Place};
 pub use weight::{AbsmaxPrimitive, NestedPrimitive, QLayout, QWeightPrimitive, QuantWeight};
 
 use burn::tensor::{
@@ -521,6 +523,12 @@ pub trait QBackend: Backend {
     ) -> Result<Option<Box<dyn DeviceGraph>>, KernelError> {
         let _ = (device, record);
         Ok(None)
+    }
+
+    /// Starts moving `x` to host memory off the compute stream ([`park`]'s module docs): CUDA
+    /// parks it in pinned memory; the default keeps it on the device.
+    fn q_park(x: FloatTensor<Self>) -> Place<Self> {
+        Place::Device(x)
     }
 
     /// Whether `device` can compute in `dtype`, checked before a model is built: on CUDA the

@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod checkpointing;
 pub mod data;
 mod metrics;
+pub use checkpointing::GradientCheckpointing;
 pub use data::{DataConfig, DatasetFormat, Task};
 
 /// The tiny CPU default, embedded so `qtune train` / `cargo xtask train` work without files.
@@ -253,8 +255,9 @@ pub struct TrainingArgs {
     /// Step folders kept (oldest removed first; the best adapter is kept separately).
     #[serde(default = "default_limit")]
     pub save_total_limit: usize,
+    /// `false`, `true` or `"offload"` ([`GradientCheckpointing`]).
     #[serde(default)]
-    pub gradient_checkpointing: bool,
+    pub gradient_checkpointing: GradientCheckpointing,
     #[serde(default = "default_seed")]
     pub seed: u64,
     /// HF's `data_seed`: seed of the batch order (the sampler, and packing's row order); unset:

@@ -76,7 +76,7 @@ where
 
     // Checkpointed: only the block inputs are alive between the two halves.
     let before = bytes_now();
-    let hs = step::forward_keep_block_inputs::<B, M>(model, batch, None, None);
+    let hs = step::forward_keep_block_inputs::<B, M>(model, batch, None, false, None);
     let checkpointed = bytes_now().saturating_sub(before);
     step::backward_recompute::<B, M>(model, batch, hs, 1.0, None)?;
     Ok(ActivationBytes {

@@ -75,6 +75,10 @@ impl<B: QBackend, M: CausalLm<B>> SegmentedLm<B> for M {
         qtune_kernels::grad_seed(y, dy)
     }
 
+    fn park(&self, h: Tensor<B, 3>) -> qtune_kernels::Parked<B, 3> {
+        qtune_kernels::park(h)
+    }
+
     fn visit_block<V: burn::module::ModuleVisitor<B>>(&self, i: usize, visitor: &mut V) {
         CausalLm::visit_block(self, i, visitor);
     }

@@ -10,14 +10,16 @@
 //!    `dL/dh_i`. Every backward is top-level.
 //!
 //! Between forward and backward only `L + 1` hidden states `[B, T, D]` are alive instead of every
-//! block's activations. LoRA dropout masks are derived from one seed per micro-batch, the block
+//! block's activations. [`Backprop::Offloaded`] parks them in host memory as well
+//! ([`qtune_kernels::park`]: the copies overlap the next block), so only the inputs of the
+//! blocks at work stay on the device. LoRA dropout masks are derived from one seed per micro-batch, the block
 //! index and the projection, so the recomputed block applies the very masks of the first forward.
 use burn::module::AutodiffModule;
 use burn::module::{ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
-use qtune_kernels::LinearBackward;
+use qtune_kernels::{LinearBackward, Parked};
 use qtune_lm::BlockContext;
 
 use crate::TrainError;
@@ -65,6 +67,11 @@ pub trait SegmentedLm<B: Backend> {
     fn grad_seed(&self, y: Tensor<B, 3>, dy: Tensor<B, 3>) -> Tensor<B, 1> {
         (y * dy).sum()
     }
+    /// Starts parking a kept block input in host memory ([`Backprop::Offloaded`]). The default
+    /// keeps it on the device; models on a [`qtune_kernels::QBackend`] park it there.
+    fn park(&self, h: Tensor<B, 3>) -> Parked<B, 3> {
+        Parked::keep(h)
+    }
     /// Visits block `i`'s parameters only.
     fn visit_block<V: ModuleVisitor<B>>(&self, i: usize, visitor: &mut V);
 }
@@ -106,16 +113,15 @@ pub enum Backprop {
     /// Per-block gradient checkpointing (see the module docs): only the block inputs stay
     /// alive, each block is recomputed for its backward.
     Checkpointed,
+    /// [`Backprop::Checkpointed`] with the block inputs parked in host memory between the
+    /// forward and their block's backward, all but the last two (the first the backward reads).
+    Offloaded,
 }
 
 impl Backprop {
-    /// [`Backprop::Checkpointed`] if `gradient_checkpointing`, else [`Backprop::Plain`].
-    pub fn new(gradient_checkpointing: bool) -> Self {
-        if gradient_checkpointing {
-            Self::Checkpointed
-        } else {
-            Self::Plain
-        }
+    /// Whether the block inputs are parked ([`Backprop::Offloaded`]).
+    pub fn parks(self) -> bool {
+        self == Self::Offloaded
     }
 }
 
@@ -144,8 +150,10 @@ where
                 let grads = loss.clone().div_scalar(norm).backward();
                 (loss.inner(), GradientsParams::from_grads(grads, model))
             }
-            Backprop::Checkpointed => {
-                let inputs = forward_keep_block_inputs::<B, M>(model, batch, dropout_seed, None);
+            Backprop::Checkpointed | Backprop::Offloaded => {
+                let park = backprop.parks();
+                let inputs =
+                    forward_keep_block_inputs::<B, M>(model, batch, dropout_seed, park, None);
                 recompute_backward::<B, M>(model, batch, inputs, norm, None)?
             }
         }
@@ -159,9 +167,10 @@ where
 }
 
 /// What the forward half of checkpointing hands the backward half: the hidden states
-/// `[h_0, …, h_L]` and the batch's context, both on the inner backend (built once per step).
+/// `[h_0, …, h_L]` (parked or kept) and the batch's context, both on the inner backend (built
+/// once per step).
 pub struct BlockInputs<B: AutodiffBackend> {
-    pub hs: Vec<Tensor<B::InnerBackend, 3>>,
+    pub hs: Vec<Parked<B::InnerBackend, 3>>,
     pub ctx: BlockContext<B::InnerBackend>,
 }
 
@@ -171,11 +180,13 @@ pub struct BlockInputs<B: AutodiffBackend> {
 /// of the MLP per step (about 1 % of a 7B step) for 0.25 GiB less at the step's peak.
 pub const DENSE_BACKWARD_MAX: usize = 1 << 25;
 
-/// The forward half of checkpointing: hidden states `[h_0, …, h_L]` on the inner backend.
+/// The forward half of checkpointing: hidden states `[h_0, …, h_L]` on the inner backend,
+/// `h_0 … h_{L-2}` parked in host memory if `park` ([`Backprop::Offloaded`]).
 pub fn forward_keep_block_inputs<B, M>(
     model: &M,
     batch: &qtune_data::Batch,
     dropout_seed: Option<u64>,
+    park: bool,
     probe: MemoryProbe<'_>,
 ) -> BlockInputs<B>
 where
@@ -185,13 +196,22 @@ where
 {
     let inner = model.valid(); // refcount clones of the parameters, no graph
     let ctx = inner.context(batch, dropout_seed, LinearBackward::Quantized);
-    let h0 = inner.embed(batch);
-    let mut hs = Vec::with_capacity(inner.num_blocks() + 1);
-    hs.push(h0);
-    for i in 0..inner.num_blocks() {
-        let h = inner.block(i, hs[i].clone(), &ctx);
-        hs.push(h);
+    let n = inner.num_blocks();
+    let mut h = inner.embed(batch);
+    let mut hs: Vec<Parked<B::InnerBackend, 3>> = Vec::with_capacity(n + 1);
+    for i in 0..n {
+        // h_i's copy to the host runs beside block i; its device buffer goes once block i
+        // is enqueued (the compute stream waits for the copy there, not the host).
+        let mut kept = if park && i + 2 <= n {
+            inner.park(h.clone())
+        } else {
+            Parked::keep(h.clone())
+        };
+        h = inner.block(i, h, &ctx);
+        kept.settle();
+        hs.push(kept);
     }
+    hs.push(Parked::keep(h));
     probe_memory(probe);
     BlockInputs { hs, ctx }
 }
@@ -234,7 +254,7 @@ where
         n + 1,
         "forward_keep_block_inputs returns L + 1 states"
     );
-    let h_last = hs.pop().map(Tensor::<B, 3>::from_inner);
+    let h_last = hs.pop().map(|h| Tensor::<B, 3>::from_inner(h.take()));
     let h_last = h_last.expect("L + 1 ≥ 1 states").require_grad();
     let loss = model.loss_sum(h_last.clone(), batch)?;
     let loss_sum = loss.clone().inner();
@@ -252,11 +272,16 @@ where
     let ctx = BlockContext::from_inner(ctx)
         .with_backward(LinearBackward::DenseUpTo(DENSE_BACKWARD_MAX))
         .output_unread();
-    for (i, h) in hs.into_iter().enumerate().rev() {
+    while let Some(h) = hs.pop() {
+        let i = hs.len();
         let Some(dy) = g.take() else {
             break; // nothing upstream depends on h_{i+1}: earlier blocks get no gradient
         };
-        let x = Tensor::<B, 3>::from_inner(h).require_grad();
+        // h_{i-1} comes back from the host while block i runs.
+        if let Some(next) = hs.last_mut() {
+            next.prefetch();
+        }
+        let x = Tensor::<B, 3>::from_inner(h.take()).require_grad();
         let y = model.block(i, x.clone(), &ctx);
         probe_memory(probe);
         // `(y ⊙ dy).sum().backward()` without the product and the full reduction.

@@ -249,7 +249,7 @@ where
         let local = micro_steps::<B, M>(
             &model,
             &batches,
-            Backprop::new(t.gradient_checkpointing),
+            t.gradient_checkpointing.backprop(),
             loss_scale,
         )?;
         let red = sync.reduce::<B, M>(&model, local, &inner_device)?;

@@ -56,7 +56,7 @@ fn run(
     t.logging_steps = 1;
     t.eval_steps = steps;
     t.save_steps = steps;
-    t.gradient_checkpointing = true;
+    t.gradient_checkpointing = qtune_train::config::GradientCheckpointing::On;
     cfg.validate("gpu-check fp16")?;
     let model = qtune_train::build::model_with_lora::<Train>(&cfg, dev)?;
     let opts = qtune_train::TrainOptions::default();

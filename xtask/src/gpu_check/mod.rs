@@ -29,6 +29,8 @@ mod lora;
 #[cfg(feature = "cuda")]
 mod mlp;
 #[cfg(feature = "cuda")]
+mod park;
+#[cfg(feature = "cuda")]
 pub(crate) mod selftest;
 
 /// Arguments of `bench gpu-check`.
@@ -190,9 +192,10 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     // 2. Tiny loss curve, GPU bf16 vs CPU f32.
     let mut cfg = qtune_train::RunConfig::tiny();
     cfg.lora.lora_dropout = 0.0;
-    let cpu_losses = tiny_curve::<Cpu>(&cfg, steps, &Default::default())?;
+    let checkpointed = qtune_train::step::Backprop::Checkpointed;
+    let cpu_losses = tiny_curve::<Cpu>(&cfg, steps, &Default::default(), checkpointed)?;
     cfg.model.torch_dtype = "bfloat16".into();
-    let gpu_losses = tiny_curve::<Train>(&cfg, steps, &dev)?;
+    let gpu_losses = tiny_curve::<Train>(&cfg, steps, &dev, checkpointed)?;
     let mut max_diff = 0f64;
     for (i, (c, g)) in cpu_losses.iter().zip(&gpu_losses).enumerate() {
         max_diff = max_diff.max((c - g).abs());
@@ -223,6 +226,9 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     // 3. float16 training with dynamic loss scaling against bfloat16, through the trainer.
     fp16::fp16_curve(&dev, steps, &mut fails)?;
 
+    // 4. Block inputs parked in host memory (`gradient_checkpointing = "offload"`).
+    park::check(&dev, steps.min(10), &mut fails)?;
+
     for f in &fails.0 {
         println!("{}", json!({"check": "failed", "what": f}));
     }
@@ -237,12 +243,13 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
 }
 
 /// Per-step mean token losses of the tiny model with LoRA, trained on one fixed batch
-/// (checkpointed micro-steps, AdamW, constant lr 1e-3).
+/// (micro-steps as `backprop` says, AdamW, constant lr 1e-3).
 #[cfg(feature = "cuda")]
 fn tiny_curve<B>(
     cfg: &qtune_train::RunConfig,
     steps: usize,
     dev: &B::Device,
+    backprop: qtune_train::step::Backprop,
 ) -> anyhow::Result<Vec<f64>>
 where
     B: burn::tensor::backend::AutodiffBackend + qtune_kernels::QBackend,
@@ -250,7 +257,7 @@ where
 {
     use qtune_lm::CausalLm;
     use qtune_optim::{Optimizer, OptimizerConfig};
-    use qtune_train::step::{micro_step, Backprop};
+    use qtune_train::step::micro_step;
     let mut model = qtune_train::build::model_with_lora::<B>(cfg, dev)?;
     let vocab = model.vocab_size() as u64;
     let (b, t) = (8usize, 64usize);
@@ -266,7 +273,7 @@ where
     let mut optim = Optimizer::<B>::new(OptimizerConfig::default())?;
     let mut losses = Vec::with_capacity(steps);
     for _ in 0..steps {
-        let ms = micro_step::<B, _>(&model, &batch, norm, None, Backprop::Checkpointed)?;
+        let ms = micro_step::<B, _>(&model, &batch, norm, None, backprop)?;
         losses.push(ms.loss_sum / norm as f64);
         model = optim.step(1e-3, model, ms.grads)?;
     }

@@ -113,6 +113,10 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         super::decode::capture(device, record)
     }
 
+    fn q_park(x: FloatTensor<Self>) -> crate::Place<Self> {
+        super::park::park::<F, I, BT>(x)
+    }
+
     fn q_check_device(device: &Self::Device, dtype: DType) -> Result<(), KernelError> {
         super::upload::check_device(device.index, dtype)
     }

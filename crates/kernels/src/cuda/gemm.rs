@@ -599,11 +599,11 @@ pub(crate) fn pointer_batched_gemm(
 }
 
 /// cubecl's CUDA server: the state its device thread owns.
-type Server = <CudaRuntime as cubecl::Runtime>::Server;
+pub(super) type Server = <CudaRuntime as cubecl::Runtime>::Server;
 
 /// A handle on the device thread of cubecl's CUDA server for device `index` (the channel the
 /// client's own launches go through), made once per device.
-fn device_handle(index: usize) -> cubecl::device_handle::DeviceHandle<Server> {
+pub(super) fn device_handle(index: usize) -> cubecl::device_handle::DeviceHandle<Server> {
     use cubecl::device::Device;
     static HANDLES: OnceLock<Mutex<HashMap<usize, cubecl::device_handle::DeviceHandle<Server>>>> =
         OnceLock::new();
@@ -624,20 +624,26 @@ fn device_handle(index: usize) -> cubecl::device_handle::DeviceHandle<Server> {
 /// then on is suspect, so the process stops at once, before anything (a checkpoint) is written
 /// from them. The last checkpoint stays intact (checkpoints are written atomically).
 fn stop_on_gemm_failure(what: String) {
-    eprintln!("qtune-kernels: a GEMM failed on the device thread: {what}; stopping");
+    stop_on_device_failure("a GEMM", what);
+}
+
+/// [`stop_on_gemm_failure`] for any task of ours on cubecl's device thread (`task`: "a GEMM",
+/// "a device copy").
+pub(super) fn stop_on_device_failure(task: &str, what: String) {
+    eprintln!("qtune-kernels: {task} failed on the device thread: {what}; stopping");
     std::process::abort();
 }
 
 /// A GEMM operand as the device thread needs it: a binding of its buffer (which keeps the
 /// memory allocated, as a kernel launch's bindings do, without counting as a holder of the
 /// tensor: in-place ops on it stay possible) and its dtype.
-struct Operand {
+pub(super) struct Operand {
     binding: cubecl::server::Binding,
     dtype: DType,
 }
 
 impl Operand {
-    fn of(t: &CubeTensor<CudaRuntime>) -> Self {
+    pub(super) fn of(t: &CubeTensor<CudaRuntime>) -> Self {
         Self {
             binding: t.handle.clone().binding(),
             dtype: t.dtype,
@@ -648,7 +654,7 @@ impl Operand {
 /// Every operand's device pointer (its buffer's start) and the calling thread's stream, looked
 /// up on `server` (which makes that stream wait for the buffers' last writers, as for a kernel
 /// launch). The operands' bindings keep the buffers allocated until the caller has enqueued.
-fn lookup<const K: usize>(
+pub(super) fn lookup<const K: usize>(
     server: &mut Server,
     operands: &[Operand; K],
 ) -> Result<([u64; K], cudarc::driver::sys::CUstream), String> {

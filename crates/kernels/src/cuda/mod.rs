@@ -45,6 +45,7 @@ mod gemm_lt;
 mod jit_cache;
 mod kernels;
 pub mod launch;
+mod park;
 mod rcp;
 mod upload;
 

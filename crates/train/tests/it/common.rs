@@ -62,7 +62,7 @@ pub fn tiny_config(out: &Path) -> RunConfig {
     t.eval_steps = 2;
     t.save_steps = 2;
     t.save_total_limit = 2;
-    t.gradient_checkpointing = true;
+    t.gradient_checkpointing = qtune_train::config::GradientCheckpointing::On;
     c.validate("tiny_config").unwrap();
     c
 }

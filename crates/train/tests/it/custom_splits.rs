@@ -44,7 +44,7 @@ fn config(path: &str, out: &Path) -> RunConfig {
     t.output_dir = Some(out.display().to_string());
     (t.max_steps, t.eval_steps, t.save_steps, t.warmup_steps) = (2, 1, 2, 0);
     t.per_device_train_batch_size = 4;
-    t.gradient_checkpointing = false;
+    t.gradient_checkpointing = qtune_train::config::GradientCheckpointing::Off;
     c.eval.generation_samples = 3;
     c.eval.max_new_tokens = 3;
     c

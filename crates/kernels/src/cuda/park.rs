@@ -1,0 +1,323 @@
+//! [`HostCopy`] on CUDA: a tensor parked in pinned host memory by copies on a side stream of
+//! the device, ordered against cubecl's compute stream by events (see `crate::park` for the
+//! calls' order).
+//!
+//! Ordering, for a tensor `t` whose buffer lies on the compute stream `S` (cubecl's stream of
+//! the calling thread) and the side stream `C` (one per device, copies only):
+//! - park: an event recorded on `S` after `t`'s writers; `C` waits for it and copies `t` to a
+//!   pinned buffer; `done` is recorded on `C`. `t` stays held, so nothing reuses its memory.
+//! - settle: `S` waits for `done`, then `t` is dropped: whatever the pool puts in that memory
+//!   later is enqueued on `S` after the wait, so after the copy.
+//! - prefetch: a fresh buffer from the pool (its earlier users are on `S` before an event that
+//!   `C` waits for); `C` copies the pinned bytes into it and records `done` again.
+//! - take: `S` waits for `done`; the buffer is the tensor's.
+//!
+//! All of it runs on cubecl's device thread (`DeviceHandle::submit`, the channel of the client's
+//! own launches, so in program order with them) and nothing waits on the host. Pinned buffers
+//! are kept per size for the life of the process and reused (a checkpointed step parks the same
+//! shapes every step); the copies on `C` run in order, so a buffer handed back once its copy to
+//! the device is enqueued cannot be overwritten before that copy reads it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use burn::tensor::{ops::FloatTensor, DType, Shape};
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, FloatElement, IntElement};
+use cubecl::cuda::CudaRuntime;
+use cudarc::driver::sys::{self, CUresult};
+
+use super::gemm::{device_handle, lookup, stop_on_device_failure, Operand};
+use crate::{HostCopy, Place};
+
+/// What the device thread's tasks of one parked tensor share: the pinned buffer holding its
+/// bytes (0: none yet) and the event of its last copy not yet waited for on `S` (0: none).
+#[derive(Default)]
+struct Slot {
+    host: usize,
+    done: usize,
+}
+
+/// A tensor parked in pinned host memory (module docs).
+pub(super) struct CudaParked {
+    /// The device buffer: the parked tensor until settled, then the prefetched one.
+    tensor: Option<CubeTensor<CudaRuntime>>,
+    /// Whether `tensor` holds the copy back (prefetched), not the original.
+    fetched: bool,
+    template: Template,
+    slot: Arc<Mutex<Slot>>,
+}
+
+/// What a fresh device buffer for the copy back needs.
+struct Template {
+    client: cubecl::client::ComputeClient<CudaRuntime>,
+    device: cubecl::cuda::CudaDevice,
+    shape: Shape,
+    dtype: DType,
+    bytes: usize,
+}
+
+/// Parks `x` (CUDA's [`crate::QBackend::q_park`]); an empty tensor stays on the device.
+pub(super) fn park<F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: CubeTensor<CudaRuntime>,
+) -> Place<CubeBackend<CudaRuntime, F, I, BT>> {
+    let bytes = x.meta.num_elements() * x.dtype.size();
+    if bytes == 0 || !x.is_contiguous() {
+        return Place::Device(x);
+    }
+    let template = Template {
+        client: x.client.clone(),
+        device: x.device.clone(),
+        shape: x.meta.shape().clone(),
+        dtype: x.dtype,
+        bytes,
+    };
+    let slot = Arc::new(Mutex::new(Slot::default()));
+    let (op, s) = (Operand::of(&x), slot.clone());
+    let index = x.device.index;
+    device_handle(index).submit(move |server| {
+        on_device("a parking copy to the host", || {
+            let ([src], main) = lookup(server, &[op])?;
+            let side = side_stream(index)?;
+            let host = pinned(index, bytes)?;
+            after(side, main)?;
+            // SAFETY: `src` holds `bytes` bytes (the tensor is contiguous and held until settled),
+            // `host` is a pinned buffer of at least `bytes` bytes owned by this slot.
+            check("cuMemcpyDtoHAsync", unsafe {
+                sys::cuMemcpyDtoHAsync_v2(host as *mut _, src, bytes, side)
+            })?;
+            let mut s = lock(&s);
+            s.host = host;
+            s.done = record(side)?;
+            Ok(())
+        })
+    });
+    Place::Host(Box::new(CudaParked {
+        tensor: Some(x),
+        fetched: false,
+        template,
+        slot,
+    }))
+}
+
+impl<F: FloatElement, I: IntElement, BT: BoolElement> HostCopy<CubeBackend<CudaRuntime, F, I, BT>>
+    for CudaParked
+{
+    fn settle(&mut self) {
+        self.settle_original();
+    }
+
+    fn prefetch(&mut self) {
+        self.fetch();
+    }
+
+    fn take(mut self: Box<Self>) -> FloatTensor<CubeBackend<CudaRuntime, F, I, BT>> {
+        // Settled by `fetch`, or still the original (never settled): either way `S` waits for
+        // the last copy before anything else touches the buffer.
+        if !self.fetched && self.tensor.is_none() {
+            self.fetch();
+        }
+        let t = self
+            .tensor
+            .take()
+            .expect("a parked tensor holds its buffer until taken");
+        wait_done(&t, &self.slot);
+        t
+    }
+}
+
+impl CudaParked {
+    fn settle_original(&mut self) {
+        if !self.fetched {
+            if let Some(t) = self.tensor.take() {
+                wait_done(&t, &self.slot);
+            }
+        }
+    }
+
+    fn fetch(&mut self) {
+        if self.fetched {
+            return;
+        }
+        self.settle_original();
+        let Template {
+            client,
+            device,
+            shape,
+            dtype,
+            bytes,
+        } = &self.template;
+        let (bytes, index) = (*bytes, device.index);
+        let t = CubeTensor::new_contiguous(
+            client.clone(),
+            device.clone(),
+            shape.clone(),
+            client.empty(bytes),
+            *dtype,
+        );
+        let (op, s) = (Operand::of(&t), self.slot.clone());
+        device_handle(index).submit(move |server| {
+            on_device("a parking copy back to the device", || {
+                let ([dst], main) = lookup(server, &[op])?;
+                let side = side_stream(index)?;
+                after(side, main)?;
+                let mut s = lock(&s);
+                // SAFETY: `dst` is a fresh buffer of `bytes` bytes, held by the caller's tensor;
+                // `s.host` holds the parked bytes (its copy from the device ran earlier on `side`).
+                check("cuMemcpyHtoDAsync", unsafe {
+                    sys::cuMemcpyHtoDAsync_v2(dst, s.host as *const _, bytes, side)
+                })?;
+                unpin(index, bytes, std::mem::take(&mut s.host));
+                if s.done != 0 {
+                    destroy(std::mem::take(&mut s.done));
+                }
+                s.done = record(side)?;
+                Ok(())
+            })
+        });
+        self.tensor = Some(t);
+        self.fetched = true;
+    }
+}
+
+impl Drop for CudaParked {
+    /// A parked tensor dropped before it was taken (a backward that stops early): `S` waits
+    /// for its copy in flight before its buffer can be reused, and the pinned buffer goes back.
+    fn drop(&mut self) {
+        let bytes = self.template.bytes;
+        let index = self.template.device.index;
+        let op = self.tensor.take().map(|t| Operand::of(&t));
+        let s = self.slot.clone();
+        device_handle(index).submit(move |server| {
+            on_device("a parked tensor's release", || {
+                let mut s = lock(&s);
+                if let Some(op) = op {
+                    let (_, main) = lookup(server, &[op])?;
+                    if s.done != 0 {
+                        wait(main, std::mem::take(&mut s.done))?;
+                    }
+                }
+                unpin(index, bytes, std::mem::take(&mut s.host));
+                Ok(())
+            })
+        });
+    }
+}
+
+/// Makes `t`'s stream wait for the slot's last copy (if not waited for yet), on the device
+/// thread; `t`'s binding keeps its buffer allocated until that wait is enqueued.
+fn wait_done(t: &CubeTensor<CudaRuntime>, slot: &Arc<Mutex<Slot>>) {
+    let (op, s) = (Operand::of(t), slot.clone());
+    device_handle(t.device.index).submit(move |server| {
+        on_device("a parking copy's wait", || {
+            let (_, main) = lookup(server, &[op])?;
+            let mut s = lock(&s);
+            if s.done != 0 {
+                wait(main, std::mem::take(&mut s.done))?;
+            }
+            Ok(())
+        })
+    });
+}
+
+/// Runs a task of ours on the device thread; a failure there stops the process
+/// ([`stop_on_device_failure`]: nothing can unwind into the caller).
+fn on_device(task: &str, f: impl FnOnce() -> Result<(), String>) {
+    if let Err(e) = f() {
+        stop_on_device_failure(task, e);
+    }
+}
+
+fn lock(s: &Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn check(what: &str, status: CUresult) -> Result<(), String> {
+    if status == CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(format!("{what}: {status:?}"))
+    }
+}
+
+/// An event recorded on `stream` now.
+fn record(stream: sys::CUstream) -> Result<usize, String> {
+    let mut ev = std::ptr::null_mut();
+    // SAFETY: out-pointer to a fresh event handle; the device thread's context is current
+    // (`lookup` made it so).
+    check("cuEventCreate", unsafe {
+        sys::cuEventCreate(&mut ev, sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32)
+    })?;
+    // SAFETY: a live event and stream of the current context.
+    check("cuEventRecord", unsafe { sys::cuEventRecord(ev, stream) })?;
+    Ok(ev as usize)
+}
+
+/// Makes `stream` wait for the event `ev` and destroys it (the driver frees it once done).
+fn wait(stream: sys::CUstream, ev: usize) -> Result<(), String> {
+    // SAFETY: `ev` is an event made by `record` and not destroyed yet.
+    check("cuStreamWaitEvent", unsafe {
+        sys::cuStreamWaitEvent(stream, ev as sys::CUevent, 0)
+    })?;
+    destroy(ev);
+    Ok(())
+}
+
+fn destroy(ev: usize) {
+    // SAFETY: as in `wait`; destroying an event whose work is pending is allowed.
+    unsafe { sys::cuEventDestroy_v2(ev as sys::CUevent) };
+}
+
+/// Makes `stream` wait for the work enqueued on `before` so far.
+fn after(stream: sys::CUstream, before: sys::CUstream) -> Result<(), String> {
+    wait(stream, record(before)?)
+}
+
+/// The device's side stream for parking copies, made on first use.
+fn side_stream(index: usize) -> Result<sys::CUstream, String> {
+    static STREAMS: OnceLock<Mutex<HashMap<usize, usize>>> = OnceLock::new();
+    let mut map = STREAMS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(&s) = map.get(&index) {
+        return Ok(s as sys::CUstream);
+    }
+    let mut s = std::ptr::null_mut();
+    // SAFETY: out-pointer to a fresh stream of the current context, kept for the process.
+    check("cuStreamCreate", unsafe {
+        sys::cuStreamCreate(&mut s, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32)
+    })?;
+    map.insert(index, s as usize);
+    Ok(s)
+}
+
+/// Free pinned buffers by device and size in bytes (a buffer is pinned in its device's context).
+type Pool = HashMap<(usize, usize), Vec<usize>>;
+
+fn pool() -> std::sync::MutexGuard<'static, Pool> {
+    static POOL: OnceLock<Mutex<Pool>> = OnceLock::new();
+    POOL.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// A pinned host buffer of `bytes` bytes: a free one of that size, or a new one.
+fn pinned(index: usize, bytes: usize) -> Result<usize, String> {
+    if let Some(p) = pool().get_mut(&(index, bytes)).and_then(Vec::pop) {
+        return Ok(p);
+    }
+    let mut p = std::ptr::null_mut();
+    // SAFETY: out-pointer for a fresh page-locked allocation in the current context.
+    check("cuMemHostAlloc", unsafe {
+        sys::cuMemHostAlloc(&mut p, bytes, 0)
+    })?;
+    Ok(p as usize)
+}
+
+/// Hands a pinned buffer back for reuse (0: none).
+fn unpin(index: usize, bytes: usize, p: usize) {
+    if p != 0 {
+        pool().entry((index, bytes)).or_default().push(p);
+    }
+}
