@@ -131,6 +131,12 @@ impl<B: QBackend> Mlp<B> {
             self.fc_in.bias(),
         ) {
             if b * t > 1 && qtune_kernels::mlp_fits(pass.backward, w_in.shape(), w_out.shape()) {
+                // A read output with fc_out's bias: the bias and the other branches summed by
+                // fc_out's GEMM too (β = 1 on CUDA); else `plus` (for a recompute nobody reads:
+                // no sums at all).
+                if let (false, Some(b_out)) = (out_pass.output_unread, self.fc_out.bias()) {
+                    return qtune_kernels::mlp_gelu_new_plus(x, (w_in, b_in), (w_out, b_out), adds);
+                }
                 let y = qtune_kernels::mlp_gelu_new(x, w_in, b_in, w_out, out_pass.output_unread);
                 return self.fc_out.plus(y, out_pass, adds);
             }

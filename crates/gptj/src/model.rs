@@ -61,9 +61,13 @@ impl<B: QBackend> CausalLm<B> for Gptj<B> {
         &self.blocks[i]
     }
 
-    /// `ln_f` then `lm_head`.
-    fn logits<const D: usize>(&self, h_last: Tensor<B, D>) -> Tensor<B, D> {
-        self.lm_head.forward(self.ln_f.forward(h_last))
+    /// `transformer.ln_f`.
+    fn final_norm<const D: usize>(&self, h_last: Tensor<B, D>) -> Tensor<B, D> {
+        self.ln_f.forward(h_last)
+    }
+
+    fn lm_head(&self) -> &Linear<B> {
+        &self.lm_head
     }
 
     fn visit_block<V: burn::module::ModuleVisitor<B>>(&self, i: usize, visitor: &mut V) {

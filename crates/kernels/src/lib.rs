@@ -16,11 +16,13 @@
 //!   absmax from `qtune-quant`'s measured table (`Reciprocal::BnbCuda`, as the CPU reference).
 //! - `Autodiff<B, C>` for any of the above.
 
+mod adam8;
 mod attention;
 mod autodiff;
 mod decode;
 mod dropout;
 mod error;
+mod head;
 mod llama_ops;
 mod lora;
 mod mlp;
@@ -32,17 +34,21 @@ mod weight;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
+pub use adam8::{Adam8Input, Adam8Scalars, Adam8State, ADAM8_BLOCK};
 pub use decode::{first_argmax, graph_capture, greedy_advance, write_row, DeviceGraph};
 pub use error::{switch_setting, KernelError};
+pub use head::linear_cross_entropy;
 pub use lora::lora_acc;
-pub use mlp::{mlp_fits, mlp_gelu_new, BiasAct};
+pub use mlp::{mlp_fits, mlp_gelu_new, mlp_gelu_new_plus, BiasAct};
 pub use ops::{
     attention, attention_softmax, bias_gelu_new, cross_entropy, dropout, gelu_new, grad_seed,
     layer_norm, linear_t, linear_t_acc, matmul, rms_norm, rotary, rotary_half, select_rows,
     silu_mul, sum_unread,
 };
 pub use park::{park, HostCopy, Parked, Place};
-pub use weight::{AbsmaxPrimitive, NestedPrimitive, QLayout, QWeightPrimitive, QuantWeight};
+pub use weight::{
+    AbsmaxPrimitive, LinearBackward, NestedPrimitive, QLayout, QWeightPrimitive, QuantWeight,
+};
 
 use burn::tensor::{
     backend::{AutodiffBackend, Backend},
@@ -268,6 +274,20 @@ pub trait QBackend: Backend {
         mlp::mlp_gelu_new_ops::<Self>(x, w, b_in)
     }
 
+    /// [`QBackend::q_mlp_gelu_new`] (read, not `unread`) `+ b_out + adds[0] + adds[1] + …`
+    /// (`b_out [out]` in `x`'s dtype, `adds` of the output's shape; see [`mlp_gelu_new_plus`]).
+    /// The default is that op, then the bias and the adds one by one in order (tracked under
+    /// autodiff). CUDA sums the adds first and lets `W_out`'s GEMM add its product and the bias
+    /// onto them (β = 1, BIAS epilogue) in place: one pass over `[m, out]` instead of three.
+    fn q_mlp_gelu_new_plus(
+        x: FloatTensor<Self>,
+        w: [QWeightPrimitive<Self>; 2],
+        [b_in, b_out]: [FloatTensor<Self>; 2],
+        adds: Vec<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        mlp::mlp_gelu_new_plus_ops::<Self>(x, w, [b_in, b_out], adds)
+    }
+
     /// Batched row-major matmul `c[i] = alpha·op(a[i])·op(b[i])` of 3-D `a`, `b` (same batch size and
     /// dtype; `op` transposes the last two dims when `opts.ta`/`opts.tb`), accumulated and scaled in f32 and written in
     /// `out` (the inputs' dtype, or F32). Every dense GEMM of the model goes through it: on CUDA
@@ -436,6 +456,19 @@ pub trait QBackend: Backend {
         g: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 
+    /// [`QBackend::q_cross_entropy`] of the logits `x·wᵀ (+ bias)` of a frozen head (see
+    /// [`linear_cross_entropy`]). The default computes the logits, then the cross-entropy; under
+    /// autodiff a tracked `x` gets its gradient computed in the forward and kept in f32 instead
+    /// of the logits.
+    fn q_linear_cross_entropy(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        targets: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        head::linear_cross_entropy_ops::<Self>(x, w, bias, targets)
+    }
+
     /// Rows `idx` of `x [N, D]` → `[n, D]`, as `Tensor::select` on dim 0, for **distinct**
     /// indices ([`select_rows`] checks them): its backward writes each row's gradient into
     /// place without summing ([`QBackend::q_select_rows_backward`]).
@@ -554,37 +587,25 @@ pub trait QBackend: Backend {
     fn q_upload_int(data: TensorData, device: &Self::Device) -> IntTensor<Self> {
         Self::int_from_data(data, device)
     }
-}
 
-/// What a tracked quantized linear keeps between its forward and its backward.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum LinearBackward {
-    /// The quantized weight (refcounted handles to its codes): the backward dequantizes again,
-    /// as bitsandbytes' `MatMul4Bit`, and no dense `W` outlives the forward. A whole model
-    /// without checkpointing runs this way.
-    #[default]
-    Quantized,
-    /// The dequantized weight the forward made (in the activation dtype): the backward
-    /// multiplies by it instead of dequantizing twice. For gradient checkpointing: one block's
-    /// recompute runs this way and its dense weights live only until that block's backward
-    /// (~0.4 GB for GPT-J-6B in bf16).
-    Dense,
-    /// [`LinearBackward::Dense`] for weights of at most this many elements,
-    /// [`LinearBackward::Quantized`] for larger ones: a checkpointed recompute keeps the small
-    /// (attention) weights dense and dequantizes the large (MLP) ones once more in the
-    /// backward, trading one dequantization of those weights per step for their dense bytes
-    /// at the step's memory peak.
-    DenseUpTo(usize),
-}
+    /// `cat(parts, 0)` of 1-D tensors of one dtype (at least one): how the optimizer gathers a
+    /// group's values and gradients. The default is Burn's `cat` (a kernel per part); CUDA
+    /// enqueues one device-to-device copy per part from a single device-thread task.
+    fn q_cat_flat(parts: Vec<FloatTensor<Self>>) -> FloatTensor<Self> {
+        Self::float_cat(parts, 0)
+    }
 
-impl LinearBackward {
-    /// Whether a weight of `elems` elements keeps its dense copy for the backward.
-    pub fn keeps_dense(self, elems: usize) -> bool {
-        match self {
-            Self::Quantized => false,
-            Self::Dense => true,
-            Self::DenseUpTo(max) => elems <= max,
-        }
+    /// One bitsandbytes 8-bit blockwise Adam step over a group's flat buffers, fused: the new
+    /// values and state. The default hands the input back (`Err`), and the caller composes the
+    /// step from Burn ops (qtune-optim's reference); CUDA runs one kernel, a plane per block.
+    ///
+    /// # Errors
+    /// The input itself, unchanged, where this backend has no fused step for it.
+    #[allow(clippy::result_large_err)]
+    fn q_adam8_blockwise(
+        a: Adam8Input<Self>,
+    ) -> Result<(FloatTensor<Self>, Adam8State<Self>), Adam8Input<Self>> {
+        Err(a)
     }
 }
 

@@ -63,6 +63,20 @@ pub(crate) fn mlp_gelu_new_ops<B: QBackend>(
     B::q_linear(h, w_out)
 }
 
+/// The reference [`QBackend::q_mlp_gelu_new_plus`]: the MLP op, then `b_out` and the adds one
+/// by one, as `Linear::plus` sums them (so the model's values are unchanged on the CPU).
+pub(crate) fn mlp_gelu_new_plus_ops<B: QBackend>(
+    x: FloatTensor<B>,
+    w: [QWeightPrimitive<B>; 2],
+    [b_in, b_out]: [FloatTensor<B>; 2],
+    adds: Vec<FloatTensor<B>>,
+) -> FloatTensor<B> {
+    let y = B::q_mlp_gelu_new(x, w, b_in, false);
+    let n = b_out.shape().dims::<1>()[0];
+    let y = B::float_add(y, B::float_reshape(b_out, burn::tensor::Shape::new([1, n])));
+    adds.into_iter().fold(y, |y, a| B::float_add(y, a))
+}
+
 /// Whether [`mlp_gelu_new`] serves a pair of linears whose tracked backward is `backward`: it
 /// keeps the quantized weights (dequantizing again in the backward), so not where the caller
 /// asked to keep a dense copy of either.
@@ -87,6 +101,57 @@ pub fn mlp_gelu_new<B: QBackend, const D: usize>(
     w_out: &QuantWeight<B>,
     unread: bool,
 ) -> Tensor<B, D> {
+    let (x2, b_in, out) = mlp_operands(x, w_in, b_in, w_out);
+    let w = [w_in.primitive(), w_out.primitive()];
+    let y = B::q_mlp_gelu_new(x2, w, b_in, unread);
+    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out)
+}
+
+/// [`mlp_gelu_new`] (its output read) `+ b_out + adds[0] + adds[1] + …`: GPT-J's MLP with
+/// `fc_out`'s bias and the block's other branches (attention output, residual), through
+/// [`QBackend::q_mlp_gelu_new_plus`] (on CUDA the adds ride on `W_out`'s GEMM). The sum equals
+/// [`mlp_gelu_new`], then the bias, then each add, on the CPU bit for bit.
+///
+/// # Panics
+/// As [`mlp_gelu_new`]; on `b_out` not `[D']` or an add not of the output's shape.
+pub fn mlp_gelu_new_plus<B: QBackend, const D: usize>(
+    x: Tensor<B, D>,
+    (w_in, b_in): (&QuantWeight<B>, Tensor<B, 1>),
+    (w_out, b_out): (&QuantWeight<B>, Tensor<B, 1>),
+    adds: Vec<Tensor<B, D>>,
+) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    let (x2, b_in, out) = mlp_operands(x, w_in, b_in, w_out);
+    let (m, d_out) = (out[..D - 1].iter().product::<usize>(), out[D - 1]);
+    assert!(
+        b_out.dims() == [d_out] && adds.iter().all(|a| a.dims() == out),
+        "mlp_gelu_new_plus: b_out {:?} and adds {:?} against the output {out:?}",
+        b_out.dims(),
+        adds.iter().map(|a| a.dims()).collect::<Vec<_>>()
+    );
+    let b_out = if b_out.dtype() == dtype {
+        b_out
+    } else {
+        b_out.cast(dtype)
+    };
+    let adds = adds
+        .into_iter()
+        .map(|a| a.reshape([m, d_out]).into_primitive().tensor())
+        .collect();
+    let w = [w_in.primitive(), w_out.primitive()];
+    let b = [b_in, b_out.into_primitive().tensor()];
+    let y = B::q_mlp_gelu_new_plus(x2, w, b, adds);
+    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out)
+}
+
+/// `x` as `[m, D]`, `b_in` in its dtype and the output's shape, after checking that the shapes
+/// chain.
+fn mlp_operands<B: QBackend, const D: usize>(
+    x: Tensor<B, D>,
+    w_in: &QuantWeight<B>,
+    b_in: Tensor<B, 1>,
+    w_out: &QuantWeight<B>,
+) -> (FloatTensor<B>, FloatTensor<B>, [usize; D]) {
     let dims = x.dims();
     let ([hidden, d_in], [d_out, hidden_out]) = (w_in.shape(), w_out.shape());
     assert!(
@@ -102,13 +167,7 @@ pub fn mlp_gelu_new<B: QBackend, const D: usize>(
     };
     let m = dims[..D - 1].iter().product::<usize>();
     let x2 = x.reshape([m, d_in]).into_primitive().tensor();
-    let y = B::q_mlp_gelu_new(
-        x2,
-        [w_in.primitive(), w_out.primitive()],
-        b_in.into_primitive().tensor(),
-        unread,
-    );
     let mut out = dims;
     out[D - 1] = d_out;
-    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out)
+    (x2, b_in.into_primitive().tensor(), out)
 }

@@ -1,10 +1,13 @@
-//! CPU (NdArray) tests of the fused MLP op `mlp_gelu_new`: its forward and its gradient equal
-//! the unfused ops the model would otherwise run (`q_linear`, `bias_gelu_new`, `q_linear`) bit
-//! for bit, tracked, untracked and with the output unread (a checkpointed recompute).
+//! CPU (NdArray) tests of the fused MLP ops `mlp_gelu_new` and `mlp_gelu_new_plus`: their
+//! forward and gradient equal the unfused ops the model would otherwise run (`q_linear`,
+//! `bias_gelu_new`, `q_linear`, then the bias and the block's adds) bit for bit, tracked,
+//! untracked and with the output unread (a checkpointed recompute).
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Tensor, TensorData};
-use qtune_kernels::{bias_gelu_new, mlp_fits, mlp_gelu_new, q_linear, LinearBackward, QuantWeight};
+use qtune_kernels::{
+    bias_gelu_new, mlp_fits, mlp_gelu_new, mlp_gelu_new_plus, q_linear, LinearBackward, QuantWeight,
+};
 use qtune_quant::{FloatDType, QuantFormat, QuantSpec, QuantizedTensor};
 
 type Nd = NdArray;
@@ -99,6 +102,67 @@ fn gradient_equals_the_unfused_ops_bit_for_bit_read_or_unread() {
     // The gradient is not the one without the activation's derivative (the test can fail).
     let (_, linear_dx) = grad(&|x| q_linear(q_linear(x, &w_in), &w_out));
     assert_ne!(linear_dx, want_dx);
+}
+
+/// The unfused block sum GPT-J's `Linear::plus` makes: `((mlp + b_out) + attn) + h`.
+fn unfused_plus<B: qtune_kernels::QBackend>(
+    x: Tensor<B, 3>,
+    w: [&QuantWeight<B>; 2],
+    [b_in, b_out]: [Tensor<B, 1>; 2],
+    adds: Vec<Tensor<B, 3>>,
+) -> Tensor<B, 3> {
+    let y = unfused(x, w, b_in) + b_out.unsqueeze::<3>();
+    adds.into_iter().fold(y, |y, a| y + a)
+}
+
+#[test]
+fn plus_equals_the_unfused_sum_bit_for_bit_and_sends_the_gradient_to_every_term() {
+    let (w_in, w_out) = (weight::<Ad>(H, D, 11), weight::<Ad>(D, H, 12));
+    let b = [tensor::<Ad, 1>([H], 13), tensor::<Ad, 1>([D], 14)];
+    let g = tensor::<Ad, 3>([2, 3, D], 15);
+    type Sum<'a> = &'a dyn Fn(Tensor<Ad, 3>, Vec<Tensor<Ad, 3>>) -> Tensor<Ad, 3>;
+    let run = |f: Sum, tracked: bool| {
+        let x = tensor::<Ad, 3>([2, 3, D], 16);
+        let adds: Vec<_> = (0..2).map(|i| tensor::<Ad, 3>([2, 3, D], 17 + i)).collect();
+        let (x, adds) = match tracked {
+            true => (
+                x.require_grad(),
+                adds.into_iter().map(|a| a.require_grad()).collect(),
+            ),
+            false => (x, adds),
+        };
+        let y = f(x.clone(), adds.clone());
+        let grads = (y.clone() * g.clone()).sum().backward();
+        let dx: Vec<_> = std::iter::once(&x)
+            .chain(&adds)
+            .filter_map(|t| t.grad(&grads).map(|d| d.into_data()))
+            .collect();
+        (y.inner().into_data(), dx)
+    };
+    let want: Sum = &|x, adds| unfused_plus(x, [&w_in, &w_out], b.clone(), adds);
+    let got: Sum =
+        &|x, adds| mlp_gelu_new_plus(x, (&w_in, b[0].clone()), (&w_out, b[1].clone()), adds);
+    for tracked in [false, true] {
+        let ((want_y, want_dx), (got_y, got_dx)) = (run(want, tracked), run(got, tracked));
+        assert_eq!(got_y, want_y, "forward, tracked {tracked}");
+        assert_eq!(got_dx, want_dx, "gradients, tracked {tracked}");
+        assert_eq!(got_dx.len(), if tracked { 3 } else { 0 });
+    }
+    // The bias and the adds are in the sum (the test can fail).
+    let (without, _) = run(
+        &|x, _| mlp_gelu_new(x, &w_in, b[0].clone(), &w_out, false),
+        false,
+    );
+    assert_ne!(without, run(got, false).0);
+    // On the plain backend too.
+    let (wn_in, wn_out) = (weight::<Nd>(H, D, 11), weight::<Nd>(D, H, 12));
+    let bn = [tensor::<Nd, 1>([H], 13), tensor::<Nd, 1>([D], 14)];
+    let x = tensor::<Nd, 3>([2, 3, D], 16);
+    let adds: Vec<_> = (0..2).map(|i| tensor::<Nd, 3>([2, 3, D], 17 + i)).collect();
+    let want = unfused_plus(x.clone(), [&wn_in, &wn_out], bn.clone(), adds.clone());
+    let [bn_in, bn_out] = bn;
+    let got = mlp_gelu_new_plus(x, (&wn_in, bn_in), (&wn_out, bn_out), adds);
+    assert_eq!(got.into_data(), want.into_data());
 }
 
 #[test]

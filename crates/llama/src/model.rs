@@ -90,9 +90,13 @@ impl<B: QBackend> CausalLm<B> for Llama<B> {
         &self.layers[i]
     }
 
-    /// `model.norm` then `lm_head`.
-    fn logits<const D: usize>(&self, h_last: Tensor<B, D>) -> Tensor<B, D> {
-        self.lm_head.forward(self.norm.forward(h_last))
+    /// `model.norm`.
+    fn final_norm<const D: usize>(&self, h_last: Tensor<B, D>) -> Tensor<B, D> {
+        self.norm.forward(h_last)
+    }
+
+    fn lm_head(&self) -> &Linear<B> {
+        &self.lm_head
     }
 
     fn visit_block<V: burn::module::ModuleVisitor<B>>(&self, i: usize, visitor: &mut V) {

@@ -82,8 +82,14 @@ pub trait CausalLm<B: QBackend>: Sized + Clone {
     /// Visits block `i`'s parameters only (the checkpointed backward collects one block's
     /// gradients without walking the whole model once per block).
     fn visit_block<V: burn::module::ModuleVisitor<B>>(&self, i: usize, visitor: &mut V);
+    /// The final norm (`ln_f`, `model.norm`) of the last hidden state.
+    fn final_norm<const D: usize>(&self, h_last: Tensor<B, D>) -> Tensor<B, D>;
+    /// The output projection `lm_head` (for a tied head, a dense linear over the embedding).
+    fn lm_head(&self) -> &Linear<B>;
     /// Final norm then `lm_head`, logits in the model's dtype: `[.., D] → [.., V]`.
-    fn logits<const D: usize>(&self, h_last: Tensor<B, D>) -> Tensor<B, D>;
+    fn logits<const D: usize>(&self, h_last: Tensor<B, D>) -> Tensor<B, D> {
+        self.lm_head().forward(self.final_norm(h_last))
+    }
     /// Every linear with its HF module path, in HF's module order, `lm_head` last.
     fn linears(&self) -> Vec<(String, &Linear<B>)>;
     /// As [`CausalLm::linears`], mutably.
@@ -242,10 +248,18 @@ pub trait CausalLm<B: QBackend>: Sized + Clone {
             let end = (start + step).min(n);
             let tgt = int1::<B>(&targets[start..end], &device);
             // Logits in the model's dtype; the fused cross-entropy reads them in f32 (HF casts
-            // logits to float32 before its loss) and keeps only them for the backward. The
-            // target rows are increasing: their backward is one scatter.
-            let logits = self.logits(qtune_kernels::select_rows(flat.clone(), &rows[start..end]));
-            let nll = qtune_kernels::cross_entropy(logits, tgt).sum();
+            // logits to float32 before its loss). A frozen dense head (LoRA never adapts it):
+            // the loss op computes the chunk's input gradient now and keeps it instead of the
+            // logits (`linear_cross_entropy`); otherwise the cross-entropy keeps the logits for
+            // the backward. The target rows are increasing: their backward is one scatter.
+            let x = qtune_kernels::select_rows(flat.clone(), &rows[start..end]);
+            let nll = match self.lm_head().frozen_dense(x.dtype()) {
+                Some((w, bias)) => {
+                    qtune_kernels::linear_cross_entropy(self.final_norm(x), w, bias, tgt)
+                }
+                None => qtune_kernels::cross_entropy(self.logits(x), tgt),
+            }
+            .sum();
             total = Some(match total {
                 Some(acc) => acc + nll,
                 None => nll,

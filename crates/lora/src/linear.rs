@@ -257,6 +257,21 @@ impl<B: Backend> Linear<B> {
         }
     }
 
+    /// The dense base weight `[out, in]` and bias of a layer that nothing trains (no adapter,
+    /// neither tensor requiring a gradient), in `dtype`, for callers that fuse its product with
+    /// what follows (the LM head's loss: `qtune_kernels::linear_cross_entropy`).
+    pub fn frozen_dense(&self, dtype: DType) -> Option<(Tensor<B, 2>, Option<Tensor<B, 1>>)> {
+        let LinearBase::Dense(w) = &self.base else {
+            return None;
+        };
+        let bias_frozen = self.bias.as_ref().is_none_or(|b| !b.is_require_grad());
+        if self.lora.is_some() || w.is_require_grad() || !bias_frozen {
+            return None;
+        }
+        let bias = self.bias.as_ref().map(|b| in_dtype(b.val(), dtype));
+        Some((in_dtype(w.val(), dtype), bias))
+    }
+
     /// Adds a freshly initialized adapter (replacing any existing one); see [`LoraAdapter::init`].
     pub fn attach_lora<R: Rng + ?Sized>(self, cfg: &LoraConfig, rng: &mut R) -> Self {
         let [out, inp] = self.shape();

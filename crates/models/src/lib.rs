@@ -179,8 +179,11 @@ impl<B: QBackend> CausalLm<B> for AnyLm<B> {
     fn layer(&self, i: usize) -> &dyn DecoderBlock<B> {
         each!(self, m => m.layer(i))
     }
-    fn logits<const D: usize>(&self, h_last: Tensor<B, D>) -> Tensor<B, D> {
-        each!(self, m => m.logits(h_last))
+    fn final_norm<const D: usize>(&self, h_last: Tensor<B, D>) -> Tensor<B, D> {
+        each!(self, m => m.final_norm(h_last))
+    }
+    fn lm_head(&self) -> &Linear<B> {
+        each!(self, m => m.lm_head())
     }
     fn visit_block<V: burn::module::ModuleVisitor<B>>(&self, i: usize, visitor: &mut V) {
         each!(self, m => m.visit_block(i, visitor))

@@ -23,6 +23,8 @@
 //! ```
 
 mod blockwise;
+#[doc(hidden)]
+pub mod check;
 pub mod dynamic_map;
 mod error;
 mod grads;

@@ -11,7 +11,8 @@ use crate::OptimError;
 use burn::module::{AutodiffModule, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Tensor, TensorPrimitive};
+use qtune_kernels::QBackend;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -221,7 +222,13 @@ impl<B: AutodiffBackend> Optimizer<B> {
             .map(|(k, s)| (k.clone(), s.step))
             .collect()
     }
+}
 
+/// The step itself: the backend's device ops (`q_cat_flat`, `q_adam8_blockwise`) where it has them.
+impl<B: AutodiffBackend> Optimizer<B>
+where
+    B::InnerBackend: QBackend,
+{
     /// One optimizer step at learning rate `lr` over every parameter of `module` that has a
     /// gradient in `grads`. Checks all parameters before touching any, so an error leaves the
     /// optimizer state unchanged (the module is consumed either way).
@@ -623,11 +630,16 @@ fn group_norm<'a, B: Backend>(
     }
 }
 
-/// `Tensor::cat` along dim 0 without a copy for a single tensor.
-fn cat<B: Backend>(mut ts: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
+/// `Tensor::cat` along dim 0 ([`QBackend::q_cat_flat`]: on CUDA one device copy per part
+/// rather than a kernel each), without a copy for a single tensor.
+fn cat<B: QBackend>(mut ts: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
     if ts.len() == 1 {
         ts.pop().expect("one tensor")
     } else {
-        Tensor::cat(ts, 0)
+        let parts = ts
+            .into_iter()
+            .map(|t| t.into_primitive().tensor())
+            .collect();
+        Tensor::from_primitive(TensorPrimitive::Float(B::q_cat_flat(parts)))
     }
 }

@@ -10,7 +10,8 @@
 //!   dequantize both moments, the same f32 math as above, new per-block absmax, requantize.
 
 use crate::blockwise::{dequantize, quantize_2d, Maps, BLOCK};
-use burn::tensor::{backend::Backend, DType, FloatDType, Int, IntDType, Tensor};
+use burn::tensor::{backend::Backend, DType, FloatDType, Int, IntDType, Tensor, TensorPrimitive};
+use qtune_kernels::{Adam8Input, Adam8Scalars, Adam8State, QBackend};
 
 /// Adam hyperparameters in the precision the reference implementations hold them.
 #[derive(Debug, Clone, Copy)]
@@ -205,10 +206,56 @@ fn normalize<B: Backend>(x: Tensor<B, 1>, absmax: Tensor<B, 1>, n_blocks: usize)
     (x.reshape([n_blocks, BLOCK]) / denom).reshape([n_blocks * BLOCK])
 }
 
-/// One bitsandbytes 8-bit blockwise Adam step. Padding of the last block uses zero moments and
-/// zero gradients, so it never raises a block's absmax (bnb pads codes with 128/0 instead,
-/// which can add at most `map[128] = 5.5e-7` of the old absmax: immaterial).
-pub(crate) fn bnb_adam8_blockwise<B: Backend>(
+/// One bitsandbytes 8-bit blockwise Adam step: the backend's fused step ([`QBackend::q_adam8_blockwise`]) where it has one for these
+/// operands, else [`bnb_adam8_blockwise_ops`].
+pub(crate) fn bnb_adam8_blockwise<B: QBackend>(
+    p: Tensor<B, 1>,
+    g: Tensor<B, 1>,
+    state: Blockwise8<B>,
+    maps: &Maps<B>,
+    s: Step,
+) -> (Tensor<B, 1>, Blockwise8<B>) {
+    let (step_size, eps, decay) = bnb_scalars(s);
+    let (beta1, beta2) = (s.h.beta1 as f32, s.h.beta2 as f32);
+    let input = Adam8Input {
+        p: p.into_primitive().tensor(),
+        g: g.into_primitive().tensor(),
+        state: Adam8State {
+            state1: state.state1.into_primitive(),
+            absmax1: state.absmax1.into_primitive().tensor(),
+            state2: state.state2.into_primitive(),
+            absmax2: state.absmax2.into_primitive().tensor(),
+        },
+        maps: [&maps.signed, &maps.unsigned].map(|m| m.clone().into_primitive().tensor()),
+        signed_zero: maps.signed_zero,
+        s: Adam8Scalars {
+            beta1,
+            one_minus_beta1: 1.0 - beta1,
+            beta2,
+            one_minus_beta2: 1.0 - beta2,
+            step_size,
+            eps,
+            decay,
+        },
+    };
+    let float = |t| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
+    let state = |st: Adam8State<B>| Blockwise8 {
+        state1: Tensor::from_primitive(st.state1),
+        absmax1: float(st.absmax1),
+        state2: Tensor::from_primitive(st.state2),
+        absmax2: float(st.absmax2),
+    };
+    match B::q_adam8_blockwise(input) {
+        Ok((p, st)) => (float(p), state(st)),
+        Err(a) => bnb_adam8_blockwise_ops(float(a.p), float(a.g), state(a.state), maps, s),
+    }
+}
+
+/// The reference of [`bnb_adam8_blockwise`], composed of Burn ops (every backend). Padding of
+/// the last block uses zero moments and zero gradients, so it never raises a block's absmax
+/// (bnb pads codes with 128/0 instead, which can add at most `map[128] = 5.5e-7` of the old
+/// absmax: immaterial).
+pub(crate) fn bnb_adam8_blockwise_ops<B: Backend>(
     p: Tensor<B, 1>,
     g: Tensor<B, 1>,
     state: Blockwise8<B>,

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use burn::tensor::backend::AutodiffBackend;
 use rand::SeedableRng;
 
+use crate::model::TrainBackend;
 use qtune_data::{Example, PackStrategy, Packing, Position, Sampler};
-use qtune_kernels::QBackend;
 use qtune_lm::CausalLm;
 use qtune_optim::{LrSchedule, Optimizer};
 
@@ -107,7 +107,7 @@ pub(crate) fn setup<B, M>(
     opts: &TrainOptions,
 ) -> Result<Setup<B, M>, TrainError>
 where
-    B: AutodiffBackend + QBackend,
+    B: TrainBackend,
     M: CausalLm<B>,
 {
     let t = &cfg.training;

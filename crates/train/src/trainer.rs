@@ -25,7 +25,6 @@ use crate::progress::{log_eval, plot_losses, progress_bar, Window};
 use crate::replica::{
     compute_lock, rank_seed, shard_range, Reduced, Replicas, SetupReport, Single,
 };
-use qtune_kernels::QBackend;
 use qtune_lm::CausalLm;
 
 use crate::model::{TrainBackend, TrainLm};
@@ -345,7 +344,7 @@ fn apply_update<B, M>(
     ckpt_root: &Path,
 ) -> Result<(M, StepDone), TrainError>
 where
-    B: AutodiffBackend + QBackend,
+    B: TrainBackend,
     M: AutodiffModule<B>,
 {
     let tokens = red.target_tokens;
@@ -404,7 +403,7 @@ fn keep_if_best<B, M>(
     ev: &StepEval,
 ) -> Result<bool, TrainError>
 where
-    B: AutodiffBackend + QBackend,
+    B: TrainBackend,
     M: CausalLm<B>,
 {
     let best_metric = cfg.best_metric();

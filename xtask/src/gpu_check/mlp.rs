@@ -2,11 +2,14 @@
 //! GEMM's cuBLASLt epilogue, the activation's derivative in `fc_out`'s dx GEMM) vs the unfused
 //! ops on the GPU (quantized GEMMs, the `gelu_new` kernel), bf16, NF4 + DQ weights: forward
 //! without autodiff (GELU_BIAS), tracked forward and input gradient (GELU_AUX_BIAS, DGELU),
-//! and the gradient of a recompute that never reads the output (BIAS only).
+//! and the gradient of a recompute that never reads the output (BIAS only); and the block sum
+//! `mlp_gelu_new_plus` (`fc_out`'s bias and the block's adds on its GEMM, β = 1 in place) on the
+//! inner backend, as the checkpointed forward runs it, with a held add left unchanged.
 //! Metric: max |fused − unfused| / max |unfused|.
 
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Tensor, TensorData};
-use qtune_kernels::{bias_gelu_new, mlp_gelu_new, q_linear, QuantWeight};
+use qtune_kernels::{bias_gelu_new, mlp_gelu_new, mlp_gelu_new_plus, q_linear, QuantWeight};
 use qtune_quant::{FloatDType, QuantFormat};
 use qtune_train::backend::Train;
 use serde_json::json;
@@ -81,9 +84,71 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
     ] {
         res.insert(format!("{key}_rel_err"), fails.at_most(key, v, tol).into());
     }
+    plus(dev, [b, t, d, hidden], &mut res, fails)?;
     println!(
         "{}",
         json!({"check": "fused_mlp_epilogues", "shape": [b * t, d, hidden], "results": res})
     );
+    Ok(())
+}
+
+type Inner = <Train as AutodiffBackend>::InnerBackend;
+
+/// `mlp_gelu_new_plus` on the inner backend (the no-graph forward of a checkpointed block)
+/// against the MLP op, then `+ b_out`, `+ attn`, `+ h` as separate adds: with two fresh adds
+/// (summed, then the GEMM accumulates onto the sum in place) and with one add the caller still
+/// holds (not written: bias epilogue, then an add), which must come back unchanged.
+fn plus(
+    dev: &burn::tensor::Device<Train>,
+    [b, t, d, hidden]: [usize; 4],
+    res: &mut serde_json::Map<String, serde_json::Value>,
+    fails: &mut Failures,
+) -> anyhow::Result<()> {
+    let tensor = |shape: [usize; 3], seed: u64| {
+        let n = shape.iter().product();
+        Tensor::<Inner, 1>::from_data(TensorData::new(values(n, seed), [n]), (dev, DType::BF16))
+            .reshape(shape)
+    };
+    let quant = |name: &str, o: usize, k: usize, seed: u64| {
+        let w = tensor([1, o, k], seed).reshape([o, k]).mul_scalar(0.1);
+        QuantWeight::<Inner>::quantize(name, w, QuantFormat::Nf4, 64, true, FloatDType::BF16)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    let (w_in, w_out) = (
+        quant("fc_in", hidden, d, 51)?,
+        quant("fc_out", d, hidden, 52)?,
+    );
+    let b_in = tensor([1, 1, hidden], 53).reshape([hidden]);
+    let b_out = tensor([1, 1, d], 54).reshape([d]);
+    let x = tensor([b, t, d], 55);
+    let adds = [tensor([b, t, d], 56), tensor([b, t, d], 57)];
+    let mlp = mlp_gelu_new(x.clone(), &w_in, b_in.clone(), &w_out, false);
+    let want2 = mlp.clone() + b_out.clone().unsqueeze::<3>() + adds[0].clone() + adds[1].clone();
+    let want1 = mlp + b_out.clone().unsqueeze::<3>() + adds[0].clone();
+    let held = host(adds[0].clone())?;
+    let fresh = adds.iter().map(|a| a.clone() * 1.0).collect();
+    let got2 = mlp_gelu_new_plus(
+        x.clone(),
+        (&w_in, b_in.clone()),
+        (&w_out, b_out.clone()),
+        fresh,
+    );
+    let got1 = mlp_gelu_new_plus(x, (&w_in, b_in), (&w_out, b_out), vec![adds[0].clone()]);
+    let (v2, v1) = (
+        rel(host(got2)?, host(want2)?),
+        rel(host(got1)?, host(want1)?),
+    );
+    let untouched = if host(adds[0].clone())? == held {
+        0.0
+    } else {
+        1.0
+    };
+    for (key, v, tol) in [
+        ("mlp_plus_two_adds", v2, MLP_FWD),
+        ("mlp_plus_held_add", v1, MLP_FWD),
+        ("mlp_plus_held_add_changed", untouched, 0.0),
+    ] {
+        res.insert(format!("{key}_rel_err"), fails.at_most(key, v, tol).into());
+    }
     Ok(())
 }

@@ -23,11 +23,15 @@ mod fused;
 #[cfg(feature = "cuda")]
 mod gemm;
 #[cfg(feature = "cuda")]
+mod head;
+#[cfg(feature = "cuda")]
 mod load;
 #[cfg(feature = "cuda")]
 mod lora;
 #[cfg(feature = "cuda")]
 mod mlp;
+#[cfg(feature = "cuda")]
+mod optim;
 #[cfg(feature = "cuda")]
 mod park;
 #[cfg(feature = "cuda")]
@@ -155,6 +159,8 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     fused::check(&dev, &mut fails)?;
     lora::check(&dev, &mut fails)?;
     mlp::check(&dev, &mut fails)?;
+    head::check(&dev, &mut fails)?;
+    optim::check(&dev, &mut fails)?;
     gemm::quantized_gemv_check(&dev, &mut fails)?;
     gemm::gemm_check(&dev, &mut fails)?;
     load::check(&dev, &mut fails)?;

@@ -1,5 +1,6 @@
 //! Backward nodes of the fused element-wise and row ops (dropout, `gelu_new`, attention
-//! softmax, attention, gradient seed, LayerNorm, GPT-J rotary, cross-entropy).
+//! softmax, attention, gradient seed, LayerNorm, GPT-J rotary, cross-entropy, the head's
+//! linear cross-entropy).
 
 use burn::backend::autodiff::{
     checkpoint::base::Checkpointer,
@@ -8,7 +9,7 @@ use burn::backend::autodiff::{
 };
 use burn::tensor::{
     ops::{BoolTensor, FloatTensor, IntTensor},
-    TensorMetadata,
+    DType, TensorMetadata,
 };
 
 use crate::{AttentionInput, AttnMask, NormInput, QBackend, RotaryOptions};
@@ -208,6 +209,25 @@ impl<B: QBackend> Backward<B, 1> for CrossEntropyBackward {
         let (x, t) = ops.state;
         if let Some(node) = node_x {
             grads.register::<B>(node.id, B::q_cross_entropy_backward(x, t, g));
+        }
+    }
+}
+
+/// Backward of [`crate::linear_cross_entropy`]: state is the input gradient for a unit upstream
+/// gradient (f32, computed in the forward) and the input's dtype.
+#[derive(Debug)]
+pub(super) struct LinearCrossEntropyBackward;
+
+impl<B: QBackend> Backward<B, 1> for LinearCrossEntropyBackward {
+    type State = (FloatTensor<B>, DType);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let g = grads.consume::<B>(&ops.node);
+        let (unit_dx, dtype) = ops.state;
+        if let Some(node) = node_x {
+            let dx = crate::head::scale_unit_dx::<B>(unit_dx, g, dtype);
+            grads.register::<B>(node.id, dx);
         }
     }
 }

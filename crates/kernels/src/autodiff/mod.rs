@@ -31,7 +31,8 @@ mod lora;
 
 use fused::{
     AttentionBackward, AttnSoftmaxBackward, CrossEntropyBackward, DropoutBackward, GeluNewBackward,
-    GradSeedBackward, Norm, NormBackward, RotaryBackward, Rotation, SelectRowsBackward,
+    GradSeedBackward, LinearCrossEntropyBackward, Norm, NormBackward, RotaryBackward, Rotation,
+    SelectRowsBackward,
 };
 use linear::{
     dense_linear, GemmAccBackward, MatmulBackward, MatmulState, MlpGeluBackward, MlpGeluState,
@@ -583,6 +584,31 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
             targets,
             g.primitive,
         ))
+    }
+
+    fn q_linear_cross_entropy(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        targets: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        // The head is frozen: only x's node is a parent, w and the bias are read as values.
+        let (w, bias) = (w.primitive, bias.map(|b| b.primitive));
+        match LinearCrossEntropyBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let dtype = x.primitive.dtype();
+                let (nll, unit_dx) =
+                    crate::head::loss_and_unit_dx::<B>(x.primitive, w, bias, targets);
+                prep.finish((unit_dx, dtype), nll)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::q_linear_cross_entropy(x.primitive, w, bias, targets))
+            }
+        }
     }
 
     fn q_quantize(

@@ -15,8 +15,8 @@ use cubecl::cuda::CudaRuntime;
 use super::gemm::{bmm_scaled, gemm, gemm_acc, OneRow, Product};
 use super::launch;
 use crate::{
-    AttentionInput, AttnMask, BiasAct, GemmAccOptions, GemmOptions, KernelError, NormInput,
-    QBackend, QWeightPrimitive, QuantizeOptions, RotaryOptions,
+    Adam8Input, Adam8State, AttentionInput, AttnMask, BiasAct, GemmAccOptions, GemmOptions,
+    KernelError, NormInput, QBackend, QWeightPrimitive, QuantizeOptions, RotaryOptions,
 };
 
 impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
@@ -66,6 +66,38 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         }
         let wd = launch::dequantize::<CudaRuntime, Self>(w, x.dtype);
         super::epilogue::linear_bias_act(x, &wd, bias, act)
+    }
+
+    fn q_mlp_gelu_new_plus(
+        x: FloatTensor<Self>,
+        [w_in, w_out]: [QWeightPrimitive<Self>; 2],
+        [b_in, b_out]: [FloatTensor<Self>; 2],
+        adds: Vec<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        use burn::tensor::ops::FloatTensorOps;
+        let (m, n) = (x.meta.shape()[0], w_out.layout.out_features);
+        if adds.is_empty() || !super::epilogue::fits(m, n, x.dtype) {
+            return crate::mlp::mlp_gelu_new_plus_ops::<Self>(
+                x,
+                [w_in, w_out],
+                [b_in, b_out],
+                adds,
+            );
+        }
+        let (h, _) = Self::q_linear_bias_act(x, w_in, b_in, BiasAct::GeluNew);
+        // The adds summed first (one pass; Burn writes in place where it can), then the GEMM
+        // accumulates onto that sum in place; a sum something else still holds (one add that is
+        // the caller's tensor) gets the bias epilogue and one add after.
+        let mut adds = adds.into_iter();
+        let first = adds.next().expect("at least one add");
+        let acc = burn_cubecl::kernel::into_contiguous(adds.fold(first, Self::float_add));
+        let wd = launch::dequantize::<CudaRuntime, Self>(w_out, h.dtype);
+        if super::epilogue::accumulates_into(&acc, [m, n]) {
+            super::epilogue::linear_bias_acc(h, &wd, b_out, acc)
+        } else {
+            let (y, _) = super::epilogue::linear_bias_act(h, &wd, b_out, BiasAct::Bias);
+            Self::float_add(y, acc)
+        }
     }
 
     fn q_linear_dx_dgelu(
@@ -137,6 +169,16 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
             }
             _ => <Self as burn::tensor::ops::IntTensorOps<Self>>::int_from_data(data, device),
         }
+    }
+
+    fn q_cat_flat(parts: Vec<FloatTensor<Self>>) -> FloatTensor<Self> {
+        super::concat::cat_flat(parts)
+    }
+
+    fn q_adam8_blockwise(
+        a: Adam8Input<Self>,
+    ) -> Result<(FloatTensor<Self>, Adam8State<Self>), Adam8Input<Self>> {
+        super::fused::adam8_blockwise::<CudaRuntime, Self>(a)
     }
 
     fn q_lora_prep(

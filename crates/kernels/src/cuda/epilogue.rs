@@ -104,6 +104,59 @@ pub(crate) fn linear_bias_act(
     (y, aux)
 }
 
+/// Whether [`linear_bias_acc`] may write `acc` in place as an `[m, n]` output: nothing else
+/// holds its buffer and it is stored densely with that shape.
+pub(crate) fn accumulates_into(acc: &CubeTensor<CudaRuntime>, [m, n]: [usize; 2]) -> bool {
+    acc.can_mut() && acc.is_contiguous_buffer() && acc.meta.shape().to_vec() == vec![m, n]
+}
+
+/// `acc += x [m, k] · wd [n, k]ᵀ + bias [n]` in `acc`'s own buffer (β = 1 with the BIAS
+/// epilogue: the product and the bias summed in f32 with `acc`'s value, rounded once).
+///
+/// # Panics
+/// Unless [`accumulates_into`] holds for `acc`, or on shapes or dtypes that do not fit.
+pub(crate) fn linear_bias_acc(
+    x: CubeTensor<CudaRuntime>,
+    wd: &CubeTensor<CudaRuntime>,
+    bias: CubeTensor<CudaRuntime>,
+    acc: CubeTensor<CudaRuntime>,
+) -> CubeTensor<CudaRuntime> {
+    let (x, bias) = (into_contiguous(x), into_contiguous(bias));
+    let ([m, k], [n, kw]) = (dims2(&x), dims2(wd));
+    assert!(
+        accumulates_into(&acc, [m, n])
+            && kw == k
+            && bias.meta.shape().to_vec() == vec![n]
+            && bias.dtype == x.dtype
+            && acc.dtype == x.dtype,
+        "qtune-kernels: epilogue GEMM acc {:?} += x [{m}, {k}] · W [{n}, {kw}] + bias {:?} \
+         ({:?}, {:?} vs {:?})",
+        acc.meta.shape(),
+        bias.meta.shape(),
+        bias.dtype,
+        acc.dtype,
+        x.dtype
+    );
+    let g = Gemm {
+        m,
+        n,
+        k,
+        batch: 1,
+        ta: false,
+        tb: true,
+        alpha: 1.0,
+        beta: 1.0,
+    };
+    strided_gemm_epilogue(
+        (&x, dense(k, m)),
+        (wd, dense(k, n)),
+        (&acc, dense(n, m)),
+        g,
+        (Epilogue::Bias, Some(&bias), None),
+    );
+    acc
+}
+
 /// `(dy [m, n] · wd [n, k]) ⊙ gelu_new'(pre [m, k])` for a dense `wd` in `dy`'s dtype.
 pub(crate) fn dx_dgelu(
     dy: CubeTensor<CudaRuntime>,

@@ -35,6 +35,7 @@ macro_rules! launch_float {
 
 mod attention;
 mod backend;
+mod concat;
 #[doc(hidden)]
 pub mod copy;
 mod decode;

@@ -7,7 +7,7 @@ use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
 use super::as_f32_contiguous;
-use super::rows::{plane_row, rows_launch};
+use super::rows::{load_vecs, plane_row, rows_launch, STRIDE, UNROLL};
 use crate::cuda::launch::{array, empty};
 
 /// Cross-entropy of rows of logits (`x [rows, len]`, any float dtype, f32 math) against one
@@ -27,22 +27,28 @@ fn cross_entropy_kernel<F: Float, N: Size>(
     #[comptime] vec: usize,
 ) {
     let (row, lane, base, iters) = plane_row(rows, len);
-    // One pass: running max and the sum of exp(v − max), rescaled when the max grows.
+    // One pass: running max and the sum of exp(v − max), rescaled when the max grows, value by
+    // value in the lane's order; each iteration's UNROLL vectors loaded first (see rows.rs).
     let mut m = 0.0f32;
     m -= 3.402_823_5e38f32;
     let mut acc = 0.0f32;
+    let mut xs = Array::<Vector<F, N>>::new(UNROLL);
     for k in 0..iters {
-        let j = lane + k * 32usize;
-        if j < len {
-            let xv = x[base + j];
-            #[unroll]
-            for q in 0..vec {
-                let v = f32::cast_from(xv[q]);
-                if v > m {
-                    acc = acc * f32::exp(m - v) + 1.0f32;
-                    m = v;
-                } else {
-                    acc += f32::exp(v - m);
+        let j0 = lane + k * STRIDE;
+        load_vecs(x, &mut xs, base, j0, len);
+        #[unroll]
+        for u in 0..UNROLL {
+            if j0 + u * 32usize < len {
+                let xv = xs[u];
+                #[unroll]
+                for q in 0..vec {
+                    let v = f32::cast_from(xv[q]);
+                    if v > m {
+                        acc = acc * f32::exp(m - v) + 1.0f32;
+                        m = v;
+                    } else {
+                        acc += f32::exp(v - m);
+                    }
                 }
             }
         }
@@ -58,19 +64,24 @@ fn cross_entropy_kernel<F: Float, N: Size>(
         let gr = g[row];
         let inv_sum = 1.0f32 / sum;
         for k in 0..iters {
-            let j = lane + k * 32usize;
-            if j < len {
-                let xv = x[base + j];
-                let mut o = Vector::<F, N>::empty();
-                #[unroll]
-                for q in 0..vec {
-                    let mut d = f32::exp(f32::cast_from(xv[q]) - mx) * inv_sum;
-                    if j * vec + q == t {
-                        d -= 1.0f32;
+            let j0 = lane + k * STRIDE;
+            load_vecs(x, &mut xs, base, j0, len);
+            #[unroll]
+            for u in 0..UNROLL {
+                let j = j0 + u * 32usize;
+                if j < len {
+                    let xv = xs[u];
+                    let mut o = Vector::<F, N>::empty();
+                    #[unroll]
+                    for q in 0..vec {
+                        let mut d = f32::exp(f32::cast_from(xv[q]) - mx) * inv_sum;
+                        if j * vec + q == t {
+                            d -= 1.0f32;
+                        }
+                        o[q] = F::cast_from(d * gr);
                     }
-                    o[q] = F::cast_from(d * gr);
+                    dx[base + j] = o;
                 }
-                dx[base + j] = o;
             }
         }
     } else {

@@ -28,6 +28,7 @@ macro_rules! dispatch_float {
     };
 }
 
+mod adam8;
 mod cross_entropy;
 mod dropout;
 mod gelu;
@@ -38,6 +39,7 @@ mod scatter;
 mod softmax;
 mod swiglu;
 
+pub use adam8::adam8_blockwise;
 pub use cross_entropy::cross_entropy;
 pub use dropout::{dropout, lora_prep, lora_prep_fits};
 pub use gelu::gelu_new;

@@ -6,7 +6,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use super::rows::{as_rows, plane_row, row_sum, rows_launch};
+use super::rows::{as_rows, load_vecs, plane_row, row_sum, rows_launch, STRIDE, UNROLL};
 use super::{as_f32_contiguous, grad_arg};
 use crate::cuda::launch::{array, empty};
 
@@ -32,49 +32,75 @@ fn layer_norm_kernel<F: Float, N: Size>(
     let mean = row_sum(x, base, lane, len, iters, 0.0f32, false, false, vec) / len_f;
     let sq = row_sum(x, base, lane, len, iters, mean, true, true, vec);
     let rstd = 1.0f32 / f32::sqrt(sq / len_f + eps);
+    // Each loop: the iteration's UNROLL vectors of every operand loaded first, then used in
+    // order (see rows.rs).
+    let mut xs = Array::<Vector<F, N>>::new(UNROLL);
+    let mut ws = Array::<Vector<f32, N>>::new(UNROLL);
     if backward {
+        let mut ds = Array::<Vector<F, N>>::new(UNROLL);
         let mut sg = 0.0f32;
         let mut sgx = 0.0f32;
         for k in 0..iters {
-            let j = lane + k * 32usize;
-            if j < len {
-                let (xv, dv, wv) = (x[base + j], dy[base + j], w[j]);
-                #[unroll]
-                for q in 0..vec {
-                    let g = f32::cast_from(dv[q]) * wv[q];
-                    let xh = normed(xv, q, mean, rstd);
-                    sg += g;
-                    sgx += g * xh;
+            let j0 = lane + k * STRIDE;
+            load_vecs(x, &mut xs, base, j0, len);
+            load_vecs(dy, &mut ds, base, j0, len);
+            load_vecs(w, &mut ws, 0usize, j0, len);
+            #[unroll]
+            for u in 0..UNROLL {
+                if j0 + u * 32usize < len {
+                    let (xv, dv, wv) = (xs[u], ds[u], ws[u]);
+                    #[unroll]
+                    for q in 0..vec {
+                        let g = f32::cast_from(dv[q]) * wv[q];
+                        let xh = normed(xv, q, mean, rstd);
+                        sg += g;
+                        sgx += g * xh;
+                    }
                 }
             }
         }
         let mg = plane_sum(sg) / len_f;
         let mgx = plane_sum(sgx) / len_f;
         for k in 0..iters {
-            let j = lane + k * 32usize;
-            if j < len {
-                let (xv, dv, wv) = (x[base + j], dy[base + j], w[j]);
-                let mut o = Vector::<F, N>::empty();
-                #[unroll]
-                for q in 0..vec {
-                    let g = f32::cast_from(dv[q]) * wv[q];
-                    let xh = normed(xv, q, mean, rstd);
-                    o[q] = F::cast_from(rstd * (g - mg - xh * mgx));
+            let j0 = lane + k * STRIDE;
+            load_vecs(x, &mut xs, base, j0, len);
+            load_vecs(dy, &mut ds, base, j0, len);
+            load_vecs(w, &mut ws, 0usize, j0, len);
+            #[unroll]
+            for u in 0..UNROLL {
+                let j = j0 + u * 32usize;
+                if j < len {
+                    let (xv, dv, wv) = (xs[u], ds[u], ws[u]);
+                    let mut o = Vector::<F, N>::empty();
+                    #[unroll]
+                    for q in 0..vec {
+                        let g = f32::cast_from(dv[q]) * wv[q];
+                        let xh = normed(xv, q, mean, rstd);
+                        o[q] = F::cast_from(rstd * (g - mg - xh * mgx));
+                    }
+                    out[base + j] = o;
                 }
-                out[base + j] = o;
             }
         }
     } else {
+        let mut bs = Array::<Vector<f32, N>>::new(UNROLL);
         for k in 0..iters {
-            let j = lane + k * 32usize;
-            if j < len {
-                let (xv, wv, bv) = (x[base + j], w[j], b[j]);
-                let mut o = Vector::<F, N>::empty();
-                #[unroll]
-                for q in 0..vec {
-                    o[q] = F::cast_from(normed(xv, q, mean, rstd) * wv[q] + bv[q]);
+            let j0 = lane + k * STRIDE;
+            load_vecs(x, &mut xs, base, j0, len);
+            load_vecs(w, &mut ws, 0usize, j0, len);
+            load_vecs(b, &mut bs, 0usize, j0, len);
+            #[unroll]
+            for u in 0..UNROLL {
+                let j = j0 + u * 32usize;
+                if j < len {
+                    let (xv, wv, bv) = (xs[u], ws[u], bs[u]);
+                    let mut o = Vector::<F, N>::empty();
+                    #[unroll]
+                    for q in 0..vec {
+                        o[q] = F::cast_from(normed(xv, q, mean, rstd) * wv[q] + bv[q]);
+                    }
+                    out[base + j] = o;
                 }
-                out[base + j] = o;
             }
         }
     }
@@ -108,43 +134,67 @@ fn rms_norm_kernel<F: Float, N: Size>(
     let (_, lane, base, iters) = plane_row(rows, len);
     let sq = row_sum(x, base, lane, len, iters, 0.0f32, true, false, vec);
     let r = 1.0f32 / f32::sqrt(sq / len_f + eps);
+    // Each loop: the iteration's UNROLL vectors of every operand loaded first, then used in
+    // order (see rows.rs).
+    let mut xs = Array::<Vector<F, N>>::new(UNROLL);
+    let mut ws = Array::<Vector<F, N>>::new(UNROLL);
     if backward {
+        let mut ds = Array::<Vector<F, N>>::new(UNROLL);
         let mut sgx = 0.0f32;
         for k in 0..iters {
-            let j = lane + k * 32usize;
-            if j < len {
-                let (xv, dv, wv) = (x[base + j], dy[base + j], w[j]);
-                #[unroll]
-                for q in 0..vec {
-                    sgx += rms_grad(dv, wv, q) * f32::cast_from(xv[q]);
+            let j0 = lane + k * STRIDE;
+            load_vecs(x, &mut xs, base, j0, len);
+            load_vecs(dy, &mut ds, base, j0, len);
+            load_vecs(w, &mut ws, 0usize, j0, len);
+            #[unroll]
+            for u in 0..UNROLL {
+                if j0 + u * 32usize < len {
+                    let (xv, dv, wv) = (xs[u], ds[u], ws[u]);
+                    #[unroll]
+                    for q in 0..vec {
+                        sgx += rms_grad(dv, wv, q) * f32::cast_from(xv[q]);
+                    }
                 }
             }
         }
         let c = r * r * r * (plane_sum(sgx) / len_f);
         for k in 0..iters {
-            let j = lane + k * 32usize;
-            if j < len {
-                let (xv, dv, wv) = (x[base + j], dy[base + j], w[j]);
-                let mut o = Vector::<F, N>::empty();
-                #[unroll]
-                for q in 0..vec {
-                    o[q] = F::cast_from(rms_grad(dv, wv, q) * r - f32::cast_from(xv[q]) * c);
+            let j0 = lane + k * STRIDE;
+            load_vecs(x, &mut xs, base, j0, len);
+            load_vecs(dy, &mut ds, base, j0, len);
+            load_vecs(w, &mut ws, 0usize, j0, len);
+            #[unroll]
+            for u in 0..UNROLL {
+                let j = j0 + u * 32usize;
+                if j < len {
+                    let (xv, dv, wv) = (xs[u], ds[u], ws[u]);
+                    let mut o = Vector::<F, N>::empty();
+                    #[unroll]
+                    for q in 0..vec {
+                        o[q] = F::cast_from(rms_grad(dv, wv, q) * r - f32::cast_from(xv[q]) * c);
+                    }
+                    out[base + j] = o;
                 }
-                out[base + j] = o;
             }
         }
     } else {
         for k in 0..iters {
-            let j = lane + k * 32usize;
-            if j < len {
-                let (xv, wv) = (x[base + j], w[j]);
-                let mut o = Vector::<F, N>::empty();
-                #[unroll]
-                for q in 0..vec {
-                    let normed = F::cast_from(f32::cast_from(xv[q]) * r);
-                    o[q] = F::cast_from(f32::cast_from(normed) * f32::cast_from(wv[q]));
+            let j0 = lane + k * STRIDE;
+            load_vecs(x, &mut xs, base, j0, len);
+            load_vecs(w, &mut ws, 0usize, j0, len);
+            #[unroll]
+            for u in 0..UNROLL {
+                let j = j0 + u * 32usize;
+                if j < len {
+                    let (xv, wv) = (xs[u], ws[u]);
+                    let mut o = Vector::<F, N>::empty();
+                    #[unroll]
+                    for q in 0..vec {
+                        let normed = F::cast_from(f32::cast_from(xv[q]) * r);
+                        o[q] = F::cast_from(f32::cast_from(normed) * f32::cast_from(wv[q]));
+                    }
+                    out[base + j] = o;
                 }
-                out[base + j] = o;
             }
         }
     }

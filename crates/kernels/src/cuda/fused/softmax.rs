@@ -6,7 +6,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use super::rows::{plane_row, rows_launch};
+use super::rows::{load_vecs, plane_row, rows_launch, STRIDE, UNROLL};
 use crate::cuda::launch::{array, empty};
 
 /// `p[r, j] = softmax_j(masked(s[r, j] / div))` for rows `r` of `[B, H, T, L]` scores; `mask`
@@ -36,25 +36,36 @@ fn attn_softmax_kernel<F: Float, N: Size>(
     let mut mx = 0.0f32;
     mx -= 3.402_823_5e38f32;
     let mut sum = 0.0f32;
+    // Each loop: the iteration's UNROLL score (and mask) vectors loaded first, then used in
+    // order, vector by vector as one per iteration would (see rows.rs).
+    let mut ss = Array::<Vector<f32, N>>::new(UNROLL);
+    let mut ms = Array::<Vector<u8, N>>::new(UNROLL);
     for k in 0..iters {
-        let j = lane + k * 32usize;
-        if j < len {
-            let sv = s[base + j];
-            let mut vmax = mx;
-            #[unroll]
-            for q in 0..vec {
-                let v = score(sv, mask, mbase + j, q, inv_div, masked);
-                if v > vmax {
-                    vmax = v;
+        let j0 = lane + k * STRIDE;
+        load_vecs(s, &mut ss, base, j0, len);
+        if masked {
+            load_vecs(mask, &mut ms, mbase, j0, len);
+        }
+        #[unroll]
+        for u in 0..UNROLL {
+            if j0 + u * 32usize < len {
+                let sv = ss[u];
+                let mut vmax = mx;
+                #[unroll]
+                for q in 0..vec {
+                    let v = score(sv, &ms, u, q, inv_div, masked);
+                    if v > vmax {
+                        vmax = v;
+                    }
                 }
-            }
-            // exp(MIN − MIN) = 1 would count a masked score before any real one: the
-            // running sum starts at 0, so rescaling it is harmless either way.
-            sum *= f32::exp(mx - vmax);
-            mx = vmax;
-            #[unroll]
-            for q in 0..vec {
-                sum += f32::exp(score(sv, mask, mbase + j, q, inv_div, masked) - mx);
+                // exp(MIN − MIN) = 1 would count a masked score before any real one: the
+                // running sum starts at 0, so rescaling it is harmless either way.
+                sum *= f32::exp(mx - vmax);
+                mx = vmax;
+                #[unroll]
+                for q in 0..vec {
+                    sum += f32::exp(score(sv, &ms, u, q, inv_div, masked) - mx);
+                }
             }
         }
     }
@@ -62,16 +73,24 @@ fn attn_softmax_kernel<F: Float, N: Size>(
     let total = plane_sum(sum * f32::exp(mx - row_max));
     let inv_sum = 1.0f32 / total;
     for k in 0..iters {
-        let j = lane + k * 32usize;
-        if j < len {
-            let sv = s[base + j];
-            let mut o = Vector::<F, N>::empty();
-            #[unroll]
-            for q in 0..vec {
-                let v = score(sv, mask, mbase + j, q, inv_div, masked);
-                o[q] = F::cast_from(f32::exp(v - row_max) * inv_sum);
+        let j0 = lane + k * STRIDE;
+        load_vecs(s, &mut ss, base, j0, len);
+        if masked {
+            load_vecs(mask, &mut ms, mbase, j0, len);
+        }
+        #[unroll]
+        for u in 0..UNROLL {
+            let j = j0 + u * 32usize;
+            if j < len {
+                let sv = ss[u];
+                let mut o = Vector::<F, N>::empty();
+                #[unroll]
+                for q in 0..vec {
+                    let v = score(sv, &ms, u, q, inv_div, masked);
+                    o[q] = F::cast_from(f32::exp(v - row_max) * inv_sum);
+                }
+                p[base + j] = o;
             }
-            p[base + j] = o;
         }
     }
 }
@@ -83,20 +102,20 @@ fn mask_base(row: usize, len: usize, heads_t: usize, t: usize) -> usize {
     ((row / heads_t) * t + row % t) * len
 }
 
-/// Score `q` of `sv` (vector `mj` of the mask) times `inv_div`, or `f32::MIN` where `masked`
-/// and the mask is set.
+/// Score `q` of `sv` times `inv_div`, or `f32::MIN` where `masked` and value `q` of the loaded
+/// mask vector `ms[u]` is set (`ms` is not read unless `masked`).
 #[cube]
 fn score<N: Size>(
     sv: Vector<f32, N>,
-    mask: &Array<Vector<u8, N>>,
-    mj: usize,
+    ms: &Array<Vector<u8, N>>,
+    u: usize,
     q: usize,
     inv_div: f32,
     #[comptime] masked: bool,
 ) -> f32 {
     let mut v = sv[q] * inv_div;
     if masked {
-        if mask[mj][q] != 0u8 {
+        if ms[u][q] != 0u8 {
             v = 0.0f32 - 3.402_823_5e38f32;
         }
     }
@@ -123,33 +142,52 @@ fn attn_softmax_backward_kernel<F: Float, G: Float, N: Size>(
     let (row, lane, base, iters) = plane_row(rows, len);
     let mbase = mask_base(row, len, heads_t, t);
     let mut dot = 0.0f32;
+    // Each loop: the iteration's UNROLL vectors of every operand loaded first, then used in
+    // order (see rows.rs).
+    let mut ps = Array::<Vector<F, N>>::new(UNROLL);
+    let mut dps = Array::<Vector<F, N>>::new(UNROLL);
+    let mut ms = Array::<Vector<u8, N>>::new(UNROLL);
     for k in 0..iters {
-        let j = lane + k * 32usize;
-        if j < len {
-            let (pv, dv) = (p[base + j], dp[base + j]);
-            #[unroll]
-            for q in 0..vec {
-                dot += f32::cast_from(pv[q]) * f32::cast_from(dv[q]);
+        let j0 = lane + k * STRIDE;
+        load_vecs(p, &mut ps, base, j0, len);
+        load_vecs(dp, &mut dps, base, j0, len);
+        #[unroll]
+        for u in 0..UNROLL {
+            if j0 + u * 32usize < len {
+                let (pv, dv) = (ps[u], dps[u]);
+                #[unroll]
+                for q in 0..vec {
+                    dot += f32::cast_from(pv[q]) * f32::cast_from(dv[q]);
+                }
             }
         }
     }
     dot = plane_sum(dot);
     for k in 0..iters {
-        let j = lane + k * 32usize;
-        if j < len {
-            let (pv, dv) = (p[base + j], dp[base + j]);
-            let mut o = Vector::<G, N>::empty();
-            #[unroll]
-            for q in 0..vec {
-                let mut g = f32::cast_from(pv[q]) * (f32::cast_from(dv[q]) - dot) * inv_div;
-                if masked {
-                    if mask[mbase + j][q] != 0u8 {
-                        g = 0.0f32;
+        let j0 = lane + k * STRIDE;
+        load_vecs(p, &mut ps, base, j0, len);
+        load_vecs(dp, &mut dps, base, j0, len);
+        if masked {
+            load_vecs(mask, &mut ms, mbase, j0, len);
+        }
+        #[unroll]
+        for u in 0..UNROLL {
+            let j = j0 + u * 32usize;
+            if j < len {
+                let (pv, dv) = (ps[u], dps[u]);
+                let mut o = Vector::<G, N>::empty();
+                #[unroll]
+                for q in 0..vec {
+                    let mut g = f32::cast_from(pv[q]) * (f32::cast_from(dv[q]) - dot) * inv_div;
+                    if masked {
+                        if ms[u][q] != 0u8 {
+                            g = 0.0f32;
+                        }
                     }
+                    o[q] = G::cast_from(g);
                 }
-                o[q] = G::cast_from(g);
+                ds[base + j] = o;
             }
-            ds[base + j] = o;
         }
     }
 }

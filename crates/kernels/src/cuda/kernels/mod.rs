@@ -365,13 +365,22 @@ pub fn quant8_kernel<F: Float>(
     }
     let scale = inv[i / blocksize];
     let v = ftz(ftz(f32::cast_from(x[i])) * scale);
+    let code = search_8bit(v, &lut, 0usize);
+    codes[i] = u8::cast_from(code);
+}
 
+/// bitsandbytes' `dQuantize<0>` search of `v` in the ascending 256-entry map at `lut[off..off +
+/// 256]`: seven halvings from pivot 127 keeping the bracket, then the nearer of the final
+/// pivot's value and the bracketing code's by f32 midpoint. Shared by [`quant8_kernel`] and the
+/// 8-bit optimizer's requantization.
+#[cube]
+pub fn search_8bit(v: f32, lut: &SharedMemory<f32>, #[comptime] off: usize) -> u32 {
     let mut pivot: u32 = 127u32;
     let mut upper_pivot: u32 = 255u32;
     let mut lower_pivot: u32 = 0u32;
     let mut lower: f32 = f32::new(-1.0);
     let mut upper: f32 = f32::new(1.0);
-    let mut val: f32 = lut[127usize];
+    let mut val: f32 = lut[off + 127usize];
     #[unroll]
     for s in 0..7u32 {
         let step = 64u32 >> s;
@@ -384,13 +393,13 @@ pub fn quant8_kernel<F: Float>(
             upper = val;
             pivot -= step;
         }
-        val = lut[pivot as usize];
+        val = lut[off + pivot as usize];
     }
     if upper_pivot == 255u32 {
-        upper = lut[255usize];
+        upper = lut[off + 255usize];
     }
     if lower_pivot == 0u32 {
-        lower = lut[0usize];
+        lower = lut[off];
     }
     let mut code: u32 = pivot;
     if v > val {
@@ -404,5 +413,5 @@ pub fn quant8_kernel<F: Float>(
             code = lower_pivot;
         }
     }
-    codes[i] = u8::cast_from(code);
+    code
 }
