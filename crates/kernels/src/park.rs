@@ -5,11 +5,11 @@
 //! the device.
 //!
 //! A parked tensor goes through [`park`] (a copy to host memory starts, off the compute stream:
-//! it overlaps the next block), [`Parked::settle`] (its device buffer goes back to the pool,
-//! the pool's next user ordered after that copy: no host wait), [`Parked::prefetch`] (a copy
-//! back into a fresh device buffer starts, again off the compute stream) and [`Parked::take`]
-//! (the compute stream waits for that copy; the tensor is returned). Every step is optional but
-//! `take`, which does what was skipped. Values come back bit for bit.
+//! it overlaps the work enqueued after it), [`Parked::settle`] (its device buffer goes back to
+//! the pool, the pool's next user ordered after that copy: no host wait), [`Parked::prefetch`]
+//! (a copy back into a fresh device buffer starts, again off the compute stream) and
+//! [`Parked::take`] (the compute stream waits for that copy; the tensor is returned). Every step
+//! is optional but `take`, which does what was skipped. Values come back bit for bit.
 //!
 //! Backends without an off-device copy (the default [`QBackend::q_park`], NdArray) keep the
 //! tensor where it is, so the caller is the same everywhere; CUDA parks it (`cuda/park.rs`).

@@ -11,9 +11,10 @@
 //!
 //! Between forward and backward only `L + 1` hidden states `[B, T, D]` are alive instead of every
 //! block's activations. [`Backprop::Offloaded`] parks them in host memory as well
-//! ([`qtune_kernels::park`]: the copies overlap the next block), so only the inputs of the
-//! blocks at work stay on the device. LoRA dropout masks are derived from one seed per micro-batch, the block
-//! index and the projection, so the recomputed block applies the very masks of the first forward.
+//! ([`qtune_kernels::park`]: each input's copy runs beside the block it feeds), so only the
+//! inputs of the blocks at work stay on the device. LoRA dropout masks are derived from one seed
+//! per micro-batch, the block index and the projection, so the recomputed block applies the very
+//! masks of the first forward.
 use burn::module::AutodiffModule;
 use burn::module::{ModuleVisitor, Param};
 use burn::optim::GradientsParams;
