@@ -20,6 +20,7 @@ use qtune_lora::peft::{AdapterDType, PeftAdapter, PeftError};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
+use crate::step::Backprop;
 
 pub use crate::files::{ADAPTER_DIR, LATEST_FILE, OPTIMIZER_FILE, STATE_FILE};
 
@@ -382,6 +383,15 @@ pub fn check_compatible(
         {
             continue;
         }
+        // Parking the checkpointed block inputs moves them, not their values: `true` and
+        // `"offload"` give the same losses bit for bit (a run that ran out of GPU memory may
+        // resume parked). Plain autodiff (`false`) sums in another order, so it stays refused.
+        if field == "training.gradient_checkpointing"
+            && checkpoint.training.gradient_checkpointing.backprop() != Backprop::Plain
+            && now.training.gradient_checkpointing.backprop() != Backprop::Plain
+        {
+            continue;
+        }
         return Err(CheckpointError::Incompatible {
             path: path.to_path_buf(),
             field,
@@ -568,6 +578,19 @@ mod tests {
             err.contains("lora.r") && err.contains("16") && err.contains('8'),
             "{err}"
         );
+        // Checkpointing with the block inputs kept or parked: the same losses.
+        use crate::config::GradientCheckpointing as G;
+        let (mut kept, mut parked) = (a.clone(), a.clone());
+        kept.training.gradient_checkpointing = G::On;
+        parked.training.gradient_checkpointing = G::Offload;
+        check_compatible(Path::new("ck"), &kept, &parked).unwrap();
+        check_compatible(Path::new("ck"), &parked, &kept).unwrap();
+        let mut plain = a.clone();
+        plain.training.gradient_checkpointing = G::Off;
+        let err = check_compatible(Path::new("ck"), &parked, &plain)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("training.gradient_checkpointing"), "{err}");
         let mut c = a.clone();
         c.training.per_device_train_batch_size = 3;
         let err = check_compatible(Path::new("ck"), &a, &c)
