@@ -86,3 +86,182 @@ impl<B: Backend, const D: usize> Parked<B, D> {
         Tensor::from_primitive(TensorPrimitive::Float(p))
     }
 }
+
+/// Host memory for parked tensors, handed out by address arithmetic alone (the backend
+/// allocates and frees the chunks): one step parks its block inputs in order and takes them all
+/// back, so each chunk is a bump allocator that starts over once nothing in it is live. A step
+/// that does not fit adds a chunk as large as the largest (or the request); the next step that
+/// starts on an idle arena of several chunks replaces them with one as large as all of them. So
+/// steps of any shapes (variable-length batches) reuse the same memory, which stays under twice
+/// the largest step's parked bytes (plus one minimum chunk), instead of one buffer per shape
+/// ever seen.
+#[derive(Debug, Default)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct Arena {
+    chunks: Vec<Chunk>,
+}
+
+#[derive(Debug)]
+struct Chunk {
+    base: usize,
+    cap: usize,
+    top: usize,
+    live: usize,
+}
+
+/// What an [`Arena`] needs from the memory behind it.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) trait ChunkAlloc {
+    /// A fresh chunk of `bytes` bytes; its address.
+    fn alloc(&mut self, bytes: usize) -> Result<usize, String>;
+    /// Frees the chunks at these addresses (nothing reads or writes them any more once this
+    /// returns: a backend with copies in flight waits for them first).
+    fn free(&mut self, bases: &[usize]) -> Result<(), String>;
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+impl Arena {
+    /// Alignment of every allocation (bytes).
+    pub(crate) const ALIGN: usize = 512;
+    /// The smallest chunk (bytes).
+    pub(crate) const MIN_CHUNK: usize = 16 << 20;
+
+    /// The address of `bytes` bytes, live until [`Arena::free`].
+    pub(crate) fn alloc(
+        &mut self,
+        bytes: usize,
+        mem: &mut impl ChunkAlloc,
+    ) -> Result<usize, String> {
+        let need = bytes.max(1).next_multiple_of(Self::ALIGN);
+        if self.chunks.len() > 1 && self.chunks.iter().all(|c| c.live == 0) {
+            let cap = self.capacity();
+            let bases: Vec<usize> = self.chunks.drain(..).map(|c| c.base).collect();
+            mem.free(&bases)?;
+            self.grow(cap, mem)?;
+        }
+        for c in &mut self.chunks {
+            if c.live == 0 {
+                c.top = 0;
+            }
+            if c.top + need <= c.cap {
+                c.top += need;
+                c.live += 1;
+                return Ok(c.base + c.top - need);
+            }
+        }
+        let largest = self.chunks.iter().map(|c| c.cap).max().unwrap_or(0);
+        self.grow(need.max(largest).max(Self::MIN_CHUNK), mem)?;
+        let c = self.chunks.last_mut().expect("just grown");
+        c.top = need;
+        c.live = 1;
+        Ok(c.base)
+    }
+
+    /// Gives back an address [`Arena::alloc`] returned (0: nothing). Its memory is reused
+    /// once every allocation of its chunk is given back.
+    pub(crate) fn free(&mut self, p: usize) {
+        if let Some(c) = self
+            .chunks
+            .iter_mut()
+            .find(|c| (c.base..c.base + c.cap).contains(&p))
+        {
+            c.live = c.live.saturating_sub(1);
+        }
+    }
+
+    /// Bytes held in chunks.
+    pub(crate) fn capacity(&self) -> usize {
+        self.chunks.iter().map(|c| c.cap).sum()
+    }
+
+    fn grow(&mut self, cap: usize, mem: &mut impl ChunkAlloc) -> Result<(), String> {
+        let base = mem.alloc(cap)?;
+        self.chunks.push(Chunk {
+            base,
+            cap,
+            top: 0,
+            live: 0,
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Arena, ChunkAlloc};
+
+    /// Chunks at made-up, far-apart addresses; records what is live.
+    #[derive(Default)]
+    struct Fake {
+        next: usize,
+        live: Vec<(usize, usize)>,
+    }
+
+    impl ChunkAlloc for Fake {
+        fn alloc(&mut self, bytes: usize) -> Result<usize, String> {
+            self.next += 1 << 40;
+            self.live.push((self.next, bytes));
+            Ok(self.next)
+        }
+        fn free(&mut self, bases: &[usize]) -> Result<(), String> {
+            self.live.retain(|(b, _)| !bases.contains(b));
+            Ok(())
+        }
+    }
+
+    /// One step: park `sizes` in order, give them back in reverse (the backward), and check
+    /// that no two live ranges overlap.
+    fn step(arena: &mut Arena, mem: &mut Fake, sizes: &[usize]) {
+        let mut got: Vec<(usize, usize)> = Vec::new();
+        for &s in sizes {
+            let p = arena.alloc(s, mem).unwrap();
+            assert!(
+                got.iter().all(|&(q, n)| p + s <= q || q + n <= p),
+                "{p} overlaps"
+            );
+            assert!(mem.live.iter().any(|&(b, c)| b <= p && p + s <= b + c));
+            got.push((p, s));
+        }
+        for (p, _) in got.into_iter().rev() {
+            arena.free(p);
+        }
+    }
+
+    #[test]
+    fn variable_steps_reuse_one_chunk_of_bounded_size() {
+        let (mut arena, mut mem) = (Arena::default(), Fake::default());
+        let mb = 1 << 20;
+        // 26 block inputs a step, 8 × T × 4096 bf16, T from 96 to 512 and back.
+        let mut biggest = 0;
+        for t in (96..=512).step_by(8).chain((96..=512).rev().step_by(24)) {
+            let sizes = vec![8 * t * 4096 * 2; 26];
+            biggest = biggest.max(sizes.iter().sum::<usize>());
+            step(&mut arena, &mut mem, &sizes);
+            assert!(arena.capacity() <= 2 * biggest + Arena::MIN_CHUNK, "{t}");
+        }
+        // After growing, the next idle step consolidates: one chunk serves every later step.
+        step(&mut arena, &mut mem, &[mb]);
+        assert_eq!(mem.live.len(), 1);
+        let cap = arena.capacity();
+        for t in [512, 96, 300] {
+            step(&mut arena, &mut mem, &vec![8 * t * 4096 * 2; 26]);
+        }
+        assert_eq!((mem.live.len(), arena.capacity()), (1, cap));
+    }
+
+    #[test]
+    fn out_of_order_and_dropped_allocations_are_reused() {
+        let (mut arena, mut mem) = (Arena::default(), Fake::default());
+        let a = arena.alloc(1000, &mut mem).unwrap();
+        let b = arena.alloc(3000, &mut mem).unwrap();
+        assert_eq!(b, a + 1024);
+        arena.free(a);
+        // `b` is live: the chunk does not start over.
+        let c = arena.alloc(10, &mut mem).unwrap();
+        assert_eq!(c, b + 3072);
+        arena.free(b);
+        arena.free(c);
+        assert_eq!(arena.alloc(10, &mut mem).unwrap(), a);
+        arena.free(0); // nothing
+    }
+}

@@ -13,10 +13,11 @@
 //! - take: `S` waits for `done`; the buffer is the tensor's.
 //!
 //! All of it runs on cubecl's device thread (`DeviceHandle::submit`, the channel of the client's
-//! own launches, so in program order with them) and nothing waits on the host. Pinned buffers
-//! are kept per size for the life of the process and reused (a checkpointed step parks the same
-//! shapes every step); the copies on `C` run in order, so a buffer handed back once its copy to
-//! the device is enqueued cannot be overwritten before that copy reads it.
+//! own launches, so in program order with them) and nothing waits on the host. Pinned memory
+//! comes from one arena per device ([`crate::park::Arena`]: steps of any shapes reuse it); the
+//! copies on `C` run in order, so memory handed back once its copy to the device is enqueued
+//! cannot be overwritten before that copy reads it, and chunks are freed only after `C` has
+//! drained.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -28,6 +29,7 @@ use cubecl::cuda::CudaRuntime;
 use cudarc::driver::sys::{self, CUresult};
 
 use super::gemm::{device_handle, lookup, stop_on_device_failure, Operand};
+use crate::park::{Arena, ChunkAlloc};
 use crate::{HostCopy, Place};
 
 /// What the device thread's tasks of one parked tensor share: the pinned buffer holding its
@@ -79,7 +81,7 @@ pub(super) fn park<F: FloatElement, I: IntElement, BT: BoolElement>(
         on_device("a parking copy to the host", || {
             let ([src], main) = lookup(server, &[op])?;
             let side = side_stream(index)?;
-            let host = pinned(index, bytes)?;
+            let host = pinned(index, bytes, side)?;
             after(side, main)?;
             // SAFETY: `src` holds `bytes` bytes (the tensor is contiguous and held until settled),
             // `host` is a pinned buffer of at least `bytes` bytes owned by this slot.
@@ -167,7 +169,7 @@ impl CudaParked {
                 check("cuMemcpyHtoDAsync", unsafe {
                     sys::cuMemcpyHtoDAsync_v2(dst, s.host as *const _, bytes, side)
                 })?;
-                unpin(index, bytes, std::mem::take(&mut s.host));
+                unpin(index, std::mem::take(&mut s.host));
                 if s.done != 0 {
                     destroy(std::mem::take(&mut s.done));
                 }
@@ -184,7 +186,6 @@ impl Drop for CudaParked {
     /// A parked tensor dropped before it was taken (a backward that stops early): `S` waits
     /// for its copy in flight before its buffer can be reused, and the pinned buffer goes back.
     fn drop(&mut self) {
-        let bytes = self.template.bytes;
         let index = self.template.device.index;
         let op = self.tensor.take().map(|t| Operand::of(&t));
         let s = self.slot.clone();
@@ -197,7 +198,7 @@ impl Drop for CudaParked {
                         wait(main, std::mem::take(&mut s.done))?;
                     }
                 }
-                unpin(index, bytes, std::mem::take(&mut s.host));
+                unpin(index, std::mem::take(&mut s.host));
                 Ok(())
             })
         });
@@ -292,32 +293,60 @@ fn side_stream(index: usize) -> Result<sys::CUstream, String> {
     Ok(s)
 }
 
-/// Free pinned buffers by device and size in bytes (a buffer is pinned in its device's context).
-type Pool = HashMap<(usize, usize), Vec<usize>>;
-
-fn pool() -> std::sync::MutexGuard<'static, Pool> {
-    static POOL: OnceLock<Mutex<Pool>> = OnceLock::new();
-    POOL.get_or_init(Default::default)
+/// Pinned host memory of each device, handed out by a [`crate::park::Arena`]: chunks of
+/// `cuMemHostAlloc`, freed (after the side stream's copies are done) when the arena
+/// consolidates them.
+fn arena() -> std::sync::MutexGuard<'static, HashMap<usize, Arena>> {
+    static ARENAS: OnceLock<Mutex<HashMap<usize, Arena>>> = OnceLock::new();
+    ARENAS
+        .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner())
 }
 
-/// A pinned host buffer of `bytes` bytes: a free one of that size, or a new one.
-fn pinned(index: usize, bytes: usize) -> Result<usize, String> {
-    if let Some(p) = pool().get_mut(&(index, bytes)).and_then(Vec::pop) {
-        return Ok(p);
-    }
-    let mut p = std::ptr::null_mut();
-    // SAFETY: out-pointer for a fresh page-locked allocation in the current context.
-    check("cuMemHostAlloc", unsafe {
-        sys::cuMemHostAlloc(&mut p, bytes, 0)
-    })?;
-    Ok(p as usize)
+/// The chunks behind a device's arena: pinned in the current context; `side` is the stream
+/// whose copies may still use them.
+struct Pinned {
+    side: sys::CUstream,
 }
 
-/// Hands a pinned buffer back for reuse (0: none).
-fn unpin(index: usize, bytes: usize, p: usize) {
+impl ChunkAlloc for Pinned {
+    fn alloc(&mut self, bytes: usize) -> Result<usize, String> {
+        let mut p = std::ptr::null_mut();
+        // SAFETY: out-pointer for a fresh page-locked allocation in the current context.
+        check("cuMemHostAlloc", unsafe {
+            sys::cuMemHostAlloc(&mut p, bytes, 0)
+        })?;
+        Ok(p as usize)
+    }
+
+    fn free(&mut self, bases: &[usize]) -> Result<(), String> {
+        // SAFETY: a live stream; every copy that touches the chunks was enqueued on it.
+        check("cuStreamSynchronize", unsafe {
+            sys::cuStreamSynchronize(self.side)
+        })?;
+        for &b in bases {
+            // SAFETY: a chunk of `alloc`, no copy left in flight (synchronized above).
+            check("cuMemFreeHost", unsafe { sys::cuMemFreeHost(b as *mut _) })?;
+        }
+        Ok(())
+    }
+}
+
+/// `bytes` bytes of pinned host memory of device `index` (copies on `side`).
+fn pinned(index: usize, bytes: usize, side: sys::CUstream) -> Result<usize, String> {
+    arena()
+        .entry(index)
+        .or_default()
+        .alloc(bytes, &mut Pinned { side })
+}
+
+/// Hands pinned memory back to its device's arena (0: none). A later copy into it runs on the
+/// same side stream, after every copy enqueued before.
+fn unpin(index: usize, p: usize) {
     if p != 0 {
-        pool().entry((index, bytes)).or_default().push(p);
+        if let Some(a) = arena().get_mut(&index) {
+            a.free(p);
+        }
     }
 }
