@@ -109,6 +109,21 @@ struct Chunk {
     live: usize,
 }
 
+impl Chunk {
+    /// `need` bytes at the top of the chunk (from its start once nothing in it is live), if
+    /// they fit.
+    fn bump(&mut self, need: usize) -> Option<usize> {
+        if self.live == 0 {
+            self.top = 0;
+        }
+        (self.top + need <= self.cap).then(|| {
+            self.top += need;
+            self.live += 1;
+            self.base + self.top - need
+        })
+    }
+}
+
 /// What an [`Arena`] needs from the memory behind it.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) trait ChunkAlloc {
@@ -139,22 +154,16 @@ impl Arena {
             mem.free(&bases)?;
             self.grow(cap, mem)?;
         }
-        for c in &mut self.chunks {
-            if c.live == 0 {
-                c.top = 0;
-            }
-            if c.top + need <= c.cap {
-                c.top += need;
-                c.live += 1;
-                return Ok(c.base + c.top - need);
-            }
+        if let Some(p) = self.chunks.iter_mut().find_map(|c| c.bump(need)) {
+            return Ok(p);
         }
         let largest = self.chunks.iter().map(|c| c.cap).max().unwrap_or(0);
         self.grow(need.max(largest).max(Self::MIN_CHUNK), mem)?;
-        let c = self.chunks.last_mut().expect("just grown");
-        c.top = need;
-        c.live = 1;
-        Ok(c.base)
+        Ok(self
+            .chunks
+            .last_mut()
+            .and_then(|c| c.bump(need))
+            .expect("a fresh chunk holds the request"))
     }
 
     /// Gives back an address [`Arena::alloc`] returned (0: nothing). Its memory is reused

@@ -186,22 +186,12 @@ impl Drop for CudaParked {
     /// A parked tensor dropped before it was taken (a backward that stops early): `S` waits
     /// for its copy in flight before its buffer can be reused, and the pinned buffer goes back.
     fn drop(&mut self) {
-        let index = self.template.device.index;
-        let op = self.tensor.take().map(|t| Operand::of(&t));
-        let s = self.slot.clone();
-        device_handle(index).submit(move |server| {
-            on_device("a parked tensor's release", || {
-                let mut s = lock(&s);
-                if let Some(op) = op {
-                    let (_, main) = lookup(server, &[op])?;
-                    if s.done != 0 {
-                        wait(main, std::mem::take(&mut s.done))?;
-                    }
-                }
-                unpin(index, std::mem::take(&mut s.host));
-                Ok(())
-            })
-        });
+        if let Some(t) = self.tensor.take() {
+            wait_done(&t, &self.slot);
+        }
+        // After that wait on the device thread's queue (FIFO), as every earlier task of the slot.
+        let (index, s) = (self.template.device.index, self.slot.clone());
+        device_handle(index).submit(move |_| unpin(index, std::mem::take(&mut lock(&s).host)));
     }
 }
 
