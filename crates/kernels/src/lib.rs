@@ -564,6 +564,13 @@ pub trait QBackend: Backend {
         Place::Device(x)
     }
 
+    /// Whether [`QBackend::q_park`] moves tensors into host memory (CUDA: pinned, which the OS
+    /// cannot page out), so that parking's host memory can be checked before training starts.
+    /// The default keeps them on the device.
+    fn q_parks_to_host() -> bool {
+        false
+    }
+
     /// Whether `device` can compute in `dtype`, checked before a model is built: on CUDA the
     /// compute capability (≥ 7.0 for qtune's kernels, ≥ 8.0 for bfloat16), so an older GPU
     /// gets this error at start instead of a fallback or a wrong result. The default accepts.

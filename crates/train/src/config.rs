@@ -9,6 +9,9 @@ mod checkpointing;
 pub mod data;
 mod metrics;
 pub use checkpointing::GradientCheckpointing;
+pub(crate) use checkpointing::{
+    check_offload_host_memory, host_memory_available, offload_host_bytes,
+};
 pub use data::{DataConfig, DatasetFormat, Task};
 
 /// The tiny CPU default, embedded so `qtune train` / `cargo xtask train` work without files.

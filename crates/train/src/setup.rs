@@ -124,6 +124,7 @@ where
         });
     }
     check_context_window(cfg, model.max_positions())?;
+    check_offload::<B, M>(cfg, &model, world)?;
     let schedule = schedule(cfg);
     schedule.validate()?;
     // Packed (and refused if it cannot be) before anything is touched on disk.
@@ -289,6 +290,35 @@ pub fn check_context_window(cfg: &RunConfig, max_positions: usize) -> Result<(),
         .into());
     }
     Ok(())
+}
+
+/// `gradient_checkpointing = "offload"` on a backend that parks in pinned host memory: refused
+/// before any work when what it may pin exceeds the host memory available now; where that
+/// cannot be read (not Linux), a warning says the check was skipped.
+fn check_offload<B, M>(cfg: &RunConfig, model: &M, world: usize) -> Result<(), TrainError>
+where
+    B: TrainBackend,
+    M: CausalLm<B>,
+{
+    use crate::config::GradientCheckpointing;
+    let parks = <B::InnerBackend as qtune_kernels::QBackend>::q_parks_to_host();
+    if cfg.training.gradient_checkpointing != GradientCheckpointing::Offload || !parks {
+        return Ok(());
+    }
+    let hidden = model.embedding().shape().dims::<2>()[1];
+    let bytes = model.dtype().size();
+    let needed = crate::config::offload_host_bytes(cfg, model.num_layers(), hidden, bytes, world);
+    match crate::config::host_memory_available() {
+        Some(available) => Ok(crate::config::check_offload_host_memory(needed, available)?),
+        None => {
+            tracing::warn!(
+                needed_bytes = needed,
+                "gradient_checkpointing = \"offload\": host memory available unknown \
+                 (no /proc/meminfo); not checked before training"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// `[data] packing`: the training examples in rows of `max_length` (qtune_data::pack), logged;

@@ -238,6 +238,10 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         B::q_check_device(device, dtype)
     }
 
+    fn q_parks_to_host() -> bool {
+        B::q_parks_to_host()
+    }
+
     fn q_upload_float(data: TensorData, device: &Self::Device) -> FloatTensor<Self> {
         <Self as AutodiffBackend>::from_inner(B::q_upload_float(data, device))
     }

@@ -149,6 +149,10 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         super::park::park::<F, I, BT>(x)
     }
 
+    fn q_parks_to_host() -> bool {
+        true
+    }
+
     fn q_check_device(device: &Self::Device, dtype: DType) -> Result<(), KernelError> {
         super::upload::check_device(device.index, dtype)
     }
