@@ -29,7 +29,10 @@ use cubecl_cpp::{
     },
 };
 use cubecl_runtime::{
-    allocator::PitchedMemoryLayoutPolicy, client::ComputeClient, logging::ServerLogger,
+    allocator::PitchedMemoryLayoutPolicy,
+    client::ComputeClient,
+    logging::ServerLogger,
+    memory_management::{MemoryPoolOptions, PoolType},
 };
 use cudarc::driver::sys::{CUDA_VERSION, cuDeviceTotalMem_v2};
 use std::{mem::MaybeUninit, sync::Arc};
@@ -44,22 +47,61 @@ pub struct RuntimeOptions {
 #[derive(Debug, Clone)]
 pub struct CudaRuntime;
 
-/// qtune patch: the memory pool preset, `MemoryConfiguration::ExclusivePages` unless
-/// `CUBECL_CUDA_MEMORY=subslices` asks for upstream's default (`init` takes no options).
-/// Measured on an H100 (GPT-J-6B NF4 QLoRA step): reserved 5.95 GiB instead of 10.94 for 5.21 in
-/// use, and no slower (qtune BENCHMARKS.md).
-fn memory_config_from_env() -> MemoryConfiguration {
-    match std::env::var("CUBECL_CUDA_MEMORY").as_deref() {
-        Ok("subslices") => MemoryConfiguration::default(),
-        _ => MemoryConfiguration::ExclusivePages,
+/// qtune patch: the memory pool preset, read from `CUBECL_CUDA_MEMORY` (`init` takes no options):
+/// - unset or `exclusive`: `MemoryConfiguration::ExclusivePages` (upstream's preset of that name,
+///   24 size classes from 32 KiB to a quarter of the device's memory). Measured on an H100
+///   (GPT-J-6B NF4 QLoRA step): reserved 5.95 GiB instead of 10.94 for 5.21 in use, and no slower
+///   (qtune BENCHMARKS.md);
+/// - `exclusive:N`: the same pools with N size classes (2 ≤ N ≤ 512), each class a ratio
+///   (max/min)^(1/(N−1)) wide, so a page serves requests at most that much smaller than itself;
+///   `exclusive:24` is the preset above;
+/// - `subslices`: upstream's default (`SubSlices`).
+///
+/// Anything else stops the process with a message naming the variable (never a silent default).
+fn memory_config_from_env(max_page_size: u64, alignment: u64) -> MemoryConfiguration {
+    let v = std::env::var("CUBECL_CUDA_MEMORY").ok();
+    match v.as_deref() {
+        None | Some("exclusive") => MemoryConfiguration::ExclusivePages,
+        Some("subslices") => MemoryConfiguration::default(),
+        Some(s) => match s.strip_prefix("exclusive:").map(str::parse::<usize>) {
+            Some(Ok(n)) if (2..=512).contains(&n) => MemoryConfiguration::Custom {
+                pool_options: exclusive_pools(n, max_page_size, alignment),
+            },
+            _ => panic!(
+                "CUBECL_CUDA_MEMORY=\"{s}\": accepted values are exclusive, exclusive:N \
+                 (2 <= N <= 512 size classes) and subslices"
+            ),
+        },
     }
+}
+
+/// The pools of upstream's `ExclusivePages` preset with `n` size classes instead of 24: sizes
+/// log-uniform from 32 KiB to `max_page_size`, aligned and deduplicated, and the same
+/// deallocation period (5,000 allocations, more for pages over 1 GiB).
+fn exclusive_pools(n: usize, max_page_size: u64, alignment: u64) -> Vec<MemoryPoolOptions> {
+    let (lo, hi) = ((32u64 * 1024) as f64, max_page_size as f64);
+    let mut sizes: Vec<u64> = (0..n)
+        .map(|i| {
+            let p = i as f64 / (n - 1) as f64;
+            ((lo.ln() + (hi.ln() - lo.ln()) * p).exp() as u64).next_multiple_of(alignment)
+        })
+        .collect();
+    sizes.dedup();
+    sizes
+        .into_iter()
+        .map(|size| MemoryPoolOptions {
+            pool_type: PoolType::ExclusivePages {
+                max_alloc_size: size,
+            },
+            dealloc_period: Some(
+                (5000.0 * (1.0 + size as f64 / (1024.0 * 1024.0 * 1024.0)).round()) as u64,
+            ),
+        })
+        .collect()
 }
 
 impl DeviceService for CudaServer {
     fn init(device_id: cubecl_common::device::DeviceId) -> Self {
-        let options = RuntimeOptions {
-            memory_config: memory_config_from_env(),
-        };
         let device = CudaDevice::from_id(device_id);
 
         // To get the supported WMMA features, and memory properties, we have to initialize the server immediately.
@@ -323,10 +365,12 @@ impl DeviceService for CudaServer {
         let policy = PitchedMemoryLayoutPolicy::new(device_props.memory.alignment as usize);
         let utilities = ServerUtilities::new(device_props, logger, (), policy);
 
+        let memory_config =
+            memory_config_from_env(mem_properties.max_page_size, mem_properties.alignment);
         CudaServer::new(
             cuda_ctx,
             mem_properties,
-            options.memory_config,
+            memory_config,
             mem_alignment,
             device_id,
             utilities,
