@@ -8,14 +8,15 @@ set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} QTUNE_KERNEL_CACHE=/tmp/kcache
 export PYTHONPATH=$PWD/.device/site
 START=$(date +%s)
+X=${NEW:-dev3}  # NEW=dev5 measures bin/xtask_dev5.xz instead
 fits() { [ $(( $(date +%s) - START + $1 )) -le ${BUDGET:-300} ] || { echo "--- skipped ($1 s expected): $2"; false; }; }
-bash xtask/device/unpack.sh xtask_dev3 || exit 1
+bash xtask/device/unpack.sh xtask_$X || exit 1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 for c in bf16:qv int8-blockwise:qv nf4:all; do
   for o in "" --offload; do
     fits 20 "$c $o" || continue
     f=$OUT/ours_${c/:/_}${o}.txt
-    timeout 60 /tmp/xtask_dev3 bench train --model gptj-6b --quant ${c%:*} --targets ${c#*:} --warmup 3 \
+    timeout 60 /tmp/xtask_$X bench train --model gptj-6b --quant ${c%:*} --targets ${c#*:} --warmup 3 \
       --steps 8 --decode 0 $o > $f 2>&1
     echo "$c $o $(grep -oE '"(step_s_median|tokens_per_s|peak_in_use_gib_probed|peak_reserved_gib)":[0-9.]*|rror.*' $f | tr '\n' ' ')"
   done

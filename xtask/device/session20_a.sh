@@ -1,0 +1,56 @@
+#!/bin/bash
+# Session 20, call 1: the pinned arena of parking (main = dev4) on the GPU.
+#  1. gpu-check of main (park_round_trip, park_tiny_loss_curve and every other line);
+#  2. the path a user takes: `xtask train squad` on real SQuAD v2 (variable-length batches, so
+#     the arena sees a new padded length most steps) with a 6-block bf16 tiny GPT-J, once with
+#     gradient_checkpointing = true and once = "offload": the logged losses must agree bit for bit;
+#  3. GPT-J-6B NF4 q,v with --offload, dev3 (one pinned buffer per size, d23a933) against main;
+#  4. the pool's size classes: the same run with CUBECL_CUDA_MEMORY=exclusive:24 (= the default),
+#     exclusive:48 and exclusive:96, peak in use against reserved, kept and parked.
+#   carry [".device"] with bin/xtask_dev3.xz, bin/xtask_$NEW.xz and data/ (squad-v2/dev-v2.0.json.gz,
+#   gpt2-tokenizer/*.gz); source stash.sh first.  BUDGET=420 bash xtask/device/session20_a.sh
+set -uo pipefail
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} QTUNE_KERNEL_CACHE=/tmp/kcache
+START=$(date +%s)
+NEW=${NEW:-dev5}
+fits() { [ $(( $(date +%s) - START + $1 )) -le ${BUDGET:-420} ] || { echo "--- skipped ($1 s expected): $2"; false; }; }
+bash xtask/device/unpack.sh xtask_$NEW || exit 1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+bash xtask/device/gpu_check.sh /tmp/xtask_$NEW $NEW 200
+export QTUNE_DATA_DIR=/tmp/data
+if [ ! -d /tmp/data ]; then mkdir -p /tmp/data && cp -r .device/data/* /tmp/data/ && gunzip -r /tmp/data; fi
+for gc in true offload; do
+  fits 90 "user path $gc" || continue
+  v=$gc; [ $gc = true ] || v='"offload"'
+  sed -e "s/^name = .*/name = \"tiny6-$gc\"/" -e 's/^torch_dtype = .*/torch_dtype = "bfloat16"/' \
+    -e 's/^n_layer = .*/n_layer = 6/' -e "s/^gradient_checkpointing = .*/gradient_checkpointing = $v/" \
+    -e 's/^max_steps = .*/max_steps = 60/' -e 's/^logging_steps = .*/logging_steps = 1/' -e 's/^eval_steps = .*/eval_steps = 60/' \
+    -e 's/^save_steps = .*/save_steps = 60/' -e 's/^generation_samples = .*/generation_samples = 8/' \
+    configs/tiny.toml > /tmp/tiny6-$gc.toml
+  echo "=== user path gradient_checkpointing = $v $(date -u +%T)"
+  ( cd /tmp && timeout 90 /tmp/xtask_$NEW train squad --config /tmp/tiny6-$gc.toml --overwrite > $OUT/user_$gc.txt 2>&1
+    echo "exit $?" ); tail -3 $OUT/user_$gc.txt | cut -c1-300
+  cp /tmp/runs/tiny6-$gc/metrics.jsonl $OUT/metrics_$gc.jsonl 2>/dev/null
+done
+python3 - $OUT/metrics_true.jsonl $OUT/metrics_offload.jsonl <<'PY'
+import json, sys
+def losses(p):
+    try: return [(r.get("step"), r["loss"], r.get("grad_norm")) for r in map(json.loads, open(p)) if "loss" in r]
+    except OSError: return None
+a, b = losses(sys.argv[1]), losses(sys.argv[2])
+print("user path losses: true", a and len(a), "offload", b and len(b),
+      "bit-identical" if a and a == b else "DIFFER", (a or [])[:3], (b or [])[:3])
+PY
+if fits 40 "A/B"; then
+  CASES='gptj-6b:nf4:qv:8:512:default' ORDER='dev3@offload $NEW@offload' ROUNDS=1 T_RUN=60 bash xtask/device/ab_bench.sh
+fi
+for m in exclusive:24 exclusive:48 exclusive:96; do
+  for o in "" --offload; do
+    fits 20 "pool $m $o" || continue
+    f=$OUT/pool_${m/:/_}${o}.txt
+    CUBECL_CUDA_MEMORY=$m timeout 60 /tmp/xtask_$NEW bench train --model gptj-6b --quant nf4 --targets qv \
+      --warmup 3 --steps 8 --decode 0 $o > $f 2>&1
+    echo "pool $m $o $(grep -oE '"(step_s_median|tokens_per_s|peak_in_use_gib_probed|peak_reserved_gib)":[0-9.]*|rror.*' $f | tr '\n' ' ')"
+  done
+done
+echo "=== end $(date -u +%T) ($(( $(date +%s) - START )) s)"
