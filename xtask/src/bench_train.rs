@@ -22,6 +22,12 @@ use qtune_lm::CausalLm;
 /// # Errors
 /// Without the `cuda` feature; on a model or step error.
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    if let Some(k) = args.graph_steps {
+        anyhow::ensure!(
+            matches!(k, 1 | 2 | 4 | 8 | 16),
+            "--graph-steps {k}: decode graphs take 1, 2, 4, 8 or 16 steps"
+        );
+    }
     run_impl(args)
 }
 
@@ -141,6 +147,11 @@ pub struct Args {
     /// Only the per-piece timing of one decode step (no prefill, no full decode).
     #[arg(long)]
     decode_profile: bool,
+    /// Steps per CUDA graph of the decode path timed first and reported as the default one
+    /// (1, 2, 4, 8 or 16; default: qtune_lm's default); the other lengths of 1, 4, 8 follow.
+    /// Two processes with different values compare lengths without the order in the process.
+    #[arg(long)]
+    graph_steps: Option<usize>,
     /// Sample the host during the timed steps and print its top functions
     /// (`--features host-profile`; see xtask/src/host_profile.rs).
     #[arg(long)]
@@ -419,13 +430,14 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
         Stepwise,
     }
     let graphs = qtune_lm::device_graphs_from_env()?;
+    let default_k = a.graph_steps.unwrap_or(qtune_lm::DEFAULT_GRAPH_STEPS);
     let gen = |k: usize, path: Path| -> anyhow::Result<(f64, Vec<u32>)> {
         let g = GenerationConfig {
             max_new_tokens: k,
             eos_token_id: None,
             graph_steps: match path {
                 Path::Graph(steps) => steps,
-                Path::Eager | Path::Stepwise => qtune_lm::DEFAULT_GRAPH_STEPS,
+                Path::Eager | Path::Stepwise => default_k,
             },
             device_graphs: graphs && !matches!(path, Path::Eager),
             ..GenerationConfig::default()
@@ -451,7 +463,6 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     // time also gives the per-token cost without the fixed part (prefill, graph recording):
     // (t_long − t_short) / (long − short).
     let (mut timed, mut short) = (Vec::new(), Vec::new());
-    let default_k = qtune_lm::DEFAULT_GRAPH_STEPS;
     let more_k: Vec<usize> = [1, 4, 8].into_iter().filter(|&k| k != default_k).collect();
     let mut paths = vec![Path::Graph(default_k), Path::Eager, Path::Stepwise];
     paths.extend(more_k.iter().map(|&k| Path::Graph(k)));
