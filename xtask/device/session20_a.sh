@@ -1,5 +1,5 @@
 #!/bin/bash
-# Session 20, call 1: the pinned arena of parking (main = dev4) on the GPU.
+# Session 20, call 1: the pinned arena of parking on the GPU (NEW=dev6, a build of main).
 #  1. gpu-check of main (park_round_trip, park_tiny_loss_curve and every other line);
 #  2. the path a user takes: `xtask train squad` on real SQuAD v2 (variable-length batches, so
 #     the arena sees a new padded length most steps) with a 6-block bf16 tiny GPT-J, once with
@@ -7,12 +7,12 @@
 #  3. GPT-J-6B NF4 q,v with --offload, dev3 (one pinned buffer per size, d23a933) against main;
 #  4. the pool's size classes: the same run with CUBECL_CUDA_MEMORY=exclusive:24 (= the default),
 #     exclusive:48 and exclusive:96, peak in use against reserved, kept and parked.
-#   carry [".device"] with bin/xtask_dev3.xz, bin/xtask_$NEW.xz and data/ (squad-v2/dev-v2.0.json.gz,
-#   gpt2-tokenizer/*.gz); source stash.sh first.  BUDGET=420 bash xtask/device/session20_a.sh
+#   carry [".device"] with bin/xtask_dev3.xz, bin/xtask_dev6.xz and data/ (squad-v2/dev-v2.0.json.gz,
+#   gpt2-tokenizer/*.gz); source stash.sh first.  BUDGET=520 bash xtask/device/session20_a.sh
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} QTUNE_KERNEL_CACHE=/tmp/kcache
 START=$(date +%s)
-NEW=${NEW:-dev5}
+NEW=${NEW:-dev6}
 fits() { [ $(( $(date +%s) - START + $1 )) -le ${BUDGET:-420} ] || { echo "--- skipped ($1 s expected): $2"; false; }; }
 bash xtask/device/unpack.sh xtask_$NEW || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
