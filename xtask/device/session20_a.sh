@@ -6,14 +6,18 @@
 #     gradient_checkpointing = true and once = "offload": the logged losses must agree bit for bit;
 #  3. GPT-J-6B NF4 q,v with --offload, dev3 (one pinned buffer per size, d23a933) against main;
 #  4. the pool's size classes: the same run with CUBECL_CUDA_MEMORY=exclusive:24 (= the default),
-#     exclusive:48 and exclusive:96, peak in use against reserved, kept and parked.
+#     exclusive:48 and exclusive:96, peak in use against reserved, kept and parked;
+#  5. batch-1 decode in two processes, 1-step graphs timed first in one and 4-step in the other
+#     (`--graph-steps`): which length is faster without the order inside a process;
+#  6. `ncu` on the quantized decode GEMV (NF4 + DQ 4096→4096, 4096→16384, 16384→4096): speed of
+#     light, warp stall reasons, occupancy, memory workload (what limits it at ~1.1–1.5 TB/s).
 #   carry [".device"] with bin/xtask_dev3.xz, bin/xtask_dev6.xz and data/ (squad-v2/dev-v2.0.json.gz,
-#   gpt2-tokenizer/*.gz); source stash.sh first.  BUDGET=520 bash xtask/device/session20_a.sh
+#   gpt2-tokenizer/*.gz); source stash.sh first.  BUDGET=560 bash xtask/device/session20_a.sh
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} QTUNE_KERNEL_CACHE=/tmp/kcache
 START=$(date +%s)
 NEW=${NEW:-dev6}
-fits() { [ $(( $(date +%s) - START + $1 )) -le ${BUDGET:-420} ] || { echo "--- skipped ($1 s expected): $2"; false; }; }
+fits() { [ $(( $(date +%s) - START + $1 )) -le ${BUDGET:-560} ] || { echo "--- skipped ($1 s expected): $2"; false; }; }
 bash xtask/device/unpack.sh xtask_$NEW || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 bash xtask/device/gpu_check.sh /tmp/xtask_$NEW $NEW 200
@@ -53,4 +57,27 @@ for m in exclusive:24 exclusive:48 exclusive:96; do
     echo "pool $m $o $(grep -oE '"(step_s_median|tokens_per_s|peak_in_use_gib_probed|peak_reserved_gib)":[0-9.]*|rror.*' $f | tr '\n' ' ')"
   done
 done
+# Decode graph lengths without the order inside a process: 1 step timed first, then 4 first.
+for k in 1 4; do
+  fits 45 "decode --graph-steps $k" || continue
+  echo "=== decode --graph-steps $k first $(date -u +%T)"
+  timeout 80 /tmp/xtask_$NEW bench train --model gptj-6b --quant nf4 --targets qv --warmup 0 \
+    --steps 0 --decode 128 --graph-steps $k > $OUT/decode_k$k.txt 2>&1
+  grep -oE '"(prefill_tok_s|decode_tok_s_b1|decode_graph_steps)":[0-9.]*|"steps_per_graph":[0-9]*,"tok_s":[0-9.]*|rror.*' \
+    $OUT/decode_k$k.txt | tr '\n' ' '; echo
+done
+NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
+if [ -n "$NCU" ] && fits 60 "ncu"; then
+  echo "=== ncu gemv $(date -u +%T)"
+  timeout 100 $NCU --kernel-name regex:gemv_kernel --launch-count 16 \
+    --section SpeedOfLight --section WarpStateStats --section Occupancy --section LaunchStats \
+    --section MemoryWorkloadAnalysis --section SchedulerStats --section InstructionStats \
+    --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
+    /tmp/xtask_$NEW bench dequant --decode --iters 2 > $OUT/ncu_gemv.txt 2>&1
+  echo "ncu exit $?"
+  grep -E "gemv_kernel|stalled_.*[1-9]|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Stall|Warp Cycles Per Issued|Issued Ipc|Block Limit|No Eligible|Executed Ipc|L1/TEX Hit|Mem Busy|Max Bandwidth" \
+    $OUT/ncu_gemv.txt | head -50
+else
+  echo "no ncu on this machine"
+fi
 echo "=== end $(date -u +%T) ($(( $(date +%s) - START )) s)"
