@@ -1,22 +1,22 @@
 #!/bin/bash
-# Session 20, call 1: the pinned arena of parking on the GPU (NEW=dev6, a build of main).
+# Session 20, call 1: the pinned arena of parking on the GPU (NEW=dev7, a build of main; OLD=dev6,
+# the same without the q/k/v parts GEMV).
 #  1. gpu-check of main (park_round_trip, park_tiny_loss_curve and every other line);
 #  2. the path a user takes: `xtask train squad` on real SQuAD v2 (variable-length batches, so
 #     the arena sees a new padded length most steps) with a 6-block bf16 tiny GPT-J, once with
 #     gradient_checkpointing = true and once = "offload": the logged losses must agree bit for bit;
-#  3. GPT-J-6B NF4 q,v with --offload, dev3 (one pinned buffer per size, d23a933) against main;
-#  4. the pool's size classes: the same run with CUBECL_CUDA_MEMORY=exclusive:24 (= the default),
+#  3. the pool's size classes: the same run with CUBECL_CUDA_MEMORY=exclusive:24 (= the default),
 #     exclusive:48 and exclusive:96, peak in use against reserved, kept and parked;
-#  5. batch-1 decode in two processes, 1-step graphs timed first in one and 4-step in the other
-#     (`--graph-steps`): which length is faster without the order inside a process;
-#  6. `ncu` on the quantized decode GEMV (NF4 + DQ 4096→4096, 4096→16384, 16384→4096): speed of
+#  4. batch-1 decode in separate processes: 1-step graphs timed first in one and 4-step in the
+#     other (`--graph-steps`), and NEW's q/k/v in one GEMV launch against OLD;
+#  5. `ncu` on the quantized decode GEMV (NF4 + DQ 4096→4096, 4096→16384, 16384→4096): speed of
 #     light, warp stall reasons, occupancy, memory workload (what limits it at ~1.1–1.5 TB/s).
-#   carry [".device"] with bin/xtask_dev3.xz, bin/xtask_dev6.xz and data/ (squad-v2/dev-v2.0.json.gz,
+#   carry [".device"] with bin/xtask_dev7.xz, bin/xtask_dev6.xz and data/ (squad-v2/dev-v2.0.json.gz,
 #   gpt2-tokenizer/*.gz); source stash.sh first.  BUDGET=560 bash xtask/device/session20_a.sh
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} QTUNE_KERNEL_CACHE=/tmp/kcache
 START=$(date +%s)
-NEW=${NEW:-dev6}
+NEW=${NEW:-dev7}
 fits() { [ $(( $(date +%s) - START + $1 )) -le ${BUDGET:-560} ] || { echo "--- skipped ($1 s expected): $2"; false; }; }
 bash xtask/device/unpack.sh xtask_$NEW || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -45,9 +45,6 @@ a, b = losses(sys.argv[1]), losses(sys.argv[2])
 print("user path losses: true", a and len(a), "offload", b and len(b),
       "bit-identical" if a and a == b else "DIFFER", (a or [])[:3], (b or [])[:3])
 PY
-if fits 40 "A/B"; then
-  CASES='gptj-6b:nf4:qv:8:512:default' ORDER='dev3@offload $NEW@offload' ROUNDS=1 T_RUN=60 bash xtask/device/ab_bench.sh
-fi
 for m in exclusive:24 exclusive:48 exclusive:96; do
   for o in "" --offload; do
     fits 20 "pool $m $o" || continue
@@ -57,14 +54,17 @@ for m in exclusive:24 exclusive:48 exclusive:96; do
     echo "pool $m $o $(grep -oE '"(step_s_median|tokens_per_s|peak_in_use_gib_probed|peak_reserved_gib)":[0-9.]*|rror.*' $f | tr '\n' ' ')"
   done
 done
-# Decode graph lengths without the order inside a process: 1 step timed first, then 4 first.
-for k in 1 4; do
-  fits 45 "decode --graph-steps $k" || continue
-  echo "=== decode --graph-steps $k first $(date -u +%T)"
-  timeout 80 /tmp/xtask_$NEW bench train --model gptj-6b --quant nf4 --targets qv --warmup 0 \
-    --steps 0 --decode 128 --graph-steps $k > $OUT/decode_k$k.txt 2>&1
+# Decode: graph lengths without the order inside a process (1 step timed first, then 4 first),
+# and the q/k/v parts GEMV (NEW) against OLD (the same tree without it) at 1 step first.
+for run in $NEW:1 $NEW:4 ${OLD:-dev6}:1; do
+  b=${run%:*} k=${run#*:}
+  fits 45 "decode $b --graph-steps $k" || continue
+  bash xtask/device/unpack.sh xtask_$b || continue
+  echo "=== decode $b --graph-steps $k first $(date -u +%T)"
+  timeout 80 /tmp/xtask_$b bench train --model gptj-6b --quant nf4 --targets qv --warmup 0 \
+    --steps 0 --decode 128 --graph-steps $k > $OUT/decode_${b}_k$k.txt 2>&1
   grep -oE '"(prefill_tok_s|decode_tok_s_b1|decode_graph_steps)":[0-9.]*|"steps_per_graph":[0-9]*,"tok_s":[0-9.]*|rror.*' \
-    $OUT/decode_k$k.txt | tr '\n' ' '; echo
+    $OUT/decode_${b}_k$k.txt | tr '\n' ' '; echo
 done
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
 if [ -n "$NCU" ] && fits 60 "ncu"; then
