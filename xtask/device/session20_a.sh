@@ -5,7 +5,7 @@
 #  2. the path a user takes: `xtask train squad` on real SQuAD v2 (variable-length batches, so
 #     the arena sees a new padded length most steps) with a 6-block bf16 tiny GPT-J, once with
 #     gradient_checkpointing = true and once = "offload": the logged losses must agree bit for bit;
-#  3. the pool's size classes: the same run with CUBECL_CUDA_MEMORY=exclusive:24 (= the default),
+#  3. (after 4) the pool's size classes: the same run with CUBECL_CUDA_MEMORY=exclusive:24 (= the default),
 #     exclusive:48 and exclusive:96, peak in use against reserved, kept and parked;
 #  4. batch-1 decode in separate processes: 1-step graphs timed first in one and 4-step in the
 #     other (`--graph-steps`), and NEW's q/k/v in one GEMV launch against OLD;
@@ -20,7 +20,7 @@ NEW=${NEW:-dev7}
 fits() { [ $(( $(date +%s) - START + $1 )) -le ${BUDGET:-560} ] || { echo "--- skipped ($1 s expected): $2"; false; }; }
 bash xtask/device/unpack.sh xtask_$NEW || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-bash xtask/device/gpu_check.sh /tmp/xtask_$NEW $NEW 200
+bash xtask/device/gpu_check.sh /tmp/xtask_$NEW $NEW 180
 export QTUNE_DATA_DIR=/tmp/data
 if [ ! -d /tmp/data ]; then mkdir -p /tmp/data && cp -r .device/data/* /tmp/data/ && gunzip -r /tmp/data; fi
 for gc in true offload; do
@@ -45,18 +45,9 @@ a, b = losses(sys.argv[1]), losses(sys.argv[2])
 print("user path losses: true", a and len(a), "offload", b and len(b),
       "bit-identical" if a and a == b else "DIFFER", (a or [])[:3], (b or [])[:3])
 PY
-for m in exclusive:24 exclusive:48 exclusive:96; do
-  for o in "" --offload; do
-    fits 20 "pool $m $o" || continue
-    f=$OUT/pool_${m/:/_}${o}.txt
-    CUBECL_CUDA_MEMORY=$m timeout 60 /tmp/xtask_$NEW bench train --model gptj-6b --quant nf4 --targets qv \
-      --warmup 3 --steps 8 --decode 0 $o > $f 2>&1
-    echo "pool $m $o $(grep -oE '"(step_s_median|tokens_per_s|peak_in_use_gib_probed|peak_reserved_gib)":[0-9.]*|rror.*' $f | tr '\n' ' ')"
-  done
-done
 # Decode: graph lengths without the order inside a process (1 step timed first, then 4 first),
 # and the q/k/v parts GEMV (NEW) against OLD (the same tree without it) at 1 step first.
-for run in $NEW:1 $NEW:4 ${OLD:-dev6}:1; do
+for run in $NEW:1 ${OLD:-dev6}:1 $NEW:4; do
   b=${run%:*} k=${run#*:}
   fits 45 "decode $b --graph-steps $k" || continue
   bash xtask/device/unpack.sh xtask_$b || continue
@@ -65,6 +56,15 @@ for run in $NEW:1 $NEW:4 ${OLD:-dev6}:1; do
     --steps 0 --decode 128 --graph-steps $k > $OUT/decode_${b}_k$k.txt 2>&1
   grep -oE '"(prefill_tok_s|decode_tok_s_b1|decode_graph_steps)":[0-9.]*|"steps_per_graph":[0-9]*,"tok_s":[0-9.]*|rror.*' \
     $OUT/decode_${b}_k$k.txt | tr '\n' ' '; echo
+done
+for m in exclusive:24 exclusive:48 exclusive:96; do
+  for o in "" --offload; do
+    fits 20 "pool $m $o" || continue
+    f=$OUT/pool_${m/:/_}${o}.txt
+    CUBECL_CUDA_MEMORY=$m timeout 60 /tmp/xtask_$NEW bench train --model gptj-6b --quant nf4 --targets qv \
+      --warmup 3 --steps 8 --decode 0 $o > $f 2>&1
+    echo "pool $m $o $(grep -oE '"(step_s_median|tokens_per_s|peak_in_use_gib_probed|peak_reserved_gib)":[0-9.]*|rror.*' $f | tr '\n' ' ')"
+  done
 done
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
 if [ -n "$NCU" ] && fits 60 "ncu"; then
