@@ -1,6 +1,7 @@
 #!/bin/bash
-# Session 20, call 1: the pinned arena of parking on the GPU (NEW=dev7, a build of main; OLD=dev6,
-# the same without the q/k/v parts GEMV).
+# Session 20, call 1 (never started: no machine): the pinned arena of parking on the GPU, and the
+# q/k/v parts GEMV. NEW=dev7: a build of main with the revert of the parts GEMV reverted again
+# (`git revert <the revert commit>`, or branch wip/gemv-parts); OLD=dev6: a build of main.
 #  1. gpu-check of main (park_round_trip, park_tiny_loss_curve and every other line);
 #  2. the path a user takes: `xtask train squad` on real SQuAD v2 (variable-length batches, so
 #     the arena sees a new padded length most steps) with a 6-block bf16 tiny GPT-J, once with
