@@ -2,7 +2,7 @@
 # Session 20, call 1 (never started: no machine): the pinned arena of parking on the GPU, and the
 # q/k/v parts GEMV. NEW=dev7: a build of main with the revert of the parts GEMV reverted again
 # (`git revert <the revert commit>`, or branch wip/gemv-parts); OLD=dev6: a build of main.
-#  1. gpu-check of main (park_round_trip, park_tiny_loss_curve and every other line);
+#  1. gpu-check of NEW (park_round_trip, park_tiny_loss_curve and every other line);
 #  2. the path a user takes: `xtask train squad` on real SQuAD v2 (variable-length batches, so
 #     the arena sees a new padded length most steps) with a 6-block bf16 tiny GPT-J, once with
 #     gradient_checkpointing = true and once = "offload": the logged losses must agree bit for bit;
@@ -12,8 +12,12 @@
 #     other (`--graph-steps`), and NEW's q/k/v in one GEMV launch against OLD;
 #  5. `ncu` on the quantized decode GEMV (NF4 + DQ 4096→4096, 4096→16384, 16384→4096): speed of
 #     light, warp stall reasons, occupancy, memory workload (what limits it at ~1.1–1.5 TB/s).
-#   carry [".device"] with bin/xtask_dev7.xz, bin/xtask_dev6.xz and data/ (squad-v2/dev-v2.0.json.gz,
-#   gpt2-tokenizer/*.gz); source stash.sh first.  BUDGET=560 bash xtask/device/session20_a.sh
+#   carry [".device"] with bin/xtask_dev7.xz, bin/xtask_dev6.xz (stripped, `xz -6`) and data/; source
+#   stash.sh first, then BUDGET=540 bash xtask/device/session20_a.sh (timeout 595). data/:
+#     mkdir -p .device/data/squad-v2 .device/data/gpt2-tokenizer
+#     gzip -c ../shared/datasets/squad-v2/dev-v2.0.json > .device/data/squad-v2/dev-v2.0.json.gz
+#     for f in encoder.json vocab.bpe; do
+#       gzip -c ../shared/datasets/gpt2-tokenizer/$f > .device/data/gpt2-tokenizer/$f.gz; done
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} QTUNE_KERNEL_CACHE=/tmp/kcache
 START=$(date +%s)

@@ -307,7 +307,11 @@ where
     }
     let hidden = model.embedding().shape().dims::<2>()[1];
     let bytes = model.dtype().size();
-    let needed = crate::config::offload_host_bytes(cfg, model.num_layers(), hidden, bytes, world);
+    // Every host runs the same number of devices (`--devices`); each parks its own inputs.
+    let hosts = cfg.distributed.as_ref().map_or(1, |d| d.num_nodes as usize);
+    let ranks_here = (world / hosts.max(1)).max(1);
+    let needed =
+        crate::config::offload_host_bytes(cfg, model.num_layers(), hidden, bytes, ranks_here);
     match crate::config::host_memory_available() {
         Some(available) => Ok(crate::config::check_offload_host_memory(needed, available)?),
         None => {

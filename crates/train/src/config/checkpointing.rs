@@ -65,8 +65,8 @@ impl GradientCheckpointing {
 
 /// The host memory `"offload"` may pin at once on a backend that parks in host memory: the
 /// inputs of all blocks but the last two, one micro-batch (`per_device_train_batch_size` ×
-/// `max_length` tokens of `hidden` values of `dtype_bytes`) on each of `ranks` devices of this
-/// host, twice over (the parking arena is bounded by twice one step's parked bytes:
+/// `max_length` tokens of `hidden` values of `dtype_bytes`) on each of the `ranks` devices of
+/// this host, twice over (the parking arena is bounded by twice one step's parked bytes:
 /// `qtune_kernels::park`).
 pub fn offload_host_bytes(
     cfg: &super::RunConfig,
