@@ -57,20 +57,46 @@ pub struct CudaRuntime;
 ///   `exclusive:24` is the preset above;
 /// - `subslices`: upstream's default (`SubSlices`).
 ///
-/// Anything else stops the process with a message naming the variable (never a silent default).
+/// Anything else is refused: [`check_memory_setting`] says so before any work (qtune calls it
+/// before a model is built), and the server's start stops the process naming the variable
+/// (never a silent default).
 fn memory_config_from_env(max_page_size: u64, alignment: u64) -> MemoryConfiguration {
-    let v = std::env::var("CUBECL_CUDA_MEMORY").ok();
-    match v.as_deref() {
-        None | Some("exclusive") => MemoryConfiguration::ExclusivePages,
-        Some("subslices") => MemoryConfiguration::default(),
+    let v = std::env::var(MEMORY_ENV).ok();
+    match parse_memory_setting(v.as_deref()) {
+        Ok(MemorySetting::Exclusive) => MemoryConfiguration::ExclusivePages,
+        Ok(MemorySetting::SubSlices) => MemoryConfiguration::default(),
+        Ok(MemorySetting::ExclusiveClasses(n)) => MemoryConfiguration::Custom {
+            pool_options: exclusive_pools(n, max_page_size, alignment),
+        },
+        Err(expected) => panic!(
+            "{MEMORY_ENV}={:?}: accepted values are {expected}",
+            v.unwrap_or_default()
+        ),
+    }
+}
+
+/// qtune patch: the variable [`memory_config_from_env`] reads.
+pub const MEMORY_ENV: &str = "CUBECL_CUDA_MEMORY";
+
+/// qtune patch: `Err(accepted values)` when [`MEMORY_ENV`] holds a value the server would refuse
+/// at its start; for callers that check settings before any work.
+pub fn check_memory_setting() -> Result<(), String> {
+    parse_memory_setting(std::env::var(MEMORY_ENV).ok().as_deref()).map(|_| ())
+}
+
+enum MemorySetting {
+    Exclusive,
+    ExclusiveClasses(usize),
+    SubSlices,
+}
+
+fn parse_memory_setting(v: Option<&str>) -> Result<MemorySetting, String> {
+    match v {
+        None | Some("exclusive") => Ok(MemorySetting::Exclusive),
+        Some("subslices") => Ok(MemorySetting::SubSlices),
         Some(s) => match s.strip_prefix("exclusive:").map(str::parse::<usize>) {
-            Some(Ok(n)) if (2..=512).contains(&n) => MemoryConfiguration::Custom {
-                pool_options: exclusive_pools(n, max_page_size, alignment),
-            },
-            _ => panic!(
-                "CUBECL_CUDA_MEMORY=\"{s}\": accepted values are exclusive, exclusive:N \
-                 (2 <= N <= 512 size classes) and subslices"
-            ),
+            Some(Ok(n)) if (2..=512).contains(&n) => Ok(MemorySetting::ExclusiveClasses(n)),
+            _ => Err("exclusive, exclusive:N (2 <= N <= 512 size classes) and subslices".into()),
         },
     }
 }
