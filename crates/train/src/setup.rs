@@ -300,9 +300,8 @@ where
     B: TrainBackend,
     M: CausalLm<B>,
 {
-    use crate::config::GradientCheckpointing;
-    let parks = <B::InnerBackend as qtune_kernels::QBackend>::q_parks_to_host();
-    if cfg.training.gradient_checkpointing != GradientCheckpointing::Offload || !parks {
+    let pins = <B::InnerBackend as qtune_kernels::QBackend>::q_parks_to_host();
+    if !cfg.training.gradient_checkpointing.backprop().parks() || !pins {
         return Ok(());
     }
     let hidden = model.embedding().shape().dims::<2>()[1];
