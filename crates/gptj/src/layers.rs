@@ -72,18 +72,18 @@ impl<B: QBackend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let (h, hd) = (self.n_head, d / self.n_head);
-        let q = self
-            .q_proj
-            .forward_with(x.clone(), ctx.pass(salt))
-            .reshape([b, t, h, hd]);
-        let k = self
-            .k_proj
-            .forward_with(x.clone(), ctx.pass(salt + 1))
-            .reshape([b, t, h, hd]);
-        let v = self
-            .v_proj
-            .forward_with(x, ctx.pass(salt + 2))
-            .reshape([b, t, h, hd]);
+        // One launch for the three base products of a decode step (qtune_lora's forward_parts).
+        let [q, k, v] = Linear::forward_parts(
+            [
+                (&self.q_proj, ctx.pass(salt)),
+                (&self.k_proj, ctx.pass(salt + 1)),
+                (&self.v_proj, ctx.pass(salt + 2)),
+            ],
+            x,
+        );
+        let q = q.reshape([b, t, h, hd]);
+        let k = k.reshape([b, t, h, hd]);
+        let v = v.reshape([b, t, h, hd]);
         // Token-major [B, T, H, hd] throughout: the attention op reads each head in place.
         let q = apply_rotary(q, &ctx.cos, &ctx.sin);
         let k = apply_rotary(k, &ctx.cos, &ctx.sin);

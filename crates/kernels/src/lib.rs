@@ -193,6 +193,19 @@ pub trait QBackend: Backend {
             .fold(Self::q_linear(x, w), |y, a| Self::float_add(y, a))
     }
 
+    /// `[q_linear(x, w) for w in ws]`: several quantized weights of one input (q, k and v; gate
+    /// and up). The default runs them one by one; CUDA runs two or three in one GEMV launch
+    /// for a single row of `x` (decode) when they share format, `in_features` and block size,
+    /// each output equal bit for bit to its own [`QBackend::q_linear`].
+    fn q_linear_parts(
+        x: FloatTensor<Self>,
+        ws: Vec<QWeightPrimitive<Self>>,
+    ) -> Vec<FloatTensor<Self>> {
+        ws.into_iter()
+            .map(|w| Self::q_linear(x.clone(), w))
+            .collect()
+    }
+
     /// [`QBackend::q_linear`] keeping the dequantized weight as backward state
     /// ([`LinearBackward::Dense`]). Only the autodiff decorator has a backward state; the
     /// default is `q_linear`.
@@ -711,6 +724,33 @@ fn over_rows<B: QBackend, const D: usize>(
     let mut out = dims;
     out[D - 1] = out_f;
     Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out)
+}
+
+/// `[q_linear(x, w) for w in ws]` through [`QBackend::q_linear_parts`] (one launch on CUDA for a
+/// single row of `x` and two or three compatible weights), else one [`q_linear`] each.
+///
+/// # Panics
+/// As [`q_linear`], for any of the weights.
+pub fn q_linear_parts<B: QBackend, const D: usize>(
+    x: Tensor<B, D>,
+    ws: &[&QuantWeight<B>],
+) -> Vec<Tensor<B, D>> {
+    let dims = x.dims();
+    let m = dims[..D - 1].iter().product::<usize>();
+    let in_f = dims[D - 1];
+    if m != 1 || ws.iter().any(|w| w.shape()[1] != in_f) {
+        return ws.iter().map(|w| q_linear(x.clone(), w)).collect();
+    }
+    let x2 = x.reshape([1, in_f]).into_primitive().tensor();
+    let ys = B::q_linear_parts(x2, ws.iter().map(|w| w.primitive()).collect());
+    ys.into_iter()
+        .zip(ws)
+        .map(|(y, w)| {
+            let mut out = dims;
+            out[D - 1] = w.shape()[0];
+            Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out)
+        })
+        .collect()
 }
 
 /// [`q_linear`] plus `adds` (each of the output's shape, or broadcastable to it, in its dtype),

@@ -81,9 +81,15 @@ impl<B: QBackend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (h, kv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
-        let q = self.q_proj.forward_with(x.clone(), ctx.pass(salt));
-        let k = self.k_proj.forward_with(x.clone(), ctx.pass(salt + 1));
-        let v = self.v_proj.forward_with(x, ctx.pass(salt + 2));
+        // One launch for the three base products of a decode step (qtune_lora's forward_parts).
+        let [q, k, v] = Linear::forward_parts(
+            [
+                (&self.q_proj, ctx.pass(salt)),
+                (&self.k_proj, ctx.pass(salt + 1)),
+                (&self.v_proj, ctx.pass(salt + 2)),
+            ],
+            x,
+        );
         let q = rotate_half(q.reshape([b, t, h, hd]), &ctx.cos, &ctx.sin);
         let k = rotate_half(k.reshape([b, t, kv, hd]), &ctx.cos, &ctx.sin);
         let (k, v) = cache_kv(cache, k, v.reshape([b, t, kv, hd]));
@@ -106,8 +112,13 @@ pub struct Mlp<B: Backend> {
 
 impl<B: QBackend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>, salt: u64) -> Tensor<B, 3> {
-        let gate = self.gate_proj.forward_with(x.clone(), ctx.pass(salt));
-        let up = self.up_proj.forward_with(x, ctx.pass(salt + 1));
+        let [gate, up] = Linear::forward_parts(
+            [
+                (&self.gate_proj, ctx.pass(salt)),
+                (&self.up_proj, ctx.pass(salt + 1)),
+            ],
+            x,
+        );
         let h = silu_mul(gate, up);
         // Its output only joins the residual: unread in a checkpointed recompute.
         self.down_proj.forward_with(h, ctx.output_pass(salt + 2))

@@ -338,6 +338,58 @@ impl<B: QBackend> Linear<B> {
         )
     }
 
+    /// `[l.forward_with(x, pass) for (l, pass) in layers]` for linears of one input (q, k and v;
+    /// gate and up). For a single row of `x` where every base is quantized and every pass
+    /// keeps the quantized backward, the base products run as one launch
+    /// ([`qtune_kernels::q_linear_parts`], each equal bit for bit to its own product), each
+    /// layer's adapter and bias then added as in `forward_with`; otherwise one `forward_with`
+    /// each.
+    pub fn forward_parts<const N: usize, const D: usize>(
+        layers: [(&Self, Pass); N],
+        x: Tensor<B, D>,
+    ) -> [Tensor<B, D>; N] {
+        let ys = Self::forward_parts_vec(&layers, x);
+        ys.try_into()
+            .unwrap_or_else(|_| unreachable!("one output per layer"))
+    }
+
+    fn forward_parts_vec<const D: usize>(
+        layers: &[(&Self, Pass)],
+        x: Tensor<B, D>,
+    ) -> Vec<Tensor<B, D>> {
+        let rows = x.dims()[..D - 1].iter().product::<usize>();
+        let quant: Option<Vec<&QuantWeight<B>>> = layers
+            .iter()
+            .map(|(l, pass)| match &l.base {
+                LinearBase::Quant(q)
+                    if !pass.output_unread && pass.backward == LinearBackward::Quantized =>
+                {
+                    Some(q)
+                }
+                _ => None,
+            })
+            .collect();
+        match quant {
+            Some(qs) if rows == 1 && (2..=3).contains(&qs.len()) => {
+                let ys = qtune_kernels::q_linear_parts(x.clone(), &qs);
+                ys.into_iter()
+                    .zip(layers)
+                    .map(|(y, (l, pass))| {
+                        let y = match &l.lora {
+                            Some(lora) => lora.forward_onto(y, x.clone(), pass.dropout_seed),
+                            None => y,
+                        };
+                        l.plus(y, *pass, Vec::new())
+                    })
+                    .collect()
+            }
+            _ => layers
+                .iter()
+                .map(|(l, pass)| l.forward_with(x.clone(), *pass))
+                .collect(),
+        }
+    }
+
     /// `forward_with(x, pass) + adds[0] + adds[1] + …` (each of the output's shape, in
     /// its dtype: residual branches joining after this layer). For a single row of a quantized
     /// layer the bias and up to two addends go into the product's kernel

@@ -223,3 +223,56 @@ fn forward_plus_adds_the_branches_for_one_row_and_many() {
         }
     }
 }
+
+#[test]
+fn forward_parts_equals_each_forward_with() {
+    // Three quantized linears of one input (q, k, v), with bias and adapters on some: the
+    // outputs of `forward_parts` are each layer's `forward_with` bit for bit, for one row (the
+    // batched base products) and for several (one forward each), with and without dropout.
+    let dev = Default::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let spec = QuantSpec {
+        format: QuantFormat::Nf4,
+        blocksize: 64,
+        double_quant: true,
+    };
+    let mut layer = |out: usize, bias: bool, lora: bool| {
+        let values: Vec<f32> = (0..out * 64)
+            .map(|_| rand::Rng::random_range(&mut rng, -1.0f32..1.0))
+            .collect();
+        let q = QuantizedTensor::quantize("w", &values, &[out, 64], spec, FloatDType::F32).unwrap();
+        let b = bias.then(|| Tensor::<Nd, 1>::random([out], Distribution::Normal(0.0, 1.0), &dev));
+        let lin = Linear::quantized(QuantWeight::from_quantized(&q, &dev), b);
+        if !lora {
+            return lin;
+        }
+        let mut lin = lin.attach_lora(&cfg(4, 0.1), &mut rng);
+        let a = lin.take_adapter().unwrap().lora_a.val();
+        let bm = Tensor::<Nd, 2>::random([out, 4], Distribution::Normal(0.0, 0.5), &dev);
+        lin.with_adapter(crate::LoraAdapter::from_tensors(a, bm, 2.0, 0.1))
+    };
+    let (q, k, v) = (
+        layer(24, true, true),
+        layer(16, false, false),
+        layer(16, true, true),
+    );
+    for rows in [1usize, 3] {
+        for seed in [None, Some(7u64)] {
+            let x = Tensor::<Nd, 3>::random([1, rows, 64], Distribution::Normal(0.0, 1.0), &dev);
+            let pass = |s: u64| Pass {
+                dropout_seed: seed.map(|d| d + s),
+                ..Pass::default()
+            };
+            let got =
+                Linear::forward_parts([(&q, pass(0)), (&k, pass(1)), (&v, pass(2))], x.clone());
+            for (i, (l, y)) in [&q, &k, &v].into_iter().zip(got).enumerate() {
+                let want = l.forward_with(x.clone(), pass(i as u64));
+                assert_eq!(
+                    y.into_data().into_vec::<f32>().unwrap(),
+                    want.into_data().into_vec::<f32>().unwrap(),
+                    "layer {i}, {rows} rows, dropout seed {seed:?}"
+                );
+            }
+        }
+    }
+}

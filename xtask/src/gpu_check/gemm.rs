@@ -36,6 +36,7 @@ pub(super) fn quantized_gemv_check(
     let outcome = quantized_gemv_rows(dev, fails, &mut res);
     set_gemv_rows_per_plane(default_rows);
     outcome?;
+    gemv_parts_check(dev, fails, &mut res)?;
     // Batch-1 dense products (LoRA factors, LM head at decode): GEMV kernel vs cuBLAS.
     for (n, k) in [(16usize, 1024usize), (1000, 16), (2000, 1024)] {
         let t = |len: usize, seed: u64, shape: [usize; 2]| {
@@ -145,6 +146,62 @@ fn quantized_gemv_rows(
                     }
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Two or three quantized weights of one input in one launch (`q_linear_parts`: q/k/v, gate/up
+/// at decode) against each weight's own batch-1 GEMV: bit-identical required, for NF4 + double
+/// quant, FP4 and blockwise 8-bit, parts of different row counts (as GQA's k/v), and a ragged
+/// row count and width.
+fn gemv_parts_check(
+    dev: &burn::tensor::Device<Train>,
+    fails: &mut Failures,
+    res: &mut serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<()> {
+    use qtune_kernels::QuantWeight;
+    use qtune_quant::{FloatDType, QuantFormat};
+    type I = <Train as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+    let bf16 = |v: Vec<f32>, shape: [usize; 2]| {
+        Tensor::<I, 2>::from_data(TensorData::new(v, shape), (dev, DType::BF16))
+    };
+    for (name, format, bs, dq) in [
+        ("nf4_dq", QuantFormat::Nf4, 64, true),
+        ("fp4", QuantFormat::Fp4, 64, false),
+        ("int8", QuantFormat::Blockwise8, 256, false),
+    ] {
+        for (k, rows) in [(1024usize, vec![384usize, 128, 128]), (1280, vec![99, 40])] {
+            let ws = rows
+                .iter()
+                .enumerate()
+                .map(|(i, &o)| {
+                    QuantWeight::quantize(
+                        name,
+                        bf16(values(o * k, 40 + i as u64), [o, k]),
+                        format,
+                        bs,
+                        dq,
+                        FloatDType::BF16,
+                    )
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let x = bf16(values(k, 39), [1, k]);
+            let refs: Vec<&QuantWeight<I>> = ws.iter().collect();
+            let parts = qtune_kernels::q_linear_parts(x.clone(), &refs);
+            let mut same = true;
+            for (w, y) in ws.iter().zip(parts) {
+                let one = host(qtune_kernels::q_linear(x.clone(), w).unsqueeze::<3>())?;
+                let y = host(y.unsqueeze::<3>())?;
+                same &= y
+                    .iter()
+                    .map(|f| f.to_bits())
+                    .eq(one.iter().map(|f| f.to_bits()));
+            }
+            let key = format!("gemv_parts_{name}_{}x{k}_bit_identical", rows.len());
+            fails.require(&format!("quantized_gemv {key}"), same);
+            res.insert(key, same.into());
         }
     }
     Ok(())

@@ -28,7 +28,7 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
 
     fn q_linear(x: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self> {
         // One row (batch-1 decode): a GEMV straight from the codes, no dense weight.
-        if let Some(y) = launch::gemv::<CudaRuntime, Self>(&x, &w) {
+        if let Some(y) = super::gemv::gemv::<CudaRuntime, Self>(&x, &w) {
             return y;
         }
         // Pitfall 3 of the notes: W must be in x's dtype, a mixed GEMM is garbage.
@@ -36,12 +36,25 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         gemm::<Self>(x, &wd, Product::ATransB)
     }
 
+    fn q_linear_parts(
+        x: FloatTensor<Self>,
+        ws: Vec<QWeightPrimitive<Self>>,
+    ) -> Vec<FloatTensor<Self>> {
+        let refs: Vec<&QWeightPrimitive<Self>> = ws.iter().collect();
+        if let Some(ys) = super::gemv::gemv_parts::<CudaRuntime, Self>(&x, &refs) {
+            return ys;
+        }
+        ws.into_iter()
+            .map(|w| Self::q_linear(x.clone(), w))
+            .collect()
+    }
+
     fn q_linear_add(
         x: FloatTensor<Self>,
         w: QWeightPrimitive<Self>,
         adds: Vec<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
-        if let Some(y) = launch::gemv_add::<CudaRuntime, Self>(&x, &w, &adds) {
+        if let Some(y) = super::gemv::gemv_add::<CudaRuntime, Self>(&x, &w, &adds) {
             return y;
         }
         adds.into_iter().fold(Self::q_linear(x, w), |y, a| {

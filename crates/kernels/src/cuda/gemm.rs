@@ -18,7 +18,8 @@ use cudarc::cublas::{result as blas, sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaStream};
 
 use super::gemm_lt::{Epilogue, EpilogueArgs, Key, Lt};
-use super::launch::{dense_gemv, empty, CubeB};
+use super::gemv::dense_gemv;
+use super::launch::{empty, CubeB};
 
 /// One cuBLAS handle per (device, cubecl stream), created on first use and bound to that stream:
 /// a handle's workspace must not be shared by GEMMs that may overlap on different streams.

@@ -1,4 +1,5 @@
-//! Host side of the CubeCL kernels: buffer allocation, vectorized-or-scalar choice, dtype dispatch.
+//! Host side of the CubeCL kernels: buffer allocation, vectorized-or-scalar choice, dtype dispatch
+//! (the decode GEMVs' in `gemv.rs`, whose output rows per plane are re-exported here).
 
 use burn::tensor::{backend::Backend, bf16, f16, DType, Shape};
 use burn_cubecl::{kernel::cast, kernel::into_contiguous, tensor::CubeTensor, CubeRuntime};
@@ -6,6 +7,7 @@ use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim};
 use qtune_quant::QuantFormat;
 
+pub use super::gemv::{gemv_rows_per_plane, set_gemv_rows_per_plane};
 use super::kernels;
 use crate::{AbsmaxPrimitive, QWeightPrimitive};
 
@@ -41,37 +43,10 @@ pub fn dequant_variant() -> (usize, bool) {
     (v & 3, v & 4 != 0)
 }
 
-/// Output rows per plane of the quantized GEMV ([`kernels::gemv_kernel`]'s `rows_per_plane`):
-/// 1 (one plane per row), 2 or 4 (a lane's `x` vectors serve that many rows). Every value gives
-/// the same outputs bit for bit (the GPU check compares them). The default, 2, is the fastest
-/// measured on an H100 (session 16, `bench dequant --decode`): NF4 + DQ 4096→16384 31.0 / 23.3 /
-/// 23.8 µs for 1 / 2 / 4, 16384→4096 31.6 / 24.0 / 32.7, 4096→4096 9.6 / 7.8 / 9.5; 8-bit
-/// 4096→4096 10.9 / 10.4 / 11.4.
-static GEMV_ROWS_PER_PLANE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(2);
-
-/// Select the quantized GEMV's output rows per plane (1, 2 or 4); for the bench and the GPU
-/// check, which compare them.
-///
-/// # Panics
-/// For any other value.
-pub fn set_gemv_rows_per_plane(rows: usize) {
-    assert!(
-        matches!(rows, 1 | 2 | 4),
-        "qtune-kernels: set_gemv_rows_per_plane({rows}): the quantized GEMV takes 1, 2 or 4 \
-         rows per plane"
-    );
-    GEMV_ROWS_PER_PLANE.store(rows, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// The quantized GEMV's current output rows per plane (1, 2 or 4; default 2).
-pub fn gemv_rows_per_plane() -> usize {
-    GEMV_ROWS_PER_PLANE.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// Units per cube for every kernel here (the 8-bit kernels stage a 256-entry map per cube).
 const CUBE: u32 = 256;
 /// Values per unit in the vectorized dequant kernels (one 16-byte store for bf16/f16).
-const PER_UNIT: usize = 8;
+pub(crate) const PER_UNIT: usize = 8;
 /// Largest `CubeCount` x dimension; larger launches spread over y.
 const MAX_X: usize = 65_535;
 
@@ -80,7 +55,7 @@ pub(crate) fn cube_count(units: usize) -> CubeCount {
 }
 
 /// `cubes` cubes, spread over y past the x limit (kernels index them by `CUBE_POS`).
-fn grid(cubes: usize) -> CubeCount {
+pub(crate) fn grid(cubes: usize) -> CubeCount {
     if cubes <= MAX_X {
         CubeCount::Static(cubes as u32, 1, 1)
     } else {
@@ -109,7 +84,7 @@ pub(crate) fn empty<R: CubeRuntime>(
     )
 }
 
-fn as_u8<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+pub(crate) fn as_u8<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     // Records bring Int tensors back as I32/I64 (burn pitfall 9); the kernels read bytes.
     into_contiguous(if t.dtype == DType::U8 {
         t
@@ -118,7 +93,7 @@ fn as_u8<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     })
 }
 
-fn as_f32<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+pub(crate) fn as_f32<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     into_contiguous(if t.dtype == DType::F32 {
         t
     } else {
@@ -166,20 +141,20 @@ fn block_scales<R: CubeRuntime, B: CubeB<R>>(
 /// the double-quant product from [`block_scales`]), or with `fused` the double-quant state itself
 /// (nested codes, nested absmax, nested map), resolved in the kernel. Unused arrays are dummies
 /// the kernel never reads (`len` 1).
-struct ScaleArgs<R: CubeRuntime> {
-    scales: CubeTensor<R>,
-    ncodes: CubeTensor<R>,
-    nabs: CubeTensor<R>,
-    nmap: CubeTensor<R>,
-    offset: f32,
-    nested: bool,
-    nested_blocksize: usize,
-    fused: bool,
+pub(crate) struct ScaleArgs<R: CubeRuntime> {
+    pub(crate) scales: CubeTensor<R>,
+    pub(crate) ncodes: CubeTensor<R>,
+    pub(crate) nabs: CubeTensor<R>,
+    pub(crate) nmap: CubeTensor<R>,
+    pub(crate) offset: f32,
+    pub(crate) nested: bool,
+    pub(crate) nested_blocksize: usize,
+    pub(crate) fused: bool,
     /// Lengths of `scales`, `ncodes`, `nabs`, `nmap`.
-    lens: [usize; 4],
+    pub(crate) lens: [usize; 4],
 }
 
-fn scale_args<R: CubeRuntime, B: CubeB<R>>(
+pub(crate) fn scale_args<R: CubeRuntime, B: CubeB<R>>(
     absmax: AbsmaxPrimitive<B>,
     num_blocks: usize,
     fuse: bool,
@@ -216,172 +191,6 @@ fn scale_args<R: CubeRuntime, B: CubeB<R>>(
             }
         }
     }
-}
-
-/// `x [1, in] · dequant(w)ᵀ → [1, out]` in `x`'s dtype by [`kernels::gemv_kernel`], straight from
-/// the codes (batch-1 decode; [`gemv_rows_per_plane`] output rows per plane), or `None` when it does not apply: `x` not a single row, or
-/// `in_features`/`blocksize` not multiples of 8 (then dequantize + GEMM).
-pub fn gemv<R: CubeRuntime, B: CubeB<R>>(
-    x: &CubeTensor<R>,
-    w: &QWeightPrimitive<B>,
-) -> Option<CubeTensor<R>> {
-    gemv_add(x, w, &[])
-}
-
-/// [`gemv`] with up to three addends (`[1, out]` or `[out]`, `x`'s dtype) summed into the
-/// result in f32 before its one rounding; `None` as [`gemv`] or for other addends.
-pub fn gemv_add<R: CubeRuntime, B: CubeB<R>>(
-    x: &CubeTensor<R>,
-    w: &QWeightPrimitive<B>,
-    adds: &[CubeTensor<R>],
-) -> Option<CubeTensor<R>> {
-    let l = w.layout;
-    let shape = x.meta.shape().to_vec();
-    if shape.len() != 2
-        || shape[0] != 1
-        || shape[1] != l.in_features
-        || l.in_features % PER_UNIT != 0
-        || l.blocksize % PER_UNIT != 0
-        || l.out_features == 0
-        || adds.len() > 3
-        || adds
-            .iter()
-            .any(|a| a.dtype != x.dtype || a.meta.num_elements() != l.out_features)
-    {
-        return None;
-    }
-    let adds: Vec<CubeTensor<R>> = adds.iter().map(|a| into_contiguous(a.clone())).collect();
-    let x = into_contiguous(x.clone());
-    let w = w.clone();
-    let four_bit = l.format != QuantFormat::Blockwise8;
-    let codes = as_u8(w.codes);
-    let map = as_f32(w.code_map);
-    // A double-quantized absmax goes to the kernel as is (no product pass: one launch).
-    let sa = scale_args(w.absmax, l.num_blocks(), true, &codes);
-    let y = empty(&x, vec![1, l.out_features], x.dtype);
-    // Codes per row in u32 words (8 4-bit values or 4 8-bit values each), read 4 words (16
-    // bytes) per load where rows allow, else one unit's worth (1 word, or 2 for 8-bit).
-    let words_per_row = if four_bit {
-        l.in_features / 8
-    } else {
-        l.in_features / 4
-    };
-    let vec_words = if words_per_row % 4 == 0 {
-        4
-    } else if four_bit {
-        1
-    } else {
-        2
-    };
-    let units_per_vec = if four_bit { vec_words } else { vec_words / 2 };
-    let vecs_per_row = words_per_row / vec_words;
-    let scale_per_vec = l.blocksize % (units_per_vec * PER_UNIT) == 0;
-    let rows = l.out_features;
-    let rows_per_plane = gemv_rows_per_plane();
-    let count = grid(rows.div_ceil(kernels::GEMV_ROWS as usize * rows_per_plane));
-    let dim = CubeDim::new_2d(32, kernels::GEMV_ROWS);
-    let words = l.numel() / 4; // u32 words of bytes (8-bit) or of nibble pairs (4-bit: numel/8)
-    let words = if four_bit { words / 2 } else { words };
-    // SAFETY: codes hold `words` u32 words (validated layout); absmax one scale per
-    // block, or (fused) nested codes per block, nested absmax per nested block and a
-    // 256-entry map; map 16/256 entries; x `in` values (a multiple of 8); y `out` values.
-    unsafe {
-        launch_float!(
-            x.dtype,
-            else return None,
-            kernels::gemv_kernel(
-            &x.client,
-            count,
-            dim,
-            PER_UNIT,
-            vec_words,
-            array(&codes, words),
-            array(&sa.scales, sa.lens[0]),
-            array(&sa.ncodes, sa.lens[1]),
-            array(&sa.nabs, sa.lens[2]),
-            array(&sa.nmap, sa.lens[3]),
-            array(&map, if four_bit { 16 } else { 256 }),
-            array(&x, l.in_features),
-            array(adds.first().unwrap_or(&y), rows),
-            array(adds.get(1).unwrap_or(&y), rows),
-            array(adds.get(2).unwrap_or(&y), rows),
-            array(&y, rows),
-            rows,
-            vecs_per_row,
-            sa.offset,
-            l.blocksize,
-            sa.nested,
-            sa.fused,
-            sa.nested_blocksize,
-            four_bit,
-            units_per_vec,
-            scale_per_vec,
-            adds.len() as u32,
-            rows_per_plane,
-            )
-        )
-    }
-    Some(y)
-}
-
-/// `x [1, k] · w[n, k]ᵀ` (contiguous, one float dtype) by [`kernels::dense_gemv_kernel`] into
-/// `y [.., n]` in that dtype: written, or with `alpha` accumulated (`y += alpha·x·wᵀ`, `y`
-/// then already holding values and not shared). `None` (nothing launched) when the kernel does
-/// not apply: `k` not a multiple of 8, a dtype other than F32/F16/BF16.
-pub(crate) fn dense_gemv<R: CubeRuntime>(
-    x: &CubeTensor<R>,
-    w: &CubeTensor<R>,
-    y: &CubeTensor<R>,
-    alpha: Option<f32>,
-) -> Option<()> {
-    let (sx, sw) = (x.meta.shape().to_vec(), w.meta.shape().to_vec());
-    let (n, k) = (sw[sw.len() - 2], sw[sw.len() - 1]);
-    let numel = |s: &[usize]| s.iter().product::<usize>();
-    if k % PER_UNIT != 0
-        || k == 0
-        || n == 0
-        || numel(&sx) != k
-        || numel(&sw) != n * k
-        || numel(y.meta.shape()) != n
-        || x.dtype != w.dtype
-        || x.dtype != y.dtype
-    {
-        return None;
-    }
-    let vecs = k / PER_UNIT;
-    // A cube per row when rows are few and long (LoRA A: 16 × 4096), else a plane per row.
-    let split = n < 256 && vecs >= 256;
-    let cubes = if split {
-        n
-    } else {
-        n.div_ceil(kernels::GEMV_ROWS as usize)
-    };
-    let count = grid(cubes);
-    let dim = CubeDim::new_2d(32, kernels::GEMV_ROWS);
-    // SAFETY: x holds k values, w n·k, y n (checked above), all contiguous; k is a
-    // multiple of the vector width.
-    unsafe {
-        launch_float!(
-            x.dtype,
-            else return None,
-            kernels::dense_gemv_kernel(
-            &x.client,
-            count,
-            dim,
-            PER_UNIT,
-            array(x, k),
-            array(w, n * k),
-            array(y, n),
-            n,
-            vecs,
-            alpha.unwrap_or(1.0),
-            PER_UNIT,
-            alpha.is_some(),
-            split,
-            )
-        )
-    }
-    Some(())
 }
 
 /// Dense `[out, in]` weight in `dtype` (F32, F16 or BF16).

@@ -43,6 +43,7 @@ mod epilogue;
 mod fused;
 pub mod gemm;
 mod gemm_lt;
+mod gemv;
 mod jit_cache;
 mod kernels;
 pub mod launch;

@@ -1,5 +1,6 @@
-//! Batch-1 GEMV kernels for decoding: quantized (straight from the codes, block scale applied
-//! to each block's sum) and dense (LoRA factors, the LM head).
+//! Batch-1 quantized GEMV kernels for decoding, straight from the codes (block scale applied to
+//! each block's sum): one weight, or two or three of one input in one launch. The dense one
+//! (LoRA factors, the LM head) is in `dense_gemv.rs`.
 
 use cubecl::prelude::*;
 
@@ -67,8 +68,66 @@ pub fn gemv_kernel<F: Float, N: Size, W: Size>(
         lut[tid as usize] = map[tid as usize];
     }
     sync_cube();
+    gemv_rows::<F, N, W>(
+        codes,
+        absmax,
+        nested_codes,
+        nested_absmax,
+        nested_map,
+        &lut,
+        x,
+        add0,
+        add1,
+        add2,
+        y,
+        rows,
+        vecs_per_row,
+        offset,
+        CUBE_POS,
+        blocksize,
+        nested,
+        fused,
+        nested_blocksize,
+        four_bit,
+        units_per_vec,
+        scale_per_vec,
+        adds,
+        rows_per_plane,
+    );
+}
+
+/// The rows of cube `cube` of [`gemv_kernel`] (or of one part of [`gemv_parts_kernel`]), with
+/// the code map already staged in `lut`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn gemv_rows<F: Float, N: Size, W: Size>(
+    codes: &Array<Vector<u32, W>>,
+    absmax: &Array<f32>,
+    nested_codes: &Array<u8>,
+    nested_absmax: &Array<f32>,
+    nested_map: &Array<f32>,
+    lut: &SharedMemory<f32>,
+    x: &Array<Vector<F, N>>,
+    add0: &Array<F>,
+    add1: &Array<F>,
+    add2: &Array<F>,
+    y: &mut Array<F>,
+    rows: usize,
+    vecs_per_row: usize,
+    offset: f32,
+    cube: usize,
+    #[comptime] blocksize: usize,
+    #[comptime] nested: bool,
+    #[comptime] fused: bool,
+    #[comptime] nested_blocksize: usize,
+    #[comptime] four_bit: bool,
+    #[comptime] units_per_vec: usize,
+    #[comptime] scale_per_vec: bool,
+    #[comptime] adds: u32,
+    #[comptime] rows_per_plane: usize,
+) {
     // The plane's first row; its rows are `row0 .. row0 + rows_per_plane`.
-    let row0 = (CUBE_POS * (GEMV_ROWS as usize) + usize::cast_from(UNIT_POS_Y)) * rows_per_plane;
+    let row0 = (cube * (GEMV_ROWS as usize) + usize::cast_from(UNIT_POS_Y)) * rows_per_plane;
     if row0 >= rows {
         terminate!();
     }
@@ -109,7 +168,7 @@ pub fn gemv_kernel<F: Float, N: Size, W: Size>(
                     j0,
                     gemv_row(row0, r, rows),
                     &xs,
-                    &lut,
+                    lut,
                     absmax,
                     nested_codes,
                     nested_absmax,
@@ -138,7 +197,7 @@ pub fn gemv_kernel<F: Float, N: Size, W: Size>(
                     j1,
                     gemv_row(row0, r, rows),
                     &xs,
-                    &lut,
+                    lut,
                     absmax,
                     nested_codes,
                     nested_absmax,
@@ -176,6 +235,156 @@ pub fn gemv_kernel<F: Float, N: Size, W: Size>(
             sum += f32::cast_from(add2[row]);
         }
         y[row] = F::cast_from(sum);
+    }
+}
+
+/// [`gemv_kernel`] for two or three quantized weights of one input `x` in one launch (q, k and v;
+/// Llama's gate and up): part `p`'s cubes are `cubes_before(p) .. cubes_before(p + 1)` (the
+/// first `cubes0` cubes part 0, the next `cubes1` part 1, the rest part 2; a two-part launch has
+/// no cube past part 1, and its part-2 arguments repeat part 1's, never read). Each part has its
+/// own codes, scales, code map, offset and output; they share the format, block size and
+/// `in_features` (the comptime arguments). A row's sum is computed exactly as by `gemv_kernel`
+/// (same terms, same order), so each output equals that part's own GEMV bit for bit.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
+    codes0: &Array<Vector<u32, W>>,
+    absmax0: &Array<f32>,
+    nested_codes0: &Array<u8>,
+    nested_absmax0: &Array<f32>,
+    nested_map0: &Array<f32>,
+    map0: &Array<f32>,
+    y0: &mut Array<F>,
+    codes1: &Array<Vector<u32, W>>,
+    absmax1: &Array<f32>,
+    nested_codes1: &Array<u8>,
+    nested_absmax1: &Array<f32>,
+    nested_map1: &Array<f32>,
+    map1: &Array<f32>,
+    y1: &mut Array<F>,
+    codes2: &Array<Vector<u32, W>>,
+    absmax2: &Array<f32>,
+    nested_codes2: &Array<u8>,
+    nested_absmax2: &Array<f32>,
+    nested_map2: &Array<f32>,
+    map2: &Array<f32>,
+    y2: &mut Array<F>,
+    x: &Array<Vector<F, N>>,
+    unused: &Array<F>,
+    rows0: usize,
+    rows1: usize,
+    rows2: usize,
+    cubes0: usize,
+    cubes1: usize,
+    vecs_per_row: usize,
+    offset0: f32,
+    offset1: f32,
+    offset2: f32,
+    #[comptime] blocksize: usize,
+    #[comptime] nested: bool,
+    #[comptime] fused: bool,
+    #[comptime] nested_blocksize: usize,
+    #[comptime] four_bit: bool,
+    #[comptime] units_per_vec: usize,
+    #[comptime] scale_per_vec: bool,
+    #[comptime] rows_per_plane: usize,
+) {
+    let cube = CUBE_POS;
+    let entries = if four_bit { 16u32 } else { 256u32 };
+    let mut lut = SharedMemory::<f32>::new(if four_bit { 16usize } else { 256usize });
+    let tid = UNIT_POS_Y * 32u32 + UNIT_POS_X;
+    if tid < entries {
+        let t = tid as usize;
+        if cube < cubes0 {
+            lut[t] = map0[t];
+        } else if cube < cubes0 + cubes1 {
+            lut[t] = map1[t];
+        } else {
+            lut[t] = map2[t];
+        }
+    }
+    sync_cube();
+    if cube < cubes0 {
+        gemv_rows::<F, N, W>(
+            codes0,
+            absmax0,
+            nested_codes0,
+            nested_absmax0,
+            nested_map0,
+            &lut,
+            x,
+            unused,
+            unused,
+            unused,
+            y0,
+            rows0,
+            vecs_per_row,
+            offset0,
+            cube,
+            blocksize,
+            nested,
+            fused,
+            nested_blocksize,
+            four_bit,
+            units_per_vec,
+            scale_per_vec,
+            0u32,
+            rows_per_plane,
+        );
+    } else if cube < cubes0 + cubes1 {
+        gemv_rows::<F, N, W>(
+            codes1,
+            absmax1,
+            nested_codes1,
+            nested_absmax1,
+            nested_map1,
+            &lut,
+            x,
+            unused,
+            unused,
+            unused,
+            y1,
+            rows1,
+            vecs_per_row,
+            offset1,
+            cube - cubes0,
+            blocksize,
+            nested,
+            fused,
+            nested_blocksize,
+            four_bit,
+            units_per_vec,
+            scale_per_vec,
+            0u32,
+            rows_per_plane,
+        );
+    } else {
+        gemv_rows::<F, N, W>(
+            codes2,
+            absmax2,
+            nested_codes2,
+            nested_absmax2,
+            nested_map2,
+            &lut,
+            x,
+            unused,
+            unused,
+            unused,
+            y2,
+            rows2,
+            vecs_per_row,
+            offset2,
+            cube - cubes0 - cubes1,
+            blocksize,
+            nested,
+            fused,
+            nested_blocksize,
+            four_bit,
+            units_per_vec,
+            scale_per_vec,
+            0u32,
+            rows_per_plane,
+        );
     }
 }
 
@@ -284,89 +493,6 @@ fn gemv_unit<F: Float, N: Size, W: Size>(
         }
     }
     acc
-}
-
-/// Batch-1 dense GEMV `y[o] = Σ_k x[k]·W[o, k]` for a row-major `W [rows, k]` in `x`'s dtype
-/// (f32 accumulation), or with `accumulate` `y[o] += alpha·Σ…` (cuBLAS' β = 1), `Vector<F, N>`
-/// loads, two per thread in flight as in [`gemv_kernel`]. One plane per output row, or with
-/// `split` one whole cube per row (few long rows: LoRA's `A`, 16 rows of 4096, would otherwise
-/// keep only 16 planes busy, each walking its row alone), its planes' sums added through shared
-/// memory. For the LoRA factors and the LM head at decode, where cuBLAS' small-`m` kernels cost
-/// more.
-#[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
-pub fn dense_gemv_kernel<F: Float, N: Size>(
-    x: &Array<Vector<F, N>>,
-    w: &Array<Vector<F, N>>,
-    y: &mut Array<F>,
-    rows: usize,
-    vecs_per_row: usize,
-    alpha: f32,
-    #[comptime] lanes: usize,
-    #[comptime] accumulate: bool,
-    #[comptime] split: bool,
-) {
-    let mut partial = SharedMemory::<f32>::new(GEMV_ROWS as usize);
-    let mut row = CUBE_POS;
-    let mut first = usize::cast_from(UNIT_POS_X);
-    let mut stride = 32usize;
-    if split {
-        first = usize::cast_from(UNIT_POS_Y * 32u32 + UNIT_POS_X);
-        stride = 32usize * (GEMV_ROWS as usize);
-    } else {
-        row = CUBE_POS * (GEMV_ROWS as usize) + usize::cast_from(UNIT_POS_Y);
-    }
-    if row >= rows {
-        terminate!();
-    }
-    let last = vecs_per_row - 1usize;
-    let iters = vecs_per_row.div_ceil(2usize * stride);
-    let base = row * vecs_per_row;
-    let mut acc = 0.0f32;
-    for k in 0..iters {
-        let j0 = first + k * 2usize * stride;
-        let j1 = j0 + stride;
-        let w0 = w[base + select(j0 < vecs_per_row, j0, last)];
-        let w1 = w[base + select(j1 < vecs_per_row, j1, last)];
-        if j0 < vecs_per_row {
-            let xv = x[j0];
-            #[unroll]
-            for i in 0..lanes {
-                acc += f32::cast_from(w0[i]) * f32::cast_from(xv[i]);
-            }
-        }
-        if j1 < vecs_per_row {
-            let xv = x[j1];
-            #[unroll]
-            for i in 0..lanes {
-                acc += f32::cast_from(w1[i]) * f32::cast_from(xv[i]);
-            }
-        }
-    }
-    acc = plane_sum(acc);
-    if split {
-        if UNIT_POS_X == 0u32 {
-            partial[UNIT_POS_Y as usize] = acc;
-        }
-        sync_cube();
-        acc = 0.0f32;
-        #[unroll]
-        for p in 0..GEMV_ROWS {
-            acc += partial[p as usize];
-        }
-    }
-    // A comptime flag guards a runtime condition in its own `if` (see fused.rs).
-    let mut writer = UNIT_POS_X == 0u32;
-    if split {
-        writer = UNIT_POS_X == 0u32 && UNIT_POS_Y == 0u32;
-    }
-    if writer {
-        if accumulate {
-            y[row] = F::cast_from(f32::cast_from(y[row]) + alpha * acc);
-        } else {
-            y[row] = F::cast_from(acc);
-        }
-    }
 }
 
 /// The scale of global unit `t` (8 values) for [`gemv_kernel`]: the block's absmax, with

@@ -1,6 +1,6 @@
 //! `#[cube]` kernels: blockwise dequantization (8-bit, NF4, FP4, plain or nested absmax) and
 //! quantization, each mirroring `qtune-quant`'s CPU reference operation for operation; the
-//! batch-1 decode GEMVs in `gemv.rs`.
+//! batch-1 decode GEMVs in `gemv.rs` and `dense_gemv.rs`.
 //!
 //! Exactness rules (the CPU reference follows bitsandbytes' `--use_fast_math` build):
 //! - every float product is flushed to zero when subnormal ([`ftz`]), as the reference's `ftz`;
@@ -19,9 +19,11 @@
 
 use cubecl::prelude::*;
 
+mod dense_gemv;
 mod gemv;
 
-pub use gemv::{dense_gemv_kernel, gemv_kernel, GEMV_ROWS};
+pub use dense_gemv::dense_gemv_kernel;
+pub use gemv::{gemv_kernel, gemv_parts_kernel, GEMV_ROWS};
 
 /// Smallest normal f32: below it, a product is flushed to a signed zero.
 const MIN_NORMAL: f32 = 1.175_494_4e-38;
