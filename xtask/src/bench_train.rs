@@ -24,7 +24,7 @@ use qtune_lm::CausalLm;
 pub fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(k) = args.graph_steps {
         anyhow::ensure!(
-            matches!(k, 1 | 2 | 4 | 8 | 16),
+            qtune_lm::fixed::graph_steps_exact(k),
             "--graph-steps {k}: decode graphs take 1, 2, 4, 8 or 16 steps"
         );
     }

@@ -28,9 +28,16 @@ use crate::lm::CausalLm;
 /// Steps between EOS checks (each a host read of the state) when an EOS id is set.
 const EOS_CHECK_EVERY: usize = 16;
 
+/// Whether `k` is a [`GenerationConfig::graph_steps`] used as given (a power of two up to the
+/// EOS check period, 16); other values round down.
+pub fn graph_steps_exact(k: usize) -> bool {
+    k.is_power_of_two() && k <= EOS_CHECK_EVERY
+}
+
 /// `k` decode steps per device graph as a power of two in `1..=EOS_CHECK_EVERY` (so it divides
 /// the EOS check period): [`GenerationConfig::graph_steps`] rounded down.
 fn steps_per_graph(k: usize) -> usize {
+    debug_assert!(EOS_CHECK_EVERY.is_power_of_two());
     let k = k.clamp(1, EOS_CHECK_EVERY);
     1usize << k.ilog2()
 }
@@ -383,5 +390,12 @@ mod tests {
             .map(super::steps_per_graph)
             .collect();
         assert_eq!(got, [1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 16]);
+    }
+
+    #[test]
+    fn exact_graph_steps_are_those_used_as_given() {
+        for k in 0..40 {
+            assert_eq!(super::graph_steps_exact(k), super::steps_per_graph(k) == k, "{k}");
+        }
     }
 }

@@ -32,9 +32,9 @@ pub struct GenerationConfig {
     /// qtune's own: how many decode steps batch-1 greedy decoding on a GPU records in one
     /// device graph (1, 2, 4, 8 or 16; other values round down to one of these). More steps per
     /// replay spread the per-replay cost over more tokens; recording takes that many eager
-    /// steps' host time. On an H200 (GPT-J-6B NF4, 128 new tokens, BENCHMARKS.md) the first
-    /// decode of a process ran at 211 tok/s with 4 steps and 179–187 with 1; later in the same
-    /// process 1 step reached 230 and 4 steps ~205, 8 steps 182–199.
+    /// steps' host time. On an H100 (GPT-J-6B NF4, 128 new tokens, session 21 in
+    /// BENCHMARKS.md) 1 step decoded 278.1 tok/s timed first in its process and 276.8 timed
+    /// after 4 steps; 4 steps 266.4 and 268.5, 8 steps 239–241: hence the default of 1.
     pub graph_steps: usize,
     /// qtune's own: whether batch-1 greedy decoding records its steps as device graphs (CUDA
     /// graphs; the default). `false` launches the same kernels from the host each step. Binaries
@@ -43,7 +43,7 @@ pub struct GenerationConfig {
 }
 
 /// The default of [`GenerationConfig::graph_steps`].
-pub const DEFAULT_GRAPH_STEPS: usize = 4;
+pub const DEFAULT_GRAPH_STEPS: usize = 1;
 
 /// The environment variable the binaries read [`GenerationConfig::device_graphs`] from:
 /// `1` (or unset) records device graphs, `0` decodes eagerly.
