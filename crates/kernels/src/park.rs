@@ -87,6 +87,43 @@ impl<B: Backend, const D: usize> Parked<B, D> {
     }
 }
 
+/// The bytes from a tensor's first element to just past its last when its layout is dense but
+/// for padding at the end of each row: the row-major strides of `shape` with the row stride
+/// (`strides[rank - 2]`) at least the row's width. cubecl lays out fresh CUDA tensors so, rows
+/// padded to up to 512 bytes (a hidden size of 576 in bf16 has rows of 1,152 bytes and a pitch of
+/// 1,536); a contiguous layout is the case without padding. Dimensions of size 1 take any stride.
+/// `None` for any other layout (a transposed or sliced view) or no elements.
+pub(crate) fn padded_rows_span(
+    shape: &[usize],
+    strides: &[usize],
+    elem_bytes: usize,
+) -> Option<usize> {
+    if strides.len() != shape.len() || shape.contains(&0) {
+        return None;
+    }
+    // Size-1 dimensions are never stepped over: the layout is that of the others.
+    let (shape, strides): (Vec<usize>, Vec<usize>) =
+        shape.iter().zip(strides).filter(|(&n, _)| n > 1).unzip();
+    let Some((&width, outer)) = shape.split_last() else {
+        return Some(elem_bytes); // one element
+    };
+    let rank = shape.len();
+    let pitch = if rank == 1 { width } else { strides[rank - 2] };
+    if strides[rank - 1] != 1 || pitch < width {
+        return None;
+    }
+    // Row-major above the rows: each stride the next one times the next size.
+    let mut want = pitch;
+    for i in (0..rank.saturating_sub(2)).rev() {
+        want *= shape[i + 1];
+        if strides[i] != want {
+            return None;
+        }
+    }
+    let rows: usize = outer.iter().product();
+    Some(((rows - 1) * pitch + width) * elem_bytes)
+}
+
 /// Host memory for parked tensors, handed out by address arithmetic alone (the backend
 /// allocates and frees the chunks): one step parks its block inputs in order and takes them all
 /// back, so each chunk is a bump allocator that starts over once nothing in it is live. A step
@@ -197,6 +234,36 @@ impl Arena {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn padded_rows_span_takes_dense_and_row_padded_layouts() {
+        use super::padded_rows_span as span;
+        // Contiguous: every byte.
+        assert_eq!(
+            span(&[4, 256, 1024], &[256 * 1024, 1024, 1], 2),
+            Some(4 * 256 * 1024 * 2)
+        );
+        // cubecl's pitched rows: 1000 bf16 (2000 bytes) padded to 2048; the last row unpadded.
+        assert_eq!(
+            span(&[2, 77, 1000], &[77 * 1024, 1024, 1], 2),
+            Some((153 * 1024 + 1000) * 2)
+        );
+        // A hidden size of 576 in bf16: rows of 1152 bytes at a pitch of 1536.
+        assert_eq!(span(&[3, 576], &[768, 1], 2), Some((2 * 768 + 576) * 2));
+        // Size-1 dimensions take any stride; a vector and a scalar.
+        assert_eq!(span(&[1, 5, 8], &[7, 8, 1], 4), Some(160));
+        assert_eq!(span(&[2, 1, 8], &[16, 3, 1], 4), Some((16 + 8) * 4));
+        assert_eq!(span(&[6], &[1], 2), Some(12));
+        assert_eq!(span(&[], &[], 2), Some(2));
+        // Not dense by rows: transposed, a column slice (row stride below the width), a gap
+        // between outer blocks, a strided last dimension, no elements, mismatched ranks.
+        assert_eq!(span(&[4, 8], &[1, 4], 2), None);
+        assert_eq!(span(&[4, 8], &[6, 1], 2), None);
+        assert_eq!(span(&[2, 3, 8], &[32, 8, 1], 2), None);
+        assert_eq!(span(&[4, 8], &[16, 2], 2), None);
+        assert_eq!(span(&[0, 8], &[8, 1], 2), None);
+        assert_eq!(span(&[4, 8], &[8], 2), None);
+    }
+
     use super::{Arena, ChunkAlloc};
 
     /// Chunks at made-up, far-apart addresses; records what is live.

@@ -395,7 +395,11 @@ mod tests {
     #[test]
     fn exact_graph_steps_are_those_used_as_given() {
         for k in 0..40 {
-            assert_eq!(super::graph_steps_exact(k), super::steps_per_graph(k) == k, "{k}");
+            assert_eq!(
+                super::graph_steps_exact(k),
+                super::steps_per_graph(k) == k,
+                "{k}"
+            );
         }
     }
 }

@@ -24,7 +24,8 @@ pub(super) fn check(
 ) -> anyhow::Result<()> {
     // Three rounds of other shapes, as variable-length batches give: 8 × 2 MiB fills the
     // arena's first chunk, 8 × 4.7 MiB (rows of 600) grows it, the odd 8 × 0.3 MB (not a multiple
-    // of the 512-byte alignment) runs on the consolidated chunk.
+    // of the 512-byte alignment) runs on the consolidated chunk. Its rows of 2,000 bytes lie at a
+    // pitch of 2,048 (cubecl's layout of fresh tensors): parked with their padding.
     for (round, shape) in [[4usize, 256, 1024], [4, 600, 1024], [2, 77, 1000]]
         .into_iter()
         .enumerate()

@@ -22,14 +22,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use burn::tensor::{ops::FloatTensor, DType, Shape};
+use burn::tensor::{ops::FloatTensor, DType};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, FloatElement, IntElement};
 use cubecl::cuda::CudaRuntime;
+use cubecl::zspace::metadata::Metadata;
 use cudarc::driver::sys::{self, CUresult};
 
 use super::gemm::{device_handle, lookup, stop_on_device_failure, Operand};
-use crate::park::{Arena, ChunkAlloc};
+use crate::park::{padded_rows_span, Arena, ChunkAlloc};
 use crate::{HostCopy, Place};
 
 /// What the device thread's tasks of one parked tensor share: the pinned buffer holding its
@@ -54,25 +55,34 @@ pub(super) struct CudaParked {
 struct Template {
     client: cubecl::client::ComputeClient<CudaRuntime>,
     device: cubecl::cuda::CudaDevice,
-    shape: Shape,
+    /// Shape and strides, row padding included.
+    meta: Box<Metadata>,
     dtype: DType,
+    /// Bytes copied: first element to last.
     bytes: usize,
+    /// Bytes of the parked tensor's buffer (its last row's padding too), as the fresh one gets.
+    buffer: usize,
 }
 
-/// Parks `x` (CUDA's [`crate::QBackend::q_park`]); an empty tensor stays on the device.
+/// Parks `x` (CUDA's [`crate::QBackend::q_park`]): the bytes from its first element to its
+/// last, row padding included ([`padded_rows_span`]: cubecl pads rows whose width in bytes is not
+/// a multiple of 512). An empty tensor, or a view that is not dense by rows (transposed,
+/// sliced), stays on the device.
 pub(super) fn park<F: FloatElement, I: IntElement, BT: BoolElement>(
     x: CubeTensor<CudaRuntime>,
 ) -> Place<CubeBackend<CudaRuntime, F, I, BT>> {
-    let bytes = x.meta.num_elements() * x.dtype.size();
-    if bytes == 0 || !x.is_contiguous() {
+    let span = padded_rows_span(x.meta.shape(), x.meta.strides(), x.dtype.size());
+    let buffer = x.handle.size() as usize;
+    let Some(bytes) = span.filter(|&b| b <= buffer) else {
         return Place::Device(x);
-    }
+    };
     let template = Template {
         client: x.client.clone(),
         device: x.device.clone(),
-        shape: x.meta.shape().clone(),
+        meta: x.meta.clone(),
         dtype: x.dtype,
         bytes,
+        buffer,
     };
     let slot = Arc::new(Mutex::new(Slot::default()));
     let (op, s) = (Operand::of(&x), slot.clone());
@@ -145,16 +155,17 @@ impl CudaParked {
         let Template {
             client,
             device,
-            shape,
+            meta,
             dtype,
             bytes,
+            buffer,
         } = &self.template;
         let (bytes, index) = (*bytes, device.index);
-        let t = CubeTensor::new_contiguous(
+        let t = CubeTensor::new(
             client.clone(),
+            client.empty(*buffer),
+            (**meta).clone(),
             device.clone(),
-            shape.clone(),
-            client.empty(bytes),
             *dtype,
         );
         let (op, s) = (Operand::of(&t), self.slot.clone());
@@ -164,7 +175,7 @@ impl CudaParked {
                 let side = side_stream(index)?;
                 after(side, main)?;
                 let mut s = lock(&s);
-                // SAFETY: `dst` is a fresh buffer of `bytes` bytes, held by the caller's tensor;
+                // SAFETY: `dst` is a fresh buffer of `buffer` ≥ `bytes` bytes, held by the caller's tensor;
                 // `s.host` holds the parked bytes (its copy from the device ran earlier on `side`).
                 check("cuMemcpyHtoDAsync", unsafe {
                     sys::cuMemcpyHtoDAsync_v2(dst, s.host as *const _, bytes, side)
