@@ -38,7 +38,7 @@ pub use adam8::{Adam8Input, Adam8Scalars, Adam8State, ADAM8_BLOCK};
 pub use decode::{first_argmax, graph_capture, greedy_advance, write_row, DeviceGraph};
 pub use error::{switch_setting, KernelError};
 pub use head::linear_cross_entropy;
-pub use lora::lora_acc;
+pub use lora::{lora_acc, lora_acc_parts};
 pub use mlp::{mlp_fits, mlp_gelu_new, mlp_gelu_new_plus, BiasAct};
 pub use ops::{
     attention, attention_softmax, bias_gelu_new, cross_entropy, dropout, gelu_new, grad_seed,
@@ -340,6 +340,19 @@ pub trait QBackend: Backend {
         opts: LoraOptions,
     ) -> FloatTensor<Self> {
         lora::forward::<Self>(y, x, [a, b], opts).out
+    }
+
+    /// [`QBackend::q_lora_acc`] of two or three adapters of one input `x` (q and v at decode),
+    /// part `i` onto `ys[i]`: the default runs them one by one; CUDA runs a single row without
+    /// dropout as two launches for all parts (the `A` products, then the `B` products
+    /// accumulated), each output equal bit for bit to its own `q_lora_acc`.
+    fn q_lora_acc_parts(
+        ys: Vec<FloatTensor<Self>>,
+        x: FloatTensor<Self>,
+        factors: Vec<[FloatTensor<Self>; 2]>,
+        opts: Vec<LoraOptions>,
+    ) -> Vec<FloatTensor<Self>> {
+        lora::acc_parts_each::<Self>(ys, x, factors, opts)
     }
 
     /// The inputs of LoRA's products ([`QBackend::q_lora_acc`]): `dropout(x)` (or `x` itself

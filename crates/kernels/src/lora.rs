@@ -41,6 +41,75 @@ pub fn lora_acc<B: QBackend, const D: usize>(
     Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(out)).reshape(ydims)
 }
 
+/// [`lora_acc`] for two or three adapters of one input `x [.., in]`, adapter `i` (`factors[i]`,
+/// `opts[i]`) onto `ys[i]`, through [`QBackend::q_lora_acc_parts`] (one pair of launches for a
+/// single row on CUDA); each result equal bit for bit to its own `lora_acc`.
+///
+/// # Panics
+/// As [`lora_acc`] for any part, or for lists of different lengths.
+pub fn lora_acc_parts<B: QBackend, const D: usize>(
+    ys: Vec<Tensor<B, D>>,
+    x: Tensor<B, D>,
+    factors: Vec<[Tensor<B, 2>; 2]>,
+    opts: Vec<LoraOptions>,
+) -> Vec<Tensor<B, D>> {
+    assert!(
+        ys.len() == factors.len() && ys.len() == opts.len(),
+        "lora_acc_parts: {} outputs, {} factor pairs, {} option sets",
+        ys.len(),
+        factors.len(),
+        opts.len()
+    );
+    let dims = x.dims();
+    let m = dims[..D - 1].iter().product::<usize>();
+    let mut out_dims = Vec::with_capacity(ys.len());
+    let mut ys2 = Vec::with_capacity(ys.len());
+    for (y, [a, b]) in ys.into_iter().zip(&factors) {
+        let (ydims, [r, in_f], [out_f, rb]) = (y.dims(), a.dims(), b.dims());
+        assert!(
+            dims[D - 1] == in_f
+                && ydims[D - 1] == out_f
+                && r == rb
+                && dims[..D - 1] == ydims[..D - 1],
+            "lora_acc_parts: x {dims:?}, A [{r}, {in_f}], B [{out_f}, {rb}] and y {ydims:?} do not fit"
+        );
+        out_dims.push(ydims);
+        ys2.push(y.reshape([m, out_f]).into_primitive().tensor());
+    }
+    for o in &opts {
+        if let Some((p, _)) = o.dropout {
+            assert!(
+                (0.0..1.0).contains(&p),
+                "dropout probability {p} outside [0, 1)"
+            );
+        }
+    }
+    let x2 = x.reshape([m, dims[D - 1]]).into_primitive().tensor();
+    let factors = factors
+        .into_iter()
+        .map(|[a, b]| [a.into_primitive().tensor(), b.into_primitive().tensor()])
+        .collect();
+    B::q_lora_acc_parts(ys2, x2, factors, opts)
+        .into_iter()
+        .zip(out_dims)
+        .map(|(y, d)| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(d))
+        .collect()
+}
+
+/// [`QBackend::q_lora_acc_parts`] as one [`QBackend::q_lora_acc`] per part (the default).
+pub(crate) fn acc_parts_each<B: QBackend>(
+    ys: Vec<FloatTensor<B>>,
+    x: FloatTensor<B>,
+    factors: Vec<[FloatTensor<B>; 2]>,
+    opts: Vec<LoraOptions>,
+) -> Vec<FloatTensor<B>> {
+    ys.into_iter()
+        .zip(factors)
+        .zip(opts)
+        .map(|((y, ab), o)| B::q_lora_acc(y, x.clone(), ab, o))
+        .collect()
+}
+
 /// What [`QBackend::q_lora_acc`]'s forward computes, with what its backward needs kept: the
 /// dropped input, the `A` product and the factors in the activation dtype.
 pub(crate) struct Forward<B: Backend> {

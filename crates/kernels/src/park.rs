@@ -93,6 +93,7 @@ impl<B: Backend, const D: usize> Parked<B, D> {
 /// padded to up to 512 bytes (a hidden size of 576 in bf16 has rows of 1,152 bytes and a pitch of
 /// 1,536); a contiguous layout is the case without padding. Dimensions of size 1 take any stride.
 /// `None` for any other layout (a transposed or sliced view) or no elements.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by cuda/park.rs
 pub(crate) fn padded_rows_span(
     shape: &[usize],
     strides: &[usize],

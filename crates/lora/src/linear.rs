@@ -170,15 +170,45 @@ impl<B: Backend> LoraAdapter<B> {
         // Adapters are kept in f32 while activations may be bf16. As torch autocast does, the
         // (tiny) factors are cast to x's dtype, not the (large) activation to theirs; their
         // gradients come back in f32 (one fused op and backward: `qtune_kernels::lora_acc`).
+        let opts = self.options(dropout_seed);
+        qtune_kernels::lora_acc(y, x, [self.lora_a.val(), self.lora_b.val()], opts)
+    }
+
+    /// [`LoraAdapter::forward_onto`] of several adapters of one input, adapter `i` onto
+    /// `ys[i]` (q and v at decode: `qtune_kernels::lora_acc_parts`, one pair of launches for a
+    /// single row on CUDA), each result equal bit for bit to its own `forward_onto`.
+    pub fn forward_onto_parts<const D: usize>(
+        adapters: &[&Self],
+        ys: Vec<Tensor<B, D>>,
+        x: Tensor<B, D>,
+        dropout_seeds: &[Option<u64>],
+    ) -> Vec<Tensor<B, D>>
+    where
+        B: QBackend,
+    {
+        let opts = adapters
+            .iter()
+            .zip(dropout_seeds)
+            .map(|(l, &seed)| l.options(seed))
+            .collect();
+        let factors = adapters
+            .iter()
+            .map(|l| [l.lora_a.val(), l.lora_b.val()])
+            .collect();
+        qtune_kernels::lora_acc_parts(ys, x, factors, opts)
+    }
+
+    /// The kernel options of one forward: the scaling, and the dropout when `dropout_seed` is
+    /// `Some` and `dropout > 0`.
+    fn options(&self, dropout_seed: Option<u64>) -> qtune_kernels::LoraOptions {
         let dropout = match dropout_seed {
             Some(seed) if self.dropout > 0.0 => Some((self.dropout as f32, seed)),
             _ => None,
         };
-        let opts = qtune_kernels::LoraOptions {
+        qtune_kernels::LoraOptions {
             scaling: self.scaling as f32,
             dropout,
-        };
-        qtune_kernels::lora_acc(y, x, [self.lora_a.val(), self.lora_b.val()], opts)
+        }
     }
 
     /// The adapter's own contribution `scaling · (dropout(x)·Aᵀ)·Bᵀ` (see
@@ -371,14 +401,30 @@ impl<B: QBackend> Linear<B> {
             .collect();
         match quant {
             Some(qs) if rows == 1 && (2..=3).contains(&qs.len()) => {
-                let ys = qtune_kernels::q_linear_parts(x.clone(), &qs);
+                let mut ys: Vec<Option<Tensor<B, D>>> =
+                    qtune_kernels::q_linear_parts(x.clone(), &qs)
+                        .into_iter()
+                        .map(Some)
+                        .collect();
+                // The adapters' products together (q and v: one pair of launches on CUDA).
+                let adapted: Vec<usize> = (0..layers.len())
+                    .filter(|&i| layers[i].0.lora.is_some())
+                    .collect();
+                let adapters: Vec<&LoraAdapter<B>> = adapted
+                    .iter()
+                    .filter_map(|&i| layers[i].0.lora.as_ref())
+                    .collect();
+                let seeds: Vec<Option<u64>> =
+                    adapted.iter().map(|&i| layers[i].1.dropout_seed).collect();
+                let bases = adapted.iter().filter_map(|&i| ys[i].take()).collect();
+                let sums = LoraAdapter::forward_onto_parts(&adapters, bases, x.clone(), &seeds);
+                for (i, y) in adapted.into_iter().zip(sums) {
+                    ys[i] = Some(y);
+                }
                 ys.into_iter()
                     .zip(layers)
                     .map(|(y, (l, pass))| {
-                        let y = match &l.lora {
-                            Some(lora) => lora.forward_onto(y, x.clone(), pass.dropout_seed),
-                            None => y,
-                        };
+                        let y = y.unwrap_or_else(|| unreachable!("every part's output is set"));
                         l.plus(y, *pass, Vec::new())
                     })
                     .collect()

@@ -37,8 +37,11 @@ pub(super) fn quantized_gemv_check(
     set_gemv_rows_per_plane(default_rows);
     outcome?;
     gemv_parts_check(dev, fails, &mut res)?;
+    lora_parts_check(dev, fails, &mut res)?;
     // Batch-1 dense products (LoRA factors, LM head at decode): GEMV kernel vs cuBLAS.
-    for (n, k) in [(16usize, 1024usize), (1000, 16), (2000, 1024)] {
+    // Rows of 2 and 3 vectors take the lane-per-row layout (LoRA's B), 16 × 1024 the
+    // cube-per-row one (LoRA's A), 2000 × 1024 a plane per row.
+    for (n, k) in [(16usize, 1024usize), (1000, 16), (300, 24), (2000, 1024)] {
         let t = |len: usize, seed: u64, shape: [usize; 2]| {
             Tensor::<I, 2>::from_data(
                 TensorData::new(values(len, seed), shape),
@@ -203,6 +206,78 @@ fn gemv_parts_check(
             fails.require(&format!("quantized_gemv {key}"), same);
             res.insert(key, same.into());
         }
+    }
+    Ok(())
+}
+
+/// LoRA's products of two or three adapters of one row in one pair of launches
+/// (`lora_acc_parts`: q and v at decode) against each adapter's own `lora_acc`: bit-identical
+/// required, for ranks 16 and 8, and with one base output shared (which takes the per-part path).
+fn lora_parts_check(
+    dev: &burn::tensor::Device<Train>,
+    fails: &mut Failures,
+    res: &mut serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<()> {
+    use qtune_kernels::{lora_acc, lora_acc_parts, LoraOptions};
+    type I = <Train as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+    let bf16 = |len: usize, seed: u64, shape: [usize; 2]| {
+        Tensor::<I, 2>::from_data(
+            TensorData::new(values(len, seed), shape),
+            (dev, DType::BF16),
+        )
+    };
+    // `n` per part (as GQA's q and v: different sizes take one `B` launch each).
+    for (parts, r, k, n, shared) in [
+        (2usize, 16usize, 4096usize, [4096usize; 3], false),
+        (3, 8, 1024, [768; 3], false),
+        (2, 16, 1024, [1024, 256, 256], false),
+        (2, 16, 1024, [1024; 3], true),
+    ] {
+        let x = bf16(k, 60, [1, k]);
+        let factors: Vec<[Tensor<I, 2>; 2]> = (0..parts)
+            .map(|i| {
+                let s = 61 + 2 * i as u64;
+                [bf16(r * k, s, [r, k]), bf16(n[i] * r, s + 1, [n[i], r])]
+            })
+            .collect();
+        let opts: Vec<LoraOptions> = (0..parts)
+            .map(|i| LoraOptions {
+                scaling: 2.0 / (i + 1) as f32,
+                dropout: None,
+            })
+            .collect();
+        // Fresh base outputs (`add_scalar` makes a buffer of their own), as a GEMV returns.
+        let bases = || -> Vec<Tensor<I, 2>> {
+            (0..parts)
+                .map(|i| bf16(n[i], 70 + i as u64, [1, n[i]]).add_scalar(0.0))
+                .collect()
+        };
+        let kept = bases();
+        let mut ys = bases();
+        if shared {
+            ys[0] = kept[0].clone();
+        }
+        let got = lora_acc_parts(ys, x.clone(), factors.clone(), opts.clone());
+        let mut same = true;
+        for (((y, ab), o), base) in got.into_iter().zip(factors).zip(opts).zip(bases()) {
+            let want = host(lora_acc(base, x.clone(), ab, o).unsqueeze::<3>())?;
+            let y = host(y.unsqueeze::<3>())?;
+            same &= y
+                .iter()
+                .map(|f| f.to_bits())
+                .eq(want.iter().map(|f| f.to_bits()));
+        }
+        // A shared base must be untouched by the in-place accumulation.
+        let kept_ok =
+            host(kept[0].clone().unsqueeze::<3>())? == host(bases()[0].clone().unsqueeze::<3>())?;
+        let key = format!(
+            "lora_parts_{parts}x_r{r}_{k}to{}_{}{}_bit_identical",
+            n[0],
+            n[1],
+            if shared { "_shared_base" } else { "" }
+        );
+        fails.require(&format!("quantized_gemv {key}"), same && kept_ok);
+        res.insert(key, (same && kept_ok).into());
     }
     Ok(())
 }

@@ -198,6 +198,31 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         super::fused::adam8_blockwise::<CudaRuntime, Self>(a)
     }
 
+    fn q_lora_acc_parts(
+        ys: Vec<FloatTensor<Self>>,
+        x: FloatTensor<Self>,
+        factors: Vec<[FloatTensor<Self>; 2]>,
+        opts: Vec<crate::LoraOptions>,
+    ) -> Vec<FloatTensor<Self>> {
+        let no_dropout = opts.iter().all(|o| o.dropout.is_none_or(|(p, _)| p == 0.0));
+        if !no_dropout || ys.len() != factors.len() || ys.len() != opts.len() {
+            return crate::lora::acc_parts_each::<Self>(ys, x, factors, opts);
+        }
+        // The factors in x's dtype (nothing to do when a generation cast them already).
+        let factors: Vec<[FloatTensor<Self>; 2]> = factors
+            .into_iter()
+            .map(|ab| {
+                let [_, a, b] = Self::q_lora_prep(x.clone(), None, ab);
+                [a, b]
+            })
+            .collect();
+        let scalings: Vec<f32> = opts.iter().map(|o| o.scaling).collect();
+        match super::gemv::lora_acc_parts(ys, &x, &factors, &scalings) {
+            Ok(ys) => ys,
+            Err(ys) => crate::lora::acc_parts_each::<Self>(ys, x, factors, opts),
+        }
+    }
+
     fn q_lora_prep(
         x: FloatTensor<Self>,
         dropout: Option<(f32, u64)>,

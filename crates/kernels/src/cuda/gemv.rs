@@ -312,6 +312,36 @@ pub fn gemv_parts<R: CubeRuntime, B: CubeB<R>>(
     Some(ys)
 }
 
+/// How [`kernels::dense_gemv_kernel`] lays out `n` rows of `vecs` vectors: a cube per row when
+/// rows are few and long (LoRA A: 16 × 4096), a lane per row when they are short (LoRA B:
+/// 4096 × 16), else a plane per row; `(split, per_lane, cubes)`.
+fn dense_layout(n: usize, vecs: usize) -> (bool, bool, usize) {
+    let planes = kernels::GEMV_ROWS as usize;
+    if n < 256 && vecs >= 256 {
+        (true, false, n)
+    } else if vecs <= kernels::LANE_ROW_VECS {
+        (false, true, n.div_ceil(32 * planes))
+    } else {
+        (false, false, n.div_ceil(planes))
+    }
+}
+
+/// Whether [`dense_gemv`] applies to `x [.., k]`, `w [n, k]` and `y [.., n]`: `k` a multiple of
+/// 8, one float dtype, the element counts of one row.
+fn dense_fits<R: CubeRuntime>(x: &CubeTensor<R>, w: &CubeTensor<R>, y: &CubeTensor<R>) -> bool {
+    let (sx, sw) = (x.meta.shape(), w.meta.shape());
+    let (n, k) = (sw[sw.len() - 2], sw[sw.len() - 1]);
+    let numel = |s: &[usize]| s.iter().product::<usize>();
+    k % PER_UNIT == 0
+        && k != 0
+        && n != 0
+        && numel(sx) == k
+        && numel(sw) == n * k
+        && numel(y.meta.shape()) == n
+        && x.dtype == w.dtype
+        && x.dtype == y.dtype
+}
+
 /// `x [1, k] · w[n, k]ᵀ` (contiguous, one float dtype) by [`kernels::dense_gemv_kernel`] into
 /// `y [.., n]` in that dtype: written, or with `alpha` accumulated (`y += alpha·x·wᵀ`, `y`
 /// then already holding values and not shared). `None` (nothing launched) when the kernel does
@@ -322,28 +352,13 @@ pub(crate) fn dense_gemv<R: CubeRuntime>(
     y: &CubeTensor<R>,
     alpha: Option<f32>,
 ) -> Option<()> {
-    let (sx, sw) = (x.meta.shape().to_vec(), w.meta.shape().to_vec());
-    let (n, k) = (sw[sw.len() - 2], sw[sw.len() - 1]);
-    let numel = |s: &[usize]| s.iter().product::<usize>();
-    if k % PER_UNIT != 0
-        || k == 0
-        || n == 0
-        || numel(&sx) != k
-        || numel(&sw) != n * k
-        || numel(y.meta.shape()) != n
-        || x.dtype != w.dtype
-        || x.dtype != y.dtype
-    {
+    if !dense_fits(x, w, y) {
         return None;
     }
+    let sw = w.meta.shape();
+    let (n, k) = (sw[sw.len() - 2], sw[sw.len() - 1]);
     let vecs = k / PER_UNIT;
-    // A cube per row when rows are few and long (LoRA A: 16 × 4096), else a plane per row.
-    let split = n < 256 && vecs >= 256;
-    let cubes = if split {
-        n
-    } else {
-        n.div_ceil(kernels::GEMV_ROWS as usize)
-    };
+    let (split, per_lane, cubes) = dense_layout(n, vecs);
     let count = grid(cubes);
     let dim = CubeDim::new_2d(32, kernels::GEMV_ROWS);
     // SAFETY: x holds k values, w n·k, y n (checked above), all contiguous; k is a
@@ -366,6 +381,142 @@ pub(crate) fn dense_gemv<R: CubeRuntime>(
             PER_UNIT,
             alpha.is_some(),
             split,
+            per_lane,
+            )
+        )
+    }
+    Some(())
+}
+
+/// Whether [`dense_gemv_parts`] applies to `parts`: two or three, each fit for [`dense_gemv`],
+/// one weight shape and one dtype.
+fn dense_parts_fit<R: CubeRuntime>(
+    parts: &[(&CubeTensor<R>, &CubeTensor<R>, &CubeTensor<R>)],
+) -> bool {
+    let Some(&(x0, w0, _)) = parts.first() else {
+        return false;
+    };
+    (2..=3).contains(&parts.len())
+        && parts.iter().all(|&(x, w, y)| {
+            dense_fits(x, w, y) && w.meta.shape() == w0.meta.shape() && x.dtype == x0.dtype
+        })
+}
+
+/// LoRA's `y_i + scaling_i·(x·A_iᵀ)·B_iᵀ` for two or three adapters of one row `x [1, in]`
+/// without dropout, the factors already in `x`'s dtype: the `A` products in one
+/// [`dense_gemv_parts`] launch, the `B` products accumulated onto the `ys` in another (one each
+/// where the outputs differ in size). Each result equals the adapter's own two-GEMV product bit
+/// for bit (the same rows of the same kernel). `Err` with the `ys` (nothing launched) where that
+/// does not apply: a `y` that is shared or not dense, `A` factors of different shapes, a rank not
+/// a multiple of 8.
+pub(crate) fn lora_acc_parts<R: CubeRuntime>(
+    ys: Vec<CubeTensor<R>>,
+    x: &CubeTensor<R>,
+    factors: &[[CubeTensor<R>; 2]],
+    scalings: &[f32],
+) -> Result<Vec<CubeTensor<R>>, Vec<CubeTensor<R>>> {
+    let ys: Vec<CubeTensor<R>> = ys.into_iter().map(into_contiguous).collect();
+    if ys.len() != factors.len()
+        || x.meta.shape().first() != Some(&1)
+        || ys
+            .iter()
+            .any(|y| !(y.can_mut() && y.is_contiguous_buffer()))
+    {
+        return Err(ys);
+    }
+    let x = into_contiguous(x.clone());
+    let factors: Vec<[CubeTensor<R>; 2]> = factors
+        .iter()
+        .map(|[a, b]| [into_contiguous(a.clone()), into_contiguous(b.clone())])
+        .collect();
+    let us: Vec<CubeTensor<R>> = factors
+        .iter()
+        .map(|[a, _]| empty(&x, vec![1, a.meta.shape()[0]], x.dtype))
+        .collect();
+    let launched = {
+        let down: Vec<_> = factors
+            .iter()
+            .zip(&us)
+            .map(|([a, _], u)| (&x, a, u))
+            .collect();
+        let up: Vec<_> = factors
+            .iter()
+            .zip(&us)
+            .zip(&ys)
+            .map(|(([_, b], u), y)| (u, b, y))
+            .collect();
+        // Outputs of different sizes (Llama's q and v under GQA) take one `B` launch each.
+        let up_each = !dense_parts_fit(&up);
+        dense_parts_fit(&down)
+            && up.iter().all(|&(u, b, y)| dense_fits(u, b, y))
+            && dense_gemv_parts(&down, None).is_some()
+            && if up_each {
+                up.iter()
+                    .zip(scalings)
+                    .all(|(&(u, b, y), &s)| dense_gemv(u, b, y, Some(s)).is_some())
+            } else {
+                dense_gemv_parts(&up, Some(scalings)).is_some()
+            }
+    };
+    if launched {
+        Ok(ys)
+    } else {
+        Err(ys)
+    }
+}
+
+/// [`dense_gemv`] of two or three parts `(x, w, y)` whose weights share one shape and whose
+/// operands share one dtype, in one launch ([`kernels::dense_gemv_parts_kernel`]): written, or
+/// with `alphas` accumulated, each part with its own alpha. Each output equals that part's own
+/// [`dense_gemv`] bit for bit. `None` (nothing launched) where `dense_gemv` would not apply to
+/// a part or the shapes or dtypes differ.
+pub(crate) fn dense_gemv_parts<R: CubeRuntime>(
+    parts: &[(&CubeTensor<R>, &CubeTensor<R>, &CubeTensor<R>)],
+    alphas: Option<&[f32]>,
+) -> Option<()> {
+    if !dense_parts_fit(parts) || alphas.is_some_and(|a| a.len() != parts.len()) {
+        return None;
+    }
+    let (x0, w0, _) = parts[0];
+    let sw = w0.meta.shape();
+    let (n, k) = (sw[sw.len() - 2], sw[sw.len() - 1]);
+    let vecs = k / PER_UNIT;
+    let (split, per_lane, cubes) = dense_layout(n, vecs);
+    let count = grid(cubes * parts.len());
+    let dim = CubeDim::new_2d(32, kernels::GEMV_ROWS);
+    let last = parts.len() - 1;
+    let ((xa, wa, ya), (xb, wb, yb), (xc, wc, yc)) = (parts[0], parts[1], parts[last]);
+    let alpha = |i: usize| alphas.map_or(1.0, |a| a[i]);
+    // SAFETY: as `dense_gemv` for each part (checked above); a two-part launch repeats part 1
+    // as part 2, which no cube reaches.
+    unsafe {
+        launch_float!(
+            x0.dtype,
+            else return None,
+            kernels::dense_gemv_parts_kernel(
+            &x0.client,
+            count,
+            dim,
+            PER_UNIT,
+            array(xa, k),
+            array(wa, n * k),
+            array(ya, n),
+            array(xb, k),
+            array(wb, n * k),
+            array(yb, n),
+            array(xc, k),
+            array(wc, n * k),
+            array(yc, n),
+            n,
+            vecs,
+            cubes,
+            alpha(0),
+            alpha(1),
+            alpha(last),
+            PER_UNIT,
+            alphas.is_some(),
+            split,
+            per_lane,
             )
         )
     }

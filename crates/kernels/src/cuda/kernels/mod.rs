@@ -22,7 +22,7 @@ use cubecl::prelude::*;
 mod dense_gemv;
 mod gemv;
 
-pub use dense_gemv::dense_gemv_kernel;
+pub use dense_gemv::{dense_gemv_kernel, dense_gemv_parts_kernel, LANE_ROW_VECS};
 pub use gemv::{gemv_kernel, gemv_parts_kernel, GEMV_ROWS};
 
 /// Smallest normal f32: below it, a product is flushed to a signed zero.
