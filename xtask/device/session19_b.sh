@@ -12,7 +12,8 @@ X=${NEW:-dev3}  # NEW=dev5 measures bin/xtask_dev5.xz instead
 fits() { [ $(( $(date +%s) - START + $1 )) -le ${BUDGET:-300} ] || { echo "--- skipped ($1 s expected): $2"; false; }; }
 bash xtask/device/unpack.sh xtask_$X || exit 1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-for c in bf16:qv int8-blockwise:qv nf4:all; do
+# PEERS_ONLY=1 skips our rows (session21_a.sh times them); PEERS="bf16 int8 nf4-all nf4" picks the peers.
+for c in $([ -n "${PEERS_ONLY:-}" ] || echo bf16:qv int8-blockwise:qv nf4:all); do
   for o in "" --offload; do
     fits 20 "$c $o" || continue
     f=$OUT/ours_${c/:/_}${o}.txt
@@ -22,7 +23,7 @@ for c in bf16:qv int8-blockwise:qv nf4:all; do
   done
 done
 [ -d /tmp/gptj-random ] || { fits 40 "peer prepare" && timeout 100 python3 .device/peer_hf.py prepare 2>&1 | tail -1; }
-for m in bf16 int8 nf4-all; do
+for m in ${PEERS:-bf16 int8 nf4-all}; do
   fits 60 "peer $m" || continue
   echo "=== peer $m $(date -u +%T)"
   timeout 100 python3 .device/peer_hf.py train $m 2>&1 | grep -E '^\{"mode"|Error' | head -1 | tee -a $OUT/peers.txt
