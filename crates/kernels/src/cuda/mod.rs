@@ -39,6 +39,7 @@ mod concat;
 #[doc(hidden)]
 pub mod copy;
 mod decode;
+mod decode_attention;
 mod epilogue;
 mod fused;
 pub mod gemm;
