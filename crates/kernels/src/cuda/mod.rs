@@ -39,7 +39,6 @@ mod concat;
 #[doc(hidden)]
 pub mod copy;
 mod decode;
-mod decode_attention;
 mod epilogue;
 mod fused;
 pub mod gemm;
