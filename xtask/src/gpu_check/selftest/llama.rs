@@ -216,8 +216,8 @@ pub fn gqa_checks(dev: &cubecl::cuda::CudaDevice) -> Vec<Check> {
             [2, 3, 7, 9, 3, 64],
             [1, 16, 16, 32, 8, 128],
             [2, 5, 5, 4, 4, 32],
-            // One query row (decode: one launch for the whole core): GPT-J-6B's heads over a
-            // 200-row cache, Llama GQA heads over 37 rows with batch row 1's first masked.
+            // One query row (a decode step): GPT-J-6B's heads over a 200-row cache, Llama GQA
+            // heads over 37 rows with batch row 1's first masked.
             [1, 1, 200, 16, 16, 256],
             [2, 1, 37, 32, 8, 128],
             [2, 1, 300, 4, 2, 64],
