@@ -38,6 +38,7 @@ mod backend;
 mod concat;
 #[doc(hidden)]
 pub mod copy;
+mod cublas;
 mod decode;
 mod epilogue;
 mod fused;
