@@ -44,6 +44,45 @@ pub struct Args {
     /// Steps of the tiny loss curve (GPU bf16 vs CPU f32).
     #[arg(long, default_value_t = 200)]
     steps: usize,
+    /// Run only these check groups (comma-separated names of `GROUPS`); a final line names the
+    /// groups skipped. For a short device call; the full check is the default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+/// The check groups in run order, as `--only` names them.
+pub const GROUPS: [&str; 19] = [
+    "fused",
+    "lora",
+    "mlp",
+    "head",
+    "optim",
+    "gemv",
+    "gemm",
+    "load",
+    "dequant",
+    "quantize",
+    "linear",
+    "llama",
+    "gqa",
+    "fixtures",
+    "decode",
+    "llama_family",
+    "tiny_curve",
+    "fp16",
+    "park",
+];
+
+/// `--only`'s names checked against [`GROUPS`]: an unknown one is an error naming it and the
+/// groups there are, before any work.
+fn check_only(only: &[String]) -> anyhow::Result<()> {
+    match only.iter().find(|o| !GROUPS.contains(&o.as_str())) {
+        Some(bad) => anyhow::bail!(
+            "--only {bad}: no such check group; the groups are {}",
+            GROUPS.join(", ")
+        ),
+        None => Ok(()),
+    }
 }
 
 /// Entry point of `bench gpu-check`.
@@ -52,6 +91,7 @@ pub struct Args {
 /// Without the `cuda` feature; on a missing fixture or a model error; if a check is beyond its
 /// tolerance (after every check has printed).
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    check_only(&args.only)?;
     run_impl(args)
 }
 
@@ -143,7 +183,7 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
 
     use burn::tensor::backend::AutodiffBackend;
     use burn::tensor::DType;
-    use qtune_train::backend::{Cpu, Train};
+    use qtune_train::backend::Train;
     use serde_json::json;
 
     type Inner = <Train as AutodiffBackend>::InnerBackend;
@@ -152,32 +192,45 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     burn::tensor::set_default_dtypes::<Inner>(&dev, DType::BF16, DType::I32)
         .map_err(|e| anyhow::anyhow!("set_default_dtypes(BF16): {e:?}"))?;
     let mut fails = Failures::default();
+    let want = |g: &str| args.only.is_empty() || args.only.iter().any(|o| o == g);
 
     // 0. The cuBLAS batched GEMM behind every dense matmul (attention, LoRA, dense bases):
     // forward and both gradients vs the CPU, on bf16-representable inputs; the fused ops; the
     // batch-1 GEMVs.
-    fused::check(&dev, &mut fails)?;
-    lora::check(&dev, &mut fails)?;
-    mlp::check(&dev, &mut fails)?;
-    head::check(&dev, &mut fails)?;
-    optim::check(&dev, &mut fails)?;
-    gemm::quantized_gemv_check(&dev, &mut fails)?;
-    gemm::gemm_check(&dev, &mut fails)?;
-    load::check(&dev, &mut fails)?;
+    type Group = fn(&burn::tensor::Device<Train>, &mut Failures) -> anyhow::Result<()>;
+    let first: [(&str, Group); 8] = [
+        ("fused", fused::check),
+        ("lora", lora::check),
+        ("mlp", mlp::check),
+        ("head", head::check),
+        ("optim", optim::check),
+        ("gemv", gemm::quantized_gemv_check),
+        ("gemm", gemm::gemm_check),
+        ("load", load::check),
+    ];
+    for (name, group) in first {
+        if want(name) {
+            group(&dev, &mut fails)?;
+        }
+    }
 
     // 0b. The kernels' self-test (`selftest`, every group): dequantization of every format
     // and variant bit for bit, the GPU quantizer = the CPU one, the quantized linear's forward and
     // backward, the Llama family's fused kernels (RMSNorm, SiLU·up, rotate-half RoPE) and
     // grouped-query attention vs their CPU references (each check carries its own tolerance).
     let kernel_checks: Vec<_> = [
-        selftest::dequant_checks_all_variants as fn(&_) -> Vec<selftest::Check>,
-        selftest::quantize_checks,
-        selftest::linear_checks,
-        selftest::llama_op_checks,
-        selftest::gqa_checks,
+        (
+            "dequant",
+            selftest::dequant_checks_all_variants as fn(&_) -> Vec<selftest::Check>,
+        ),
+        ("quantize", selftest::quantize_checks),
+        ("linear", selftest::linear_checks),
+        ("llama", selftest::llama_op_checks),
+        ("gqa", selftest::gqa_checks),
     ]
     .into_iter()
-    .flat_map(|group| group(&dev))
+    .filter(|(name, _)| want(name))
+    .flat_map(|(_, group)| group(&dev))
     .collect();
     for c in &kernel_checks {
         println!("{}", c.json());
@@ -186,22 +239,67 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
 
     // 1. Fixture parity.
     let fixture = Path::new("tests/fixtures/gptj_tiny");
-    fixtures::gptj_parity(&dev, fixture, &mut fails)?;
+    if want("fixtures") {
+        fixtures::gptj_parity(&dev, fixture, &mut fails)?;
+    }
 
     // 1b. Greedy decoding: in-place row write, on-device argmax, CUDA graph vs eager.
-    fixtures::decode_check(&dev, fixture, &mut fails)?;
+    if want("decode") {
+        fixtures::decode_check(&dev, fixture, &mut fails)?;
+    }
 
     // 1c. The Llama family (GQA, rotate-half RoPE, RMSNorm, SwiGLU, Qwen2 bias, Mistral window)
     // on the GPU: logits in f32 and bf16 against HF's, batch-1 greedy (CUDA-graph path) ids.
-    fixtures::llama_family_parity(&dev, &mut fails)?;
+    if want("llama_family") {
+        fixtures::llama_family_parity(&dev, &mut fails)?;
+    }
 
-    // 2. Tiny loss curve, GPU bf16 vs CPU f32.
+    if want("tiny_curve") {
+        tiny_curve_check(&dev, steps, &mut fails)?;
+    }
+
+    // 3. float16 training with dynamic loss scaling against bfloat16, through the trainer.
+    if want("fp16") {
+        fp16::fp16_curve(&dev, steps, &mut fails)?;
+    }
+
+    // 4. Block inputs parked in host memory (`gradient_checkpointing = "offload"`).
+    if want("park") {
+        park::check(&dev, steps.min(10), &mut fails)?;
+    }
+
+    let skipped: Vec<&str> = GROUPS.into_iter().filter(|g| !want(g)).collect();
+    if !skipped.is_empty() {
+        println!("{}", json!({"check": "skipped", "groups": skipped}));
+    }
+    for f in &fails.0 {
+        println!("{}", json!({"check": "failed", "what": f}));
+    }
+    anyhow::ensure!(
+        failed_kernels == 0 && fails.0.is_empty(),
+        "{failed_kernels} of {} kernel self-test checks failed (lines with \"ok\":false above) and \
+         {} other checks are beyond their tolerance (lines with \"check\":\"failed\" above)",
+        kernel_checks.len(),
+        fails.0.len()
+    );
+    Ok(())
+}
+
+/// 2. Tiny loss curve, GPU bf16 vs CPU f32 (see [`LOSS_DIFF_AT_0`]).
+#[cfg(feature = "cuda")]
+fn tiny_curve_check(
+    dev: &burn::tensor::Device<qtune_train::backend::Train>,
+    steps: usize,
+    fails: &mut Failures,
+) -> anyhow::Result<()> {
+    use qtune_train::backend::{Cpu, Train};
+    use serde_json::json;
     let mut cfg = qtune_train::RunConfig::tiny();
     cfg.lora.lora_dropout = 0.0;
     let checkpointed = qtune_train::step::Backprop::Checkpointed;
     let cpu_losses = tiny_curve::<Cpu>(&cfg, steps, &Default::default(), checkpointed)?;
     cfg.model.torch_dtype = "bfloat16".into();
-    let gpu_losses = tiny_curve::<Train>(&cfg, steps, &dev, checkpointed)?;
+    let gpu_losses = tiny_curve::<Train>(&cfg, steps, dev, checkpointed)?;
     let mut max_diff = 0f64;
     for (i, (c, g)) in cpu_losses.iter().zip(&gpu_losses).enumerate() {
         max_diff = max_diff.max((c - g).abs());
@@ -227,23 +325,6 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
         json!({"check": "tiny_loss_curve", "steps": steps, "max_abs_diff": max_diff,
                "cpu_first_last": [cpu_losses.first(), cpu_losses.last()],
                "gpu_first_last": [gpu_losses.first(), gpu_losses.last()]})
-    );
-
-    // 3. float16 training with dynamic loss scaling against bfloat16, through the trainer.
-    fp16::fp16_curve(&dev, steps, &mut fails)?;
-
-    // 4. Block inputs parked in host memory (`gradient_checkpointing = "offload"`).
-    park::check(&dev, steps.min(10), &mut fails)?;
-
-    for f in &fails.0 {
-        println!("{}", json!({"check": "failed", "what": f}));
-    }
-    anyhow::ensure!(
-        failed_kernels == 0 && fails.0.is_empty(),
-        "{failed_kernels} of {} kernel self-test checks failed (lines with \"ok\":false above) and \
-         {} other checks are beyond their tolerance (lines with \"check\":\"failed\" above)",
-        kernel_checks.len(),
-        fails.0.len()
     );
     Ok(())
 }
@@ -284,4 +365,19 @@ where
         model = optim.step(1e-3, model, ms.grads)?;
     }
     Ok(losses)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_takes_the_groups_and_refuses_other_names() {
+        assert!(super::check_only(&[]).is_ok());
+        assert!(super::check_only(&["gqa".into(), "decode".into()]).is_ok());
+        let e = super::check_only(&["gqa".into(), "attention".into()]).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("--only attention") && msg.contains("gqa"),
+            "{msg}"
+        );
+    }
 }
