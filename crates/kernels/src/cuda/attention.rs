@@ -131,13 +131,6 @@ pub fn attention(q: T, k: T, v: T, mask: Option<T>, div: f32) -> (T, T) {
         t > 0 && l > 0 && hd > 0,
         "qtune-kernels: attention over an empty query, key or head dim"
     );
-    // One query row (a decode step): two launches split over the cache rows.
-    let m = mask.as_ref();
-    if let Some(out) =
-        super::decode_attention::attention(&q, &k, &v, m, div, [b, t, l, h, h_kv, hd])
-    {
-        return out;
-    }
     let n_rep = h / h_kv;
     let rows = (b, n_rep, h_kv);
     let s = empty(&q, vec![b, h, t, l], DType::F32);

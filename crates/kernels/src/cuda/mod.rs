@@ -40,7 +40,6 @@ mod concat;
 pub mod copy;
 mod cublas;
 mod decode;
-mod decode_attention;
 mod epilogue;
 mod fused;
 pub mod gemm;
