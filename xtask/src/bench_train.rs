@@ -22,6 +22,10 @@ use qtune_lm::CausalLm;
 /// # Errors
 /// Without the `cuda` feature; on a model or step error.
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    if let Some(n) = args.loss_chunk_elems {
+        qtune_lm::set_loss_chunk_elems(n)
+            .map_err(|e| anyhow::anyhow!("--loss-chunk-elems: {e}"))?;
+    }
     if let Some(k) = args.graph_steps {
         anyhow::ensure!(
             qtune_lm::fixed::graph_steps_exact(k),
@@ -160,6 +164,10 @@ pub struct Args {
     /// "offload"`): all but the last two leave the device between the forward and the backward.
     #[arg(long)]
     offload: bool,
+    /// Logits per chunk of the head's loss (default: qtune_lm's `LOSS_CHUNK_ELEMS`, 2^26): to
+    /// compare the memory the chunks reserve.
+    #[arg(long)]
+    loss_chunk_elems: Option<usize>,
 }
 
 /// HF `config.json` of a Llama shape: Llama-2-7B (MHA, 32k vocabulary), Llama-3-8B (GQA
@@ -372,7 +380,7 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
                "tokens_per_s": (b * t) as f64 / med, "load_quantize_s": load_s,
                "peak_in_use_gib_probed": peak_probe.load(std::sync::atomic::Ordering::Relaxed) as f64 / GIB,
                "in_use_gib_after_step_max": peak_use as f64 / GIB,
-               "peak_reserved_gib": peak_res as f64 / GIB})
+               "peak_reserved_gib": peak_res as f64 / GIB, "loss_chunk_elems": qtune_lm::loss_chunk_elems()})
         );
     }
 
@@ -542,6 +550,20 @@ mod tests {
             Shape::Llama3_8b
         );
         assert!(parse(&["--model", "llama-13b"]).is_err());
+    }
+
+    #[test]
+    fn an_empty_loss_chunk_is_refused_before_any_work() {
+        // 0 is refused by qtune_lm's setter, which then leaves the process's chunk as it was.
+        let e = run(&parse(&["--loss-chunk-elems", "0"]).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("--loss-chunk-elems"), "{e}");
+        assert_eq!(qtune_lm::loss_chunk_elems(), qtune_lm::LOSS_CHUNK_ELEMS);
+        assert_eq!(
+            parse(&["--loss-chunk-elems", "16777216"])
+                .unwrap()
+                .loss_chunk_elems,
+            Some(1 << 24)
+        );
     }
 
     #[test]

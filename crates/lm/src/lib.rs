@@ -30,7 +30,9 @@ pub use generate::{
     device_graphs_from_env, device_graphs_setting, generate_batched, length_order, EarlyStopping,
     GenerationConfig, DEFAULT_GRAPH_STEPS, DEVICE_GRAPHS_ENV,
 };
-pub use lm::{CausalLm, DecoderBlock, IGNORE_INDEX, LOSS_CHUNK_ELEMS};
+pub use lm::{
+    loss_chunk_elems, set_loss_chunk_elems, CausalLm, DecoderBlock, IGNORE_INDEX, LOSS_CHUNK_ELEMS,
+};
 pub use lora::{peft_key, LoraParam, ParamCounts};
 pub use merge::MergeReport;
 pub use perplexity::Perplexity;

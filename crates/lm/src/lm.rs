@@ -24,8 +24,34 @@ use crate::perplexity::Perplexity;
 pub const IGNORE_INDEX: i64 = -100;
 
 /// Rows of logits computed at once in [`CausalLm::loss_sum`]: about 256 MiB of f32 logits per
-/// chunk for a 50,000-token vocabulary.
+/// chunk for a 50,000-token vocabulary. The default of [`loss_chunk_elems`].
 pub const LOSS_CHUNK_ELEMS: usize = 1 << 26;
+
+static LOSS_CHUNK: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(LOSS_CHUNK_ELEMS);
+
+/// Logits per chunk of [`CausalLm::loss_sum`] in this process: [`LOSS_CHUNK_ELEMS`] unless
+/// [`set_loss_chunk_elems`] changed it.
+pub fn loss_chunk_elems() -> usize {
+    LOSS_CHUNK.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Sets [`loss_chunk_elems`] for this process: for `bench train`, which compares the memory the
+/// head's chunks reserve (a chunk's logits and gradient are the step's largest transients,
+/// alive only between the forward and the backward). The loss is the same sum in any chunking
+/// up to the f32 order of adding the chunks.
+///
+/// # Errors
+/// [`LmError::Input`] for 0.
+pub fn set_loss_chunk_elems(n: usize) -> Result<(), LmError> {
+    if n == 0 {
+        return Err(LmError::Input(
+            "the loss chunk must hold at least one logit".into(),
+        ));
+    }
+    LOSS_CHUNK.store(n, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
 
 /// One decoder block of a family, as [`CausalLm::block`] runs it.
 pub trait DecoderBlock<B: QBackend> {
@@ -207,7 +233,7 @@ pub trait CausalLm<B: QBackend>: Sized + Clone {
     /// Sum of next-token cross-entropy losses and the number of target tokens, as HF's
     /// `ForCausalLMLoss`: position t predicts `labels[t+1]`, label −100 is ignored, the mean is
     /// `sum / n`. Only rows with a target go through the head, in chunks of
-    /// [`LOSS_CHUNK_ELEMS`] logits, so full f32 logits of all tokens never exist at once.
+    /// [`loss_chunk_elems`] logits, so full f32 logits of all tokens never exist at once.
     /// `h_last`: `[B, T, D]` from the blocks (before the final norm); `labels`: `[B, T]`
     /// row-major, on the host: they pick the target rows there and go to the device once, as
     /// the gathered row indices and targets.
@@ -216,7 +242,7 @@ pub trait CausalLm<B: QBackend>: Sized + Clone {
         h_last: Tensor<B, 3>,
         labels: &[i64],
     ) -> Result<(Tensor<B, 1>, usize), LmError> {
-        let rows = (LOSS_CHUNK_ELEMS / self.vocab_size()).max(1);
+        let rows = (loss_chunk_elems() / self.vocab_size()).max(1);
         self.loss_sum_chunked(h_last, labels, rows)
     }
 
