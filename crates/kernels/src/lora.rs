@@ -20,17 +20,8 @@ pub fn lora_acc<B: QBackend, const D: usize>(
     opts: LoraOptions,
 ) -> Tensor<B, D> {
     let (dims, ydims) = (x.dims(), y.dims());
-    let ([r, in_f], [out_f, rb]) = (a.dims(), b.dims());
-    assert!(
-        dims[D - 1] == in_f && ydims[D - 1] == out_f && r == rb && dims[..D - 1] == ydims[..D - 1],
-        "lora_acc: x {dims:?}, A [{r}, {in_f}], B [{out_f}, {rb}] and y {ydims:?} do not fit"
-    );
-    if let Some((p, _)) = opts.dropout {
-        assert!(
-            (0.0..1.0).contains(&p),
-            "dropout probability {p} outside [0, 1)"
-        );
-    }
+    let ([_, in_f], [out_f, _]) = (a.dims(), b.dims());
+    check_fit("lora_acc", dims, ydims, [a.dims(), b.dims()], &opts);
     let m = dims[..D - 1].iter().product::<usize>();
     let out = B::q_lora_acc(
         y.reshape([m, out_f]).into_primitive().tensor(),
@@ -64,25 +55,11 @@ pub fn lora_acc_parts<B: QBackend, const D: usize>(
     let m = dims[..D - 1].iter().product::<usize>();
     let mut out_dims = Vec::with_capacity(ys.len());
     let mut ys2 = Vec::with_capacity(ys.len());
-    for (y, [a, b]) in ys.into_iter().zip(&factors) {
-        let (ydims, [r, in_f], [out_f, rb]) = (y.dims(), a.dims(), b.dims());
-        assert!(
-            dims[D - 1] == in_f
-                && ydims[D - 1] == out_f
-                && r == rb
-                && dims[..D - 1] == ydims[..D - 1],
-            "lora_acc_parts: x {dims:?}, A [{r}, {in_f}], B [{out_f}, {rb}] and y {ydims:?} do not fit"
-        );
+    for ((y, [a, b]), o) in ys.into_iter().zip(&factors).zip(&opts) {
+        let ydims = y.dims();
+        check_fit("lora_acc_parts", dims, ydims, [a.dims(), b.dims()], o);
         out_dims.push(ydims);
-        ys2.push(y.reshape([m, out_f]).into_primitive().tensor());
-    }
-    for o in &opts {
-        if let Some((p, _)) = o.dropout {
-            assert!(
-                (0.0..1.0).contains(&p),
-                "dropout probability {p} outside [0, 1)"
-            );
-        }
+        ys2.push(y.reshape([m, ydims[D - 1]]).into_primitive().tensor());
     }
     let x2 = x.reshape([m, dims[D - 1]]).into_primitive().tensor();
     let factors = factors
@@ -94,6 +71,27 @@ pub fn lora_acc_parts<B: QBackend, const D: usize>(
         .zip(out_dims)
         .map(|(y, d)| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(d))
         .collect()
+}
+
+/// Panics (naming `what`) unless `x [.., in]`, `y [.., out]` (the same leading dims) and the
+/// factors `A [r, in]`, `B [out, r]` fit, and `opts`' drop probability lies in `[0, 1)`.
+fn check_fit<const D: usize>(
+    what: &str,
+    dims: [usize; D],
+    ydims: [usize; D],
+    [[r, in_f], [out_f, rb]]: [[usize; 2]; 2],
+    opts: &LoraOptions,
+) {
+    assert!(
+        dims[D - 1] == in_f && ydims[D - 1] == out_f && r == rb && dims[..D - 1] == ydims[..D - 1],
+        "{what}: x {dims:?}, A [{r}, {in_f}], B [{out_f}, {rb}] and y {ydims:?} do not fit"
+    );
+    if let Some((p, _)) = opts.dropout {
+        assert!(
+            (0.0..1.0).contains(&p),
+            "dropout probability {p} outside [0, 1)"
+        );
+    }
 }
 
 /// [`QBackend::q_lora_acc_parts`] as one [`QBackend::q_lora_acc`] per part (the default).
