@@ -2,10 +2,12 @@
 //! forward, the logits not kept) vs the unfused ops on the GPU (`linear_t`, the bias add,
 //! `cross_entropy`), bf16 and f16, GPT-J's vocabulary: the losses (the same kernels in the same
 //! order: bit for bit) and the input gradient under a different upstream gradient per row.
-//! Metric: max |fused − unfused| / max |unfused|.
+//! Metric: max |fused − unfused| / max |unfused|. Also: the cross-entropy backward written over
+//! its exclusively owned logits gives the same bits as into a new tensor.
 
-use burn::tensor::{DType, Int, Tensor, TensorData};
-use qtune_kernels::{cross_entropy, linear_cross_entropy, linear_t};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, Int, Tensor, TensorData, TensorPrimitive};
+use qtune_kernels::{cross_entropy, linear_cross_entropy, linear_t, QBackend};
 use qtune_train::backend::Train;
 use serde_json::json;
 
@@ -19,7 +21,64 @@ const HEAD_GRAD: f64 = 1.5e-2;
 pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> anyhow::Result<()> {
     for dtype in [DType::BF16, DType::F16] {
         check_in(dev, dtype, fails)?;
+        in_place(dev, dtype, fails)?;
     }
+    Ok(())
+}
+
+/// `q_cross_entropy_backward` on logits nobody else holds (written in place) against the same
+/// logits while a clone is held (a new tensor): bit for bit, and the held clone unchanged.
+fn in_place(
+    dev: &burn::tensor::Device<Train>,
+    dtype: DType,
+    fails: &mut Failures,
+) -> anyhow::Result<()> {
+    type Inner = <Train as AutodiffBackend>::InnerBackend;
+    let (rows, vocab) = (40usize, 50_400usize);
+    let logits = || {
+        Tensor::<Inner, 2>::from_data(
+            TensorData::new(values(rows * vocab, 71), [rows, vocab]),
+            (dev, dtype),
+        )
+        .mul_scalar(6.0)
+        .into_primitive()
+        .tensor()
+    };
+    let t: Vec<i64> = (0..rows).map(|r| ((r * 7919) % vocab) as i64).collect();
+    let t = Tensor::<Inner, 1, Int>::from_data(TensorData::new(t, [rows]), dev).into_primitive();
+    let g = Tensor::<Inner, 1>::from_data(TensorData::new(values(rows, 72), [rows]), dev)
+        .into_primitive()
+        .tensor();
+    let bits = |x| -> anyhow::Result<Vec<u32>> {
+        let v = Tensor::<Inner, 2>::from_primitive(TensorPrimitive::Float(x))
+            .cast(DType::F32)
+            .into_data()
+            .into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok(v.iter().map(|x| x.to_bits()).collect())
+    };
+    let got = bits(Inner::q_cross_entropy_backward(
+        logits(),
+        t.clone(),
+        g.clone(),
+    ))?;
+    let held = logits();
+    let want = bits(Inner::q_cross_entropy_backward(held.clone(), t, g))?;
+    let held_kept = bits(held)? == bits(logits())?;
+    let same = got == want;
+    fails.require(
+        &format!("cross-entropy backward in place = new tensor ({dtype:?})"),
+        same,
+    );
+    fails.require(
+        &format!("cross-entropy backward leaves held logits ({dtype:?})"),
+        held_kept,
+    );
+    println!(
+        "{}",
+        json!({"check": "cross_entropy_backward_in_place", "dtype": format!("{dtype:?}"),
+               "shape": [rows, vocab], "bit_identical": same, "held_logits_unchanged": held_kept})
+    );
     Ok(())
 }
 

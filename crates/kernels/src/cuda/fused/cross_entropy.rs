@@ -13,6 +13,9 @@ use crate::cuda::launch::{array, empty};
 /// Cross-entropy of rows of logits (`x [rows, len]`, any float dtype, f32 math) against one
 /// target class per row: forward writes `nll[r] = logsumexp(x[r]) − x[r, t[r]]` (f32);
 /// `backward` writes instead `dx[r, j] = (softmax(x[r])_j − [j = t[r]]) · g[r]` in `x`'s dtype.
+/// With `in_place` (backward only) the logits are read from `dx` and overwritten there: each
+/// value is read (in both passes) and then written by the same lane, and no lane reads a value
+/// another writes, so the result is the same bits as into a separate buffer.
 #[cube(launch_unchecked)]
 fn cross_entropy_kernel<F: Float, N: Size>(
     x: &Array<Vector<F, N>>,
@@ -24,6 +27,7 @@ fn cross_entropy_kernel<F: Float, N: Size>(
     rows: usize,
     len: usize,
     #[comptime] backward: bool,
+    #[comptime] in_place: bool,
     #[comptime] vec: usize,
 ) {
     let (row, lane, base, iters) = plane_row(rows, len);
@@ -35,7 +39,11 @@ fn cross_entropy_kernel<F: Float, N: Size>(
     let mut xs = Array::<Vector<F, N>>::new(UNROLL);
     for k in 0..iters {
         let j0 = lane + k * STRIDE;
-        load_vecs(x, &mut xs, base, j0, len);
+        if in_place {
+            load_vecs(dx, &mut xs, base, j0, len);
+        } else {
+            load_vecs(x, &mut xs, base, j0, len);
+        }
         #[unroll]
         for u in 0..UNROLL {
             if j0 + u * 32usize < len {
@@ -65,7 +73,11 @@ fn cross_entropy_kernel<F: Float, N: Size>(
         let inv_sum = 1.0f32 / sum;
         for k in 0..iters {
             let j0 = lane + k * STRIDE;
-            load_vecs(x, &mut xs, base, j0, len);
+            if in_place {
+                load_vecs(dx, &mut xs, base, j0, len);
+            } else {
+                load_vecs(x, &mut xs, base, j0, len);
+            }
             #[unroll]
             for u in 0..UNROLL {
                 let j = j0 + u * 32usize;
@@ -93,7 +105,9 @@ fn cross_entropy_kernel<F: Float, N: Size>(
 }
 
 /// Per-row negative log-likelihood of `targets` (I32, `[rows]`, each in `[0, len)`) under the
-/// logits `x [rows, len]` (F32): `nll` (no `g`), or with `g [rows]` the logits' gradient.
+/// logits `x [rows, len]` (F32): `nll` (no `g`), or with `g [rows]` the logits' gradient,
+/// written over `x` when `x` is exclusively owned and dense (the head's loss chunks: one
+/// `[rows, vocab]` buffer instead of two, bit-identical), else into a new tensor.
 ///
 /// # Panics
 /// On mismatched shapes or an unsupported dtype (wiring bugs; targets are checked by callers).
@@ -123,7 +137,10 @@ pub fn cross_entropy<R: CubeRuntime>(
     let backward = g.is_some();
     let g = g.map(as_f32_contiguous);
     let nll = empty(&x, vec![rows], DType::F32);
-    let dx = if backward {
+    let in_place = backward && x.can_mut() && x.is_contiguous_buffer();
+    let dx = if in_place {
+        x.clone()
+    } else if backward {
         empty(&x, shape, x.dtype)
     } else {
         empty(&x, vec![1], x.dtype)
@@ -135,7 +152,8 @@ pub fn cross_entropy<R: CubeRuntime>(
     let dx_len = if backward { rows * len } else { 1 };
     let (count, dim, vec) = rows_launch(rows, len);
     // SAFETY: x rows × len (len % vec == 0), targets/g/nll rows, dx rows × len (or an unused 1);
-    // a plane per row; targets index inside the row (checked by callers).
+    // a plane per row; targets index inside the row (checked by callers). In place, `x` and
+    // `dx` are one buffer and the kernel reads only `dx`.
     unsafe {
         launch_float!(
             x.dtype,
@@ -154,6 +172,7 @@ pub fn cross_entropy<R: CubeRuntime>(
                 rows,
                 len / vec,
                 backward,
+                in_place,
                 vec,
             )
         )
