@@ -48,13 +48,20 @@ pub struct RuntimeOptions {
 pub struct CudaRuntime;
 
 /// qtune patch: the memory pool preset, read from `CUBECL_CUDA_MEMORY` (`init` takes no options):
-/// - unset or `exclusive`: `MemoryConfiguration::ExclusivePages` (upstream's preset of that name,
-///   24 size classes from 32 KiB to a quarter of the device's memory). Measured on an H100
-///   (GPT-J-6B NF4 QLoRA step): reserved 5.95 GiB instead of 10.94 for 5.21 in use, and no slower
-///   (qtune BENCHMARKS.md);
+/// - unset or `hybrid`: `hybrid:1:128` (below);
+/// - `hybrid:L:P` (MiB, 1 ≤ L < P ≤ 4096): the exclusive classes of `exclusive` up to L MiB, then
+///   one sliced pool of P MiB pages for every request above the last such class up to P MiB (a
+///   page holds several tensors and freed neighbours merge, so transients of different sizes
+///   share pages: the MLP's 128 MiB intermediates and attention's 64 MiB scores are never alive
+///   at once), then the classes above P. Measured on an H100 (qtune BENCHMARKS.md, session 22):
+///   GPT-J-6B NF4 q,v reserves 4.50 GiB for 4.18 in use parked (`exclusive`: 4.73), Llama-2-7B
+///   6.35 for 5.35 (7.14), at the same speed;
+/// - `exclusive`: `MemoryConfiguration::ExclusivePages` (upstream's preset of that name, 24 size
+///   classes from 32 KiB to a quarter of the device's memory, a page per tensor); qtune's
+///   default before session 22: reserved 5.95 GiB instead of upstream's 10.94 for 5.21 in use;
 /// - `exclusive:N`: the same pools with N size classes (2 ≤ N ≤ 512), each class a ratio
 ///   (max/min)^(1/(N−1)) wide, so a page serves requests at most that much smaller than itself;
-///   `exclusive:24` is the preset above;
+///   `exclusive:24` is `exclusive`;
 /// - `subslices`: upstream's default (`SubSlices`).
 ///
 /// Anything else is refused: [`check_memory_setting`] says so before any work (qtune calls it
@@ -67,6 +74,9 @@ fn memory_config_from_env(max_page_size: u64, alignment: u64) -> MemoryConfigura
         Ok(MemorySetting::SubSlices) => MemoryConfiguration::default(),
         Ok(MemorySetting::ExclusiveClasses(n)) => MemoryConfiguration::Custom {
             pool_options: exclusive_pools(n, max_page_size, alignment),
+        },
+        Ok(MemorySetting::Hybrid { lo_mib, page_mib }) => MemoryConfiguration::Custom {
+            pool_options: hybrid_pools(lo_mib << 20, page_mib << 20, max_page_size, alignment),
         },
         Err(expected) => panic!(
             "{MEMORY_ENV}={:?}: accepted values are {expected}",
@@ -88,16 +98,39 @@ enum MemorySetting {
     Exclusive,
     ExclusiveClasses(usize),
     SubSlices,
+    Hybrid { lo_mib: u64, page_mib: u64 },
 }
+
+/// The preset when `CUBECL_CUDA_MEMORY` is unset: exclusive pages up to 1 MiB, 128 MiB sliced
+/// pages above (the best of the settings measured on GPT-J-6B and Llama-2-7B shapes).
+const DEFAULT_HYBRID: MemorySetting = MemorySetting::Hybrid {
+    lo_mib: 1,
+    page_mib: 128,
+};
 
 fn parse_memory_setting(v: Option<&str>) -> Result<MemorySetting, String> {
     match v {
-        None | Some("exclusive") => Ok(MemorySetting::Exclusive),
+        None | Some("hybrid") => Ok(DEFAULT_HYBRID),
+        Some("exclusive") => Ok(MemorySetting::Exclusive),
         Some("subslices") => Ok(MemorySetting::SubSlices),
-        Some(s) => match s.strip_prefix("exclusive:").map(str::parse::<usize>) {
-            Some(Ok(n)) if (2..=512).contains(&n) => Ok(MemorySetting::ExclusiveClasses(n)),
-            _ => Err("exclusive, exclusive:N (2 <= N <= 512 size classes) and subslices".into()),
-        },
+        Some(s) => {
+            if let Some(Ok(n)) = s.strip_prefix("exclusive:").map(str::parse::<usize>) {
+                if (2..=512).contains(&n) {
+                    return Ok(MemorySetting::ExclusiveClasses(n));
+                }
+            }
+            let hybrid = s.strip_prefix("hybrid:").and_then(|r| r.split_once(':'));
+            if let Some((Ok(lo_mib), Ok(page_mib))) =
+                hybrid.map(|(l, p)| (l.parse::<u64>(), p.parse::<u64>()))
+            {
+                if 1 <= lo_mib && lo_mib < page_mib && page_mib <= 4096 {
+                    return Ok(MemorySetting::Hybrid { lo_mib, page_mib });
+                }
+            }
+            Err("hybrid (the default, hybrid:1:128), hybrid:L:P (MiB, 1 <= L < P <= 4096), \
+                 exclusive, exclusive:N (2 <= N <= 512 size classes) and subslices"
+                .into())
+        }
     }
 }
 
@@ -124,6 +157,28 @@ fn exclusive_pools(n: usize, max_page_size: u64, alignment: u64) -> Vec<MemoryPo
             ),
         })
         .collect()
+}
+
+/// `hybrid:L:P`'s pools ([`memory_config_from_env`]): the 24 exclusive classes of at most `lo`
+/// bytes, one sliced pool of `page`-byte pages (it takes every request up to `page` that no
+/// class before it took), the classes above `page`.
+fn hybrid_pools(lo: u64, page: u64, max_page_size: u64, alignment: u64) -> Vec<MemoryPoolOptions> {
+    let classes = exclusive_pools(24, max_page_size, alignment);
+    let size = |p: &MemoryPoolOptions| match p.pool_type {
+        PoolType::ExclusivePages { max_alloc_size } => max_alloc_size,
+        PoolType::SlicedPages { page_size, .. } => page_size,
+    };
+    let page = page.next_multiple_of(alignment);
+    let below = classes.iter().filter(|p| size(p) <= lo).cloned();
+    let sliced = MemoryPoolOptions {
+        pool_type: PoolType::SlicedPages {
+            page_size: page,
+            max_slice_size: page,
+        },
+        dealloc_period: None,
+    };
+    let above = classes.iter().filter(|p| size(p) > page).cloned();
+    below.chain(std::iter::once(sliced)).chain(above).collect()
 }
 
 impl DeviceService for CudaServer {
