@@ -383,7 +383,9 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
                "tokens_per_s": (b * t) as f64 / med, "load_quantize_s": load_s,
                "peak_in_use_gib_probed": peak_probe.load(std::sync::atomic::Ordering::Relaxed) as f64 / GIB,
                "in_use_gib_after_step_max": peak_use as f64 / GIB,
-               "peak_reserved_gib": peak_res as f64 / GIB, "loss_chunk_elems": qtune_lm::loss_chunk_elems()})
+               "peak_reserved_gib": peak_res as f64 / GIB, "loss_chunk_elems": qtune_lm::loss_chunk_elems(),
+               // The pool preset (third_party/README.md, patch 2): unset is hybrid:1:128.
+               "cubecl_cuda_memory": std::env::var(cubecl::cuda::MEMORY_ENV).unwrap_or_else(|_| "unset".into())})
         );
     }
 
