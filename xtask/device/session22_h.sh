@@ -5,6 +5,7 @@
 # then the 134.16 MB reserve count of OLD against NEW (the in-place cross-entropy backward).
 #   carry [".device"] with bin/xtask_$NEW.xz, bin/xtask_$OLD.xz, site/, peer_hf.py; source
 #   stash.sh first, then NEW=fin OLD=main BUDGET=480 bash xtask/device/session22_h.sh
+#   (ROWS: the training rows; DECODE=0 skips decode)
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} QTUNE_KERNEL_CACHE=/tmp/kcache
 export PYTHONPATH=$PWD/.device/site
@@ -15,7 +16,7 @@ fits() { [ $(( $(date +%s) - START + $1 )) -le ${BUDGET:-480} ] || { echo "--- s
 bash xtask/device/unpack.sh xtask_$NEW || exit 1
 bash xtask/device/unpack.sh xtask_$OLD || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-for c in nf4:qv nf4:qv@offload bf16:qv int8-blockwise:qv nf4:all; do
+for c in ${ROWS:-nf4:qv nf4:qv@offload bf16:qv int8-blockwise:qv nf4:all}; do
   fits 20 "ours $c" || continue
   m=${c%@*} o=; [ "$m" = "$c" ] || o=--offload
   f=$OUT/ours_${c//[:@]/_}.txt
@@ -23,7 +24,7 @@ for c in nf4:qv nf4:qv@offload bf16:qv int8-blockwise:qv nf4:all; do
     --decode 0 $o > $f 2>&1
   echo "ours $c $(grep -oE '"(tokens_per_s|peak_in_use_gib_probed|peak_reserved_gib|cubecl_cuda_memory)":("[^"]*"|[0-9.]*)|rror.*' $f | tr '\n' ' ')"
 done
-if fits 30 "ours decode"; then
+if [ "${DECODE:-1}" = 1 ] && fits 30 "ours decode"; then
   timeout 60 $X bench train --model gptj-6b --quant nf4 --targets qv --warmup 0 --steps 0 --decode 128 \
     > $OUT/ours_decode.txt 2>&1
   grep -oE '"(prefill_tok_s|decode_tok_s_b1)":[0-9.]*|"same_tokens":[a-z]*|rror.*' $OUT/ours_decode.txt | tr '\n' ' '; echo
