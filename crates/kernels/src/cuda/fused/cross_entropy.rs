@@ -106,8 +106,8 @@ fn cross_entropy_kernel<F: Float, N: Size>(
 
 /// Per-row negative log-likelihood of `targets` (I32, `[rows]`, each in `[0, len)`) under the
 /// logits `x [rows, len]` (F32): `nll` (no `g`), or with `g [rows]` the logits' gradient,
-/// written over `x` when `x` is exclusively owned and dense (the head's loss chunks: one
-/// `[rows, vocab]` buffer instead of two, bit-identical), else into a new tensor.
+/// written over `x` when `x` is exclusively owned and dense (one `[rows, vocab]` buffer instead
+/// of two, the same bits: gpu-check `head`), else into a new tensor.
 ///
 /// # Panics
 /// On mismatched shapes or an unsupported dtype (wiring bugs; targets are checked by callers).
