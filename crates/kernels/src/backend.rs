@@ -83,6 +83,15 @@ pub trait QBackend: Backend {
         }
     }
 
+    /// `x[m, in] · w[out, in]ᵀ` for a frozen dense `w` (in `x`'s dtype) whose output values are
+    /// never read, only its gradient path: [`QBackend::q_linear_unread`] for a dense base weight
+    /// (see [`crate::linear_t_unread`]). The default computes the product; under autodiff a
+    /// tracked call returns an uninitialized output, runs no GEMM, and its backward is
+    /// `dx = dy · w` (`w` gets no gradient).
+    fn q_dense_linear_unread(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::linear::dense_linear::<Self>(x, w, false)
+    }
+
     /// `parts[0] + parts[1] + …` (same shapes, at least one part) for a sum whose **values are
     /// never read**, only its gradient path (a checkpointed block's recompute output: see
     /// [`sum_unread`]). The default adds them; under autodiff a tracked call of two or three

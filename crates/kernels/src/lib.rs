@@ -48,8 +48,8 @@ pub use lora::{lora_acc, lora_acc_parts};
 pub use mlp::{mlp_fits, mlp_gelu_new, mlp_gelu_new_plus, BiasAct};
 pub use ops::{
     attention, attention_softmax, bias_gelu_new, cross_entropy, dropout, gelu_new, grad_seed,
-    layer_norm, linear_t, linear_t_acc, matmul, rms_norm, rotary, rotary_half, select_rows,
-    silu_mul, sum_unread,
+    layer_norm, linear_t, linear_t_acc, linear_t_unread, matmul, rms_norm, rotary, rotary_half,
+    select_rows, silu_mul, sum_unread,
 };
 pub use options::{
     AttentionInput, AttnMask, GemmAccOptions, GemmOptions, LoraOptions, NormInput, QuantizeOptions,

@@ -1,8 +1,8 @@
 //! The tensor-level quantized linear: [`q_linear`] and its variants over [`QBackend`]'s ops.
 
-use burn::tensor::{ops::FloatTensor, Tensor, TensorPrimitive};
+use burn::tensor::{ops::FloatTensor, Shape, Tensor, TensorMetadata, TensorPrimitive};
 
-use crate::{LinearBackward, QBackend, QWeightPrimitive, QuantWeight};
+use crate::{GemmOptions, LinearBackward, QBackend, QWeightPrimitive, QuantWeight};
 
 /// `x · dequant(W)ᵀ` over the last dimension of `x` (`in` → `out`); leading dimensions are kept.
 ///
@@ -131,4 +131,20 @@ pub fn q_linear_add<B: QBackend, const D: usize>(
         return Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out);
     }
     adds.into_iter().fold(q_linear(x, w), |y, a| y + a)
+}
+
+/// `x [m, in] · w [out, in]ᵀ` (or `· w` when `dx`: a linear's input gradient) for a dense `w`,
+/// via `q_gemm`.
+pub(crate) fn dense_linear<B: QBackend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    dx: bool,
+) -> FloatTensor<B> {
+    let [m, k] = x.shape().dims::<2>();
+    let [o, i] = w.shape().dims::<2>();
+    let dtype = x.dtype();
+    let x3 = B::float_reshape(x, Shape::new([1, m, k]));
+    let w3 = B::float_reshape(w, Shape::new([1, o, i]));
+    let y = B::q_gemm(x3, w3, GemmOptions::new(false, !dx, dtype));
+    B::float_reshape(y, Shape::new([m, if dx { i } else { o }]))
 }

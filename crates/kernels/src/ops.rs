@@ -74,6 +74,39 @@ pub fn linear_t<B: QBackend, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -
     y.reshape(out)
 }
 
+/// [`linear_t`] for an output nobody reads, only differentiates: a checkpointed recompute's
+/// block-output linear over a frozen dense weight ([`QBackend::q_dense_linear_unread`], as
+/// [`crate::q_linear_unread`] for a quantized one). Under autodiff no GEMM runs and the output
+/// is uninitialized memory; `x`'s gradient is [`linear_t`]'s. A `w` that wants a gradient goes
+/// through [`linear_t`] (the op differentiates `x` only). Otherwise it is [`linear_t`].
+///
+/// # Panics
+/// As [`linear_t`].
+pub fn linear_t_unread<B: QBackend, const D: usize>(
+    x: Tensor<B, D>,
+    w: Tensor<B, 2>,
+) -> Tensor<B, D> {
+    if w.is_require_grad() {
+        return linear_t(x, w);
+    }
+    let dims = x.dims();
+    let [out_f, in_f] = w.dims();
+    assert_eq!(
+        dims[D - 1],
+        in_f,
+        "linear: input last dim {} does not match the weight's in_features {in_f}",
+        dims[D - 1]
+    );
+    let m = dims[..D - 1].iter().product::<usize>();
+    let y = B::q_dense_linear_unread(
+        x.reshape([m, in_f]).into_primitive().tensor(),
+        w.into_primitive().tensor(),
+    );
+    let mut out = dims;
+    out[D - 1] = out_f;
+    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out)
+}
+
 /// `y + alpha·x·wᵀ` over the last dim of `x` (`in` → `out`) for a dense `w [out, in]` in `x`'s
 /// dtype, accumulated into `y [.., out]` by [`QBackend::q_gemm_acc`] (LoRA's scaled `B`
 /// product added onto the base output in one GEMM).

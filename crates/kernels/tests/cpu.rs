@@ -479,3 +479,45 @@ fn sum_unread_hands_every_part_the_sums_gradient() {
         }
     }
 }
+
+/// A dense linear nobody reads (a recompute's block-output linear over a frozen dense weight):
+/// without autodiff it is `linear_t` bit for bit; under autodiff `x`'s gradient is `linear_t`'s
+/// bit for bit, also through a 3-D input; a weight that wants a gradient still gets
+/// `linear_t`'s.
+#[test]
+fn linear_t_unread_keeps_the_input_gradient() {
+    let dev = Default::default();
+    let (b, t, d_in, d_out) = (2usize, 3usize, 8usize, 5usize);
+    let xv = values(b * t * d_in, 41, 1.0);
+    let wv = values(d_out * d_in, 42, 0.5);
+    let gv = values(b * t * d_out, 43, 1.0);
+    let w = Tensor::<Nd, 2>::from_data(TensorData::new(wv.clone(), [d_out, d_in]), &dev);
+    let x = Tensor::<Nd, 3>::from_data(TensorData::new(xv.clone(), [b, t, d_in]), &dev);
+    assert_eq!(
+        qtune_kernels::linear_t_unread(x.clone(), w.clone()).into_data(),
+        qtune_kernels::linear_t(x, w).into_data()
+    );
+    let g = Tensor::<Ad, 3>::from_data(TensorData::new(gv, [b, t, d_out]), &dev);
+    let grads_of = |unread: bool, w_grad: bool| {
+        let x = Tensor::<Ad, 3>::from_data(TensorData::new(xv.clone(), [b, t, d_in]), &dev)
+            .require_grad();
+        let w = Tensor::<Ad, 2>::from_data(TensorData::new(wv.clone(), [d_out, d_in]), &dev);
+        let w = if w_grad { w.require_grad() } else { w };
+        let y = if unread {
+            qtune_kernels::linear_t_unread(x.clone(), w.clone())
+        } else {
+            qtune_kernels::linear_t(x.clone(), w.clone())
+        };
+        assert_eq!(y.dims(), [b, t, d_out]);
+        let grads = (y * g.clone()).sum().backward();
+        let dx = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        let dw = w
+            .grad(&grads)
+            .map(|d| d.into_data().to_vec::<f32>().unwrap());
+        (dx, dw)
+    };
+    assert_eq!(grads_of(true, false), grads_of(false, false));
+    let (dx, dw) = grads_of(true, true);
+    assert!(dw.is_some(), "a weight that wants a gradient gets one");
+    assert_eq!((dx, dw), grads_of(false, true));
+}

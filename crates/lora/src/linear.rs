@@ -498,6 +498,9 @@ impl<B: QBackend> Linear<B> {
     /// the next fused op (GPT-J's `fc_in` bias goes into the `gelu_new` kernel).
     pub fn forward_unbiased<const D: usize>(&self, x: Tensor<B, D>, pass: Pass) -> Tensor<B, D> {
         let y = match &self.base {
+            LinearBase::Dense(w) if pass.output_unread => {
+                qtune_kernels::linear_t_unread(x.clone(), in_dtype(w.val(), x.dtype()))
+            }
             LinearBase::Dense(w) => matmul_t(x.clone(), in_dtype(w.val(), x.dtype())),
             LinearBase::Quant(q) if pass.output_unread => {
                 qtune_kernels::q_linear_unread(x.clone(), q, pass.backward)

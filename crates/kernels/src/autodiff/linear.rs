@@ -6,8 +6,9 @@ use burn::backend::autodiff::{
     grads::Gradients,
     ops::{Backward, Ops},
 };
-use burn::tensor::{backend::Backend, ops::FloatTensor, DType, TensorMetadata};
+use burn::tensor::{backend::Backend, ops::FloatTensor, DType};
 
+use crate::linear::dense_linear;
 use crate::{GemmOptions, QBackend, QWeightPrimitive};
 
 /// Backward of `y = x·dequant(W)ᵀ`: `dx = dy·dequant(W)`; `W` is frozen.
@@ -20,22 +21,6 @@ pub(super) struct QLinearBackward;
 pub(super) enum QLinearState<B: QBackend> {
     Quant(QWeightPrimitive<B>),
     Dense(FloatTensor<B>),
-}
-
-/// `x [m, in] · w [out, in]ᵀ` (or `· w` with `transposed_w`) for a dense `w`, via `q_gemm`.
-pub(super) fn dense_linear<B: QBackend>(
-    x: FloatTensor<B>,
-    w: FloatTensor<B>,
-    dx: bool,
-) -> FloatTensor<B> {
-    use burn::tensor::Shape;
-    let [m, k] = x.shape().dims::<2>();
-    let [o, i] = w.shape().dims::<2>();
-    let dtype = x.dtype();
-    let x3 = B::float_reshape(x, Shape::new([1, m, k]));
-    let w3 = B::float_reshape(w, Shape::new([1, o, i]));
-    let y = B::q_gemm(x3, w3, GemmOptions::new(false, !dx, dtype));
-    B::float_reshape(y, Shape::new([m, if dx { i } else { o }]))
 }
 
 impl<B: QBackend> Backward<B, 1> for QLinearBackward {

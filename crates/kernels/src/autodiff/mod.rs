@@ -29,8 +29,9 @@ mod llama;
 mod lora;
 mod qbackend;
 
+use crate::linear::dense_linear;
 use fused::{Norm, RotaryBackward, Rotation};
-use linear::{dense_linear, MatmulState, QLinearBackward, QLinearState, SumUnreadBackward};
+use linear::{MatmulState, QLinearBackward, QLinearState, SumUnreadBackward};
 
 /// `forward(x, frozen)` recorded for `op`, whose backward state is `x` and `frozen`: values that
 /// get no gradient (a bias, a norm's weight and eps, the targets), only kept for the backward.
@@ -189,6 +190,28 @@ fn tracked_q_linear<B: QBackend, C: CheckpointStrategy>(
             prep.finish(state, y)
         }
         OpsKind::UnTracked(prep) => prep.finish(B::q_linear(x.primitive, w)),
+    }
+}
+
+/// `q_dense_linear_unread` with autodiff: `x` is the only parent (the weight is frozen; its
+/// value is read, never differentiated). Tracked: an uninitialized output, no GEMM, and the
+/// quantized linear's backward with the dense weight (`dx = dy · w`); untracked: the product.
+fn tracked_dense_linear_unread<B: QBackend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    w: FloatTensor<Autodiff<B, C>>,
+) -> FloatTensor<Autodiff<B, C>> {
+    let w = w.primitive;
+    match QLinearBackward
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let out = w.shape().dims::<2>()[0];
+            let y = unread_output::<B>(&x.primitive, out);
+            prep.finish(QLinearState::Dense(w), y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(B::q_dense_linear_unread(x.primitive, w)),
     }
 }
 

@@ -69,6 +69,10 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         tracked_q_linear::<B, C>(x, w, keep_dense, true)
     }
 
+    fn q_dense_linear_unread(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        super::tracked_dense_linear_unread::<B, C>(x, w)
+    }
+
     fn q_sum_unread(parts: Vec<FloatTensor<Self>>) -> FloatTensor<Self> {
         match parts.len() {
             2 => tracked_sum_unread::<B, C, 2>(parts.try_into().expect("two parts")),
