@@ -61,20 +61,35 @@ fn over_rows<B: QBackend, const D: usize>(
     w: &QuantWeight<B>,
     op: impl FnOnce(FloatTensor<B>, QWeightPrimitive<B>, usize) -> FloatTensor<B>,
 ) -> Tensor<B, D> {
-    let dims = x.dims();
     let [out_f, in_f] = w.shape();
+    rows_through(x, [out_f, in_f], "q_linear", |x2| {
+        let y = op(x2.into_primitive().tensor(), w.primitive(), out_f * in_f);
+        Tensor::from_primitive(TensorPrimitive::Float(y))
+    })
+}
+
+/// `x [..., in]` as `[m, in]` rows through `op` (a product with a weight `[out, in]`, `op`'s
+/// result `[m, out]`) → `[..., out]`; shared by the quantized and the dense linears.
+///
+/// # Panics
+/// If `x`'s last dim is not `in` (a model wiring bug), naming `what` and the weight's shape.
+pub(crate) fn rows_through<B: QBackend, const D: usize>(
+    x: Tensor<B, D>,
+    [out_f, in_f]: [usize; 2],
+    what: &str,
+    op: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+) -> Tensor<B, D> {
+    let dims = x.dims();
     assert_eq!(
         dims[D - 1],
         in_f,
-        "q_linear: input last dim {} does not match the weight's in_features {in_f} (weight shape [{out_f}, {in_f}])",
+        "{what}: input last dim {} does not match the weight's in_features {in_f} (weight shape [{out_f}, {in_f}])",
         dims[D - 1]
     );
     let m = dims[..D - 1].iter().product::<usize>();
-    let x2 = x.reshape([m, in_f]).into_primitive().tensor();
-    let y = op(x2, w.primitive(), out_f * in_f);
     let mut out = dims;
     out[D - 1] = out_f;
-    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out)
+    op(x.reshape([m, in_f])).reshape(out)
 }
 
 /// `[q_linear(x, w) for w in ws]` through [`QBackend::q_linear_parts`] (one launch on CUDA for a

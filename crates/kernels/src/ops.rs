@@ -52,7 +52,7 @@ pub fn matmul<B: QBackend, const D: usize>(
 /// # Panics
 /// If `x`'s last dim is not `w`'s `in` (a model wiring bug).
 pub fn linear_t<B: QBackend, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -> Tensor<B, D> {
-    over_rows(x, w, |x2, w| {
+    crate::linear::rows_through(x, w.dims(), "linear", |x2| {
         let ([m, in_f], [out_f, _]) = (x2.dims(), w.dims());
         let dtype = x2.dtype();
         let y = matmul::<B, 3>(
@@ -81,34 +81,10 @@ pub fn linear_t_unread<B: QBackend, const D: usize>(
     if w.is_require_grad() {
         return linear_t(x, w);
     }
-    over_rows(x, w, |x2, w| {
+    crate::linear::rows_through(x, w.dims(), "linear", |x2| {
         let y = B::q_dense_linear_unread(x2.into_primitive().tensor(), w.into_primitive().tensor());
         Tensor::from_primitive(TensorPrimitive::Float(y))
     })
-}
-
-/// `x [..., in]` as `[m, in]` rows through `op(rows, w)` (a product with `w [out, in]`) →
-/// `[..., out]`.
-///
-/// # Panics
-/// As [`linear_t`].
-fn over_rows<B: QBackend, const D: usize>(
-    x: Tensor<B, D>,
-    w: Tensor<B, 2>,
-    op: impl FnOnce(Tensor<B, 2>, Tensor<B, 2>) -> Tensor<B, 2>,
-) -> Tensor<B, D> {
-    let dims = x.dims();
-    let [out_f, in_f] = w.dims();
-    assert_eq!(
-        dims[D - 1],
-        in_f,
-        "linear: input last dim {} does not match the weight's in_features {in_f}",
-        dims[D - 1]
-    );
-    let m = dims[..D - 1].iter().product::<usize>();
-    let mut out = dims;
-    out[D - 1] = out_f;
-    op(x.reshape([m, in_f]), w).reshape(out)
 }
 
 /// `y + alpha·x·wᵀ` over the last dim of `x` (`in` → `out`) for a dense `w [out, in]` in `x`'s
