@@ -4,7 +4,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
-use qtune_kernels::{attention, QBackend};
+use qtune_kernels::{attention, Frozen, QBackend};
 use qtune_lm::{cache_kv, frozen, to_dtype, BlockContext, DecoderBlock, KvSlot};
 use qtune_lora::Linear;
 
@@ -120,17 +120,26 @@ impl<B: QBackend> Mlp<B> {
         salt: u64,
         adds: Vec<Tensor<B, 3>>,
     ) -> Tensor<B, 3> {
-        // Both linears frozen and quantized (no adapter), several rows: one op whose bias and
-        // `gelu_new` ride on the GEMMs' epilogues on CUDA (`qtune_kernels::mlp_gelu_new`).
+        // Both linears frozen (no adapter; quantized, or dense as in bf16 training), several
+        // rows: one op whose bias and `gelu_new` ride on the GEMMs' epilogues on CUDA
+        // (`qtune_kernels::mlp_gelu_new`).
         let [b, t, _] = x.dims();
         let (pass, out_pass) = (ctx.pass(salt), ctx.output_pass(salt + 1));
+        let dtype = x.dtype();
         if let (Activation::GeluNew, Some(w_in), Some(w_out), Some(b_in)) = (
             self.act,
-            self.fc_in.frozen_quant(),
-            self.fc_out.frozen_quant(),
+            self.fc_in.frozen_base(dtype),
+            self.fc_out.frozen_base(dtype),
             self.fc_in.bias(),
         ) {
-            if b * t > 1 && qtune_kernels::mlp_fits(pass.backward, w_in.shape(), w_out.shape()) {
+            // A quantized pair only where the caller did not ask to keep dense copies.
+            let fits = match (&w_in, &w_out) {
+                (Frozen::Quant(i), Frozen::Quant(o)) => {
+                    qtune_kernels::mlp_fits(pass.backward, i.shape(), o.shape())
+                }
+                _ => true,
+            };
+            if b * t > 1 && fits {
                 // A read output with fc_out's bias: the bias and the other branches summed by
                 // fc_out's GEMM too (β = 1 on CUDA); else `plus` (for a recompute nobody reads:
                 // no sums at all).

@@ -8,8 +8,8 @@ use burn::tensor::{
 
 use crate::{
     attention, decode, head, lora, mlp, Adam8Input, Adam8State, AttentionInput, AttnMask, BiasAct,
-    DeviceGraph, GemmAccOptions, GemmOptions, KernelError, LoraOptions, NormInput, Place,
-    QWeightPrimitive, QuantizeOptions, RotaryOptions,
+    DeviceGraph, FrozenPrimitive, GemmAccOptions, GemmOptions, KernelError, LoraOptions, NormInput,
+    Place, QWeightPrimitive, QuantizeOptions, RotaryOptions,
 };
 // Named only in doc links.
 #[cfg(doc)]
@@ -106,39 +106,40 @@ pub trait QBackend: Backend {
     /// `dx[m, in] = dy[m, out] · dequant(w)`, the only gradient a frozen base weight needs.
     fn q_linear_dx(dy: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self>;
 
-    /// `x[m, in] · dequant(w)ᵀ + bias` (a frozen `bias [out]` in `x`'s dtype), then `act`
-    /// ([`BiasAct`]); with [`BiasAct::GeluNewAux`] also the pre-activation (`x`'s dtype). No
-    /// autodiff (the op of [`QBackend::q_mlp_gelu_new`]'s forward). CUDA computes the bias and
-    /// the activation in the GEMM's epilogue (on the f32 accumulator, rounded once); the
-    /// default is the product, then the model's bias and `gelu_new` ops.
+    /// `x[m, in] · wᵀ + bias` for a frozen weight (quantized: dequantized; dense: in `x`'s
+    /// dtype) and a frozen `bias [out]` in `x`'s dtype, then `act` ([`BiasAct`]); with
+    /// [`BiasAct::GeluNewAux`] also the pre-activation (`x`'s dtype). No autodiff (the op of
+    /// [`QBackend::q_mlp_gelu_new`]'s forward). CUDA computes the bias and the activation in the
+    /// GEMM's epilogue (on the f32 accumulator, rounded once); the default is the product, then
+    /// the model's bias and `gelu_new` ops.
     fn q_linear_bias_act(
         x: FloatTensor<Self>,
-        w: QWeightPrimitive<Self>,
+        w: FrozenPrimitive<Self>,
         bias: FloatTensor<Self>,
         act: BiasAct,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
         mlp::linear_bias_act_ops::<Self>(x, w, bias, act)
     }
 
-    /// `(dy[m, out] · dequant(w)) ⊙ gelu_new'(pre)` for the pre-activation `pre [m, in]`: the
-    /// gradient reaching the activation's input through the next linear (CUDA: the dx GEMM's
-    /// DGELU epilogue). No autodiff.
+    /// `(dy[m, out] · w) ⊙ gelu_new'(pre)` for a frozen weight and the pre-activation
+    /// `pre [m, in]`: the gradient reaching the activation's input through the next linear
+    /// (CUDA: the dx GEMM's DGELU epilogue). No autodiff.
     fn q_linear_dx_dgelu(
         dy: FloatTensor<Self>,
-        w: QWeightPrimitive<Self>,
+        w: FrozenPrimitive<Self>,
         pre: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         mlp::linear_dx_dgelu_ops::<Self>(dy, w, pre)
     }
 
-    /// `gelu_new(x·dequant(w_in)ᵀ + b_in)·dequant(w_out)ᵀ` for 2-D `x`, frozen weights and
-    /// bias (see [`mlp_gelu_new`]). Under autodiff one node keeps the two quantized weights and
-    /// the pre-activation; its backward is [`QBackend::q_linear_dx_dgelu`] then
-    /// [`QBackend::q_linear_dx`]. With `unread`, a tracked call computes only the
+    /// `gelu_new(x·w_inᵀ + b_in)·w_outᵀ` for 2-D `x`, frozen weights (quantized or dense) and
+    /// bias (see [`mlp_gelu_new`]). Under autodiff one node keeps the two weights (quantized
+    /// ones as such) and the pre-activation; its backward is [`QBackend::q_linear_dx_dgelu`]
+    /// then `W_in`'s input gradient. With `unread`, a tracked call computes only the
     /// pre-activation and returns uninitialized memory.
     fn q_mlp_gelu_new(
         x: FloatTensor<Self>,
-        w: [QWeightPrimitive<Self>; 2],
+        w: [FrozenPrimitive<Self>; 2],
         b_in: FloatTensor<Self>,
         unread: bool,
     ) -> FloatTensor<Self> {
@@ -153,7 +154,7 @@ pub trait QBackend: Backend {
     /// onto them (β = 1, BIAS epilogue) in place: one pass over `[m, out]` instead of three.
     fn q_mlp_gelu_new_plus(
         x: FloatTensor<Self>,
-        w: [QWeightPrimitive<Self>; 2],
+        w: [FrozenPrimitive<Self>; 2],
         [b_in, b_out]: [FloatTensor<Self>; 2],
         adds: Vec<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {

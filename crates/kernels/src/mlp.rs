@@ -1,13 +1,122 @@
-//! GPT-J's MLP core `gelu_new(x·W_inᵀ + b_in)·W_outᵀ` over frozen quantized weights as one op
-//! ([`mlp_gelu_new`]), so that the bias and the activation ride on the GEMMs' epilogues on CUDA
-//! (cuBLASLt's GELU_BIAS, GELU_AUX_BIAS and DGELU) instead of separate passes over the
-//! `[tokens, 4·D]` activation, and so that a checkpointed recompute that never reads the MLP's
-//! output computes only the pre-activation its backward needs. The reference composition
-//! (the defaults here) is the same sequence of ops as the unfused model code.
+//! GPT-J's MLP core `gelu_new(x·W_inᵀ + b_in)·W_outᵀ` over frozen weights, quantized or dense,
+//! as one op ([`mlp_gelu_new`]), so that the bias and the activation ride on the GEMMs'
+//! epilogues on CUDA (cuBLASLt's GELU_BIAS, GELU_AUX_BIAS and DGELU) instead of separate passes
+//! over the `[tokens, 4·D]` activation, and so that a checkpointed recompute that never reads
+//! the MLP's output computes only the pre-activation its backward needs. The reference
+//! composition (the defaults here) is the same sequence of ops as the unfused model code.
 
-use burn::tensor::{ops::FloatTensor, Tensor, TensorMetadata, TensorPrimitive};
+use burn::tensor::{
+    backend::Backend, ops::FloatTensor, DType, Tensor, TensorMetadata, TensorPrimitive,
+};
 
-use crate::{LinearBackward, QBackend, QWeightPrimitive, QuantWeight};
+use crate::{GemmOptions, LinearBackward, QBackend, QWeightPrimitive, QuantWeight};
+
+/// A frozen `[out, in]` base weight as the MLP ops take it: quantized (dequantized just in time)
+/// or dense (in the activation's dtype). Neither gets a gradient.
+pub enum FrozenPrimitive<B: Backend> {
+    Quant(QWeightPrimitive<B>),
+    Dense(FloatTensor<B>),
+}
+
+impl<B: Backend> Clone for FrozenPrimitive<B> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Quant(w) => Self::Quant(w.clone()),
+            Self::Dense(w) => Self::Dense(w.clone()),
+        }
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for FrozenPrimitive<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Quant(w) => f.debug_tuple("Quant").field(w).finish(),
+            Self::Dense(w) => f.debug_tuple("Dense").field(&w.shape()).finish(),
+        }
+    }
+}
+
+impl<B: Backend> FrozenPrimitive<B> {
+    /// `[out, in]`.
+    pub fn shape(&self) -> [usize; 2] {
+        match self {
+            Self::Quant(w) => [w.layout.out_features, w.layout.in_features],
+            Self::Dense(w) => w.shape().dims::<2>(),
+        }
+    }
+}
+
+/// A frozen base weight of a layer without an adapter, as the caller of [`mlp_gelu_new`] holds
+/// it: a quantized weight, or a dense one in the activation's dtype that requires no gradient.
+pub enum Frozen<'a, B: Backend> {
+    Quant(&'a QuantWeight<B>),
+    Dense(Tensor<B, 2>),
+}
+
+impl<B: Backend> Frozen<'_, B> {
+    /// `[out, in]`.
+    pub fn shape(&self) -> [usize; 2] {
+        match self {
+            Self::Quant(w) => w.shape(),
+            Self::Dense(w) => w.dims(),
+        }
+    }
+
+    /// The backend primitive, a dense weight in `dtype` (the activation's).
+    pub fn primitive(&self, dtype: DType) -> FrozenPrimitive<B> {
+        match self {
+            Self::Quant(w) => FrozenPrimitive::Quant(w.primitive()),
+            Self::Dense(w) if w.dtype() == dtype => {
+                FrozenPrimitive::Dense(w.clone().into_primitive().tensor())
+            }
+            Self::Dense(w) => {
+                FrozenPrimitive::Dense(w.clone().cast(dtype).into_primitive().tensor())
+            }
+        }
+    }
+}
+
+impl<'a, B: Backend> From<&'a QuantWeight<B>> for Frozen<'a, B> {
+    fn from(w: &'a QuantWeight<B>) -> Self {
+        Self::Quant(w)
+    }
+}
+
+/// `x[m, in] · wᵀ` for a frozen weight: [`QBackend::q_linear`], or a dense GEMM as
+/// [`crate::linear_t`] computes it.
+pub(crate) fn frozen_linear<B: QBackend>(
+    x: FloatTensor<B>,
+    w: FrozenPrimitive<B>,
+) -> FloatTensor<B> {
+    match w {
+        FrozenPrimitive::Quant(w) => B::q_linear(x, w),
+        FrozenPrimitive::Dense(w) => dense_product::<B>(x, w, true),
+    }
+}
+
+/// `dy[m, out] · w`, a frozen weight's input gradient: [`QBackend::q_linear_dx`], or the dense
+/// GEMM.
+pub(crate) fn frozen_linear_dx<B: QBackend>(
+    dy: FloatTensor<B>,
+    w: FrozenPrimitive<B>,
+) -> FloatTensor<B> {
+    match w {
+        FrozenPrimitive::Quant(w) => B::q_linear_dx(dy, w),
+        FrozenPrimitive::Dense(w) => dense_product::<B>(dy, w, false),
+    }
+}
+
+/// `a[m, ·] · op(w)` for a dense `w [out, in]` (transposed with `tb`) through
+/// [`QBackend::q_gemm`] with a batch of one, in `a`'s dtype.
+fn dense_product<B: QBackend>(a: FloatTensor<B>, w: FloatTensor<B>, tb: bool) -> FloatTensor<B> {
+    use burn::tensor::Shape;
+    let ([m, k], [n, kw]) = (a.shape().dims::<2>(), w.shape().dims::<2>());
+    let dtype = a.dtype();
+    let a3 = B::float_reshape(a, Shape::new([1, m, k]));
+    let w3 = B::float_reshape(w, Shape::new([1, n, kw]));
+    let y = B::q_gemm(a3, w3, GemmOptions::new(false, tb, dtype));
+    B::float_reshape(y, Shape::new([m, if tb { n } else { kw }]))
+}
 
 /// What follows a linear's product `x·Wᵀ` in [`QBackend::q_linear_bias_act`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,11 +133,11 @@ pub enum BiasAct {
 /// the model applies them (the bias folded into the activation's op for [`BiasAct::GeluNew`]).
 pub(crate) fn linear_bias_act_ops<B: QBackend>(
     x: FloatTensor<B>,
-    w: QWeightPrimitive<B>,
+    w: FrozenPrimitive<B>,
     bias: FloatTensor<B>,
     act: BiasAct,
 ) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
-    let y = B::q_linear(x, w);
+    let y = frozen_linear::<B>(x, w);
     let with_bias = |y: FloatTensor<B>| {
         let n = bias.shape().dims::<1>()[0];
         let b = B::float_reshape(bias.clone(), burn::tensor::Shape::new([1, n]));
@@ -47,27 +156,27 @@ pub(crate) fn linear_bias_act_ops<B: QBackend>(
 /// The reference [`QBackend::q_linear_dx_dgelu`]: the dx product, then `gelu_new`'s backward.
 pub(crate) fn linear_dx_dgelu_ops<B: QBackend>(
     dy: FloatTensor<B>,
-    w: QWeightPrimitive<B>,
+    w: FrozenPrimitive<B>,
     pre: FloatTensor<B>,
 ) -> FloatTensor<B> {
-    B::q_gelu_new_backward(pre, None, B::q_linear_dx(dy, w))
+    B::q_gelu_new_backward(pre, None, frozen_linear_dx::<B>(dy, w))
 }
 
 /// The reference [`QBackend::q_mlp_gelu_new`] (no autodiff): the activation, then `W_out`.
 pub(crate) fn mlp_gelu_new_ops<B: QBackend>(
     x: FloatTensor<B>,
-    [w_in, w_out]: [QWeightPrimitive<B>; 2],
+    [w_in, w_out]: [FrozenPrimitive<B>; 2],
     b_in: FloatTensor<B>,
 ) -> FloatTensor<B> {
     let (h, _) = B::q_linear_bias_act(x, w_in, b_in, BiasAct::GeluNew);
-    B::q_linear(h, w_out)
+    frozen_linear::<B>(h, w_out)
 }
 
 /// The reference [`QBackend::q_mlp_gelu_new_plus`]: the MLP op, then `b_out` and the adds one
 /// by one, as `Linear::plus` sums them (so the model's values are unchanged on the CPU).
 pub(crate) fn mlp_gelu_new_plus_ops<B: QBackend>(
     x: FloatTensor<B>,
-    w: [QWeightPrimitive<B>; 2],
+    w: [FrozenPrimitive<B>; 2],
     [b_in, b_out]: [FloatTensor<B>; 2],
     adds: Vec<FloatTensor<B>>,
 ) -> FloatTensor<B> {
@@ -85,24 +194,23 @@ pub fn mlp_fits(backward: LinearBackward, w_in: [usize; 2], w_out: [usize; 2]) -
     !backward.keeps_dense(elems(w_in)) && !backward.keeps_dense(elems(w_out))
 }
 
-/// `gelu_new(x·dequant(W_in)ᵀ + b_in)·dequant(W_out)ᵀ` over the last dim of `x` (`D` → `D`),
-/// every weight and the bias frozen: GPT-J's MLP without `fc_out`'s bias, through
-/// [`QBackend::q_mlp_gelu_new`]. With `unread` (a checkpointed recompute, whose block output
-/// nobody reads) a tracked call computes only the pre-activation and returns uninitialized
-/// memory, as [`crate::q_linear_unread`]; its gradient is the same.
+/// `gelu_new(x·W_inᵀ + b_in)·W_outᵀ` over the last dim of `x` (`D` → `D`), every weight
+/// (quantized, or dense: [`Frozen`]) and the bias frozen: GPT-J's MLP without `fc_out`'s bias,
+/// through [`QBackend::q_mlp_gelu_new`]. With `unread` (a checkpointed recompute, whose block
+/// output nobody reads) a tracked call computes only the pre-activation and returns
+/// uninitialized memory, as [`crate::q_linear_unread`]; its gradient is the same.
 ///
 /// # Panics
 /// On shapes that do not chain (`x`'s last dim, `W_in [H, D]`, `b_in [H]`, `W_out [D', H]`): a
 /// model wiring bug.
-pub fn mlp_gelu_new<B: QBackend, const D: usize>(
+pub fn mlp_gelu_new<'a, B: QBackend, const D: usize>(
     x: Tensor<B, D>,
-    w_in: &QuantWeight<B>,
+    w_in: impl Into<Frozen<'a, B>>,
     b_in: Tensor<B, 1>,
-    w_out: &QuantWeight<B>,
+    w_out: impl Into<Frozen<'a, B>>,
     unread: bool,
 ) -> Tensor<B, D> {
-    let (x2, b_in, out) = mlp_operands(x, w_in, b_in, w_out);
-    let w = [w_in.primitive(), w_out.primitive()];
+    let (x2, w, b_in, out) = mlp_operands(x, w_in.into(), b_in, w_out.into());
     let y = B::q_mlp_gelu_new(x2, w, b_in, unread);
     Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out)
 }
@@ -114,14 +222,14 @@ pub fn mlp_gelu_new<B: QBackend, const D: usize>(
 ///
 /// # Panics
 /// As [`mlp_gelu_new`]; on `b_out` not `[D']` or an add not of the output's shape.
-pub fn mlp_gelu_new_plus<B: QBackend, const D: usize>(
+pub fn mlp_gelu_new_plus<'a, B: QBackend, const D: usize>(
     x: Tensor<B, D>,
-    (w_in, b_in): (&QuantWeight<B>, Tensor<B, 1>),
-    (w_out, b_out): (&QuantWeight<B>, Tensor<B, 1>),
+    (w_in, b_in): (impl Into<Frozen<'a, B>>, Tensor<B, 1>),
+    (w_out, b_out): (impl Into<Frozen<'a, B>>, Tensor<B, 1>),
     adds: Vec<Tensor<B, D>>,
 ) -> Tensor<B, D> {
     let dtype = x.dtype();
-    let (x2, b_in, out) = mlp_operands(x, w_in, b_in, w_out);
+    let (x2, w, b_in, out) = mlp_operands(x, w_in.into(), b_in, w_out.into());
     let (m, d_out) = (out[..D - 1].iter().product::<usize>(), out[D - 1]);
     assert!(
         b_out.dims() == [d_out] && adds.iter().all(|a| a.dims() == out),
@@ -138,20 +246,25 @@ pub fn mlp_gelu_new_plus<B: QBackend, const D: usize>(
         .into_iter()
         .map(|a| a.reshape([m, d_out]).into_primitive().tensor())
         .collect();
-    let w = [w_in.primitive(), w_out.primitive()];
     let b = [b_in, b_out.into_primitive().tensor()];
     let y = B::q_mlp_gelu_new_plus(x2, w, b, adds);
     Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out)
 }
 
-/// `x` as `[m, D]`, `b_in` in its dtype and the output's shape, after checking that the shapes
-/// chain.
+/// `x` as `[m, D]`, the weights' primitives (a dense one in `x`'s dtype), `b_in` in `x`'s dtype
+/// and the output's shape, after checking that the shapes chain.
+#[allow(clippy::type_complexity)]
 fn mlp_operands<B: QBackend, const D: usize>(
     x: Tensor<B, D>,
-    w_in: &QuantWeight<B>,
+    w_in: Frozen<'_, B>,
     b_in: Tensor<B, 1>,
-    w_out: &QuantWeight<B>,
-) -> (FloatTensor<B>, FloatTensor<B>, [usize; D]) {
+    w_out: Frozen<'_, B>,
+) -> (
+    FloatTensor<B>,
+    [FrozenPrimitive<B>; 2],
+    FloatTensor<B>,
+    [usize; D],
+) {
     let dims = x.dims();
     let ([hidden, d_in], [d_out, hidden_out]) = (w_in.shape(), w_out.shape());
     assert!(
@@ -160,14 +273,21 @@ fn mlp_operands<B: QBackend, const D: usize>(
         dims[D - 1],
         b_in.dims()[0]
     );
-    let b_in = if b_in.dtype() == x.dtype() {
+    let frozen = |w: &Frozen<'_, B>| !matches!(w, Frozen::Dense(t) if t.is_require_grad());
+    assert!(
+        frozen(&w_in) && frozen(&w_out),
+        "mlp_gelu_new: a dense weight that requires a gradient (the op gives weights none)"
+    );
+    let dtype = x.dtype();
+    let b_in = if b_in.dtype() == dtype {
         b_in
     } else {
-        b_in.cast(x.dtype())
+        b_in.cast(dtype)
     };
     let m = dims[..D - 1].iter().product::<usize>();
     let x2 = x.reshape([m, d_in]).into_primitive().tensor();
     let mut out = dims;
     out[D - 1] = d_out;
-    (x2, b_in.into_primitive().tensor(), out)
+    let w = [w_in.primitive(dtype), w_out.primitive(dtype)];
+    (x2, w, b_in.into_primitive().tensor(), out)
 }

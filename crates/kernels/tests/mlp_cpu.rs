@@ -1,12 +1,14 @@
 //! CPU (NdArray) tests of the fused MLP ops `mlp_gelu_new` and `mlp_gelu_new_plus`: their
-//! forward and gradient equal the unfused ops the model would otherwise run (`q_linear`,
-//! `bias_gelu_new`, `q_linear`, then the bias and the block's adds) bit for bit, tracked,
-//! untracked and with the output unread (a checkpointed recompute).
+//! forward and gradient equal the unfused ops the model would otherwise run (`q_linear`, or
+//! `linear_t` for dense weights, `bias_gelu_new`, the second product, then the bias and the
+//! block's adds) bit for bit, tracked, untracked and with the output unread (a checkpointed
+//! recompute).
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Tensor, TensorData};
 use qtune_kernels::{
-    bias_gelu_new, mlp_fits, mlp_gelu_new, mlp_gelu_new_plus, q_linear, LinearBackward, QuantWeight,
+    bias_gelu_new, linear_t, mlp_fits, mlp_gelu_new, mlp_gelu_new_plus, q_linear, Frozen,
+    LinearBackward, QuantWeight,
 };
 use qtune_quant::{FloatDType, QuantFormat, QuantSpec, QuantizedTensor};
 
@@ -172,4 +174,66 @@ fn the_fused_op_serves_only_linears_that_keep_the_quantized_weight() {
     assert!(!mlp_fits(LinearBackward::Dense, a, b));
     assert!(mlp_fits(LinearBackward::DenseUpTo(H * D - 1), a, b));
     assert!(!mlp_fits(LinearBackward::DenseUpTo(H * D), a, b));
+}
+
+/// The unfused MLP over dense frozen weights, as GPT-J's bf16 model ran it before the fused op
+/// took dense weights: `linear_t`, `bias_gelu_new`, `linear_t`.
+fn dense_unfused<B: qtune_kernels::QBackend>(
+    x: Tensor<B, 3>,
+    [w_in, w_out]: [&Tensor<B, 2>; 2],
+    b: Tensor<B, 1>,
+) -> Tensor<B, 3> {
+    linear_t(bias_gelu_new(linear_t(x, w_in.clone()), b), w_out.clone())
+}
+
+#[test]
+fn dense_weights_forward_and_gradient_equal_the_unfused_ops_bit_for_bit() {
+    let (w_in, w_out) = (tensor::<Ad, 2>([H, D], 21), tensor::<Ad, 2>([D, H], 22));
+    let b = tensor::<Ad, 1>([H], 23);
+    let g = tensor::<Ad, 3>([2, 3, D], 24);
+    let grad = |f: &dyn Fn(Tensor<Ad, 3>) -> Tensor<Ad, 3>| {
+        let x = tensor::<Ad, 3>([2, 3, D], 25).require_grad();
+        let y = f(x.clone()) + x.clone() * 0.5;
+        let grads = (y.clone() * g.clone()).sum().backward();
+        let dx = x.grad(&grads).expect("x is tracked").into_data();
+        (y.inner().into_data(), dx)
+    };
+    let fused = |x: Tensor<Ad, 3>, unread: bool| {
+        let (i, o) = (Frozen::Dense(w_in.clone()), Frozen::Dense(w_out.clone()));
+        mlp_gelu_new(x, i, b.clone(), o, unread)
+    };
+    let (want_y, want_dx) = grad(&|x| dense_unfused(x, [&w_in, &w_out], b.clone()));
+    let (got_y, got_dx) = grad(&|x| fused(x, false));
+    assert_eq!(got_y, want_y, "tracked forward");
+    assert_eq!(got_dx, want_dx, "tracked gradient");
+    let (_, unread_dx) = grad(&|x| fused(x, true));
+    assert_eq!(unread_dx, want_dx, "unread gradient");
+    let (_, linear_dx) = grad(&|x| linear_t(linear_t(x, w_in.clone()), w_out.clone()));
+    assert_ne!(linear_dx, want_dx);
+
+    // The block sum on the plain backend, and under autodiff untracked.
+    let bo = tensor::<Nd, 1>([D], 26);
+    let (wn_in, wn_out) = (tensor::<Nd, 2>([H, D], 21), tensor::<Nd, 2>([D, H], 22));
+    let bn = tensor::<Nd, 1>([H], 23);
+    let x = tensor::<Nd, 3>([2, 3, D], 27);
+    let adds: Vec<_> = (0..2).map(|i| tensor::<Nd, 3>([2, 3, D], 28 + i)).collect();
+    let y = dense_unfused(x.clone(), [&wn_in, &wn_out], bn.clone()) + bo.clone().unsqueeze::<3>();
+    let want = adds.iter().fold(y, |y, a| y + a.clone());
+    let got = mlp_gelu_new_plus(
+        x,
+        (Frozen::Dense(wn_in), bn),
+        (Frozen::Dense(wn_out), bo),
+        adds,
+    );
+    assert_eq!(got.into_data(), want.into_data());
+}
+
+#[test]
+#[should_panic(expected = "requires a gradient")]
+fn a_dense_weight_that_trains_is_refused() {
+    let w_in = tensor::<Ad, 2>([H, D], 31).require_grad();
+    let w_out = tensor::<Ad, 2>([D, H], 32);
+    let x = tensor::<Ad, 3>([2, 3, D], 33);
+    let b = tensor::<Ad, 1>([H], 34);
+    let _ = mlp_gelu_new(x, Frozen::Dense(w_in), b, Frozen::Dense(w_out), false);
 }

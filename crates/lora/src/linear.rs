@@ -9,7 +9,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
-use qtune_kernels::{q_linear_with, LinearBackward, QBackend, QuantWeight};
+use qtune_kernels::{q_linear_with, Frozen, LinearBackward, QBackend, QuantWeight};
 use rand::Rng;
 
 use crate::config::LoraConfig;
@@ -284,6 +284,16 @@ impl<B: Backend> Linear<B> {
         match (&self.base, &self.lora) {
             (LinearBase::Quant(q), None) => Some(q),
             _ => None,
+        }
+    }
+
+    /// The base weight of a layer that nothing trains, quantized ([`Linear::frozen_quant`]) or
+    /// dense ([`Linear::frozen_dense`]'s weight, in `dtype`), for callers that fuse it with its
+    /// neighbours (GPT-J's MLP: `qtune_kernels::mlp_gelu_new`).
+    pub fn frozen_base(&self, dtype: DType) -> Option<Frozen<'_, B>> {
+        match self.frozen_quant() {
+            Some(q) => Some(Frozen::Quant(q)),
+            None => self.frozen_dense(dtype).map(|(w, _)| Frozen::Dense(w)),
         }
     }
 

@@ -4,12 +4,15 @@
 //! without autodiff (GELU_BIAS), tracked forward and input gradient (GELU_AUX_BIAS, DGELU),
 //! and the gradient of a recompute that never reads the output (BIAS only); and the block sum
 //! `mlp_gelu_new_plus` (`fc_out`'s bias and the block's adds on its GEMM, β = 1 in place) on the
-//! inner backend, as the checkpointed forward runs it, with a held add left unchanged.
+//! inner backend, as the checkpointed forward runs it, with a held add left unchanged. The same
+//! for dense bf16 weights (bf16 training: `linear_t` GEMMs in the unfused ops; `mlp_dense_*`).
 //! Metric: max |fused − unfused| / max |unfused|.
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Tensor, TensorData};
-use qtune_kernels::{bias_gelu_new, mlp_gelu_new, mlp_gelu_new_plus, q_linear, QuantWeight};
+use qtune_kernels::{
+    bias_gelu_new, linear_t, mlp_gelu_new, mlp_gelu_new_plus, q_linear, Frozen, QuantWeight,
+};
 use qtune_quant::{FloatDType, QuantFormat};
 use qtune_train::backend::Train;
 use serde_json::json;
@@ -85,6 +88,7 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
         res.insert(format!("{key}_rel_err"), fails.at_most(key, v, tol).into());
     }
     plus(dev, [b, t, d, hidden], &mut res, fails)?;
+    dense(dev, [b, t, d, hidden], &mut res, fails)?;
     println!(
         "{}",
         json!({"check": "fused_mlp_epilogues", "shape": [b * t, d, hidden], "results": res})
@@ -147,6 +151,88 @@ fn plus(
         ("mlp_plus_two_adds", v2, MLP_FWD),
         ("mlp_plus_held_add", v1, MLP_FWD),
         ("mlp_plus_held_add_changed", untouched, 0.0),
+    ] {
+        res.insert(format!("{key}_rel_err"), fails.at_most(key, v, tol).into());
+    }
+    Ok(())
+}
+
+/// The MLP op over dense bf16 weights (no gradient) against `linear_t`, `bias_gelu_new`,
+/// `linear_t`: untracked forward, tracked forward and input gradient, the unread recompute's
+/// gradient, and the block sum with two fresh adds on the inner backend.
+fn dense(
+    dev: &burn::tensor::Device<Train>,
+    [b, t, d, hidden]: [usize; 4],
+    res: &mut serde_json::Map<String, serde_json::Value>,
+    fails: &mut Failures,
+) -> anyhow::Result<()> {
+    let tensor = |shape: [usize; 3], seed: u64| {
+        let n = shape.iter().product();
+        Tensor::<Train, 1>::from_data(TensorData::new(values(n, seed), [n]), (dev, DType::BF16))
+            .reshape(shape)
+    };
+    let w_in = tensor([1, hidden, d], 61)
+        .reshape([hidden, d])
+        .mul_scalar(0.1);
+    let w_out = tensor([1, d, hidden], 62)
+        .reshape([d, hidden])
+        .mul_scalar(0.1);
+    let b_in = tensor([1, 1, hidden], 63).reshape([hidden]);
+    let (x, dy) = (tensor([b, t, d], 64), tensor([b, t, d], 65));
+    let unfused = |x: Tensor<Train, 3>| {
+        linear_t(
+            bias_gelu_new(linear_t(x, w_in.clone()), b_in.clone()),
+            w_out.clone(),
+        )
+    };
+    let fused = |x: Tensor<Train, 3>, unread: bool| {
+        let (i, o) = (Frozen::Dense(w_in.clone()), Frozen::Dense(w_out.clone()));
+        mlp_gelu_new(x, i, b_in.clone(), o, unread)
+    };
+    let fwd = rel(host(fused(x.clone(), false))?, host(unfused(x.clone()))?);
+    let run = |f: &dyn Fn(Tensor<Train, 3>) -> Tensor<Train, 3>| -> anyhow::Result<_> {
+        let xa = x.clone().require_grad();
+        let y = f(xa.clone());
+        let grads = (y.clone() * dy.clone()).sum().backward();
+        let dx = xa
+            .grad(&grads)
+            .ok_or_else(|| anyhow::anyhow!("x got no gradient"))?;
+        Ok((host(y)?, host(dx)?))
+    };
+    let (want_y, want_dx) = run(&unfused)?;
+    let (got_y, got_dx) = run(&|x| fused(x, false))?;
+    let (_, unread_dx) = run(&|x| fused(x, true))?;
+    // The block sum on the inner backend (β = 1 onto the summed adds).
+    let inner = |t: &Tensor<Train, 3>| t.clone().inner();
+    let (xi, b_out) = (inner(&x), tensor([1, 1, d], 66).reshape([d]).inner());
+    let adds = [inner(&tensor([b, t, d], 67)), inner(&tensor([b, t, d], 68))];
+    let (wi_in, wi_out, bi_in) = (
+        w_in.clone().inner(),
+        w_out.clone().inner(),
+        b_in.clone().inner(),
+    );
+    let want_plus = linear_t(
+        bias_gelu_new(linear_t(xi.clone(), wi_in.clone()), bi_in.clone()),
+        wi_out.clone(),
+    ) + b_out.clone().unsqueeze::<3>()
+        + adds[0].clone()
+        + adds[1].clone();
+    let got_plus = mlp_gelu_new_plus(
+        xi,
+        (Frozen::Dense(wi_in), bi_in),
+        (Frozen::Dense(wi_out), b_out),
+        adds.iter().map(|a| a.clone() * 1.0).collect(),
+    );
+    for (key, v, tol) in [
+        ("mlp_dense_fwd", fwd, MLP_FWD),
+        ("mlp_dense_tracked_fwd", rel(got_y, want_y), MLP_FWD),
+        ("mlp_dense_dx", rel(got_dx, want_dx.clone()), MLP_GRAD),
+        ("mlp_dense_unread_dx", rel(unread_dx, want_dx), MLP_GRAD),
+        (
+            "mlp_dense_plus_two_adds",
+            rel(host(got_plus)?, host(want_plus)?),
+            MLP_FWD,
+        ),
     ] {
         res.insert(format!("{key}_rel_err"), fails.at_most(key, v, tol).into());
     }

@@ -9,7 +9,7 @@ use burn::backend::autodiff::{
 use burn::tensor::{backend::Backend, ops::FloatTensor, DType};
 
 use crate::linear::dense_linear;
-use crate::{GemmOptions, QBackend, QWeightPrimitive};
+use crate::{FrozenPrimitive, GemmOptions, QBackend, QWeightPrimitive};
 
 /// Backward of `y = x·dequant(W)ᵀ`: `dx = dy·dequant(W)`; `W` is frozen.
 #[derive(Debug)]
@@ -137,10 +137,10 @@ impl<B: QBackend, const N: usize> Backward<B, N> for SumUnreadBackward {
 #[derive(Debug)]
 pub(super) struct MlpGeluBackward;
 
-/// The two quantized weights (`[W_in, W_out]`) and the pre-activation.
+/// The two frozen weights (`[W_in, W_out]`, quantized ones as such) and the pre-activation.
 #[derive(Debug, Clone)]
 pub(super) struct MlpGeluState<B: QBackend> {
-    pub(super) w: [QWeightPrimitive<B>; 2],
+    pub(super) w: [FrozenPrimitive<B>; 2],
     pub(super) pre: FloatTensor<B>,
 }
 
@@ -156,7 +156,7 @@ impl<B: QBackend> Backward<B, 1> for MlpGeluBackward {
                 pre,
             } = ops.state;
             let dpre = B::q_linear_dx_dgelu(dy, w_out, pre);
-            grads.register::<B>(node.id, B::q_linear_dx(dpre, w_in));
+            grads.register::<B>(node.id, crate::mlp::frozen_linear_dx::<B>(dpre, w_in));
         }
     }
 }

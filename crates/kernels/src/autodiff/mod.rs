@@ -19,8 +19,8 @@ use burn::tensor::{
 };
 
 use crate::{
-    AbsmaxPrimitive, AttentionInput, NestedPrimitive, NormInput, QBackend, QWeightPrimitive,
-    RotaryOptions,
+    AbsmaxPrimitive, AttentionInput, FrozenPrimitive, NestedPrimitive, NormInput, QBackend,
+    QWeightPrimitive, RotaryOptions,
 };
 
 mod fused;
@@ -147,6 +147,17 @@ fn inner<B: Backend, C: CheckpointStrategy>(
         code_map: w.code_map.primitive,
         absmax,
         layout: w.layout,
+    }
+}
+
+/// [`inner`] for a frozen weight: a dense one's inner tensor (its autodiff node is dropped:
+/// the MLP op gives frozen weights no gradient).
+fn inner_frozen<B: Backend, C: CheckpointStrategy>(
+    w: FrozenPrimitive<Autodiff<B, C>>,
+) -> FrozenPrimitive<B> {
+    match w {
+        FrozenPrimitive::Quant(w) => FrozenPrimitive::Quant(inner(w)),
+        FrozenPrimitive::Dense(w) => FrozenPrimitive::Dense(w.primitive),
     }
 }
 

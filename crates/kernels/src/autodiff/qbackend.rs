@@ -13,8 +13,8 @@ use burn::tensor::{
 };
 
 use crate::{
-    AttentionInput, AttnMask, BiasAct, GemmAccOptions, GemmOptions, KernelError, LoraOptions,
-    NormInput, QBackend, QWeightPrimitive, QuantizeOptions, RotaryOptions,
+    AttentionInput, AttnMask, BiasAct, FrozenPrimitive, GemmAccOptions, GemmOptions, KernelError,
+    LoraOptions, NormInput, QBackend, QWeightPrimitive, QuantizeOptions, RotaryOptions,
 };
 
 use super::fused::{
@@ -25,8 +25,8 @@ use super::linear::{GemmAccBackward, MatmulBackward, MlpGeluBackward, MlpGeluSta
 use super::llama::SiluMulBackward;
 use super::lora::{LoraBackward, LoraState};
 use super::{
-    inner, inner_attention, matmul_state, recorded, rotated, tracked_q_linear, tracked_sum_unread,
-    unread_output, untracked_norm_dx,
+    inner, inner_attention, inner_frozen, matmul_state, recorded, rotated, tracked_q_linear,
+    tracked_sum_unread, unread_output, untracked_norm_dx,
 };
 
 impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
@@ -83,11 +83,11 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
 
     fn q_mlp_gelu_new(
         x: FloatTensor<Self>,
-        [w_in, w_out]: [QWeightPrimitive<Self>; 2],
+        [w_in, w_out]: [FrozenPrimitive<Self>; 2],
         b_in: FloatTensor<Self>,
         unread: bool,
     ) -> FloatTensor<Self> {
-        let (w, b) = ([inner(w_in), inner(w_out)], b_in.primitive);
+        let (w, b) = ([inner_frozen(w_in), inner_frozen(w_out)], b_in.primitive);
         match MlpGeluBackward
             .prepare::<C>([x.node.clone()])
             .compute_bound()
@@ -95,7 +95,7 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         {
             OpsKind::Tracked(prep) if unread => {
                 let x = x.primitive;
-                let y = unread_output::<B>(&x, w[1].layout.out_features);
+                let y = unread_output::<B>(&x, w[1].shape()[0]);
                 let (pre, _) = B::q_linear_bias_act(x, w[0].clone(), b, BiasAct::Bias);
                 prep.finish(MlpGeluState { w, pre }, y)
             }
@@ -103,7 +103,7 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
                 let (h, pre) =
                     B::q_linear_bias_act(x.primitive, w[0].clone(), b, BiasAct::GeluNewAux);
                 let pre = pre.expect("GeluNewAux returns the pre-activation");
-                let y = B::q_linear(h, w[1].clone());
+                let y = crate::mlp::frozen_linear::<B>(h, w[1].clone());
                 prep.finish(MlpGeluState { w, pre }, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::q_mlp_gelu_new(x.primitive, w, b, false)),

@@ -1,6 +1,6 @@
 //! [`QBackend`] for `CubeBackend<CudaRuntime, F, I, BT>` (= `burn_cuda::Cuda` built without the
 //! `fusion` feature): CubeCL dequant into a transient buffer in the activation's dtype, then a
-//! cuBLAS GEMM on the same stream. The transient buffer goes back to cubecl's memory pool as soon
+//! cuBLAS GEMM on the same stream (a dense frozen weight goes to the GEMM as it is). The transient buffer goes back to cubecl's memory pool as soon
 //! as the GEMM is enqueued (reuse is stream-ordered), so consecutive layers reuse the same pool
 //! pages: that pool is the per-device dequant scratch.
 
@@ -15,9 +15,25 @@ use cubecl::cuda::CudaRuntime;
 use super::gemm::{bmm_scaled, gemm, gemm_acc, OneRow, Product};
 use super::launch;
 use crate::{
-    Adam8Input, Adam8State, AttentionInput, AttnMask, BiasAct, GemmAccOptions, GemmOptions,
-    KernelError, NormInput, QBackend, QWeightPrimitive, QuantizeOptions, RotaryOptions,
+    Adam8Input, Adam8State, AttentionInput, AttnMask, BiasAct, FrozenPrimitive, GemmAccOptions,
+    GemmOptions, KernelError, NormInput, QBackend, QWeightPrimitive, QuantizeOptions,
+    RotaryOptions,
 };
+
+/// A frozen weight as a dense `[out, in]` tensor in `dtype` for a GEMM: a quantized one
+/// dequantized into a transient buffer, a dense one as it is (cast where its dtype differs).
+fn dense_of<F: FloatElement, I: IntElement, BT: BoolElement>(
+    w: FrozenPrimitive<CubeBackend<CudaRuntime, F, I, BT>>,
+    dtype: DType,
+) -> FloatTensor<CubeBackend<CudaRuntime, F, I, BT>> {
+    match w {
+        FrozenPrimitive::Quant(w) => {
+            launch::dequantize::<CudaRuntime, CubeBackend<CudaRuntime, F, I, BT>>(w, dtype)
+        }
+        FrozenPrimitive::Dense(w) if w.dtype == dtype => w,
+        FrozenPrimitive::Dense(w) => burn_cubecl::kernel::cast(w, dtype),
+    }
+}
 
 impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
     for CubeBackend<CudaRuntime, F, I, BT>
@@ -69,26 +85,26 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
 
     fn q_linear_bias_act(
         x: FloatTensor<Self>,
-        w: QWeightPrimitive<Self>,
+        w: FrozenPrimitive<Self>,
         bias: FloatTensor<Self>,
         act: BiasAct,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
         let m = x.meta.shape()[0];
-        if !super::epilogue::fits(m, w.layout.out_features, x.dtype) {
+        if !super::epilogue::fits(m, w.shape()[0], x.dtype) {
             return crate::mlp::linear_bias_act_ops::<Self>(x, w, bias, act);
         }
-        let wd = launch::dequantize::<CudaRuntime, Self>(w, x.dtype);
+        let wd = dense_of(w, x.dtype);
         super::epilogue::linear_bias_act(x, &wd, bias, act)
     }
 
     fn q_mlp_gelu_new_plus(
         x: FloatTensor<Self>,
-        [w_in, w_out]: [QWeightPrimitive<Self>; 2],
+        [w_in, w_out]: [FrozenPrimitive<Self>; 2],
         [b_in, b_out]: [FloatTensor<Self>; 2],
         adds: Vec<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
         use burn::tensor::ops::FloatTensorOps;
-        let (m, n) = (x.meta.shape()[0], w_out.layout.out_features);
+        let (m, n) = (x.meta.shape()[0], w_out.shape()[0]);
         if adds.is_empty() || !super::epilogue::fits(m, n, x.dtype) {
             return crate::mlp::mlp_gelu_new_plus_ops::<Self>(
                 x,
@@ -104,7 +120,7 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         let mut adds = adds.into_iter();
         let first = adds.next().expect("at least one add");
         let acc = burn_cubecl::kernel::into_contiguous(adds.fold(first, Self::float_add));
-        let wd = launch::dequantize::<CudaRuntime, Self>(w_out, h.dtype);
+        let wd = dense_of(w_out, h.dtype);
         if super::epilogue::accumulates_into(&acc, [m, n]) {
             super::epilogue::linear_bias_acc(h, &wd, b_out, acc)
         } else {
@@ -115,14 +131,14 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
 
     fn q_linear_dx_dgelu(
         dy: FloatTensor<Self>,
-        w: QWeightPrimitive<Self>,
+        w: FrozenPrimitive<Self>,
         pre: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         let m = dy.meta.shape()[0];
-        if !super::epilogue::fits(m, w.layout.in_features, dy.dtype) {
+        if !super::epilogue::fits(m, w.shape()[1], dy.dtype) {
             return crate::mlp::linear_dx_dgelu_ops::<Self>(dy, w, pre);
         }
-        let wd = launch::dequantize::<CudaRuntime, Self>(w, dy.dtype);
+        let wd = dense_of(w, dy.dtype);
         super::epilogue::dx_dgelu(dy, &wd, pre)
     }
 
