@@ -8,7 +8,7 @@
 //! for dense bf16 weights (bf16 training: `linear_t` GEMMs in the unfused ops; `mlp_dense_*`).
 //! Metric: max |fused − unfused| / max |unfused|.
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
 use qtune_kernels::{
     bias_gelu_new, linear_t, mlp_gelu_new, mlp_gelu_new_plus, q_linear, Frozen, QuantWeight,
@@ -31,25 +31,13 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
     // 96 rows (two sequences of 48), D = 256, 4·D = 1024 (a multiple of 8, as the epilogue's
     // auxiliary matrix needs).
     let (b, t, d, hidden) = (2usize, 48usize, 256usize, 1024usize);
-    let quant = |name: &str, o: usize, k: usize, seed: u64| {
-        let w = Tensor::<Train, 2>::from_data(
-            TensorData::new(values(o * k, seed), [o, k]),
-            (dev, DType::BF16),
-        )
-        .mul_scalar(0.1);
-        QuantWeight::<Train>::quantize(name, w, QuantFormat::Nf4, 64, true, FloatDType::BF16)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-    };
     let (w_in, w_out) = (
-        quant("fc_in", hidden, d, 41)?,
-        quant("fc_out", d, hidden, 42)?,
+        nf4::<Train>(dev, "fc_in", [hidden, d], 41)?,
+        nf4::<Train>(dev, "fc_out", [d, hidden], 42)?,
     );
-    let tensor = |n: usize, seed: u64| {
-        Tensor::<Train, 1>::from_data(TensorData::new(values(n, seed), [n]), (dev, DType::BF16))
-    };
-    let bias = tensor(hidden, 43);
-    let x = tensor(b * t * d, 44).reshape([b, t, d]);
-    let dy = tensor(b * t * d, 45).reshape([b, t, d]);
+    let bias = bf16::<Train, 1>(dev, [hidden], 43);
+    let x = bf16::<Train, 3>(dev, [b, t, d], 44);
+    let dy = bf16::<Train, 3>(dev, [b, t, d], 45);
     let mut res = serde_json::Map::new();
 
     // x untracked (the no-graph forward): GELU_BIAS on fc_in's GEMM.
@@ -66,16 +54,7 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
 
     // x tracked.
     let (wa_in, wa_out, ba) = (&w_in, &w_out, bias);
-    let run =
-        |f: &dyn Fn(Tensor<Train, 3>) -> Tensor<Train, 3>| -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
-            let xa = x.clone().require_grad();
-            let y = f(xa.clone());
-            let grads = (y.clone() * dy.clone()).sum().backward();
-            let dx = xa
-                .grad(&grads)
-                .ok_or_else(|| anyhow::anyhow!("x got no gradient"))?;
-            Ok((host(y)?, host(dx)?))
-        };
+    let run = |f: &dyn Fn(Tensor<Train, 3>) -> Tensor<Train, 3>| value_and_dx(&x, &dy, f);
     let (want_y, want_dx) =
         run(&|x| q_linear(bias_gelu_new(q_linear(x, wa_in), ba.clone()), wa_out))?;
     let (got_y, got_dx) = run(&|x| mlp_gelu_new(x, wa_in, ba.clone(), wa_out, false))?;
@@ -108,22 +87,13 @@ fn plus(
     res: &mut serde_json::Map<String, serde_json::Value>,
     fails: &mut Failures,
 ) -> anyhow::Result<()> {
-    let tensor = |shape: [usize; 3], seed: u64| {
-        let n = shape.iter().product();
-        Tensor::<Inner, 1>::from_data(TensorData::new(values(n, seed), [n]), (dev, DType::BF16))
-            .reshape(shape)
-    };
-    let quant = |name: &str, o: usize, k: usize, seed: u64| {
-        let w = tensor([1, o, k], seed).reshape([o, k]).mul_scalar(0.1);
-        QuantWeight::<Inner>::quantize(name, w, QuantFormat::Nf4, 64, true, FloatDType::BF16)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-    };
+    let tensor = |shape: [usize; 3], seed: u64| bf16::<Inner, 3>(dev, shape, seed);
     let (w_in, w_out) = (
-        quant("fc_in", hidden, d, 51)?,
-        quant("fc_out", d, hidden, 52)?,
+        nf4::<Inner>(dev, "fc_in", [hidden, d], 51)?,
+        nf4::<Inner>(dev, "fc_out", [d, hidden], 52)?,
     );
-    let b_in = tensor([1, 1, hidden], 53).reshape([hidden]);
-    let b_out = tensor([1, 1, d], 54).reshape([d]);
+    let b_in = bf16::<Inner, 1>(dev, [hidden], 53);
+    let b_out = bf16::<Inner, 1>(dev, [d], 54);
     let x = tensor([b, t, d], 55);
     let adds = [tensor([b, t, d], 56), tensor([b, t, d], 57)];
     let mlp = mlp_gelu_new(x.clone(), &w_in, b_in.clone(), &w_out, false);
@@ -166,18 +136,10 @@ fn dense(
     res: &mut serde_json::Map<String, serde_json::Value>,
     fails: &mut Failures,
 ) -> anyhow::Result<()> {
-    let tensor = |shape: [usize; 3], seed: u64| {
-        let n = shape.iter().product();
-        Tensor::<Train, 1>::from_data(TensorData::new(values(n, seed), [n]), (dev, DType::BF16))
-            .reshape(shape)
-    };
-    let w_in = tensor([1, hidden, d], 61)
-        .reshape([hidden, d])
-        .mul_scalar(0.1);
-    let w_out = tensor([1, d, hidden], 62)
-        .reshape([d, hidden])
-        .mul_scalar(0.1);
-    let b_in = tensor([1, 1, hidden], 63).reshape([hidden]);
+    let tensor = |shape: [usize; 3], seed: u64| bf16::<Train, 3>(dev, shape, seed);
+    let w_in = bf16::<Train, 2>(dev, [hidden, d], 61).mul_scalar(0.1);
+    let w_out = bf16::<Train, 2>(dev, [d, hidden], 62).mul_scalar(0.1);
+    let b_in = bf16::<Train, 1>(dev, [hidden], 63);
     let (x, dy) = (tensor([b, t, d], 64), tensor([b, t, d], 65));
     let unfused = |x: Tensor<Train, 3>| {
         linear_t(
@@ -190,21 +152,13 @@ fn dense(
         mlp_gelu_new(x, i, b_in.clone(), o, unread)
     };
     let fwd = rel(host(fused(x.clone(), false))?, host(unfused(x.clone()))?);
-    let run = |f: &dyn Fn(Tensor<Train, 3>) -> Tensor<Train, 3>| -> anyhow::Result<_> {
-        let xa = x.clone().require_grad();
-        let y = f(xa.clone());
-        let grads = (y.clone() * dy.clone()).sum().backward();
-        let dx = xa
-            .grad(&grads)
-            .ok_or_else(|| anyhow::anyhow!("x got no gradient"))?;
-        Ok((host(y)?, host(dx)?))
-    };
+    let run = |f: &dyn Fn(Tensor<Train, 3>) -> Tensor<Train, 3>| value_and_dx(&x, &dy, f);
     let (want_y, want_dx) = run(&unfused)?;
     let (got_y, got_dx) = run(&|x| fused(x, false))?;
     let (_, unread_dx) = run(&|x| fused(x, true))?;
     // The block sum on the inner backend (β = 1 onto the summed adds).
     let inner = |t: &Tensor<Train, 3>| t.clone().inner();
-    let (xi, b_out) = (inner(&x), tensor([1, 1, d], 66).reshape([d]).inner());
+    let (xi, b_out) = (inner(&x), bf16::<Train, 1>(dev, [d], 66).inner());
     let adds = [inner(&tensor([b, t, d], 67)), inner(&tensor([b, t, d], 68))];
     let (wi_in, wi_out, bi_in) = (
         w_in.clone().inner(),
@@ -237,4 +191,38 @@ fn dense(
         res.insert(format!("{key}_rel_err"), fails.at_most(key, v, tol).into());
     }
     Ok(())
+}
+
+/// Seeded bf16 values of `shape` on `dev`.
+fn bf16<B: Backend, const N: usize>(dev: &B::Device, shape: [usize; N], seed: u64) -> Tensor<B, N> {
+    let n = shape.iter().product();
+    Tensor::<B, 1>::from_data(TensorData::new(values(n, seed), [n]), (dev, DType::BF16))
+        .reshape(shape)
+}
+
+/// A seeded `[out, in]` weight (scaled by 0.1) quantized to NF4 + double quant.
+fn nf4<B: qtune_kernels::QBackend>(
+    dev: &B::Device,
+    name: &str,
+    shape: [usize; 2],
+    seed: u64,
+) -> anyhow::Result<QuantWeight<B>> {
+    let w = bf16::<B, 2>(dev, shape, seed).mul_scalar(0.1);
+    QuantWeight::<B>::quantize(name, w, QuantFormat::Nf4, 64, true, FloatDType::BF16)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// `f(x)` and `x`'s gradient under the upstream gradient `dy`, on the host.
+fn value_and_dx(
+    x: &Tensor<Train, 3>,
+    dy: &Tensor<Train, 3>,
+    f: &dyn Fn(Tensor<Train, 3>) -> Tensor<Train, 3>,
+) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+    let xa = x.clone().require_grad();
+    let y = f(xa.clone());
+    let grads = (y.clone() * dy.clone()).sum().backward();
+    let dx = xa
+        .grad(&grads)
+        .ok_or_else(|| anyhow::anyhow!("x got no gradient"))?;
+    Ok((host(y)?, host(dx)?))
 }
