@@ -150,12 +150,17 @@ impl<B: QBackend> Mlp<B> {
                 return self.fc_out.plus(y, out_pass, adds);
             }
         }
-        let hdn = match (self.act, self.fc_in.bias()) {
-            // HF `NewGELUActivation` with fc_in's bias folded in: one fused kernel on CUDA.
-            (Activation::GeluNew, Some(b)) => {
-                qtune_kernels::bias_gelu_new(self.fc_in.forward_unbiased(x, pass), b)
+        let hdn = match (self.act, self.fc_in.bias(), self.fc_in.frozen_base(dtype)) {
+            // One row of a frozen fc_in (decode): the product, bias and `gelu_new` in one op
+            // (on CUDA one GEMV launch for a quantized weight).
+            (Activation::GeluNew, Some(bias), Some(w)) if b * t == 1 => {
+                qtune_kernels::linear_bias_gelu_new(x, w, bias)
             }
-            (act, _) => {
+            // HF `NewGELUActivation` with fc_in's bias folded in: one fused kernel on CUDA.
+            (Activation::GeluNew, Some(bias), _) => {
+                qtune_kernels::bias_gelu_new(self.fc_in.forward_unbiased(x, pass), bias)
+            }
+            (act, _, _) => {
                 let hdn = self.fc_in.forward_with(x, pass);
                 match act {
                     Activation::GeluNew => qtune_kernels::gelu_new(hdn),

@@ -108,10 +108,12 @@ pub trait QBackend: Backend {
 
     /// `x[m, in] · wᵀ + bias` for a frozen weight (quantized: dequantized; dense: in `x`'s
     /// dtype) and a frozen `bias [out]` in `x`'s dtype, then `act` ([`BiasAct`]); with
-    /// [`BiasAct::GeluNewAux`] also the pre-activation (`x`'s dtype). No autodiff (the op of
-    /// [`QBackend::q_mlp_gelu_new`]'s forward). CUDA computes the bias and the activation in the
-    /// GEMM's epilogue (on the f32 accumulator, rounded once); the default is the product, then
-    /// the model's bias and `gelu_new` ops.
+    /// [`BiasAct::GeluNewAux`] also the pre-activation (`x`'s dtype). No backward node of its
+    /// own (the op of [`QBackend::q_mlp_gelu_new`]'s forward; under autodiff the default
+    /// composition's ops are each tracked).
+    /// CUDA computes the bias and the activation in the GEMM's epilogue (one row of a quantized
+    /// weight: in the GEMV's), on the f32 accumulator, rounded once; the default is the product,
+    /// then the model's bias and `gelu_new` ops.
     fn q_linear_bias_act(
         x: FloatTensor<Self>,
         w: FrozenPrimitive<Self>,

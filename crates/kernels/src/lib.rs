@@ -45,7 +45,10 @@ pub use error::{switch_setting, KernelError};
 pub use head::linear_cross_entropy;
 pub use linear::{q_linear, q_linear_add, q_linear_parts, q_linear_unread, q_linear_with};
 pub use lora::{lora_acc, lora_acc_parts};
-pub use mlp::{mlp_fits, mlp_gelu_new, mlp_gelu_new_plus, BiasAct, Frozen, FrozenPrimitive};
+pub use mlp::{
+    linear_bias_gelu_new, mlp_fits, mlp_gelu_new, mlp_gelu_new_plus, BiasAct, Frozen,
+    FrozenPrimitive,
+};
 pub use ops::{
     attention, attention_softmax, bias_gelu_new, cross_entropy, dropout, gelu_new, grad_seed,
     layer_norm, linear_t, linear_t_acc, linear_t_unread, matmul, rms_norm, rotary, rotary_half,

@@ -215,6 +215,43 @@ pub fn mlp_gelu_new<'a, B: QBackend, const D: usize>(
     Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out)
 }
 
+/// `gelu_new(x·Wᵀ + bias)` over the last dim of `x` for a frozen weight and bias through
+/// [`QBackend::q_linear_bias_act`] (GPT-J's `fc_in` where [`mlp_gelu_new`] does not serve, as
+/// at decode: on CUDA one row of a quantized weight is one GEMV launch with the bias and the
+/// activation on its f32 sum). The default, and so the CPU, is the product and then
+/// [`crate::bias_gelu_new`], bit for bit; under autodiff those two ops, tracked.
+///
+/// # Panics
+/// On `x`'s last dim not `W`'s `in` or `bias` not `[out]` (a model wiring bug).
+pub fn linear_bias_gelu_new<'a, B: QBackend, const D: usize>(
+    x: Tensor<B, D>,
+    w: impl Into<Frozen<'a, B>>,
+    bias: Tensor<B, 1>,
+) -> Tensor<B, D> {
+    let w = w.into();
+    let [out_f, _] = w.shape();
+    assert!(
+        bias.dims() == [out_f],
+        "linear_bias_gelu_new: bias {:?} against W's {out_f} outputs",
+        bias.dims()
+    );
+    let dtype = x.dtype();
+    let bias = if bias.dtype() == dtype {
+        bias
+    } else {
+        bias.cast(dtype)
+    };
+    crate::linear::rows_through(x, w.shape(), "linear_bias_gelu_new", |x2| {
+        let (y, _) = B::q_linear_bias_act(
+            x2.into_primitive().tensor(),
+            w.primitive(dtype),
+            bias.into_primitive().tensor(),
+            BiasAct::GeluNew,
+        );
+        Tensor::from_primitive(TensorPrimitive::Float(y))
+    })
+}
+
 /// [`mlp_gelu_new`] (its output read) `+ b_out + adds[0] + adds[1] + …`: GPT-J's MLP with
 /// `fc_out`'s bias and the block's other branches (attention output, residual), through
 /// [`QBackend::q_mlp_gelu_new_plus`] (on CUDA the adds ride on `W_out`'s GEMM). The sum equals

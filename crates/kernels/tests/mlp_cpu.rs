@@ -7,8 +7,8 @@
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Tensor, TensorData};
 use qtune_kernels::{
-    bias_gelu_new, linear_t, mlp_fits, mlp_gelu_new, mlp_gelu_new_plus, q_linear, Frozen,
-    LinearBackward, QuantWeight,
+    bias_gelu_new, linear_bias_gelu_new, linear_t, mlp_fits, mlp_gelu_new, mlp_gelu_new_plus,
+    q_linear, Frozen, LinearBackward, QuantWeight,
 };
 use qtune_quant::{FloatDType, QuantFormat, QuantSpec, QuantizedTensor};
 
@@ -236,4 +236,33 @@ fn a_dense_weight_that_trains_is_refused() {
     let x = tensor::<Ad, 3>([2, 3, D], 33);
     let b = tensor::<Ad, 1>([H], 34);
     let _ = mlp_gelu_new(x, Frozen::Dense(w_in), b, Frozen::Dense(w_out), false);
+}
+
+/// `linear_bias_gelu_new` (GPT-J's `fc_in` at decode) is the product then `bias_gelu_new`, bit
+/// for bit, for one row and several, quantized and dense; under autodiff its gradient too.
+#[test]
+fn linear_bias_gelu_new_equals_the_product_then_bias_gelu_new() {
+    let (w, wd) = (weight::<Nd>(H, D, 41), tensor::<Nd, 2>([H, D], 42));
+    let b = tensor::<Nd, 1>([H], 43);
+    for shape in [[1, 1, D], [2, 3, D]] {
+        let x = tensor::<Nd, 3>(shape, 44);
+        let want = bias_gelu_new(q_linear(x.clone(), &w), b.clone());
+        let got = linear_bias_gelu_new(x.clone(), &w, b.clone());
+        assert_eq!(got.into_data(), want.into_data(), "quantized {shape:?}");
+        let want = bias_gelu_new(linear_t(x.clone(), wd.clone()), b.clone());
+        let got = linear_bias_gelu_new(x, Frozen::Dense(wd.clone()), b.clone());
+        assert_eq!(got.into_data(), want.into_data(), "dense {shape:?}");
+    }
+    let (wa, ba, g) = (
+        weight::<Ad>(H, D, 41),
+        tensor::<Ad, 1>([H], 43),
+        tensor::<Ad, 3>([1, 1, H], 45),
+    );
+    let grad = |f: &dyn Fn(Tensor<Ad, 3>) -> Tensor<Ad, 3>| {
+        let x = tensor::<Ad, 3>([1, 1, D], 44).require_grad();
+        let grads = (f(x.clone()) * g.clone()).sum().backward();
+        x.grad(&grads).expect("x is tracked").into_data()
+    };
+    let want = grad(&|x| bias_gelu_new(q_linear(x, &wa), ba.clone()));
+    assert_eq!(grad(&|x| linear_bias_gelu_new(x, &wa, ba.clone())), want);
 }

@@ -23,8 +23,10 @@ const GEMM_F32_OUT_FWD: f64 = 1e-6;
 /// Batch-1 quantized linear (the decode GEMV straight from the codes) vs dequantize + GEMM on the
 /// GPU, for NF4 + double quant, FP4 and blockwise 8-bit, at every output-rows-per-plane setting
 /// of the kernel (1, 2, 4: each within the tolerance, and reported bit-identical to 1 or not),
-/// plain and with two addends (`q_linear_add`'s epilogue); and the batch-1 dense products (LoRA
-/// factors, LM head at decode): GEMV kernel vs cuBLAS.
+/// plain, with two addends (`q_linear_add`'s epilogue) and with a bias and `gelu_new`
+/// (`linear_bias_gelu_new`, GPT-J's `fc_in` at decode, against the host's `gelu_new` of the
+/// reference product); and the batch-1 dense products (LoRA factors, LM head at decode): GEMV
+/// kernel vs cuBLAS.
 pub(super) fn quantized_gemv_check(
     dev: &burn::tensor::Device<Train>,
     fails: &mut Failures,
@@ -116,6 +118,15 @@ fn quantized_gemv_rows(
                 host(a1.clone().unsqueeze::<3>())?,
             );
             let y_add_ref: Vec<f32> = (0..o).map(|i| y_ref[i] + h0[i] + h1[i]).collect();
+            // `gelu_new(y + a0)` (a0 as fc_in's bias) on the host, from the reference product.
+            let gelu = |v: f64| {
+                0.5 * v
+                    * (1.0
+                        + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
+            };
+            let y_gelu_ref: Vec<f32> = (0..o)
+                .map(|i| gelu(f64::from(y_ref[i]) + f64::from(h0[i])) as f32)
+                .collect();
             let mut first: Option<[Vec<f32>; 2]> = None;
             for r in [1usize, 2, 4] {
                 set_gemv_rows_per_plane(r);
@@ -132,6 +143,20 @@ fn quantized_gemv_rows(
                     (
                         format!("gemv_add_{name}{suffix}_r{r}_rel_err"),
                         rel(y_add.clone(), y_add_ref.clone()),
+                    ),
+                    (
+                        format!("gemv_bias_gelu_{name}{suffix}_r{r}_rel_err"),
+                        rel(
+                            host(
+                                qtune_kernels::linear_bias_gelu_new(
+                                    x.clone(),
+                                    &w,
+                                    a0.clone().reshape([o]),
+                                )
+                                .unsqueeze::<3>(),
+                            )?,
+                            y_gelu_ref.clone(),
+                        ),
                     ),
                 ] {
                     fails.at_most(&format!("quantized_gemv {key}"), value, GEMM_BF16);

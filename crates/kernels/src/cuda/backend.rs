@@ -90,6 +90,20 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         act: BiasAct,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
         let m = x.meta.shape()[0];
+        // One row (decode) of a quantized weight: the GEMV with the bias (and `gelu_new`) on
+        // its f32 sum.
+        if let (1, FrozenPrimitive::Quant(q)) = (m, &w) {
+            let y = match act {
+                BiasAct::Bias => {
+                    super::gemv::gemv_add::<CudaRuntime, Self>(&x, q, std::slice::from_ref(&bias))
+                }
+                BiasAct::GeluNew => super::gemv::gemv_bias_gelu::<CudaRuntime, Self>(&x, q, &bias),
+                BiasAct::GeluNewAux => None,
+            };
+            if let Some(y) = y {
+                return (y, None);
+            }
+        }
         if !super::epilogue::fits(m, w.shape()[0], x.dtype) {
             return crate::mlp::linear_bias_act_ops::<Self>(x, w, bias, act);
         }

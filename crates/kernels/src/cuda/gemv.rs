@@ -150,6 +150,27 @@ pub fn gemv_add<R: CubeRuntime, B: CubeB<R>>(
     w: &QWeightPrimitive<B>,
     adds: &[CubeTensor<R>],
 ) -> Option<CubeTensor<R>> {
+    gemv_epilogue(x, w, adds, false)
+}
+
+/// `gelu_new(x · dequant(w)ᵀ + bias)` for one row (`bias` `[out]` in `x`'s dtype), the bias and
+/// the activation on the f32 sum before its one rounding (GPT-J's `fc_in` at decode: no
+/// separate `gelu_new` launch); `None` as [`gemv_add`].
+pub fn gemv_bias_gelu<R: CubeRuntime, B: CubeB<R>>(
+    x: &CubeTensor<R>,
+    w: &QWeightPrimitive<B>,
+    bias: &CubeTensor<R>,
+) -> Option<CubeTensor<R>> {
+    gemv_epilogue(x, w, std::slice::from_ref(bias), true)
+}
+
+/// [`gemv_add`], then `gelu_new` of the sum with `gelu`.
+fn gemv_epilogue<R: CubeRuntime, B: CubeB<R>>(
+    x: &CubeTensor<R>,
+    w: &QWeightPrimitive<B>,
+    adds: &[CubeTensor<R>],
+    gelu: bool,
+) -> Option<CubeTensor<R>> {
     let l = w.layout;
     let plan = Plan::of(x.meta.shape(), &l)?;
     if adds.len() > 3
@@ -204,6 +225,7 @@ pub fn gemv_add<R: CubeRuntime, B: CubeB<R>>(
             plan.scale_per_vec,
             adds.len() as u32,
             rows_per_plane,
+            gelu,
             )
         )
     }

@@ -6,10 +6,8 @@ use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
 use super::{ew_lanes, grad_arg, unit_index, LANES_EW};
+use crate::cuda::kernels::{gelu_tanh, GELU_C};
 use crate::cuda::launch::{array, cube_count, cube_dim, empty};
-
-/// √(2/π), HF `NewGELUActivation`'s constant.
-const GELU_C: f32 = 0.797_884_6;
 
 /// `gelu_new` (`y = 0.5·v·(1 + tanh(√(2/π)·(v + 0.044715·v³)))`, `v = x + bias`) or, with
 /// `backward`, its input gradient `dy·gelu_new'(v)`; f32 math, `lanes` values per unit; the
@@ -67,12 +65,6 @@ fn gelu_input<F: Float, N: Size>(
         v += f32::cast_from(bv[k]);
     }
     v
-}
-
-/// `tanh(√(2/π)·(v + 0.044715·v³))`, the forward's and the gradient's shared term.
-#[cube]
-fn gelu_tanh(v: f32) -> f32 {
-    f32::tanh(GELU_C * (v + 0.044715f32 * v * v * v))
 }
 
 /// `gelu_new(x + bias)` (no `dy`) or its input gradient `dy·gelu_new'(x + bias)`, in `x`'s

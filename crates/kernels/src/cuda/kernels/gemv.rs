@@ -4,7 +4,7 @@
 
 use cubecl::prelude::*;
 
-use super::{block_scale, ftz};
+use super::{block_scale, ftz, gelu_tanh};
 
 /// Rows (planes) per cube of [`gemv_kernel`].
 pub const GEMV_ROWS: u32 = 8;
@@ -33,7 +33,9 @@ pub const GEMV_ROWS: u32 = 8;
 /// leaves a nibble, a table read and an FMA: the per-weight scale, flush and rounding made the
 /// kernel ALU-bound at ~1 TB/s. With `fused` a double-quantized absmax is resolved in the kernel
 /// (one launch per linear). The first `adds` (≤ 3) of `add0..add2` (one value per row: a bias,
-/// residuals) are added to the f32 sum before its one rounding; unused ones are not read.
+/// residuals) are added to the f32 sum before its one rounding; unused ones are not read. With
+/// `gelu`, `gelu_new` of that sum is written instead (GPT-J's `fc_in` at decode, its bias the
+/// one add: the cuBLASLt GELU_BIAS epilogue's order, on the f32 sum, rounded once).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn gemv_kernel<F: Float, N: Size, W: Size>(
@@ -60,6 +62,7 @@ pub fn gemv_kernel<F: Float, N: Size, W: Size>(
     #[comptime] scale_per_vec: bool,
     #[comptime] adds: u32,
     #[comptime] rows_per_plane: usize,
+    #[comptime] gelu: bool,
 ) {
     let entries = if four_bit { 16u32 } else { 256u32 };
     let mut lut = SharedMemory::<f32>::new(if four_bit { 16usize } else { 256usize });
@@ -93,6 +96,7 @@ pub fn gemv_kernel<F: Float, N: Size, W: Size>(
         scale_per_vec,
         adds,
         rows_per_plane,
+        gelu,
     );
 }
 
@@ -125,6 +129,7 @@ fn gemv_rows<F: Float, N: Size, W: Size>(
     #[comptime] scale_per_vec: bool,
     #[comptime] adds: u32,
     #[comptime] rows_per_plane: usize,
+    #[comptime] gelu: bool,
 ) {
     // The plane's first row; its rows are `row0 .. row0 + rows_per_plane`.
     let row0 = (cube * (GEMV_ROWS as usize) + usize::cast_from(UNIT_POS_Y)) * rows_per_plane;
@@ -234,6 +239,9 @@ fn gemv_rows<F: Float, N: Size, W: Size>(
         if adds > 2u32 {
             sum += f32::cast_from(add2[row]);
         }
+        if gelu {
+            sum = 0.5f32 * sum * (1.0f32 + gelu_tanh(sum));
+        }
         y[row] = F::cast_from(sum);
     }
 }
@@ -330,6 +338,7 @@ pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
             scale_per_vec,
             0u32,
             rows_per_plane,
+            false,
         );
     } else if cube < cubes0 + cubes1 {
         gemv_rows::<F, N, W>(
@@ -357,6 +366,7 @@ pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
             scale_per_vec,
             0u32,
             rows_per_plane,
+            false,
         );
     } else {
         gemv_rows::<F, N, W>(
@@ -384,6 +394,7 @@ pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
             scale_per_vec,
             0u32,
             rows_per_plane,
+            false,
         );
     }
 }

@@ -25,6 +25,16 @@ mod gemv;
 pub use dense_gemv::{dense_gemv_kernel, dense_gemv_parts_kernel, LANE_ROW_VECS};
 pub use gemv::{gemv_kernel, gemv_parts_kernel, GEMV_ROWS};
 
+/// √(2/π), HF `NewGELUActivation`'s constant.
+pub const GELU_C: f32 = 0.797_884_6;
+
+/// `tanh(√(2/π)·(v + 0.044715·v³))`, `gelu_new`'s term shared by its forward and gradient (the
+/// fused kernel in `fused/gelu.rs`) and the decode GEMV's activation epilogue.
+#[cube]
+pub fn gelu_tanh(v: f32) -> f32 {
+    f32::tanh(GELU_C * (v + 0.044715f32 * v * v * v))
+}
+
 /// Smallest normal f32: below it, a product is flushed to a signed zero.
 const MIN_NORMAL: f32 = 1.175_494_4e-38;
 
