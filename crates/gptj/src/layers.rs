@@ -150,10 +150,14 @@ impl<B: QBackend> Mlp<B> {
                 return self.fc_out.plus(y, out_pass, adds);
             }
         }
-        let hdn = match (self.act, self.fc_in.bias(), self.fc_in.frozen_base(dtype)) {
-            // One row of a frozen fc_in (decode): the product, bias and `gelu_new` in one op
-            // (on CUDA one GEMV launch for a quantized weight).
-            (Activation::GeluNew, Some(bias), Some(w)) if b * t == 1 => {
+        // One row of a frozen fc_in (decode): the product, bias and `gelu_new` in one op (on
+        // CUDA one GEMV launch for a quantized weight).
+        let one_row = match b * t {
+            1 => self.fc_in.frozen_base(dtype),
+            _ => None,
+        };
+        let hdn = match (self.act, self.fc_in.bias(), one_row) {
+            (Activation::GeluNew, Some(bias), Some(w)) => {
                 qtune_kernels::linear_bias_gelu_new(x, w, bias)
             }
             // HF `NewGELUActivation` with fc_in's bias folded in: one fused kernel on CUDA.
