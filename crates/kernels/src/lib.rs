@@ -52,7 +52,7 @@ pub use mlp::{
 pub use ops::{
     attention, attention_softmax, bias_gelu_new, cross_entropy, dropout, gelu_new, grad_seed,
     layer_norm, linear_t, linear_t_acc, linear_t_unread, matmul, rms_norm, rotary, rotary_half,
-    select_rows, silu_mul, sum_unread,
+    select_rows, silu_mul, sum_all, sum_unread,
 };
 pub use options::{
     AttentionInput, AttnMask, GemmAccOptions, GemmOptions, LoraOptions, NormInput, QuantizeOptions,

@@ -1,8 +1,10 @@
 //! The dense ops every block runs, as tensor-level wrappers of the [`QBackend`] primitives:
 //! GEMMs (`matmul`, `linear_t`, `linear_t_acc`), attention and its softmax, dropout, the fused
 //! activations and norms of GPT-J (`gelu_new`, `layer_norm`, `rotary`) and the Llama family
-//! (`rms_norm`, `silu_mul`, `rotary_half`), `cross_entropy` and `grad_seed`.
+//! (`rms_norm`, `silu_mul`, `rotary_half`), `cross_entropy`, `grad_seed` and `sum_all` (a sum
+//! of every value in a fixed order).
 
+use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorPrimitive};
 
 use crate::{
@@ -369,4 +371,36 @@ pub fn sum_unread<B: QBackend, const D: usize>(parts: Vec<Tensor<B, D>>) -> Tens
         .map(|p| p.into_primitive().tensor())
         .collect();
     Tensor::from_primitive(TensorPrimitive::Float(B::q_sum_unread(prims)))
+}
+
+/// Values per row of [`sum_all`]'s first pass.
+const SUM_ROW: usize = 4096;
+
+/// The sum of all of `t`'s values as a `[1]` tensor, in an order fixed by its length: rows of
+/// 4,096 values summed each, then those row sums and the tail's. `Tensor::sum` on Burn's CubeCL
+/// backend adds per-cube partial sums with float atomics, in an order that varies from run to
+/// run: a loss or a gradient norm (and so a clipped update) then differs by an f32 ulp between
+/// runs of one program (BENCHMARKS.md, session 24). `sum_dim`'s kernels have no atomics. Under
+/// autodiff the gradient reaches every value, as `sum`'s does.
+pub fn sum_all<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
+    let n = t.shape().num_elements();
+    let flat = t.reshape([n]);
+    if n == 0 {
+        return flat.sum();
+    }
+    let q = n / SUM_ROW;
+    if q == 0 {
+        return flat.sum_dim(0);
+    }
+    let rows = flat
+        .clone()
+        .slice(0..q * SUM_ROW)
+        .reshape([q, SUM_ROW])
+        .sum_dim(1)
+        .reshape([q])
+        .sum_dim(0);
+    match n - q * SUM_ROW {
+        0 => rows,
+        _ => rows + flat.slice(q * SUM_ROW..n).sum_dim(0),
+    }
 }

@@ -284,8 +284,9 @@ pub trait CausalLm<B: QBackend>: Sized + Clone {
                     qtune_kernels::linear_cross_entropy(self.final_norm(x), w, bias, tgt)
                 }
                 None => qtune_kernels::cross_entropy(self.logits(x), tgt),
-            }
-            .sum();
+            };
+            // A sum in a fixed order: the loss is the same in every run.
+            let nll = qtune_kernels::sum_all(nll);
             total = Some(match total {
                 Some(acc) => acc + nll,
                 None => nll,

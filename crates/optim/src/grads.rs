@@ -28,7 +28,7 @@ struct SquaredNorms<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorms<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            self.sums.push((g.clone() * g).sum());
+            self.sums.push(qtune_kernels::sum_all(g.clone() * g));
         }
     }
 }

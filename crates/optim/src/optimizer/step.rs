@@ -407,7 +407,11 @@ fn group_norm<'a, B: Backend>(
     gs: impl Iterator<Item = &'a Tensor<B, 1>>,
     max_norm: f64,
 ) -> GradNorm {
-    let sums: Vec<Tensor<B, 1>> = gs.map(|g| (g.clone() * g.clone()).sum()).collect();
+    // Sums in a fixed order (`sum_all`): the norm, and so a clipped update, is the same in every
+    // run.
+    let sums: Vec<Tensor<B, 1>> = gs
+        .map(|g| qtune_kernels::sum_all(g.clone() * g.clone()))
+        .collect();
     let total_norm = if sums.is_empty() {
         0.0
     } else {
