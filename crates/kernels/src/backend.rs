@@ -110,10 +110,9 @@ pub trait QBackend: Backend {
     /// dtype) and a frozen `bias [out]` in `x`'s dtype, then `act` ([`BiasAct`]); with
     /// [`BiasAct::GeluNewAux`] also the pre-activation (`x`'s dtype). No backward node of its
     /// own (the op of [`QBackend::q_mlp_gelu_new`]'s forward; under autodiff the default
-    /// composition's ops are each tracked).
-    /// CUDA computes the bias and the activation in the GEMM's epilogue (one row of a quantized
-    /// weight: in the GEMV's), on the f32 accumulator, rounded once; the default is the product,
-    /// then the model's bias and `gelu_new` ops.
+    /// composition's ops are each tracked). CUDA computes the bias and the activation in the
+    /// GEMM's epilogue (one row of a quantized weight: in the GEMV's), on the f32 accumulator,
+    /// rounded once; the default is the product, then the model's bias and `gelu_new` ops.
     fn q_linear_bias_act(
         x: FloatTensor<Self>,
         w: FrozenPrimitive<Self>,

@@ -1,8 +1,9 @@
 //! [`QBackend`] for `CubeBackend<CudaRuntime, F, I, BT>` (= `burn_cuda::Cuda` built without the
 //! `fusion` feature): CubeCL dequant into a transient buffer in the activation's dtype, then a
-//! cuBLAS GEMM on the same stream (a dense frozen weight goes to the GEMM as it is). The transient buffer goes back to cubecl's memory pool as soon
-//! as the GEMM is enqueued (reuse is stream-ordered), so consecutive layers reuse the same pool
-//! pages: that pool is the per-device dequant scratch.
+//! cuBLAS GEMM on the same stream (a dense frozen weight goes to the GEMM as it is). The
+//! transient buffer goes back to cubecl's memory pool as soon as the GEMM is enqueued (reuse is
+//! stream-ordered), so consecutive layers reuse the same pool pages: that pool is the
+//! per-device dequant scratch.
 
 use burn::tensor::{
     backend::Backend,
@@ -20,8 +21,9 @@ use crate::{
     RotaryOptions,
 };
 
-/// A frozen weight as a dense `[out, in]` tensor in `dtype` for a GEMM: a quantized one
-/// dequantized into a transient buffer, a dense one as it is (cast where its dtype differs).
+/// A frozen weight as a dense row-major `[out, in]` tensor in `dtype` for a GEMM (the epilogue
+/// GEMMs read it as stored densely): a quantized one dequantized into a transient buffer, a
+/// dense one as it is (cast where its dtype differs, copied where its layout is not dense).
 fn dense_of<F: FloatElement, I: IntElement, BT: BoolElement>(
     w: FrozenPrimitive<CubeBackend<CudaRuntime, F, I, BT>>,
     dtype: DType,
@@ -30,8 +32,10 @@ fn dense_of<F: FloatElement, I: IntElement, BT: BoolElement>(
         FrozenPrimitive::Quant(w) => {
             launch::dequantize::<CudaRuntime, CubeBackend<CudaRuntime, F, I, BT>>(w, dtype)
         }
-        FrozenPrimitive::Dense(w) if w.dtype == dtype => w,
-        FrozenPrimitive::Dense(w) => burn_cubecl::kernel::cast(w, dtype),
+        FrozenPrimitive::Dense(w) if w.dtype == dtype => burn_cubecl::kernel::into_contiguous(w),
+        FrozenPrimitive::Dense(w) => {
+            burn_cubecl::kernel::into_contiguous(burn_cubecl::kernel::cast(w, dtype))
+        }
     }
 }
 
