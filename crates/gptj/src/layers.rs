@@ -126,12 +126,18 @@ impl<B: QBackend> Mlp<B> {
         let [b, t, _] = x.dims();
         let (pass, out_pass) = (ctx.pass(salt), ctx.output_pass(salt + 1));
         let dtype = x.dtype();
-        if let (Activation::GeluNew, Some(w_in), Some(w_out), Some(b_in)) = (
-            self.act,
-            self.fc_in.frozen_base(dtype),
-            self.fc_out.frozen_base(dtype),
-            self.fc_in.bias(),
-        ) {
+        let several = b * t > 1;
+        // The frozen weights are looked up only where they can serve (several rows).
+        let pair = match several {
+            true => (
+                self.fc_in.frozen_base(dtype),
+                self.fc_out.frozen_base(dtype),
+            ),
+            false => (None, None),
+        };
+        if let (Activation::GeluNew, (Some(w_in), Some(w_out)), Some(b_in)) =
+            (self.act, pair, self.fc_in.bias())
+        {
             // A quantized pair only where the caller did not ask to keep dense copies.
             let fits = match (&w_in, &w_out) {
                 (Frozen::Quant(i), Frozen::Quant(o)) => {
@@ -139,7 +145,7 @@ impl<B: QBackend> Mlp<B> {
                 }
                 _ => true,
             };
-            if b * t > 1 && fits {
+            if fits {
                 // A read output with fc_out's bias: the bias and the other branches summed by
                 // fc_out's GEMM too (β = 1 on CUDA); else `plus` (for a recompute nobody reads:
                 // no sums at all).
@@ -152,9 +158,9 @@ impl<B: QBackend> Mlp<B> {
         }
         // One row of a frozen fc_in (decode): the product, bias and `gelu_new` in one op (on
         // CUDA one GEMV launch for a quantized weight).
-        let one_row = match b * t {
-            1 => self.fc_in.frozen_base(dtype),
-            _ => None,
+        let one_row = match several {
+            false => self.fc_in.frozen_base(dtype),
+            true => None,
         };
         let hdn = match (self.act, self.fc_in.bias(), one_row) {
             (Activation::GeluNew, Some(bias), Some(w)) => {

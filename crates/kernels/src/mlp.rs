@@ -9,7 +9,7 @@ use burn::tensor::{
     backend::Backend, ops::FloatTensor, DType, Tensor, TensorMetadata, TensorPrimitive,
 };
 
-use crate::{GemmOptions, LinearBackward, QBackend, QWeightPrimitive, QuantWeight};
+use crate::{LinearBackward, QBackend, QWeightPrimitive, QuantWeight};
 
 /// A frozen `[out, in]` base weight as the MLP ops take it: quantized (dequantized just in time)
 /// or dense (in the activation's dtype). Neither gets a gradient.
@@ -90,7 +90,7 @@ pub(crate) fn frozen_linear<B: QBackend>(
 ) -> FloatTensor<B> {
     match w {
         FrozenPrimitive::Quant(w) => B::q_linear(x, w),
-        FrozenPrimitive::Dense(w) => dense_product::<B>(x, w, true),
+        FrozenPrimitive::Dense(w) => crate::linear::dense_linear::<B>(x, w, false),
     }
 }
 
@@ -102,20 +102,8 @@ pub(crate) fn frozen_linear_dx<B: QBackend>(
 ) -> FloatTensor<B> {
     match w {
         FrozenPrimitive::Quant(w) => B::q_linear_dx(dy, w),
-        FrozenPrimitive::Dense(w) => dense_product::<B>(dy, w, false),
+        FrozenPrimitive::Dense(w) => crate::linear::dense_linear::<B>(dy, w, true),
     }
-}
-
-/// `a[m, ·] · op(w)` for a dense `w [out, in]` (transposed with `tb`) through
-/// [`QBackend::q_gemm`] with a batch of one, in `a`'s dtype.
-fn dense_product<B: QBackend>(a: FloatTensor<B>, w: FloatTensor<B>, tb: bool) -> FloatTensor<B> {
-    use burn::tensor::Shape;
-    let ([m, k], [n, kw]) = (a.shape().dims::<2>(), w.shape().dims::<2>());
-    let dtype = a.dtype();
-    let a3 = B::float_reshape(a, Shape::new([1, m, k]));
-    let w3 = B::float_reshape(w, Shape::new([1, n, kw]));
-    let y = B::q_gemm(a3, w3, GemmOptions::new(false, tb, dtype));
-    B::float_reshape(y, Shape::new([m, if tb { n } else { kw }]))
 }
 
 /// What follows a linear's product `x·Wᵀ` in [`QBackend::q_linear_bias_act`].
