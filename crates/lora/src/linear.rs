@@ -293,7 +293,9 @@ impl<B: Backend> Linear<B> {
     pub fn frozen_base(&self, dtype: DType) -> Option<Frozen<'_, B>> {
         match self.frozen_quant() {
             Some(q) => Some(Frozen::Quant(q)),
-            None => self.frozen_dense(dtype).map(|(w, _)| Frozen::Dense(w)),
+            None => self
+                .frozen_dense_param()
+                .map(|w| Frozen::Dense(in_dtype(w.val(), dtype))),
         }
     }
 
@@ -301,6 +303,14 @@ impl<B: Backend> Linear<B> {
     /// neither tensor requiring a gradient), in `dtype`, for callers that fuse its product with
     /// what follows (the LM head's loss: `qtune_kernels::linear_cross_entropy`).
     pub fn frozen_dense(&self, dtype: DType) -> Option<(Tensor<B, 2>, Option<Tensor<B, 1>>)> {
+        let w = self.frozen_dense_param()?;
+        let bias = self.bias.as_ref().map(|b| in_dtype(b.val(), dtype));
+        Some((in_dtype(w.val(), dtype), bias))
+    }
+
+    /// The dense base weight of a layer that nothing trains ([`Linear::frozen_dense`]'s test),
+    /// as stored.
+    fn frozen_dense_param(&self) -> Option<&Param<Tensor<B, 2>>> {
         let LinearBase::Dense(w) = &self.base else {
             return None;
         };
@@ -308,8 +318,7 @@ impl<B: Backend> Linear<B> {
         if self.lora.is_some() || w.is_require_grad() || !bias_frozen {
             return None;
         }
-        let bias = self.bias.as_ref().map(|b| in_dtype(b.val(), dtype));
-        Some((in_dtype(w.val(), dtype), bias))
+        Some(w)
     }
 
     /// Adds a freshly initialized adapter (replacing any existing one); see [`LoraAdapter::init`].
