@@ -64,20 +64,13 @@ pub fn gemv_kernel<F: Float, N: Size, W: Size>(
     #[comptime] rows_per_plane: usize,
     #[comptime] gelu: bool,
 ) {
-    let entries = if four_bit { 16u32 } else { 256u32 };
-    let mut lut = SharedMemory::<f32>::new(if four_bit { 16usize } else { 256usize });
-    let tid = UNIT_POS_Y * 32u32 + UNIT_POS_X;
-    if tid < entries {
-        lut[tid as usize] = map[tid as usize];
-    }
-    sync_cube();
     gemv_rows::<F, N, W>(
         codes,
         absmax,
         nested_codes,
         nested_absmax,
         nested_map,
-        &lut,
+        map,
         x,
         add0,
         add1,
@@ -101,7 +94,7 @@ pub fn gemv_kernel<F: Float, N: Size, W: Size>(
 }
 
 /// The rows of cube `cube` of [`gemv_kernel`] (or of one part of [`gemv_parts_kernel`]), with
-/// the code map already staged in `lut`.
+/// the code map `map` staged in shared memory here.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn gemv_rows<F: Float, N: Size, W: Size>(
@@ -110,7 +103,7 @@ fn gemv_rows<F: Float, N: Size, W: Size>(
     nested_codes: &Array<u8>,
     nested_absmax: &Array<f32>,
     nested_map: &Array<f32>,
-    lut: &SharedMemory<f32>,
+    map: &Array<f32>,
     x: &Array<Vector<F, N>>,
     add0: &Array<F>,
     add1: &Array<F>,
@@ -133,9 +126,6 @@ fn gemv_rows<F: Float, N: Size, W: Size>(
 ) {
     // The plane's first row; its rows are `row0 .. row0 + rows_per_plane`.
     let row0 = (cube * (GEMV_ROWS as usize) + usize::cast_from(UNIT_POS_Y)) * rows_per_plane;
-    if row0 >= rows {
-        terminate!();
-    }
     let lane = usize::cast_from(UNIT_POS_X);
     let last = vecs_per_row - 1usize;
     let iters = vecs_per_row.div_ceil(64usize);
@@ -149,22 +139,52 @@ fn gemv_rows<F: Float, N: Size, W: Size>(
     for r in 0..rows_per_plane {
         acc[r] = 0.0f32;
     }
+    // The first iteration's loads (codes and the lane's first `x` vectors, clamped in range as
+    // below; a plane past the last row reads the last row and stops after the barrier) go out
+    // before the code map is staged and the cube synchronises, so the cube's first memory round
+    // trip overlaps the map's. No register is added: the loop's own arrays hold them.
+    let jc0 = select(lane < vecs_per_row, lane, last);
+    let jc1 = select(lane + 32usize < vecs_per_row, lane + 32usize, last);
+    #[unroll]
+    for r in 0..rows_per_plane {
+        let base = gemv_row(row0, r, rows) * vecs_per_row;
+        c0[r] = codes[base + jc0];
+        c1[r] = codes[base + jc1];
+    }
+    #[unroll]
+    for q in 0..units_per_vec {
+        xs[q] = x[jc0 * units_per_vec + q];
+    }
+    let entries = if four_bit { 16u32 } else { 256u32 };
+    let mut lut = SharedMemory::<f32>::new(if four_bit { 16usize } else { 256usize });
+    let tid = UNIT_POS_Y * 32u32 + UNIT_POS_X;
+    if tid < entries {
+        lut[tid as usize] = map[tid as usize];
+    }
+    sync_cube();
+    if row0 >= rows {
+        terminate!();
+    }
     for k in 0..iters {
         let j0 = lane + k * 64usize;
         let j1 = j0 + 32usize;
-        // Every load first (clamped in range; a clamped vector's terms are skipped below).
-        let jc0 = select(j0 < vecs_per_row, j0, last);
-        let jc1 = select(j1 < vecs_per_row, j1, last);
-        #[unroll]
-        for r in 0..rows_per_plane {
-            let base = gemv_row(row0, r, rows) * vecs_per_row;
-            c0[r] = codes[base + jc0];
-            c1[r] = codes[base + jc1];
+        if k > 0 {
+            // Every load first (clamped in range; a clamped vector's terms are skipped below).
+            let jc0 = select(j0 < vecs_per_row, j0, last);
+            let jc1 = select(j1 < vecs_per_row, j1, last);
+            #[unroll]
+            for r in 0..rows_per_plane {
+                let base = gemv_row(row0, r, rows) * vecs_per_row;
+                c0[r] = codes[base + jc0];
+                c1[r] = codes[base + jc1];
+            }
         }
         if j0 < vecs_per_row {
-            #[unroll]
-            for q in 0..units_per_vec {
-                xs[q] = x[j0 * units_per_vec + q];
+            if k > 0 {
+                #[unroll]
+                for q in 0..units_per_vec {
+                    xs[q] = x[j0 * units_per_vec + q];
+                }
             }
             #[unroll]
             for r in 0..rows_per_plane {
@@ -173,7 +193,7 @@ fn gemv_rows<F: Float, N: Size, W: Size>(
                     j0,
                     gemv_row(row0, r, rows),
                     &xs,
-                    lut,
+                    &lut,
                     absmax,
                     nested_codes,
                     nested_absmax,
@@ -202,7 +222,7 @@ fn gemv_rows<F: Float, N: Size, W: Size>(
                     j1,
                     gemv_row(row0, r, rows),
                     &xs,
-                    lut,
+                    &lut,
                     absmax,
                     nested_codes,
                     nested_absmax,
@@ -298,20 +318,8 @@ pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
     #[comptime] rows_per_plane: usize,
 ) {
     let cube = CUBE_POS;
-    let entries = if four_bit { 16u32 } else { 256u32 };
-    let mut lut = SharedMemory::<f32>::new(if four_bit { 16usize } else { 256usize });
-    let tid = UNIT_POS_Y * 32u32 + UNIT_POS_X;
-    if tid < entries {
-        let t = tid as usize;
-        if cube < cubes0 {
-            lut[t] = map0[t];
-        } else if cube < cubes0 + cubes1 {
-            lut[t] = map1[t];
-        } else {
-            lut[t] = map2[t];
-        }
-    }
-    sync_cube();
+    // The branch is uniform over a cube, so each `gemv_rows`' `sync_cube` is reached by all of
+    // its units.
     if cube < cubes0 {
         gemv_rows::<F, N, W>(
             codes0,
@@ -319,7 +327,7 @@ pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
             nested_codes0,
             nested_absmax0,
             nested_map0,
-            &lut,
+            map0,
             x,
             unused,
             unused,
@@ -347,7 +355,7 @@ pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
             nested_codes1,
             nested_absmax1,
             nested_map1,
-            &lut,
+            map1,
             x,
             unused,
             unused,
@@ -375,7 +383,7 @@ pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
             nested_codes2,
             nested_absmax2,
             nested_map2,
-            &lut,
+            map2,
             x,
             unused,
             unused,
