@@ -3,7 +3,6 @@
 //! vendored cubecl-cuda's `capture` module, third_party/README.md). With the step recorded once,
 //! a token costs one `cuGraphLaunch` instead of ~30 host-side launches per layer.
 
-use burn::tensor::DType;
 use burn_cubecl::kernel::{cast, into_contiguous};
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::cuda::{CudaDevice, CudaRuntime};
@@ -17,12 +16,12 @@ use crate::{DeviceGraph, KernelError};
 macro_rules! dispatch_float_int {
     ($fd:expr, $id:expr, $what:expr, $go:ident) => {
         match ($fd, $id) {
-            (DType::F32, DType::I32) => $go!(f32, i32),
-            (DType::F32, DType::I64) => $go!(f32, i64),
-            (DType::F16, DType::I32) => $go!(burn::tensor::f16, i32),
-            (DType::F16, DType::I64) => $go!(burn::tensor::f16, i64),
-            (DType::BF16, DType::I32) => $go!(burn::tensor::bf16, i32),
-            (DType::BF16, DType::I64) => $go!(burn::tensor::bf16, i64),
+            (burn::tensor::DType::F32, burn::tensor::DType::I32) => $go!(f32, i32),
+            (burn::tensor::DType::F32, burn::tensor::DType::I64) => $go!(f32, i64),
+            (burn::tensor::DType::F16, burn::tensor::DType::I32) => $go!(burn::tensor::f16, i32),
+            (burn::tensor::DType::F16, burn::tensor::DType::I64) => $go!(burn::tensor::f16, i64),
+            (burn::tensor::DType::BF16, burn::tensor::DType::I32) => $go!(burn::tensor::bf16, i32),
+            (burn::tensor::DType::BF16, burn::tensor::DType::I64) => $go!(burn::tensor::bf16, i64),
             (f, i) => panic!(
                 "qtune-kernels: {} supports F32/F16/BF16 with I32/I64, not {f:?}/{i:?}",
                 $what
@@ -30,6 +29,7 @@ macro_rules! dispatch_float_int {
         }
     };
 }
+pub(crate) use dispatch_float_int;
 
 #[cube(launch_unchecked)]
 fn write_row_kernel<F: Float, I: Int>(
