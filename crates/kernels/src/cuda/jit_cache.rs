@@ -49,6 +49,7 @@ const KERNEL_SOURCES: [&str; 17] = [
     include_str!("fused/dropout.rs"),
     include_str!("fused/softmax.rs"),
     include_str!("fused/norm.rs"),
+    include_str!("fused/norm_row.rs"),
     include_str!("fused/rows.rs"),
     include_str!("fused/rotary.rs"),
     include_str!("fused/cross_entropy.rs"),

@@ -33,6 +33,7 @@ mod cross_entropy;
 mod dropout;
 mod gelu;
 mod norm;
+mod norm_row;
 mod rotary;
 mod rows;
 mod scatter;
