@@ -38,7 +38,7 @@ pub fn cache_dir() -> PathBuf {
 /// Every source file holding `#[cube]` code, compiled in: [`kernel_fingerprint`] hashes them.
 /// `tests/kernel_sources.rs` checks that no such file under `src/cuda` is missing (three were:
 /// a change to them would have run the cached PTX of the old code).
-const KERNEL_SOURCES: [&str; 17] = [
+const KERNEL_SOURCES: [&str; 18] = [
     include_str!("kernels/mod.rs"),
     include_str!("kernels/gemv.rs"),
     include_str!("kernels/dense_gemv.rs"),
