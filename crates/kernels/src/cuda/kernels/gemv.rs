@@ -63,6 +63,7 @@ pub fn gemv_kernel<F: Float, N: Size, W: Size>(
     #[comptime] adds: u32,
     #[comptime] rows_per_plane: usize,
     #[comptime] gelu: bool,
+    #[comptime] x_vecs: usize,
 ) {
     gemv_rows::<F, N, W>(
         codes,
@@ -90,6 +91,7 @@ pub fn gemv_kernel<F: Float, N: Size, W: Size>(
         adds,
         rows_per_plane,
         gelu,
+        x_vecs,
     );
 }
 
@@ -123,6 +125,7 @@ fn gemv_rows<F: Float, N: Size, W: Size>(
     #[comptime] adds: u32,
     #[comptime] rows_per_plane: usize,
     #[comptime] gelu: bool,
+    #[comptime] x_vecs: usize,
 ) {
     // The plane's first row; its rows are `row0 .. row0 + rows_per_plane`.
     let row0 = (cube * (GEMV_ROWS as usize) + usize::cast_from(UNIT_POS_Y)) * rows_per_plane;
@@ -151,13 +154,38 @@ fn gemv_rows<F: Float, N: Size, W: Size>(
         c0[r] = codes[base + jc0];
         c1[r] = codes[base + jc1];
     }
-    #[unroll]
-    for q in 0..units_per_vec {
-        xs[q] = x[jc0 * units_per_vec + q];
+    // `x_vecs` > 0: the whole `x` (that many vectors) staged in shared memory.
+    let x_shared = comptime!(x_vecs > 0);
+    let mut xsh = SharedMemory::<Vector<F, N>>::new(comptime!(x_vecs + x_vecs / 8 + 1));
+    let tid = UNIT_POS_Y * 32u32 + UNIT_POS_X;
+    if x_shared {
+        // The whole `x` into shared memory, coalesced, 4 vectors per unit in flight at a time.
+        let threads = comptime!(GEMV_ROWS as usize * 32);
+        let rounds = comptime!(x_vecs.div_ceil(4 * GEMV_ROWS as usize * 32));
+        let t = usize::cast_from(tid);
+        let mut stage = Array::<Vector<F, N>>::new(4usize);
+        for m in 0..rounds {
+            #[unroll]
+            for u in 0..4usize {
+                let c = t + (4usize * m + u) * threads;
+                stage[u] = x[select(c < x_vecs, c, x_vecs - 1usize)];
+            }
+            #[unroll]
+            for u in 0..4usize {
+                let c = t + (4usize * m + u) * threads;
+                if c < x_vecs {
+                    xsh[x_slot(c)] = stage[u];
+                }
+            }
+        }
+    } else {
+        #[unroll]
+        for q in 0..units_per_vec {
+            xs[q] = x[jc0 * units_per_vec + q];
+        }
     }
     let entries = if four_bit { 16u32 } else { 256u32 };
     let mut lut = SharedMemory::<f32>::new(if four_bit { 16usize } else { 256usize });
-    let tid = UNIT_POS_Y * 32u32 + UNIT_POS_X;
     if tid < entries {
         lut[tid as usize] = map[tid as usize];
     }
@@ -180,10 +208,18 @@ fn gemv_rows<F: Float, N: Size, W: Size>(
             }
         }
         if j0 < vecs_per_row {
-            if k > 0 {
+            // (k = 0: the hoisted loads above, unless x is staged.)
+            if x_shared {
                 #[unroll]
                 for q in 0..units_per_vec {
-                    xs[q] = x[j0 * units_per_vec + q];
+                    xs[q] = xsh[x_slot(j0 * units_per_vec + q)];
+                }
+            } else {
+                if k > 0 {
+                    #[unroll]
+                    for q in 0..units_per_vec {
+                        xs[q] = x[j0 * units_per_vec + q];
+                    }
                 }
             }
             #[unroll]
@@ -213,7 +249,11 @@ fn gemv_rows<F: Float, N: Size, W: Size>(
         if j1 < vecs_per_row {
             #[unroll]
             for q in 0..units_per_vec {
-                xs[q] = x[j1 * units_per_vec + q];
+                if x_shared {
+                    xs[q] = xsh[x_slot(j1 * units_per_vec + q)];
+                } else {
+                    xs[q] = x[j1 * units_per_vec + q];
+                }
             }
             #[unroll]
             for r in 0..rows_per_plane {
@@ -316,6 +356,7 @@ pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
     #[comptime] units_per_vec: usize,
     #[comptime] scale_per_vec: bool,
     #[comptime] rows_per_plane: usize,
+    #[comptime] x_vecs: usize,
 ) {
     let cube = CUBE_POS;
     // The branch is uniform over a cube, so each `gemv_rows`' `sync_cube` is reached by all of
@@ -347,6 +388,7 @@ pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
             0u32,
             rows_per_plane,
             false,
+            x_vecs,
         );
     } else if cube < cubes0 + cubes1 {
         gemv_rows::<F, N, W>(
@@ -375,6 +417,7 @@ pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
             0u32,
             rows_per_plane,
             false,
+            x_vecs,
         );
     } else {
         gemv_rows::<F, N, W>(
@@ -403,8 +446,18 @@ pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
             0u32,
             rows_per_plane,
             false,
+            x_vecs,
         );
     }
+}
+
+/// The shared-memory slot of `x` vector `c`: one slot skipped after every 8, so that the 8 lanes
+/// of a quarter plane, reading vectors `u·lane + q` (`u` = 1, 2 or 4 vectors per code vector),
+/// hit 8 different 16-byte bank groups (no conflict). Read from global memory, lanes 64 bytes
+/// apart touched 16 cache lines per 16-byte load: a quarter of each line used per wavefront.
+#[cube]
+fn x_slot(c: usize) -> usize {
+    c + c / 8usize
 }
 
 /// Row `row0 + r` of a [`gemv_kernel`] plane, clamped to the last row (a ragged plane's rows
