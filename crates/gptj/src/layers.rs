@@ -5,7 +5,7 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 use qtune_kernels::{attention, Frozen, QBackend};
-use qtune_lm::{cache_kv, frozen, to_dtype, BlockContext, DecoderBlock, KvSlot};
+use qtune_lm::{frozen, rope_cache_kv, to_dtype, BlockContext, DecoderBlock, KvSlot};
 use qtune_lora::Linear;
 
 use crate::config::Activation;
@@ -85,9 +85,8 @@ impl<B: QBackend> Attention<B> {
         let k = k.reshape([b, t, h, hd]);
         let v = v.reshape([b, t, h, hd]);
         // Token-major [B, T, H, hd] throughout: the attention op reads each head in place.
-        let q = apply_rotary(q, &ctx.cos, &ctx.sin);
-        let k = apply_rotary(k, &ctx.cos, &ctx.sin);
-        let (k, v) = cache_kv(cache, k, v);
+        // Rotary on q and k (`apply_rotary`'s op), then the cache; one op with a fixed cache.
+        let (q, k, v) = rope_cache_kv(cache, q, k, v, ctx, false);
         // As HF's GPTJAttention._attn: scores accumulated and soft-maxed in f32 (HF upcasts q, k;
         // under bf16 they enter the GEMM in bf16, as flash attention), divided by √hd, masked
         // scores = f32::MIN (a fully masked padding row stays finite), probabilities in v's

@@ -9,7 +9,7 @@ use burn::tensor::{
 use crate::{
     attention, decode, head, lora, mlp, Adam8Input, Adam8State, AttentionInput, AttnMask, BiasAct,
     DeviceGraph, FrozenPrimitive, GemmAccOptions, GemmOptions, KernelError, LoraOptions, NormInput,
-    Place, QWeightPrimitive, QuantizeOptions, RotaryOptions,
+    Place, QWeightPrimitive, QuantizeOptions, RopeKvInput, RotaryOptions,
 };
 // Named only in doc links.
 #[cfg(doc)]
@@ -416,6 +416,15 @@ pub trait QBackend: Backend {
         row: IntTensor<Self>,
     ) -> FloatTensor<Self> {
         decode::host_write_row::<Self>(dst, src, row)
+    }
+
+    /// One decode step's positional and cache work on fixed KV caches: `q` and `k` rotated
+    /// ([`QBackend::q_rotary`], with `halves` [`QBackend::q_rotary_half`]), the rotated `k` and
+    /// `v` written into rows `row[s]` of `kc` / `vc` ([`QBackend::q_write_row`]); returns
+    /// `[rotated q, kc, vc]`. The default is that composition; CUDA runs it as one launch with
+    /// the same values bit for bit when the caches can be written in place in their dtype.
+    fn q_rope_write_kv(r: RopeKvInput<Self>) -> [FloatTensor<Self>; 3] {
+        decode::rope_write_kv_ops::<Self>(r)
     }
 
     /// One greedy decoding step's bookkeeping, on the device: `state` holds, for each row `r`

@@ -7,7 +7,7 @@ use burn::tensor::{
     DType, Int, Shape, Tensor, TensorData, TensorPrimitive,
 };
 
-use crate::{KernelError, QBackend};
+use crate::{KernelError, QBackend, RopeKvInput, RotaryOptions};
 
 /// Device work recorded once by [`QBackend::q_graph_capture`] and replayed with one call.
 pub trait DeviceGraph {
@@ -125,6 +125,67 @@ pub fn write_row<B: QBackend, const D: usize>(
         row.into_primitive(),
     );
     Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// [`QBackend::q_rope_write_kv`]'s default: two rotaries and two [`QBackend::q_write_row`]s.
+pub(crate) fn rope_write_kv_ops<B: QBackend>(r: RopeKvInput<B>) -> [FloatTensor<B>; 3] {
+    let RopeKvInput {
+        q,
+        k,
+        v,
+        kc,
+        vc,
+        row,
+        rotary,
+        halves,
+    } = r;
+    let rotate = |x| match halves {
+        true => B::q_rotary_half(x, rotary.clone()),
+        false => B::q_rotary(x, rotary.clone()),
+    };
+    let (q, k) = (rotate(q), rotate(k));
+    let kc = B::q_write_row(kc, k, row.clone());
+    let vc = B::q_write_row(vc, v, row);
+    [q, kc, vc]
+}
+
+/// One decode step's rotary and fixed-cache writes through [`QBackend::q_rope_write_kv`]:
+/// `q [B, 1, H, hd]` and `k [B, 1, H_kv, hd]` rotated by the f32 tables `cos`/`sin
+/// [B, 1, 1, half, 1]` (GPT-J's rotate-every-two, or with `halves` rotate-half), the rotated
+/// `k` and `v` written into rows `row[s]` of `kc`/`vc [R, H_kv·hd]` (in place on CUDA when
+/// they are not shared). Returns the rotated `q`, `kc` and `vc`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_write_kv<B: QBackend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    kc: Tensor<B, 2>,
+    vc: Tensor<B, 2>,
+    row: Tensor<B, 1, Int>,
+    cos: Tensor<B, 5>,
+    sin: Tensor<B, 5>,
+    halves: bool,
+) -> (Tensor<B, 4>, Tensor<B, 2>, Tensor<B, 2>) {
+    let [q, kc, vc] = B::q_rope_write_kv(RopeKvInput {
+        q: q.into_primitive().tensor(),
+        k: k.into_primitive().tensor(),
+        v: v.into_primitive().tensor(),
+        kc: kc.into_primitive().tensor(),
+        vc: vc.into_primitive().tensor(),
+        row: row.into_primitive(),
+        rotary: RotaryOptions {
+            cos: cos.into_primitive().tensor(),
+            sin: sin.into_primitive().tensor(),
+            inverse: false,
+        },
+        halves,
+    });
+    let f = |t| TensorPrimitive::Float(t);
+    (
+        Tensor::from_primitive(f(q)),
+        Tensor::from_primitive(f(kc)),
+        Tensor::from_primitive(f(vc)),
+    )
 }
 
 /// Greedy bookkeeping through [`QBackend::q_greedy_advance`]: `state` = one

@@ -40,7 +40,9 @@ pub mod cuda;
 pub use adam8::{Adam8Input, Adam8Scalars, Adam8State, ADAM8_BLOCK};
 pub(crate) use backend::add_all;
 pub use backend::{QAutodiffBackend, QBackend};
-pub use decode::{first_argmax, graph_capture, greedy_advance, write_row, DeviceGraph};
+pub use decode::{
+    first_argmax, graph_capture, greedy_advance, rope_write_kv, write_row, DeviceGraph,
+};
 pub use error::{switch_setting, KernelError};
 pub use head::linear_cross_entropy;
 pub use linear::{q_linear, q_linear_add, q_linear_parts, q_linear_unread, q_linear_with};
@@ -56,7 +58,7 @@ pub use ops::{
 };
 pub use options::{
     AttentionInput, AttnMask, GemmAccOptions, GemmOptions, LoraOptions, NormInput, QuantizeOptions,
-    RotaryOptions,
+    RopeKvInput, RotaryOptions,
 };
 pub use park::{park, HostCopy, Parked, Place};
 pub use weight::{

@@ -2,7 +2,7 @@
 
 use burn::tensor::{
     backend::Backend,
-    ops::{BoolTensor, FloatTensor},
+    ops::{BoolTensor, FloatTensor, IntTensor},
     DType,
 };
 use qtune_quant::QuantFormat;
@@ -85,6 +85,27 @@ pub struct RotaryOptions<B: Backend> {
     pub sin: FloatTensor<B>,
     /// Turn back (the inverse rotation, also the rotation's input gradient).
     pub inverse: bool,
+}
+
+/// One decode step's rotary and KV-cache writes ([`QBackend::q_rope_write_kv`]).
+#[derive(Clone, Debug)]
+pub struct RopeKvInput<B: Backend> {
+    /// This step's queries `[B, 1, H, hd]`.
+    pub q: FloatTensor<B>,
+    /// Its keys `[B, 1, H_kv, hd]`, not yet rotated.
+    pub k: FloatTensor<B>,
+    /// Its values, shaped as `k`.
+    pub v: FloatTensor<B>,
+    /// The key cache `[R, H_kv·hd]`: row `row[s]` receives batch row `s`'s rotated keys.
+    pub kc: FloatTensor<B>,
+    /// The value cache, shaped as `kc`.
+    pub vc: FloatTensor<B>,
+    /// The cache row of each batch row, `[B]`.
+    pub row: IntTensor<B>,
+    /// The angle tables `[B, 1, 1, half, 1]` of this step's positions.
+    pub rotary: RotaryOptions<B>,
+    /// Rotate-half (the Llama family) instead of GPT-J's rotate-every-two.
+    pub halves: bool,
 }
 
 /// A LoRA adapter's product as [`QBackend::q_lora_acc`] adds it: `scaling·(dropout(x)·Aᵀ)·Bᵀ`.

@@ -6,7 +6,7 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use qtune_kernels::{attention, rms_norm, rotary_half, silu_mul, QBackend};
-use qtune_lm::{cache_kv, frozen, BlockContext, DecoderBlock, KvSlot};
+use qtune_lm::{frozen, rope_cache_kv, BlockContext, DecoderBlock, KvSlot};
 use qtune_lora::Linear;
 
 /// HF `LlamaRMSNorm`: `weight * (x / sqrt(mean(x²) + eps))`, the normalization in f32, the
@@ -90,9 +90,15 @@ impl<B: QBackend> Attention<B> {
             ],
             x,
         );
-        let q = rotate_half(q.reshape([b, t, h, hd]), &ctx.cos, &ctx.sin);
-        let k = rotate_half(k.reshape([b, t, kv, hd]), &ctx.cos, &ctx.sin);
-        let (k, v) = cache_kv(cache, k, v.reshape([b, t, kv, hd]));
+        // Rotate-half on q and k (`rotate_half`'s op), then the cache; one op with a fixed cache.
+        let (q, k, v) = rope_cache_kv(
+            cache,
+            q.reshape([b, t, h, hd]),
+            k.reshape([b, t, kv, hd]),
+            v.reshape([b, t, kv, hd]),
+            ctx,
+            true,
+        );
         // Eager attention as HF's: scores over √hd, masked, soft-maxed in f32, probabilities
         // in v's dtype. The cache keeps H_kv heads; the attention op reads kv head i / (H/H_kv)
         // for query head i, as HF's `repeat_kv`, without repeating k, v in memory.

@@ -397,6 +397,61 @@ pub fn cache_kv<B: QBackend>(
     }
 }
 
+/// This step's queries and keys rotated by `ctx`'s angles (GPT-J's rotate-every-two, or with
+/// `halves` rotate-half) and the keys and values to attend over: [`cache_kv`] of the rotated
+/// keys, except that with a fixed cache the rotation and both row writes are one op
+/// ([`qtune_kernels::rope_write_kv`], one launch on CUDA; the same values).
+pub fn rope_cache_kv<B: QBackend>(
+    cache: Option<KvSlot<'_, B>>,
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    ctx: &BlockContext<B>,
+    halves: bool,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let rotate = |x: Tensor<B, 4>| match halves {
+        true => qtune_kernels::rotary_half(x, ctx.cos.clone(), ctx.sin.clone()),
+        false => qtune_kernels::rotary(x, ctx.cos.clone(), ctx.sin.clone()),
+    };
+    match cache {
+        Some(KvSlot::Fixed { kv, pos }) => {
+            let [b, t, h, hd] = k.dims();
+            assert_eq!(t, 1, "a fixed KV cache decodes one token per row");
+            assert_eq!(
+                pos.dims()[0],
+                b,
+                "a fixed KV cache needs a cache row per batch row"
+            );
+            let (Some(kc), Some(vc)) = (kv.k.take(), kv.v.take()) else {
+                panic!("fixed KV cache used while taken");
+            };
+            // In place (the caches are not shared): the same buffers every step.
+            let (q, kc, vc) = qtune_kernels::rope_write_kv(
+                q,
+                k,
+                v,
+                kc,
+                vc,
+                pos.clone(),
+                ctx.cos.clone(),
+                ctx.sin.clone(),
+                halves,
+            );
+            let l = kc.dims()[0] / b;
+            let out = (
+                kc.clone().reshape([b, l, h, hd]),
+                vc.clone().reshape([b, l, h, hd]),
+            );
+            (kv.k, kv.v) = (Some(kc), Some(vc));
+            (q, out.0, out.1)
+        }
+        cache => {
+            let (k, v) = cache_kv(cache, rotate(k), v);
+            (rotate(q), k, v)
+        }
+    }
+}
+
 /// Past keys/values of every layer, for incremental decoding.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {

@@ -171,11 +171,14 @@ pub fn greedy_fixed<B: QBackend, M: CausalLm<B>>(
 
 /// Greedy decoding of `prompts` as one left-padded batch (HF `generate` with
 /// `do_sample=False`, one beam, no repetition penalty): each row's new tokens, up to and
-/// including its EOS. The first step after the prefill runs eagerly (it compiles kernels and
-/// settles the memory pool), the next [`GenerationConfig::graph_steps`] are recorded as a
-/// device graph ([`qtune_kernels::graph_capture`]) and replayed for the further tokens (a
-/// shorter tail eagerly); backends without graphs (CPU), or [`GenerationConfig::device_graphs`]
-/// off, run each step eagerly. With an EOS id the state is read back about every 16 tokens and
+/// including its EOS. Right after the prefill is enqueued, [`GenerationConfig::graph_steps`]
+/// steps are recorded as a device graph ([`qtune_kernels::graph_capture`]: recording runs
+/// nothing, so the host records while the device still runs the prefill) and replayed for every
+/// further token (a shorter tail eagerly). Every buffer a step reads or writes in place (the KV
+/// caches, the state) exists before the recording, as the capture requires; kernels first used
+/// in the step compile while it is recorded (a relaxed capture). Before session 25 one step ran
+/// eagerly first, its host time added to every `generate` (BENCHMARKS.md). Backends without
+/// graphs (CPU), or [`GenerationConfig::device_graphs`] off, run each step eagerly. With an EOS id the state is read back about every 16 tokens and
 /// decoding stops once every row has produced EOS; a row that ended keeps decoding until then,
 /// and what it produces after its EOS is dropped (it never reaches the other rows).
 ///
@@ -206,23 +209,22 @@ pub fn greedy_fixed_batch<B: QBackend, M: CausalLm<B>>(
     };
     let mut steps = 0; // tokens produced after the prefill's
     let remaining = n_new - 1;
-    if remaining > 0 && !(eos.is_some() && all_ended(&dec)?) {
-        dec.step();
-        steps = 1;
-    }
-    // `k` steps per graph (a divisor of the EOS check period), fewer when few remain.
+    // The prefill's token may already be every row's EOS (the only host read before the loop).
+    let ended = remaining == 0 || (eos.is_some() && all_ended(&dec)?);
+    // `k` steps per graph (a divisor of the EOS check period), fewer when few remain: a graph
+    // pays when it is replayed at least twice.
     let mut k = steps_per_graph(cfg.graph_steps);
-    while k > 1 && remaining < steps + 2 * k {
+    while k > 1 && remaining < 2 * k {
         k /= 2;
     }
-    let graph = if cfg.device_graphs && remaining >= steps + 2 {
+    let graph = if cfg.device_graphs && !ended && remaining >= 2 {
         graph_capture::<B>(&device, || (0..k).for_each(|_| dec.step()))
             .map_err(|e| LmError::Device(format!("recording the decode step: {e}")))?
     } else {
         None
     };
-    let mut next_check = steps.next_multiple_of(EOS_CHECK_EVERY);
-    while steps < remaining {
+    let mut next_check = EOS_CHECK_EVERY;
+    while !ended && steps < remaining {
         if eos.is_some() && steps >= next_check {
             next_check += EOS_CHECK_EVERY;
             if all_ended(&dec)? {

@@ -31,7 +31,7 @@ pub struct GenerationConfig {
     pub seed: u64,
     /// qtune's own: how many decode steps batch-1 greedy decoding on a GPU records in one
     /// device graph (1, 2, 4, 8 or 16; other values round down to one of these). More steps per
-    /// replay spread the per-replay cost over more tokens; recording takes that many eager
+    /// replay spread the per-replay cost over more tokens; recording takes that many
     /// steps' host time. On an H100 (GPT-J-6B NF4, 128 new tokens, session 21 in
     /// BENCHMARKS.md) 1 step decoded 278.1 tok/s timed first in its process and 276.8 timed
     /// after 4 steps; 4 steps 266.4 and 268.5, 8 steps 239–241: hence the default of 1.

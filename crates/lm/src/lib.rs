@@ -22,8 +22,8 @@ pub mod source;
 pub mod tokenizer;
 
 pub use context::{
-    cache_kv, frozen, host_i64, mix_seed, to_dtype, BlockContext, FixedKv, KvCache, KvSlot,
-    LayerKv, Positions, TokenInputs,
+    cache_kv, frozen, host_i64, mix_seed, rope_cache_kv, to_dtype, BlockContext, FixedKv, KvCache,
+    KvSlot, LayerKv, Positions, TokenInputs,
 };
 pub use error::LmError;
 pub use generate::{

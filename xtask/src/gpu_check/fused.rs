@@ -145,6 +145,24 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
         ("rotary_grad", ROTARY),
     ];
     print_rel_errs(fails, names, gpu, cpu, []);
+    // A few rows of GPT-J's width, as decoding (the forward takes a cube per row on CUDA).
+    for rows in [1usize, 3] {
+        let dims = [1, rows, 1, 4096];
+        let (vs, vw) = (&vs[..rows * 4096], &vw[..rows * 4096]);
+        let cpu = layer_norm_rotary::<Cpu>(&Default::default(), vs, vw, dims, DType::F32)?;
+        let gpu = layer_norm_rotary::<Train>(dev, vs, vw, dims, DType::BF16)?;
+        let (fwd, grad) = (
+            format!("layer_norm_{rows}_rows_fwd"),
+            format!("layer_norm_{rows}_rows_grad"),
+        );
+        let names = [
+            (fwd.as_str(), LAYER_NORM_FWD),
+            (grad.as_str(), LAYER_NORM_GRAD),
+            ("rotary_rows_fwd", ROTARY),
+            ("rotary_rows_grad", ROTARY),
+        ];
+        print_rel_errs(fails, names, gpu, cpu, []);
+    }
 
     let cpu = softmax_gelu::<Cpu>(&Default::default(), &vs, &vw, &bits, dims, DType::F32)?;
     let gpu = softmax_gelu::<Train>(dev, &vs, &vw, &bits, dims, DType::BF16)?;

@@ -37,6 +37,7 @@ pub(super) fn quantized_gemv_check(
     let default_rows = gemv_rows_per_plane();
     let outcome = quantized_gemv_rows(dev, fails, &mut res);
     set_gemv_rows_per_plane(default_rows);
+    qtune_kernels::cuda::launch::set_gemv_x_shared(true);
     outcome?;
     gemv_parts_check(dev, fails, &mut res)?;
     lora_parts_check(dev, fails, &mut res)?;
@@ -78,7 +79,7 @@ fn quantized_gemv_rows(
     fails: &mut Failures,
     res: &mut serde_json::Map<String, serde_json::Value>,
 ) -> anyhow::Result<()> {
-    use qtune_kernels::cuda::launch::set_gemv_rows_per_plane;
+    use qtune_kernels::cuda::launch::{set_gemv_rows_per_plane, set_gemv_x_shared};
     use qtune_kernels::QuantWeight;
     use qtune_quant::{FloatDType, QuantFormat};
     type I = <Train as burn::tensor::backend::AutodiffBackend>::InnerBackend;
@@ -128,8 +129,15 @@ fn quantized_gemv_rows(
                 .map(|i| gelu(f64::from(y_ref[i]) + f64::from(h0[i])) as f32)
                 .collect();
             let mut first: Option<[Vec<f32>; 2]> = None;
-            for r in [1usize, 2, 4] {
+            // Each rows-per-plane setting with `x` from global memory, then staged in shared
+            // memory (`_xs`): the same bits required.
+            for (r, staged) in [1usize, 2, 4]
+                .into_iter()
+                .flat_map(|r| [(r, false), (r, true)])
+            {
                 set_gemv_rows_per_plane(r);
+                set_gemv_x_shared(staged);
+                let r = format!("{r}{}", if staged { "_xs" } else { "" });
                 let y = host(qtune_kernels::q_linear(x.clone(), &w).unsqueeze::<3>())?;
                 let y_add = host(
                     qtune_kernels::q_linear_add(x.clone(), &w, vec![a0.clone(), a1.clone()])
@@ -167,6 +175,10 @@ fn quantized_gemv_rows(
                     None => first = Some([y, y_add]),
                     Some([y1, y1_add]) => {
                         let same = bits(&y) == bits(y1) && bits(&y_add) == bits(y1_add);
+                        fails.require(
+                            &format!("quantized_gemv {name}{suffix} r{r} bit-identical to r1"),
+                            same,
+                        );
                         res.insert(
                             format!("gemv_{name}{suffix}_r{r}_bit_identical_to_r1"),
                             same.into(),

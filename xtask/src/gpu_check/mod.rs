@@ -35,6 +35,8 @@ mod optim;
 #[cfg(feature = "cuda")]
 mod park;
 #[cfg(feature = "cuda")]
+mod rope_kv;
+#[cfg(feature = "cuda")]
 pub(crate) mod selftest;
 
 /// Arguments of `bench gpu-check`.
@@ -245,6 +247,7 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
 
     // 1b. Greedy decoding: in-place row write, on-device argmax, CUDA graph vs eager.
     if want("decode") {
+        rope_kv::rope_write_kv_check(&dev, &mut fails)?;
         fixtures::decode_check(&dev, fixture, &mut fails)?;
     }
 

@@ -181,6 +181,13 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         super::decode::write_row::<Self>(dst, src, row)
     }
 
+    fn q_rope_write_kv(r: crate::RopeKvInput<Self>) -> [FloatTensor<Self>; 3] {
+        match super::rope_kv::rope_write_kv::<Self>(r) {
+            Ok(out) => out,
+            Err(r) => crate::decode::rope_write_kv_ops::<Self>(r),
+        }
+    }
+
     fn q_greedy_advance(state: IntTensor<Self>, logits: FloatTensor<Self>) -> IntTensor<Self> {
         super::decode::greedy_advance::<Self>(state, logits)
     }

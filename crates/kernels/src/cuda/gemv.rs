@@ -38,6 +38,34 @@ pub fn gemv_rows_per_plane() -> usize {
     GEMV_ROWS_PER_PLANE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Whether the quantized GEMV stages `x` in shared memory where it fits (the default; see
+/// [`x_stage_vecs`]). For the bench and the GPU check, which compare both ways (the same bits).
+static GEMV_X_SHARED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Select whether the quantized GEMV stages `x` in shared memory ([`x_stage_vecs`]).
+pub fn set_gemv_x_shared(on: bool) {
+    GEMV_X_SHARED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Most bytes of `x` (with the bank padding) a GEMV cube stages in shared memory.
+const X_STAGE_BYTES: usize = 40 * 1024;
+
+/// The `x_vecs` comptime argument of the GEMV kernels: the vectors of `x` (`in_features / 8`)
+/// when it is staged in shared memory, else 0 (read from global memory). Read from global
+/// memory, the 16-byte `x` loads of a plane's lanes lie 64 bytes apart (a lane's code vector
+/// covers 32 weights), so each touches 16 cache lines and the L1 pipe moved 4× the bytes used:
+/// ncu put the L1/TEX pipe at 83 % on fc_in (session 25). Staged with a bank-conflict-free
+/// padding, each such load is 4 wavefronts.
+fn x_stage_vecs(in_features: usize, dtype: burn::tensor::DType) -> usize {
+    let vecs = in_features / PER_UNIT;
+    let bytes = (vecs + vecs / 8 + 1) * PER_UNIT * dtype.size();
+    if GEMV_X_SHARED.load(std::sync::atomic::Ordering::Relaxed) && bytes <= X_STAGE_BYTES {
+        vecs
+    } else {
+        0
+    }
+}
+
 /// How [`kernels::gemv_kernel`] walks a weight of layout `l`: codes per row in u32 words (8
 /// 4-bit values or 4 8-bit values each), read 4 words (16 bytes) per load where rows allow, else
 /// one unit's worth (1 word, or 2 for 8-bit).
@@ -226,6 +254,7 @@ fn gemv_epilogue<R: CubeRuntime, B: CubeB<R>>(
             adds.len() as u32,
             rows_per_plane,
             gelu,
+            x_stage_vecs(l.in_features, x.dtype),
             )
         )
     }
@@ -328,6 +357,7 @@ pub fn gemv_parts<R: CubeRuntime, B: CubeB<R>>(
             plan.units_per_vec,
             plan.scale_per_vec,
             rows_per_plane,
+            x_stage_vecs(l0.in_features, x.dtype),
             )
         )
     }

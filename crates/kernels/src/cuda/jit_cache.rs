@@ -38,7 +38,7 @@ pub fn cache_dir() -> PathBuf {
 /// Every source file holding `#[cube]` code, compiled in: [`kernel_fingerprint`] hashes them.
 /// `tests/kernel_sources.rs` checks that no such file under `src/cuda` is missing (three were:
 /// a change to them would have run the cached PTX of the old code).
-const KERNEL_SOURCES: [&str; 16] = [
+const KERNEL_SOURCES: [&str; 18] = [
     include_str!("kernels/mod.rs"),
     include_str!("kernels/gemv.rs"),
     include_str!("kernels/dense_gemv.rs"),
@@ -49,12 +49,14 @@ const KERNEL_SOURCES: [&str; 16] = [
     include_str!("fused/dropout.rs"),
     include_str!("fused/softmax.rs"),
     include_str!("fused/norm.rs"),
+    include_str!("fused/norm_row.rs"),
     include_str!("fused/rows.rs"),
     include_str!("fused/rotary.rs"),
     include_str!("fused/cross_entropy.rs"),
     include_str!("fused/swiglu.rs"),
     include_str!("decode.rs"),
     include_str!("copy.rs"),
+    include_str!("rope_kv.rs"),
 ];
 
 /// 64-bit FNV-1a of the kernel sources and this crate's version, as 16 hex digits.

@@ -50,6 +50,7 @@ mod kernels;
 pub mod launch;
 mod park;
 mod rcp;
+mod rope_kv;
 mod upload;
 
 pub use backend::sync;

@@ -247,7 +247,14 @@ pub fn llama_op_checks(dev: &cubecl::cuda::CudaDevice) -> Vec<Check> {
     for dtype in [DType::F32, DType::BF16] {
         // RMSNorm rows [B, T, D]: SmolLM2's 576 (26 rows: the last cube of 8 rows part-filled),
         // Llama-7B's 4096, and 100 / 7 wide rows (4- and 1-value loads).
-        for shape in [[2usize, 13, 576], [3, 5, 4096], [1, 7, 100], [4, 1, 7]] {
+        // Decode's one row of 4096 too (every forward here up to 64 rows takes a cube per row).
+        for shape in [
+            [2usize, 13, 576],
+            [3, 5, 4096],
+            [1, 7, 100],
+            [4, 1, 7],
+            [1, 1, 4096],
+        ] {
             let n: usize = shape.iter().product();
             // A non-zero mean and a few large values, as in a residual stream.
             let mut xv = values(n, 11, 3.0);

@@ -33,6 +33,7 @@ mod cross_entropy;
 mod dropout;
 mod gelu;
 mod norm;
+mod norm_row;
 mod rotary;
 mod rows;
 mod scatter;
@@ -44,6 +45,7 @@ pub use cross_entropy::cross_entropy;
 pub use dropout::{dropout, lora_prep, lora_prep_fits};
 pub use gelu::gelu_new;
 pub use norm::{layer_norm, rms_norm};
+pub(crate) use rotary::{half_unit, rotate_halves, rotate_pairs};
 pub use rotary::{rotary, rotary_half};
 pub use scatter::scatter_rows;
 pub use softmax::{attn_softmax, attn_softmax_backward};
@@ -74,12 +76,12 @@ fn ew_lanes(n: usize) -> usize {
 }
 
 /// The widest of 8, 4, 2, 1 values per load that divides a row of `len`.
-fn row_vec(len: usize) -> usize {
+pub(crate) fn row_vec(len: usize) -> usize {
     [8, 4, 2].into_iter().find(|v| len % v == 0).unwrap_or(1)
 }
 
 /// `t` as a contiguous F32 tensor (frozen weights, rotary tables).
-fn as_f32_contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+pub(crate) fn as_f32_contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     into_contiguous(if t.dtype == DType::F32 {
         t
     } else {

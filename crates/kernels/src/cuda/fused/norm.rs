@@ -1,14 +1,20 @@
 //! The norms with frozen weights and their input gradients, one plane (warp) per row:
-//! LayerNorm (GPT-J's `ln_1`, `ln_f`) and HF `LlamaRMSNorm`.
+//! LayerNorm (GPT-J's `ln_1`, `ln_f`) and HF `LlamaRMSNorm`; a forward over a few rows takes a
+//! cube per row instead (`norm_row.rs`).
 
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
+use super::norm_row::{layer_norm_row_kernel, rms_norm_row_kernel, ROW_PLANES, ROW_VECS};
 use super::rows::{as_rows, load_vecs, plane_row, row_sum, rows_launch, STRIDE, UNROLL};
 use super::{as_f32_contiguous, grad_arg};
 use crate::cuda::launch::{array, empty};
+
+/// The most rows whose forward norm runs a cube per row (`norm_row.rs`: decode, batched
+/// generation); more rows fill the GPU with a plane per row.
+const ROW_PATH_ROWS: usize = 64;
 
 /// LayerNorm of rows of `len` values, one plane per row, f32 math (as HF under bf16 autocast:
 /// GPT-J's `ln_1` runs in f32 and casts back): `y = (x − mean)/√(var + eps)·w + b`.
@@ -274,6 +280,55 @@ fn norm<R: CubeRuntime>(
         return out;
     }
     let (count, dim, vec) = rows_launch(rows, len);
+    if !backward && rows <= ROW_PATH_ROWS && len / vec <= 256 * ROW_VECS {
+        // A few rows (decode): a cube per row (norm_row.rs).
+        let (count, dim) = (
+            CubeCount::Static(rows as u32, 1, 1),
+            CubeDim::new_2d(32, ROW_PLANES),
+        );
+        // SAFETY: as below, a cube per row (rows ≤ ROW_PATH_ROWS), each unit reading at most
+        // ROW_VECS clamped vectors of its row.
+        unsafe {
+            match &b {
+                Some(b) => launch_float!(
+                    x.dtype,
+                    what,
+                    layer_norm_row_kernel(
+                        &x.client,
+                        count,
+                        dim,
+                        vec,
+                        array(&x, rows * len),
+                        array(&w, len),
+                        array(b, len),
+                        array(&out, rows * len),
+                        len / vec,
+                        len as f32,
+                        eps,
+                        vec,
+                    )
+                ),
+                None => launch_float!(
+                    x.dtype,
+                    what,
+                    rms_norm_row_kernel(
+                        &x.client,
+                        count,
+                        dim,
+                        vec,
+                        array(&x, rows * len),
+                        array(&w, len),
+                        array(&out, rows * len),
+                        len / vec,
+                        len as f32,
+                        eps,
+                        vec,
+                    )
+                ),
+            }
+        }
+        return out;
+    }
     // The two kernels' arguments, LayerNorm's bias (`b`) after the weight.
     macro_rules! launch {
         ($kernel:ident $(, $b:expr)?) => {

@@ -28,12 +28,30 @@ fn rotary_kernel<F: Float, N: Size>(
     // 32-bit index math (64-bit division is emulated on the GPU); unit i holds `lanes`
     // consecutive values of one head, so whole pairs, all inside or all outside the rotary dims.
     let i = unit_index(units);
+    out[i] = rotate_pairs::<F, N>(x[i], i, cos, sin, hd, row, half, sign, lanes);
+}
+
+/// Unit `i` (`lanes` values from value `i·lanes` of `[B, T, H, hd]`, `row = H·hd`) of
+/// [`rotary_kernel`], rotated; dims from `2·half` on pass through. Also the fused decode op's
+/// (`cuda/decode.rs`), so both round alike.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rotate_pairs<F: Float, N: Size>(
+    xv: Vector<F, N>,
+    i: usize,
+    cos: &Array<f32>,
+    sin: &Array<f32>,
+    hd: u32,
+    row: u32,
+    half: u32,
+    sign: f32,
+    #[comptime] lanes: usize,
+) -> Vector<F, N> {
     let e0 = u32::cast_from(i) * (lanes as u32);
     let j0 = e0 % hd;
-    let xv = x[i];
+    let mut o = Vector::<F, N>::empty();
     if j0 < 2u32 * half {
         let a0 = (e0 / row) * half + j0 / 2u32;
-        let mut o = Vector::<F, N>::empty();
         #[unroll]
         for p in 0..lanes / 2 {
             let c = cos[(a0 + p as u32) as usize];
@@ -43,10 +61,10 @@ fn rotary_kernel<F: Float, N: Size>(
             o[2 * p] = F::cast_from(u * c - v * s);
             o[2 * p + 1] = F::cast_from(v * c + u * s);
         }
-        out[i] = o;
     } else {
-        out[i] = xv;
+        o = xv;
     }
+    o
 }
 
 /// Rotate-half on `x [B, T, H, hd]`: unit `i` takes `lanes` consecutive dims `j` of the first
@@ -68,16 +86,41 @@ fn rotary_half_kernel<F: Float, N: Size>(
     sign: f32,
     #[comptime] lanes: usize,
 ) {
-    // 32-bit index math (64-bit division is emulated on the GPU).
     let i = unit_index(units);
+    let (lo, hi, a) = half_unit(i, half_units, heads);
+    let (cv, sv) = (cos[a], sin[a]);
+    let (o1, o2) = rotate_halves::<F, N>(x[lo], x[hi], cv, sv, sign, lanes);
+    out[lo] = o1;
+    out[hi] = o2;
+}
+
+/// Where unit `i` of [`rotary_half_kernel`] reads and writes (32-bit index math: 64-bit
+/// division is emulated on the GPU): its vectors `lo` and `hi` (the same dims of the head's two
+/// halves) and its vector of the angle tables.
+#[cube]
+pub(crate) fn half_unit(i: usize, half_units: u32, heads: u32) -> (usize, usize, usize) {
     let u = u32::cast_from(i);
     let head = u / half_units; // (b·T + t)·H + h
     let k = u % half_units;
     let lo = (head * 2u32 * half_units + k) as usize;
-    let hi = lo + half_units as usize;
-    let a = ((head / heads) * half_units + k) as usize;
-    let (cv, sv) = (cos[a], sin[a]);
-    let (x1, x2) = (x[lo], x[hi]);
+    (
+        lo,
+        lo + half_units as usize,
+        ((head / heads) * half_units + k) as usize,
+    )
+}
+
+/// A head's two halves `x1`, `x2` (one vector of each) turned by `cv`/`sv`: [`rotary_half_kernel`]'s
+/// math, also the fused decode op's (`cuda/decode.rs`).
+#[cube]
+pub(crate) fn rotate_halves<F: Float, N: Size>(
+    x1: Vector<F, N>,
+    x2: Vector<F, N>,
+    cv: Vector<f32, N>,
+    sv: Vector<f32, N>,
+    sign: f32,
+    #[comptime] lanes: usize,
+) -> (Vector<F, N>, Vector<F, N>) {
     let mut o1 = Vector::<F, N>::empty();
     let mut o2 = Vector::<F, N>::empty();
     #[unroll]
@@ -89,8 +132,7 @@ fn rotary_half_kernel<F: Float, N: Size>(
         o1[p] = F::cast_from(u1 * c - u2 * s);
         o2[p] = F::cast_from(u2 * c + u1 * s);
     }
-    out[lo] = o1;
-    out[hi] = o2;
+    (o1, o2)
 }
 
 /// Rotary embedding of `x [B, T, H, hd]` (see [`rotary_kernel`]); `inverse` rotates back.

@@ -63,21 +63,15 @@ pub fn gemv_kernel<F: Float, N: Size, W: Size>(
     #[comptime] adds: u32,
     #[comptime] rows_per_plane: usize,
     #[comptime] gelu: bool,
+    #[comptime] x_vecs: usize,
 ) {
-    let entries = if four_bit { 16u32 } else { 256u32 };
-    let mut lut = SharedMemory::<f32>::new(if four_bit { 16usize } else { 256usize });
-    let tid = UNIT_POS_Y * 32u32 + UNIT_POS_X;
-    if tid < entries {
-        lut[tid as usize] = map[tid as usize];
-    }
-    sync_cube();
     gemv_rows::<F, N, W>(
         codes,
         absmax,
         nested_codes,
         nested_absmax,
         nested_map,
-        &lut,
+        map,
         x,
         add0,
         add1,
@@ -97,11 +91,12 @@ pub fn gemv_kernel<F: Float, N: Size, W: Size>(
         adds,
         rows_per_plane,
         gelu,
+        x_vecs,
     );
 }
 
 /// The rows of cube `cube` of [`gemv_kernel`] (or of one part of [`gemv_parts_kernel`]), with
-/// the code map already staged in `lut`.
+/// the code map `map` staged in shared memory here.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn gemv_rows<F: Float, N: Size, W: Size>(
@@ -110,7 +105,7 @@ fn gemv_rows<F: Float, N: Size, W: Size>(
     nested_codes: &Array<u8>,
     nested_absmax: &Array<f32>,
     nested_map: &Array<f32>,
-    lut: &SharedMemory<f32>,
+    map: &Array<f32>,
     x: &Array<Vector<F, N>>,
     add0: &Array<F>,
     add1: &Array<F>,
@@ -130,12 +125,10 @@ fn gemv_rows<F: Float, N: Size, W: Size>(
     #[comptime] adds: u32,
     #[comptime] rows_per_plane: usize,
     #[comptime] gelu: bool,
+    #[comptime] x_vecs: usize,
 ) {
     // The plane's first row; its rows are `row0 .. row0 + rows_per_plane`.
     let row0 = (cube * (GEMV_ROWS as usize) + usize::cast_from(UNIT_POS_Y)) * rows_per_plane;
-    if row0 >= rows {
-        terminate!();
-    }
     let lane = usize::cast_from(UNIT_POS_X);
     let last = vecs_per_row - 1usize;
     let iters = vecs_per_row.div_ceil(64usize);
@@ -149,22 +142,85 @@ fn gemv_rows<F: Float, N: Size, W: Size>(
     for r in 0..rows_per_plane {
         acc[r] = 0.0f32;
     }
+    // The first iteration's loads (codes and the lane's first `x` vectors, clamped in range as
+    // below; a plane past the last row reads the last row and stops after the barrier) go out
+    // before the code map is staged and the cube synchronises, so the cube's first memory round
+    // trip overlaps the map's. No register is added: the loop's own arrays hold them.
+    let jc0 = select(lane < vecs_per_row, lane, last);
+    let jc1 = select(lane + 32usize < vecs_per_row, lane + 32usize, last);
+    #[unroll]
+    for r in 0..rows_per_plane {
+        let base = gemv_row(row0, r, rows) * vecs_per_row;
+        c0[r] = codes[base + jc0];
+        c1[r] = codes[base + jc1];
+    }
+    // `x_vecs` > 0: the whole `x` (that many vectors) staged in shared memory.
+    let x_shared = comptime!(x_vecs > 0);
+    let mut xsh = SharedMemory::<Vector<F, N>>::new(comptime!(x_vecs + x_vecs / 8 + 1));
+    let tid = UNIT_POS_Y * 32u32 + UNIT_POS_X;
+    if x_shared {
+        // The whole `x` into shared memory, coalesced, 4 vectors per unit in flight at a time.
+        let threads = comptime!(GEMV_ROWS as usize * 32);
+        let rounds = comptime!(x_vecs.div_ceil(4 * GEMV_ROWS as usize * 32));
+        let t = usize::cast_from(tid);
+        let mut stage = Array::<Vector<F, N>>::new(4usize);
+        for m in 0..rounds {
+            #[unroll]
+            for u in 0..4usize {
+                let c = t + (4usize * m + u) * threads;
+                stage[u] = x[select(c < x_vecs, c, x_vecs - 1usize)];
+            }
+            #[unroll]
+            for u in 0..4usize {
+                let c = t + (4usize * m + u) * threads;
+                if c < x_vecs {
+                    xsh[x_slot(c)] = stage[u];
+                }
+            }
+        }
+    } else {
+        #[unroll]
+        for q in 0..units_per_vec {
+            xs[q] = x[jc0 * units_per_vec + q];
+        }
+    }
+    let entries = if four_bit { 16u32 } else { 256u32 };
+    let mut lut = SharedMemory::<f32>::new(if four_bit { 16usize } else { 256usize });
+    if tid < entries {
+        lut[tid as usize] = map[tid as usize];
+    }
+    sync_cube();
+    if row0 >= rows {
+        terminate!();
+    }
     for k in 0..iters {
         let j0 = lane + k * 64usize;
         let j1 = j0 + 32usize;
-        // Every load first (clamped in range; a clamped vector's terms are skipped below).
-        let jc0 = select(j0 < vecs_per_row, j0, last);
-        let jc1 = select(j1 < vecs_per_row, j1, last);
-        #[unroll]
-        for r in 0..rows_per_plane {
-            let base = gemv_row(row0, r, rows) * vecs_per_row;
-            c0[r] = codes[base + jc0];
-            c1[r] = codes[base + jc1];
+        if k > 0 {
+            // Every load first (clamped in range; a clamped vector's terms are skipped below).
+            let jc0 = select(j0 < vecs_per_row, j0, last);
+            let jc1 = select(j1 < vecs_per_row, j1, last);
+            #[unroll]
+            for r in 0..rows_per_plane {
+                let base = gemv_row(row0, r, rows) * vecs_per_row;
+                c0[r] = codes[base + jc0];
+                c1[r] = codes[base + jc1];
+            }
         }
         if j0 < vecs_per_row {
-            #[unroll]
-            for q in 0..units_per_vec {
-                xs[q] = x[j0 * units_per_vec + q];
+            // (k = 0: the hoisted loads above, unless x is staged.)
+            if x_shared {
+                #[unroll]
+                for q in 0..units_per_vec {
+                    xs[q] = xsh[x_slot(j0 * units_per_vec + q)];
+                }
+            } else {
+                if k > 0 {
+                    #[unroll]
+                    for q in 0..units_per_vec {
+                        xs[q] = x[j0 * units_per_vec + q];
+                    }
+                }
             }
             #[unroll]
             for r in 0..rows_per_plane {
@@ -173,7 +229,7 @@ fn gemv_rows<F: Float, N: Size, W: Size>(
                     j0,
                     gemv_row(row0, r, rows),
                     &xs,
-                    lut,
+                    &lut,
                     absmax,
                     nested_codes,
                     nested_absmax,
@@ -193,7 +249,11 @@ fn gemv_rows<F: Float, N: Size, W: Size>(
         if j1 < vecs_per_row {
             #[unroll]
             for q in 0..units_per_vec {
-                xs[q] = x[j1 * units_per_vec + q];
+                if x_shared {
+                    xs[q] = xsh[x_slot(j1 * units_per_vec + q)];
+                } else {
+                    xs[q] = x[j1 * units_per_vec + q];
+                }
             }
             #[unroll]
             for r in 0..rows_per_plane {
@@ -202,7 +262,7 @@ fn gemv_rows<F: Float, N: Size, W: Size>(
                     j1,
                     gemv_row(row0, r, rows),
                     &xs,
-                    lut,
+                    &lut,
                     absmax,
                     nested_codes,
                     nested_absmax,
@@ -296,22 +356,11 @@ pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
     #[comptime] units_per_vec: usize,
     #[comptime] scale_per_vec: bool,
     #[comptime] rows_per_plane: usize,
+    #[comptime] x_vecs: usize,
 ) {
     let cube = CUBE_POS;
-    let entries = if four_bit { 16u32 } else { 256u32 };
-    let mut lut = SharedMemory::<f32>::new(if four_bit { 16usize } else { 256usize });
-    let tid = UNIT_POS_Y * 32u32 + UNIT_POS_X;
-    if tid < entries {
-        let t = tid as usize;
-        if cube < cubes0 {
-            lut[t] = map0[t];
-        } else if cube < cubes0 + cubes1 {
-            lut[t] = map1[t];
-        } else {
-            lut[t] = map2[t];
-        }
-    }
-    sync_cube();
+    // The branch is uniform over a cube, so each `gemv_rows`' `sync_cube` is reached by all of
+    // its units.
     if cube < cubes0 {
         gemv_rows::<F, N, W>(
             codes0,
@@ -319,7 +368,7 @@ pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
             nested_codes0,
             nested_absmax0,
             nested_map0,
-            &lut,
+            map0,
             x,
             unused,
             unused,
@@ -339,6 +388,7 @@ pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
             0u32,
             rows_per_plane,
             false,
+            x_vecs,
         );
     } else if cube < cubes0 + cubes1 {
         gemv_rows::<F, N, W>(
@@ -347,7 +397,7 @@ pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
             nested_codes1,
             nested_absmax1,
             nested_map1,
-            &lut,
+            map1,
             x,
             unused,
             unused,
@@ -367,6 +417,7 @@ pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
             0u32,
             rows_per_plane,
             false,
+            x_vecs,
         );
     } else {
         gemv_rows::<F, N, W>(
@@ -375,7 +426,7 @@ pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
             nested_codes2,
             nested_absmax2,
             nested_map2,
-            &lut,
+            map2,
             x,
             unused,
             unused,
@@ -395,8 +446,18 @@ pub fn gemv_parts_kernel<F: Float, N: Size, W: Size>(
             0u32,
             rows_per_plane,
             false,
+            x_vecs,
         );
     }
+}
+
+/// The shared-memory slot of `x` vector `c`: one slot skipped after every 8, so that the 8 lanes
+/// of a quarter plane, reading vectors `u·lane + q` (`u` = 1, 2 or 4 vectors per code vector),
+/// hit 8 different 16-byte bank groups (no conflict). Read from global memory, lanes 64 bytes
+/// apart touched 16 cache lines per 16-byte load: a quarter of each line used per wavefront.
+#[cube]
+fn x_slot(c: usize) -> usize {
+    c + c / 8usize
 }
 
 /// Row `row0 + r` of a [`gemv_kernel`] plane, clamped to the last row (a ragged plane's rows
