@@ -373,28 +373,44 @@ pub fn cache_kv<B: QBackend>(
             (k, v)
         }
         Some(KvSlot::Fixed { kv, pos }) => {
-            let [b, t, h, hd] = k.dims();
-            assert_eq!(t, 1, "a fixed KV cache decodes one token per row");
-            assert_eq!(
-                pos.dims()[0],
-                b,
-                "a fixed KV cache needs a cache row per batch row"
-            );
-            let (Some(kc), Some(vc)) = (kv.k.take(), kv.v.take()) else {
-                panic!("fixed KV cache used while taken");
-            };
-            // In place (the caches are not shared): the same buffers every step.
-            let kc = write_row(kc, k, pos.clone());
-            let vc = write_row(vc, v, pos.clone());
-            let l = kc.dims()[0] / b;
-            let out = (
-                kc.clone().reshape([b, l, h, hd]),
-                vc.clone().reshape([b, l, h, hd]),
-            );
-            (kv.k, kv.v) = (Some(kc), Some(vc));
-            out
+            let ((k, v), ()) = fixed_step(kv, pos, k.dims(), |kc, vc| {
+                (
+                    write_row(kc, k, pos.clone()),
+                    write_row(vc, v, pos.clone()),
+                    (),
+                )
+            });
+            (k, v)
         }
     }
+}
+
+/// One step of a fixed cache whose step keys have `dims` (`[b, 1, h, hd]`): the shapes checked,
+/// the caches taken, `write` (their rows written in place: the caches are not shared, so the
+/// same buffers every step) and put back, and their `[b, l, h, hd]` views to attend over.
+fn fixed_step<B: Backend, X>(
+    kv: &mut FixedKv<B>,
+    pos: &Tensor<B, 1, Int>,
+    [b, t, h, hd]: [usize; 4],
+    write: impl FnOnce(Tensor<B, 2>, Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>, X),
+) -> ((Tensor<B, 4>, Tensor<B, 4>), X) {
+    assert_eq!(t, 1, "a fixed KV cache decodes one token per row");
+    assert_eq!(
+        pos.dims()[0],
+        b,
+        "a fixed KV cache needs a cache row per batch row"
+    );
+    let (Some(kc), Some(vc)) = (kv.k.take(), kv.v.take()) else {
+        panic!("fixed KV cache used while taken");
+    };
+    let (kc, vc, x) = write(kc, vc);
+    let l = kc.dims()[0] / b;
+    let out = (
+        kc.clone().reshape([b, l, h, hd]),
+        vc.clone().reshape([b, l, h, hd]),
+    );
+    (kv.k, kv.v) = (Some(kc), Some(vc));
+    (out, x)
 }
 
 /// This step's queries and keys rotated by `ctx`'s angles (GPT-J's rotate-every-two, or with
@@ -415,35 +431,22 @@ pub fn rope_cache_kv<B: QBackend>(
     };
     match cache {
         Some(KvSlot::Fixed { kv, pos }) => {
-            let [b, t, h, hd] = k.dims();
-            assert_eq!(t, 1, "a fixed KV cache decodes one token per row");
-            assert_eq!(
-                pos.dims()[0],
-                b,
-                "a fixed KV cache needs a cache row per batch row"
-            );
-            let (Some(kc), Some(vc)) = (kv.k.take(), kv.v.take()) else {
-                panic!("fixed KV cache used while taken");
-            };
-            // In place (the caches are not shared): the same buffers every step.
-            let (q, kc, vc) = qtune_kernels::rope_write_kv(
-                q,
-                k,
-                v,
-                kc,
-                vc,
-                pos.clone(),
-                ctx.cos.clone(),
-                ctx.sin.clone(),
-                halves,
-            );
-            let l = kc.dims()[0] / b;
-            let out = (
-                kc.clone().reshape([b, l, h, hd]),
-                vc.clone().reshape([b, l, h, hd]),
-            );
-            (kv.k, kv.v) = (Some(kc), Some(vc));
-            (q, out.0, out.1)
+            let dims = k.dims();
+            let ((k, v), q) = fixed_step(kv, pos, dims, |kc, vc| {
+                let (q, kc, vc) = qtune_kernels::rope_write_kv(
+                    q,
+                    k,
+                    v,
+                    kc,
+                    vc,
+                    pos.clone(),
+                    ctx.cos.clone(),
+                    ctx.sin.clone(),
+                    halves,
+                );
+                (kc, vc, q)
+            });
+            (q, k, v)
         }
         cache => {
             let (k, v) = cache_kv(cache, rotate(k), v);

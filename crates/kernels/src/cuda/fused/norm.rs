@@ -192,18 +192,29 @@ fn rms_norm_kernel<F: Float, N: Size>(
             for u in 0..UNROLL {
                 let j = j0 + u * 32usize;
                 if j < len {
-                    let (xv, wv) = (xs[u], ws[u]);
-                    let mut o = Vector::<F, N>::empty();
-                    #[unroll]
-                    for q in 0..vec {
-                        let normed = F::cast_from(f32::cast_from(xv[q]) * r);
-                        o[q] = F::cast_from(f32::cast_from(normed) * f32::cast_from(wv[q]));
-                    }
-                    out[base + j] = o;
+                    out[base + j] = rms_scale(xs[u], ws[u], r, vec);
                 }
             }
         }
     }
+}
+
+/// RMSNorm's output for one vector: `normed = x·r` rounded to `F`, then `normed·w` rounded to
+/// `F` (HF's order). Also the few-row kernel's (`norm_row.rs`), so both round alike.
+#[cube]
+pub(super) fn rms_scale<F: Float, N: Size>(
+    xv: Vector<F, N>,
+    wv: Vector<F, N>,
+    r: f32,
+    #[comptime] vec: usize,
+) -> Vector<F, N> {
+    let mut o = Vector::<F, N>::empty();
+    #[unroll]
+    for q in 0..vec {
+        let normed = F::cast_from(f32::cast_from(xv[q]) * r);
+        o[q] = F::cast_from(f32::cast_from(normed) * f32::cast_from(wv[q]));
+    }
+    o
 }
 
 /// `g = dy·w` for value `q`, f32.

@@ -9,6 +9,8 @@
 
 use cubecl::prelude::*;
 
+use super::norm::rms_scale;
+
 /// Planes of a cube-per-row launch.
 pub(super) const ROW_PLANES: u32 = 8;
 /// Vectors each unit holds: rows of up to 256·4 vectors (8,192 bf16 values) take this path.
@@ -60,6 +62,30 @@ fn load_row<E: Scalar, N: Size>(
     }
 }
 
+/// This unit's `Σ (x − shift)²` in f32 over its vectors of the row (`shift` 0 for RMSNorm: the
+/// same bits as `Σ x²`).
+#[cube]
+fn sum_sq<F: Float, N: Size>(
+    xs: &Array<Vector<F, N>>,
+    t: usize,
+    len: usize,
+    shift: f32,
+    #[comptime] vec: usize,
+) -> f32 {
+    let mut sq = 0.0f32;
+    #[unroll]
+    for u in 0..ROW_VECS {
+        if t + u * 256usize < len {
+            #[unroll]
+            for q in 0..vec {
+                let d = f32::cast_from(xs[u][q]) - shift;
+                sq += d * d;
+            }
+        }
+    }
+    sq
+}
+
 /// LayerNorm forward of row `CUBE_POS` (`len` vectors of `vec` values), f32 `w`, `b`: as
 /// `layer_norm_kernel`, `y = (x − mean)/√(var + eps)·w + b`, one cube per row.
 #[cube(launch_unchecked)]
@@ -93,17 +119,7 @@ pub(super) fn layer_norm_row_kernel<F: Float, N: Size>(
         }
     }
     let mean = cube_sum(s, &mut shared) / len_f;
-    let mut sq = 0.0f32;
-    #[unroll]
-    for u in 0..ROW_VECS {
-        if t + u * 256usize < len {
-            #[unroll]
-            for q in 0..vec {
-                let d = f32::cast_from(xs[u][q]) - mean;
-                sq += d * d;
-            }
-        }
-    }
+    let sq = sum_sq(&xs, t, len, mean, vec);
     let rstd = 1.0f32 / f32::sqrt(cube_sum(sq, &mut shared) / len_f + eps);
     #[unroll]
     for u in 0..ROW_VECS {
@@ -138,30 +154,13 @@ pub(super) fn rms_norm_row_kernel<F: Float, N: Size>(
     load_row(x, &mut xs, base, t, len);
     load_row(w, &mut ws, 0usize, t, len);
     let mut shared = SharedMemory::<f32>::new(ROW_PLANES as usize);
-    let mut sq = 0.0f32;
-    #[unroll]
-    for u in 0..ROW_VECS {
-        if t + u * 256usize < len {
-            #[unroll]
-            for q in 0..vec {
-                let v = f32::cast_from(xs[u][q]);
-                sq += v * v;
-            }
-        }
-    }
+    let sq = sum_sq(&xs, t, len, 0.0f32, vec);
     let r = 1.0f32 / f32::sqrt(cube_sum(sq, &mut shared) / len_f + eps);
     #[unroll]
     for u in 0..ROW_VECS {
         let j = t + u * 256usize;
         if j < len {
-            let (xv, wv) = (xs[u], ws[u]);
-            let mut o = Vector::<F, N>::empty();
-            #[unroll]
-            for q in 0..vec {
-                let normed = F::cast_from(f32::cast_from(xv[q]) * r);
-                o[q] = F::cast_from(f32::cast_from(normed) * f32::cast_from(wv[q]));
-            }
-            out[base + j] = o;
+            out[base + j] = rms_scale(xs[u], ws[u], r, vec);
         }
     }
 }
