@@ -13,17 +13,17 @@
 #  4. `bench dequant --decode` of dec (the GEMV's µs at each rows-per-plane setting).
 # Builds: `CARGO_PROFILE_RELEASE_STRIP=false cargo build --release -p xtask --features
 # cuda,xtask/host-profile` of main and of main with the patch applied, stripped, `xz -6` into
-# .device/bin/xtask_main.xz and xtask_dec.xz.
+# .device/bin/xtask_main.xz and xtask_dec2.xz.
 #   carry [".device"]; source stash.sh first, then BUDGET=540 bash xtask/device/session26_a.sh
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} QTUNE_KERNEL_CACHE=/tmp/kcache
 START=$(date +%s)
 fits() { [ $(( $(date +%s) - START + $1 )) -le ${BUDGET:-540} ] || { echo "--- skipped ($1 s expected): $2"; false; }; }
-for b in main dec; do bash xtask/device/unpack.sh xtask_$b || exit 1; done
+for b in main dec2; do bash xtask/device/unpack.sh xtask_$b || exit 1; done
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 if fits 150 "gpu-check dec"; then
   s=$(date +%s)
-  timeout 170 /tmp/xtask_dec bench gpu-check --steps 30 --only fused,gemv,llama,decode,llama_family > $OUT/gpucheck_dec.txt 2>&1
+  timeout 170 /tmp/xtask_dec2 bench gpu-check --steps 30 --only fused,gemv,llama,decode,llama_family > $OUT/gpucheck_dec.txt 2>&1
   echo "gpu-check dec exit $? ($(( $(date +%s) - s )) s)"
   grep -E 'panicked|rror|is false|tolerance' $OUT/gpucheck_dec.txt | cut -c1-300 | head -12
   grep -oE '"(layer_norm_[0-9]_rows_(fwd|grad)_rel_err|q_bit_identical|caches_bit_identical|shared_cache_ok)":[a-z0-9.e-]*' $OUT/gpucheck_dec.txt | sort | uniq -c | tr '\n' ' '; echo
@@ -35,7 +35,7 @@ decode() { # label, build
     --decode 128 > /tmp/decode_$1.txt 2>&1
   echo "decode $1 $(grep -oE '"(prefill_tok_s|decode_tok_s_b1|decode_ms_per_token_steady|decode_prefix_agreeing_no_graph_stepwise)":(\[[0-9.,]*|[0-9.]*)|rror.*|panicked.*' /tmp/decode_$1.txt | tr '\n' ' ')"
 }
-decode dec1 dec; decode main1 main; decode dec2 dec; decode main2 main
+decode dec1 dec2; decode main1 main; decode dec2 dec2; decode main2 main
 for i in $(seq 1 ${PARKS:-2}); do
   fits 130 "park $i" || continue
   s=$(date +%s)
@@ -43,8 +43,8 @@ for i in $(seq 1 ${PARKS:-2}); do
   echo "park $i exit $? ($(( $(date +%s) - s )) s) $(grep -oE '"check":"park_tiny_loss_curve"[^}]*' /tmp/park_$i.txt | grep -oE 'bit_identical":[a-z]*|kept_first_last":\[[0-9.,]*|parked_first_last":\[[0-9.,]*' | tr '\n' ' ')"
   grep -E 'panicked|rror|is false' /tmp/park_$i.txt | head -3
 done
-if fits 40 "gemv bench dec"; then
-  timeout 60 /tmp/xtask_dec bench dequant --decode --iters 20 > $OUT/gemv_dec.txt 2>&1
-  echo "gemv dec exit $?"; grep -E 'gemv' $OUT/gemv_dec.txt | tail -14
+if fits 70 "gemv bench dec"; then
+  timeout 90 /tmp/xtask_dec2 bench dequant --decode --iters 20 > $OUT/gemv_dec.txt 2>&1
+  echo "gemv dec exit $?"; grep -oE '"name":"[^"]*","ms":[0-9.]*,"[A-Za-z/]*":[0-9.]*' $OUT/gemv_dec.txt | head -40
 fi
 echo "=== end $(date -u +%T) ($(( $(date +%s) - START )) s)"

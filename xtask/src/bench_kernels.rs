@@ -261,13 +261,15 @@ fn graph_us(dev: &cubecl::cuda::CudaDevice, reps: usize, iters: usize, f: &mut d
 
 /// Batch-1 (decode) products on GPT-J-6B shapes, device time per call inside a CUDA graph:
 /// the quantized GEMV for NF4 + double quant and blockwise 8-bit at 1, 2 and 4 output rows per
-/// plane (`r1`, `r2`, `r4` in the name), and the dense bf16 products
-/// of decode (LoRA `A` and `B` at r = 16, the LM head) through the GEMV kernel and through
-/// cuBLAS. Rates count the bytes read: codes + scales, or the dense weight.
+/// plane (`r1`, `r2`, `r4` in the name), each with `x` staged in shared memory where it fits
+/// and read from global memory (`xg`), and the dense bf16 products of decode (LoRA `A` and `B`
+/// at r = 16, the LM head) through the GEMV kernel and through cuBLAS. Rates count the bytes
+/// read: codes + scales, or the dense weight.
 pub fn decode_gemv(cfg: &BenchConfig) -> Vec<Record> {
     let dev = Default::default();
     let (reps, iters) = (20, cfg.iters.max(3));
     let default_rows = launch::gemv_rows_per_plane();
+    let default_staged = launch::gemv_x_shared();
     let mut out = Vec::new();
     let x_of = |k: usize| {
         Tensor::<C, 2>::random([1, k], Distribution::Normal(0.0, 1.0), &dev).cast(DType::BF16)
@@ -295,23 +297,27 @@ pub fn decode_gemv(cfg: &BenchConfig) -> Vec<Record> {
                 .unwrap_or_else(|e| panic!("{e}"));
             let xp = x_of(in_f).into_primitive().tensor();
             let bytes = q.resident_bytes() as f64;
-            // Every output-rows-per-plane setting of the kernel (same outputs by design).
-            for r in [1, 2, 4] {
+            // Every output-rows-per-plane setting of the kernel, `x` staged in shared memory
+            // where it fits or read from global memory (`xg` in the name; same outputs by
+            // design).
+            for (r, staged) in [1, 2, 4].into_iter().flat_map(|r| [(r, true), (r, false)]) {
                 launch::set_gemv_rows_per_plane(r);
+                launch::set_gemv_x_shared(staged);
                 let us = graph_us(&dev, reps, iters, &mut || {
                     drop(C::q_linear(xp.clone(), q.primitive()))
                 });
+                let is_default = r == default_rows && staged == default_staged;
                 out.push(Record {
                     kind: "gemv",
-                    name: format!("{name} {in_f}->{out_f} r{r}"),
+                    name: format!("{name} {in_f}->{out_f} r{r}{}", if staged { "" } else { " xg" }),
                     ms: us / 1e3,
                     rate: bytes / us / 1e3,
                     extra: format!(
-                        ",\"us\":{us:.2},\"rows_per_plane\":{r},\"default\":{}",
-                        r == default_rows
+                        ",\"us\":{us:.2},\"rows_per_plane\":{r},\"x_shared\":{staged},\"default\":{is_default}"
                     ),
                 });
             }
+            launch::set_gemv_x_shared(default_staged);
             launch::set_gemv_rows_per_plane(default_rows);
         }
     }

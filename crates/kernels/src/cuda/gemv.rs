@@ -47,6 +47,11 @@ pub fn set_gemv_x_shared(on: bool) {
     GEMV_X_SHARED.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Whether the quantized GEMV stages `x` in shared memory where it fits (default true).
+pub fn gemv_x_shared() -> bool {
+    GEMV_X_SHARED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Most bytes of `x` (with the bank padding) a GEMV cube stages in shared memory.
 const X_STAGE_BYTES: usize = 40 * 1024;
 
@@ -59,7 +64,7 @@ const X_STAGE_BYTES: usize = 40 * 1024;
 fn x_stage_vecs(in_features: usize, dtype: burn::tensor::DType) -> usize {
     let vecs = in_features / PER_UNIT;
     let bytes = (vecs + vecs / 8 + 1) * PER_UNIT * dtype.size();
-    if GEMV_X_SHARED.load(std::sync::atomic::Ordering::Relaxed) && bytes <= X_STAGE_BYTES {
+    if gemv_x_shared() && bytes <= X_STAGE_BYTES {
         vecs
     } else {
         0

@@ -7,7 +7,9 @@ use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim};
 use qtune_quant::QuantFormat;
 
-pub use super::gemv::{gemv_rows_per_plane, set_gemv_rows_per_plane, set_gemv_x_shared};
+pub use super::gemv::{
+    gemv_rows_per_plane, gemv_x_shared, set_gemv_rows_per_plane, set_gemv_x_shared,
+};
 use super::kernels;
 use crate::{AbsmaxPrimitive, QWeightPrimitive};
 
