@@ -1,7 +1,7 @@
 #!/bin/bash
-# The next session's first call (session 25 built it and got no machine for it). In order of
-# need:
-#  1. gpu-check `fused,gemv,llama,decode,llama_family` of dec = main + patches/session25_decode.patch
+# Session 26, call 1 (ran on an H100; BENCHMARKS.md, session 26). In order of need:
+#  1. gpu-check `fused,gemv,llama,decode,llama_family` of dec2 = main a7abeb9 + session 25's
+#     decode stack (its patch, since landed as 2542ec5, tidied in 106a09b; build at 5cdd3d7)
 #     (the GEMV's first loads hoisted and x staged in shared memory, the decode graph recorded
 #     without an eager step, the batched argmax loads, rope_write_kv, the few-row norms): every
 #     GEMV setting bit-identical to r1, rope_write_kv bit-identical to its composition, the norms
@@ -10,10 +10,11 @@
 #  3. `bench gpu-check --steps 30 --only park` twice on main: are the kept and parked tiny-model
 #     loss curves bit-identical now that sum_all replaced Tensor::sum (5d02bf3)? (Session 25's
 #     `park,tiny_curve` runs took more than 80 s each and timed out.)
-#  4. `bench dequant --decode` of dec (the GEMV's µs at each rows-per-plane setting).
+#  4. `bench dequant --decode` of dec2 (the GEMV's µs at each rows-per-plane setting, x staged
+#     and not).
 # Builds: `CARGO_PROFILE_RELEASE_STRIP=false cargo build --release -p xtask --features
-# cuda,xtask/host-profile` of main and of main with the patch applied, stripped, `xz -6` into
-# .device/bin/xtask_main.xz and xtask_dec2.xz.
+# cuda,xtask/host-profile` of main (cd032c2, session 25's; its kernels are a7abeb9's) and of
+# dec2, stripped, `xz -6` into .device/bin/xtask_main.xz and xtask_dec2.xz.
 #   carry [".device"]; source stash.sh first, then BUDGET=540 bash xtask/device/session26_a.sh
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} QTUNE_KERNEL_CACHE=/tmp/kcache
