@@ -1,8 +1,9 @@
-//! `cargo xtask bench dequant [--check] [--decode] [--iters N] [--tokens N]` (CUDA builds only):
+//! `cargo xtask bench dequant [--check] [--decode | --prefill] [--iters N] [--tokens N]` (CUDA builds only):
 //! dequant bandwidth per format for a 16384×4096 weight (bytes as bitsandbytes' peer counts
 //! them), the bf16 copy bandwidth of the same GPU, the GPU quantizer's speed, and quantized
 //! linear forward+backward time vs a dense bf16 cuBLAS GEMM at 4096 tokens, and the batch-1
-//! (decode) products inside a CUDA graph (`--decode`: only those). `--check` first runs
+//! (decode) products inside a CUDA graph (`--decode`: only those); `--prefill`: only the pieces
+//! of a GPT-J-6B NF4 prefill block at 512 rows (`bench_kernels::prefill`). `--check` first runs
 //! the GPU self-test (kernels vs CPU reference, bit for bit). Prints JSON lines, then a table.
 
 /// Arguments of `bench dequant`.
@@ -15,6 +16,11 @@ pub struct Args {
     /// Only the batch-1 (decode) products.
     #[arg(long)]
     decode: bool,
+    /// Only the pieces of one GPT-J-6B NF4 prefill block (dequantization, GEMM, quantized
+    /// linear per shape; q/k/v batched; attention, LayerNorm, LM head) at `--tokens` rows
+    /// (default 512).
+    #[arg(long, conflicts_with = "decode")]
+    prefill: bool,
     /// Timed iterations for dequant/copy (default: the kernels bench's, 50).
     #[arg(long)]
     iters: Option<usize>,
@@ -43,8 +49,12 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
 
     let mut cfg = bench::BenchConfig {
         decode_only: args.decode,
+        prefill_only: args.prefill,
         ..bench::BenchConfig::default()
     };
+    if args.prefill {
+        cfg.tokens = 512;
+    }
     if let Some(n) = args.iters {
         cfg.iters = n.max(1);
     }

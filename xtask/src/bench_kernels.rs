@@ -30,6 +30,8 @@ pub struct BenchConfig {
     pub linear_iters: usize,
     /// Only the batch-1 (decode) products.
     pub decode_only: bool,
+    /// Only the pieces of a prefill block ([`prefill`]) at `tokens` rows.
+    pub prefill_only: bool,
 }
 
 impl Default for BenchConfig {
@@ -42,6 +44,7 @@ impl Default for BenchConfig {
             linears: vec![(4096, 4096), (4096, 16384), (16384, 4096)],
             linear_iters: 20,
             decode_only: false,
+            prefill_only: false,
         }
     }
 }
@@ -359,16 +362,147 @@ pub fn decode_gemv(cfg: &BenchConfig) -> Vec<Record> {
     out
 }
 
+/// The pieces of one GPT-J-6B NF4 prefill block at `cfg.tokens` rows (the bench's `--prefill`;
+/// host-timed, `sync → iters × op → sync`): per weight shape the NF4 + double-quant
+/// dequantization alone, the bf16 cuBLAS GEMM alone and the quantized linear (both); q, k and v
+/// as three GEMMs against one strided-batched GEMM of the three (does batching fill the GPU
+/// better at few rows?); the attention (16 heads of 256, causal) and a LayerNorm; the bf16 LM
+/// head's GEMM. Rates: TFLOP/s for products, GB/s for the dequantization (bitsandbytes' bytes).
+pub fn prefill(cfg: &BenchConfig) -> Vec<Record> {
+    let dev = Default::default();
+    let (m, iters) = (cfg.tokens, cfg.linear_iters);
+    let mut out = Vec::new();
+    let bf16 = |t: Tensor<C, 2>| t.cast(DType::BF16);
+    let normal = |shape: [usize; 2], std: f64| {
+        bf16(Tensor::<C, 2>::random(
+            shape,
+            Distribution::Normal(0.0, std),
+            &dev,
+        ))
+    };
+    let mut push = |name: String, ms: f64, rate: f64| {
+        out.push(Record {
+            kind: "prefill",
+            name,
+            ms,
+            rate,
+            extra: format!(",\"us\":{:.2},\"tokens\":{m}", ms * 1e3),
+        })
+    };
+    for (in_f, out_f) in [(4096, 4096), (4096, 16384), (16384, 4096)] {
+        let wd = normal([out_f, in_f], 0.02);
+        let q = QuantWeight::<C>::quantize(
+            "w",
+            wd.clone(),
+            QuantFormat::Nf4,
+            64,
+            true,
+            FloatDType::BF16,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let x = normal([m, in_f], 1.0).into_primitive().tensor();
+        let wp = wd.into_primitive().tensor();
+        let flops = 2.0 * (m * in_f * out_f) as f64;
+        let shape = format!("{in_f}->{out_f}");
+        let ms = time_ms(&dev, cfg.warmup, iters, || drop(q.dequantize(DType::BF16)));
+        push(
+            format!("dequant {shape}"),
+            ms,
+            2.5 * (in_f * out_f) as f64 / ms / 1e6,
+        );
+        let ms = time_ms(&dev, cfg.warmup, iters, || {
+            drop(gemm::<C>(x.clone(), &wp, Product::ATransB))
+        });
+        push(format!("gemm {shape}"), ms, flops / ms / 1e9);
+        let ms = time_ms(&dev, cfg.warmup, iters, || {
+            drop(C::q_linear(x.clone(), q.primitive()))
+        });
+        push(format!("q_linear {shape}"), ms, flops / ms / 1e9);
+        if (in_f, out_f) == (4096, 4096) {
+            // q, k and v: one strided-batched GEMM of the three against three GEMMs.
+            let x3 =
+                Tensor::<C, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(x.clone()))
+                    .unsqueeze_dim::<3>(0)
+                    .repeat_dim(0, 3);
+            let w3 = normal([3 * out_f, in_f], 0.02).reshape([3, out_f, in_f]);
+            let (x3, w3) = (x3.into_primitive().tensor(), w3.into_primitive().tensor());
+            let ms = time_ms(&dev, cfg.warmup, iters, || {
+                drop(qtune_kernels::cuda::gemm::bmm::<C>(
+                    x3.clone(),
+                    w3.clone(),
+                    false,
+                    true,
+                    DType::BF16,
+                    OneRow::Gemv,
+                ))
+            });
+            push(
+                format!("gemm qkv batched 3x{shape}"),
+                ms,
+                3.0 * flops / ms / 1e9,
+            );
+        }
+    }
+    // Attention over the block's q, k, v ([1, m, 16, 256], causal) and a LayerNorm of x.
+    let (h, hd) = (16, 256);
+    let qkv = || normal([m, h * hd], 1.0).reshape([1, m, h, hd]);
+    let (q, k, v) = (qkv(), qkv(), qkv());
+    let mask = Tensor::<C, 2, burn::tensor::Bool>::triu_mask([m, m], 1, &dev).reshape([1, 1, m, m]);
+    let ms = time_ms(&dev, cfg.warmup, iters, || {
+        drop(qtune_kernels::attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            Some(mask.clone()),
+            (hd as f32).sqrt(),
+        ))
+    });
+    push(
+        format!("attention 1x{m}x{h}x{hd} causal"),
+        ms,
+        4.0 * (m * m * h * hd) as f64 / ms / 1e9,
+    );
+    let x = normal([m, h * hd], 1.0);
+    let (w, b) = (
+        Tensor::<C, 1>::ones([h * hd], &dev),
+        Tensor::<C, 1>::zeros([h * hd], &dev),
+    );
+    let ms = time_ms(&dev, cfg.warmup, iters, || {
+        drop(qtune_kernels::layer_norm(
+            x.clone(),
+            w.clone(),
+            b.clone(),
+            1e-5,
+        ))
+    });
+    push(format!("layer_norm {m}x{}", h * hd), ms, 0.0);
+    let head = normal([50400, h * hd], 0.02).into_primitive().tensor();
+    let xp = x.into_primitive().tensor();
+    let ms = time_ms(&dev, cfg.warmup, iters, || {
+        drop(gemm::<C>(xp.clone(), &head, Product::ATransB))
+    });
+    push(
+        "gemm head 4096->50400".into(),
+        ms,
+        2.0 * (m * 4096 * 50400) as f64 / ms / 1e9,
+    );
+    out
+}
+
 /// Everything, as JSON lines then a table.
 pub fn run(cfg: &BenchConfig) -> Vec<Record> {
-    let mut all = if cfg.decode_only {
+    let mut all = if cfg.prefill_only {
+        prefill(cfg)
+    } else if cfg.decode_only {
         Vec::new()
     } else {
         let mut all = dequant(cfg);
         all.extend(linear(cfg));
         all
     };
-    all.extend(decode_gemv(cfg));
+    if !cfg.prefill_only {
+        all.extend(decode_gemv(cfg));
+    }
     for r in &all {
         println!("{}", r.json());
     }
