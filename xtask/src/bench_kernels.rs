@@ -190,6 +190,12 @@ pub fn dequant(cfg: &BenchConfig) -> Vec<Record> {
     out
 }
 
+/// `w` in NF4 with double quantization, block 64 (the format the linear timings use).
+fn nf4_dq(w: Tensor<C, 2>) -> QuantWeight<C> {
+    QuantWeight::<C>::quantize("w", w, QuantFormat::Nf4, 64, true, FloatDType::BF16)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Quantized linear forward + input-gradient time vs the same with a dense bf16 weight through
 /// the same cuBLAS path (both pay the same host syncs), at `cfg.tokens` tokens.
 pub fn linear(cfg: &BenchConfig) -> Vec<Record> {
@@ -204,15 +210,7 @@ pub fn linear(cfg: &BenchConfig) -> Vec<Record> {
         let dy = Tensor::<C, 2>::random([m, out_f], Distribution::Normal(0.0, 1.0), &dev)
             .cast(DType::BF16);
         let flops = 2.0 * 2.0 * (m * in_f * out_f) as f64;
-        let q = QuantWeight::<C>::quantize(
-            "w",
-            wd.clone(),
-            QuantFormat::Nf4,
-            64,
-            true,
-            FloatDType::BF16,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let q = nf4_dq(wd.clone());
         let (xp, dyp, wp) = (
             x.into_primitive().tensor(),
             dy.into_primitive().tensor(),
@@ -391,15 +389,7 @@ pub fn prefill(cfg: &BenchConfig) -> Vec<Record> {
     };
     for (in_f, out_f) in [(4096, 4096), (4096, 16384), (16384, 4096)] {
         let wd = normal([out_f, in_f], 0.02);
-        let q = QuantWeight::<C>::quantize(
-            "w",
-            wd.clone(),
-            QuantFormat::Nf4,
-            64,
-            true,
-            FloatDType::BF16,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let q = nf4_dq(wd.clone());
         let x = normal([m, in_f], 1.0).into_primitive().tensor();
         let wp = wd.into_primitive().tensor();
         let flops = 2.0 * (m * in_f * out_f) as f64;
