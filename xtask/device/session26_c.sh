@@ -6,7 +6,7 @@
 # efficiency), and the whole prefill in the same call for the sum to be compared with (after the
 # 512-row pieces, before the 4096-row ones).
 #   carry [".device"] with bin/xtask_pf.xz; source stash.sh first, then
-#   BUDGET=300 bash xtask/device/session26_c.sh
+#   BUDGET=300 bash xtask/device/session26_c.sh (WHOLE=0: without the whole prefill)
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} QTUNE_KERNEL_CACHE=/tmp/kcache
 START=$(date +%s)
@@ -21,7 +21,7 @@ for t in 512; do
   grep -oE '"name":"[^"]*","ms":[0-9.]*,"[A-Za-z/]*":[0-9.]*' $OUT/prefill_pieces_$t.txt
   grep -E 'panicked|rror' $OUT/prefill_pieces_$t.txt | head -3
 done
-if fits 60 "whole prefill"; then
+if [ "${WHOLE:-1}" = 1 ] && fits 60 "whole prefill"; then
   timeout 80 $X bench train --model gptj-6b --quant nf4 --targets qv --warmup 0 --steps 0 --decode 2 \
     > $OUT/prefill_whole.txt 2>&1
   echo "whole $(grep -oE '"(prefill_tok_s|prefill_s)":[0-9.]*|rror.*|panicked.*' $OUT/prefill_whole.txt | tr '\n' ' ')"

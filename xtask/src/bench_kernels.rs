@@ -411,7 +411,7 @@ pub fn prefill(cfg: &BenchConfig) -> Vec<Record> {
         if (in_f, out_f) == (4096, 4096) {
             // q, k and v: one strided-batched GEMM of the three against three GEMMs.
             let x3 =
-                Tensor::<C, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(x.clone()))
+                Tensor::<C, 2>::from_primitive(burn::tensor::TensorPrimitive::Float(x.clone()))
                     .unsqueeze_dim::<3>(0)
                     .repeat_dim(0, 3);
             let w3 = normal([3 * out_f, in_f], 0.02).reshape([3, out_f, in_f]);
