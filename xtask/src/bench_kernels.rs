@@ -52,13 +52,13 @@ impl Default for BenchConfig {
 /// One result line.
 #[derive(Clone, Debug)]
 pub struct Record {
-    /// `dequant`, `copy`, `quantize` or `linear`.
+    /// `dequant`, `copy`, `quantize`, `linear`, `gemv`, `prefill` or `prefill_bw`.
     pub kind: &'static str,
     /// Format / variant name.
     pub name: String,
     /// Milliseconds per iteration.
     pub ms: f64,
-    /// GB/s (bandwidth records) or TFLOP/s (linear records).
+    /// GB/s (bandwidth records) or TFLOP/s (`linear` and `prefill` records).
     pub rate: f64,
     /// Extra JSON fields (already formatted, leading comma).
     pub extra: String,
@@ -67,7 +67,7 @@ pub struct Record {
 impl Record {
     /// One JSON line.
     pub fn json(&self) -> String {
-        let unit = if self.kind == "linear" {
+        let unit = if matches!(self.kind, "linear" | "prefill") {
             "tflops"
         } else {
             "GBps"
@@ -365,7 +365,8 @@ pub fn decode_gemv(cfg: &BenchConfig) -> Vec<Record> {
 /// dequantization alone, the bf16 cuBLAS GEMM alone and the quantized linear (both); q, k and v
 /// as three GEMMs against one strided-batched GEMM of the three (does batching fill the GPU
 /// better at few rows?); the attention (16 heads of 256, causal) and a LayerNorm; the bf16 LM
-/// head's GEMM. Rates: TFLOP/s for products, GB/s for the dequantization (bitsandbytes' bytes).
+/// head's GEMM. Rates: TFLOP/s for products (kind `prefill`), GB/s for the passes over memory
+/// (`prefill_bw`: the dequantization in bitsandbytes' bytes, the LayerNorm's read and write).
 pub fn prefill(cfg: &BenchConfig) -> Vec<Record> {
     let dev = Default::default();
     let (m, iters) = (cfg.tokens, cfg.linear_iters);
@@ -378,9 +379,10 @@ pub fn prefill(cfg: &BenchConfig) -> Vec<Record> {
             &dev,
         ))
     };
-    let mut push = |name: String, ms: f64, rate: f64| {
+    // Products (`prefill`, TFLOP/s) and passes over memory (`prefill_bw`, GB/s).
+    let mut push = |kind: &'static str, name: String, ms: f64, rate: f64| {
         out.push(Record {
-            kind: "prefill",
+            kind,
             name,
             ms,
             rate,
@@ -396,6 +398,7 @@ pub fn prefill(cfg: &BenchConfig) -> Vec<Record> {
         let shape = format!("{in_f}->{out_f}");
         let ms = time_ms(&dev, cfg.warmup, iters, || drop(q.dequantize(DType::BF16)));
         push(
+            "prefill_bw",
             format!("dequant {shape}"),
             ms,
             2.5 * (in_f * out_f) as f64 / ms / 1e6,
@@ -403,11 +406,11 @@ pub fn prefill(cfg: &BenchConfig) -> Vec<Record> {
         let ms = time_ms(&dev, cfg.warmup, iters, || {
             drop(gemm::<C>(x.clone(), &wp, Product::ATransB))
         });
-        push(format!("gemm {shape}"), ms, flops / ms / 1e9);
+        push("prefill", format!("gemm {shape}"), ms, flops / ms / 1e9);
         let ms = time_ms(&dev, cfg.warmup, iters, || {
             drop(C::q_linear(x.clone(), q.primitive()))
         });
-        push(format!("q_linear {shape}"), ms, flops / ms / 1e9);
+        push("prefill", format!("q_linear {shape}"), ms, flops / ms / 1e9);
         if (in_f, out_f) == (4096, 4096) {
             // q, k and v: one strided-batched GEMM of the three against three GEMMs.
             let x3 =
@@ -427,6 +430,7 @@ pub fn prefill(cfg: &BenchConfig) -> Vec<Record> {
                 ))
             });
             push(
+                "prefill",
                 format!("gemm qkv batched 3x{shape}"),
                 ms,
                 3.0 * flops / ms / 1e9,
@@ -448,6 +452,7 @@ pub fn prefill(cfg: &BenchConfig) -> Vec<Record> {
         ))
     });
     push(
+        "prefill",
         format!("attention 1x{m}x{h}x{hd} causal"),
         ms,
         4.0 * (m * m * h * hd) as f64 / ms / 1e9,
@@ -465,13 +470,20 @@ pub fn prefill(cfg: &BenchConfig) -> Vec<Record> {
             1e-5,
         ))
     });
-    push(format!("layer_norm {m}x{}", h * hd), ms, 0.0);
+    // Its read and write, bf16.
+    push(
+        "prefill_bw",
+        format!("layer_norm {m}x{}", h * hd),
+        ms,
+        (4 * m * h * hd) as f64 / ms / 1e6,
+    );
     let head = normal([50400, h * hd], 0.02).into_primitive().tensor();
     let xp = x.into_primitive().tensor();
     let ms = time_ms(&dev, cfg.warmup, iters, || {
         drop(gemm::<C>(xp.clone(), &head, Product::ATransB))
     });
     push(
+        "prefill",
         "gemm head 4096->50400".into(),
         ms,
         2.0 * (m * 4096 * 50400) as f64 / ms / 1e9,
