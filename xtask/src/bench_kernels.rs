@@ -64,6 +64,13 @@ pub struct Record {
     pub extra: String,
 }
 
+/// Print `r`'s JSON line at once (a later panic keeps what was measured before it) and keep it
+/// for the table at the end.
+fn keep(out: &mut Vec<Record>, r: Record) {
+    println!("{}", r.json());
+    out.push(r);
+}
+
 impl Record {
     /// One JSON line.
     pub fn json(&self) -> String {
@@ -109,13 +116,16 @@ pub fn dequant(cfg: &BenchConfig) -> Vec<Record> {
     let ms = time_ms(&dev, cfg.warmup, cfg.iters, || {
         drop(qtune_kernels::cuda::copy::copy_bf16(&w))
     });
-    out.push(Record {
-        kind: "copy",
-        name: "bf16_cube_copy".into(),
-        ms,
-        rate: 4.0 * n / ms / 1e6,
-        extra: String::new(),
-    });
+    keep(
+        &mut out,
+        Record {
+            kind: "copy",
+            name: "bf16_cube_copy".into(),
+            ms,
+            rate: 4.0 * n / ms / 1e6,
+            extra: String::new(),
+        },
+    );
     let copy_gbps = 4.0 * n / ms / 1e6;
 
     let specs = [
@@ -146,16 +156,19 @@ pub fn dequant(cfg: &BenchConfig) -> Vec<Record> {
         };
         let qms = time_ms(&dev, 1, 3, || drop(quantize()));
         let gptj_s = qms * 6.05e9 / n / 1e3;
-        out.push(Record {
-            kind: "quantize",
-            name: name.into(),
-            ms: qms,
-            rate: 2.0 * n / qms / 1e6,
-            extra: format!(
-                ",\"gptj6b_estimate_s\":{gptj_s:.2},\"double_quant\":{}",
-                spec.double_quant
-            ),
-        });
+        keep(
+            &mut out,
+            Record {
+                kind: "quantize",
+                name: name.into(),
+                ms: qms,
+                rate: 2.0 * n / qms / 1e6,
+                extra: format!(
+                    ",\"gptj6b_estimate_s\":{gptj_s:.2},\"double_quant\":{}",
+                    spec.double_quant
+                ),
+            },
+        );
         let q = quantize();
         // 4-bit: every kernel variant (they are bit-identical; the default is the fastest).
         let variants: &[(usize, bool)] = if spec.format == QuantFormat::Blockwise8 {
@@ -171,7 +184,7 @@ pub fn dequant(cfg: &BenchConfig) -> Vec<Record> {
                 drop(q.dequantize(DType::BF16))
             });
             let gbps = bytes_per * n / ms / 1e6;
-            out.push(Record {
+            keep(&mut out, Record {
                 kind: "dequant",
                 name: format!("{name} wpu{wpu}{}", if fused { " fused" } else { "" }),
                 ms,
@@ -225,20 +238,26 @@ pub fn linear(cfg: &BenchConfig) -> Vec<Record> {
             drop(gemm::<C>(dyp.clone(), &wp, Product::AB));
         });
         let shape = format!("{in_f}->{out_f}");
-        out.push(Record {
-            kind: "linear",
-            name: format!("nf4_dq {shape}"),
-            ms: qms,
-            rate: flops / qms / 1e9,
-            extra: format!(",\"tokens\":{m},\"vs_dense\":{:.3}", qms / dms),
-        });
-        out.push(Record {
-            kind: "linear",
-            name: format!("dense_bf16_cublas {shape}"),
-            ms: dms,
-            rate: flops / dms / 1e9,
-            extra: format!(",\"tokens\":{m}"),
-        });
+        keep(
+            &mut out,
+            Record {
+                kind: "linear",
+                name: format!("nf4_dq {shape}"),
+                ms: qms,
+                rate: flops / qms / 1e9,
+                extra: format!(",\"tokens\":{m},\"vs_dense\":{:.3}", qms / dms),
+            },
+        );
+        keep(
+            &mut out,
+            Record {
+                kind: "linear",
+                name: format!("dense_bf16_cublas {shape}"),
+                ms: dms,
+                rate: flops / dms / 1e9,
+                extra: format!(",\"tokens\":{m}"),
+            },
+        );
     }
     out
 }
@@ -308,7 +327,7 @@ pub fn decode_gemv(cfg: &BenchConfig) -> Vec<Record> {
                     drop(C::q_linear(xp.clone(), q.primitive()))
                 });
                 let is_default = r == default_rows && staged == default_staged;
-                out.push(Record {
+                keep(&mut out, Record {
                     kind: "gemv",
                     name: format!("{name} {in_f}->{out_f} r{r}{}", if staged { "" } else { " xg" }),
                     ms: us / 1e3,
@@ -342,19 +361,22 @@ pub fn decode_gemv(cfg: &BenchConfig) -> Vec<Record> {
                 };
                 drop(y);
             });
-            out.push(Record {
-                kind: "gemv",
-                name: format!(
-                    "{name} {in_f}->{out_f} {}",
-                    match one_row {
-                        OneRow::Gemv => "gemv",
-                        OneRow::Cublas => "cublas",
-                    }
-                ),
-                ms: us / 1e3,
-                rate: (2 * in_f * out_f) as f64 / us / 1e3, // bf16 weight bytes
-                extra: format!(",\"us\":{us:.2}"),
-            });
+            keep(
+                &mut out,
+                Record {
+                    kind: "gemv",
+                    name: format!(
+                        "{name} {in_f}->{out_f} {}",
+                        match one_row {
+                            OneRow::Gemv => "gemv",
+                            OneRow::Cublas => "cublas",
+                        }
+                    ),
+                    ms: us / 1e3,
+                    rate: (2 * in_f * out_f) as f64 / us / 1e3, // bf16 weight bytes
+                    extra: format!(",\"us\":{us:.2}"),
+                },
+            );
         }
     }
     out
@@ -381,13 +403,16 @@ pub fn prefill(cfg: &BenchConfig) -> Vec<Record> {
     };
     // Products (`prefill`, TFLOP/s) and passes over memory (`prefill_bw`, GB/s).
     let mut push = |kind: &'static str, name: String, ms: f64, rate: f64| {
-        out.push(Record {
-            kind,
-            name,
-            ms,
-            rate,
-            extra: format!(",\"us\":{:.2},\"tokens\":{m}", ms * 1e3),
-        })
+        keep(
+            &mut out,
+            Record {
+                kind,
+                name,
+                ms,
+                rate,
+                extra: format!(",\"us\":{:.2},\"tokens\":{m}", ms * 1e3),
+            },
+        )
     };
     for (in_f, out_f) in [(4096, 4096), (4096, 16384), (16384, 4096)] {
         let wd = normal([out_f, in_f], 0.02);
@@ -491,7 +516,7 @@ pub fn prefill(cfg: &BenchConfig) -> Vec<Record> {
     out
 }
 
-/// Everything, as JSON lines then a table.
+/// Everything: each record's JSON line as it is measured, then a table.
 pub fn run(cfg: &BenchConfig) -> Vec<Record> {
     let mut all = if cfg.prefill_only {
         prefill(cfg)
@@ -504,9 +529,6 @@ pub fn run(cfg: &BenchConfig) -> Vec<Record> {
     };
     if !cfg.prefill_only {
         all.extend(decode_gemv(cfg));
-    }
-    for r in &all {
-        println!("{}", r.json());
     }
     println!(
         "\n{:<10} {:<28} {:>10} {:>12}  extra",
