@@ -10,6 +10,7 @@
 use cubecl::prelude::*;
 
 use super::norm::rms_scale;
+use super::rows::load_strided;
 
 /// Planes of a cube-per-row launch.
 pub(super) const ROW_PLANES: u32 = 8;
@@ -42,24 +43,6 @@ fn row_unit(len: usize) -> (usize, usize) {
         usize::cast_from(UNIT_POS_Y * 32u32 + UNIT_POS_X),
         CUBE_POS * len,
     )
-}
-
-/// `dst[u] = src[at + t + 256·u]` for `u < ROW_VECS`, an index past `len` vectors clamped to
-/// the last (skipped by the caller).
-#[cube]
-fn load_row<E: Scalar, N: Size>(
-    src: &Array<Vector<E, N>>,
-    dst: &mut Array<Vector<E, N>>,
-    at: usize,
-    t: usize,
-    len: usize,
-) {
-    let last = len - 1usize;
-    #[unroll]
-    for u in 0..ROW_VECS {
-        let j = t + u * 256usize;
-        dst[u] = src[at + select(j < len, j, last)];
-    }
 }
 
 /// This unit's `Σ (x − shift)²` in f32 over its vectors of the row (`shift` 0 for RMSNorm: the
@@ -104,9 +87,9 @@ pub(super) fn layer_norm_row_kernel<F: Float, N: Size>(
     let mut xs = Array::<Vector<F, N>>::new(ROW_VECS);
     let mut ws = Array::<Vector<f32, N>>::new(ROW_VECS);
     let mut bs = Array::<Vector<f32, N>>::new(ROW_VECS);
-    load_row(x, &mut xs, base, t, len);
-    load_row(w, &mut ws, 0usize, t, len);
-    load_row(b, &mut bs, 0usize, t, len);
+    load_strided(x, &mut xs, base, t, len, ROW_VECS, 256usize);
+    load_strided(w, &mut ws, 0usize, t, len, ROW_VECS, 256usize);
+    load_strided(b, &mut bs, 0usize, t, len, ROW_VECS, 256usize);
     let mut shared = SharedMemory::<f32>::new(ROW_PLANES as usize);
     let mut s = 0.0f32;
     #[unroll]
@@ -151,8 +134,8 @@ pub(super) fn rms_norm_row_kernel<F: Float, N: Size>(
     let (t, base) = row_unit(len);
     let mut xs = Array::<Vector<F, N>>::new(ROW_VECS);
     let mut ws = Array::<Vector<F, N>>::new(ROW_VECS);
-    load_row(x, &mut xs, base, t, len);
-    load_row(w, &mut ws, 0usize, t, len);
+    load_strided(x, &mut xs, base, t, len, ROW_VECS, 256usize);
+    load_strided(w, &mut ws, 0usize, t, len, ROW_VECS, 256usize);
     let mut shared = SharedMemory::<f32>::new(ROW_PLANES as usize);
     let sq = sum_sq(&xs, t, len, 0.0f32, vec);
     let r = 1.0f32 / f32::sqrt(cube_sum(sq, &mut shared) / len_f + eps);

@@ -83,10 +83,25 @@ pub(super) fn load_vecs<E: Scalar, N: Size>(
     j0: usize,
     len: usize,
 ) {
+    load_strided(src, dst, at, j0, len, UNROLL, 32usize);
+}
+
+/// [`load_vecs`] for `count` vectors `stride` apart (`dst[u] = src[at + j0 + stride·u]`), both
+/// known at compile time; the few-row norms' (`norm_row.rs`) take 256 apart.
+#[cube]
+pub(super) fn load_strided<E: Scalar, N: Size>(
+    src: &Array<Vector<E, N>>,
+    dst: &mut Array<Vector<E, N>>,
+    at: usize,
+    j0: usize,
+    len: usize,
+    #[comptime] count: usize,
+    #[comptime] stride: usize,
+) {
     let last = len - 1usize;
     #[unroll]
-    for u in 0..UNROLL {
-        let j = j0 + u * 32usize;
+    for u in 0..count {
+        let j = j0 + u * stride;
         dst[u] = src[at + select(j < len, j, last)];
     }
 }
