@@ -201,18 +201,6 @@ impl<B: QBackend> Block<B> {
 }
 
 impl<B: QBackend> DecoderBlock<B> for Block<B> {
-    fn linears(&self) -> Vec<&Linear<B>> {
-        let (a, m) = (&self.attn, &self.mlp);
-        vec![
-            &a.q_proj,
-            &a.k_proj,
-            &a.v_proj,
-            &a.out_proj,
-            &m.fc_in,
-            &m.fc_out,
-        ]
-    }
-
     /// As [`Block::forward`], reading and extending this layer's KV cache.
     fn forward_cached(
         &self,

@@ -454,22 +454,6 @@ pub trait QBackend: Backend {
         Ok(None)
     }
 
-    /// Dequantizes `ws` (in `dtype`) ahead of the quantized linears that will read them, off
-    /// the compute stream, once everything enqueued before `after` (a tensor of the compute
-    /// stream) is done: the next block's weights while this one computes
-    /// ([`crate::prefetch`]). A later `q_linear` (or fused linear) of one of them takes its
-    /// dense copy instead of dequantizing. CUDA: a second stream; the default does nothing.
-    /// What is not taken is dropped by the next calls or by [`QBackend::q_prefetch_end`].
-    fn q_prefetch(ws: Vec<QWeightPrimitive<Self>>, dtype: DType, after: FloatTensor<Self>) {
-        let _ = (ws, dtype, after);
-    }
-
-    /// Drops every dense copy [`QBackend::q_prefetch`] holds on `device` (the end of a
-    /// forward). The default holds none.
-    fn q_prefetch_end(device: &Self::Device) {
-        let _ = device;
-    }
-
     /// Starts moving `x` to host memory off the compute stream ([`park`]'s module docs): CUDA
     /// parks it in pinned memory; the default keeps it on the device.
     fn q_park(x: FloatTensor<Self>) -> Place<Self> {

@@ -45,9 +45,7 @@ pub use decode::{
 };
 pub use error::{switch_setting, KernelError};
 pub use head::linear_cross_entropy;
-pub use linear::{
-    prefetch, prefetch_end, q_linear, q_linear_add, q_linear_parts, q_linear_unread, q_linear_with,
-};
+pub use linear::{q_linear, q_linear_add, q_linear_parts, q_linear_unread, q_linear_with};
 pub use lora::{lora_acc, lora_acc_parts};
 pub use mlp::{
     linear_bias_gelu_new, mlp_fits, mlp_gelu_new, mlp_gelu_new_plus, BiasAct, Frozen,

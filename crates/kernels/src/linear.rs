@@ -163,24 +163,3 @@ pub(crate) fn dense_linear<B: QBackend>(
     let y = B::q_gemm(x3, w3, GemmOptions::new(false, !dx, dtype));
     B::float_reshape(y, Shape::new([m, if dx { i } else { o }]))
 }
-
-/// Dequantizes `ws` ahead, in `after`'s dtype, for the quantized linears that will read them
-/// next ([`QBackend::q_prefetch`]): on CUDA on a second stream, once the work enqueued before
-/// `after` is done, so that it overlaps the GEMMs in between (a decoder stack calls it with the
-/// next block's weights and the block's input). Only worth it where those linears dequantize,
-/// i.e. for more than one row; the values computed are the same either way.
-pub fn prefetch<B: QBackend, const D: usize>(ws: &[&QuantWeight<B>], after: &Tensor<B, D>) {
-    if ws.is_empty() {
-        return;
-    }
-    B::q_prefetch(
-        ws.iter().map(|w| w.primitive()).collect(),
-        after.dtype(),
-        after.clone().into_primitive().tensor(),
-    );
-}
-
-/// Drops what [`prefetch`] holds on `device` and no linear took ([`QBackend::q_prefetch_end`]).
-pub fn prefetch_end<B: QBackend>(device: &B::Device) {
-    B::q_prefetch_end(device);
-}

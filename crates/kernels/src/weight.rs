@@ -112,9 +112,6 @@ pub struct QWeightPrimitive<B: Backend> {
     pub absmax: AbsmaxPrimitive<B>,
     /// Shape, format, block size.
     pub layout: QLayout,
-    /// The [`QuantWeight`]'s identity ([`QMeta::id`]): what a dense copy dequantized ahead is
-    /// found by (`QBackend::q_prefetch`).
-    pub id: u64,
 }
 
 impl<B: Backend> Clone for QWeightPrimitive<B> {
@@ -124,7 +121,6 @@ impl<B: Backend> Clone for QWeightPrimitive<B> {
             code_map: self.code_map.clone(),
             absmax: self.absmax.clone(),
             layout: self.layout,
-            id: self.id,
         }
     }
 }
@@ -147,17 +143,6 @@ pub struct QMeta {
     pub dtype: FloatDType,
     /// Double-quant offset and nested block size, when the absmax is nested.
     pub nested: Option<(f32, usize)>,
-    /// Unique to the weight built (its clones share it, as they share its tensors), never 0:
-    /// the key of a dense copy dequantized ahead ([`QMeta::next_id`]).
-    pub id: u64,
-}
-
-impl QMeta {
-    /// A fresh [`QMeta::id`]: a process-wide counter (no two weights built share one).
-    pub fn next_id() -> u64 {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    }
 }
 
 /// A frozen quantized `[out, in]` weight on the device.
@@ -270,7 +255,6 @@ impl<B: Backend> QuantWeight<B> {
                 layout,
                 dtype,
                 nested: None,
-                id: QMeta::next_id(),
             },
         }
     }
@@ -324,7 +308,6 @@ impl<B: Backend> QuantWeight<B> {
             code_map: self.code_map.clone().into_primitive().tensor(),
             absmax,
             layout: self.meta.layout,
-            id: self.meta.id,
         }
     }
 

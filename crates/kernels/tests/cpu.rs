@@ -134,26 +134,6 @@ fn weight_round_trips_through_the_host_format() {
     }
 }
 
-/// A dense copy dequantized ahead (`qtune_kernels::prefetch`) is found by the weight's id: each
-/// weight built gets its own, its clones and their primitives share it. On the CPU the prefetch
-/// does nothing, and the product is the same.
-#[test]
-fn each_weight_has_its_own_id_and_its_clones_share_it() {
-    let dev = Default::default();
-    let q = quantized(16, 96, specs()[0], 7);
-    let a = QuantWeight::<Nd>::from_quantized(&q, &dev);
-    let b = QuantWeight::<Nd>::from_quantized(&q, &dev);
-    assert_ne!(a.meta.id, b.meta.id, "two weights built from one tensor");
-    assert_ne!(a.meta.id, 0);
-    let c = a.clone();
-    assert_eq!((c.meta.id, c.primitive().id), (a.meta.id, a.meta.id));
-    let x = Tensor::<Nd, 2>::from_data(TensorData::new(values(3 * 96, 8, 1.0), [3, 96]), &dev);
-    let before = bits(q_linear(x.clone(), &a));
-    qtune_kernels::prefetch(&[&a, &b], &x);
-    assert_eq!(bits(q_linear(x, &a)), before);
-    qtune_kernels::prefetch_end::<Nd>(&dev);
-}
-
 #[test]
 fn quantize_on_the_backend_equals_the_cpu_quantizer() {
     let dev = Default::default();

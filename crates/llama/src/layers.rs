@@ -144,19 +144,6 @@ pub struct Block<B: Backend> {
 }
 
 impl<B: QBackend> DecoderBlock<B> for Block<B> {
-    fn linears(&self) -> Vec<&Linear<B>> {
-        let (a, m) = (&self.self_attn, &self.mlp);
-        vec![
-            &a.q_proj,
-            &a.k_proj,
-            &a.v_proj,
-            &a.o_proj,
-            &m.gate_proj,
-            &m.up_proj,
-            &m.down_proj,
-        ]
-    }
-
     fn forward_cached(
         &self,
         h: Tensor<B, 3>,

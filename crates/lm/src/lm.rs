@@ -62,13 +62,6 @@ pub trait DecoderBlock<B: QBackend> {
         ctx: &BlockContext<B>,
         cache: Option<KvSlot<'_, B>>,
     ) -> Tensor<B, 3>;
-
-    /// The linears of the block in the order its forward runs them: a forward of several rows
-    /// hands the next block's quantized weights to `qtune_kernels::prefetch` while this one
-    /// runs ([`CausalLm::hidden`]). The default (none) prefetches nothing.
-    fn linears(&self) -> Vec<&Linear<B>> {
-        Vec::new()
-    }
 }
 
 /// A decoder-only causal language model as HF's `*ForCausalLM`: `embed → blocks → logits`.
@@ -201,24 +194,11 @@ pub trait CausalLm<B: QBackend>: Sized + Clone {
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let mut h = self.embed(ids);
-        let [b, t, _] = h.dims();
-        // Several rows dequantize every weight: the next block's are dequantized while this one
-        // runs (on CUDA a second stream; elsewhere nothing). One row takes the GEMV (no dense
-        // weight).
-        let ahead = b * t > 1;
         for i in 0..self.num_layers() {
-            if ahead && i + 1 < self.num_layers() {
-                let next = self.layer(i + 1).linears();
-                let ws: Vec<_> = next.iter().filter_map(|l| l.quant_base()).collect();
-                qtune_kernels::prefetch(&ws, &h);
-            }
             let layer = cache
                 .as_deref_mut()
                 .map(|c| KvSlot::Append(&mut c.layers[i]));
             h = self.block(i, h, ctx, layer);
-        }
-        if ahead {
-            qtune_kernels::prefetch_end::<B>(&h.device());
         }
         h
     }

@@ -278,15 +278,6 @@ impl<B: Backend> Linear<B> {
         self.bias.as_ref().map(|b| b.val())
     }
 
-    /// The quantized base weight, adapter or not: what a forward of several rows dequantizes
-    /// (a decoder stack hands the next block's to `qtune_kernels::prefetch`).
-    pub fn quant_base(&self) -> Option<&QuantWeight<B>> {
-        match &self.base {
-            LinearBase::Quant(q) => Some(q),
-            LinearBase::Dense(_) => None,
-        }
-    }
-
     /// The quantized base weight of a layer without an adapter (the whole layer frozen), for
     /// callers that fuse it with its neighbours (GPT-J's MLP: `qtune_kernels::mlp_gelu_new`).
     pub fn frozen_quant(&self) -> Option<&QuantWeight<B>> {

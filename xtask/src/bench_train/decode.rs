@@ -30,10 +30,9 @@ pub(super) fn prefill_and_decode(
     mode: &str,
 ) -> anyhow::Result<()> {
     let n = pre_ids.len();
-    let ids =
-        || Tensor::<Inner, 2, Int>::from_data(TensorData::new(pre_ids.clone(), [1, n]), &device);
     let prefill = || -> anyhow::Result<f64> {
-        let x = ids();
+        let x =
+            Tensor::<Inner, 2, Int>::from_data(TensorData::new(pre_ids.clone(), [1, n]), &device);
         sync()?;
         let s = Instant::now();
         // Logits stay on the GPU (as in the peer); the sync waits for the whole forward.
@@ -42,34 +41,15 @@ pub(super) fn prefill_and_decode(
         drop(logits);
         Ok(s.elapsed().as_secs_f64())
     };
-    // The same prefill with every weight dequantized on the compute stream just before its
-    // GEMM (`QTUNE_PREFETCH=0`'s path), alternated with the default one.
-    fn without_prefetch<T>(f: impl FnOnce() -> T) -> T {
-        qtune_kernels::cuda::set_prefetch(Some(false));
-        let r = f();
-        qtune_kernels::cuda::set_prefetch(None);
-        r
-    }
-    let (mut pre, mut pre_off) = (0.0, 0.0);
-    let mut same_logits = None;
+    let mut pre = 0.0;
     if !a.decode_profile {
         for _ in 0..2 {
             prefill()?;
-            without_prefetch(prefill)?;
         }
         for _ in 0..5 {
             pre += prefill()?;
-            pre_off += without_prefetch(prefill)?;
         }
         pre /= 5.0;
-        pre_off /= 5.0;
-        let logits = || -> anyhow::Result<Vec<u32>> {
-            let l = infer.forward(ids(), None, None, None).into_data();
-            let v = l.into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            Ok(v.into_iter().map(f32::to_bits).collect())
-        };
-        let on = logits()?;
-        same_logits = Some(on == without_prefetch(logits)?);
     }
     let prompt: Vec<u32> = pre_ids[..32.min(n)].iter().map(|&v| v as u32).collect();
     if a.decode_profile {
@@ -162,8 +142,6 @@ pub(super) fn prefill_and_decode(
     println!(
         "{}",
         json!({"model": model_name, "mode": mode, "prefill_tokens": n, "prefill_s": pre, "prefill_tok_s": n as f64 / pre,
-               "prefill_s_no_prefetch": pre_off, "prefill_tok_s_no_prefetch": n as f64 / pre_off,
-               "prefill_same_logits_no_prefetch": same_logits,
                "decode_new_tokens": tokens.len(), "decode_s": dec_s,
                "decode_tok_s_b1": rate(&timed[0]),
                "decode_tok_s_b1_no_graph": rate(&timed[1]),

@@ -147,7 +147,6 @@ fn inner<B: Backend, C: CheckpointStrategy>(
         code_map: w.code_map.primitive,
         absmax,
         layout: w.layout,
-        id: w.id,
     }
 }
 

@@ -38,14 +38,6 @@ impl<B: QBackend, C: CheckpointStrategy> QBackend for Autodiff<B, C> {
         B::q_check_device(device, dtype)
     }
 
-    fn q_prefetch(ws: Vec<QWeightPrimitive<Self>>, dtype: DType, after: FloatTensor<Self>) {
-        B::q_prefetch(ws.into_iter().map(inner).collect(), dtype, after.primitive);
-    }
-
-    fn q_prefetch_end(device: &Self::Device) {
-        B::q_prefetch_end(device);
-    }
-
     fn q_parks_to_host() -> bool {
         B::q_parks_to_host()
     }

@@ -10,7 +10,6 @@ use burn::tensor::{
     ops::{FloatTensor, IntTensor},
     DType, Tensor, TensorData, TensorPrimitive,
 };
-use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, FloatElement, IntElement};
 use cubecl::cuda::CudaRuntime;
 
@@ -30,21 +29,14 @@ fn dense_of<F: FloatElement, I: IntElement, BT: BoolElement>(
     dtype: DType,
 ) -> FloatTensor<CubeBackend<CudaRuntime, F, I, BT>> {
     match w {
-        FrozenPrimitive::Quant(w) => dequantized(w, dtype),
+        FrozenPrimitive::Quant(w) => {
+            launch::dequantize::<CudaRuntime, CubeBackend<CudaRuntime, F, I, BT>>(w, dtype)
+        }
         FrozenPrimitive::Dense(w) if w.dtype == dtype => burn_cubecl::kernel::into_contiguous(w),
         FrozenPrimitive::Dense(w) => {
             burn_cubecl::kernel::into_contiguous(burn_cubecl::kernel::cast(w, dtype))
         }
     }
-}
-
-/// A quantized weight dense in `dtype` for a forward GEMM: the copy dequantized ahead if
-/// [`super::ahead`] holds one, else dequantized now.
-fn dequantized<B: launch::CubeB<CudaRuntime>>(
-    w: QWeightPrimitive<B>,
-    dtype: DType,
-) -> CubeTensor<CudaRuntime> {
-    super::ahead::take(&w, dtype).unwrap_or_else(|| launch::dequantize::<CudaRuntime, B>(w, dtype))
 }
 
 impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
@@ -60,7 +52,7 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
             return y;
         }
         // Pitfall 3 of the notes: W must be in x's dtype, a mixed GEMM is garbage.
-        let wd = dequantized(w, x.dtype);
+        let wd = launch::dequantize::<CudaRuntime, Self>(w, x.dtype);
         gemm::<Self>(x, &wd, Product::ATransB)
     }
 
@@ -213,14 +205,6 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
 
     fn q_parks_to_host() -> bool {
         true
-    }
-
-    fn q_prefetch(ws: Vec<QWeightPrimitive<Self>>, dtype: DType, after: FloatTensor<Self>) {
-        super::ahead::prefetch(ws, dtype, &after);
-    }
-
-    fn q_prefetch_end(device: &Self::Device) {
-        super::ahead::end(device.index);
     }
 
     fn q_check_device(device: &Self::Device, dtype: DType) -> Result<(), KernelError> {

@@ -282,15 +282,6 @@ impl DeviceGraph for CudaDeviceGraph {
     }
 }
 
-/// Whether [`capture`] is recording: work that would add a second stream to the recording
-/// (`super::ahead`'s prefetch) stays off meanwhile.
-static RECORDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// See [`RECORDING`].
-pub(crate) fn recording() -> bool {
-    RECORDING.load(std::sync::atomic::Ordering::SeqCst)
-}
-
 /// [`crate::QBackend::q_graph_capture`] on CUDA. Whether to record at all is the caller's
 /// choice (`qtune_lm::GenerationConfig::device_graphs`).
 pub(crate) fn capture(
@@ -308,9 +299,7 @@ pub(crate) fn capture(
         .map_err(graph_error)?
         .map_err(graph_error)?;
     // A panic inside `record` must still end the capture, or the stream stays unusable.
-    RECORDING.store(true, std::sync::atomic::Ordering::SeqCst);
     let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(record));
-    RECORDING.store(false, std::sync::atomic::Ordering::SeqCst);
     let graph = client
         .exclusive(|| {
             let stream = stream_of(&client, &probe);

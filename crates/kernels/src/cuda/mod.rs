@@ -33,7 +33,6 @@ macro_rules! launch_float {
     };
 }
 
-mod ahead;
 mod attention;
 mod backend;
 mod concat;
@@ -54,7 +53,6 @@ mod rcp;
 mod rope_kv;
 mod upload;
 
-pub use ahead::{prefetch_on, prefetch_taken, set_prefetch, PREFETCH_ENV};
 pub use backend::sync;
 pub use epilogue::EPILOGUES_ENV;
 pub use jit_cache::{cache_dir, init_kernel_cache, CACHE_ENV, PROFILE_ENV};
