@@ -15,6 +15,7 @@ use cubecl::cuda::CudaRuntime;
 
 use super::gemm::{bmm_scaled, gemm, gemm_acc, OneRow, Product};
 use super::launch;
+use super::nf4_gemm::Epi;
 use crate::{
     Adam8Input, Adam8State, AttentionInput, AttnMask, BiasAct, FrozenPrimitive, GemmAccOptions,
     GemmOptions, KernelError, NormInput, QBackend, QWeightPrimitive, QuantizeOptions,
@@ -49,6 +50,10 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
     fn q_linear(x: FloatTensor<Self>, w: QWeightPrimitive<Self>) -> FloatTensor<Self> {
         // One row (batch-1 decode): a GEMV straight from the codes, no dense weight.
         if let Some(y) = super::gemv::gemv::<CudaRuntime, Self>(&x, &w) {
+            return y;
+        }
+        // A few hundred rows (the prefill): a GEMM straight from 4-bit codes.
+        if let Some(y) = super::nf4_gemm::nf4_linear(&x, &w, Epi::Plain, None, None) {
             return y;
         }
         // Pitfall 3 of the notes: W must be in x's dtype, a mixed GEMM is garbage.
@@ -108,6 +113,11 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
                 return (y, None);
             }
         }
+        if let (BiasAct::GeluNew, FrozenPrimitive::Quant(q)) = (act, &w) {
+            if let Some(y) = super::nf4_gemm::nf4_linear(&x, q, Epi::BiasGelu, Some(&bias), None) {
+                return (y, None);
+            }
+        }
         if !super::epilogue::fits(m, w.shape()[0], x.dtype) {
             return crate::mlp::linear_bias_act_ops::<Self>(x, w, bias, act);
         }
@@ -138,6 +148,12 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         let mut adds = adds.into_iter();
         let first = adds.next().expect("at least one add");
         let acc = burn_cubecl::kernel::into_contiguous(adds.fold(first, Self::float_add));
+        if let FrozenPrimitive::Quant(q) = &w_out {
+            let fused = super::nf4_gemm::nf4_linear(&h, q, Epi::BiasAdd, Some(&b_out), Some(&acc));
+            if let Some(y) = fused {
+                return y;
+            }
+        }
         let wd = dense_of(w_out, h.dtype);
         if super::epilogue::accumulates_into(&acc, [m, n]) {
             super::epilogue::linear_bias_acc(h, &wd, b_out, acc)

@@ -48,6 +48,7 @@ mod gemv;
 mod jit_cache;
 mod kernels;
 pub mod launch;
+mod nf4_gemm;
 mod park;
 mod rcp;
 mod rope_kv;
@@ -56,6 +57,10 @@ mod upload;
 pub use backend::sync;
 pub use epilogue::EPILOGUES_ENV;
 pub use jit_cache::{cache_dir, init_kernel_cache, CACHE_ENV, PROFILE_ENV};
+pub use nf4_gemm::{
+    nf4_gemm_config, nf4_gemm_launches, set_nf4_gemm, set_nf4_gemm_config,
+    MAX_ROWS as NF4_GEMM_MAX_ROWS, NF4_GEMM_ENV,
+};
 pub use rcp::inv_absmax;
 
 /// The CUDA backend our ops are implemented for (burn-cuda without `fusion`).
