@@ -8,7 +8,7 @@ use burn::tensor::{DType, Distribution, Tensor};
 use qtune_quant::{FloatDType, QuantFormat, QuantSpec};
 
 use qtune_kernels::cuda::gemm::{gemm, linear_t_acc_via, linear_t_via, OneRow, Product};
-use qtune_kernels::cuda::{launch, sync, Cuda};
+use qtune_kernels::cuda::{launch, nf4_gemm_config, set_nf4_gemm, set_nf4_gemm_config, sync, Cuda};
 use qtune_kernels::{QBackend, QuantWeight};
 
 type C = Cuda<f32>;
@@ -436,6 +436,34 @@ pub fn prefill(cfg: &BenchConfig) -> Vec<Record> {
             drop(C::q_linear(x.clone(), q.primitive()))
         });
         push("prefill", format!("q_linear {shape}"), ms, flops / ms / 1e9);
+        // The same product with the dense weight (dequantize + cuBLAS), then through each
+        // shipped config of the fused NF4 GEMM, its largest difference from the former noted.
+        set_nf4_gemm(Some(false));
+        let ms = time_ms(&dev, cfg.warmup, iters, || {
+            drop(C::q_linear(x.clone(), q.primitive()))
+        });
+        push(
+            "prefill",
+            format!("q_linear unfused {shape}"),
+            ms,
+            flops / ms / 1e9,
+        );
+        let unfused = host_f32(C::q_linear(x.clone(), q.primitive()));
+        set_nf4_gemm(Some(true));
+        let chosen = nf4_gemm_config();
+        for c in 0.. {
+            if set_nf4_gemm_config(c).is_err() {
+                break;
+            }
+            let err = rel_err(&host_f32(C::q_linear(x.clone(), q.primitive())), &unfused);
+            let ms = time_ms(&dev, cfg.warmup, iters, || {
+                drop(C::q_linear(x.clone(), q.primitive()))
+            });
+            let name = format!("q_linear fused c{c} {shape} (err {err:.1e})");
+            push("prefill", name, ms, flops / ms / 1e9);
+        }
+        set_nf4_gemm(None);
+        set_nf4_gemm_config(chosen).expect("the config in use exists");
         if (in_f, out_f) == (4096, 4096) {
             // q, k and v: one strided-batched GEMM of the three against three GEMMs.
             let x3 =
@@ -545,4 +573,35 @@ pub fn run(cfg: &BenchConfig) -> Vec<Record> {
         );
     }
     all
+}
+
+/// A rank-2 CUDA tensor's values in f32 on the host.
+fn host_f32(t: burn::tensor::ops::FloatTensor<C>) -> Vec<f32> {
+    Tensor::<C, 2>::from_primitive(burn::tensor::TensorPrimitive::Float(t))
+        .cast(DType::F32)
+        .into_data()
+        .to_vec::<f32>()
+        .expect("f32 values")
+}
+
+/// max |a − b| / max |b|.
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    f64::from(d / scale)
+}
+
+/// Picks the fused NF4 GEMM's config from `QTUNE_NF4_GEMM_CFG` where set (a bench knob: which
+/// shipped config the whole prefill runs).
+///
+/// # Errors
+/// A value that is not the number of a shipped config.
+pub fn nf4_config_from_env() -> anyhow::Result<()> {
+    if let Ok(v) = std::env::var("QTUNE_NF4_GEMM_CFG") {
+        let c = v
+            .parse()
+            .map_err(|_| anyhow::anyhow!("QTUNE_NF4_GEMM_CFG={v}: not a config number"))?;
+        set_nf4_gemm_config(c).map_err(|e| anyhow::anyhow!("QTUNE_NF4_GEMM_CFG: {e}"))?;
+    }
+    Ok(())
 }

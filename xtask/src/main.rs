@@ -303,14 +303,19 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 r.tokens_evaluated, r.text_tokens, r.ppl
             );
         }
-        Cmd::Bench { what } => match what {
-            Bench::Dequant(args) => bench_dequant::run(&args)?,
-            Bench::Train(args) => bench_train::run(&args)?,
-            Bench::Generate(args) => bench_generate::run(&args)?,
-            Bench::GpuCheck(args) => gpu_check::run(&args)?,
-            Bench::Load(args) => bench_load::run(&args)?,
-            Bench::ActivationMemory => activation_memory()?,
-        },
+        Cmd::Bench { what } => {
+            // Which shipped config of the fused NF4 GEMM runs (`QTUNE_NF4_GEMM_CFG`).
+            #[cfg(feature = "cuda")]
+            bench_kernels::nf4_config_from_env()?;
+            match what {
+                Bench::Dequant(args) => bench_dequant::run(&args)?,
+                Bench::Train(args) => bench_train::run(&args)?,
+                Bench::Generate(args) => bench_generate::run(&args)?,
+                Bench::GpuCheck(args) => gpu_check::run(&args)?,
+                Bench::Load(args) => bench_load::run(&args)?,
+                Bench::ActivationMemory => activation_memory()?,
+            }
+        }
         Cmd::PeftCheck { out, fixture } => {
             let fixture = PathBuf::from("tests/fixtures").join(&fixture);
             let (adapter, logits) = qtune_train::peft_check::write_check_folder::<

@@ -194,14 +194,18 @@ fn dense(
 }
 
 /// Seeded bf16 values of `shape` on `dev`.
-fn bf16<B: Backend, const N: usize>(dev: &B::Device, shape: [usize; N], seed: u64) -> Tensor<B, N> {
+pub(super) fn bf16<B: Backend, const N: usize>(
+    dev: &B::Device,
+    shape: [usize; N],
+    seed: u64,
+) -> Tensor<B, N> {
     let n = shape.iter().product();
     Tensor::<B, 1>::from_data(TensorData::new(values(n, seed), [n]), (dev, DType::BF16))
         .reshape(shape)
 }
 
 /// A seeded `[out, in]` weight (scaled by 0.1) quantized to NF4 + double quant.
-fn nf4<B: qtune_kernels::QBackend>(
+pub(super) fn nf4<B: qtune_kernels::QBackend>(
     dev: &B::Device,
     name: &str,
     shape: [usize; 2],

@@ -8,7 +8,8 @@
 //!
 //! 3. float16 training with dynamic loss scaling against bfloat16 through the trainer (`fp16`).
 //!
-//! Also: the cuBLAS GEMMs and fused ops vs the CPU (`fused`, `gemm`), the Llama family's kernels
+//! Also: the cuBLAS GEMMs and fused ops vs the CPU (`fused`, `gemm`), the fused NF4 GEMM vs
+//! dequantize + cuBLAS (`nf4_gemm`), the Llama family's kernels
 //! (`selftest`), and greedy decoding (`fixtures::decode_check`).
 //!
 //! Every printed check has a tolerance (the constants next to it, each with where it came from);
@@ -30,6 +31,8 @@ mod load;
 mod lora;
 #[cfg(feature = "cuda")]
 mod mlp;
+#[cfg(feature = "cuda")]
+mod nf4_gemm;
 #[cfg(feature = "cuda")]
 mod optim;
 #[cfg(feature = "cuda")]
@@ -53,10 +56,11 @@ pub struct Args {
 }
 
 /// The check groups in run order, as `--only` names them.
-pub const GROUPS: [&str; 19] = [
+pub const GROUPS: [&str; 20] = [
     "fused",
     "lora",
     "mlp",
+    "nf4_gemm",
     "head",
     "optim",
     "gemv",
@@ -200,10 +204,11 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     // forward and both gradients vs the CPU, on bf16-representable inputs; the fused ops; the
     // batch-1 GEMVs.
     type Group = fn(&burn::tensor::Device<Train>, &mut Failures) -> anyhow::Result<()>;
-    let first: [(&str, Group); 8] = [
+    let first: [(&str, Group); 9] = [
         ("fused", fused::check),
         ("lora", lora::check),
         ("mlp", mlp::check),
+        ("nf4_gemm", nf4_gemm::check),
         ("head", head::check),
         ("optim", optim::check),
         ("gemv", gemm::quantized_gemv_check),
