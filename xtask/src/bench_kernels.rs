@@ -8,7 +8,9 @@ use burn::tensor::{DType, Distribution, Tensor};
 use qtune_quant::{FloatDType, QuantFormat, QuantSpec};
 
 use qtune_kernels::cuda::gemm::{gemm, linear_t_acc_via, linear_t_via, OneRow, Product};
-use qtune_kernels::cuda::{launch, nf4_gemm_config, set_nf4_gemm, set_nf4_gemm_config, sync, Cuda};
+use qtune_kernels::cuda::{
+    launch, nf4_gemm_config, nf4_gemm_launches, set_nf4_gemm, set_nf4_gemm_config, sync, Cuda,
+};
 use qtune_kernels::{QBackend, QuantWeight};
 
 type C = Cuda<f32>;
@@ -455,11 +457,19 @@ pub fn prefill(cfg: &BenchConfig) -> Vec<Record> {
             if set_nf4_gemm_config(c).is_err() {
                 break;
             }
+            let before = nf4_gemm_launches();
             let err = rel_err(&host_f32(C::q_linear(x.clone(), q.primitive())), &unfused);
+            // Where the fused kernel did not run (not loaded, shape not served) the time is
+            // the fallback's, and the name says so.
+            let ran = if nf4_gemm_launches() > before {
+                "fused"
+            } else {
+                "NOT RUN: fell back"
+            };
             let ms = time_ms(&dev, cfg.warmup, iters, || {
                 drop(C::q_linear(x.clone(), q.primitive()))
             });
-            let name = format!("q_linear fused c{c} {shape} (err {err:.1e})");
+            let name = format!("q_linear fused c{c} {shape} (err {err:.1e}, {ran})");
             push("prefill", name, ms, flops / ms / 1e9);
         }
         set_nf4_gemm(None);
