@@ -9,9 +9,12 @@ use qtune_quant::{FloatDType, QuantFormat, QuantSpec};
 
 use qtune_kernels::cuda::gemm::{gemm, linear_t_acc_via, linear_t_via, OneRow, Product};
 use qtune_kernels::cuda::{
-    launch, nf4_gemm_config, nf4_gemm_launches, set_nf4_gemm, set_nf4_gemm_config, sync, Cuda,
+    launch, nf4_gemm_config, nf4_gemm_configs, nf4_gemm_launches, set_nf4_gemm,
+    set_nf4_gemm_config, sync, Cuda,
 };
 use qtune_kernels::{QBackend, QuantWeight};
+
+use crate::gpu_check::{host, rel};
 
 type C = Cuda<f32>;
 
@@ -450,15 +453,16 @@ pub fn prefill(cfg: &BenchConfig) -> Vec<Record> {
             ms,
             flops / ms / 1e9,
         );
-        let unfused = host_f32(C::q_linear(x.clone(), q.primitive()));
+        let unfused = host_2d(C::q_linear(x.clone(), q.primitive()));
         set_nf4_gemm(Some(true));
         let chosen = nf4_gemm_config();
-        for c in 0.. {
-            if set_nf4_gemm_config(c).is_err() {
-                break;
-            }
+        for c in 0..nf4_gemm_configs() {
+            set_nf4_gemm_config(c);
             let before = nf4_gemm_launches();
-            let err = rel_err(&host_f32(C::q_linear(x.clone(), q.primitive())), &unfused);
+            let err = rel(
+                host_2d(C::q_linear(x.clone(), q.primitive())),
+                unfused.clone(),
+            );
             // Where the fused kernel did not run (not loaded, shape not served) the time is
             // the fallback's, and the name says so.
             let ran = if nf4_gemm_launches() > before {
@@ -473,7 +477,7 @@ pub fn prefill(cfg: &BenchConfig) -> Vec<Record> {
             push("prefill", name, ms, flops / ms / 1e9);
         }
         set_nf4_gemm(None);
-        set_nf4_gemm_config(chosen).expect("the config in use exists");
+        set_nf4_gemm_config(chosen);
         if (in_f, out_f) == (4096, 4096) {
             // q, k and v: one strided-batched GEMM of the three against three GEMMs.
             let x3 =
@@ -586,19 +590,11 @@ pub fn run(cfg: &BenchConfig) -> Vec<Record> {
 }
 
 /// A rank-2 CUDA tensor's values in f32 on the host.
-fn host_f32(t: burn::tensor::ops::FloatTensor<C>) -> Vec<f32> {
-    Tensor::<C, 2>::from_primitive(burn::tensor::TensorPrimitive::Float(t))
-        .cast(DType::F32)
-        .into_data()
-        .to_vec::<f32>()
-        .expect("f32 values")
-}
-
-/// max |a − b| / max |b|.
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-    let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    f64::from(d / scale)
+fn host_2d(t: burn::tensor::ops::FloatTensor<C>) -> Vec<f32> {
+    host(Tensor::<C, 2>::from_primitive(
+        burn::tensor::TensorPrimitive::Float(t),
+    ))
+    .unwrap_or_else(|e| panic!("reading a product back: {e}"))
 }
 
 /// Picks the fused NF4 GEMM's config from `QTUNE_NF4_GEMM_CFG` where set (a bench knob: which
@@ -608,10 +604,14 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 /// A value that is not the number of a shipped config.
 pub fn nf4_config_from_env() -> anyhow::Result<()> {
     if let Ok(v) = std::env::var("QTUNE_NF4_GEMM_CFG") {
-        let c = v
-            .parse()
-            .map_err(|_| anyhow::anyhow!("QTUNE_NF4_GEMM_CFG={v}: not a config number"))?;
-        set_nf4_gemm_config(c).map_err(|e| anyhow::anyhow!("QTUNE_NF4_GEMM_CFG: {e}"))?;
+        let n = nf4_gemm_configs();
+        match v.parse::<usize>() {
+            Ok(c) if c < n => set_nf4_gemm_config(c),
+            _ => anyhow::bail!(
+                "QTUNE_NF4_GEMM_CFG={v}: expected a config number from 0 to {}",
+                n - 1
+            ),
+        }
     }
     Ok(())
 }

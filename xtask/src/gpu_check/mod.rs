@@ -149,7 +149,7 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 
 /// max |a − b| / max |b|.
 #[cfg(feature = "cuda")]
-fn rel(a: Vec<f32>, b: Vec<f32>) -> f64 {
+pub(crate) fn rel(a: Vec<f32>, b: Vec<f32>) -> f64 {
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
     let d = a
         .iter()
@@ -158,10 +158,10 @@ fn rel(a: Vec<f32>, b: Vec<f32>) -> f64 {
     (d / scale) as f64
 }
 
-/// A rank-3 tensor's values in f32 on the host.
+/// A tensor's values in f32 on the host.
 #[cfg(feature = "cuda")]
-fn host<B: burn::tensor::backend::Backend>(
-    t: burn::tensor::Tensor<B, 3>,
+pub(crate) fn host<B: burn::tensor::backend::Backend, const D: usize>(
+    t: burn::tensor::Tensor<B, D>,
 ) -> anyhow::Result<Vec<f32>> {
     t.cast(burn::tensor::DType::F32)
         .into_data()

@@ -81,7 +81,8 @@ struct Kernel {
 include!("ptx/kernels.rs");
 
 /// Parameters of every kernel's entry: 9 pointers, `M`, `N`, `K`, `offset`, then Triton's two
-/// scratch pointers (null: the kernels use none, `nf4_gemm.py aot` asserts it).
+/// scratch pointers (null: the kernels use none, `nf4_gemm.py aot` asserts it). The unit test
+/// below checks every shipped entry against it.
 const PARAMS: usize = 15;
 
 /// [`NF4_GEMM_ENV`]'s setting, read once (unset: off).
@@ -117,19 +118,22 @@ pub fn set_nf4_gemm(on: Option<bool>) {
     OVERRIDE.store(on.map_or(0, |on| 1 + u8::from(on)), Ordering::Relaxed);
 }
 
-/// Picks config `c` of the shipped ones (`ptx/kernels.rs`), for timing them.
+/// How many configs ship (`ptx/kernels.rs`): [`set_nf4_gemm_config`] takes `0..` this.
+pub fn nf4_gemm_configs() -> usize {
+    KERNELS.len()
+}
+
+/// Picks config `c` of the shipped ones, for timing them.
 ///
-/// # Errors
-/// A config past the last, naming how many there are.
-pub fn set_nf4_gemm_config(c: usize) -> Result<(), String> {
-    if c >= KERNELS.len() {
-        return Err(format!(
-            "fused NF4 GEMM config {c}: there are {}",
-            KERNELS.len()
-        ));
-    }
+/// # Panics
+/// For `c ≥` [`nf4_gemm_configs`] (callers check a user's value against it first).
+pub fn set_nf4_gemm_config(c: usize) {
+    assert!(
+        c < KERNELS.len(),
+        "fused NF4 GEMM config {c}: there are {}",
+        KERNELS.len()
+    );
     CONFIG.store(c, Ordering::Relaxed);
-    Ok(())
 }
 
 /// The config in use (an index into `ptx/kernels.rs`).
@@ -190,18 +194,6 @@ fn load(index: usize, k: &Kernel) -> Result<Loaded, String> {
     if (major, minor) != (9, 0) {
         return Err(format!(
             "compute capability {major}.{minor}, the PTX is sm_90a"
-        ));
-    }
-    let entry_params = k
-        .ptx
-        .split(".entry")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .map_or(0, |s| s.matches(".param").count());
-    if entry_params != PARAMS {
-        return Err(format!(
-            "{} has {entry_params} parameters, not {PARAMS}",
-            k.name
         ));
     }
     let module = ctx
@@ -307,7 +299,7 @@ pub(crate) fn nf4_linear<B: CubeB<CudaRuntime>>(
         args.extend(dims.iter().map(|d| d as *const i32 as *mut c_void));
         args.push(&offset as *const f32 as *mut c_void);
         args.extend(scratch.iter().map(|p| p as *const u64 as *mut c_void));
-        // SAFETY: the arguments follow the kernel's entry (checked when loaded: 15 parameters,
+        // SAFETY: the arguments follow the kernel's entry (15 parameters, the unit test checks,
         // in `ptx/nf4_gemm.py`'s order), each pointing at a live local; the buffers hold the
         // shapes checked above (codes: out·in/2 bytes, one nested code per 64 values, one nested
         // absmax per 256 codes, 256- and 16-entry maps); the grid covers `out / bn` column tiles
