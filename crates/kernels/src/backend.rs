@@ -274,6 +274,15 @@ pub trait QBackend: Backend {
         attention::forward::<Self>(a.q, a.k, a.v, a.mask, a.div)
     }
 
+    /// [`QBackend::q_attention`]'s output alone, where no backward will need the probabilities
+    /// (the prefill, scoring, evaluation): the default drops them; CUDA may compute it in one
+    /// fused kernel instead (`QTUNE_FLASH_ATTN=1`, `cuda/flash_attn.rs`), which agrees to bf16's
+    /// rounding, not bit for bit. Autodiff keeps the default (its `q_attention` records the
+    /// backward).
+    fn q_attention_output(a: AttentionInput<Self>) -> FloatTensor<Self> {
+        Self::q_attention(a).0
+    }
+
     /// Gradients `[dq, dk, dv]` of [`QBackend::q_attention`] for `d_o` (token-major, inputs'
     /// dtype), given its input `a` and the probabilities `p` it returned.
     fn q_attention_backward(

@@ -187,7 +187,8 @@ pub fn attention_softmax<B: QBackend>(
     Tensor::from_primitive(TensorPrimitive::Float(p))
 }
 
-/// Multi-head attention `softmax(mask(q·kᵀ / div))·v` through [`QBackend::q_attention`], in the
+/// Multi-head attention `softmax(mask(q·kᵀ / div))·v` through [`QBackend::q_attention_output`]
+/// (the probabilities are kept only where autodiff tracks the inputs), in the
 /// token-major layout: `q [B, T, H, hd]`, `k`, `v [B, L, H_kv, hd]` (e.g. a `[B, T, D]` projection
 /// reshaped; `H_kv` divides `H`: grouped-query attention, query head `i` reads kv head
 /// `i / (H/H_kv)` as HF's `repeat_kv`, without a repeated copy on CUDA) → `[B, T, H, hd]`;
@@ -199,7 +200,7 @@ pub fn attention<B: QBackend>(
     mask: Option<Tensor<B, 4, Bool>>,
     div: f32,
 ) -> Tensor<B, 4> {
-    let (o, _p) = B::q_attention(AttentionInput {
+    let o = B::q_attention_output(AttentionInput {
         q: q.into_primitive().tensor(),
         k: k.into_primitive().tensor(),
         v: v.into_primitive().tensor(),

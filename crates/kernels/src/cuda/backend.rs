@@ -325,6 +325,13 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> QBackend
         super::attention::attention(a.q, a.k, a.v, a.mask, a.div)
     }
 
+    fn q_attention_output(a: AttentionInput<Self>) -> FloatTensor<Self> {
+        match super::flash_attn::flash_attention(&a.q, &a.k, &a.v, a.mask.as_ref(), a.div) {
+            Some(o) => o,
+            None => super::attention::attention(a.q, a.k, a.v, a.mask, a.div).0,
+        }
+    }
+
     fn q_attention_backward(
         a: AttentionInput<Self>,
         p: FloatTensor<Self>,

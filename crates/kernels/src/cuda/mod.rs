@@ -41,6 +41,7 @@ pub mod copy;
 mod cublas;
 mod decode;
 mod epilogue;
+mod flash_attn;
 mod fused;
 pub mod gemm;
 mod gemm_lt;
@@ -52,10 +53,15 @@ mod nf4_gemm;
 mod park;
 mod rcp;
 mod rope_kv;
+mod triton;
 mod upload;
 
 pub use backend::sync;
 pub use epilogue::EPILOGUES_ENV;
+pub use flash_attn::{
+    flash_attn_config, flash_attn_configs, flash_attn_launches, set_flash_attn,
+    set_flash_attn_config, FLASH_ATTN_ENV,
+};
 pub use jit_cache::{cache_dir, init_kernel_cache, CACHE_ENV, PROFILE_ENV};
 pub use nf4_gemm::{
     nf4_gemm_config, nf4_gemm_configs, nf4_gemm_launches, set_nf4_gemm, set_nf4_gemm_config,

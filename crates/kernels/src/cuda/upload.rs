@@ -85,11 +85,12 @@ const MIN_CC_BF16: (i32, i32) = (8, 0);
 /// # Errors
 /// [`KernelError::Device`]: no such device, a compute capability below 7.0, or bfloat16 on one
 /// below 8.0 (with the float16 alternative named); [`KernelError::Setting`] for a value of
-/// `QTUNE_GEMM_EPILOGUES` or `QTUNE_NF4_GEMM` other than 0 or 1, or of `CUBECL_CUDA_MEMORY` the
+/// `QTUNE_GEMM_EPILOGUES`, `QTUNE_NF4_GEMM` or `QTUNE_FLASH_ATTN` other than 0 or 1, or of `CUBECL_CUDA_MEMORY` the
 /// memory pool would refuse (third_party/README.md, patch 2).
 pub fn check_device(index: usize, dtype: DType) -> Result<(), crate::KernelError> {
     super::epilogue::epilogues_from_env()?;
     super::nf4_gemm::nf4_gemm_from_env()?;
+    super::flash_attn::flash_attn_from_env()?;
     cubecl::cuda::check_memory_setting().map_err(|expected| crate::KernelError::Setting {
         var: cubecl::cuda::MEMORY_ENV,
         value: std::env::var(cubecl::cuda::MEMORY_ENV).unwrap_or_default(),
