@@ -14,6 +14,8 @@ mod bench_generate;
 #[cfg(feature = "cuda")]
 mod bench_kernels;
 mod bench_load;
+#[cfg(feature = "cuda")]
+mod bench_prefill;
 mod bench_train;
 mod gpu_check;
 mod host_profile;
@@ -304,9 +306,10 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Cmd::Bench { what } => {
-            // Which shipped config of the fused NF4 GEMM runs (`QTUNE_NF4_GEMM_CFG`).
+            // Which shipped configs of the Triton kernels run (`QTUNE_NF4_GEMM_CFG`,
+            // `QTUNE_FLASH_ATTN_CFG`).
             #[cfg(feature = "cuda")]
-            bench_kernels::nf4_config_from_env()?;
+            bench_prefill::configs_from_env()?;
             match what {
                 Bench::Dequant(args) => bench_dequant::run(&args)?,
                 Bench::Train(args) => bench_train::run(&args)?,

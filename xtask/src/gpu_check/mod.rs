@@ -9,7 +9,8 @@
 //! 3. float16 training with dynamic loss scaling against bfloat16 through the trainer (`fp16`).
 //!
 //! Also: the cuBLAS GEMMs and fused ops vs the CPU (`fused`, `gemm`), the fused NF4 GEMM vs
-//! dequantize + cuBLAS (`nf4_gemm`), the Llama family's kernels
+//! dequantize + cuBLAS (`nf4_gemm`), the fused attention forward vs the unfused path
+//! (`flash_attn`), the Llama family's kernels
 //! (`selftest`), and greedy decoding (`fixtures::decode_check`).
 //!
 //! Every printed check has a tolerance (the constants next to it, each with where it came from);
@@ -17,6 +18,8 @@
 
 #[cfg(feature = "cuda")]
 mod fixtures;
+#[cfg(feature = "cuda")]
+mod flash_attn;
 #[cfg(feature = "cuda")]
 mod fp16;
 #[cfg(feature = "cuda")]
@@ -56,11 +59,12 @@ pub struct Args {
 }
 
 /// The check groups in run order, as `--only` names them.
-pub const GROUPS: [&str; 20] = [
+pub const GROUPS: [&str; 21] = [
     "fused",
     "lora",
     "mlp",
     "nf4_gemm",
+    "flash_attn",
     "head",
     "optim",
     "gemv",
@@ -204,11 +208,12 @@ fn run_impl(args: &Args) -> anyhow::Result<()> {
     // forward and both gradients vs the CPU, on bf16-representable inputs; the fused ops; the
     // batch-1 GEMVs.
     type Group = fn(&burn::tensor::Device<Train>, &mut Failures) -> anyhow::Result<()>;
-    let first: [(&str, Group); 9] = [
+    let first: [(&str, Group); 10] = [
         ("fused", fused::check),
         ("lora", lora::check),
         ("mlp", mlp::check),
         ("nf4_gemm", nf4_gemm::check),
+        ("flash_attn", flash_attn::check),
         ("head", head::check),
         ("optim", optim::check),
         ("gemv", gemm::quantized_gemv_check),
