@@ -144,12 +144,9 @@ SHIPPED = {
     128: [(64, 64, 8, 3), (64, 32, 4, 3), (128, 32, 8, 3)],
     256: [(64, 32, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2)],
 }
-PTX_VERSION = 87
-
 
 def aot(out):
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from triton_aot import compile_ptx
 
     sig = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "mask_ptr": "*u8",
            "o_ptr": "*bf16", "T": "i32", "L": "i32", "H": "i32", "HKV": "i32",
@@ -161,27 +158,12 @@ def aot(out):
     rows = []
     for hd, cfgs in SHIPPED.items():
         for ci, (bm, bn, warps, stages) in enumerate(cfgs):
-            kernels = []
-            for masked in (0, 1):
-                const = {"BM": bm, "BN": bn, "HD": hd, "MASKED": masked}
-                src = ASTSource(fn=flash_attn, signature=sig, constexprs=const, attrs=attrs)
-                ck = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                                    options={"num_warps": warps, "num_stages": stages,
-                                             "enable_fp_fusion": True,
-                                             "ptx_version": PTX_VERSION})
-                md = ck.metadata._asdict()
-                assert md["global_scratch_size"] == 0 and md["profile_scratch_size"] == 0, md
-                assert md["num_ctas"] == 1, md
-                name = f"flash_attn_d{hd}_m{masked}_c{ci}.ptx"
-                with open(os.path.join(out, name), "w") as f:
-                    f.write(ck.asm["ptx"])
-                kernels.append(f"""        Kernel {{
-            ptx: include_str!("{name}"),
-            name: "{md['name']}",
-            tile: [{bm}, {bn}, {hd}],
-            warps: {warps},
-            shared: {md['shared']},
-        }},""")
+            kernels = [
+                compile_ptx(out, f"flash_attn_d{hd}_m{masked}_c{ci}.ptx", flash_attn, sig,
+                            {"BM": bm, "BN": bn, "HD": hd, "MASKED": masked}, attrs,
+                            (bm, bn, hd), warps, stages, fp_fusion=True)
+                for masked in (0, 1)
+            ]
             rows.append(f"    // head dim {hd}, config {ci}: {(bm, bn, warps, stages)}\n"
                         f"    ({hd}, [\n" + "\n".join(kernels) + "\n    ]),")
     with open(os.path.join(out, "flash_kernels.rs"), "w") as f:

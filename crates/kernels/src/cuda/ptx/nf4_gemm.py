@@ -183,12 +183,9 @@ CONFIGS = SHIPPED + [
     (256, 128, 64, 0, 8, 3),
     (128, 256, 128, 0, 8, 3),
 ]
-PTX_VERSION = 87
-
 
 def aot(out):
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from triton_aot import compile_ptx
 
     sig = {"x_ptr": "*bf16", "q_ptr": "*u8", "nc_ptr": "*u8", "na_ptr": "*fp32",
            "nmap_ptr": "*fp32", "lut_ptr": "*fp32", "bias_ptr": "*bf16", "add_ptr": "*bf16",
@@ -202,24 +199,8 @@ def aot(out):
         kernels = []
         for epi in range(3):
             const = {"BM": bm, "BN": bn, "BK": bk, "TRANS": trans, "EPI": epi, "NBS": 256}
-            src = ASTSource(fn=nf4_gemm, signature=sig, constexprs=const, attrs=attrs)
-            ck = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                                options={"num_warps": warps, "num_stages": stages,
-                                         "enable_fp_fusion": False,
-                                         "ptx_version": PTX_VERSION})
-            md = ck.metadata._asdict()
-            assert md["global_scratch_size"] == 0 and md["profile_scratch_size"] == 0, md
-            assert md["num_ctas"] == 1, md
-            name = f"nf4_gemm_c{ci}_e{epi}.ptx"
-            with open(os.path.join(out, name), "w") as f:
-                f.write(ck.asm["ptx"])
-            kernels.append(f"""        Kernel {{
-            ptx: include_str!("{name}"),
-            name: "{md['name']}",
-            tile: [{bm}, {bn}, {bk}],
-            warps: {warps},
-            shared: {md['shared']},
-        }},""")
+            kernels.append(compile_ptx(out, f"nf4_gemm_c{ci}_e{epi}.ptx", nf4_gemm, sig, const,
+                                       attrs, (bm, bn, bk), warps, stages, fp_fusion=False))
         rows.append("    [\n" + "\n".join(kernels) + "\n    ],")
     with open(os.path.join(out, "kernels.rs"), "w") as f:
         f.write("// Written by nf4_gemm.py aot (Triton " + triton.__version__ + "); do not edit.\n")
