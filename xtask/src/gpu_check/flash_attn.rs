@@ -2,8 +2,8 @@
 //! softmax and the product with `v` in one kernel) against the unfused path (score GEMM, softmax
 //! kernel, GEMM; itself checked against the CPU by the `fused` group), bf16, every shipped config
 //! of head dims 64, 128 and 256: no mask; causal with left padding (fully masked query rows,
-//! which must come out uniform); a few queries over past keys (decoding's shape, grouped-query);
-//! lengths off the tiles. Metric: max |fused − unfused| / max |unfused|. The launch counter
+//! which must come out uniform); a few queries over past keys (decoding's shape, grouped-query),
+//! once with most keys padded (the kernel skips their tiles); lengths off the tiles. Metric: max |fused − unfused| / max |unfused|. The launch counter
 //! proves the fused kernel ran.
 
 use burn::tensor::backend::AutodiffBackend;
@@ -26,10 +26,11 @@ type Inner = <Train as AutodiffBackend>::InnerBackend;
 const FUSED: f64 = 1e-2;
 
 /// `[b, t, l, h, h_kv, left padding of the last batch row]` per case.
-const CASES: [[usize; 6]; 4] = [
+const CASES: [[usize; 6]; 5] = [
     [1, 130, 130, 4, 4, 0],
     [2, 70, 70, 4, 2, 5],
     [2, 9, 140, 6, 2, 3],
+    [1, 20, 200, 4, 2, 130],
     [1, 512, 512, 2, 1, 0],
 ];
 

@@ -12,6 +12,10 @@
 //! Numerics: the contract of `QBackend::q_attention`'s output: token-major q, k, v, query head
 //! `h` reading kv head `h / (H/H_kv)`, scores summed in f32 and multiplied by `1/div`, masked
 //! scores set to `f32::MIN` (a fully masked row comes out uniform; keys past `L` never count).
+//! With a mask, each block of query rows first scans it and runs only the key tiles between its
+//! rows' first and last unmasked keys (causal: the tiles up to the diagonal, half of them at the
+//! prefill; left padding: none of the padded tiles); the skipped keys' weights would be exactly 0,
+//! so this changes no bit, and a block with a fully masked row keeps every tile.
 //! The softmax is online, so its probabilities enter the second product in bf16 before their
 //! normalisation (the unfused path rounds them after it): the two agree to bf16's rounding, not
 //! bit for bit. The GPU check compares it with the unfused path (`bench gpu-check --only
