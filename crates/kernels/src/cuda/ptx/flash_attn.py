@@ -159,7 +159,7 @@ def causal_mask(b, t, l, pad, dev):
 
 # (BM query rows, BN keys per tile, warps, stages) per head dim, compiled into the binary;
 # `flash_attn.rs` picks config 0 unless `QTUNE_FLASH_ATTN_CFG` says (for timing them). Chosen
-# here by `ptxas -v` alone (no spills with the mask but 64 and 112 bytes in two of head dim
+# here by `ptxas -v` alone (no spills with the mask but 64 and 120 bytes in two of head dim
 # 256's; BM 64 gives 128 programs at 512 rows and 16 heads, one wave on 132 SMs); not timed.
 SHIPPED = {
     64: [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4)],
