@@ -20,8 +20,10 @@ type C = Cuda<f32>;
 /// host-timed, `sync → iters × op → sync`): per weight shape the NF4 + double-quant
 /// dequantization alone, the bf16 cuBLAS GEMM alone and the quantized linear (both); q, k and v
 /// as three GEMMs against one strided-batched GEMM of the three (does batching fill the GPU
-/// better at few rows?); the attention (16 heads of 256, causal) and a LayerNorm; the bf16 LM
-/// head's GEMM. Rates: TFLOP/s for products (kind `prefill`), GB/s for the passes over memory
+/// better at few rows?); each quantized linear through every config of the fused NF4 GEMM; the
+/// attention (16 heads of 256, causal: as the switches say, the unfused path, then every config
+/// of the fused attention) and a LayerNorm; the bf16 LM head's GEMM. A fused row's name carries
+/// its largest difference from the unfused one and whether it ran or fell back. Rates: TFLOP/s for products (kind `prefill`), GB/s for the passes over memory
 /// (`prefill_bw`: the dequantization in bitsandbytes' bytes, the LayerNorm's read and write).
 pub fn prefill(cfg: &BenchConfig) -> Vec<Record> {
     let dev = Default::default();

@@ -24,7 +24,7 @@
 //! **Off by default: not yet run on a GPU.** Session 28 built it, checked the kernel's logic in
 //! Triton's interpreter on the CPU and its PTX with `ptxas`, and then had no device. Turn it on
 //! with `QTUNE_NF4_GEMM=1`; `bench gpu-check --only nf4_gemm` checks it against dequantize +
-//! cuBLAS and `bench dequant --prefill` times every config (`xtask/device/session28_a.sh` runs
+//! cuBLAS and `bench dequant --prefill` times every config (`xtask/device/session29_a.sh` runs
 //! both and the whole prefill). Only after that passes may the default change.
 
 use burn::tensor::DType;
