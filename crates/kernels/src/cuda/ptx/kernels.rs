@@ -1,5 +1,5 @@
 // Written by nf4_gemm.py aot (Triton 3.9.0); do not edit.
-// Per config of SHIPPED (BM, BN, BK, TRANS, warps, stages): the kernel of each
+// Per config of SHIPPED (BM, BN, BK, TRANS, warps, stages[, TABLE]): the kernel of each
 // epilogue (plain, bias + gelu_new, bias + add).
 // config 0: (128, 128, 64, 1, 8, 3)
 // config 1: (128, 128, 64, 0, 8, 4)
@@ -7,7 +7,9 @@
 // config 3: (128, 256, 64, 0, 8, 3)
 // config 4: (128, 128, 128, 1, 8, 3)
 // config 5: (64, 128, 64, 1, 4, 4)
-const KERNELS: [[Kernel; 3]; 6] = [
+// config 6: (128, 128, 64, 1, 8, 3, 1)
+// config 7: (256, 128, 64, 1, 8, 3, 1)
+const KERNELS: [[Kernel; 3]; 8] = [
     [
         Kernel {
             ptx: include_str!("nf4_gemm_c0_e0.ptx"),
@@ -144,6 +146,52 @@ const KERNELS: [[Kernel; 3]; 6] = [
             tile: [64, 128, 64],
             warps: 4,
             shared: 87040,
+        },
+    ],
+    [
+        Kernel {
+            ptx: include_str!("nf4_gemm_c6_e0.ptx"),
+            name: "nf4_gemm",
+            tile: [128, 128, 64],
+            warps: 8,
+            shared: 75776,
+        },
+        Kernel {
+            ptx: include_str!("nf4_gemm_c6_e1.ptx"),
+            name: "nf4_gemm",
+            tile: [128, 128, 64],
+            warps: 8,
+            shared: 75776,
+        },
+        Kernel {
+            ptx: include_str!("nf4_gemm_c6_e2.ptx"),
+            name: "nf4_gemm",
+            tile: [128, 128, 64],
+            warps: 8,
+            shared: 75776,
+        },
+    ],
+    [
+        Kernel {
+            ptx: include_str!("nf4_gemm_c7_e0.ptx"),
+            name: "nf4_gemm",
+            tile: [256, 128, 64],
+            warps: 8,
+            shared: 124928,
+        },
+        Kernel {
+            ptx: include_str!("nf4_gemm_c7_e1.ptx"),
+            name: "nf4_gemm",
+            tile: [256, 128, 64],
+            warps: 8,
+            shared: 124928,
+        },
+        Kernel {
+            ptx: include_str!("nf4_gemm_c7_e2.ptx"),
+            name: "nf4_gemm",
+            tile: [256, 128, 64],
+            warps: 8,
+            shared: 124928,
         },
     ],
 ];

@@ -74,7 +74,7 @@ def nf4_gemm(
     x_ptr, q_ptr, nc_ptr, na_ptr, nmap_ptr, lut_ptr, bias_ptr, add_ptr, y_ptr,
     M, N, K, offset,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, TRANS: tl.constexpr,
-    EPI: tl.constexpr, NBS: tl.constexpr,
+    EPI: tl.constexpr, NBS: tl.constexpr, TABLE: tl.constexpr = 0,
 ):
     """y[M, N] = x[M, K] · W[N, K]ᵀ (+ epilogue), W as NF4 codes with double-quant absmax.
 
@@ -101,13 +101,23 @@ def nf4_gemm(
         hi = (qb >> 4).to(tl.int32)
         lo = (qb & 15).to(tl.int32)
         codes = tl.interleave(hi, lo)  # [BN, BK]: byte j's high nibble is element 2j
-        v = tl.load(lut_ptr + codes)
+        if not TABLE:
+            v = tl.load(lut_ptr + codes)
         blk = offs_n[:, None] * bpr + (k0 // 64 + offs_b)[None, :]  # [BN, BK/64]
         c = tl.load(nc_ptr + blk).to(tl.int32)
         p = _ftz(tl.load(nmap_ptr + c) * tl.load(na_ptr + blk // NBS))
         a = p + offset
-        w = _ftz(tl.reshape(v, (BN, BK // 64, 64)) * a[:, :, None])
-        w = tl.reshape(w, (BN, BK)).to(x_ptr.dtype.element_ty)
+        if TABLE:
+            # The 16 values an absmax block can take, each computed once (the same product and
+            # rounding as below, so the same bits), then picked per code: 16 products per 64
+            # values instead of 64, and no per-value map load.
+            tbl = _ftz(tl.load(lut_ptr + tl.arange(0, 16))[None, None, :] * a[:, :, None])
+            tbl = tbl.to(x_ptr.dtype.element_ty)  # [BN, BK/64, 16]
+            w = tl.gather(tbl, tl.reshape(codes, (BN, BK // 64, 64)), 2)
+            w = tl.reshape(w, (BN, BK))
+        else:
+            w = _ftz(tl.reshape(v, (BN, BK // 64, 64)) * a[:, :, None])
+            w = tl.reshape(w, (BN, BK)).to(x_ptr.dtype.element_ty)
         if TRANS:
             xt = tl.load(x_ptr + offs_m[None, :] * K + (k0 + offs_k)[:, None],
                          mask=m_ok[None, :], other=0.0)
@@ -156,16 +166,18 @@ def launch(args, m, n, k, cfg, epi, bias=None, add=None, y=None):
     y = torch.empty((m, n), dtype=x.dtype, device=x.device) if y is None else y
     bias = y if bias is None else bias
     add = y if add is None else add
-    bm, bn, bk, trans, warps, stages = cfg
+    bm, bn, bk, trans, warps, stages, table = (*cfg, 0)[:7]
     grid = (triton.cdiv(n, bn) * triton.cdiv(m, bm),)
     ck = nf4_gemm[grid](x, q, nc, na, nmap, lut, bias, add, y, m, n, k, offset,
-                        BM=bm, BN=bn, BK=bk, TRANS=trans, EPI=epi, NBS=256,
+                        BM=bm, BN=bn, BK=bk, TRANS=trans, EPI=epi, NBS=256, TABLE=table,
                         num_warps=warps, num_stages=stages, enable_fp_fusion=False)
     return y, ck
 
 
-# (BM rows of x, BN weight rows, BK, TRANS, warps, stages) compiled into the binary;
-# `nf4_gemm.rs` picks one (`QTUNE_NF4_GEMM_CFG` overrides, for timing them).
+# (BM rows of x, BN weight rows, BK, TRANS, warps, stages[, TABLE]) compiled into the binary;
+# `nf4_gemm.rs` picks one (`QTUNE_NF4_GEMM_CFG` overrides, for timing them). TABLE 1 (session
+# 29, configs 6 and 7): each absmax block's 16 values computed once and picked per code by
+# `tl.gather` (warp shuffles in the PTX) instead of a map load and a product per value.
 SHIPPED = [
     (128, 128, 64, 1, 8, 3),
     (128, 128, 64, 0, 8, 4),
@@ -173,6 +185,8 @@ SHIPPED = [
     (128, 256, 64, 0, 8, 3),
     (128, 128, 128, 1, 8, 3),
     (64, 128, 64, 1, 4, 4),
+    (128, 128, 64, 1, 8, 3, 1),
+    (256, 128, 64, 1, 8, 3, 1),
 ]
 # What the probe times: the shipped configs, then others worth a look.
 CONFIGS = SHIPPED + [
@@ -184,27 +198,30 @@ CONFIGS = SHIPPED + [
     (128, 256, 128, 0, 8, 3),
 ]
 
+
 def aot(out):
     from triton_aot import compile_ptx
 
     sig = {"x_ptr": "*bf16", "q_ptr": "*u8", "nc_ptr": "*u8", "na_ptr": "*fp32",
            "nmap_ptr": "*fp32", "lut_ptr": "*fp32", "bias_ptr": "*bf16", "add_ptr": "*bf16",
            "y_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "offset": "fp32"}
-    for c in ("BM", "BN", "BK", "TRANS", "EPI", "NBS"):
+    for c in ("BM", "BN", "BK", "TRANS", "EPI", "NBS", "TABLE"):
         sig[c] = "constexpr"
     # Pointers 16-byte aligned, N and K multiples of 16 (`nf4_gemm.rs` checks both); M any.
     attrs = {(i,): [["tt.divisibility", 16]] for i in [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11]}
     rows = []
-    for ci, (bm, bn, bk, trans, warps, stages) in enumerate(SHIPPED):
+    for ci, cfg in enumerate(SHIPPED):
+        bm, bn, bk, trans, warps, stages, table = (*cfg, 0)[:7]
         kernels = []
         for epi in range(3):
-            const = {"BM": bm, "BN": bn, "BK": bk, "TRANS": trans, "EPI": epi, "NBS": 256}
+            const = {"BM": bm, "BN": bn, "BK": bk, "TRANS": trans, "EPI": epi, "NBS": 256,
+                     "TABLE": table}
             kernels.append(compile_ptx(out, f"nf4_gemm_c{ci}_e{epi}.ptx", nf4_gemm, sig, const,
                                        attrs, (bm, bn, bk), warps, stages, fp_fusion=False))
         rows.append("    [\n" + "\n".join(kernels) + "\n    ],")
     with open(os.path.join(out, "kernels.rs"), "w") as f:
         f.write("// Written by nf4_gemm.py aot (Triton " + triton.__version__ + "); do not edit.\n")
-        f.write("// Per config of SHIPPED (BM, BN, BK, TRANS, warps, stages): the kernel of each\n")
+        f.write("// Per config of SHIPPED (BM, BN, BK, TRANS, warps, stages[, TABLE]): the kernel of each\n")
         f.write("// epilogue (plain, bias + gelu_new, bias + add).\n")
         for ci, c in enumerate(SHIPPED):
             f.write(f"// config {ci}: {c}\n")
@@ -312,8 +329,15 @@ def check(ops, dev):
                 r2 = ref + bias.float() + add.float()
                 errs = [((y.float() - r).abs().max() / r.abs().max()).item()
                         for y, r in [(y0, ref), (y1, r1), (y2, r2)]]
-                print(json.dumps({"rows": rows, "n": n, "k": k, "cfg": cfg, "err_rel": errs}),
-                      flush=True)
+                line = {"rows": rows, "n": n, "k": k, "cfg": cfg, "err_rel": errs}
+                if len(cfg) > 6 and cfg[6]:
+                    # The table picks the very values the per-value product makes: the same
+                    # result as the same tiles without it, bit for bit.
+                    plain, _ = launch(args, rows, n, k, cfg[:6], 0)
+                    line["same_as_without_table"] = torch.equal(y0, plain)
+                    if not line["same_as_without_table"]:
+                        sys.exit(f"nf4_gemm: TABLE changed the result: {line}")
+                print(json.dumps(line), flush=True)
 
 
 def dump(out, name, ck, cfg):
