@@ -4,12 +4,14 @@
 //! (`q_linear`), the MLP's `gelu_new(x·W_inᵀ + b_in)·W_outᵀ` (`mlp_gelu_new` on the inner
 //! backend: the bias + GELU epilogue) and the block sum `mlp_gelu_new_plus` (the bias + add
 //! epilogue). Metric: max |fused − unfused| / max |unfused|. The launch counter proves the fused
-//! kernels ran.
+//! kernels ran. Configs that make the weight values another way on a twin's tiles
+//! (`nf4_gemm_twins`) must match it bit for bit.
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use qtune_kernels::cuda::{
-    nf4_gemm_config, nf4_gemm_configs, nf4_gemm_launches, set_nf4_gemm, set_nf4_gemm_config,
+    nf4_gemm_config, nf4_gemm_configs, nf4_gemm_launches, nf4_gemm_twins, set_nf4_gemm,
+    set_nf4_gemm_config,
 };
 use qtune_kernels::{mlp_gelu_new, mlp_gelu_new_plus, q_linear};
 use qtune_train::backend::Train;
@@ -57,11 +59,13 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
         set_nf4_gemm(Some(false));
         let want = run()?;
         set_nf4_gemm(Some(true));
+        let mut outs = Vec::with_capacity(nf4_gemm_configs());
         for c in 0..nf4_gemm_configs() {
             set_nf4_gemm_config(c);
             let before = nf4_gemm_launches();
             let got = run()?;
             let launched = nf4_gemm_launches() - before;
+            outs.push(got.clone());
             let errs: Vec<f64> = got
                 .into_iter()
                 .zip(want.clone())
@@ -81,6 +85,16 @@ pub(super) fn check(dev: &burn::tensor::Device<Train>, fails: &mut Failures) -> 
             );
             lines.push(json!({"config": c, "rows": rows, "launches": launched,
                 "plain": errs[0], "mlp": errs[1], "plus": errs[2]}));
+        }
+        // Configs that make the same weight values another way, on the same tiles: the same
+        // bits.
+        for &(c, twin) in nf4_gemm_twins() {
+            let same = outs[c] == outs[twin];
+            fails.require(
+                &format!("nf4_gemm c{c} = c{twin} bit for bit at {rows} rows"),
+                same,
+            );
+            lines.push(json!({"config": c, "twin": twin, "rows": rows, "bit_identical": same}));
         }
     }
     set_nf4_gemm(None);

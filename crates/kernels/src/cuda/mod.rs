@@ -64,8 +64,8 @@ pub use flash_attn::{
 };
 pub use jit_cache::{cache_dir, init_kernel_cache, CACHE_ENV, PROFILE_ENV};
 pub use nf4_gemm::{
-    nf4_gemm_config, nf4_gemm_configs, nf4_gemm_launches, set_nf4_gemm, set_nf4_gemm_config,
-    MAX_ROWS as NF4_GEMM_MAX_ROWS, NF4_GEMM_ENV,
+    nf4_gemm_config, nf4_gemm_configs, nf4_gemm_launches, nf4_gemm_twins, set_nf4_gemm,
+    set_nf4_gemm_config, MAX_ROWS as NF4_GEMM_MAX_ROWS, NF4_GEMM_ENV,
 };
 pub use rcp::inv_absmax;
 

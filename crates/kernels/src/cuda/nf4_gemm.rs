@@ -98,6 +98,14 @@ pub fn nf4_gemm_configs() -> usize {
     KERNELS.len()
 }
 
+/// Pairs `(c, twin)` of shipped configs with the same tiles that make the weight values in
+/// different ways (`DQ` in `ptx/nf4_gemm.py`: a per-block table picked by `tl.gather`, or one
+/// `mul.rn.ftz.f32`, against the map load, product and flush of the twin): each pair must give
+/// the same bits (`bench gpu-check --only nf4_gemm` checks).
+pub fn nf4_gemm_twins() -> &'static [(usize, usize)] {
+    &TWINS
+}
+
 /// Picks config `c` of the shipped ones, for timing them.
 ///
 /// # Panics
@@ -204,6 +212,15 @@ mod tests {
     /// `nf4_linear` rely on (depth a multiple of the absmax block).
     #[test]
     fn every_shipped_kernel_matches_its_launch_table() {
+        for &(c, twin) in nf4_gemm_twins() {
+            assert!(
+                c != twin && c < KERNELS.len() && twin < KERNELS.len(),
+                "twins {c}, {twin}"
+            );
+            for (a, b) in KERNELS[c].iter().zip(&KERNELS[twin]) {
+                assert_eq!((a.tile, a.warps), (b.tile, b.warps), "twins {c}, {twin}");
+            }
+        }
         for (c, kernels) in KERNELS.iter().enumerate() {
             for (e, k) in kernels.iter().enumerate() {
                 let what = format!("config {c} epilogue {e}");

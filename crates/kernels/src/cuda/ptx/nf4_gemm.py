@@ -74,7 +74,7 @@ def nf4_gemm(
     x_ptr, q_ptr, nc_ptr, na_ptr, nmap_ptr, lut_ptr, bias_ptr, add_ptr, y_ptr,
     M, N, K, offset,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, TRANS: tl.constexpr,
-    EPI: tl.constexpr, NBS: tl.constexpr, TABLE: tl.constexpr = 0,
+    EPI: tl.constexpr, NBS: tl.constexpr, DQ: tl.constexpr = 0,
 ):
     """y[M, N] = x[M, K] · W[N, K]ᵀ (+ epilogue), W as NF4 codes with double-quant absmax.
 
@@ -101,13 +101,13 @@ def nf4_gemm(
         hi = (qb >> 4).to(tl.int32)
         lo = (qb & 15).to(tl.int32)
         codes = tl.interleave(hi, lo)  # [BN, BK]: byte j's high nibble is element 2j
-        if not TABLE:
+        if DQ != 1:
             v = tl.load(lut_ptr + codes)
         blk = offs_n[:, None] * bpr + (k0 // 64 + offs_b)[None, :]  # [BN, BK/64]
         c = tl.load(nc_ptr + blk).to(tl.int32)
         p = _ftz(tl.load(nmap_ptr + c) * tl.load(na_ptr + blk // NBS))
         a = p + offset
-        if TABLE:
+        if DQ == 1:
             # The 16 values an absmax block can take, each computed once (the same product and
             # rounding as below, so the same bits), then picked per code: 16 products per 64
             # values instead of 64, and no per-value map load.
@@ -115,6 +115,17 @@ def nf4_gemm(
             tbl = tbl.to(x_ptr.dtype.element_ty)  # [BN, BK/64, 16]
             w = tl.gather(tbl, tl.reshape(codes, (BN, BK // 64, 64)), 2)
             w = tl.reshape(w, (BN, BK))
+        elif DQ == 2:
+            # The product and its flush to zero as one `mul.rn.ftz.f32` (the compare, select and
+            # multiply by 0 of `_ftz` are ~4 instructions a value): the same bits, since a
+            # product the reference flushes is flushed here too, a subnormal scale gives ±0 of
+            # the same sign both ways, and a normal product rounds the same. Inline PTX: the
+            # interpreter cannot run it (the GPU check compares it with config 0 bit for bit).
+            vv = tl.reshape(v, (BN, BK // 64, 64))
+            w = tl.inline_asm_elementwise("mul.rn.ftz.f32 $0, $1, $2;", "=r,r,r",
+                                          [vv, tl.broadcast_to(a[:, :, None], vv.shape)],
+                                          dtype=tl.float32, is_pure=True, pack=1)
+            w = tl.reshape(w, (BN, BK)).to(x_ptr.dtype.element_ty)
         else:
             w = _ftz(tl.reshape(v, (BN, BK // 64, 64)) * a[:, :, None])
             w = tl.reshape(w, (BN, BK)).to(x_ptr.dtype.element_ty)
@@ -166,18 +177,21 @@ def launch(args, m, n, k, cfg, epi, bias=None, add=None, y=None):
     y = torch.empty((m, n), dtype=x.dtype, device=x.device) if y is None else y
     bias = y if bias is None else bias
     add = y if add is None else add
-    bm, bn, bk, trans, warps, stages, table = (*cfg, 0)[:7]
+    bm, bn, bk, trans, warps, stages, dq = (*cfg, 0)[:7]
     grid = (triton.cdiv(n, bn) * triton.cdiv(m, bm),)
     ck = nf4_gemm[grid](x, q, nc, na, nmap, lut, bias, add, y, m, n, k, offset,
-                        BM=bm, BN=bn, BK=bk, TRANS=trans, EPI=epi, NBS=256, TABLE=table,
+                        BM=bm, BN=bn, BK=bk, TRANS=trans, EPI=epi, NBS=256, DQ=dq,
                         num_warps=warps, num_stages=stages, enable_fp_fusion=False)
     return y, ck
 
 
-# (BM rows of x, BN weight rows, BK, TRANS, warps, stages[, TABLE]) compiled into the binary;
-# `nf4_gemm.rs` picks one (`QTUNE_NF4_GEMM_CFG` overrides, for timing them). TABLE 1 (session
-# 29, configs 6 and 7): each absmax block's 16 values computed once and picked per code by
-# `tl.gather` (warp shuffles in the PTX) instead of a map load and a product per value.
+# (BM rows of x, BN weight rows, BK, TRANS, warps, stages[, DQ]) compiled into the binary;
+# `nf4_gemm.rs` picks one (`QTUNE_NF4_GEMM_CFG` overrides, for timing them). DQ (session 29):
+# how each weight value is made, the same bits every way: 0 a map load, a product and `_ftz`;
+# 1 each absmax block's 16 values computed once and picked per code by `tl.gather` (warp
+# shuffles in the PTX); 2 a map load and one `mul.rn.ftz.f32`. A config with DQ > 0 is the
+# same tiles as the config of `TWINS` it names, which must give the same bits (the interpreter
+# checks DQ 1, the GPU check all).
 SHIPPED = [
     (128, 128, 64, 1, 8, 3),
     (128, 128, 64, 0, 8, 4),
@@ -187,7 +201,12 @@ SHIPPED = [
     (64, 128, 64, 1, 4, 4),
     (128, 128, 64, 1, 8, 3, 1),
     (256, 128, 64, 1, 8, 3, 1),
+    (128, 128, 64, 1, 8, 3, 2),
+    (256, 128, 64, 1, 8, 3, 2),
 ]
+# (config, the config with its tiles and DQ 0).
+TWINS = [(c, next(i for i, d in enumerate(SHIPPED) if d == cfg[:6]))
+         for c, cfg in enumerate(SHIPPED) if len(cfg) > 6 and cfg[6]]
 # What the probe times: the shipped configs, then others worth a look.
 CONFIGS = SHIPPED + [
     (128, 128, 64, 1, 4, 4),
@@ -205,27 +224,31 @@ def aot(out):
     sig = {"x_ptr": "*bf16", "q_ptr": "*u8", "nc_ptr": "*u8", "na_ptr": "*fp32",
            "nmap_ptr": "*fp32", "lut_ptr": "*fp32", "bias_ptr": "*bf16", "add_ptr": "*bf16",
            "y_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "offset": "fp32"}
-    for c in ("BM", "BN", "BK", "TRANS", "EPI", "NBS", "TABLE"):
+    for c in ("BM", "BN", "BK", "TRANS", "EPI", "NBS", "DQ"):
         sig[c] = "constexpr"
     # Pointers 16-byte aligned, N and K multiples of 16 (`nf4_gemm.rs` checks both); M any.
     attrs = {(i,): [["tt.divisibility", 16]] for i in [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11]}
     rows = []
     for ci, cfg in enumerate(SHIPPED):
-        bm, bn, bk, trans, warps, stages, table = (*cfg, 0)[:7]
+        bm, bn, bk, trans, warps, stages, dq = (*cfg, 0)[:7]
         kernels = []
         for epi in range(3):
             const = {"BM": bm, "BN": bn, "BK": bk, "TRANS": trans, "EPI": epi, "NBS": 256,
-                     "TABLE": table}
+                     "DQ": dq}
             kernels.append(compile_ptx(out, f"nf4_gemm_c{ci}_e{epi}.ptx", nf4_gemm, sig, const,
                                        attrs, (bm, bn, bk), warps, stages, fp_fusion=False))
         rows.append("    [\n" + "\n".join(kernels) + "\n    ],")
     with open(os.path.join(out, "kernels.rs"), "w") as f:
         f.write("// Written by nf4_gemm.py aot (Triton " + triton.__version__ + "); do not edit.\n")
-        f.write("// Per config of SHIPPED (BM, BN, BK, TRANS, warps, stages[, TABLE]): the kernel of each\n")
+        f.write("// Per config of SHIPPED (BM, BN, BK, TRANS, warps, stages[, DQ]): the kernel of each\n")
         f.write("// epilogue (plain, bias + gelu_new, bias + add).\n")
         for ci, c in enumerate(SHIPPED):
             f.write(f"// config {ci}: {c}\n")
         f.write(f"const KERNELS: [[Kernel; 3]; {len(SHIPPED)}] = [\n" + "\n".join(rows) + "\n];\n")
+        f.write("// (config, the config of the same tiles making its weight values the plain way):\n")
+        f.write("// each pair must give the same bits.\n")
+        twins = ", ".join(f"({a}, {b})" for a, b in TWINS)
+        f.write(f"const TWINS: [(usize, usize); {len(TWINS)}] = [{twins}];\n")
 
 
 def main():
@@ -322,6 +345,10 @@ def check(ops, dev):
             for cfg in SHIPPED:
                 if k % cfg[2] or n % cfg[1]:
                     continue
+                if dev == "cpu" and len(cfg) > 6 and cfg[6] == 2:
+                    print(json.dumps({"cfg": cfg, "SKIPPED": "inline PTX: the interpreter "
+                                      "cannot run it (the GPU check compares it bit for bit)"}))
+                    continue
                 y0, _ = launch(args, rows, n, k, cfg, 0)
                 y1, _ = launch(args, rows, n, k, cfg, 1, bias=bias)
                 y2, _ = launch(args, rows, n, k, cfg, 2, bias=bias, add=add)
@@ -331,12 +358,12 @@ def check(ops, dev):
                         for y, r in [(y0, ref), (y1, r1), (y2, r2)]]
                 line = {"rows": rows, "n": n, "k": k, "cfg": cfg, "err_rel": errs}
                 if len(cfg) > 6 and cfg[6]:
-                    # The table picks the very values the per-value product makes: the same
-                    # result as the same tiles without it, bit for bit.
+                    # Another way to the same weight values: the same result as the same tiles
+                    # with DQ 0, bit for bit.
                     plain, _ = launch(args, rows, n, k, cfg[:6], 0)
-                    line["same_as_without_table"] = torch.equal(y0, plain)
-                    if not line["same_as_without_table"]:
-                        sys.exit(f"nf4_gemm: TABLE changed the result: {line}")
+                    line["same_as_twin"] = torch.equal(y0, plain)
+                    if not line["same_as_twin"]:
+                        sys.exit(f"nf4_gemm: DQ {cfg[6]} changed the result: {line}")
                 print(json.dumps(line), flush=True)
 
 
