@@ -16,8 +16,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 show() { grep -oE '"name":"[^"]*","ms":[0-9.]*,"[A-Za-z/]*":[0-9.]*' $OUT/$1.txt; }
 pre() { grep -oE '"(prefill_tok_s|decode_tok_s_b1)":[a-z0-9.]*' $OUT/$1.txt | tr '\n' ' '; echo; }
 whole() { timed $1 xtask 100 bench train --model gptj-6b --quant nf4 --targets qv --warmup 0 --steps 0 --decode 8; pre $1; }
-if fits 120 "gpu-check"; then
-  timed check xtask 170 bench gpu-check --steps 10 --only nf4_gemm,flash_attn,mlp
+if fits 150 "gpu-check"; then
+  timed check xtask 220 bench gpu-check --steps 10 --only nf4_gemm,flash_attn,mlp
   grep -E 'nf4_gemm|flash_attn|unavailable|failed|beyond' $OUT/check.txt | cut -c1-400
   tail -2 $OUT/check.txt | cut -c1-300
 fi
