@@ -20,7 +20,7 @@ type T = CubeTensor<CudaRuntime>;
 
 /// Sizes `[b, t, l, h, h_kv, hd]` of token-major q `[B, T, H, hd]` and k, v `[B, L, H_kv, hd]`
 /// (`H_kv` divides `H`: grouped-query attention, query head `i` reads kv head `i / (H/H_kv)`).
-fn dims(q: &T, k: &T, v: &T) -> [usize; 6] {
+pub(super) fn dims(q: &T, k: &T, v: &T) -> [usize; 6] {
     let (sq, sk, sv) = (
         q.meta.shape().to_vec(),
         k.meta.shape().to_vec(),

@@ -106,26 +106,16 @@ type T = CubeTensor<CudaRuntime>;
 
 /// `o [B, T, H, hd]` of token-major `q [B, T, H, hd]`, `k, v [B, L, H_kv, hd]` and `mask [B, 1,
 /// T, L]` (u8, non-zero = masked), or `None` where the fused kernel does not apply (module
-/// docs). The caller has checked the shapes' agreement (`attention.rs`'s `dims`).
+/// docs). With the switch on, shapes that disagree are refused as the unfused path refuses them
+/// (`attention.rs`'s `dims`).
 pub(crate) fn flash_attention(q: &T, k: &T, v: &T, mask: Option<&T>, div: f32) -> Option<T> {
-    let (sq, sk) = (q.meta.shape().to_vec(), k.meta.shape().to_vec());
-    if !SWITCH.enabled()
-        || sq.len() != 4
-        || sk.len() != 4
-        || v.meta.shape().as_slice() != sk.as_slice()
-        || [q.dtype, k.dtype, v.dtype] != [DType::BF16; 3]
-    {
+    if !SWITCH.enabled() || q.dtype != DType::BF16 {
         return None;
     }
-    let [b, t, h, hd] = [sq[0], sq[1], sq[2], sq[3]];
-    let [l, h_kv] = [sk[1], sk[2]];
+    let [b, t, l, h, h_kv, hd] = super::attention::dims(q, k, v);
     let fits = |n: usize| i32::try_from(n).is_ok();
     let applies = t >= 2
         && l >= 1
-        && sk[0] == b
-        && sk[3] == hd
-        && h_kv > 0
-        && h % h_kv == 0
         && fits(b * t * h * hd)
         && fits(b * l * h_kv * hd)
         && fits(b * t * l)

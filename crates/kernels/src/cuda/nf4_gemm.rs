@@ -47,7 +47,7 @@ pub const NF4_GEMM_ENV: &str = "QTUNE_NF4_GEMM";
 pub const MAX_ROWS: usize = 1024;
 
 /// What the kernel does to the f32 sum `acc = x · Wᵀ` before its one rounding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Epi {
     /// `y = acc`.
     Plain,

@@ -38,7 +38,7 @@ impl Kernel {
 /// path has run on a GPU), a process-wide override for A/B timings and checks, the shipped config
 /// in use, and a count of launches (the checks' proof that the path ran).
 pub(crate) struct Switch {
-    pub env: &'static str,
+    env: &'static str,
     /// What each setting means, for the error on another value.
     off: &'static str,
     on: &'static str,
